@@ -1,0 +1,138 @@
+//! Relative paths and conflict-copy names.
+
+use crate::id::ReplicaId;
+use thiserror::Error;
+
+/// The name of a replica's state directory, never synced.
+pub const STATE_DIR: &str = ".weave";
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PathError {
+    #[error("empty path")]
+    Empty,
+    #[error("path {0:?} is absolute; only paths relative to the folder are allowed")]
+    Absolute(String),
+    #[error("path {0:?} has an empty, '.' or '..' component")]
+    BadComponent(String),
+    #[error("path {0:?} is inside weave's state directory .weave")]
+    StateDir(String),
+    #[error("path {0:?} contains a NUL byte")]
+    Nul(String),
+}
+
+/// Checks that `p` is a relative, normalized path that may name an object in
+/// a replica: no leading '/', no empty, '.' or '..' components, not inside
+/// `.weave`.
+pub fn validate(p: &str) -> Result<(), PathError> {
+    if p.is_empty() {
+        return Err(PathError::Empty);
+    }
+    if p.starts_with('/') {
+        return Err(PathError::Absolute(p.to_string()));
+    }
+    if p.contains('\0') {
+        return Err(PathError::Nul(p.to_string()));
+    }
+    for (i, c) in p.split('/').enumerate() {
+        if c.is_empty() || c == "." || c == ".." {
+            return Err(PathError::BadComponent(p.to_string()));
+        }
+        if i == 0 && c == STATE_DIR {
+            return Err(PathError::StateDir(p.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// The parent of a relative path, or None at the top.
+pub fn parent(p: &str) -> Option<&str> {
+    p.rfind('/').map(|i| &p[..i])
+}
+
+/// Number of components.
+pub fn depth(p: &str) -> usize {
+    p.bytes().filter(|&b| b == b'/').count() + 1
+}
+
+/// Every ancestor of `p`, nearest first.
+pub fn ancestors(p: &str) -> impl Iterator<Item = &str> {
+    let mut cur = p;
+    std::iter::from_fn(move || {
+        let par = parent(cur)?;
+        cur = par;
+        Some(par)
+    })
+}
+
+/// The name of a conflict copy: `NAME.weave-conflict-YYYYMMDD-HHMMSS-<short
+/// replica id>.EXT`, from the losing version's own mtime (UTC) and the
+/// replica that made it, so every replica derives the same name (I-1).
+pub fn conflict_name(path: &str, mtime_ns: i64, origin: ReplicaId) -> String {
+    let (dir, file) = match path.rfind('/') {
+        Some(i) => (&path[..=i], &path[i + 1..]),
+        None => ("", path),
+    };
+    // An extension is the part after the last dot, unless that dot starts
+    // the name (".bashrc") or ends it.
+    let (stem, ext) = match file.rfind('.') {
+        Some(i) if i > 0 && i + 1 < file.len() => (&file[..i], &file[i..]),
+        _ => (file, ""),
+    };
+    let stamp = format_utc(mtime_ns);
+    format!("{dir}{stem}.weave-conflict-{stamp}-{}{ext}", origin.short())
+}
+
+/// True if a file name looks like a conflict copy made by weave.
+pub fn is_conflict_name(path: &str) -> bool {
+    path.rsplit('/').next().is_some_and(|f| f.contains(".weave-conflict-"))
+}
+
+fn format_utc(mtime_ns: i64) -> String {
+    let secs = mtime_ns.div_euclid(1_000_000_000);
+    let fmt = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| t.format(&fmt).ok())
+        .unwrap_or_else(|| "00000000-000000".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation() {
+        assert!(validate("a/b.txt").is_ok());
+        assert!(validate(".weaveignore").is_ok());
+        assert!(validate("x/.weave").is_ok());
+        assert_eq!(validate(""), Err(PathError::Empty));
+        assert!(matches!(validate("/etc/passwd"), Err(PathError::Absolute(_))));
+        assert!(matches!(validate("../escape"), Err(PathError::BadComponent(_))));
+        assert!(matches!(validate("a/../b"), Err(PathError::BadComponent(_))));
+        assert!(matches!(validate("a//b"), Err(PathError::BadComponent(_))));
+        assert!(matches!(validate("a/"), Err(PathError::BadComponent(_))));
+        assert!(matches!(validate(".weave/index"), Err(PathError::StateDir(_))));
+    }
+
+    #[test]
+    fn conflict_names() {
+        let r = ReplicaId(0);
+        // 2026-11-21 10:15:00 UTC
+        let t = 1_795_256_100i64 * 1_000_000_000;
+        assert_eq!(
+            conflict_name("docs/report.txt", t, r),
+            "docs/report.weave-conflict-20261121-101500-0000000.txt"
+        );
+        assert_eq!(conflict_name("Makefile", t, r), "Makefile.weave-conflict-20261121-101500-0000000");
+        assert_eq!(conflict_name(".bashrc", t, r), ".bashrc.weave-conflict-20261121-101500-0000000");
+        assert_eq!(conflict_name("a.tar.gz", t, r), "a.tar.weave-conflict-20261121-101500-0000000.gz");
+        assert!(is_conflict_name("x/a.weave-conflict-20261121-101500-0000000.gz"));
+    }
+
+    #[test]
+    fn ancestors_and_depth() {
+        assert_eq!(ancestors("a/b/c").collect::<Vec<_>>(), vec!["a/b", "a"]);
+        assert_eq!(depth("a/b/c"), 3);
+        assert_eq!(parent("a"), None);
+    }
+}
