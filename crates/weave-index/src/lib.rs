@@ -1,1 +1,464 @@
+//! weave-index: a replica's index, kept in redb inside its state directory.
+//!
+//! One entry per path (the replicated [`Entry`] plus what only this replica
+//! needs: a local sequence number and the on-disk stat used to notice
+//! changes without reading files), the chunk list of every content the
+//! replica holds, what it has integrated from each peer, and a small meta
+//! table with the format version, the replica id and its clocks.
 
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+use weave_chunk::ChunkList;
+use weave_core::{Entry, Hash, Object, ReplicaId, VersionVector};
+
+/// Version of the index layout. Bump on any incompatible change; an index
+/// with a newer version is refused, never rewritten.
+pub const FORMAT_VERSION: u64 = 1;
+pub const INDEX_FILE: &str = "index.redb";
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
+const CONTENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("contents");
+const PEERS: TableDefinition<u64, u64> = TableDefinition::new("peers");
+
+#[derive(Debug, Error)]
+pub enum IndexError {
+    #[error("the weave index {path} is damaged ({detail}). To recover, move the state directory aside (mv {state} {state}.broken) and sync again: weave rebuilds it by rescanning, and files that differ between replicas are then kept as conflict copies, never lost")]
+    Corrupt {
+        path: PathBuf,
+        state: PathBuf,
+        detail: String,
+    },
+    #[error("the weave index {path} has format version {found}, newer than this weave understands ({supported}). Use a newer weave, or move {state} aside to start this replica's state anew")]
+    NewerFormat {
+        path: PathBuf,
+        state: PathBuf,
+        found: u64,
+        supported: u64,
+    },
+    #[error("the replica state {path} is in use by another weave process; wait for it to finish")]
+    InUse { path: PathBuf },
+    #[error("cannot use the weave index {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("weave index {path}: {detail}")]
+    Db { path: PathBuf, detail: String },
+}
+
+/// What this replica saw on disk when it last recorded a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stat {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+    pub mode: u32,
+    /// Recorded so close to the file's last change that a later change
+    /// could keep the same timestamps: the next scan reads the file again.
+    pub racy: bool,
+}
+
+/// An index entry: the replicated record plus local bookkeeping.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalEntry {
+    pub entry: Entry,
+    /// This replica's sequence number of the change that produced it.
+    pub seq: u64,
+    /// None for tombstones and for entries not yet on disk.
+    pub stat: Option<Stat>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredEntry {
+    object: Object,
+    mode: u32,
+    mtime_ns: i64,
+    vv: VersionVector,
+    origin: ReplicaId,
+    seq: u64,
+    stat: Option<Stat>,
+}
+
+/// Changes to write in one transaction.
+#[derive(Default)]
+pub struct Batch {
+    pub entries: Vec<LocalEntry>,
+    pub contents: Vec<ChunkList>,
+    pub drop_contents: Vec<Hash>,
+    pub peers: Vec<(ReplicaId, u64)>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.contents.is_empty() && self.drop_contents.is_empty() && self.peers.is_empty()
+    }
+}
+
+/// An open index. Holds redb's lock on the file, so only one process uses a
+/// replica at a time.
+pub struct Index {
+    db: Option<Database>,
+    path: PathBuf,
+    state: PathBuf,
+    id: ReplicaId,
+    clock: u64,
+    seq: u64,
+}
+
+impl Index {
+    /// Opens the index in `state_dir`, creating it (and a fresh replica id)
+    /// if it does not exist.
+    pub fn open(state_dir: &Path) -> Result<Index, IndexError> {
+        let path = state_dir.join(INDEX_FILE);
+        let exists = path.exists();
+        std::fs::create_dir_all(state_dir).map_err(|source| IndexError::Io {
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+        let db = Database::create(&path).map_err(|e| open_error(&path, state_dir, e))?;
+        let mut idx = Index {
+            db: Some(db),
+            path: path.clone(),
+            state: state_dir.to_path_buf(),
+            id: ReplicaId(0),
+            clock: 0,
+            seq: 0,
+        };
+        let meta = idx.read_meta()?;
+        match meta.get("format") {
+            Some(&f) if f > FORMAT_VERSION => {
+                return Err(IndexError::NewerFormat {
+                    path,
+                    state: state_dir.to_path_buf(),
+                    found: f,
+                    supported: FORMAT_VERSION,
+                })
+            }
+            Some(_) => {
+                let id = meta.get("replica_id").copied().ok_or_else(|| idx.corrupt("no replica id"))?;
+                idx.id = ReplicaId(id);
+                idx.clock = meta.get("clock").copied().unwrap_or(0);
+                idx.seq = meta.get("seq").copied().unwrap_or(0);
+            }
+            None if exists && !meta.is_empty() => return Err(idx.corrupt("no format version")),
+            None => {
+                idx.id = ReplicaId(rand::random::<u64>() | 1);
+                idx.init_meta()?;
+            }
+        }
+        Ok(idx)
+    }
+
+    /// An index that exists only in memory, for a dry run on a replica that
+    /// has no state yet: nothing is written.
+    pub fn ephemeral(state_dir: &Path) -> Index {
+        Index {
+            db: None,
+            path: state_dir.join(INDEX_FILE),
+            state: state_dir.to_path_buf(),
+            id: ReplicaId(rand::random::<u64>() | 1),
+            clock: 0,
+            seq: 0,
+        }
+    }
+
+    pub fn id(&self) -> ReplicaId {
+        self.id
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The next value of this replica's clock, for a version-vector bump.
+    pub fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// Moves the clock past a counter seen for this replica elsewhere (a
+    /// replica whose state was rebuilt must never reuse a counter).
+    pub fn observe(&mut self, counter: u64) {
+        self.clock = self.clock.max(counter);
+    }
+
+    /// The next local sequence number.
+    pub fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn corrupt(&self, detail: impl Into<String>) -> IndexError {
+        IndexError::Corrupt {
+            path: self.path.clone(),
+            state: self.state.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    fn db_err(&self, e: impl std::fmt::Display) -> IndexError {
+        let detail = e.to_string();
+        if detail.to_lowercase().contains("corrupt") {
+            return self.corrupt(detail);
+        }
+        IndexError::Db {
+            path: self.path.clone(),
+            detail,
+        }
+    }
+
+    fn read_meta(&self) -> Result<HashMap<String, u64>, IndexError> {
+        let mut out = HashMap::new();
+        let Some(db) = &self.db else { return Ok(out) };
+        let tx = db.begin_read().map_err(|e| self.db_err(e))?;
+        let t = match tx.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(out),
+            Err(e) => return Err(self.corrupt(e.to_string())),
+        };
+        for row in t.iter().map_err(|e| self.db_err(e))? {
+            let (k, v) = row.map_err(|e| self.db_err(e))?;
+            out.insert(k.value().to_string(), v.value());
+        }
+        Ok(out)
+    }
+
+    fn init_meta(&self) -> Result<(), IndexError> {
+        let Some(db) = &self.db else { return Ok(()) };
+        let tx = db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            let mut t = tx.open_table(META).map_err(|e| self.db_err(e))?;
+            t.insert("format", FORMAT_VERSION).map_err(|e| self.db_err(e))?;
+            t.insert("chunker", weave_chunk::CHUNKER_VERSION as u64)
+                .map_err(|e| self.db_err(e))?;
+            t.insert("replica_id", self.id.0).map_err(|e| self.db_err(e))?;
+            t.insert("clock", 0).map_err(|e| self.db_err(e))?;
+            t.insert("seq", 0).map_err(|e| self.db_err(e))?;
+            tx.open_table(ENTRIES).map_err(|e| self.db_err(e))?;
+            tx.open_table(CONTENTS).map_err(|e| self.db_err(e))?;
+            tx.open_table(PEERS).map_err(|e| self.db_err(e))?;
+        }
+        tx.commit().map_err(|e| self.db_err(e))
+    }
+
+    /// Every entry, sorted by path.
+    pub fn load_entries(&self) -> Result<BTreeMap<String, LocalEntry>, IndexError> {
+        let mut out = BTreeMap::new();
+        let Some(db) = &self.db else { return Ok(out) };
+        let tx = db.begin_read().map_err(|e| self.db_err(e))?;
+        let t = tx.open_table(ENTRIES).map_err(|e| self.corrupt(e.to_string()))?;
+        for row in t.iter().map_err(|e| self.db_err(e))? {
+            let (k, v) = row.map_err(|e| self.db_err(e))?;
+            let path = k.value().to_string();
+            let s: StoredEntry = postcard::from_bytes(v.value())
+                .map_err(|e| self.corrupt(format!("entry {path:?} does not decode: {e}")))?;
+            out.insert(
+                path.clone(),
+                LocalEntry {
+                    entry: Entry {
+                        path,
+                        object: s.object,
+                        mode: s.mode,
+                        mtime_ns: s.mtime_ns,
+                        vv: s.vv,
+                        origin: s.origin,
+                    },
+                    seq: s.seq,
+                    stat: s.stat,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// How far this replica has integrated each peer's changes.
+    pub fn load_peers(&self) -> Result<HashMap<ReplicaId, u64>, IndexError> {
+        let mut out = HashMap::new();
+        let Some(db) = &self.db else { return Ok(out) };
+        let tx = db.begin_read().map_err(|e| self.db_err(e))?;
+        let t = tx.open_table(PEERS).map_err(|e| self.corrupt(e.to_string()))?;
+        for row in t.iter().map_err(|e| self.db_err(e))? {
+            let (k, v) = row.map_err(|e| self.db_err(e))?;
+            out.insert(ReplicaId(k.value()), v.value());
+        }
+        Ok(out)
+    }
+
+    /// The chunk list of a content this replica holds.
+    pub fn chunk_list(&self, content: &Hash) -> Result<Option<ChunkList>, IndexError> {
+        let Some(db) = &self.db else { return Ok(None) };
+        let tx = db.begin_read().map_err(|e| self.db_err(e))?;
+        let t = tx.open_table(CONTENTS).map_err(|e| self.corrupt(e.to_string()))?;
+        let Some(v) = t.get(&content.0[..]).map_err(|e| self.db_err(e))? else {
+            return Ok(None);
+        };
+        let list: ChunkList = postcard::from_bytes(v.value())
+            .map_err(|e| self.corrupt(format!("chunk list {} does not decode: {e}", content.short_hex())))?;
+        Ok(Some(list))
+    }
+
+    /// Number of chunk lists stored.
+    pub fn content_count(&self) -> Result<u64, IndexError> {
+        let Some(db) = &self.db else { return Ok(0) };
+        let tx = db.begin_read().map_err(|e| self.db_err(e))?;
+        let t = tx.open_table(CONTENTS).map_err(|e| self.corrupt(e.to_string()))?;
+        t.len().map_err(|e| self.db_err(e))
+    }
+
+    /// Writes a batch and the clocks in one durable transaction.
+    pub fn write(&mut self, batch: &Batch) -> Result<(), IndexError> {
+        let Some(db) = &self.db else { return Ok(()) };
+        let tx = db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            let mut entries = tx.open_table(ENTRIES).map_err(|e| self.db_err(e))?;
+            let mut buf = Vec::new();
+            for le in &batch.entries {
+                let s = StoredEntry {
+                    object: le.entry.object.clone(),
+                    mode: le.entry.mode,
+                    mtime_ns: le.entry.mtime_ns,
+                    vv: le.entry.vv.clone(),
+                    origin: le.entry.origin,
+                    seq: le.seq,
+                    stat: le.stat,
+                };
+                buf.clear();
+                let bytes = postcard::to_extend(&s, std::mem::take(&mut buf)).map_err(|e| self.db_err(e))?;
+                entries
+                    .insert(le.entry.path.as_str(), bytes.as_slice())
+                    .map_err(|e| self.db_err(e))?;
+                buf = bytes;
+            }
+            let mut contents = tx.open_table(CONTENTS).map_err(|e| self.db_err(e))?;
+            for h in &batch.drop_contents {
+                contents.remove(&h.0[..]).map_err(|e| self.db_err(e))?;
+            }
+            for list in &batch.contents {
+                let bytes = postcard::to_stdvec(list).map_err(|e| self.db_err(e))?;
+                contents
+                    .insert(&list.content_id().0[..], bytes.as_slice())
+                    .map_err(|e| self.db_err(e))?;
+            }
+            let mut peers = tx.open_table(PEERS).map_err(|e| self.db_err(e))?;
+            for (r, s) in &batch.peers {
+                peers.insert(r.0, *s).map_err(|e| self.db_err(e))?;
+            }
+            let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
+            meta.insert("clock", self.clock).map_err(|e| self.db_err(e))?;
+            meta.insert("seq", self.seq).map_err(|e| self.db_err(e))?;
+        }
+        tx.commit().map_err(|e| self.db_err(e))
+    }
+}
+
+fn open_error(path: &Path, state: &Path, e: redb::DatabaseError) -> IndexError {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => IndexError::InUse {
+            path: state.to_path_buf(),
+        },
+        redb::DatabaseError::UpgradeRequired(v) => IndexError::NewerFormat {
+            path: path.to_path_buf(),
+            state: state.to_path_buf(),
+            found: v as u64,
+            supported: FORMAT_VERSION,
+        },
+        other => IndexError::Corrupt {
+            path: path.to_path_buf(),
+            state: state.to_path_buf(),
+            detail: other.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str) -> LocalEntry {
+        LocalEntry {
+            entry: Entry {
+                path: path.into(),
+                object: Object::Dir,
+                mode: 0o755,
+                mtime_ns: 0,
+                vv: VersionVector::from_pairs(vec![(ReplicaId(5), 3)]),
+                origin: ReplicaId(5),
+            },
+            seq: 1,
+            stat: None,
+        }
+    }
+
+    #[test]
+    fn roundtrip_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join(".weave");
+        let id;
+        {
+            let mut idx = Index::open(&state).unwrap();
+            id = idx.id();
+            idx.tick();
+            idx.next_seq();
+            let list = weave_chunk::chunk_bytes(b"hello");
+            let batch = Batch {
+                entries: vec![entry("a"), entry("a/b")],
+                contents: vec![list.clone()],
+                peers: vec![(ReplicaId(9), 4)],
+                ..Default::default()
+            };
+            idx.write(&batch).unwrap();
+            assert_eq!(idx.chunk_list(&list.content_id()).unwrap(), Some(list));
+        }
+        let idx = Index::open(&state).unwrap();
+        assert_eq!(idx.id(), id);
+        assert_eq!(idx.seq(), 1);
+        let e = idx.load_entries().unwrap();
+        assert_eq!(e.len(), 2);
+        assert_eq!(e["a/b"], entry("a/b"));
+        assert_eq!(idx.load_peers().unwrap()[&ReplicaId(9)], 4);
+    }
+
+    #[test]
+    fn second_open_is_refused_while_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join(".weave");
+        let _a = Index::open(&state).unwrap();
+        assert!(matches!(Index::open(&state), Err(IndexError::InUse { .. })));
+    }
+
+    #[test]
+    fn garbage_is_reported_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join(".weave");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(state.join(INDEX_FILE), vec![0x5a; 8192]).unwrap();
+        let err = Index::open(&state).err().expect("must fail");
+        assert!(matches!(err, IndexError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("move the state directory aside"));
+    }
+
+    #[test]
+    fn newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join(".weave");
+        {
+            let idx = Index::open(&state).unwrap();
+            let db = idx.db.as_ref().unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(META).unwrap().insert("format", FORMAT_VERSION + 1).unwrap();
+            tx.commit().unwrap();
+        }
+        let err = Index::open(&state).err().expect("must fail");
+        assert!(matches!(err, IndexError::NewerFormat { found: 2, .. }), "{err}");
+    }
+}
