@@ -197,7 +197,10 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.size(), data.len() as u64);
         for (off, c) in a.with_offsets() {
-            assert!(verify(&data[off as usize..off as usize + c.len as usize], &c.hash));
+            assert!(verify(
+                &data[off as usize..off as usize + c.len as usize],
+                &c.hash
+            ));
             assert!(c.len <= CHUNK_MAX);
         }
     }

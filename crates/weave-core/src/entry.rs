@@ -8,10 +8,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Object {
     /// A regular file: its size and content id (the root of its chunk tree).
-    File { size: u64, content: Hash },
+    File {
+        size: u64,
+        content: Hash,
+    },
     Dir,
     /// A symbolic link, synced as a link and never followed.
-    Symlink { target: String },
+    Symlink {
+        target: String,
+    },
     /// A tombstone: the path was deleted.
     Deleted,
 }

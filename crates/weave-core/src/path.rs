@@ -84,7 +84,9 @@ pub fn conflict_name(path: &str, mtime_ns: i64, origin: ReplicaId) -> String {
 
 /// True if a file name looks like a conflict copy made by weave.
 pub fn is_conflict_name(path: &str) -> bool {
-    path.rsplit('/').next().is_some_and(|f| f.contains(".weave-conflict-"))
+    path.rsplit('/')
+        .next()
+        .is_some_and(|f| f.contains(".weave-conflict-"))
 }
 
 fn format_utc(mtime_ns: i64) -> String {
@@ -106,12 +108,24 @@ mod tests {
         assert!(validate(".weaveignore").is_ok());
         assert!(validate("x/.weave").is_ok());
         assert_eq!(validate(""), Err(PathError::Empty));
-        assert!(matches!(validate("/etc/passwd"), Err(PathError::Absolute(_))));
-        assert!(matches!(validate("../escape"), Err(PathError::BadComponent(_))));
-        assert!(matches!(validate("a/../b"), Err(PathError::BadComponent(_))));
+        assert!(matches!(
+            validate("/etc/passwd"),
+            Err(PathError::Absolute(_))
+        ));
+        assert!(matches!(
+            validate("../escape"),
+            Err(PathError::BadComponent(_))
+        ));
+        assert!(matches!(
+            validate("a/../b"),
+            Err(PathError::BadComponent(_))
+        ));
         assert!(matches!(validate("a//b"), Err(PathError::BadComponent(_))));
         assert!(matches!(validate("a/"), Err(PathError::BadComponent(_))));
-        assert!(matches!(validate(".weave/index"), Err(PathError::StateDir(_))));
+        assert!(matches!(
+            validate(".weave/index"),
+            Err(PathError::StateDir(_))
+        ));
     }
 
     #[test]
@@ -123,10 +137,21 @@ mod tests {
             conflict_name("docs/report.txt", t, r),
             "docs/report.weave-conflict-20261121-101500-0000000.txt"
         );
-        assert_eq!(conflict_name("Makefile", t, r), "Makefile.weave-conflict-20261121-101500-0000000");
-        assert_eq!(conflict_name(".bashrc", t, r), ".bashrc.weave-conflict-20261121-101500-0000000");
-        assert_eq!(conflict_name("a.tar.gz", t, r), "a.tar.weave-conflict-20261121-101500-0000000.gz");
-        assert!(is_conflict_name("x/a.weave-conflict-20261121-101500-0000000.gz"));
+        assert_eq!(
+            conflict_name("Makefile", t, r),
+            "Makefile.weave-conflict-20261121-101500-0000000"
+        );
+        assert_eq!(
+            conflict_name(".bashrc", t, r),
+            ".bashrc.weave-conflict-20261121-101500-0000000"
+        );
+        assert_eq!(
+            conflict_name("a.tar.gz", t, r),
+            "a.tar.weave-conflict-20261121-101500-0000000.gz"
+        );
+        assert!(is_conflict_name(
+            "x/a.weave-conflict-20261121-101500-0000000.gz"
+        ));
     }
 
     #[test]

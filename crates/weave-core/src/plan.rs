@@ -81,7 +81,11 @@ pub struct Decision {
 
 /// Decides one path from the versions the replicas hold (one element per
 /// replica that has an entry for it). Returns None when nobody has one.
-pub fn decide(path: &str, holders: &[(ReplicaId, &Entry)], policy: ConflictPolicy) -> Option<Decision> {
+pub fn decide(
+    path: &str,
+    holders: &[(ReplicaId, &Entry)],
+    policy: ConflictPolicy,
+) -> Option<Decision> {
     if holders.is_empty() {
         return None;
     }
@@ -100,7 +104,10 @@ pub fn decide(path: &str, holders: &[(ReplicaId, &Entry)], policy: ConflictPolic
     // Distinct versions among the maxima, with who holds each.
     let mut versions: Vec<(&Entry, Vec<ReplicaId>)> = Vec::new();
     for (r, e) in maxima {
-        match versions.iter_mut().find(|(v, _)| v.vv == e.vv && v.same_state(e)) {
+        match versions
+            .iter_mut()
+            .find(|(v, _)| v.vv == e.vv && v.same_state(e))
+        {
             Some((v, hs)) => {
                 // Pick a canonical representative among identical states.
                 if e.precedence_key() > v.precedence_key() {
@@ -286,7 +293,9 @@ pub fn plan_tree(
         if let Some(hs) = by_path.get(d.as_str()) {
             for (_, e) in hs {
                 vv = vv.merge(&e.vv);
-                if e.object.is_dir() && best_dir.is_none_or(|b| e.precedence_key() > b.precedence_key()) {
+                if e.object.is_dir()
+                    && best_dir.is_none_or(|b| e.precedence_key() > b.precedence_key())
+                {
                     best_dir = Some(e);
                 }
             }

@@ -154,10 +154,7 @@ impl VersionVector {
 
     /// True if `self` has seen everything `other` has (equal counts).
     pub fn covers(&self, other: &VersionVector) -> bool {
-        matches!(
-            self.compare(other),
-            Causality::Equal | Causality::Dominates
-        )
+        matches!(self.compare(other), Causality::Equal | Causality::Dominates)
     }
 }
 
@@ -187,14 +184,18 @@ mod tests {
     fn basic_comparisons() {
         assert_eq!(vv(&[]).compare(&vv(&[])), Causality::Equal);
         assert_eq!(vv(&[(1, 2)]).compare(&vv(&[(1, 1)])), Causality::Dominates);
-        assert_eq!(vv(&[(1, 1)]).compare(&vv(&[(1, 1), (2, 1)])), Causality::DominatedBy);
+        assert_eq!(
+            vv(&[(1, 1)]).compare(&vv(&[(1, 1), (2, 1)])),
+            Causality::DominatedBy
+        );
         assert_eq!(vv(&[(1, 2)]).compare(&vv(&[(2, 1)])), Causality::Concurrent);
         assert_eq!(vv(&[(1, 0)]), vv(&[]));
     }
 
     fn arb_vv() -> impl Strategy<Value = VersionVector> {
-        proptest::collection::vec((0u64..4, 0u64..4), 0..4)
-            .prop_map(|p| VersionVector::from_pairs(p.into_iter().map(|(r, c)| (ReplicaId(r), c)).collect()))
+        proptest::collection::vec((0u64..4, 0u64..4), 0..4).prop_map(|p| {
+            VersionVector::from_pairs(p.into_iter().map(|(r, c)| (ReplicaId(r), c)).collect())
+        })
     }
 
     proptest! {

@@ -1,1 +1,18 @@
+//! weave-fs: a directory tree as a replica.
+//!
+//! - [`scan`] turns the disk into index entries, reading only files whose
+//!   stat changed, hashing in parallel;
+//! - [`apply`] carries out a plan on disk with atomic commits (temporary
+//!   file in the target's directory, flush, rename, flush the directory)
+//!   and re-checks every target right before it is replaced (I-4, I-5);
+//! - [`ignore`] builds the ignore matcher from `.weaveignore` files and
+//!   command-line patterns.
 
+pub mod apply;
+pub mod ignore;
+pub mod scan;
+mod util;
+
+pub use apply::{apply, ApplyOutcome, ContentSource, Done, Op, OpKind};
+pub use scan::{scan, ScanOutcome};
+pub use util::{stat_of, FsIssue, TEMP_PREFIX};

@@ -96,7 +96,10 @@ pub struct Batch {
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.contents.is_empty() && self.drop_contents.is_empty() && self.peers.is_empty()
+        self.entries.is_empty()
+            && self.contents.is_empty()
+            && self.drop_contents.is_empty()
+            && self.peers.is_empty()
     }
 }
 
@@ -141,7 +144,10 @@ impl Index {
                 })
             }
             Some(_) => {
-                let id = meta.get("replica_id").copied().ok_or_else(|| idx.corrupt("no replica id"))?;
+                let id = meta
+                    .get("replica_id")
+                    .copied()
+                    .ok_or_else(|| idx.corrupt("no replica id"))?;
                 idx.id = ReplicaId(id);
                 idx.clock = meta.get("clock").copied().unwrap_or(0);
                 idx.seq = meta.get("seq").copied().unwrap_or(0);
@@ -186,6 +192,11 @@ impl Index {
     /// replica whose state was rebuilt must never reuse a counter).
     pub fn observe(&mut self, counter: u64) {
         self.clock = self.clock.max(counter);
+    }
+
+    /// The current value of this replica's clock.
+    pub fn clock(&self) -> u64 {
+        self.clock
     }
 
     /// The next local sequence number.
@@ -238,10 +249,12 @@ impl Index {
         let tx = db.begin_write().map_err(|e| self.db_err(e))?;
         {
             let mut t = tx.open_table(META).map_err(|e| self.db_err(e))?;
-            t.insert("format", FORMAT_VERSION).map_err(|e| self.db_err(e))?;
+            t.insert("format", FORMAT_VERSION)
+                .map_err(|e| self.db_err(e))?;
             t.insert("chunker", weave_chunk::CHUNKER_VERSION as u64)
                 .map_err(|e| self.db_err(e))?;
-            t.insert("replica_id", self.id.0).map_err(|e| self.db_err(e))?;
+            t.insert("replica_id", self.id.0)
+                .map_err(|e| self.db_err(e))?;
             t.insert("clock", 0).map_err(|e| self.db_err(e))?;
             t.insert("seq", 0).map_err(|e| self.db_err(e))?;
             tx.open_table(ENTRIES).map_err(|e| self.db_err(e))?;
@@ -256,7 +269,9 @@ impl Index {
         let mut out = BTreeMap::new();
         let Some(db) = &self.db else { return Ok(out) };
         let tx = db.begin_read().map_err(|e| self.db_err(e))?;
-        let t = tx.open_table(ENTRIES).map_err(|e| self.corrupt(e.to_string()))?;
+        let t = tx
+            .open_table(ENTRIES)
+            .map_err(|e| self.corrupt(e.to_string()))?;
         for row in t.iter().map_err(|e| self.db_err(e))? {
             let (k, v) = row.map_err(|e| self.db_err(e))?;
             let path = k.value().to_string();
@@ -286,7 +301,9 @@ impl Index {
         let mut out = HashMap::new();
         let Some(db) = &self.db else { return Ok(out) };
         let tx = db.begin_read().map_err(|e| self.db_err(e))?;
-        let t = tx.open_table(PEERS).map_err(|e| self.corrupt(e.to_string()))?;
+        let t = tx
+            .open_table(PEERS)
+            .map_err(|e| self.corrupt(e.to_string()))?;
         for row in t.iter().map_err(|e| self.db_err(e))? {
             let (k, v) = row.map_err(|e| self.db_err(e))?;
             out.insert(ReplicaId(k.value()), v.value());
@@ -298,12 +315,18 @@ impl Index {
     pub fn chunk_list(&self, content: &Hash) -> Result<Option<ChunkList>, IndexError> {
         let Some(db) = &self.db else { return Ok(None) };
         let tx = db.begin_read().map_err(|e| self.db_err(e))?;
-        let t = tx.open_table(CONTENTS).map_err(|e| self.corrupt(e.to_string()))?;
+        let t = tx
+            .open_table(CONTENTS)
+            .map_err(|e| self.corrupt(e.to_string()))?;
         let Some(v) = t.get(&content.0[..]).map_err(|e| self.db_err(e))? else {
             return Ok(None);
         };
-        let list: ChunkList = postcard::from_bytes(v.value())
-            .map_err(|e| self.corrupt(format!("chunk list {} does not decode: {e}", content.short_hex())))?;
+        let list: ChunkList = postcard::from_bytes(v.value()).map_err(|e| {
+            self.corrupt(format!(
+                "chunk list {} does not decode: {e}",
+                content.short_hex()
+            ))
+        })?;
         Ok(Some(list))
     }
 
@@ -311,7 +334,9 @@ impl Index {
     pub fn content_count(&self) -> Result<u64, IndexError> {
         let Some(db) = &self.db else { return Ok(0) };
         let tx = db.begin_read().map_err(|e| self.db_err(e))?;
-        let t = tx.open_table(CONTENTS).map_err(|e| self.corrupt(e.to_string()))?;
+        let t = tx
+            .open_table(CONTENTS)
+            .map_err(|e| self.corrupt(e.to_string()))?;
         t.len().map_err(|e| self.db_err(e))
     }
 
@@ -333,7 +358,8 @@ impl Index {
                     stat: le.stat,
                 };
                 buf.clear();
-                let bytes = postcard::to_extend(&s, std::mem::take(&mut buf)).map_err(|e| self.db_err(e))?;
+                let bytes = postcard::to_extend(&s, std::mem::take(&mut buf))
+                    .map_err(|e| self.db_err(e))?;
                 entries
                     .insert(le.entry.path.as_str(), bytes.as_slice())
                     .map_err(|e| self.db_err(e))?;
@@ -354,7 +380,8 @@ impl Index {
                 peers.insert(r.0, *s).map_err(|e| self.db_err(e))?;
             }
             let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
-            meta.insert("clock", self.clock).map_err(|e| self.db_err(e))?;
+            meta.insert("clock", self.clock)
+                .map_err(|e| self.db_err(e))?;
             meta.insert("seq", self.seq).map_err(|e| self.db_err(e))?;
         }
         tx.commit().map_err(|e| self.db_err(e))
@@ -455,10 +482,16 @@ mod tests {
             let idx = Index::open(&state).unwrap();
             let db = idx.db.as_ref().unwrap();
             let tx = db.begin_write().unwrap();
-            tx.open_table(META).unwrap().insert("format", FORMAT_VERSION + 1).unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .insert("format", FORMAT_VERSION + 1)
+                .unwrap();
             tx.commit().unwrap();
         }
         let err = Index::open(&state).err().expect("must fail");
-        assert!(matches!(err, IndexError::NewerFormat { found: 2, .. }), "{err}");
+        assert!(
+            matches!(err, IndexError::NewerFormat { found: 2, .. }),
+            "{err}"
+        );
     }
 }

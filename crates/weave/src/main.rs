@@ -1,1 +1,10 @@
-fn main() {}
+//! The `weave` command: a thin layer over the engine crates.
+
+mod cli;
+mod output;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    cli::run()
+}

@@ -26,7 +26,11 @@ fn file(path: &str, content: u8, mtime: i64, origin: ReplicaId, v: VersionVector
 
 fn with(e: &Entry, object: Object) -> Entry {
     let mode = if object.is_deleted() { 0 } else { e.mode };
-    Entry { object, mode, ..e.clone() }
+    Entry {
+        object,
+        mode,
+        ..e.clone()
+    }
 }
 
 #[test]
@@ -95,7 +99,11 @@ fn modify_beats_delete_under_every_policy() {
         ..with(&base, Object::Deleted)
     };
     let modified = file("f", 2, 5, B, vv(&[(A, 1), (B, 1)]));
-    for policy in [ConflictPolicy::KeepBoth, ConflictPolicy::Newest, ConflictPolicy::Prefer(A)] {
+    for policy in [
+        ConflictPolicy::KeepBoth,
+        ConflictPolicy::Newest,
+        ConflictPolicy::Prefer(A),
+    ] {
         let d = decide("f", &[(A, &deleted), (B, &modified)], policy).unwrap();
         assert_eq!(d.result.object, modified.object);
         assert!(d.result.vv.covers(&deleted.vv));

@@ -1,0 +1,124 @@
+//! From the plan to one replica's operations.
+
+use crate::report::ReplicaReport;
+use std::collections::BTreeMap;
+use weave_core::{Entry, Object};
+use weave_fs::{Op, OpKind};
+use weave_index::LocalEntry;
+
+/// The operations that bring a replica holding `entries` to `finals`.
+pub fn derive(entries: &BTreeMap<String, LocalEntry>, finals: &BTreeMap<String, Entry>) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for (path, f) in finals {
+        let cur = entries.get(path);
+        if cur.is_some_and(|c| c.entry.identical(f)) {
+            continue;
+        }
+        let live = cur.filter(|c| c.entry.is_live());
+        let op = |kind: OpKind, current: Option<&LocalEntry>| Op {
+            kind,
+            path: path.clone(),
+            current: current.cloned(),
+            target: f.clone(),
+        };
+        // Replacing one kind of object by another: remove the old one first,
+        // recording a tombstone of the old version until the new one lands.
+        let type_change = |ops: &mut Vec<Op>, c: &LocalEntry| {
+            ops.push(Op {
+                kind: OpKind::Remove,
+                path: path.clone(),
+                current: Some(c.clone()),
+                target: Entry {
+                    path: path.clone(),
+                    object: Object::Deleted,
+                    mode: 0,
+                    mtime_ns: 0,
+                    vv: c.entry.vv.clone(),
+                    origin: c.entry.origin,
+                },
+            })
+        };
+        match (&f.object, live.map(|c| &c.entry.object)) {
+            (Object::Deleted, Some(_)) => ops.push(op(OpKind::Remove, cur)),
+            (Object::Deleted, None) => ops.push(op(OpKind::Record, cur)),
+            (Object::Dir, Some(Object::Dir)) => {
+                let kind = if cur.is_some_and(|c| c.entry.mode != f.mode) {
+                    OpKind::SetMeta
+                } else {
+                    OpKind::Record
+                };
+                ops.push(op(kind, cur))
+            }
+            (Object::Dir, Some(_)) => {
+                type_change(&mut ops, live.unwrap());
+                ops.push(op(OpKind::MakeDir, None));
+            }
+            (Object::Dir, None) => ops.push(op(OpKind::MakeDir, None)),
+            (Object::File { content, .. }, Some(Object::File { content: old, .. })) => {
+                let c = live.unwrap();
+                if content == old {
+                    let kind = if c.entry.mode != f.mode || c.entry.mtime_ns != f.mtime_ns {
+                        OpKind::SetMeta
+                    } else {
+                        OpKind::Record
+                    };
+                    ops.push(op(kind, cur));
+                } else {
+                    ops.push(op(OpKind::WriteFile, cur));
+                }
+            }
+            (Object::Symlink { target }, Some(Object::Symlink { target: old })) => {
+                let kind = if target == old {
+                    OpKind::Record
+                } else {
+                    OpKind::WriteSymlink
+                };
+                ops.push(op(kind, cur));
+            }
+            (Object::File { .. } | Object::Symlink { .. }, Some(_)) => {
+                type_change(&mut ops, live.unwrap());
+                let kind = if matches!(f.object, Object::File { .. }) {
+                    OpKind::WriteFile
+                } else {
+                    OpKind::WriteSymlink
+                };
+                ops.push(op(kind, None));
+            }
+            (Object::File { .. }, None) => ops.push(op(OpKind::WriteFile, None)),
+            (Object::Symlink { .. }, None) => ops.push(op(OpKind::WriteSymlink, None)),
+        }
+    }
+    ops
+}
+
+/// A removal that only clears the way for another kind of object.
+pub fn is_type_change(op: &Op) -> bool {
+    op.kind == OpKind::Remove
+        && op
+            .current
+            .as_ref()
+            .is_some_and(|c| c.entry.vv == op.target.vv)
+}
+
+/// What a successful operation counts as, for people.
+pub fn action(op: &Op) -> Option<&'static str> {
+    let live_before = op.current.as_ref().is_some_and(|c| c.entry.is_live());
+    match op.kind {
+        OpKind::Remove if is_type_change(op) => None,
+        OpKind::Remove => Some("delete"),
+        OpKind::MakeDir => Some("mkdir"),
+        OpKind::WriteFile | OpKind::WriteSymlink if live_before => Some("update"),
+        OpKind::WriteFile | OpKind::WriteSymlink => Some("create"),
+        OpKind::SetMeta => Some("metadata"),
+        OpKind::Record => None,
+    }
+}
+
+pub fn count(r: &mut ReplicaReport, op: &Op, _all: &[Op]) {
+    match action(op) {
+        Some("delete") => r.deleted += 1,
+        Some("mkdir") | Some("create") => r.created += 1,
+        Some("update") | Some("metadata") => r.updated += 1,
+        _ => {}
+    }
+}

@@ -1,0 +1,106 @@
+//! What a sync did, for people and (as JSON) for scripts.
+
+use serde::Serialize;
+use weave_core::{Conflict, ConflictKind};
+use weave_fs::Op;
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub dry_run: bool,
+    /// True when the replicas ended identical with no conflict and no error.
+    pub in_sync: bool,
+    pub created: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    /// Bytes of file content taken from another replica.
+    pub bytes_copied: u64,
+    /// Bytes of file content rebuilt from a replica's own files.
+    pub bytes_local: u64,
+    pub conflicts: Vec<ConflictReport>,
+    pub errors: Vec<IssueReport>,
+    pub notices: Vec<IssueReport>,
+    pub replicas: Vec<ReplicaReport>,
+    /// With --dry-run: what a sync would do.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub planned: Vec<PlannedOp>,
+}
+
+impl Report {
+    pub fn finish(&mut self) {
+        self.created = self.replicas.iter().map(|r| r.created).sum();
+        self.updated = self.replicas.iter().map(|r| r.updated).sum();
+        self.deleted = self.replicas.iter().map(|r| r.deleted).sum();
+        self.bytes_copied = self.replicas.iter().map(|r| r.bytes_copied).sum();
+        self.bytes_local = self.replicas.iter().map(|r| r.bytes_local).sum();
+        self.in_sync = self.errors.is_empty()
+            && self.conflicts.is_empty()
+            && (!self.dry_run || self.planned.is_empty());
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ReplicaReport {
+    pub path: String,
+    pub id: String,
+    pub created: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub bytes_copied: u64,
+    pub bytes_local: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConflictReport {
+    pub path: String,
+    pub kind: &'static str,
+    pub description: &'static str,
+    /// The replica that made the version that kept the name.
+    pub winner: String,
+    /// Conflict copies made for the other versions.
+    pub copies: Vec<String>,
+    /// Replicas whose versions the conflict policy dropped.
+    pub dropped: Vec<String>,
+}
+
+impl ConflictReport {
+    pub fn from_conflict(c: &Conflict) -> Self {
+        ConflictReport {
+            path: c.path.clone(),
+            kind: match c.kind {
+                ConflictKind::KeptBoth => "keep-both",
+                ConflictKind::Overruled => "policy",
+                ConflictKind::ModifyDelete => "modify-delete",
+                ConflictKind::DirVsFile => "dir-vs-file",
+                ConflictKind::ParentRestored => "parent-restored",
+            },
+            description: c.kind.describe(),
+            winner: c.winner.to_string(),
+            copies: c.copies.clone(),
+            dropped: c.dropped.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IssueReport {
+    pub replica: String,
+    pub path: String,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlannedOp {
+    pub replica: String,
+    pub action: &'static str,
+    pub path: String,
+}
+
+impl PlannedOp {
+    pub fn describe(replica: &str, op: &Op, _all: &[Op]) -> Option<PlannedOp> {
+        Some(PlannedOp {
+            replica: replica.to_string(),
+            action: crate::ops::action(op)?,
+            path: op.path.clone(),
+        })
+    }
+}

@@ -1,0 +1,624 @@
+//! The executor: carries out one replica's part of a plan on disk.
+//!
+//! Order: removals (deepest first; files go to `.weave/trash` so their
+//! chunks stay available), directories (shallowest first), then file and
+//! symlink writes in batches: every new content is built in a temporary
+//! file next to its target from verified chunks (I-3), the batch is made
+//! durable, and only then is each temporary renamed over its target after
+//! the target was checked against the index once more (I-4, I-5). Metadata
+//! changes come last.
+
+use crate::util::{join, same_stat, stat_of, temp_name, FsIssue};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, UNIX_EPOCH};
+use weave_chunk::ChunkList;
+use weave_core::path::{ancestors, depth, STATE_DIR};
+use weave_core::{Entry, Hash, Object};
+use weave_index::{LocalEntry, Stat};
+
+/// What one operation does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    /// Remove what is at the path (file, symlink or empty directory).
+    Remove,
+    MakeDir,
+    WriteFile,
+    WriteSymlink,
+    /// Change permissions (and, for files, the mtime) only.
+    SetMeta,
+    /// Nothing on disk: record the new version in the index.
+    Record,
+}
+
+/// One operation on one path of one replica.
+#[derive(Debug, Clone)]
+pub struct Op {
+    pub kind: OpKind,
+    pub path: String,
+    /// What the index says is at the path now (None: nothing).
+    pub current: Option<LocalEntry>,
+    /// The version to record once the operation is done.
+    pub target: Entry,
+}
+
+/// An operation that was carried out.
+#[derive(Debug, Clone)]
+pub struct Done {
+    pub op: usize,
+    pub entry: Entry,
+    pub stat: Option<Stat>,
+    /// The chunk list of a file that was written.
+    pub content: Option<ChunkList>,
+}
+
+#[derive(Debug, Default)]
+pub struct ApplyOutcome {
+    pub done: Vec<Done>,
+    pub issues: Vec<FsIssue>,
+    /// Bytes of new file content taken from this replica's own files.
+    pub bytes_local: u64,
+    /// Bytes of new file content taken from other replicas.
+    pub bytes_remote: u64,
+}
+
+/// Where content can be found.
+pub trait ContentSource: Sync {
+    /// The chunk list of a content id.
+    fn chunk_list(&self, content: &Hash) -> Option<ChunkList>;
+    /// Files that should hold this content, with `true` for the replica's
+    /// own files. Every byte read from them is verified.
+    fn locations(&self, content: &Hash) -> Vec<(PathBuf, bool)>;
+}
+
+/// Files per write batch and bytes per write batch: a batch is made
+/// durable with one filesystem flush before its renames.
+const BATCH_FILES: usize = 4096;
+const BATCH_BYTES: u64 = 1 << 30;
+
+struct Ctx<'a> {
+    root: &'a Path,
+    trash: PathBuf,
+    source: &'a dyn ContentSource,
+    /// Content ids moved into the trash during this run.
+    trashed: Mutex<HashMap<Hash, PathBuf>>,
+    progress: &'a (dyn Fn(u64) + Sync),
+}
+
+/// Carries out `ops` on the replica at `root`.
+pub fn apply(
+    root: &Path,
+    ops: &[Op],
+    source: &dyn ContentSource,
+    progress: &(dyn Fn(u64) + Sync),
+) -> ApplyOutcome {
+    let trash = root.join(STATE_DIR).join("trash");
+    let _ = fs::remove_dir_all(&trash);
+    let mut out = ApplyOutcome::default();
+    if let Err(e) = fs::create_dir_all(&trash) {
+        out.issues
+            .push(FsIssue::new(&trash, format!("cannot create: {e}")));
+        return out;
+    }
+    let ctx = Ctx {
+        root,
+        trash: trash.clone(),
+        source,
+        trashed: Mutex::new(HashMap::new()),
+        progress,
+    };
+    let by_kind = |k: OpKind| ops.iter().enumerate().filter(move |(_, o)| o.kind == k);
+
+    // 1. Removals, deepest first.
+    let mut removes: Vec<(usize, &Op)> = by_kind(OpKind::Remove).collect();
+    removes.sort_by(|a, b| {
+        depth(&b.1.path)
+            .cmp(&depth(&a.1.path))
+            .then(b.1.path.cmp(&a.1.path))
+    });
+    for (i, op) in removes {
+        match ctx.remove(op) {
+            Ok(()) => out.done.push(Done {
+                op: i,
+                entry: op.target.clone(),
+                stat: None,
+                content: None,
+            }),
+            Err(msg) => out.issues.push(FsIssue::new(join(root, &op.path), msg)),
+        }
+    }
+
+    // 2. Directories, shallowest first. Created writable by their owner;
+    // final modes are set at the end so read-only directories can be filled.
+    let mut dirs: Vec<(usize, &Op)> = by_kind(OpKind::MakeDir).collect();
+    dirs.sort_by(|a, b| {
+        depth(&a.1.path)
+            .cmp(&depth(&b.1.path))
+            .then(a.1.path.cmp(&b.1.path))
+    });
+    let mut final_modes: Vec<(String, u32)> = Vec::new();
+    for (i, op) in dirs {
+        match ctx.make_dir(op) {
+            Ok(()) => {
+                final_modes.push((op.path.clone(), op.target.mode));
+                out.done.push(Done {
+                    op: i,
+                    entry: op.target.clone(),
+                    stat: None,
+                    content: None,
+                })
+            }
+            Err(msg) => out.issues.push(FsIssue::new(join(root, &op.path), msg)),
+        }
+    }
+
+    // 3. Files and symlinks, in batches.
+    let writes: Vec<(usize, &Op)> = ops
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| matches!(o.kind, OpKind::WriteFile | OpKind::WriteSymlink))
+        .collect();
+    let mut start = 0;
+    while start < writes.len() {
+        let mut end = start;
+        let mut bytes = 0u64;
+        while end < writes.len()
+            && end - start < BATCH_FILES
+            && (bytes < BATCH_BYTES || end == start)
+        {
+            if let Object::File { size, .. } = writes[end].1.target.object {
+                bytes += size;
+            }
+            end += 1;
+        }
+        let batch = &writes[start..end];
+        let built: Vec<(usize, Result<Built, String>)> = batch
+            .par_iter()
+            .map(|&(i, op)| (i, ctx.build(op)))
+            .collect();
+        if built.iter().any(|(_, b)| b.is_ok()) {
+            // One flush makes every temporary file of the batch durable
+            // before any of them replaces a target.
+            let _ = flush_fs(root);
+        }
+        for (i, b) in built {
+            let op = &ops[i];
+            let result = b.and_then(|b| {
+                out.bytes_local += b.bytes_local;
+                out.bytes_remote += b.bytes_remote;
+                let mut b = b;
+                ctx.commit(op, &b).map(|stat| (stat, b.list.take()))
+            });
+            match result {
+                Ok((stat, list)) => out.done.push(Done {
+                    op: i,
+                    entry: op.target.clone(),
+                    stat,
+                    content: list,
+                }),
+                Err(msg) => out.issues.push(FsIssue::new(join(root, &op.path), msg)),
+            }
+        }
+        let _ = flush_fs(root);
+        start = end;
+    }
+
+    // 4. Metadata.
+    for (i, op) in by_kind(OpKind::SetMeta) {
+        match ctx.set_meta(op) {
+            Ok(stat) => {
+                if op.target.object.is_dir() {
+                    final_modes.push((op.path.clone(), op.target.mode));
+                }
+                out.done.push(Done {
+                    op: i,
+                    entry: op.target.clone(),
+                    stat,
+                    content: None,
+                })
+            }
+            Err(msg) => out.issues.push(FsIssue::new(join(root, &op.path), msg)),
+        }
+    }
+    // 5. Index-only changes.
+    for (i, op) in by_kind(OpKind::Record) {
+        let stat = op
+            .current
+            .as_ref()
+            .filter(|c| c.entry.same_state(&op.target))
+            .and_then(|c| c.stat);
+        out.done.push(Done {
+            op: i,
+            entry: op.target.clone(),
+            stat,
+            content: None,
+        });
+    }
+    // Directory modes last, deepest first.
+    final_modes.sort_by(|a, b| depth(&b.0).cmp(&depth(&a.0)));
+    for (p, mode) in final_modes {
+        let full = join(root, &p);
+        if let Err(e) = fs::set_permissions(&full, fs::Permissions::from_mode(mode)) {
+            out.issues
+                .push(FsIssue::new(full, format!("cannot set permissions: {e}")));
+        }
+    }
+    let _ = fs::remove_dir_all(&trash);
+    out
+}
+
+struct Built {
+    temp: PathBuf,
+    list: Option<ChunkList>,
+    bytes_local: u64,
+    bytes_remote: u64,
+}
+
+impl Drop for Built {
+    fn drop(&mut self) {
+        // A temporary that was not committed is removed.
+        let _ = fs::remove_file(&self.temp);
+    }
+}
+
+fn flush_fs(root: &Path) -> std::io::Result<()> {
+    let f = File::open(root)?;
+    rustix::fs::syncfs(&f)?;
+    Ok(())
+}
+
+fn nofollow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
+}
+
+fn io_msg(what: &str, e: std::io::Error) -> String {
+    format!("{what}: {e}")
+}
+
+const CHANGED: &str =
+    "changed on disk during the sync; left as it is (it will sync as a new change next time)";
+
+impl Ctx<'_> {
+    /// Checks that every directory above `rel` is a real directory inside
+    /// the replica, never a symlink (no write passes through a symlink).
+    fn check_parents(&self, rel: &str) -> Result<(), String> {
+        let mut anc: Vec<&str> = ancestors(rel).collect();
+        anc.reverse();
+        for a in anc {
+            let m = fs::symlink_metadata(join(self.root, a))
+                .map_err(|e| format!("parent directory {a:?} is not there: {e}"))?;
+            if !m.file_type().is_dir() {
+                return Err(format!(
+                    "parent {a:?} is not a directory (a symlink or a file); not written"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&self, op: &Op) -> Result<(), String> {
+        self.check_parents(&op.path)?;
+        let full = join(self.root, &op.path);
+        let meta = match fs::symlink_metadata(&full) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_msg("cannot stat", e)),
+        };
+        let cur = op.current.as_ref().map(|c| &c.entry.object);
+        match cur {
+            Some(Object::File { content, .. }) => {
+                let st = op.current.as_ref().and_then(|c| c.stat);
+                if !meta.file_type().is_file() || !st.is_some_and(|s| same_stat(&meta, &s)) {
+                    return Err(CHANGED.into());
+                }
+                let dest = self.trash.join(temp_name());
+                fs::rename(&full, &dest).map_err(|e| io_msg("cannot remove", e))?;
+                self.trashed.lock().unwrap().insert(*content, dest);
+                Ok(())
+            }
+            Some(Object::Symlink { target }) => {
+                let t = fs::read_link(&full).map_err(|e| io_msg("cannot read symlink", e))?;
+                if !meta.file_type().is_symlink() || t.to_str() != Some(target.as_str()) {
+                    return Err(CHANGED.into());
+                }
+                fs::remove_file(&full).map_err(|e| io_msg("cannot remove", e))
+            }
+            Some(Object::Dir) => {
+                if !meta.file_type().is_dir() {
+                    return Err(CHANGED.into());
+                }
+                fs::remove_dir(&full).map_err(|e| {
+                    if e.raw_os_error() == Some(rustix::io::Errno::NOTEMPTY.raw_os_error()) {
+                        "directory not removed: it still holds ignored files or files created during the sync".to_string()
+                    } else {
+                        io_msg("cannot remove directory", e)
+                    }
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn make_dir(&self, op: &Op) -> Result<(), String> {
+        self.check_parents(&op.path)?;
+        let full = join(self.root, &op.path);
+        match fs::symlink_metadata(&full) {
+            Ok(m) if m.file_type().is_dir() => Ok(()),
+            Ok(_) => {
+                Err("something else appeared at this path during the sync; left as it is".into())
+            }
+            Err(_) => fs::DirBuilder::new()
+                .mode(op.target.mode | 0o700)
+                .create(&full)
+                .map_err(|e| io_msg("cannot create directory", e)),
+        }
+    }
+
+    fn build(&self, op: &Op) -> Result<Built, String> {
+        self.check_parents(&op.path)?;
+        let full = join(self.root, &op.path);
+        let dir = full.parent().ok_or("no parent directory")?;
+        let temp = dir.join(temp_name());
+        match &op.target.object {
+            Object::Symlink { target } => {
+                std::os::unix::fs::symlink(target, &temp)
+                    .map_err(|e| io_msg("cannot create symlink", e))?;
+                Ok(Built {
+                    temp,
+                    list: None,
+                    bytes_local: 0,
+                    bytes_remote: 0,
+                })
+            }
+            Object::File { content, size } => {
+                let list = self.source.chunk_list(content).ok_or_else(|| {
+                    format!(
+                        "no replica knows the chunks of content {}",
+                        content.short_hex()
+                    )
+                })?;
+                if list.size() != *size || list.content_id() != *content {
+                    return Err(format!(
+                        "chunk list of content {} is inconsistent",
+                        content.short_hex()
+                    ));
+                }
+                let f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(nofollow())
+                    .open(&temp)
+                    .map_err(|e| io_msg("cannot create temporary file", e))?;
+                let mut built = Built {
+                    temp,
+                    list: None,
+                    bytes_local: 0,
+                    bytes_remote: 0,
+                };
+                self.fill(&f, op, content, &list, &mut built)?;
+                f.set_permissions(fs::Permissions::from_mode(op.target.mode))
+                    .map_err(|e| io_msg("cannot set permissions", e))?;
+                let mtime = UNIX_EPOCH
+                    .checked_add(Duration::from_nanos(op.target.mtime_ns.max(0) as u64))
+                    .unwrap_or(UNIX_EPOCH);
+                f.set_times(fs::FileTimes::new().set_modified(mtime))
+                    .map_err(|e| io_msg("cannot set mtime", e))?;
+                built.list = Some(list);
+                Ok(built)
+            }
+            other => Err(format!("cannot write a {}", other.kind_name())),
+        }
+    }
+
+    /// Writes the chunks of `list` into `f`, each from the first source
+    /// that holds it and verifies: the replica's own files (including what
+    /// this run moved to the trash and the old version at the same path)
+    /// before other replicas.
+    fn fill(
+        &self,
+        f: &File,
+        op: &Op,
+        content: &Hash,
+        list: &ChunkList,
+        built: &mut Built,
+    ) -> Result<(), String> {
+        struct Src {
+            path: PathBuf,
+            local: bool,
+            /// None: holds exactly this content. Some: chunk → offset.
+            map: Option<HashMap<Hash, u64>>,
+            file: Option<Option<File>>,
+            failed: bool,
+        }
+        let mut srcs: Vec<Src> = Vec::new();
+        let whole = |path: PathBuf, local: bool| Src {
+            path,
+            local,
+            map: None,
+            file: None,
+            failed: false,
+        };
+        if let Some(p) = self.trashed.lock().unwrap().get(content) {
+            srcs.push(whole(p.clone(), true));
+        }
+        let locs = self.source.locations(content);
+        for (p, local) in locs.iter().filter(|l| l.1) {
+            srcs.push(whole(p.clone(), *local));
+        }
+        // The old version at the same path: most of an edited file's chunks.
+        if let Some(Object::File { content: old, .. }) =
+            op.current.as_ref().map(|c| &c.entry.object)
+        {
+            if old != content {
+                if let Some(old_list) = self.source.chunk_list(old) {
+                    let map = old_list.with_offsets().map(|(o, c)| (c.hash, o)).collect();
+                    srcs.push(Src {
+                        path: join(self.root, &op.path),
+                        local: true,
+                        map: Some(map),
+                        file: None,
+                        failed: false,
+                    });
+                }
+            }
+        }
+        for (p, local) in locs.iter().filter(|l| !l.1) {
+            srcs.push(whole(p.clone(), *local));
+        }
+        let mut buf = Vec::new();
+        let mut pos = 0u64;
+        let mut out = std::io::BufWriter::with_capacity(256 * 1024, f);
+        for (off, c) in list.with_offsets() {
+            buf.resize(c.len as usize, 0);
+            let mut ok = false;
+            for s in srcs.iter_mut() {
+                if s.failed {
+                    continue;
+                }
+                let at = match &s.map {
+                    None => off,
+                    Some(m) => match m.get(&c.hash) {
+                        Some(&o) => o,
+                        None => continue,
+                    },
+                };
+                let file = s.file.get_or_insert_with(|| {
+                    fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(nofollow())
+                        .open(&s.path)
+                        .ok()
+                });
+                let Some(file) = file else {
+                    s.failed = true;
+                    continue;
+                };
+                if file.read_exact_at(&mut buf, at).is_ok() && weave_chunk::verify(&buf, &c.hash) {
+                    ok = true;
+                    if s.local {
+                        built.bytes_local += c.len as u64;
+                    } else {
+                        built.bytes_remote += c.len as u64;
+                    }
+                    break;
+                }
+                // A source that no longer holds what it should is dropped.
+                if s.map.is_none() {
+                    s.failed = true;
+                }
+            }
+            if !ok {
+                return Err(format!(
+                    "no source holds chunk {} at offset {pos} any more (a file changed during the sync); it will be retried next time",
+                    c.hash.short_hex()
+                ));
+            }
+            out.write_all(&buf).map_err(|e| io_msg("cannot write", e))?;
+            pos += c.len as u64;
+            (self.progress)(c.len as u64);
+        }
+        out.flush().map_err(|e| io_msg("cannot write", e))?;
+        Ok(())
+    }
+
+    /// Replaces the target with a built temporary, after checking that the
+    /// target is still what the index says (I-5).
+    fn commit(&self, op: &Op, b: &Built) -> Result<Option<Stat>, String> {
+        let full = join(self.root, &op.path);
+        self.check_parents(&op.path)?;
+        let cur = op.current.as_ref().filter(|c| c.entry.is_live());
+        match cur {
+            None => {
+                rustix::fs::renameat_with(
+                    rustix::fs::CWD,
+                    &b.temp,
+                    rustix::fs::CWD,
+                    &full,
+                    rustix::fs::RenameFlags::NOREPLACE,
+                )
+                .map_err(|e| {
+                    if e == rustix::io::Errno::EXIST {
+                        "a file appeared at this path during the sync; left as it is (it will sync as a new change next time)"
+                            .to_string()
+                    } else {
+                        format!("cannot rename into place: {e}")
+                    }
+                })?;
+            }
+            Some(c) => {
+                let meta = fs::symlink_metadata(&full).map_err(|_| CHANGED.to_string())?;
+                match &c.entry.object {
+                    Object::File { content, .. } => {
+                        if !meta.file_type().is_file()
+                            || !c.stat.is_some_and(|s| same_stat(&meta, &s))
+                        {
+                            return Err(CHANGED.into());
+                        }
+                        // Keep the old content reachable for the rest of
+                        // this run (other writes may need its chunks).
+                        let keep = self.trash.join(temp_name());
+                        if fs::hard_link(&full, &keep).is_ok() {
+                            self.trashed.lock().unwrap().entry(*content).or_insert(keep);
+                        }
+                    }
+                    Object::Symlink { target } => {
+                        let t = fs::read_link(&full).map_err(|_| CHANGED.to_string())?;
+                        if t.to_str() != Some(target.as_str()) {
+                            return Err(CHANGED.into());
+                        }
+                    }
+                    _ => return Err(CHANGED.into()),
+                }
+                fs::rename(&b.temp, &full).map_err(|e| io_msg("cannot rename into place", e))?;
+            }
+        }
+        if op.target.object.is_live() && matches!(op.target.object, Object::File { .. }) {
+            let m =
+                fs::symlink_metadata(&full).map_err(|e| io_msg("cannot stat after writing", e))?;
+            Ok(Some(stat_of(&m)))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn set_meta(&self, op: &Op) -> Result<Option<Stat>, String> {
+        self.check_parents(&op.path)?;
+        let full = join(self.root, &op.path);
+        let meta = fs::symlink_metadata(&full).map_err(|_| CHANGED.to_string())?;
+        match &op.target.object {
+            Object::Dir => {
+                if !meta.file_type().is_dir() {
+                    return Err(CHANGED.into());
+                }
+                Ok(None)
+            }
+            Object::File { .. } => {
+                let st = op.current.as_ref().and_then(|c| c.stat);
+                if !meta.file_type().is_file() || !st.is_some_and(|s| same_stat(&meta, &s)) {
+                    return Err(CHANGED.into());
+                }
+                let f = fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(nofollow())
+                    .open(&full)
+                    .map_err(|e| io_msg("cannot open", e))?;
+                f.set_permissions(fs::Permissions::from_mode(op.target.mode))
+                    .map_err(|e| io_msg("cannot set permissions", e))?;
+                let mtime = UNIX_EPOCH
+                    .checked_add(Duration::from_nanos(op.target.mtime_ns.max(0) as u64))
+                    .unwrap_or(UNIX_EPOCH);
+                f.set_times(fs::FileTimes::new().set_modified(mtime))
+                    .map_err(|e| io_msg("cannot set mtime", e))?;
+                let m = f.metadata().map_err(|e| io_msg("cannot stat", e))?;
+                Ok(Some(stat_of(&m)))
+            }
+            _ => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Ignore patterns: gitignore syntax, from `.weaveignore` at the root of
+//! every replica of a sync plus patterns given on the command line. One
+//! matcher is used for all replicas of a sync, so a path ignored anywhere
+//! is never touched anywhere.
+
+use ::ignore::gitignore::{Gitignore, GitignoreBuilder};
+use std::path::Path;
+use thiserror::Error;
+
+pub const IGNORE_FILE: &str = ".weaveignore";
+
+#[derive(Debug, Error)]
+#[error("bad ignore pattern {pattern:?} ({origin}): {detail}")]
+pub struct IgnoreError {
+    pub pattern: String,
+    pub origin: String,
+    pub detail: String,
+}
+
+#[derive(Clone)]
+pub struct Matcher {
+    gi: Gitignore,
+}
+
+impl Matcher {
+    /// Builds the matcher from the `.weaveignore` files of `roots` and the
+    /// extra `patterns`.
+    pub fn build(roots: &[&Path], patterns: &[String]) -> Result<Matcher, IgnoreError> {
+        let mut b = GitignoreBuilder::new("/");
+        let mut add = |line: &str, origin: &str| -> Result<(), IgnoreError> {
+            b.add_line(None, line).map(|_| ()).map_err(|e| IgnoreError {
+                pattern: line.to_string(),
+                origin: origin.to_string(),
+                detail: e.to_string(),
+            })
+        };
+        for root in roots {
+            let f = root.join(IGNORE_FILE);
+            if let Ok(text) = std::fs::read_to_string(&f) {
+                for line in text.lines() {
+                    add(line, &f.display().to_string())?;
+                }
+            }
+        }
+        for p in patterns {
+            add(p, "--ignore")?;
+        }
+        let gi = b.build().map_err(|e| IgnoreError {
+            pattern: String::new(),
+            origin: "ignore patterns".into(),
+            detail: e.to_string(),
+        })?;
+        Ok(Matcher { gi })
+    }
+
+    pub fn none() -> Matcher {
+        Matcher {
+            gi: Gitignore::empty(),
+        }
+    }
+
+    /// True if the relative path (or one of its parents) is ignored.
+    pub fn is_ignored(&self, rel: &str, is_dir: bool) -> bool {
+        if self.gi.is_empty() {
+            return false;
+        }
+        let p = Path::new("/").join(rel);
+        self.gi.matched_path_or_any_parents(&p, is_dir).is_ignore()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_like_gitignore() {
+        let m = Matcher::build(
+            &[],
+            &[
+                "*.log".into(),
+                "build/".into(),
+                "!keep.log".into(),
+                "/top".into(),
+            ],
+        )
+        .unwrap();
+        assert!(m.is_ignored("a.log", false));
+        assert!(m.is_ignored("x/y/a.log", false));
+        assert!(!m.is_ignored("keep.log", false));
+        assert!(m.is_ignored("build", true));
+        assert!(m.is_ignored("build/out.o", false));
+        assert!(!m.is_ignored("build", false));
+        assert!(m.is_ignored("top", false));
+        assert!(!m.is_ignored("x/top", false));
+        assert!(!m.is_ignored("src/main.rs", false));
+    }
+}

@@ -1,0 +1,105 @@
+use std::fs::Metadata;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use weave_index::Stat;
+
+/// Prefix of weave's temporary files; a file named
+/// `.~weave-<16 hex digits>.tmp` is a leftover of an interrupted sync.
+pub const TEMP_PREFIX: &str = ".~weave-";
+
+/// A problem with one path on one replica: reported, skipped, and the
+/// rest of the sync goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsIssue {
+    /// Where it happened, as the user would type it.
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl FsIssue {
+    pub fn new(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        FsIssue {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+pub fn is_temp_name(name: &str) -> bool {
+    name.len() == TEMP_PREFIX.len() + 16 + 4
+        && name.starts_with(TEMP_PREFIX)
+        && name.ends_with(".tmp")
+        && name[TEMP_PREFIX.len()..TEMP_PREFIX.len() + 16]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit())
+}
+
+pub fn temp_name() -> String {
+    format!("{TEMP_PREFIX}{:016x}.tmp", rand_u64())
+}
+
+pub fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+pub fn mtime_ns(m: &Metadata) -> i64 {
+    m.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(m.mtime_nsec())
+}
+
+pub fn ctime_ns(m: &Metadata) -> i64 {
+    m.ctime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(m.ctime_nsec())
+}
+
+/// Files changed less than this long before they were looked at may change
+/// again without their timestamps moving (coarse filesystem clocks), so
+/// they are read again next time.
+const RACY_WINDOW_NS: i64 = 1_000_000_000;
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// The stat weave records for a path.
+pub fn stat_of(m: &Metadata) -> Stat {
+    let mt = mtime_ns(m);
+    let ct = ctime_ns(m);
+    Stat {
+        size: m.len(),
+        mtime_ns: mt,
+        ctime_ns: ct,
+        ino: m.ino(),
+        mode: m.mode() & 0o777,
+        racy: now_ns() - mt.max(ct) < RACY_WINDOW_NS,
+    }
+}
+
+/// True if what is on disk is still what the index recorded.
+pub fn same_stat(m: &Metadata, s: &Stat) -> bool {
+    m.len() == s.size && mtime_ns(m) == s.mtime_ns && ctime_ns(m) == s.ctime_ns && m.ino() == s.ino
+}
+
+pub fn join(root: &Path, rel: &str) -> PathBuf {
+    let mut p = root.to_path_buf();
+    for c in rel.split('/') {
+        p.push(c);
+    }
+    p
+}

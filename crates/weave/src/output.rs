@@ -1,0 +1,134 @@
+//! What weave prints: a progress bar on a terminal, a summary for people,
+//! JSON for scripts, and every conflict and error on stderr.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use std::time::Duration;
+use weave_engine::{Progress, Report};
+
+pub struct Bar {
+    bar: Option<ProgressBar>,
+}
+
+impl Bar {
+    pub fn new(enabled: bool) -> Bar {
+        if !enabled {
+            return Bar { bar: None };
+        }
+        let bar = ProgressBar::new_spinner();
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Bar { bar: Some(bar) }
+    }
+
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for Bar {
+    fn phase(&self, msg: &str) {
+        if let Some(b) = &self.bar {
+            b.set_message(msg.to_string());
+        }
+    }
+    fn set_total(&self, bytes: u64) {
+        if let Some(b) = &self.bar {
+            if bytes > 0 {
+                b.set_length(bytes);
+                b.set_position(0);
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+            }
+        }
+    }
+    fn advance(&self, bytes: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(bytes);
+        }
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn print_report(r: &Report, json: bool, quiet: bool, elapsed: Duration) {
+    for c in &r.conflicts {
+        let mut line = format!("weave: conflict: {}: {}", c.path, c.description);
+        if !c.copies.is_empty() {
+            line.push_str(&format!(
+                "; the other version is now {}",
+                c.copies.join(", ")
+            ));
+        }
+        eprintln!("{line}");
+    }
+    for e in &r.errors {
+        eprintln!("weave: error: {} ({}): {}", e.path, e.replica, e.message);
+    }
+    if !quiet {
+        for n in &r.notices {
+            eprintln!("weave: note: {} ({}): {}", n.path, n.replica, n.message);
+        }
+    }
+    if json {
+        match serde_json::to_string_pretty(r) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("weave: cannot print JSON: {e}"),
+        }
+        return;
+    }
+    if quiet {
+        return;
+    }
+    if r.dry_run {
+        if r.planned.is_empty() {
+            println!("dry run: nothing to do");
+        }
+        for p in &r.planned {
+            println!("would {:<8} {}: {}", p.action, p.replica, p.path);
+        }
+        return;
+    }
+    let n = r.replicas.len();
+    if r.created + r.updated + r.deleted == 0 {
+        println!(
+            "{n} replicas already in sync ({:.2}s)",
+            elapsed.as_secs_f64()
+        );
+    } else {
+        println!(
+            "synced {n} replicas: {} created, {} updated, {} deleted; {} copied, {} reused locally ({:.2}s)",
+            r.created,
+            r.updated,
+            r.deleted,
+            human_bytes(r.bytes_copied),
+            human_bytes(r.bytes_local),
+            elapsed.as_secs_f64()
+        );
+    }
+    if !r.conflicts.is_empty() || !r.errors.is_empty() {
+        println!(
+            "{} conflicts, {} errors (listed on stderr)",
+            r.conflicts.len(),
+            r.errors.len()
+        );
+    }
+}
