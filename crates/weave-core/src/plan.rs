@@ -223,8 +223,9 @@ pub fn decide(
 }
 
 /// The conflict copy of a losing version: same object and metadata, at a
-/// name derived from the version itself, with the version's own vector so
-/// that replicas making the same copy independently agree.
+/// name derived from the version itself (its mtime and the replica that
+/// made it), so replicas making the same copy independently agree on it.
+/// The copy's version vector is assigned when it is placed in a tree plan.
 pub fn conflict_copy(path: &str, loser: &Entry) -> Entry {
     Entry {
         path: conflict_name(path, loser.mtime_ns, loser.origin),
@@ -263,7 +264,7 @@ pub fn plan_tree(
             plan.conflicts.extend(d.conflict);
         }
     }
-    place_copies(&mut plan, pending_copies, policy);
+    place_copies(&mut plan, pending_copies, bumper);
 
     // Every live path needs its ancestors to be directories.
     let mut required: Vec<String> = Vec::new();
@@ -330,36 +331,72 @@ pub fn plan_tree(
                 origin: by,
             },
         );
-        place_copies(&mut plan, copies, policy);
+        place_copies(&mut plan, copies, bumper);
     }
     plan
 }
 
-/// Adds conflict copies to the plan. A copy whose name is already taken is
-/// decided against what is there like any other version of that path.
-fn place_copies(plan: &mut TreePlan, mut copies: Vec<Entry>, policy: ConflictPolicy) {
-    // Bounded: each round can only add copies of copies, with longer names.
+/// Adds conflict copies to the plan.
+///
+/// A copy is a new object at a new path: it gets a fresh version there
+/// (the coordinator's clock), never the version vector of the path it came
+/// from, which says nothing about the copy's path. So a copy always
+/// survives what is already recorded at its name: a tombstone there is
+/// superseded, the same content is simply kept, and different live content
+/// (two conflicts of one file from one replica in the same second) makes
+/// the new copy take a numbered name, so nothing is lost.
+fn place_copies(plan: &mut TreePlan, mut copies: Vec<Entry>, bumper: &mut dyn Bumper) {
+    // Bounded: every round of nested copies makes longer names.
     let mut rounds = 0;
-    while let Some(copy) = copies.pop() {
+    while let Some(mut copy) = copies.pop() {
         rounds += 1;
         if rounds > 10_000 {
             break;
         }
+        // The first free name: the plain conflict name, then numbered
+        // ones, so an earlier copy with a different content is never
+        // replaced (a fresh version from the same coordinator would
+        // dominate it).
+        let base = copy.path.clone();
+        let mut n = 1;
+        while plan
+            .finals
+            .get(&copy.path)
+            .is_some_and(|e| e.is_live() && e.object != copy.object)
+            && n < 1000
+        {
+            n += 1;
+            copy.path = numbered(&base, n);
+        }
+        let (by, clock) = bumper.bump();
+        let mut fresh = VersionVector::new();
+        fresh.bump(by, clock);
         match plan.finals.get(&copy.path) {
-            None => {
+            Some(existing) if existing.is_live() => {
+                // The same content is already there.
+            }
+            Some(tombstone) => {
+                copy.vv = tombstone.vv.merge(&fresh);
                 plan.finals.insert(copy.path.clone(), copy);
             }
-            Some(existing) => {
-                let existing = existing.clone();
-                let holders = [(existing.origin, &existing), (copy.origin, &copy)];
-                if let Some(d) = decide(&copy.path, &holders, policy) {
-                    plan.finals.insert(copy.path.clone(), d.result);
-                    copies.extend(d.copies);
-                    plan.conflicts.extend(d.conflict);
-                }
+            None => {
+                copy.vv = fresh;
+                plan.finals.insert(copy.path.clone(), copy);
             }
         }
     }
+}
+
+/// `NAME.weave-conflict-STAMP-ID-N.EXT` from `NAME.weave-conflict-STAMP-ID.EXT`.
+fn numbered(conflict_path: &str, n: u32) -> String {
+    let file_start = conflict_path.rfind('/').map(|i| i + 1).unwrap_or(0);
+    let marker = conflict_path[file_start..]
+        .find(".weave-conflict-")
+        .map(|i| file_start + i + ".weave-conflict-".len())
+        .unwrap_or(file_start);
+    // The stamp and id have fixed widths: YYYYMMDD-HHMMSS-XXXXXXX.
+    let end = (marker + 23).min(conflict_path.len());
+    format!("{}-{n}{}", &conflict_path[..end], &conflict_path[end..])
 }
 
 #[cfg(test)]

@@ -193,14 +193,41 @@ pub fn sync(
     let roots: Vec<&Path> = canon.iter().map(|p| p.as_path()).collect();
     let matcher = Matcher::build(&roots, &opts.ignore)?;
 
-    let mut reps: Vec<Replica> = Vec::new();
-    for (p, c) in paths.iter().zip(&canon) {
-        let state = c.join(STATE_DIR);
-        let index = if opts.dry_run && !state.join(weave_index::INDEX_FILE).exists() {
+    // Which replica a prefer= policy names, before anything is opened.
+    let preferred = match &opts.policy {
+        PolicySpec::Prefer(p) => {
+            let c = std::fs::canonicalize(p).ok();
+            match canon.iter().position(|r| Some(r) == c.as_ref()) {
+                Some(i) => Some(i),
+                None => {
+                    return Err(SyncError::Usage(format!(
+                        "--conflict prefer={} names no replica of this sync; give one of the replica paths",
+                        p.display()
+                    )))
+                }
+            }
+        }
+        _ => None,
+    };
+    // Open the existing indexes first, so a damaged one stops the sync
+    // before any new state is created in another replica.
+    let mut opened: Vec<Option<Index>> = (0..canon.len()).map(|_| None).collect();
+    let has_index = |c: &PathBuf| c.join(STATE_DIR).join(weave_index::INDEX_FILE).exists();
+    let order: Vec<usize> = (0..canon.len())
+        .filter(|&i| has_index(&canon[i]))
+        .chain((0..canon.len()).filter(|&i| !has_index(&canon[i])))
+        .collect();
+    for i in order {
+        let state = canon[i].join(STATE_DIR);
+        opened[i] = Some(if opts.dry_run && !has_index(&canon[i]) {
             Index::ephemeral(&state)
         } else {
             Index::open(&state)?
-        };
+        });
+    }
+    let mut reps: Vec<Replica> = Vec::new();
+    for ((p, c), index) in paths.iter().zip(&canon).zip(opened) {
+        let index = index.expect("every index opened");
         let entries = index.load_entries()?;
         let peers = index.load_peers()?;
         reps.push(Replica {
@@ -211,21 +238,10 @@ pub fn sync(
             peers,
         });
     }
-    let policy = match &opts.policy {
-        PolicySpec::KeepBoth => ConflictPolicy::KeepBoth,
-        PolicySpec::Newest => ConflictPolicy::Newest,
-        PolicySpec::Prefer(p) => {
-            let c = std::fs::canonicalize(p).ok();
-            match reps.iter().find(|r| Some(&r.root) == c.as_ref()) {
-                Some(r) => ConflictPolicy::Prefer(r.index.id()),
-                None => {
-                    return Err(SyncError::Usage(format!(
-                        "--conflict prefer={} names no replica of this sync; give one of the replica paths",
-                        p.display()
-                    )))
-                }
-            }
-        }
+    let policy = match (&opts.policy, preferred) {
+        (PolicySpec::Prefer(_), Some(i)) => ConflictPolicy::Prefer(reps[i].index.id()),
+        (PolicySpec::Newest, _) => ConflictPolicy::Newest,
+        _ => ConflictPolicy::KeepBoth,
     };
 
     let mut report = Report {

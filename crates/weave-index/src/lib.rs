@@ -26,16 +26,18 @@ const PEERS: TableDefinition<u64, u64> = TableDefinition::new("peers");
 
 #[derive(Debug, Error)]
 pub enum IndexError {
-    #[error("the weave index {path} is damaged ({detail}). To recover, move the state directory aside (mv {state} {state}.broken) and sync again: weave rebuilds it by rescanning, and files that differ between replicas are then kept as conflict copies, never lost")]
+    #[error("the weave index {path} is damaged ({detail}). To recover, move the state directory out of the replica (mv {state} {aside}) and sync again: weave rebuilds it by rescanning, and files that differ between replicas are then kept as conflict copies, never lost")]
     Corrupt {
         path: PathBuf,
         state: PathBuf,
+        aside: PathBuf,
         detail: String,
     },
-    #[error("the weave index {path} has format version {found}, newer than this weave understands ({supported}). Use a newer weave, or move {state} aside to start this replica's state anew")]
+    #[error("the weave index {path} has format version {found}, newer than this weave understands ({supported}). Use a newer weave, or move {state} out of the replica (mv {state} {aside}) to start this replica's state anew")]
     NewerFormat {
         path: PathBuf,
         state: PathBuf,
+        aside: PathBuf,
         found: u64,
         supported: u64,
     },
@@ -139,6 +141,7 @@ impl Index {
                 return Err(IndexError::NewerFormat {
                     path,
                     state: state_dir.to_path_buf(),
+                    aside: aside(state_dir),
                     found: f,
                     supported: FORMAT_VERSION,
                 })
@@ -213,6 +216,7 @@ impl Index {
         IndexError::Corrupt {
             path: self.path.clone(),
             state: self.state.clone(),
+            aside: aside(&self.state),
             detail: detail.into(),
         }
     }
@@ -388,6 +392,19 @@ impl Index {
     }
 }
 
+/// Where to move a replica's state so it is out of the replica (and so
+/// never synced): next to the replica, `<replica>.weave-broken`.
+fn aside(state: &Path) -> PathBuf {
+    let root = state.parent().unwrap_or(state);
+    let name = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "replica".into());
+    root.parent()
+        .unwrap_or(root)
+        .join(format!("{name}.weave-broken"))
+}
+
 fn open_error(path: &Path, state: &Path, e: redb::DatabaseError) -> IndexError {
     match e {
         redb::DatabaseError::DatabaseAlreadyOpen => IndexError::InUse {
@@ -396,12 +413,14 @@ fn open_error(path: &Path, state: &Path, e: redb::DatabaseError) -> IndexError {
         redb::DatabaseError::UpgradeRequired(v) => IndexError::NewerFormat {
             path: path.to_path_buf(),
             state: state.to_path_buf(),
+            aside: aside(state),
             found: v as u64,
             supported: FORMAT_VERSION,
         },
         other => IndexError::Corrupt {
             path: path.to_path_buf(),
             state: state.to_path_buf(),
+            aside: aside(state),
             detail: other.to_string(),
         },
     }
@@ -471,7 +490,9 @@ mod tests {
         std::fs::write(state.join(INDEX_FILE), vec![0x5a; 8192]).unwrap();
         let err = Index::open(&state).err().expect("must fail");
         assert!(matches!(err, IndexError::Corrupt { .. }), "{err}");
-        assert!(err.to_string().contains("move the state directory aside"));
+        assert!(err
+            .to_string()
+            .contains("move the state directory out of the replica"));
     }
 
     #[test]

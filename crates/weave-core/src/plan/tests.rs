@@ -277,3 +277,43 @@ proptest! {
         prop_assert_eq!(d3.result, d.result);
     }
 }
+
+#[test]
+fn numbered_conflict_names() {
+    let name = conflict_name("d/r.txt", 0, A);
+    assert_eq!(
+        numbered(&name, 2),
+        format!("d/r.weave-conflict-19700101-000000-{}-2.txt", A.short())
+    );
+    let name = conflict_name("d/Makefile", 0, A);
+    assert_eq!(
+        numbered(&name, 3),
+        format!("d/Makefile.weave-conflict-19700101-000000-{}-3", A.short())
+    );
+}
+
+#[test]
+fn a_second_copy_with_the_same_name_does_not_replace_the_first() {
+    // Two conflicts of "d" lost by the same replica within one second.
+    let first_copy = Entry {
+        path: conflict_name("d", 0, A),
+        ..file("x", 1, 0, A, vv(&[(C, 1)]))
+    };
+    let dir_b = Entry {
+        path: "d".into(),
+        object: Object::Dir,
+        mode: 0o755,
+        mtime_ns: 0,
+        vv: vv(&[(B, 1)]),
+        origin: B,
+    };
+    let file_a = file("d", 2, 0, A, vv(&[(A, 5)]));
+    let mut by_path: BTreeMap<&str, Vec<(ReplicaId, &Entry)>> = BTreeMap::new();
+    by_path.insert(&first_copy.path, vec![(A, &first_copy), (B, &first_copy)]);
+    by_path.insert("d", vec![(A, &file_a), (B, &dir_b)]);
+    let plan = plan_tree(&by_path, ConflictPolicy::Newest, &mut Clock(100));
+    assert_eq!(plan.finals[&first_copy.path].object, first_copy.object);
+    let second = numbered(&first_copy.path, 2);
+    assert_eq!(plan.finals[&second].object, file_a.object);
+    assert!(plan.finals["d"].object.is_dir());
+}
