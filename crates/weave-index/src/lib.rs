@@ -126,6 +126,9 @@ impl Index {
             path: state_dir.to_path_buf(),
             source,
         })?;
+        if !exists {
+            create_atomically(&path, state_dir)?;
+        }
         let db = Database::create(&path).map_err(|e| open_error(&path, state_dir, e))?;
         let mut idx = Index {
             db: Some(db),
@@ -155,11 +158,7 @@ impl Index {
                 idx.clock = meta.get("clock").copied().unwrap_or(0);
                 idx.seq = meta.get("seq").copied().unwrap_or(0);
             }
-            None if exists && !meta.is_empty() => return Err(idx.corrupt("no format version")),
-            None => {
-                idx.id = ReplicaId(rand::random::<u64>() | 1);
-                idx.init_meta()?;
-            }
+            None => return Err(idx.corrupt("no format version")),
         }
         Ok(idx)
     }
@@ -390,6 +389,40 @@ impl Index {
         }
         tx.commit().map_err(|e| self.db_err(e))
     }
+}
+
+/// Creates a new, initialized index at `path` without ever leaving a
+/// half-made one there: it is built under a temporary name, flushed, and
+/// renamed into place (a crash leaves only the temporary, redone next time).
+fn create_atomically(path: &Path, state_dir: &Path) -> Result<(), IndexError> {
+    let tmp = state_dir.join(format!("{INDEX_FILE}.new"));
+    let io = |source| IndexError::Io {
+        path: tmp.clone(),
+        source,
+    };
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+        _ => {}
+    }
+    {
+        let db = Database::create(&tmp).map_err(|e| open_error(&tmp, state_dir, e))?;
+        let idx = Index {
+            db: Some(db),
+            path: tmp.clone(),
+            state: state_dir.to_path_buf(),
+            id: ReplicaId(rand::random::<u64>() | 1),
+            clock: 0,
+            seq: 0,
+        };
+        idx.init_meta()?;
+    }
+    std::fs::rename(&tmp, path).map_err(io)?;
+    std::fs::File::open(state_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| IndexError::Io {
+            path: state_dir.to_path_buf(),
+            source,
+        })
 }
 
 /// Where to move a replica's state so it is out of the replica (and so
