@@ -165,7 +165,7 @@ pub fn decide(
     let had_delete = groups.iter().any(|g| g.rep.object.is_deleted());
     groups.retain(|g| g.rep.is_live());
     // Newest first.
-    groups.sort_by(|a, b| b.rep.precedence_key().cmp(&a.rep.precedence_key()));
+    groups.sort_by_key(|g| std::cmp::Reverse(g.rep.precedence_key()));
 
     if groups.len() == 1 {
         let w = groups[0].rep;

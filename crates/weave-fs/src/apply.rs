@@ -240,7 +240,7 @@ pub fn apply(
         });
     }
     // Directory modes last, deepest first.
-    final_modes.sort_by(|a, b| depth(&b.0).cmp(&depth(&a.0)));
+    final_modes.sort_by_key(|m| std::cmp::Reverse(depth(&m.0)));
     for (p, mode) in final_modes {
         let full = join(root, &p);
         if let Err(e) = fs::set_permissions(&full, fs::Permissions::from_mode(mode)) {

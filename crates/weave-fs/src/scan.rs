@@ -13,7 +13,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use weave_chunk::{chunk_reader, ChunkList};
 use weave_core::path::STATE_DIR;
-use weave_core::{Entry, Object, VersionVector};
+use weave_core::{Entry, Object};
 use weave_index::{Index, LocalEntry, Stat};
 
 #[derive(Default, Debug)]
@@ -195,7 +195,7 @@ pub fn scan(
         }
     }
 
-    let hashed: Vec<(String, Result<(ChunkList, Stat), String>)> = to_hash
+    let hashed: Vec<(String, HashResult)> = to_hash
         .into_par_iter()
         .map(|(rel, st)| {
             let r = hash_file(&join(root, &rel), &st);
@@ -262,7 +262,7 @@ pub fn scan(
         let mut vv = entries
             .get(&rel)
             .map(|p| p.entry.vv.clone())
-            .unwrap_or_else(VersionVector::new);
+            .unwrap_or_default();
         index.observe(vv.get(id));
         vv.bump(id, index.tick());
         let le = LocalEntry {
@@ -283,8 +283,10 @@ pub fn scan(
     out
 }
 
+type HashResult = Result<(ChunkList, Stat), String>;
+
 /// Reads and chunks one file, making sure it did not change meanwhile.
-fn hash_file(path: &Path, before: &Stat) -> Result<(ChunkList, Stat), String> {
+fn hash_file(path: &Path, before: &Stat) -> HashResult {
     let f = fs::OpenOptions::new()
         .read(true)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
