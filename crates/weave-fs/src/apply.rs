@@ -622,3 +622,135 @@ impl Ctx<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weave_core::{ReplicaId, VersionVector};
+
+    struct Mem(HashMap<Hash, (ChunkList, PathBuf)>);
+    impl ContentSource for Mem {
+        fn chunk_list(&self, content: &Hash) -> Option<ChunkList> {
+            self.0.get(content).map(|x| x.0.clone())
+        }
+        fn locations(&self, content: &Hash) -> Vec<(PathBuf, bool)> {
+            self.0
+                .get(content)
+                .map(|x| vec![(x.1.clone(), false)])
+                .unwrap_or_default()
+        }
+    }
+
+    fn file_entry(path: &str, data: &[u8], counter: u64) -> Entry {
+        let list = weave_chunk::chunk_bytes(data);
+        Entry {
+            path: path.into(),
+            object: Object::File {
+                size: data.len() as u64,
+                content: list.content_id(),
+            },
+            mode: 0o644,
+            mtime_ns: 1_000_000_000,
+            vv: VersionVector::from_pairs(vec![(ReplicaId(1), counter)]),
+            origin: ReplicaId(1),
+        }
+    }
+
+    fn local(root: &Path, e: Entry) -> LocalEntry {
+        let m = fs::symlink_metadata(join(root, &e.path)).unwrap();
+        LocalEntry {
+            entry: e,
+            seq: 1,
+            stat: Some(stat_of(&m)),
+        }
+    }
+
+    /// I-5: a file that changed after the scan is never overwritten or
+    /// deleted by the sync.
+    #[test]
+    fn files_changed_after_the_scan_are_left_alone() {
+        let t = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().unwrap();
+        let root = t.path();
+        fs::create_dir(root.join(STATE_DIR)).unwrap();
+        fs::write(root.join("edit"), b"old").unwrap();
+        fs::write(root.join("gone"), b"old too").unwrap();
+        let cur_edit = local(root, file_entry("edit", b"old", 1));
+        let cur_gone = local(root, file_entry("gone", b"old too", 1));
+        let new = b"new content from elsewhere";
+        fs::write(src.path().join("n"), new).unwrap();
+        let list = weave_chunk::chunk_bytes(new);
+        let source = Mem([(list.content_id(), (list, src.path().join("n")))]
+            .into_iter()
+            .collect());
+
+        // The user edits both files after the scan.
+        std::thread::sleep(Duration::from_millis(5));
+        fs::write(root.join("edit"), b"user's edit").unwrap();
+        fs::write(root.join("gone"), b"user's other edit").unwrap();
+
+        let ops = vec![
+            Op {
+                kind: OpKind::WriteFile,
+                path: "edit".into(),
+                current: Some(cur_edit),
+                target: file_entry("edit", new, 2),
+            },
+            Op {
+                kind: OpKind::Remove,
+                path: "gone".into(),
+                current: Some(cur_gone.clone()),
+                target: Entry {
+                    object: Object::Deleted,
+                    mode: 0,
+                    mtime_ns: 0,
+                    vv: VersionVector::from_pairs(vec![(ReplicaId(1), 2)]),
+                    ..cur_gone.entry.clone()
+                },
+            },
+        ];
+        let out = apply(root, &ops, &source, &|_| {});
+        assert_eq!(out.issues.len(), 2, "{:?}", out.issues);
+        assert!(out.done.is_empty());
+        assert_eq!(fs::read(root.join("edit")).unwrap(), b"user's edit");
+        assert_eq!(fs::read(root.join("gone")).unwrap(), b"user's other edit");
+        assert!(out
+            .issues
+            .iter()
+            .all(|i| i.message.contains("changed on disk during the sync")));
+        // No temporary file is left behind.
+        let names: Vec<String> = fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.starts_with(crate::TEMP_PREFIX)),
+            "{names:?}"
+        );
+    }
+
+    /// I-3: a source whose bytes do not match the chunk hashes is never
+    /// written into a user file.
+    #[test]
+    fn corrupt_sources_are_rejected() {
+        let t = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().unwrap();
+        let root = t.path();
+        fs::create_dir(root.join(STATE_DIR)).unwrap();
+        let good = b"the real content";
+        let list = weave_chunk::chunk_bytes(good);
+        fs::write(src.path().join("n"), b"the fake content").unwrap();
+        let source = Mem([(list.content_id(), (list, src.path().join("n")))]
+            .into_iter()
+            .collect());
+        let ops = vec![Op {
+            kind: OpKind::WriteFile,
+            path: "f".into(),
+            current: None,
+            target: file_entry("f", good, 1),
+        }];
+        let out = apply(root, &ops, &source, &|_| {});
+        assert_eq!(out.issues.len(), 1);
+        assert!(!root.join("f").exists());
+    }
+}
