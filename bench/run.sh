@@ -10,7 +10,7 @@
 # Environment:
 #   BENCH_DIR   work directory (default /tmp/weave-bench; wiped at start)
 #   QUICK=1     shrink every workload 10x
-#   REPS_A      repetitions of the initial copy (a)        (default 3)
+#   REPS_A      repetitions of the initial copy (a)        (default 5)
 #   REPS_NC     repetitions of the no-change reruns (b, c) (default 5)
 #   WEAVE       weave binary to use; when set, nothing is built
 #   VERIFY=0    skip the `diff -r` check of the destinations
@@ -23,7 +23,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 BENCH_DIR=${BENCH_DIR:-/tmp/weave-bench}
 QUICK=${QUICK:-0}
-REPS_A=${REPS_A:-3}
+REPS_A=${REPS_A:-5}
 REPS_NC=${REPS_NC:-5}
 VERIFY=${VERIFY:-1}
 KEEP=${KEEP:-0}
@@ -55,7 +55,8 @@ fi
 [[ -x $WEAVE ]] || { echo "weave binary not found at $WEAVE" >&2; exit 2; }
 
 TOOLS=(weave rsync unison)
-declare -A TIMES=() RSS=() FAILED=() RUNS=()
+declare -A TIMES=() RSS=() FAILED=() RUNS=() OTHER=()
+HZ=$(getconf CLK_TCK)
 ANOMALIES=()
 
 # ---------------------------------------------------------------- workdir
@@ -95,10 +96,12 @@ measure() {
     RUNS[$key]=$n
     local log=$LOGS/$key.$n.log rssf=$LOGS/$key.$n.rss
     sync
-    local t0 t1 rc=0
+    local t0 t1 c0 c1 rc=0
+    c0=$(busy_ticks)
     t0=$(date +%s%N)
-    /usr/bin/time -f '%M' -o "$rssf" "${CMD[@]}" </dev/null >"$log" 2>&1 || rc=$?
+    /usr/bin/time -f '%U %S %M' -o "$rssf" "${CMD[@]}" </dev/null >"$log" 2>&1 || rc=$?
     t1=$(date +%s%N)
+    c1=$(busy_ticks)
     if [[ $rc != 0 ]]; then
         FAILED[$key]="exit $rc"
         anomaly "$tool failed (exit $rc) in $key run $n: ${CMD[*]}"
@@ -107,16 +110,25 @@ measure() {
         echo "-----" >&2
         return 1
     fi
-    local secs rss
+    local secs rss other
     secs=$(awk -v d=$((t1 - t0)) 'BEGIN{printf "%.3f", d/1e9}')
-    rss=$(tail -n 1 "$rssf")
+    read -r _ _ rss < <(tail -n 1 "$rssf")
+    # CPU time the whole machine spent outside this tool during the run (other
+    # processes, VM steal, kernel writeback threads): a contamination indicator
+    other=$(tail -n 1 "$rssf" | awk -v b=$((c1 - c0)) -v hz="$HZ" '{o = b/hz - ($1 + $2); printf "%.2f", (o < 0 ? 0 : o)}')
     TIMES[$key]="${TIMES[$key]:-} $secs"
     RSS[$key]="${RSS[$key]:-} $rss"
+    OTHER[$key]="${OTHER[$key]:-} $other"
+    if awk -v o="$other" -v s="$secs" 'BEGIN{ exit !(o > 0.1 && o > 0.25*s) }'; then
+        anomaly "$key run $n of $tool: ${other}s of CPU went to other work during its ${secs}s (competing load?)"
+    fi
     if [[ $tool == weave ]] && ! grep -q '"in_sync": true' "$log"; then
         anomaly "weave reported in_sync != true in $key run $n (see $log)"
     fi
-    note "$key run $n: ${secs}s, max RSS $((rss / 1024)) MiB"
+    note "$key run $n: ${secs}s, max RSS $((rss / 1024)) MiB, other CPU ${other}s"
 }
+
+busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9; exit}' /proc/stat; }
 
 median() { # numbers... -> median (3 decimals) or empty
     printf '%s\n' "$@" | { grep . || true; } | sort -g | awk '{a[NR]=$1} END{ if (NR==0) exit;
@@ -176,8 +188,13 @@ nochange() { # WL SRC REPS KEY: timed reruns on the already-synced pairs
 # ---------------------------------------------------------------- run
 START=$(date +%s)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-if awk -v l="${LOAD_START%% *}" 'BEGIN{ exit !(l > 0.5) }'; then
-    note "warning: load average is $LOAD_START before the benchmark; other processes will skew the timings"
+busy_pct() { # share of the machine's CPU busy over 1 s, while this script only sleeps
+    local c0 c1; c0=$(busy_ticks); sleep 1; c1=$(busy_ticks)
+    awk -v b=$((c1 - c0)) -v hz="$HZ" -v n="$(nproc)" 'BEGIN{printf "%.0f", 100*b/hz/n}'
+}
+BUSY_START=$(busy_pct)
+if ((BUSY_START > 10)); then
+    note "warning: the machine is ${BUSY_START}% busy before the benchmark; other processes will skew the timings"
 fi
 DATE=$(date +%Y-%m-%d)
 STAMP=$(date +%Y-%m-%dT%H:%M:%S%z)
@@ -213,6 +230,7 @@ if want c; then
 fi
 ELAPSED=$(($(date +%s) - START))
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+BUSY_END=$(busy_pct)
 
 # ---------------------------------------------------------------- report
 mib() { [[ -n $1 ]] && awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}' || echo "-"; }
@@ -250,6 +268,8 @@ slowfirst() { # KEY: flag a first run much slower than the median of the runs (w
     done
 }
 
+declare -A SHORT=([a]="(a) initial copy" [b]="(b) no-change reruns" [b1]="(b1) first no-change rerun"
+    [c0]="(c0) initial copy, many small files" [c]="(c) no-change reruns" [c1]="(c1) first no-change rerun")
 declare -A LABEL=(
     [a]="(a) initial copy: $A_FILES x 4 KiB in $A_DIRS dirs + $A_BIG x $(mib $((A_BIG_SIZE / 1024))) MiB"
     [b]="(b) no-change rerun of (a)'s tree (median)"
@@ -274,7 +294,7 @@ REPORT=$(
     echo "$(rsync --version | head -n 1); $(unison -version 2>/dev/null | head -n 1)"
     echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), BENCH_DIR=$BENCH_DIR on $(df -T "$BENCH_DIR" | awk 'NR==2{print $2}')"
     echo "mode: $([[ $QUICK == 1 ]] && echo 'QUICK=1 (workloads /10)' || echo full); medians of $REPS_A runs (a) and $REPS_NC runs (b, c); page cache warm; total ${ELAPSED}s"
-    echo "load average (1/5/15 min): $LOAD_START at start, $LOAD_END at the end (2 cores: anything much above 0 means other work competed)"
+    echo "other work: CPU ${BUSY_START}% busy (of $(nproc) cores) in the second before the start, ${BUSY_END}% after the end; load average $LOAD_START at start (lags a minute: includes the build), $LOAD_END at the end"
     echo
     echo "| workload | weave (s) | rsync (s) | unison (s) | weave/rsync ratio |"
     echo "|---|---:|---:|---:|---:|"
@@ -289,7 +309,7 @@ REPORT=$(
     echo "|---|---:|---:|---:|"
     for k in a b b1 c0 c c1; do
         [[ -n ${RSS[$k.weave]:-}${RSS[$k.rsync]:-} ]] || continue
-        echo "| ${LABEL[$k]%%:*} | $(mib "$(maxof ${RSS[$k.weave]:-})") | $(mib "$(maxof ${RSS[$k.rsync]:-})") | $(mib "$(maxof ${RSS[$k.unison]:-})") |"
+        echo "| ${SHORT[$k]} | $(mib "$(maxof ${RSS[$k.weave]:-})") | $(mib "$(maxof ${RSS[$k.rsync]:-})") | $(mib "$(maxof ${RSS[$k.unison]:-})") |"
     done
     echo
     [[ -n ${RSS[a.weave]:-} ]] && echo "weave peak RSS (a, initial copy): $(mib "$(maxof ${RSS[a.weave]})") MiB"
@@ -310,11 +330,11 @@ REPORT=$(
     fi
     echo
     for k in b c; do slowfirst $k; done
-    echo "Raw times (s), in run order:"
+    echo "Raw times (s), in run order; with each run's max RSS and the CPU time the machine spent on other work during it:"
     echo
     for k in a b c0 c; do
         for tool in "${TOOLS[@]}"; do
-            [[ -n ${TIMES[$k.$tool]:-} ]] && echo "- $k $tool:${TIMES[$k.$tool]}"
+            [[ -n ${TIMES[$k.$tool]:-} ]] && echo "- $k $tool:${TIMES[$k.$tool]}  (max RSS MiB:$(for x in ${RSS[$k.$tool]}; do printf ' %d' $((x / 1024)); done); other CPU s:${OTHER[$k.$tool]})"
         done
     done
     if ((${#ANOMALIES[@]})); then
