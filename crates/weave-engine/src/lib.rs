@@ -228,7 +228,8 @@ pub fn sync(
     let mut reps: Vec<Replica> = Vec::new();
     for ((p, c), index) in paths.iter().zip(&canon).zip(opened) {
         let index = index.expect("every index opened");
-        let entries = index.load_entries()?;
+        // Full entries are loaded only if the sync has something to plan.
+        let entries = BTreeMap::new();
         let peers = index.load_peers()?;
         reps.push(Replica {
             display: p.display().to_string(),
@@ -255,12 +256,12 @@ pub fn sync(
         remove_temps: !opts.dry_run,
     };
     let mut scanned_contents: HashMap<Hash, ChunkList> = HashMap::new();
-    let outcomes: Vec<weave_fs::ScanOutcome> = std::thread::scope(|s| {
+    let outcomes: Vec<Result<weave_fs::ScanOutcome, IndexError>> = std::thread::scope(|s| {
         let handles: Vec<_> = reps
             .iter_mut()
             .map(|r| {
                 let so = &scan_opts;
-                s.spawn(move || weave_fs::scan(&r.root, &mut r.entries, &mut r.index, so))
+                s.spawn(move || weave_fs::scan(&r.root, &mut r.index, so))
             })
             .collect();
         handles
@@ -268,19 +269,23 @@ pub fn sync(
             .map(|h| h.join().expect("scanner panicked"))
             .collect()
     });
+    let mut scan_changes: Vec<Vec<LocalEntry>> = Vec::new();
     for (r, o) in reps.iter_mut().zip(outcomes) {
+        let o = o?;
         push_issues(&mut report, &r.display, &r.root, &o.issues);
         for n in &o.notices {
             report.notices.push(issue_report(&r.display, &r.root, n));
         }
-        if !opts.dry_run && (!o.changed.is_empty() || !o.contents.is_empty()) {
-            let batch = Batch {
-                entries: o.changed,
-                contents: o.contents.clone(),
-                ..Default::default()
-            };
+        let mut batch = Batch {
+            entries: o.changed,
+            contents: Vec::new(),
+            ..Default::default()
+        };
+        if !opts.dry_run && (!batch.entries.is_empty() || !o.contents.is_empty()) {
+            batch.contents = o.contents.clone();
             r.index.write(&batch)?;
         }
+        scan_changes.push(batch.entries);
         for l in o.contents {
             scanned_contents.insert(l.content_id(), l);
         }
@@ -304,8 +309,15 @@ pub fn sync(
         return Ok(report);
     }
 
-    // Plan the whole tree once.
+    // Plan the whole tree once, from every replica's full index (with this
+    // scan's changes, which a dry run did not write).
     progress.phase("planning");
+    for (r, changed) in reps.iter_mut().zip(scan_changes) {
+        r.entries = r.index.load_entries()?;
+        for le in changed {
+            r.entries.insert(le.entry.path.clone(), le);
+        }
+    }
     let mut clock = CoordinatorClock {
         id: reps[0].index.id(),
         clock: reps[0].index.clock(),

@@ -5,16 +5,19 @@
 //! changes while it is being read is left for the next scan.
 
 use crate::ignore::Matcher;
-use crate::util::{is_temp_name, join, same_stat, stat_of, FsIssue};
+use crate::util::{is_temp_name, join, same_stat, stat_of, stat_of_raw, FsIssue};
 use rayon::prelude::*;
-use std::collections::{BTreeMap, HashSet};
+use rustix::fs::{AtFlags, Dir, Mode, OFlags};
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use weave_chunk::{chunk_reader, ChunkList};
 use weave_core::path::STATE_DIR;
 use weave_core::{Entry, Object};
-use weave_index::{Index, LocalEntry, Stat};
+use weave_index::{Index, IndexError, LocalEntry, ScanRecord, Stat};
 
 #[derive(Default, Debug)]
 pub struct ScanOutcome {
@@ -37,28 +40,34 @@ pub struct ScanOptions<'a> {
     pub remove_temps: bool,
 }
 
-enum Seen {
-    Dir(Stat),
-    File(Stat),
-    Symlink(String),
-}
-
-/// Scans the replica at `root` against `entries` (its index, loaded), and
-/// updates `entries` in place. Version-vector counters and sequence numbers
-/// come from `index`.
-pub fn scan(
-    root: &Path,
-    entries: &mut BTreeMap<String, LocalEntry>,
-    index: &mut Index,
-    opts: &ScanOptions,
-) -> ScanOutcome {
+/// Scans the replica at `root` against its index. Only the compact scan
+/// records are loaded; full entries are read for the paths that changed.
+/// Version-vector counters and sequence numbers come from `index`; nothing
+/// is written (the caller writes [`ScanOutcome::changed`]).
+pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOutcome, IndexError> {
     let mut out = ScanOutcome::default();
-    let mut seen: Vec<(String, Seen)> = Vec::new();
+    // What the index knows, by path key. Paths found on disk are taken out;
+    // what is left was deleted (or ignored, or hidden).
+    let mut known: HashMap<u128, ScanRecord, KeyHasher> = HashMap::default();
+    index.for_each_scan_record(|p, r| {
+        known.insert(path_key(p), r);
+    })?;
     // Paths that exist but could not be looked at: never taken as deleted.
     let mut blocked: HashSet<String> = HashSet::new();
+    let mut to_hash: Vec<(String, Stat)> = Vec::new();
+    let mut updates: Vec<(String, Object, u32, i64, Option<Stat>)> = Vec::new();
+    let mut stat_only: Vec<(String, Stat)> = Vec::new();
     let mut stack: Vec<(PathBuf, String)> = vec![(root.to_path_buf(), String::new())];
     while let Some((dir, prefix)) = stack.pop() {
-        let rd = match fs::read_dir(&dir) {
+        // Directories are read through a descriptor and their entries
+        // stat'ed relative to it: no path walk per file.
+        let opened = rustix::fs::open(
+            &dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .and_then(Dir::new);
+        let mut rd = match opened {
             Ok(rd) => rd,
             Err(e) => {
                 out.issues
@@ -67,20 +76,38 @@ pub fn scan(
                 continue;
             }
         };
-        for de in rd {
+        let dirfd = match rd.fd() {
+            Ok(fd) => fd.try_clone_to_owned(),
+            Err(e) => Err(std::io::Error::from(e)),
+        };
+        let dirfd = match dirfd {
+            Ok(fd) => fd,
+            Err(e) => {
+                out.issues
+                    .push(FsIssue::new(&dir, format!("cannot read directory: {e}")));
+                blocked.insert(prefix.clone());
+                continue;
+            }
+        };
+        while let Some(de) = rd.read() {
             let de = match de {
                 Ok(de) => de,
                 Err(e) => {
                     out.issues
                         .push(FsIssue::new(&dir, format!("cannot list directory: {e}")));
                     blocked.insert(prefix.clone());
-                    continue;
+                    break;
                 }
             };
-            let os_name = de.file_name();
-            let Some(name) = os_name.to_str() else {
+            let raw_name = de.file_name();
+            let name_bytes = raw_name.to_bytes();
+            if name_bytes == b"." || name_bytes == b".." {
+                continue;
+            }
+            let entry_path = || dir.join(OsStr::from_bytes(name_bytes));
+            let Ok(name) = std::str::from_utf8(name_bytes) else {
                 out.issues.push(FsIssue::new(
-                    de.path(),
+                    entry_path(),
                     "name is not valid UTF-8; skipped (rename it to sync it)",
                 ));
                 continue;
@@ -88,109 +115,88 @@ pub fn scan(
             if prefix.is_empty() && name == STATE_DIR {
                 continue;
             }
-            let rel = if prefix.is_empty() {
-                name.to_string()
-            } else {
-                format!("{prefix}/{name}")
-            };
-            let meta = match fs::symlink_metadata(de.path()) {
+            let mut rel = String::with_capacity(prefix.len() + 1 + name.len());
+            if !prefix.is_empty() {
+                rel.push_str(&prefix);
+                rel.push('/');
+            }
+            rel.push_str(name);
+            // Does not follow symlinks.
+            let raw = match rustix::fs::statat(&dirfd, raw_name, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(m) => m,
                 Err(e) => {
-                    if e.kind() != std::io::ErrorKind::NotFound {
+                    if e != rustix::io::Errno::NOENT {
                         out.issues
-                            .push(FsIssue::new(de.path(), format!("cannot stat: {e}")));
+                            .push(FsIssue::new(entry_path(), format!("cannot stat: {e}")));
                         blocked.insert(rel);
                     }
                     continue;
                 }
             };
-            let ft = meta.file_type();
+            let ft = rustix::fs::FileType::from_raw_mode(raw.st_mode);
             if ft.is_file() && is_temp_name(name) {
                 if opts.remove_temps {
-                    let _ = fs::remove_file(de.path());
+                    let _ = fs::remove_file(entry_path());
                 }
                 continue;
             }
             if opts.matcher.is_ignored(&rel, ft.is_dir()) {
                 continue;
             }
+            let prev = known.remove(&path_key(&rel));
             if ft.is_dir() {
-                stack.push((de.path(), rel.clone()));
-                seen.push((rel, Seen::Dir(stat_of(&meta))));
+                let mode = raw.st_mode & 0o777;
+                let same = matches!(prev, Some(ScanRecord::Dir { mode: m }) if m == mode);
+                if !same {
+                    updates.push((rel.clone(), Object::Dir, mode, 0, None));
+                }
+                stack.push((entry_path(), rel));
             } else if ft.is_file() {
-                seen.push((rel, Seen::File(stat_of(&meta))));
+                let st = stat_of_raw(&raw);
+                let unchanged = matches!(prev, Some(ScanRecord::File(ps)) if
+                    !ps.racy
+                        && ps.size == st.size
+                        && ps.mtime_ns == st.mtime_ns
+                        && ps.ctime_ns == st.ctime_ns
+                        && ps.ino == st.ino
+                        && ps.mode == st.mode);
+                if !unchanged {
+                    to_hash.push((rel, st));
+                }
             } else if ft.is_symlink() {
-                match fs::read_link(de.path()) {
+                match fs::read_link(entry_path()) {
                     Ok(t) => match t.to_str() {
-                        Some(t) => seen.push((rel, Seen::Symlink(t.to_string()))),
+                        Some(t) => {
+                            let same = matches!(&prev, Some(ScanRecord::Symlink { target }) if target == t);
+                            if !same {
+                                let object = Object::Symlink {
+                                    target: t.to_string(),
+                                };
+                                updates.push((rel, object, 0, 0, None));
+                            }
+                        }
                         None => {
                             out.issues.push(FsIssue::new(
-                                de.path(),
+                                entry_path(),
                                 "symlink target is not valid UTF-8; skipped",
                             ));
                             blocked.insert(rel);
                         }
                     },
                     Err(e) => {
-                        out.issues
-                            .push(FsIssue::new(de.path(), format!("cannot read symlink: {e}")));
+                        out.issues.push(FsIssue::new(
+                            entry_path(),
+                            format!("cannot read symlink: {e}"),
+                        ));
                         blocked.insert(rel);
                     }
                 }
             } else {
                 out.notices.push(FsIssue::new(
-                    de.path(),
+                    entry_path(),
                     "not a regular file, directory or symlink; skipped",
                 ));
                 blocked.insert(rel);
-            }
-        }
-    }
-
-    // Decide what changed; collect the files that must be read.
-    let mut to_hash: Vec<(String, Stat)> = Vec::new();
-    let mut present: HashSet<&str> = HashSet::with_capacity(seen.len());
-    let mut updates: Vec<(String, Object, u32, i64, Option<Stat>)> = Vec::new();
-    let mut stat_only: Vec<(String, Stat)> = Vec::new();
-    for (rel, s) in &seen {
-        present.insert(rel.as_str());
-        let prev = entries.get(rel.as_str());
-        match s {
-            Seen::Dir(st) => {
-                let same = prev.is_some_and(|p| p.entry.object.is_dir() && p.entry.mode == st.mode);
-                if !same {
-                    updates.push((rel.clone(), Object::Dir, st.mode, 0, Some(*st)));
-                }
-            }
-            Seen::Symlink(t) => {
-                let same = prev.is_some_and(
-                    |p| matches!(&p.entry.object, Object::Symlink { target } if target == t),
-                );
-                if !same {
-                    updates.push((
-                        rel.clone(),
-                        Object::Symlink { target: t.clone() },
-                        0,
-                        0,
-                        None,
-                    ));
-                }
-            }
-            Seen::File(st) => {
-                let unchanged = prev.is_some_and(|p| {
-                    matches!(p.entry.object, Object::File { .. })
-                        && p.stat.is_some_and(|ps| {
-                            !ps.racy
-                                && ps.size == st.size
-                                && ps.mtime_ns == st.mtime_ns
-                                && ps.ctime_ns == st.ctime_ns
-                                && ps.ino == st.ino
-                                && ps.mode == st.mode
-                        })
-                });
-                if !unchanged {
-                    to_hash.push((rel.clone(), *st));
-                }
             }
         }
     }
@@ -211,8 +217,8 @@ pub fn scan(
                     size: st.size,
                     content: list.content_id(),
                 };
-                let prev = entries.get(rel.as_str());
-                let same_state = prev.is_some_and(|p| {
+                let prev = index.entry(&rel)?;
+                let same_state = prev.as_ref().is_some_and(|p| {
                     p.entry.object == object
                         && p.entry.mode == st.mode
                         && p.entry.mtime_ns == st.mtime_ns
@@ -234,35 +240,39 @@ pub fn scan(
     // Deletions: live entries that are gone, unless ignored or hidden
     // behind something that could not be read.
     let mut gone: Vec<String> = Vec::new();
-    for (p, le) in entries.iter() {
-        if !le.entry.is_live() || present.contains(p.as_str()) || blocked.contains(p) {
-            continue;
-        }
-        if weave_core::path::ancestors(p).any(|a| blocked.contains(a)) {
-            continue;
-        }
-        if opts.matcher.is_ignored(p, le.entry.object.is_dir()) {
-            continue;
-        }
-        gone.push(p.clone());
+    if !known.is_empty() {
+        index.for_each_scan_record(|p, r| {
+            if !known.contains_key(&path_key(p)) {
+                return;
+            }
+            if !blocked.is_empty()
+                && (blocked.contains(p)
+                    || weave_core::path::ancestors(p).any(|a| blocked.contains(a)))
+            {
+                return;
+            }
+            if opts
+                .matcher
+                .is_ignored(p, matches!(r, ScanRecord::Dir { .. }))
+            {
+                return;
+            }
+            gone.push(p.to_string());
+        })?;
     }
-    drop(present);
     for p in gone {
         updates.push((p, Object::Deleted, 0, 0, None));
     }
 
     let id = index.id();
     for (rel, st) in stat_only {
-        if let Some(le) = entries.get_mut(&rel) {
+        if let Some(mut le) = index.entry(&rel)? {
             le.stat = Some(st);
-            out.changed.push(le.clone());
+            out.changed.push(le);
         }
     }
     for (rel, object, mode, mtime_ns, stat) in updates {
-        let mut vv = entries
-            .get(&rel)
-            .map(|p| p.entry.vv.clone())
-            .unwrap_or_default();
+        let mut vv = index.entry(&rel)?.map(|p| p.entry.vv).unwrap_or_default();
         index.observe(vv.get(id));
         vv.bump(id, index.tick());
         let le = LocalEntry {
@@ -277,10 +287,40 @@ pub fn scan(
             seq: index.next_seq(),
             stat,
         };
-        out.changed.push(le.clone());
-        entries.insert(rel, le);
+        out.changed.push(le);
     }
-    out
+    Ok(out)
+}
+
+/// A path's key in the map of known paths: a 128-bit hash (collisions
+/// are out of reach for any tree).
+fn path_key(rel: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(rel.as_bytes())
+}
+
+/// Keys are already uniformly distributed hashes: use their low bits.
+#[derive(Default, Clone, Copy)]
+struct KeyHasher;
+impl std::hash::BuildHasher for KeyHasher {
+    type Hasher = KeyHash;
+    fn build_hasher(&self) -> KeyHash {
+        KeyHash(0)
+    }
+}
+#[derive(Default)]
+struct KeyHash(u64);
+impl std::hash::Hasher for KeyHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ *b as u64;
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
 }
 
 type HashResult = Result<(ChunkList, Stat), String>;

@@ -65,9 +65,13 @@ pub fn ctime_ns(m: &Metadata) -> i64 {
         .saturating_add(m.ctime_nsec())
 }
 
-/// Files changed less than this long before they were looked at may change
-/// again without their timestamps moving (coarse filesystem clocks), so
-/// they are read again next time.
+/// A file whose mtime is less than this long before the moment it is looked
+/// at may be written again within the same tick of a coarse filesystem
+/// clock, keeping the same size and timestamps: such a "racy" entry is read
+/// again at the next scan (git solves the same problem the same way). Any
+/// later write sets the mtime to the current time, so a file whose recorded
+/// mtime is older than this is safe — including every file weave itself
+/// wrote with an older mtime taken from another replica.
 const RACY_WINDOW_NS: i64 = 1_000_000_000;
 
 fn now_ns() -> i64 {
@@ -80,14 +84,31 @@ fn now_ns() -> i64 {
 /// The stat weave records for a path.
 pub fn stat_of(m: &Metadata) -> Stat {
     let mt = mtime_ns(m);
-    let ct = ctime_ns(m);
     Stat {
         size: m.len(),
         mtime_ns: mt,
-        ctime_ns: ct,
+        ctime_ns: ctime_ns(m),
         ino: m.ino(),
         mode: m.mode() & 0o777,
-        racy: now_ns() - mt.max(ct) < RACY_WINDOW_NS,
+        racy: now_ns() - mt < RACY_WINDOW_NS,
+    }
+}
+
+/// The stat weave records, from a raw `stat` (the scanner's fast path).
+pub fn stat_of_raw(st: &rustix::fs::Stat) -> Stat {
+    let mt = (st.st_mtime as i64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(st.st_mtime_nsec as i64);
+    let ct = (st.st_ctime as i64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(st.st_ctime_nsec as i64);
+    Stat {
+        size: st.st_size as u64,
+        mtime_ns: mt,
+        ctime_ns: ct,
+        ino: st.st_ino as u64,
+        mode: st.st_mode & 0o777,
+        racy: now_ns() - mt < RACY_WINDOW_NS,
     }
 }
 

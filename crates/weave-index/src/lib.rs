@@ -23,6 +23,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
 const CONTENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("contents");
 const PEERS: TableDefinition<u64, u64> = TableDefinition::new("peers");
+/// path → [`ScanRecord`] of every live entry: what the scanner compares the
+/// disk with, small enough to load for a whole tree.
+const SCAN: TableDefinition<&str, &[u8]> = TableDefinition::new("scan");
 
 #[derive(Debug, Error)]
 pub enum IndexError {
@@ -64,6 +67,36 @@ pub struct Stat {
     /// Recorded so close to the file's last change that a later change
     /// could keep the same timestamps: the next scan reads the file again.
     pub racy: bool,
+}
+
+/// What the scanner needs to know of a live path to tell whether it changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScanRecord {
+    File(Stat),
+    Dir { mode: u32 },
+    Symlink { target: String },
+}
+
+impl ScanRecord {
+    pub fn of(le: &LocalEntry) -> Option<ScanRecord> {
+        match &le.entry.object {
+            Object::File { .. } => Some(ScanRecord::File(le.stat.unwrap_or(Stat {
+                size: u64::MAX,
+                mtime_ns: 0,
+                ctime_ns: 0,
+                ino: 0,
+                mode: 0,
+                racy: true,
+            }))),
+            Object::Dir => Some(ScanRecord::Dir {
+                mode: le.entry.mode,
+            }),
+            Object::Symlink { target } => Some(ScanRecord::Symlink {
+                target: target.clone(),
+            }),
+            Object::Deleted => None,
+        }
+    }
 }
 
 /// An index entry: the replicated record plus local bookkeeping.
@@ -129,7 +162,9 @@ impl Index {
         if !exists {
             create_atomically(&path, state_dir)?;
         }
-        let db = Database::create(&path).map_err(|e| open_error(&path, state_dir, e))?;
+        let db = builder()
+            .create(&path)
+            .map_err(|e| open_error(&path, state_dir, e))?;
         let mut idx = Index {
             db: Some(db),
             path: path.clone(),
@@ -263,6 +298,7 @@ impl Index {
             tx.open_table(ENTRIES).map_err(|e| self.db_err(e))?;
             tx.open_table(CONTENTS).map_err(|e| self.db_err(e))?;
             tx.open_table(PEERS).map_err(|e| self.db_err(e))?;
+            tx.open_table(SCAN).map_err(|e| self.db_err(e))?;
         }
         tx.commit().map_err(|e| self.db_err(e))
     }
@@ -278,25 +314,60 @@ impl Index {
         for row in t.iter().map_err(|e| self.db_err(e))? {
             let (k, v) = row.map_err(|e| self.db_err(e))?;
             let path = k.value().to_string();
-            let s: StoredEntry = postcard::from_bytes(v.value())
-                .map_err(|e| self.corrupt(format!("entry {path:?} does not decode: {e}")))?;
-            out.insert(
-                path.clone(),
-                LocalEntry {
-                    entry: Entry {
-                        path,
-                        object: s.object,
-                        mode: s.mode,
-                        mtime_ns: s.mtime_ns,
-                        vv: s.vv,
-                        origin: s.origin,
-                    },
-                    seq: s.seq,
-                    stat: s.stat,
-                },
-            );
+            let le = self.decode_entry(path.clone(), v.value())?;
+            out.insert(path, le);
         }
         Ok(out)
+    }
+
+    /// One entry.
+    pub fn entry(&self, path: &str) -> Result<Option<LocalEntry>, IndexError> {
+        let Some(db) = &self.db else { return Ok(None) };
+        let tx = db.begin_read().map_err(|e| self.db_err(e))?;
+        let t = tx
+            .open_table(ENTRIES)
+            .map_err(|e| self.corrupt(e.to_string()))?;
+        let Some(v) = t.get(path).map_err(|e| self.db_err(e))? else {
+            return Ok(None);
+        };
+        Ok(Some(self.decode_entry(path.to_string(), v.value())?))
+    }
+
+    fn decode_entry(&self, path: String, bytes: &[u8]) -> Result<LocalEntry, IndexError> {
+        let s: StoredEntry = postcard::from_bytes(bytes)
+            .map_err(|e| self.corrupt(format!("entry {path:?} does not decode: {e}")))?;
+        Ok(LocalEntry {
+            entry: Entry {
+                path,
+                object: s.object,
+                mode: s.mode,
+                mtime_ns: s.mtime_ns,
+                vv: s.vv,
+                origin: s.origin,
+            },
+            seq: s.seq,
+            stat: s.stat,
+        })
+    }
+
+    /// Calls `f` with every live path and its scan record, in path order.
+    pub fn for_each_scan_record(
+        &self,
+        mut f: impl FnMut(&str, ScanRecord),
+    ) -> Result<(), IndexError> {
+        let Some(db) = &self.db else { return Ok(()) };
+        let tx = db.begin_read().map_err(|e| self.db_err(e))?;
+        let t = tx
+            .open_table(SCAN)
+            .map_err(|e| self.corrupt(e.to_string()))?;
+        for row in t.iter().map_err(|e| self.db_err(e))? {
+            let (k, v) = row.map_err(|e| self.db_err(e))?;
+            let r: ScanRecord = postcard::from_bytes(v.value()).map_err(|e| {
+                self.corrupt(format!("scan record {:?} does not decode: {e}", k.value()))
+            })?;
+            f(k.value(), r);
+        }
+        Ok(())
     }
 
     /// How far this replica has integrated each peer's changes.
@@ -349,6 +420,7 @@ impl Index {
         let tx = db.begin_write().map_err(|e| self.db_err(e))?;
         {
             let mut entries = tx.open_table(ENTRIES).map_err(|e| self.db_err(e))?;
+            let mut scan = tx.open_table(SCAN).map_err(|e| self.db_err(e))?;
             let mut buf = Vec::new();
             for le in &batch.entries {
                 let s = StoredEntry {
@@ -367,6 +439,17 @@ impl Index {
                     .insert(le.entry.path.as_str(), bytes.as_slice())
                     .map_err(|e| self.db_err(e))?;
                 buf = bytes;
+                match ScanRecord::of(le) {
+                    Some(r) => {
+                        let b = postcard::to_stdvec(&r).map_err(|e| self.db_err(e))?;
+                        scan.insert(le.entry.path.as_str(), b.as_slice())
+                            .map_err(|e| self.db_err(e))?;
+                    }
+                    None => {
+                        scan.remove(le.entry.path.as_str())
+                            .map_err(|e| self.db_err(e))?;
+                    }
+                }
             }
             let mut contents = tx.open_table(CONTENTS).map_err(|e| self.db_err(e))?;
             for h in &batch.drop_contents {
@@ -391,6 +474,16 @@ impl Index {
     }
 }
 
+/// redb's page cache is bounded: an index is read once per sync, mostly
+/// sequentially, so a large cache only costs memory.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+fn builder() -> redb::Builder {
+    let mut b = Database::builder();
+    b.set_cache_size(CACHE_BYTES);
+    b
+}
+
 /// Creates a new, initialized index at `path` without ever leaving a
 /// half-made one there: it is built under a temporary name, flushed, and
 /// renamed into place (a crash leaves only the temporary, redone next time).
@@ -405,7 +498,9 @@ fn create_atomically(path: &Path, state_dir: &Path) -> Result<(), IndexError> {
         _ => {}
     }
     {
-        let db = Database::create(&tmp).map_err(|e| open_error(&tmp, state_dir, e))?;
+        let db = builder()
+            .create(&tmp)
+            .map_err(|e| open_error(&tmp, state_dir, e))?;
         let idx = Index {
             db: Some(db),
             path: tmp.clone(),
@@ -503,6 +598,18 @@ mod tests {
         assert_eq!(idx.seq(), 1);
         let e = idx.load_entries().unwrap();
         assert_eq!(e.len(), 2);
+        assert_eq!(idx.entry("a/b").unwrap(), Some(entry("a/b")));
+        assert_eq!(idx.entry("nope").unwrap(), None);
+        let mut recs = Vec::new();
+        idx.for_each_scan_record(|p, r| recs.push((p.to_string(), r)))
+            .unwrap();
+        assert_eq!(
+            recs,
+            vec![
+                ("a".to_string(), ScanRecord::Dir { mode: 0o755 }),
+                ("a/b".to_string(), ScanRecord::Dir { mode: 0o755 })
+            ]
+        );
         assert_eq!(e["a/b"], entry("a/b"));
         assert_eq!(idx.load_peers().unwrap()[&ReplicaId(9)], 4);
     }
