@@ -95,6 +95,9 @@ pub fn stat_of(m: &Metadata) -> Stat {
 }
 
 /// The stat weave records, from a raw `stat` (the scanner's fast path).
+// The field types of `struct stat` differ between platforms; the casts are
+// no-ops on some of them only.
+#[allow(clippy::unnecessary_cast)]
 pub fn stat_of_raw(st: &rustix::fs::Stat) -> Stat {
     let mt = (st.st_mtime as i64)
         .saturating_mul(1_000_000_000)
