@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use weave_engine::{sync, NoProgress, SyncOptions};
 
 /// The paths operations pick from: few enough to collide often.
-const PATHS: &[&str] = &["a", "b", "d", "d/a", "d/b", "d/e", "d/e/c", "f", "f/a"];
+const PATHS: &[&str] = &[
+    "a", "b", "d", "d/a", "d/b", "d/e", "d/e/c", "d.x", "d-y", "d-y/a", "d/e.c", "f", "f/a",
+];
 
 #[derive(Debug, Clone)]
 enum UserOp {

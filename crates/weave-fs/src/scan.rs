@@ -8,7 +8,7 @@ use crate::ignore::Matcher;
 use crate::util::{is_temp_name, join, same_stat, stat_of, stat_of_raw, FsIssue};
 use rayon::prelude::*;
 use rustix::fs::{AtFlags, Dir, Mode, OFlags};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use weave_chunk::{chunk_reader, ChunkList};
 use weave_core::path::STATE_DIR;
 use weave_core::{Entry, Object};
-use weave_index::{Index, IndexError, LocalEntry, ScanRecord, Stat};
+use weave_index::{Index, IndexError, LocalEntry, ScanCursor, ScanRecord, Stat};
 
 #[derive(Default, Debug)]
 pub struct ScanOutcome {
@@ -40,166 +40,37 @@ pub struct ScanOptions<'a> {
     pub remove_temps: bool,
 }
 
-/// Scans the replica at `root` against its index. Only the compact scan
-/// records are loaded; full entries are read for the paths that changed.
-/// Version-vector counters and sequence numbers come from `index`; nothing
-/// is written (the caller writes [`ScanOutcome::changed`]).
+/// Scans the replica at `root` against its index.
+///
+/// The tree is walked in path order (each directory's entries sorted, a
+/// directory's subtree visited where `name/` sorts) and joined with a
+/// cursor over the index's scan records, which are kept in the same
+/// order: no per-file map, and memory bounded by the widest directory.
+/// Full entries are read only for paths that changed. Version-vector
+/// counters and sequence numbers come from `index`; nothing is written
+/// (the caller writes [`ScanOutcome::changed`]).
 pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOutcome, IndexError> {
-    let mut out = ScanOutcome::default();
-    // What the index knows, by path key. Paths found on disk are taken out;
-    // what is left was deleted (or ignored, or hidden).
-    let mut known: HashMap<u128, ScanRecord, KeyHasher> = HashMap::default();
-    index.for_each_scan_record(|p, r| {
-        known.insert(path_key(p), r);
-    })?;
-    // Paths that exist but could not be looked at: never taken as deleted.
-    let mut blocked: HashSet<String> = HashSet::new();
-    let mut to_hash: Vec<(String, Stat)> = Vec::new();
-    let mut updates: Vec<(String, Object, u32, i64, Option<Stat>)> = Vec::new();
+    let mut w = Walker {
+        opts,
+        cursor: index.scan_cursor()?,
+        out: ScanOutcome::default(),
+        blocked: HashSet::new(),
+        gone: Vec::new(),
+        to_hash: Vec::new(),
+        updates: Vec::new(),
+    };
+    w.walk_dir(root.to_path_buf(), "")?;
+    w.advance_to(None)?;
+    let Walker {
+        mut out,
+        blocked,
+        gone,
+        to_hash,
+        mut updates,
+        ..
+    } = w;
+    let mut blocked = blocked;
     let mut stat_only: Vec<(String, Stat)> = Vec::new();
-    let mut stack: Vec<(PathBuf, String)> = vec![(root.to_path_buf(), String::new())];
-    while let Some((dir, prefix)) = stack.pop() {
-        // Directories are read through a descriptor and their entries
-        // stat'ed relative to it: no path walk per file.
-        let opened = rustix::fs::open(
-            &dir,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::empty(),
-        )
-        .and_then(Dir::new);
-        let mut rd = match opened {
-            Ok(rd) => rd,
-            Err(e) => {
-                out.issues
-                    .push(FsIssue::new(&dir, format!("cannot read directory: {e}")));
-                blocked.insert(prefix.clone());
-                continue;
-            }
-        };
-        let dirfd = match rd.fd() {
-            Ok(fd) => fd.try_clone_to_owned(),
-            Err(e) => Err(std::io::Error::from(e)),
-        };
-        let dirfd = match dirfd {
-            Ok(fd) => fd,
-            Err(e) => {
-                out.issues
-                    .push(FsIssue::new(&dir, format!("cannot read directory: {e}")));
-                blocked.insert(prefix.clone());
-                continue;
-            }
-        };
-        while let Some(de) = rd.read() {
-            let de = match de {
-                Ok(de) => de,
-                Err(e) => {
-                    out.issues
-                        .push(FsIssue::new(&dir, format!("cannot list directory: {e}")));
-                    blocked.insert(prefix.clone());
-                    break;
-                }
-            };
-            let raw_name = de.file_name();
-            let name_bytes = raw_name.to_bytes();
-            if name_bytes == b"." || name_bytes == b".." {
-                continue;
-            }
-            let entry_path = || dir.join(OsStr::from_bytes(name_bytes));
-            let Ok(name) = std::str::from_utf8(name_bytes) else {
-                out.issues.push(FsIssue::new(
-                    entry_path(),
-                    "name is not valid UTF-8; skipped (rename it to sync it)",
-                ));
-                continue;
-            };
-            if prefix.is_empty() && name == STATE_DIR {
-                continue;
-            }
-            let mut rel = String::with_capacity(prefix.len() + 1 + name.len());
-            if !prefix.is_empty() {
-                rel.push_str(&prefix);
-                rel.push('/');
-            }
-            rel.push_str(name);
-            // Does not follow symlinks.
-            let raw = match rustix::fs::statat(&dirfd, raw_name, AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(m) => m,
-                Err(e) => {
-                    if e != rustix::io::Errno::NOENT {
-                        out.issues
-                            .push(FsIssue::new(entry_path(), format!("cannot stat: {e}")));
-                        blocked.insert(rel);
-                    }
-                    continue;
-                }
-            };
-            let ft = rustix::fs::FileType::from_raw_mode(raw.st_mode);
-            if ft.is_file() && is_temp_name(name) {
-                if opts.remove_temps {
-                    let _ = fs::remove_file(entry_path());
-                }
-                continue;
-            }
-            if opts.matcher.is_ignored(&rel, ft.is_dir()) {
-                continue;
-            }
-            let prev = known.remove(&path_key(&rel));
-            if ft.is_dir() {
-                let mode = raw.st_mode & 0o777;
-                let same = matches!(prev, Some(ScanRecord::Dir { mode: m }) if m == mode);
-                if !same {
-                    updates.push((rel.clone(), Object::Dir, mode, 0, None));
-                }
-                stack.push((entry_path(), rel));
-            } else if ft.is_file() {
-                let st = stat_of_raw(&raw);
-                let unchanged = matches!(prev, Some(ScanRecord::File(ps)) if
-                    !ps.racy
-                        && ps.size == st.size
-                        && ps.mtime_ns == st.mtime_ns
-                        && ps.ctime_ns == st.ctime_ns
-                        && ps.ino == st.ino
-                        && ps.mode == st.mode);
-                if !unchanged {
-                    to_hash.push((rel, st));
-                }
-            } else if ft.is_symlink() {
-                match fs::read_link(entry_path()) {
-                    Ok(t) => match t.to_str() {
-                        Some(t) => {
-                            let same = matches!(&prev, Some(ScanRecord::Symlink { target }) if target == t);
-                            if !same {
-                                let object = Object::Symlink {
-                                    target: t.to_string(),
-                                };
-                                updates.push((rel, object, 0, 0, None));
-                            }
-                        }
-                        None => {
-                            out.issues.push(FsIssue::new(
-                                entry_path(),
-                                "symlink target is not valid UTF-8; skipped",
-                            ));
-                            blocked.insert(rel);
-                        }
-                    },
-                    Err(e) => {
-                        out.issues.push(FsIssue::new(
-                            entry_path(),
-                            format!("cannot read symlink: {e}"),
-                        ));
-                        blocked.insert(rel);
-                    }
-                }
-            } else {
-                out.notices.push(FsIssue::new(
-                    entry_path(),
-                    "not a regular file, directory or symlink; skipped",
-                ));
-                blocked.insert(rel);
-            }
-        }
-    }
 
     let hashed: Vec<(String, HashResult)> = to_hash
         .into_par_iter()
@@ -237,29 +108,16 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
         }
     }
 
-    // Deletions: live entries that are gone, unless ignored or hidden
-    // behind something that could not be read.
-    let mut gone: Vec<String> = Vec::new();
-    if !known.is_empty() {
-        index.for_each_scan_record(|p, r| {
-            if !known.contains_key(&path_key(p)) {
-                return;
-            }
-            if !blocked.is_empty()
-                && (blocked.contains(p)
+    // Deletions: indexed paths not found on disk, unless something that
+    // could not be read hides them.
+    let gone: Vec<String> = gone
+        .into_iter()
+        .filter(|p| {
+            blocked.is_empty()
+                || !(blocked.contains(p)
                     || weave_core::path::ancestors(p).any(|a| blocked.contains(a)))
-            {
-                return;
-            }
-            if opts
-                .matcher
-                .is_ignored(p, matches!(r, ScanRecord::Dir { .. }))
-            {
-                return;
-            }
-            gone.push(p.to_string());
-        })?;
-    }
+        })
+        .collect();
     for p in gone {
         updates.push((p, Object::Deleted, 0, 0, None));
     }
@@ -292,34 +150,239 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
     Ok(out)
 }
 
-/// A path's key in the map of known paths: a 128-bit hash (collisions
-/// are out of reach for any tree).
-fn path_key(rel: &str) -> u128 {
-    xxhash_rust::xxh3::xxh3_128(rel.as_bytes())
+type Update = (String, Object, u32, i64, Option<Stat>);
+
+struct Walker<'a> {
+    opts: &'a ScanOptions<'a>,
+    cursor: ScanCursor,
+    out: ScanOutcome,
+    /// Paths that exist but could not be looked at: never taken as deleted.
+    blocked: HashSet<String>,
+    /// Indexed paths not found on disk (ignored ones left out).
+    gone: Vec<String>,
+    to_hash: Vec<(String, Stat)>,
+    updates: Vec<Update>,
 }
 
-/// Keys are already uniformly distributed hashes: use their low bits.
-#[derive(Default, Clone, Copy)]
-struct KeyHasher;
-impl std::hash::BuildHasher for KeyHasher {
-    type Hasher = KeyHash;
-    fn build_hasher(&self) -> KeyHash {
-        KeyHash(0)
+/// One directory entry, as read.
+struct Child {
+    name: String,
+    raw: rustix::fs::Stat,
+}
+
+impl Walker<'_> {
+    /// Takes the index records that sort before `rel` (all of them for
+    /// None): they were not found on disk.
+    fn advance_to(&mut self, rel: Option<&str>) -> Result<(), IndexError> {
+        while let Some((p, _)) = self.cursor.peek()? {
+            if rel.is_some_and(|r| p.as_str() >= r) {
+                break;
+            }
+            let (p, r) = self.cursor.take()?.expect("peeked");
+            if !self
+                .opts
+                .matcher
+                .is_ignored(&p, matches!(r, ScanRecord::Dir { .. }))
+            {
+                self.gone.push(p);
+            }
+        }
+        Ok(())
+    }
+
+    /// The index record of `rel`, if the cursor is on it.
+    fn known(&mut self, rel: &str) -> Result<Option<ScanRecord>, IndexError> {
+        self.advance_to(Some(rel))?;
+        if self.cursor.peek()?.is_some_and(|(p, _)| p == rel) {
+            return Ok(self.cursor.take()?.map(|(_, r)| r));
+        }
+        Ok(None)
+    }
+
+    fn walk_dir(&mut self, dir: PathBuf, prefix: &str) -> Result<(), IndexError> {
+        let children = match self.read_dir(&dir, prefix) {
+            Some(c) => c,
+            None => {
+                self.blocked.insert(prefix.to_string());
+                return Ok(());
+            }
+        };
+        // Path order: "x" < "x.txt" < "x/…" — a directory's own entry
+        // sorts under its name, its subtree under "name/".
+        let mut items: Vec<(String, usize, bool)> = Vec::with_capacity(children.len() + 8);
+        for (i, c) in children.iter().enumerate() {
+            items.push((c.name.clone(), i, false));
+            if rustix::fs::FileType::from_raw_mode(c.raw.st_mode).is_dir() {
+                items.push((format!("{}/", c.name), i, true));
+            }
+        }
+        items.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        for (_, i, subtree) in items {
+            let c = &children[i];
+            let mut rel = String::with_capacity(prefix.len() + 1 + c.name.len());
+            if !prefix.is_empty() {
+                rel.push_str(prefix);
+                rel.push('/');
+            }
+            rel.push_str(&c.name);
+            if subtree {
+                self.walk_dir(dir.join(&c.name), &rel)?;
+            } else {
+                self.visit(&dir, rel, c)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a directory (through a descriptor; entries are stat'ed
+    /// relative to it, without a path walk per file). None if it cannot
+    /// be read.
+    fn read_dir(&mut self, dir: &Path, prefix: &str) -> Option<Vec<Child>> {
+        let opened = rustix::fs::open(
+            dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(std::io::Error::from)
+        .and_then(|fd| {
+            let dup = fd.try_clone()?;
+            Ok((dup, Dir::new(fd)?))
+        });
+        let (dirfd, mut rd) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                self.out
+                    .issues
+                    .push(FsIssue::new(dir, format!("cannot read directory: {e}")));
+                return None;
+            }
+        };
+        let mut children = Vec::new();
+        while let Some(de) = rd.read() {
+            let de = match de {
+                Ok(de) => de,
+                Err(e) => {
+                    self.out
+                        .issues
+                        .push(FsIssue::new(dir, format!("cannot list directory: {e}")));
+                    return None;
+                }
+            };
+            let raw_name = de.file_name();
+            let name_bytes = raw_name.to_bytes();
+            if name_bytes == b"." || name_bytes == b".." {
+                continue;
+            }
+            let entry_path = || dir.join(OsStr::from_bytes(name_bytes));
+            let Ok(name) = std::str::from_utf8(name_bytes) else {
+                self.out.issues.push(FsIssue::new(
+                    entry_path(),
+                    "name is not valid UTF-8; skipped (rename it to sync it)",
+                ));
+                continue;
+            };
+            if prefix.is_empty() && name == STATE_DIR {
+                continue;
+            }
+            // Does not follow symlinks.
+            let raw = match rustix::fs::statat(&dirfd, raw_name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(m) => m,
+                Err(e) => {
+                    if e != rustix::io::Errno::NOENT {
+                        self.out
+                            .issues
+                            .push(FsIssue::new(entry_path(), format!("cannot stat: {e}")));
+                        self.blocked.insert(join_rel(prefix, name));
+                    }
+                    continue;
+                }
+            };
+            let ft = rustix::fs::FileType::from_raw_mode(raw.st_mode);
+            if ft.is_file() && is_temp_name(name) {
+                if self.opts.remove_temps {
+                    let _ = fs::remove_file(entry_path());
+                }
+                continue;
+            }
+            if self
+                .opts
+                .matcher
+                .is_ignored(&join_rel(prefix, name), ft.is_dir())
+            {
+                continue;
+            }
+            children.push(Child {
+                name: name.to_string(),
+                raw,
+            });
+        }
+        Some(children)
+    }
+
+    /// Compares one path on disk with its index record.
+    fn visit(&mut self, dir: &Path, rel: String, c: &Child) -> Result<(), IndexError> {
+        let prev = self.known(&rel)?;
+        let ft = rustix::fs::FileType::from_raw_mode(c.raw.st_mode);
+        if ft.is_dir() {
+            let mode = c.raw.st_mode & 0o777;
+            if !matches!(prev, Some(ScanRecord::Dir { mode: m }) if m == mode) {
+                self.updates.push((rel, Object::Dir, mode, 0, None));
+            }
+        } else if ft.is_file() {
+            let st = stat_of_raw(&c.raw);
+            let unchanged = matches!(prev, Some(ScanRecord::File(ps)) if
+                !ps.racy
+                    && ps.size == st.size
+                    && ps.mtime_ns == st.mtime_ns
+                    && ps.ctime_ns == st.ctime_ns
+                    && ps.ino == st.ino
+                    && ps.mode == st.mode);
+            if !unchanged {
+                self.to_hash.push((rel, st));
+            }
+        } else if ft.is_symlink() {
+            let path = dir.join(&c.name);
+            match fs::read_link(&path) {
+                Ok(t) => match t.to_str() {
+                    Some(t) => {
+                        if !matches!(&prev, Some(ScanRecord::Symlink { target }) if target == t) {
+                            let object = Object::Symlink {
+                                target: t.to_string(),
+                            };
+                            self.updates.push((rel, object, 0, 0, None));
+                        }
+                    }
+                    None => {
+                        self.out.issues.push(FsIssue::new(
+                            path,
+                            "symlink target is not valid UTF-8; skipped",
+                        ));
+                        self.blocked.insert(rel);
+                    }
+                },
+                Err(e) => {
+                    self.out
+                        .issues
+                        .push(FsIssue::new(path, format!("cannot read symlink: {e}")));
+                    self.blocked.insert(rel);
+                }
+            }
+        } else {
+            self.out.notices.push(FsIssue::new(
+                dir.join(&c.name),
+                "not a regular file, directory or symlink; skipped",
+            ));
+            self.blocked.insert(rel);
+        }
+        Ok(())
     }
 }
-#[derive(Default)]
-struct KeyHash(u64);
-impl std::hash::Hasher for KeyHash {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ *b as u64;
-        }
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.0 = v as u64;
+
+fn join_rel(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}/{name}")
     }
 }
 

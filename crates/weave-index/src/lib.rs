@@ -99,6 +99,51 @@ impl ScanRecord {
     }
 }
 
+/// Walks the scan records in path order (see [`Index::scan_cursor`]).
+pub struct ScanCursor {
+    range: Option<redb::Range<'static, &'static str, &'static [u8]>>,
+    peeked: Option<(String, ScanRecord)>,
+    path: PathBuf,
+    state: PathBuf,
+}
+
+impl ScanCursor {
+    /// The next record, without taking it.
+    pub fn peek(&mut self) -> Result<Option<&(String, ScanRecord)>, IndexError> {
+        if self.peeked.is_none() {
+            self.peeked = self.read()?;
+        }
+        Ok(self.peeked.as_ref())
+    }
+
+    /// Takes the next record.
+    pub fn take(&mut self) -> Result<Option<(String, ScanRecord)>, IndexError> {
+        match self.peeked.take() {
+            Some(x) => Ok(Some(x)),
+            None => self.read(),
+        }
+    }
+
+    fn read(&mut self) -> Result<Option<(String, ScanRecord)>, IndexError> {
+        let Some(range) = &mut self.range else {
+            return Ok(None);
+        };
+        let Some(row) = range.next() else {
+            return Ok(None);
+        };
+        let corrupt = |detail: String| IndexError::Corrupt {
+            path: self.path.clone(),
+            state: self.state.clone(),
+            aside: aside(&self.state),
+            detail,
+        };
+        let (k, v) = row.map_err(|e| corrupt(e.to_string()))?;
+        let r: ScanRecord = postcard::from_bytes(v.value())
+            .map_err(|e| corrupt(format!("scan record {:?} does not decode: {e}", k.value())))?;
+        Ok(Some((k.value().to_string(), r)))
+    }
+}
+
 /// An index entry: the replicated record plus local bookkeeping.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalEntry {
@@ -368,6 +413,29 @@ impl Index {
             f(k.value(), r);
         }
         Ok(())
+    }
+
+    /// A cursor over every live path's scan record, in path (byte) order.
+    pub fn scan_cursor(&self) -> Result<ScanCursor, IndexError> {
+        let Some(db) = &self.db else {
+            return Ok(ScanCursor {
+                range: None,
+                peeked: None,
+                path: self.path.clone(),
+                state: self.state.clone(),
+            });
+        };
+        let tx = db.begin_read().map_err(|e| self.db_err(e))?;
+        let t = tx
+            .open_table(SCAN)
+            .map_err(|e| self.corrupt(e.to_string()))?;
+        let range = redb::ReadOnlyTable::range::<&str>(&t, ..).map_err(|e| self.db_err(e))?;
+        Ok(ScanCursor {
+            range: Some(range),
+            peeked: None,
+            path: self.path.clone(),
+            state: self.state.clone(),
+        })
     }
 
     /// How far this replica has integrated each peer's changes.
