@@ -471,11 +471,18 @@ impl Ctx<'_> {
         for (p, local) in locs.iter().filter(|l| !l.1) {
             srcs.push(whole(p.clone(), *local));
         }
-        let mut buf = Vec::new();
+        // One buffer of the largest chunk size, never zeroed again.
+        let mut buf = vec![0u8; weave_chunk::CHUNK_MAX as usize];
         let mut pos = 0u64;
         let mut out = std::io::BufWriter::with_capacity(256 * 1024, f);
         for (off, c) in list.with_offsets() {
-            buf.resize(c.len as usize, 0);
+            if c.len as usize > buf.len() {
+                return Err(format!(
+                    "chunk {} is larger than the chunker allows",
+                    c.hash.short_hex()
+                ));
+            }
+            let buf = &mut buf[..c.len as usize];
             let mut ok = false;
             for s in srcs.iter_mut() {
                 if s.failed {
@@ -499,7 +506,7 @@ impl Ctx<'_> {
                     s.failed = true;
                     continue;
                 };
-                if file.read_exact_at(&mut buf, at).is_ok() && weave_chunk::verify(&buf, &c.hash) {
+                if file.read_exact_at(buf, at).is_ok() && weave_chunk::verify(buf, &c.hash) {
                     ok = true;
                     if s.local {
                         built.bytes_local += c.len as u64;
@@ -519,7 +526,7 @@ impl Ctx<'_> {
                     c.hash.short_hex()
                 ));
             }
-            out.write_all(&buf).map_err(|e| io_msg("cannot write", e))?;
+            out.write_all(buf).map_err(|e| io_msg("cannot write", e))?;
             pos += c.len as u64;
             (self.progress)(c.len as u64);
         }
