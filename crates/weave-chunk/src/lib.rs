@@ -83,8 +83,18 @@ fn cdc(data: &[u8]) -> fastcdc::v2020::FastCDC<'_> {
 
 /// Cuts a stream into chunks, reading it once through a fixed window.
 /// Gives the same cut points as [`chunk_bytes`] on the whole content.
-pub fn chunk_reader<R: Read>(mut r: R) -> io::Result<ChunkList> {
-    let mut buf = vec![0u8; WINDOW];
+pub fn chunk_reader<R: Read>(r: R) -> io::Result<ChunkList> {
+    chunk_reader_with(r, &mut Vec::new())
+}
+
+/// [`chunk_reader`] with a caller-owned window buffer, reused across calls
+/// (it is grown once, never cleared: scanning many small files must not
+/// zero a fresh window per file).
+pub fn chunk_reader_with<R: Read>(mut r: R, buf: &mut Vec<u8>) -> io::Result<ChunkList> {
+    if buf.len() < WINDOW {
+        buf.resize(WINDOW, 0);
+    }
+    let buf = &mut buf[..WINDOW];
     let mut filled = 0usize;
     let mut chunks = Vec::new();
     let mut eof = false;

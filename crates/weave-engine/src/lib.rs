@@ -14,7 +14,7 @@ mod report;
 
 pub use report::{ConflictReport, IssueReport, PlannedOp, ReplicaReport, Report};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 use weave_chunk::ChunkList;
@@ -22,8 +22,8 @@ use weave_core::path::STATE_DIR;
 use weave_core::{plan_tree, Bumper, ConflictPolicy, Entry, Hash, Object, ReplicaId};
 use weave_fs::ignore::{IgnoreError, Matcher};
 use weave_fs::scan::ScanOptions;
-use weave_fs::{ContentSource, FsIssue};
-use weave_index::{Batch, Index, IndexError, LocalEntry};
+use weave_fs::{ContentSource, FsIssue, Location};
+use weave_index::{Batch, Index, IndexError, LocalEntry, Stat};
 
 /// How to settle concurrent changes, as the user gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,6 +251,7 @@ pub fn sync(
     };
     // Scan every replica, in parallel.
     progress.phase("scanning");
+    let t_scan = std::time::Instant::now();
     let scan_opts = ScanOptions {
         matcher: &matcher,
         remove_temps: !opts.dry_run,
@@ -298,6 +299,7 @@ pub fn sync(
         });
     }
 
+    tracing::debug!(elapsed = ?t_scan.elapsed(), "scanned and recorded local changes");
     // Nothing new anywhere since these replicas last synced together.
     let up_to_date = reps.iter().all(|r| {
         reps.iter().all(|p| {
@@ -312,6 +314,7 @@ pub fn sync(
     // Plan the whole tree once, from every replica's full index (with this
     // scan's changes, which a dry run did not write).
     progress.phase("planning");
+    let t_plan = std::time::Instant::now();
     for (r, changed) in reps.iter_mut().zip(scan_changes) {
         r.entries = r.index.load_entries()?;
         for le in changed {
@@ -337,6 +340,7 @@ pub fn sync(
         plan_tree(&by_path, policy, &mut clock)
     };
     reps[0].index.observe(clock.clock);
+    tracing::debug!(elapsed = ?t_plan.elapsed(), paths = plan.finals.len(), "planned");
     for c in &plan.conflicts {
         report.conflicts.push(ConflictReport::from_conflict(c));
     }
@@ -369,14 +373,15 @@ pub fn sync(
     progress.phase("syncing");
 
     // Where each content can be found, across replicas.
-    let mut locations: HashMap<Hash, Vec<(usize, PathBuf)>> = HashMap::new();
+    let mut locations: Locations = HashMap::new();
     for (i, r) in reps.iter().enumerate() {
         for (p, le) in &r.entries {
             if let Object::File { content, .. } = &le.entry.object {
-                locations
-                    .entry(*content)
-                    .or_default()
-                    .push((i, weave_fs_join(&r.root, p)));
+                locations.entry(*content).or_default().push((
+                    i,
+                    weave_fs_join(&r.root, p),
+                    le.stat,
+                ));
             }
         }
     }
@@ -386,6 +391,7 @@ pub fn sync(
         if ops.is_empty() {
             continue;
         }
+        let t_apply = std::time::Instant::now();
         let outcome = {
             let src = Source {
                 reps: &reps,
@@ -421,10 +427,11 @@ pub fn sync(
             };
             if let Object::File { content, .. } = &le.entry.object {
                 if d.content.is_some() {
-                    locations
-                        .entry(*content)
-                        .or_default()
-                        .push((i, weave_fs_join(&r.root, &le.entry.path)));
+                    locations.entry(*content).or_default().push((
+                        i,
+                        weave_fs_join(&r.root, &le.entry.path),
+                        le.stat,
+                    ));
                 }
             }
             r.entries.insert(le.entry.path.clone(), le.clone());
@@ -434,6 +441,19 @@ pub fn sync(
             }
         }
         r.index.write(&batch)?;
+        tracing::debug!(replica = %r.display, ops = ops.len(), elapsed = ?t_apply.elapsed(), "applied and recorded");
+    }
+    // Chunk lists of contents no file holds any more are dropped.
+    for r in reps.iter_mut() {
+        let live: HashSet<Hash> = r
+            .entries
+            .values()
+            .filter_map(|le| match &le.entry.object {
+                Object::File { content, .. } => Some(*content),
+                _ => None,
+            })
+            .collect();
+        r.index.gc_contents(&live)?;
     }
     // Record what each replica has integrated: everything the others
     // hold now, unless something failed on it.
@@ -477,11 +497,14 @@ fn push_issues(report: &mut Report, display: &str, root: &Path, issues: &[FsIssu
     }
 }
 
+/// Where each content is: (replica index, file, stat recorded when hashed).
+type Locations = HashMap<Hash, Vec<(usize, PathBuf, Option<Stat>)>>;
+
 /// Content lookups for one replica's executor.
 struct Source<'a> {
     reps: &'a [Replica],
     me: usize,
-    locations: &'a HashMap<Hash, Vec<(usize, PathBuf)>>,
+    locations: &'a Locations,
     scanned: &'a HashMap<Hash, ChunkList>,
 }
 
@@ -505,14 +528,22 @@ impl ContentSource for Source<'_> {
         None
     }
 
-    fn locations(&self, content: &Hash) -> Vec<(PathBuf, bool)> {
-        let mut v: Vec<(PathBuf, bool)> = self
+    fn locations(&self, content: &Hash) -> Vec<Location> {
+        let mut v: Vec<Location> = self
             .locations
             .get(content)
-            .map(|l| l.iter().map(|(i, p)| (p.clone(), *i == self.me)).collect())
+            .map(|l| {
+                l.iter()
+                    .map(|(i, p, stat)| Location {
+                        path: p.clone(),
+                        local: *i == self.me,
+                        stat: *stat,
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         // Own files first.
-        v.sort_by_key(|(_, local)| !local);
+        v.sort_by_key(|l| !l.local);
         v
     }
 }

@@ -22,6 +22,10 @@ use weave_core::path::{ancestors, depth, STATE_DIR};
 use weave_core::{Entry, Hash, Object};
 use weave_index::{LocalEntry, Stat};
 
+/// Files at least this large start their writeback as soon as they are
+/// written, so the flush before the renames overlaps with other work.
+const EARLY_WRITEBACK: u64 = 256 * 1024;
+
 /// What one operation does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpKind {
@@ -71,9 +75,21 @@ pub struct ApplyOutcome {
 pub trait ContentSource: Sync {
     /// The chunk list of a content id.
     fn chunk_list(&self, content: &Hash) -> Option<ChunkList>;
-    /// Files that should hold this content, with `true` for the replica's
-    /// own files. Every byte read from them is verified.
-    fn locations(&self, content: &Hash) -> Vec<(PathBuf, bool)>;
+    /// Files that should hold this content, the replica's own first.
+    fn locations(&self, content: &Hash) -> Vec<Location>;
+}
+
+/// A file that should hold some content.
+#[derive(Debug, Clone)]
+pub struct Location {
+    pub path: PathBuf,
+    /// One of the receiving replica's own files.
+    pub local: bool,
+    /// The stat recorded when this file's content was hashed, if it was not
+    /// racy. A file whose stat still matches it, before and after a copy,
+    /// holds exactly the hashed content: it is copied whole by the kernel.
+    /// Otherwise every chunk read from it is verified.
+    pub stat: Option<Stat>,
 }
 
 /// Files per write batch and bytes per write batch: a batch is made
@@ -177,15 +193,20 @@ pub fn apply(
             end += 1;
         }
         let batch = &writes[start..end];
+        let t = std::time::Instant::now();
         let built: Vec<(usize, Result<Built, String>)> = batch
             .par_iter()
             .map(|&(i, op)| (i, ctx.build(op)))
             .collect();
+        tracing::debug!(files = batch.len(), elapsed = ?t.elapsed(), "built temporary files");
         if built.iter().any(|(_, b)| b.is_ok()) {
             // One flush makes every temporary file of the batch durable
             // before any of them replaces a target.
+            let t = std::time::Instant::now();
             let _ = flush_fs(root);
+            tracing::debug!(elapsed = ?t.elapsed(), "flushed");
         }
+        let t = std::time::Instant::now();
         for (i, b) in built {
             let op = &ops[i];
             let result = b.and_then(|b| {
@@ -205,6 +226,7 @@ pub fn apply(
             }
         }
         let _ = flush_fs(root);
+        tracing::debug!(elapsed = ?t.elapsed(), "committed and flushed");
         start = end;
     }
 
@@ -250,6 +272,35 @@ pub fn apply(
     }
     let _ = fs::remove_dir_all(&trash);
     out
+}
+
+/// Copies `src` whole into `dst` (both at offset 0) if `src` is still the
+/// file recorded in `expect`, before and after the copy. False if it is not
+/// (or the kernel cannot copy): the caller then reads and verifies chunks.
+fn fast_copy(dst: &File, src: &Path, expect: &Stat, size: u64) -> bool {
+    let Ok(sf) = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nofollow())
+        .open(src)
+    else {
+        return false;
+    };
+    let unchanged = |f: &File| {
+        f.metadata()
+            .is_ok_and(|m| !expect.racy && same_stat(&m, expect) && m.len() == size)
+    };
+    if !unchanged(&sf) {
+        return false;
+    }
+    let (mut off_in, mut off_out) = (0u64, 0u64);
+    while off_in < size {
+        let want = (size - off_in).min(1 << 30) as usize;
+        match rustix::fs::copy_file_range(&sf, Some(&mut off_in), dst, Some(&mut off_out), want) {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+    }
+    unchanged(&sf)
 }
 
 struct Built {
@@ -402,6 +453,11 @@ impl Ctx<'_> {
                     bytes_remote: 0,
                 };
                 self.fill(&f, op, content, &list, &mut built)?;
+                if *size >= EARLY_WRITEBACK {
+                    // Starts writing the data out now (Linux: DONTNEED
+                    // writes dirty pages back asynchronously).
+                    let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed);
+                }
                 f.set_permissions(fs::Permissions::from_mode(op.target.mode))
                     .map_err(|e| io_msg("cannot set permissions", e))?;
                 let mtime = UNIX_EPOCH
@@ -431,25 +487,27 @@ impl Ctx<'_> {
         struct Src {
             path: PathBuf,
             local: bool,
+            stat: Option<Stat>,
             /// None: holds exactly this content. Some: chunk → offset.
             map: Option<HashMap<Hash, u64>>,
             file: Option<Option<File>>,
             failed: bool,
         }
         let mut srcs: Vec<Src> = Vec::new();
-        let whole = |path: PathBuf, local: bool| Src {
+        let whole = |path: PathBuf, local: bool, stat: Option<Stat>| Src {
             path,
             local,
+            stat,
             map: None,
             file: None,
             failed: false,
         };
         if let Some(p) = self.trashed.lock().unwrap().get(content) {
-            srcs.push(whole(p.clone(), true));
+            srcs.push(whole(p.clone(), true, None));
         }
         let locs = self.source.locations(content);
-        for (p, local) in locs.iter().filter(|l| l.1) {
-            srcs.push(whole(p.clone(), *local));
+        for l in locs.iter().filter(|l| l.local) {
+            srcs.push(whole(l.path.clone(), true, l.stat));
         }
         // The old version at the same path: most of an edited file's chunks.
         if let Some(Object::File { content: old, .. }) =
@@ -461,6 +519,7 @@ impl Ctx<'_> {
                     srcs.push(Src {
                         path: join(self.root, &op.path),
                         local: true,
+                        stat: None,
                         map: Some(map),
                         file: None,
                         failed: false,
@@ -468,8 +527,24 @@ impl Ctx<'_> {
                 }
             }
         }
-        for (p, local) in locs.iter().filter(|l| !l.1) {
-            srcs.push(whole(p.clone(), *local));
+        for l in locs.iter().filter(|l| !l.local) {
+            srcs.push(whole(l.path.clone(), false, l.stat));
+        }
+        // Fast path: a whole file whose stat proves it still holds the
+        // content hashed earlier is copied by the kernel.
+        let size = list.size();
+        for s in srcs.iter().filter(|s| s.map.is_none() && s.stat.is_some()) {
+            if fast_copy(f, &s.path, s.stat.as_ref().expect("filtered"), size) {
+                if s.local {
+                    built.bytes_local += size;
+                } else {
+                    built.bytes_remote += size;
+                }
+                (self.progress)(size);
+                return Ok(());
+            }
+            // A failed attempt may have written part of the file.
+            f.set_len(0).map_err(|e| io_msg("cannot truncate", e))?;
         }
         // One buffer of the largest chunk size, never zeroed again.
         let mut buf = vec![0u8; weave_chunk::CHUNK_MAX as usize];
@@ -640,10 +715,16 @@ mod tests {
         fn chunk_list(&self, content: &Hash) -> Option<ChunkList> {
             self.0.get(content).map(|x| x.0.clone())
         }
-        fn locations(&self, content: &Hash) -> Vec<(PathBuf, bool)> {
+        fn locations(&self, content: &Hash) -> Vec<Location> {
             self.0
                 .get(content)
-                .map(|x| vec![(x.1.clone(), false)])
+                .map(|x| {
+                    vec![Location {
+                        path: x.1.clone(),
+                        local: false,
+                        stat: None,
+                    }]
+                })
                 .unwrap_or_default()
         }
     }
@@ -759,5 +840,103 @@ mod tests {
         let out = apply(root, &ops, &source, &|_| {});
         assert_eq!(out.issues.len(), 1);
         assert!(!root.join("f").exists());
+    }
+}
+
+#[cfg(test)]
+mod fast_copy_tests {
+    use super::*;
+    use weave_core::{ReplicaId, VersionVector};
+
+    struct One(ChunkList, Location);
+    impl ContentSource for One {
+        fn chunk_list(&self, _: &Hash) -> Option<ChunkList> {
+            Some(self.0.clone())
+        }
+        fn locations(&self, _: &Hash) -> Vec<Location> {
+            vec![self.1.clone()]
+        }
+    }
+
+    fn setup(data: &[u8]) -> (tempfile::TempDir, PathBuf, ChunkList, Stat) {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir(t.path().join("dst")).unwrap();
+        fs::create_dir(t.path().join("dst").join(STATE_DIR)).unwrap();
+        let src = t.path().join("src.bin");
+        fs::write(&src, data).unwrap();
+        // Written long ago: not racy, so its stat vouches for its content.
+        let old = UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+        File::options()
+            .write(true)
+            .open(&src)
+            .unwrap()
+            .set_times(fs::FileTimes::new().set_modified(old))
+            .unwrap();
+        let stat = stat_of(&fs::metadata(&src).unwrap());
+        assert!(!stat.racy);
+        (t, src, weave_chunk::chunk_bytes(data), stat)
+    }
+
+    fn write_op(list: &ChunkList) -> Op {
+        Op {
+            kind: OpKind::WriteFile,
+            path: "f".into(),
+            current: None,
+            target: Entry {
+                path: "f".into(),
+                object: Object::File {
+                    size: list.size(),
+                    content: list.content_id(),
+                },
+                mode: 0o644,
+                mtime_ns: 1_600_000_000_000_000_000,
+                vv: VersionVector::from_pairs(vec![(ReplicaId(1), 1)]),
+                origin: ReplicaId(1),
+            },
+        }
+    }
+
+    #[test]
+    fn an_unchanged_source_is_copied_whole() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let (t, src, list, stat) = setup(&data);
+        let loc = Location {
+            path: src,
+            local: false,
+            stat: Some(stat),
+        };
+        let out = apply(
+            &t.path().join("dst"),
+            &[write_op(&list)],
+            &One(list, loc),
+            &|_| {},
+        );
+        assert!(out.issues.is_empty(), "{:?}", out.issues);
+        assert_eq!(out.bytes_remote, data.len() as u64);
+        assert_eq!(fs::read(t.path().join("dst/f")).unwrap(), data);
+    }
+
+    #[test]
+    fn a_source_changed_since_it_was_hashed_is_not_trusted() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let (t, src, list, stat) = setup(&data);
+        // Same size, different bytes, written after the stat was taken.
+        let mut other = data.clone();
+        other[1000] ^= 0xff;
+        fs::write(&src, &other).unwrap();
+        let loc = Location {
+            path: src,
+            local: false,
+            stat: Some(stat),
+        };
+        let out = apply(
+            &t.path().join("dst"),
+            &[write_op(&list)],
+            &One(list, loc),
+            &|_| {},
+        );
+        // Neither the fast path nor the verified path accepts it.
+        assert_eq!(out.issues.len(), 1, "{:?}", out.issues);
+        assert!(!t.path().join("dst/f").exists());
     }
 }

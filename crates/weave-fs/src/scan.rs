@@ -14,7 +14,7 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use weave_chunk::{chunk_reader, ChunkList};
+use weave_chunk::{chunk_reader_with, ChunkList};
 use weave_core::path::STATE_DIR;
 use weave_core::{Entry, Object};
 use weave_index::{Index, IndexError, LocalEntry, ScanCursor, ScanRecord, Stat};
@@ -399,7 +399,11 @@ fn hash_file(path: &Path, before: &Stat) -> HashResult {
     if m1.ino() != before.ino || m1.len() != before.size {
         return Err("changed while being scanned; it will be picked up by the next sync".into());
     }
-    let list = chunk_reader(std::io::BufReader::with_capacity(0, &f))
+    thread_local! {
+        static WINDOW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let list = WINDOW
+        .with(|w| chunk_reader_with(&f, &mut w.borrow_mut()))
         .map_err(|e| format!("read error: {e}"))?;
     let m2 = f.metadata().map_err(|e| format!("cannot stat: {e}"))?;
     if !same_stat(&m2, &stat_of(&m1)) || list.size() != m2.len() {

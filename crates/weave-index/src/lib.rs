@@ -472,6 +472,42 @@ impl Index {
         Ok(Some(list))
     }
 
+    /// Removes the chunk lists of contents no live entry holds any more.
+    /// Returns how many were removed.
+    pub fn gc_contents(
+        &mut self,
+        live: &std::collections::HashSet<Hash>,
+    ) -> Result<u64, IndexError> {
+        let Some(db) = &self.db else { return Ok(0) };
+        let mut dead: Vec<Vec<u8>> = Vec::new();
+        {
+            let tx = db.begin_read().map_err(|e| self.db_err(e))?;
+            let t = tx
+                .open_table(CONTENTS)
+                .map_err(|e| self.corrupt(e.to_string()))?;
+            for row in t.iter().map_err(|e| self.db_err(e))? {
+                let (k, _) = row.map_err(|e| self.db_err(e))?;
+                let key = k.value();
+                let keep = <[u8; 32]>::try_from(key).is_ok_and(|h| live.contains(&Hash(h)));
+                if !keep {
+                    dead.push(key.to_vec());
+                }
+            }
+        }
+        if dead.is_empty() {
+            return Ok(0);
+        }
+        let tx = db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            let mut t = tx.open_table(CONTENTS).map_err(|e| self.db_err(e))?;
+            for k in &dead {
+                t.remove(k.as_slice()).map_err(|e| self.db_err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.db_err(e))?;
+        Ok(dead.len() as u64)
+    }
+
     /// Number of chunk lists stored.
     pub fn content_count(&self) -> Result<u64, IndexError> {
         let Some(db) = &self.db else { return Ok(0) };
@@ -680,6 +716,24 @@ mod tests {
         );
         assert_eq!(e["a/b"], entry("a/b"));
         assert_eq!(idx.load_peers().unwrap()[&ReplicaId(9)], 4);
+    }
+
+    #[test]
+    fn unreferenced_chunk_lists_are_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut idx = Index::open(&dir.path().join(".weave")).unwrap();
+        let a = weave_chunk::chunk_bytes(b"a");
+        let b = weave_chunk::chunk_bytes(b"b");
+        let batch = Batch {
+            contents: vec![a.clone(), b.clone()],
+            ..Default::default()
+        };
+        idx.write(&batch).unwrap();
+        let live: std::collections::HashSet<Hash> = [a.content_id()].into_iter().collect();
+        assert_eq!(idx.gc_contents(&live).unwrap(), 1);
+        assert_eq!(idx.content_count().unwrap(), 1);
+        assert!(idx.chunk_list(&a.content_id()).unwrap().is_some());
+        assert!(idx.chunk_list(&b.content_id()).unwrap().is_none());
     }
 
     #[test]

@@ -83,6 +83,11 @@ fn looks_remote(s: &str) -> bool {
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    // Diagnostics on stderr, off unless RUST_LOG asks for them.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     match cli.command {
         Command::Sync(args) => sync(args),
     }
