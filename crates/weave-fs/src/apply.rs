@@ -368,9 +368,18 @@ impl Ctx<'_> {
                     return Err(CHANGED.into());
                 }
                 let dest = self.trash.join(temp_name());
-                fs::rename(&full, &dest).map_err(|e| io_msg("cannot remove", e))?;
-                self.trashed.lock().unwrap().insert(*content, dest);
-                Ok(())
+                match fs::rename(&full, &dest) {
+                    Ok(()) => {
+                        self.trashed.lock().unwrap().insert(*content, dest);
+                        Ok(())
+                    }
+                    // Another filesystem mounted inside the replica: the
+                    // trash cannot take it, so it is simply removed.
+                    Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
+                        fs::remove_file(&full).map_err(|e| io_msg("cannot remove", e))
+                    }
+                    Err(e) => Err(io_msg("cannot remove", e)),
+                }
             }
             Some(Object::Symlink { target }) => {
                 let t = fs::read_link(&full).map_err(|e| io_msg("cannot read symlink", e))?;

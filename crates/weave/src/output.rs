@@ -35,8 +35,9 @@ impl Progress for Bar {
     fn set_total(&self, bytes: u64) {
         if let Some(b) = &self.bar {
             if bytes > 0 {
+                // Rate and ETA count from the start of the transfer.
+                b.reset();
                 b.set_length(bytes);
-                b.set_position(0);
                 b.set_style(
                     ProgressStyle::with_template(
                         "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
