@@ -14,7 +14,7 @@ pub enum PathError {
     Absolute(String),
     #[error("path {0:?} has an empty, '.' or '..' component")]
     BadComponent(String),
-    #[error("path {0:?} is inside weave's state directory .weave")]
+    #[error("path {0:?} is inside a weave state directory (.weave), which is never synced")]
     StateDir(String),
     #[error("path {0:?} contains a NUL byte")]
     Nul(String),
@@ -22,7 +22,7 @@ pub enum PathError {
 
 /// Checks that `p` is a relative, normalized path that may name an object in
 /// a replica: no leading '/', no empty, '.' or '..' components, not inside
-/// `.weave`.
+/// a `.weave` directory at any depth.
 pub fn validate(p: &str) -> Result<(), PathError> {
     if p.is_empty() {
         return Err(PathError::Empty);
@@ -33,11 +33,11 @@ pub fn validate(p: &str) -> Result<(), PathError> {
     if p.contains('\0') {
         return Err(PathError::Nul(p.to_string()));
     }
-    for (i, c) in p.split('/').enumerate() {
+    for c in p.split('/') {
         if c.is_empty() || c == "." || c == ".." {
             return Err(PathError::BadComponent(p.to_string()));
         }
-        if i == 0 && c == STATE_DIR {
+        if c == STATE_DIR {
             return Err(PathError::StateDir(p.to_string()));
         }
     }
@@ -78,8 +78,30 @@ pub fn conflict_name(path: &str, mtime_ns: i64, origin: ReplicaId) -> String {
         Some(i) if i > 0 && i + 1 < file.len() => (&file[..i], &file[i..]),
         _ => (file, ""),
     };
-    let stamp = format_utc(mtime_ns);
-    format!("{dir}{stem}.weave-conflict-{stamp}-{}{ext}", origin.short())
+    let tag = format!(
+        ".weave-conflict-{}-{}",
+        format_utc(mtime_ns),
+        origin.short()
+    );
+    // File names are at most 255 bytes; keep room for a "-NNN" suffix.
+    let ext = truncate_at_char(ext, 32);
+    let room = MAX_NAME - 4 - tag.len() - ext.len();
+    let stem = truncate_at_char(stem, room);
+    format!("{dir}{stem}{tag}{ext}")
+}
+
+/// The longest file name (in bytes) most filesystems accept.
+const MAX_NAME: usize = 255;
+
+fn truncate_at_char(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// True if a file name looks like a conflict copy made by weave.
@@ -106,7 +128,8 @@ mod tests {
     fn validation() {
         assert!(validate("a/b.txt").is_ok());
         assert!(validate(".weaveignore").is_ok());
-        assert!(validate("x/.weave").is_ok());
+        assert!(matches!(validate("x/.weave"), Err(PathError::StateDir(_))));
+        assert!(validate("x/.weaveignore").is_ok());
         assert_eq!(validate(""), Err(PathError::Empty));
         assert!(matches!(
             validate("/etc/passwd"),

@@ -389,13 +389,17 @@ fn place_copies(plan: &mut TreePlan, mut copies: Vec<Entry>, bumper: &mut dyn Bu
 
 /// `NAME.weave-conflict-STAMP-ID-N.EXT` from `NAME.weave-conflict-STAMP-ID.EXT`.
 fn numbered(conflict_path: &str, n: u32) -> String {
+    const MARK: &str = ".weave-conflict-";
     let file_start = conflict_path.rfind('/').map(|i| i + 1).unwrap_or(0);
-    let marker = conflict_path[file_start..]
-        .find(".weave-conflict-")
-        .map(|i| file_start + i + ".weave-conflict-".len())
-        .unwrap_or(file_start);
-    // The stamp and id have fixed widths: YYYYMMDD-HHMMSS-XXXXXXX.
-    let end = (marker + 23).min(conflict_path.len());
+    // The tag weave added is the last marker; the stamp and the id after
+    // it are ASCII of fixed width: YYYYMMDD-HHMMSS-XXXXXXX.
+    let Some(m) = conflict_path[file_start..].rfind(MARK) else {
+        return format!("{conflict_path}-{n}");
+    };
+    let end = file_start + m + MARK.len() + 23;
+    if end > conflict_path.len() || !conflict_path.is_char_boundary(end) {
+        return format!("{conflict_path}-{n}");
+    }
     format!("{}-{n}{}", &conflict_path[..end], &conflict_path[end..])
 }
 

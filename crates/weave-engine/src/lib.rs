@@ -78,6 +78,8 @@ pub enum SyncError {
     #[error(transparent)]
     Index(#[from] IndexError),
     #[error(transparent)]
+    Scan(#[from] weave_fs::ScanError),
+    #[error(transparent)]
     Ignore(#[from] IgnoreError),
 }
 
@@ -239,6 +241,25 @@ pub fn sync(
             peers,
         });
     }
+    // Two replicas with one identity (a state directory copied along with
+    // the files) would confuse whose change is whose.
+    for i in 0..reps.len() {
+        for j in i + 1..reps.len() {
+            if reps[i].index.id() == reps[j].index.id() {
+                return Err(SyncError::BadReplica {
+                    path: reps[j].display.clone(),
+                    problem: format!(
+                        "has the same weave identity as {} (its state directory was copied from there)",
+                        reps[i].display
+                    ),
+                    fix: format!(
+                        "Move {} out of the replica (it is rebuilt by the next sync; files that differ are kept as conflict copies).",
+                        reps[j].root.join(STATE_DIR).display()
+                    ),
+                });
+            }
+        }
+    }
     let policy = match (&opts.policy, preferred) {
         (PolicySpec::Prefer(_), Some(i)) => ConflictPolicy::Prefer(reps[i].index.id()),
         (PolicySpec::Newest, _) => ConflictPolicy::Newest,
@@ -249,6 +270,15 @@ pub fn sync(
         dry_run: opts.dry_run,
         ..Default::default()
     };
+    for r in &reps {
+        if r.index.rekeyed() {
+            report.notices.push(IssueReport {
+                replica: r.display.clone(),
+                path: STATE_DIR.into(),
+                message: "this state directory was made for another directory (copied or moved with the files); the replica got a new identity".into(),
+            });
+        }
+    }
     // Scan every replica, in parallel.
     progress.phase("scanning");
     let t_scan = std::time::Instant::now();
@@ -257,19 +287,20 @@ pub fn sync(
         remove_temps: !opts.dry_run,
     };
     let mut scanned_contents: HashMap<Hash, ChunkList> = HashMap::new();
-    let outcomes: Vec<Result<weave_fs::ScanOutcome, IndexError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = reps
-            .iter_mut()
-            .map(|r| {
-                let so = &scan_opts;
-                s.spawn(move || weave_fs::scan(&r.root, &mut r.index, so))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("scanner panicked"))
-            .collect()
-    });
+    let outcomes: Vec<Result<weave_fs::ScanOutcome, weave_fs::ScanError>> =
+        std::thread::scope(|s| {
+            let handles: Vec<_> = reps
+                .iter_mut()
+                .map(|r| {
+                    let so = &scan_opts;
+                    s.spawn(move || weave_fs::scan(&r.root, &mut r.index, so))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("scanner panicked"))
+                .collect()
+        });
     let mut scan_changes: Vec<Vec<LocalEntry>> = Vec::new();
     for (r, o) in reps.iter_mut().zip(outcomes) {
         let o = o?;
@@ -301,11 +332,15 @@ pub fn sync(
 
     tracing::debug!(elapsed = ?t_scan.elapsed(), "scanned and recorded local changes");
     // Nothing new anywhere since these replicas last synced together.
-    let up_to_date = reps.iter().all(|r| {
-        reps.iter().all(|p| {
-            p.index.id() == r.index.id() || r.peers.get(&p.index.id()) == Some(&p.index.seq())
-        })
-    });
+    let fp = matcher.fingerprint();
+    let up_to_date = reps
+        .iter()
+        .all(|r| r.index.ignore_fingerprint() == Some(fp))
+        && reps.iter().all(|r| {
+            reps.iter().all(|p| {
+                p.index.id() == r.index.id() || r.peers.get(&p.index.id()) == Some(&p.index.seq())
+            })
+        });
     if up_to_date {
         report.finish();
         return Ok(report);

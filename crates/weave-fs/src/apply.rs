@@ -10,7 +10,7 @@
 
 use crate::util::{join, same_stat, stat_of, temp_name, FsIssue};
 use rayon::prelude::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
@@ -128,16 +128,97 @@ pub fn apply(
         trashed: Mutex::new(HashMap::new()),
         progress,
     };
-    let by_kind = |k: OpKind| ops.iter().enumerate().filter(move |(_, o)| o.kind == k);
+    let live_now = |o: &Op| o.current.as_ref().is_some_and(|c| c.entry.is_live());
+    let is_write = |o: &Op| matches!(o.kind, OpKind::WriteFile | OpKind::WriteSymlink);
+    let old_content = |o: &Op| match o.current.as_ref().map(|c| &c.entry.object) {
+        Some(Object::File { content, .. }) => Some(*content),
+        _ => None,
+    };
 
-    // 1. Removals, deepest first.
-    let mut removes: Vec<(usize, &Op)> = by_kind(OpKind::Remove).collect();
+    // Directories this run writes into but their owner cannot write:
+    // opened up for the run, their modes restored (or set as planned) at
+    // the end.
+    let locked = ctx.unlock_parents(ops);
+
+    // Nothing is destroyed before what must survive it has landed: new
+    // paths (conflict copies, rename targets, new files) are written first,
+    // from the originals still in place; a removal or overwrite whose old
+    // content failed to land elsewhere is skipped, and retried next sync.
+    let mut final_modes: Vec<(String, u32)> = Vec::new();
+    let mut failed: HashSet<Hash> = HashSet::new();
+
+    // 1. Directories at free paths, shallowest first. Created writable by
+    // their owner; final modes are set at the end.
+    let mut dirs: Vec<(usize, &Op)> = ops
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.kind == OpKind::MakeDir)
+        .collect();
+    dirs.sort_by(|a, b| {
+        depth(&a.1.path)
+            .cmp(&depth(&b.1.path))
+            .then(a.1.path.cmp(&b.1.path))
+    });
+    // A directory is made now if nothing is in its way: its path is free
+    // (or already a directory) and its parents are directories already or
+    // made just before it.
+    let mut free_dirs: Vec<(usize, &Op)> = Vec::new();
+    let mut blocked_dirs: Vec<(usize, &Op)> = Vec::new();
+    for (i, o) in dirs {
+        let path_free =
+            !fs::symlink_metadata(join(root, &o.path)).is_ok_and(|m| !m.file_type().is_dir());
+        let parent_ok = match weave_core::path::parent(&o.path) {
+            None => true,
+            Some(p) => {
+                free_dirs.iter().any(|(_, d)| d.path == p)
+                    || (!blocked_dirs.iter().any(|(_, d)| d.path == p)
+                        && ctx.check_parents(&o.path).is_ok())
+            }
+        };
+        if path_free && parent_ok {
+            free_dirs.push((i, o));
+        } else {
+            blocked_dirs.push((i, o));
+        }
+    }
+    ctx.make_dirs(&free_dirs, &mut out, &mut final_modes);
+
+    // 2. Writes to free paths whose directory is already there (not to a
+    // path a removal below must clear first: a type change).
+    let cleared: HashSet<&str> = ops
+        .iter()
+        .filter(|o| o.kind == OpKind::Remove)
+        .map(|o| o.path.as_str())
+        .collect();
+    let mut early: Vec<(usize, &Op)> = Vec::new();
+    let mut late: Vec<(usize, &Op)> = Vec::new();
+    for (i, o) in ops.iter().enumerate().filter(|(_, o)| is_write(o)) {
+        if !live_now(o) && !cleared.contains(o.path.as_str()) && ctx.check_parents(&o.path).is_ok()
+        {
+            early.push((i, o));
+        } else {
+            late.push((i, o));
+        }
+    }
+    ctx.write_batches(ops, &early, &mut out, &mut failed);
+
+    // 3. Removals, deepest first, unless they would destroy content that
+    // failed to land at its new place.
+    let mut removes: Vec<(usize, &Op)> = ops
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.kind == OpKind::Remove)
+        .collect();
     removes.sort_by(|a, b| {
         depth(&b.1.path)
             .cmp(&depth(&a.1.path))
             .then(b.1.path.cmp(&a.1.path))
     });
     for (i, op) in removes {
+        if old_content(op).is_some_and(|c| failed.contains(&c)) {
+            out.issues.push(FsIssue::new(join(root, &op.path), KEPT));
+            continue;
+        }
         match ctx.remove(op) {
             Ok(()) => out.done.push(Done {
                 op: i,
@@ -149,89 +230,29 @@ pub fn apply(
         }
     }
 
-    // 2. Directories, shallowest first. Created writable by their owner;
-    // final modes are set at the end so read-only directories can be filled.
-    let mut dirs: Vec<(usize, &Op)> = by_kind(OpKind::MakeDir).collect();
-    dirs.sort_by(|a, b| {
-        depth(&a.1.path)
-            .cmp(&depth(&b.1.path))
-            .then(a.1.path.cmp(&b.1.path))
-    });
-    let mut final_modes: Vec<(String, u32)> = Vec::new();
-    for (i, op) in dirs {
-        match ctx.make_dir(op) {
-            Ok(()) => {
-                final_modes.push((op.path.clone(), op.target.mode));
-                out.done.push(Done {
-                    op: i,
-                    entry: op.target.clone(),
-                    stat: None,
-                    content: None,
-                })
-            }
-            Err(msg) => out.issues.push(FsIssue::new(join(root, &op.path), msg)),
-        }
-    }
+    // 4. Directories that replace something removed above.
+    ctx.make_dirs(&blocked_dirs, &mut out, &mut final_modes);
 
-    // 3. Files and symlinks, in batches.
-    let writes: Vec<(usize, &Op)> = ops
+    // 5. Writes that had to wait for a directory, then overwrites.
+    late.sort_by_key(|(_, o)| live_now(o));
+    let late: Vec<(usize, &Op)> = late
+        .into_iter()
+        .filter(|(_, op)| {
+            if old_content(op).is_some_and(|c| failed.contains(&c)) {
+                out.issues.push(FsIssue::new(join(root, &op.path), KEPT));
+                return false;
+            }
+            true
+        })
+        .collect();
+    ctx.write_batches(ops, &late, &mut out, &mut failed);
+
+    // 6. Metadata.
+    for (i, op) in ops
         .iter()
         .enumerate()
-        .filter(|(_, o)| matches!(o.kind, OpKind::WriteFile | OpKind::WriteSymlink))
-        .collect();
-    let mut start = 0;
-    while start < writes.len() {
-        let mut end = start;
-        let mut bytes = 0u64;
-        while end < writes.len()
-            && end - start < BATCH_FILES
-            && (bytes < BATCH_BYTES || end == start)
-        {
-            if let Object::File { size, .. } = writes[end].1.target.object {
-                bytes += size;
-            }
-            end += 1;
-        }
-        let batch = &writes[start..end];
-        let t = std::time::Instant::now();
-        let built: Vec<(usize, Result<Built, String>)> = batch
-            .par_iter()
-            .map(|&(i, op)| (i, ctx.build(op)))
-            .collect();
-        tracing::debug!(files = batch.len(), elapsed = ?t.elapsed(), "built temporary files");
-        if built.iter().any(|(_, b)| b.is_ok()) {
-            // One flush makes every temporary file of the batch durable
-            // before any of them replaces a target.
-            let t = std::time::Instant::now();
-            let _ = flush_fs(root);
-            tracing::debug!(elapsed = ?t.elapsed(), "flushed");
-        }
-        let t = std::time::Instant::now();
-        for (i, b) in built {
-            let op = &ops[i];
-            let result = b.and_then(|b| {
-                out.bytes_local += b.bytes_local;
-                out.bytes_remote += b.bytes_remote;
-                let mut b = b;
-                ctx.commit(op, &b).map(|stat| (stat, b.list.take()))
-            });
-            match result {
-                Ok((stat, list)) => out.done.push(Done {
-                    op: i,
-                    entry: op.target.clone(),
-                    stat,
-                    content: list,
-                }),
-                Err(msg) => out.issues.push(FsIssue::new(join(root, &op.path), msg)),
-            }
-        }
-        let _ = flush_fs(root);
-        tracing::debug!(elapsed = ?t.elapsed(), "committed and flushed");
-        start = end;
-    }
-
-    // 4. Metadata.
-    for (i, op) in by_kind(OpKind::SetMeta) {
+        .filter(|(_, o)| o.kind == OpKind::SetMeta)
+    {
         match ctx.set_meta(op) {
             Ok(stat) => {
                 if op.target.object.is_dir() {
@@ -247,8 +268,12 @@ pub fn apply(
             Err(msg) => out.issues.push(FsIssue::new(join(root, &op.path), msg)),
         }
     }
-    // 5. Index-only changes.
-    for (i, op) in by_kind(OpKind::Record) {
+    // 7. Index-only changes.
+    for (i, op) in ops
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.kind == OpKind::Record)
+    {
         let stat = op
             .current
             .as_ref()
@@ -261,10 +286,21 @@ pub fn apply(
             content: None,
         });
     }
-    // Directory modes last, deepest first.
+    // Directory modes last, deepest first: the planned ones, then the
+    // original ones of directories opened up for this run.
+    let planned: HashSet<String> = final_modes.iter().map(|m| m.0.clone()).collect();
+    final_modes.extend(locked.into_iter().filter(|(p, _)| !planned.contains(p)));
     final_modes.sort_by_key(|m| std::cmp::Reverse(depth(&m.0)));
     for (p, mode) in final_modes {
-        let full = join(root, &p);
+        let full = if p.is_empty() {
+            root.to_path_buf()
+        } else {
+            join(root, &p)
+        };
+        let is_dir = fs::symlink_metadata(&full).is_ok_and(|m| m.file_type().is_dir());
+        if !is_dir {
+            continue;
+        }
         if let Err(e) = fs::set_permissions(&full, fs::Permissions::from_mode(mode)) {
             out.issues
                 .push(FsIssue::new(full, format!("cannot set permissions: {e}")));
@@ -273,6 +309,8 @@ pub fn apply(
     let _ = fs::remove_dir_all(&trash);
     out
 }
+
+const KEPT: &str = "left as it is: its content could not be saved at its new place (see the error above), so it was not replaced or removed; the sync will retry";
 
 /// Copies `src` whole into `dst` (both at offset 0) if `src` is still the
 /// file recorded in `expect`, before and after the copy. False if it is not
@@ -335,6 +373,157 @@ const CHANGED: &str =
     "changed on disk during the sync; left as it is (it will sync as a new change next time)";
 
 impl Ctx<'_> {
+    fn make_dirs(
+        &self,
+        dirs: &[(usize, &Op)],
+        out: &mut ApplyOutcome,
+        final_modes: &mut Vec<(String, u32)>,
+    ) {
+        for &(i, op) in dirs {
+            match self.make_dir(op) {
+                Ok(()) => {
+                    final_modes.push((op.path.clone(), op.target.mode));
+                    out.done.push(Done {
+                        op: i,
+                        entry: op.target.clone(),
+                        stat: None,
+                        content: None,
+                    })
+                }
+                Err(msg) => out
+                    .issues
+                    .push(FsIssue::new(join(self.root, &op.path), msg)),
+            }
+        }
+    }
+
+    /// Builds and commits file and symlink writes, in batches: every
+    /// temporary of a batch is made durable with one flush before any of
+    /// them replaces its target. Contents that failed to land go to
+    /// `failed`.
+    fn write_batches(
+        &self,
+        ops: &[Op],
+        writes: &[(usize, &Op)],
+        out: &mut ApplyOutcome,
+        failed: &mut HashSet<Hash>,
+    ) {
+        let mut start = 0;
+        while start < writes.len() {
+            let mut end = start;
+            let mut bytes = 0u64;
+            while end < writes.len()
+                && end - start < BATCH_FILES
+                && (bytes < BATCH_BYTES || end == start)
+            {
+                if let Object::File { size, .. } = writes[end].1.target.object {
+                    bytes += size;
+                }
+                end += 1;
+            }
+            let batch = &writes[start..end];
+            let t = std::time::Instant::now();
+            let mut built: Vec<(usize, Result<Built, String>)> = batch
+                .par_iter()
+                .map(|&(i, op)| (i, self.build(op)))
+                .collect();
+            tracing::debug!(files = batch.len(), elapsed = ?t.elapsed(), "built temporary files");
+            if built.iter().any(|(_, b)| b.is_ok()) {
+                let t = std::time::Instant::now();
+                if let Err(e) = flush_fs(self.root) {
+                    // Nothing may replace a target before it is durable.
+                    for (_, b) in built.iter_mut() {
+                        if b.is_ok() {
+                            *b = Err(format!("cannot flush written data to disk: {e}"));
+                        }
+                    }
+                }
+                tracing::debug!(elapsed = ?t.elapsed(), "flushed");
+            }
+            // What failed to build cannot land: the old contents it was
+            // meant to save must not be destroyed by this batch either.
+            for (i, b) in &built {
+                if let (Err(_), Object::File { content, .. }) = (b, &ops[*i].target.object) {
+                    failed.insert(*content);
+                }
+            }
+            // Creates before overwrites.
+            built.sort_by_key(|(i, _)| ops[*i].current.as_ref().is_some_and(|c| c.entry.is_live()));
+            let t = std::time::Instant::now();
+            for (i, b) in built {
+                let op = &ops[i];
+                let destroys = match op.current.as_ref().map(|c| &c.entry.object) {
+                    Some(Object::File { content, .. }) => failed.contains(content),
+                    _ => false,
+                };
+                if destroys && b.is_ok() {
+                    out.issues
+                        .push(FsIssue::new(join(self.root, &op.path), KEPT));
+                    continue;
+                }
+                let result = b.and_then(|mut b| {
+                    out.bytes_local += b.bytes_local;
+                    out.bytes_remote += b.bytes_remote;
+                    self.commit(op, &b).map(|stat| (stat, b.list.take()))
+                });
+                match result {
+                    Ok((stat, list)) => out.done.push(Done {
+                        op: i,
+                        entry: op.target.clone(),
+                        stat,
+                        content: list,
+                    }),
+                    Err(msg) => {
+                        if let Object::File { content, .. } = &op.target.object {
+                            failed.insert(*content);
+                        }
+                        out.issues
+                            .push(FsIssue::new(join(self.root, &op.path), msg))
+                    }
+                }
+            }
+            if let Err(e) = flush_fs(self.root) {
+                out.issues.push(FsIssue::new(
+                    self.root,
+                    format!("cannot flush renames to disk: {e}"),
+                ));
+            }
+            tracing::debug!(elapsed = ?t.elapsed(), "committed and flushed");
+            start = end;
+        }
+    }
+
+    /// Gives the owner write permission on the existing directories that
+    /// this run creates, renames or removes entries in. Returns their
+    /// original modes, to be restored at the end.
+    fn unlock_parents(&self, ops: &[Op]) -> Vec<(String, u32)> {
+        let mut parents: HashSet<&str> = HashSet::new();
+        for o in ops {
+            if !matches!(o.kind, OpKind::Record | OpKind::SetMeta) {
+                parents.insert(weave_core::path::parent(&o.path).unwrap_or(""));
+            }
+        }
+        let mut locked = Vec::new();
+        for p in parents {
+            let full = if p.is_empty() {
+                self.root.to_path_buf()
+            } else {
+                join(self.root, p)
+            };
+            let Ok(m) = fs::symlink_metadata(&full) else {
+                continue;
+            };
+            let mode = m.permissions().mode() & 0o7777;
+            if m.file_type().is_dir()
+                && mode & 0o200 == 0
+                && fs::set_permissions(&full, fs::Permissions::from_mode(mode | 0o700)).is_ok()
+            {
+                locked.push((p.to_string(), mode & 0o777));
+            }
+        }
+        locked
+    }
+
     /// Checks that every directory above `rel` is a real directory inside
     /// the replica, never a symlink (no write passes through a symlink).
     fn check_parents(&self, rel: &str) -> Result<(), String> {
@@ -947,5 +1136,95 @@ mod fast_copy_tests {
         // Neither the fast path nor the verified path accepts it.
         assert_eq!(out.issues.len(), 1, "{:?}", out.issues);
         assert!(!t.path().join("dst/f").exists());
+    }
+}
+
+#[cfg(test)]
+mod preserve_tests {
+    use super::*;
+    use weave_core::{ReplicaId, VersionVector};
+
+    struct Local(HashMap<Hash, (ChunkList, PathBuf)>);
+    impl ContentSource for Local {
+        fn chunk_list(&self, content: &Hash) -> Option<ChunkList> {
+            self.0.get(content).map(|x| x.0.clone())
+        }
+        fn locations(&self, content: &Hash) -> Vec<Location> {
+            self.0
+                .get(content)
+                .map(|x| {
+                    vec![Location {
+                        path: x.1.clone(),
+                        local: true,
+                        stat: None,
+                    }]
+                })
+                .unwrap_or_default()
+        }
+    }
+
+    fn file(path: &str, data: &[u8]) -> Entry {
+        let list = weave_chunk::chunk_bytes(data);
+        Entry {
+            path: path.into(),
+            object: Object::File {
+                size: data.len() as u64,
+                content: list.content_id(),
+            },
+            mode: 0o644,
+            mtime_ns: 1_000_000_000,
+            vv: VersionVector::from_pairs(vec![(ReplicaId(1), 1)]),
+            origin: ReplicaId(1),
+        }
+    }
+
+    /// I-2: when the conflict copy of the losing version cannot be written,
+    /// the loser is not overwritten by the winner (nor removed).
+    #[test]
+    fn a_loser_whose_copy_failed_is_not_overwritten() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        fs::create_dir(root.join(STATE_DIR)).unwrap();
+        let loser = b"the losing version, not saved anywhere else";
+        let winner = b"the winning version";
+        fs::write(root.join("x"), loser).unwrap();
+        // The copy's directory is a file: the copy cannot be written.
+        fs::write(root.join("blocker"), b"a file").unwrap();
+        let m = fs::symlink_metadata(root.join("x")).unwrap();
+        let cur = LocalEntry {
+            entry: file("x", loser),
+            seq: 1,
+            stat: Some(stat_of(&m)),
+        };
+        let w = weave_chunk::chunk_bytes(winner);
+        let l = weave_chunk::chunk_bytes(loser);
+        let other = tempfile::tempdir().unwrap();
+        fs::write(other.path().join("w"), winner).unwrap();
+        let source = Local(
+            [
+                (w.content_id(), (w, other.path().join("w"))),
+                (l.content_id(), (l, root.join("x"))),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        let ops = vec![
+            Op {
+                kind: OpKind::WriteFile,
+                path: "x".into(),
+                current: Some(cur),
+                target: file("x", winner),
+            },
+            Op {
+                kind: OpKind::WriteFile,
+                path: "blocker/x.weave-conflict-copy".into(),
+                current: None,
+                target: file("blocker/x.weave-conflict-copy", loser),
+            },
+        ];
+        let out = apply(root, &ops, &source, &|_| {});
+        assert_eq!(out.issues.len(), 2, "{:?}", out.issues);
+        assert!(out.done.is_empty());
+        assert_eq!(fs::read(root.join("x")).unwrap(), loser);
     }
 }

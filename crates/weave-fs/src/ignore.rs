@@ -20,6 +20,7 @@ pub struct IgnoreError {
 #[derive(Clone)]
 pub struct Matcher {
     gi: Gitignore,
+    fingerprint: u64,
 }
 
 impl Matcher {
@@ -27,7 +28,9 @@ impl Matcher {
     /// extra `patterns`.
     pub fn build(roots: &[&Path], patterns: &[String]) -> Result<Matcher, IgnoreError> {
         let mut b = GitignoreBuilder::new("/");
+        let mut lines: Vec<String> = Vec::new();
         let mut add = |line: &str, origin: &str| -> Result<(), IgnoreError> {
+            lines.push(line.to_string());
             b.add_line(None, line).map(|_| ()).map_err(|e| IgnoreError {
                 pattern: line.to_string(),
                 origin: origin.to_string(),
@@ -50,13 +53,23 @@ impl Matcher {
             origin: "ignore patterns".into(),
             detail: e.to_string(),
         })?;
-        Ok(Matcher { gi })
+        lines.sort();
+        lines.dedup();
+        let fingerprint = xxhash_rust::xxh3::xxh3_64(lines.join("\n").as_bytes());
+        Ok(Matcher { gi, fingerprint })
     }
 
     pub fn none() -> Matcher {
         Matcher {
             gi: Gitignore::empty(),
+            fingerprint: xxhash_rust::xxh3::xxh3_64(b""),
         }
+    }
+
+    /// Identifies the set of patterns (not their order or origin): a sync
+    /// that ignored other paths did not integrate everything.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
 
     /// True if the relative path (or one of its parents) is ignored.

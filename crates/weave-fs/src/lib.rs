@@ -14,5 +14,5 @@ pub mod scan;
 mod util;
 
 pub use apply::{apply, ApplyOutcome, ContentSource, Done, Location, Op, OpKind};
-pub use scan::{scan, ScanOutcome};
+pub use scan::{scan, ScanError, ScanOutcome};
 pub use util::{stat_of, FsIssue, TEMP_PREFIX};

@@ -19,6 +19,14 @@ use weave_core::path::STATE_DIR;
 use weave_core::{Entry, Object};
 use weave_index::{Index, IndexError, LocalEntry, ScanCursor, ScanRecord, Stat};
 
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("cannot read the replica {path}: {message}. Nothing was changed; check that the directory exists and is readable")]
+    Root { path: PathBuf, message: String },
+}
+
 #[derive(Default, Debug)]
 pub struct ScanOutcome {
     /// Entries that changed, to be written to the index. Also applied to
@@ -49,7 +57,7 @@ pub struct ScanOptions<'a> {
 /// Full entries are read only for paths that changed. Version-vector
 /// counters and sequence numbers come from `index`; nothing is written
 /// (the caller writes [`ScanOutcome::changed`]).
-pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOutcome, IndexError> {
+pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOutcome, ScanError> {
     let mut w = Walker {
         opts,
         cursor: index.scan_cursor()?,
@@ -60,6 +68,20 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
         updates: Vec::new(),
     };
     w.walk_dir(root.to_path_buf(), "")?;
+    if w.blocked.contains("") {
+        // The root itself could not be read: nothing can be concluded
+        // about this replica (certainly not that everything was deleted).
+        let msg = w
+            .out
+            .issues
+            .first()
+            .map(|i| i.message.clone())
+            .unwrap_or_default();
+        return Err(ScanError::Root {
+            path: root.to_path_buf(),
+            message: msg,
+        });
+    }
     w.advance_to(None)?;
     let Walker {
         mut out,
@@ -281,7 +303,9 @@ impl Walker<'_> {
                 ));
                 continue;
             };
-            if prefix.is_empty() && name == STATE_DIR {
+            // weave's state is never synced, at any depth (a nested
+            // replica's state must not be copied into other replicas).
+            if name == STATE_DIR {
                 continue;
             }
             // Does not follow symlinks.
@@ -298,7 +322,7 @@ impl Walker<'_> {
                 }
             };
             let ft = rustix::fs::FileType::from_raw_mode(raw.st_mode);
-            if ft.is_file() && is_temp_name(name) {
+            if (ft.is_file() || ft.is_symlink()) && is_temp_name(name) {
                 if self.opts.remove_temps {
                     let _ = fs::remove_file(entry_path());
                 }

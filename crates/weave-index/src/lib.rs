@@ -172,6 +172,8 @@ pub struct Batch {
     pub contents: Vec<ChunkList>,
     pub drop_contents: Vec<Hash>,
     pub peers: Vec<(ReplicaId, u64)>,
+    /// The fingerprint of the ignore patterns under which `peers` holds.
+    pub ignore_fingerprint: Option<u64>,
 }
 
 impl Batch {
@@ -192,6 +194,8 @@ pub struct Index {
     id: ReplicaId,
     clock: u64,
     seq: u64,
+    rekeyed: bool,
+    ignore_fp: Option<u64>,
 }
 
 impl Index {
@@ -217,6 +221,8 @@ impl Index {
             id: ReplicaId(0),
             clock: 0,
             seq: 0,
+            rekeyed: false,
+            ignore_fp: None,
         };
         let meta = idx.read_meta()?;
         match meta.get("format") {
@@ -237,6 +243,8 @@ impl Index {
                 idx.id = ReplicaId(id);
                 idx.clock = meta.get("clock").copied().unwrap_or(0);
                 idx.seq = meta.get("seq").copied().unwrap_or(0);
+                idx.ignore_fp = meta.get("ignore_fp").copied();
+                idx.check_root(&meta)?;
             }
             None => return Err(idx.corrupt("no format version")),
         }
@@ -253,11 +261,67 @@ impl Index {
             id: ReplicaId(rand::random::<u64>() | 1),
             clock: 0,
             seq: 0,
+            rekeyed: false,
+            ignore_fp: None,
         }
     }
 
     pub fn id(&self) -> ReplicaId {
         self.id
+    }
+
+    /// The ignore fingerprint recorded with the peers' progress.
+    pub fn ignore_fingerprint(&self) -> Option<u64> {
+        self.ignore_fp
+    }
+
+    /// True if this open gave the replica a new identity because its state
+    /// was made for another directory (copied or moved along with files).
+    pub fn rekeyed(&self) -> bool {
+        self.rekeyed
+    }
+
+    /// The (device, inode) of the replica's root directory.
+    fn root_identity(&self) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let root = self.state.parent()?;
+        std::fs::metadata(root).ok().map(|m| (m.dev(), m.ino()))
+    }
+
+    /// A state directory belongs to the directory it was made in. Found
+    /// under another one (copied with `cp -a`, restored from a backup,
+    /// moved), the replica takes a new identity: two replicas must never
+    /// share one, or their changes would be mistaken for each other's. Its
+    /// entries and their version vectors stay (they are true history); what
+    /// it had integrated from peers is forgotten, so the next sync plans.
+    fn check_root(&mut self, meta: &HashMap<String, u64>) -> Result<(), IndexError> {
+        let Some((dev, ino)) = self.root_identity() else {
+            return Ok(());
+        };
+        let recorded = (meta.get("root_dev").copied(), meta.get("root_ino").copied());
+        if recorded == (Some(dev), Some(ino)) {
+            return Ok(());
+        }
+        let known = recorded.0.is_some();
+        let Some(db) = &self.db else { return Ok(()) };
+        let tx = db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            let mut t = tx.open_table(META).map_err(|e| self.db_err(e))?;
+            t.insert("root_dev", dev).map_err(|e| self.db_err(e))?;
+            t.insert("root_ino", ino).map_err(|e| self.db_err(e))?;
+            if known {
+                self.id = ReplicaId(rand::random::<u64>() | 1);
+                self.clock = 0;
+                t.insert("replica_id", self.id.0)
+                    .map_err(|e| self.db_err(e))?;
+                t.insert("clock", 0).map_err(|e| self.db_err(e))?;
+                let mut peers = tx.open_table(PEERS).map_err(|e| self.db_err(e))?;
+                peers.retain(|_, _| false).map_err(|e| self.db_err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.db_err(e))?;
+        self.rekeyed = known;
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -605,15 +669,19 @@ fn create_atomically(path: &Path, state_dir: &Path) -> Result<(), IndexError> {
         let db = builder()
             .create(&tmp)
             .map_err(|e| open_error(&tmp, state_dir, e))?;
-        let idx = Index {
+        let mut idx = Index {
             db: Some(db),
             path: tmp.clone(),
             state: state_dir.to_path_buf(),
             id: ReplicaId(rand::random::<u64>() | 1),
             clock: 0,
             seq: 0,
+            rekeyed: false,
+            ignore_fp: None,
         };
         idx.init_meta()?;
+        let meta = idx.read_meta()?;
+        idx.check_root(&meta)?;
     }
     std::fs::rename(&tmp, path).map_err(io)?;
     std::fs::File::open(state_dir)
@@ -734,6 +802,37 @@ mod tests {
         assert_eq!(idx.content_count().unwrap(), 1);
         assert!(idx.chunk_list(&a.content_id()).unwrap().is_some());
         assert!(idx.chunk_list(&b.content_id()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_copied_state_directory_gets_a_new_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir_all(a.join(".weave")).unwrap();
+        std::fs::create_dir_all(b.join(".weave")).unwrap();
+        let id_a = {
+            let mut idx = Index::open(&a.join(".weave")).unwrap();
+            idx.write(&Batch {
+                entries: vec![entry("x")],
+                peers: vec![(ReplicaId(9), 4)],
+                ..Default::default()
+            })
+            .unwrap();
+            idx.id()
+        };
+        std::fs::copy(
+            a.join(".weave").join(INDEX_FILE),
+            b.join(".weave").join(INDEX_FILE),
+        )
+        .unwrap();
+        let idx_b = Index::open(&b.join(".weave")).unwrap();
+        assert!(idx_b.rekeyed());
+        assert_ne!(idx_b.id(), id_a);
+        assert_eq!(idx_b.load_entries().unwrap().len(), 1, "history is kept");
+        assert!(idx_b.load_peers().unwrap().is_empty());
+        let idx_a = Index::open(&a.join(".weave")).unwrap();
+        assert!(!idx_a.rekeyed());
+        assert_eq!(idx_a.id(), id_a);
     }
 
     #[test]

@@ -1,0 +1,153 @@
+//! Regression tests for bugs found in review, each driving the real binary.
+
+use std::fs;
+use std::path::Path;
+use std::process::Output;
+
+fn weave(dir: &Path, args: &[&str]) -> Output {
+    assert_cmd::Command::cargo_bin("weave")
+        .unwrap()
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn setup() -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    fs::create_dir(t.path().join("A")).unwrap();
+    fs::create_dir(t.path().join("B")).unwrap();
+    t
+}
+
+fn set_mtime(p: &Path, secs: u64) {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    fs::File::options()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_modified(t))
+        .unwrap();
+}
+
+fn all_contents(root: &Path) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(root).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            out.push(fs::read(e.path()).unwrap());
+        }
+    }
+    out
+}
+
+/// A conflict on a file whose name is near the 255-byte limit keeps both
+/// versions (the copy's name is shortened, never too long to be written).
+#[test]
+fn conflicts_on_long_names_keep_both_versions() {
+    let t = setup();
+    let name = format!("{}.txt", "n".repeat(220));
+    fs::write(t.path().join("A").join(&name), "base").unwrap();
+    ok(&weave(t.path(), &["sync", "A", "B"]));
+    fs::write(t.path().join("A").join(&name), "A's precious edit").unwrap();
+    set_mtime(&t.path().join("A").join(&name), 1_600_000_000);
+    fs::write(t.path().join("B").join(&name), "B's edit").unwrap();
+    let o = weave(t.path(), &["sync", "A", "B"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for r in ["A", "B"] {
+        let c = all_contents(&t.path().join(r));
+        assert!(
+            c.contains(&b"A's precious edit".to_vec()),
+            "{r} lost A's edit"
+        );
+        assert!(c.contains(&b"B's edit".to_vec()), "{r} lost B's edit");
+    }
+    ok(&weave(t.path(), &["sync", "A", "B"]));
+}
+
+/// A replica seeded with `cp -a` (state directory included) gets its own
+/// identity, and changes on either side propagate.
+#[test]
+fn a_copied_replica_gets_its_own_identity() {
+    let t = setup();
+    fs::remove_dir(t.path().join("B")).unwrap();
+    fs::write(t.path().join("A/x"), "v1").unwrap();
+    fs::create_dir(t.path().join("Z")).unwrap();
+    ok(&weave(t.path(), &["sync", "A", "Z"]));
+    let st = std::process::Command::new("cp")
+        .args(["-a", "A", "B"])
+        .current_dir(t.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    fs::write(t.path().join("B/x"), "B edit").unwrap();
+    let o = weave(t.path(), &["sync", "A", "B"]);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("new identity"));
+    assert_eq!(fs::read_to_string(t.path().join("A/x")).unwrap(), "B edit");
+}
+
+/// A nested replica's state directory is never copied into other replicas.
+#[test]
+fn nested_state_directories_are_not_synced() {
+    let t = setup();
+    fs::create_dir_all(t.path().join("A/sub")).unwrap();
+    fs::create_dir(t.path().join("C")).unwrap();
+    fs::write(t.path().join("A/sub/x"), "x").unwrap();
+    ok(&weave(t.path(), &["sync", "A/sub", "C"]));
+    assert!(t.path().join("A/sub/.weave").is_dir());
+    ok(&weave(t.path(), &["sync", "A", "B"]));
+    assert!(t.path().join("B/sub/x").is_file());
+    assert!(
+        !t.path().join("B/sub/.weave").exists(),
+        "A/sub's state was copied into B"
+    );
+}
+
+/// Paths skipped by one sync's ignore patterns still sync later: the
+/// "nothing changed" shortcut holds only for the same patterns.
+#[test]
+fn ignored_paths_sync_once_no_longer_ignored() {
+    let t = setup();
+    fs::create_dir(t.path().join("C")).unwrap();
+    fs::write(t.path().join("A/x"), "v1").unwrap();
+    ok(&weave(t.path(), &["sync", "A", "B", "C"]));
+    fs::write(t.path().join("A/x"), "v2").unwrap();
+    ok(&weave(t.path(), &["sync", "A", "C"]));
+    ok(&weave(t.path(), &["sync", "--ignore", "x", "A", "B"]));
+    assert_eq!(fs::read_to_string(t.path().join("B/x")).unwrap(), "v1");
+    ok(&weave(t.path(), &["sync", "A", "B"]));
+    assert_eq!(fs::read_to_string(t.path().join("B/x")).unwrap(), "v2");
+}
+
+/// A state directory copied from another replica (over an existing one)
+/// is recognised and the replica takes a new identity.
+#[test]
+fn a_state_copied_over_another_replica_is_rekeyed() {
+    let t = setup();
+    fs::write(t.path().join("A/x"), "x").unwrap();
+    ok(&weave(t.path(), &["sync", "A", "B"]));
+    fs::copy(
+        t.path().join("A/.weave/index.redb"),
+        t.path().join("B/.weave/index.redb"),
+    )
+    .unwrap();
+    let o = weave(t.path(), &["sync", "A", "B"]);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("new identity"));
+}
