@@ -71,7 +71,8 @@ fi
 # TOOLS_NC run in every workload; TOOLS_INIT (the initial copies a, c0) adds
 # `rsync -a --fsync` (rsync >= 3.2), which makes every file durable like weave does
 TOOLS_NC=(weave rsync unison)
-if rsync --help 2>&1 | grep -q -- '--fsync'; then
+RSYNC_HELP=$(rsync --help 2>&1 || true) # not `| grep -q`: with pipefail, rsync's SIGPIPE would fail the test
+if [[ $RSYNC_HELP == *--fsync* ]]; then
     HAVE_FSYNC=1 TOOLS_INIT=(weave rsync rsync-fsync unison)
 else
     HAVE_FSYNC=0 TOOLS_INIT=("${TOOLS_NC[@]}")
@@ -153,7 +154,7 @@ unmount_all() {
         for dev in $(losetup -n -O NAME -j "$img" 2>/dev/null); do losetup -d "$dev" || true; done
     done
 }
-still_mounted() { findmnt -rn -o TARGET 2>/dev/null | grep -qF "$BENCH_DIR/"; }
+still_mounted() { findmnt -rn -o TARGET 2>/dev/null | grep -F "$BENCH_DIR/" >/dev/null; }
 
 # every mkdir/rm below stays on BENCH_DIR's own filesystems: never remove through a mount
 if command -v findmnt >/dev/null && command -v losetup >/dev/null; then unmount_all; fi

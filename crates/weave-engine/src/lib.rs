@@ -333,6 +333,15 @@ pub fn sync(
     tracing::debug!(elapsed = ?t_scan.elapsed(), "scanned and recorded local changes");
     // Nothing new anywhere since these replicas last synced together.
     let fp = matcher.fingerprint();
+    for r in &reps {
+        tracing::debug!(
+            replica = %r.display,
+            seq = r.index.seq(),
+            ignore_fp = ?r.index.ignore_fingerprint(),
+            peers = ?r.peers,
+            "integration state"
+        );
+    }
     let up_to_date = reps
         .iter()
         .all(|r| r.index.ignore_fingerprint() == Some(fp))
@@ -342,6 +351,7 @@ pub fn sync(
             })
         });
     if up_to_date {
+        report.unchanged = true;
         report.finish();
         return Ok(report);
     }
@@ -503,6 +513,7 @@ pub fn sync(
                 .filter(|(id, _)| *id != r.index.id())
                 .copied()
                 .collect(),
+            ignore_fingerprint: Some(fp),
             ..Default::default()
         };
         r.index.write(&batch)?;

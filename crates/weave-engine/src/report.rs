@@ -9,6 +9,9 @@ pub struct Report {
     pub dry_run: bool,
     /// True when the replicas ended identical with no conflict and no error.
     pub in_sync: bool,
+    /// True when nothing had changed anywhere since these replicas last
+    /// synced together (with the same ignore patterns), so nothing was planned.
+    pub unchanged: bool,
     pub created: u64,
     pub updated: u64,
     pub deleted: u64,

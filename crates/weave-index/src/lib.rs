@@ -634,6 +634,10 @@ impl Index {
                 peers.insert(r.0, *s).map_err(|e| self.db_err(e))?;
             }
             let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
+            if let Some(fp) = batch.ignore_fingerprint {
+                meta.insert("ignore_fp", fp).map_err(|e| self.db_err(e))?;
+                self.ignore_fp = Some(fp);
+            }
             meta.insert("clock", self.clock)
                 .map_err(|e| self.db_err(e))?;
             meta.insert("seq", self.seq).map_err(|e| self.db_err(e))?;

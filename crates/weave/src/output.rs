@@ -109,11 +109,14 @@ pub fn print_report(r: &Report, json: bool, quiet: bool, elapsed: Duration) {
         return;
     }
     let n = r.replicas.len();
-    if r.created + r.updated + r.deleted == 0 {
+    let changed = r.created + r.updated + r.deleted > 0;
+    if !changed && r.errors.is_empty() {
         println!(
             "{n} replicas already in sync ({:.2}s)",
             elapsed.as_secs_f64()
         );
+    } else if !changed {
+        println!("no change could be applied ({:.2}s)", elapsed.as_secs_f64());
     } else {
         println!(
             "synced {n} replicas: {} created, {} updated, {} deleted; {} copied, {} reused locally ({:.2}s)",

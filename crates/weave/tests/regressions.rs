@@ -131,8 +131,46 @@ fn ignored_paths_sync_once_no_longer_ignored() {
     ok(&weave(t.path(), &["sync", "A", "C"]));
     ok(&weave(t.path(), &["sync", "--ignore", "x", "A", "B"]));
     assert_eq!(fs::read_to_string(t.path().join("B/x")).unwrap(), "v1");
-    ok(&weave(t.path(), &["sync", "A", "B"]));
+    let o = weave(t.path(), &["sync", "--json", "A", "B"]);
+    ok(&o);
+    assert!(
+        !unchanged(&o),
+        "the shortcut hid a path the last sync ignored"
+    );
     assert_eq!(fs::read_to_string(t.path().join("B/x")).unwrap(), "v2");
+    // Now nothing changed, under the same patterns: nothing is planned.
+    let o = weave(t.path(), &["sync", "--json", "A", "B"]);
+    assert!(unchanged(&o));
+}
+
+fn unchanged(o: &Output) -> bool {
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["unchanged"].as_bool().unwrap()
+}
+
+/// The no-change shortcut is taken once replicas are in sync, and not
+/// after any change on any side.
+#[test]
+fn unchanged_replicas_are_not_planned_again() {
+    let t = setup();
+    fs::create_dir(t.path().join("C")).unwrap();
+    fs::write(t.path().join("A/x"), "v1").unwrap();
+    let o = weave(t.path(), &["sync", "--json", "A", "B", "C"]);
+    ok(&o);
+    assert!(!unchanged(&o));
+    let o = weave(t.path(), &["sync", "--json", "A", "B", "C"]);
+    assert!(unchanged(&o));
+    let o = weave(t.path(), &["sync", "--json", "A", "B"]);
+    assert!(unchanged(&o), "a subset of replicas that synced together");
+    fs::write(t.path().join("C/y"), "new").unwrap();
+    let o = weave(t.path(), &["sync", "--json", "A", "B"]);
+    assert!(unchanged(&o), "C is not part of this sync");
+    let o = weave(t.path(), &["sync", "--json", "B", "C"]);
+    assert!(!unchanged(&o));
+    assert!(t.path().join("B/y").exists());
+    let o = weave(t.path(), &["sync", "--json", "A", "B"]);
+    assert!(!unchanged(&o), "B changed since A and B last synced");
+    assert!(t.path().join("A/y").exists());
 }
 
 /// A state directory copied from another replica (over an existing one)
