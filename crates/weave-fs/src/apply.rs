@@ -22,8 +22,8 @@ use weave_core::path::{ancestors, depth, STATE_DIR};
 use weave_core::{Entry, Hash, Object};
 use weave_index::{LocalEntry, Stat};
 
-/// Files at least this large start their writeback as soon as they are
-/// written, so the flush before the renames overlaps with other work.
+/// Files at least this large are flushed as soon as they are written (by a
+/// background thread), so the disk works while other files are built.
 const EARLY_WRITEBACK: u64 = 256 * 1024;
 
 /// What one operation does.
@@ -200,6 +200,12 @@ pub fn apply(
             late.push((i, o));
         }
     }
+    let size_of = |o: &Op| match o.target.object {
+        Object::File { size, .. } => size,
+        _ => 0,
+    };
+    // Largest first: their disk writes overlap with building the rest.
+    early.sort_by_key(|(_, o)| std::cmp::Reverse(size_of(o)));
     ctx.write_batches(ops, &early, &mut out, &mut failed);
 
     // 3. Removals, deepest first, unless they would destroy content that
@@ -234,7 +240,7 @@ pub fn apply(
     ctx.make_dirs(&blocked_dirs, &mut out, &mut final_modes);
 
     // 5. Writes that had to wait for a directory, then overwrites.
-    late.sort_by_key(|(_, o)| live_now(o));
+    late.sort_by_key(|(_, o)| (live_now(o), std::cmp::Reverse(size_of(o))));
     let late: Vec<(usize, &Op)> = late
         .into_iter()
         .filter(|(_, op)| {
@@ -423,11 +429,27 @@ impl Ctx<'_> {
             }
             let batch = &writes[start..end];
             let t = std::time::Instant::now();
+            // Large files are made durable by a background thread as soon
+            // as they are written, while the workers go on with the rest.
+            let (tx, rx) = std::sync::mpsc::channel::<File>();
+            let flusher = std::thread::spawn(move || {
+                rx.into_iter().filter(|f| f.sync_data().is_err()).count()
+            });
             let mut built: Vec<(usize, Result<Built, String>)> = batch
                 .par_iter()
-                .map(|&(i, op)| (i, self.build(op)))
+                .with_max_len(1)
+                .map(|&(i, op)| (i, self.build(op, &tx)))
                 .collect();
+            drop(tx);
+            let flush_failures = flusher.join().unwrap_or(1);
             tracing::debug!(files = batch.len(), elapsed = ?t.elapsed(), "built temporary files");
+            if flush_failures > 0 {
+                for (_, b) in built.iter_mut() {
+                    if b.is_ok() {
+                        *b = Err("cannot flush written data to disk".into());
+                    }
+                }
+            }
             if built.iter().any(|(_, b)| b.is_ok()) {
                 let t = std::time::Instant::now();
                 if let Err(e) = flush_fs(self.root) {
@@ -608,7 +630,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn build(&self, op: &Op) -> Result<Built, String> {
+    fn build(&self, op: &Op, flusher: &std::sync::mpsc::Sender<File>) -> Result<Built, String> {
         self.check_parents(&op.path)?;
         let full = join(self.root, &op.path);
         let dir = full.parent().ok_or("no parent directory")?;
@@ -651,11 +673,6 @@ impl Ctx<'_> {
                     bytes_remote: 0,
                 };
                 self.fill(&f, op, content, &list, &mut built)?;
-                if *size >= EARLY_WRITEBACK {
-                    // Starts writing the data out now (Linux: DONTNEED
-                    // writes dirty pages back asynchronously).
-                    let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed);
-                }
                 f.set_permissions(fs::Permissions::from_mode(op.target.mode))
                     .map_err(|e| io_msg("cannot set permissions", e))?;
                 let mtime = UNIX_EPOCH
@@ -663,6 +680,11 @@ impl Ctx<'_> {
                     .unwrap_or(UNIX_EPOCH);
                 f.set_times(fs::FileTimes::new().set_modified(mtime))
                     .map_err(|e| io_msg("cannot set mtime", e))?;
+                if *size >= EARLY_WRITEBACK {
+                    if let Ok(dup) = f.try_clone() {
+                        let _ = flusher.send(dup);
+                    }
+                }
                 built.list = Some(list);
                 Ok(built)
             }

@@ -94,8 +94,13 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
     let mut blocked = blocked;
     let mut stat_only: Vec<(String, Stat)> = Vec::new();
 
+    // Largest first, one file per work unit: big files spread over the
+    // cores instead of queueing behind each other.
+    let mut to_hash = to_hash;
+    to_hash.sort_by_key(|(_, st)| std::cmp::Reverse(st.size));
     let hashed: Vec<(String, HashResult)> = to_hash
         .into_par_iter()
+        .with_max_len(1)
         .map(|(rel, st)| {
             let r = hash_file(&join(root, &rel), &st);
             (rel, r)
