@@ -189,3 +189,150 @@ fn a_state_copied_over_another_replica_is_rekeyed() {
     ok(&o);
     assert!(String::from_utf8_lossy(&o.stderr).contains("new identity"));
 }
+
+/// Runs weave as an unprivileged user: as `nobody` through `setpriv` when
+/// the tests run as root (root ignores permission bits), else as is.
+/// None if that is not possible here.
+fn weave_unprivileged(dir: &Path, args: &[&str]) -> Option<Output> {
+    let bin = assert_cmd::cargo::cargo_bin("weave");
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .is_some_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let mut cmd = if is_root {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin);
+        c
+    } else {
+        std::process::Command::new(&bin)
+    };
+    let out = cmd.current_dir(dir).args(args).output().ok()?;
+    if is_root && out.status.code() == Some(127) {
+        return None;
+    }
+    Some(out)
+}
+
+/// A tree the unprivileged user owns.
+fn owned_setup() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    fs::set_permissions(t.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    for r in ["A", "B"] {
+        fs::create_dir(t.path().join(r)).unwrap();
+    }
+    t
+}
+
+fn chown_all(root: &Path) {
+    // Best effort: only possible (and needed) as root.
+    let _ = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(root)
+        .status();
+}
+
+/// A file that cannot be read is reported with its path, skipped, and
+/// the rest of the sync goes on (exit 1); it syncs once readable.
+#[test]
+fn unreadable_files_are_reported_and_skipped_for_real() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = owned_setup();
+    fs::write(t.path().join("A/good.txt"), "good").unwrap();
+    fs::write(t.path().join("A/secret.txt"), "secret").unwrap();
+    chown_all(t.path());
+    fs::set_permissions(
+        t.path().join("A/secret.txt"),
+        fs::Permissions::from_mode(0o000),
+    )
+    .unwrap();
+    let Some(o) = weave_unprivileged(t.path(), &["sync", "A", "B"]) else {
+        eprintln!("skipped: cannot run weave as an unprivileged user here");
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("secret.txt") && stderr.contains("cannot read"),
+        "{stderr}"
+    );
+    assert_eq!(
+        fs::read_to_string(t.path().join("B/good.txt")).unwrap(),
+        "good"
+    );
+    assert!(!t.path().join("B/secret.txt").exists());
+    fs::set_permissions(
+        t.path().join("A/secret.txt"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let o = weave_unprivileged(t.path(), &["sync", "A", "B"]).unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        fs::read_to_string(t.path().join("B/secret.txt")).unwrap(),
+        "secret"
+    );
+}
+
+/// Files inside read-only directories are updated, created and removed,
+/// and the directories stay read-only.
+#[test]
+fn read_only_directories_still_sync() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = owned_setup();
+    fs::create_dir(t.path().join("A/ro")).unwrap();
+    fs::write(t.path().join("A/ro/f"), "1").unwrap();
+    fs::write(t.path().join("A/ro/gone"), "x").unwrap();
+    chown_all(t.path());
+    let Some(o) = weave_unprivileged(t.path(), &["sync", "A", "B"]) else {
+        eprintln!("skipped: cannot run weave as an unprivileged user here");
+        return;
+    };
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    fs::write(t.path().join("A/ro/f"), "2").unwrap();
+    fs::write(t.path().join("A/ro/new"), "n").unwrap();
+    fs::remove_file(t.path().join("A/ro/gone")).unwrap();
+    chown_all(t.path());
+    for r in ["A", "B"] {
+        fs::set_permissions(
+            t.path().join(r).join("ro"),
+            fs::Permissions::from_mode(0o555),
+        )
+        .unwrap();
+    }
+    let o = weave_unprivileged(t.path(), &["sync", "A", "B"]).unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(fs::read_to_string(t.path().join("B/ro/f")).unwrap(), "2");
+    assert_eq!(fs::read_to_string(t.path().join("B/ro/new")).unwrap(), "n");
+    assert!(!t.path().join("B/ro/gone").exists());
+    let mode = fs::metadata(t.path().join("B/ro"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o555);
+    for r in ["A", "B"] {
+        fs::set_permissions(
+            t.path().join(r).join("ro"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+    }
+}
