@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use weave_engine::{sync, NoProgress, SyncOptions};
+use weave_engine::{sync, NoProgress, PolicySpec, SyncOptions};
 
 /// The paths operations pick from: few enough to collide often.
 const PATHS: &[&str] = &[
@@ -90,6 +90,16 @@ struct World {
     held: HashSet<Vec<u8>>,
     /// Contents a user replaced or deleted after seeing them.
     superseded: HashSet<Vec<u8>>,
+    /// The conflict policy of every sync (keep-both, newest, or prefer the
+    /// first replica).
+    policy: Policy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Policy {
+    KeepBoth,
+    Newest,
+    PreferFirst,
 }
 
 fn is_file(p: &Path) -> bool {
@@ -107,7 +117,7 @@ fn exists(p: &Path) -> bool {
 }
 
 impl World {
-    fn new(n: usize) -> World {
+    fn new(n: usize, policy: Policy) -> World {
         let tmp = tempfile::tempdir().unwrap();
         let reps = (0..n)
             .map(|i| {
@@ -122,6 +132,7 @@ impl World {
             counter: 0,
             held: HashSet::new(),
             superseded: HashSet::new(),
+            policy,
         }
     }
 
@@ -272,7 +283,19 @@ impl World {
             }
         }
         let paths: Vec<PathBuf> = which.iter().map(|&i| self.reps[i].clone()).collect();
-        let report = sync(&paths, &SyncOptions::default(), &NoProgress).expect("sync failed");
+        let policy = match self.policy {
+            Policy::KeepBoth => PolicySpec::KeepBoth,
+            Policy::Newest => PolicySpec::Newest,
+            // The first replica of the sync; the policy only applies when
+            // it takes part (otherwise keep-both).
+            Policy::PreferFirst if which.contains(&0) => PolicySpec::Prefer(self.reps[0].clone()),
+            Policy::PreferFirst => PolicySpec::KeepBoth,
+        };
+        let opts = SyncOptions {
+            policy,
+            ..SyncOptions::default()
+        };
+        let report = sync(&paths, &opts, &NoProgress).expect("sync failed");
         assert!(report.errors.is_empty(), "errors: {:?}", report.errors);
         report
     }
@@ -314,7 +337,14 @@ fn tree(root: &Path) -> BTreeMap<String, Node> {
 }
 
 fn check(n: usize, ops: &[UserOp]) -> Result<(), TestCaseError> {
-    let mut w = World::new(n);
+    check_with(n, ops, Policy::KeepBoth)
+}
+
+/// Under `newest` and `prefer`, losing versions are dropped by design: the
+/// no-lost-update check applies to keep-both only; convergence and
+/// idempotence hold for every policy.
+fn check_with(n: usize, ops: &[UserOp], policy: Policy) -> Result<(), TestCaseError> {
+    let mut w = World::new(n, policy);
     for op in ops {
         w.apply(op);
     }
@@ -338,7 +368,7 @@ fn check(n: usize, ops: &[UserOp]) -> Result<(), TestCaseError> {
             _ => None,
         })
         .collect();
-    for c in &w.held {
+    for c in w.held.iter().filter(|_| policy == Policy::KeepBoth) {
         prop_assert!(
             present.contains(c) || w.superseded.contains(c),
             "lost content {:?}",
@@ -377,5 +407,15 @@ proptest! {
     #[test]
     fn three_replicas_converge_without_losing_updates(ops in proptest::collection::vec(arb_op(3), 1..40)) {
         check(3, &ops)?;
+    }
+
+    #[test]
+    fn replicas_converge_under_the_newest_policy(ops in proptest::collection::vec(arb_op(3), 1..40)) {
+        check_with(3, &ops, Policy::Newest)?;
+    }
+
+    #[test]
+    fn replicas_converge_under_a_prefer_policy(ops in proptest::collection::vec(arb_op(3), 1..40)) {
+        check_with(3, &ops, Policy::PreferFirst)?;
     }
 }
