@@ -930,21 +930,29 @@ mod tests {
     use super::*;
     use weave_core::{ReplicaId, VersionVector};
 
-    struct Mem(HashMap<Hash, (ChunkList, PathBuf)>);
-    impl ContentSource for Mem {
+    /// Content sources for tests: content id → (chunk list, where it is).
+    struct Src(HashMap<Hash, (ChunkList, Location)>);
+
+    impl Src {
+        fn new(items: Vec<(&[u8], PathBuf, bool, Option<Stat>)>) -> Src {
+            Src(items
+                .into_iter()
+                .map(|(data, path, local, stat)| {
+                    let list = weave_chunk::chunk_bytes(data);
+                    (list.content_id(), (list, Location { path, local, stat }))
+                })
+                .collect())
+        }
+    }
+
+    impl ContentSource for Src {
         fn chunk_list(&self, content: &Hash) -> Option<ChunkList> {
             self.0.get(content).map(|x| x.0.clone())
         }
         fn locations(&self, content: &Hash) -> Vec<Location> {
             self.0
                 .get(content)
-                .map(|x| {
-                    vec![Location {
-                        path: x.1.clone(),
-                        local: false,
-                        stat: None,
-                    }]
-                })
+                .map(|x| vec![x.1.clone()])
                 .unwrap_or_default()
         }
     }
@@ -958,7 +966,7 @@ mod tests {
                 content: list.content_id(),
             },
             mode: 0o644,
-            mtime_ns: 1_000_000_000,
+            mtime_ns: 1_600_000_000_000_000_000,
             vv: VersionVector::from_pairs(vec![(ReplicaId(1), counter)]),
             origin: ReplicaId(1),
         }
@@ -973,24 +981,36 @@ mod tests {
         }
     }
 
+    fn write_op(path: &str, current: Option<LocalEntry>, data: &[u8], counter: u64) -> Op {
+        Op {
+            kind: OpKind::WriteFile,
+            path: path.into(),
+            current,
+            target: file_entry(path, data, counter),
+        }
+    }
+
+    /// A replica root with its state directory.
+    fn replica() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir(t.path().join(STATE_DIR)).unwrap();
+        t
+    }
+
     /// I-5: a file that changed after the scan is never overwritten or
     /// deleted by the sync.
     #[test]
     fn files_changed_after_the_scan_are_left_alone() {
-        let t = tempfile::tempdir().unwrap();
-        let src = tempfile::tempdir().unwrap();
+        let t = replica();
+        let other = tempfile::tempdir().unwrap();
         let root = t.path();
-        fs::create_dir(root.join(STATE_DIR)).unwrap();
         fs::write(root.join("edit"), b"old").unwrap();
         fs::write(root.join("gone"), b"old too").unwrap();
         let cur_edit = local(root, file_entry("edit", b"old", 1));
         let cur_gone = local(root, file_entry("gone", b"old too", 1));
         let new = b"new content from elsewhere";
-        fs::write(src.path().join("n"), new).unwrap();
-        let list = weave_chunk::chunk_bytes(new);
-        let source = Mem([(list.content_id(), (list, src.path().join("n")))]
-            .into_iter()
-            .collect());
+        fs::write(other.path().join("n"), new).unwrap();
+        let source = Src::new(vec![(new, other.path().join("n"), false, None)]);
 
         // The user edits both files after the scan.
         std::thread::sleep(Duration::from_millis(5));
@@ -998,12 +1018,7 @@ mod tests {
         fs::write(root.join("gone"), b"user's other edit").unwrap();
 
         let ops = vec![
-            Op {
-                kind: OpKind::WriteFile,
-                path: "edit".into(),
-                current: Some(cur_edit),
-                target: file_entry("edit", new, 2),
-            },
+            write_op("edit", Some(cur_edit), new, 2),
             Op {
                 kind: OpKind::Remove,
                 path: "gone".into(),
@@ -1041,50 +1056,20 @@ mod tests {
     /// written into a user file.
     #[test]
     fn corrupt_sources_are_rejected() {
-        let t = tempfile::tempdir().unwrap();
-        let src = tempfile::tempdir().unwrap();
-        let root = t.path();
-        fs::create_dir(root.join(STATE_DIR)).unwrap();
+        let t = replica();
+        let other = tempfile::tempdir().unwrap();
         let good = b"the real content";
-        let list = weave_chunk::chunk_bytes(good);
-        fs::write(src.path().join("n"), b"the fake content").unwrap();
-        let source = Mem([(list.content_id(), (list, src.path().join("n")))]
-            .into_iter()
-            .collect());
-        let ops = vec![Op {
-            kind: OpKind::WriteFile,
-            path: "f".into(),
-            current: None,
-            target: file_entry("f", good, 1),
-        }];
-        let out = apply(root, &ops, &source, &|_| {});
+        fs::write(other.path().join("n"), b"the fake content").unwrap();
+        let source = Src::new(vec![(good, other.path().join("n"), false, None)]);
+        let out = apply(t.path(), &[write_op("f", None, good, 1)], &source, &|_| {});
         assert_eq!(out.issues.len(), 1);
-        assert!(!root.join("f").exists());
-    }
-}
-
-#[cfg(test)]
-mod fast_copy_tests {
-    use super::*;
-    use weave_core::{ReplicaId, VersionVector};
-
-    struct One(ChunkList, Location);
-    impl ContentSource for One {
-        fn chunk_list(&self, _: &Hash) -> Option<ChunkList> {
-            Some(self.0.clone())
-        }
-        fn locations(&self, _: &Hash) -> Vec<Location> {
-            vec![self.1.clone()]
-        }
+        assert!(!t.path().join("f").exists());
     }
 
-    fn setup(data: &[u8]) -> (tempfile::TempDir, PathBuf, ChunkList, Stat) {
-        let t = tempfile::tempdir().unwrap();
-        fs::create_dir(t.path().join("dst")).unwrap();
-        fs::create_dir(t.path().join("dst").join(STATE_DIR)).unwrap();
-        let src = t.path().join("src.bin");
+    /// A source file written long ago (not racy), and its recorded stat.
+    fn old_source(dir: &Path, data: &[u8]) -> (PathBuf, Stat) {
+        let src = dir.join("src.bin");
         fs::write(&src, data).unwrap();
-        // Written long ago: not racy, so its stat vouches for its content.
         let old = UNIX_EPOCH + Duration::from_secs(1_600_000_000);
         File::options()
             .write(true)
@@ -1094,155 +1079,61 @@ mod fast_copy_tests {
             .unwrap();
         let stat = stat_of(&fs::metadata(&src).unwrap());
         assert!(!stat.racy);
-        (t, src, weave_chunk::chunk_bytes(data), stat)
+        (src, stat)
     }
 
-    fn write_op(list: &ChunkList) -> Op {
-        Op {
-            kind: OpKind::WriteFile,
-            path: "f".into(),
-            current: None,
-            target: Entry {
-                path: "f".into(),
-                object: Object::File {
-                    size: list.size(),
-                    content: list.content_id(),
-                },
-                mode: 0o644,
-                mtime_ns: 1_600_000_000_000_000_000,
-                vv: VersionVector::from_pairs(vec![(ReplicaId(1), 1)]),
-                origin: ReplicaId(1),
-            },
-        }
+    fn patterned(n: u32) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 % 251) as u8).collect()
     }
 
     #[test]
     fn an_unchanged_source_is_copied_whole() {
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let (t, src, list, stat) = setup(&data);
-        let loc = Location {
-            path: src,
-            local: false,
-            stat: Some(stat),
-        };
-        let out = apply(
-            &t.path().join("dst"),
-            &[write_op(&list)],
-            &One(list, loc),
-            &|_| {},
-        );
+        let (t, other) = (replica(), tempfile::tempdir().unwrap());
+        let data = patterned(300_000);
+        let (src, stat) = old_source(other.path(), &data);
+        let source = Src::new(vec![(&data, src, false, Some(stat))]);
+        let out = apply(t.path(), &[write_op("f", None, &data, 1)], &source, &|_| {});
         assert!(out.issues.is_empty(), "{:?}", out.issues);
         assert_eq!(out.bytes_remote, data.len() as u64);
-        assert_eq!(fs::read(t.path().join("dst/f")).unwrap(), data);
+        assert_eq!(fs::read(t.path().join("f")).unwrap(), data);
     }
 
     #[test]
     fn a_source_changed_since_it_was_hashed_is_not_trusted() {
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let (t, src, list, stat) = setup(&data);
+        let (t, other) = (replica(), tempfile::tempdir().unwrap());
+        let data = patterned(300_000);
+        let (src, stat) = old_source(other.path(), &data);
         // Same size, different bytes, written after the stat was taken.
-        let mut other = data.clone();
-        other[1000] ^= 0xff;
-        fs::write(&src, &other).unwrap();
-        let loc = Location {
-            path: src,
-            local: false,
-            stat: Some(stat),
-        };
-        let out = apply(
-            &t.path().join("dst"),
-            &[write_op(&list)],
-            &One(list, loc),
-            &|_| {},
-        );
+        let mut changed = data.clone();
+        changed[1000] ^= 0xff;
+        fs::write(&src, &changed).unwrap();
+        let source = Src::new(vec![(&data, src, false, Some(stat))]);
+        let out = apply(t.path(), &[write_op("f", None, &data, 1)], &source, &|_| {});
         // Neither the fast path nor the verified path accepts it.
         assert_eq!(out.issues.len(), 1, "{:?}", out.issues);
-        assert!(!t.path().join("dst/f").exists());
-    }
-}
-
-#[cfg(test)]
-mod preserve_tests {
-    use super::*;
-    use weave_core::{ReplicaId, VersionVector};
-
-    struct Local(HashMap<Hash, (ChunkList, PathBuf)>);
-    impl ContentSource for Local {
-        fn chunk_list(&self, content: &Hash) -> Option<ChunkList> {
-            self.0.get(content).map(|x| x.0.clone())
-        }
-        fn locations(&self, content: &Hash) -> Vec<Location> {
-            self.0
-                .get(content)
-                .map(|x| {
-                    vec![Location {
-                        path: x.1.clone(),
-                        local: true,
-                        stat: None,
-                    }]
-                })
-                .unwrap_or_default()
-        }
-    }
-
-    fn file(path: &str, data: &[u8]) -> Entry {
-        let list = weave_chunk::chunk_bytes(data);
-        Entry {
-            path: path.into(),
-            object: Object::File {
-                size: data.len() as u64,
-                content: list.content_id(),
-            },
-            mode: 0o644,
-            mtime_ns: 1_000_000_000,
-            vv: VersionVector::from_pairs(vec![(ReplicaId(1), 1)]),
-            origin: ReplicaId(1),
-        }
+        assert!(!t.path().join("f").exists());
     }
 
     /// I-2: when the conflict copy of the losing version cannot be written,
     /// the loser is not overwritten by the winner (nor removed).
     #[test]
     fn a_loser_whose_copy_failed_is_not_overwritten() {
-        let t = tempfile::tempdir().unwrap();
+        let (t, other) = (replica(), tempfile::tempdir().unwrap());
         let root = t.path();
-        fs::create_dir(root.join(STATE_DIR)).unwrap();
         let loser = b"the losing version, not saved anywhere else";
         let winner = b"the winning version";
         fs::write(root.join("x"), loser).unwrap();
         // The copy's directory is a file: the copy cannot be written.
         fs::write(root.join("blocker"), b"a file").unwrap();
-        let m = fs::symlink_metadata(root.join("x")).unwrap();
-        let cur = LocalEntry {
-            entry: file("x", loser),
-            seq: 1,
-            stat: Some(stat_of(&m)),
-        };
-        let w = weave_chunk::chunk_bytes(winner);
-        let l = weave_chunk::chunk_bytes(loser);
-        let other = tempfile::tempdir().unwrap();
         fs::write(other.path().join("w"), winner).unwrap();
-        let source = Local(
-            [
-                (w.content_id(), (w, other.path().join("w"))),
-                (l.content_id(), (l, root.join("x"))),
-            ]
-            .into_iter()
-            .collect(),
-        );
+        let source = Src::new(vec![
+            (winner, other.path().join("w"), false, None),
+            (loser, root.join("x"), true, None),
+        ]);
+        let cur = local(root, file_entry("x", loser, 1));
         let ops = vec![
-            Op {
-                kind: OpKind::WriteFile,
-                path: "x".into(),
-                current: Some(cur),
-                target: file("x", winner),
-            },
-            Op {
-                kind: OpKind::WriteFile,
-                path: "blocker/x.weave-conflict-copy".into(),
-                current: None,
-                target: file("blocker/x.weave-conflict-copy", loser),
-            },
+            write_op("x", Some(cur), winner, 2),
+            write_op("blocker/x.weave-conflict-copy", None, loser, 1),
         ];
         let out = apply(root, &ops, &source, &|_| {});
         assert_eq!(out.issues.len(), 2, "{:?}", out.issues);
