@@ -1,0 +1,160 @@
+//! Frames: a 4-byte big-endian length, then that many bytes of message.
+
+use crate::limits::MAX_FRAME;
+use crate::msg::Envelope;
+use crate::ProtoError;
+use prost::Message;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Reads one frame's payload. The length is checked against the limit
+/// before any memory is allocated for it; a stream that ends inside a
+/// frame is an error, a stream that ends between frames is `Closed`.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    peer: &str,
+) -> Result<Vec<u8>, ProtoError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = r.read(&mut len[got..]).await.map_err(|e| io(peer, e))?;
+        if n == 0 {
+            return Err(if got == 0 {
+                ProtoError::Closed { peer: peer.into() }
+            } else {
+                ProtoError::Malformed {
+                    peer: peer.into(),
+                    detail: "the stream ended inside a frame header".into(),
+                }
+            });
+        }
+        got += n;
+    }
+    let size = u32::from_be_bytes(len) as usize;
+    if size > MAX_FRAME {
+        return Err(ProtoError::FrameTooLarge {
+            peer: peer.into(),
+            size,
+            limit: MAX_FRAME,
+        });
+    }
+    let mut buf = vec![0u8; size];
+    r.read_exact(&mut buf).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            ProtoError::Malformed {
+                peer: peer.into(),
+                detail: format!("the stream ended inside a frame of {size} bytes"),
+            }
+        } else {
+            io(peer, e)
+        }
+    })?;
+    Ok(buf)
+}
+
+/// Writes one frame.
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    payload: &[u8],
+    peer: &str,
+) -> Result<(), ProtoError> {
+    if payload.len() > MAX_FRAME {
+        return Err(ProtoError::FrameTooLarge {
+            peer: format!("this side (to {peer})"),
+            size: payload.len(),
+            limit: MAX_FRAME,
+        });
+    }
+    w.write_all(&(payload.len() as u32).to_be_bytes())
+        .await
+        .map_err(|e| io(peer, e))?;
+    w.write_all(payload).await.map_err(|e| io(peer, e))?;
+    Ok(())
+}
+
+/// Reads and decodes one message.
+pub async fn read_msg<R: AsyncRead + Unpin>(r: &mut R, peer: &str) -> Result<Envelope, ProtoError> {
+    let buf = read_frame(r, peer).await?;
+    decode(&buf, peer)
+}
+
+/// Encodes and writes one message, and flushes.
+pub async fn write_msg<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    m: &Envelope,
+    peer: &str,
+) -> Result<(), ProtoError> {
+    write_frame(w, &m.encode_to_vec(), peer).await?;
+    w.flush().await.map_err(|e| io(peer, e))
+}
+
+/// Decodes one frame's payload.
+pub fn decode(buf: &[u8], peer: &str) -> Result<Envelope, ProtoError> {
+    Envelope::decode(buf).map_err(|e| ProtoError::Malformed {
+        peer: peer.into(),
+        detail: e.to_string(),
+    })
+}
+
+fn io(peer: &str, source: std::io::Error) -> ProtoError {
+    ProtoError::Io {
+        peer: peer.into(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msg::{body, Body, ErrorMsg};
+
+    #[tokio::test]
+    async fn frames_roundtrip() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        let m = body(Body::Error(ErrorMsg {
+            message: "x".repeat(300),
+        }));
+        let m2 = m.clone();
+        let w = tokio::spawn(async move { write_msg(&mut a, &m2, "b").await });
+        let got = read_msg(&mut b, "a").await.unwrap();
+        w.await.unwrap().unwrap();
+        assert_eq!(got, m);
+        assert!(matches!(
+            read_msg(&mut b, "a").await,
+            Err(ProtoError::Closed { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn oversized_frames_are_refused_before_allocating() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let e = read_frame(&mut b, "peer").await.unwrap_err();
+        assert!(matches!(e, ProtoError::FrameTooLarge { size, .. } if size == u32::MAX as usize));
+        assert!(e.to_string().contains("peer"));
+    }
+
+    #[tokio::test]
+    async fn truncated_frames_are_errors() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&10u32.to_be_bytes()).await.unwrap();
+        a.write_all(b"abc").await.unwrap();
+        drop(a);
+        let e = read_frame(&mut b, "peer").await.unwrap_err();
+        assert!(matches!(e, ProtoError::Malformed { .. }), "{e}");
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&[0, 0]).await.unwrap();
+        drop(a);
+        assert!(matches!(
+            read_frame(&mut b, "p").await,
+            Err(ProtoError::Malformed { .. })
+        ));
+    }
+
+    proptest::proptest! {
+        /// Garbage never panics the decoder.
+        #[test]
+        fn decoding_garbage_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = decode(&bytes, "fuzz");
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! From wire messages to weave's types, checked (I-6). Nothing a peer sent
+//! is used before it passed through here.
+
+use crate::limits::{MAX_ENTRIES, MAX_HASHES, MAX_PATH, MAX_VV};
+use crate::msg::{ChunkData, ChunkRequest, IndexBatch, Kind, VvPair, WireEntry};
+use crate::ProtoError;
+use weave_core::{Entry, Hash, Object, ReplicaId, VersionVector};
+
+fn invalid(peer: &str, detail: impl Into<String>) -> ProtoError {
+    ProtoError::Invalid {
+        peer: peer.into(),
+        detail: detail.into(),
+    }
+}
+
+fn hash(bytes: &[u8], what: &str, peer: &str) -> Result<Hash, ProtoError> {
+    <[u8; 32]>::try_from(bytes)
+        .map(Hash)
+        .map_err(|_| invalid(peer, format!("{what} is {} bytes, not 32", bytes.len())))
+}
+
+/// An entry as it travels, with the sender's sequence number.
+pub fn entry_to_wire(e: &Entry, seq: u64) -> WireEntry {
+    let (kind, size, content, target) = match &e.object {
+        Object::File { size, content } => (Kind::File, *size, content.0.to_vec(), String::new()),
+        Object::Dir => (Kind::Dir, 0, Vec::new(), String::new()),
+        Object::Symlink { target } => (Kind::Symlink, 0, Vec::new(), target.clone()),
+        Object::Deleted => (Kind::Deleted, 0, Vec::new(), String::new()),
+    };
+    WireEntry {
+        path: e.path.clone(),
+        kind: kind as i32,
+        size,
+        content,
+        target,
+        mode: e.mode,
+        mtime_ns: e.mtime_ns,
+        vv: e
+            .vv
+            .pairs()
+            .iter()
+            .map(|(r, c)| VvPair {
+                replica: r.0,
+                counter: *c,
+            })
+            .collect(),
+        origin: e.origin.0,
+        seq,
+    }
+}
+
+/// A received entry, checked: a relative, normalized path outside any
+/// `.weave`; a consistent object; permission bits only; a bounded,
+/// well-formed version vector.
+pub fn entry_from_wire(w: WireEntry, peer: &str) -> Result<(Entry, u64), ProtoError> {
+    if w.path.len() > MAX_PATH {
+        return Err(invalid(peer, format!("a path of {} bytes", w.path.len())));
+    }
+    weave_core::path::validate(&w.path).map_err(|e| invalid(peer, e.to_string()))?;
+    let p = &w.path;
+    if w.mode & !0o777 != 0 {
+        return Err(invalid(
+            peer,
+            format!(
+                "mode {:o} on {p:?} (only permission bits are synced)",
+                w.mode
+            ),
+        ));
+    }
+    let kind = Kind::try_from(w.kind).unwrap_or(Kind::Unknown);
+    let only_file_fields = |ok: bool| {
+        if ok {
+            Ok(())
+        } else {
+            Err(invalid(
+                peer,
+                format!("{p:?} carries fields that do not belong to its kind"),
+            ))
+        }
+    };
+    let object = match kind {
+        Kind::File => {
+            only_file_fields(w.target.is_empty())?;
+            Object::File {
+                size: w.size,
+                content: hash(&w.content, "a content id", peer)?,
+            }
+        }
+        Kind::Dir => {
+            only_file_fields(w.size == 0 && w.content.is_empty() && w.target.is_empty())?;
+            Object::Dir
+        }
+        Kind::Symlink => {
+            only_file_fields(w.size == 0 && w.content.is_empty())?;
+            if w.target.is_empty() || w.target.len() > MAX_PATH || w.target.contains('\0') {
+                return Err(invalid(peer, format!("a bad symlink target on {p:?}")));
+            }
+            Object::Symlink { target: w.target }
+        }
+        Kind::Deleted => {
+            only_file_fields(
+                w.size == 0 && w.content.is_empty() && w.target.is_empty() && w.mode == 0,
+            )?;
+            Object::Deleted
+        }
+        Kind::Unknown => {
+            return Err(invalid(
+                peer,
+                format!("an entry of unknown kind {} for {p:?}", w.kind),
+            ))
+        }
+    };
+    if w.vv.is_empty() || w.vv.len() > MAX_VV {
+        return Err(invalid(
+            peer,
+            format!("a version vector of {} replicas on {p:?}", w.vv.len()),
+        ));
+    }
+    let mut pairs: Vec<(ReplicaId, u64)> = Vec::with_capacity(w.vv.len());
+    for v in &w.vv {
+        if v.counter == 0 || pairs.iter().any(|(r, _)| r.0 == v.replica) {
+            return Err(invalid(
+                peer,
+                format!("a malformed version vector on {p:?}"),
+            ));
+        }
+        pairs.push((ReplicaId(v.replica), v.counter));
+    }
+    Ok((
+        Entry {
+            path: w.path,
+            object,
+            mode: w.mode,
+            mtime_ns: w.mtime_ns,
+            vv: VersionVector::from_pairs(pairs),
+            origin: ReplicaId(w.origin),
+        },
+        w.seq,
+    ))
+}
+
+/// A received index batch, checked.
+#[derive(Debug)]
+pub struct Batch {
+    /// Entries with the sender's sequence numbers.
+    pub entries: Vec<(Entry, u64)>,
+    /// The sender's sequence number this exchange covers up to.
+    pub up_to_seq: u64,
+    /// No more batches follow.
+    pub last: bool,
+}
+
+/// A received index batch, every entry checked. A batch with one bad
+/// entry is refused whole.
+pub fn batch_from_wire(b: IndexBatch, peer: &str) -> Result<Batch, ProtoError> {
+    if b.entries.len() > MAX_ENTRIES {
+        return Err(invalid(
+            peer,
+            format!("{} entries in one batch", b.entries.len()),
+        ));
+    }
+    let entries = b
+        .entries
+        .into_iter()
+        .map(|w| entry_from_wire(w, peer))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Batch {
+        entries,
+        up_to_seq: b.up_to_seq,
+        last: b.last,
+    })
+}
+
+/// The hashes of a chunk request, checked.
+pub fn request_from_wire(r: &ChunkRequest, peer: &str) -> Result<Vec<Hash>, ProtoError> {
+    if r.hashes.len() > MAX_HASHES {
+        return Err(invalid(
+            peer,
+            format!("{} chunks asked for at once", r.hashes.len()),
+        ));
+    }
+    r.hashes
+        .iter()
+        .map(|h| hash(h, "a chunk hash", peer))
+        .collect()
+}
+
+/// A received chunk: None if the sender said it does not have it; else the
+/// data, verified against its hash (I-3) — a chunk that does not match is
+/// a protocol error, never written anywhere.
+pub fn chunk_from_wire(c: ChunkData, peer: &str) -> Result<(Hash, Option<Vec<u8>>), ProtoError> {
+    let h = hash(&c.hash, "a chunk hash", peer)?;
+    if c.missing {
+        return Ok((h, None));
+    }
+    if c.data.len() > weave_chunk::CHUNK_MAX as usize {
+        return Err(invalid(peer, format!("a chunk of {} bytes", c.data.len())));
+    }
+    if !weave_chunk::verify(&c.data, &h) {
+        return Err(invalid(
+            peer,
+            format!("chunk {} whose bytes do not match its hash", h.short_hex()),
+        ));
+    }
+    Ok((h, Some(c.data)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str) -> Entry {
+        Entry {
+            path: path.into(),
+            object: Object::File {
+                size: 5,
+                content: Hash([7; 32]),
+            },
+            mode: 0o644,
+            mtime_ns: -5,
+            vv: VersionVector::from_pairs(vec![(ReplicaId(3), 9), (ReplicaId(1), 2)]),
+            origin: ReplicaId(3),
+        }
+    }
+
+    #[test]
+    fn entries_roundtrip() {
+        for e in [
+            file("a/b.txt"),
+            Entry {
+                object: Object::Symlink {
+                    target: "../x".into(),
+                },
+                mode: 0,
+                ..file("l")
+            },
+            Entry {
+                object: Object::Dir,
+                mode: 0o755,
+                ..file("d")
+            },
+            Entry {
+                object: Object::Deleted,
+                mode: 0,
+                ..file("gone")
+            },
+        ] {
+            let (back, seq) = entry_from_wire(entry_to_wire(&e, 42), "p").unwrap();
+            assert_eq!(back, e);
+            assert_eq!(seq, 42);
+        }
+    }
+
+    #[test]
+    fn hostile_paths_are_refused() {
+        for p in [
+            "../escape",
+            "/etc/passwd",
+            "a/../../b",
+            ".weave/index.redb",
+            "x/.weave/y",
+            "",
+            "a//b",
+            "a/./b",
+        ] {
+            let mut w = entry_to_wire(&file("ok"), 1);
+            w.path = p.into();
+            let e = entry_from_wire(w, "mallory").unwrap_err();
+            assert!(matches!(e, ProtoError::Invalid { .. }), "{p}: {e}");
+            assert!(e.to_string().contains("mallory"));
+        }
+    }
+
+    #[test]
+    fn inconsistent_entries_are_refused() {
+        let ok = entry_to_wire(&file("f"), 1);
+        type Mutation = Box<dyn Fn(&mut WireEntry)>;
+        let cases: Vec<Mutation> = vec![
+            Box::new(|w| w.content = vec![1; 31]),
+            Box::new(|w| w.kind = 99),
+            Box::new(|w| w.mode = 0o4755),
+            Box::new(|w| w.vv.clear()),
+            Box::new(|w| w.vv[0].counter = 0),
+            Box::new(|w| {
+                let dup = w.vv[0].clone();
+                w.vv.push(dup)
+            }),
+            Box::new(|w| {
+                w.kind = Kind::Dir as i32;
+            }),
+            Box::new(|w| {
+                w.kind = Kind::Symlink as i32;
+                w.size = 0;
+                w.content.clear();
+            }),
+        ];
+        for (i, mutate) in cases.iter().enumerate() {
+            let mut w = ok.clone();
+            mutate(&mut w);
+            assert!(entry_from_wire(w, "p").is_err(), "case {i} accepted");
+        }
+    }
+
+    #[test]
+    fn chunks_are_verified() {
+        let data = b"chunk bytes".to_vec();
+        let h = Hash::of(&data);
+        let good = ChunkData {
+            id: 1,
+            hash: h.0.to_vec(),
+            data: data.clone(),
+            missing: false,
+        };
+        assert_eq!(chunk_from_wire(good.clone(), "p").unwrap(), (h, Some(data)));
+        let mut bad = good.clone();
+        bad.data[0] ^= 1;
+        assert!(matches!(
+            chunk_from_wire(bad, "p"),
+            Err(ProtoError::Invalid { .. })
+        ));
+        let mut big = good;
+        big.data = vec![0; weave_chunk::CHUNK_MAX as usize + 1];
+        assert!(chunk_from_wire(big, "p").is_err());
+    }
+
+    #[test]
+    fn batches_and_requests_are_bounded() {
+        let b = IndexBatch {
+            entries: vec![entry_to_wire(&file("f"), 1); MAX_ENTRIES + 1],
+            up_to_seq: 1,
+            last: true,
+        };
+        assert!(batch_from_wire(b, "p").is_err());
+        let r = ChunkRequest {
+            id: 1,
+            hashes: vec![vec![0; 32]; MAX_HASHES + 1],
+        };
+        assert!(request_from_wire(&r, "p").is_err());
+    }
+}
