@@ -224,7 +224,11 @@ pub fn sync(
         opened[i] = Some(if opts.dry_run && !has_index(&canon[i]) {
             Index::ephemeral(&state)
         } else {
-            Index::open(&state)?
+            if opts.dry_run {
+                Index::open_for_dry_run(&state)?
+            } else {
+                Index::open(&state)?
+            }
         });
     }
     let mut reps: Vec<Replica> = Vec::new();
@@ -281,6 +285,13 @@ pub fn sync(
     }
     // Scan every replica, in parallel.
     progress.phase("scanning");
+    if !opts.dry_run {
+        // Directories an interrupted run had opened up get their modes back
+        // before they are scanned.
+        for r in &reps {
+            weave_fs::restore_modes(&r.root);
+        }
+    }
     let t_scan = std::time::Instant::now();
     let scan_opts = ScanOptions {
         matcher: &matcher,

@@ -164,20 +164,23 @@ pub fn apply(
     // made just before it.
     let mut free_dirs: Vec<(usize, &Op)> = Vec::new();
     let mut blocked_dirs: Vec<(usize, &Op)> = Vec::new();
+    let mut free_set: HashSet<&str> = HashSet::new();
+    let mut blocked_set: HashSet<&str> = HashSet::new();
     for (i, o) in dirs {
         let path_free =
             !fs::symlink_metadata(join(root, &o.path)).is_ok_and(|m| !m.file_type().is_dir());
         let parent_ok = match weave_core::path::parent(&o.path) {
             None => true,
             Some(p) => {
-                free_dirs.iter().any(|(_, d)| d.path == p)
-                    || (!blocked_dirs.iter().any(|(_, d)| d.path == p)
-                        && ctx.check_parents(&o.path).is_ok())
+                free_set.contains(p)
+                    || (!blocked_set.contains(p) && ctx.check_parents(&o.path).is_ok())
             }
         };
         if path_free && parent_ok {
+            free_set.insert(&o.path);
             free_dirs.push((i, o));
         } else {
+            blocked_set.insert(&o.path);
             blocked_dirs.push((i, o));
         }
     }
@@ -206,7 +209,7 @@ pub fn apply(
     };
     // Largest first: their disk writes overlap with building the rest.
     early.sort_by_key(|(_, o)| std::cmp::Reverse(size_of(o)));
-    ctx.write_batches(ops, &early, &mut out, &mut failed);
+    let retry = ctx.write_batches(ops, &early, &mut out, &mut failed, true);
 
     // 3. Removals, deepest first, unless they would destroy content that
     // failed to land at its new place.
@@ -239,7 +242,9 @@ pub fn apply(
     // 4. Directories that replace something removed above.
     ctx.make_dirs(&blocked_dirs, &mut out, &mut final_modes);
 
-    // 5. Writes that had to wait for a directory, then overwrites.
+    // 5. Writes that had to wait for a directory or for a removal, then
+    // overwrites.
+    late.extend(retry);
     late.sort_by_key(|(_, o)| (live_now(o), std::cmp::Reverse(size_of(o))));
     let late: Vec<(usize, &Op)> = late
         .into_iter()
@@ -251,7 +256,7 @@ pub fn apply(
             true
         })
         .collect();
-    ctx.write_batches(ops, &late, &mut out, &mut failed);
+    ctx.write_batches(ops, &late, &mut out, &mut failed, false);
 
     // 6. Metadata.
     for (i, op) in ops
@@ -298,6 +303,10 @@ pub fn apply(
     final_modes.extend(locked.into_iter().filter(|(p, _)| !planned.contains(p)));
     final_modes.sort_by_key(|m| std::cmp::Reverse(depth(&m.0)));
     for (p, mode) in final_modes {
+        // Never through a symlink (a path may have become one meanwhile).
+        if !p.is_empty() && ctx.check_parents(&p).is_err() {
+            continue;
+        }
         let full = if p.is_empty() {
             root.to_path_buf()
         } else {
@@ -312,9 +321,60 @@ pub fn apply(
                 .push(FsIssue::new(full, format!("cannot set permissions: {e}")));
         }
     }
+    let _ = fs::remove_file(root.join(STATE_DIR).join(UNLOCKED_FILE));
     let _ = fs::remove_dir_all(&trash);
     out
 }
+
+/// Where the modes of directories opened up for a run are recorded.
+const UNLOCKED_FILE: &str = "unlocked";
+
+fn record_unlocked(root: &Path, dirs: &[(String, u32)]) -> std::io::Result<()> {
+    let mut text = String::new();
+    for (p, mode) in dirs {
+        text.push_str(&format!("{mode:o}\t{p}\n"));
+    }
+    let path = root.join(STATE_DIR).join(UNLOCKED_FILE);
+    let mut f = File::create(&path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
+/// Gives back their modes to directories an interrupted run had opened up
+/// (written by the executor before it changes any mode). Call before
+/// scanning, so the scanner never takes weave's own chmod for a change.
+pub fn restore_modes(root: &Path) {
+    let path = root.join(STATE_DIR).join(UNLOCKED_FILE);
+    let Ok(text) = fs::read_to_string(&path) else {
+        return;
+    };
+    for line in text.lines() {
+        let Some((mode, p)) = line.split_once('\t') else {
+            continue;
+        };
+        let Ok(mode) = u32::from_str_radix(mode, 8) else {
+            continue;
+        };
+        if !p.is_empty() && weave_core::path::validate(p).is_err() {
+            continue;
+        }
+        let ancestors_real = weave_core::path::ancestors(p)
+            .all(|a| fs::symlink_metadata(join(root, a)).is_ok_and(|m| m.file_type().is_dir()));
+        let full = if p.is_empty() {
+            root.to_path_buf()
+        } else {
+            join(root, p)
+        };
+        let is_dir = fs::symlink_metadata(&full).is_ok_and(|m| m.file_type().is_dir());
+        if ancestors_real && is_dir {
+            let _ = fs::set_permissions(&full, fs::Permissions::from_mode(mode & 0o7777));
+        }
+    }
+    let _ = fs::remove_file(&path);
+}
+
+const APPEARED: &str =
+    "a file appeared at this path during the sync; left as it is (it will sync as a new change next time)";
 
 const KEPT: &str = "left as it is: its content could not be saved at its new place (see the error above), so it was not replaced or removed; the sync will retry";
 
@@ -407,13 +467,18 @@ impl Ctx<'_> {
     /// temporary of a batch is made durable with one flush before any of
     /// them replaces its target. Contents that failed to land go to
     /// `failed`.
-    fn write_batches(
+    /// With `retry_taken`, a create whose path turned out to be taken
+    /// (on a case-insensitive filesystem, by the old name of a case-only
+    /// rename) is returned, to be tried again after the removals.
+    fn write_batches<'o>(
         &self,
-        ops: &[Op],
-        writes: &[(usize, &Op)],
+        ops: &'o [Op],
+        writes: &[(usize, &'o Op)],
         out: &mut ApplyOutcome,
         failed: &mut HashSet<Hash>,
-    ) {
+        retry_taken: bool,
+    ) -> Vec<(usize, &'o Op)> {
+        let mut retry = Vec::new();
         let mut start = 0;
         while start < writes.len() {
             let mut end = start;
@@ -431,7 +496,9 @@ impl Ctx<'_> {
             let t = std::time::Instant::now();
             // Large files are made durable by a background thread as soon
             // as they are written, while the workers go on with the rest.
-            let (tx, rx) = std::sync::mpsc::channel::<File>();
+            // Bounded: builders wait when the disk lags, rather than piling
+            // up open descriptors.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<File>(16);
             let flusher = std::thread::spawn(move || {
                 rx.into_iter().filter(|f| f.sync_data().is_err()).count()
             });
@@ -466,7 +533,9 @@ impl Ctx<'_> {
             // meant to save must not be destroyed by this batch either.
             for (i, b) in &built {
                 if let (Err(_), Object::File { content, .. }) = (b, &ops[*i].target.object) {
-                    failed.insert(*content);
+                    if self.source.locations(content).iter().all(|l| l.local) {
+                        failed.insert(*content);
+                    }
                 }
             }
             // Creates before overwrites.
@@ -495,9 +564,15 @@ impl Ctx<'_> {
                         stat,
                         content: list,
                     }),
+                    Err(msg) if retry_taken && msg == APPEARED => retry.push((i, op)),
                     Err(msg) => {
+                        // Content that exists nowhere else must not be
+                        // destroyed in this run (a conflict loser whose
+                        // copy failed, a rename's only source).
                         if let Object::File { content, .. } = &op.target.object {
-                            failed.insert(*content);
+                            if self.source.locations(content).iter().all(|l| l.local) {
+                                failed.insert(*content);
+                            }
                         }
                         out.issues
                             .push(FsIssue::new(join(self.root, &op.path), msg))
@@ -513,6 +588,7 @@ impl Ctx<'_> {
             tracing::debug!(elapsed = ?t.elapsed(), "committed and flushed");
             start = end;
         }
+        retry
     }
 
     /// Gives the owner write permission on the existing directories that
@@ -525,8 +601,12 @@ impl Ctx<'_> {
                 parents.insert(weave_core::path::parent(&o.path).unwrap_or(""));
             }
         }
-        let mut locked = Vec::new();
+        let mut todo: Vec<(String, u32)> = Vec::new();
         for p in parents {
+            // Never through a symlink: only directories inside the replica.
+            if !p.is_empty() && self.check_parents(p).is_err() {
+                continue;
+            }
             let full = if p.is_empty() {
                 self.root.to_path_buf()
             } else {
@@ -536,11 +616,27 @@ impl Ctx<'_> {
                 continue;
             };
             let mode = m.permissions().mode() & 0o7777;
-            if m.file_type().is_dir()
-                && mode & 0o200 == 0
-                && fs::set_permissions(&full, fs::Permissions::from_mode(mode | 0o700)).is_ok()
-            {
-                locked.push((p.to_string(), mode & 0o777));
+            if m.file_type().is_dir() && mode & 0o200 == 0 {
+                todo.push((p.to_string(), mode));
+            }
+        }
+        if todo.is_empty() {
+            return todo;
+        }
+        // Recorded first, so an interrupted run is repaired by the next one
+        // (see [`restore_modes`]) instead of leaving directories writable.
+        if record_unlocked(self.root, &todo).is_err() {
+            return Vec::new();
+        }
+        let mut locked = Vec::new();
+        for (p, mode) in todo {
+            let full = if p.is_empty() {
+                self.root.to_path_buf()
+            } else {
+                join(self.root, &p)
+            };
+            if fs::set_permissions(&full, fs::Permissions::from_mode(mode | 0o700)).is_ok() {
+                locked.push((p, mode));
             }
         }
         locked
@@ -630,7 +726,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn build(&self, op: &Op, flusher: &std::sync::mpsc::Sender<File>) -> Result<Built, String> {
+    fn build(&self, op: &Op, flusher: &std::sync::mpsc::SyncSender<File>) -> Result<Built, String> {
         self.check_parents(&op.path)?;
         let full = join(self.root, &op.path);
         let dir = full.parent().ok_or("no parent directory")?;
@@ -846,8 +942,7 @@ impl Ctx<'_> {
                 )
                 .map_err(|e| {
                     if e == rustix::io::Errno::EXIST {
-                        "a file appeared at this path during the sync; left as it is (it will sync as a new change next time)"
-                            .to_string()
+                        APPEARED.to_string()
                     } else {
                         format!("cannot rename into place: {e}")
                     }
@@ -1139,5 +1234,32 @@ mod tests {
         assert_eq!(out.issues.len(), 2, "{:?}", out.issues);
         assert!(out.done.is_empty());
         assert_eq!(fs::read(root.join("x")).unwrap(), loser);
+    }
+}
+
+#[cfg(test)]
+mod mode_tests {
+    use super::*;
+
+    /// Modes recorded before a run opened directories up are restored by
+    /// the next run if the first was interrupted.
+    #[test]
+    fn modes_of_an_interrupted_run_are_restored() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        fs::create_dir_all(root.join(STATE_DIR)).unwrap();
+        fs::create_dir_all(root.join("ro/sub")).unwrap();
+        fs::set_permissions(root.join("ro/sub"), fs::Permissions::from_mode(0o2555)).unwrap();
+        record_unlocked(root, &[("ro/sub".into(), 0o2555), ("gone".into(), 0o500)]).unwrap();
+        // The interrupted run had opened it up.
+        fs::set_permissions(root.join("ro/sub"), fs::Permissions::from_mode(0o2755)).unwrap();
+        restore_modes(root);
+        let mode = fs::metadata(root.join("ro/sub"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777;
+        assert_eq!(mode, 0o2555);
+        assert!(!root.join(STATE_DIR).join(UNLOCKED_FILE).exists());
     }
 }

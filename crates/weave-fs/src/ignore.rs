@@ -53,8 +53,7 @@ impl Matcher {
             origin: "ignore patterns".into(),
             detail: e.to_string(),
         })?;
-        lines.sort();
-        lines.dedup();
+        // In order: a later pattern can undo an earlier one ("!keep.log").
         let fingerprint = xxhash_rust::xxh3::xxh3_64(lines.join("\n").as_bytes());
         Ok(Matcher { gi, fingerprint })
     }
@@ -66,8 +65,8 @@ impl Matcher {
         }
     }
 
-    /// Identifies the set of patterns (not their order or origin): a sync
-    /// that ignored other paths did not integrate everything.
+    /// Identifies the patterns, in order: a sync under other patterns
+    /// ignored other paths, so it did not integrate everything.
     pub fn fingerprint(&self) -> u64 {
         self.fingerprint
     }

@@ -13,6 +13,6 @@ pub mod ignore;
 pub mod scan;
 mod util;
 
-pub use apply::{apply, ApplyOutcome, ContentSource, Done, Location, Op, OpKind};
+pub use apply::{apply, restore_modes, ApplyOutcome, ContentSource, Done, Location, Op, OpKind};
 pub use scan::{scan, ScanError, ScanOutcome};
 pub use util::{stat_of, FsIssue, TEMP_PREFIX};

@@ -311,6 +311,12 @@ impl Walker<'_> {
             // weave's state is never synced, at any depth (a nested
             // replica's state must not be copied into other replicas).
             if name == STATE_DIR {
+                if !prefix.is_empty() {
+                    self.out.notices.push(FsIssue::new(
+                        entry_path(),
+                        "weave state (.weave) is never synced, at any depth; skipped",
+                    ));
+                }
                 continue;
             }
             // Does not follow symlinks.

@@ -196,12 +196,24 @@ pub struct Index {
     seq: u64,
     rekeyed: bool,
     ignore_fp: Option<u64>,
+    /// False for a dry run: nothing is written.
+    writable: bool,
 }
 
 impl Index {
     /// Opens the index in `state_dir`, creating it (and a fresh replica id)
     /// if it does not exist.
     pub fn open(state_dir: &Path) -> Result<Index, IndexError> {
+        Self::open_with(state_dir, true)
+    }
+
+    /// Opens an existing index for a dry run: weave writes nothing to it
+    /// (redb itself may still update its own bookkeeping).
+    pub fn open_for_dry_run(state_dir: &Path) -> Result<Index, IndexError> {
+        Self::open_with(state_dir, false)
+    }
+
+    fn open_with(state_dir: &Path, writable: bool) -> Result<Index, IndexError> {
         let path = state_dir.join(INDEX_FILE);
         let exists = path.exists();
         std::fs::create_dir_all(state_dir).map_err(|source| IndexError::Io {
@@ -223,6 +235,7 @@ impl Index {
             seq: 0,
             rekeyed: false,
             ignore_fp: None,
+            writable,
         };
         let meta = idx.read_meta()?;
         match meta.get("format") {
@@ -263,6 +276,7 @@ impl Index {
             seq: 0,
             rekeyed: false,
             ignore_fp: None,
+            writable: false,
         }
     }
 
@@ -282,10 +296,28 @@ impl Index {
     }
 
     /// The (device, inode) of the replica's root directory.
+    /// The identity of the replica's root directory: its inode and its
+    /// birth time. Both stay when a filesystem is remounted (where the
+    /// device number may change); a copy gets new ones. Without a birth
+    /// time, the device number stands in.
     fn root_identity(&self) -> Option<(u64, u64)> {
-        use std::os::unix::fs::MetadataExt;
+        use rustix::fs::{statx, AtFlags, StatxFlags, CWD};
         let root = self.state.parent()?;
-        std::fs::metadata(root).ok().map(|m| (m.dev(), m.ino()))
+        let st = statx(
+            CWD,
+            root,
+            AtFlags::empty(),
+            StatxFlags::INO | StatxFlags::BTIME,
+        )
+        .ok()?;
+        let second = if st.stx_mask & StatxFlags::BTIME.bits() != 0 {
+            (st.stx_btime.tv_sec as u64)
+                .wrapping_mul(1_000_000_000)
+                .wrapping_add(st.stx_btime.tv_nsec as u64)
+        } else {
+            (1u64 << 63) | ((st.stx_dev_major as u64) << 32) | st.stx_dev_minor as u64
+        };
+        Some((st.stx_ino, second))
     }
 
     /// A state directory belongs to the directory it was made in. Found
@@ -295,20 +327,32 @@ impl Index {
     /// entries and their version vectors stay (they are true history); what
     /// it had integrated from peers is forgotten, so the next sync plans.
     fn check_root(&mut self, meta: &HashMap<String, u64>) -> Result<(), IndexError> {
-        let Some((dev, ino)) = self.root_identity() else {
+        let Some((ino, birth)) = self.root_identity() else {
             return Ok(());
         };
-        let recorded = (meta.get("root_dev").copied(), meta.get("root_ino").copied());
-        if recorded == (Some(dev), Some(ino)) {
+        let recorded = (
+            meta.get("root_ino").copied(),
+            meta.get("root_birth").copied(),
+        );
+        if recorded == (Some(ino), Some(birth)) {
             return Ok(());
         }
-        let known = recorded.0.is_some();
+        let known = recorded.1.is_some();
+        if !self.writable {
+            // A dry run: the new identity holds for this run only.
+            if known {
+                self.id = ReplicaId(rand::random::<u64>() | 1);
+                self.clock = 0;
+                self.rekeyed = true;
+            }
+            return Ok(());
+        }
         let Some(db) = &self.db else { return Ok(()) };
         let tx = db.begin_write().map_err(|e| self.db_err(e))?;
         {
             let mut t = tx.open_table(META).map_err(|e| self.db_err(e))?;
-            t.insert("root_dev", dev).map_err(|e| self.db_err(e))?;
             t.insert("root_ino", ino).map_err(|e| self.db_err(e))?;
+            t.insert("root_birth", birth).map_err(|e| self.db_err(e))?;
             if known {
                 self.id = ReplicaId(rand::random::<u64>() | 1);
                 self.clock = 0;
@@ -682,6 +726,7 @@ fn create_atomically(path: &Path, state_dir: &Path) -> Result<(), IndexError> {
             seq: 0,
             rekeyed: false,
             ignore_fp: None,
+            writable: true,
         };
         idx.init_meta()?;
         let meta = idx.read_meta()?;

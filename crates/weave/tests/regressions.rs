@@ -336,3 +336,100 @@ fn read_only_directories_still_sync() {
         .unwrap();
     }
 }
+
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Directory modes are never changed through a symlink, even when the
+/// path of a read-only directory became a symlink out of the replica.
+#[test]
+fn modes_are_never_set_through_symlinks() {
+    let t = setup();
+    fs::create_dir_all(t.path().join("outside/sub")).unwrap();
+    set_mode(&t.path().join("outside/sub"), 0o755);
+    fs::create_dir_all(t.path().join("A/p/sub")).unwrap();
+    fs::write(t.path().join("A/p/sub/f"), "f").unwrap();
+    set_mode(&t.path().join("A/p/sub"), 0o555);
+    ok(&weave(t.path(), &["sync", "A", "B"]));
+    assert_eq!(mode_of(&t.path().join("B/p/sub")), 0o555);
+    set_mode(&t.path().join("A/p/sub"), 0o755);
+    fs::remove_dir_all(t.path().join("A/p")).unwrap();
+    std::os::unix::fs::symlink(t.path().join("outside"), t.path().join("A/p")).unwrap();
+    let o = weave(t.path(), &["sync", "A", "B"]);
+    ok(&o);
+    assert!(fs::symlink_metadata(t.path().join("B/p"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        mode_of(&t.path().join("outside/sub")),
+        0o755,
+        "chmod went through the symlink"
+    );
+}
+
+/// Ignore patterns are compared in order: `!keep.log` after `*.log`
+/// un-ignores, before it does not.
+#[test]
+fn the_order_of_ignore_patterns_matters_to_the_shortcut() {
+    let t = setup();
+    fs::write(t.path().join("A/keep.log"), "k").unwrap();
+    ok(&weave(
+        t.path(),
+        &[
+            "sync",
+            "--ignore",
+            "!keep.log",
+            "--ignore",
+            "*.log",
+            "A",
+            "B",
+        ],
+    ));
+    assert!(!t.path().join("B/keep.log").exists());
+    let o = weave(
+        t.path(),
+        &[
+            "sync",
+            "--json",
+            "--ignore",
+            "*.log",
+            "--ignore",
+            "!keep.log",
+            "A",
+            "B",
+        ],
+    );
+    ok(&o);
+    assert!(!unchanged(&o));
+    assert!(t.path().join("B/keep.log").exists());
+}
+
+/// A dry run writes nothing to weave's state, not even a new identity.
+#[test]
+fn dry_runs_persist_nothing() {
+    let t = setup();
+    fs::write(t.path().join("A/x"), "x").unwrap();
+    ok(&weave(t.path(), &["sync", "A", "B"]));
+    let st = std::process::Command::new("cp")
+        .args(["-a", "B", "C"])
+        .current_dir(t.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for _ in 0..2 {
+        let o = weave(t.path(), &["sync", "-n", "A", "C"]);
+        ok(&o);
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("new identity"),
+            "the dry run re-keyed for good"
+        );
+    }
+}
