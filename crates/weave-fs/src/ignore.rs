@@ -71,6 +71,11 @@ impl Matcher {
         self.fingerprint
     }
 
+    /// True if there are no patterns at all.
+    pub fn is_empty(&self) -> bool {
+        self.gi.is_empty()
+    }
+
     /// True if the relative path (or one of its parents) is ignored.
     pub fn is_ignored(&self, rel: &str, is_dir: bool) -> bool {
         if self.gi.is_empty() {

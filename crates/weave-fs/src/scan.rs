@@ -339,10 +339,11 @@ impl Walker<'_> {
                 }
                 continue;
             }
-            if self
-                .opts
-                .matcher
-                .is_ignored(&join_rel(prefix, name), ft.is_dir())
+            if !self.opts.matcher.is_empty()
+                && self
+                    .opts
+                    .matcher
+                    .is_ignored(&join_rel(prefix, name), ft.is_dir())
             {
                 continue;
             }
