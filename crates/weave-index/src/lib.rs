@@ -456,14 +456,25 @@ impl Index {
         tx.commit().map_err(|e| self.db_err(e))
     }
 
+    /// Opens a table for reading (None for an index that exists only in
+    /// memory). The table keeps its read transaction alive.
+    fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        def: TableDefinition<K, V>,
+    ) -> Result<Option<redb::ReadOnlyTable<K, V>>, IndexError> {
+        let Some(db) = &self.db else { return Ok(None) };
+        let tx = db.begin_read().map_err(|e| self.db_err(e))?;
+        tx.open_table(def)
+            .map(Some)
+            .map_err(|e| self.corrupt(e.to_string()))
+    }
+
     /// Every entry, sorted by path.
     pub fn load_entries(&self) -> Result<BTreeMap<String, LocalEntry>, IndexError> {
         let mut out = BTreeMap::new();
-        let Some(db) = &self.db else { return Ok(out) };
-        let tx = db.begin_read().map_err(|e| self.db_err(e))?;
-        let t = tx
-            .open_table(ENTRIES)
-            .map_err(|e| self.corrupt(e.to_string()))?;
+        let Some(t) = self.read_table(ENTRIES)? else {
+            return Ok(out);
+        };
         for row in t.iter().map_err(|e| self.db_err(e))? {
             let (k, v) = row.map_err(|e| self.db_err(e))?;
             let path = k.value().to_string();
@@ -475,11 +486,9 @@ impl Index {
 
     /// One entry.
     pub fn entry(&self, path: &str) -> Result<Option<LocalEntry>, IndexError> {
-        let Some(db) = &self.db else { return Ok(None) };
-        let tx = db.begin_read().map_err(|e| self.db_err(e))?;
-        let t = tx
-            .open_table(ENTRIES)
-            .map_err(|e| self.corrupt(e.to_string()))?;
+        let Some(t) = self.read_table(ENTRIES)? else {
+            return Ok(None);
+        };
         let Some(v) = t.get(path).map_err(|e| self.db_err(e))? else {
             return Ok(None);
         };
@@ -508,11 +517,9 @@ impl Index {
         &self,
         mut f: impl FnMut(&str, ScanRecord),
     ) -> Result<(), IndexError> {
-        let Some(db) = &self.db else { return Ok(()) };
-        let tx = db.begin_read().map_err(|e| self.db_err(e))?;
-        let t = tx
-            .open_table(SCAN)
-            .map_err(|e| self.corrupt(e.to_string()))?;
+        let Some(t) = self.read_table(SCAN)? else {
+            return Ok(());
+        };
         for row in t.iter().map_err(|e| self.db_err(e))? {
             let (k, v) = row.map_err(|e| self.db_err(e))?;
             let r: ScanRecord = postcard::from_bytes(v.value()).map_err(|e| {
@@ -525,7 +532,7 @@ impl Index {
 
     /// A cursor over every live path's scan record, in path (byte) order.
     pub fn scan_cursor(&self) -> Result<ScanCursor, IndexError> {
-        let Some(db) = &self.db else {
+        let Some(t) = self.read_table(SCAN)? else {
             return Ok(ScanCursor {
                 range: None,
                 peeked: None,
@@ -533,10 +540,6 @@ impl Index {
                 state: self.state.clone(),
             });
         };
-        let tx = db.begin_read().map_err(|e| self.db_err(e))?;
-        let t = tx
-            .open_table(SCAN)
-            .map_err(|e| self.corrupt(e.to_string()))?;
         let range = redb::ReadOnlyTable::range::<&str>(&t, ..).map_err(|e| self.db_err(e))?;
         Ok(ScanCursor {
             range: Some(range),
@@ -549,11 +552,9 @@ impl Index {
     /// How far this replica has integrated each peer's changes.
     pub fn load_peers(&self) -> Result<HashMap<ReplicaId, u64>, IndexError> {
         let mut out = HashMap::new();
-        let Some(db) = &self.db else { return Ok(out) };
-        let tx = db.begin_read().map_err(|e| self.db_err(e))?;
-        let t = tx
-            .open_table(PEERS)
-            .map_err(|e| self.corrupt(e.to_string()))?;
+        let Some(t) = self.read_table(PEERS)? else {
+            return Ok(out);
+        };
         for row in t.iter().map_err(|e| self.db_err(e))? {
             let (k, v) = row.map_err(|e| self.db_err(e))?;
             out.insert(ReplicaId(k.value()), v.value());
@@ -563,11 +564,9 @@ impl Index {
 
     /// The chunk list of a content this replica holds.
     pub fn chunk_list(&self, content: &Hash) -> Result<Option<ChunkList>, IndexError> {
-        let Some(db) = &self.db else { return Ok(None) };
-        let tx = db.begin_read().map_err(|e| self.db_err(e))?;
-        let t = tx
-            .open_table(CONTENTS)
-            .map_err(|e| self.corrupt(e.to_string()))?;
+        let Some(t) = self.read_table(CONTENTS)? else {
+            return Ok(None);
+        };
         let Some(v) = t.get(&content.0[..]).map_err(|e| self.db_err(e))? else {
             return Ok(None);
         };
@@ -586,13 +585,11 @@ impl Index {
         &mut self,
         live: &std::collections::HashSet<Hash>,
     ) -> Result<u64, IndexError> {
-        let Some(db) = &self.db else { return Ok(0) };
+        let Some(t) = self.read_table(CONTENTS)? else {
+            return Ok(0);
+        };
         let mut dead: Vec<Vec<u8>> = Vec::new();
         {
-            let tx = db.begin_read().map_err(|e| self.db_err(e))?;
-            let t = tx
-                .open_table(CONTENTS)
-                .map_err(|e| self.corrupt(e.to_string()))?;
             for row in t.iter().map_err(|e| self.db_err(e))? {
                 let (k, _) = row.map_err(|e| self.db_err(e))?;
                 let key = k.value();
@@ -602,9 +599,11 @@ impl Index {
                 }
             }
         }
+        drop(t);
         if dead.is_empty() {
             return Ok(0);
         }
+        let Some(db) = &self.db else { return Ok(0) };
         let tx = db.begin_write().map_err(|e| self.db_err(e))?;
         {
             let mut t = tx.open_table(CONTENTS).map_err(|e| self.db_err(e))?;
@@ -618,11 +617,9 @@ impl Index {
 
     /// Number of chunk lists stored.
     pub fn content_count(&self) -> Result<u64, IndexError> {
-        let Some(db) = &self.db else { return Ok(0) };
-        let tx = db.begin_read().map_err(|e| self.db_err(e))?;
-        let t = tx
-            .open_table(CONTENTS)
-            .map_err(|e| self.corrupt(e.to_string()))?;
+        let Some(t) = self.read_table(CONTENTS)? else {
+            return Ok(0);
+        };
         t.len().map_err(|e| self.db_err(e))
     }
 
