@@ -39,8 +39,9 @@ struct SyncArgs {
     #[arg(long, value_name = "POLICY", default_value = "keep-both", value_parser = parse_policy)]
     conflict: PolicySpec,
 
-    /// Ignore paths matching PATTERN (gitignore syntax), on every replica.
-    /// Adds to the .weaveignore file at the root of each replica.
+    /// Ignore paths matching PATTERN (gitignore syntax), on every replica,
+    /// in addition to the patterns in each replica's .weaveignore (which
+    /// this option does not change). Ignored paths are never touched.
     #[arg(long, value_name = "PATTERN")]
     ignore: Vec<String>,
 
