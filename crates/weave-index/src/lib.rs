@@ -201,6 +201,27 @@ pub struct Index {
 }
 
 impl Index {
+    /// A handle with fresh clocks; the caller loads or initialises the rest.
+    fn handle(
+        db: Option<Database>,
+        path: PathBuf,
+        state: PathBuf,
+        id: ReplicaId,
+        writable: bool,
+    ) -> Index {
+        Index {
+            db,
+            path,
+            state,
+            id,
+            clock: 0,
+            seq: 0,
+            rekeyed: false,
+            ignore_fp: None,
+            writable,
+        }
+    }
+
     /// Opens the index in `state_dir`, creating it (and a fresh replica id)
     /// if it does not exist.
     pub fn open(state_dir: &Path) -> Result<Index, IndexError> {
@@ -226,17 +247,13 @@ impl Index {
         let db = builder()
             .create(&path)
             .map_err(|e| open_error(&path, state_dir, e))?;
-        let mut idx = Index {
-            db: Some(db),
-            path: path.clone(),
-            state: state_dir.to_path_buf(),
-            id: ReplicaId(0),
-            clock: 0,
-            seq: 0,
-            rekeyed: false,
-            ignore_fp: None,
+        let mut idx = Index::handle(
+            Some(db),
+            path.clone(),
+            state_dir.to_path_buf(),
+            ReplicaId(0),
             writable,
-        };
+        );
         let meta = idx.read_meta()?;
         match meta.get("format") {
             Some(&f) if f > FORMAT_VERSION => {
@@ -267,17 +284,13 @@ impl Index {
     /// An index that exists only in memory, for a dry run on a replica that
     /// has no state yet: nothing is written.
     pub fn ephemeral(state_dir: &Path) -> Index {
-        Index {
-            db: None,
-            path: state_dir.join(INDEX_FILE),
-            state: state_dir.to_path_buf(),
-            id: ReplicaId(rand::random::<u64>() | 1),
-            clock: 0,
-            seq: 0,
-            rekeyed: false,
-            ignore_fp: None,
-            writable: false,
-        }
+        Index::handle(
+            None,
+            state_dir.join(INDEX_FILE),
+            state_dir.to_path_buf(),
+            ReplicaId(rand::random::<u64>() | 1),
+            false,
+        )
     }
 
     pub fn id(&self) -> ReplicaId {
@@ -714,17 +727,13 @@ fn create_atomically(path: &Path, state_dir: &Path) -> Result<(), IndexError> {
         let db = builder()
             .create(&tmp)
             .map_err(|e| open_error(&tmp, state_dir, e))?;
-        let mut idx = Index {
-            db: Some(db),
-            path: tmp.clone(),
-            state: state_dir.to_path_buf(),
-            id: ReplicaId(rand::random::<u64>() | 1),
-            clock: 0,
-            seq: 0,
-            rekeyed: false,
-            ignore_fp: None,
-            writable: true,
-        };
+        let mut idx = Index::handle(
+            Some(db),
+            tmp.clone(),
+            state_dir.to_path_buf(),
+            ReplicaId(rand::random::<u64>() | 1),
+            true,
+        );
         idx.init_meta()?;
         let meta = idx.read_meta()?;
         idx.check_root(&meta)?;
