@@ -146,11 +146,9 @@ fn node_hash(level: u8, children: &[(Hash, u64)]) -> Hash {
     Hash(*h.finalize().as_bytes())
 }
 
-/// Groups one level of the tree into nodes: (node hash, bytes covered).
-fn build_level(level: u8, items: &[(Hash, u64)]) -> Vec<(Hash, u64)> {
-    if items.is_empty() {
-        return vec![(node_hash(level, &[]), 0)];
-    }
+/// Where one level of the tree is cut into nodes: the index ranges of
+/// each node's children.
+fn node_ranges(items: &[(Hash, u64)]) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let mut start = 0;
     for i in 0..items.len() {
@@ -159,13 +157,25 @@ fn build_level(level: u8, items: &[(Hash, u64)]) -> Vec<(Hash, u64)> {
         // At least two children per node (unless at the end), so each
         // level is at most half as long as the one below.
         if (boundary && n >= 2) || n == NODE_MAX_CHILDREN || i + 1 == items.len() {
-            let group = &items[start..=i];
-            let len = group.iter().map(|g| g.1).sum();
-            out.push((node_hash(level, group), len));
+            out.push(start..i + 1);
             start = i + 1;
         }
     }
+    if out.is_empty() {
+        out.push(0..0);
+    }
     out
+}
+
+/// Groups one level of the tree into nodes: (node hash, bytes covered).
+fn build_level(level: u8, items: &[(Hash, u64)]) -> Vec<(Hash, u64)> {
+    node_ranges(items)
+        .into_iter()
+        .map(|r| {
+            let group = &items[r];
+            (node_hash(level, group), group.iter().map(|g| g.1).sum())
+        })
+        .collect()
 }
 
 /// The content id of a file: the root hash of its chunk tree.
@@ -180,6 +190,171 @@ pub fn content_id(chunks: &[ChunkRef]) -> Hash {
         items = nodes;
         level += 1;
     }
+}
+
+/// One node of a chunk tree: its level (1: its children are chunks;
+/// higher: its children are nodes of the level below) and its children
+/// with the bytes each covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub level: u8,
+    pub children: Vec<(Hash, u64)>,
+}
+
+/// Bytes of one encoded child: hash and length.
+const CHILD_BYTES: usize = 32 + 8;
+
+impl Node {
+    pub fn hash(&self) -> Hash {
+        node_hash(self.level, &self.children)
+    }
+
+    /// The wire form: level, then (hash, length little-endian) per child.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(1 + self.children.len() * CHILD_BYTES);
+        v.push(self.level);
+        for (h, len) in &self.children {
+            v.extend_from_slice(&h.0);
+            v.extend_from_slice(&len.to_le_bytes());
+        }
+        v
+    }
+
+    /// Decodes a node received from a peer and checks that it is the node
+    /// `expected` names (I-3: a node that fails its hash is never used).
+    pub fn decode(bytes: &[u8], expected: &Hash) -> Option<Node> {
+        let (&level, rest) = bytes.split_first()?;
+        if level == 0
+            || rest.len() % CHILD_BYTES != 0
+            || rest.len() / CHILD_BYTES > NODE_MAX_CHILDREN
+        {
+            return None;
+        }
+        let children = rest
+            .chunks_exact(CHILD_BYTES)
+            .map(|c| {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(&c[..32]);
+                let mut l = [0u8; 8];
+                l.copy_from_slice(&c[32..]);
+                (Hash(h), u64::from_le_bytes(l))
+            })
+            .collect();
+        let n = Node { level, children };
+        (n.hash() == *expected).then_some(n)
+    }
+}
+
+/// Every node of a chunk list's tree, by hash, and the root (the content id).
+pub fn tree(chunks: &[ChunkRef]) -> (Hash, std::collections::HashMap<Hash, Node>) {
+    let mut nodes = std::collections::HashMap::new();
+    let mut items: Vec<(Hash, u64)> = chunks.iter().map(|c| (c.hash, c.len as u64)).collect();
+    let mut level = 1u8;
+    loop {
+        let mut next = Vec::new();
+        for r in node_ranges(&items) {
+            let group = &items[r];
+            let n = Node {
+                level,
+                children: group.to_vec(),
+            };
+            let h = n.hash();
+            nodes.insert(h, n);
+            next.push((h, group.iter().map(|g| g.1).sum()));
+        }
+        if next.len() == 1 {
+            return (next[0].0, nodes);
+        }
+        items = next;
+        level += 1;
+    }
+}
+
+/// Rebuilds a chunk list from its tree, fetching the nodes `known` lacks
+/// one level at a time (so a deep tree costs one round per level, and a
+/// subtree already known costs nothing). `fetch` gets the hashes wanted
+/// and returns their encoded nodes in the same order (None: unavailable).
+/// Fails when a node is missing, fails its hash, or the tree is not
+/// well-formed; `size` bounds the work a hostile peer can cause.
+pub fn resolve<F>(
+    root: &Hash,
+    size: u64,
+    known: &std::collections::HashMap<Hash, Node>,
+    mut fetch: F,
+) -> Result<ChunkList, String>
+where
+    F: FnMut(&[Hash]) -> Result<Vec<Option<Vec<u8>>>, String>,
+{
+    let mut got: std::collections::HashMap<Hash, Node> = std::collections::HashMap::new();
+    // At most this many nodes in a well-formed tree of `size` bytes.
+    let max_chunks = size / CHUNK_MIN as u64 + 2;
+    let mut budget = max_chunks * 2 + 2;
+    let mut level_wanted = vec![*root];
+    let mut expect_level: Option<u8> = None;
+    while !level_wanted.is_empty() {
+        let missing: Vec<Hash> = level_wanted
+            .iter()
+            .filter(|h| !known.contains_key(h) && !got.contains_key(h))
+            .copied()
+            .collect();
+        if missing.len() as u64 > budget {
+            return Err("the chunk tree is larger than the file".into());
+        }
+        budget -= missing.len() as u64;
+        if !missing.is_empty() {
+            let data = fetch(&missing)?;
+            if data.len() != missing.len() {
+                return Err("the peer answered a different number of tree nodes".into());
+            }
+            for (h, d) in missing.iter().zip(data) {
+                let d = d.ok_or_else(|| format!("no peer has tree node {}", h.short_hex()))?;
+                let n = Node::decode(&d, h)
+                    .ok_or_else(|| format!("tree node {} failed its hash", h.short_hex()))?;
+                got.insert(*h, n);
+            }
+        }
+        let mut next = Vec::new();
+        let mut level = None;
+        for h in &level_wanted {
+            let n = known.get(h).or_else(|| got.get(h)).expect("fetched above");
+            if level.is_some_and(|l| l != n.level) || expect_level.is_some_and(|l| l != n.level) {
+                return Err("the chunk tree has uneven levels".into());
+            }
+            level = Some(n.level);
+            if n.level > 1 {
+                next.extend(n.children.iter().map(|c| c.0));
+            }
+        }
+        if level == Some(1) {
+            break;
+        }
+        expect_level = level.map(|l| l - 1);
+        level_wanted = next;
+    }
+    // Flatten in order.
+    let mut chunks = Vec::new();
+    let mut stack = vec![*root];
+    while let Some(h) = stack.pop() {
+        let n = known.get(&h).or_else(|| got.get(&h)).expect("resolved");
+        if n.level == 1 {
+            for (c, len) in &n.children {
+                if *len == 0 || *len > CHUNK_MAX as u64 || chunks.len() as u64 >= max_chunks {
+                    return Err("the chunk tree lists an impossible chunk".into());
+                }
+                chunks.push(ChunkRef {
+                    hash: *c,
+                    len: *len as u32,
+                });
+            }
+        } else {
+            stack.extend(n.children.iter().rev().map(|c| c.0));
+        }
+    }
+    let list = ChunkList { chunks };
+    if list.size() != size || list.content_id() != *root {
+        return Err("the chunk tree does not add up to the file".into());
+    }
+    Ok(list)
 }
 
 /// True if `data` is the chunk with hash `expected` (I-3).
@@ -246,6 +421,68 @@ mod tests {
         let l1 = build_level(1, &items);
         assert!(l1.len() <= items.len() / 2);
         assert_eq!(l1.iter().map(|x| x.1).sum::<u64>(), 10_000);
+    }
+
+    #[test]
+    fn trees_resolve_with_few_nodes_after_an_edit() {
+        let data = random(64 * 1024 * 1024, 3);
+        let a = chunk_bytes(&data);
+        let (root_a, nodes_a) = tree(&a.chunks);
+        assert_eq!(root_a, a.content_id());
+        // From nothing: every node is fetched.
+        let mut fetched = 0usize;
+        let list = resolve(&root_a, a.size(), &Default::default(), |want| {
+            fetched += want.len();
+            Ok(want
+                .iter()
+                .map(|h| nodes_a.get(h).map(|n| n.encode()))
+                .collect())
+        })
+        .unwrap();
+        assert_eq!(list, a);
+        assert_eq!(fetched, nodes_a.len());
+        // One byte changed: only the nodes above the changed chunk.
+        let mut edited = data.clone();
+        edited[32 * 1024 * 1024] ^= 1;
+        let b = chunk_bytes(&edited);
+        let (root_b, nodes_b) = tree(&b.chunks);
+        let mut fetched = 0usize;
+        let list = resolve(&root_b, b.size(), &nodes_a, |want| {
+            fetched += want.len();
+            Ok(want
+                .iter()
+                .map(|h| nodes_b.get(h).map(|n| n.encode()))
+                .collect())
+        })
+        .unwrap();
+        assert_eq!(list, b);
+        assert!(fetched <= 4, "{fetched} nodes fetched");
+    }
+
+    #[test]
+    fn bad_nodes_are_refused() {
+        let a = chunk_bytes(&random(300_000, 4));
+        let (root, nodes) = tree(&a.chunks);
+        let good = nodes[&root].encode();
+        let mut bad = good.clone();
+        bad[5] ^= 1;
+        assert!(Node::decode(&good, &root).is_some());
+        assert!(Node::decode(&bad, &root).is_none());
+        assert!(Node::decode(&[], &root).is_none());
+        let r = resolve(&root, a.size(), &Default::default(), |w| {
+            Ok(vec![Some(bad.clone()); w.len()])
+        });
+        assert!(r.is_err());
+        // A node that claims another file's size.
+        let r = resolve(&root, a.size() + 1, &Default::default(), |w| {
+            Ok(w.iter().map(|h| nodes.get(h).map(|n| n.encode())).collect())
+        });
+        assert!(r.is_err());
+        // Empty content.
+        let (e, en) = tree(&[]);
+        assert_eq!(e, content_id(&[]));
+        let l = resolve(&e, 0, &en, |_| unreachable!()).unwrap();
+        assert!(l.chunks.is_empty());
     }
 
     proptest::proptest! {

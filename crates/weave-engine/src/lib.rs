@@ -9,21 +9,26 @@
 //!    taking chunks from the replica's own files first;
 //! 6. record the results and what each replica has integrated.
 
+mod local;
 mod ops;
+mod replica;
 mod report;
 
+pub use local::LocalReplica;
+pub use replica::{
+    Applied, Finish, Foreign, IgnoreSpec, Issue, NoProvider, Provider, Replica, ReplicaInfo,
+    ScanSummary, Wants,
+};
 pub use report::{ConflictReport, IssueReport, PlannedOp, ReplicaReport, Report};
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use thiserror::Error;
-use weave_chunk::ChunkList;
 use weave_core::path::STATE_DIR;
 use weave_core::{plan_tree, Bumper, ConflictPolicy, Entry, Hash, Object, ReplicaId};
 use weave_fs::ignore::{IgnoreError, Matcher};
-use weave_fs::scan::ScanOptions;
-use weave_fs::{ContentSource, FsIssue, Location};
-use weave_index::{Batch, Index, IndexError, LocalEntry, Stat};
+use weave_fs::Location;
+use weave_index::{IndexError, LocalEntry};
 
 /// How to settle concurrent changes, as the user gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,15 +86,11 @@ pub enum SyncError {
     Scan(#[from] weave_fs::ScanError),
     #[error(transparent)]
     Ignore(#[from] IgnoreError),
-}
-
-struct Replica {
-    /// As the user gave it.
-    display: String,
-    root: PathBuf,
-    index: Index,
-    entries: BTreeMap<String, LocalEntry>,
-    peers: HashMap<ReplicaId, u64>,
+    #[error("{path}: {problem}")]
+    State { path: PathBuf, problem: String },
+    /// A remote replica or the session to it failed.
+    #[error("{0}")]
+    Remote(String),
 }
 
 /// Checks the replica paths: they exist, are directories, are distinct,
@@ -101,6 +102,12 @@ pub fn check_replicas(paths: &[PathBuf]) -> Result<Vec<PathBuf>, SyncError> {
                 .into(),
         ));
     }
+    check_local_replicas(paths)
+}
+
+/// [`check_replicas`] for the local replicas of a sync that may also
+/// have remote ones.
+pub fn check_local_replicas(paths: &[PathBuf]) -> Result<Vec<PathBuf>, SyncError> {
     let mut canon = Vec::new();
     for p in paths {
         let shown = p.display().to_string();
@@ -185,99 +192,102 @@ impl Bumper for CoordinatorClock {
     }
 }
 
-/// Runs one sync of the replicas at `paths`.
+/// Runs one sync of the local replicas at `paths`.
 pub fn sync(
     paths: &[PathBuf],
     opts: &SyncOptions,
     progress: &dyn Progress,
 ) -> Result<Report, SyncError> {
     let canon = check_replicas(paths)?;
-    let roots: Vec<&Path> = canon.iter().map(|p| p.as_path()).collect();
-    let matcher = Matcher::build(&roots, &opts.ignore)?;
-
+    // Bad patterns stop the sync before any state is created.
+    let roots: Vec<&std::path::Path> = canon.iter().map(|p| p.as_path()).collect();
+    Matcher::build(&roots, &opts.ignore)?;
     // Which replica a prefer= policy names, before anything is opened.
     let preferred = match &opts.policy {
         PolicySpec::Prefer(p) => {
             let c = std::fs::canonicalize(p).ok();
             match canon.iter().position(|r| Some(r) == c.as_ref()) {
                 Some(i) => Some(i),
-                None => {
-                    return Err(SyncError::Usage(format!(
-                        "--conflict prefer={} names no replica of this sync; give one of the replica paths",
-                        p.display()
-                    )))
-                }
+                None => return Err(no_such_preferred(&p.display().to_string())),
             }
         }
         _ => None,
     };
     // Open the existing indexes first, so a damaged one stops the sync
     // before any new state is created in another replica.
-    let mut opened: Vec<Option<Index>> = (0..canon.len()).map(|_| None).collect();
     let has_index = |c: &PathBuf| c.join(STATE_DIR).join(weave_index::INDEX_FILE).exists();
     let order: Vec<usize> = (0..canon.len())
         .filter(|&i| has_index(&canon[i]))
         .chain((0..canon.len()).filter(|&i| !has_index(&canon[i])))
         .collect();
+    let mut opened: Vec<Option<Box<dyn Replica>>> = (0..canon.len()).map(|_| None).collect();
     for i in order {
-        let state = canon[i].join(STATE_DIR);
-        opened[i] = Some(if opts.dry_run && !has_index(&canon[i]) {
-            Index::ephemeral(&state)
-        } else {
-            if opts.dry_run {
-                Index::open_for_dry_run(&state)?
-            } else {
-                Index::open(&state)?
-            }
-        });
+        let display = paths[i].display().to_string();
+        opened[i] = Some(Box::new(LocalReplica::open(
+            &canon[i],
+            &display,
+            opts.dry_run,
+        )?));
     }
-    let mut reps: Vec<Replica> = Vec::new();
-    for ((p, c), index) in paths.iter().zip(&canon).zip(opened) {
-        let index = index.expect("every index opened");
-        // Full entries are loaded only if the sync has something to plan.
-        let entries = BTreeMap::new();
-        let peers = index.load_peers()?;
-        reps.push(Replica {
-            display: p.display().to_string(),
-            root: c.clone(),
-            index,
-            entries,
-            peers,
-        });
-    }
+    let mut reps: Vec<Box<dyn Replica>> = opened.into_iter().map(|r| r.expect("opened")).collect();
+    run(&mut reps, opts, preferred, progress)
+}
+
+/// The error for a prefer= policy that names no replica of the sync.
+pub fn no_such_preferred(given: &str) -> SyncError {
+    SyncError::Usage(format!(
+        "--conflict prefer={given} names no replica of this sync; give one of the replicas exactly as on the command line"
+    ))
+}
+
+/// Runs one sync of opened replicas; `preferred` is the replica a
+/// prefer= policy names.
+pub fn run(
+    reps: &mut [Box<dyn Replica>],
+    opts: &SyncOptions,
+    preferred: Option<usize>,
+    progress: &dyn Progress,
+) -> Result<Report, SyncError> {
     // Two replicas with one identity (a state directory copied along with
     // the files) would confuse whose change is whose.
     for i in 0..reps.len() {
         for j in i + 1..reps.len() {
-            if reps[i].index.id() == reps[j].index.id() {
+            if reps[i].info().id == reps[j].info().id {
                 return Err(SyncError::BadReplica {
-                    path: reps[j].display.clone(),
+                    path: reps[j].display().to_string(),
                     problem: format!(
-                        "has the same weave identity as {} (its state directory was copied from there)",
-                        reps[i].display
+                        "has the same weave identity as {} (its state directory was copied from there, or both name the same directory)",
+                        reps[i].display()
                     ),
                     fix: format!(
-                        "Move {} out of the replica (it is rebuilt by the next sync; files that differ are kept as conflict copies).",
-                        reps[j].root.join(STATE_DIR).display()
+                        "Give each directory once; if it is a copy, move its {STATE_DIR} directory out of it (it is rebuilt by the next sync; files that differ are kept as conflict copies)."
                     ),
                 });
             }
         }
     }
     let policy = match (&opts.policy, preferred) {
-        (PolicySpec::Prefer(_), Some(i)) => ConflictPolicy::Prefer(reps[i].index.id()),
+        (PolicySpec::Prefer(_), Some(i)) => ConflictPolicy::Prefer(reps[i].info().id),
         (PolicySpec::Newest, _) => ConflictPolicy::Newest,
         _ => ConflictPolicy::KeepBoth,
     };
+    let ignore = IgnoreSpec {
+        files: reps
+            .iter()
+            .filter_map(|r| r.info().ignore_file.clone())
+            .collect(),
+        patterns: opts.ignore.clone(),
+    };
+    let matcher = Matcher::from_files(&ignore.files, &ignore.patterns)?;
 
     let mut report = Report {
         dry_run: opts.dry_run,
         ..Default::default()
     };
-    for r in &reps {
-        if r.index.rekeyed() {
+    for r in reps.iter() {
+        if r.info().rekeyed {
             report.notices.push(IssueReport {
-                replica: r.display.clone(),
+                replica: r.display().to_string(),
                 path: STATE_DIR.into(),
                 message: "this state directory was made for another directory (copied or moved with the files); the replica got a new identity".into(),
             });
@@ -285,80 +295,41 @@ pub fn sync(
     }
     // Scan every replica, in parallel.
     progress.phase("scanning");
-    if !opts.dry_run {
-        // Directories an interrupted run had opened up get their modes back
-        // before they are scanned.
-        for r in &reps {
-            weave_fs::restore_modes(&r.root);
-        }
-    }
     let t_scan = std::time::Instant::now();
-    let scan_opts = ScanOptions {
-        matcher: &matcher,
-        remove_temps: !opts.dry_run,
-    };
-    let mut scanned_contents: HashMap<Hash, ChunkList> = HashMap::new();
-    let outcomes: Vec<Result<weave_fs::ScanOutcome, weave_fs::ScanError>> =
-        std::thread::scope(|s| {
-            let handles: Vec<_> = reps
-                .iter_mut()
-                .map(|r| {
-                    let so = &scan_opts;
-                    s.spawn(move || weave_fs::scan(&r.root, &mut r.index, so))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("scanner panicked"))
-                .collect()
-        });
-    let mut scan_changes: Vec<Vec<LocalEntry>> = Vec::new();
-    for (r, o) in reps.iter_mut().zip(outcomes) {
+    let outcomes: Vec<Result<ScanSummary, SyncError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = reps
+            .iter_mut()
+            .map(|r| {
+                let ig = &ignore;
+                s.spawn(move || r.scan(ig, opts.dry_run))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("scanner panicked"))
+            .collect()
+    });
+    for (r, o) in reps.iter().zip(outcomes) {
         let o = o?;
-        push_issues(&mut report, &r.display, &r.root, &o.issues);
-        for n in &o.notices {
-            report.notices.push(issue_report(&r.display, &r.root, n));
-        }
-        let mut batch = Batch {
-            entries: o.changed,
-            contents: Vec::new(),
-            ..Default::default()
-        };
-        if !opts.dry_run && (!batch.entries.is_empty() || !o.contents.is_empty()) {
-            batch.contents = o.contents.clone();
-            r.index.write(&batch)?;
-        }
-        scan_changes.push(batch.entries);
-        for l in o.contents {
-            scanned_contents.insert(l.content_id(), l);
-        }
+        push_issues(&mut report.errors, r.display(), &o.errors);
+        push_issues(&mut report.notices, r.display(), &o.notices);
     }
-    for r in &reps {
+    for r in reps.iter() {
         report.replicas.push(ReplicaReport {
-            path: r.display.clone(),
-            id: r.index.id().to_string(),
+            path: r.display().to_string(),
+            id: r.info().id.to_string(),
             ..Default::default()
         });
     }
-
     tracing::debug!(elapsed = ?t_scan.elapsed(), "scanned and recorded local changes");
+
     // Nothing new anywhere since these replicas last synced together.
     let fp = matcher.fingerprint();
-    for r in &reps {
-        tracing::debug!(
-            replica = %r.display,
-            seq = r.index.seq(),
-            ignore_fp = ?r.index.ignore_fingerprint(),
-            peers = ?r.peers,
-            "integration state"
-        );
-    }
-    let up_to_date = reps
-        .iter()
-        .all(|r| r.index.ignore_fingerprint() == Some(fp))
+    let up_to_date = reps.iter().all(|r| r.info().ignore_fingerprint == Some(fp))
         && reps.iter().all(|r| {
             reps.iter().all(|p| {
-                p.index.id() == r.index.id() || r.peers.get(&p.index.id()) == Some(&p.index.seq())
+                p.info().id == r.info().id
+                    || r.info().peers.get(&p.info().id) == Some(&p.info().seq)
             })
         });
     if up_to_date {
@@ -367,25 +338,22 @@ pub fn sync(
         return Ok(report);
     }
 
-    // Plan the whole tree once, from every replica's full index (with this
-    // scan's changes, which a dry run did not write).
+    // Plan the whole tree once, from every replica's full index.
     progress.phase("planning");
     let t_plan = std::time::Instant::now();
-    for (r, changed) in reps.iter_mut().zip(scan_changes) {
-        r.entries = r.index.load_entries()?;
-        for le in changed {
-            r.entries.insert(le.entry.path.clone(), le);
-        }
+    let mut views: Vec<BTreeMap<String, LocalEntry>> = Vec::with_capacity(reps.len());
+    for r in reps.iter_mut() {
+        views.push(r.entries()?);
     }
     let mut clock = CoordinatorClock {
-        id: reps[0].index.id(),
-        clock: reps[0].index.clock(),
+        id: reps[0].info().id,
+        clock: reps[0].info().clock,
     };
     let plan = {
         let mut by_path: BTreeMap<&str, Vec<(ReplicaId, &Entry)>> = BTreeMap::new();
-        for r in &reps {
-            let id = r.index.id();
-            for (p, le) in &r.entries {
+        for (r, v) in reps.iter().zip(&views) {
+            let id = r.info().id;
+            for (p, le) in v {
                 by_path.entry(p.as_str()).or_default().push((id, &le.entry));
             }
         }
@@ -395,19 +363,16 @@ pub fn sync(
         });
         plan_tree(&by_path, policy, &mut clock)
     };
-    reps[0].index.observe(clock.clock);
     tracing::debug!(elapsed = ?t_plan.elapsed(), paths = plan.finals.len(), "planned");
     for c in &plan.conflicts {
         report.conflicts.push(ConflictReport::from_conflict(c));
     }
-    let all_ops: Vec<Vec<weave_fs::Op>> = reps
-        .iter()
-        .map(|r| ops::derive(&r.entries, &plan.finals))
-        .collect();
+    let mut all_ops: Vec<Vec<weave_fs::Op>> =
+        views.iter().map(|v| ops::derive(v, &plan.finals)).collect();
     if opts.dry_run {
         for (r, ops) in reps.iter().zip(&all_ops) {
             for op in ops {
-                if let Some(p) = PlannedOp::describe(&r.display, op, ops) {
+                if let Some(p) = PlannedOp::describe(r.display(), op, ops) {
                     report.planned.push(p);
                 }
             }
@@ -428,179 +393,248 @@ pub fn sync(
     progress.set_total(total);
     progress.phase("syncing");
 
-    // Where each content can be found, across replicas.
-    let mut locations: Locations = HashMap::new();
-    for (i, r) in reps.iter().enumerate() {
-        for (p, le) in &r.entries {
+    // Which replicas hold each content.
+    let mut holders: HashMap<Hash, Vec<usize>> = HashMap::new();
+    for (i, v) in views.iter().enumerate() {
+        for le in v.values() {
             if let Object::File { content, .. } = &le.entry.object {
-                locations.entry(*content).or_default().push((
-                    i,
-                    weave_fs_join(&r.root, p),
-                    le.stat,
-                ));
+                let h = holders.entry(*content).or_default();
+                if h.last() != Some(&i) {
+                    h.push(i);
+                }
             }
         }
     }
     let mut clean = vec![true; reps.len()];
     for i in 0..reps.len() {
-        let ops = &all_ops[i];
+        let ops = std::mem::take(&mut all_ops[i]);
         if ops.is_empty() {
             continue;
         }
         let t_apply = std::time::Instant::now();
-        let outcome = {
-            let src = Source {
-                reps: &reps,
-                me: i,
-                locations: &locations,
-                scanned: &scanned_contents,
-            };
-            let adv = |n: u64| progress.advance(n);
-            weave_fs::apply(&reps[i].root, ops, &src, &adv)
-        };
-        if !outcome.issues.is_empty() {
-            clean[i] = false;
-        }
-        let r = &mut reps[i];
-        push_issues(
-            &mut report,
-            &r.display.clone(),
-            &r.root.clone(),
-            &outcome.issues,
-        );
-        let rr = &mut report.replicas[i];
-        rr.bytes_local += outcome.bytes_local;
-        rr.bytes_copied += outcome.bytes_remote;
-        let mut batch = Batch::default();
-        let id = r.index.id();
-        for d in &outcome.done {
-            ops::count(rr, &ops[d.op], ops);
-            r.index.observe(d.entry.vv.get(id));
-            let le = LocalEntry {
-                entry: d.entry.clone(),
-                seq: r.index.next_seq(),
-                stat: d.stat,
-            };
-            if let Object::File { content, .. } = &le.entry.object {
-                if d.content.is_some() {
-                    locations.entry(*content).or_default().push((
-                        i,
-                        weave_fs_join(&r.root, &le.entry.path),
-                        le.stat,
-                    ));
+        // What the other local replicas hold, usable directly when this
+        // one is local too.
+        let mut foreign = Foreign::default();
+        if reps[i].is_local() {
+            for (j, v) in views.iter().enumerate() {
+                if j == i || !reps[j].is_local() {
+                    continue;
+                }
+                let root = local_root(&*reps[j]);
+                for (p, le) in v {
+                    if let Object::File { content, .. } = &le.entry.object {
+                        foreign
+                            .locations
+                            .entry(*content)
+                            .or_default()
+                            .push(Location {
+                                path: local::join(&root, p),
+                                local: false,
+                                stat: le.stat,
+                            });
+                    }
                 }
             }
-            r.entries.insert(le.entry.path.clone(), le.clone());
-            batch.entries.push(le);
-            if let Some(list) = &d.content {
-                batch.contents.push(list.clone());
+            for op in &ops {
+                if let Object::File { content, .. } = &op.target.object {
+                    if foreign.lists.contains_key(content) {
+                        continue;
+                    }
+                    for j in holders.get(content).map(|h| h.as_slice()).unwrap_or(&[]) {
+                        if *j != i && reps[*j].is_local() {
+                            if let Some(l) = reps[*j].chunk_list(content) {
+                                foreign.lists.insert(*content, l);
+                                break;
+                            }
+                        }
+                    }
+                }
             }
         }
-        r.index.write(&batch)?;
-        tracing::debug!(replica = %r.display, ops = ops.len(), elapsed = ?t_apply.elapsed(), "applied and recorded");
-    }
-    // Chunk lists of contents no file holds any more are dropped.
-    for r in reps.iter_mut() {
-        let live: HashSet<Hash> = r
-            .entries
-            .values()
-            .filter_map(|le| match &le.entry.object {
-                Object::File { content, .. } => Some(*content),
-                _ => None,
-            })
-            .collect();
-        r.index.gc_contents(&live)?;
+        let applied = {
+            let (before, rest) = reps.split_at_mut(i);
+            let (dest, after) = rest.split_first_mut().expect("i < len");
+            let mut others: Vec<(usize, &mut Box<dyn Replica>)> = before
+                .iter_mut()
+                .enumerate()
+                .chain(after.iter_mut().enumerate().map(|(k, r)| (k + i + 1, r)))
+                .collect();
+            let mut provider = Fetch {
+                others: &mut others,
+                holders: &holders,
+            };
+            let adv = |n: u64| progress.advance(n);
+            dest.apply(ops.clone(), &foreign, &mut provider, &adv)?
+        };
+        if !applied.errors.is_empty() {
+            clean[i] = false;
+        }
+        push_issues(&mut report.errors, reps[i].display(), &applied.errors);
+        let rr = &mut report.replicas[i];
+        rr.bytes_local += applied.bytes_local;
+        rr.bytes_copied += applied.bytes_remote;
+        for (k, entry) in &applied.done {
+            ops::count(rr, &ops[*k], &ops);
+            if let Object::File { content, .. } = &entry.object {
+                let h = holders.entry(*content).or_default();
+                if !h.contains(&i) {
+                    h.push(i);
+                }
+            }
+            views[i].insert(
+                entry.path.clone(),
+                LocalEntry {
+                    entry: entry.clone(),
+                    seq: 0,
+                    stat: None,
+                },
+            );
+        }
+        tracing::debug!(replica = %reps[i].display(), ops = ops.len(), elapsed = ?t_apply.elapsed(), "applied and recorded");
     }
     // Record what each replica has integrated: everything the others
     // hold now, unless something failed on it.
-    let seqs: Vec<(ReplicaId, u64)> = reps.iter().map(|r| (r.index.id(), r.index.seq())).collect();
+    let seqs: Vec<(ReplicaId, u64)> = reps.iter().map(|r| (r.info().id, r.info().seq)).collect();
     for (i, r) in reps.iter_mut().enumerate() {
-        if !clean[i] {
-            continue;
-        }
-        let batch = Batch {
-            peers: seqs
-                .iter()
-                .filter(|(id, _)| *id != r.index.id())
-                .copied()
-                .collect(),
-            ignore_fingerprint: Some(fp),
-            ..Default::default()
+        let me = r.info().id;
+        let fin = Finish {
+            observe: if i == 0 { clock.clock } else { 0 },
+            integrated: clean[i].then(|| {
+                (
+                    seqs.iter().filter(|(id, _)| *id != me).copied().collect(),
+                    fp,
+                )
+            }),
         };
-        r.index.write(&batch)?;
+        r.finish(&fin)?;
     }
     report.finish();
     Ok(report)
 }
 
-fn weave_fs_join(root: &Path, rel: &str) -> PathBuf {
-    let mut p = root.to_path_buf();
-    p.extend(rel.split('/'));
-    p
+/// The root directory of a local replica (only called for those).
+fn local_root(r: &dyn Replica) -> PathBuf {
+    r.local_root().expect("a local replica has a root")
 }
 
-fn issue_report(display: &str, root: &Path, i: &FsIssue) -> IssueReport {
-    let rel = i.path.strip_prefix(root).unwrap_or(&i.path);
-    IssueReport {
-        replica: display.to_string(),
-        path: rel.to_string_lossy().into_owned(),
-        message: i.message.clone(),
-    }
-}
-
-fn push_issues(report: &mut Report, display: &str, root: &Path, issues: &[FsIssue]) {
+fn push_issues(out: &mut Vec<IssueReport>, display: &str, issues: &[Issue]) {
     for i in issues {
-        report.errors.push(issue_report(display, root, i));
+        out.push(IssueReport {
+            replica: display.to_string(),
+            path: i.path.clone(),
+            message: i.message.clone(),
+        });
     }
 }
 
-/// Where each content is: (replica index, file, stat recorded when hashed).
-type Locations = HashMap<Hash, Vec<(usize, PathBuf, Option<Stat>)>>;
-
-/// Content lookups for one replica's executor.
-struct Source<'a> {
-    reps: &'a [Replica],
-    me: usize,
-    locations: &'a Locations,
-    scanned: &'a HashMap<Hash, ChunkList>,
+/// Gets what one replica lacks from the others: each content from a
+/// replica that holds it, spreading the work over the holders and trying
+/// the next holder for whatever one of them no longer has.
+struct Fetch<'a, 'b> {
+    others: &'a mut Vec<(usize, &'b mut Box<dyn Replica>)>,
+    holders: &'a HashMap<Hash, Vec<usize>>,
 }
 
-impl ContentSource for Source<'_> {
-    fn chunk_list(&self, content: &Hash) -> Option<ChunkList> {
-        if let Some(l) = self.scanned.get(content) {
-            return Some(l.clone());
-        }
-        let mine = std::iter::once(&self.reps[self.me]);
-        let others = self
-            .reps
+impl Fetch<'_, '_> {
+    /// Holders of `content` among the others (positions in `others`), local
+    /// ones first, rotated by `turn` among equals.
+    fn candidates(&self, content: &Hash, turn: usize) -> Vec<usize> {
+        let hs = self
+            .holders
+            .get(content)
+            .map(|h| h.as_slice())
+            .unwrap_or(&[]);
+        let mut c: Vec<usize> = self
+            .others
             .iter()
             .enumerate()
-            .filter(|(i, _)| *i != self.me)
-            .map(|(_, r)| r);
-        for r in mine.chain(others) {
-            if let Ok(Some(l)) = r.index.chunk_list(content) {
-                return Some(l);
+            .filter(|(_, (i, _))| hs.contains(i))
+            .map(|(pos, _)| pos)
+            .collect();
+        if !c.is_empty() {
+            let n = c.len();
+            c.rotate_left(turn % n);
+        }
+        c.sort_by_key(|&pos| !self.others[pos].1.is_local());
+        c
+    }
+}
+
+impl Provider for Fetch<'_, '_> {
+    fn nodes(&mut self, wants: &Wants) -> Result<Vec<Vec<Option<Vec<u8>>>>, SyncError> {
+        let mut out: Vec<Vec<Option<Vec<u8>>>> =
+            wants.iter().map(|(_, h)| vec![None; h.len()]).collect();
+        // Round k asks every want's k-th candidate for what is still missing.
+        for round in 0..self.others.len() {
+            let mut per: HashMap<usize, Vec<usize>> = HashMap::new();
+            for (w, (content, _)) in wants.iter().enumerate() {
+                if out[w].iter().all(|n| n.is_some()) {
+                    continue;
+                }
+                if let Some(&pos) = self.candidates(content, 0).get(round) {
+                    per.entry(pos).or_default().push(w);
+                }
+            }
+            if per.is_empty() {
+                break;
+            }
+            for (pos, ws) in per {
+                let ask: Vec<(Hash, Vec<Hash>)> = ws.iter().map(|&w| wants[w].clone()).collect();
+                let got = self.others[pos].1.serve_nodes(&ask)?;
+                for (w, g) in ws.into_iter().zip(got) {
+                    for (slot, n) in out[w].iter_mut().zip(g) {
+                        if slot.is_none() {
+                            *slot = n;
+                        }
+                    }
+                }
             }
         }
-        None
+        Ok(out)
     }
 
-    fn locations(&self, content: &Hash) -> Vec<Location> {
-        let mut v: Vec<Location> = self
-            .locations
-            .get(content)
-            .map(|l| {
-                l.iter()
-                    .map(|(i, p, stat)| Location {
-                        path: p.clone(),
-                        local: *i == self.me,
-                        stat: *stat,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        // Own files first.
-        v.sort_by_key(|l| !l.local);
-        v
+    fn chunks(
+        &mut self,
+        wants: &Wants,
+        sink: &mut dyn FnMut(Hash, Vec<u8>) -> Result<(), SyncError>,
+    ) -> Result<(), SyncError> {
+        let mut pending: Vec<(Hash, Vec<Hash>)> = wants.to_vec();
+        for round in 0..self.others.len() {
+            let mut per: HashMap<usize, Vec<(Hash, Vec<Hash>)>> = HashMap::new();
+            for w in pending.drain(..) {
+                // Spread contents over the holders: several sources at once
+                // when a content is on several replicas.
+                let c = self.candidates(&w.0, w.0 .0[0] as usize);
+                if let Some(&pos) = c.get(round) {
+                    per.entry(pos).or_default().push(w);
+                }
+            }
+            if per.is_empty() {
+                break;
+            }
+            for (pos, ask) in per {
+                let mut missing: HashMap<Hash, Vec<Hash>> = HashMap::new();
+                let content_of: HashMap<Hash, Hash> = ask
+                    .iter()
+                    .flat_map(|(c, hs)| hs.iter().map(move |h| (*h, *c)))
+                    .collect();
+                self.others[pos]
+                    .1
+                    .serve_chunks(&ask, &mut |h, data| match data {
+                        Some(d) => sink(h, d),
+                        None => {
+                            if let Some(c) = content_of.get(&h) {
+                                missing.entry(*c).or_default().push(h);
+                            }
+                            Ok(())
+                        }
+                    })?;
+                pending.extend(missing);
+            }
+            if pending.is_empty() {
+                break;
+            }
+        }
+        Ok(())
     }
 }

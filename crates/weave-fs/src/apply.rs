@@ -15,7 +15,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 use weave_chunk::ChunkList;
 use weave_core::path::{ancestors, depth, STATE_DIR};
@@ -77,6 +77,11 @@ pub trait ContentSource: Sync {
     fn chunk_list(&self, content: &Hash) -> Option<ChunkList>;
     /// Files that should hold this content, the replica's own first.
     fn locations(&self, content: &Hash) -> Vec<Location>;
+    /// Chunks received from other replicas: a pack file and where each
+    /// chunk's data is in it (see [`crate::stage`]).
+    fn staged(&self) -> Option<&(PathBuf, Arc<HashMap<Hash, u64>>)> {
+        None
+    }
 }
 
 /// A file that should hold some content.
@@ -805,7 +810,7 @@ impl Ctx<'_> {
             local: bool,
             stat: Option<Stat>,
             /// None: holds exactly this content. Some: chunk → offset.
-            map: Option<HashMap<Hash, u64>>,
+            map: Option<Arc<HashMap<Hash, u64>>>,
             file: Option<Option<File>>,
             failed: bool,
         }
@@ -831,7 +836,7 @@ impl Ctx<'_> {
         {
             if old != content {
                 if let Some(old_list) = self.source.chunk_list(old) {
-                    let map = old_list.with_offsets().map(|(o, c)| (c.hash, o)).collect();
+                    let map = Arc::new(old_list.with_offsets().map(|(o, c)| (c.hash, o)).collect());
                     srcs.push(Src {
                         path: join(self.root, &op.path),
                         local: true,
@@ -845,6 +850,17 @@ impl Ctx<'_> {
         }
         for l in locs.iter().filter(|l| !l.local) {
             srcs.push(whole(l.path.clone(), false, l.stat));
+        }
+        // Chunks another replica sent.
+        if let Some((path, map)) = self.source.staged() {
+            srcs.push(Src {
+                path: path.clone(),
+                local: false,
+                stat: None,
+                map: Some(map.clone()),
+                file: None,
+                failed: false,
+            });
         }
         // Fast path: a whole file whose stat proves it still holds the
         // content hashed earlier is copied by the kernel.

@@ -27,6 +27,23 @@ impl Matcher {
     /// Builds the matcher from the `.weaveignore` files of `roots` and the
     /// extra `patterns`.
     pub fn build(roots: &[&Path], patterns: &[String]) -> Result<Matcher, IgnoreError> {
+        let files: Vec<(String, String)> = roots
+            .iter()
+            .filter_map(|root| {
+                let f = root.join(IGNORE_FILE);
+                let text = std::fs::read_to_string(&f).ok()?;
+                Some((f.display().to_string(), text))
+            })
+            .collect();
+        Matcher::from_files(&files, patterns)
+    }
+
+    /// Builds the matcher from ignore files already read, (where from,
+    /// text) in replica order, and the extra `patterns`.
+    pub fn from_files(
+        files: &[(String, String)],
+        patterns: &[String],
+    ) -> Result<Matcher, IgnoreError> {
         let mut b = GitignoreBuilder::new("/");
         let mut lines: Vec<String> = Vec::new();
         let mut add = |line: &str, origin: &str| -> Result<(), IgnoreError> {
@@ -37,12 +54,9 @@ impl Matcher {
                 detail: e.to_string(),
             })
         };
-        for root in roots {
-            let f = root.join(IGNORE_FILE);
-            if let Ok(text) = std::fs::read_to_string(&f) {
-                for line in text.lines() {
-                    add(line, &f.display().to_string())?;
-                }
+        for (origin, text) in files {
+            for line in text.lines() {
+                add(line, origin)?;
             }
         }
         for p in patterns {

@@ -11,8 +11,10 @@
 pub mod apply;
 pub mod ignore;
 pub mod scan;
+pub mod stage;
 mod util;
 
 pub use apply::{apply, restore_modes, ApplyOutcome, ContentSource, Done, Location, Op, OpKind};
 pub use scan::{scan, ScanError, ScanOutcome};
+pub use stage::Stage;
 pub use util::{stat_of, FsIssue, TEMP_PREFIX};

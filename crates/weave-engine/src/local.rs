@@ -1,0 +1,483 @@
+//! A replica on this machine: a directory with its index.
+
+use crate::replica::{
+    Applied, Finish, Foreign, IgnoreSpec, Issue, Provider, Replica, ReplicaInfo, ScanSummary, Wants,
+};
+use crate::SyncError;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use weave_chunk::{ChunkList, Node};
+use weave_core::path::STATE_DIR;
+use weave_core::{Hash, Object};
+use weave_fs::ignore::{Matcher, IGNORE_FILE};
+use weave_fs::scan::ScanOptions;
+use weave_fs::{ContentSource, FsIssue, Location, Op, OpKind, Stage};
+use weave_index::{Batch, Index, LocalEntry};
+
+pub struct LocalReplica {
+    display: String,
+    root: PathBuf,
+    index: Index,
+    info: ReplicaInfo,
+    /// Changes found by this run's scan (not yet in the index on a dry run).
+    scanned: Vec<LocalEntry>,
+    /// Chunk lists of the files this run's scan read.
+    scanned_contents: HashMap<Hash, ChunkList>,
+    /// The full index, once loaded.
+    entries: Option<BTreeMap<String, LocalEntry>>,
+    /// Tree nodes built for serving, per content (the last few).
+    trees: Vec<(Hash, HashMap<Hash, Node>)>,
+}
+
+impl LocalReplica {
+    /// Opens the replica at `root` (already checked and canonical). On a
+    /// dry run nothing is created: a replica without state gets a
+    /// throw-away index.
+    pub fn open(root: &Path, display: &str, dry_run: bool) -> Result<LocalReplica, SyncError> {
+        let state = root.join(STATE_DIR);
+        let exists = state.join(weave_index::INDEX_FILE).exists();
+        let index = match (dry_run, exists) {
+            (true, false) => Index::ephemeral(&state),
+            (true, true) => Index::open_for_dry_run(&state)?,
+            (false, _) => Index::open(&state)?,
+        };
+        let ignore_file = {
+            let f = root.join(IGNORE_FILE);
+            std::fs::read_to_string(&f)
+                .ok()
+                .map(|t| (f.display().to_string(), t))
+        };
+        let info = ReplicaInfo {
+            id: index.id(),
+            seq: index.seq(),
+            clock: index.clock(),
+            peers: index.load_peers()?,
+            ignore_fingerprint: index.ignore_fingerprint(),
+            rekeyed: index.rekeyed(),
+            ignore_file,
+        };
+        Ok(LocalReplica {
+            display: display.to_string(),
+            root: root.to_path_buf(),
+            index,
+            info,
+            scanned: Vec::new(),
+            scanned_contents: HashMap::new(),
+            entries: None,
+            trees: Vec::new(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn issue(&self, i: &FsIssue) -> Issue {
+        let rel = i.path.strip_prefix(&self.root).unwrap_or(&i.path);
+        Issue {
+            path: rel.to_string_lossy().into_owned(),
+            message: i.message.clone(),
+        }
+    }
+
+    fn load(&mut self) -> Result<&mut BTreeMap<String, LocalEntry>, SyncError> {
+        if self.entries.is_none() {
+            let mut m = self.index.load_entries()?;
+            for le in &self.scanned {
+                m.insert(le.entry.path.clone(), le.clone());
+            }
+            self.entries = Some(m);
+        }
+        Ok(self.entries.as_mut().expect("loaded above"))
+    }
+
+    fn list(&self, content: &Hash) -> Option<ChunkList> {
+        if let Some(l) = self.scanned_contents.get(content) {
+            return Some(l.clone());
+        }
+        self.index.chunk_list(content).ok().flatten()
+    }
+
+    /// Files of this replica that hold each content, with their stats.
+    fn own_locations(&self) -> HashMap<Hash, Vec<Location>> {
+        let mut m: HashMap<Hash, Vec<Location>> = HashMap::new();
+        if let Some(entries) = &self.entries {
+            for (p, le) in entries {
+                if let Object::File { content, .. } = &le.entry.object {
+                    m.entry(*content).or_default().push(Location {
+                        path: join(&self.root, p),
+                        local: true,
+                        stat: le.stat,
+                    });
+                }
+            }
+        }
+        m
+    }
+
+    fn tree_of(&mut self, content: &Hash) -> Option<&HashMap<Hash, Node>> {
+        if let Some(i) = self.trees.iter().position(|(c, _)| c == content) {
+            return Some(&self.trees[i].1);
+        }
+        let list = self.list(content)?;
+        let (_, nodes) = weave_chunk::tree(&list.chunks);
+        if self.trees.len() >= 8 {
+            self.trees.remove(0);
+        }
+        self.trees.push((*content, nodes));
+        self.trees.last().map(|t| &t.1)
+    }
+}
+
+pub(crate) fn join(root: &Path, rel: &str) -> PathBuf {
+    let mut p = root.to_path_buf();
+    p.extend(rel.split('/'));
+    p
+}
+
+impl Replica for LocalReplica {
+    fn display(&self) -> &str {
+        &self.display
+    }
+
+    fn is_local(&self) -> bool {
+        true
+    }
+
+    fn local_root(&self) -> Option<PathBuf> {
+        Some(self.root.clone())
+    }
+
+    fn info(&self) -> &ReplicaInfo {
+        &self.info
+    }
+
+    fn scan(&mut self, ignore: &IgnoreSpec, dry_run: bool) -> Result<ScanSummary, SyncError> {
+        let matcher = Matcher::from_files(&ignore.files, &ignore.patterns)?;
+        if !dry_run {
+            // Directories an interrupted run had opened up get their modes
+            // back before they are scanned.
+            weave_fs::restore_modes(&self.root);
+        }
+        let opts = ScanOptions {
+            matcher: &matcher,
+            remove_temps: !dry_run,
+        };
+        let o = weave_fs::scan(&self.root, &mut self.index, &opts)?;
+        let summary = ScanSummary {
+            errors: o.issues.iter().map(|i| self.issue(i)).collect(),
+            notices: o.notices.iter().map(|i| self.issue(i)).collect(),
+        };
+        if !dry_run && (!o.changed.is_empty() || !o.contents.is_empty()) {
+            self.index.write(&Batch {
+                entries: o.changed.clone(),
+                contents: o.contents.clone(),
+                ..Default::default()
+            })?;
+        }
+        self.info.seq = self.index.seq();
+        self.info.clock = self.index.clock();
+        self.scanned = o.changed;
+        for l in o.contents {
+            self.scanned_contents.insert(l.content_id(), l);
+        }
+        self.entries = None;
+        Ok(summary)
+    }
+
+    fn entries(&mut self) -> Result<BTreeMap<String, LocalEntry>, SyncError> {
+        Ok(self.load()?.clone())
+    }
+
+    fn chunk_list(&mut self, content: &Hash) -> Option<ChunkList> {
+        self.list(content)
+    }
+
+    fn serve_nodes(&mut self, wants: &Wants) -> Result<Vec<Vec<Option<Vec<u8>>>>, SyncError> {
+        let mut out = Vec::with_capacity(wants.len());
+        for (content, hashes) in wants {
+            let v = match self.tree_of(content) {
+                Some(nodes) => hashes
+                    .iter()
+                    .map(|h| nodes.get(h).map(|n| n.encode()))
+                    .collect(),
+                None => vec![None; hashes.len()],
+            };
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    fn serve_chunks(
+        &mut self,
+        wants: &Wants,
+        sink: &mut dyn FnMut(Hash, Option<Vec<u8>>) -> Result<(), SyncError>,
+    ) -> Result<(), SyncError> {
+        self.load()?;
+        let locations = self.own_locations();
+        for (content, hashes) in wants {
+            let list = self.list(content);
+            let file = locations.get(content).and_then(|ls| {
+                ls.iter().find_map(|l| {
+                    // Every chunk read is verified before it is sent, so a
+                    // file replaced since the scan cannot leak other bytes.
+                    std::fs::File::open(&l.path).ok()
+                })
+            });
+            let offsets: HashMap<Hash, (u64, u32)> = list
+                .map(|l| {
+                    l.with_offsets()
+                        .map(|(o, c)| (c.hash, (o, c.len)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for h in hashes {
+                let data = match (&file, offsets.get(h)) {
+                    (Some(f), Some(&(off, len))) => {
+                        let mut buf = vec![0u8; len as usize];
+                        // A file changed since its scan no longer holds the
+                        // chunk: say so rather than send wrong bytes.
+                        (f.read_exact_at(&mut buf, off).is_ok() && weave_chunk::verify(&buf, h))
+                            .then_some(buf)
+                    }
+                    _ => None,
+                };
+                sink(*h, data)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        ops: Vec<Op>,
+        foreign: &Foreign,
+        provider: &mut dyn Provider,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Applied, SyncError> {
+        self.load()?;
+        let own = self.own_locations();
+        let mut errors: Vec<Issue> = Vec::new();
+        // 1. The chunk list of every content to write: known here, known
+        //    to another local replica, or fetched as a tree.
+        let mut lists: HashMap<Hash, ChunkList> = HashMap::new();
+        let mut unresolved: Vec<(Hash, u64, String)> = Vec::new();
+        let mut known: HashMap<Hash, Node> = HashMap::new();
+        for op in ops.iter().filter(|o| o.kind == OpKind::WriteFile) {
+            let Object::File { content, size } = &op.target.object else {
+                continue;
+            };
+            if lists.contains_key(content) || unresolved.iter().any(|u| u.0 == *content) {
+                continue;
+            }
+            if let Some(l) = self
+                .list(content)
+                .or_else(|| foreign.lists.get(content).cloned())
+            {
+                lists.insert(*content, l);
+                continue;
+            }
+            unresolved.push((*content, *size, op.path.clone()));
+            // The old version at the same path: its subtrees need not travel.
+            if let Some(Object::File { content: old, .. }) =
+                op.current.as_ref().map(|c| &c.entry.object)
+            {
+                if let Some(l) = self.list(old) {
+                    if l.chunks.len() > 1 {
+                        known.extend(weave_chunk::tree(&l.chunks).1);
+                    }
+                }
+            }
+        }
+        if !unresolved.is_empty() {
+            // The roots of all trees in one round, then deeper levels.
+            let wants: Vec<(Hash, Vec<Hash>)> = unresolved
+                .iter()
+                .filter(|u| !known.contains_key(&u.0))
+                .map(|u| (u.0, vec![u.0]))
+                .collect();
+            let roots = provider.nodes(&wants)?;
+            for ((c, _), got) in wants.iter().zip(roots) {
+                if let Some(Some(bytes)) = got.into_iter().next() {
+                    if let Some(n) = Node::decode(&bytes, c) {
+                        known.insert(*c, n);
+                    }
+                }
+            }
+            for (c, size, path) in &unresolved {
+                let r = weave_chunk::resolve(c, *size, &known, |want| {
+                    let got = provider
+                        .nodes(&[(*c, want.to_vec())])
+                        .map_err(|e| e.to_string())?;
+                    Ok(got.into_iter().next().unwrap_or_default())
+                });
+                match r {
+                    Ok(l) => {
+                        lists.insert(*c, l);
+                    }
+                    Err(e) => errors.push(Issue {
+                        path: path.clone(),
+                        message: format!("cannot get the chunk list of its new content: {e}"),
+                    }),
+                }
+            }
+        }
+        // 2. Chunks found nowhere on this machine come from the provider
+        //    into the stage (kept if the run is interrupted).
+        let state = self.root.join(STATE_DIR);
+        let mut stage = Stage::open(&state).map_err(|e| SyncError::State {
+            path: state.clone(),
+            problem: format!("cannot open the transfer stage: {e}"),
+        })?;
+        let mut wants: Vec<(Hash, Vec<Hash>)> = Vec::new();
+        let mut asked: HashSet<Hash> = HashSet::new();
+        for op in ops.iter().filter(|o| o.kind == OpKind::WriteFile) {
+            let Object::File { content, .. } = &op.target.object else {
+                continue;
+            };
+            let Some(list) = lists.get(content) else {
+                continue;
+            };
+            if own.contains_key(content) || foreign.locations.contains_key(content) {
+                continue;
+            }
+            let old: HashSet<Hash> = match op.current.as_ref().map(|c| &c.entry.object) {
+                Some(Object::File { content: old, .. }) => self
+                    .list(old)
+                    .map(|l| l.chunks.iter().map(|c| c.hash).collect())
+                    .unwrap_or_default(),
+                _ => HashSet::new(),
+            };
+            let missing: Vec<Hash> = list
+                .chunks
+                .iter()
+                .map(|c| c.hash)
+                .filter(|h| !old.contains(h) && !stage.contains(h) && asked.insert(*h))
+                .collect();
+            if !missing.is_empty() {
+                wants.push((*content, missing));
+            }
+        }
+        if !wants.is_empty() {
+            let mut bad = 0u64;
+            let mut sink = |h: Hash, data: Vec<u8>| -> Result<(), SyncError> {
+                match stage.add(&h, &data) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => {
+                        bad += 1;
+                        Ok(())
+                    }
+                    Err(e) => Err(SyncError::State {
+                        path: state.clone(),
+                        problem: format!("cannot write the transfer stage: {e}"),
+                    }),
+                }
+            };
+            provider.chunks(&wants, &mut sink)?;
+            if bad > 0 {
+                errors.push(Issue {
+                    path: String::new(),
+                    message: format!(
+                        "{bad} chunks received failed their hash and were dropped; the files that need them are retried next time"
+                    ),
+                });
+            }
+        }
+        // 3. Carry the operations out.
+        let staged = stage.view();
+        let outcome = {
+            let mut locations = own;
+            for (c, ls) in &foreign.locations {
+                locations.entry(*c).or_default().extend(ls.iter().cloned());
+            }
+            let src = Source {
+                rep: self,
+                lists: &lists,
+                locations: &locations,
+                staged: staged.as_ref(),
+            };
+            weave_fs::apply(&self.root, &ops, &src, progress)
+        };
+        errors.extend(outcome.issues.iter().map(|i| self.issue(i)));
+        // 4. Record what was done.
+        let id = self.index.id();
+        let mut batch = Batch::default();
+        let mut done = Vec::with_capacity(outcome.done.len());
+        let entries = self.entries.as_mut().expect("loaded above");
+        for d in outcome.done {
+            self.index.observe(d.entry.vv.get(id));
+            let le = LocalEntry {
+                entry: d.entry.clone(),
+                seq: self.index.next_seq(),
+                stat: d.stat,
+            };
+            entries.insert(le.entry.path.clone(), le.clone());
+            batch.entries.push(le);
+            if let Some(list) = d.content {
+                batch.contents.push(list);
+            }
+            done.push((d.op, d.entry));
+        }
+        self.index.write(&batch)?;
+        self.info.seq = self.index.seq();
+        if errors.is_empty() {
+            stage.clear();
+        }
+        Ok(Applied {
+            done,
+            errors,
+            bytes_local: outcome.bytes_local,
+            bytes_remote: outcome.bytes_remote,
+        })
+    }
+
+    fn finish(&mut self, fin: &Finish) -> Result<(), SyncError> {
+        self.index.observe(fin.observe);
+        // Chunk lists of contents no file holds any more are dropped.
+        let live: HashSet<Hash> = self
+            .load()?
+            .values()
+            .filter_map(|le| match &le.entry.object {
+                Object::File { content, .. } => Some(*content),
+                _ => None,
+            })
+            .collect();
+        self.index.gc_contents(&live)?;
+        let mut batch = Batch::default();
+        if let Some((peers, fp)) = &fin.integrated {
+            batch.peers = peers.clone();
+            batch.ignore_fingerprint = Some(*fp);
+        }
+        self.index.write(&batch)?;
+        Ok(())
+    }
+}
+
+/// Content lookups for this replica's executor.
+struct Source<'a> {
+    rep: &'a LocalReplica,
+    lists: &'a HashMap<Hash, ChunkList>,
+    locations: &'a HashMap<Hash, Vec<Location>>,
+    staged: Option<&'a (PathBuf, Arc<HashMap<Hash, u64>>)>,
+}
+
+impl ContentSource for Source<'_> {
+    fn chunk_list(&self, content: &Hash) -> Option<ChunkList> {
+        self.rep
+            .list(content)
+            .or_else(|| self.lists.get(content).cloned())
+    }
+
+    fn locations(&self, content: &Hash) -> Vec<Location> {
+        let mut v = self.locations.get(content).cloned().unwrap_or_default();
+        // Own files first.
+        v.sort_by_key(|l| !l.local);
+        v
+    }
+
+    fn staged(&self) -> Option<&(PathBuf, Arc<HashMap<Hash, u64>>)> {
+        self.staged
+    }
+}

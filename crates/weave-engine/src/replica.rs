@@ -1,0 +1,152 @@
+//! What the engine needs from a replica, wherever it is.
+//!
+//! The engine plans with every replica's index and then asks each replica
+//! to carry out its part. A [`crate::LocalReplica`] does the work in this
+//! process; a remote replica (weave-net) forwards each call over a session
+//! to `weave serve` on another machine, which runs a `LocalReplica` there.
+//! Chunks a replica lacks come through a [`Provider`]: from the other
+//! replicas of the sync, whichever holds them.
+
+use crate::SyncError;
+use std::collections::{BTreeMap, HashMap};
+use weave_chunk::ChunkList;
+use weave_core::{Entry, Hash, ReplicaId};
+use weave_fs::{Location, Op};
+use weave_index::LocalEntry;
+
+/// What a replica says about itself when it is opened.
+#[derive(Debug, Clone)]
+pub struct ReplicaInfo {
+    pub id: ReplicaId,
+    /// Its latest local sequence number.
+    pub seq: u64,
+    /// Its version-vector clock.
+    pub clock: u64,
+    /// What it has integrated of each other replica (their sequence numbers).
+    pub peers: HashMap<ReplicaId, u64>,
+    /// The ignore patterns it last synced with (fingerprint).
+    pub ignore_fingerprint: Option<u64>,
+    /// Its state directory was made for another directory; it got a new id.
+    pub rekeyed: bool,
+    /// Its `.weaveignore`: (where it is, text).
+    pub ignore_file: Option<(String, String)>,
+}
+
+/// Something that went wrong (or is worth a note) at one path of a replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// Relative to the replica's root ("" for the root itself).
+    pub path: String,
+    pub message: String,
+}
+
+#[derive(Debug, Default)]
+pub struct ScanSummary {
+    pub errors: Vec<Issue>,
+    pub notices: Vec<Issue>,
+}
+
+/// The ignore rules of a sync: every replica's `.weaveignore` (in replica
+/// order) and the command-line patterns.
+#[derive(Debug, Clone, Default)]
+pub struct IgnoreSpec {
+    pub files: Vec<(String, String)>,
+    pub patterns: Vec<String>,
+}
+
+/// What a replica did with its operations.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// (operation index, the version now recorded).
+    pub done: Vec<(usize, Entry)>,
+    pub errors: Vec<Issue>,
+    pub bytes_local: u64,
+    pub bytes_remote: u64,
+}
+
+/// What a replica records at the end of a sync.
+#[derive(Debug, Clone, Default)]
+pub struct Finish {
+    /// Counter values handed out by the planner on its behalf.
+    pub observe: u64,
+    /// Everything the other replicas hold is integrated: their sequence
+    /// numbers, and the ignore fingerprint this was true under.
+    pub integrated: Option<(Vec<(ReplicaId, u64)>, u64)>,
+}
+
+/// Per content: the hashes wanted (tree nodes or chunks).
+pub type Wants = [(Hash, Vec<Hash>)];
+
+/// Where a replica gets what it does not hold itself.
+pub trait Provider {
+    /// Encoded tree nodes, per content, in the order asked (None: nobody
+    /// has it). The caller verifies every node.
+    fn nodes(&mut self, wants: &Wants) -> Result<Vec<Vec<Option<Vec<u8>>>>, SyncError>;
+    /// Chunk data, handed to `sink` as it arrives (hash, data). The caller
+    /// verifies every chunk; chunks nobody has are simply not delivered.
+    fn chunks(
+        &mut self,
+        wants: &Wants,
+        sink: &mut dyn FnMut(Hash, Vec<u8>) -> Result<(), SyncError>,
+    ) -> Result<(), SyncError>;
+}
+
+/// A provider with nothing to give.
+pub struct NoProvider;
+impl Provider for NoProvider {
+    fn nodes(&mut self, wants: &Wants) -> Result<Vec<Vec<Option<Vec<u8>>>>, SyncError> {
+        Ok(wants.iter().map(|(_, h)| vec![None; h.len()]).collect())
+    }
+    fn chunks(
+        &mut self,
+        _: &Wants,
+        _: &mut dyn FnMut(Hash, Vec<u8>) -> Result<(), SyncError>,
+    ) -> Result<(), SyncError> {
+        Ok(())
+    }
+}
+
+/// What other replicas on this machine hold, usable directly.
+#[derive(Default)]
+pub struct Foreign {
+    pub lists: HashMap<Hash, ChunkList>,
+    pub locations: HashMap<Hash, Vec<Location>>,
+}
+
+/// One replica of a sync.
+pub trait Replica: Send {
+    /// As the user gave it.
+    fn display(&self) -> &str;
+    /// On this machine (its files can be read directly by others).
+    fn is_local(&self) -> bool;
+    /// The directory, for a replica on this machine.
+    fn local_root(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+    fn info(&self) -> &ReplicaInfo;
+    /// Turns the disk into index entries (recorded unless `dry_run`).
+    fn scan(&mut self, ignore: &IgnoreSpec, dry_run: bool) -> Result<ScanSummary, SyncError>;
+    /// The full index, with this run's scan.
+    fn entries(&mut self) -> Result<BTreeMap<String, LocalEntry>, SyncError>;
+    /// A content's chunk list, if known here without asking anyone.
+    fn chunk_list(&mut self, content: &Hash) -> Option<ChunkList>;
+    /// Serves tree nodes of contents it holds.
+    fn serve_nodes(&mut self, wants: &Wants) -> Result<Vec<Vec<Option<Vec<u8>>>>, SyncError>;
+    /// Serves chunks of contents it holds: `sink` gets (hash, Some(data))
+    /// or (hash, None) when it does not have that chunk any more.
+    fn serve_chunks(
+        &mut self,
+        wants: &Wants,
+        sink: &mut dyn FnMut(Hash, Option<Vec<u8>>) -> Result<(), SyncError>,
+    ) -> Result<(), SyncError>;
+    /// Carries out its operations.
+    fn apply(
+        &mut self,
+        ops: Vec<Op>,
+        foreign: &Foreign,
+        provider: &mut dyn Provider,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Applied, SyncError>;
+    /// Records the end of the sync.
+    fn finish(&mut self, fin: &Finish) -> Result<(), SyncError>;
+}
