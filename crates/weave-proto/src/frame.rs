@@ -88,6 +88,69 @@ pub async fn write_msg<W: AsyncWrite + Unpin>(
 }
 
 /// Decodes one frame's payload.
+/// [`read_msg`] for a blocking reader.
+pub fn read_msg_blocking<R: std::io::Read>(r: &mut R, peer: &str) -> Result<Envelope, ProtoError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = match r.read(&mut len[got..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io(peer, e)),
+        };
+        if n == 0 {
+            return Err(if got == 0 {
+                ProtoError::Closed { peer: peer.into() }
+            } else {
+                ProtoError::Malformed {
+                    peer: peer.into(),
+                    detail: "the stream ended inside a frame header".into(),
+                }
+            });
+        }
+        got += n;
+    }
+    let size = u32::from_be_bytes(len) as usize;
+    if size > MAX_FRAME {
+        return Err(ProtoError::FrameTooLarge {
+            peer: peer.into(),
+            size,
+            limit: MAX_FRAME,
+        });
+    }
+    let mut buf = vec![0u8; size];
+    r.read_exact(&mut buf).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            ProtoError::Malformed {
+                peer: peer.into(),
+                detail: format!("the stream ended inside a frame of {size} bytes"),
+            }
+        } else {
+            io(peer, e)
+        }
+    })?;
+    decode(&buf, peer)
+}
+
+/// Writes one message to a blocking writer (not flushed).
+pub fn write_msg_blocking<W: std::io::Write>(
+    w: &mut W,
+    m: &Envelope,
+    peer: &str,
+) -> Result<(), ProtoError> {
+    let payload = m.encode_to_vec();
+    if payload.len() > MAX_FRAME {
+        return Err(ProtoError::FrameTooLarge {
+            peer: format!("this side (to {peer})"),
+            size: payload.len(),
+            limit: MAX_FRAME,
+        });
+    }
+    w.write_all(&(payload.len() as u32).to_be_bytes())
+        .map_err(|e| io(peer, e))?;
+    w.write_all(&payload).map_err(|e| io(peer, e))
+}
+
 pub fn decode(buf: &[u8], peer: &str) -> Result<Envelope, ProtoError> {
     Envelope::decode(buf).map_err(|e| ProtoError::Malformed {
         peer: peer.into(),

@@ -102,7 +102,8 @@ pub fn negotiate(ours: &Hello, theirs: &Hello, peer: &str) -> Result<PeerInfo, P
             ours: ours.chunker_version,
         });
     }
-    if theirs.replica_id == ours.replica_id {
+    // 0: a session-level hello that names no replica.
+    if theirs.replica_id == ours.replica_id && ours.replica_id != 0 {
         return Err(ProtoError::Invalid {
             peer: peer.into(),
             detail: "the same replica id as this side (a replica synced with itself, or a copied state directory)"

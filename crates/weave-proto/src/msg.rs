@@ -9,7 +9,10 @@ pub struct Envelope {
     /// The tag of `body`.
     #[prost(uint32, tag = "1")]
     pub kind: u32,
-    #[prost(oneof = "Body", tags = "10, 11, 12, 13, 14, 15, 16")]
+    #[prost(
+        oneof = "Body",
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27"
+    )]
     pub body: Option<Body>,
 }
 
@@ -29,6 +32,28 @@ pub enum Body {
     Error(ErrorMsg),
     #[prost(message, tag = "16")]
     Unsupported(Unsupported),
+    #[prost(message, tag = "17")]
+    Open(Open),
+    #[prost(message, tag = "18")]
+    Opened(Opened),
+    #[prost(message, tag = "19")]
+    Scan(Scan),
+    #[prost(message, tag = "20")]
+    Scanned(Scanned),
+    #[prost(message, tag = "21")]
+    Issue(IssueMsg),
+    #[prost(message, tag = "22")]
+    GetEntries(GetEntries),
+    #[prost(message, tag = "23")]
+    Ops(Ops),
+    #[prost(message, tag = "24")]
+    Run(Run),
+    #[prost(message, tag = "25")]
+    Applied(Applied),
+    #[prost(message, tag = "26")]
+    Finish(Finish),
+    #[prost(message, tag = "27")]
+    Finished(Finished),
 }
 
 impl Body {
@@ -41,6 +66,17 @@ impl Body {
             Body::Progress(_) => 14,
             Body::Error(_) => 15,
             Body::Unsupported(_) => 16,
+            Body::Open(_) => 17,
+            Body::Opened(_) => 18,
+            Body::Scan(_) => 19,
+            Body::Scanned(_) => 20,
+            Body::Issue(_) => 21,
+            Body::GetEntries(_) => 22,
+            Body::Ops(_) => 23,
+            Body::Run(_) => 24,
+            Body::Applied(_) => 25,
+            Body::Finish(_) => 26,
+            Body::Finished(_) => 27,
         }
     }
 
@@ -53,6 +89,17 @@ impl Body {
             Body::Progress(_) => "progress",
             Body::Error(_) => "an error",
             Body::Unsupported(_) => "an unsupported-message notice",
+            Body::Open(_) => "an open request",
+            Body::Opened(_) => "an open reply",
+            Body::Scan(_) => "a scan request",
+            Body::Scanned(_) => "a scan reply",
+            Body::Issue(_) => "an issue report",
+            Body::GetEntries(_) => "an index request",
+            Body::Ops(_) => "operations",
+            Body::Run(_) => "a run request",
+            Body::Applied(_) => "an apply reply",
+            Body::Finish(_) => "a finish request",
+            Body::Finished(_) => "a finish reply",
         }
     }
 }
@@ -154,6 +201,12 @@ pub struct ChunkRequest {
     pub id: u64,
     #[prost(bytes = "vec", repeated, tag = "2")]
     pub hashes: Vec<Vec<u8>>,
+    /// The content whose chunks (or tree nodes) are asked for.
+    #[prost(bytes = "vec", tag = "3")]
+    pub content: Vec<u8>,
+    /// Tree nodes rather than chunks.
+    #[prost(bool, tag = "4")]
+    pub nodes: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -167,6 +220,9 @@ pub struct ChunkData {
     pub data: Vec<u8>,
     #[prost(bool, tag = "4")]
     pub missing: bool,
+    /// `data` is zstd-compressed.
+    #[prost(bool, tag = "5")]
+    pub zstd: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -193,3 +249,124 @@ pub struct Unsupported {
     #[prost(uint32, tag = "1")]
     pub kind: u32,
 }
+
+/// Coordinator → server: open the replica at `path`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Open {
+    #[prost(string, tag = "1")]
+    pub path: String,
+    #[prost(bool, tag = "2")]
+    pub dry_run: bool,
+}
+
+/// Server → coordinator: the opened replica.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Opened {
+    #[prost(uint64, tag = "1")]
+    pub replica_id: u64,
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
+    #[prost(uint64, tag = "3")]
+    pub clock: u64,
+    #[prost(message, repeated, tag = "4")]
+    pub peers: Vec<VvPair>,
+    #[prost(uint64, optional, tag = "5")]
+    pub ignore_fingerprint: Option<u64>,
+    #[prost(bool, tag = "6")]
+    pub rekeyed: bool,
+    #[prost(message, optional, tag = "7")]
+    pub ignore_file: Option<IgnoreFile>,
+    /// The replica's root, as the server resolved it (for messages).
+    #[prost(string, tag = "8")]
+    pub root: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IgnoreFile {
+    #[prost(string, tag = "1")]
+    pub origin: String,
+    #[prost(string, tag = "2")]
+    pub text: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Scan {
+    #[prost(message, repeated, tag = "1")]
+    pub files: Vec<IgnoreFile>,
+    #[prost(string, repeated, tag = "2")]
+    pub patterns: Vec<String>,
+    #[prost(bool, tag = "3")]
+    pub dry_run: bool,
+}
+
+/// Server → coordinator, after the scan's issues.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Scanned {
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    #[prost(uint64, tag = "2")]
+    pub clock: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IssueMsg {
+    #[prost(string, tag = "1")]
+    pub path: String,
+    #[prost(string, tag = "2")]
+    pub message: String,
+    /// A notice, not an error.
+    #[prost(bool, tag = "3")]
+    pub notice: bool,
+}
+
+/// Coordinator → server: send the index (IndexBatch messages, the last
+/// one marked).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetEntries {
+    #[prost(uint64, tag = "1")]
+    pub since_seq: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WireOp {
+    #[prost(uint32, tag = "1")]
+    pub kind: u32,
+    #[prost(message, optional, tag = "2")]
+    pub target: Option<WireEntry>,
+}
+
+/// Coordinator → server: operations to carry out (more may follow until Run).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Ops {
+    #[prost(message, repeated, tag = "1")]
+    pub ops: Vec<WireOp>,
+}
+
+/// Coordinator → server: carry out the operations sent. The server may ask
+/// for tree nodes and chunks (ChunkRequest) while it works; it answers with
+/// the done entries (IndexBatch, seq = operation index), issues, Applied.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Run {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Applied {
+    #[prost(uint64, tag = "1")]
+    pub bytes_local: u64,
+    #[prost(uint64, tag = "2")]
+    pub bytes_remote: u64,
+    #[prost(uint64, tag = "3")]
+    pub seq: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Finish {
+    #[prost(uint64, tag = "1")]
+    pub observe: u64,
+    #[prost(message, repeated, tag = "2")]
+    pub peers: Vec<VvPair>,
+    #[prost(uint64, optional, tag = "3")]
+    pub integrated_fingerprint: Option<u64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Finished {}

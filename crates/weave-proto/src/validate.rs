@@ -185,24 +185,83 @@ pub fn request_from_wire(r: &ChunkRequest, peer: &str) -> Result<Vec<Hash>, Prot
         .collect()
 }
 
-/// A received chunk: None if the sender said it does not have it; else the
-/// data, verified against its hash (I-3) — a chunk that does not match is
-/// a protocol error, never written anywhere.
-pub fn chunk_from_wire(c: ChunkData, peer: &str) -> Result<(Hash, Option<Vec<u8>>), ProtoError> {
+/// A received chunk or tree node, decompressed (within the chunk size
+/// limit) but not yet verified: None if the sender said it does not have it.
+pub fn payload_from_wire(c: ChunkData, peer: &str) -> Result<(Hash, Option<Vec<u8>>), ProtoError> {
     let h = hash(&c.hash, "a chunk hash", peer)?;
     if c.missing {
         return Ok((h, None));
     }
-    if c.data.len() > weave_chunk::CHUNK_MAX as usize {
+    let limit = weave_chunk::CHUNK_MAX as usize;
+    if c.data.len() > limit + 1024 {
         return Err(invalid(peer, format!("a chunk of {} bytes", c.data.len())));
     }
-    if !weave_chunk::verify(&c.data, &h) {
-        return Err(invalid(
-            peer,
-            format!("chunk {} whose bytes do not match its hash", h.short_hex()),
-        ));
+    let data = if c.zstd {
+        zstd::bulk::decompress(&c.data, limit).map_err(|_| {
+            invalid(
+                peer,
+                format!(
+                    "chunk {} that does not decompress within {limit} bytes",
+                    h.short_hex()
+                ),
+            )
+        })?
+    } else {
+        c.data
+    };
+    if data.len() > limit {
+        return Err(invalid(peer, format!("a chunk of {} bytes", data.len())));
     }
-    Ok((h, Some(c.data)))
+    Ok((h, Some(data)))
+}
+
+/// A received chunk: None if the sender said it does not have it; else the
+/// data, verified against its hash (I-3) — a chunk that does not match is
+/// a protocol error, never written anywhere.
+pub fn chunk_from_wire(c: ChunkData, peer: &str) -> Result<(Hash, Option<Vec<u8>>), ProtoError> {
+    let (h, data) = payload_from_wire(c, peer)?;
+    if let Some(d) = &data {
+        if !weave_chunk::verify(d, &h) {
+            return Err(invalid(
+                peer,
+                format!("chunk {} whose bytes do not match its hash", h.short_hex()),
+            ));
+        }
+    }
+    Ok((h, data))
+}
+
+/// A chunk as it travels: compressed with zstd when `compress` is set and
+/// that makes it at least 1/16 smaller. Returns whether it was compressed.
+pub fn chunk_to_wire(h: &Hash, data: Option<&[u8]>, compress: bool) -> (ChunkData, bool) {
+    let mut c = ChunkData {
+        id: 0,
+        hash: h.0.to_vec(),
+        data: Vec::new(),
+        missing: data.is_none(),
+        zstd: false,
+    };
+    let mut packed = false;
+    if let Some(d) = data {
+        if compress && d.len() >= 512 {
+            if let Ok(z) = zstd::bulk::compress(d, 1) {
+                if z.len() < d.len() - d.len() / 16 {
+                    c.data = z;
+                    c.zstd = true;
+                    packed = true;
+                }
+            }
+        }
+        if !packed {
+            c.data = d.to_vec();
+        }
+    }
+    (c, packed)
+}
+
+/// A content id or tree-node hash from a request.
+pub fn hash_from_wire(bytes: &[u8], what: &str, peer: &str) -> Result<Hash, ProtoError> {
+    hash(bytes, what, peer)
 }
 
 #[cfg(test)]
@@ -306,6 +365,7 @@ mod tests {
         let data = b"chunk bytes".to_vec();
         let h = Hash::of(&data);
         let good = ChunkData {
+            zstd: false,
             id: 1,
             hash: h.0.to_vec(),
             data: data.clone(),
@@ -321,6 +381,20 @@ mod tests {
         let mut big = good;
         big.data = vec![0; weave_chunk::CHUNK_MAX as usize + 1];
         assert!(chunk_from_wire(big, "p").is_err());
+        // Compressed: round-trips, and a bomb is refused.
+        let text = vec![b'a'; 60_000];
+        let (w, packed) = chunk_to_wire(&Hash::of(&text), Some(&text), true);
+        assert!(packed && w.data.len() < 1000);
+        assert_eq!(chunk_from_wire(w, "p").unwrap().1.unwrap(), text);
+        let bomb = vec![0u8; 10 << 20];
+        let z = zstd::bulk::compress(&bomb, 1).unwrap();
+        let w = ChunkData {
+            hash: Hash::of(&bomb).0.to_vec(),
+            data: z,
+            zstd: true,
+            ..Default::default()
+        };
+        assert!(chunk_from_wire(w, "p").is_err());
     }
 
     #[test]
@@ -334,6 +408,7 @@ mod tests {
         let r = ChunkRequest {
             id: 1,
             hashes: vec![vec![0; 32]; MAX_HASHES + 1],
+            ..Default::default()
         };
         assert!(request_from_wire(&r, "p").is_err());
     }

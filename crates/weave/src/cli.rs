@@ -24,13 +24,38 @@ enum Command {
     /// Exit status: 0 in sync; 1 finished with conflicts or per-file errors
     /// (listed on stderr); 2 usage or fatal error.
     Sync(SyncArgs),
+    /// Serve one replica over stdin/stdout (what `weave sync` starts on a
+    /// remote host through ssh; not for interactive use).
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Speak weave's protocol on stdin and stdout.
+    #[arg(long, required = true)]
+    stdio: bool,
 }
 
 #[derive(clap::Args)]
 struct SyncArgs {
-    /// The replicas: local directories.
+    /// The replicas: local directories, [user@]host:path, or
+    /// ssh://[user@]host[:port]/path (weave must be installed there too).
     #[arg(value_name = "REPLICA", required = true, num_args = 2..)]
     replicas: Vec<String>,
+
+    /// The command that runs weave on a remote host (default: ssh), like
+    /// rsync -e; it is given the host and the command to run.
+    #[arg(long, short = 'e', value_name = "CMD")]
+    rsh: Option<String>,
+
+    /// Where weave is on remote hosts (default: weave, found on PATH).
+    #[arg(long, value_name = "PATH")]
+    remote_weave: Option<String>,
+
+    /// Cap the transfer rate to each remote host: a number of KiB/s, or
+    /// with a unit: 500K, 10M, 1G (per second).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    bwlimit: Option<u64>,
 
     /// What to do when the same file changed on several replicas:
     /// keep-both (default; the older version becomes a conflict copy),
@@ -71,14 +96,24 @@ fn parse_policy(s: &str) -> Result<PolicySpec, String> {
     }
 }
 
-/// A replica argument that names a remote (`host:path`, `ssh://…`).
-fn looks_remote(s: &str) -> bool {
-    if s.starts_with("ssh://") {
-        return true;
-    }
-    match s.find(':') {
-        Some(i) => !s[..i].contains('/') && i > 0,
-        None => false,
+/// A rate: KiB/s, or with a K, M or G suffix (powers of 1024).
+fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s
+        .trim()
+        .trim_end_matches("/s")
+        .trim_end_matches("iB")
+        .trim_end_matches('B');
+    let (num, mult) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m' | 'M') => (&t[..t.len() - 1], 1 << 20),
+        Some('g' | 'G') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1 << 10),
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(((v * mult as f64) as u64).max(1)),
+        _ => Err(format!(
+            "bad rate {s:?}: give KiB per second (e.g. 500) or a number with K, M or G (e.g. 10M)"
+        )),
     }
 }
 
@@ -91,21 +126,16 @@ pub fn run() -> ExitCode {
         .init();
     match cli.command {
         Command::Sync(args) => sync(args),
+        Command::Serve(_) => serve(),
     }
 }
 
 fn sync(args: SyncArgs) -> ExitCode {
-    if let Some(r) = args
-        .replicas
-        .iter()
-        .find(|r| looks_remote(r) && !std::path::Path::new(r).exists())
-    {
-        eprintln!(
-            "weave: {r}: remote replicas (host:path) are not supported by this version yet; give a local directory (write ./{r} if a local name contains ':')"
-        );
-        return ExitCode::from(2);
-    }
-    let paths: Vec<PathBuf> = args.replicas.iter().map(PathBuf::from).collect();
+    let net = weave_net::NetOptions {
+        rsh: args.rsh,
+        remote_weave: args.remote_weave,
+        bwlimit: args.bwlimit,
+    };
     let opts = SyncOptions {
         policy: args.conflict,
         ignore: args.ignore,
@@ -115,7 +145,7 @@ fn sync(args: SyncArgs) -> ExitCode {
         !args.json && !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stdout());
     let progress = output::Bar::new(show_progress);
     let started = std::time::Instant::now();
-    let result = weave_engine::sync(&paths, &opts, &progress);
+    let result = weave_net::sync(&args.replicas, &opts, &net, &progress);
     progress.finish();
     match result {
         Ok(report) => {
@@ -138,13 +168,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn remote_forms() {
-        assert!(looks_remote("host:path"));
-        assert!(looks_remote("user@host:/x"));
-        assert!(looks_remote("ssh://h/p"));
-        assert!(!looks_remote("./a:b"));
-        assert!(!looks_remote("/tmp/a"));
-        assert!(!looks_remote("dir/with:colon"));
+    fn rates() {
+        assert_eq!(parse_rate("500"), Ok(500 * 1024));
+        assert_eq!(parse_rate("10M"), Ok(10 << 20));
+        assert_eq!(parse_rate("1.5KiB/s"), Ok(1536));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("0").is_err());
     }
 
     #[test]
@@ -156,5 +185,16 @@ mod tests {
         );
         assert!(parse_policy("prefer=").is_err());
         assert!(parse_policy("random").is_err());
+    }
+}
+
+fn serve() -> ExitCode {
+    let conn = weave_net::Conn::new(std::io::stdin(), std::io::stdout(), "the coordinator", None);
+    match weave_net::server::serve(conn) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weave serve: {e}");
+            ExitCode::from(2)
+        }
     }
 }

@@ -1,0 +1,177 @@
+//! A session's connection: framed messages over any blocking byte stream
+//! (a child's pipes, stdin/stdout, a socket), with one thread reading and
+//! one writing so that neither side can block the other, and an optional
+//! rate limit on both directions.
+
+use std::io::{BufWriter, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use weave_proto::frame::{read_msg_blocking, write_msg_blocking};
+use weave_proto::msg::{body, Body, Envelope};
+use weave_proto::ProtoError;
+
+/// Bytes that crossed the connection, both ways.
+#[derive(Default, Debug)]
+pub struct Traffic {
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+}
+
+/// Caps the rate of a connection (bytes per second, both directions).
+pub struct RateLimit {
+    rate: u64,
+    state: Mutex<(Instant, u64)>,
+}
+
+impl RateLimit {
+    pub fn new(rate: u64) -> Arc<RateLimit> {
+        Arc::new(RateLimit {
+            rate: rate.max(1),
+            state: Mutex::new((Instant::now(), 0)),
+        })
+    }
+
+    /// Accounts for `n` bytes, sleeping as long as needed to stay at rate.
+    fn take(&self, n: u64) {
+        let wait = {
+            let mut s = self.state.lock().expect("rate limiter");
+            s.1 += n;
+            let due = Duration::from_secs_f64(s.1 as f64 / self.rate as f64);
+            due.saturating_sub(s.0.elapsed())
+        };
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+pub struct Conn {
+    peer: String,
+    tx: Option<Sender<Envelope>>,
+    rx: Receiver<Result<Envelope, ProtoError>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    pub traffic: Arc<Traffic>,
+}
+
+impl Conn {
+    pub fn new<R, W>(r: R, w: W, peer: &str, limit: Option<Arc<RateLimit>>) -> Conn
+    where
+        R: Read + Send + 'static,
+        W: Write + Send + 'static,
+    {
+        let traffic = Arc::new(Traffic::default());
+        // Incoming messages wait here; a full queue stops the reader, and so
+        // the peer (back-pressure through the stream).
+        let (in_tx, rx) = mpsc::sync_channel::<Result<Envelope, ProtoError>>(256);
+        let (tx, out_rx) = mpsc::channel::<Envelope>();
+        {
+            let peer = peer.to_string();
+            let traffic = traffic.clone();
+            let limit = limit.clone();
+            let mut r = std::io::BufReader::with_capacity(256 * 1024, r);
+            std::thread::spawn(move || loop {
+                let m = read_msg_blocking(&mut r, &peer);
+                let stop = m.is_err();
+                if let Ok(m) = &m {
+                    let n = prost_len(m);
+                    traffic.received.fetch_add(n, Ordering::Relaxed);
+                    if let Some(l) = &limit {
+                        l.take(n);
+                    }
+                }
+                if in_tx.send(m).is_err() || stop {
+                    return;
+                }
+            });
+        }
+        let writer = {
+            let peer = peer.to_string();
+            let traffic = traffic.clone();
+            let mut w = BufWriter::with_capacity(256 * 1024, w);
+            std::thread::spawn(move || {
+                let mut next = out_rx.recv().ok();
+                while let Some(m) = next {
+                    if write_msg_blocking(&mut w, &m, &peer).is_err() {
+                        return;
+                    }
+                    let n = prost_len(&m);
+                    traffic.sent.fetch_add(n, Ordering::Relaxed);
+                    if let Some(l) = &limit {
+                        l.take(n);
+                    }
+                    next = match out_rx.try_recv() {
+                        Ok(m) => Some(m),
+                        Err(TryRecvError::Empty) => {
+                            if w.flush().is_err() {
+                                return;
+                            }
+                            out_rx.recv().ok()
+                        }
+                        Err(TryRecvError::Disconnected) => None,
+                    };
+                }
+                let _ = w.flush();
+            })
+        };
+        Conn {
+            peer: peer.to_string(),
+            tx: Some(tx),
+            rx,
+            writer: Some(writer),
+            traffic,
+        }
+    }
+
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// Queues a message (never blocks).
+    pub fn send(&self, b: Body) -> Result<(), ProtoError> {
+        self.tx
+            .as_ref()
+            .and_then(|t| t.send(body(b)).ok())
+            .ok_or_else(|| ProtoError::Closed {
+                peer: self.peer.clone(),
+            })
+    }
+
+    /// A sender usable from other threads.
+    pub fn sender(&self) -> Option<Sender<Envelope>> {
+        self.tx.clone()
+    }
+
+    /// The next message (blocks).
+    pub fn recv(&self) -> Result<Envelope, ProtoError> {
+        self.rx.recv().unwrap_or_else(|_| {
+            Err(ProtoError::Closed {
+                peer: self.peer.clone(),
+            })
+        })
+    }
+
+    /// The next message, if one is already here.
+    pub fn try_recv(&self) -> Option<Result<Envelope, ProtoError>> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Sends what is queued and closes the writing side.
+    pub fn close(&mut self) {
+        self.tx = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn prost_len(m: &Envelope) -> u64 {
+    prost::Message::encoded_len(m) as u64 + 4
+}

@@ -1,0 +1,593 @@
+//! A replica on another machine, reached through `weave serve --stdio`
+//! (started over ssh or any command given with --rsh).
+
+use crate::conn::{Conn, RateLimit};
+use crate::server::Compress;
+use crate::wire::{self, proto};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use weave_chunk::ChunkList;
+use weave_core::{Hash, ReplicaId};
+use weave_engine::{
+    Applied, Finish, Foreign, IgnoreSpec, Issue, Provider, Replica, ReplicaInfo, ScanSummary,
+    SyncError, Wants,
+};
+use weave_fs::Op;
+use weave_index::LocalEntry;
+use weave_proto::msg::{Body, ErrorMsg, GetEntries, IgnoreFile, Open, Ops, Run, Scan, WireOp};
+use weave_proto::validate::{batch_from_wire, entry_to_wire, hash_from_wire, request_from_wire};
+use weave_proto::ProtoError;
+
+/// Issues accepted from one remote per run, and bytes per message.
+const MAX_ISSUES: usize = 100_000;
+const MAX_ISSUE_TEXT: usize = 4096;
+
+/// `[user@]host:path` or `ssh://[user@]host[:port]/path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSpec {
+    pub host: String,
+    pub port: Option<u16>,
+    pub path: String,
+    /// As the user gave it.
+    pub display: String,
+}
+
+impl RemoteSpec {
+    /// Parses a replica argument; None when it names a local directory.
+    pub fn parse(s: &str) -> Result<Option<RemoteSpec>, String> {
+        if let Some(rest) = s.strip_prefix("ssh://") {
+            let (auth, path) = match rest.find('/') {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => {
+                    return Err(format!(
+                        "{s}: an ssh:// address needs a path, e.g. ssh://host/home/me/docs"
+                    ))
+                }
+            };
+            let (host, port) = match auth.rsplit_once(':') {
+                Some((h, p)) => (
+                    h,
+                    Some(
+                        p.parse::<u16>()
+                            .map_err(|_| format!("{s}: {p:?} is not a port number"))?,
+                    ),
+                ),
+                None => (auth, None),
+            };
+            if host.is_empty() || host.ends_with('@') {
+                return Err(format!("{s}: no host name"));
+            }
+            // ssh://host/~/docs is relative to the remote home.
+            let path = path
+                .strip_prefix("/~")
+                .map(|p| format!("~{p}"))
+                .unwrap_or(path.to_string());
+            return Ok(Some(RemoteSpec {
+                host: host.to_string(),
+                port,
+                path,
+                display: s.to_string(),
+            }));
+        }
+        if std::path::Path::new(s).exists() {
+            return Ok(None);
+        }
+        match s.find(':') {
+            Some(i) if i > 0 && !s[..i].contains('/') => {
+                let path = &s[i + 1..];
+                Ok(Some(RemoteSpec {
+                    host: s[..i].to_string(),
+                    port: None,
+                    // host: alone is the remote home, as with scp and rsync.
+                    path: if path.is_empty() {
+                        ".".into()
+                    } else {
+                        path.into()
+                    },
+                    display: s.to_string(),
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// How remote replicas are reached.
+#[derive(Debug, Clone, Default)]
+pub struct NetOptions {
+    /// The command that runs a command on the remote host (default: ssh).
+    pub rsh: Option<String>,
+    /// The weave binary on the remote host (default: weave).
+    pub remote_weave: Option<String>,
+    /// Bytes per second, per remote.
+    pub bwlimit: Option<u64>,
+}
+
+pub struct RemoteReplica {
+    display: String,
+    conn: Conn,
+    info: ReplicaInfo,
+    child: Option<Child>,
+    compress: Compress,
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-~+=:,@".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+impl RemoteReplica {
+    /// Starts `weave serve --stdio` on the remote host and opens the replica.
+    pub fn spawn(
+        spec: &RemoteSpec,
+        net: &NetOptions,
+        dry_run: bool,
+    ) -> Result<RemoteReplica, SyncError> {
+        let rsh = net.rsh.clone().unwrap_or_else(|| "ssh".into());
+        let words: Vec<&str> = rsh.split_whitespace().collect();
+        let Some((prog, args)) = words.split_first() else {
+            return Err(SyncError::Usage(
+                "--rsh needs a command, e.g. --rsh 'ssh -p 2222'".into(),
+            ));
+        };
+        let remote_weave = net.remote_weave.clone().unwrap_or_else(|| "weave".into());
+        let mut cmd = Command::new(prog);
+        cmd.args(args);
+        if let Some(p) = spec.port {
+            cmd.arg("-p").arg(p.to_string());
+        }
+        cmd.arg(&spec.host)
+            .arg(format!("{} serve --stdio", shell_quote(&remote_weave)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let shown = format!(
+            "{rsh} {} {} serve --stdio",
+            spec.host,
+            shell_quote(&remote_weave)
+        );
+        let mut child = cmd.spawn().map_err(|e| {
+            SyncError::Remote(format!(
+                "{}: cannot run `{shown}` ({e}). Install an ssh client, or name the command with --rsh",
+                spec.display
+            ))
+        })?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        let mut stderr = child.stderr.take().expect("piped");
+        // The remote side's messages, kept for errors and shown on ours.
+        let errbuf = Arc::new(Mutex::new(Vec::<u8>::new()));
+        {
+            let errbuf = errbuf.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stderr.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut b = errbuf.lock().expect("stderr buffer");
+                    b.extend_from_slice(&buf[..n]);
+                    let over = b.len().saturating_sub(64 * 1024);
+                    b.drain(..over);
+                }
+            });
+        }
+        let limit = net.bwlimit.map(RateLimit::new);
+        let conn = Conn::new(stdout, stdin, &spec.host, limit);
+        match RemoteReplica::open(conn, &spec.display, &spec.path, dry_run) {
+            Ok(mut r) => {
+                r.child = Some(child);
+                Ok(r)
+            }
+            Err(e) => {
+                // Why the session failed is usually in how the command ended.
+                let status = wait_a_little(&mut child);
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                let text = String::from_utf8_lossy(&errbuf.lock().expect("stderr buffer"))
+                    .trim()
+                    .to_string();
+                let tail: Vec<&str> = text
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                let said = if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", tail.join(" / "))
+                };
+                let code = status.and_then(|s| s.code());
+                let not_found = code == Some(127)
+                    || text.contains("command not found")
+                    || (text.contains("No such file") && text.contains(&remote_weave));
+                Err(match (code, not_found) {
+                    (_, true) => SyncError::Remote(format!(
+                        "{}: weave is not installed on {} (`{remote_weave}` was not found there{said}). Install weave on {} or give its location with --remote-weave PATH",
+                        spec.display, spec.host, spec.host
+                    )),
+                    (Some(255), _) => SyncError::Remote(format!(
+                        "{}: cannot reach {} with `{rsh}` (exit 255{said}). Check that `{rsh} {}` works: host name, port, user and keys",
+                        spec.display, spec.host, spec.host
+                    )),
+                    (Some(c), _) if matches!(e, SyncError::Remote(ref m) if m.contains("closed the connection")) => {
+                        SyncError::Remote(format!(
+                            "{}: `{shown}` ended (exit {c}) before speaking weave's protocol{said}",
+                            spec.display
+                        ))
+                    }
+                    _ => e,
+                })
+            }
+        }
+    }
+
+    /// Opens the replica at `path` over an established connection.
+    pub fn open(
+        conn: Conn,
+        display: &str,
+        path: &str,
+        dry_run: bool,
+    ) -> Result<RemoteReplica, SyncError> {
+        let peer = conn.peer().to_string();
+        let ours = weave_proto::handshake::hello(ReplicaId(0), &["v1"]);
+        conn.send(Body::Hello(ours.clone())).map_err(proto)?;
+        let theirs = match conn.recv().map_err(proto)?.body {
+            Some(Body::Hello(h)) => h,
+            Some(Body::Error(e)) => {
+                return Err(SyncError::Remote(format!("{display}: {}", e.message)))
+            }
+            other => {
+                return Err(proto(ProtoError::Unexpected {
+                    peer,
+                    got: other.map(|b| b.name()).unwrap_or("an unknown message"),
+                    expected: "a hello",
+                }))
+            }
+        };
+        weave_proto::handshake::negotiate(&ours, &theirs, display).map_err(|e| {
+            let _ = conn.send(Body::Error(ErrorMsg {
+                message: e.to_string(),
+            }));
+            proto(e)
+        })?;
+        conn.send(Body::Open(Open {
+            path: path.to_string(),
+            dry_run,
+        }))
+        .map_err(proto)?;
+        let o = match conn.recv().map_err(proto)?.body {
+            Some(Body::Opened(o)) => o,
+            Some(Body::Error(e)) => {
+                return Err(SyncError::Remote(format!("{display}: {}", e.message)))
+            }
+            other => {
+                return Err(proto(ProtoError::Unexpected {
+                    peer,
+                    got: other.map(|b| b.name()).unwrap_or("an unknown message"),
+                    expected: "an open reply",
+                }))
+            }
+        };
+        if o.peers.len() > weave_proto::limits::MAX_VV {
+            return Err(SyncError::Remote(format!(
+                "{display} reports {} peers; the session is ended",
+                o.peers.len()
+            )));
+        }
+        let info = ReplicaInfo {
+            id: ReplicaId(o.replica_id),
+            seq: o.seq,
+            clock: o.clock,
+            peers: o
+                .peers
+                .iter()
+                .map(|p| (ReplicaId(p.replica), p.counter))
+                .collect(),
+            ignore_fingerprint: o.ignore_fingerprint,
+            rekeyed: o.rekeyed,
+            ignore_file: o
+                .ignore_file
+                .map(|f| (format!("{}:{}", peer, f.origin), f.text)),
+        };
+        Ok(RemoteReplica {
+            display: display.to_string(),
+            conn,
+            info,
+            child: None,
+            compress: Compress::default(),
+        })
+    }
+
+    /// Bytes sent and received so far.
+    pub fn traffic(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.conn.traffic.sent.load(Relaxed),
+            self.conn.traffic.received.load(Relaxed),
+        )
+    }
+
+    fn unexpected(&self, got: Option<&Body>, expected: &'static str) -> SyncError {
+        match got {
+            Some(Body::Error(e)) => SyncError::Remote(format!("{}: {}", self.display, e.message)),
+            other => proto(ProtoError::Unexpected {
+                peer: self.display.clone(),
+                got: other.map(|b| b.name()).unwrap_or("an unknown message"),
+                expected,
+            }),
+        }
+    }
+
+    fn issue(&self, path: String, message: String) -> Issue {
+        let mut message = message;
+        message.truncate(MAX_ISSUE_TEXT);
+        let mut path = path;
+        path.truncate(MAX_ISSUE_TEXT);
+        Issue { path, message }
+    }
+}
+
+fn wait_a_little(child: &mut Child) -> Option<std::process::ExitStatus> {
+    for _ in 0..100 {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait().ok()
+}
+
+impl Drop for RemoteReplica {
+    fn drop(&mut self) {
+        self.conn.close();
+        if let Some(mut c) = self.child.take() {
+            wait_a_little(&mut c);
+        }
+    }
+}
+
+impl Replica for RemoteReplica {
+    fn display(&self) -> &str {
+        &self.display
+    }
+
+    fn is_local(&self) -> bool {
+        false
+    }
+
+    fn info(&self) -> &ReplicaInfo {
+        &self.info
+    }
+
+    fn scan(&mut self, ignore: &IgnoreSpec, dry_run: bool) -> Result<ScanSummary, SyncError> {
+        self.conn
+            .send(Body::Scan(Scan {
+                files: ignore
+                    .files
+                    .iter()
+                    .map(|(o, t)| IgnoreFile {
+                        origin: o.clone(),
+                        text: t.clone(),
+                    })
+                    .collect(),
+                patterns: ignore.patterns.clone(),
+                dry_run,
+            }))
+            .map_err(proto)?;
+        let mut out = ScanSummary::default();
+        loop {
+            let m = self.conn.recv().map_err(proto)?;
+            match m.body {
+                Some(Body::Issue(i)) => {
+                    if out.errors.len() + out.notices.len() < MAX_ISSUES {
+                        let is = self.issue(i.path, i.message);
+                        if i.notice {
+                            out.notices.push(is);
+                        } else {
+                            out.errors.push(is);
+                        }
+                    }
+                }
+                Some(Body::Scanned(s)) => {
+                    self.info.seq = s.seq;
+                    self.info.clock = s.clock;
+                    return Ok(out);
+                }
+                other => return Err(self.unexpected(other.as_ref(), "a scan reply")),
+            }
+        }
+    }
+
+    fn entries(&mut self) -> Result<BTreeMap<String, LocalEntry>, SyncError> {
+        self.conn
+            .send(Body::GetEntries(GetEntries { since_seq: 0 }))
+            .map_err(proto)?;
+        let mut out = BTreeMap::new();
+        loop {
+            let m = self.conn.recv().map_err(proto)?;
+            match m.body {
+                Some(Body::IndexBatch(b)) => {
+                    let b = batch_from_wire(b, &self.display).map_err(proto)?;
+                    for (entry, seq) in b.entries {
+                        out.insert(
+                            entry.path.clone(),
+                            LocalEntry {
+                                entry,
+                                seq,
+                                stat: None,
+                            },
+                        );
+                    }
+                    if b.last {
+                        return Ok(out);
+                    }
+                }
+                other => return Err(self.unexpected(other.as_ref(), "index entries")),
+            }
+        }
+    }
+
+    fn chunk_list(&mut self, _content: &Hash) -> Option<ChunkList> {
+        None
+    }
+
+    fn serve_nodes(&mut self, wants: &Wants) -> Result<Vec<Vec<Option<Vec<u8>>>>, SyncError> {
+        wire::request_nodes(&self.conn, wants, &mut |_| Ok(false))
+    }
+
+    fn serve_chunks(
+        &mut self,
+        wants: &Wants,
+        sink: &mut dyn FnMut(Hash, Option<Vec<u8>>) -> Result<(), SyncError>,
+    ) -> Result<(), SyncError> {
+        wire::request(
+            &self.conn,
+            wants,
+            false,
+            &mut |_, h, d| sink(h, d),
+            &mut |_| Ok(false),
+        )
+    }
+
+    fn apply(
+        &mut self,
+        ops: Vec<Op>,
+        _foreign: &Foreign,
+        provider: &mut dyn Provider,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Applied, SyncError> {
+        let peer = self.display.clone();
+        // The operations, in messages of bounded size.
+        let mut batch: Vec<WireOp> = Vec::new();
+        let mut bytes = 0usize;
+        for op in &ops {
+            let w = WireOp {
+                kind: wire::op_kind_to_wire(op.kind),
+                target: Some(entry_to_wire(&op.target, 0)),
+            };
+            bytes += prost::Message::encoded_len(&w) + 8;
+            batch.push(w);
+            if bytes > 256 * 1024 {
+                self.conn
+                    .send(Body::Ops(Ops {
+                        ops: std::mem::take(&mut batch),
+                    }))
+                    .map_err(proto)?;
+                bytes = 0;
+            }
+        }
+        self.conn
+            .send(Body::Ops(Ops { ops: batch }))
+            .map_err(proto)?;
+        self.conn.send(Body::Run(Run {})).map_err(proto)?;
+        let mut out = Applied::default();
+        loop {
+            let m = self.conn.recv().map_err(proto)?;
+            match m.body {
+                Some(Body::ChunkRequest(r)) => {
+                    let hashes = request_from_wire(&r, &peer).map_err(proto)?;
+                    let content =
+                        hash_from_wire(&r.content, "a content id", &peer).map_err(proto)?;
+                    let wants = [(content, hashes)];
+                    if r.nodes {
+                        let got = provider.nodes(&wants)?;
+                        for (h, n) in wants[0]
+                            .1
+                            .iter()
+                            .zip(got.into_iter().next().unwrap_or_default())
+                        {
+                            let (c, _) =
+                                weave_proto::validate::chunk_to_wire(h, n.as_deref(), false);
+                            self.conn.send(Body::ChunkData(c)).map_err(proto)?;
+                        }
+                    } else {
+                        let mut left: HashMap<Hash, usize> = HashMap::new();
+                        for h in &wants[0].1 {
+                            *left.entry(*h).or_default() += 1;
+                        }
+                        let conn = &self.conn;
+                        let compress = &mut self.compress;
+                        provider.chunks(&wants, &mut |h, data| {
+                            match left.get_mut(&h) {
+                                Some(n) if *n > 0 => *n -= 1,
+                                _ => return Ok(()),
+                            }
+                            conn.send(Body::ChunkData(compress.encode(&h, Some(&data))))
+                                .map_err(proto)
+                        })?;
+                        for (h, n) in left {
+                            for _ in 0..n {
+                                self.conn
+                                    .send(Body::ChunkData(self.compress.encode(&h, None)))
+                                    .map_err(proto)?;
+                            }
+                        }
+                    }
+                }
+                Some(Body::Progress(p)) => progress(p.bytes_done),
+                Some(Body::IndexBatch(b)) => {
+                    let b = batch_from_wire(b, &peer).map_err(proto)?;
+                    for (entry, k) in b.entries {
+                        let k = k as usize;
+                        if ops
+                            .get(k)
+                            .is_none_or(|op| op.path != entry.path || op.target.vv != entry.vv)
+                        {
+                            return Err(proto(ProtoError::Invalid {
+                                peer: peer.clone(),
+                                detail: format!(
+                                    "a result for {:?} that was not asked for",
+                                    entry.path
+                                ),
+                            }));
+                        }
+                        out.done.push((k, entry));
+                    }
+                }
+                Some(Body::Issue(i)) => {
+                    if out.errors.len() < MAX_ISSUES {
+                        let is = self.issue(i.path, i.message);
+                        out.errors.push(is);
+                    }
+                }
+                Some(Body::Applied(a)) => {
+                    out.bytes_local = a.bytes_local;
+                    out.bytes_remote = a.bytes_remote;
+                    self.info.seq = a.seq;
+                    return Ok(out);
+                }
+                other => return Err(self.unexpected(other.as_ref(), "results of the operations")),
+            }
+        }
+    }
+
+    fn finish(&mut self, fin: &Finish) -> Result<(), SyncError> {
+        let (peers, fp) = match &fin.integrated {
+            Some((p, fp)) => (wire::pairs_to_wire(p.iter().copied()), Some(*fp)),
+            None => (Vec::new(), None),
+        };
+        self.conn
+            .send(Body::Finish(weave_proto::msg::Finish {
+                observe: fin.observe,
+                peers,
+                integrated_fingerprint: fp,
+            }))
+            .map_err(proto)?;
+        match self.conn.recv().map_err(proto)?.body {
+            Some(Body::Finished(_)) => Ok(()),
+            other => Err(self.unexpected(other.as_ref(), "a finish reply")),
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! `weave serve --stdio`: one replica on this machine, driven by a
+//! coordinator (`weave sync` elsewhere) over a session.
+
+use crate::conn::Conn;
+use crate::wire::{self, proto};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use weave_core::Hash;
+use weave_engine::{Foreign, IgnoreSpec, LocalReplica, Provider, Replica, SyncError, Wants};
+use weave_fs::Op;
+use weave_proto::msg::{
+    Applied, Body, ChunkRequest, ErrorMsg, Finished, IgnoreFile, IssueMsg, Opened, Progress,
+    Scanned, Unsupported,
+};
+use weave_proto::validate::{chunk_to_wire, entry_from_wire, hash_from_wire, request_from_wire};
+use weave_proto::ProtoError;
+
+/// Serves one session until the coordinator closes it.
+pub fn serve(conn: Conn) -> Result<(), SyncError> {
+    let peer = conn.peer().to_string();
+    // The session's hello names no replica: one is opened by path later.
+    let ours = weave_proto::handshake::hello(weave_core::ReplicaId(0), &["v1"]);
+    conn.send(Body::Hello(ours.clone())).map_err(proto)?;
+    let theirs = match conn.recv().map_err(proto)?.body {
+        Some(Body::Hello(h)) => h,
+        _ => {
+            return Err(SyncError::Remote(format!(
+                "{peer} did not start with a hello"
+            )))
+        }
+    };
+    if let Err(e) = weave_proto::handshake::negotiate(&ours, &theirs, &peer) {
+        let _ = conn.send(Body::Error(ErrorMsg {
+            message: e.to_string(),
+        }));
+        return Err(proto(e));
+    }
+    let mut s = Server {
+        conn,
+        rep: None,
+        ops: Vec::new(),
+        compress: Compress::default(),
+    };
+    loop {
+        let m = match s.conn.recv() {
+            Ok(m) => m,
+            Err(ProtoError::Closed { .. }) => return Ok(()),
+            Err(e) => return Err(proto(e)),
+        };
+        if let Err(e) = s.handle(m) {
+            let _ = s.conn.send(Body::Error(ErrorMsg {
+                message: e.to_string(),
+            }));
+            return Err(e);
+        }
+    }
+}
+
+struct Server {
+    conn: Conn,
+    rep: Option<LocalReplica>,
+    ops: Vec<Op>,
+    compress: Compress,
+}
+
+/// Compresses chunks while that pays: after 16 chunks in a row that did
+/// not shrink, only every 16th is tried.
+#[derive(Default)]
+pub struct Compress {
+    misses: u32,
+    n: u64,
+}
+
+impl Compress {
+    pub fn encode(&mut self, h: &Hash, data: Option<&[u8]>) -> weave_proto::msg::ChunkData {
+        self.n += 1;
+        let try_it = self.misses < 16 || self.n % 16 == 0;
+        let (c, packed) = chunk_to_wire(h, data, try_it);
+        if try_it && data.is_some() {
+            self.misses = if packed { 0 } else { self.misses + 1 };
+        }
+        c
+    }
+}
+
+fn expand(path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ if path == "~" => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default(),
+        _ => PathBuf::from(path),
+    }
+}
+
+impl Server {
+    fn rep(&mut self) -> Result<&mut LocalReplica, SyncError> {
+        self.rep
+            .as_mut()
+            .ok_or_else(|| SyncError::Remote("no replica is open in this session".into()))
+    }
+
+    fn handle(&mut self, m: weave_proto::msg::Envelope) -> Result<(), SyncError> {
+        let peer = self.conn.peer().to_string();
+        let Some(b) = m.body else {
+            // A newer coordinator's message: say so, and go on.
+            return self
+                .conn
+                .send(Body::Unsupported(Unsupported { kind: m.kind }))
+                .map_err(proto);
+        };
+        match b {
+            Body::Open(o) => {
+                let path = expand(&o.path);
+                let canon = weave_engine::check_local_replicas(std::slice::from_ref(&path))?;
+                let rep = LocalReplica::open(&canon[0], &o.path, o.dry_run)?;
+                let info = rep.info().clone();
+                self.rep = Some(rep);
+                self.conn
+                    .send(Body::Opened(Opened {
+                        replica_id: info.id.0,
+                        seq: info.seq,
+                        clock: info.clock,
+                        peers: wire::pairs_to_wire(info.peers.iter().map(|(r, s)| (*r, *s))),
+                        ignore_fingerprint: info.ignore_fingerprint,
+                        rekeyed: info.rekeyed,
+                        ignore_file: info
+                            .ignore_file
+                            .map(|(origin, text)| IgnoreFile { origin, text }),
+                        root: canon[0].display().to_string(),
+                    }))
+                    .map_err(proto)
+            }
+            Body::Scan(sc) => {
+                let spec = IgnoreSpec {
+                    files: sc.files.into_iter().map(|f| (f.origin, f.text)).collect(),
+                    patterns: sc.patterns,
+                };
+                let summary = self.rep()?.scan(&spec, sc.dry_run)?;
+                for (i, notice) in summary
+                    .errors
+                    .iter()
+                    .map(|i| (i, false))
+                    .chain(summary.notices.iter().map(|i| (i, true)))
+                {
+                    self.conn
+                        .send(Body::Issue(IssueMsg {
+                            path: i.path.clone(),
+                            message: i.message.clone(),
+                            notice,
+                        }))
+                        .map_err(proto)?;
+                }
+                let info = self.rep()?.info().clone();
+                self.conn
+                    .send(Body::Scanned(Scanned {
+                        seq: info.seq,
+                        clock: info.clock,
+                    }))
+                    .map_err(proto)
+            }
+            Body::GetEntries(_) => {
+                let entries = self.rep()?.entries()?;
+                wire::send_entries(&self.conn, entries.values().map(|le| (&le.entry, le.seq)))
+                    .map_err(proto)
+            }
+            Body::ChunkRequest(r) => self.serve_request(&r),
+            Body::Ops(o) => {
+                for w in o.ops {
+                    let kind = wire::op_kind_from_wire(w.kind).ok_or_else(|| {
+                        SyncError::Remote(format!(
+                            "{peer} sent an operation of unknown kind {}",
+                            w.kind
+                        ))
+                    })?;
+                    let target = w.target.ok_or_else(|| {
+                        SyncError::Remote(format!("{peer} sent an operation without a target"))
+                    })?;
+                    let (target, _) = entry_from_wire(target, &peer).map_err(proto)?;
+                    self.ops.push(Op {
+                        kind,
+                        path: target.path.clone(),
+                        current: None,
+                        target,
+                    });
+                }
+                Ok(())
+            }
+            Body::Run(_) => self.run(),
+            Body::Finish(f) => {
+                let fin = weave_engine::Finish {
+                    observe: f.observe,
+                    integrated: f.integrated_fingerprint.map(|fp| {
+                        (
+                            f.peers
+                                .iter()
+                                .map(|p| (weave_core::ReplicaId(p.replica), p.counter))
+                                .collect(),
+                            fp,
+                        )
+                    }),
+                };
+                self.rep()?.finish(&fin)?;
+                self.conn.send(Body::Finished(Finished {})).map_err(proto)
+            }
+            other => Err(SyncError::Remote(format!(
+                "{peer} sent {} where a request was expected",
+                other.name()
+            ))),
+        }
+    }
+
+    /// Tree nodes or chunks of a content this replica holds.
+    fn serve_request(&mut self, r: &ChunkRequest) -> Result<(), SyncError> {
+        let peer = self.conn.peer().to_string();
+        let hashes = request_from_wire(r, &peer).map_err(proto)?;
+        let content = hash_from_wire(&r.content, "a content id", &peer).map_err(proto)?;
+        let wants = [(content, hashes)];
+        let rep = self
+            .rep
+            .as_mut()
+            .ok_or_else(|| SyncError::Remote("no replica is open in this session".into()))?;
+        if r.nodes {
+            let got = rep.serve_nodes(&wants)?;
+            for (h, n) in wants[0]
+                .1
+                .iter()
+                .zip(got.into_iter().next().unwrap_or_default())
+            {
+                let (c, _) = chunk_to_wire(h, n.as_deref(), false);
+                self.conn.send(Body::ChunkData(c)).map_err(proto)?;
+            }
+            Ok(())
+        } else {
+            let conn = &self.conn;
+            let compress = &mut self.compress;
+            rep.serve_chunks(&wants, &mut |h, data| {
+                conn.send(Body::ChunkData(compress.encode(&h, data.as_deref())))
+                    .map_err(proto)
+            })
+        }
+    }
+
+    fn run(&mut self) -> Result<(), SyncError> {
+        let mut ops = std::mem::take(&mut self.ops);
+        let rep = self
+            .rep
+            .as_mut()
+            .ok_or_else(|| SyncError::Remote("no replica is open in this session".into()))?;
+        let entries = rep.entries()?;
+        for op in &mut ops {
+            op.current = entries.get(&op.path).cloned();
+        }
+        drop(entries);
+        let conn = &self.conn;
+        let sender = conn.sender();
+        let pending = AtomicU64::new(0);
+        let progress = |n: u64| {
+            let total = pending.fetch_add(n, Ordering::Relaxed) + n;
+            if total >= 1 << 20 {
+                let n = pending.swap(0, Ordering::Relaxed);
+                if let Some(s) = &sender {
+                    let _ = s.send(weave_proto::msg::body(Body::Progress(Progress {
+                        bytes_done: n,
+                        ..Default::default()
+                    })));
+                }
+            }
+        };
+        let mut provider = PipeProvider { conn };
+        let applied = rep.apply(ops, &Foreign::default(), &mut provider, &progress)?;
+        let rest = pending.swap(0, Ordering::Relaxed);
+        if rest > 0 {
+            conn.send(Body::Progress(Progress {
+                bytes_done: rest,
+                ..Default::default()
+            }))
+            .map_err(proto)?;
+        }
+        wire::send_entries(conn, applied.done.iter().map(|(k, e)| (e, *k as u64)))
+            .map_err(proto)?;
+        for i in &applied.errors {
+            conn.send(Body::Issue(IssueMsg {
+                path: i.path.clone(),
+                message: i.message.clone(),
+                notice: false,
+            }))
+            .map_err(proto)?;
+        }
+        let seq = rep.info().seq;
+        conn.send(Body::Applied(Applied {
+            bytes_local: applied.bytes_local,
+            bytes_remote: applied.bytes_remote,
+            seq,
+        }))
+        .map_err(proto)
+    }
+}
+
+/// The coordinator, as the source of what this replica lacks.
+struct PipeProvider<'a> {
+    conn: &'a Conn,
+}
+
+impl Provider for PipeProvider<'_> {
+    fn nodes(&mut self, wants: &Wants) -> Result<Vec<Vec<Option<Vec<u8>>>>, SyncError> {
+        wire::request_nodes(self.conn, wants, &mut |_| Ok(false))
+    }
+
+    fn chunks(
+        &mut self,
+        wants: &Wants,
+        sink: &mut dyn FnMut(Hash, Vec<u8>) -> Result<(), SyncError>,
+    ) -> Result<(), SyncError> {
+        wire::request(
+            self.conn,
+            wants,
+            false,
+            &mut |_, h, data| match data {
+                Some(d) => sink(h, d),
+                None => Ok(()),
+            },
+            &mut |_| Ok(false),
+        )
+    }
+}
