@@ -334,6 +334,7 @@ pub fn run(
         });
     if up_to_date {
         report.unchanged = true;
+        note_traffic(&mut report, reps);
         report.finish();
         return Ok(report);
     }
@@ -377,6 +378,7 @@ pub fn run(
                 }
             }
         }
+        note_traffic(&mut report, reps);
         report.finish();
         return Ok(report);
     }
@@ -508,8 +510,18 @@ pub fn run(
         };
         r.finish(&fin)?;
     }
+    note_traffic(&mut report, reps);
     report.finish();
     Ok(report)
+}
+
+fn note_traffic(report: &mut Report, reps: &[Box<dyn Replica>]) {
+    for (rr, r) in report.replicas.iter_mut().zip(reps) {
+        if let Some((sent, received)) = r.traffic() {
+            rr.wire_sent = Some(sent);
+            rr.wire_received = Some(received);
+        }
+    }
 }
 
 /// The root directory of a local replica (only called for those).

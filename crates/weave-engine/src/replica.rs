@@ -123,6 +123,10 @@ pub trait Replica: Send {
     fn local_root(&self) -> Option<std::path::PathBuf> {
         None
     }
+    /// For a remote replica: bytes sent to it and received from it so far.
+    fn traffic(&self) -> Option<(u64, u64)> {
+        None
+    }
     fn info(&self) -> &ReplicaInfo;
     /// Turns the disk into index entries (recorded unless `dry_run`).
     fn scan(&mut self, ignore: &IgnoreSpec, dry_run: bool) -> Result<ScanSummary, SyncError>;

@@ -19,6 +19,8 @@ pub struct Report {
     pub bytes_copied: u64,
     /// Bytes of file content rebuilt from a replica's own files.
     pub bytes_local: u64,
+    /// Bytes that crossed the network, both ways, all remotes.
+    pub bytes_on_wire: u64,
     pub conflicts: Vec<ConflictReport>,
     pub errors: Vec<IssueReport>,
     pub notices: Vec<IssueReport>,
@@ -35,6 +37,11 @@ impl Report {
         self.deleted = self.replicas.iter().map(|r| r.deleted).sum();
         self.bytes_copied = self.replicas.iter().map(|r| r.bytes_copied).sum();
         self.bytes_local = self.replicas.iter().map(|r| r.bytes_local).sum();
+        self.bytes_on_wire = self
+            .replicas
+            .iter()
+            .map(|r| r.wire_sent.unwrap_or(0) + r.wire_received.unwrap_or(0))
+            .sum();
         self.in_sync = self.errors.is_empty()
             && self.conflicts.is_empty()
             && (!self.dry_run || self.planned.is_empty());
@@ -50,6 +57,12 @@ pub struct ReplicaReport {
     pub deleted: u64,
     pub bytes_copied: u64,
     pub bytes_local: u64,
+    /// For a remote replica: bytes sent to it and received from it
+    /// (messages, as they went into and came out of the transport).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wire_sent: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wire_received: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]

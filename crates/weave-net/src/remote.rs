@@ -309,15 +309,6 @@ impl RemoteReplica {
         })
     }
 
-    /// Bytes sent and received so far.
-    pub fn traffic(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        (
-            self.conn.traffic.sent.load(Relaxed),
-            self.conn.traffic.received.load(Relaxed),
-        )
-    }
-
     fn unexpected(&self, got: Option<&Body>, expected: &'static str) -> SyncError {
         match got {
             Some(Body::Error(e)) => SyncError::Remote(format!("{}: {}", self.display, e.message)),
@@ -365,6 +356,14 @@ impl Replica for RemoteReplica {
 
     fn is_local(&self) -> bool {
         false
+    }
+
+    fn traffic(&self) -> Option<(u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        Some((
+            self.conn.traffic.sent.load(Relaxed),
+            self.conn.traffic.received.load(Relaxed),
+        ))
     }
 
     fn info(&self) -> &ReplicaInfo {

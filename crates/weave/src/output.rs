@@ -128,6 +128,9 @@ pub fn print_report(r: &Report, json: bool, quiet: bool, elapsed: Duration) {
             elapsed.as_secs_f64()
         );
     }
+    if r.bytes_on_wire > 0 {
+        println!("{} over the network", human_bytes(r.bytes_on_wire));
+    }
     if !r.conflicts.is_empty() || !r.errors.is_empty() {
         println!(
             "{} conflicts, {} errors (listed on stderr)",
