@@ -94,8 +94,8 @@ pub fn sync(
             )?));
             Ok(())
         };
-    for k in 0..local_idx.len() {
-        if has_index(&canon[k]) {
+    for (k, c) in canon.iter().enumerate() {
+        if has_index(c) {
             open_local(&mut opened, k)?;
         }
     }

@@ -475,6 +475,7 @@ impl Replica for RemoteReplica {
             let w = WireOp {
                 kind: wire::op_kind_to_wire(op.kind),
                 target: Some(entry_to_wire(&op.target, 0)),
+                on_current: op.current.is_some(),
             };
             bytes += prost::Message::encoded_len(&w) + 8;
             batch.push(w);

@@ -39,6 +39,7 @@ pub fn serve(conn: Conn) -> Result<(), SyncError> {
         conn,
         rep: None,
         ops: Vec::new(),
+        on_current: Vec::new(),
         compress: Compress::default(),
     };
     loop {
@@ -60,6 +61,7 @@ struct Server {
     conn: Conn,
     rep: Option<LocalReplica>,
     ops: Vec<Op>,
+    on_current: Vec<bool>,
     compress: Compress,
 }
 
@@ -180,9 +182,11 @@ impl Server {
                     self.ops.push(Op {
                         kind,
                         path: target.path.clone(),
+                        // Filled in from this replica's own index at Run.
                         current: None,
                         target,
                     });
+                    self.on_current.push(w.on_current);
                 }
                 Ok(())
             }
@@ -243,13 +247,16 @@ impl Server {
 
     fn run(&mut self) -> Result<(), SyncError> {
         let mut ops = std::mem::take(&mut self.ops);
+        let on_current = std::mem::take(&mut self.on_current);
         let rep = self
             .rep
             .as_mut()
             .ok_or_else(|| SyncError::Remote("no replica is open in this session".into()))?;
         let entries = rep.entries()?;
-        for op in &mut ops {
-            op.current = entries.get(&op.path).cloned();
+        for (op, on) in ops.iter_mut().zip(on_current) {
+            if on {
+                op.current = entries.get(&op.path).cloned();
+            }
         }
         drop(entries);
         let conn = &self.conn;

@@ -333,6 +333,10 @@ pub struct WireOp {
     pub kind: u32,
     #[prost(message, optional, tag = "2")]
     pub target: Option<WireEntry>,
+    /// The operation acts on what the replica's index holds at the path
+    /// (false: on nothing, e.g. after a removal of another kind of object).
+    #[prost(bool, tag = "3")]
+    pub on_current: bool,
 }
 
 /// Coordinator → server: operations to carry out (more may follow until Run).

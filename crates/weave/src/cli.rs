@@ -163,6 +163,17 @@ fn sync(args: SyncArgs) -> ExitCode {
     }
 }
 
+fn serve() -> ExitCode {
+    let conn = weave_net::Conn::new(std::io::stdin(), std::io::stdout(), "the coordinator", None);
+    match weave_net::server::serve(conn) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weave serve: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,16 +196,5 @@ mod tests {
         );
         assert!(parse_policy("prefer=").is_err());
         assert!(parse_policy("random").is_err());
-    }
-}
-
-fn serve() -> ExitCode {
-    let conn = weave_net::Conn::new(std::io::stdin(), std::io::stdout(), "the coordinator", None);
-    match weave_net::server::serve(conn) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("weave serve: {e}");
-            ExitCode::from(2)
-        }
     }
 }

@@ -195,19 +195,19 @@ fn state_dir_that_is_a_file_is_refused() {
 }
 
 #[test]
-fn remote_replicas_are_not_supported_yet() {
+fn unreachable_remotes_change_nothing() {
     let t = setup(&["A"]);
     some_content(t.path());
     for remote in ["host:path", "user@host:/srv/x", "ssh://host/path"] {
         assert_refused(
             t.path(),
-            &["A", remote],
-            &["remote replicas", "not supported", remote],
+            &["--rsh", "/nonexistent/ssh", "A", remote],
+            &["cannot run", "/nonexistent/ssh", remote],
         );
         assert_refused(
             t.path(),
-            &[remote, "A"],
-            &["remote replicas", "not supported"],
+            &["--rsh", "/nonexistent/ssh", remote, "A"],
+            &["cannot run"],
         );
     }
 }

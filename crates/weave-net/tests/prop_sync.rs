@@ -6,13 +6,18 @@
 //!   still somewhere (as the file or a conflict copy), unless a user
 //!   knowingly replaced or deleted it afterwards;
 //! - idempotence: one more sync changes nothing.
+//!
+//! The same runs also go with one replica remote: reached through a
+//! session (weave-net's protocol over a socket pair) to `serve` running in
+//! a thread, exactly as `weave serve --stdio` runs it on another machine.
 
 use proptest::prelude::*;
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use weave_engine::{sync, NoProgress, PolicySpec, SyncOptions};
+use weave_engine::{sync, LocalReplica, NoProgress, PolicySpec, Replica, SyncOptions};
+use weave_net::{Conn, RemoteReplica};
 
 /// The paths operations pick from: few enough to collide often.
 const PATHS: &[&str] = &[
@@ -93,6 +98,8 @@ struct World {
     /// The conflict policy of every sync (keep-both, newest, or prefer the
     /// first replica).
     policy: Policy,
+    /// The replica reached through a session, if any.
+    remote: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +140,7 @@ impl World {
             held: HashSet::new(),
             superseded: HashSet::new(),
             policy,
+            remote: None,
         }
     }
 
@@ -295,9 +303,58 @@ impl World {
             policy,
             ..SyncOptions::default()
         };
-        let report = sync(&paths, &opts, &NoProgress).expect("sync failed");
+        let report = match self.remote.filter(|r| which.contains(r)) {
+            None => sync(&paths, &opts, &NoProgress).expect("sync failed"),
+            Some(r) => {
+                let mut reps: Vec<Box<dyn Replica>> = Vec::new();
+                let mut servers = Vec::new();
+                for &i in which {
+                    let canon = fs::canonicalize(&self.reps[i]).unwrap();
+                    let shown = self.reps[i].display().to_string();
+                    if i == r {
+                        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+                        let server = Conn::new(b.try_clone().unwrap(), b, "coordinator", None);
+                        servers.push(std::thread::spawn(move || weave_net::server::serve(server)));
+                        let conn = Conn::new(a.try_clone().unwrap(), Closing(a), "remote", None);
+                        let rr = RemoteReplica::open(conn, &shown, canon.to_str().unwrap(), false)
+                            .expect("remote open");
+                        reps.push(Box::new(rr));
+                    } else {
+                        reps.push(Box::new(LocalReplica::open(&canon, &shown, false).unwrap()));
+                    }
+                }
+                let preferred = match opts.policy {
+                    PolicySpec::Prefer(_) => which.iter().position(|&i| i == 0),
+                    _ => None,
+                };
+                let report = weave_engine::run(&mut reps, &opts, preferred, &NoProgress)
+                    .expect("sync failed");
+                drop(reps);
+                for s in servers {
+                    s.join().unwrap().expect("server failed");
+                }
+                report
+            }
+        };
         assert!(report.errors.is_empty(), "errors: {:?}", report.errors);
         report
+    }
+}
+
+/// The coordinator's writing half of a socket pair: closing it ends the
+/// session, as closing a child's stdin does.
+struct Closing(std::os::unix::net::UnixStream);
+impl std::io::Write for Closing {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+impl Drop for Closing {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Write);
     }
 }
 
@@ -344,7 +401,17 @@ fn check(n: usize, ops: &[UserOp]) -> Result<(), TestCaseError> {
 /// no-lost-update check applies to keep-both only; convergence and
 /// idempotence hold for every policy.
 fn check_with(n: usize, ops: &[UserOp], policy: Policy) -> Result<(), TestCaseError> {
+    check_remote(n, ops, policy, None)
+}
+
+fn check_remote(
+    n: usize,
+    ops: &[UserOp],
+    policy: Policy,
+    remote: Option<usize>,
+) -> Result<(), TestCaseError> {
     let mut w = World::new(n, policy);
+    w.remote = remote;
     for op in ops {
         w.apply(op);
     }
@@ -412,6 +479,16 @@ proptest! {
     #[test]
     fn replicas_converge_under_the_newest_policy(ops in proptest::collection::vec(arb_op(3), 1..40)) {
         check_with(3, &ops, Policy::Newest)?;
+    }
+
+    #[test]
+    fn one_remote_of_two_converges_without_losing_updates(ops in proptest::collection::vec(arb_op(2), 1..30)) {
+        check_remote(2, &ops, Policy::KeepBoth, Some(1))?;
+    }
+
+    #[test]
+    fn one_remote_of_three_converges_without_losing_updates(ops in proptest::collection::vec(arb_op(3), 1..40)) {
+        check_remote(3, &ops, Policy::KeepBoth, Some(0))?;
     }
 
     #[test]
