@@ -124,6 +124,16 @@ impl Conn {
         }
     }
 
+    /// A connection over a Unix socket: closing it shuts the socket down
+    /// for writing, so the peer sees the end of the session.
+    pub fn over_unix(
+        s: std::os::unix::net::UnixStream,
+        peer: &str,
+        limit: Option<Arc<RateLimit>>,
+    ) -> std::io::Result<Conn> {
+        Ok(Conn::new(s.try_clone()?, ShutdownOnDrop(s), peer, limit))
+    }
+
     pub fn peer(&self) -> &str {
         &self.peer
     }
@@ -169,6 +179,24 @@ impl Conn {
 impl Drop for Conn {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// The writing half of a socket whose reading half lives elsewhere.
+struct ShutdownOnDrop(std::os::unix::net::UnixStream);
+
+impl Write for ShutdownOnDrop {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Drop for ShutdownOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Write);
     }
 }
 

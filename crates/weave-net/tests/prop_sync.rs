@@ -313,9 +313,9 @@ impl World {
                     let shown = self.reps[i].display().to_string();
                     if i == r {
                         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-                        let server = Conn::new(b.try_clone().unwrap(), b, "coordinator", None);
+                        let server = Conn::over_unix(b, "coordinator", None).unwrap();
                         servers.push(std::thread::spawn(move || weave_net::server::serve(server)));
-                        let conn = Conn::new(a.try_clone().unwrap(), Closing(a), "remote", None);
+                        let conn = Conn::over_unix(a, "remote", None).unwrap();
                         let rr = RemoteReplica::open(conn, &shown, canon.to_str().unwrap(), false)
                             .expect("remote open");
                         reps.push(Box::new(rr));
@@ -338,23 +338,6 @@ impl World {
         };
         assert!(report.errors.is_empty(), "errors: {:?}", report.errors);
         report
-    }
-}
-
-/// The coordinator's writing half of a socket pair: closing it ends the
-/// session, as closing a child's stdin does.
-struct Closing(std::os::unix::net::UnixStream);
-impl std::io::Write for Closing {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.write(b)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-}
-impl Drop for Closing {
-    fn drop(&mut self) {
-        let _ = self.0.shutdown(std::net::Shutdown::Write);
     }
 }
 

@@ -844,7 +844,8 @@ fn real_ssh_with_an_ssh_url_and_port() {
     };
     let t = setup(&["A", "B"]);
     let url = format!(
-        "ssh://root@127.0.0.1:{}{}",
+        "ssh://{}@127.0.0.1:{}{}",
+        me(),
         sshd.port,
         t.path().join("B").display()
     );
@@ -857,7 +858,7 @@ fn real_ssh_with_host_path_and_port_in_rsh() {
         return;
     };
     let t = setup(&["A", "B"]);
-    let remote = format!("root@127.0.0.1:{}", t.path().join("B").display());
+    let remote = format!("{}@127.0.0.1:{}", me(), t.path().join("B").display());
     let rsh = format!("{} -p {}", sshd.rsh(), sshd.port);
     sync_both_ways_over_ssh(t.path(), &rsh, &remote);
 }
@@ -871,7 +872,7 @@ fn real_ssh_to_a_closed_port_cannot_reach() {
     let t = setup(&["A"]);
     write(t.path().join("A/hello.txt"), "hello\n");
     // A port nobody listens on (picked, then released).
-    let url = format!("ssh://root@127.0.0.1:{}/srv/none", free_port());
+    let url = format!("ssh://{}@127.0.0.1:{}/srv/none", me(), free_port());
     let r = weave(
         t.path(),
         [
@@ -886,4 +887,13 @@ fn real_ssh_to_a_closed_port_cannot_reach() {
     );
     r.expect_code(2).stderr_has(&["cannot reach", "127.0.0.1"]);
     assert!(!t.path().join("A/.weave").exists());
+}
+
+/// The user the tests run as (the private sshd only lets that user in).
+fn me() -> String {
+    let out = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .expect("id -un");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
