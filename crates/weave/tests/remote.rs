@@ -897,3 +897,51 @@ fn me() -> String {
         .expect("id -un");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// An interrupted transfer keeps what it received: weave is killed in the
+/// middle of sending a file to a remote, and the rerun sends only the rest.
+#[test]
+fn an_interrupted_transfer_resumes() {
+    let t = setup(&["A", "B"]);
+    let data = random_bytes(EIGHT_MIB, 77);
+    write(t.path().join("A/big.bin"), &data);
+    let rsh = scripts().rsh.display().to_string();
+    // 1 MiB/s: about 8 s for the whole file; killed after about 3.
+    let mut child = Command::new(weave_bin())
+        .args(["sync", "--rsh", &rsh, "--remote-weave", weave_bin()])
+        .args(["--bwlimit", "1M", "A", "host:B"])
+        .current_dir(t.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stage = t.path().join("B/.weave/stage.pack");
+    let started = Instant::now();
+    // Bounded: until a good part of the file is staged, at most 20 s.
+    while started.elapsed() < Duration::from_secs(20)
+        && fs::metadata(&stage).map(|m| m.len()).unwrap_or(0) < 2 << 20
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let staged = fs::metadata(&stage).map(|m| m.len()).unwrap_or(0);
+    assert!(staged >= 2 << 20, "only {staged} bytes staged after 20 s");
+    assert!(!t.path().join("B/big.bin").exists());
+    // The serving side ends when its session does (bounded wait).
+    std::thread::sleep(Duration::from_millis(300));
+    let (r, j) = rsync_json(t.path(), &["A", "host:B"]);
+    r.expect_code(0);
+    assert_clean(&r, &j);
+    assert_eq!(read(t.path().join("B/big.bin")), data);
+    let sent = wire(&j);
+    // At least 2 MiB were staged: the rerun sends at most the rest.
+    assert!(
+        sent < EIGHT_MIB as u64 - (3 << 19),
+        "the rerun sent {sent} bytes with {staged} already staged"
+    );
+    assert!(
+        !stage.exists(),
+        "the stage is dropped once everything landed"
+    );
+}
