@@ -63,6 +63,8 @@ pub trait Progress: Sync {
     fn phase(&self, _msg: &str) {}
     fn set_total(&self, _bytes: u64) {}
     fn advance(&self, _bytes: u64) {}
+    /// Operations carried out so far, of how many (after each replica).
+    fn files(&self, _done: u64, _total: u64) {}
 }
 
 pub struct NoProgress;
@@ -394,6 +396,9 @@ pub fn run(
         .sum();
     progress.set_total(total);
     progress.phase("syncing");
+    let ops_total: u64 = all_ops.iter().map(|o| o.len() as u64).sum();
+    let mut ops_done = 0u64;
+    progress.files(0, ops_total);
 
     // Which replicas hold each content.
     let mut holders: HashMap<Hash, Vec<usize>> = HashMap::new();
@@ -471,6 +476,8 @@ pub fn run(
         if !applied.errors.is_empty() {
             clean[i] = false;
         }
+        ops_done += ops.len() as u64;
+        progress.files(ops_done, ops_total);
         push_issues(&mut report.errors, reps[i].display(), &applied.errors);
         let rr = &mut report.replicas[i];
         rr.bytes_local += applied.bytes_local;

@@ -53,6 +53,11 @@ impl Progress for Bar {
             b.inc(bytes);
         }
     }
+    fn files(&self, done: u64, total: u64) {
+        if let Some(b) = &self.bar {
+            b.set_message(format!("syncing {done}/{total} changes"));
+        }
+    }
 }
 
 pub fn human_bytes(n: u64) -> String {
