@@ -29,6 +29,9 @@ pub struct LocalReplica {
     entries: Option<BTreeMap<String, LocalEntry>>,
     /// Tree nodes built for serving, per content (the last few).
     trees: Vec<(Hash, HashMap<Hash, Node>)>,
+    /// Where each content is, built once per state of `entries` (serving
+    /// chunks asks for it once per content).
+    locations: Option<HashMap<Hash, Vec<Location>>>,
 }
 
 impl LocalReplica {
@@ -67,6 +70,7 @@ impl LocalReplica {
             scanned_contents: HashMap::new(),
             entries: None,
             trees: Vec::new(),
+            locations: None,
         })
     }
 
@@ -184,6 +188,7 @@ impl Replica for LocalReplica {
             self.scanned_contents.insert(l.content_id(), l);
         }
         self.entries = None;
+        self.locations = None;
         Ok(summary)
     }
 
@@ -216,7 +221,10 @@ impl Replica for LocalReplica {
         sink: &mut dyn FnMut(Hash, Option<Vec<u8>>) -> Result<(), SyncError>,
     ) -> Result<(), SyncError> {
         self.load()?;
-        let locations = self.own_locations();
+        if self.locations.is_none() {
+            self.locations = Some(self.own_locations());
+        }
+        let locations = self.locations.take().expect("built above");
         for (content, hashes) in wants {
             let list = self.list(content);
             let file = locations.get(content).and_then(|ls| {
@@ -244,9 +252,13 @@ impl Replica for LocalReplica {
                     }
                     _ => None,
                 };
-                sink(*h, data)?;
+                if let Err(e) = sink(*h, data) {
+                    self.locations = Some(locations);
+                    return Err(e);
+                }
             }
         }
+        self.locations = Some(locations);
         Ok(())
     }
 
@@ -259,6 +271,7 @@ impl Replica for LocalReplica {
     ) -> Result<Applied, SyncError> {
         self.load()?;
         let own = self.own_locations();
+        self.locations = None;
         let mut errors: Vec<Issue> = Vec::new();
         // 1. The chunk list of every content to write: known here, known
         //    to another local replica, or fetched as a tree.
