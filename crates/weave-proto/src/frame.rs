@@ -18,36 +18,15 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     while got < 4 {
         let n = r.read(&mut len[got..]).await.map_err(|e| io(peer, e))?;
         if n == 0 {
-            return Err(if got == 0 {
-                ProtoError::Closed { peer: peer.into() }
-            } else {
-                ProtoError::Malformed {
-                    peer: peer.into(),
-                    detail: "the stream ended inside a frame header".into(),
-                }
-            });
+            return Err(ended_in_header(got, peer));
         }
         got += n;
     }
-    let size = u32::from_be_bytes(len) as usize;
-    if size > MAX_FRAME {
-        return Err(ProtoError::FrameTooLarge {
-            peer: peer.into(),
-            size,
-            limit: MAX_FRAME,
-        });
-    }
+    let size = frame_size(len, peer)?;
     let mut buf = vec![0u8; size];
-    r.read_exact(&mut buf).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            ProtoError::Malformed {
-                peer: peer.into(),
-                detail: format!("the stream ended inside a frame of {size} bytes"),
-            }
-        } else {
-            io(peer, e)
-        }
-    })?;
+    r.read_exact(&mut buf)
+        .await
+        .map_err(|e| body_error(e, size, peer))?;
     Ok(buf)
 }
 
@@ -99,36 +78,14 @@ pub fn read_msg_blocking<R: std::io::Read>(r: &mut R, peer: &str) -> Result<Enve
             Err(e) => return Err(io(peer, e)),
         };
         if n == 0 {
-            return Err(if got == 0 {
-                ProtoError::Closed { peer: peer.into() }
-            } else {
-                ProtoError::Malformed {
-                    peer: peer.into(),
-                    detail: "the stream ended inside a frame header".into(),
-                }
-            });
+            return Err(ended_in_header(got, peer));
         }
         got += n;
     }
-    let size = u32::from_be_bytes(len) as usize;
-    if size > MAX_FRAME {
-        return Err(ProtoError::FrameTooLarge {
-            peer: peer.into(),
-            size,
-            limit: MAX_FRAME,
-        });
-    }
+    let size = frame_size(len, peer)?;
     let mut buf = vec![0u8; size];
-    r.read_exact(&mut buf).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            ProtoError::Malformed {
-                peer: peer.into(),
-                detail: format!("the stream ended inside a frame of {size} bytes"),
-            }
-        } else {
-            io(peer, e)
-        }
-    })?;
+    r.read_exact(&mut buf)
+        .map_err(|e| body_error(e, size, peer))?;
     decode(&buf, peer)
 }
 
@@ -156,6 +113,44 @@ pub fn decode(buf: &[u8], peer: &str) -> Result<Envelope, ProtoError> {
         peer: peer.into(),
         detail: e.to_string(),
     })
+}
+
+/// The end of the stream after `got` bytes of a frame header.
+fn ended_in_header(got: usize, peer: &str) -> ProtoError {
+    if got == 0 {
+        ProtoError::Closed { peer: peer.into() }
+    } else {
+        ProtoError::Malformed {
+            peer: peer.into(),
+            detail: "the stream ended inside a frame header".into(),
+        }
+    }
+}
+
+/// A frame's size from its header, refused above the limit before
+/// anything is allocated.
+fn frame_size(len: [u8; 4], peer: &str) -> Result<usize, ProtoError> {
+    let size = u32::from_be_bytes(len) as usize;
+    if size > MAX_FRAME {
+        return Err(ProtoError::FrameTooLarge {
+            peer: peer.into(),
+            size,
+            limit: MAX_FRAME,
+        });
+    }
+    Ok(size)
+}
+
+/// An error while reading the body of a frame of `size` bytes.
+fn body_error(e: std::io::Error, size: usize, peer: &str) -> ProtoError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        ProtoError::Malformed {
+            peer: peer.into(),
+            detail: format!("the stream ended inside a frame of {size} bytes"),
+        }
+    } else {
+        io(peer, e)
+    }
 }
 
 fn io(peer: &str, source: std::io::Error) -> ProtoError {
