@@ -435,7 +435,7 @@ pub fn run(
                             .entry(*content)
                             .or_default()
                             .push(Location {
-                                path: local::join(&root, p),
+                                path: weave_fs::join(&root, p),
                                 local: false,
                                 stat: le.stat,
                             });

@@ -13,7 +13,7 @@ use weave_core::path::STATE_DIR;
 use weave_core::{Hash, Object};
 use weave_fs::ignore::{Matcher, IGNORE_FILE};
 use weave_fs::scan::ScanOptions;
-use weave_fs::{ContentSource, FsIssue, Location, Op, OpKind, Stage};
+use weave_fs::{join, ContentSource, FsIssue, Location, Op, OpKind, Stage};
 use weave_index::{Batch, Index, LocalEntry};
 
 pub struct LocalReplica {
@@ -133,12 +133,6 @@ impl LocalReplica {
         self.trees.push((*content, nodes));
         self.trees.last().map(|t| &t.1)
     }
-}
-
-pub(crate) fn join(root: &Path, rel: &str) -> PathBuf {
-    let mut p = root.to_path_buf();
-    p.extend(rel.split('/'));
-    p
 }
 
 impl Replica for LocalReplica {

@@ -17,4 +17,4 @@ mod util;
 pub use apply::{apply, restore_modes, ApplyOutcome, ContentSource, Done, Location, Op, OpKind};
 pub use scan::{scan, ScanError, ScanOutcome};
 pub use stage::Stage;
-pub use util::{stat_of, FsIssue, TEMP_PREFIX};
+pub use util::{join, stat_of, FsIssue, TEMP_PREFIX};

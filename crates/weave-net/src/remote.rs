@@ -244,16 +244,7 @@ impl RemoteReplica {
         conn.send(Body::Hello(ours.clone())).map_err(proto)?;
         let theirs = match conn.recv().map_err(proto)?.body {
             Some(Body::Hello(h)) => h,
-            Some(Body::Error(e)) => {
-                return Err(SyncError::Remote(format!("{display}: {}", e.message)))
-            }
-            other => {
-                return Err(proto(ProtoError::Unexpected {
-                    peer,
-                    got: other.map(|b| b.name()).unwrap_or("an unknown message"),
-                    expected: "a hello",
-                }))
-            }
+            other => return Err(unexpected(display, other.as_ref(), "a hello")),
         };
         weave_proto::handshake::negotiate(&ours, &theirs, display).map_err(|e| {
             let _ = conn.send(Body::Error(ErrorMsg {
@@ -268,16 +259,7 @@ impl RemoteReplica {
         .map_err(proto)?;
         let o = match conn.recv().map_err(proto)?.body {
             Some(Body::Opened(o)) => o,
-            Some(Body::Error(e)) => {
-                return Err(SyncError::Remote(format!("{display}: {}", e.message)))
-            }
-            other => {
-                return Err(proto(ProtoError::Unexpected {
-                    peer,
-                    got: other.map(|b| b.name()).unwrap_or("an unknown message"),
-                    expected: "an open reply",
-                }))
-            }
+            other => return Err(unexpected(display, other.as_ref(), "an open reply")),
         };
         if o.peers.len() > weave_proto::limits::MAX_VV {
             return Err(SyncError::Remote(format!(
@@ -310,14 +292,7 @@ impl RemoteReplica {
     }
 
     fn unexpected(&self, got: Option<&Body>, expected: &'static str) -> SyncError {
-        match got {
-            Some(Body::Error(e)) => SyncError::Remote(format!("{}: {}", self.display, e.message)),
-            other => proto(ProtoError::Unexpected {
-                peer: self.display.clone(),
-                got: other.map(|b| b.name()).unwrap_or("an unknown message"),
-                expected,
-            }),
-        }
+        unexpected(&self.display, got, expected)
     }
 
     fn issue(&self, path: String, message: String) -> Issue {
@@ -326,6 +301,19 @@ impl RemoteReplica {
         let mut path = path;
         path.truncate(MAX_ISSUE_TEXT);
         Issue { path, message }
+    }
+}
+
+/// The error for a reply that is not the one expected: the remote's own
+/// error message if it sent one.
+fn unexpected(display: &str, got: Option<&Body>, expected: &'static str) -> SyncError {
+    match got {
+        Some(Body::Error(e)) => SyncError::Remote(format!("{display}: {}", e.message)),
+        other => proto(ProtoError::Unexpected {
+            peer: display.to_string(),
+            got: other.map(|b| b.name()).unwrap_or("an unknown message"),
+            expected,
+        }),
     }
 }
 
