@@ -107,14 +107,6 @@ fn rsync_json(root: &Path, args: &[&str]) -> (Run, serde_json::Value) {
     (r, j)
 }
 
-fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    use rand::{RngCore, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut v = vec![0u8; n];
-    rng.fill_bytes(&mut v);
-    v
-}
-
 fn assert_clean(r: &Run, j: &serde_json::Value) {
     assert_eq!(j["in_sync"], true, "{}\n{}", r.stdout, r.stderr);
     assert!(
@@ -141,24 +133,8 @@ fn wire(j: &serde_json::Value) -> u64 {
 fn first_copy_to_a_remote_is_faithful() {
     let t = setup(&["A", "B"]);
     let (a, b) = (t.path().join("A"), t.path().join("B"));
-    let t1 = at(1_600_000_000, 123_456_789);
-    let t2 = at(1_234_567_890, 987_654_321);
-    write_at(a.join("top.txt"), "top\n", t1);
-    let big = random_bytes(3 * 1024 * 1024 + 17, 1);
-    write_at(a.join("nested/deeper/deepest/big.bin"), &big, t2);
-    write_at(a.join("nested/small.txt"), "", t1);
-    fs::create_dir_all(a.join("empty")).unwrap();
-    fs::create_dir_all(a.join("nested/empty too")).unwrap();
-    std::os::unix::fs::symlink("top.txt", a.join("link")).unwrap();
-    std::os::unix::fs::symlink("does/not/exist", a.join("dangling")).unwrap();
-    std::os::unix::fs::symlink("nested", a.join("dirlink")).unwrap();
-    write_at(a.join("script.sh"), "#!/bin/sh\necho hi\n", t1);
-    chmod(a.join("script.sh"), 0o750);
-    write_at(a.join("private/secret.txt"), "s3cret\n", t2);
-    chmod(a.join("private/secret.txt"), 0o600);
-    chmod(a.join("private"), 0o700);
-    write_at(a.join("readonly.txt"), "ro\n", t1);
-    chmod(a.join("readonly.txt"), 0o444);
+    let sample = SampleTree::make(&a);
+    let big = &sample.big;
 
     let (r, j) = rsync_json(t.path(), &["A", "host:B"]);
     r.expect_code(0);
@@ -179,26 +155,7 @@ fn first_copy_to_a_remote_is_faithful() {
 
     assert_same_tree(&a, &b);
     assert!(b.join(".weave").is_dir(), "the remote has its own state");
-    assert_eq!(read(b.join("nested/deeper/deepest/big.bin")), big);
-    assert_eq!(mtime(b.join("top.txt")), t1);
-    assert_eq!(mtime(b.join("nested/deeper/deepest/big.bin")), t2);
-    assert_eq!(read_str(b.join("nested/small.txt")), "");
-    assert!(fs::symlink_metadata(b.join("empty")).unwrap().is_dir());
-    assert_eq!(fs::read_dir(b.join("empty")).unwrap().count(), 0);
-    assert!(b.join("nested/empty too").is_dir());
-    for (link, target) in [
-        ("link", "top.txt"),
-        ("dangling", "does/not/exist"),
-        ("dirlink", "nested"),
-    ] {
-        let m = fs::symlink_metadata(b.join(link)).unwrap();
-        assert!(m.file_type().is_symlink(), "{link} is not a symlink on B");
-        assert_eq!(fs::read_link(b.join(link)).unwrap(), Path::new(target));
-    }
-    assert_eq!(mode(b.join("script.sh")), 0o750);
-    assert_eq!(mode(b.join("private")), 0o700);
-    assert_eq!(mode(b.join("private/secret.txt")), 0o600);
-    assert_eq!(mode(b.join("readonly.txt")), 0o444);
+    sample.check(&b);
 }
 
 #[test]

@@ -387,3 +387,70 @@ fn utc_stamp_is_right() {
     assert_eq!(utc_stamp(0), "19700101-000000");
     assert_eq!(utc_stamp(951_782_400), "20000229-000000");
 }
+
+pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; n];
+    rng.fill_bytes(&mut v);
+    v
+}
+
+/// A tree with a bit of everything a first copy must carry faithfully:
+/// nested and empty directories, a multi-chunk file, an empty file,
+/// symlinks (relative, dangling, to a directory), modes and exact mtimes.
+pub struct SampleTree {
+    pub big: Vec<u8>,
+    pub t1: SystemTime,
+    pub t2: SystemTime,
+}
+
+impl SampleTree {
+    pub fn make(a: &Path) -> SampleTree {
+        let t = SampleTree {
+            big: random_bytes(3 * 1024 * 1024 + 17, 1),
+            t1: at(1_600_000_000, 123_456_789),
+            t2: at(1_234_567_890, 987_654_321),
+        };
+        write_at(a.join("top.txt"), "top\n", t.t1);
+        write_at(a.join("nested/deeper/deepest/big.bin"), &t.big, t.t2);
+        write_at(a.join("nested/small.txt"), "", t.t1);
+        fs::create_dir_all(a.join("empty")).unwrap();
+        fs::create_dir_all(a.join("nested/empty too")).unwrap();
+        std::os::unix::fs::symlink("top.txt", a.join("link")).unwrap();
+        std::os::unix::fs::symlink("does/not/exist", a.join("dangling")).unwrap();
+        std::os::unix::fs::symlink("nested", a.join("dirlink")).unwrap();
+        write_at(a.join("script.sh"), "#!/bin/sh\necho hi\n", t.t1);
+        chmod(a.join("script.sh"), 0o750);
+        write_at(a.join("private/secret.txt"), "s3cret\n", t.t2);
+        chmod(a.join("private/secret.txt"), 0o600);
+        chmod(a.join("private"), 0o700);
+        write_at(a.join("readonly.txt"), "ro\n", t.t1);
+        chmod(a.join("readonly.txt"), 0o444);
+        t
+    }
+
+    /// `b` holds the tree, checked detail by detail.
+    pub fn check(&self, b: &Path) {
+        assert_eq!(read(b.join("nested/deeper/deepest/big.bin")), self.big);
+        assert_eq!(mtime(b.join("top.txt")), self.t1);
+        assert_eq!(mtime(b.join("nested/deeper/deepest/big.bin")), self.t2);
+        assert_eq!(read_str(b.join("nested/small.txt")), "");
+        assert!(fs::symlink_metadata(b.join("empty")).unwrap().is_dir());
+        assert_eq!(fs::read_dir(b.join("empty")).unwrap().count(), 0);
+        assert!(b.join("nested/empty too").is_dir());
+        for (link, target) in [
+            ("link", "top.txt"),
+            ("dangling", "does/not/exist"),
+            ("dirlink", "nested"),
+        ] {
+            let m = fs::symlink_metadata(b.join(link)).unwrap();
+            assert!(m.file_type().is_symlink(), "{link} is not a symlink on B");
+            assert_eq!(fs::read_link(b.join(link)).unwrap(), Path::new(target));
+        }
+        assert_eq!(mode(b.join("script.sh")), 0o750);
+        assert_eq!(mode(b.join("private")), 0o700);
+        assert_eq!(mode(b.join("private/secret.txt")), 0o600);
+        assert_eq!(mode(b.join("readonly.txt")), 0o444);
+    }
+}
