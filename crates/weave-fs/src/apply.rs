@@ -412,6 +412,95 @@ fn fast_copy(dst: &File, src: &Path, expect: &Stat, size: u64) -> bool {
     unchanged(&sf)
 }
 
+/// The old version of a file, opened for kernel copies of its chunks
+/// because its stat still matches what was recorded when it was hashed.
+struct Trusted {
+    file: File,
+    stat: Stat,
+    /// Chunk → offset in the file.
+    map: Arc<HashMap<Hash, u64>>,
+}
+
+impl Trusted {
+    fn open(path: &Path, stat: Stat, map: Arc<HashMap<Hash, u64>>) -> Option<Trusted> {
+        if stat.racy {
+            return None;
+        }
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nofollow())
+            .open(path)
+            .ok()?;
+        let t = Trusted { file, stat, map };
+        t.unchanged().then_some(t)
+    }
+
+    fn unchanged(&self) -> bool {
+        self.file
+            .metadata()
+            .is_ok_and(|m| same_stat(&m, &self.stat))
+    }
+}
+
+/// Positioned, buffered writes into a file being built, mixed with
+/// kernel copies from other files.
+struct Out<'f> {
+    file: &'f File,
+    buf: Vec<u8>,
+    /// Offset in the file of `buf[0]`.
+    at: u64,
+}
+
+impl<'f> Out<'f> {
+    const FLUSH_AT: usize = 256 * 1024;
+
+    fn new(file: &'f File) -> Out<'f> {
+        Out {
+            file,
+            buf: Vec::with_capacity(Self::FLUSH_AT + weave_chunk::CHUNK_MAX as usize),
+            at: 0,
+        }
+    }
+
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= Self::FLUSH_AT {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.write_all_at(&self.buf, self.at)?;
+        self.at += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Appends `len` bytes of `src` from offset `from`, copied by the
+    /// kernel. False if that fails (nothing is known of what was written).
+    fn copy(&mut self, src: &File, mut from: u64, len: u64) -> bool {
+        if self.flush().is_err() {
+            return false;
+        }
+        let end = from + len;
+        while from < end {
+            let want = (end - from).min(1 << 30) as usize;
+            match rustix::fs::copy_file_range(
+                src,
+                Some(&mut from),
+                self.file,
+                Some(&mut self.at),
+                want,
+            ) {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+        true
+    }
+}
+
 struct Built {
     temp: PathBuf,
     list: Option<ChunkList>,
@@ -805,6 +894,32 @@ impl Ctx<'_> {
         list: &ChunkList,
         built: &mut Built,
     ) -> Result<(), String> {
+        let before = (built.bytes_local, built.bytes_remote);
+        if self.fill_from(f, op, content, list, built, true)? {
+            return Ok(());
+        }
+        // The old version changed while the kernel copied from it: what
+        // was copied is not trusted; start again, verifying every chunk.
+        (built.bytes_local, built.bytes_remote) = before;
+        f.set_len(0).map_err(|e| io_msg("cannot truncate", e))?;
+        self.fill_from(f, op, content, list, built, false)
+            .map(|_| ())
+    }
+
+    /// One attempt of [`Ctx::fill`]. With `trust_old`, runs of chunks
+    /// that the old version at the same path holds are copied by the
+    /// kernel without being read here, if the old file's stat proves it
+    /// still holds what was hashed; false if that proof failed after the
+    /// copy (the caller starts again without it).
+    fn fill_from(
+        &self,
+        f: &File,
+        op: &Op,
+        content: &Hash,
+        list: &ChunkList,
+        built: &mut Built,
+        trust_old: bool,
+    ) -> Result<bool, String> {
         struct Src {
             path: PathBuf,
             local: bool,
@@ -831,14 +946,21 @@ impl Ctx<'_> {
             srcs.push(whole(l.path.clone(), true, l.stat));
         }
         // The old version at the same path: most of an edited file's chunks.
+        let mut trusted: Option<Trusted> = None;
         if let Some(Object::File { content: old, .. }) =
             op.current.as_ref().map(|c| &c.entry.object)
         {
             if old != content {
                 if let Some(old_list) = self.source.chunk_list(old) {
-                    let map = Arc::new(old_list.with_offsets().map(|(o, c)| (c.hash, o)).collect());
+                    let map: Arc<HashMap<Hash, u64>> =
+                        Arc::new(old_list.with_offsets().map(|(o, c)| (c.hash, o)).collect());
+                    let path = join(self.root, &op.path);
+                    let stat = op.current.as_ref().and_then(|c| c.stat);
+                    if let (true, Some(stat)) = (trust_old, stat) {
+                        trusted = Trusted::open(&path, stat, map.clone());
+                    }
                     srcs.push(Src {
-                        path: join(self.root, &op.path),
+                        path,
                         local: true,
                         stat: None,
                         map: Some(map),
@@ -873,7 +995,7 @@ impl Ctx<'_> {
                     built.bytes_remote += size;
                 }
                 (self.progress)(size);
-                return Ok(());
+                return Ok(true);
             }
             // A failed attempt may have written part of the file.
             f.set_len(0).map_err(|e| io_msg("cannot truncate", e))?;
@@ -881,13 +1003,40 @@ impl Ctx<'_> {
         // One buffer of the largest chunk size, never zeroed again.
         let mut buf = vec![0u8; weave_chunk::CHUNK_MAX as usize];
         let mut pos = 0u64;
-        let mut out = std::io::BufWriter::with_capacity(256 * 1024, f);
+        let mut out = Out::new(f);
+        // A run of the trusted old version's chunks not copied yet:
+        // (offset in the old file, length).
+        let mut run: Option<(u64, u64)> = None;
         for (off, c) in list.with_offsets() {
             if c.len as usize > buf.len() {
                 return Err(format!(
                     "chunk {} is larger than the chunker allows",
                     c.hash.short_hex()
                 ));
+            }
+            if let Some(t) = &trusted {
+                if let Some(&at) = t.map.get(&c.hash) {
+                    match &mut run {
+                        Some((start, len)) if *start + *len == at => *len += c.len as u64,
+                        _ => {
+                            if let Some((start, len)) = run.take() {
+                                if !out.copy(&t.file, start, len) {
+                                    return Ok(false);
+                                }
+                            }
+                            run = Some((at, c.len as u64));
+                        }
+                    }
+                    built.bytes_local += c.len as u64;
+                    pos += c.len as u64;
+                    (self.progress)(c.len as u64);
+                    continue;
+                }
+            }
+            if let (Some((start, len)), Some(t)) = (run.take(), &trusted) {
+                if !out.copy(&t.file, start, len) {
+                    return Ok(false);
+                }
             }
             let buf = &mut buf[..c.len as usize];
             let mut ok = false;
@@ -933,12 +1082,19 @@ impl Ctx<'_> {
                     c.hash.short_hex()
                 ));
             }
-            out.write_all(buf).map_err(|e| io_msg("cannot write", e))?;
+            out.write(buf).map_err(|e| io_msg("cannot write", e))?;
             pos += c.len as u64;
             (self.progress)(c.len as u64);
         }
+        if let Some(t) = &trusted {
+            if let Some((start, len)) = run.take() {
+                if !out.copy(&t.file, start, len) {
+                    return Ok(false);
+                }
+            }
+        }
         out.flush().map_err(|e| io_msg("cannot write", e))?;
-        Ok(())
+        Ok(trusted.is_none_or(|t| t.unchanged()))
     }
 
     /// Replaces the target with a built temporary, after checking that the
@@ -1223,6 +1379,90 @@ mod tests {
         // Neither the fast path nor the verified path accepts it.
         assert_eq!(out.issues.len(), 1, "{:?}", out.issues);
         assert!(!t.path().join("f").exists());
+    }
+
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// An edited file at "f" whose old version is on disk (not racy),
+    /// and the new version held whole by another replica.
+    fn edit_case() -> (tempfile::TempDir, tempfile::TempDir, Vec<u8>, Vec<u8>, Op) {
+        let (t, other) = (replica(), tempfile::tempdir().unwrap());
+        let old = noise(600_000, 7);
+        let mut new = old.clone();
+        new[300_000] ^= 0x55;
+        let (src, _) = old_source(t.path(), &old);
+        fs::rename(src, t.path().join("f")).unwrap();
+        fs::write(other.path().join("n"), &new).unwrap();
+        let op = write_op(
+            "f",
+            Some(local(t.path(), file_entry("f", &old, 1))),
+            &new,
+            2,
+        );
+        assert!(!op.current.as_ref().unwrap().stat.unwrap().racy);
+        (t, other, old, new, op)
+    }
+
+    #[test]
+    fn an_edit_copies_the_unchanged_runs_of_the_old_version() {
+        let (t, other, old, new, op) = edit_case();
+        let source = Src::new(vec![
+            (&old, t.path().join("f"), true, None),
+            (&new, other.path().join("n"), false, None),
+        ]);
+        let out = apply(t.path(), &[op], &source, &|_| {});
+        assert!(out.issues.is_empty(), "{:?}", out.issues);
+        assert_eq!(fs::read(t.path().join("f")).unwrap(), new);
+        // Only the changed chunk came from the other replica.
+        assert!(
+            out.bytes_remote <= weave_chunk::CHUNK_MAX as u64,
+            "{}",
+            out.bytes_remote
+        );
+        assert_eq!(out.bytes_local + out.bytes_remote, new.len() as u64);
+    }
+
+    #[test]
+    fn an_old_version_changed_since_its_scan_is_read_and_verified() {
+        let (t, other, old, new, op) = edit_case();
+        // Changed in place after the scan, in a range the edit kept.
+        let f = File::options()
+            .write(true)
+            .open(t.path().join("f"))
+            .unwrap();
+        f.write_all_at(b"XXXX", 10).unwrap();
+        drop(f);
+        let source = Src::new(vec![
+            (&old, t.path().join("f"), true, None),
+            (&new, other.path().join("n"), false, None),
+        ]);
+        let out = apply(t.path(), std::slice::from_ref(&op), &source, &|_| {});
+        // I-5 keeps the user's change; nothing of it went into a build
+        // either (the chunk that changed came from the other replica).
+        assert_eq!(out.issues.len(), 1, "{:?}", out.issues);
+        // Read and verified: the chunks at offsets 10 and 300,000 failed
+        // there and came from the other replica.
+        let list = weave_chunk::chunk_bytes(&new);
+        let at = |x: u64| {
+            list.with_offsets()
+                .find(|(o, c)| *o <= x && x < o + c.len as u64)
+                .map(|(_, c)| c.len as u64)
+                .unwrap()
+        };
+        assert_eq!(out.bytes_remote, at(10) + at(300_000));
+        let mut kept = old.clone();
+        kept[10..14].copy_from_slice(b"XXXX");
+        assert_eq!(fs::read(t.path().join("f")).unwrap(), kept);
     }
 
     /// I-2: when the conflict copy of the losing version cannot be written,
