@@ -13,8 +13,12 @@ use weave_core::path::STATE_DIR;
 use weave_core::{Hash, Object};
 use weave_fs::ignore::{Matcher, IGNORE_FILE};
 use weave_fs::scan::ScanOptions;
-use weave_fs::{join, ContentSource, FsIssue, Location, Op, OpKind, Stage};
+use weave_fs::{join, ContentSource, FsIssue, Location, Op, OpKind, Part, Stage};
 use weave_index::{Batch, Index, LocalEntry};
+
+/// Contents at least this large with nothing of them on this machine are
+/// received into a part file of their own (see [`weave_fs::Part`]).
+const PART_MIN: u64 = 1 << 20;
 
 pub struct LocalReplica {
     display: String,
@@ -338,8 +342,14 @@ impl Replica for LocalReplica {
             path: state.clone(),
             problem: format!("cannot open the transfer stage: {e}"),
         })?;
+        let t = std::time::Instant::now();
         let mut wants: Vec<(Hash, Vec<Hash>)> = Vec::new();
         let mut asked: HashSet<Hash> = HashSet::new();
+        // Chunks for the pack, and for part files (large contents with
+        // nothing of them here: they land by a rename, not a copy).
+        let mut to_stage: HashSet<Hash> = HashSet::new();
+        let mut parts: Vec<Part> = Vec::new();
+        let mut routes: HashMap<Hash, Vec<usize>> = HashMap::new();
         for op in ops.iter().filter(|o| o.kind == OpKind::WriteFile) {
             let Object::File { content, .. } = &op.target.object else {
                 continue;
@@ -357,30 +367,70 @@ impl Replica for LocalReplica {
                     .unwrap_or_default(),
                 _ => HashSet::new(),
             };
+            if list.size() >= PART_MIN && old.is_empty() {
+                if parts.iter().any(|p| p.content() == *content) {
+                    continue;
+                }
+                // Without a part file (it cannot be made), the pack.
+                if let Ok(part) = stage.part(list) {
+                    let missing = part.missing();
+                    for h in &missing {
+                        routes.entry(*h).or_default().push(parts.len());
+                    }
+                    let ask: Vec<Hash> = missing.into_iter().filter(|h| asked.insert(*h)).collect();
+                    if !ask.is_empty() {
+                        wants.push((*content, ask));
+                    }
+                    parts.push(part);
+                    continue;
+                }
+            }
             let missing: Vec<Hash> = list
                 .chunks
                 .iter()
                 .map(|c| c.hash)
-                .filter(|h| !old.contains(h) && !stage.contains(h) && asked.insert(*h))
+                .filter(|h| !old.contains(h) && !stage.contains(h) && to_stage.insert(*h))
+                .filter(|h| asked.insert(*h))
                 .collect();
             if !missing.is_empty() {
                 wants.push((*content, missing));
             }
         }
+        let mut flusher = None;
         if !wants.is_empty() {
             let mut bad = 0u64;
-            let mut sink = |h: Hash, data: Vec<u8>| -> Result<(), SyncError> {
-                match stage.add(&h, &data) {
-                    Ok(true) => Ok(()),
-                    Ok(false) => {
-                        bad += 1;
-                        Ok(())
-                    }
-                    Err(e) => Err(SyncError::State {
-                        path: state.clone(),
-                        problem: format!("cannot write the transfer stage: {e}"),
-                    }),
+            let stage_error = |e: std::io::Error| SyncError::State {
+                path: state.clone(),
+                problem: format!("cannot write the transfer stage: {e}"),
+            };
+            // A part that is complete goes to disk while the rest arrives
+            // (the writes are made durable before they land in any case).
+            let (flush_tx, flush_rx) = std::sync::mpsc::channel::<std::fs::File>();
+            flusher = Some(std::thread::spawn(move || {
+                for f in flush_rx {
+                    let _ = f.sync_data();
                 }
+            }));
+            let mut sink = |h: Hash, data: Vec<u8>| -> Result<(), SyncError> {
+                // Verified once, on arrival (I-3).
+                let good = if to_stage.contains(&h) {
+                    stage.add(&h, &data).map_err(stage_error)?
+                } else {
+                    weave_chunk::verify(&data, &h)
+                };
+                if !good {
+                    bad += 1;
+                    return Ok(());
+                }
+                for &i in routes.get(&h).into_iter().flatten() {
+                    parts[i].put(&h, &data).map_err(stage_error)?;
+                    if parts[i].complete() {
+                        if let Ok(f) = parts[i].handle() {
+                            let _ = flush_tx.send(f);
+                        }
+                    }
+                }
+                Ok(())
             };
             provider.chunks(&wants, &mut sink)?;
             if bad > 0 {
@@ -394,6 +444,12 @@ impl Replica for LocalReplica {
         }
         // 3. Carry the operations out.
         let staged = stage.view();
+        let parts: HashMap<Hash, PathBuf> = parts
+            .iter()
+            .filter(|p| p.complete())
+            .map(|p| (p.content(), p.path().to_path_buf()))
+            .collect();
+        tracing::debug!(elapsed = ?t.elapsed(), stage = staged.as_ref().map_or(0, |s| s.1.len()), parts = parts.len(), "received chunks");
         let outcome = {
             let mut locations = own;
             for (c, ls) in &foreign.locations {
@@ -404,9 +460,13 @@ impl Replica for LocalReplica {
                 lists: &lists,
                 locations: &locations,
                 staged: staged.as_ref(),
+                parts: &parts,
             };
             weave_fs::apply(&self.root, &ops, &src, progress)
         };
+        if let Some(f) = flusher {
+            let _ = f.join();
+        }
         errors.extend(outcome.issues.iter().map(|i| self.issue(i)));
         // 4. Record what was done.
         let id = self.index.id();
@@ -468,6 +528,7 @@ struct Source<'a> {
     lists: &'a HashMap<Hash, ChunkList>,
     locations: &'a HashMap<Hash, Vec<Location>>,
     staged: Option<&'a (PathBuf, Arc<HashMap<Hash, u64>>)>,
+    parts: &'a HashMap<Hash, PathBuf>,
 }
 
 impl ContentSource for Source<'_> {
@@ -486,5 +547,10 @@ impl ContentSource for Source<'_> {
 
     fn staged(&self) -> Option<&(PathBuf, Arc<HashMap<Hash, u64>>)> {
         self.staged
+    }
+
+    fn part(&self, content: &Hash) -> Option<PathBuf> {
+        // Gone once a write took it (then that write's files serve).
+        self.parts.get(content).filter(|p| p.exists()).cloned()
     }
 }

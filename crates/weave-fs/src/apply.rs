@@ -82,6 +82,12 @@ pub trait ContentSource: Sync {
     fn staged(&self) -> Option<&(PathBuf, Arc<HashMap<Hash, u64>>)> {
         None
     }
+    /// A complete part file holding this content (see
+    /// [`crate::stage::Part`]): the first write of the content takes it
+    /// by a rename.
+    fn part(&self, _content: &Hash) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// A file that should hold some content.
@@ -108,6 +114,8 @@ struct Ctx<'a> {
     source: &'a dyn ContentSource,
     /// Content ids moved into the trash during this run.
     trashed: Mutex<HashMap<Hash, PathBuf>>,
+    /// Part files taken by a write: content → (its temporary, its target).
+    parts: Mutex<HashMap<Hash, (PathBuf, PathBuf)>>,
     progress: &'a (dyn Fn(u64) + Sync),
 }
 
@@ -131,6 +139,7 @@ pub fn apply(
         trash: trash.clone(),
         source,
         trashed: Mutex::new(HashMap::new()),
+        parts: Mutex::new(HashMap::new()),
         progress,
     };
     let live_now = |o: &Op| o.current.as_ref().is_some_and(|c| c.entry.is_live());
@@ -506,11 +515,19 @@ struct Built {
     list: Option<ChunkList>,
     bytes_local: u64,
     bytes_remote: u64,
+    /// The part file the temporary was, if it was one.
+    part: Option<PathBuf>,
 }
 
 impl Drop for Built {
     fn drop(&mut self) {
-        // A temporary that was not committed is removed.
+        // A temporary that was not committed is removed (a part file goes
+        // back to its place, for the next run).
+        if let Some(part) = &self.part {
+            if fs::rename(&self.temp, part).is_ok() {
+                return;
+            }
+        }
         let _ = fs::remove_file(&self.temp);
     }
 }
@@ -834,6 +851,7 @@ impl Ctx<'_> {
                     list: None,
                     bytes_local: 0,
                     bytes_remote: 0,
+                    part: None,
                 })
             }
             Object::File { content, size } => {
@@ -849,20 +867,27 @@ impl Ctx<'_> {
                         content.short_hex()
                     ));
                 }
-                let f = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(nofollow())
-                    .open(&temp)
-                    .map_err(|e| io_msg("cannot create temporary file", e))?;
-                let mut built = Built {
-                    temp,
-                    list: None,
-                    bytes_local: 0,
-                    bytes_remote: 0,
+                let (f, mut built) = match self.take_part(content, &temp, &full) {
+                    Some(taken) => taken,
+                    None => {
+                        let f = fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .mode(0o600)
+                            .custom_flags(nofollow())
+                            .open(&temp)
+                            .map_err(|e| io_msg("cannot create temporary file", e))?;
+                        let mut built = Built {
+                            temp,
+                            list: None,
+                            bytes_local: 0,
+                            bytes_remote: 0,
+                            part: None,
+                        };
+                        self.fill(&f, op, content, &list, &mut built)?;
+                        (f, built)
+                    }
                 };
-                self.fill(&f, op, content, &list, &mut built)?;
                 f.set_permissions(fs::Permissions::from_mode(op.target.mode))
                     .map_err(|e| io_msg("cannot set permissions", e))?;
                 let mtime = UNIX_EPOCH
@@ -880,6 +905,36 @@ impl Ctx<'_> {
             }
             other => Err(format!("cannot write a {}", other.kind_name())),
         }
+    }
+
+    /// The part file of `content` as the temporary `temp`, moved there
+    /// by a rename, if one is complete and no other write took it.
+    fn take_part(&self, content: &Hash, temp: &Path, target: &Path) -> Option<(File, Built)> {
+        let part = self.source.part(content)?;
+        let mut taken = self.parts.lock().unwrap();
+        if taken.contains_key(content) {
+            return None;
+        }
+        // Across filesystems (a mount inside the replica) it is copied.
+        fs::rename(&part, temp).ok()?;
+        taken.insert(*content, (temp.to_path_buf(), target.to_path_buf()));
+        drop(taken);
+        // Dropped on any failure below: the part goes back.
+        let mut built = Built {
+            temp: temp.to_path_buf(),
+            list: None,
+            bytes_local: 0,
+            bytes_remote: 0,
+            part: Some(part),
+        };
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nofollow())
+            .open(temp)
+            .ok()?;
+        built.bytes_remote = f.metadata().ok()?.len();
+        (self.progress)(built.bytes_remote);
+        Some((f, built))
     }
 
     /// Writes the chunks of `list` into `f`, each from the first source
@@ -972,6 +1027,14 @@ impl Ctx<'_> {
         }
         for l in locs.iter().filter(|l| !l.local) {
             srcs.push(whole(l.path.clone(), false, l.stat));
+        }
+        // A part file, or where the write that took it put it.
+        if let Some(part) = self.source.part(content) {
+            srcs.push(whole(part, false, None));
+        }
+        if let Some((temp, target)) = self.parts.lock().unwrap().get(content) {
+            srcs.push(whole(temp.clone(), false, None));
+            srcs.push(whole(target.clone(), false, None));
         }
         // Chunks another replica sent.
         if let Some((path, map)) = self.source.staged() {
@@ -1463,6 +1526,53 @@ mod tests {
         let mut kept = old.clone();
         kept[10..14].copy_from_slice(b"XXXX");
         assert_eq!(fs::read(t.path().join("f")).unwrap(), kept);
+    }
+
+    /// A complete part file becomes the first file with its content by a
+    /// rename (no copy); another file with the same content is copied
+    /// from it, verified.
+    #[test]
+    fn a_part_file_lands_by_a_rename_and_serves_other_copies() {
+        use std::os::unix::fs::MetadataExt;
+        struct PartSrc(ChunkList, PathBuf);
+        impl ContentSource for PartSrc {
+            fn chunk_list(&self, content: &Hash) -> Option<ChunkList> {
+                (self.0.content_id() == *content).then(|| self.0.clone())
+            }
+            fn locations(&self, _: &Hash) -> Vec<Location> {
+                Vec::new()
+            }
+            fn part(&self, _: &Hash) -> Option<PathBuf> {
+                Some(self.1.clone()).filter(|p| p.exists())
+            }
+        }
+        let t = replica();
+        let data = noise(2_000_000, 3);
+        let list = weave_chunk::chunk_bytes(&data);
+        let stage = crate::Stage::open(&t.path().join(STATE_DIR)).unwrap();
+        let mut part = stage.part(&list).unwrap();
+        for (off, c) in list.with_offsets() {
+            part.put(&c.hash, &data[off as usize..(off + c.len as u64) as usize])
+                .unwrap();
+        }
+        assert!(part.complete());
+        let path = part.path().to_path_buf();
+        drop(part);
+        let ino = fs::metadata(&path).unwrap().ino();
+        let source = PartSrc(list, path.clone());
+        let ops = [write_op("a", None, &data, 1), write_op("b", None, &data, 1)];
+        let out = apply(t.path(), &ops, &source, &|_| {});
+        assert!(out.issues.is_empty(), "{:?}", out.issues);
+        assert_eq!(out.done.len(), 2);
+        assert!(!path.exists());
+        let inos: Vec<u64> = ["a", "b"]
+            .iter()
+            .map(|n| {
+                assert_eq!(fs::read(t.path().join(n)).unwrap(), data);
+                fs::metadata(t.path().join(n)).unwrap().ino()
+            })
+            .collect();
+        assert_eq!(inos.iter().filter(|i| **i == ino).count(), 1, "{inos:?}");
     }
 
     /// I-2: when the conflict copy of the losing version cannot be written,

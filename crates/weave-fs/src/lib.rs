@@ -16,5 +16,5 @@ mod util;
 
 pub use apply::{apply, restore_modes, ApplyOutcome, ContentSource, Done, Location, Op, OpKind};
 pub use scan::{scan, ScanError, ScanOutcome};
-pub use stage::Stage;
+pub use stage::{Part, Stage};
 pub use util::{join, stat_of, FsIssue, TEMP_PREFIX};

@@ -10,11 +10,15 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use weave_chunk::ChunkList;
 use weave_core::Hash;
 
 pub const STAGE_FILE: &str = "stage.pack";
+/// Directory (in the state directory) of the part files: see [`Part`].
+pub const PARTS_DIR: &str = "parts";
 
 pub struct Stage {
     path: PathBuf,
@@ -119,12 +123,140 @@ impl Stage {
         Some((self.path.clone(), Arc::new(self.map.clone())))
     }
 
-    /// Drops the stage once everything it held has landed.
+    /// Drops the stage once everything it held has landed, with its part
+    /// files.
     pub fn clear(&mut self) {
         self.file = None;
         self.map.clear();
         self.end = 0;
         let _ = std::fs::remove_file(&self.path);
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir_all(dir.join(PARTS_DIR));
+        }
+    }
+
+    /// The part file of a content (see [`Part`]), kept from an
+    /// interrupted run or new.
+    pub fn part(&self, list: &ChunkList) -> std::io::Result<Part> {
+        let dir = self.path.parent().unwrap_or(Path::new(".")).join(PARTS_DIR);
+        std::fs::create_dir_all(&dir)?;
+        Part::open(&dir, list)
+    }
+}
+
+/// A large content received from other replicas, written straight into a
+/// file of its own at each chunk's place (`.weave/parts/<content id>`), so
+/// that it lands by a rename rather than being copied out of the pack.
+/// What an interrupted run received is kept: the chunks already there are
+/// verified when the part is opened again.
+pub struct Part {
+    path: PathBuf,
+    file: File,
+    list: ChunkList,
+    have: Vec<bool>,
+    /// Offset of each chunk of `list`.
+    offsets: Vec<u64>,
+    /// Chunk → the indices in `list` where it occurs.
+    at: HashMap<Hash, Vec<usize>>,
+}
+
+impl Part {
+    fn open(dir: &Path, list: &ChunkList) -> std::io::Result<Part> {
+        let path = dir.join(list.content_id().to_hex());
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&path)
+        };
+        let mut file = open();
+        // Only a part file of its own is written into: never one that
+        // became a user's file (a run that moved it but did not clear it).
+        if file
+            .as_ref()
+            .is_ok_and(|f| f.metadata().is_ok_and(|m| m.nlink() != 1 || !m.is_file()))
+        {
+            std::fs::remove_file(&path)?;
+            file = open();
+        }
+        let file = file?;
+        let kept = file.metadata()?.len();
+        let mut at: HashMap<Hash, Vec<usize>> = HashMap::new();
+        let mut have = vec![false; list.chunks.len()];
+        let mut offsets = Vec::with_capacity(list.chunks.len());
+        let mut buf = Vec::new();
+        for (i, (off, c)) in list.with_offsets().enumerate() {
+            offsets.push(off);
+            at.entry(c.hash).or_default().push(i);
+            if off + c.len as u64 <= kept {
+                buf.resize(c.len as usize, 0);
+                have[i] =
+                    file.read_exact_at(&mut buf, off).is_ok() && weave_chunk::verify(&buf, &c.hash);
+            }
+        }
+        file.set_len(list.size())?;
+        Ok(Part {
+            path,
+            file,
+            list: list.clone(),
+            have,
+            offsets,
+            at,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn content(&self) -> Hash {
+        self.list.content_id()
+    }
+
+    /// The chunks not there yet, each once.
+    pub fn missing(&self) -> Vec<Hash> {
+        let mut seen = std::collections::HashSet::new();
+        self.list
+            .chunks
+            .iter()
+            .zip(&self.have)
+            .filter(|(c, have)| !**have && seen.insert(c.hash))
+            .map(|(c, _)| c.hash)
+            .collect()
+    }
+
+    pub fn wants(&self, h: &Hash) -> bool {
+        self.at
+            .get(h)
+            .is_some_and(|ix| ix.iter().any(|&i| !self.have[i]))
+    }
+
+    /// Writes chunk `h` at each of its places; the caller has verified
+    /// `data` against `h` (I-3).
+    pub fn put(&mut self, h: &Hash, data: &[u8]) -> std::io::Result<()> {
+        let Some(ix) = self.at.get(h) else {
+            return Ok(());
+        };
+        for &i in ix {
+            if !self.have[i] {
+                self.file.write_all_at(data, self.offsets[i])?;
+                self.have[i] = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Another handle to the part file (to flush it from elsewhere).
+    pub fn handle(&self) -> std::io::Result<File> {
+        self.file.try_clone()
+    }
+
+    pub fn complete(&self) -> bool {
+        self.have.iter().all(|h| *h)
     }
 }
 
@@ -161,5 +293,76 @@ mod tests {
         s.clear();
         assert!(!p.exists());
         assert!(Stage::open(d.path()).unwrap().is_empty());
+    }
+
+    fn noise(n: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_part_keeps_what_arrived_and_checks_it_again() {
+        let d = tempfile::tempdir().unwrap();
+        let data = noise(400_000);
+        let list = weave_chunk::chunk_bytes(&data);
+        assert!(list.chunks.len() >= 4);
+        let chunk = |i: usize| {
+            let (off, c) = list.with_offsets().nth(i).unwrap();
+            (
+                c.hash,
+                data[off as usize..off as usize + c.len as usize].to_vec(),
+            )
+        };
+        let stage = Stage::open(d.path()).unwrap();
+        let mut part = stage.part(&list).unwrap();
+        assert_eq!(part.missing().len(), list.chunks.len());
+        for i in [0, 2] {
+            let (h, bytes) = chunk(i);
+            assert!(part.wants(&h));
+            part.put(&h, &bytes).unwrap();
+            assert!(!part.wants(&h));
+        }
+        assert!(!part.complete());
+        let path = part.path().to_path_buf();
+        drop(part);
+        // Reopened (a rerun): what arrived is there, verified.
+        let part = stage.part(&list).unwrap();
+        assert_eq!(part.missing().len(), list.chunks.len() - 2);
+        assert!(!part.wants(&chunk(0).0));
+        drop(part);
+        // A damaged chunk is fetched again.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(b"!", 3).unwrap();
+        drop(f);
+        let mut part = stage.part(&list).unwrap();
+        assert!(part.wants(&chunk(0).0));
+        assert!(!part.wants(&chunk(2).0));
+        for i in 0..list.chunks.len() {
+            let (h, bytes) = chunk(i);
+            part.put(&h, &bytes).unwrap();
+        }
+        assert!(part.complete());
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        drop(part);
+        // Once it is also a user's file (a run that took it was cut short
+        // before the stage was cleared), it is never written into.
+        let user = d.path().join("user-file");
+        std::fs::hard_link(&path, &user).unwrap();
+        let mut part = stage.part(&list).unwrap();
+        assert_eq!(part.missing().len(), list.chunks.len());
+        let (h, _) = chunk(1);
+        part.put(&h, &vec![0u8; chunk(1).1.len()]).unwrap();
+        assert_eq!(std::fs::read(&user).unwrap(), data);
+        let mut stage = stage;
+        stage.clear();
+        assert!(!d.path().join(PARTS_DIR).exists());
+        assert_eq!(std::fs::read(&user).unwrap(), data);
     }
 }

@@ -856,14 +856,17 @@ fn me() -> String {
 }
 
 /// An interrupted transfer keeps what it received: weave is killed in the
-/// middle of sending a file to a remote, and the rerun sends only the rest.
-#[test]
-fn an_interrupted_transfer_resumes() {
+/// middle of sending to a remote, and the rerun sends only the rest.
+/// `received` tells how many bytes the receiving side kept so far.
+fn interrupted_transfer_resumes(files: &[(String, Vec<u8>)], received: impl Fn(&Path) -> u64) {
     let t = setup(&["A", "B"]);
-    let data = random_bytes(EIGHT_MIB, 77);
-    write(t.path().join("A/big.bin"), &data);
+    let total: usize = files.iter().map(|f| f.1.len()).sum();
+    assert_eq!(total, EIGHT_MIB);
+    for (name, data) in files {
+        write(t.path().join("A").join(name), data);
+    }
     let rsh = scripts().rsh.display().to_string();
-    // 1 MiB/s: about 8 s for the whole file; killed after about 3.
+    // 1 MiB/s: about 8 s for everything; killed after about 3.
     let mut child = Command::new(weave_bin())
         .args(["sync", "--rsh", &rsh, "--remote-weave", weave_bin()])
         .args(["--bwlimit", "1M", "A", "host:B"])
@@ -872,33 +875,70 @@ fn an_interrupted_transfer_resumes() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stage = t.path().join("B/.weave/stage.pack");
+    let state = t.path().join("B/.weave");
     let started = Instant::now();
-    // Bounded: until a good part of the file is staged, at most 20 s.
-    while started.elapsed() < Duration::from_secs(20)
-        && fs::metadata(&stage).map(|m| m.len()).unwrap_or(0) < 2 << 20
-    {
+    // Bounded: until a good part has arrived, at most 20 s.
+    while started.elapsed() < Duration::from_secs(20) && received(&state) < 2 << 20 {
         std::thread::sleep(Duration::from_millis(50));
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let staged = fs::metadata(&stage).map(|m| m.len()).unwrap_or(0);
-    assert!(staged >= 2 << 20, "only {staged} bytes staged after 20 s");
-    assert!(!t.path().join("B/big.bin").exists());
+    let kept = received(&state);
+    assert!(kept >= 2 << 20, "only {kept} bytes received after 20 s");
+    assert!(
+        kept < EIGHT_MIB as u64,
+        "everything arrived before the kill"
+    );
+    assert!(files
+        .iter()
+        .all(|f| !t.path().join("B").join(&f.0).exists()));
     // The serving side ends when its session does (bounded wait).
     std::thread::sleep(Duration::from_millis(300));
     let (r, j) = rsync_json(t.path(), &["A", "host:B"]);
     r.expect_code(0);
     assert_clean(&r, &j);
-    assert_eq!(read(t.path().join("B/big.bin")), data);
+    for (name, data) in files {
+        assert_eq!(&read(t.path().join("B").join(name)), data);
+    }
     let sent = wire(&j);
-    // At least 2 MiB were staged: the rerun sends at most the rest.
+    // At least 2 MiB had arrived: the rerun sends at most the rest.
     assert!(
         sent < EIGHT_MIB as u64 - (3 << 19),
-        "the rerun sent {sent} bytes with {staged} already staged"
+        "the rerun sent {sent} bytes with {kept} already received"
     );
-    assert!(
-        !stage.exists(),
-        "the stage is dropped once everything landed"
-    );
+    let left: Vec<_> = fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n == "stage.pack" || n == "parts")
+        .collect();
+    assert!(left.is_empty(), "dropped once everything landed: {left:?}");
+}
+
+/// Small files: what arrived is kept in the stage pack.
+#[test]
+fn an_interrupted_transfer_of_small_files_resumes() {
+    let files: Vec<(String, Vec<u8>)> = (0..64)
+        .map(|i| (format!("f{i:02}"), random_bytes(EIGHT_MIB / 64, 100 + i)))
+        .collect();
+    interrupted_transfer_resumes(&files, |state| {
+        fs::metadata(state.join("stage.pack"))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    });
+}
+
+/// A large file: what arrived is kept in its part file (written in place,
+/// so what it holds is counted by its allocated blocks).
+#[test]
+fn an_interrupted_transfer_of_a_large_file_resumes() {
+    use std::os::unix::fs::MetadataExt;
+    let files = vec![("big.bin".to_string(), random_bytes(EIGHT_MIB, 77))];
+    interrupted_transfer_resumes(&files, |state| {
+        fs::read_dir(state.join("parts"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.blocks() * 512)
+            .sum()
+    });
 }
