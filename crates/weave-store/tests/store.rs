@@ -1,0 +1,177 @@
+//! The version store through its public API: saving deduplicates by chunk,
+//! what was saved reads back byte for byte, pruning keeps exactly what the
+//! policy keeps, and damage is reported, never spread.
+
+use std::fs::{self, File};
+use std::path::Path;
+use weave_core::ReplicaId;
+use weave_store::{Policy, Reason, Store, ToSave};
+
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn save(store: &Store, dir: &Path, path: &str, data: &[u8]) -> u64 {
+    let f = dir.join("old");
+    fs::write(&f, data).unwrap();
+    let list = weave_chunk::chunk_bytes(data);
+    let r = store
+        .save(&[ToSave {
+            path,
+            file: &f,
+            chunks: &list,
+            mode: 0o644,
+            mtime_ns: 7,
+            origin: ReplicaId(3),
+            reason: Reason::Replaced,
+        }])
+        .unwrap();
+    r[0].clone().unwrap()
+}
+
+fn restore(store: &Store, dir: &Path, id: u64) -> Vec<u8> {
+    let v = store.get(id).unwrap().unwrap();
+    let out = dir.join("restored");
+    let f = File::create(&out).unwrap();
+    store.read_into(&v, &f, &|_| {}).unwrap();
+    fs::read(out).unwrap()
+}
+
+#[test]
+fn versions_read_back_and_share_their_chunks() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open(t.path()).unwrap();
+    let mut data = noise(4 << 20, 1);
+    let mut ids = Vec::new();
+    let mut versions = Vec::new();
+    for i in 0..20u64 {
+        // A few 1 KiB random edits each time.
+        for k in 0..3u64 {
+            let at = ((i * 7919 + k * 104_729) * 4099) as usize % (data.len() - 1024);
+            data[at..at + 1024].copy_from_slice(&noise(1024, i * 10 + k + 2));
+        }
+        ids.push(save(&store, t.path(), "dir/f", &data));
+        versions.push(data.clone());
+    }
+    for (id, want) in ids.iter().zip(&versions) {
+        assert_eq!(&restore(&store, t.path(), *id), want);
+    }
+    let listed = store.versions("dir/f").unwrap();
+    assert_eq!(listed.iter().map(|v| v.id).collect::<Vec<_>>(), ids);
+    assert_eq!(store.versions_under("dir").unwrap().len(), 20);
+    assert!(store.versions_under("di").unwrap().is_empty());
+    assert!(store.versions("dir").unwrap().is_empty());
+    // 20 versions take far less than 20 copies.
+    let used = store.disk_usage();
+    assert!(
+        used < 3 * data.len() as u64,
+        "{used} bytes for 20 versions of {}",
+        data.len()
+    );
+}
+
+#[test]
+fn a_file_that_no_longer_holds_its_content_is_not_saved() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open(t.path()).unwrap();
+    let data = noise(300_000, 5);
+    let list = weave_chunk::chunk_bytes(&data);
+    let f = t.path().join("old");
+    let mut other = data.clone();
+    other[200_000] ^= 1;
+    fs::write(&f, &other).unwrap();
+    let r = store
+        .save(&[ToSave {
+            path: "x",
+            file: &f,
+            chunks: &list,
+            mode: 0o644,
+            mtime_ns: 0,
+            origin: ReplicaId(1),
+            reason: Reason::Deleted,
+        }])
+        .unwrap();
+    assert!(r[0].is_err());
+    assert!(store.all().unwrap().is_empty());
+}
+
+#[test]
+fn pruning_keeps_what_the_policy_keeps_and_frees_the_rest() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open(t.path()).unwrap();
+    let ids: Vec<u64> = (0..6)
+        .map(|i| save(&store, t.path(), "f", &noise(1 << 20, 100 + i)))
+        .collect();
+    let before = store.disk_usage();
+    store
+        .set_policy(&Policy {
+            keep_last: Some(2),
+            ..Policy::keep_all()
+        })
+        .unwrap();
+    let p = store.prune(weave_store::now_ns()).unwrap();
+    assert_eq!(p.versions_dropped, 4);
+    let left: Vec<u64> = store.all().unwrap().iter().map(|v| v.id).collect();
+    assert_eq!(left, ids[4..].to_vec());
+    assert!(
+        store.disk_usage() < before / 2,
+        "{} of {before}",
+        store.disk_usage()
+    );
+    for (i, id) in ids[4..].iter().enumerate() {
+        assert_eq!(
+            restore(&store, t.path(), *id),
+            noise(1 << 20, 104 + i as u64)
+        );
+    }
+    // A size cap drops the oldest of what is left.
+    store
+        .set_policy(&Policy {
+            max_size: Some(1 << 20),
+            ..Policy::keep_all()
+        })
+        .unwrap();
+    store.prune(weave_store::now_ns()).unwrap();
+    let left: Vec<u64> = store.all().unwrap().iter().map(|v| v.id).collect();
+    assert_eq!(left, vec![ids[5]]);
+    assert_eq!(restore(&store, t.path(), ids[5]), noise(1 << 20, 105));
+}
+
+#[test]
+fn damage_is_reported_with_the_versions_it_affects() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open(t.path()).unwrap();
+    let a = save(&store, t.path(), "a", &noise(200_000, 9));
+    let b = save(&store, t.path(), "b", &noise(200_000, 10));
+    assert!(store.check().unwrap().is_empty());
+    // Flip a byte in the middle of the pack: one of the two is hit.
+    let pack = t.path().join("versions/packs/00000000.pack");
+    let mut bytes = fs::read(&pack).unwrap();
+    let mid = bytes.len() / 4;
+    bytes[mid] ^= 0xff;
+    fs::write(&pack, bytes).unwrap();
+    let damage = store.check().unwrap();
+    assert_eq!(damage.len(), 1, "{damage:?}");
+    assert_eq!(damage[0].versions, vec![a]);
+    let v = store.get(a).unwrap().unwrap();
+    let f = File::create(t.path().join("out")).unwrap();
+    let err = store.read_into(&v, &f, &|_| {}).unwrap_err();
+    assert!(err.contains("damaged"), "{err}");
+    // Pruning does not make it worse: the damaged pack is kept as it is.
+    store
+        .set_policy(&Policy {
+            keep_last: Some(1),
+            ..Policy::keep_all()
+        })
+        .unwrap();
+    store.prune(weave_store::now_ns()).unwrap();
+    assert_eq!(restore(&store, t.path(), b), noise(200_000, 10));
+}
