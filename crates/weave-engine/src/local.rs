@@ -82,6 +82,92 @@ impl LocalReplica {
         &self.root
     }
 
+    /// Saves the versions a run replaced or removed (still in the trash)
+    /// in the version store, then applies its retention policy. A removed
+    /// file whose content this run wrote elsewhere (a rename) lives on and
+    /// is not saved. Returns what could not be kept.
+    fn keep_versions(
+        &self,
+        replaced: &[weave_fs::Replaced],
+        written: &HashSet<Hash>,
+    ) -> Vec<Issue> {
+        let state = self.root.join(STATE_DIR);
+        let store = match weave_store::Store::open(&state) {
+            Ok(s) => s,
+            Err(e) => {
+                return vec![Issue {
+                    path: String::new(),
+                    message: format!("old versions were not kept: {e}"),
+                }]
+            }
+        };
+        let mut issues = Vec::new();
+        let mut lists = Vec::new();
+        let mut picked = Vec::new();
+        for r in replaced {
+            let Object::File { content, .. } = &r.old.object else {
+                continue;
+            };
+            if r.deleted && written.contains(content) {
+                continue;
+            }
+            match self.list(content) {
+                Some(l) => {
+                    lists.push(l);
+                    picked.push(r);
+                }
+                None => issues.push(Issue {
+                    path: r.path.clone(),
+                    message: "its old version was not kept: its chunk list is unknown".into(),
+                }),
+            }
+        }
+        let items: Vec<weave_store::ToSave> = picked
+            .iter()
+            .zip(&lists)
+            .map(|(r, l)| weave_store::ToSave {
+                path: &r.path,
+                file: &r.file,
+                chunks: l,
+                mode: r.old.mode,
+                mtime_ns: r.old.mtime_ns,
+                origin: r.old.origin,
+                reason: if r.deleted {
+                    weave_store::Reason::Deleted
+                } else {
+                    weave_store::Reason::Replaced
+                },
+                trusted: r.stat.is_some_and(|s| !s.racy),
+                movable: true,
+            })
+            .collect();
+        let t = std::time::Instant::now();
+        match store.save(&items) {
+            Ok(results) => {
+                for (r, res) in picked.iter().zip(results) {
+                    if let Err(m) = res {
+                        issues.push(Issue {
+                            path: r.path.clone(),
+                            message: format!("its old version was not kept: {m}"),
+                        });
+                    }
+                }
+            }
+            Err(e) => issues.push(Issue {
+                path: String::new(),
+                message: format!("old versions were not kept: {e}"),
+            }),
+        }
+        if let Err(e) = store.prune(weave_store::now_ns()) {
+            issues.push(Issue {
+                path: String::new(),
+                message: format!("old versions were not pruned: {e}"),
+            });
+        }
+        tracing::debug!(versions = items.len(), elapsed = ?t.elapsed(), "kept old versions");
+        issues
+    }
+
     fn issue(&self, i: &FsIssue) -> Issue {
         let rel = i.path.strip_prefix(&self.root).unwrap_or(&i.path);
         Issue {
@@ -492,6 +578,18 @@ impl Replica for LocalReplica {
         if errors.is_empty() {
             stage.clear();
         }
+        // 5. What this run replaced or removed goes to the version store.
+        if !outcome.replaced.is_empty() {
+            let written: HashSet<Hash> = done
+                .iter()
+                .filter_map(|(_, e)| match &e.object {
+                    Object::File { content, .. } => Some(*content),
+                    _ => None,
+                })
+                .collect();
+            errors.extend(self.keep_versions(&outcome.replaced, &written));
+        }
+        weave_fs::clear_trash(&self.root);
         Ok(Applied {
             done,
             errors,

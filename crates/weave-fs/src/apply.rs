@@ -69,6 +69,22 @@ pub struct ApplyOutcome {
     pub bytes_local: u64,
     /// Bytes of new file content taken from other replicas.
     pub bytes_remote: u64,
+    /// Files this run replaced or removed, still held in the trash until
+    /// [`clear_trash`] (for the version store).
+    pub replaced: Vec<Replaced>,
+}
+
+/// A file version a run replaced or removed.
+#[derive(Debug, Clone)]
+pub struct Replaced {
+    pub path: String,
+    pub old: Entry,
+    /// Where the old content is now (in the trash).
+    pub file: PathBuf,
+    /// Removed (rather than replaced by another version).
+    pub deleted: bool,
+    /// The stat recorded for it, which it still had when it was moved.
+    pub stat: Option<Stat>,
 }
 
 /// Where content can be found.
@@ -114,6 +130,8 @@ struct Ctx<'a> {
     source: &'a dyn ContentSource,
     /// Content ids moved into the trash during this run.
     trashed: Mutex<HashMap<Hash, PathBuf>>,
+    /// Old versions this run replaced or removed, kept in the trash.
+    replaced: Mutex<Vec<Replaced>>,
     /// Part files taken by a write: content → (its temporary, its target).
     parts: Mutex<HashMap<Hash, (PathBuf, PathBuf)>>,
     progress: &'a (dyn Fn(u64) + Sync),
@@ -140,6 +158,7 @@ pub fn apply(
         source,
         trashed: Mutex::new(HashMap::new()),
         parts: Mutex::new(HashMap::new()),
+        replaced: Mutex::new(Vec::new()),
         progress,
     };
     let live_now = |o: &Op| o.current.as_ref().is_some_and(|c| c.entry.is_live());
@@ -336,8 +355,17 @@ pub fn apply(
         }
     }
     let _ = fs::remove_file(root.join(STATE_DIR).join(UNLOCKED_FILE));
-    let _ = fs::remove_dir_all(&trash);
+    out.replaced = ctx.replaced.into_inner().unwrap_or_default();
+    if out.replaced.is_empty() {
+        let _ = fs::remove_dir_all(&trash);
+    }
     out
+}
+
+/// Removes what a run left in the trash (once its old versions were
+/// saved, or when they are not to be).
+pub fn clear_trash(root: &Path) {
+    let _ = fs::remove_dir_all(root.join(STATE_DIR).join("trash"));
 }
 
 /// Where the modes of directories opened up for a run are recorded.
@@ -788,7 +816,16 @@ impl Ctx<'_> {
                 let dest = self.trash.join(temp_name());
                 match fs::rename(&full, &dest) {
                     Ok(()) => {
-                        self.trashed.lock().unwrap().insert(*content, dest);
+                        self.trashed.lock().unwrap().insert(*content, dest.clone());
+                        if let Some(c) = &op.current {
+                            self.replaced.lock().unwrap().push(Replaced {
+                                path: op.path.clone(),
+                                old: c.entry.clone(),
+                                file: dest,
+                                deleted: true,
+                                stat: c.stat,
+                            });
+                        }
                         Ok(())
                     }
                     // Another filesystem mounted inside the replica: the
@@ -1184,6 +1221,7 @@ impl Ctx<'_> {
                 })?;
             }
             Some(c) => {
+                let mut kept = None;
                 let meta = fs::symlink_metadata(&full).map_err(|_| CHANGED.to_string())?;
                 match &c.entry.object {
                     Object::File { content, .. } => {
@@ -1193,10 +1231,16 @@ impl Ctx<'_> {
                             return Err(CHANGED.into());
                         }
                         // Keep the old content reachable for the rest of
-                        // this run (other writes may need its chunks).
+                        // this run (other writes may need its chunks) and
+                        // for the version store.
                         let keep = self.trash.join(temp_name());
                         if fs::hard_link(&full, &keep).is_ok() {
-                            self.trashed.lock().unwrap().entry(*content).or_insert(keep);
+                            self.trashed
+                                .lock()
+                                .unwrap()
+                                .entry(*content)
+                                .or_insert(keep.clone());
+                            kept = Some(keep);
                         }
                     }
                     Object::Symlink { target } => {
@@ -1207,7 +1251,21 @@ impl Ctx<'_> {
                     }
                     _ => return Err(CHANGED.into()),
                 }
-                fs::rename(&b.temp, &full).map_err(|e| io_msg("cannot rename into place", e))?;
+                fs::rename(&b.temp, &full).map_err(|e| {
+                    if let Some(k) = &kept {
+                        let _ = fs::remove_file(k);
+                    }
+                    io_msg("cannot rename into place", e)
+                })?;
+                if let Some(file) = kept {
+                    self.replaced.lock().unwrap().push(Replaced {
+                        path: op.path.clone(),
+                        old: c.entry.clone(),
+                        file,
+                        deleted: false,
+                        stat: c.stat,
+                    });
+                }
             }
         }
         if op.target.object.is_live() && matches!(op.target.object, Object::File { .. }) {

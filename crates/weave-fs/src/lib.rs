@@ -14,7 +14,10 @@ pub mod scan;
 pub mod stage;
 mod util;
 
-pub use apply::{apply, restore_modes, ApplyOutcome, ContentSource, Done, Location, Op, OpKind};
+pub use apply::{
+    apply, clear_trash, restore_modes, ApplyOutcome, ContentSource, Done, Location, Op, OpKind,
+    Replaced,
+};
 pub use scan::{scan, ScanError, ScanOutcome};
 pub use stage::{Part, Stage};
 pub use util::{join, stat_of, FsIssue, TEMP_PREFIX};

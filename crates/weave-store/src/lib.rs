@@ -98,7 +98,19 @@ pub struct ToSave<'a> {
     pub mtime_ns: i64,
     pub origin: ReplicaId,
     pub reason: Reason,
+    /// The file's stat proves it holds the recorded content (it was
+    /// checked against the index just before it was moved aside, and was
+    /// not racy): a file taken whole into the store is not read again.
+    pub trusted: bool,
+    /// The store may take the file itself (rename it into the store)
+    /// when most of its chunks are new to the store.
+    pub movable: bool,
 }
+
+/// Files at least this large whose chunks are mostly new to the store are
+/// taken into it whole, by a rename (their chunks stay at their offsets):
+/// no copy. Pruning rewrites them once they are mostly garbage.
+const ADOPT_MIN: u64 = 1 << 20;
 
 /// What a prune did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -223,6 +235,8 @@ impl Store {
         let mut buf = Vec::new();
         let mut out: Vec<u8> = Vec::new();
         let mut touched: Vec<File> = Vec::new();
+        // Numbers of the files taken whole as packs.
+        let mut adopted: Vec<u32> = Vec::new();
         for item in items {
             let file = match File::open(item.file) {
                 Ok(f) => f,
@@ -231,6 +245,39 @@ impl Store {
                     continue;
                 }
             };
+            // Taken whole?
+            let mut unknown = 0u64;
+            let mut seen: HashSet<Hash> = HashSet::new();
+            for c in &item.chunks.chunks {
+                if seen.insert(c.hash)
+                    && !new_chunks.contains_key(&c.hash)
+                    && known.get(&c.hash.0).map_err(|e| self.cat(e))?.is_none()
+                {
+                    unknown += c.len as u64;
+                }
+            }
+            let single = file.metadata().is_ok_and(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.nlink() == 1 && m.is_file() && m.len() == item.chunks.size()
+            });
+            if item.movable && single && unknown >= ADOPT_MIN && unknown * 2 >= item.chunks.size() {
+                match self.adopt(item, &file, &known, &new_chunks, &mut buf) {
+                    Ok((n, rows)) => {
+                        adopted.push(n);
+                        new_chunks.extend(rows);
+                        records.push(self.record(next_id, item, saved_at));
+                        results.push(Ok(next_id));
+                        next_id += 1;
+                        continue;
+                    }
+                    Err(AdoptError::Fatal(e)) => return Err(e),
+                    Err(AdoptError::Content(m)) => {
+                        results.push(Err(m));
+                        continue;
+                    }
+                    Err(AdoptError::CannotMove) => {}
+                }
+            }
             let mut failed = None;
             // This item's new chunks: hash → (offset in the pack, length).
             let mut pending: HashMap<Hash, (u64, u32)> = HashMap::new();
@@ -270,18 +317,7 @@ impl Store {
             for (h, (off, len)) in pending {
                 new_chunks.insert(h, (pack_no, off, len));
             }
-            records.push(Version {
-                id: next_id,
-                path: item.path.to_string(),
-                content: item.chunks.content_id(),
-                size: item.chunks.size(),
-                mode: item.mode,
-                mtime_ns: item.mtime_ns,
-                origin: item.origin,
-                saved_at_ns: saved_at,
-                reason: item.reason,
-                chunks: item.chunks.clone(),
-            });
+            records.push(self.record(next_id, item, saved_at));
             results.push(Ok(next_id));
             next_id += 1;
             if end >= PACK_MAX {
@@ -289,7 +325,7 @@ impl Store {
                     .map_err(|e| io(&self.dir, "cannot write pack", e))?;
                 out.clear();
                 touched.push(pack);
-                pack_no += 1;
+                pack_no = self.fresh_pack_no(&adopted)?;
                 pack = self.open_pack(pack_no)?;
                 end = pack
                     .metadata()
@@ -307,6 +343,13 @@ impl Store {
         for f in &touched {
             f.sync_data()
                 .map_err(|e| io(&self.dir, "cannot flush pack", e))?;
+        }
+        if !adopted.is_empty() {
+            // The renames are durable before the catalog refers to them.
+            let d = self.dir.join(PACKS);
+            File::open(&d)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io(&d, "cannot flush", e))?;
         }
         let tx = self.db.begin_write().map_err(|e| self.cat(e))?;
         {
@@ -333,6 +376,74 @@ impl Store {
         }
         tx.commit().map_err(|e| self.cat(e))?;
         Ok(results)
+    }
+
+    fn record(&self, id: u64, item: &ToSave<'_>, saved_at: i64) -> Version {
+        Version {
+            id,
+            path: item.path.to_string(),
+            content: item.chunks.content_id(),
+            size: item.chunks.size(),
+            mode: item.mode,
+            mtime_ns: item.mtime_ns,
+            origin: item.origin,
+            saved_at_ns: saved_at,
+            reason: item.reason,
+            chunks: item.chunks.clone(),
+        }
+    }
+
+    /// A pack number no file uses yet (nor `also`).
+    fn fresh_pack_no(&self, also: &[u32]) -> Result<u32, StoreError> {
+        let on_disk = self.packs()?.iter().map(|p| p.0).max();
+        let cur = self.meta_u64("pack")? as u32;
+        Ok(on_disk
+            .into_iter()
+            .chain(also.iter().copied())
+            .chain([cur])
+            .max()
+            .unwrap_or(0)
+            + 1)
+    }
+
+    /// Takes `item`'s file into the store whole, as a pack of its own,
+    /// verifying its new chunks unless its stat vouches for them. Returns
+    /// the pack's number and the rows of its new chunks.
+    #[allow(clippy::type_complexity)]
+    fn adopt(
+        &self,
+        item: &ToSave<'_>,
+        file: &File,
+        known: &redb::ReadOnlyTable<&'static [u8; 32], (u32, u64, u32)>,
+        new_chunks: &HashMap<Hash, (u32, u64, u32)>,
+        buf: &mut Vec<u8>,
+    ) -> Result<(u32, Vec<(Hash, (u32, u64, u32))>), AdoptError> {
+        let n = self.fresh_pack_no(&[]).map_err(AdoptError::Fatal)?;
+        let mut rows = Vec::new();
+        let mut seen = HashSet::new();
+        for (off, c) in item.chunks.with_offsets() {
+            if !seen.insert(c.hash)
+                || new_chunks.contains_key(&c.hash)
+                || known
+                    .get(&c.hash.0)
+                    .map_err(|e| AdoptError::Fatal(self.cat(e)))?
+                    .is_some()
+            {
+                continue;
+            }
+            if !item.trusted {
+                buf.resize(c.len as usize, 0);
+                if file.read_exact_at(buf, off).is_err() || !weave_chunk::verify(buf, &c.hash) {
+                    return Err(AdoptError::Content(format!(
+                        "the old version no longer holds chunk {} at offset {off}",
+                        c.hash.short_hex()
+                    )));
+                }
+            }
+            rows.push((c.hash, (n, off, c.len)));
+        }
+        std::fs::rename(item.file, self.pack_path(n)).map_err(|_| AdoptError::CannotMove)?;
+        Ok((n, rows))
     }
 
     fn open_pack(&self, n: u32) -> Result<File, StoreError> {
@@ -713,6 +824,12 @@ impl Store {
             .map(|p| p.iter().map(|x| x.1).sum())
             .unwrap_or(0)
     }
+}
+
+enum AdoptError {
+    Fatal(StoreError),
+    Content(String),
+    CannotMove,
 }
 
 fn unique(list: &ChunkList) -> HashSet<Hash> {

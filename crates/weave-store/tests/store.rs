@@ -32,6 +32,8 @@ fn save(store: &Store, dir: &Path, path: &str, data: &[u8]) -> u64 {
             mtime_ns: 7,
             origin: ReplicaId(3),
             reason: Reason::Replaced,
+            trusted: false,
+            movable: false,
         }])
         .unwrap();
     r[0].clone().unwrap()
@@ -97,6 +99,8 @@ fn a_file_that_no_longer_holds_its_content_is_not_saved() {
             mtime_ns: 0,
             origin: ReplicaId(1),
             reason: Reason::Deleted,
+            trusted: false,
+            movable: true,
         }])
         .unwrap();
     assert!(r[0].is_err());
@@ -174,4 +178,52 @@ fn damage_is_reported_with_the_versions_it_affects() {
         .unwrap();
     store.prune(weave_store::now_ns()).unwrap();
     assert_eq!(restore(&store, t.path(), b), noise(200_000, 10));
+}
+
+/// A large file whose chunks are new to the store is taken whole, by a
+/// rename; later versions add only their new chunks.
+#[test]
+fn a_large_new_file_is_taken_whole_without_a_copy() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open(t.path()).unwrap();
+    let data = noise(3 << 20, 11);
+    let list = weave_chunk::chunk_bytes(&data);
+    let f = t.path().join("old");
+    fs::write(&f, &data).unwrap();
+    let r = store
+        .save(&[ToSave {
+            path: "big",
+            file: &f,
+            chunks: &list,
+            mode: 0o600,
+            mtime_ns: 1,
+            origin: ReplicaId(2),
+            reason: Reason::Deleted,
+            trusted: false,
+            movable: true,
+        }])
+        .unwrap();
+    let id = r[0].clone().unwrap();
+    assert!(!f.exists(), "taken by a rename");
+    assert_eq!(restore(&store, t.path(), id), data);
+    let before = store.disk_usage();
+    let mut edited = data.clone();
+    edited[1_000_000..1_001_024].copy_from_slice(&noise(1024, 12));
+    let id2 = save(&store, t.path(), "big", &edited);
+    assert!(
+        store.disk_usage() - before < 200_000,
+        "{}",
+        store.disk_usage() - before
+    );
+    assert_eq!(restore(&store, t.path(), id2), edited);
+    assert_eq!(restore(&store, t.path(), id), data);
+    // Only the edited version is kept: it still reads back.
+    store
+        .set_policy(&Policy {
+            keep_last: Some(1),
+            ..Policy::keep_all()
+        })
+        .unwrap();
+    store.prune(weave_store::now_ns()).unwrap();
+    assert_eq!(restore(&store, t.path(), id2), edited);
 }
