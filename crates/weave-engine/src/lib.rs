@@ -9,6 +9,7 @@
 //!    taking chunks from the replica's own files first;
 //! 6. record the results and what each replica has integrated.
 
+pub mod history;
 mod local;
 mod ops;
 mod replica;
@@ -656,4 +657,11 @@ impl Provider for Fetch<'_, '_> {
         }
         Ok(())
     }
+}
+
+/// The id of the replica at `root` (0 if its index cannot be read now).
+pub(crate) fn local_id(root: &std::path::Path) -> weave_core::ReplicaId {
+    weave_index::Index::open_for_dry_run(&root.join(weave_core::path::STATE_DIR))
+        .map(|i| i.id())
+        .unwrap_or(weave_core::ReplicaId(0))
 }

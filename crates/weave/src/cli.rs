@@ -27,6 +27,126 @@ enum Command {
     /// Serve one replica over stdin/stdout (what `weave sync` starts on a
     /// remote host through ssh; not for interactive use).
     Serve(ServeArgs),
+    /// List the old versions of a file, or (with --deleted) the deleted
+    /// files that can be restored.
+    ///
+    /// A sync keeps what it replaces or deletes in the replica's version
+    /// store (DIR/.weave/versions), deduplicated by chunk.
+    History(HistoryArgs),
+    /// Bring back an old version of a file, or a deleted directory's tree.
+    ///
+    /// Without --to, the version is written in place: a new local change
+    /// that the next sync propagates (what it replaces is kept as a version
+    /// first). With --to, it is written there instead.
+    #[command(disable_version_flag = true)]
+    Restore(RestoreArgs),
+    /// Apply the retention policy to the version store now (a sync does it
+    /// after keeping versions), or check the store for damage.
+    Gc(GcArgs),
+    /// Show or set how long a replica keeps old versions.
+    ///
+    /// The default is staggered for a year: every version for an hour,
+    /// then one per hour for a day, one per day for a month, one per week
+    /// after that. Rules that are set must all keep a version.
+    Retention(RetentionArgs),
+}
+
+#[derive(clap::Args)]
+struct HistoryArgs {
+    /// A file (or, with --deleted, a directory) inside a replica.
+    #[arg(value_name = "PATH", default_value = ".")]
+    path: PathBuf,
+    /// List the files under PATH that were deleted and can be restored.
+    #[arg(long)]
+    deleted: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct RestoreArgs {
+    /// The file or directory to restore (inside a replica).
+    #[arg(value_name = "PATH")]
+    path: PathBuf,
+    /// What it held at this time: "2026-11-21 09:30" (UTC) or an age
+    /// such as 90m, 2h, 3d. Default: the newest version.
+    #[arg(long, value_name = "TIME", conflicts_with = "version")]
+    at: Option<String>,
+    /// A version id from `weave history`.
+    #[arg(long, value_name = "ID")]
+    version: Option<u64>,
+    /// Write it here instead of in place (must not exist yet).
+    #[arg(long, value_name = "DEST")]
+    to: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct GcArgs {
+    /// The replica (default: the one the current directory is in).
+    #[arg(value_name = "REPLICA", default_value = ".")]
+    replica: PathBuf,
+    /// Read every stored chunk back and list the versions a damaged or
+    /// missing one affects, instead of pruning (changes nothing).
+    #[arg(long)]
+    check: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct RetentionArgs {
+    /// The replica (default: the one the current directory is in).
+    #[arg(value_name = "REPLICA", default_value = ".")]
+    replica: PathBuf,
+    /// Keep at most N versions of each file.
+    #[arg(long, value_name = "N")]
+    keep_last: Option<u32>,
+    /// Thin out old versions on the staggered schedule.
+    #[arg(long, overrides_with = "no_staggered")]
+    staggered: bool,
+    /// Do not thin out old versions by age.
+    #[arg(long)]
+    no_staggered: bool,
+    /// Drop versions older than this: 30d, 12h, 2w...
+    #[arg(long, value_name = "AGE", value_parser = parse_age)]
+    max_age: Option<i64>,
+    /// Keep the store at most this large: 500M, 10G... (the oldest
+    /// versions go first).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_size: Option<u64>,
+    /// Start from "keep every version" instead of the current policy.
+    #[arg(long)]
+    keep_all: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_age(s: &str) -> Result<i64, String> {
+    weave_engine::history::retention::parse_duration(s)
+        .ok_or_else(|| format!("'{s}' is not an age; use a number with s, m, h, d or w (30d, 12h)"))
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m' | 'M') => (&t[..t.len() - 1], 1 << 20),
+        Some('g' | 'G') => (&t[..t.len() - 1], 1 << 30),
+        Some('t' | 'T') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok((v * mult as f64) as u64),
+        _ => Err(format!(
+            "'{s}' is not a size; use bytes or a number with K, M, G or T (500M, 10G)"
+        )),
+    }
 }
 
 #[derive(clap::Args)]
@@ -127,6 +247,44 @@ pub fn run() -> ExitCode {
     match cli.command {
         Command::Sync(args) => sync(args),
         Command::Serve(_) => serve(),
+        Command::History(a) => done(crate::versions::history(&a.path, a.deleted, a.json)),
+        Command::Restore(a) => done(crate::versions::restore(
+            &a.path,
+            a.at.as_deref(),
+            a.version,
+            a.to.as_deref(),
+            a.json,
+        )),
+        Command::Gc(a) => done(crate::versions::gc(&a.replica, a.check, a.json)),
+        Command::Retention(a) => {
+            let change = crate::versions::PolicyChange {
+                keep_last: a.keep_last,
+                staggered: if a.no_staggered {
+                    Some(false)
+                } else if a.staggered {
+                    Some(true)
+                } else {
+                    None
+                },
+                max_age: a.max_age,
+                max_size: a.max_size,
+                keep_all: a.keep_all,
+            };
+            done(crate::versions::retention(&a.replica, change, a.json))
+        }
+    }
+}
+
+/// Exit status of a command that prints its own output: 0, or 2 with
+/// the error on stderr (1: it ran but found problems).
+fn done(r: anyhow::Result<bool>) -> ExitCode {
+    match r {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("weave: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }
 

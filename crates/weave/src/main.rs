@@ -2,6 +2,7 @@
 
 mod cli;
 mod output;
+mod versions;
 
 use std::process::ExitCode;
 
