@@ -5,7 +5,10 @@
 //! - no lost update: every content a replica held at one of its syncs is
 //!   still somewhere (as the file or a conflict copy), unless a user
 //!   knowingly replaced or deleted it afterwards;
-//! - idempotence: one more sync changes nothing.
+//! - idempotence: one more sync changes nothing;
+//! - versions: every content a sync replaced or deleted on a replica can be
+//!   restored from that replica's version store byte for byte (or lives on
+//!   there at another path: a rename, a conflict copy).
 //!
 //! The same runs also go with one replica remote: reached through a
 //! session (weave-net's protocol over a socket pair) to `serve` running in
@@ -290,6 +293,8 @@ impl World {
                 }
             }
         }
+        let before: Vec<(usize, BTreeMap<String, Node>)> =
+            which.iter().map(|&i| (i, tree(&self.reps[i]))).collect();
         let paths: Vec<PathBuf> = which.iter().map(|&i| self.reps[i].clone()).collect();
         let policy = match self.policy {
             Policy::KeepBoth => PolicySpec::KeepBoth,
@@ -337,7 +342,53 @@ impl World {
             }
         };
         assert!(report.errors.is_empty(), "errors: {:?}", report.errors);
+        for (i, old) in before {
+            self.check_versions(i, &old);
+        }
         report
+    }
+
+    /// What this sync took away from replica `i` can be restored there.
+    fn check_versions(&self, i: usize, old: &BTreeMap<String, Node>) {
+        let now = tree(&self.reps[i]);
+        let live: HashSet<&Vec<u8>> = now
+            .values()
+            .filter_map(|n| match n {
+                Node::File(c, _, _) => Some(c),
+                _ => None,
+            })
+            .collect();
+        let root = fs::canonicalize(&self.reps[i]).unwrap();
+        for (path, node) in old {
+            let Node::File(c, _, _) = node else { continue };
+            if live.contains(c) {
+                continue;
+            }
+            let at = weave_engine::history::Located {
+                root: root.clone(),
+                rel: path.clone(),
+            };
+            let id = weave_chunk::chunk_bytes(c).content_id();
+            let v = weave_engine::history::history(&at)
+                .unwrap()
+                .into_iter()
+                .rev()
+                .find(|v| v.content == id)
+                .unwrap_or_else(|| panic!("replica {i}: {path}'s old content was not kept"));
+            let out = tempfile::tempdir().unwrap();
+            let dest = out.path().join("restored");
+            weave_engine::history::restore(
+                &at,
+                weave_engine::history::Pick::Version(v.id),
+                Some(&dest),
+            )
+            .unwrap();
+            assert_eq!(
+                &fs::read(&dest).unwrap(),
+                c,
+                "replica {i}: {path} restored wrong"
+            );
+        }
     }
 }
 
