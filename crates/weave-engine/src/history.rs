@@ -334,7 +334,10 @@ fn save_current(
 /// Writes `v` at `dest` atomically and durably: a temporary file next to
 /// it, flushed, renamed over it.
 fn write_version(store: &Store, v: &Version, dest: &Path) -> Result<(), String> {
-    let dir = dest.parent().ok_or("no parent directory")?;
+    let dir = match dest.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let temp = dir.join(format!(
         "{}restore-{}.tmp",

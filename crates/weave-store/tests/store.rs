@@ -227,3 +227,26 @@ fn a_large_new_file_is_taken_whole_without_a_copy() {
     store.prune(weave_store::now_ns()).unwrap();
     assert_eq!(restore(&store, t.path(), id2), edited);
 }
+
+/// What a killed save or prune leaves (a pack no record refers to, a
+/// garbage tail) is removed by the next prune; the store stays readable.
+#[test]
+fn leftovers_of_a_killed_run_are_cleared_by_the_next_prune() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open(t.path()).unwrap();
+    let a = save(&store, t.path(), "a", &noise(300_000, 21));
+    let packs = t.path().join("versions/packs");
+    fs::write(packs.join("00000077.pack"), noise(5000, 1)).unwrap();
+    let first = packs.join("00000000.pack");
+    let mut f = fs::OpenOptions::new().append(true).open(&first).unwrap();
+    std::io::Write::write_all(&mut f, &noise(777, 2)).unwrap();
+    drop(f);
+    store.prune(weave_store::now_ns()).unwrap();
+    assert!(!packs.join("00000077.pack").exists());
+    assert!(store.check().unwrap().is_empty());
+    assert_eq!(restore(&store, t.path(), a), noise(300_000, 21));
+    // And a save after it appends past the garbage.
+    let b = save(&store, t.path(), "b", &noise(300_000, 22));
+    assert_eq!(restore(&store, t.path(), b), noise(300_000, 22));
+    assert_eq!(restore(&store, t.path(), a), noise(300_000, 21));
+}
