@@ -179,7 +179,7 @@ fn retention_prunes_and_damage_is_named() {
     let damaged = r.json()["damaged"].as_array().unwrap().clone();
     assert_eq!(damaged.len(), 1);
     let hit = damaged[0]["versions"][0].to_string();
-    let of = if versions(p, "B/f")[0]["version"].to_string() == hit {
+    let of = if versions(p, "B/f")[0]["version"] == damaged[0]["versions"][0] {
         "B/f"
     } else {
         "B/g"
