@@ -85,4 +85,4 @@ for r in 1 2 3; do
     cmp -s restored orig || { echo "restored file differs from the version" >&2; exit 1; }
     echo "restore run $r: weave restore $w s, cp+sync $c s, ratio $(python3 -c "print(round($w/$c, 2))")"
 done
-echo "reproduce: ${QUICK:+QUICK=$QUICK }bash bench/versions.sh"
+if [[ $QUICK == 1 ]]; then echo "reproduce: QUICK=1 bash bench/versions.sh"; else echo "reproduce: bash bench/versions.sh"; fi
