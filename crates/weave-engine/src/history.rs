@@ -339,11 +339,9 @@ fn write_version(store: &Store, v: &Version, dest: &Path) -> Result<(), String> 
         _ => Path::new("."),
     };
     fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let temp = dir.join(format!(
-        "{}restore-{}.tmp",
-        weave_fs::TEMP_PREFIX,
-        rand_suffix()
-    ));
+    // A name the next scan recognises: a leftover of a killed restore is
+    // removed like any interrupted write.
+    let temp = dir.join(weave_fs::temp_name());
     let result = (|| {
         let f = File::options()
             .write(true)
@@ -366,10 +364,6 @@ fn write_version(store: &Store, v: &Version, dest: &Path) -> Result<(), String> 
         let _ = fs::remove_file(&temp);
     }
     result
-}
-
-fn rand_suffix() -> String {
-    format!("{:016x}", now_ns() as u64 ^ std::process::id() as u64)
 }
 
 /// Prunes the store of the replica at `root` now.

@@ -235,7 +235,7 @@ fn a_killed_restore_leaves_old_or_new() {
     let left: Vec<String> = fs::read_dir(p.join("B"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("restore"))
+        .filter(|n| n.starts_with(".~weave-"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
