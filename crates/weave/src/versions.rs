@@ -1,25 +1,11 @@
 //! `weave history`, `restore`, `gc` and `retention`: output for people and
 //! for scripts over `weave_engine::history`.
 
+use crate::output::human_bytes as size;
 use anyhow::Result;
 use serde_json::json;
 use std::path::Path;
 use weave_engine::history::{self, format_time, retention, Pick, Policy, StoredVersion};
-
-fn size(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
 
 fn version_json(v: &StoredVersion) -> serde_json::Value {
     json!({
