@@ -150,6 +150,7 @@ impl Stage {
 /// What an interrupted run received is kept: the chunks already there are
 /// verified when the part is opened again.
 pub struct Part {
+    content: Hash,
     path: PathBuf,
     file: File,
     list: ChunkList,
@@ -162,7 +163,8 @@ pub struct Part {
 
 impl Part {
     fn open(dir: &Path, list: &ChunkList) -> std::io::Result<Part> {
-        let path = dir.join(list.content_id().to_hex());
+        let content = list.content_id();
+        let path = dir.join(content.to_hex());
         let open = || {
             OpenOptions::new()
                 .read(true)
@@ -200,6 +202,7 @@ impl Part {
         }
         file.set_len(list.size())?;
         Ok(Part {
+            content,
             path,
             file,
             list: list.clone(),
@@ -214,7 +217,7 @@ impl Part {
     }
 
     pub fn content(&self) -> Hash {
-        self.list.content_id()
+        self.content
     }
 
     /// The chunks not there yet, each once.

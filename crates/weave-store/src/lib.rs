@@ -576,57 +576,56 @@ impl Store {
     pub fn check(&self) -> Result<Vec<Damage>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| self.cat(e))?;
         let chunks = tx.open_table(CHUNKS).map_err(|e| self.cat(e))?;
-        let mut bad: HashMap<Hash, String> = HashMap::new();
+        // Chunk → its problem (None: reads back fine), and the versions
+        // that need a bad one.
+        let mut seen: HashMap<Hash, Option<String>> = HashMap::new();
+        let mut hit: HashMap<Hash, Vec<u64>> = HashMap::new();
         let mut packs: HashMap<u32, Option<File>> = HashMap::new();
         let mut buf = Vec::new();
         for v in self.all()? {
-            for c in &v.chunks.chunks {
-                if bad.contains_key(&c.hash) {
-                    continue;
-                }
-                let problem = match chunks
-                    .get(&c.hash.0)
-                    .map_err(|e| self.cat(e))?
-                    .map(|x| x.value())
-                {
-                    None => Some("missing from the catalog".to_string()),
-                    Some((pack, off, len)) => {
-                        let f = packs
-                            .entry(pack)
-                            .or_insert_with(|| File::open(self.pack_path(pack)).ok());
-                        buf.resize(len as usize, 0);
-                        match f {
-                            None => Some(format!("pack {pack} is missing")),
-                            Some(f) if f.read_exact_at(&mut buf, off).is_err() => {
-                                Some(format!("pack {pack} is cut short"))
+            for h in unique(&v.chunks) {
+                if let std::collections::hash_map::Entry::Vacant(slot) = seen.entry(h) {
+                    let problem = match chunks
+                        .get(&h.0)
+                        .map_err(|e| self.cat(e))?
+                        .map(|x| x.value())
+                    {
+                        None => Some("missing from the catalog".to_string()),
+                        Some((pack, off, len)) => {
+                            let f = packs
+                                .entry(pack)
+                                .or_insert_with(|| File::open(self.pack_path(pack)).ok());
+                            buf.resize(len as usize, 0);
+                            match f {
+                                None => Some(format!("pack {pack} is missing")),
+                                Some(f) if f.read_exact_at(&mut buf, off).is_err() => {
+                                    Some(format!("pack {pack} is cut short"))
+                                }
+                                Some(_) if !weave_chunk::verify(&buf, &h) => {
+                                    Some(format!("damaged in pack {pack}"))
+                                }
+                                Some(_) => None,
                             }
-                            Some(_) if !weave_chunk::verify(&buf, &c.hash) => {
-                                Some(format!("damaged in pack {pack}"))
-                            }
-                            Some(_) => None,
                         }
-                    }
-                };
-                if let Some(p) = problem {
-                    bad.insert(c.hash, p);
+                    };
+                    slot.insert(problem);
+                }
+                if seen[&h].is_some() {
+                    hit.entry(h).or_default().push(v.id);
                 }
             }
         }
-        let mut out: Vec<Damage> = bad
+        let mut out: Vec<Damage> = hit
             .into_iter()
-            .map(|(h, problem)| Damage {
-                chunk: h.to_hex(),
-                problem,
-                versions: Vec::new(),
+            .map(|(h, mut versions)| {
+                versions.sort_unstable();
+                Damage {
+                    chunk: h.to_hex(),
+                    problem: seen[&h].clone().unwrap_or_default(),
+                    versions,
+                }
             })
             .collect();
-        for v in self.all()? {
-            for d in out.iter_mut() {
-                if v.chunks.chunks.iter().any(|c| c.hash.to_hex() == d.chunk) {
-                    d.versions.push(v.id);
-                }
-            }
-        }
         out.sort_by(|a, b| a.chunk.cmp(&b.chunk));
         Ok(out)
     }
