@@ -91,6 +91,33 @@ impl LocalReplica {
         replaced: &[weave_fs::Replaced],
         written: &HashSet<Hash>,
     ) -> Vec<Issue> {
+        let mut issues = Vec::new();
+        let mut picked = Vec::new();
+        for r in replaced {
+            let Object::File { content, .. } = &r.old.object else {
+                continue;
+            };
+            if r.deleted && written.contains(content) {
+                continue;
+            }
+            match self.list(content) {
+                Some(l) => picked.push((r, l)),
+                None => issues.push(Issue {
+                    path: r.path.clone(),
+                    message: "its old version was not kept: its chunk list is unknown".into(),
+                }),
+            }
+        }
+        issues.extend(self.save_versions(&picked));
+        issues
+    }
+
+    /// Saves old versions (each with its chunk list) in the version store
+    /// and applies the retention policy. Returns what could not be kept.
+    fn save_versions(&self, picked: &[(&weave_fs::Replaced, ChunkList)]) -> Vec<Issue> {
+        if picked.is_empty() {
+            return Vec::new();
+        }
         let state = self.root.join(STATE_DIR);
         let store = match weave_store::Store::open(&state) {
             Ok(s) => s,
@@ -102,29 +129,8 @@ impl LocalReplica {
             }
         };
         let mut issues = Vec::new();
-        let mut lists = Vec::new();
-        let mut picked = Vec::new();
-        for r in replaced {
-            let Object::File { content, .. } = &r.old.object else {
-                continue;
-            };
-            if r.deleted && written.contains(content) {
-                continue;
-            }
-            match self.list(content) {
-                Some(l) => {
-                    lists.push(l);
-                    picked.push(r);
-                }
-                None => issues.push(Issue {
-                    path: r.path.clone(),
-                    message: "its old version was not kept: its chunk list is unknown".into(),
-                }),
-            }
-        }
         let items: Vec<weave_store::ToSave> = picked
             .iter()
-            .zip(&lists)
             .map(|(r, l)| weave_store::ToSave {
                 path: &r.path,
                 file: &r.file,
@@ -144,7 +150,7 @@ impl LocalReplica {
         let t = std::time::Instant::now();
         match store.save(&items) {
             Ok(results) => {
-                for (r, res) in picked.iter().zip(results) {
+                for ((r, _), res) in picked.iter().zip(results) {
                     if let Err(m) = res {
                         issues.push(Issue {
                             path: r.path.clone(),
@@ -166,6 +172,54 @@ impl LocalReplica {
         }
         tracing::debug!(versions = items.len(), elapsed = ?t.elapsed(), "kept old versions");
         issues
+    }
+
+    /// Saves the old versions an interrupted run moved to the trash and
+    /// did not get to save (read again and hashed: nothing vouches for
+    /// them now), then empties the trash. Returns how many were kept and
+    /// what could not be.
+    fn keep_leftovers(&self) -> (usize, Vec<Issue>) {
+        let left = weave_fs::trash_leftovers(&self.root);
+        if left.is_empty() {
+            return (0, Vec::new());
+        }
+        let state = self.root.join(STATE_DIR);
+        let known = weave_store::Store::open(&state).ok();
+        let mut issues = Vec::new();
+        let mut picked = Vec::new();
+        for r in &left {
+            let list = match std::fs::File::open(&r.file).and_then(weave_chunk::chunk_reader) {
+                Ok(l) => l,
+                Err(e) => {
+                    issues.push(Issue {
+                        path: r.path.clone(),
+                        message: format!(
+                            "an interrupted sync's old version of it was not kept: cannot read {}: {e}",
+                            r.file.display()
+                        ),
+                    });
+                    continue;
+                }
+            };
+            // Saved already (the run was killed while saving)?
+            let content = list.content_id();
+            let saved = known.as_ref().is_some_and(|s| {
+                s.versions(&r.path).is_ok_and(|vs| {
+                    vs.iter()
+                        .any(|v| v.content == content && v.mtime_ns == r.old.mtime_ns)
+                })
+            });
+            if !saved {
+                picked.push((r, list));
+            }
+        }
+        drop(known);
+        let n = picked.len();
+        issues.extend(self.save_versions(&picked));
+        if issues.is_empty() {
+            weave_fs::clear_trash(&self.root);
+        }
+        (n, issues)
     }
 
     fn issue(&self, i: &FsIssue) -> Issue {
@@ -249,15 +303,29 @@ impl Replica for LocalReplica {
             // back before they are scanned.
             weave_fs::restore_modes(&self.root);
         }
+        let (rescued, rescue_issues) = if dry_run {
+            (0, Vec::new())
+        } else {
+            self.keep_leftovers()
+        };
         let opts = ScanOptions {
             matcher: &matcher,
             remove_temps: !dry_run,
         };
         let o = weave_fs::scan(&self.root, &mut self.index, &opts)?;
-        let summary = ScanSummary {
+        let mut summary = ScanSummary {
             errors: o.issues.iter().map(|i| self.issue(i)).collect(),
             notices: o.notices.iter().map(|i| self.issue(i)).collect(),
         };
+        summary.errors.extend(rescue_issues);
+        if rescued > 0 {
+            summary.notices.push(Issue {
+                path: String::new(),
+                message: format!(
+                    "kept {rescued} old version(s) that an interrupted sync had moved aside (see `weave history`)"
+                ),
+            });
+        }
         if !dry_run && (!o.changed.is_empty() || !o.contents.is_empty()) {
             self.index.write(&Batch {
                 entries: o.changed.clone(),

@@ -135,6 +135,8 @@ struct Ctx<'a> {
     /// Part files taken by a write: content → (its temporary, its target).
     parts: Mutex<HashMap<Hash, (PathBuf, PathBuf)>>,
     progress: &'a (dyn Fn(u64) + Sync),
+    /// The trash journal (see [`trash_leftovers`]), opened on first use.
+    journal: Mutex<Option<File>>,
 }
 
 /// Carries out `ops` on the replica at `root`.
@@ -160,6 +162,7 @@ pub fn apply(
         parts: Mutex::new(HashMap::new()),
         replaced: Mutex::new(Vec::new()),
         progress,
+        journal: Mutex::new(None),
     };
     let live_now = |o: &Op| o.current.as_ref().is_some_and(|c| c.entry.is_live());
     let is_write = |o: &Op| matches!(o.kind, OpKind::WriteFile | OpKind::WriteSymlink);
@@ -358,6 +361,63 @@ pub fn apply(
     out.replaced = ctx.replaced.into_inner().unwrap_or_default();
     if out.replaced.is_empty() {
         let _ = fs::remove_dir_all(&trash);
+    }
+    out
+}
+
+/// The trash journal: which version each file in the trash holds.
+const JOURNAL: &str = "journal";
+
+/// One record of the trash journal.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TrashNote {
+    /// The file's name in the trash.
+    file: String,
+    path: String,
+    old: Entry,
+    deleted: bool,
+}
+
+/// What a run that was killed left in the trash: old versions it moved
+/// aside and did not get to save. Files whose content still lives under
+/// another name (a replace killed before its rename) are not included.
+/// The stat of each is unknown, so their content must be read and checked.
+pub fn trash_leftovers(root: &Path) -> Vec<Replaced> {
+    use std::os::unix::fs::MetadataExt;
+    let trash = root.join(STATE_DIR).join("trash");
+    let Ok(data) = fs::read(trash.join(JOURNAL)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut rest = &data[..];
+    while rest.len() >= 4 {
+        let n = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        let Some(body) = rest.get(4..4 + n) else {
+            break;
+        };
+        rest = &rest[4 + n..];
+        let Ok(note) = postcard::from_bytes::<TrashNote>(body) else {
+            break;
+        };
+        // Only plain names of weave's own temporaries: the journal is not
+        // trusted to point anywhere else.
+        if note.file.contains('/') || !note.file.starts_with(crate::util::TEMP_PREFIX) {
+            continue;
+        }
+        let file = trash.join(&note.file);
+        let Ok(m) = fs::symlink_metadata(&file) else {
+            continue;
+        };
+        if !m.is_file() || m.nlink() > 1 {
+            continue;
+        }
+        out.push(Replaced {
+            path: note.path,
+            old: note.old,
+            file,
+            deleted: note.deleted,
+            stat: None,
+        });
     }
     out
 }
@@ -814,6 +874,9 @@ impl Ctx<'_> {
                     return Err(CHANGED.into());
                 }
                 let dest = self.trash.join(temp_name());
+                if let Some(c) = &op.current {
+                    self.note_trash(&dest, &op.path, &c.entry, true)?;
+                }
                 match fs::rename(&full, &dest) {
                     Ok(()) => {
                         self.trashed.lock().unwrap().insert(*content, dest.clone());
@@ -1234,6 +1297,7 @@ impl Ctx<'_> {
                         // this run (other writes may need its chunks) and
                         // for the version store.
                         let keep = self.trash.join(temp_name());
+                        self.note_trash(&keep, &op.path, &c.entry, false)?;
                         if fs::hard_link(&full, &keep).is_ok() {
                             self.trashed
                                 .lock()
@@ -1275,6 +1339,48 @@ impl Ctx<'_> {
         } else {
             Ok(None)
         }
+    }
+
+    /// Records in the trash journal, before the file goes there, which
+    /// version `file` will hold: a run killed before its old versions were
+    /// saved leaves them for the next one ([`trash_leftovers`]).
+    fn note_trash(
+        &self,
+        file: &Path,
+        path: &str,
+        old: &Entry,
+        deleted: bool,
+    ) -> Result<(), String> {
+        let note = TrashNote {
+            file: file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path: path.to_string(),
+            old: old.clone(),
+            deleted,
+        };
+        let body = postcard::to_stdvec(&note)
+            .map_err(|e| format!("cannot record in the trash journal: {e}"))?;
+        let mut rec = Vec::with_capacity(body.len() + 4);
+        rec.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        rec.extend_from_slice(&body);
+        let mut j = self.journal.lock().unwrap();
+        if j.is_none() {
+            let p = self.trash.join(JOURNAL);
+            let f = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p)
+                .map_err(|e| io_msg("cannot open the trash journal", e))?;
+            *j = Some(f);
+        }
+        // One write per record: a kill leaves whole records and at most
+        // one cut short at the end, which the reader ignores.
+        j.as_mut()
+            .expect("opened")
+            .write_all(&rec)
+            .map_err(|e| io_msg("cannot write the trash journal", e))
     }
 
     fn set_meta(&self, op: &Op) -> Result<Option<Stat>, String> {
@@ -1658,6 +1764,65 @@ mod tests {
         assert_eq!(out.issues.len(), 2, "{:?}", out.issues);
         assert!(out.done.is_empty());
         assert_eq!(fs::read(root.join("x")).unwrap(), loser);
+    }
+
+    /// What a run moves to the trash is journaled first, so a run killed
+    /// before its old versions were saved leaves them for the next one;
+    /// a record cut short by the kill is ignored.
+    #[test]
+    fn the_trash_journal_names_what_a_killed_run_left() {
+        let (t, other, old, new, op) = edit_case();
+        let root = t.path();
+        fs::write(root.join("g"), b"gone soon").unwrap();
+        let g = file_entry("g", b"gone soon", 1);
+        let remove = Op {
+            kind: OpKind::Remove,
+            path: "g".into(),
+            current: Some(local(root, g.clone())),
+            target: Entry {
+                object: Object::Deleted,
+                ..g.clone()
+            },
+        };
+        let source = Src::new(vec![
+            (&old, root.join("f"), true, None),
+            (&new, other.path().join("n"), false, None),
+        ]);
+        let out = apply(root, &[op, remove], &source, &|_| {});
+        assert!(out.issues.is_empty(), "{:?}", out.issues);
+        assert_eq!(out.replaced.len(), 2);
+        // Killed here: nothing saved the old versions, the trash holds them.
+        let mut left = trash_leftovers(root);
+        left.sort_by(|a, b| a.path.cmp(&b.path));
+        assert_eq!(left.len(), 2);
+        assert_eq!((left[0].path.as_str(), left[0].deleted), ("f", false));
+        assert_eq!(fs::read(&left[0].file).unwrap(), old);
+        assert_eq!(left[0].old, file_entry("f", &old, 1));
+        assert_eq!((left[1].path.as_str(), left[1].deleted), ("g", true));
+        assert_eq!(fs::read(&left[1].file).unwrap(), b"gone soon");
+        assert!(left.iter().all(|l| l.stat.is_none()));
+        // A torn last record and a record naming something outside the
+        // trash are ignored.
+        let journal = root.join(STATE_DIR).join("trash").join(JOURNAL);
+        let mut j = fs::OpenOptions::new().append(true).open(&journal).unwrap();
+        let evil = postcard::to_stdvec(&TrashNote {
+            file: "../../f".into(),
+            path: "f".into(),
+            old: g.clone(),
+            deleted: true,
+        })
+        .unwrap();
+        j.write_all(&(evil.len() as u32).to_le_bytes()).unwrap();
+        j.write_all(&evil).unwrap();
+        j.write_all(&[200, 0, 0, 0, 1, 2, 3]).unwrap();
+        drop(j);
+        assert_eq!(trash_leftovers(root).len(), 2);
+        // A file still linked elsewhere (a replace killed before its
+        // rename) lives on and is not a leftover.
+        fs::hard_link(&left[1].file, root.join("still-here")).unwrap();
+        assert_eq!(trash_leftovers(root).len(), 1);
+        clear_trash(root);
+        assert!(trash_leftovers(root).is_empty());
     }
 }
 

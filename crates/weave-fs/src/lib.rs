@@ -15,8 +15,8 @@ pub mod stage;
 mod util;
 
 pub use apply::{
-    apply, clear_trash, restore_modes, ApplyOutcome, ContentSource, Done, Location, Op, OpKind,
-    Replaced,
+    apply, clear_trash, restore_modes, trash_leftovers, ApplyOutcome, ContentSource, Done,
+    Location, Op, OpKind, Replaced,
 };
 pub use scan::{scan, ScanError, ScanOutcome};
 pub use stage::{Part, Stage};
