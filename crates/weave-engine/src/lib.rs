@@ -47,6 +47,9 @@ pub struct SyncOptions {
     pub ignore: Vec<String>,
     /// Plan only: change nothing on disk, not even weave's own state.
     pub dry_run: bool,
+    /// Backup replicas, as the user gave them: they take in every change
+    /// of the others and never send their own (see [`Roles`]).
+    pub backup: Vec<PathBuf>,
 }
 
 impl Default for SyncOptions {
@@ -55,6 +58,7 @@ impl Default for SyncOptions {
             policy: PolicySpec::KeepBoth,
             ignore: Vec::new(),
             dry_run: false,
+            backup: Vec::new(),
         }
     }
 }
@@ -183,6 +187,61 @@ pub fn check_local_replicas(paths: &[PathBuf]) -> Result<Vec<PathBuf>, SyncError
     Ok(canon)
 }
 
+/// What the replicas of one sync are, beyond being replicas (positions in
+/// the sync's replica list).
+#[derive(Debug, Clone, Default)]
+pub struct Roles {
+    /// The replica a prefer= policy names.
+    pub preferred: Option<usize>,
+    /// Backup replicas. The plan is made from the other replicas (the
+    /// sources) alone, and a backup is brought to it: it takes in every
+    /// change, and its own changes (edits, new files, deletions) are
+    /// replaced by the sources' state, the content they replace kept in
+    /// its version store like any other. Nothing of a backup's reaches a
+    /// source.
+    pub backups: Vec<usize>,
+}
+
+/// Finds which replica of a sync each of `opts`' replica references
+/// (prefer=, --backup) names, with `find` (given as on the command line
+/// → position).
+pub fn resolve_roles(
+    opts: &SyncOptions,
+    find: impl Fn(&std::path::Path) -> Option<usize>,
+) -> Result<Roles, SyncError> {
+    let preferred = match &opts.policy {
+        PolicySpec::Prefer(p) => match find(p) {
+            Some(i) => Some(i),
+            None => return Err(no_such_preferred(&p.display().to_string())),
+        },
+        _ => None,
+    };
+    let mut backups = Vec::new();
+    for b in &opts.backup {
+        match find(b) {
+            Some(i) => {
+                if !backups.contains(&i) {
+                    backups.push(i)
+                }
+            }
+            None => {
+                return Err(SyncError::Usage(format!(
+                    "--backup {} names no replica of this sync; give one of the replicas exactly as on the command line",
+                    b.display()
+                )))
+            }
+        }
+    }
+    if let Some(p) = preferred {
+        if backups.contains(&p) {
+            return Err(SyncError::Usage(
+                "--conflict prefer= names a backup replica; a backup's versions never win (prefer one of the other replicas, or drop --backup)".into(),
+            ));
+        }
+    }
+    Ok(Roles { preferred, backups })
+}
+
 /// The coordinating replica's clock, lent to the planner.
 struct CoordinatorClock {
     id: ReplicaId,
@@ -205,17 +264,12 @@ pub fn sync(
     // Bad patterns stop the sync before any state is created.
     let roots: Vec<&std::path::Path> = canon.iter().map(|p| p.as_path()).collect();
     Matcher::build(&roots, &opts.ignore)?;
-    // Which replica a prefer= policy names, before anything is opened.
-    let preferred = match &opts.policy {
-        PolicySpec::Prefer(p) => {
-            let c = std::fs::canonicalize(p).ok();
-            match canon.iter().position(|r| Some(r) == c.as_ref()) {
-                Some(i) => Some(i),
-                None => return Err(no_such_preferred(&p.display().to_string())),
-            }
-        }
-        _ => None,
-    };
+    // Which replicas prefer= and --backup name, before anything is opened.
+    let roles = resolve_roles(opts, |p| {
+        let c = std::fs::canonicalize(p).ok();
+        canon.iter().position(|r| Some(r) == c.as_ref())
+    })?;
+    check_roles(&roles, canon.len())?;
     // Open the existing indexes first, so a damaged one stops the sync
     // before any new state is created in another replica.
     let has_index = |c: &PathBuf| c.join(STATE_DIR).join(weave_index::INDEX_FILE).exists();
@@ -233,7 +287,17 @@ pub fn sync(
         )?));
     }
     let mut reps: Vec<Box<dyn Replica>> = opened.into_iter().map(|r| r.expect("opened")).collect();
-    run(&mut reps, opts, preferred, progress)
+    run(&mut reps, opts, &roles, progress)
+}
+
+/// Refuses roles that leave no replica to sync from.
+pub fn check_roles(roles: &Roles, replicas: usize) -> Result<(), SyncError> {
+    if roles.backups.len() >= replicas {
+        return Err(SyncError::Usage(
+            "every replica of this sync is a --backup; a backup takes in the changes of the other replicas, so at least one replica must not be one".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The error for a prefer= policy that names no replica of the sync.
@@ -243,14 +307,15 @@ pub fn no_such_preferred(given: &str) -> SyncError {
     ))
 }
 
-/// Runs one sync of opened replicas; `preferred` is the replica a
-/// prefer= policy names.
+/// Runs one sync of opened replicas with their `roles`.
 pub fn run(
     reps: &mut [Box<dyn Replica>],
     opts: &SyncOptions,
-    preferred: Option<usize>,
+    roles: &Roles,
     progress: &dyn Progress,
 ) -> Result<Report, SyncError> {
+    check_roles(roles, reps.len())?;
+    let is_backup = |i: usize| roles.backups.contains(&i);
     // Two replicas with one identity (a state directory copied along with
     // the files) would confuse whose change is whose.
     for i in 0..reps.len() {
@@ -269,7 +334,7 @@ pub fn run(
             }
         }
     }
-    let policy = match (&opts.policy, preferred) {
+    let policy = match (&opts.policy, roles.preferred) {
         (PolicySpec::Prefer(_), Some(i)) => ConflictPolicy::Prefer(reps[i].info().id),
         (PolicySpec::Newest, _) => ConflictPolicy::Newest,
         _ => ConflictPolicy::KeepBoth,
@@ -349,13 +414,18 @@ pub fn run(
     for r in reps.iter_mut() {
         views.push(r.entries()?);
     }
+    // The first source coordinates: changes the planner makes are its own.
+    let coord = (0..reps.len()).find(|&i| !is_backup(i)).expect("a source");
     let mut clock = CoordinatorClock {
-        id: reps[0].info().id,
-        clock: reps[0].info().clock,
+        id: reps[coord].info().id,
+        clock: reps[coord].info().clock,
     };
     let plan = {
         let mut by_path: BTreeMap<&str, Vec<(ReplicaId, &Entry)>> = BTreeMap::new();
-        for (r, v) in reps.iter().zip(&views) {
+        for (i, (r, v)) in reps.iter().zip(&views).enumerate() {
+            if is_backup(i) {
+                continue;
+            }
             let id = r.info().id;
             for (p, le) in v {
                 by_path.entry(p.as_str()).or_default().push((id, &le.entry));
@@ -371,12 +441,39 @@ pub fn run(
     for c in &plan.conflicts {
         report.conflicts.push(ConflictReport::from_conflict(c));
     }
-    let mut all_ops: Vec<Vec<weave_fs::Op>> =
-        views.iter().map(|v| ops::derive(v, &plan.finals)).collect();
+    let mut all_ops: Vec<Vec<weave_fs::Op>> = Vec::with_capacity(reps.len());
+    for (i, v) in views.iter().enumerate() {
+        let mut o = ops::derive(v, &plan.finals);
+        if is_backup(i) {
+            // What only the backup has goes: it mirrors the sources.
+            let extra: BTreeMap<String, Entry> = v
+                .iter()
+                .filter(|(p, le)| {
+                    le.entry.is_live()
+                        && !plan.finals.contains_key(*p)
+                        && !matcher.is_ignored(p, le.entry.object.is_dir())
+                })
+                .map(|(p, le)| {
+                    (
+                        p.clone(),
+                        Entry {
+                            object: Object::Deleted,
+                            mode: 0,
+                            mtime_ns: 0,
+                            ..le.entry.clone()
+                        },
+                    )
+                })
+                .collect();
+            o.extend(ops::derive(v, &extra));
+            note_backup_reverts(&mut report, reps[i].display(), &o, v, &plan.finals);
+        }
+        all_ops.push(o);
+    }
     if opts.dry_run {
         for (r, ops) in reps.iter().zip(&all_ops) {
-            for op in ops {
-                if let Some(p) = PlannedOp::describe(r.display(), op, ops) {
+            for k in 0..ops.len() {
+                if let Some(p) = PlannedOp::describe(r.display(), ops, k) {
                     report.planned.push(p);
                 }
             }
@@ -484,7 +581,7 @@ pub fn run(
         rr.bytes_local += applied.bytes_local;
         rr.bytes_copied += applied.bytes_remote;
         for (k, entry) in &applied.done {
-            ops::count(rr, &ops[*k], &ops);
+            ops::count(rr, &ops, *k);
             if let Object::File { content, .. } = &entry.object {
                 let h = holders.entry(*content).or_default();
                 if !h.contains(&i) {
@@ -508,7 +605,7 @@ pub fn run(
     for (i, r) in reps.iter_mut().enumerate() {
         let me = r.info().id;
         let fin = Finish {
-            observe: if i == 0 { clock.clock } else { 0 },
+            observe: if i == coord { clock.clock } else { 0 },
             integrated: clean[i].then(|| {
                 (
                     seqs.iter().filter(|(id, _)| *id != me).copied().collect(),
@@ -521,6 +618,66 @@ pub fn run(
     note_traffic(&mut report, reps);
     report.finish();
     Ok(report)
+}
+
+/// Notes, for a backup replica, each of its own changes its operations
+/// undo: a path whose version there is not one the sources' final version
+/// has seen, or that only the backup has. Those changes never reach the
+/// other replicas; what they replace of a file is kept in the backup's
+/// version store.
+fn note_backup_reverts(
+    report: &mut Report,
+    display: &str,
+    ops: &[weave_fs::Op],
+    view: &BTreeMap<String, LocalEntry>,
+    finals: &BTreeMap<String, Entry>,
+) {
+    const SHOWN: usize = 20;
+    let mut own: Vec<(&str, &str)> = Vec::new();
+    for o in ops.iter().filter(|o| o.kind != weave_fs::OpKind::Record) {
+        if own.last().is_some_and(|(p, _)| *p == o.path) {
+            continue;
+        }
+        let Some(mine) = view.get(&o.path) else {
+            continue;
+        };
+        let undone = match finals.get(&o.path) {
+            None => true,
+            Some(f) => matches!(
+                mine.entry.vv.compare(&f.vv),
+                weave_core::Causality::Dominates | weave_core::Causality::Concurrent
+            ),
+        };
+        if undone {
+            let what = match finals.get(&o.path) {
+                Some(f) if f.is_live() && !mine.entry.is_live() => {
+                    "deleted here: brought back from the other replicas"
+                }
+                Some(f) if f.is_live() => "changed here: replaced by the other replicas' version",
+                _ => "not on the other replicas: removed",
+            };
+            own.push((&o.path, what));
+        }
+    }
+    for (path, what) in own.iter().take(SHOWN) {
+        report.notices.push(IssueReport {
+            replica: display.to_string(),
+            path: path.to_string(),
+            message: format!(
+                "{what} (a backup takes in changes and sends none; a file's old content is in `weave history`)"
+            ),
+        });
+    }
+    if own.len() > SHOWN {
+        report.notices.push(IssueReport {
+            replica: display.to_string(),
+            path: String::new(),
+            message: format!(
+                "and {} more of its own changes undone (a backup takes in changes and sends none)",
+                own.len() - SHOWN
+            ),
+        });
+    }
 }
 
 fn note_traffic(report: &mut Report, reps: &[Box<dyn Replica>]) {

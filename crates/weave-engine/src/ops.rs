@@ -91,20 +91,21 @@ pub fn derive(entries: &BTreeMap<String, LocalEntry>, finals: &BTreeMap<String, 
     ops
 }
 
-/// A removal that only clears the way for another kind of object.
-pub fn is_type_change(op: &Op) -> bool {
-    op.kind == OpKind::Remove
-        && op
-            .current
-            .as_ref()
-            .is_some_and(|c| c.entry.vv == op.target.vv)
+/// A removal that only clears the way for another kind of object: [`derive`]
+/// puts the operation that makes the new object right after it.
+pub fn is_type_change(all: &[Op], k: usize) -> bool {
+    all[k].kind == OpKind::Remove
+        && all
+            .get(k + 1)
+            .is_some_and(|n| n.path == all[k].path && n.kind != OpKind::Remove)
 }
 
-/// What a successful operation counts as, for people.
-pub fn action(op: &Op) -> Option<&'static str> {
+/// What a successful operation (`all[k]`) counts as, for people.
+pub fn action(all: &[Op], k: usize) -> Option<&'static str> {
+    let op = &all[k];
     let live_before = op.current.as_ref().is_some_and(|c| c.entry.is_live());
     match op.kind {
-        OpKind::Remove if is_type_change(op) => None,
+        OpKind::Remove if is_type_change(all, k) => None,
         OpKind::Remove => Some("delete"),
         OpKind::MakeDir => Some("mkdir"),
         OpKind::WriteFile | OpKind::WriteSymlink if live_before => Some("update"),
@@ -114,8 +115,8 @@ pub fn action(op: &Op) -> Option<&'static str> {
     }
 }
 
-pub fn count(r: &mut ReplicaReport, op: &Op, _all: &[Op]) {
-    match action(op) {
+pub fn count(r: &mut ReplicaReport, all: &[Op], k: usize) {
+    match action(all, k) {
         Some("delete") => r.deleted += 1,
         Some("mkdir") | Some("create") => r.created += 1,
         Some("update") | Some("metadata") => r.updated += 1,

@@ -112,11 +112,12 @@ pub struct PlannedOp {
 }
 
 impl PlannedOp {
-    pub fn describe(replica: &str, op: &Op, _all: &[Op]) -> Option<PlannedOp> {
+    /// The operation `all[k]` of a replica, if it is one a person counts.
+    pub fn describe(replica: &str, all: &[Op], k: usize) -> Option<PlannedOp> {
         Some(PlannedOp {
             replica: replica.to_string(),
-            action: crate::ops::action(op)?,
-            path: op.path.clone(),
+            action: crate::ops::action(all, k)?,
+            path: all[k].path.clone(),
         })
     }
 }

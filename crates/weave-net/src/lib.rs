@@ -18,7 +18,7 @@ pub use remote::{NetOptions, RemoteReplica, RemoteSpec};
 
 use std::path::PathBuf;
 use weave_core::path::STATE_DIR;
-use weave_engine::{LocalReplica, PolicySpec, Progress, Replica, Report, SyncError, SyncOptions};
+use weave_engine::{LocalReplica, Progress, Replica, Report, SyncError, SyncOptions};
 
 /// Runs one sync of the replicas named by `specs`: local directories,
 /// `[user@]host:path` or `ssh://[user@]host[:port]/path`.
@@ -59,27 +59,22 @@ pub fn sync(
             }
         }
     }
-    let preferred = match &opts.policy {
-        PolicySpec::Prefer(p) => {
-            let given = p.to_string_lossy().to_string();
-            let c = std::fs::canonicalize(p).ok();
-            let found = (0..specs.len()).find(|&i| match &kinds[i] {
-                Some(r) => r.display == given,
-                None => {
-                    let k = local_idx
-                        .iter()
-                        .position(|&x| x == i)
-                        .expect("a local index");
-                    Some(&canon[k]) == c.as_ref()
-                }
-            });
-            match found {
-                Some(i) => Some(i),
-                None => return Err(weave_engine::no_such_preferred(&given)),
+    // Which replicas prefer= and --backup name, before anything is opened.
+    let roles = weave_engine::resolve_roles(opts, |p| {
+        let given = p.to_string_lossy();
+        let c = std::fs::canonicalize(p).ok();
+        (0..specs.len()).find(|&i| match &kinds[i] {
+            Some(r) => r.display == given,
+            None => {
+                let k = local_idx
+                    .iter()
+                    .position(|&x| x == i)
+                    .expect("a local index");
+                Some(&canon[k]) == c.as_ref()
             }
-        }
-        _ => None,
-    };
+        })
+    })?;
+    weave_engine::check_roles(&roles, specs.len())?;
     // Open the local replicas that have state first, so a damaged index
     // stops the sync before any new state is created elsewhere.
     let mut opened: Vec<Option<Box<dyn Replica>>> = (0..specs.len()).map(|_| None).collect();
@@ -110,5 +105,5 @@ pub fn sync(
         }
     }
     let mut reps: Vec<Box<dyn Replica>> = opened.into_iter().map(|r| r.expect("opened")).collect();
-    weave_engine::run(&mut reps, opts, preferred, progress)
+    weave_engine::run(&mut reps, opts, &roles, progress)
 }

@@ -143,7 +143,12 @@ where
             Box::new(LocalReplica::open(&canon, "A", false)?),
             Box::new(remote),
         ];
-        weave_engine::run(&mut reps, &SyncOptions::default(), None, &NoProgress)
+        weave_engine::run(
+            &mut reps,
+            &SyncOptions::default(),
+            &Default::default(),
+            &NoProgress,
+        )
     })();
     let _ = fake.join();
     result

@@ -10,6 +10,11 @@
 //!   restored from that replica's version store byte for byte (or lives on
 //!   there at another path: a rename, a conflict copy).
 //!
+//! With a backup replica (the last one, a backup in every sync it takes
+//! part in), the sources converge and the backup mirrors them; nothing a
+//! user made on the backup ever reaches a source, and what its syncs
+//! replace there is in its version store.
+//!
 //! The same runs also go with one replica remote: reached through a
 //! session (weave-net's protocol over a socket pair) to `serve` running in
 //! a thread, exactly as `weave serve --stdio` runs it on another machine.
@@ -103,6 +108,10 @@ struct World {
     policy: Policy,
     /// The replica reached through a session, if any.
     remote: Option<usize>,
+    /// The backup replica, if any.
+    backup: Option<usize>,
+    /// Contents users wrote on the backup.
+    backup_made: HashSet<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +153,8 @@ impl World {
             superseded: HashSet::new(),
             policy,
             remote: None,
+            backup: None,
+            backup_made: HashSet::new(),
         }
     }
 
@@ -199,6 +210,9 @@ impl World {
                     self.superseded.insert(fs::read(&full).unwrap());
                 }
                 let c = self.content(size);
+                if Some(rep) == self.backup {
+                    self.backup_made.insert(c.clone());
+                }
                 fs::write(&full, c).unwrap();
             }
             UserOp::Delete { rep, path } => {
@@ -245,12 +259,18 @@ impl World {
                     self.supersede_tree(&full);
                     fs::remove_dir_all(&full).unwrap();
                     let c = self.content(10);
+                    if Some(rep) == self.backup {
+                        self.backup_made.insert(c.clone());
+                    }
                     fs::write(&full, c).unwrap();
                 } else if is_file(&full) {
                     self.superseded.insert(fs::read(&full).unwrap());
                     fs::remove_file(&full).unwrap();
                     fs::create_dir(&full).unwrap();
                     let c = self.content(10);
+                    if Some(rep) == self.backup {
+                        self.backup_made.insert(c.clone());
+                    }
                     fs::write(full.join("a"), c).unwrap();
                 }
             }
@@ -287,6 +307,10 @@ impl World {
 
     fn sync(&mut self, which: &[usize]) -> weave_engine::Report {
         for &i in which {
+            // What a backup holds is not kept by syncing: only in its store.
+            if Some(i) == self.backup {
+                continue;
+            }
             for (_, node) in tree(&self.reps[i]) {
                 if let Node::File(c, _, _) = node {
                     self.held.insert(c);
@@ -304,8 +328,10 @@ impl World {
             Policy::PreferFirst if which.contains(&0) => PolicySpec::Prefer(self.reps[0].clone()),
             Policy::PreferFirst => PolicySpec::KeepBoth,
         };
+        let backup = self.backup.filter(|b| which.contains(b));
         let opts = SyncOptions {
             policy,
+            backup: backup.map(|b| self.reps[b].clone()).into_iter().collect(),
             ..SyncOptions::default()
         };
         let report = match self.remote.filter(|r| which.contains(r)) {
@@ -332,8 +358,15 @@ impl World {
                     PolicySpec::Prefer(_) => which.iter().position(|&i| i == 0),
                     _ => None,
                 };
-                let report = weave_engine::run(&mut reps, &opts, preferred, &NoProgress)
-                    .expect("sync failed");
+                let roles = weave_engine::Roles {
+                    preferred,
+                    backups: backup
+                        .and_then(|b| which.iter().position(|&i| i == b))
+                        .into_iter()
+                        .collect(),
+                };
+                let report =
+                    weave_engine::run(&mut reps, &opts, &roles, &NoProgress).expect("sync failed");
                 drop(reps);
                 for s in servers {
                     s.join().unwrap().expect("server failed");
@@ -342,8 +375,16 @@ impl World {
             }
         };
         assert!(report.errors.is_empty(), "errors: {:?}", report.errors);
-        for (i, old) in before {
-            self.check_versions(i, &old);
+        for (i, old) in &before {
+            self.check_versions(*i, old);
+        }
+        // A sync of one source with the backup leaves the source alone.
+        if backup.is_some() && which.len() == 2 {
+            for (i, old) in &before {
+                if Some(*i) != backup {
+                    assert_eq!(&tree(&self.reps[*i]), old, "a backup changed replica {i}");
+                }
+            }
         }
         report
     }
@@ -444,8 +485,19 @@ fn check_remote(
     policy: Policy,
     remote: Option<usize>,
 ) -> Result<(), TestCaseError> {
+    check_all(n, ops, policy, remote, None)
+}
+
+fn check_all(
+    n: usize,
+    ops: &[UserOp],
+    policy: Policy,
+    remote: Option<usize>,
+    backup: Option<usize>,
+) -> Result<(), TestCaseError> {
     let mut w = World::new(n, policy);
     w.remote = remote;
+    w.backup = backup;
     for op in ops {
         w.apply(op);
     }
@@ -475,6 +527,19 @@ fn check_remote(
             "lost content {:?}",
             String::from_utf8_lossy(&c[..c.len().min(20)])
         );
+    }
+    // Nothing a user made on the backup reached a source.
+    for i in (0..n).filter(|&i| Some(i) != backup) {
+        for (p, node) in tree(&w.reps[i]) {
+            if let Node::File(c, _, _) = node {
+                prop_assert!(
+                    !w.backup_made.contains(&c),
+                    "replica {} holds {} made on the backup",
+                    i,
+                    p
+                );
+            }
+        }
     }
     // Idempotence: another sync of everyone changes nothing.
     let all: Vec<usize> = (0..n).collect();
@@ -523,6 +588,16 @@ proptest! {
     #[test]
     fn one_remote_of_three_converges_without_losing_updates(ops in proptest::collection::vec(arb_op(3), 1..40)) {
         check_remote(3, &ops, Policy::KeepBoth, Some(0))?;
+    }
+
+    #[test]
+    fn a_backup_mirrors_its_sources_and_sends_nothing(ops in proptest::collection::vec(arb_op(3), 1..40)) {
+        check_all(3, &ops, Policy::KeepBoth, None, Some(2))?;
+    }
+
+    #[test]
+    fn a_remote_backup_mirrors_its_source_and_sends_nothing(ops in proptest::collection::vec(arb_op(2), 1..30)) {
+        check_all(2, &ops, Policy::KeepBoth, Some(1), Some(1))?;
     }
 
     #[test]

@@ -184,6 +184,14 @@ struct SyncArgs {
     #[arg(long, value_name = "POLICY", default_value = "keep-both", value_parser = parse_policy)]
     conflict: PolicySpec,
 
+    /// Make REPLICA (one of the replicas, as given above) a backup for
+    /// this sync: it takes in every change of the others and sends none of
+    /// its own. Its own edits, new files and deletions are replaced by the
+    /// others' state; what that replaces of a file is kept in its version
+    /// history (`weave history`). Repeat for several backups.
+    #[arg(long, value_name = "REPLICA")]
+    backup: Vec<PathBuf>,
+
     /// Ignore paths matching PATTERN (gitignore syntax), on every replica,
     /// in addition to the patterns in each replica's .weaveignore (which
     /// this option does not change). Ignored paths are never touched.
@@ -298,6 +306,7 @@ fn sync(args: SyncArgs) -> ExitCode {
         policy: args.conflict,
         ignore: args.ignore,
         dry_run: args.dry_run,
+        backup: args.backup,
     };
     let show_progress =
         !args.json && !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stdout());

@@ -271,3 +271,82 @@ fn a_remote_replica_keeps_versions() {
     ok(p, &["restore", "B/f", "--to", "back"]);
     assert_eq!(read_str(p.join("back")), "first");
 }
+
+/// A backup replica takes in every change of the others, sends none of its
+/// own, and keeps in its history what it had that they replace.
+#[test]
+fn a_backup_takes_changes_in_and_sends_none() {
+    let t = setup(&["A", "B"]);
+    let p = t.path();
+    write(p.join("A/f"), "f from A");
+    write(p.join("A/g"), "g from A");
+    // B already holds things of its own.
+    write(p.join("B/g"), "g as B had it");
+    write(p.join("B/only-on-b/x"), "x, only on B");
+    let (r, j) = sync_json(p, &["--backup", "B", "A", "B"]);
+    r.expect_code(0);
+    assert_eq!(j["in_sync"], true, "{}", r.stdout);
+    let notes = j["notices"].to_string();
+    assert!(notes.contains("backup"), "{notes}");
+    assert!(!p.join("A/only-on-b").exists());
+    assert_eq!(read_str(p.join("A/g")), "g from A");
+    assert_same_tree(&p.join("A"), &p.join("B"));
+    // What B had is in its history.
+    let vs = versions(p, "B/g");
+    assert_eq!(vs.len(), 1, "{vs:?}");
+    ok(p, &["restore", "B/g", "--to", "g-of-b"]);
+    assert_eq!(read_str(p.join("g-of-b")), "g as B had it");
+    ok(p, &["restore", "B/only-on-b", "--to", "dir-of-b"]);
+    assert_eq!(read_str(p.join("dir-of-b/x")), "x, only on B");
+
+    // Changes on A keep flowing in; a local edit and a delete on B are
+    // undone and never reach A.
+    write_at(p.join("A/f"), "f, second version", at(1_700_000_000, 0));
+    write_at(
+        p.join("B/g"),
+        "g edited on the backup",
+        at(1_700_000_100, 0),
+    );
+    fs::remove_file(p.join("B/f")).unwrap();
+    write(p.join("B/new-on-b"), "new on B");
+    sync(p, &["--backup", "B", "A", "B"]).expect_code(0);
+    assert_eq!(read_str(p.join("A/g")), "g from A");
+    assert!(!p.join("A/new-on-b").exists());
+    assert_eq!(read_str(p.join("B/f")), "f, second version");
+    assert_same_tree(&p.join("A"), &p.join("B"));
+    let gs = versions(p, "B/g");
+    assert_eq!(gs.len(), 2, "{gs:?}");
+    assert_eq!(versions(p, "B/new-on-b").len(), 1);
+    // Deletions on A reach the backup; it keeps the file's last content.
+    fs::remove_file(p.join("A/f")).unwrap();
+    sync(p, &["--backup", "B", "A", "B"]).expect_code(0);
+    assert!(!p.join("B/f").exists());
+    let fs_ = versions(p, "B/f");
+    assert_eq!(fs_.last().unwrap()["why"], "deleted");
+    ok(p, &["restore", "B/f", "--to", "last-f"]);
+    assert_eq!(read_str(p.join("last-f")), "f, second version");
+    // A second run has nothing to do.
+    sync(p, &["--backup", "B", "A", "B"])
+        .expect_code(0)
+        .stdout_has(&["already in sync"]);
+}
+
+#[test]
+fn bad_backup_requests_are_refused_clearly() {
+    let t = setup(&["A", "B"]);
+    let p = t.path();
+    write(p.join("A/f"), "f");
+    sync(p, &["--backup", "C", "A", "B"])
+        .expect_code(2)
+        .stderr_has(&["--backup C", "names no replica"]);
+    sync(p, &["--backup", "A", "--backup", "B", "A", "B"])
+        .expect_code(2)
+        .stderr_has(&["every replica", "backup"]);
+    sync(p, &["--backup", "B", "--conflict", "prefer=B", "A", "B"])
+        .expect_code(2)
+        .stderr_has(&["prefer=", "backup"]);
+    // Nothing was created by the refused runs.
+    assert!(!p.join("A/.weave").exists());
+    assert!(!p.join("B/.weave").exists());
+    assert!(!p.join("B/f").exists());
+}

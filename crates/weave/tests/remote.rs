@@ -942,3 +942,25 @@ fn an_interrupted_transfer_of_a_large_file_resumes() {
             .sum()
     });
 }
+
+#[test]
+fn a_remote_backup_takes_changes_in_and_sends_none() {
+    let t = setup(&["A", "B"]);
+    let (a, b) = (t.path().join("A"), t.path().join("B"));
+    write(a.join("f"), "f from A\n");
+    rsync(t.path(), &["--backup", "host:B", "A", "host:B"]).expect_code(0);
+    assert_same_tree(&a, &b);
+    write(b.join("f"), "edited on the backup\n");
+    write(b.join("new"), "new on the backup\n");
+    write(a.join("g"), "g from A\n");
+    let (r, j) = rsync_json(t.path(), &["--backup", "host:B", "A", "host:B"]);
+    r.expect_code(0);
+    assert_clean(&r, &j);
+    assert_eq!(read_str(a.join("f")), "f from A\n");
+    assert!(!a.join("new").exists());
+    assert_same_tree(&a, &b);
+    // The backup's own edit is in its history.
+    let h = weave(t.path(), ["history", "--json", "B/f"]);
+    h.expect_code(0);
+    assert_eq!(h.json()["versions"].as_array().unwrap().len(), 1);
+}
