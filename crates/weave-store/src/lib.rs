@@ -149,17 +149,11 @@ impl Store {
         let dir = state_dir.join(VERSIONS_DIR);
         std::fs::create_dir_all(dir.join(PACKS)).map_err(|e| io(&dir, "cannot create", e))?;
         let path = dir.join(CATALOG);
-        let db = Database::create(&path).map_err(|e| cat(&path, e))?;
-        let s = Store { dir, db };
-        let tx = s.db.begin_write().map_err(|e| s.cat(e))?;
-        {
-            tx.open_table(VERSIONS).map_err(|e| s.cat(e))?;
-            tx.open_table(BY_PATH).map_err(|e| s.cat(e))?;
-            tx.open_table(CHUNKS).map_err(|e| s.cat(e))?;
-            tx.open_table(META).map_err(|e| s.cat(e))?;
+        if !path.exists() {
+            create_catalog(&dir)?;
         }
-        tx.commit().map_err(|e| s.cat(e))?;
-        Ok(s)
+        let db = Database::create(&path).map_err(|e| cat(&path, e))?;
+        Ok(Store { dir, db })
     }
 
     /// Opens the store if the replica has one.
@@ -847,4 +841,34 @@ fn cat(path: &Path, e: impl std::fmt::Display) -> StoreError {
         path: path.to_path_buf(),
         problem: e.to_string(),
     }
+}
+
+/// Creates an empty catalog in the store directory `dir` without ever
+/// leaving a half-made one in place: it is made under a temporary name,
+/// committed (flushed), and renamed, and the directory is flushed. A run
+/// killed before the rename leaves only the temporary, made again next time.
+fn create_catalog(dir: &Path) -> Result<(), StoreError> {
+    let path = dir.join(CATALOG);
+    let tmp = dir.join(format!("{CATALOG}.new"));
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io(&tmp, "cannot remove", e))
+        }
+        _ => {}
+    }
+    {
+        let db = Database::create(&tmp).map_err(|e| cat(&tmp, e))?;
+        let tx = db.begin_write().map_err(|e| cat(&tmp, e))?;
+        {
+            tx.open_table(VERSIONS).map_err(|e| cat(&tmp, e))?;
+            tx.open_table(BY_PATH).map_err(|e| cat(&tmp, e))?;
+            tx.open_table(CHUNKS).map_err(|e| cat(&tmp, e))?;
+            tx.open_table(META).map_err(|e| cat(&tmp, e))?;
+        }
+        tx.commit().map_err(|e| cat(&tmp, e))?;
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| io(&path, "cannot create", e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io(dir, "cannot flush", e))
 }

@@ -250,3 +250,17 @@ fn leftovers_of_a_killed_run_are_cleared_by_the_next_prune() {
     assert_eq!(restore(&store, t.path(), b), noise(300_000, 22));
     assert_eq!(restore(&store, t.path(), a), noise(300_000, 21));
 }
+
+/// The catalog is created under a temporary name and renamed into place:
+/// what a run killed while creating it leaves (the temporary, half made)
+/// does not stop the next one.
+#[test]
+fn a_half_made_catalog_is_made_again() {
+    let t = tempfile::tempdir().unwrap();
+    let versions = t.path().join("versions");
+    std::fs::create_dir_all(&versions).unwrap();
+    std::fs::write(versions.join("catalog.redb.new"), b"half a header").unwrap();
+    let s = weave_store::Store::open(t.path()).expect("opens");
+    assert!(s.all().unwrap().is_empty());
+    assert!(!versions.join("catalog.redb.new").exists());
+}
