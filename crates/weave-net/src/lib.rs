@@ -8,6 +8,7 @@
 //!   [`weave_engine::Replica`] like any local one;
 //! - [`sync`]: one sync of local and remote replicas.
 
+pub mod cache;
 pub mod conn;
 pub mod remote;
 pub mod server;
@@ -96,7 +97,12 @@ pub fn sync(
     }
     for (i, kind) in kinds.iter().enumerate() {
         if let Some(spec) = kind {
-            opened[i] = Some(Box::new(RemoteReplica::spawn(spec, net, opts.dry_run)?));
+            let mut r = RemoteReplica::spawn(spec, net, opts.dry_run)?;
+            // The first local replica remembers the remote indexes.
+            if let Some(c) = canon.first() {
+                r.cache_index_in(&c.join(STATE_DIR));
+            }
+            opened[i] = Some(Box::new(r));
         }
     }
     for k in 0..local_idx.len() {

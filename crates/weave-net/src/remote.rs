@@ -111,6 +111,12 @@ pub struct RemoteReplica {
     info: ReplicaInfo,
     child: Option<Child>,
     compress: Compress,
+    dry_run: bool,
+    /// Where its index is remembered between syncs, if anywhere.
+    cache: Option<crate::cache::IndexCache>,
+    /// Its index as fetched this sync, while it is remembered: updated
+    /// with what this sync records there.
+    known: Option<BTreeMap<String, LocalEntry>>,
 }
 
 fn shell_quote(s: &str) -> String {
@@ -288,7 +294,17 @@ impl RemoteReplica {
             info,
             child: None,
             compress: Compress::default(),
+            dry_run,
+            cache: None,
+            known: None,
         })
+    }
+
+    /// Remembers this replica's index in the state directory `state` (of
+    /// a local replica of the sync), so later syncs ask only for the
+    /// entries that changed.
+    pub fn cache_index_in(&mut self, state: &std::path::Path) {
+        self.cache = Some(crate::cache::IndexCache::new(state, self.info.id));
     }
 
     fn unexpected(&self, got: Option<&Body>, expected: &'static str) -> SyncError {
@@ -398,10 +414,16 @@ impl Replica for RemoteReplica {
     }
 
     fn entries(&mut self) -> Result<BTreeMap<String, LocalEntry>, SyncError> {
+        // What is remembered of its index, up to some sequence number: only
+        // newer entries are asked for. (On a dry run the remote's scan is
+        // not recorded, so its changes have no sequence numbers yet.)
+        let (since_seq, mut out) = match &self.cache {
+            Some(c) if !self.dry_run => c.load(self.info.seq).unwrap_or_default(),
+            _ => (0, BTreeMap::new()),
+        };
         self.conn
-            .send(Body::GetEntries(GetEntries { since_seq: 0 }))
+            .send(Body::GetEntries(GetEntries { since_seq }))
             .map_err(proto)?;
-        let mut out = BTreeMap::new();
         loop {
             let m = self.conn.recv().map_err(proto)?;
             match m.body {
@@ -418,6 +440,11 @@ impl Replica for RemoteReplica {
                         );
                     }
                     if b.last {
+                        if let Some(c) = self.cache.as_ref().filter(|_| !self.dry_run) {
+                            let seq = out.values().map(|le| le.seq).max().unwrap_or(0);
+                            c.save(&out, seq.max(since_seq));
+                            self.known = Some(out.clone());
+                        }
                         return Ok(out);
                     }
                 }
@@ -554,6 +581,22 @@ impl Replica for RemoteReplica {
                     out.bytes_local = a.bytes_local;
                     out.bytes_remote = a.bytes_remote;
                     self.info.seq = a.seq;
+                    // The session holds the remote's index: everything it
+                    // recorded since the fetch is in `done`, so the
+                    // remembered index is complete up to its new seq.
+                    if let (Some(c), Some(mut known)) = (&self.cache, self.known.take()) {
+                        for (_, e) in &out.done {
+                            known.insert(
+                                e.path.clone(),
+                                LocalEntry {
+                                    entry: e.clone(),
+                                    seq: a.seq,
+                                    stat: None,
+                                },
+                            );
+                        }
+                        c.save(&known, a.seq);
+                    }
                     return Ok(out);
                 }
                 other => return Err(self.unexpected(other.as_ref(), "results of the operations")),

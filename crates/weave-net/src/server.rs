@@ -161,10 +161,16 @@ impl Server {
                     }))
                     .map_err(proto)
             }
-            Body::GetEntries(_) => {
+            Body::GetEntries(g) => {
                 let entries = self.rep()?.entries()?;
-                wire::send_entries(&self.conn, entries.values().map(|le| (&le.entry, le.seq)))
-                    .map_err(proto)
+                wire::send_entries(
+                    &self.conn,
+                    entries
+                        .values()
+                        .filter(|le| le.seq > g.since_seq)
+                        .map(|le| (&le.entry, le.seq)),
+                )
+                .map_err(proto)
             }
             Body::ChunkRequest(r) => self.serve_request(&r),
             Body::Ops(o) => {

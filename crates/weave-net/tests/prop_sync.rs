@@ -347,8 +347,13 @@ impl World {
                         let server = Conn::over_unix(b, "coordinator", None).unwrap();
                         servers.push(std::thread::spawn(move || weave_net::server::serve(server)));
                         let conn = Conn::over_unix(a, "remote", None).unwrap();
-                        let rr = RemoteReplica::open(conn, &shown, canon.to_str().unwrap(), false)
-                            .expect("remote open");
+                        let mut rr =
+                            RemoteReplica::open(conn, &shown, canon.to_str().unwrap(), false)
+                                .expect("remote open");
+                        // The coordinator remembers the remote's index, as
+                        // `weave sync` does in its first local replica.
+                        let first_local = which.iter().find(|&&j| j != r).expect("a local");
+                        rr.cache_index_in(&self.reps[*first_local].join(".weave"));
                         reps.push(Box::new(rr));
                     } else {
                         reps.push(Box::new(LocalReplica::open(&canon, &shown, false).unwrap()));

@@ -964,3 +964,56 @@ fn a_remote_backup_takes_changes_in_and_sends_none() {
     h.expect_code(0);
     assert_eq!(h.json()["versions"].as_array().unwrap().len(), 1);
 }
+
+/// A sync after a small change asks the remote only for the index entries
+/// that changed since the last sync (by sequence number), not its whole
+/// index; without the remembered index it costs the whole index again.
+#[test]
+fn a_later_sync_fetches_only_the_changed_index_entries() {
+    let t = setup(&["A", "B"]);
+    let (a, b) = (t.path().join("A"), t.path().join("B"));
+    for i in 0..2000 {
+        write(
+            a.join(format!("d{}/file-{i:05}.txt", i % 20)),
+            format!("{i}\n"),
+        );
+    }
+    rsync(t.path(), &["A", "host:B"]).expect_code(0);
+    assert_same_tree(&a, &b);
+
+    write(b.join("d3/changed-remotely.txt"), "new on B\n");
+    write(a.join("d4/changed-locally.txt"), "new on A\n");
+    let (r, j) = rsync_json(t.path(), &["A", "host:B"]);
+    r.expect_code(0);
+    assert_clean(&r, &j);
+    assert_same_tree(&a, &b);
+    let with_cache = wire(&j);
+
+    // The same kind of change, with the remembered index gone.
+    write(b.join("d5/changed-remotely.txt"), "new on B\n");
+    write(a.join("d6/changed-locally.txt"), "new on A\n");
+    fs::remove_dir_all(a.join(".weave/remotes")).unwrap();
+    let (r, j) = rsync_json(t.path(), &["A", "host:B"]);
+    r.expect_code(0);
+    assert_clean(&r, &j);
+    assert_same_tree(&a, &b);
+    let without = wire(&j);
+    eprintln!(
+        "index fetch: {with_cache} bytes on the wire with the remembered index, {without} without"
+    );
+    assert!(
+        with_cache * 5 < without,
+        "{with_cache} bytes with the remembered index, {without} without"
+    );
+
+    // A remembered index that is ahead of the remote (its state was
+    // replaced) is not trusted: the whole index is fetched and the sync
+    // is still right.
+    fs::remove_dir_all(b.join(".weave")).unwrap();
+    write(b.join("d7/after-reset.txt"), "new on B\n");
+    let (r, j) = rsync_json(t.path(), &["A", "host:B"]);
+    r.expect_code(0);
+    assert_clean(&r, &j);
+    assert_eq!(read_str(a.join("d7/after-reset.txt")), "new on B\n");
+    assert_same_tree(&a, &b);
+}
