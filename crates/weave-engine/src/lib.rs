@@ -789,25 +789,67 @@ impl Provider for Fetch<'_, '_> {
             if per.is_empty() {
                 break;
             }
-            for (pos, ask) in per {
-                let mut missing: HashMap<Hash, Vec<Hash>> = HashMap::new();
-                let content_of: HashMap<Hash, Hash> = ask
-                    .iter()
-                    .flat_map(|(c, hs)| hs.iter().map(move |h| (*h, *c)))
-                    .collect();
-                self.others[pos]
-                    .1
-                    .serve_chunks(&ask, &mut |h, data| match data {
-                        Some(d) => sink(h, d),
-                        None => {
-                            if let Some(c) = content_of.get(&h) {
-                                missing.entry(*c).or_default().push(h);
-                            }
-                            Ok(())
+            // Which content each asked chunk belongs to.
+            let content_of: HashMap<Hash, Hash> = per
+                .values()
+                .flatten()
+                .flat_map(|(c, hs)| hs.iter().map(move |h| (*h, *c)))
+                .collect();
+            let mut missing: HashMap<Hash, Vec<Hash>> = HashMap::new();
+            let mut take = |h: Hash, data: Option<Vec<u8>>| match data {
+                Some(d) => sink(h, d),
+                None => {
+                    if let Some(c) = content_of.get(&h) {
+                        missing.entry(*c).or_default().push(h);
+                    }
+                    Ok(())
+                }
+            };
+            if per.len() == 1 {
+                let (pos, ask) = per.into_iter().next().expect("one holder");
+                self.others[pos].1.serve_chunks(&ask, &mut take)?;
+            } else {
+                // Several holders at once: each serves from its own thread
+                // into one channel; chunks are taken here as they arrive.
+                tracing::debug!(holders = per.len(), "fetching from several holders at once");
+                std::thread::scope(|s| -> Result<(), SyncError> {
+                    let (tx, rx) = std::sync::mpsc::sync_channel::<(Hash, Option<Vec<u8>>)>(64);
+                    let mut handles = Vec::new();
+                    for (pos, (_, rep)) in self.others.iter_mut().enumerate() {
+                        let Some(ask) = per.remove(&pos) else {
+                            continue;
+                        };
+                        let tx = tx.clone();
+                        let rep: &mut Box<dyn Replica> = rep;
+                        handles.push(s.spawn(move || {
+                            rep.serve_chunks(&ask, &mut |h, d| {
+                                tx.send((h, d)).map_err(|_| {
+                                    SyncError::Remote("the transfer was stopped".into())
+                                })
+                            })
+                        }));
+                    }
+                    drop(tx);
+                    let mut failed = None;
+                    for (h, d) in rx.iter() {
+                        if let Err(e) = take(h, d) {
+                            failed = Some(e);
+                            break;
                         }
-                    })?;
-                pending.extend(missing);
+                    }
+                    // Holders still sending stop at their next chunk.
+                    drop(rx);
+                    let served: Vec<Result<(), SyncError>> = handles
+                        .into_iter()
+                        .map(|h| h.join().expect("a chunk server panicked"))
+                        .collect();
+                    if let Some(e) = failed {
+                        return Err(e);
+                    }
+                    served.into_iter().collect()
+                })?;
             }
+            pending.extend(missing);
             if pending.is_empty() {
                 break;
             }
