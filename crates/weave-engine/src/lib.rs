@@ -202,11 +202,12 @@ pub struct Roles {
     pub backups: Vec<usize>,
 }
 
-/// Finds which replica of a sync each of `opts`' replica references
-/// (prefer=, --backup) names, with `find` (given as on the command line
-/// → position).
+/// Finds which of the sync's `replicas` each of `opts`' replica
+/// references (prefer=, --backup) names, with `find` (given as on the
+/// command line → position), and checks the roles.
 pub fn resolve_roles(
     opts: &SyncOptions,
+    replicas: usize,
     find: impl Fn(&std::path::Path) -> Option<usize>,
 ) -> Result<Roles, SyncError> {
     let preferred = match &opts.policy {
@@ -239,7 +240,9 @@ pub fn resolve_roles(
             ));
         }
     }
-    Ok(Roles { preferred, backups })
+    let roles = Roles { preferred, backups };
+    check_roles(&roles, replicas)?;
+    Ok(roles)
 }
 
 /// The coordinating replica's clock, lent to the planner.
@@ -265,11 +268,10 @@ pub fn sync(
     let roots: Vec<&std::path::Path> = canon.iter().map(|p| p.as_path()).collect();
     Matcher::build(&roots, &opts.ignore)?;
     // Which replicas prefer= and --backup name, before anything is opened.
-    let roles = resolve_roles(opts, |p| {
+    let roles = resolve_roles(opts, canon.len(), |p| {
         let c = std::fs::canonicalize(p).ok();
         canon.iter().position(|r| Some(r) == c.as_ref())
     })?;
-    check_roles(&roles, canon.len())?;
     // Open the existing indexes first, so a damaged one stops the sync
     // before any new state is created in another replica.
     let has_index = |c: &PathBuf| c.join(STATE_DIR).join(weave_index::INDEX_FILE).exists();
@@ -291,7 +293,7 @@ pub fn sync(
 }
 
 /// Refuses roles that leave no replica to sync from.
-pub fn check_roles(roles: &Roles, replicas: usize) -> Result<(), SyncError> {
+fn check_roles(roles: &Roles, replicas: usize) -> Result<(), SyncError> {
     if roles.backups.len() >= replicas {
         return Err(SyncError::Usage(
             "every replica of this sync is a --backup; a backup takes in the changes of the other replicas, so at least one replica must not be one".into(),

@@ -61,7 +61,7 @@ pub fn sync(
         }
     }
     // Which replicas prefer= and --backup name, before anything is opened.
-    let roles = weave_engine::resolve_roles(opts, |p| {
+    let roles = weave_engine::resolve_roles(opts, specs.len(), |p| {
         let given = p.to_string_lossy();
         let c = std::fs::canonicalize(p).ok();
         (0..specs.len()).find(|&i| match &kinds[i] {
@@ -75,7 +75,6 @@ pub fn sync(
             }
         })
     })?;
-    weave_engine::check_roles(&roles, specs.len())?;
     // Open the local replicas that have state first, so a damaged index
     // stops the sync before any new state is created elsewhere.
     let mut opened: Vec<Option<Box<dyn Replica>>> = (0..specs.len()).map(|_| None).collect();

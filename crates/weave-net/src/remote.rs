@@ -114,9 +114,10 @@ pub struct RemoteReplica {
     dry_run: bool,
     /// Where its index is remembered between syncs, if anywhere.
     cache: Option<crate::cache::IndexCache>,
-    /// Its index as fetched this sync, while it is remembered: updated
-    /// with what this sync records there.
-    known: Option<BTreeMap<String, LocalEntry>>,
+    /// Its index as fetched this sync, while it is remembered, and the
+    /// sequence number it is complete up to: updated with what this sync
+    /// records there, written to the cache once, at the end.
+    known: Option<(BTreeMap<String, LocalEntry>, u64)>,
 }
 
 fn shell_quote(s: &str) -> String {
@@ -440,10 +441,9 @@ impl Replica for RemoteReplica {
                         );
                     }
                     if b.last {
-                        if let Some(c) = self.cache.as_ref().filter(|_| !self.dry_run) {
+                        if self.cache.is_some() && !self.dry_run {
                             let seq = out.values().map(|le| le.seq).max().unwrap_or(0);
-                            c.save(&out, seq.max(since_seq));
-                            self.known = Some(out.clone());
+                            self.known = Some((out.clone(), seq.max(since_seq)));
                         }
                         return Ok(out);
                     }
@@ -584,7 +584,8 @@ impl Replica for RemoteReplica {
                     // The session holds the remote's index: everything it
                     // recorded since the fetch is in `done`, so the
                     // remembered index is complete up to its new seq.
-                    if let (Some(c), Some(mut known)) = (&self.cache, self.known.take()) {
+                    if let Some((known, seq)) = &mut self.known {
+                        *seq = a.seq;
                         for (_, e) in &out.done {
                             known.insert(
                                 e.path.clone(),
@@ -595,7 +596,6 @@ impl Replica for RemoteReplica {
                                 },
                             );
                         }
-                        c.save(&known, a.seq);
                     }
                     return Ok(out);
                 }
@@ -617,8 +617,12 @@ impl Replica for RemoteReplica {
             }))
             .map_err(proto)?;
         match self.conn.recv().map_err(proto)?.body {
-            Some(Body::Finished(_)) => Ok(()),
-            other => Err(self.unexpected(other.as_ref(), "a finish reply")),
+            Some(Body::Finished(_)) => {}
+            other => return Err(self.unexpected(other.as_ref(), "a finish reply")),
         }
+        if let (Some(c), Some((known, seq))) = (&self.cache, self.known.take()) {
+            c.save(&known, seq);
+        }
+        Ok(())
     }
 }
