@@ -10,17 +10,20 @@
 //! 6. record the results and what each replica has integrated.
 
 pub mod history;
+mod kind;
 mod local;
+mod merge;
 mod ops;
 mod replica;
 mod report;
 
+pub use kind::{Files, Kind, Kinds, Merge, MERGE_MAX};
 pub use local::LocalReplica;
 pub use replica::{
-    Applied, Finish, Foreign, IgnoreSpec, Issue, NoProvider, Provider, Replica, ReplicaInfo,
-    ScanSummary, Wants,
+    fetch_lists, Applied, Finish, Foreign, IgnoreSpec, Issue, NoProvider, Provider, Replica,
+    ReplicaInfo, ScanSummary, Wants,
 };
-pub use report::{ConflictReport, IssueReport, PlannedOp, ReplicaReport, Report};
+pub use report::{ConflictReport, IssueReport, MergeReport, PlannedOp, ReplicaReport, Report};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -50,6 +53,9 @@ pub struct SyncOptions {
     /// Backup replicas, as the user gave them: they take in every change
     /// of the others and never send their own (see [`Roles`]).
     pub backup: Vec<PathBuf>,
+    /// How concurrent versions of an object are merged instead of kept
+    /// both (see [`Merge`]); usually the replicas' [`Kind::merge`].
+    pub merge: Option<std::sync::Arc<dyn Merge>>,
 }
 
 impl Default for SyncOptions {
@@ -59,6 +65,7 @@ impl Default for SyncOptions {
             ignore: Vec::new(),
             dry_run: false,
             backup: Vec::new(),
+            merge: None,
         }
     }
 }
@@ -422,7 +429,7 @@ pub fn run(
         id: reps[coord].info().id,
         clock: reps[coord].info().clock,
     };
-    let plan = {
+    let mut plan = {
         let mut by_path: BTreeMap<&str, Vec<(ReplicaId, &Entry)>> = BTreeMap::new();
         for (i, (r, v)) in reps.iter().zip(&views).enumerate() {
             if is_backup(i) {
@@ -440,6 +447,12 @@ pub fn run(
         plan_tree(&by_path, policy, &mut clock)
     };
     tracing::debug!(elapsed = ?t_plan.elapsed(), paths = plan.finals.len(), "planned");
+    // Concurrent versions the kind knows how to merge become one.
+    let mut made: HashMap<Hash, merge::Made> = HashMap::new();
+    if let Some(m) = &opts.merge {
+        report.merged =
+            merge::merge_conflicts(reps, &views, &mut plan, m.as_ref(), &mut clock, &mut made);
+    }
     for c in &plan.conflicts {
         report.conflicts.push(ConflictReport::from_conflict(c));
     }
@@ -547,6 +560,10 @@ pub fn run(
                     if foreign.lists.contains_key(content) {
                         continue;
                     }
+                    if let Some(m) = made.get(content) {
+                        foreign.lists.insert(*content, m.list.clone());
+                        continue;
+                    }
                     for j in holders.get(content).map(|h| h.as_slice()).unwrap_or(&[]) {
                         if *j != i && reps[*j].is_local() {
                             if let Some(l) = reps[*j].chunk_list(content) {
@@ -569,6 +586,7 @@ pub fn run(
             let mut provider = Fetch {
                 others: &mut others,
                 holders: &holders,
+                made: &made,
             };
             let adv = |n: u64| progress.advance(n);
             dest.apply(ops.clone(), &foreign, &mut provider, &adv)?
@@ -712,6 +730,8 @@ fn push_issues(out: &mut Vec<IssueReport>, display: &str, issues: &[Issue]) {
 struct Fetch<'a, 'b> {
     others: &'a mut Vec<(usize, &'b mut Box<dyn Replica>)>,
     holders: &'a HashMap<Hash, Vec<usize>>,
+    /// Contents this sync made (merges), served from memory.
+    made: &'a HashMap<Hash, merge::Made>,
 }
 
 impl Fetch<'_, '_> {
@@ -743,6 +763,14 @@ impl Provider for Fetch<'_, '_> {
     fn nodes(&mut self, wants: &Wants) -> Result<Vec<Vec<Option<Vec<u8>>>>, SyncError> {
         let mut out: Vec<Vec<Option<Vec<u8>>>> =
             wants.iter().map(|(_, h)| vec![None; h.len()]).collect();
+        for (w, (content, hashes)) in wants.iter().enumerate() {
+            if let Some(m) = self.made.get(content) {
+                let nodes = weave_chunk::tree(&m.list.chunks).1;
+                for (slot, h) in out[w].iter_mut().zip(hashes) {
+                    *slot = nodes.get(h).map(|n| n.encode());
+                }
+            }
+        }
         // Round k asks every want's k-th candidate for what is still missing.
         for round in 0..self.others.len() {
             let mut per: HashMap<usize, Vec<usize>> = HashMap::new();
@@ -777,7 +805,23 @@ impl Provider for Fetch<'_, '_> {
         wants: &Wants,
         sink: &mut dyn FnMut(Hash, Vec<u8>) -> Result<(), SyncError>,
     ) -> Result<(), SyncError> {
-        let mut pending: Vec<(Hash, Vec<Hash>)> = wants.to_vec();
+        let mut pending: Vec<(Hash, Vec<Hash>)> = Vec::new();
+        for w in wants {
+            let Some(m) = self.made.get(&w.0) else {
+                pending.push(w.clone());
+                continue;
+            };
+            let at: HashMap<Hash, (usize, usize)> = m
+                .list
+                .with_offsets()
+                .map(|(o, c)| (c.hash, (o as usize, c.len as usize)))
+                .collect();
+            for h in &w.1 {
+                if let Some(&(o, len)) = at.get(h) {
+                    sink(*h, m.data[o..o + len].to_vec())?;
+                }
+            }
+        }
         for round in 0..self.others.len() {
             let mut per: HashMap<usize, Vec<(Hash, Vec<Hash>)>> = HashMap::new();
             for w in pending.drain(..) {

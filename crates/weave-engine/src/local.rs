@@ -456,39 +456,9 @@ impl Replica for LocalReplica {
                 }
             }
         }
-        if !unresolved.is_empty() {
-            // The roots of all trees in one round, then deeper levels.
-            let wants: Vec<(Hash, Vec<Hash>)> = unresolved
-                .iter()
-                .filter(|u| !known.contains_key(&u.0))
-                .map(|u| (u.0, vec![u.0]))
-                .collect();
-            let roots = provider.nodes(&wants)?;
-            for ((c, _), got) in wants.iter().zip(roots) {
-                if let Some(Some(bytes)) = got.into_iter().next() {
-                    if let Some(n) = Node::decode(&bytes, c) {
-                        known.insert(*c, n);
-                    }
-                }
-            }
-            for (c, size, path) in &unresolved {
-                let r = weave_chunk::resolve(c, *size, &known, |want| {
-                    let got = provider
-                        .nodes(&[(*c, want.to_vec())])
-                        .map_err(|e| e.to_string())?;
-                    Ok(got.into_iter().next().unwrap_or_default())
-                });
-                match r {
-                    Ok(l) => {
-                        lists.insert(*c, l);
-                    }
-                    Err(e) => errors.push(Issue {
-                        path: path.clone(),
-                        message: format!("cannot get the chunk list of its new content: {e}"),
-                    }),
-                }
-            }
-        }
+        let (fetched, issues) = crate::replica::fetch_lists(provider, &unresolved, &mut known)?;
+        lists.extend(fetched);
+        errors.extend(issues);
         // 2. Chunks found nowhere on this machine come from the provider
         //    into the stage (kept if the run is interrupted).
         let state = self.root.join(STATE_DIR);

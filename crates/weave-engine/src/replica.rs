@@ -91,6 +91,55 @@ pub trait Provider {
     ) -> Result<(), SyncError>;
 }
 
+/// The chunk lists of contents this replica does not know, `(content,
+/// size, a path that needs it)`, fetched from `provider` as trees: the
+/// roots of all of them in one round, then each tree a level at a time.
+/// Nodes in `known` (an old version's tree, say) need not travel. Every
+/// node is verified. Returns the lists, and an issue for each content
+/// whose list could not be had.
+pub fn fetch_lists(
+    provider: &mut dyn Provider,
+    unresolved: &[(Hash, u64, String)],
+    known: &mut HashMap<Hash, weave_chunk::Node>,
+) -> Result<(HashMap<Hash, ChunkList>, Vec<Issue>), SyncError> {
+    let mut lists = HashMap::new();
+    let mut issues = Vec::new();
+    if unresolved.is_empty() {
+        return Ok((lists, issues));
+    }
+    let wants: Vec<(Hash, Vec<Hash>)> = unresolved
+        .iter()
+        .filter(|u| !known.contains_key(&u.0))
+        .map(|u| (u.0, vec![u.0]))
+        .collect();
+    let roots = provider.nodes(&wants)?;
+    for ((c, _), got) in wants.iter().zip(roots) {
+        if let Some(Some(bytes)) = got.into_iter().next() {
+            if let Some(n) = weave_chunk::Node::decode(&bytes, c) {
+                known.insert(*c, n);
+            }
+        }
+    }
+    for (c, size, path) in unresolved {
+        let r = weave_chunk::resolve(c, *size, known, |want| {
+            let got = provider
+                .nodes(&[(*c, want.to_vec())])
+                .map_err(|e| e.to_string())?;
+            Ok(got.into_iter().next().unwrap_or_default())
+        });
+        match r {
+            Ok(l) => {
+                lists.insert(*c, l);
+            }
+            Err(e) => issues.push(Issue {
+                path: path.clone(),
+                message: format!("cannot get the chunk list of its new content: {e}"),
+            }),
+        }
+    }
+    Ok((lists, issues))
+}
+
 /// A provider with nothing to give.
 pub struct NoProvider;
 impl Provider for NoProvider {

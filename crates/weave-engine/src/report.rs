@@ -22,6 +22,9 @@ pub struct Report {
     /// Bytes that crossed the network, both ways, all remotes.
     pub bytes_on_wire: u64,
     pub conflicts: Vec<ConflictReport>,
+    /// Concurrent versions merged into one (kinds that define a merge).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub merged: Vec<MergeReport>,
     pub errors: Vec<IssueReport>,
     pub notices: Vec<IssueReport>,
     pub replicas: Vec<ReplicaReport>,
@@ -95,6 +98,16 @@ impl ConflictReport {
             dropped: c.dropped.iter().map(|r| r.to_string()).collect(),
         }
     }
+}
+
+/// Concurrent versions of one object that were merged into one.
+#[derive(Debug, Clone, Serialize)]
+pub struct MergeReport {
+    pub path: String,
+    /// How many distinct versions went in.
+    pub versions: usize,
+    /// The merged object's size.
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]

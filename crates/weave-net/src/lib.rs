@@ -18,15 +18,27 @@ pub use conn::{Conn, RateLimit};
 pub use remote::{NetOptions, RemoteReplica, RemoteSpec};
 
 use std::path::PathBuf;
-use weave_core::path::STATE_DIR;
-use weave_engine::{LocalReplica, Progress, Replica, Report, SyncError, SyncOptions};
+use weave_engine::{Files, Kind, Progress, Replica, Report, SyncError, SyncOptions};
 
-/// Runs one sync of the replicas named by `specs`: local directories,
-/// `[user@]host:path` or `ssh://[user@]host[:port]/path`.
+/// Runs one sync of the directory trees named by `specs`: local
+/// directories, `[user@]host:path` or `ssh://[user@]host[:port]/path`.
 pub fn sync(
     specs: &[String],
     opts: &SyncOptions,
     net: &NetOptions,
+    progress: &dyn Progress,
+) -> Result<Report, SyncError> {
+    sync_kind(specs, opts, net, &Files, progress)
+}
+
+/// Runs one sync of the replicas of `kind` named by `specs` (local paths
+/// or remote ones, as for [`sync`]). Without a merge in `opts`, the
+/// kind's own merge applies.
+pub fn sync_kind(
+    specs: &[String],
+    opts: &SyncOptions,
+    net: &NetOptions,
+    kind: &dyn Kind,
     progress: &dyn Progress,
 ) -> Result<Report, SyncError> {
     if specs.len() < 2 {
@@ -35,21 +47,19 @@ pub fn sync(
                 .into(),
         ));
     }
-    let mut kinds: Vec<Option<RemoteSpec>> = Vec::new();
+    let mut remotes: Vec<Option<RemoteSpec>> = Vec::new();
     for s in specs {
-        kinds.push(RemoteSpec::parse(s).map_err(SyncError::Usage)?);
+        remotes.push(RemoteSpec::parse(s).map_err(SyncError::Usage)?);
     }
-    let local_idx: Vec<usize> = (0..specs.len()).filter(|&i| kinds[i].is_none()).collect();
+    let local_idx: Vec<usize> = (0..specs.len()).filter(|&i| remotes[i].is_none()).collect();
     let local_paths: Vec<PathBuf> = local_idx
         .iter()
         .map(|&i| PathBuf::from(&specs[i]))
         .collect();
-    let canon = weave_engine::check_local_replicas(&local_paths)?;
-    // Bad patterns stop the sync before any state is created.
-    let roots: Vec<&std::path::Path> = canon.iter().map(|p| p.as_path()).collect();
-    weave_fs::ignore::Matcher::build(&roots, &opts.ignore)?;
-    for (i, a) in kinds.iter().enumerate() {
-        for b in kinds.iter().skip(i + 1) {
+    // Bad paths and patterns stop the sync before any state is created.
+    let canon = kind.check(&local_paths, &opts.ignore)?;
+    for (i, a) in remotes.iter().enumerate() {
+        for b in remotes.iter().skip(i + 1) {
             if let (Some(a), Some(b)) = (a, b) {
                 if a == b || (a.host == b.host && a.port == b.port && a.path == b.path) {
                     return Err(SyncError::Usage(format!(
@@ -64,7 +74,7 @@ pub fn sync(
     let roles = weave_engine::resolve_roles(opts, specs.len(), |p| {
         let given = p.to_string_lossy();
         let c = std::fs::canonicalize(p).ok();
-        (0..specs.len()).find(|&i| match &kinds[i] {
+        (0..specs.len()).find(|&i| match &remotes[i] {
             Some(r) => r.display == given,
             None => {
                 let k = local_idx
@@ -78,15 +88,11 @@ pub fn sync(
     // Open the local replicas that have state first, so a damaged index
     // stops the sync before any new state is created elsewhere.
     let mut opened: Vec<Option<Box<dyn Replica>>> = (0..specs.len()).map(|_| None).collect();
-    let has_index = |c: &PathBuf| c.join(STATE_DIR).join(weave_index::INDEX_FILE).exists();
+    let has_index = |c: &PathBuf| kind.state_dir(c).join(weave_index::INDEX_FILE).exists();
     let open_local =
         |opened: &mut Vec<Option<Box<dyn Replica>>>, k: usize| -> Result<(), SyncError> {
             let i = local_idx[k];
-            opened[i] = Some(Box::new(LocalReplica::open(
-                &canon[k],
-                &specs[i],
-                opts.dry_run,
-            )?));
+            opened[i] = Some(kind.open(&canon[k], &specs[i], opts.dry_run)?);
             Ok(())
         };
     for (k, c) in canon.iter().enumerate() {
@@ -94,12 +100,12 @@ pub fn sync(
             open_local(&mut opened, k)?;
         }
     }
-    for (i, kind) in kinds.iter().enumerate() {
-        if let Some(spec) = kind {
-            let mut r = RemoteReplica::spawn(spec, net, opts.dry_run)?;
+    for (i, remote) in remotes.iter().enumerate() {
+        if let Some(spec) = remote {
+            let mut r = RemoteReplica::spawn(spec, net, kind.name(), opts.dry_run)?;
             // The first local replica remembers the remote indexes.
             if let Some(c) = canon.first() {
-                r.cache_index_in(&c.join(STATE_DIR));
+                r.cache_index_in(&kind.state_dir(c));
             }
             opened[i] = Some(Box::new(r));
         }
@@ -110,5 +116,9 @@ pub fn sync(
         }
     }
     let mut reps: Vec<Box<dyn Replica>> = opened.into_iter().map(|r| r.expect("opened")).collect();
-    weave_engine::run(&mut reps, opts, &roles, progress)
+    let mut opts = opts.clone();
+    if opts.merge.is_none() {
+        opts.merge = kind.merge();
+    }
+    weave_engine::run(&mut reps, &opts, &roles, progress)
 }

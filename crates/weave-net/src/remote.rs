@@ -136,6 +136,7 @@ impl RemoteReplica {
     pub fn spawn(
         spec: &RemoteSpec,
         net: &NetOptions,
+        kind: &str,
         dry_run: bool,
     ) -> Result<RemoteReplica, SyncError> {
         let rsh = net.rsh.clone().unwrap_or_else(|| "ssh".into());
@@ -189,7 +190,7 @@ impl RemoteReplica {
         }
         let limit = net.bwlimit.map(RateLimit::new);
         let conn = Conn::new(stdout, stdin, &spec.host, limit);
-        match RemoteReplica::open(conn, &spec.display, &spec.path, dry_run) {
+        match RemoteReplica::open_kind(conn, &spec.display, &spec.path, kind, dry_run) {
             Ok(mut r) => {
                 r.child = Some(child);
                 Ok(r)
@@ -239,11 +240,23 @@ impl RemoteReplica {
         }
     }
 
-    /// Opens the replica at `path` over an established connection.
+    /// Opens the directory tree at `path` over an established connection.
     pub fn open(
         conn: Conn,
         display: &str,
         path: &str,
+        dry_run: bool,
+    ) -> Result<RemoteReplica, SyncError> {
+        Self::open_kind(conn, display, path, "files", dry_run)
+    }
+
+    /// Opens the replica of `kind` (see [`weave_engine::Kind`]) at `path`
+    /// over an established connection.
+    pub fn open_kind(
+        conn: Conn,
+        display: &str,
+        path: &str,
+        kind: &str,
         dry_run: bool,
     ) -> Result<RemoteReplica, SyncError> {
         let peer = conn.peer().to_string();
@@ -259,9 +272,21 @@ impl RemoteReplica {
             }));
             proto(e)
         })?;
+        let files = kind.is_empty() || kind == "files";
+        if !files && !theirs.capabilities.iter().any(|c| c == "kinds") {
+            return Err(SyncError::Remote(format!(
+                "{display}: the weave there ({}) syncs directory trees only, not --kind {kind}; install a newer weave on that host",
+                theirs.software
+            )));
+        }
         conn.send(Body::Open(Open {
             path: path.to_string(),
             dry_run,
+            kind: if files {
+                String::new()
+            } else {
+                kind.to_string()
+            },
         }))
         .map_err(proto)?;
         let o = match conn.recv().map_err(proto)?.body {

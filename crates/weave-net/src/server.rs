@@ -6,7 +6,7 @@ use crate::wire::{self, proto};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use weave_core::Hash;
-use weave_engine::{Foreign, IgnoreSpec, LocalReplica, Provider, Replica, SyncError, Wants};
+use weave_engine::{Foreign, IgnoreSpec, Kinds, Provider, Replica, SyncError, Wants};
 use weave_fs::Op;
 use weave_proto::msg::{
     Applied, Body, ChunkRequest, ErrorMsg, Finished, IgnoreFile, IssueMsg, Opened, Progress,
@@ -15,11 +15,18 @@ use weave_proto::msg::{
 use weave_proto::validate::{chunk_to_wire, entry_from_wire, hash_from_wire, request_from_wire};
 use weave_proto::ProtoError;
 
-/// Serves one session until the coordinator closes it.
+/// Serves one session (directory trees only) until the coordinator
+/// closes it.
 pub fn serve(conn: Conn) -> Result<(), SyncError> {
+    serve_kinds(conn, &Kinds::default())
+}
+
+/// Serves one session until the coordinator closes it, opening replicas
+/// of any of `kinds`.
+pub fn serve_kinds(conn: Conn, kinds: &Kinds) -> Result<(), SyncError> {
     let peer = conn.peer().to_string();
     // The session's hello names no replica: one is opened by path later.
-    let ours = weave_proto::handshake::hello(weave_core::ReplicaId(0), &["v1"]);
+    let ours = weave_proto::handshake::hello(weave_core::ReplicaId(0), &["v1", "kinds"]);
     conn.send(Body::Hello(ours.clone())).map_err(proto)?;
     let theirs = match conn.recv().map_err(proto)?.body {
         Some(Body::Hello(h)) => h,
@@ -37,6 +44,7 @@ pub fn serve(conn: Conn) -> Result<(), SyncError> {
     }
     let mut s = Server {
         conn,
+        kinds: kinds.clone(),
         rep: None,
         ops: Vec::new(),
         on_current: Vec::new(),
@@ -59,7 +67,8 @@ pub fn serve(conn: Conn) -> Result<(), SyncError> {
 
 struct Server {
     conn: Conn,
-    rep: Option<LocalReplica>,
+    kinds: Kinds,
+    rep: Option<Box<dyn Replica>>,
     ops: Vec<Op>,
     on_current: Vec<bool>,
     compress: Compress,
@@ -96,7 +105,7 @@ fn expand(path: &str) -> PathBuf {
 }
 
 impl Server {
-    fn rep(&mut self) -> Result<&mut LocalReplica, SyncError> {
+    fn rep(&mut self) -> Result<&mut Box<dyn Replica>, SyncError> {
         self.rep
             .as_mut()
             .ok_or_else(|| SyncError::Remote("no replica is open in this session".into()))
@@ -114,8 +123,9 @@ impl Server {
         match b {
             Body::Open(o) => {
                 let path = expand(&o.path);
-                let canon = weave_engine::check_local_replicas(std::slice::from_ref(&path))?;
-                let rep = LocalReplica::open(&canon[0], &o.path, o.dry_run)?;
+                let kind = self.kinds.get(&o.kind)?;
+                let canon = kind.check(std::slice::from_ref(&path), &[])?;
+                let rep = kind.open(&canon[0], &o.path, o.dry_run)?;
                 let info = rep.info().clone();
                 self.rep = Some(rep);
                 self.conn

@@ -257,6 +257,10 @@ pub struct Open {
     pub path: String,
     #[prost(bool, tag = "2")]
     pub dry_run: bool,
+    /// The kind of replica ("" or "files": a directory tree). Only sent to
+    /// a server whose hello lists the "kinds" capability.
+    #[prost(string, tag = "3")]
+    pub kind: String,
 }
 
 /// Server → coordinator: the opened replica.

@@ -1,0 +1,621 @@
+//! An object store with weave's index beside it: a replica.
+
+use crate::{check_name, Change, ObjectStore, Outcome};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use weave_chunk::{ChunkList, Node};
+use weave_core::{Entry, Hash, Object};
+use weave_engine::{
+    Applied, Finish, Foreign, IgnoreSpec, Issue, Provider, Replica, ReplicaInfo, ScanSummary,
+    SyncError, Wants,
+};
+use weave_fs::ignore::Matcher;
+use weave_fs::{Op, OpKind};
+use weave_index::{Batch, Index, LocalEntry, Stat};
+
+/// Permission bits recorded for every object (objects have none; a fixed
+/// value keeps the planner from seeing metadata changes).
+const MODE: u32 = 0o644;
+
+/// A store of named objects as a replica of a sync: its index (version
+/// vectors, sequence numbers, chunk lists, what it has integrated of each
+/// peer) lives in a state directory of the caller's choosing.
+///
+/// A scan lists the store and compares each object's revision with the
+/// one recorded: a new or changed object is read, chunked and hashed, and
+/// gets a new version; an object gone from the store gets a tombstone.
+/// Applying the plan fetches the chunks the replica lacks (its own objects
+/// first, then the other replicas), verifies each, and commits all puts
+/// and deletes in one [`ObjectStore::commit`], each conditional on the
+/// revision the scan saw (I-5).
+pub struct ObjectReplica<S: ObjectStore> {
+    display: String,
+    store: S,
+    index: Index,
+    info: ReplicaInfo,
+    /// Changes found by this run's scan (not yet in the index on a dry run).
+    scanned: Vec<LocalEntry>,
+    scanned_contents: HashMap<Hash, ChunkList>,
+    entries: Option<BTreeMap<String, LocalEntry>>,
+    /// The last content read for serving: (content, bytes).
+    last: Option<(Hash, Vec<u8>)>,
+}
+
+/// The stat an object's entry records: its revision and mtime.
+fn stamp(revision: u64, size: u64, mtime_ns: i64) -> Stat {
+    Stat {
+        size,
+        mtime_ns,
+        ctime_ns: 0,
+        ino: revision,
+        mode: MODE,
+        racy: false,
+    }
+}
+
+fn store_error(display: &str, what: &str, e: crate::StoreError) -> SyncError {
+    SyncError::State {
+        path: display.into(),
+        problem: format!("the object store failed to {what}: {e}"),
+    }
+}
+
+impl<S: ObjectStore> ObjectReplica<S> {
+    /// Opens the replica of `store`, with its index in `state_dir`
+    /// (created if need be, unless `dry_run`: then a replica without state
+    /// gets a throw-away index and nothing is written).
+    pub fn open(
+        store: S,
+        state_dir: &Path,
+        display: &str,
+        dry_run: bool,
+    ) -> Result<ObjectReplica<S>, SyncError> {
+        let exists = state_dir.join(weave_index::INDEX_FILE).exists();
+        let index = match (dry_run, exists) {
+            (true, false) => Index::ephemeral(state_dir),
+            (true, true) => Index::open_for_dry_run(state_dir)?,
+            (false, _) => Index::open(state_dir)?,
+        };
+        let info = ReplicaInfo {
+            id: index.id(),
+            seq: index.seq(),
+            clock: index.clock(),
+            peers: index.load_peers()?,
+            ignore_fingerprint: index.ignore_fingerprint(),
+            rekeyed: index.rekeyed(),
+            ignore_file: None,
+        };
+        Ok(ObjectReplica {
+            display: display.to_string(),
+            store,
+            index,
+            info,
+            scanned: Vec::new(),
+            scanned_contents: HashMap::new(),
+            entries: None,
+            last: None,
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The store, to change it between syncs.
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// Closes the replica and gives the store back.
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    fn load(&mut self) -> Result<&mut BTreeMap<String, LocalEntry>, SyncError> {
+        if self.entries.is_none() {
+            let mut m = self.index.load_entries()?;
+            for le in &self.scanned {
+                m.insert(le.entry.path.clone(), le.clone());
+            }
+            self.entries = Some(m);
+        }
+        Ok(self.entries.as_mut().expect("loaded above"))
+    }
+
+    fn list(&self, content: &Hash) -> Option<ChunkList> {
+        if let Some(l) = self.scanned_contents.get(content) {
+            return Some(l.clone());
+        }
+        self.index.chunk_list(content).ok().flatten()
+    }
+
+    /// The bytes of `content`, read from an object that holds it (checked
+    /// against its chunk list, so an object changed since the scan is not
+    /// taken for it).
+    fn content(&mut self, content: &Hash) -> Result<Option<Vec<u8>>, SyncError> {
+        if let Some((c, d)) = &self.last {
+            if c == content {
+                return Ok(Some(d.clone()));
+            }
+        }
+        let Some(list) = self.list(content) else {
+            return Ok(None);
+        };
+        let names: Vec<String> = self
+            .load()?
+            .iter()
+            .filter(|(_, le)| {
+                matches!(&le.entry.object, Object::File { content: c, .. } if c == content)
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        for name in names {
+            let Some(data) = self
+                .store
+                .read(&name)
+                .map_err(|e| store_error(&self.display, &format!("read {name}"), e))?
+            else {
+                continue;
+            };
+            if holds(&data, &list) {
+                self.last = Some((*content, data.clone()));
+                return Ok(Some(data));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// True if `data` is exactly the content `list` describes (every chunk
+/// verified).
+fn holds(data: &[u8], list: &ChunkList) -> bool {
+    data.len() as u64 == list.size()
+        && list.with_offsets().all(|(o, c)| {
+            let o = o as usize;
+            weave_chunk::verify(&data[o..o + c.len as usize], &c.hash)
+        })
+}
+
+impl<S: ObjectStore> Replica for ObjectReplica<S> {
+    fn display(&self) -> &str {
+        &self.display
+    }
+
+    fn is_local(&self) -> bool {
+        // Its objects are not files other replicas could read directly.
+        false
+    }
+
+    fn info(&self) -> &ReplicaInfo {
+        &self.info
+    }
+
+    fn scan(&mut self, ignore: &IgnoreSpec, dry_run: bool) -> Result<ScanSummary, SyncError> {
+        let matcher = Matcher::from_files(&ignore.files, &ignore.patterns)?;
+        let mut summary = ScanSummary::default();
+        let listed = self
+            .store
+            .list()
+            .map_err(|e| store_error(&self.display, "list its objects", e))?;
+        let known = self.index.load_entries()?;
+        let id = self.index.id();
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut changed: Vec<LocalEntry> = Vec::new();
+        let mut contents: Vec<ChunkList> = Vec::new();
+        // (name, new object, mtime, stat)
+        let mut updates: Vec<(String, Object, i64, Option<Stat>)> = Vec::new();
+        for l in listed {
+            if let Err(why) = check_name(&l.name) {
+                summary.errors.push(Issue {
+                    path: l.name.clone(),
+                    message: format!("not synced: {why}"),
+                });
+                continue;
+            }
+            if matcher.is_ignored(&l.name, false) || !seen.insert(l.name.clone()) {
+                continue;
+            }
+            let old = known.get(&l.name);
+            let unchanged = old.is_some_and(|le| {
+                le.entry.is_live() && le.stat.is_some_and(|s| s.ino == l.revision)
+            });
+            if unchanged {
+                continue;
+            }
+            let Some(data) = self
+                .store
+                .read(&l.name)
+                .map_err(|e| store_error(&self.display, &format!("read {}", l.name), e))?
+            else {
+                // Gone between the listing and the read: the next scan.
+                continue;
+            };
+            let list = weave_chunk::chunk_bytes(&data);
+            let content = list.content_id();
+            let size = data.len() as u64;
+            let st = stamp(l.revision, size, l.mtime_ns);
+            match old.map(|le| &le.entry.object) {
+                Some(Object::File { content: c, .. }) if *c == content => {
+                    // Same content under a new revision: nothing to sync.
+                    let mut le = old.expect("matched").clone();
+                    le.stat = Some(st);
+                    changed.push(le);
+                }
+                _ => {
+                    updates.push((
+                        l.name.clone(),
+                        Object::File { size, content },
+                        l.mtime_ns,
+                        Some(st),
+                    ));
+                    contents.push(list);
+                }
+            }
+        }
+        for (name, le) in &known {
+            if le.entry.is_live() && !seen.contains(name) && !matcher.is_ignored(name, false) {
+                updates.push((name.clone(), Object::Deleted, 0, None));
+            }
+        }
+        for (name, object, mtime_ns, stat) in updates {
+            let mut vv = known
+                .get(&name)
+                .map(|le| le.entry.vv.clone())
+                .unwrap_or_default();
+            self.index.observe(vv.get(id));
+            vv.bump(id, self.index.tick());
+            let live = object.is_live();
+            changed.push(LocalEntry {
+                entry: Entry {
+                    path: name,
+                    object,
+                    mode: if live { MODE } else { 0 },
+                    mtime_ns,
+                    vv,
+                    origin: id,
+                },
+                seq: self.index.next_seq(),
+                stat,
+            });
+        }
+        if !dry_run && (!changed.is_empty() || !contents.is_empty()) {
+            self.index.write(&Batch {
+                entries: changed.clone(),
+                contents: contents.clone(),
+                ..Default::default()
+            })?;
+        }
+        self.info.seq = self.index.seq();
+        self.info.clock = self.index.clock();
+        self.scanned = changed;
+        for l in contents {
+            self.scanned_contents.insert(l.content_id(), l);
+        }
+        self.entries = None;
+        self.last = None;
+        Ok(summary)
+    }
+
+    fn entries(&mut self) -> Result<BTreeMap<String, LocalEntry>, SyncError> {
+        Ok(self.load()?.clone())
+    }
+
+    fn chunk_list(&mut self, content: &Hash) -> Option<ChunkList> {
+        self.list(content)
+    }
+
+    fn serve_nodes(&mut self, wants: &Wants) -> Result<Vec<Vec<Option<Vec<u8>>>>, SyncError> {
+        Ok(wants
+            .iter()
+            .map(|(content, hashes)| match self.list(content) {
+                Some(l) => {
+                    let nodes = weave_chunk::tree(&l.chunks).1;
+                    hashes
+                        .iter()
+                        .map(|h| nodes.get(h).map(|n| n.encode()))
+                        .collect()
+                }
+                None => vec![None; hashes.len()],
+            })
+            .collect())
+    }
+
+    fn serve_chunks(
+        &mut self,
+        wants: &Wants,
+        sink: &mut dyn FnMut(Hash, Option<Vec<u8>>) -> Result<(), SyncError>,
+    ) -> Result<(), SyncError> {
+        for (content, hashes) in wants {
+            let data = self.content(content)?;
+            let at: HashMap<Hash, (usize, usize)> = self
+                .list(content)
+                .map(|l| {
+                    l.with_offsets()
+                        .map(|(o, c)| (c.hash, (o as usize, c.len as usize)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for h in hashes {
+                let chunk = match (&data, at.get(h)) {
+                    (Some(d), Some(&(o, len))) => Some(d[o..o + len].to_vec()),
+                    _ => None,
+                };
+                sink(*h, chunk)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        ops: Vec<Op>,
+        foreign: &Foreign,
+        provider: &mut dyn Provider,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Applied, SyncError> {
+        self.load()?;
+        let mut errors: Vec<Issue> = Vec::new();
+        // 1. The chunk list of every content to write.
+        let mut lists: HashMap<Hash, ChunkList> = HashMap::new();
+        let mut unresolved: Vec<(Hash, u64, String)> = Vec::new();
+        let mut known: HashMap<Hash, Node> = HashMap::new();
+        for op in ops.iter().filter(|o| o.kind == OpKind::WriteFile) {
+            let Object::File { content, size } = &op.target.object else {
+                continue;
+            };
+            if lists.contains_key(content) || unresolved.iter().any(|u| u.0 == *content) {
+                continue;
+            }
+            if let Some(l) = self
+                .list(content)
+                .or_else(|| foreign.lists.get(content).cloned())
+            {
+                lists.insert(*content, l);
+                continue;
+            }
+            unresolved.push((*content, *size, op.path.clone()));
+            if let Some(Object::File { content: old, .. }) =
+                op.current.as_ref().map(|c| &c.entry.object)
+            {
+                if let Some(l) = self.list(old) {
+                    if l.chunks.len() > 1 {
+                        known.extend(weave_chunk::tree(&l.chunks).1);
+                    }
+                }
+            }
+        }
+        let (fetched, issues) = weave_engine::fetch_lists(provider, &unresolved, &mut known)?;
+        lists.extend(fetched);
+        errors.extend(issues);
+
+        // 2. Chunks: from this store's own objects (the same content, or
+        //    the old version at the same name), then from the provider.
+        let mut chunks: HashMap<Hash, Vec<u8>> = HashMap::new();
+        let mut needed: HashSet<Hash> = HashSet::new();
+        for op in ops.iter().filter(|o| o.kind == OpKind::WriteFile) {
+            let Object::File { content, .. } = &op.target.object else {
+                continue;
+            };
+            let Some(list) = lists.get(content) else {
+                continue;
+            };
+            let mut local: Vec<Hash> = vec![*content];
+            if let Some(Object::File { content: old, .. }) =
+                op.current.as_ref().map(|c| &c.entry.object)
+            {
+                local.push(*old);
+            }
+            let want: HashSet<Hash> = list.chunks.iter().map(|c| c.hash).collect();
+            for c in local {
+                if want.iter().all(|h| chunks.contains_key(h)) {
+                    break;
+                }
+                let (Some(data), Some(l)) = (self.content(&c)?, self.list(&c)) else {
+                    continue;
+                };
+                for (o, r) in l.with_offsets() {
+                    if want.contains(&r.hash) {
+                        let o = o as usize;
+                        chunks
+                            .entry(r.hash)
+                            .or_insert_with(|| data[o..o + r.len as usize].to_vec());
+                    }
+                }
+            }
+            needed.extend(want);
+        }
+        let bytes_local: u64 = chunks.values().map(|d| d.len() as u64).sum();
+        let mut wants: Vec<(Hash, Vec<Hash>)> = Vec::new();
+        let mut asked: HashSet<Hash> = HashSet::new();
+        for op in ops.iter().filter(|o| o.kind == OpKind::WriteFile) {
+            let Object::File { content, .. } = &op.target.object else {
+                continue;
+            };
+            let Some(list) = lists.get(content) else {
+                continue;
+            };
+            let missing: Vec<Hash> = list
+                .chunks
+                .iter()
+                .map(|c| c.hash)
+                .filter(|h| !chunks.contains_key(h) && asked.insert(*h))
+                .collect();
+            if !missing.is_empty() {
+                wants.push((*content, missing));
+            }
+        }
+        let mut bytes_remote = 0u64;
+        let mut bad = 0u64;
+        if !wants.is_empty() {
+            provider.chunks(&wants, &mut |h, data| {
+                // Verified on arrival (I-3).
+                if needed.contains(&h) && weave_chunk::verify(&data, &h) {
+                    bytes_remote += data.len() as u64;
+                    progress(data.len() as u64);
+                    chunks.insert(h, data);
+                } else {
+                    bad += 1;
+                }
+                Ok(())
+            })?;
+        }
+        if bad > 0 {
+            errors.push(Issue {
+                path: String::new(),
+                message: format!(
+                    "{bad} chunks received failed their hash and were dropped; the objects that need them are retried next time"
+                ),
+            });
+        }
+
+        // 3. One atomic commit of every put and delete.
+        let mut changes: Vec<Change> = Vec::new();
+        // Per change: the operation it carries out.
+        let mut change_op: Vec<usize> = Vec::new();
+        let mut done: Vec<(usize, Entry, Option<Stat>, Option<ChunkList>)> = Vec::new();
+        for (k, op) in ops.iter().enumerate() {
+            let cur = op.current.as_ref();
+            let expect = cur
+                .filter(|c| c.entry.is_live())
+                .and_then(|c| c.stat)
+                .map(|s| s.ino);
+            match op.kind {
+                OpKind::Record | OpKind::SetMeta => {
+                    done.push((k, op.target.clone(), cur.and_then(|c| c.stat), None));
+                }
+                OpKind::Remove => {
+                    changes.push(Change::Delete {
+                        name: op.path.clone(),
+                        expect,
+                    });
+                    change_op.push(k);
+                }
+                OpKind::WriteFile => {
+                    let Object::File { content, .. } = &op.target.object else {
+                        continue;
+                    };
+                    let Some(list) = lists.get(content) else {
+                        continue;
+                    };
+                    let mut data = Vec::with_capacity(list.size() as usize);
+                    let whole = list.chunks.iter().all(|c| match chunks.get(&c.hash) {
+                        Some(d) => {
+                            data.extend_from_slice(d);
+                            true
+                        }
+                        None => false,
+                    });
+                    if !whole {
+                        errors.push(Issue {
+                            path: op.path.clone(),
+                            message: "not written: some of its content could not be had from any replica; retried next time".into(),
+                        });
+                        continue;
+                    }
+                    changes.push(Change::Put {
+                        name: op.path.clone(),
+                        data,
+                        mtime_ns: op.target.mtime_ns,
+                        expect,
+                    });
+                    change_op.push(k);
+                }
+                OpKind::MakeDir | OpKind::WriteSymlink => errors.push(Issue {
+                    path: op.path.clone(),
+                    message: format!(
+                        "not written: a {} cannot be kept in this object store",
+                        op.target.object.kind_name()
+                    ),
+                }),
+            }
+        }
+        let outcomes = if changes.is_empty() {
+            Vec::new()
+        } else {
+            self.store
+                .commit(&changes)
+                .map_err(|e| store_error(&self.display, "commit the changes", e))?
+        };
+        if outcomes.len() != changes.len() {
+            return Err(SyncError::State {
+                path: self.display.clone().into(),
+                problem: format!(
+                    "the object store answered {} outcomes for {} changes",
+                    outcomes.len(),
+                    changes.len()
+                ),
+            });
+        }
+        for ((c, k), out) in changes.iter().zip(change_op).zip(outcomes) {
+            let op = &ops[k];
+            match (out, c) {
+                (Outcome::Stale, _) => errors.push(Issue {
+                    path: op.path.clone(),
+                    message: "changed in the store since it was scanned; left for the next sync"
+                        .into(),
+                }),
+                (Outcome::Done { revision }, Change::Put { data, .. }) => {
+                    let Object::File { content, .. } = &op.target.object else {
+                        continue;
+                    };
+                    let st = stamp(revision.unwrap_or(0), data.len() as u64, op.target.mtime_ns);
+                    done.push((k, op.target.clone(), Some(st), lists.get(content).cloned()));
+                }
+                (Outcome::Done { .. }, Change::Delete { .. }) => {
+                    done.push((k, op.target.clone(), None, None));
+                }
+            }
+        }
+        done.sort_by_key(|d| d.0);
+
+        // 4. Record what was done.
+        let id = self.index.id();
+        let mut batch = Batch::default();
+        let mut out = Vec::with_capacity(done.len());
+        let entries = self.entries.as_mut().expect("loaded above");
+        for (k, entry, stat, list) in done {
+            self.index.observe(entry.vv.get(id));
+            let le = LocalEntry {
+                entry: entry.clone(),
+                seq: self.index.next_seq(),
+                stat,
+            };
+            entries.insert(le.entry.path.clone(), le.clone());
+            batch.entries.push(le);
+            if let Some(l) = list {
+                batch.contents.push(l);
+            }
+            out.push((k, entry));
+        }
+        self.index.write(&batch)?;
+        self.info.seq = self.index.seq();
+        self.last = None;
+        Ok(Applied {
+            done: out,
+            errors,
+            bytes_local,
+            bytes_remote,
+        })
+    }
+
+    fn finish(&mut self, fin: &Finish) -> Result<(), SyncError> {
+        self.index.observe(fin.observe);
+        let live: HashSet<Hash> = self
+            .load()?
+            .values()
+            .filter_map(|le| match &le.entry.object {
+                Object::File { content, .. } => Some(*content),
+                _ => None,
+            })
+            .collect();
+        self.index.gc_contents(&live)?;
+        let mut batch = Batch::default();
+        if let Some((peers, fp)) = &fin.integrated {
+            batch.peers = peers.clone();
+            batch.ignore_fingerprint = Some(*fp);
+        }
+        self.index.write(&batch)?;
+        Ok(())
+    }
+}
