@@ -307,6 +307,7 @@ fn sync(args: SyncArgs) -> ExitCode {
         ignore: args.ignore,
         dry_run: args.dry_run,
         backup: args.backup,
+        merge: None,
     };
     let show_progress =
         !args.json && !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stdout());
