@@ -115,11 +115,12 @@
 mod replica;
 
 pub use replica::ObjectReplica;
+pub use weave_engine::{Kind, Merge, Replica};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
-use weave_engine::{Kind, Merge, Replica, Report, Roles, SyncError, SyncOptions};
+use weave_engine::{Report, Roles, SyncError, SyncOptions};
 
 /// An object as its store lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -49,6 +49,46 @@ enum Command {
     /// then one per hour for a day, one per day for a month, one per week
     /// after that. Rules that are set must all keep a version.
     Retention(RetentionArgs),
+    /// Read and write the records of a key/value store (a directory that
+    /// `weave sync --kind kv` keeps in sync, like a directory tree).
+    #[command(subcommand)]
+    Kv(KvCommand),
+}
+
+#[derive(Subcommand)]
+enum KvCommand {
+    /// Set KEY to VALUE (or to what stdin holds, without VALUE). Creates
+    /// the store in STORE (an existing directory) if it has none.
+    Put {
+        #[arg(value_name = "STORE")]
+        store: PathBuf,
+        key: String,
+        value: Option<String>,
+    },
+    /// Print KEY's value (exit 1 if there is none).
+    Get {
+        #[arg(value_name = "STORE")]
+        store: PathBuf,
+        key: String,
+    },
+    /// Remove KEY (exit 1 if there was none).
+    Del {
+        #[arg(value_name = "STORE")]
+        store: PathBuf,
+        key: String,
+    },
+    /// List the keys (and, with --values, their values), marking conflict
+    /// copies.
+    List {
+        #[arg(value_name = "STORE")]
+        store: PathBuf,
+        /// Print each value after its key.
+        #[arg(long)]
+        values: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -177,6 +217,12 @@ struct SyncArgs {
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     bwlimit: Option<u64>,
 
+    /// What the replicas are: files (directory trees, the default) or kv
+    /// (key/value stores, see `weave kv`). Every replica of a sync is of
+    /// this kind, remote ones too.
+    #[arg(long, value_name = "KIND", default_value = "files")]
+    kind: String,
+
     /// What to do when the same file changed on several replicas:
     /// keep-both (default; the older version becomes a conflict copy),
     /// newest (the newer mtime wins), or prefer=PATH (the version held by
@@ -255,6 +301,16 @@ pub fn run() -> ExitCode {
     match cli.command {
         Command::Sync(args) => sync(args),
         Command::Serve(_) => serve(),
+        Command::Kv(c) => done(match c {
+            KvCommand::Put { store, key, value } => crate::kv::put(&store, &key, value),
+            KvCommand::Get { store, key } => crate::kv::get(&store, &key),
+            KvCommand::Del { store, key } => crate::kv::del(&store, &key),
+            KvCommand::List {
+                store,
+                values,
+                json,
+            } => crate::kv::list(&store, values, json),
+        }),
         Command::History(a) => done(crate::versions::history(&a.path, a.deleted, a.json)),
         Command::Restore(a) => done(crate::versions::restore(
             &a.path,
@@ -313,7 +369,9 @@ fn sync(args: SyncArgs) -> ExitCode {
         !args.json && !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stdout());
     let progress = output::Bar::new(show_progress);
     let started = std::time::Instant::now();
-    let result = weave_net::sync(&args.replicas, &opts, &net, &progress);
+    let result = kinds()
+        .get(&args.kind)
+        .and_then(|kind| weave_net::sync_kind(&args.replicas, &opts, &net, &*kind, &progress));
     progress.finish();
     match result {
         Ok(report) => {
@@ -331,9 +389,16 @@ fn sync(args: SyncArgs) -> ExitCode {
     }
 }
 
+/// Every kind of replica this weave syncs.
+fn kinds() -> weave_engine::Kinds {
+    weave_engine::Kinds::default().with(std::sync::Arc::new(weave_object::ObjectKind(
+        weave_kv::Kv::default(),
+    )))
+}
+
 fn serve() -> ExitCode {
     let conn = weave_net::Conn::new(std::io::stdin(), std::io::stdout(), "the coordinator", None);
-    match weave_net::server::serve(conn) {
+    match weave_net::server::serve_kinds(conn, &kinds()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("weave serve: {e}");

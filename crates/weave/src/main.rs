@@ -1,6 +1,7 @@
 //! The `weave` command: a thin layer over the engine crates.
 
 mod cli;
+mod kv;
 mod output;
 mod versions;
 

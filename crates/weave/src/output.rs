@@ -86,6 +86,12 @@ pub fn print_report(r: &Report, json: bool, quiet: bool, elapsed: Duration) {
         }
         eprintln!("{line}");
     }
+    for m in &r.merged {
+        eprintln!(
+            "weave: merged: {}: {} concurrent versions merged into one",
+            m.path, m.versions
+        );
+    }
     for e in &r.errors {
         eprintln!("weave: error: {} ({}): {}", e.path, e.replica, e.message);
     }
