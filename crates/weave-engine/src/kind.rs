@@ -112,6 +112,62 @@ impl Kind for Files {
     }
 }
 
+/// The file in a replica's state directory that names its kind (absent:
+/// files, which is what every replica made before kinds existed is).
+pub const KIND_FILE: &str = "kind";
+
+/// Checks that the replica whose state is in `state_dir` (shown as
+/// `display`) is of kind `kind`, and records the kind of a new one
+/// (unless `dry_run`), so that a store of one kind is never synced as
+/// another (a key/value store's database as a file, say).
+pub fn claim_kind(
+    state_dir: &Path,
+    kind: &str,
+    display: &str,
+    dry_run: bool,
+) -> Result<(), SyncError> {
+    let file = state_dir.join(KIND_FILE);
+    let has_index = state_dir.join(weave_index::INDEX_FILE).exists();
+    let recorded = match std::fs::read_to_string(&file) {
+        Ok(s) => Some(s.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(SyncError::State {
+                path: file,
+                problem: format!("cannot be read ({e})"),
+            })
+        }
+    };
+    let is = match (&recorded, has_index) {
+        (Some(k), _) => k.clone(),
+        (None, true) => "files".to_string(),
+        (None, false) => {
+            if !dry_run && kind != "files" {
+                std::fs::create_dir_all(state_dir)
+                    .and_then(|()| std::fs::write(&file, format!("{kind}\n")))
+                    .map_err(|e| SyncError::State {
+                        path: file.clone(),
+                        problem: format!("cannot be written ({e})"),
+                    })?;
+            }
+            return Ok(());
+        }
+    };
+    if is != kind {
+        let flag = if is == "files" {
+            "without --kind".to_string()
+        } else {
+            format!("with --kind {is}")
+        };
+        return Err(SyncError::BadReplica {
+            path: display.to_string(),
+            problem: format!("is a replica of kind {is}, not {kind}"),
+            fix: format!("Sync it {flag}, or give another replica."),
+        });
+    }
+    Ok(())
+}
+
 /// The kinds a program knows, by name.
 #[derive(Clone)]
 pub struct Kinds(Vec<Arc<dyn Kind>>);

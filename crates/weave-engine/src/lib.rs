@@ -17,7 +17,7 @@ mod ops;
 mod replica;
 mod report;
 
-pub use kind::{Files, Kind, Kinds, Merge, MERGE_MAX};
+pub use kind::{claim_kind, Files, Kind, Kinds, Merge, KIND_FILE, MERGE_MAX};
 pub use local::LocalReplica;
 pub use replica::{
     fetch_lists, Applied, Finish, Foreign, IgnoreSpec, Issue, NoProvider, Provider, Replica,

@@ -44,6 +44,7 @@ impl LocalReplica {
     /// throw-away index.
     pub fn open(root: &Path, display: &str, dry_run: bool) -> Result<LocalReplica, SyncError> {
         let state = root.join(STATE_DIR);
+        crate::kind::claim_kind(&state, "files", display, dry_run)?;
         let exists = state.join(weave_index::INDEX_FILE).exists();
         let index = match (dry_run, exists) {
             (true, false) => Index::ephemeral(&state),

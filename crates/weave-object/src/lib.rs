@@ -247,6 +247,8 @@ impl<T: ObjectType> Kind for ObjectKind<T> {
         display: &str,
         dry_run: bool,
     ) -> Result<Box<dyn Replica>, SyncError> {
+        let state = self.state_dir(root);
+        weave_engine::claim_kind(&state, self.0.name(), display, dry_run)?;
         let store = self
             .0
             .open(root, dry_run)
@@ -256,10 +258,7 @@ impl<T: ObjectType> Kind for ObjectKind<T> {
                 fix: "Check the path and its permissions.".into(),
             })?;
         Ok(Box::new(ObjectReplica::open(
-            store,
-            &self.state_dir(root),
-            display,
-            dry_run,
+            store, &state, display, dry_run,
         )?))
     }
 

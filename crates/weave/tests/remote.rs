@@ -1017,3 +1017,41 @@ fn a_later_sync_fetches_only_the_changed_index_entries() {
     assert_eq!(read_str(a.join("d7/after-reset.txt")), "new on B\n");
     assert_same_tree(&a, &b);
 }
+
+/// Key/value stores sync through sessions like directory trees: three
+/// stores, two remote; then an edit in the middle of a large record
+/// sends about one chunk, not the record.
+#[test]
+fn kv_stores_sync_over_sessions_and_send_only_what_changed() {
+    let t = setup(&["a", "b", "c"]);
+    let root = t.path();
+    let mut big: String = (0..20_000)
+        .map(|i| format!("{:x}", i * 7919 % 65_521))
+        .collect();
+    big.truncate(100_000);
+    weave(root, ["kv", "put", "a", "alice", "alice@example.org"]).expect_code(0);
+    weave(root, ["kv", "put", "b", "bob", "bob@example.org"]).expect_code(0);
+    weave(root, ["kv", "put", "c", "big", big.as_str()]).expect_code(0);
+    let (r, j) = rsync_json(root, &["--kind", "kv", "a", "somehost:b", "otherhost:c"]);
+    r.expect_code(0);
+    assert_eq!(j["created"], 6, "{}", r.stdout);
+    for s in ["a", "b", "c"] {
+        let got = weave(root, ["kv", "get", s, "big"]);
+        assert_eq!(got.expect_code(0).stdout, big, "the big record in {s}");
+        weave(root, ["kv", "get", s, "alice"]).expect_code(0);
+        weave(root, ["kv", "get", s, "bob"]).expect_code(0);
+    }
+    let mut edited = big.clone();
+    edited.replace_range(50_000..50_001, "#");
+    weave(root, ["kv", "put", "a", "big", edited.as_str()]).expect_code(0);
+    let (r, j) = rsync_json(root, &["--kind", "kv", "a", "somehost:b"]);
+    r.expect_code(0);
+    assert_eq!(j["updated"], 1);
+    let wire = j["bytes_on_wire"].as_u64().unwrap();
+    eprintln!("kv: {wire} bytes on the wire for a 1-byte edit of a 100,000-byte record");
+    assert!(
+        wire < 40_000,
+        "{wire} bytes on the wire for a 1-byte edit of a 100 KB record"
+    );
+    assert_eq!(weave(root, ["kv", "get", "b", "big"]).stdout, edited);
+}
