@@ -186,6 +186,7 @@ impl KvStore {
                 data: value.to_vec(),
                 mtime_ns: now_ns(),
                 expect: None,
+                conflict_copy: false,
             }],
             false,
         )?;
@@ -408,6 +409,7 @@ mod tests {
                     data: b"new".to_vec(),
                     mtime_ns: 5,
                     expect: Some(r),
+                    conflict_copy: false,
                 },
                 // b is not at revision 1 any more.
                 Change::Delete {
@@ -419,6 +421,7 @@ mod tests {
                     data: b"c".to_vec(),
                     mtime_ns: 7,
                     expect: None,
+                    conflict_copy: false,
                 },
             ],
         )

@@ -32,8 +32,10 @@
 //!   files: modify beats delete; with the default keep-both policy the
 //!   newer version keeps the name and the older one becomes a new object
 //!   named `NAME.weave-conflict-YYYYMMDD-HHMMSS-<replica>` (listed in the
-//!   sync's [`weave_engine::Report::conflicts`]). An object type that
-//!   defines [`ObjectType::merge`] gets one merged version instead.
+//!   sync's [`weave_engine::Report::conflicts`]; the store is told with
+//!   [`Change::Put`]'s `conflict_copy`, to surface it as it sees fit). An
+//!   object type that defines [`ObjectType::merge`] gets one merged
+//!   version instead.
 //! - An object's modification time (`mtime_ns`) is replicated with it and
 //!   decides which concurrent version keeps the name.
 //!
@@ -145,6 +147,12 @@ pub enum Change {
         mtime_ns: i64,
         /// The revision the object must have now (None: it must not exist).
         expect: Option<u64>,
+        /// The object is a conflict copy: the losing version of concurrent
+        /// edits of another object, kept under a name of the form
+        /// `NAME.weave-conflict-…`. A store may surface it its own way
+        /// (flag it, file it apart); it is still an ordinary object that
+        /// syncs like any other.
+        conflict_copy: bool,
     },
     /// Remove `name`.
     Delete {

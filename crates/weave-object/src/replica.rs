@@ -518,6 +518,7 @@ impl<S: ObjectStore> Replica for ObjectReplica<S> {
                         data,
                         mtime_ns: op.target.mtime_ns,
                         expect,
+                        conflict_copy: weave_core::path::is_conflict_name(&op.path),
                     });
                     change_op.push(k);
                 }

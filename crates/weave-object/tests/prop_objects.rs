@@ -29,6 +29,8 @@ type Objects = BTreeMap<String, (u64, i64, Vec<u8>)>;
 #[derive(Clone, Default)]
 struct MemStore {
     inner: Arc<Mutex<(Objects, u64)>>,
+    /// Names weave wrote as conflict copies.
+    copies: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl MemStore {
@@ -79,8 +81,12 @@ impl ObjectStore for MemStore {
                     name,
                     data,
                     mtime_ns,
+                    conflict_copy,
                     ..
                 } => {
+                    if *conflict_copy {
+                        self.copies.lock().unwrap().insert(name.clone());
+                    }
                     g.1 += 1;
                     let rev = g.1;
                     g.0.insert(name.clone(), (rev, *mtime_ns, data.clone()));
@@ -434,6 +440,11 @@ fn concurrent_edits_are_kept_both_or_merged() {
     assert_eq!(c.len(), 2, "{c:?}");
     assert_eq!(c["k"], b"from 1\n", "the newer keeps the name");
     assert_eq!(w.stores[1].contents(), c);
+    // Both stores wrote the copy, and were told it is one.
+    let copy = c.keys().find(|k| *k != "k").unwrap();
+    for s in &w.stores[..2] {
+        assert_eq!(*s.copies.lock().unwrap(), BTreeSet::from([copy.clone()]));
+    }
 
     let w = World::new(true, 1);
     w.stores[0].put("k", b"from 0\n".to_vec(), 1_000_000_000);
