@@ -25,6 +25,33 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Two stores synced from a Rust program (what `weave sync --kind kv A B`
+//! does):
+//!
+//! ```
+//! use weave_engine::{Kind, Replica};
+//! use weave_kv::{Kv, KvStore};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (a, b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+//! KvStore::open(a.path())?.put("alice", b"alice@example.org")?;
+//! KvStore::open(b.path())?.put("bob", b"bob@example.org")?;
+//!
+//! let kind = weave_object::ObjectKind(Kv::default());
+//! let mut reps: Vec<Box<dyn Replica>> = vec![
+//!     kind.open(a.path(), "a", false)?,
+//!     kind.open(b.path(), "b", false)?,
+//! ];
+//! let report = weave_object::sync(&mut reps, &Default::default())?;
+//! assert!(report.in_sync);
+//! drop(reps); // closes the stores
+//!
+//! assert_eq!(KvStore::open(b.path())?.get("alice")?.unwrap().value, b"alice@example.org");
+//! assert_eq!(KvStore::open(a.path())?.get("bob")?.unwrap().value, b"bob@example.org");
+//! # Ok(())
+//! # }
+//! ```
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
