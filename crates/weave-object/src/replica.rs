@@ -475,6 +475,15 @@ impl<S: ObjectStore> Replica for ObjectReplica<S> {
         let mut change_op: Vec<usize> = Vec::new();
         let mut done: Vec<(usize, Entry, Option<Stat>, Option<ChunkList>)> = Vec::new();
         for (k, op) in ops.iter().enumerate() {
+            // Names come from the planner, or from a peer: a store only
+            // ever gets names it can hold.
+            if let Err(why) = check_name(&op.path) {
+                errors.push(Issue {
+                    path: op.path.clone(),
+                    message: format!("not written: {why}"),
+                });
+                continue;
+            }
             let cur = op.current.as_ref();
             let expect = cur
                 .filter(|c| c.entry.is_live())

@@ -455,3 +455,39 @@ fn concurrent_edits_are_kept_both_or_merged() {
     assert_eq!(w.stores[0].contents()["k"], b"from 0\nfrom 1\n");
     assert_eq!(w.stores[1].contents(), w.stores[0].contents());
 }
+
+/// An operation for a name a store cannot hold (as a hostile peer could
+/// send) is refused, and nothing is written.
+#[test]
+fn names_that_are_not_one_component_are_never_written() {
+    use weave_core::{Entry, Object, ReplicaId, VersionVector};
+    let w = World::new(false, 9);
+    let mut rep =
+        ObjectReplica::open(w.stores[0].clone(), &w.roots[0].join(".weave"), "r0", false).unwrap();
+    rep.scan(&Default::default(), false).unwrap();
+    let mut vv = VersionVector::new();
+    vv.bump(ReplicaId(7), 1);
+    let op = |path: &str| weave_fs::Op {
+        kind: weave_fs::OpKind::Remove,
+        path: path.into(),
+        current: None,
+        target: Entry {
+            path: path.into(),
+            object: Object::Deleted,
+            mode: 0,
+            mtime_ns: 0,
+            vv: vv.clone(),
+            origin: ReplicaId(7),
+        },
+    };
+    let applied = rep
+        .apply(
+            vec![op("a/b"), op(".weave")],
+            &Default::default(),
+            &mut weave_engine::NoProvider,
+            &|_| {},
+        )
+        .unwrap();
+    assert!(applied.done.is_empty());
+    assert_eq!(applied.errors.len(), 2, "{:?}", applied.errors);
+}
