@@ -428,37 +428,8 @@ impl Replica for LocalReplica {
         let mut errors: Vec<Issue> = Vec::new();
         // 1. The chunk list of every content to write: known here, known
         //    to another local replica, or fetched as a tree.
-        let mut lists: HashMap<Hash, ChunkList> = HashMap::new();
-        let mut unresolved: Vec<(Hash, u64, String)> = Vec::new();
-        let mut known: HashMap<Hash, Node> = HashMap::new();
-        for op in ops.iter().filter(|o| o.kind == OpKind::WriteFile) {
-            let Object::File { content, size } = &op.target.object else {
-                continue;
-            };
-            if lists.contains_key(content) || unresolved.iter().any(|u| u.0 == *content) {
-                continue;
-            }
-            if let Some(l) = self
-                .list(content)
-                .or_else(|| foreign.lists.get(content).cloned())
-            {
-                lists.insert(*content, l);
-                continue;
-            }
-            unresolved.push((*content, *size, op.path.clone()));
-            // The old version at the same path: its subtrees need not travel.
-            if let Some(Object::File { content: old, .. }) =
-                op.current.as_ref().map(|c| &c.entry.object)
-            {
-                if let Some(l) = self.list(old) {
-                    if l.chunks.len() > 1 {
-                        known.extend(weave_chunk::tree(&l.chunks).1);
-                    }
-                }
-            }
-        }
-        let (fetched, issues) = crate::replica::fetch_lists(provider, &unresolved, &mut known)?;
-        lists.extend(fetched);
+        let (lists, issues) =
+            crate::replica::lists_for(&ops, &|c| self.list(c), foreign, provider)?;
         errors.extend(issues);
         // 2. Chunks found nowhere on this machine come from the provider
         //    into the stage (kept if the run is interrupted).

@@ -91,6 +91,49 @@ pub trait Provider {
     ) -> Result<(), SyncError>;
 }
 
+/// The chunk list of every content `ops` write: known to the replica
+/// (`own`), known to another local replica (`foreign`), or fetched from
+/// `provider` as a tree, where the old version at the same path lends its
+/// subtrees. Returns the lists, and an issue for each content whose list
+/// could not be had.
+pub fn lists_for(
+    ops: &[weave_fs::Op],
+    own: &dyn Fn(&Hash) -> Option<ChunkList>,
+    foreign: &Foreign,
+    provider: &mut dyn Provider,
+) -> Result<(HashMap<Hash, ChunkList>, Vec<Issue>), SyncError> {
+    use weave_core::Object;
+    let mut lists: HashMap<Hash, ChunkList> = HashMap::new();
+    let mut unresolved: Vec<(Hash, u64, String)> = Vec::new();
+    let mut known: HashMap<Hash, weave_chunk::Node> = HashMap::new();
+    for op in ops.iter().filter(|o| o.kind == weave_fs::OpKind::WriteFile) {
+        let Object::File { content, size } = &op.target.object else {
+            continue;
+        };
+        if lists.contains_key(content) || unresolved.iter().any(|u| u.0 == *content) {
+            continue;
+        }
+        if let Some(l) = own(content).or_else(|| foreign.lists.get(content).cloned()) {
+            lists.insert(*content, l);
+            continue;
+        }
+        unresolved.push((*content, *size, op.path.clone()));
+        // The old version at the same path: its subtrees need not travel.
+        if let Some(Object::File { content: old, .. }) =
+            op.current.as_ref().map(|c| &c.entry.object)
+        {
+            if let Some(l) = own(old) {
+                if l.chunks.len() > 1 {
+                    known.extend(weave_chunk::tree(&l.chunks).1);
+                }
+            }
+        }
+    }
+    let (fetched, issues) = fetch_lists(provider, &unresolved, &mut known)?;
+    lists.extend(fetched);
+    Ok((lists, issues))
+}
+
 /// The chunk lists of contents this replica does not know, `(content,
 /// size, a path that needs it)`, fetched from `provider` as trees: the
 /// roots of all of them in one round, then each tree a level at a time.

@@ -3,7 +3,7 @@
 use crate::{check_name, Change, ObjectStore, Outcome};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use weave_chunk::{ChunkList, Node};
+use weave_chunk::ChunkList;
 use weave_core::{Entry, Hash, Object};
 use weave_engine::{
     Applied, Finish, Foreign, IgnoreSpec, Issue, Provider, Replica, ReplicaInfo, ScanSummary,
@@ -357,36 +357,7 @@ impl<S: ObjectStore> Replica for ObjectReplica<S> {
         self.load()?;
         let mut errors: Vec<Issue> = Vec::new();
         // 1. The chunk list of every content to write.
-        let mut lists: HashMap<Hash, ChunkList> = HashMap::new();
-        let mut unresolved: Vec<(Hash, u64, String)> = Vec::new();
-        let mut known: HashMap<Hash, Node> = HashMap::new();
-        for op in ops.iter().filter(|o| o.kind == OpKind::WriteFile) {
-            let Object::File { content, size } = &op.target.object else {
-                continue;
-            };
-            if lists.contains_key(content) || unresolved.iter().any(|u| u.0 == *content) {
-                continue;
-            }
-            if let Some(l) = self
-                .list(content)
-                .or_else(|| foreign.lists.get(content).cloned())
-            {
-                lists.insert(*content, l);
-                continue;
-            }
-            unresolved.push((*content, *size, op.path.clone()));
-            if let Some(Object::File { content: old, .. }) =
-                op.current.as_ref().map(|c| &c.entry.object)
-            {
-                if let Some(l) = self.list(old) {
-                    if l.chunks.len() > 1 {
-                        known.extend(weave_chunk::tree(&l.chunks).1);
-                    }
-                }
-            }
-        }
-        let (fetched, issues) = weave_engine::fetch_lists(provider, &unresolved, &mut known)?;
-        lists.extend(fetched);
+        let (lists, issues) = weave_engine::lists_for(&ops, &|c| self.list(c), foreign, provider)?;
         errors.extend(issues);
 
         // 2. Chunks: from this store's own objects (the same content, or
