@@ -20,8 +20,8 @@ mod report;
 pub use kind::{claim_kind, Files, Kind, Kinds, Merge, KIND_FILE, MERGE_MAX};
 pub use local::LocalReplica;
 pub use replica::{
-    fetch_lists, lists_for, Applied, Finish, Foreign, IgnoreSpec, Issue, NoProvider, Provider,
-    Replica, ReplicaInfo, ScanSummary, Wants,
+    fetch_lists, finish_index, lists_for, open_index, Applied, Finish, Foreign, IgnoreSpec, Issue,
+    NoProvider, Provider, Replica, ReplicaInfo, ScanSummary, Wants,
 };
 pub use report::{ConflictReport, IssueReport, MergeReport, PlannedOp, ReplicaReport, Report};
 

@@ -45,26 +45,12 @@ impl LocalReplica {
     pub fn open(root: &Path, display: &str, dry_run: bool) -> Result<LocalReplica, SyncError> {
         let state = root.join(STATE_DIR);
         crate::kind::claim_kind(&state, "files", display, dry_run)?;
-        let exists = state.join(weave_index::INDEX_FILE).exists();
-        let index = match (dry_run, exists) {
-            (true, false) => Index::ephemeral(&state),
-            (true, true) => Index::open_for_dry_run(&state)?,
-            (false, _) => Index::open(&state)?,
-        };
-        let ignore_file = {
+        let (index, mut info) = crate::replica::open_index(&state, dry_run)?;
+        info.ignore_file = {
             let f = root.join(IGNORE_FILE);
             std::fs::read_to_string(&f)
                 .ok()
                 .map(|t| (f.display().to_string(), t))
-        };
-        let info = ReplicaInfo {
-            id: index.id(),
-            seq: index.seq(),
-            clock: index.clock(),
-            peers: index.load_peers()?,
-            ignore_fingerprint: index.ignore_fingerprint(),
-            rekeyed: index.rekeyed(),
-            ignore_file,
         };
         Ok(LocalReplica {
             display: display.to_string(),
@@ -609,24 +595,9 @@ impl Replica for LocalReplica {
     }
 
     fn finish(&mut self, fin: &Finish) -> Result<(), SyncError> {
-        self.index.observe(fin.observe);
-        // Chunk lists of contents no file holds any more are dropped.
-        let live: HashSet<Hash> = self
-            .load()?
-            .values()
-            .filter_map(|le| match &le.entry.object {
-                Object::File { content, .. } => Some(*content),
-                _ => None,
-            })
-            .collect();
-        self.index.gc_contents(&live)?;
-        let mut batch = Batch::default();
-        if let Some((peers, fp)) = &fin.integrated {
-            batch.peers = peers.clone();
-            batch.ignore_fingerprint = Some(*fp);
-        }
-        self.index.write(&batch)?;
-        Ok(())
+        self.load()?;
+        let entries = self.entries.as_ref().expect("loaded above");
+        crate::replica::finish_index(&mut self.index, entries, fin)
     }
 }
 

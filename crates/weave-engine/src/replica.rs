@@ -183,6 +183,59 @@ pub fn fetch_lists(
     Ok((lists, issues))
 }
 
+/// Opens a replica's index in `state` (created if need be, unless
+/// `dry_run`: then a replica without state gets a throw-away index and
+/// nothing is written), and what the replica says about itself (without
+/// an ignore file).
+pub fn open_index(
+    state: &std::path::Path,
+    dry_run: bool,
+) -> Result<(weave_index::Index, ReplicaInfo), SyncError> {
+    use weave_index::Index;
+    let exists = state.join(weave_index::INDEX_FILE).exists();
+    let index = match (dry_run, exists) {
+        (true, false) => Index::ephemeral(state),
+        (true, true) => Index::open_for_dry_run(state)?,
+        (false, _) => Index::open(state)?,
+    };
+    let info = ReplicaInfo {
+        id: index.id(),
+        seq: index.seq(),
+        clock: index.clock(),
+        peers: index.load_peers()?,
+        ignore_fingerprint: index.ignore_fingerprint(),
+        rekeyed: index.rekeyed(),
+        ignore_file: None,
+    };
+    Ok((index, info))
+}
+
+/// Records the end of a sync in a replica's index: the coordinator's
+/// clock, what the replica has integrated of each peer, and drops the
+/// chunk lists of contents none of its `entries` holds any more.
+pub fn finish_index(
+    index: &mut weave_index::Index,
+    entries: &BTreeMap<String, LocalEntry>,
+    fin: &Finish,
+) -> Result<(), SyncError> {
+    index.observe(fin.observe);
+    let live: std::collections::HashSet<Hash> = entries
+        .values()
+        .filter_map(|le| match &le.entry.object {
+            weave_core::Object::File { content, .. } => Some(*content),
+            _ => None,
+        })
+        .collect();
+    index.gc_contents(&live)?;
+    let mut batch = weave_index::Batch::default();
+    if let Some((peers, fp)) = &fin.integrated {
+        batch.peers = peers.clone();
+        batch.ignore_fingerprint = Some(*fp);
+    }
+    index.write(&batch)?;
+    Ok(())
+}
+
 /// A provider with nothing to give.
 pub struct NoProvider;
 impl Provider for NoProvider {

@@ -70,21 +70,7 @@ impl<S: ObjectStore> ObjectReplica<S> {
         display: &str,
         dry_run: bool,
     ) -> Result<ObjectReplica<S>, SyncError> {
-        let exists = state_dir.join(weave_index::INDEX_FILE).exists();
-        let index = match (dry_run, exists) {
-            (true, false) => Index::ephemeral(state_dir),
-            (true, true) => Index::open_for_dry_run(state_dir)?,
-            (false, _) => Index::open(state_dir)?,
-        };
-        let info = ReplicaInfo {
-            id: index.id(),
-            seq: index.seq(),
-            clock: index.clock(),
-            peers: index.load_peers()?,
-            ignore_fingerprint: index.ignore_fingerprint(),
-            rekeyed: index.rekeyed(),
-            ignore_file: None,
-        };
+        let (index, info) = weave_engine::open_index(state_dir, dry_run)?;
         Ok(ObjectReplica {
             display: display.to_string(),
             store,
@@ -581,22 +567,8 @@ impl<S: ObjectStore> Replica for ObjectReplica<S> {
     }
 
     fn finish(&mut self, fin: &Finish) -> Result<(), SyncError> {
-        self.index.observe(fin.observe);
-        let live: HashSet<Hash> = self
-            .load()?
-            .values()
-            .filter_map(|le| match &le.entry.object {
-                Object::File { content, .. } => Some(*content),
-                _ => None,
-            })
-            .collect();
-        self.index.gc_contents(&live)?;
-        let mut batch = Batch::default();
-        if let Some((peers, fp)) = &fin.integrated {
-            batch.peers = peers.clone();
-            batch.ignore_fingerprint = Some(*fp);
-        }
-        self.index.write(&batch)?;
-        Ok(())
+        self.load()?;
+        let entries = self.entries.as_ref().expect("loaded above");
+        weave_engine::finish_index(&mut self.index, entries, fin)
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! Each book is a key/value store (weave-kv): one record per contact, a
 //! card of `field: value` lines; an edited field also keeps the value it
-//! replaced (`~field: old value`). The object type, `contacts`, merges two
+//! replaced (`~field: old value`). The books are weave's `kv` kind given a
+//! merge (`Kv::with_merge`) that combines two
 //! concurrent versions of a card field by field, with that previous value
 //! as the common ancestor: a field changed on one side only takes the
 //! change; a field both sides changed differently cannot be merged, and
@@ -22,9 +23,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use weave_engine::{Kind, Kinds, Merge, Replica, Report, SyncOptions};
-use weave_kv::KvStore;
+use weave_kv::{Kv, KvStore};
 use weave_net::{Conn, RemoteReplica};
-use weave_object::{ObjectKind, ObjectType, StoreError};
+use weave_object::ObjectKind;
 
 /// A card: field → value.
 type Card = BTreeMap<String, String>;
@@ -89,28 +90,9 @@ impl Merge for FieldMerge {
     }
 }
 
-/// The object type: a kv store of cards, merged field by field.
-struct Contacts;
-
-impl ObjectType for Contacts {
-    type Store = KvStore;
-
-    fn name(&self) -> &str {
-        "contacts"
-    }
-
-    fn open(&self, root: &Path, dry_run: bool) -> Result<KvStore, StoreError> {
-        let r = if dry_run {
-            KvStore::open_or_empty(root)
-        } else {
-            KvStore::open(root)
-        };
-        r.map_err(|e| StoreError::new(e.to_string()))
-    }
-
-    fn merge(&self) -> Option<Arc<dyn Merge>> {
-        Some(Arc::new(FieldMerge))
-    }
+/// The books' kind: key/value stores of cards, merged field by field.
+fn contacts() -> ObjectKind<Kv> {
+    ObjectKind(Kv::with_merge(Arc::new(FieldMerge)))
 }
 
 fn main() -> ExitCode {
@@ -134,7 +116,7 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 /// Serves books of contacts on stdin/stdout until the other side closes.
 fn serve() -> Res<()> {
     let conn = Conn::new(std::io::stdin(), std::io::stdout(), "the coordinator", None);
-    let kinds = Kinds::default().with(Arc::new(ObjectKind(Contacts)));
+    let kinds = Kinds::default().with(Arc::new(contacts()));
     weave_net::server::serve_kinds(conn, &kinds)?;
     Ok(())
 }
@@ -142,7 +124,7 @@ fn serve() -> Res<()> {
 /// Syncs book `a` (this process) with book `b`, served by a child process
 /// over a pipe.
 fn sync(a: &Path, b: &Path) -> Res<Report> {
-    let kind = ObjectKind(Contacts);
+    let kind = contacts();
     let mut child = Command::new(std::env::current_exe()?)
         .arg("serve")
         .stdin(Stdio::piped())
@@ -154,8 +136,7 @@ fn sync(a: &Path, b: &Path) -> Res<Report> {
         "the book process",
         None,
     );
-    let remote =
-        RemoteReplica::open_kind(conn, "book B", b.to_str().ok_or("path")?, "contacts", false)?;
+    let remote = RemoteReplica::open_kind(conn, "book B", b.to_str().ok_or("path")?, "kv", false)?;
     let mut reps: Vec<Box<dyn Replica>> = vec![kind.open(a, "book A", false)?, Box::new(remote)];
     let opts = SyncOptions {
         merge: kind.merge(),
