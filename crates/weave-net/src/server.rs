@@ -24,6 +24,61 @@ pub fn serve(conn: Conn) -> Result<(), SyncError> {
 /// Serves one session until the coordinator closes it, opening replicas
 /// of any of `kinds`.
 pub fn serve_kinds(conn: Conn, kinds: &Kinds) -> Result<(), SyncError> {
+    serve_host(
+        conn,
+        &mut PathHost {
+            kinds: kinds.clone(),
+        },
+    )
+    .map(|_| ())
+}
+
+/// Where a server gets the replica a coordinator asks for: by path on
+/// this machine ([`serve_kinds`]), or by some other name (the daemon's
+/// folder ids), refusing what the peer may not open.
+pub trait Host {
+    /// Opens the replica of `kind` that the coordinator named `name`;
+    /// returns it with its root, as the coordinator is to show it.
+    fn open(
+        &mut self,
+        name: &str,
+        kind: &str,
+        dry_run: bool,
+    ) -> Result<(Box<dyn Replica>, String), SyncError>;
+}
+
+/// Opens replicas by path (`~/` is the home directory).
+pub struct PathHost {
+    pub kinds: Kinds,
+}
+
+impl Host for PathHost {
+    fn open(
+        &mut self,
+        name: &str,
+        kind: &str,
+        dry_run: bool,
+    ) -> Result<(Box<dyn Replica>, String), SyncError> {
+        let path = expand(name);
+        let kind = self.kinds.get(kind)?;
+        let canon = kind.check(std::slice::from_ref(&path), &[])?;
+        let rep = kind.open(&canon[0], name, dry_run)?;
+        Ok((rep, canon[0].display().to_string()))
+    }
+}
+
+/// What a served session did to its replica.
+#[derive(Debug, Default, Clone)]
+pub struct Served {
+    /// Operations carried out.
+    pub applied: usize,
+    /// The replica's sequence number at the end, if one was opened.
+    pub seq: Option<u64>,
+}
+
+/// Serves one session until the coordinator closes it, opening replicas
+/// through `host`.
+pub fn serve_host(conn: Conn, host: &mut dyn Host) -> Result<Served, SyncError> {
     let peer = conn.peer().to_string();
     // The session's hello names no replica: one is opened by path later.
     let ours = weave_proto::handshake::hello(weave_core::ReplicaId(0), &["v1", "kinds"]);
@@ -44,7 +99,8 @@ pub fn serve_kinds(conn: Conn, kinds: &Kinds) -> Result<(), SyncError> {
     }
     let mut s = Server {
         conn,
-        kinds: kinds.clone(),
+        host,
+        served: Served::default(),
         rep: None,
         ops: Vec::new(),
         on_current: Vec::new(),
@@ -53,7 +109,10 @@ pub fn serve_kinds(conn: Conn, kinds: &Kinds) -> Result<(), SyncError> {
     loop {
         let m = match s.conn.recv() {
             Ok(m) => m,
-            Err(ProtoError::Closed { .. }) => return Ok(()),
+            Err(ProtoError::Closed { .. }) => {
+                s.served.seq = s.rep.as_ref().map(|r| r.info().seq);
+                return Ok(s.served);
+            }
             Err(e) => return Err(proto(e)),
         };
         if let Err(e) = s.handle(m) {
@@ -65,9 +124,10 @@ pub fn serve_kinds(conn: Conn, kinds: &Kinds) -> Result<(), SyncError> {
     }
 }
 
-struct Server {
+struct Server<'h> {
     conn: Conn,
-    kinds: Kinds,
+    host: &'h mut dyn Host,
+    served: Served,
     rep: Option<Box<dyn Replica>>,
     ops: Vec<Op>,
     on_current: Vec<bool>,
@@ -104,7 +164,7 @@ fn expand(path: &str) -> PathBuf {
     }
 }
 
-impl Server {
+impl Server<'_> {
     fn rep(&mut self) -> Result<&mut Box<dyn Replica>, SyncError> {
         self.rep
             .as_mut()
@@ -122,10 +182,7 @@ impl Server {
         };
         match b {
             Body::Open(o) => {
-                let path = expand(&o.path);
-                let kind = self.kinds.get(&o.kind)?;
-                let canon = kind.check(std::slice::from_ref(&path), &[])?;
-                let rep = kind.open(&canon[0], &o.path, o.dry_run)?;
+                let (rep, root) = self.host.open(&o.path, &o.kind, o.dry_run)?;
                 let info = rep.info().clone();
                 self.rep = Some(rep);
                 self.conn
@@ -139,7 +196,7 @@ impl Server {
                         ignore_file: info
                             .ignore_file
                             .map(|(origin, text)| IgnoreFile { origin, text }),
-                        root: canon[0].display().to_string(),
+                        root,
                     }))
                     .map_err(proto)
             }
@@ -292,6 +349,7 @@ impl Server {
         };
         let mut provider = PipeProvider { conn };
         let applied = rep.apply(ops, &Foreign::default(), &mut provider, &progress)?;
+        self.served.applied += applied.done.len();
         let rest = pending.swap(0, Ordering::Relaxed);
         if rest > 0 {
             conn.send(Body::Progress(Progress {

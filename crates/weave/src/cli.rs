@@ -11,6 +11,8 @@ use weave_engine::{PolicySpec, SyncOptions};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    config: crate::live::ConfigDir,
 }
 
 #[derive(Subcommand)]
@@ -53,6 +55,33 @@ enum Command {
     /// `weave sync --kind kv` keeps in sync, like a directory tree).
     #[command(subcommand)]
     Kv(KvCommand),
+    /// Create this device's identity and config for the daemon, and print
+    /// its device id.
+    Init(crate::live::InitArgs),
+    /// Print this device's id (what its peers give `weave peer add`).
+    Id,
+    /// Add, remove or list the devices this one syncs with.
+    #[command(subcommand)]
+    Peer(crate::live::PeerCommand),
+    /// Add, share or list the folders the daemon keeps in sync.
+    #[command(subcommand)]
+    Folder(crate::live::FolderCommand),
+    /// Run in the foreground: watch the folders and keep them in sync with
+    /// their peers over TLS. Logs go to stderr (RUST_LOG sets the level);
+    /// SIGINT or SIGTERM stops it cleanly. It follows config changes.
+    Daemon,
+    /// Ask the running daemon what it is doing: folders, peers, recent
+    /// changes, conflicts, errors.
+    Status {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the conflict copies in the daemon's folders (exit 1 if any).
+    Conflicts {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -293,11 +322,17 @@ fn parse_rate(s: &str) -> Result<u64, String> {
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    // Diagnostics on stderr, off unless RUST_LOG asks for them.
+    // Diagnostics on stderr, off unless RUST_LOG asks for them; the
+    // daemon logs at info by default.
+    let filter = match (&cli.command, std::env::var_os("RUST_LOG")) {
+        (Command::Daemon, None) => tracing_subscriber::EnvFilter::new("info,notify=warn"),
+        _ => tracing_subscriber::EnvFilter::from_default_env(),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    let cd = &cli.config;
     match cli.command {
         Command::Sync(args) => sync(args),
         Command::Serve(_) => serve(),
@@ -336,6 +371,13 @@ pub fn run() -> ExitCode {
             };
             done(crate::versions::retention(&a.replica, change, a.json))
         }
+        Command::Init(a) => done(crate::live::init(cd, a)),
+        Command::Id => done(crate::live::id(cd)),
+        Command::Peer(c) => done(crate::live::peer(cd, c)),
+        Command::Folder(c) => done(crate::live::folder(cd, c)),
+        Command::Daemon => done(crate::live::daemon(cd)),
+        Command::Status { json } => done(crate::live::status(cd, json)),
+        Command::Conflicts { json } => done(crate::live::conflicts(cd, json)),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod cli;
 mod kv;
+mod live;
 mod output;
 mod versions;
 

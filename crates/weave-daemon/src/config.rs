@@ -1,0 +1,390 @@
+//! The daemon's config file (`config.toml` in the config directory): this
+//! device, its peers and its folders. The commands `weave peer add`,
+//! `weave folder add` and `weave folder share` edit it, so nobody has to;
+//! a running daemon reads it again when it changes.
+
+use crate::id::DeviceId;
+use crate::DaemonError;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_FILE: &str = "config.toml";
+/// The port a daemon listens on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 22100;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub device: Device,
+    #[serde(default, rename = "peer", skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<Peer>,
+    #[serde(default, rename = "folder", skip_serializing_if = "Vec::is_empty")]
+    pub folders: Vec<Folder>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    /// A name for people (logs, status); peers know this device by id.
+    pub name: String,
+    /// Where the daemon accepts its peers (host:port).
+    pub listen: String,
+    /// Where the status API listens (127.0.0.1 only; port 0 picks one,
+    /// which the daemon writes to the config directory).
+    #[serde(default = "default_api")]
+    pub api: String,
+}
+
+fn default_api() -> String {
+    "127.0.0.1:0".to_string()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub name: String,
+    pub id: DeviceId,
+    /// host:port addresses to dial; none means the peer dials us.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Changes flow both ways.
+    #[default]
+    TwoWay,
+    /// Local changes go out; remote changes are never taken in.
+    SendOnly,
+    /// Remote changes are taken in; local changes never go out.
+    ReceiveOnly,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::TwoWay => "two-way",
+            Mode::SendOnly => "send-only",
+            Mode::ReceiveOnly => "receive-only",
+        })
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "two-way" => Ok(Mode::TwoWay),
+            "send-only" => Ok(Mode::SendOnly),
+            "receive-only" => Ok(Mode::ReceiveOnly),
+            _ => Err(format!(
+                "unknown folder mode {s:?}: use two-way, send-only or receive-only"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Conflict {
+    /// The newer version keeps the name, the older becomes a conflict copy.
+    #[default]
+    KeepBoth,
+    /// The newer version wins; the older is kept in the version store.
+    Newest,
+}
+
+impl std::str::FromStr for Conflict {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Conflict, String> {
+        match s {
+            "keep-both" => Ok(Conflict::KeepBoth),
+            "newest" => Ok(Conflict::Newest),
+            _ => Err(format!(
+                "unknown conflict policy {s:?} for a folder: use keep-both or newest"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Folder {
+    /// The same on every device that shares the folder.
+    pub id: String,
+    pub path: PathBuf,
+    /// Names of the peers it is shared with.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub conflict: Conflict,
+    /// Extra ignore patterns (gitignore syntax), beside `.weaveignore`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore: Vec<String>,
+    /// How long changes are gathered after the first one before a sync
+    /// (milliseconds; 0 syncs at once).
+    #[serde(default = "default_watch_delay")]
+    pub watch_delay_ms: u64,
+    /// A full rescan this often (seconds), in case the watcher missed
+    /// something.
+    #[serde(default = "default_rescan")]
+    pub rescan_secs: u64,
+}
+
+fn default_watch_delay() -> u64 {
+    50
+}
+fn default_rescan() -> u64 {
+    3600
+}
+
+impl Folder {
+    pub fn new(id: &str, path: PathBuf) -> Folder {
+        Folder {
+            id: id.to_string(),
+            path,
+            peers: Vec::new(),
+            mode: Mode::TwoWay,
+            conflict: Conflict::KeepBoth,
+            ignore: Vec::new(),
+            watch_delay_ms: default_watch_delay(),
+            rescan_secs: default_rescan(),
+        }
+    }
+}
+
+/// A folder id travels to peers and names state: letters, digits, `.`,
+/// `_` and `-`.
+pub fn check_folder_id(id: &str) -> Result<(), String> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        return Err(format!(
+            "folder id {id:?} is not usable: use 1 to 64 letters, digits, `.`, `_` or `-` (the same id on every device that shares the folder)"
+        ));
+    }
+    Ok(())
+}
+
+impl Config {
+    pub fn new(name: &str, listen: &str) -> Config {
+        Config {
+            device: Device {
+                name: name.to_string(),
+                listen: listen.to_string(),
+                api: default_api(),
+            },
+            peers: Vec::new(),
+            folders: Vec::new(),
+        }
+    }
+
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join(CONFIG_FILE)
+    }
+
+    /// Reads and checks `dir/config.toml`.
+    pub fn load(dir: &Path, me: DeviceId) -> Result<Config, DaemonError> {
+        let path = Config::path(dir);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(DaemonError::NotInitialised(dir.to_path_buf()))
+            }
+            Err(e) => {
+                return Err(DaemonError::Io {
+                    path,
+                    what: "read".into(),
+                    source: e,
+                })
+            }
+        };
+        let c: Config = toml::from_str(&text).map_err(|e| DaemonError::BadConfig {
+            path: path.clone(),
+            problem: e.to_string(),
+        })?;
+        c.check(me)
+            .map_err(|problem| DaemonError::BadConfig { path, problem })?;
+        Ok(c)
+    }
+
+    /// Writes `dir/config.toml` (atomically) after checking it.
+    pub fn save(&self, dir: &Path, me: DeviceId) -> Result<(), DaemonError> {
+        let path = Config::path(dir);
+        self.check(me).map_err(|problem| DaemonError::BadConfig {
+            path: path.clone(),
+            problem,
+        })?;
+        let text = toml::to_string_pretty(self).map_err(|e| DaemonError::BadConfig {
+            path: path.clone(),
+            problem: e.to_string(),
+        })?;
+        crate::identity::write_atomic(&path, text.as_bytes(), false)
+    }
+
+    /// What is wrong with it, if anything, said so that a person can fix it.
+    pub fn check(&self, me: DeviceId) -> Result<(), String> {
+        for (i, p) in self.peers.iter().enumerate() {
+            if p.name.is_empty() {
+                return Err("a peer has an empty name".into());
+            }
+            if p.id == me {
+                return Err(format!(
+                    "peer {:?} has this device's own id; give the other device's id (`weave id` there)",
+                    p.name
+                ));
+            }
+            for q in &self.peers[..i] {
+                if q.name == p.name {
+                    return Err(format!(
+                        "two peers are named {:?}; names must differ",
+                        p.name
+                    ));
+                }
+                if q.id == p.id {
+                    return Err(format!(
+                        "peers {:?} and {:?} have the same device id; one device is one peer",
+                        q.name, p.name
+                    ));
+                }
+            }
+            for a in &p.addresses {
+                check_address(a).map_err(|e| format!("peer {:?}: {e}", p.name))?;
+            }
+        }
+        check_address(&self.device.listen).map_err(|e| format!("listen: {e}"))?;
+        for (i, f) in self.folders.iter().enumerate() {
+            check_folder_id(&f.id)?;
+            if !f.path.is_absolute() {
+                return Err(format!(
+                    "folder {:?}: its path {} is not absolute",
+                    f.id,
+                    f.path.display()
+                ));
+            }
+            for q in &self.folders[..i] {
+                if q.id == f.id {
+                    return Err(format!("two folders have the id {:?}", f.id));
+                }
+                if q.path == f.path {
+                    return Err(format!(
+                        "folders {:?} and {:?} have the same path {}",
+                        q.id,
+                        f.id,
+                        f.path.display()
+                    ));
+                }
+            }
+            for p in &f.peers {
+                if !self.peers.iter().any(|q| &q.name == p) {
+                    return Err(format!(
+                        "folder {:?} is shared with {p:?}, which is not a peer; add it with `weave peer add {p} DEVICE-ID ADDRESS`",
+                        f.id
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn peer(&self, name: &str) -> Option<&Peer> {
+        self.peers.iter().find(|p| p.name == name)
+    }
+
+    pub fn peer_by_id(&self, id: DeviceId) -> Option<&Peer> {
+        self.peers.iter().find(|p| p.id == id)
+    }
+
+    pub fn folder(&self, id: &str) -> Option<&Folder> {
+        self.folders.iter().find(|f| f.id == id)
+    }
+
+    /// The folders configured inside `f` (sub-folders), as paths relative
+    /// to it: `f` never syncs their content.
+    pub fn subfolders(&self, f: &Folder) -> Vec<String> {
+        self.folders
+            .iter()
+            .filter(|g| g.id != f.id)
+            .filter_map(|g| g.path.strip_prefix(&f.path).ok())
+            .filter(|rel| !rel.as_os_str().is_empty())
+            .map(|rel| rel.to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+fn check_address(a: &str) -> Result<(), String> {
+    match a.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!(
+            "{a:?} is not an address: give host:port, e.g. 192.168.1.20:{DEFAULT_PORT}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> DeviceId {
+        DeviceId::from_public_key(b"me")
+    }
+
+    #[test]
+    fn a_config_round_trips_through_its_file() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Config::new("laptop", "127.0.0.1:22100");
+        c.peers.push(Peer {
+            name: "nas".into(),
+            id: DeviceId::from_public_key(b"nas"),
+            addresses: vec!["10.0.0.2:22100".into()],
+        });
+        let mut f = Folder::new("docs", "/srv/docs".into());
+        f.peers.push("nas".into());
+        f.mode = Mode::SendOnly;
+        c.folders.push(f);
+        c.save(d.path(), me()).unwrap();
+        assert_eq!(Config::load(d.path(), me()).unwrap(), c);
+        let text = std::fs::read_to_string(Config::path(d.path())).unwrap();
+        assert!(text.contains("mode = \"send-only\""), "{text}");
+    }
+
+    #[test]
+    fn bad_configs_name_the_problem() {
+        let mut c = Config::new("x", "0.0.0.0:1");
+        let mut f = Folder::new("docs", "/a".into());
+        f.peers.push("ghost".into());
+        c.folders.push(f);
+        let e = c.check(me()).unwrap_err();
+        assert!(e.contains("ghost") && e.contains("weave peer add"), "{e}");
+        c.folders[0].peers.clear();
+        c.folders[0].path = "rel".into();
+        assert!(c.check(me()).unwrap_err().contains("not absolute"));
+        c.folders[0].path = "/a".into();
+        c.peers.push(Peer {
+            name: "self".into(),
+            id: me(),
+            addresses: vec![],
+        });
+        assert!(c.check(me()).unwrap_err().contains("own id"));
+        c.peers.clear();
+        c.device.listen = "nowhere".into();
+        assert!(c.check(me()).unwrap_err().contains("host:port"));
+        assert!(check_folder_id("a/b").is_err());
+    }
+
+    #[test]
+    fn subfolders_are_found_by_path() {
+        let mut c = Config::new("x", "0.0.0.0:1");
+        c.folders.push(Folder::new("docs", "/d".into()));
+        c.folders.push(Folder::new("private", "/d/private".into()));
+        c.folders.push(Folder::new("other", "/dd".into()));
+        assert_eq!(c.subfolders(&c.folders[0]), vec!["private".to_string()]);
+        assert!(c.subfolders(&c.folders[1]).is_empty());
+    }
+}

@@ -1,0 +1,139 @@
+//! A folder's own rules, enforced by the device that holds it whoever
+//! drives the sync: a send-only folder takes no operation from anyone, and
+//! no operation reaches a sub-folder that is configured as a folder of its
+//! own (it syncs with its own peers). The rules sit in front of the local
+//! replica, so a coordinator on another device cannot get round them.
+
+use std::collections::BTreeMap;
+use weave_core::Hash;
+use weave_engine::{
+    Applied, Foreign, IgnoreSpec, Issue, Provider, Replica, ReplicaInfo, ScanSummary, SyncError,
+    Wants,
+};
+use weave_fs::Op;
+use weave_index::LocalEntry;
+
+pub struct Guarded {
+    inner: Box<dyn Replica>,
+    /// Takes no operation at all.
+    pub send_only: bool,
+    /// Relative paths of sub-folders that are folders of their own.
+    pub excluded: Vec<String>,
+    /// Extra ignore patterns this device applies to the folder.
+    pub patterns: Vec<String>,
+}
+
+impl Guarded {
+    pub fn new(inner: Box<dyn Replica>) -> Guarded {
+        Guarded {
+            inner,
+            send_only: false,
+            excluded: Vec::new(),
+            patterns: Vec::new(),
+        }
+    }
+
+    fn refusal(&self, path: &str) -> Option<String> {
+        if self.send_only {
+            return Some(
+                "not taken: this folder is send-only here (it sends its changes and takes none)"
+                    .into(),
+            );
+        }
+        self.excluded
+            .iter()
+            .find(|x| path == x.as_str() || path.starts_with(&format!("{x}/")))
+            .map(|x| {
+                format!("not taken: {x} is a folder of its own here, synced with its own peers")
+            })
+    }
+
+    /// Patterns that keep the sub-folders out of this folder's scans.
+    pub fn exclusion_patterns(excluded: &[String]) -> Vec<String> {
+        excluded.iter().map(|x| format!("/{x}")).collect()
+    }
+}
+
+impl Replica for Guarded {
+    fn display(&self) -> &str {
+        self.inner.display()
+    }
+    fn is_local(&self) -> bool {
+        self.inner.is_local()
+    }
+    fn local_root(&self) -> Option<std::path::PathBuf> {
+        self.inner.local_root()
+    }
+    fn traffic(&self) -> Option<(u64, u64)> {
+        self.inner.traffic()
+    }
+    fn info(&self) -> &ReplicaInfo {
+        self.inner.info()
+    }
+    fn scan(&mut self, ignore: &IgnoreSpec, dry_run: bool) -> Result<ScanSummary, SyncError> {
+        let mut spec = ignore.clone();
+        for p in self
+            .patterns
+            .iter()
+            .cloned()
+            .chain(Guarded::exclusion_patterns(&self.excluded))
+        {
+            if !spec.patterns.contains(&p) {
+                spec.patterns.push(p);
+            }
+        }
+        self.inner.scan(&spec, dry_run)
+    }
+    fn entries(&mut self) -> Result<BTreeMap<String, LocalEntry>, SyncError> {
+        self.inner.entries()
+    }
+    fn chunk_list(&mut self, content: &Hash) -> Option<weave_chunk::ChunkList> {
+        self.inner.chunk_list(content)
+    }
+    fn serve_nodes(&mut self, wants: &Wants) -> Result<Vec<Vec<Option<Vec<u8>>>>, SyncError> {
+        self.inner.serve_nodes(wants)
+    }
+    fn serve_chunks(
+        &mut self,
+        wants: &Wants,
+        sink: &mut dyn FnMut(Hash, Option<Vec<u8>>) -> Result<(), SyncError>,
+    ) -> Result<(), SyncError> {
+        self.inner.serve_chunks(wants, sink)
+    }
+    fn apply(
+        &mut self,
+        ops: Vec<Op>,
+        foreign: &Foreign,
+        provider: &mut dyn Provider,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Applied, SyncError> {
+        let mut keep = Vec::new();
+        let mut index = Vec::new();
+        let mut refused = Vec::new();
+        for (i, op) in ops.into_iter().enumerate() {
+            match self.refusal(&op.path) {
+                Some(why) => refused.push(Issue {
+                    path: op.path.clone(),
+                    message: why,
+                }),
+                None => {
+                    keep.push(op);
+                    index.push(i);
+                }
+            }
+        }
+        let mut applied = if keep.is_empty() {
+            Applied::default()
+        } else {
+            self.inner.apply(keep, foreign, provider, progress)?
+        };
+        for d in &mut applied.done {
+            d.0 = index[d.0];
+        }
+        applied.errors.extend(refused);
+        Ok(applied)
+    }
+    fn finish(&mut self, fin: &weave_engine::Finish) -> Result<(), SyncError> {
+        self.inner.finish(fin)
+    }
+}

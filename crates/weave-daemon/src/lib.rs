@@ -1,0 +1,65 @@
+//! weave-daemon: weave's live mode.
+//!
+//! - [`id`]: device ids, short strings derived from a device's public key;
+//! - [`identity`]: this device's key and self-signed certificate;
+//! - [`config`]: the config file (peers, folders) and its checks;
+//! - [`tls`]: TLS 1.3 in both directions, each side pinned by device id;
+//! - [`daemon`]: the running daemon — peers, folders, the watcher, syncs;
+//! - [`status`]: the local status API and its client.
+
+pub mod config;
+pub mod daemon;
+mod guard;
+pub mod id;
+pub mod identity;
+pub mod status;
+pub mod tls;
+
+pub use config::{Config, Folder, Mode, Peer};
+pub use id::DeviceId;
+
+use std::path::PathBuf;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error(
+        "{0} has no weave identity yet; run `weave init` first (or give the right --config-dir)"
+    )]
+    NotInitialised(PathBuf),
+    #[error("{0} already holds a weave identity; `weave id` prints its device id (a new identity would be a new device to every peer)")]
+    AlreadyInitialised(PathBuf),
+    #[error("the identity file {0} is damaged ({1}); restore it from a backup, or move the config directory away and run `weave init` for a new device id")]
+    BadIdentity(PathBuf, String),
+    #[error("{path}: {problem}")]
+    BadConfig { path: PathBuf, problem: String },
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        path: PathBuf,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cryptography: {0}")]
+    Crypto(String),
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot listen on {addr}: {source}; is another daemon running, or is the port taken? (change it with `listen` in the config)")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("peer {peer}: {message}")]
+    Peer { peer: String, message: String },
+    #[error(transparent)]
+    Sync(#[from] weave_engine::SyncError),
+}
+
+/// `$XDG_CONFIG_HOME/weave`, or `~/.config/weave`.
+pub fn default_config_dir() -> Option<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|x| !x.is_empty()) {
+        return Some(PathBuf::from(x).join("weave"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config").join("weave"))
+}

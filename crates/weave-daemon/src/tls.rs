@@ -1,0 +1,276 @@
+//! TLS 1.3 between daemons, both sides authenticated by certificate and
+//! pinned by device id: a server takes only clients whose id is one of its
+//! peers (an unknown device is refused inside the handshake, before any
+//! byte of the session is read), and a client takes only the server whose
+//! id it dialled for.
+
+use crate::id::DeviceId;
+use crate::identity::Identity;
+use crate::DaemonError;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// The one crypto provider weave uses (ring), for every TLS config.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The device ids a server accepts, changeable while it runs.
+pub type Allowed = Arc<RwLock<HashSet<DeviceId>>>;
+
+/// Devices refused lately (for the log and the status API).
+pub type Refused = Arc<Mutex<Vec<DeviceId>>>;
+
+#[derive(Debug)]
+struct PinnedClients {
+    allowed: Allowed,
+    refused: Refused,
+    provider: Arc<CryptoProvider>,
+}
+
+fn refuse(id: DeviceId) -> rustls::Error {
+    rustls::Error::General(format!("device {id} is not a peer of this device"))
+}
+
+impl ClientCertVerifier for PinnedClients {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let id = DeviceId::from_cert(end_entity)?;
+        if self.allowed.read().expect("allowed").contains(&id) {
+            Ok(ClientCertVerified::assertion())
+        } else {
+            let mut r = self.refused.lock().expect("refused");
+            r.push(id);
+            let n = r.len();
+            if n > 16 {
+                r.drain(..n - 16);
+            }
+            Err(refuse(id))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("weave speaks TLS 1.3 only".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[derive(Debug)]
+struct PinnedServer {
+    expect: DeviceId,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let id = DeviceId::from_cert(end_entity)?;
+        if id == self.expect {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "the device there is {id}, not the expected {}",
+                self.expect
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("weave speaks TLS 1.3 only".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn crypto(e: rustls::Error) -> DaemonError {
+    DaemonError::Crypto(e.to_string())
+}
+
+/// The server side: this device's certificate; clients must be `allowed`.
+pub fn server_config(
+    me: &Identity,
+    allowed: Allowed,
+    refused: Refused,
+) -> Result<Arc<rustls::ServerConfig>, DaemonError> {
+    let provider = provider();
+    let verifier = PinnedClients {
+        allowed,
+        refused,
+        provider: provider.clone(),
+    };
+    let c = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(crypto)?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(vec![me.cert.clone()], me.key.clone_key())
+        .map_err(crypto)?;
+    Ok(Arc::new(c))
+}
+
+/// The client side, for dialling the device `expect`.
+pub fn client_config(
+    me: &Identity,
+    expect: DeviceId,
+) -> Result<Arc<rustls::ClientConfig>, DaemonError> {
+    let provider = provider();
+    let verifier = PinnedServer {
+        expect,
+        provider: provider.clone(),
+    };
+    let c = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(crypto)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(vec![me.cert.clone()], me.key.clone_key())
+        .map_err(crypto)?;
+    Ok(Arc::new(c))
+}
+
+/// The device id of the other end of an established connection.
+pub fn peer_id(certs: Option<&[CertificateDer<'static>]>) -> Option<DeviceId> {
+    certs
+        .and_then(|c| c.first())
+        .and_then(|c| DeviceId::from_cert(c).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn ident() -> (tempfile::TempDir, Identity) {
+        let d = tempfile::tempdir().unwrap();
+        let i = crate::identity::create(d.path()).unwrap();
+        (d, i)
+    }
+
+    async fn pair(
+        server: &Identity,
+        allowed: &[DeviceId],
+        client: &Identity,
+        expect: DeviceId,
+    ) -> (Result<u8, String>, Result<(), String>, Refused) {
+        let allowed: Allowed = Arc::new(RwLock::new(allowed.iter().copied().collect()));
+        let refused: Refused = Arc::default();
+        let sc = server_config(server, allowed, refused.clone()).unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let srv = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let mut t = tokio_rustls::TlsAcceptor::from(sc)
+                .accept(s)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut b = [0u8; 1];
+            t.read_exact(&mut b).await.map_err(|e| e.to_string())?;
+            t.shutdown().await.map_err(|e| e.to_string())?;
+            Ok::<u8, String>(b[0])
+        });
+        let cc = client_config(client, expect).unwrap();
+        let cli = async {
+            let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut t = tokio_rustls::TlsConnector::from(cc)
+                .connect(ServerName::try_from("weave").unwrap(), s)
+                .await
+                .map_err(|e| e.to_string())?;
+            t.write_all(&[7]).await.map_err(|e| e.to_string())?;
+            t.flush().await.map_err(|e| e.to_string())?;
+            // The server refuses a client after the client's flight: read
+            // to see whether the session stands.
+            let mut b = [0u8; 1];
+            match tokio::time::timeout(std::time::Duration::from_millis(500), t.read(&mut b)).await
+            {
+                Ok(Err(e)) => Err(e.to_string()),
+                _ => Ok(()),
+            }
+        };
+        let c = cli.await;
+        let s = srv.await.unwrap();
+        (s, c, refused)
+    }
+
+    #[tokio::test]
+    async fn known_devices_talk_and_unknown_ones_are_refused_in_the_handshake() {
+        let (_a, a) = ident();
+        let (_b, b) = ident();
+        let (_c, c) = ident();
+        let (s, cl, _) = pair(&a, &[b.id], &b, a.id).await;
+        assert_eq!(s, Ok(7));
+        assert!(cl.is_ok(), "{cl:?}");
+        // c is no peer of a: a reads nothing from it.
+        let (s, _, refused) = pair(&a, &[b.id], &c, a.id).await;
+        assert!(s.is_err(), "{s:?}");
+        assert_eq!(refused.lock().unwrap().as_slice(), &[c.id]);
+        // b dials a but expects c's id: b refuses the server.
+        let (s, cl, _) = pair(&a, &[b.id], &b, c.id).await;
+        assert!(cl.is_err() && s.is_err(), "{cl:?} {s:?}");
+        assert!(cl.unwrap_err().contains("not the expected"));
+    }
+}

@@ -1,0 +1,455 @@
+//! `weave init`, `id`, `peer`, `folder`, `daemon`, `status` and
+//! `conflicts`: the live mode (weave-daemon).
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use std::path::{Path, PathBuf};
+use weave_daemon::config::{Conflict, Mode, DEFAULT_PORT};
+use weave_daemon::{Config, DeviceId, Folder, Peer};
+
+#[derive(Args, Clone)]
+pub struct ConfigDir {
+    /// Where this device's identity and config live (default:
+    /// $XDG_CONFIG_HOME/weave, or ~/.config/weave).
+    #[arg(long, global = true, value_name = "DIR", env = "WEAVE_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+}
+
+impl ConfigDir {
+    fn dir(&self) -> Result<PathBuf> {
+        match &self.config_dir {
+            Some(d) => Ok(d.clone()),
+            None => weave_daemon::default_config_dir()
+                .context("no config directory: HOME is not set; give one with --config-dir DIR"),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// Where the daemon accepts its peers.
+    #[arg(long, value_name = "ADDR", default_value_t = format!("0.0.0.0:{DEFAULT_PORT}"))]
+    pub listen: String,
+    /// A name for this device, for people (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum PeerCommand {
+    /// Add a device this one syncs with (its id is what `weave id` prints
+    /// there; its addresses are host:port to dial).
+    Add {
+        name: String,
+        #[arg(value_name = "DEVICE-ID")]
+        id: String,
+        #[arg(value_name = "ADDR")]
+        addresses: Vec<String>,
+    },
+    /// Forget a device (it is refused from then on).
+    Remove { name: String },
+    /// List the peers.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum FolderCommand {
+    /// Add a folder to keep in sync (created if missing). Every device
+    /// that shares it gives it the same ID.
+    Add(FolderAddArgs),
+    /// Share a folder with one more peer.
+    Share { id: String, peer: String },
+    /// Stop sharing a folder with a peer.
+    Unshare { id: String, peer: String },
+    /// Stop syncing a folder (its files stay where they are).
+    Remove { id: String },
+    /// List the folders.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct FolderAddArgs {
+    id: String,
+    path: PathBuf,
+    /// A peer to share it with (repeatable).
+    #[arg(long = "peer", value_name = "NAME")]
+    peers: Vec<String>,
+    /// two-way, send-only (sends its changes, takes none) or receive-only.
+    #[arg(long, default_value = "two-way")]
+    mode: Mode,
+    /// keep-both (the older version becomes a conflict copy) or newest.
+    #[arg(long, default_value = "keep-both")]
+    conflict: Conflict,
+    /// An ignore pattern (gitignore syntax; repeatable).
+    #[arg(long = "ignore", value_name = "PATTERN")]
+    ignore: Vec<String>,
+    /// Milliseconds to gather changes before a sync (0: at once).
+    #[arg(long, value_name = "MS", default_value_t = 50)]
+    watch_delay: u64,
+    /// Seconds between full rescans.
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    rescan: u64,
+}
+
+fn load(dir: &Path) -> Result<(DeviceId, Config)> {
+    let me = weave_daemon::identity::load(dir)?;
+    let cfg = Config::load(dir, me.id)?;
+    Ok((me.id, cfg))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "weave".to_string())
+}
+
+pub fn init(cd: &ConfigDir, a: InitArgs) -> Result<bool> {
+    let dir = cd.dir()?;
+    let name = a.name.unwrap_or_else(hostname);
+    let cfg = Config::new(&name, &a.listen);
+    // Check the config before making the identity, so a bad --listen
+    // leaves nothing behind.
+    let probe = DeviceId::from_public_key(b"");
+    cfg.check(probe).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let me = weave_daemon::identity::create(&dir)?;
+    cfg.save(&dir, me.id)?;
+    weave_daemon::status::token(&dir)?;
+    eprintln!(
+        "weave: device {name:?} initialised in {}; it listens on {} once `weave daemon` runs",
+        dir.display(),
+        a.listen
+    );
+    eprintln!(
+        "weave: give this device id to its peers (`weave peer add {name} ID ADDRESS` there):"
+    );
+    println!("{}", me.id);
+    Ok(true)
+}
+
+pub fn id(cd: &ConfigDir) -> Result<bool> {
+    let me = weave_daemon::identity::load(&cd.dir()?)?;
+    println!("{}", me.id);
+    Ok(true)
+}
+
+pub fn peer(cd: &ConfigDir, c: PeerCommand) -> Result<bool> {
+    let dir = cd.dir()?;
+    let (me, mut cfg) = load(&dir)?;
+    match c {
+        PeerCommand::Add {
+            name,
+            id,
+            addresses,
+        } => {
+            let id = DeviceId::parse(&id)?;
+            if let Some(p) = cfg.peers.iter_mut().find(|p| p.name == name) {
+                if p.id != id {
+                    bail!(
+                        "a peer named {name:?} exists with another device id ({}); remove it first with `weave peer remove {name}`",
+                        p.id
+                    );
+                }
+                for a in addresses {
+                    if !p.addresses.contains(&a) {
+                        p.addresses.push(a);
+                    }
+                }
+            } else {
+                cfg.peers.push(Peer {
+                    name: name.clone(),
+                    id,
+                    addresses,
+                });
+            }
+            cfg.save(&dir, me)?;
+            eprintln!("weave: peer {name} added; share folders with it with `weave folder share FOLDER {name}`");
+        }
+        PeerCommand::Remove { name } => {
+            if cfg.peer(&name).is_none() {
+                bail!("no peer is named {name:?} (`weave peer list` lists them)");
+            }
+            cfg.peers.retain(|p| p.name != name);
+            for f in &mut cfg.folders {
+                f.peers.retain(|p| p != &name);
+            }
+            cfg.save(&dir, me)?;
+            eprintln!("weave: peer {name} removed");
+        }
+        PeerCommand::List { json } => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&cfg.peers)?);
+            } else {
+                for p in &cfg.peers {
+                    println!("{}\t{}\t{}", p.name, p.id, p.addresses.join(" "));
+                }
+            }
+        }
+    }
+    Ok(true)
+}
+
+pub fn folder(cd: &ConfigDir, c: FolderCommand) -> Result<bool> {
+    let dir = cd.dir()?;
+    let (me, mut cfg) = load(&dir)?;
+    let find = |cfg: &Config, id: &str| -> Result<usize> {
+        cfg.folders
+            .iter()
+            .position(|f| f.id == id)
+            .with_context(|| {
+                format!("no folder has the id {id:?} (`weave folder list` lists them)")
+            })
+    };
+    let known_peer = |cfg: &Config, p: &str| -> Result<()> {
+        if cfg.peer(p).is_none() {
+            bail!("{p:?} is not a peer; add it first with `weave peer add {p} DEVICE-ID ADDRESS`");
+        }
+        Ok(())
+    };
+    match c {
+        FolderCommand::Add(a) => {
+            weave_daemon::config::check_folder_id(&a.id).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if cfg.folder(&a.id).is_some() {
+                bail!(
+                    "a folder with the id {:?} exists; share it with `weave folder share {} PEER`",
+                    a.id,
+                    a.id
+                );
+            }
+            for p in &a.peers {
+                known_peer(&cfg, p)?;
+            }
+            std::fs::create_dir_all(&a.path)
+                .with_context(|| format!("cannot create the folder {}", a.path.display()))?;
+            let path = std::fs::canonicalize(&a.path)
+                .with_context(|| format!("cannot resolve {}", a.path.display()))?;
+            let mut f = Folder::new(&a.id, path.clone());
+            f.peers = a.peers;
+            f.mode = a.mode;
+            f.conflict = a.conflict;
+            f.ignore = a.ignore;
+            f.watch_delay_ms = a.watch_delay;
+            f.rescan_secs = a.rescan;
+            cfg.folders.push(f);
+            cfg.save(&dir, me)?;
+            eprintln!("weave: folder {} at {} added", a.id, path.display());
+        }
+        FolderCommand::Share { id, peer } => {
+            known_peer(&cfg, &peer)?;
+            let i = find(&cfg, &id)?;
+            if !cfg.folders[i].peers.contains(&peer) {
+                cfg.folders[i].peers.push(peer.clone());
+            }
+            cfg.save(&dir, me)?;
+            eprintln!("weave: folder {id} shared with {peer}");
+        }
+        FolderCommand::Unshare { id, peer } => {
+            let i = find(&cfg, &id)?;
+            cfg.folders[i].peers.retain(|p| p != &peer);
+            cfg.save(&dir, me)?;
+            eprintln!("weave: folder {id} no longer shared with {peer}");
+        }
+        FolderCommand::Remove { id } => {
+            let i = find(&cfg, &id)?;
+            cfg.folders.remove(i);
+            cfg.save(&dir, me)?;
+            eprintln!("weave: folder {id} removed (its files stay where they are)");
+        }
+        FolderCommand::List { json } => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&cfg.folders)?);
+            } else {
+                for f in &cfg.folders {
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        f.id,
+                        f.path.display(),
+                        f.mode,
+                        f.peers.join(",")
+                    );
+                }
+            }
+        }
+    }
+    Ok(true)
+}
+
+pub fn daemon(cd: &ConfigDir) -> Result<bool> {
+    let dir = cd.dir()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(weave_daemon::daemon::run(&dir))?;
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(true)
+}
+
+fn ago(ms: Option<u64>) -> String {
+    match ms {
+        None => "never".into(),
+        Some(t) => {
+            let s = weave_daemon::status::now_ms().saturating_sub(t) / 1000;
+            match s {
+                0..=59 => format!("{s}s ago"),
+                60..=3599 => format!("{}m ago", s / 60),
+                _ => format!("{}h ago", s / 3600),
+            }
+        }
+    }
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} B"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+        _ => format!("{:.2} GiB", n as f64 / 1_073_741_824.0),
+    }
+}
+
+pub fn status(cd: &ConfigDir, json: bool) -> Result<bool> {
+    let s = weave_daemon::status::fetch(&cd.dir()?)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(true);
+    }
+    println!(
+        "device {} ({})  listening on {}",
+        s.device.name, s.device.id, s.device.listen
+    );
+    println!();
+    for f in &s.folders {
+        println!(
+            "folder {}  {}  [{}]  {}  {:.0}% in sync{}",
+            f.id,
+            f.path,
+            f.mode,
+            f.state,
+            f.in_sync_percent,
+            if f.bytes_to_go > 0 {
+                format!(", {} to go", bytes(f.bytes_to_go))
+            } else {
+                String::new()
+            }
+        );
+        println!(
+            "    peers: {}   in sync with: {}   last sync: {}",
+            if f.peers.is_empty() {
+                "none".into()
+            } else {
+                f.peers.join(", ")
+            },
+            if f.in_sync_with.is_empty() {
+                "none".into()
+            } else {
+                f.in_sync_with.join(", ")
+            },
+            ago(f.last_sync_ms)
+        );
+        if let Some(e) = &f.error {
+            println!("    error: {e}");
+        }
+        for c in &f.conflicts {
+            println!("    conflict copy: {c}");
+        }
+        for n in f.notices.iter().take(5) {
+            println!("    {n}");
+        }
+    }
+    println!();
+    for p in &s.peers {
+        println!(
+            "peer {}  {}  {}{}  last seen {}  sent {}  received {}",
+            p.name,
+            p.state,
+            p.address.clone().unwrap_or_else(|| p.addresses.join(" ")),
+            if p.rate_in + p.rate_out > 0 {
+                format!("  ({}/s in, {}/s out)", bytes(p.rate_in), bytes(p.rate_out))
+            } else {
+                String::new()
+            },
+            ago(p.last_seen_ms),
+            bytes(p.bytes_sent),
+            bytes(p.bytes_received)
+        );
+        if let Some(e) = &p.last_error {
+            if p.state != "connected" {
+                println!("    {e}");
+            }
+        }
+    }
+    if !s.device.refused.is_empty() {
+        println!();
+        println!(
+            "refused (not peers of this device): {}",
+            s.device.refused.join(", ")
+        );
+    }
+    if !s.recent.is_empty() {
+        println!();
+        println!("recent:");
+        for c in s.recent.iter().take(10) {
+            println!(
+                "    {}  {} {} {} (with {})",
+                ago(Some(c.time_ms)),
+                c.folder,
+                c.action,
+                c.path,
+                c.peer
+            );
+        }
+    }
+    if !s.errors.is_empty() {
+        println!();
+        println!("errors:");
+        for e in s.errors.iter().take(10) {
+            println!(
+                "    {}  {}{}",
+                ago(Some(e.time_ms)),
+                e.folder
+                    .as_deref()
+                    .map(|f| format!("{f}: "))
+                    .unwrap_or_default(),
+                e.message
+            );
+        }
+    }
+    Ok(true)
+}
+
+/// Lists the conflict copies of every folder; with the daemon down, from
+/// the config and the disk directly.
+pub fn conflicts(cd: &ConfigDir, json: bool) -> Result<bool> {
+    let dir = cd.dir()?;
+    let (_, cfg) = load(&dir)?;
+    let mut all = Vec::new();
+    for f in &cfg.folders {
+        for c in weave_daemon::status::conflicts_in(&f.path, &cfg.subfolders(f)) {
+            all.push((f.id.clone(), f.path.join(&c), c));
+        }
+    }
+    if json {
+        let v: Vec<serde_json::Value> = all
+            .iter()
+            .map(|(f, full, rel)| serde_json::json!({"folder": f, "path": rel, "full_path": full}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for (f, full, _) in &all {
+            println!("{f}\t{}", full.display());
+        }
+        if all.is_empty() {
+            eprintln!("weave: no conflict copies");
+        }
+    }
+    Ok(all.is_empty())
+}

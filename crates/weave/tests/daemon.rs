@@ -1,0 +1,466 @@
+//! `weave daemon`: real daemons on 127.0.0.1, each with its own config
+//! directory, syncing over TLS while their folders change.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(40);
+
+fn weave() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_weave"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Device {
+    name: String,
+    cfg: PathBuf,
+    root: PathBuf,
+    addr: String,
+    id: String,
+    child: std::cell::RefCell<Option<Child>>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Device {
+    fn new(name: &str) -> Device {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = tmp.path().join("config");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let out = weave()
+            .args(["--config-dir"])
+            .arg(&cfg)
+            .args(["init", "--listen", &addr, "--name", name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        Device {
+            name: name.to_string(),
+            root: tmp.path().to_path_buf(),
+            cfg,
+            addr,
+            id,
+            child: Default::default(),
+            _tmp: tmp,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        weave()
+            .arg("--config-dir")
+            .arg(&self.cfg)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "weave {args:?} on {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Makes `other` a peer of this device.
+    fn knows(&self, other: &Device) {
+        self.ok(&["peer", "add", &other.name, &other.id, &other.addr]);
+    }
+
+    /// A folder `id` at ROOT/`dir`, shared with `peers`; returns its path.
+    fn folder(&self, id: &str, dir: &str, peers: &[&Device], extra: &[&str]) -> PathBuf {
+        let path = self.root.join(dir);
+        let p = path.to_str().unwrap().to_string();
+        let mut args = vec!["folder", "add", id, &p];
+        for q in peers {
+            args.push("--peer");
+            args.push(&q.name);
+        }
+        args.extend_from_slice(extra);
+        self.ok(&args);
+        path
+    }
+
+    fn start(&self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join("daemon.log"))
+            .unwrap();
+        let child = weave()
+            .arg("--config-dir")
+            .arg(&self.cfg)
+            .arg("daemon")
+            .env("RUST_LOG", "info,weave_daemon=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        *self.child.borrow_mut() = Some(child);
+    }
+
+    fn kill9(&self) {
+        if let Some(mut c) = self.child.borrow_mut().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    fn term(&self) -> std::process::ExitStatus {
+        let mut c = self.child.borrow_mut().take().expect("running");
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        let t = Instant::now();
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            assert!(t.elapsed() < WAIT, "the daemon did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("daemon.log")).unwrap_or_default()
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        let out = self.run(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Waits (bounded) until `f` holds; on time-out, fails showing the logs.
+fn wait_for(what: &str, devs: &[&Device], mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while t.elapsed() < WAIT {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let logs: Vec<String> = devs
+        .iter()
+        .map(|d| format!("--- {} ---\n{}", d.name, d.log()))
+        .collect();
+    panic!("timed out waiting for {what}\n{}", logs.join("\n"));
+}
+
+fn read(p: &Path) -> Option<String> {
+    std::fs::read_to_string(p).ok()
+}
+
+fn conflict_copies(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".weave-conflict-"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn changes_reach_every_daemon_along_a_chain_and_deletes_follow() {
+    let (a, b, c) = (Device::new("a"), Device::new("b"), Device::new("c"));
+    // A and C do not know each other: B relays.
+    a.knows(&b);
+    b.knows(&a);
+    b.knows(&c);
+    c.knows(&b);
+    let fa = a.folder("docs", "docs", &[&b], &[]);
+    let fb = b.folder("docs", "docs", &[&a, &c], &[]);
+    let fc = c.folder("docs", "docs", &[&b], &[]);
+    std::fs::write(fa.join("before.txt"), "made before any daemon ran").unwrap();
+    a.start();
+    b.start();
+    c.start();
+    let all = [&a, &b, &c];
+    wait_for("a's old file to reach c", &all, || {
+        read(&fc.join("before.txt")).as_deref() == Some("made before any daemon ran")
+    });
+    std::fs::create_dir_all(fa.join("sub/deeper")).unwrap();
+    std::fs::write(fa.join("sub/deeper/new.txt"), "from a").unwrap();
+    wait_for("a's new file to reach c through b", &all, || {
+        read(&fc.join("sub/deeper/new.txt")).as_deref() == Some("from a")
+    });
+    std::fs::write(fc.join("reply.txt"), "from c").unwrap();
+    wait_for("c's file to reach a through b", &all, || {
+        read(&fa.join("reply.txt")).as_deref() == Some("from c")
+    });
+    assert_eq!(read(&fb.join("reply.txt")).as_deref(), Some("from c"));
+    std::fs::remove_file(fb.join("before.txt")).unwrap();
+    wait_for("b's delete to reach a and c", &all, || {
+        !fa.join("before.txt").exists() && !fc.join("before.txt").exists()
+    });
+    // An edit of an existing file.
+    std::fs::write(fc.join("sub/deeper/new.txt"), "edited on c").unwrap();
+    wait_for("c's edit to reach a", &all, || {
+        read(&fa.join("sub/deeper/new.txt")).as_deref() == Some("edited on c")
+    });
+    // Nothing else moved: no conflict copies anywhere.
+    for f in [&fa, &fb, &fc] {
+        assert!(conflict_copies(f).is_empty());
+    }
+    // SIGTERM stops a daemon cleanly.
+    assert!(a.term().success(), "{}", a.log());
+    assert!(a.log().contains("stopped"), "{}", a.log());
+    b.kill9();
+    c.kill9();
+}
+
+#[test]
+fn concurrent_edits_end_with_the_same_conflict_copies_and_a_killed_daemon_catches_up() {
+    let (a, b, c) = (Device::new("a"), Device::new("b"), Device::new("c"));
+    for (x, y) in [(&a, &b), (&a, &c), (&b, &a), (&b, &c), (&c, &a), (&c, &b)] {
+        x.knows(y);
+    }
+    let fa = a.folder("docs", "docs", &[&b, &c], &[]);
+    let fb = b.folder("docs", "docs", &[&a, &c], &[]);
+    let fc = c.folder("docs", "docs", &[&a, &b], &[]);
+    std::fs::write(fa.join("shared.txt"), "v0").unwrap();
+    a.start();
+    b.start();
+    c.start();
+    let all = [&a, &b, &c];
+    wait_for("the first version everywhere", &all, || {
+        read(&fb.join("shared.txt")).as_deref() == Some("v0")
+            && read(&fc.join("shared.txt")).as_deref() == Some("v0")
+    });
+    // b is killed; a and b edit the same file meanwhile.
+    b.kill9();
+    std::fs::write(fb.join("shared.txt"), "edited on b while it was down").unwrap();
+    std::fs::write(fb.join("only-b.txt"), "made on b while it was down").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    std::fs::write(fa.join("shared.txt"), "edited on a").unwrap();
+    wait_for("a's edit to reach c", &all, || {
+        read(&fc.join("shared.txt")).as_deref() == Some("edited on a")
+    });
+    b.start();
+    wait_for("the same conflict copy on all three", &all, || {
+        let ca = conflict_copies(&fa);
+        ca.len() == 1 && conflict_copies(&fb) == ca && conflict_copies(&fc) == ca
+    });
+    wait_for("b's new file everywhere", &all, || {
+        fa.join("only-b.txt").exists() && fc.join("only-b.txt").exists()
+    });
+    // Both versions survive, the same on every device.
+    let copy = conflict_copies(&fa).remove(0);
+    let mut versions: Vec<String> = vec![
+        read(&fa.join("shared.txt")).unwrap(),
+        read(&fa.join(&copy)).unwrap(),
+    ];
+    for f in [&fb, &fc] {
+        wait_for("the same versions everywhere", &all, || {
+            read(&f.join("shared.txt")) == Some(versions[0].clone())
+                && read(&f.join(&copy)) == Some(versions[1].clone())
+        });
+    }
+    versions.sort();
+    assert_eq!(
+        versions,
+        vec!["edited on a", "edited on b while it was down"]
+    );
+    // `weave conflicts` lists it (exit 1: there are some).
+    let out = a.run(&["conflicts"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&copy));
+}
+
+#[test]
+fn an_unknown_device_is_refused_and_learns_nothing() {
+    let (a, b, stranger) = (Device::new("a"), Device::new("b"), Device::new("x"));
+    a.knows(&b);
+    b.knows(&a);
+    // The stranger knows a (its id and address), but a does not know it.
+    stranger.knows(&a);
+    let fa = a.folder("docs", "docs", &[&b], &[]);
+    let fb = b.folder("docs", "docs", &[&a], &[]);
+    let fx = stranger.folder("docs", "docs", &[&a], &[]);
+    std::fs::write(fa.join("secret.txt"), "for b only").unwrap();
+    std::fs::write(fx.join("junk.txt"), "from the stranger").unwrap();
+    a.start();
+    b.start();
+    stranger.start();
+    let all = [&a, &b, &stranger];
+    wait_for("a's file to reach b", &all, || {
+        fb.join("secret.txt").exists()
+    });
+    wait_for("a to report the refused device", &all, || {
+        a.status().is_some_and(|s| {
+            s["device"]["refused"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|i| i == stranger.id.as_str()))
+        })
+    });
+    assert!(!fx.join("secret.txt").exists());
+    assert!(!fa.join("junk.txt").exists());
+    assert!(!fb.join("junk.txt").exists());
+    assert!(a.log().contains("refused"), "{}", a.log());
+    // The stranger's own log says it could not get in.
+    wait_for("the stranger to log its failure", &all, || {
+        stranger.log().contains("refused this device")
+    });
+}
+
+#[test]
+fn a_send_only_folder_never_takes_a_remote_change() {
+    let (a, b) = (Device::new("a"), Device::new("b"));
+    a.knows(&b);
+    b.knows(&a);
+    let fa = a.folder("docs", "docs", &[&b], &["--mode", "send-only"]);
+    let fb = b.folder("docs", "docs", &[&a], &[]);
+    std::fs::write(fa.join("out.txt"), "from the send-only side").unwrap();
+    a.start();
+    b.start();
+    let all = [&a, &b];
+    wait_for("the send-only folder's file to reach b", &all, || {
+        read(&fb.join("out.txt")).as_deref() == Some("from the send-only side")
+    });
+    std::fs::write(fb.join("out.txt"), "b's edit").unwrap();
+    std::fs::write(fb.join("in.txt"), "b's new file").unwrap();
+    // b's next sync with a (its edit) is refused by a; later changes on
+    // a still go out.
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(fa.join("later.txt"), "a goes on sending").unwrap();
+    wait_for("a's later file to reach b", &all, || {
+        fb.join("later.txt").exists()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        read(&fa.join("out.txt")).as_deref(),
+        Some("from the send-only side")
+    );
+    assert!(!fa.join("in.txt").exists());
+    assert!(conflict_copies(&fa).is_empty());
+}
+
+#[test]
+fn a_subfolder_reaches_only_its_own_peers_and_status_reports_a_real_sync() {
+    let (a, b, c) = (Device::new("a"), Device::new("b"), Device::new("c"));
+    for (x, y) in [(&a, &b), (&a, &c), (&b, &a), (&c, &a)] {
+        x.knows(y);
+    }
+    // a: docs with b and c; docs/private, a folder of its own, with b only.
+    let fa = a.folder("docs", "docs", &[&b, &c], &[]);
+    let pa = a.folder("private", "docs/private", &[&b], &[]);
+    let fb = b.folder("docs", "docs", &[&a], &[]);
+    let pb = b.folder("private", "private-elsewhere", &[&a], &[]);
+    let fc = c.folder("docs", "docs", &[&a], &[]);
+    std::fs::write(pa.join("secret.txt"), "b may see this").unwrap();
+    std::fs::write(fa.join("public.txt"), "everyone").unwrap();
+    // Something large enough to watch a sync happen.
+    let big: Vec<u8> = (0..48u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    a.start();
+    b.start();
+    let all = [&a, &b, &c];
+    wait_for("the public file on b", &all, || {
+        fb.join("public.txt").exists()
+    });
+    wait_for("a's status", &all, || a.status().is_some());
+    std::fs::write(fa.join("big.bin"), &big).unwrap();
+    // While b takes the large file, a's status shows the sync.
+    let mut seen_syncing = false;
+    let mut seen_peer = false;
+    wait_for("the large file on b", &all, || {
+        if let Some(s) = a.status() {
+            let docs = s["folders"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["id"] == "docs")
+                .cloned();
+            if let Some(d) = docs {
+                if d["state"] == "syncing" || d["bytes_to_go"].as_u64().unwrap_or(0) > 0 {
+                    seen_syncing = true;
+                }
+            }
+            if s["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "b" && p["state"] == "connected")
+            {
+                seen_peer = true;
+            }
+        }
+        std::fs::metadata(fb.join("big.bin")).map(|m| m.len()).ok() == Some(big.len() as u64)
+    });
+    assert!(seen_syncing, "the status never showed the sync under way");
+    c.start();
+    wait_for("the public file on c", &all, || {
+        fc.join("public.txt").exists()
+    });
+    wait_for("the private file in b's own folder", &all, || {
+        read(&pb.join("secret.txt")).as_deref() == Some("b may see this")
+    });
+    // The parent folder never carries the sub-folder's content.
+    assert!(!fb.join("private").exists());
+    assert!(!fc.join("private").exists());
+    // A file b drops into its docs/private (a plain directory there) does
+    // not reach a's sub-folder.
+    std::fs::create_dir_all(fb.join("private")).unwrap();
+    std::fs::write(fb.join("private/intruder.txt"), "not for the sub-folder").unwrap();
+    std::fs::write(fb.join("marker.txt"), "after the intruder").unwrap();
+    wait_for("b's marker on a", &all, || fa.join("marker.txt").exists());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!pa.join("intruder.txt").exists());
+    // The status, once idle: both folders in sync, peers connected, recent
+    // changes listed.
+    wait_for("a's status to settle", &all, || {
+        let Some(s) = a.status() else { return false };
+        let folders = s["folders"].as_array().unwrap();
+        folders.len() == 2
+            && folders
+                .iter()
+                .all(|f| f["state"] == "idle" && f["in_sync_percent"] == 100.0)
+            && !s["recent"].as_array().unwrap().is_empty()
+    });
+    assert!(seen_peer);
+    let s = a.status().unwrap();
+    assert_eq!(s["device"]["id"], a.id.as_str());
+    let docs = s["folders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "docs")
+        .unwrap()
+        .clone();
+    assert_eq!(docs["peers"], serde_json::json!(["b", "c"]));
+    // The human form says the same.
+    let text = a.ok(&["status"]);
+    assert!(
+        text.contains("folder docs") && text.contains("peer b  connected"),
+        "{text}"
+    );
+}
