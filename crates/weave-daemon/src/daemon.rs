@@ -144,6 +144,9 @@ fn open_folder(cfg: &Config, f: &Folder) -> Result<Box<dyn Replica>, SyncError> 
     let rep = Files.open(&canon[0], &f.id, false)?;
     let mut g = Guarded::new(rep);
     g.send_only = f.mode == Mode::SendOnly;
+    if f.mode == Mode::ReceiveOnly {
+        g.receive_only(&Files.state_dir(&canon[0]));
+    }
     g.excluded = cfg.subfolders(f);
     g.patterns = f.ignore.clone();
     Ok(Box::new(g))
@@ -460,7 +463,19 @@ fn check(sh: &Shared, rt: &FolderRt) {
     } else {
         100.0 * in_sync.len() as f64 / peers.len() as f64
     };
+    let kept = if f.mode == Mode::ReceiveOnly {
+        crate::guard::local_changes(&Files.state_dir(&f.path)).len()
+    } else {
+        0
+    };
     sh.board.folder(&f.id, |s| {
+        s.notices.retain(|n| !n.starts_with("receive-only:"));
+        if kept > 0 {
+            s.notices.insert(
+                0,
+                format!("receive-only: {kept} local changes kept here and not sent (diverged)"),
+            );
+        }
         s.state = if error.is_some() { "error" } else { "idle" }.into();
         s.error = error;
         s.in_sync_with = in_sync;

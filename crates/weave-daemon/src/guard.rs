@@ -1,10 +1,17 @@
 //! A folder's own rules, enforced by the device that holds it whoever
 //! drives the sync: a send-only folder takes no operation from anyone, and
 //! no operation reaches a sub-folder that is configured as a folder of its
-//! own (it syncs with its own peers). The rules sit in front of the local
-//! replica, so a coordinator on another device cannot get round them.
+//! own (it syncs with its own peers). A receive-only folder never shows
+//! its own changes: the paths it changed (found by its scans) are left out
+//! of the index it shows, so no peer plans to take them, and a remote
+//! version for such a path finds the local file in the way and is not
+//! written (the local change stays; the folder reports it diverged). The
+//! paths are remembered in `.weave/receive-only.json` until a remote
+//! version replaces them. The rules sit in front of the local replica, so
+//! a coordinator on another device cannot get round them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use weave_core::Hash;
 use weave_engine::{
     Applied, Foreign, IgnoreSpec, Issue, Provider, Replica, ReplicaInfo, ScanSummary, SyncError,
@@ -21,6 +28,36 @@ pub struct Guarded {
     pub excluded: Vec<String>,
     /// Extra ignore patterns this device applies to the folder.
     pub patterns: Vec<String>,
+    /// Receive-only: its own changes are never shown (see the module).
+    receive_only: Option<LocalChanges>,
+}
+
+/// The paths a receive-only folder changed itself.
+struct LocalChanges {
+    file: PathBuf,
+    paths: BTreeSet<String>,
+}
+
+pub const LOCAL_CHANGES_FILE: &str = "receive-only.json";
+
+/// The paths a receive-only folder with state directory `state` changed
+/// itself and keeps.
+pub fn local_changes(state: &Path) -> BTreeSet<String> {
+    std::fs::read(state.join(LOCAL_CHANGES_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+impl LocalChanges {
+    fn save(&self) -> Result<(), SyncError> {
+        let data = serde_json::to_vec(&self.paths).expect("a set of strings");
+        crate::identity::write_atomic(&self.file, &data, false).map_err(|e| {
+            SyncError::Usage(format!(
+                "cannot record the receive-only folder's local changes: {e}"
+            ))
+        })
+    }
 }
 
 impl Guarded {
@@ -30,7 +67,16 @@ impl Guarded {
             send_only: false,
             excluded: Vec::new(),
             patterns: Vec::new(),
+            receive_only: None,
         }
+    }
+
+    /// Makes it receive-only; its state directory is `state`.
+    pub fn receive_only(&mut self, state: &Path) {
+        self.receive_only = Some(LocalChanges {
+            file: state.join(LOCAL_CHANGES_FILE),
+            paths: local_changes(state),
+        });
     }
 
     fn refusal(&self, path: &str) -> Option<String> {
@@ -82,10 +128,29 @@ impl Replica for Guarded {
                 spec.patterns.push(p);
             }
         }
-        self.inner.scan(&spec, dry_run)
+        let before = self.inner.info().seq;
+        let summary = self.inner.scan(&spec, dry_run)?;
+        if self.receive_only.is_some() && self.inner.info().seq > before {
+            // What this scan recorded are the folder's own changes.
+            let changed: Vec<String> = self
+                .inner
+                .entries()?
+                .into_values()
+                .filter(|le| le.seq > before)
+                .map(|le| le.entry.path)
+                .collect();
+            let lc = self.receive_only.as_mut().expect("receive-only");
+            lc.paths.extend(changed);
+            lc.save()?;
+        }
+        Ok(summary)
     }
     fn entries(&mut self) -> Result<BTreeMap<String, LocalEntry>, SyncError> {
-        self.inner.entries()
+        let mut e = self.inner.entries()?;
+        if let Some(lc) = &self.receive_only {
+            e.retain(|p, _| !lc.paths.contains(p));
+        }
+        Ok(e)
     }
     fn chunk_list(&mut self, content: &Hash) -> Option<weave_chunk::ChunkList> {
         self.inner.chunk_list(content)
@@ -129,6 +194,22 @@ impl Replica for Guarded {
         };
         for d in &mut applied.done {
             d.0 = index[d.0];
+        }
+        if let Some(lc) = &mut self.receive_only {
+            // A remote version replaced these: they are no longer the
+            // folder's own. The others stay, and say why.
+            let before = lc.paths.len();
+            for (_, e) in &applied.done {
+                lc.paths.remove(&e.path);
+            }
+            for e in &mut applied.errors {
+                if lc.paths.contains(&e.path) {
+                    e.message = "not taken: changed here, and this folder is receive-only (the local change stays and is not sent)".into();
+                }
+            }
+            if lc.paths.len() != before {
+                lc.save()?;
+            }
         }
         applied.errors.extend(refused);
         Ok(applied)

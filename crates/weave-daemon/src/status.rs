@@ -259,12 +259,7 @@ pub fn token(dir: &Path) -> Result<String, DaemonError> {
 pub type Roots = Arc<dyn Fn() -> Vec<(String, PathBuf, Vec<String>)> + Send + Sync>;
 
 /// Serves the board on `listener` until the task is dropped.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    board: Board,
-    token: String,
-    roots: Roots,
-) {
+pub async fn serve(listener: tokio::net::TcpListener, board: Board, token: String, roots: Roots) {
     use axum::http::{HeaderMap, StatusCode};
     use axum::routing::get;
     use axum::Json;

@@ -464,3 +464,46 @@ fn a_subfolder_reaches_only_its_own_peers_and_status_reports_a_real_sync() {
         "{text}"
     );
 }
+
+#[test]
+fn local_edits_in_a_receive_only_folder_never_leave_it() {
+    let (a, b) = (Device::new("a"), Device::new("b"));
+    a.knows(&b);
+    b.knows(&a);
+    let fa = a.folder("docs", "docs", &[&b], &[]);
+    let fb = b.folder("docs", "docs", &[&a], &["--mode", "receive-only"]);
+    std::fs::write(fa.join("x.txt"), "a's x").unwrap();
+    std::fs::write(fb.join("mine-before.txt"), "b had this before").unwrap();
+    a.start();
+    b.start();
+    let all = [&a, &b];
+    wait_for("a's file on the receive-only side", &all, || {
+        read(&fb.join("x.txt")).as_deref() == Some("a's x")
+    });
+    // b edits a's file and makes a new one: neither leaves b.
+    std::fs::write(fb.join("x.txt"), "b's local edit").unwrap();
+    std::fs::write(fb.join("mine.txt"), "b's local file").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // Later changes on a still arrive.
+    std::fs::write(fa.join("y.txt"), "a's y").unwrap();
+    wait_for("a's later file on b", &all, || fb.join("y.txt").exists());
+    // a edits x too: b keeps its own change (nothing lost), a keeps a's.
+    std::fs::write(fa.join("x.txt"), "a's second x").unwrap();
+    std::fs::write(fa.join("z.txt"), "a's z").unwrap();
+    wait_for("a's z on b", &all, || fb.join("z.txt").exists());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(read(&fa.join("x.txt")).as_deref(), Some("a's second x"));
+    assert_eq!(read(&fb.join("x.txt")).as_deref(), Some("b's local edit"));
+    assert!(!fa.join("mine.txt").exists());
+    assert!(!fa.join("mine-before.txt").exists());
+    assert!(conflict_copies(&fa).is_empty());
+    // b reports that it diverged.
+    wait_for("b's status to report the divergence", &all, || {
+        b.status().is_some_and(|s| {
+            s["folders"][0]["notices"].as_array().is_some_and(|n| {
+                n.iter()
+                    .any(|n| n.as_str().unwrap_or("").contains("receive-only"))
+            })
+        })
+    });
+}
