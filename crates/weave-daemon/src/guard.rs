@@ -130,16 +130,15 @@ impl Replica for Guarded {
         }
         let before = self.inner.info().seq;
         let summary = self.inner.scan(&spec, dry_run)?;
-        if self.receive_only.is_some() && self.inner.info().seq > before {
+        let grew = self.inner.info().seq > before;
+        if let (Some(lc), true) = (self.receive_only.as_mut(), grew) {
             // What this scan recorded are the folder's own changes.
-            let changed: Vec<String> = self
+            let changed = self
                 .inner
                 .entries()?
                 .into_values()
                 .filter(|le| le.seq > before)
-                .map(|le| le.entry.path)
-                .collect();
-            let lc = self.receive_only.as_mut().expect("receive-only");
+                .map(|le| le.entry.path);
             lc.paths.extend(changed);
             lc.save()?;
         }
