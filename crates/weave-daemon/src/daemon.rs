@@ -391,7 +391,7 @@ fn check(sh: &Shared, rt: &FolderRt) {
     } else {
         rt.synced.lock().expect("synced").values().max().copied()
     };
-    let mut failed = false;
+    let mut deferred = false;
     let mut error = None;
     // A sync may bring changes the peers before it need: a few passes.
     for _pass in 0..3 {
@@ -402,6 +402,7 @@ fn check(sh: &Shared, rt: &FolderRt) {
             }
             if let Some((until, _)) = rt.backoff.lock().expect("backoff").get(&p.id) {
                 if Instant::now() < *until {
+                    deferred = true;
                     continue;
                 }
             }
@@ -417,7 +418,7 @@ fn check(sh: &Shared, rt: &FolderRt) {
                     rt.backoff.lock().expect("backoff").remove(&p.id);
                 }
                 Err(e) => {
-                    failed = true;
+                    deferred = true;
                     let msg = e.to_string();
                     debug!("folder {} with {}: {msg}", f.id, p.name);
                     rt.synced.lock().expect("synced").remove(&p.id);
@@ -482,7 +483,11 @@ fn check(sh: &Shared, rt: &FolderRt) {
         s.in_sync_percent = pct;
         s.bytes_to_go = 0;
     });
-    let _ = failed;
+    if deferred && dirty {
+        // A change on disk not yet sent to every peer: the retry after the
+        // back-off looks again.
+        rt.dirty.store(true, Ordering::SeqCst);
+    }
 }
 
 /// A folder's loop: checks when woken, on its rescan interval, and when a
@@ -650,6 +655,8 @@ async fn accept(sh: Arc<Shared>, acceptor: tokio_rustls::TlsAcceptor, s: tokio::
                     rt.id, served.applied
                 );
                 rt.synced.lock().expect("synced").insert(id, seq);
+                // It is up: no need to wait before dialling it.
+                rt.backoff.lock().expect("backoff").remove(&id);
                 if served.applied > 0 {
                     sh.board.change(Change {
                         time_ms: status::now_ms(),
