@@ -104,6 +104,18 @@ class Procs:
         return None
 
 
+def cleanup(procs, root, keep):
+    """Stop every process started, then remove the work directory (unless keep)."""
+    if procs.items:
+        log(f"stopping {len(procs.items)} process(es)")
+    procs.stop_all()
+    if keep:
+        log(f"kept {root}")
+    else:
+        log(f"removing {root}")
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def run(argv, timeout=60, check=True, env=None):
     """Run a short command; return its CompletedProcess (text). Raises BenchError on failure."""
     try:
@@ -245,6 +257,8 @@ class WeavePair:
         self.watch_delay_ms = watch_delay_ms
         self.a_dir = os.path.join(base, "A", "data")
         self.b_dir = os.path.join(base, "B", "data")
+        self.cfg = {n: os.path.join(base, n, "config") for n in "AB"}
+        self.ids = {}
         self.p = {}
 
     def describe(self):
@@ -254,9 +268,8 @@ class WeavePair:
     def setup(self):
         w = self.weave
         port = dict(zip("AB", free_ports(2)))
-        cfg = {n: os.path.join(self.base, n, "config") for n in "AB"}
+        cfg, ids = self.cfg, self.ids
         data = {"A": self.a_dir, "B": self.b_dir}
-        ids = {}
         for n in "AB":
             os.makedirs(data[n], exist_ok=True)
             ids[n] = weave_init(w, cfg[n], f"127.0.0.1:{port[n]}", f"peer-{n}")

@@ -21,14 +21,13 @@ import json
 import os
 import platform
 import random
-import shutil
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (DEFAULT_WEAVE, BenchError, LsyncdPair, Procs, SyncthingPair,  # noqa: E402
-                    WeavePair, file_matches, install_signal_handlers, log, percentile,
+                    WeavePair, cleanup, file_matches, install_signal_handlers, log, percentile,
                     tool_versions, wait_probe, weave_cli_missing)
 
 TOOLS = ("weave", "weave0", "syncthing", "lsyncd")
@@ -194,11 +193,7 @@ def main():
         for tool in tools:
             results[tool] = run_tool(tool, root, procs, args, rng)
     finally:
-        procs.stop_all()
-        if args.keep:
-            log(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        cleanup(procs, root, args.keep)
 
     print_table(results, args)
     if args.json:

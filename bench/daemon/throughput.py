@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (DEFAULT_WEAVE, BenchError, Procs, SyncthingPair, WeavePair,  # noqa: E402
-                    install_signal_handlers, log, parse_size, tool_versions, wait_probe,
+                    cleanup, install_signal_handlers, log, parse_size, tool_versions, wait_probe,
                     weave_cli_missing)
 
 TOOLS = ("weave", "weave0", "syncthing")
@@ -198,11 +198,7 @@ def main():
             if not args.keep:
                 shutil.rmtree(os.path.join(root, tool), ignore_errors=True)
     finally:
-        procs.stop_all()
-        if args.keep:
-            log(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        cleanup(procs, root, args.keep)
 
     print_table(results, size, args)
     if args.json:
