@@ -109,6 +109,15 @@ impl Shared {
         self.cfg.read().expect("config").clone()
     }
 
+    fn all_folders(&self) -> Vec<Arc<FolderRt>> {
+        self.folders
+            .lock()
+            .expect("folders")
+            .values()
+            .cloned()
+            .collect()
+    }
+
     fn folder_rt(&self, id: &str) -> Option<Arc<FolderRt>> {
         self.folders.lock().expect("folders").get(id).cloned()
     }
@@ -968,13 +977,7 @@ pub async fn run(dir: &Path) -> Result<(), DaemonError> {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
-                let folders: Vec<Arc<FolderRt>> = sh
-                    .folders
-                    .lock()
-                    .expect("folders")
-                    .values()
-                    .cloned()
-                    .collect();
+                let folders = sh.all_folders();
                 for rt in folders {
                     let total = rt.bytes_total.load(Ordering::Relaxed);
                     let done = rt.bytes_done.load(Ordering::Relaxed);
@@ -1016,13 +1019,7 @@ pub async fn run(dir: &Path) -> Result<(), DaemonError> {
     }
     info!("stopping: letting syncs under way finish");
     sh.stopping.store(true, Ordering::SeqCst);
-    let folders: Vec<Arc<FolderRt>> = sh
-        .folders
-        .lock()
-        .expect("folders")
-        .values()
-        .cloned()
-        .collect();
+    let folders = sh.all_folders();
     for rt in &folders {
         rt.stopped.store(true, Ordering::SeqCst);
         rt.wake.notify_one();
