@@ -116,6 +116,9 @@ impl Replica for Guarded {
     fn info(&self) -> &ReplicaInfo {
         self.inner.info()
     }
+    fn limit_scan(&mut self, paths: Vec<String>) {
+        self.inner.limit_scan(paths);
+    }
     fn scan(&mut self, ignore: &IgnoreSpec, dry_run: bool) -> Result<ScanSummary, SyncError> {
         let mut spec = ignore.clone();
         for p in self

@@ -36,6 +36,8 @@ pub struct LocalReplica {
     /// Where each content is, built once per state of `entries` (serving
     /// chunks asks for it once per content).
     locations: Option<HashMap<Hash, Vec<Location>>>,
+    /// The next scan looks only at these paths (see [`Replica::limit_scan`]).
+    scan_only: Option<Vec<String>>,
 }
 
 impl LocalReplica {
@@ -62,6 +64,7 @@ impl LocalReplica {
             entries: None,
             trees: Vec::new(),
             locations: None,
+            scan_only: None,
         })
     }
 
@@ -283,6 +286,10 @@ impl Replica for LocalReplica {
         &self.info
     }
 
+    fn limit_scan(&mut self, paths: Vec<String>) {
+        self.scan_only = Some(paths);
+    }
+
     fn scan(&mut self, ignore: &IgnoreSpec, dry_run: bool) -> Result<ScanSummary, SyncError> {
         let matcher = Matcher::from_files(&ignore.files, &ignore.patterns)?;
         if !dry_run {
@@ -298,8 +305,10 @@ impl Replica for LocalReplica {
         let opts = ScanOptions {
             matcher: &matcher,
             remove_temps: !dry_run,
+            only: self.scan_only.as_deref(),
         };
         let o = weave_fs::scan(&self.root, &mut self.index, &opts)?;
+        self.scan_only = None;
         let mut summary = ScanSummary {
             errors: o.issues.iter().map(|i| self.issue(i)).collect(),
             notices: o.notices.iter().map(|i| self.issue(i)).collect(),

@@ -273,6 +273,10 @@ pub trait Replica: Send {
         None
     }
     fn info(&self) -> &ReplicaInfo;
+    /// Limits the next scan to these paths, each with its subtree: what a
+    /// file-system watcher saw change since the last scan. Replicas that
+    /// do not scan a disk here ignore it.
+    fn limit_scan(&mut self, _paths: Vec<String>) {}
     /// Turns the disk into index entries (recorded unless `dry_run`).
     fn scan(&mut self, ignore: &IgnoreSpec, dry_run: bool) -> Result<ScanSummary, SyncError>;
     /// The full index, with this run's scan.

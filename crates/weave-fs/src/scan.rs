@@ -46,6 +46,10 @@ pub struct ScanOptions<'a> {
     pub matcher: &'a Matcher,
     /// Remove leftover temporary files of an interrupted sync.
     pub remove_temps: bool,
+    /// Look only at these paths (relative to the root; each with its
+    /// subtree and its ancestor directories) instead of the whole tree:
+    /// what a file-system watcher saw change. None for a full scan.
+    pub only: Option<&'a [String]>,
 }
 
 /// Scans the replica at `root` against its index.
@@ -67,7 +71,18 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
         to_hash: Vec::new(),
         updates: Vec::new(),
     };
-    w.walk_dir(root.to_path_buf(), "")?;
+    match opts.only.and_then(scope_units) {
+        Some(units) => {
+            if let Err(e) = fs::read_dir(root) {
+                return Err(ScanError::Root {
+                    path: root.to_path_buf(),
+                    message: e.to_string(),
+                });
+            }
+            w.walk_units(root, &units)?;
+        }
+        None => w.walk_dir(root.to_path_buf(), "")?,
+    }
     if w.blocked.contains("") {
         // The root itself could not be read: nothing can be concluded
         // about this replica (certainly not that everything was deleted).
@@ -82,7 +97,9 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
             message: msg,
         });
     }
-    w.advance_to(None)?;
+    if opts.only.is_none() {
+        w.advance_to(None)?;
+    }
     let Walker {
         mut out,
         blocked,
@@ -179,6 +196,39 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
 
 type Update = (String, Object, u32, i64, Option<Stat>);
 
+/// What a scan limited to `paths` looks at, in path order: each path with
+/// its subtree (true), and each of its ancestors alone (false). None when
+/// that is the whole tree (the root itself changed) or a path is not a
+/// plain relative path.
+fn scope_units(paths: &[String]) -> Option<Vec<(String, bool)>> {
+    let mut units: std::collections::BTreeMap<String, bool> = Default::default();
+    for p in paths {
+        let p = p.trim_matches('/');
+        if p.is_empty() {
+            return None;
+        }
+        if p.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+            return None;
+        }
+        units.insert(p.to_string(), true);
+        for a in weave_core::path::ancestors(p) {
+            units.entry(a.to_string()).or_insert(false);
+        }
+    }
+    // A path inside a subtree already walked is not looked at again.
+    let deep: HashSet<String> = units
+        .iter()
+        .filter(|(_, d)| **d)
+        .map(|(p, _)| p.clone())
+        .collect();
+    Some(
+        units
+            .into_iter()
+            .filter(|(p, _)| !weave_core::path::ancestors(p).any(|a| deep.contains(a)))
+            .collect(),
+    )
+}
+
 struct Walker<'a> {
     opts: &'a ScanOptions<'a>,
     cursor: ScanCursor,
@@ -224,6 +274,79 @@ impl Walker<'_> {
             return Ok(self.cursor.take()?.map(|(_, r)| r));
         }
         Ok(None)
+    }
+
+    /// A limited scan (see [`scope_units`]).
+    fn walk_units(&mut self, root: &Path, units: &[(String, bool)]) -> Result<(), IndexError> {
+        for (rel, subtree) in units {
+            let is_dir = self.visit_one(root, rel)?;
+            if !subtree {
+                continue;
+            }
+            let (start, end) = (format!("{rel}/"), format!("{rel}0"));
+            self.cursor.seek(&start, Some(&end))?;
+            if is_dir {
+                self.walk_dir(join(root, rel), rel)?;
+            }
+            // Whatever is left under it was not found.
+            self.advance_to(None)?;
+        }
+        Ok(())
+    }
+
+    /// Looks at the one path `rel` as a full scan would. Returns whether
+    /// it is a directory to walk.
+    fn visit_one(&mut self, root: &Path, rel: &str) -> Result<bool, IndexError> {
+        if rel.split('/').any(|c| c == STATE_DIR)
+            || weave_core::path::ancestors(rel).any(|a| self.opts.matcher.is_ignored(a, true))
+        {
+            // Never walked by a full scan either.
+            return Ok(false);
+        }
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let dir = join(root, parent);
+        self.cursor.seek(rel, None)?;
+        let child = match rustix::fs::open(
+            &dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        ) {
+            Ok(fd) => match std::ffi::CString::new(name) {
+                Ok(cname) => self.child(&fd, &dir, parent, &cname),
+                Err(_) => None,
+            },
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => {
+                None
+            }
+            Err(e) => {
+                self.out
+                    .issues
+                    .push(FsIssue::new(&dir, format!("cannot read directory: {e}")));
+                self.blocked.insert(rel.to_string());
+                return Ok(false);
+            }
+        };
+        match child {
+            Some(c) => {
+                let is_dir = rustix::fs::FileType::from_raw_mode(c.raw.st_mode).is_dir();
+                self.visit(&dir, rel.to_string(), &c)?;
+                Ok(is_dir)
+            }
+            None => {
+                // Not there (or not synced): its record, if any, is gone
+                // unless it is ignored or could not be looked at.
+                if let Some(r) = self.known(rel)? {
+                    if !self
+                        .opts
+                        .matcher
+                        .is_ignored(rel, matches!(r, ScanRecord::Dir { .. }))
+                    {
+                        self.gone.push(rel.to_string());
+                    }
+                }
+                Ok(false)
+            }
+        }
     }
 
     fn walk_dir(&mut self, dir: PathBuf, prefix: &str) -> Result<(), IndexError> {
@@ -300,13 +423,32 @@ impl Walker<'_> {
             if name_bytes == b"." || name_bytes == b".." {
                 continue;
             }
+            if let Some(c) = self.child(&dirfd, dir, prefix, raw_name) {
+                children.push(c);
+            }
+        }
+        Some(children)
+    }
+
+    /// Looks at one entry of the directory `dir` (open as `dirfd`): None
+    /// if it is not synced (weave's state, a temporary, an ignored or
+    /// unreadable entry, one that is gone).
+    fn child(
+        &mut self,
+        dirfd: &rustix::fd::OwnedFd,
+        dir: &Path,
+        prefix: &str,
+        raw_name: &std::ffi::CStr,
+    ) -> Option<Child> {
+        let name_bytes = raw_name.to_bytes();
+        {
             let entry_path = || dir.join(OsStr::from_bytes(name_bytes));
             let Ok(name) = std::str::from_utf8(name_bytes) else {
                 self.out.issues.push(FsIssue::new(
                     entry_path(),
                     "name is not valid UTF-8; skipped (rename it to sync it)",
                 ));
-                continue;
+                return None;
             };
             // weave's state is never synced, at any depth (a nested
             // replica's state must not be copied into other replicas).
@@ -317,10 +459,10 @@ impl Walker<'_> {
                         "weave state (.weave) is never synced, at any depth; skipped",
                     ));
                 }
-                continue;
+                return None;
             }
             // Does not follow symlinks.
-            let raw = match rustix::fs::statat(&dirfd, raw_name, AtFlags::SYMLINK_NOFOLLOW) {
+            let raw = match rustix::fs::statat(dirfd, raw_name, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(m) => m,
                 Err(e) => {
                     if e != rustix::io::Errno::NOENT {
@@ -329,7 +471,7 @@ impl Walker<'_> {
                             .push(FsIssue::new(entry_path(), format!("cannot stat: {e}")));
                         self.blocked.insert(join_rel(prefix, name));
                     }
-                    continue;
+                    return None;
                 }
             };
             let ft = rustix::fs::FileType::from_raw_mode(raw.st_mode);
@@ -337,7 +479,7 @@ impl Walker<'_> {
                 if self.opts.remove_temps {
                     let _ = fs::remove_file(entry_path());
                 }
-                continue;
+                return None;
             }
             if !self.opts.matcher.is_empty()
                 && self
@@ -345,14 +487,13 @@ impl Walker<'_> {
                     .matcher
                     .is_ignored(&join_rel(prefix, name), ft.is_dir())
             {
-                continue;
+                return None;
             }
-            children.push(Child {
+            Some(Child {
                 name: name.to_string(),
                 raw,
-            });
+            })
         }
-        Some(children)
     }
 
     /// Compares one path on disk with its index record.

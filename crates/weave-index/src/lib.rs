@@ -101,13 +101,34 @@ impl ScanRecord {
 
 /// Walks the scan records in path order (see [`Index::scan_cursor`]).
 pub struct ScanCursor {
+    table: Option<redb::ReadOnlyTable<&'static str, &'static [u8]>>,
     range: Option<redb::Range<'static, &'static str, &'static [u8]>>,
+    /// Records from here on are past the end (see [`ScanCursor::seek`]).
+    end: Option<String>,
     peeked: Option<(String, ScanRecord)>,
     path: PathBuf,
     state: PathBuf,
 }
 
 impl ScanCursor {
+    /// Moves the cursor to the first record at or after `from`, and ends
+    /// it before `end` (records at or after `end` are not returned).
+    pub fn seek(&mut self, from: &str, end: Option<&str>) -> Result<(), IndexError> {
+        self.peeked = None;
+        self.end = end.map(str::to_string);
+        let Some(t) = &self.table else {
+            return Ok(());
+        };
+        let range = t.range::<&str>(from..).map_err(|e| IndexError::Corrupt {
+            path: self.path.clone(),
+            state: self.state.clone(),
+            aside: aside(&self.state),
+            detail: e.to_string(),
+        })?;
+        self.range = Some(range);
+        Ok(())
+    }
+
     /// The next record, without taking it.
     pub fn peek(&mut self) -> Result<Option<&(String, ScanRecord)>, IndexError> {
         if self.peeked.is_none() {
@@ -138,6 +159,10 @@ impl ScanCursor {
             detail,
         };
         let (k, v) = row.map_err(|e| corrupt(e.to_string()))?;
+        if self.end.as_deref().is_some_and(|end| k.value() >= end) {
+            self.range = None;
+            return Ok(None);
+        }
         let r: ScanRecord = postcard::from_bytes(v.value())
             .map_err(|e| corrupt(format!("scan record {:?} does not decode: {e}", k.value())))?;
         Ok(Some((k.value().to_string(), r)))
@@ -547,7 +572,9 @@ impl Index {
     pub fn scan_cursor(&self) -> Result<ScanCursor, IndexError> {
         let Some(t) = self.read_table(SCAN)? else {
             return Ok(ScanCursor {
+                table: None,
                 range: None,
+                end: None,
                 peeked: None,
                 path: self.path.clone(),
                 state: self.state.clone(),
@@ -555,7 +582,9 @@ impl Index {
         };
         let range = redb::ReadOnlyTable::range::<&str>(&t, ..).map_err(|e| self.db_err(e))?;
         Ok(ScanCursor {
+            table: Some(t),
             range: Some(range),
+            end: None,
             peeked: None,
             path: self.path.clone(),
             state: self.state.clone(),
