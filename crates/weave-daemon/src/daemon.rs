@@ -15,14 +15,22 @@
 //!   back-off), a config change, and the start of the daemon (catch-up).
 //!   Which peers a sync is needed with: those whose last sync with the
 //!   folder did not end at its current sequence number.
+//! - **Scans.** A folder's scan looks only at the paths the watcher saw
+//!   change (each with its subtree), see [`crate::touched`]; a full scan
+//!   runs at the start, when the watch is set up, on a config change, on
+//!   the rescan interval and when the watcher lost events. A changed
+//!   folder is scanned on its own first, peers or not: its sequence number
+//!   then says which peers need a sync.
 //! - **Echoes.** Files weave wrote itself are in the index as written, so
-//!   the watcher's events for them find nothing new and send nothing on.
+//!   the watcher's events for them find nothing new: the folder's sequence
+//!   number stays, and no peer is contacted for them.
 
 use crate::config::{Config, Conflict, Folder, Mode, Peer};
 use crate::guard::Guarded;
 use crate::id::DeviceId;
 use crate::identity::Identity;
 use crate::status::{self, Board, Change};
+use crate::touched::Touched;
 use crate::{tls, DaemonError};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -33,7 +41,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
-use weave_engine::{Files, Kind, Replica, SyncError, SyncOptions};
+use weave_engine::{Files, IgnoreSpec, Kind, Replica, SyncError, SyncOptions};
 use weave_net::server::{serve_host, Host};
 use weave_net::{Conn, RemoteReplica};
 
@@ -66,6 +74,8 @@ struct FolderRt {
     wake: Notify,
     /// Something may have changed on disk: the next check scans.
     dirty: AtomicBool,
+    /// What the next scan looks at.
+    touched: Touched,
     /// A watcher batch is being gathered.
     gathering: AtomicBool,
     /// The folder's sequence number after its last sync with each peer.
@@ -86,6 +96,7 @@ impl FolderRt {
             lock: Arc::new(tokio::sync::Mutex::new(())),
             wake: Notify::new(),
             dirty: AtomicBool::new(true),
+            touched: Touched::new(),
             gathering: AtomicBool::new(false),
             synced: Mutex::new(HashMap::new()),
             backoff: Mutex::new(HashMap::new()),
@@ -96,8 +107,10 @@ impl FolderRt {
         }
     }
 
-    fn poke(&self, dirty: bool) {
-        if dirty {
+    /// Wakes the folder's loop; `rescan`: after a full scan.
+    fn poke(&self, rescan: bool) {
+        if rescan {
+            self.touched.everything();
             self.dirty.store(true, Ordering::SeqCst);
         }
         self.wake.notify_one();
@@ -140,8 +153,17 @@ fn sync_options(cfg: &Config, f: &Folder) -> SyncOptions {
     }
 }
 
-/// Opens the folder's replica, behind its own rules.
-fn open_folder(cfg: &Config, f: &Folder) -> Result<Box<dyn Replica>, SyncError> {
+/// What an open folder's scan took from its touched paths (None: it scans
+/// everything), to give back if the sync fails.
+type Taken = Option<Vec<String>>;
+
+/// Opens the folder's replica, behind its own rules, its scan limited to
+/// what the watcher saw change.
+fn open_folder(
+    cfg: &Config,
+    f: &Folder,
+    rt: &FolderRt,
+) -> Result<(Box<dyn Replica>, Taken), SyncError> {
     if !f.path.is_dir() {
         return Err(SyncError::Usage(format!(
             "folder {}: {} is not a directory (unmounted? removed?); it is not synced until it is back, so that nothing is deleted on its peers",
@@ -158,7 +180,39 @@ fn open_folder(cfg: &Config, f: &Folder) -> Result<Box<dyn Replica>, SyncError> 
     }
     g.excluded = cfg.subfolders(f);
     g.patterns = f.ignore.clone();
-    Ok(Box::new(g))
+    let taken = rt
+        .touched
+        .take(Duration::from_millis(f.watch_delay_ms), Instant::now());
+    if let Some(paths) = &taken {
+        g.limit_scan(paths.clone());
+    }
+    Ok((Box::new(g), taken))
+}
+
+/// Scans the folder on its own (no peer needed), so that its sequence
+/// number says whether any peer needs a sync. Returns it.
+fn scan_local(sh: &Shared, rt: &FolderRt, cfg: &Config, f: &Folder) -> Result<u64, SyncError> {
+    let _guard = rt.lock.clone().blocking_lock_owned();
+    let (mut rep, taken) = open_folder(cfg, f, rt)?;
+    sh.board.folder(&f.id, |s| s.state = "scanning".into());
+    let ignore = IgnoreSpec {
+        files: rep.info().ignore_file.clone().into_iter().collect(),
+        patterns: f.ignore.clone(),
+    };
+    match rep.scan(&ignore, false) {
+        Ok(summary) => {
+            for e in &summary.errors {
+                warn!("folder {}: {}: {}", f.id, e.path, e.message);
+                sh.board
+                    .error(Some(&f.id), None, format!("{}: {}", e.path, e.message));
+            }
+            Ok(rep.info().seq)
+        }
+        Err(e) => {
+            rt.touched.untake(taken);
+            Err(e)
+        }
+    }
 }
 
 /// A weave session over a TLS stream: the connection's reader and writer
@@ -279,7 +333,7 @@ fn sync_pair(
     if guard.is_none() {
         guard = Some(rt.lock.clone().blocking_lock_owned());
     }
-    let local = open_folder(cfg, f)?;
+    let (local, taken) = open_folder(cfg, f, rt)?;
     if let Some(root) = local.local_root() {
         remote.cache_index_in(&Files.state_dir(&root));
     }
@@ -295,6 +349,9 @@ fn sync_pair(
     let seq = reps[0].info().seq;
     let traffic = reps[1].traffic();
     drop(reps);
+    if result.is_err() {
+        rt.touched.untake(taken);
+    }
     drop(guard);
     rt.bytes_total.store(0, Ordering::Relaxed);
     rt.bytes_done.store(0, Ordering::Relaxed);
@@ -393,10 +450,25 @@ fn check(sh: &Shared, rt: &FolderRt) {
         .filter_map(|n| cfg.peer(n).cloned())
         .collect();
     sh.board.folder(&f.id, |s| s.state = "scanning".into());
-    // What the folder's sequence number is now, once known: without a
-    // change on disk, the last one any sync ended at.
+    // What the folder's sequence number is now, once known: after a look
+    // at what changed on disk, or without one, the last one any sync
+    // ended at. Changes weave wrote itself leave it as it was: no peer
+    // hears of them again.
     let mut now: Option<u64> = if dirty {
-        None
+        match scan_local(sh, rt, &cfg, &f) {
+            Ok(seq) => Some(seq),
+            Err(e) => {
+                let msg = e.to_string();
+                warn!("folder {}: {msg}", f.id);
+                sh.board.error(Some(&f.id), None, msg.clone());
+                sh.board.folder(&f.id, |s| {
+                    s.state = "error".into();
+                    s.error = Some(msg);
+                });
+                rt.dirty.store(true, Ordering::SeqCst);
+                return;
+            }
+        }
     } else {
         rt.synced.lock().expect("synced").values().max().copied()
     };
@@ -538,12 +610,24 @@ async fn folder_task(sh: Arc<Shared>, rt: Arc<FolderRt>) {
         {
             due = due.min(b);
         }
+        let delay = sh
+            .cfg()
+            .folder(&rt.id)
+            .map(|f| Duration::from_millis(f.watch_delay_ms))
+            .unwrap_or_default();
+        let held = rt.touched.next_ready(delay, Instant::now());
+        if let Some(h) = held {
+            due = due.min(h);
+        }
         tokio::select! {
             _ = rt.wake.notified() => {}
             _ = tokio::time::sleep_until(due.into()) => {
                 if last_full.elapsed() >= rescan {
-                    rt.dirty.store(true, Ordering::SeqCst);
+                    rt.poke(true);
                     last_full = Instant::now();
+                } else if held.is_some_and(|h| Instant::now() >= h) {
+                    // A file held back while it was written is ready.
+                    rt.dirty.store(true, Ordering::SeqCst);
                 }
             }
         }
@@ -554,7 +638,7 @@ async fn folder_task(sh: Arc<Shared>, rt: Arc<FolderRt>) {
 struct DaemonHost {
     sh: Arc<Shared>,
     peer: Peer,
-    opened: Option<(Arc<FolderRt>, tokio::sync::OwnedMutexGuard<()>)>,
+    opened: Option<(Arc<FolderRt>, tokio::sync::OwnedMutexGuard<()>, Taken)>,
 }
 
 impl Host for DaemonHost {
@@ -592,8 +676,8 @@ impl Host for DaemonHost {
             .folder_rt(&f.id)
             .ok_or_else(|| SyncError::Remote(format!("folder {name:?} is not running yet")))?;
         let guard = rt.lock.clone().blocking_lock_owned();
-        let rep = open_folder(&cfg, &f)?;
-        self.opened = Some((rt, guard));
+        let (rep, taken) = open_folder(&cfg, &f, &rt)?;
+        self.opened = Some((rt, guard, taken));
         Ok((rep, f.id.clone()))
     }
 }
@@ -641,7 +725,10 @@ async fn accept(sh: Arc<Shared>, acceptor: tokio_rustls::TlsAcceptor, s: tokio::
             opened: None,
         };
         let served = serve_host(conn, &mut host);
-        let opened = host.opened.take().map(|(rt, guard)| {
+        let opened = host.opened.take().map(|(rt, guard, taken)| {
+            if served.is_err() {
+                rt.touched.untake(taken);
+            }
             drop(guard);
             rt
         });
@@ -689,16 +776,34 @@ async fn accept(sh: Arc<Shared>, acceptor: tokio_rustls::TlsAcceptor, s: tokio::
     }
 }
 
-/// Which folder a changed path belongs to: the deepest folder holding it.
-fn folder_of(folders: &[(String, PathBuf)], path: &Path) -> Option<String> {
+/// Which folder a changed path belongs to (the deepest folder holding
+/// it), and the path relative to it ("/"-separated; None when it is not
+/// UTF-8, which no scan syncs).
+fn folder_of(folders: &[(String, PathBuf)], path: &Path) -> Option<(String, Option<String>)> {
     if path.components().any(|c| c.as_os_str() == ".weave") {
         return None;
     }
-    folders
+    let (id, root) = folders
         .iter()
         .filter(|(_, root)| path.starts_with(root))
-        .max_by_key(|(_, root)| root.as_os_str().len())
-        .map(|(id, _)| id.clone())
+        .max_by_key(|(_, root)| root.as_os_str().len())?;
+    let rel = path.strip_prefix(root).ok().and_then(|r| {
+        let parts: Option<Vec<&str>> = r.components().map(|c| c.as_os_str().to_str()).collect();
+        parts.map(|p| p.join("/"))
+    });
+    Some((id.clone(), rel))
+}
+
+/// Whether a watcher event wrote a file's data (its size is looked up).
+fn writes_data(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+    use notify::EventKind;
+    matches!(
+        kind,
+        EventKind::Create(CreateKind::File | CreateKind::Any)
+            | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any)
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+    )
 }
 
 /// Reads the config again and makes the daemon follow it.
@@ -776,16 +881,42 @@ impl Watcher {
                         continue;
                     }
                 };
-                if matches!(ev.kind, notify::EventKind::Access(_)) {
+                if matches!(ev.kind, notify::EventKind::Access(_)) && !writes_data(&ev.kind) {
                     continue;
                 }
                 let roots = roots2.read().expect("roots").clone();
-                let mut hit: Vec<String> = ev
-                    .paths
-                    .iter()
-                    .filter_map(|p| folder_of(&roots, p))
-                    .collect();
-                hit.dedup();
+                let now = Instant::now();
+                let mut hit: Vec<String> = Vec::new();
+                for p in &ev.paths {
+                    let Some((id, rel)) = folder_of(&roots, p) else {
+                        continue;
+                    };
+                    let Some(rt) = sh2.folder_rt(&id) else {
+                        continue;
+                    };
+                    if ev.need_rescan() {
+                        // The watcher lost events: only a full scan knows.
+                        rt.touched.everything();
+                    } else if let Some(rel) = rel {
+                        let written = if writes_data(&ev.kind) {
+                            std::fs::symlink_metadata(p)
+                                .ok()
+                                .filter(|m| m.is_file())
+                                .map(|m| m.len())
+                        } else {
+                            None
+                        };
+                        rt.touched.add(rel, written, now);
+                    }
+                    if !hit.contains(&id) {
+                        hit.push(id);
+                    }
+                }
+                if ev.paths.is_empty() && ev.need_rescan() {
+                    for rt in sh2.all_folders() {
+                        rt.poke(true);
+                    }
+                }
                 for id in hit {
                     let Some(rt) = sh2.folder_rt(&id) else {
                         continue;
@@ -853,6 +984,9 @@ impl Watcher {
                     self.watched.insert(p.clone(), id.clone());
                     if let Some(rt) = sh.folder_rt(id) {
                         rt.unwatched.store(false, Ordering::SeqCst);
+                        // What changed before the watch was there is found
+                        // by a full scan after it.
+                        rt.poke(true);
                     }
                 }
                 Err(e) => {

@@ -5,7 +5,8 @@
 //! - [`config`]: the config file (peers, folders) and its checks;
 //! - [`tls`]: TLS 1.3 in both directions, each side pinned by device id;
 //! - [`daemon`]: the running daemon — peers, folders, the watcher, syncs;
-//! - [`status`]: the local status API and its client.
+//! - [`status`]: the local status API and its client;
+//! - `touched`: what the watcher saw change, and when it is ready to scan.
 
 pub mod config;
 pub mod daemon;
@@ -14,6 +15,7 @@ pub mod id;
 pub mod identity;
 pub mod status;
 pub mod tls;
+mod touched;
 
 pub use config::{Config, Folder, Mode, Peer};
 pub use id::DeviceId;

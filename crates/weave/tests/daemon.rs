@@ -507,3 +507,58 @@ fn local_edits_in_a_receive_only_folder_never_leave_it() {
         })
     });
 }
+
+/// Bytes this device's own syncs exchanged with `peer` so far.
+fn traffic_with(d: &Device, peer: &str) -> u64 {
+    let s = d.status().expect("status");
+    s["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == peer)
+        .map(|p| p["bytes_sent"].as_u64().unwrap() + p["bytes_received"].as_u64().unwrap())
+        .unwrap()
+}
+
+#[test]
+fn files_a_daemon_wrote_itself_are_not_sent_back() {
+    let (a, b) = (Device::new("a"), Device::new("b"));
+    a.knows(&b);
+    b.knows(&a);
+    let fa = a.folder("docs", "docs", &[&b], &[]);
+    let fb = b.folder("docs", "docs", &[&a], &[]);
+    std::fs::write(fa.join("first.txt"), "1").unwrap();
+    a.start();
+    b.start();
+    let all = [&a, &b];
+    wait_for("the first file on b", &all, || {
+        fb.join("first.txt").exists()
+    });
+    wait_for("both in sync", &all, || {
+        [(&a, "b"), (&b, "a")].iter().all(|(d, p)| {
+            d.status().is_some_and(|s| {
+                s["folders"][0]["in_sync_with"]
+                    .as_array()
+                    .is_some_and(|v| v.iter().any(|x| x == p))
+                    && s["folders"][0]["state"] == "idle"
+            })
+        })
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (a0, b0) = (traffic_with(&a, "b"), traffic_with(&b, "a"));
+    for i in 0..20 {
+        let d = fa.join(format!("d{}", i % 3));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(format!("f{i}.txt")), format!("file {i}")).unwrap();
+    }
+    wait_for("the 20 files on b", &all, || {
+        (0..20).all(|i| {
+            read(&fb.join(format!("d{}/f{i}.txt", i % 3))).as_deref() == Some(&format!("file {i}"))
+        })
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(traffic_with(&a, "b") > a0, "a sent its new files");
+    // b's watcher saw every file weave wrote there; none of them is news
+    // to b, so b never contacted a about them.
+    assert_eq!(traffic_with(&b, "a"), b0, "{}", b.log());
+}

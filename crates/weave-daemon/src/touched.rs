@@ -1,0 +1,253 @@
+//! What the watcher saw change in a folder since its last scan, and which
+//! of those paths are ready to be scanned.
+//!
+//! A scan looks only at the touched paths (each with its subtree), unless
+//! something asks for a full scan: the daemon's start, the watch being
+//! (re)established, a config change, the periodic rescan, a watcher that
+//! lost events. A file still being written, and a large file, waits until
+//! it has been quiet for a while, so that a copy in progress is not sent
+//! again and again; a file written without pause is sent anyway every
+//! [`MAX_SETTLE`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Beyond this many touched paths, a full scan is cheaper to keep track of.
+pub const MAX_PATHS: usize = 10_000;
+/// Files at least this large wait [`LARGE_QUIET`] after their last write.
+pub const LARGE_FILE: u64 = 16 << 20;
+pub const LARGE_QUIET: Duration = Duration::from_secs(1);
+/// Writes to one file spread over more than this: it is being written.
+pub const WRITING: Duration = Duration::from_millis(10);
+/// The longest a file being written is held back.
+pub const MAX_SETTLE: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct Touched(Mutex<State>);
+
+#[derive(Debug)]
+struct State {
+    full: bool,
+    paths: BTreeSet<String>,
+    writes: HashMap<String, Burst>,
+}
+
+/// A run of writes to one file.
+#[derive(Clone, Copy, Debug)]
+struct Burst {
+    first: Instant,
+    last: Instant,
+    large: bool,
+}
+
+impl Default for Touched {
+    fn default() -> Touched {
+        Touched::new()
+    }
+}
+
+impl Touched {
+    /// Starts with a full scan due.
+    pub fn new() -> Touched {
+        Touched(Mutex::new(State {
+            full: true,
+            paths: BTreeSet::new(),
+            writes: HashMap::new(),
+        }))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().expect("touched")
+    }
+
+    /// The next scan looks at the whole folder.
+    pub fn everything(&self) {
+        let mut s = self.state();
+        s.full = true;
+        s.paths.clear();
+        s.writes.clear();
+    }
+
+    /// `rel` (relative to the folder) changed. `written` is the file's size
+    /// when the change wrote file data.
+    pub fn add(&self, rel: String, written: Option<u64>, now: Instant) {
+        let mut s = self.state();
+        if s.full {
+            return;
+        }
+        if let Some(size) = written {
+            let b = s.writes.entry(rel.clone()).or_insert(Burst {
+                first: now,
+                last: now,
+                large: false,
+            });
+            b.last = now;
+            b.large |= size >= LARGE_FILE;
+        }
+        s.paths.insert(rel);
+        if s.paths.len() > MAX_PATHS {
+            s.full = true;
+            s.paths.clear();
+            s.writes.clear();
+        }
+    }
+
+    /// How long `b` still has to stay quiet (zero when it may be scanned).
+    fn wait(b: &Burst, delay: Duration, now: Instant) -> Duration {
+        if now.saturating_duration_since(b.first) >= MAX_SETTLE {
+            return Duration::ZERO;
+        }
+        let quiet = if b.large {
+            LARGE_QUIET.max(delay)
+        } else if b.last.saturating_duration_since(b.first) > WRITING {
+            // Written over some time, not at once: still being written.
+            delay
+        } else {
+            Duration::ZERO
+        };
+        quiet.saturating_sub(now.saturating_duration_since(b.last))
+    }
+
+    /// Takes what the next scan should look at: None for everything, or
+    /// the touched paths that are ready (the others stay for later).
+    pub fn take(&self, delay: Duration, now: Instant) -> Option<Vec<String>> {
+        let mut s = self.state();
+        if s.full {
+            s.full = false;
+            s.paths.clear();
+            s.writes.clear();
+            return None;
+        }
+        let State { paths, writes, .. } = &mut *s;
+        let mut ready = Vec::new();
+        paths.retain(|p| {
+            let waits = writes
+                .get(p)
+                .is_some_and(|b| !Touched::wait(b, delay, now).is_zero());
+            if !waits {
+                writes.remove(p);
+                ready.push(p.clone());
+            }
+            waits
+        });
+        Some(ready)
+    }
+
+    /// Gives back what [`Touched::take`] took, for a scan that failed.
+    pub fn untake(&self, taken: Option<Vec<String>>) {
+        match taken {
+            None => self.everything(),
+            Some(paths) => {
+                let mut s = self.state();
+                if !s.full {
+                    s.paths.extend(paths);
+                }
+            }
+        }
+    }
+
+    /// When the first path held back becomes ready, if any is.
+    pub fn next_ready(&self, delay: Duration, now: Instant) -> Option<Instant> {
+        let s = self.state();
+        s.writes
+            .values()
+            .map(|b| Touched::wait(b, delay, now))
+            .filter(|w| !w.is_zero())
+            .min()
+            .map(|w| now + w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DELAY: Duration = Duration::from_millis(50);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_full_scan_comes_first_then_only_touched_paths() {
+        let t = Touched::new();
+        let t0 = Instant::now();
+        t.add("a".into(), None, t0);
+        assert_eq!(t.take(DELAY, t0), None, "the first scan is a full one");
+        assert_eq!(t.take(DELAY, t0), Some(vec![]));
+        t.add("b/c".into(), None, t0);
+        t.add("d".into(), Some(3), t0);
+        assert_eq!(
+            t.take(DELAY, t0 + ms(60)),
+            Some(vec!["b/c".into(), "d".into()])
+        );
+        assert_eq!(t.take(DELAY, t0 + ms(60)), Some(vec![]));
+    }
+
+    #[test]
+    fn a_file_still_being_written_waits_until_quiet_and_at_most_max_settle() {
+        let t = Touched::new();
+        let t0 = Instant::now();
+        t.take(DELAY, t0);
+        // Written for 200 ms, then a small file once.
+        for i in 0..=20 {
+            t.add("big".into(), Some(1000), t0 + ms(10 * i));
+        }
+        t.add("small".into(), Some(10), t0 + ms(200));
+        let now = t0 + ms(220);
+        assert_eq!(t.take(DELAY, now), Some(vec!["small".into()]));
+        assert_eq!(t.next_ready(DELAY, now), Some(t0 + ms(250)));
+        assert_eq!(t.take(DELAY, t0 + ms(249)), Some(vec![]));
+        assert_eq!(t.take(DELAY, t0 + ms(250)), Some(vec!["big".into()]));
+        // Written without pause: taken anyway after MAX_SETTLE.
+        let t1 = t0 + ms(1000);
+        for i in 0..1200 {
+            let now = t1 + ms(10 * i);
+            t.add("log".into(), Some(1000), now);
+            if i % 100 == 0 && i > 0 {
+                // Once taken, a new run of writes starts to wait again.
+                let want = if ms(10 * i) == MAX_SETTLE {
+                    vec!["log".to_string()]
+                } else {
+                    vec![]
+                };
+                assert_eq!(t.take(DELAY, now), Some(want), "after {i} writes");
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_file_waits_longer_and_delay_zero_waits_for_nothing_else() {
+        let t = Touched::new();
+        let t0 = Instant::now();
+        t.take(Duration::ZERO, t0);
+        t.add("movie".into(), Some(LARGE_FILE), t0);
+        t.add("note".into(), Some(5), t0);
+        assert_eq!(t.take(Duration::ZERO, t0), Some(vec!["note".into()]));
+        assert_eq!(t.next_ready(Duration::ZERO, t0), Some(t0 + LARGE_QUIET));
+        assert_eq!(
+            t.take(Duration::ZERO, t0 + LARGE_QUIET),
+            Some(vec!["movie".into()])
+        );
+        assert_eq!(t.next_ready(Duration::ZERO, t0 + LARGE_QUIET), None);
+    }
+
+    #[test]
+    fn too_many_paths_or_a_failed_full_scan_mean_a_full_scan() {
+        let t = Touched::new();
+        let t0 = Instant::now();
+        t.take(DELAY, t0);
+        for i in 0..=MAX_PATHS {
+            t.add(format!("f{i}"), None, t0);
+        }
+        assert_eq!(t.take(DELAY, t0), None);
+        t.add("x".into(), None, t0);
+        let taken = t.take(DELAY, t0);
+        t.add("y".into(), None, t0);
+        t.untake(taken);
+        assert_eq!(t.take(DELAY, t0), Some(vec!["x".into(), "y".into()]));
+        t.untake(None);
+        assert_eq!(t.take(DELAY, t0), None);
+    }
+}
