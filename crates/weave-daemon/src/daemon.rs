@@ -76,6 +76,10 @@ struct FolderRt {
     dirty: AtomicBool,
     /// What the next scan looks at.
     touched: Touched,
+    /// The next check syncs with every peer (the ignore file changed).
+    resync: AtomicBool,
+    /// After a scan of the folder failed: when to try again, and the wait.
+    scan_retry: Mutex<Option<(Instant, Duration)>>,
     /// A watcher batch is being gathered.
     gathering: AtomicBool,
     /// The folder's sequence number after its last sync with each peer.
@@ -97,6 +101,8 @@ impl FolderRt {
             wake: Notify::new(),
             dirty: AtomicBool::new(true),
             touched: Touched::new(),
+            resync: AtomicBool::new(false),
+            scan_retry: Mutex::new(None),
             gathering: AtomicBool::new(false),
             synced: Mutex::new(HashMap::new()),
             backoff: Mutex::new(HashMap::new()),
@@ -105,6 +111,12 @@ impl FolderRt {
             bytes_total: AtomicU64::new(0),
             bytes_done: AtomicU64::new(0),
         }
+    }
+
+    /// Gives back what a scan that did not happen took.
+    fn give_back(&self, taken: Taken) {
+        self.touched.untake(taken);
+        self.dirty.store(true, Ordering::SeqCst);
     }
 
     /// Wakes the folder's loop; `rescan`: after a full scan.
@@ -209,7 +221,7 @@ fn scan_local(sh: &Shared, rt: &FolderRt, cfg: &Config, f: &Folder) -> Result<u6
             Ok(rep.info().seq)
         }
         Err(e) => {
-            rt.touched.untake(taken);
+            rt.give_back(taken);
             Err(e)
         }
     }
@@ -350,7 +362,7 @@ fn sync_pair(
     let traffic = reps[1].traffic();
     drop(reps);
     if result.is_err() {
-        rt.touched.untake(taken);
+        rt.give_back(taken);
     }
     drop(guard);
     rt.bytes_total.store(0, Ordering::Relaxed);
@@ -444,6 +456,14 @@ fn check(sh: &Shared, rt: &FolderRt) {
         return;
     };
     let dirty = rt.dirty.swap(false, Ordering::SeqCst);
+    let mut forced: HashSet<DeviceId> = if rt.resync.swap(false, Ordering::SeqCst) {
+        f.peers
+            .iter()
+            .filter_map(|n| cfg.peer(n).map(|p| p.id))
+            .collect()
+    } else {
+        HashSet::new()
+    };
     let peers: Vec<Peer> = f
         .peers
         .iter()
@@ -456,11 +476,22 @@ fn check(sh: &Shared, rt: &FolderRt) {
     // hears of them again.
     let mut now: Option<u64> = if dirty {
         match scan_local(sh, rt, &cfg, &f) {
-            Ok(seq) => Some(seq),
+            Ok(seq) => {
+                *rt.scan_retry.lock().expect("retry") = None;
+                Some(seq)
+            }
             Err(e) => {
                 let msg = e.to_string();
-                warn!("folder {}: {msg}", f.id);
-                sh.board.error(Some(&f.id), None, msg.clone());
+                let mut retry = rt.scan_retry.lock().expect("retry");
+                let wait = retry
+                    .map(|(_, d)| (d * 2).min(MAX_BACKOFF))
+                    .unwrap_or(Duration::from_secs(1));
+                *retry = Some((Instant::now() + wait, wait));
+                drop(retry);
+                if wait == Duration::from_secs(1) {
+                    warn!("folder {}: {msg} (retrying)", f.id);
+                    sh.board.error(Some(&f.id), None, msg.clone());
+                }
                 sh.board.folder(&f.id, |s| {
                     s.state = "error".into();
                     s.error = Some(msg);
@@ -488,9 +519,10 @@ fn check(sh: &Shared, rt: &FolderRt) {
                 }
             }
             let last = rt.synced.lock().expect("synced").get(&p.id).copied();
-            if now.is_some() && last == now {
+            if now.is_some() && last == now && !forced.remove(&p.id) {
                 continue;
             }
+            forced.remove(&p.id);
             any = true;
             match sync_pair(sh, rt, &cfg, &f, p) {
                 Ok(seq) => {
@@ -615,7 +647,15 @@ async fn folder_task(sh: Arc<Shared>, rt: Arc<FolderRt>) {
             .folder(&rt.id)
             .map(|f| Duration::from_millis(f.watch_delay_ms))
             .unwrap_or_default();
-        let held = rt.touched.next_ready(delay, Instant::now());
+        if let Some((at, _)) = *rt.scan_retry.lock().expect("retry") {
+            due = due.min(at);
+        }
+        // Held-back files: never sooner than 10 ms from now, so that
+        // nothing can make this loop spin.
+        let held = rt
+            .touched
+            .next_ready(delay, Instant::now())
+            .map(|h| h.max(Instant::now() + Duration::from_millis(10)));
         if let Some(h) = held {
             due = due.min(h);
         }
@@ -669,6 +709,11 @@ impl Host for DaemonHost {
         if dry_run {
             return Err(SyncError::Remote(
                 "a daemon's folders take no dry run".into(),
+            ));
+        }
+        if self.opened.is_some() {
+            return Err(SyncError::Remote(
+                "a session opens one folder; open another in a session of its own".into(),
             ));
         }
         let rt = self
@@ -726,8 +771,9 @@ async fn accept(sh: Arc<Shared>, acceptor: tokio_rustls::TlsAcceptor, s: tokio::
         };
         let served = serve_host(conn, &mut host);
         let opened = host.opened.take().map(|(rt, guard, taken)| {
-            if served.is_err() {
-                rt.touched.untake(taken);
+            // What the peer's session did not scan is looked at later.
+            if !served.as_ref().is_ok_and(|s| s.scanned) {
+                rt.give_back(taken);
             }
             drop(guard);
             rt
@@ -745,12 +791,14 @@ async fn accept(sh: Arc<Shared>, acceptor: tokio_rustls::TlsAcceptor, s: tokio::
     });
     match served {
         Ok(served) => {
-            if let (Some(rt), Some(seq)) = (opened, served.seq) {
+            if let Some(rt) = opened {
                 debug!(
                     "folder {}: served {name}, {} operations",
                     rt.id, served.applied
                 );
-                rt.synced.lock().expect("synced").insert(id, seq);
+                if let Some(seq) = served.seq.filter(|_| served.finished) {
+                    rt.synced.lock().expect("synced").insert(id, seq);
+                }
                 // It is up: no need to wait before dialling it.
                 rt.backoff.lock().expect("backoff").remove(&id);
                 if served.applied > 0 {
@@ -761,7 +809,10 @@ async fn accept(sh: Arc<Shared>, acceptor: tokio_rustls::TlsAcceptor, s: tokio::
                         action: format!("took {} changes", served.applied),
                         peer: name.clone(),
                     });
-                    // The other peers hear of it.
+                }
+                if served.applied > 0 || !served.finished {
+                    // The other peers hear of it; what the session did
+                    // not finish is looked at again.
                     rt.poke(false);
                 }
             }
@@ -792,6 +843,14 @@ fn folder_of(folders: &[(String, PathBuf)], path: &Path) -> Option<(String, Opti
         parts.map(|p| p.join("/"))
     });
     Some((id.clone(), rel))
+}
+
+/// What to do when the inotify watch limit is reached.
+fn limit_hint() -> String {
+    format!(
+        "the inotify watch limit is reached; it is rescanned every {}s instead. Raise the limit with `sudo sysctl fs.inotify.max_user_watches=1048576` (and in /etc/sysctl.d to keep it)",
+        UNWATCHED_RESCAN.as_secs()
+    )
 }
 
 /// Whether a watcher event wrote a file's data (its size is looked up).
@@ -857,9 +916,13 @@ impl Watcher {
     fn new(sh: &Arc<Shared>) -> Watcher {
         let roots: Arc<RwLock<Vec<(String, PathBuf)>>> = Arc::default();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<notify::Result<notify::Event>>();
-        let inner = notify::recommended_watcher(move |ev| {
-            let _ = tx.send(ev);
-        });
+        // Symlinks are not followed: a scan never looks through them.
+        let inner = <notify::RecommendedWatcher as notify::Watcher>::new(
+            move |ev| {
+                let _ = tx.send(ev);
+            },
+            notify::Config::default().with_follow_symlinks(false),
+        );
         let inner = match inner {
             Ok(w) => Some(w),
             Err(e) => {
@@ -877,7 +940,36 @@ impl Watcher {
                 let ev = match ev {
                     Ok(ev) => ev,
                     Err(e) => {
-                        warn!("the watcher: {e}");
+                        // A directory that could not be watched (the watch
+                        // limit, most likely): its folder goes back to full
+                        // rescans.
+                        let roots = roots2.read().expect("roots").clone();
+                        let mut ids: Vec<String> = e
+                            .paths
+                            .iter()
+                            .filter_map(|p| folder_of(&roots, p).map(|(id, _)| id))
+                            .collect();
+                        if ids.is_empty() {
+                            ids = roots.iter().map(|(id, _)| id.clone()).collect();
+                        }
+                        ids.dedup();
+                        let limit = matches!(e.kind, notify::ErrorKind::MaxFilesWatch);
+                        for id in ids {
+                            let Some(rt) = sh2.folder_rt(&id) else {
+                                continue;
+                            };
+                            if !rt.unwatched.swap(true, Ordering::SeqCst) {
+                                if limit {
+                                    warn!("folder {id}: {}", limit_hint());
+                                } else {
+                                    warn!(
+                                        "folder {id}: the watcher failed ({e}); it is rescanned every {}s instead",
+                                        UNWATCHED_RESCAN.as_secs()
+                                    );
+                                }
+                            }
+                            rt.poke(true);
+                        }
                         continue;
                     }
                 };
@@ -898,15 +990,27 @@ impl Watcher {
                         // The watcher lost events: only a full scan knows.
                         rt.touched.everything();
                     } else if let Some(rel) = rel {
-                        let written = if writes_data(&ev.kind) {
-                            std::fs::symlink_metadata(p)
-                                .ok()
-                                .filter(|m| m.is_file())
-                                .map(|m| m.len())
+                        let meta = std::fs::symlink_metadata(p).ok();
+                        let appeared = matches!(
+                            ev.kind,
+                            notify::EventKind::Create(_)
+                                | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
+                        );
+                        if rel == weave_fs::ignore::IGNORE_FILE {
+                            // What is ignored changed: only a full scan knows,
+                            // and every peer syncs again (a sync plans with
+                            // both sides' ignore files, so the first one
+                            // after a change may still have used the old).
+                            rt.touched.everything();
+                            rt.resync.store(true, Ordering::SeqCst);
+                        } else if appeared && meta.as_ref().is_some_and(|m| m.is_dir()) {
+                            rt.touched.add_dir(rel, now);
                         } else {
-                            None
-                        };
-                        rt.touched.add(rel, written, now);
+                            let written = meta
+                                .filter(|m| writes_data(&ev.kind) && m.is_file())
+                                .map(|m| m.len());
+                            rt.touched.add(rel, written, now);
+                        }
                     }
                     if !hit.contains(&id) {
                         hit.push(id);
@@ -992,10 +1096,7 @@ impl Watcher {
                 Err(e) => {
                     let limit = matches!(e.kind, notify::ErrorKind::MaxFilesWatch);
                     if limit {
-                        warn!(
-                            "folder {id}: the inotify watch limit is reached; it is rescanned every {}s instead. Raise the limit with `sudo sysctl fs.inotify.max_user_watches=1048576` (and in /etc/sysctl.d to keep it)",
-                            UNWATCHED_RESCAN.as_secs()
-                        );
+                        warn!("folder {id}: {}", limit_hint());
                     } else {
                         warn!(
                             "folder {id}: cannot watch {} ({e}); it is rescanned every {}s instead",

@@ -22,6 +22,9 @@ pub const LARGE_QUIET: Duration = Duration::from_secs(1);
 pub const WRITING: Duration = Duration::from_millis(10);
 /// The longest a file being written is held back.
 pub const MAX_SETTLE: Duration = Duration::from_secs(10);
+/// A directory that appeared is looked at again once it is this old: files
+/// made in it before the watcher watched it raise no event.
+pub const RECHECK: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct Touched(Mutex<State>);
@@ -31,6 +34,8 @@ struct State {
     full: bool,
     paths: BTreeSet<String>,
     writes: HashMap<String, Burst>,
+    /// Directories that appeared, and when.
+    fresh: HashMap<String, Instant>,
 }
 
 /// A run of writes to one file.
@@ -39,6 +44,9 @@ struct Burst {
     first: Instant,
     last: Instant,
     large: bool,
+    /// A scan left it for later (until then, the watch delay's batch
+    /// wakes the folder, not this).
+    held: bool,
 }
 
 impl Default for Touched {
@@ -54,6 +62,7 @@ impl Touched {
             full: true,
             paths: BTreeSet::new(),
             writes: HashMap::new(),
+            fresh: HashMap::new(),
         }))
     }
 
@@ -63,10 +72,7 @@ impl Touched {
 
     /// The next scan looks at the whole folder.
     pub fn everything(&self) {
-        let mut s = self.state();
-        s.full = true;
-        s.paths.clear();
-        s.writes.clear();
+        self.state().everything();
     }
 
     /// `rel` (relative to the folder) changed. `written` is the file's size
@@ -81,16 +87,25 @@ impl Touched {
                 first: now,
                 last: now,
                 large: false,
+                held: false,
             });
             b.last = now;
             b.large |= size >= LARGE_FILE;
         }
         s.paths.insert(rel);
-        if s.paths.len() > MAX_PATHS {
-            s.full = true;
-            s.paths.clear();
-            s.writes.clear();
+        s.bound();
+    }
+
+    /// The directory `rel` appeared (made, or moved in): it is looked at
+    /// now and once more [`RECHECK`] later.
+    pub fn add_dir(&self, rel: String, now: Instant) {
+        let mut s = self.state();
+        if s.full {
+            return;
         }
+        s.fresh.entry(rel.clone()).or_insert(now);
+        s.paths.insert(rel);
+        s.bound();
     }
 
     /// How long `b` still has to stay quiet (zero when it may be scanned).
@@ -114,17 +129,32 @@ impl Touched {
     pub fn take(&self, delay: Duration, now: Instant) -> Option<Vec<String>> {
         let mut s = self.state();
         if s.full {
+            s.everything();
             s.full = false;
-            s.paths.clear();
-            s.writes.clear();
             return None;
         }
-        let State { paths, writes, .. } = &mut *s;
+        let State {
+            paths,
+            writes,
+            fresh,
+            ..
+        } = &mut *s;
+        fresh.retain(|p, since| {
+            let due = now.saturating_duration_since(*since) >= RECHECK;
+            if due {
+                paths.insert(p.clone());
+            }
+            !due
+        });
         let mut ready = Vec::new();
         paths.retain(|p| {
-            let waits = writes
-                .get(p)
-                .is_some_and(|b| !Touched::wait(b, delay, now).is_zero());
+            let waits = match writes.get_mut(p) {
+                Some(b) if !Touched::wait(b, delay, now).is_zero() => {
+                    b.held = true;
+                    true
+                }
+                _ => false,
+            };
             if !waits {
                 writes.remove(p);
                 ready.push(p.clone());
@@ -142,20 +172,40 @@ impl Touched {
                 let mut s = self.state();
                 if !s.full {
                     s.paths.extend(paths);
+                    s.bound();
                 }
             }
         }
     }
 
-    /// When the first path held back becomes ready, if any is.
+    /// When the first path held back (a file being written, a directory
+    /// to look at again) is ready, if there is one: `now` if one already
+    /// is.
     pub fn next_ready(&self, delay: Duration, now: Instant) -> Option<Instant> {
         let s = self.state();
-        s.writes
+        let writes = s
+            .writes
             .values()
-            .map(|b| Touched::wait(b, delay, now))
-            .filter(|w| !w.is_zero())
-            .min()
-            .map(|w| now + w)
+            .filter(|b| b.held)
+            .map(|b| now + Touched::wait(b, delay, now));
+        let fresh = s.fresh.values().map(|t| (*t + RECHECK).max(now));
+        writes.chain(fresh).min()
+    }
+}
+
+impl State {
+    fn everything(&mut self) {
+        self.full = true;
+        self.paths.clear();
+        self.writes.clear();
+        self.fresh.clear();
+    }
+
+    /// Too many paths to keep track of: a full scan instead.
+    fn bound(&mut self) {
+        if self.paths.len() + self.fresh.len() > MAX_PATHS {
+            self.everything();
+        }
     }
 }
 
@@ -196,6 +246,8 @@ mod tests {
         }
         t.add("small".into(), Some(10), t0 + ms(200));
         let now = t0 + ms(220);
+        // Not taken yet: the watch delay's batch wakes the folder.
+        assert_eq!(t.next_ready(DELAY, now), None);
         assert_eq!(t.take(DELAY, now), Some(vec!["small".into()]));
         assert_eq!(t.next_ready(DELAY, now), Some(t0 + ms(250)));
         assert_eq!(t.take(DELAY, t0 + ms(249)), Some(vec![]));
@@ -231,6 +283,33 @@ mod tests {
             Some(vec!["movie".into()])
         );
         assert_eq!(t.next_ready(Duration::ZERO, t0 + LARGE_QUIET), None);
+    }
+
+    #[test]
+    fn a_new_directory_is_looked_at_again_a_little_later() {
+        let t = Touched::new();
+        let t0 = Instant::now();
+        t.take(DELAY, t0);
+        t.add_dir("new".into(), t0);
+        assert_eq!(t.take(DELAY, t0), Some(vec!["new".into()]));
+        assert_eq!(t.next_ready(DELAY, t0), Some(t0 + RECHECK));
+        assert_eq!(t.take(DELAY, t0 + RECHECK / 2), Some(vec![]));
+        assert_eq!(t.take(DELAY, t0 + RECHECK), Some(vec!["new".into()]));
+        assert_eq!(t.next_ready(DELAY, t0 + RECHECK), None);
+        assert_eq!(t.take(DELAY, t0 + RECHECK * 2), Some(vec![]));
+    }
+
+    #[test]
+    fn a_held_file_that_became_ready_is_still_reported_ready() {
+        let t = Touched::new();
+        let t0 = Instant::now();
+        t.take(DELAY, t0);
+        t.add("movie".into(), Some(LARGE_FILE), t0);
+        assert_eq!(t.take(DELAY, t0), Some(vec![]));
+        // Nobody looked until well after it became ready.
+        let late = t0 + LARGE_QUIET * 3;
+        assert_eq!(t.next_ready(DELAY, late), Some(late));
+        assert_eq!(t.take(DELAY, late), Some(vec!["movie".into()]));
     }
 
     #[test]

@@ -71,7 +71,8 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
         to_hash: Vec::new(),
         updates: Vec::new(),
     };
-    match opts.only.and_then(scope_units) {
+    let units = opts.only.and_then(scope_units);
+    match &units {
         Some(units) => {
             if let Err(e) = fs::read_dir(root) {
                 return Err(ScanError::Root {
@@ -79,7 +80,7 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
                     message: e.to_string(),
                 });
             }
-            w.walk_units(root, &units)?;
+            w.walk_units(root, units)?;
         }
         None => w.walk_dir(root.to_path_buf(), "")?,
     }
@@ -97,7 +98,7 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
             message: msg,
         });
     }
-    if opts.only.is_none() {
+    if units.is_none() {
         w.advance_to(None)?;
     }
     let Walker {
@@ -306,11 +307,7 @@ impl Walker<'_> {
         let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
         let dir = join(root, parent);
         self.cursor.seek(rel, None)?;
-        let child = match rustix::fs::open(
-            &dir,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::empty(),
-        ) {
+        let child = match open_dir_beneath(root, parent) {
             Ok(fd) => match std::ffi::CString::new(name) {
                 Ok(cname) => self.child(&fd, &dir, parent, &cname),
                 Err(_) => None,
@@ -553,6 +550,18 @@ impl Walker<'_> {
         }
         Ok(())
     }
+}
+
+/// Opens the directory `rel` under `root` one component at a time without
+/// following a symlink anywhere on the way (a full scan never walks
+/// through one either).
+fn open_dir_beneath(root: &Path, rel: &str) -> rustix::io::Result<rustix::fd::OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let mut fd = rustix::fs::open(root, flags, Mode::empty())?;
+    for c in rel.split('/').filter(|c| !c.is_empty()) {
+        fd = rustix::fs::openat(&fd, c, flags, Mode::empty())?;
+    }
+    Ok(fd)
 }
 
 fn join_rel(prefix: &str, name: &str) -> String {

@@ -15,6 +15,13 @@ enum Op {
     Mkdir(String),
     Remove(String),
     Rename(String, String),
+    /// A symlink to a directory outside the tree.
+    Link(String),
+    /// Something changed in the outside directory, seen through every
+    /// symlink to it.
+    ThroughLinks,
+    /// Something about the root itself (its mode, times) changed.
+    TouchRoot,
 }
 
 fn rel_path() -> impl Strategy<Value = String> {
@@ -31,13 +38,17 @@ fn op() -> impl Strategy<Value = Op> {
         1 => rel_path().prop_map(Op::Mkdir),
         2 => rel_path().prop_map(Op::Remove),
         1 => (rel_path(), rel_path()).prop_map(|(a, b)| Op::Rename(a, b)),
+        1 => rel_path().prop_map(Op::Link),
+        1 => Just(Op::ThroughLinks),
+        1 => Just(Op::TouchRoot),
     ]
 }
 
 /// Applies `op` to the tree at `root` and returns the paths an inotify
 /// watcher reports: the entries created, written, removed or moved (for a
 /// moved or removed directory only the directory itself, as when it is
-/// moved out of the tree).
+/// moved out of the tree). A watcher that follows symlinks also reports
+/// paths through a symlink; "" is the root.
 fn apply(root: &Path, op: &Op) -> Vec<String> {
     let abs = |p: &str| root.join(p);
     let mut touched = Vec::new();
@@ -97,8 +108,47 @@ fn apply(root: &Path, op: &Op) -> Vec<String> {
             touched.push(from.clone());
             touched.push(to.clone());
         }
+        Op::Link(p) => {
+            if abs(p).symlink_metadata().is_ok() || !make_parents(p, &mut touched) {
+                return touched;
+            }
+            let outside = root.parent().unwrap().join("outside");
+            std::os::unix::fs::symlink(&outside, abs(p)).unwrap();
+            touched.push(p.clone());
+        }
+        Op::ThroughLinks => {
+            let outside = root.parent().unwrap().join("outside");
+            fs::write(outside.join("o1"), b"outside, changed").unwrap();
+            for link in links(root, "") {
+                for inner in ["o1", "od", "od/o2"] {
+                    touched.push(format!("{link}/{inner}"));
+                }
+            }
+        }
+        Op::TouchRoot => touched.push(String::new()),
     }
     touched
+}
+
+/// The symlinks in the tree (relative paths).
+fn links(dir: &Path, prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().unwrap();
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let ft = e.file_type().unwrap();
+        if ft.is_symlink() {
+            out.push(rel);
+        } else if ft.is_dir() {
+            out.extend(links(&e.path(), &rel));
+        }
+    }
+    out
 }
 
 fn scan_into(root: &Path, index: &mut Index, only: Option<&[String]>) {
@@ -138,6 +188,9 @@ proptest! {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("tree");
         fs::create_dir(&root).unwrap();
+        fs::create_dir_all(tmp.path().join("outside/od")).unwrap();
+        fs::write(tmp.path().join("outside/o1"), b"outside").unwrap();
+        fs::write(tmp.path().join("outside/od/o2"), b"outside").unwrap();
         let mut limited = Index::open(&tmp.path().join("state-limited")).unwrap();
         let mut full = Index::open(&tmp.path().join("state-full")).unwrap();
         for round in &rounds {

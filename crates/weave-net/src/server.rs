@@ -74,6 +74,11 @@ pub struct Served {
     pub applied: usize,
     /// The replica's sequence number at the end, if one was opened.
     pub seq: Option<u64>,
+    /// The replica was scanned (its changes on disk recorded).
+    pub scanned: bool,
+    /// The coordinator finished the sync (the replica knows it is in
+    /// sync with it).
+    pub finished: bool,
 }
 
 /// Serves one session until the coordinator closes it, opening replicas
@@ -206,6 +211,7 @@ impl Server<'_> {
                     patterns: sc.patterns,
                 };
                 let summary = self.rep()?.scan(&spec, sc.dry_run)?;
+                self.served.scanned = !sc.dry_run;
                 for (i, notice) in summary
                     .errors
                     .iter()
@@ -278,6 +284,7 @@ impl Server<'_> {
                     }),
                 };
                 self.rep()?.finish(&fin)?;
+                self.served.finished = true;
                 self.conn.send(Body::Finished(Finished {})).map_err(proto)
             }
             other => Err(SyncError::Remote(format!(

@@ -562,3 +562,27 @@ fn files_a_daemon_wrote_itself_are_not_sent_back() {
     // to b, so b never contacted a about them.
     assert_eq!(traffic_with(&b, "a"), b0, "{}", b.log());
 }
+
+#[test]
+fn an_ignore_file_edit_brings_files_it_no_longer_ignores() {
+    let (a, b) = (Device::new("a"), Device::new("b"));
+    a.knows(&b);
+    b.knows(&a);
+    let fa = a.folder("docs", "docs", &[&b], &[]);
+    let fb = b.folder("docs", "docs", &[&a], &[]);
+    std::fs::write(fa.join(".weaveignore"), "*.log\n").unwrap();
+    std::fs::write(fa.join("build.log"), "was ignored").unwrap();
+    std::fs::write(fa.join("kept.txt"), "synced").unwrap();
+    a.start();
+    b.start();
+    let all = [&a, &b];
+    wait_for("kept.txt on b", &all, || fb.join("kept.txt").exists());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!fb.join("build.log").exists());
+    // Only the ignore file changes on disk; the file it stops ignoring
+    // raises no event of its own.
+    std::fs::write(fa.join(".weaveignore"), "").unwrap();
+    wait_for("build.log on b once no longer ignored", &all, || {
+        read(&fb.join("build.log")).as_deref() == Some("was ignored")
+    });
+}
