@@ -102,6 +102,31 @@ def measure(pair, tool, args, rng):
     return lat, timeouts, gap_ms
 
 
+def prefill(a_dir, n):
+    """n small files on A before the pair starts, 1000 per directory."""
+    for i in range(n):
+        d = os.path.join(a_dir, "prefill", f"d{i // 1000:04d}")
+        if i % 1000 == 0:
+            os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"f{i:07d}.txt"), "wb") as f:
+            f.write(b"prefill %d\n" % i)
+
+
+def wait_count(pair, n, timeout):
+    """Wait (bounded) until B holds the n prefilled files."""
+    root = os.path.join(pair.b_dir, "prefill")
+    t0 = time.monotonic()
+    while True:
+        have = sum(len(files) for _, _, files in os.walk(root)) if os.path.isdir(root) else 0
+        if have >= n:
+            log(f"{pair.name}: the {n} prefilled files are on B ({time.monotonic() - t0:.1f}s after the probe)")
+            return
+        if time.monotonic() - t0 > timeout:
+            raise BenchError(f"only {have} of the {n} prefilled files reached B in {timeout}s")
+        pair.check_alive()
+        time.sleep(1.0)
+
+
 def summarize(lat, timeouts):
     s = sorted(lat)
     return {"n": len(s), "timeouts": timeouts,
@@ -120,8 +145,14 @@ def run_tool(tool, root, procs, args, rng):
         return {"skipped": why}
     log(f"{tool}: {pair.describe()}")
     try:
+        if args.prefill:
+            t = time.monotonic()
+            prefill(pair.a_dir, args.prefill)
+            log(f"{tool}: {args.prefill} files written on A in {time.monotonic() - t:.1f}s")
         pair.setup()
         wait_probe(pair, args.ready_timeout)
+        if args.prefill:
+            wait_count(pair, args.prefill, args.ready_timeout)
         lat, timeouts, gap_ms = measure(pair, tool, args, rng)
         res = summarize(lat, timeouts)
         res.update(setup=pair.describe(), gap_ms=gap_ms, samples_ms=[round(x, 3) for x in lat])
@@ -139,7 +170,8 @@ def fmt(v):
 
 def print_table(results, args):
     print(f"\nlatency from close() on A to the complete file on B; {args.changes} changes "
-          f"of {args.min_size}-{args.max_size} B each, B polled every {POLL_S * 1000:g} ms; ms")
+          f"of {args.min_size}-{args.max_size} B each, B polled every {POLL_S * 1000:g} ms; ms"
+          + (f"; the folder already holds {args.prefill} files" if args.prefill else ""))
     print(f"{'tool':<10} {'n':>5} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8} {'timeouts':>9}")
     for tool, r in results.items():
         if "skipped" in r or "failed" in r:
@@ -156,6 +188,8 @@ def main():
     ap.add_argument("--tools", default=",".join(TOOLS),
                     help=f"comma-separated, from {','.join(TOOLS)} (default: all)")
     ap.add_argument("--changes", type=int, default=200, help="measured changes per tool (200)")
+    ap.add_argument("--prefill", type=int, default=0,
+                    help="files already in the folder (synced before measuring), e.g. 100000 (0)")
     ap.add_argument("--warmup", type=int, default=2, help="unmeasured changes after the probe (2)")
     ap.add_argument("--weave", default=DEFAULT_WEAVE, help=f"weave binary ({DEFAULT_WEAVE})")
     ap.add_argument("--json", metavar="OUT", help="also write the results (with every sample) here")
