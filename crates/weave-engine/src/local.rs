@@ -502,13 +502,14 @@ impl Replica for LocalReplica {
                     let _ = f.sync_data();
                 }
             }));
+            // Verified once, on arrival (I-3): here, unless the provider
+            // already did.
+            let verified = provider.verified();
             let mut sink = |h: Hash, data: Vec<u8>| -> Result<(), SyncError> {
-                // Verified once, on arrival (I-3).
-                let good = if to_stage.contains(&h) {
-                    stage.add(&h, &data).map_err(stage_error)?
-                } else {
-                    weave_chunk::verify(&data, &h)
-                };
+                let good = verified || weave_chunk::verify(&data, &h);
+                let good = good
+                    && (!to_stage.contains(&h)
+                        || stage.add_verified(&h, &data).map_err(stage_error)?);
                 if !good {
                     bad += 1;
                     return Ok(());

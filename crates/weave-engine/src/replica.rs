@@ -83,12 +83,18 @@ pub trait Provider {
     /// has it). The caller verifies every node.
     fn nodes(&mut self, wants: &Wants) -> Result<Vec<Vec<Option<Vec<u8>>>>, SyncError>;
     /// Chunk data, handed to `sink` as it arrives (hash, data). The caller
-    /// verifies every chunk; chunks nobody has are simply not delivered.
+    /// verifies every chunk, unless [`Provider::verified`] says this
+    /// provider already did; chunks nobody has are simply not delivered.
     fn chunks(
         &mut self,
         wants: &Wants,
         sink: &mut dyn FnMut(Hash, Vec<u8>) -> Result<(), SyncError>,
     ) -> Result<(), SyncError>;
+    /// True if every chunk this provider hands to a sink has already been
+    /// checked against its hash (I-3), so the caller need not hash it again.
+    fn verified(&self) -> bool {
+        false
+    }
 }
 
 /// The chunk list of every content `ops` write: known to the replica

@@ -86,7 +86,15 @@ impl Stage {
 
     /// Adds a chunk after checking it is the chunk `h` names (I-3).
     pub fn add(&mut self, h: &Hash, data: &[u8]) -> std::io::Result<bool> {
-        if !weave_chunk::verify(data, h) || data.len() > weave_chunk::CHUNK_MAX as usize {
+        if !weave_chunk::verify(data, h) {
+            return Ok(false);
+        }
+        self.add_verified(h, data)
+    }
+
+    /// Adds a chunk the caller has already checked against `h` (I-3).
+    pub fn add_verified(&mut self, h: &Hash, data: &[u8]) -> std::io::Result<bool> {
+        if data.len() > weave_chunk::CHUNK_MAX as usize {
             return Ok(false);
         }
         if self.map.contains_key(h) {

@@ -47,9 +47,30 @@ impl RateLimit {
     }
 }
 
+/// What the writer thread takes: one message, or several written back to
+/// back before the stream is flushed.
+enum Out {
+    One(Envelope),
+    Many(Vec<Envelope>),
+}
+
+/// Queues messages on a connection from any thread.
+#[derive(Clone)]
+pub struct ConnSender(Sender<Out>);
+
+impl ConnSender {
+    /// Queues a message; fails if the connection is closed.
+    pub fn send(&self, m: Envelope) -> Result<(), Envelope> {
+        self.0.send(Out::One(m)).map_err(|e| match e.0 {
+            Out::One(m) => m,
+            Out::Many(_) => unreachable!("sent one"),
+        })
+    }
+}
+
 pub struct Conn {
     peer: String,
-    tx: Option<Sender<Envelope>>,
+    tx: Option<Sender<Out>>,
     rx: Receiver<Result<Envelope, ProtoError>>,
     writer: Option<std::thread::JoinHandle<()>>,
     pub traffic: Arc<Traffic>,
@@ -65,7 +86,7 @@ impl Conn {
         // Incoming messages wait here; a full queue stops the reader, and so
         // the peer (back-pressure through the stream).
         let (in_tx, rx) = mpsc::sync_channel::<Result<Envelope, ProtoError>>(256);
-        let (tx, out_rx) = mpsc::channel::<Envelope>();
+        let (tx, out_rx) = mpsc::channel::<Out>();
         {
             let peer = peer.to_string();
             let traffic = traffic.clone();
@@ -92,15 +113,23 @@ impl Conn {
             let mut w = BufWriter::with_capacity(256 * 1024, w);
             std::thread::spawn(move || {
                 let mut next = out_rx.recv().ok();
-                while let Some(m) = next {
-                    if write_msg_blocking(&mut w, &m, &peer).is_err() {
-                        return;
+                while let Some(out) = next {
+                    let ms = match out {
+                        Out::One(m) => vec![m],
+                        Out::Many(ms) => ms,
+                    };
+                    for m in &ms {
+                        if write_msg_blocking(&mut w, m, &peer).is_err() {
+                            return;
+                        }
+                        let n = prost_len(m);
+                        traffic.sent.fetch_add(n, Ordering::Relaxed);
+                        if let Some(l) = &limit {
+                            l.take(n);
+                        }
                     }
-                    let n = prost_len(&m);
-                    traffic.sent.fetch_add(n, Ordering::Relaxed);
-                    if let Some(l) = &limit {
-                        l.take(n);
-                    }
+                    // Flushed only when nothing more is queued: messages
+                    // queued together leave in large writes.
                     next = match out_rx.try_recv() {
                         Ok(m) => Some(m),
                         Err(TryRecvError::Empty) => {
@@ -140,17 +169,30 @@ impl Conn {
 
     /// Queues a message (never blocks).
     pub fn send(&self, b: Body) -> Result<(), ProtoError> {
+        self.queue(Out::One(body(b)))
+    }
+
+    /// Queues messages to be written back to back, with no flush between
+    /// them (never blocks): many small replies leave as few large writes.
+    pub fn send_all(&self, bs: Vec<Body>) -> Result<(), ProtoError> {
+        if bs.is_empty() {
+            return Ok(());
+        }
+        self.queue(Out::Many(bs.into_iter().map(body).collect()))
+    }
+
+    fn queue(&self, out: Out) -> Result<(), ProtoError> {
         self.tx
             .as_ref()
-            .and_then(|t| t.send(body(b)).ok())
+            .and_then(|t| t.send(out).ok())
             .ok_or_else(|| ProtoError::Closed {
                 peer: self.peer.clone(),
             })
     }
 
     /// A sender usable from other threads.
-    pub fn sender(&self) -> Option<Sender<Envelope>> {
-        self.tx.clone()
+    pub fn sender(&self) -> Option<ConnSender> {
+        self.tx.clone().map(ConnSender)
     }
 
     /// The next message (blocks).

@@ -541,6 +541,9 @@ impl Replica for RemoteReplica {
                     let content =
                         hash_from_wire(&r.content, "a content id", &peer).map_err(proto)?;
                     let wants = [(content, hashes)];
+                    // The whole reply is queued at once: it leaves in a
+                    // few large writes.
+                    let mut reply: Vec<Body> = Vec::with_capacity(wants[0].1.len());
                     if r.nodes {
                         let got = provider.nodes(&wants)?;
                         for (h, n) in wants[0]
@@ -550,31 +553,29 @@ impl Replica for RemoteReplica {
                         {
                             let (c, _) =
                                 weave_proto::validate::chunk_to_wire(h, n.as_deref(), false);
-                            self.conn.send(Body::ChunkData(c)).map_err(proto)?;
+                            reply.push(Body::ChunkData(c));
                         }
                     } else {
                         let mut left: HashMap<Hash, usize> = HashMap::new();
                         for h in &wants[0].1 {
                             *left.entry(*h).or_default() += 1;
                         }
-                        let conn = &self.conn;
                         let compress = &mut self.compress;
                         provider.chunks(&wants, &mut |h, data| {
                             match left.get_mut(&h) {
                                 Some(n) if *n > 0 => *n -= 1,
                                 _ => return Ok(()),
                             }
-                            conn.send(Body::ChunkData(compress.encode(&h, Some(&data))))
-                                .map_err(proto)
+                            reply.push(Body::ChunkData(compress.encode(&h, Some(data))));
+                            Ok(())
                         })?;
                         for (h, n) in left {
                             for _ in 0..n {
-                                self.conn
-                                    .send(Body::ChunkData(self.compress.encode(&h, None)))
-                                    .map_err(proto)?;
+                                reply.push(Body::ChunkData(self.compress.encode(&h, None)));
                             }
                         }
                     }
+                    self.conn.send_all(reply).map_err(proto)?;
                 }
                 Some(Body::Progress(p)) => progress(p.bytes_done),
                 Some(Body::IndexBatch(b)) => {

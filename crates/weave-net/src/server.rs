@@ -145,14 +145,16 @@ struct Server<'h> {
 pub struct Compress {
     misses: u32,
     n: u64,
+    packer: weave_proto::validate::ChunkPacker,
 }
 
 impl Compress {
-    pub fn encode(&mut self, h: &Hash, data: Option<&[u8]>) -> weave_proto::msg::ChunkData {
+    pub fn encode(&mut self, h: &Hash, data: Option<Vec<u8>>) -> weave_proto::msg::ChunkData {
         self.n += 1;
         let try_it = self.misses < 16 || self.n % 16 == 0;
-        let (c, packed) = chunk_to_wire(h, data, try_it);
-        if try_it && data.is_some() {
+        let some = data.is_some();
+        let (c, packed) = self.packer.pack(h, data, try_it);
+        if try_it && some {
             self.misses = if packed { 0 } else { self.misses + 1 };
         }
         c
@@ -304,6 +306,8 @@ impl Server<'_> {
             .rep
             .as_mut()
             .ok_or_else(|| SyncError::Remote("no replica is open in this session".into()))?;
+        // The whole reply is queued at once: it leaves in a few large writes.
+        let mut reply: Vec<Body> = Vec::with_capacity(wants[0].1.len());
         if r.nodes {
             let got = rep.serve_nodes(&wants)?;
             for (h, n) in wants[0]
@@ -312,17 +316,16 @@ impl Server<'_> {
                 .zip(got.into_iter().next().unwrap_or_default())
             {
                 let (c, _) = chunk_to_wire(h, n.as_deref(), false);
-                self.conn.send(Body::ChunkData(c)).map_err(proto)?;
+                reply.push(Body::ChunkData(c));
             }
-            Ok(())
         } else {
-            let conn = &self.conn;
             let compress = &mut self.compress;
             rep.serve_chunks(&wants, &mut |h, data| {
-                conn.send(Body::ChunkData(compress.encode(&h, data.as_deref())))
-                    .map_err(proto)
-            })
+                reply.push(Body::ChunkData(compress.encode(&h, data)));
+                Ok(())
+            })?;
         }
+        self.conn.send_all(reply).map_err(proto)
     }
 
     fn run(&mut self) -> Result<(), SyncError> {
@@ -410,5 +413,11 @@ impl Provider for PipeProvider<'_> {
             },
             &mut |_| Ok(false),
         )
+    }
+
+    /// [`wire::request`] checks every chunk against its hash as it is
+    /// decoded; a mismatch ends the session.
+    fn verified(&self) -> bool {
+        true
     }
 }

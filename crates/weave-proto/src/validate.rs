@@ -234,29 +234,43 @@ pub fn chunk_from_wire(c: ChunkData, peer: &str) -> Result<(Hash, Option<Vec<u8>
 /// A chunk as it travels: compressed with zstd when `compress` is set and
 /// that makes it at least 1/16 smaller. Returns whether it was compressed.
 pub fn chunk_to_wire(h: &Hash, data: Option<&[u8]>, compress: bool) -> (ChunkData, bool) {
-    let mut c = ChunkData {
-        id: 0,
-        hash: h.0.to_vec(),
-        data: Vec::new(),
-        missing: data.is_none(),
-        zstd: false,
-    };
-    let mut packed = false;
-    if let Some(d) = data {
+    ChunkPacker::default().pack(h, data.map(|d| d.to_vec()), compress)
+}
+
+/// Packs chunks for the wire as [`chunk_to_wire`] does, keeping one zstd
+/// context for all of them and taking the data without copying it.
+#[derive(Default)]
+pub struct ChunkPacker {
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl ChunkPacker {
+    pub fn pack(&mut self, h: &Hash, data: Option<Vec<u8>>, compress: bool) -> (ChunkData, bool) {
+        let mut c = ChunkData {
+            id: 0,
+            hash: h.0.to_vec(),
+            data: Vec::new(),
+            missing: data.is_none(),
+            zstd: false,
+        };
+        let Some(d) = data else {
+            return (c, false);
+        };
         if compress && d.len() >= 512 {
-            if let Ok(z) = zstd::bulk::compress(d, 1) {
+            if self.zstd.is_none() {
+                self.zstd = zstd::bulk::Compressor::new(1).ok();
+            }
+            if let Some(Ok(z)) = self.zstd.as_mut().map(|z| z.compress(&d)) {
                 if z.len() < d.len() - d.len() / 16 {
                     c.data = z;
                     c.zstd = true;
-                    packed = true;
+                    return (c, true);
                 }
             }
         }
-        if !packed {
-            c.data = d.to_vec();
-        }
+        c.data = d;
+        (c, false)
     }
-    (c, packed)
 }
 
 /// A content id or tree-node hash from a request.
