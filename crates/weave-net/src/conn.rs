@@ -60,10 +60,9 @@ pub struct ConnSender(Sender<Out>);
 
 impl ConnSender {
     /// Queues a message; fails if the connection is closed.
-    pub fn send(&self, m: Envelope) -> Result<(), Envelope> {
-        self.0.send(Out::One(m)).map_err(|e| match e.0 {
-            Out::One(m) => m,
-            Out::Many(_) => unreachable!("sent one"),
+    pub fn send(&self, m: Envelope) -> std::io::Result<()> {
+        self.0.send(Out::One(m)).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the connection is closed")
         })
     }
 }
