@@ -83,55 +83,81 @@ fn cdc(data: &[u8]) -> fastcdc::v2020::FastCDC<'_> {
 
 /// Cuts a stream into chunks, reading it once through a fixed window.
 /// Gives the same cut points as [`chunk_bytes`] on the whole content.
-pub fn chunk_reader<R: Read>(r: R) -> io::Result<ChunkList> {
+pub fn chunk_reader<R: Read + Send>(r: R) -> io::Result<ChunkList> {
     chunk_reader_with(r, &mut Vec::new())
 }
 
-/// [`chunk_reader`] with a caller-owned window buffer, reused across calls
-/// (it is grown once, never cleared: scanning many small files must not
-/// zero a fresh window per file).
-pub fn chunk_reader_with<R: Read>(mut r: R, buf: &mut Vec<u8>) -> io::Result<ChunkList> {
-    if buf.len() < WINDOW {
-        buf.resize(WINDOW, 0);
+/// [`chunk_reader`] with a caller-owned buffer of two windows, reused
+/// across calls (it is grown once, never cleared: scanning many small
+/// files must not zero fresh windows per file).
+///
+/// A content larger than a window is read and cut one window ahead of
+/// the hashing (`rayon::join`: in parallel when a worker is free), so a
+/// large file is chunked at about the speed of the slower of the two.
+pub fn chunk_reader_with<R: Read + Send>(mut r: R, buf: &mut Vec<u8>) -> io::Result<ChunkList> {
+    if buf.len() < 2 * WINDOW {
+        buf.resize(2 * WINDOW, 0);
     }
-    let buf = &mut buf[..WINDOW];
-    let mut filled = 0usize;
+    let (mut cur, mut next) = buf[..2 * WINDOW].split_at_mut(WINDOW);
     let mut chunks = Vec::new();
-    let mut eof = false;
-    while !eof || filled > 0 {
-        while !eof && filled < buf.len() {
-            match r.read(&mut buf[filled..]) {
-                Ok(0) => eof = true,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+    let (mut filled, mut eof) = fill(&mut r, cur, 0)?;
+    let mut cuts = cut(&cur[..filled], eof);
+    loop {
+        let consumed = cuts.last().map_or(0, |&(o, l)| o + l);
+        if eof || filled == 0 {
+            chunks.extend(hash_cuts(cur, &cuts));
+            return Ok(ChunkList { chunks });
         }
-        if filled == 0 {
-            break;
-        }
-        let mut consumed = 0usize;
-        let found: Vec<_> = cdc(&buf[..filled]).collect();
-        let n = found.len();
-        for (i, c) in found.into_iter().enumerate() {
-            // The last chunk of a window that is not the end of the stream
-            // may be cut short by the window: cut it again next round.
-            if i + 1 == n && !eof {
-                break;
-            }
-            chunks.push(ChunkRef {
-                hash: Hash::of(&buf[c.offset..c.offset + c.length]),
-                len: c.length as u32,
-            });
-            consumed = c.offset + c.length;
-        }
-        buf.copy_within(consumed..filled, 0);
-        filled -= consumed;
-        if eof && filled == 0 {
-            break;
+        // The uncut tail starts the next window (at most one chunk: a
+        // window holds many, so there is always room to read more).
+        let tail = filled - consumed;
+        next[..tail].copy_from_slice(&cur[consumed..filled]);
+        let (hashed, ahead) = rayon::join(
+            || hash_cuts(cur, &cuts),
+            || -> io::Result<_> {
+                let (n, e) = fill(&mut r, next, tail)?;
+                Ok((n, e, cut(&next[..n], e)))
+            },
+        );
+        chunks.extend(hashed);
+        (filled, eof, cuts) = ahead?;
+        std::mem::swap(&mut cur, &mut next);
+    }
+}
+
+/// Reads into `w` from `from` until it is full or the stream ends:
+/// (bytes in `w`, stream ended).
+fn fill<R: Read>(r: &mut R, w: &mut [u8], from: usize) -> io::Result<(usize, bool)> {
+    let mut filled = from;
+    while filled < w.len() {
+        match r.read(&mut w[filled..]) {
+            Ok(0) => return Ok((filled, true)),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
-    Ok(ChunkList { chunks })
+    Ok((filled, false))
+}
+
+/// The chunks of a window, (offset, length); unless the stream ended
+/// with it, without the last one, which the window may have cut short
+/// (it is cut again from its start in the next window).
+fn cut(window: &[u8], eof: bool) -> Vec<(usize, usize)> {
+    let mut v: Vec<(usize, usize)> = cdc(window).map(|c| (c.offset, c.length)).collect();
+    if !eof {
+        v.pop();
+    }
+    v
+}
+
+fn hash_cuts(window: &[u8], cuts: &[(usize, usize)]) -> Vec<ChunkRef> {
+    cuts.iter()
+        .map(|&(o, l)| ChunkRef {
+            hash: Hash::of(&window[o..o + l]),
+            len: l as u32,
+        })
+        .collect()
 }
 
 /// Hashes one tree node: its level and its children (hash, length).
@@ -372,6 +398,37 @@ mod tests {
         let mut v = vec![0u8; n];
         r.fill(&mut v[..]);
         v
+    }
+
+    #[test]
+    fn streams_of_any_length_and_read_size_agree_with_slices() {
+        /// Gives at most `step` bytes per read.
+        struct Trickle<'a>(&'a [u8], usize);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+                let n = self.1.min(out.len()).min(self.0.len());
+                out[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let data = random(WINDOW * 3 + 1, 7);
+        let mut scratch = Vec::new();
+        for len in [
+            0,
+            1,
+            WINDOW - 1,
+            WINDOW,
+            WINDOW + 1,
+            2 * WINDOW,
+            WINDOW * 3 + 1,
+        ] {
+            let want = chunk_bytes(&data[..len]);
+            for step in [usize::MAX, 65_537, 4096] {
+                let got = chunk_reader_with(Trickle(&data[..len], step), &mut scratch).unwrap();
+                assert_eq!(got, want, "length {len}, reads of {step}");
+            }
+        }
     }
 
     #[test]

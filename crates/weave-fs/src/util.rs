@@ -74,22 +74,17 @@ pub fn ctime_ns(m: &Metadata) -> i64 {
 /// wrote with an older mtime taken from another replica.
 const RACY_WINDOW_NS: i64 = 1_000_000_000;
 
-/// The current time, read at most every few milliseconds: a scan looks at
-/// many files in a row, and a slightly stale "now" only makes the racy
-/// test more cautious (a file looks more recent than it is).
+/// The current time from the kernel's coarse clock: as cheap as a memory
+/// read (a scan looks at many files in a row), and at most one tick (a few
+/// milliseconds) behind, which only makes the racy test more cautious.
+/// (A "now" that could be seconds stale, as a once-per-256-calls read
+/// was, marked files weave had just written as racy, and the next scan
+/// read them all again.)
 fn now_ns() -> i64 {
-    use std::sync::atomic::{AtomicI64, Ordering};
-    static LAST: AtomicI64 = AtomicI64::new(0);
-    static CALLS: AtomicI64 = AtomicI64::new(0);
-    if CALLS.fetch_add(1, Ordering::Relaxed) % 256 == 0 {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0);
-        LAST.store(t, Ordering::Relaxed);
-        return t;
-    }
-    LAST.load(Ordering::Relaxed)
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+    (t.tv_sec as i64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as i64)
 }
 
 /// The stat weave records for a path.
