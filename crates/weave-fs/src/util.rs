@@ -133,3 +133,31 @@ pub fn join(root: &Path, rel: &str) -> PathBuf {
     }
     p
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::time::{Duration, SystemTime};
+
+    /// A file last changed more than the racy window ago is never racy,
+    /// however long the process has been running.
+    #[test]
+    fn the_racy_test_uses_the_current_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let f = fs::File::create(&p).unwrap();
+        // Fresh: racy.
+        assert!(stat_of(&fs::metadata(&p).unwrap()).racy);
+        std::thread::sleep(Duration::from_millis(1600));
+        // Changed (by a sync, say) with a time that is now 1.2 s old: not
+        // racy any more, though it is later than the first look above.
+        f.set_times(
+            fs::FileTimes::new().set_modified(SystemTime::now() - Duration::from_millis(1200)),
+        )
+        .unwrap();
+        let m = fs::metadata(&p).unwrap();
+        assert!(!stat_of(&m).racy);
+        assert!(!stat_of_raw(&rustix::fs::stat(&p).unwrap()).racy);
+    }
+}
