@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use weave_chunk::{ChunkList, Node};
 use weave_core::path::STATE_DIR;
-use weave_core::{Hash, Object};
+use weave_core::{Entry, Hash, Object};
 use weave_fs::ignore::{Matcher, IGNORE_FILE};
 use weave_fs::scan::ScanOptions;
 use weave_fs::{join, ContentSource, FsIssue, Location, Op, OpKind, Part, Stage};
@@ -375,11 +375,13 @@ impl Replica for LocalReplica {
         let locations = self.locations.take().expect("built above");
         for (content, hashes) in wants {
             let list = self.list(content);
-            let file = locations.get(content).and_then(|ls| {
+            // The file, and the stat recorded when it was hashed (if that
+            // was not racy).
+            let src = locations.get(content).and_then(|ls| {
                 ls.iter().find_map(|l| {
-                    // Every chunk read is verified before it is sent, so a
-                    // file replaced since the scan cannot leak other bytes.
-                    std::fs::File::open(&l.path).ok()
+                    std::fs::File::open(&l.path)
+                        .ok()
+                        .map(|f| (f, l.stat.filter(|s| !s.racy)))
                 })
             });
             let offsets: HashMap<Hash, (u64, u32)> = list
@@ -389,20 +391,38 @@ impl Replica for LocalReplica {
                         .collect()
                 })
                 .unwrap_or_default();
-            for h in hashes {
-                let data = match (&file, offsets.get(h)) {
-                    (Some(f), Some(&(off, len))) => {
-                        let mut buf = vec![0u8; len as usize];
-                        // A file changed since its scan no longer holds the
-                        // chunk: say so rather than send wrong bytes.
-                        (f.read_exact_at(&mut buf, off).is_ok() && weave_chunk::verify(&buf, h))
-                            .then_some(buf)
+            // Chunks read from a file whose stat is the recorded one before
+            // and after the reads are the hashed bytes; any other chunk read
+            // is verified before it is sent, so a file changed since the
+            // scan cannot leak other bytes (a chunk that fails is reported
+            // missing rather than sent wrong).
+            let unchanged = || {
+                src.as_ref().is_some_and(|(f, st)| {
+                    st.is_some_and(|st| f.metadata().is_ok_and(|m| weave_fs::same_stat(&m, &st)))
+                })
+            };
+            for group in hashes.chunks(64) {
+                let before = unchanged();
+                let read: Vec<(Hash, Option<Vec<u8>>)> = group
+                    .iter()
+                    .map(|h| {
+                        let data = match (&src, offsets.get(h)) {
+                            (Some((f, _)), Some(&(off, len))) => {
+                                let mut buf = vec![0u8; len as usize];
+                                f.read_exact_at(&mut buf, off).is_ok().then_some(buf)
+                            }
+                            _ => None,
+                        };
+                        (*h, data)
+                    })
+                    .collect();
+                let trusted = before && unchanged();
+                for (h, data) in read {
+                    let data = data.filter(|d| trusted || weave_chunk::verify(d, &h));
+                    if let Err(e) = sink(h, data) {
+                        self.locations = Some(locations);
+                        return Err(e);
                     }
-                    _ => None,
-                };
-                if let Err(e) = sink(*h, data) {
-                    self.locations = Some(locations);
-                    return Err(e);
                 }
             }
         }
@@ -441,6 +461,9 @@ impl Replica for LocalReplica {
         let mut to_stage: HashSet<Hash> = HashSet::new();
         let mut parts: Vec<Part> = Vec::new();
         let mut routes: HashMap<Hash, Vec<usize>> = HashMap::new();
+        // Asked for after the chunks for the stage, so that the files
+        // built from the stage can be written while they arrive.
+        let mut part_wants: Vec<(Hash, Vec<Hash>)> = Vec::new();
         for op in ops.iter().filter(|o| o.kind == OpKind::WriteFile) {
             let Object::File { content, .. } = &op.target.object else {
                 continue;
@@ -470,7 +493,7 @@ impl Replica for LocalReplica {
                     }
                     let ask: Vec<Hash> = missing.into_iter().filter(|h| asked.insert(*h)).collect();
                     if !ask.is_empty() {
-                        wants.push((*content, ask));
+                        part_wants.push((*content, ask));
                     }
                     parts.push(part);
                     continue;
@@ -487,54 +510,135 @@ impl Replica for LocalReplica {
                 wants.push((*content, missing));
             }
         }
-        let mut flusher = None;
-        if !wants.is_empty() {
-            let mut bad = 0u64;
-            let stage_error = |e: std::io::Error| SyncError::State {
-                path: state.clone(),
-                problem: format!("cannot write the transfer stage: {e}"),
-            };
-            // A part that is complete goes to disk while the rest arrives
-            // (the writes are made durable before they land in any case).
-            let (flush_tx, flush_rx) = std::sync::mpsc::channel::<std::fs::File>();
-            flusher = Some(std::thread::spawn(move || {
-                for f in flush_rx {
-                    let _ = f.sync_data();
-                }
-            }));
-            // Verified once, on arrival (I-3): here, unless the provider
-            // already did.
-            let verified = provider.verified();
-            let mut sink = |h: Hash, data: Vec<u8>| -> Result<(), SyncError> {
-                let good = verified || weave_chunk::verify(&data, &h);
-                let good = good
-                    && (!to_stage.contains(&h)
-                        || stage.add_verified(&h, &data).map_err(stage_error)?);
-                if !good {
-                    bad += 1;
-                    return Ok(());
-                }
-                for &i in routes.get(&h).into_iter().flatten() {
-                    parts[i].put(&h, &data).map_err(stage_error)?;
-                    if parts[i].complete() {
-                        if let Ok(f) = parts[i].handle() {
-                            let _ = flush_tx.send(f);
+        // New files whose chunks all come into the stage are written (by
+        // a thread of their own) as soon as the stage is complete, while
+        // the chunks of the part files still arrive.
+        let early_idx: Vec<usize> = if part_wants.is_empty() {
+            Vec::new()
+        } else {
+            early_writes(&self.root, &ops, &|c: &Hash| {
+                !own.contains_key(c)
+                    && !foreign.locations.contains_key(c)
+                    && !parts.iter().any(|p| p.content() == *c)
+                    && lists.get(c).is_some_and(|l| {
+                        l.chunks
+                            .iter()
+                            .all(|ch| to_stage.contains(&ch.hash) || stage.contains(&ch.hash))
+                    })
+            })
+        };
+        let early_ops: Vec<Op> = early_idx.iter().map(|&i| ops[i].clone()).collect();
+        wants.extend(part_wants);
+        let mut locations = own;
+        for (c, ls) in &foreign.locations {
+            locations.entry(*c).or_default().extend(ls.iter().cloned());
+        }
+        let no_parts: HashMap<Hash, PathBuf> = HashMap::new();
+        let this: &LocalReplica = self;
+        let (fetched, early) = std::thread::scope(|scope| {
+            let (go_tx, go_rx) =
+                std::sync::mpsc::channel::<Option<(PathBuf, Arc<HashMap<Hash, u64>>)>>();
+            let early = (!early_ops.is_empty()).then(|| {
+                let (lists, locations, no_parts, early_ops) =
+                    (&lists, &locations, &no_parts, &early_ops);
+                scope.spawn(move || {
+                    let staged = go_rx.recv().ok().flatten()?;
+                    tracing::debug!(
+                        files = early_ops.len(),
+                        "writing files from the stage while the rest arrives"
+                    );
+                    let src = Source {
+                        rep: this,
+                        lists,
+                        locations,
+                        staged: Some(&staged),
+                        parts: no_parts,
+                    };
+                    Some(weave_fs::apply(&this.root, early_ops, &src, progress))
+                })
+            });
+            let mut go = early.as_ref().map(|_| go_tx);
+            let mut fetched = Ok(());
+            let mut flusher = None;
+            if !wants.is_empty() {
+                let mut bad = 0u64;
+                let stage_error = |e: std::io::Error| SyncError::State {
+                    path: state.clone(),
+                    problem: format!("cannot write the transfer stage: {e}"),
+                };
+                // A part that is complete goes to disk while the rest arrives
+                // (the writes are made durable before they land in any case).
+                let (flush_tx, flush_rx) = std::sync::mpsc::channel::<std::fs::File>();
+                flusher = Some(scope.spawn(move || {
+                    for f in flush_rx {
+                        let _ = f.sync_data();
+                    }
+                }));
+                // Verified once, on arrival (I-3): here, unless the provider
+                // already did.
+                let verified = provider.verified();
+                let staged_all = stage.len() + to_stage.len();
+                let mut sink = |h: Hash, data: Vec<u8>| -> Result<(), SyncError> {
+                    let good = verified || weave_chunk::verify(&data, &h);
+                    let good = good
+                        && (!to_stage.contains(&h)
+                            || stage.add_verified(&h, &data).map_err(stage_error)?);
+                    if !good {
+                        bad += 1;
+                        return Ok(());
+                    }
+                    if go.is_some() && stage.len() >= staged_all {
+                        let _ = go.take().expect("checked").send(stage.view());
+                    }
+                    for &i in routes.get(&h).into_iter().flatten() {
+                        parts[i].put(&h, &data).map_err(stage_error)?;
+                        if parts[i].complete() {
+                            if let Ok(f) = parts[i].handle() {
+                                let _ = flush_tx.send(f);
+                            }
                         }
                     }
+                    Ok(())
+                };
+                fetched = provider.chunks(&wants, &mut sink);
+                if bad > 0 {
+                    errors.push(Issue {
+                        path: String::new(),
+                        message: format!(
+                            "{bad} chunks received failed their hash and were dropped; the files that need them are retried next time"
+                        ),
+                    });
                 }
-                Ok(())
-            };
-            provider.chunks(&wants, &mut sink)?;
-            if bad > 0 {
-                errors.push(Issue {
-                    path: String::new(),
-                    message: format!(
-                        "{bad} chunks received failed their hash and were dropped; the files that need them are retried next time"
-                    ),
-                });
             }
+            // The files written early still get what did arrive (and
+            // nothing at all if the transfer failed).
+            if let Some(go) = go {
+                let _ = go.send(if fetched.is_ok() { stage.view() } else { None });
+            }
+            let early = early.and_then(|h| h.join().expect("early writer panicked"));
+            if let Some(f) = flusher {
+                let _ = f.join();
+            }
+            (fetched, early)
+        });
+        // What was written early is recorded whatever happens next.
+        let mut outcome = weave_fs::ApplyOutcome::default();
+        if let Some(e) = early {
+            outcome.bytes_local += e.bytes_local;
+            outcome.bytes_remote += e.bytes_remote;
+            outcome.issues.extend(e.issues);
+            outcome.done.extend(e.done.into_iter().map(|mut d| {
+                d.op = early_idx[d.op];
+                d
+            }));
         }
-        // 3. Carry the operations out.
+        if let Err(e) = fetched {
+            if !outcome.done.is_empty() {
+                self.record(outcome.done)?;
+            }
+            return Err(e);
+        }
+        // 3. Carry the (other) operations out.
         let staged = stage.view();
         let parts: HashMap<Hash, PathBuf> = parts
             .iter()
@@ -542,11 +646,7 @@ impl Replica for LocalReplica {
             .map(|p| (p.content(), p.path().to_path_buf()))
             .collect();
         tracing::debug!(elapsed = ?t.elapsed(), stage = staged.as_ref().map_or(0, |s| s.1.len()), parts = parts.len(), "received chunks");
-        let outcome = {
-            let mut locations = own;
-            for (c, ls) in &foreign.locations {
-                locations.entry(*c).or_default().extend(ls.iter().cloned());
-            }
+        {
             let src = Source {
                 rep: self,
                 lists: &lists,
@@ -554,33 +654,27 @@ impl Replica for LocalReplica {
                 staged: staged.as_ref(),
                 parts: &parts,
             };
-            weave_fs::apply(&self.root, &ops, &src, progress)
-        };
-        if let Some(f) = flusher {
-            let _ = f.join();
+            let rest = if early_idx.is_empty() {
+                weave_fs::apply(&self.root, &ops, &src, progress)
+            } else {
+                let early: HashSet<usize> = early_idx.iter().copied().collect();
+                let rest_idx: Vec<usize> = (0..ops.len()).filter(|i| !early.contains(i)).collect();
+                let rest_ops: Vec<Op> = rest_idx.iter().map(|&i| ops[i].clone()).collect();
+                let mut r = weave_fs::apply(&self.root, &rest_ops, &src, progress);
+                for d in &mut r.done {
+                    d.op = rest_idx[d.op];
+                }
+                r
+            };
+            outcome.bytes_local += rest.bytes_local;
+            outcome.bytes_remote += rest.bytes_remote;
+            outcome.issues.extend(rest.issues);
+            outcome.done.extend(rest.done);
+            outcome.replaced = rest.replaced;
         }
         errors.extend(outcome.issues.iter().map(|i| self.issue(i)));
         // 4. Record what was done.
-        let id = self.index.id();
-        let mut batch = Batch::default();
-        let mut done = Vec::with_capacity(outcome.done.len());
-        let entries = self.entries.as_mut().expect("loaded above");
-        for d in outcome.done {
-            self.index.observe(d.entry.vv.get(id));
-            let le = LocalEntry {
-                entry: d.entry.clone(),
-                seq: self.index.next_seq(),
-                stat: d.stat,
-            };
-            entries.insert(le.entry.path.clone(), le.clone());
-            batch.entries.push(le);
-            if let Some(list) = d.content {
-                batch.contents.push(list);
-            }
-            done.push((d.op, d.entry));
-        }
-        self.index.write(&batch)?;
-        self.info.seq = self.index.seq();
+        let done = self.record(outcome.done)?;
         if errors.is_empty() {
             stage.clear();
         }
@@ -609,6 +703,112 @@ impl Replica for LocalReplica {
         let entries = self.entries.as_ref().expect("loaded above");
         crate::replica::finish_index(&mut self.index, entries, fin)
     }
+}
+
+impl LocalReplica {
+    /// Records in the index what the executor did: (operation index, the
+    /// version now recorded) for each.
+    fn record(&mut self, done: Vec<weave_fs::Done>) -> Result<Vec<(usize, Entry)>, SyncError> {
+        let id = self.index.id();
+        let mut batch = Batch::default();
+        let mut out = Vec::with_capacity(done.len());
+        let entries = self.entries.as_mut().expect("loaded before any apply");
+        for d in done {
+            self.index.observe(d.entry.vv.get(id));
+            let le = LocalEntry {
+                entry: d.entry.clone(),
+                seq: self.index.next_seq(),
+                stat: d.stat,
+            };
+            entries.insert(le.entry.path.clone(), le.clone());
+            batch.entries.push(le);
+            if let Some(list) = d.content {
+                batch.contents.push(list);
+            }
+            out.push((d.op, d.entry));
+        }
+        self.index.write(&batch)?;
+        self.info.seq = self.index.seq();
+        Ok(out)
+    }
+}
+
+/// The operations that can be carried out on their own, before the others:
+/// new files at free paths (nothing there, nothing removed there) whose
+/// content `ready` says will be in the stage, and the new directories they
+/// need, with nothing in their way either. Nothing they do depends on, or
+/// is undone by, the other operations. Indices into `ops`; empty when too
+/// few to be worth it.
+fn early_writes(root: &Path, ops: &[Op], ready: &dyn Fn(&Hash) -> bool) -> Vec<usize> {
+    let cleared: HashSet<&str> = ops
+        .iter()
+        .filter(|o| o.kind == OpKind::Remove)
+        .map(|o| o.path.as_str())
+        .collect();
+    let live = |o: &Op| o.current.as_ref().is_some_and(|c| c.entry.is_live());
+    // A path is usable as a parent if it is a real directory now (not
+    // through a symlink: every ancestor checked) and nothing removes it,
+    // or if an early directory makes it.
+    let mut dir_ok: HashMap<String, bool> = HashMap::new();
+    fn usable(
+        root: &Path,
+        p: &str,
+        cleared: &HashSet<&str>,
+        dir_ok: &mut HashMap<String, bool>,
+    ) -> bool {
+        if p.is_empty() {
+            return true;
+        }
+        if let Some(&ok) = dir_ok.get(p) {
+            return ok;
+        }
+        let parent = weave_core::path::parent(p).unwrap_or("");
+        let ok = !cleared.contains(p)
+            && usable(root, parent, cleared, dir_ok)
+            && std::fs::symlink_metadata(join(root, p)).is_ok_and(|m| m.file_type().is_dir());
+        dir_ok.insert(p.to_string(), ok);
+        ok
+    }
+    let mut out = Vec::new();
+    let mut dirs: Vec<(usize, &Op)> = ops
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.kind == OpKind::MakeDir)
+        .collect();
+    dirs.sort_by_key(|(_, o)| o.path.matches('/').count());
+    for (i, o) in dirs {
+        let parent = weave_core::path::parent(&o.path).unwrap_or("");
+        if live(o)
+            || cleared.contains(o.path.as_str())
+            || !usable(root, parent, &cleared, &mut dir_ok)
+            || std::fs::symlink_metadata(join(root, &o.path)).is_ok()
+        {
+            continue;
+        }
+        dir_ok.insert(o.path.clone(), true);
+        out.push(i);
+    }
+    let dirs = out.len();
+    for (i, o) in ops.iter().enumerate() {
+        let Object::File { content, .. } = &o.target.object else {
+            continue;
+        };
+        let parent = weave_core::path::parent(&o.path).unwrap_or("");
+        if o.kind == OpKind::WriteFile
+            && !live(o)
+            && !cleared.contains(o.path.as_str())
+            && ready(content)
+            && usable(root, parent, &cleared, &mut dir_ok)
+            && std::fs::symlink_metadata(join(root, &o.path)).is_err()
+        {
+            out.push(i);
+        }
+    }
+    if out.len() - dirs < 32 {
+        return Vec::new();
+    }
+    out.sort_unstable();
+    out
 }
 
 /// Content lookups for this replica's executor.

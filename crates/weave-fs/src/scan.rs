@@ -588,9 +588,13 @@ fn hash_file(path: &Path, before: &Stat) -> HashResult {
     thread_local! {
         static WINDOW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let list = WINDOW
-        .with(|w| chunk_reader_with(&f, &mut w.borrow_mut()))
-        .map_err(|e| format!("read error: {e}"))?;
+    // Taken out while in use, not borrowed: the chunker waits on a rayon
+    // join, and meanwhile this thread may hash another file (which then
+    // finds no buffer here and makes its own).
+    let mut window = WINDOW.with(|w| std::mem::take(&mut *w.borrow_mut()));
+    let list = chunk_reader_with(&f, &mut window);
+    WINDOW.with(|w| *w.borrow_mut() = window);
+    let list = list.map_err(|e| format!("read error: {e}"))?;
     let m2 = f.metadata().map_err(|e| format!("cannot stat: {e}"))?;
     if !same_stat(&m2, &stat_of(&m1)) || list.size() != m2.len() {
         return Err("changed while being scanned; it will be picked up by the next sync".into());
