@@ -1059,3 +1059,75 @@ fn kv_stores_sync_over_sessions_and_send_only_what_changed() {
     );
     assert_eq!(weave(root, ["kv", "get", "b", "big"]).stdout, edited);
 }
+
+/// A first copy to a remote with many small new files (in new directories,
+/// one of them read-only, next to a file already there) and large ones:
+/// the small ones are written while the large ones still arrive, and the
+/// result is the same tree.
+#[test]
+fn small_files_written_while_large_ones_arrive_land_faithfully() {
+    let t = setup(&["A", "B"]);
+    let (a, b) = (t.path().join("A"), t.path().join("B"));
+    let sample = SampleTree::make(&a);
+    for i in 0..60u64 {
+        let dir = format!("many/d{}/e{}", i % 4, i % 3);
+        write_at(
+            a.join(format!("{dir}/f{i}.txt")),
+            random_bytes(100 + i as usize * 37, i),
+            at(1_500_000_000 + i, 7),
+        );
+    }
+    write(
+        a.join("second-big.bin"),
+        random_bytes(2 * 1024 * 1024 + 5, 9),
+    );
+    chmod(a.join("many/d1"), 0o555);
+    // Already on the remote, the same on both sides: left as it is.
+    write(a.join("many/shared.txt"), "shared\n");
+    write(b.join("many/shared.txt"), "shared\n");
+
+    // The remote side logs what its engine does.
+    let log = t.path().join("remote.log");
+    let rsh = install_script(
+        t.path(),
+        "logging-rsh.sh",
+        &format!(
+            "#!/bin/sh\nshift\nRUST_LOG=weave_engine=debug exec sh -c \"$*\" 2>>{}\n",
+            log.display()
+        ),
+    );
+    // Run by sh rather than executed: a script just written can be busy
+    // (ETXTBSY) while other test threads fork.
+    let rsh = format!("sh {}", rsh.display());
+    let r = weave(
+        t.path(),
+        [
+            "sync",
+            "--json",
+            "--rsh",
+            &rsh,
+            "--remote-weave",
+            weave_bin(),
+            "A",
+            "host:B",
+        ],
+    );
+    r.expect_code(0);
+    let j = r.json();
+    assert_clean(&r, &j);
+    let logged = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        logged.contains("writing files from the stage while the rest arrives"),
+        "the remote did not write early:\n{logged}"
+    );
+    assert_same_tree(&a, &b);
+    sample.check(&b);
+    assert_eq!(mode(b.join("many/d1")) & 0o777, 0o555);
+    assert_eq!(mtime(b.join("many/d2/e2/f2.txt")), at(1_500_000_002, 7));
+    chmod(a.join("many/d1"), 0o755);
+    chmod(b.join("many/d1"), 0o755);
+    // And the next sync finds nothing to do.
+    let (r, j) = rsync_json(t.path(), &["A", "host:B"]);
+    r.expect_code(0);
+    assert_clean(&r, &j);
+}
