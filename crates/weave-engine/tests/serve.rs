@@ -6,15 +6,10 @@ use weave_core::Object;
 use weave_engine::{IgnoreSpec, LocalReplica, Replica};
 
 fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    use rand::{Rng, SeedableRng};
+    let mut v = vec![0u8; n];
+    rand::rngs::StdRng::seed_from_u64(seed).fill(&mut v[..]);
+    v
 }
 
 /// (chunk hash, data or None) for every chunk of `path`'s recorded content.
@@ -34,6 +29,11 @@ fn serve(rep: &mut LocalReplica, path: &str) -> Vec<(weave_core::Hash, Option<Ve
     got
 }
 
+fn set_mtime(p: &std::path::Path, t: std::time::SystemTime) {
+    let f = fs::File::options().write(true).open(p).unwrap();
+    f.set_times(fs::FileTimes::new().set_modified(t)).unwrap();
+}
+
 #[test]
 fn chunks_are_served_only_as_they_were_hashed() {
     let t = tempfile::tempdir().unwrap();
@@ -41,12 +41,7 @@ fn chunks_are_served_only_as_they_were_hashed() {
     fs::write(t.path().join("f"), &data).unwrap();
     // Older than the racy window, so its stat can vouch for it.
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(10);
-    fs::File::options()
-        .write(true)
-        .open(t.path().join("f"))
-        .unwrap()
-        .set_times(fs::FileTimes::new().set_modified(old))
-        .unwrap();
+    set_mtime(&t.path().join("f"), old);
     let mut rep = LocalReplica::open(t.path(), "A", false).unwrap();
     rep.scan(&IgnoreSpec::default(), false).unwrap();
 
@@ -61,12 +56,7 @@ fn chunks_are_served_only_as_they_were_hashed() {
     let mut changed = data.clone();
     changed[150_000] ^= 1;
     fs::write(t.path().join("f"), &changed).unwrap();
-    fs::File::options()
-        .write(true)
-        .open(t.path().join("f"))
-        .unwrap()
-        .set_times(fs::FileTimes::new().set_modified(old))
-        .unwrap();
+    set_mtime(&t.path().join("f"), old);
     let got = serve(&mut rep, "f");
     let missing = got.iter().filter(|(_, d)| d.is_none()).count();
     assert_eq!(missing, 1, "only the chunk that changed is withheld");
