@@ -21,8 +21,8 @@ this relay itself (user+sys, to check it is not a bottleneck); cmd_cpu: CPU
 seconds of CMD (the local ssh client); rc: CMD's exit status, which is also
 ours.
 
-Each direction is relayed by its own thread with os.read/os.write and 1 MiB
-buffers (the pipes to CMD are enlarged to 1 MiB where the kernel allows), so
+Each direction is relayed by its own thread with os.readv/os.write and one
+1 MiB buffer (the pipes to CMD are enlarged to 1 MiB where the kernel allows), so
 the relay costs one extra memory copy per direction.
 """
 import fcntl
@@ -47,15 +47,20 @@ def grow_pipe(fd: int) -> None:
 
 def relay(src: int, dst: int, count: list, close_dst, close_src=None) -> None:
     n = 0
+    # One buffer for the whole session: os.read would allocate a fresh 1 MiB
+    # object per call, which glibc maps and unmaps, faulting its pages in
+    # anew every time (a cost that then depended on each tool's write sizes).
+    buf = bytearray(BUF)
+    whole = memoryview(buf)
     try:
         while True:
             try:
-                data = os.read(src, BUF)
+                got = os.readv(src, [buf])
             except OSError:
                 break
-            if not data:
+            if not got:
                 break
-            view = memoryview(data)
+            view = whole[:got]
             while view:
                 w = os.write(dst, view)
                 n += w

@@ -5,7 +5,6 @@ use crate::replica::{
 };
 use crate::SyncError;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use weave_chunk::{ChunkList, Node};
@@ -408,8 +407,7 @@ impl Replica for LocalReplica {
                     .map(|h| {
                         let data = match (&src, offsets.get(h)) {
                             (Some((f, _)), Some(&(off, len))) => {
-                                let mut buf = vec![0u8; len as usize];
-                                f.read_exact_at(&mut buf, off).is_ok().then_some(buf)
+                                weave_fs::read_at(f, off, len as usize).ok()
                             }
                             _ => None,
                         };

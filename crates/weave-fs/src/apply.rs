@@ -1163,8 +1163,11 @@ impl Ctx<'_> {
             // A failed attempt may have written part of the file.
             f.set_len(0).map_err(|e| io_msg("cannot truncate", e))?;
         }
-        // One buffer of the largest chunk size, never zeroed again.
-        let mut buf = vec![0u8; weave_chunk::CHUNK_MAX as usize];
+        // One buffer of this list's largest chunk, never zeroed again (a
+        // small file's is small: a chunker-maximum buffer per file is a
+        // large allocation, zeroed through the kernel every time).
+        let largest = list.chunks.iter().map(|c| c.len).max().unwrap_or(0);
+        let mut buf = vec![0u8; largest.min(weave_chunk::CHUNK_MAX) as usize];
         let mut pos = 0u64;
         let mut out = Out::new(f);
         // A run of the trusted old version's chunks not copied yet:

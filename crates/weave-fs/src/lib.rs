@@ -20,4 +20,4 @@ pub use apply::{
 };
 pub use scan::{scan, ScanError, ScanOutcome};
 pub use stage::{Part, Stage};
-pub use util::{join, same_stat, stat_of, temp_name, FsIssue, TEMP_PREFIX};
+pub use util::{join, read_at, same_stat, stat_of, temp_name, FsIssue, TEMP_PREFIX};

@@ -126,6 +126,25 @@ pub fn same_stat(m: &Metadata, s: &Stat) -> bool {
     m.len() == s.size && mtime_ns(m) == s.mtime_ns && ctime_ns(m) == s.ctime_ns && m.ino() == s.ino
 }
 
+/// Reads `len` bytes at `off` into a new buffer that is never zeroed
+/// first: a `vec![0; len]` of a chunk's size is a large allocation, which
+/// the allocator zeroes by handing pages back to the kernel and faulting
+/// them in again (with TLB shootdowns) on every call. Moves `f`'s cursor.
+pub fn read_at(f: &std::fs::File, off: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut r = f;
+    r.seek(SeekFrom::Start(off))?;
+    let mut buf = Vec::with_capacity(len);
+    r.take(len as u64).read_to_end(&mut buf)?;
+    if buf.len() != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the file ends {} bytes short", len - buf.len()),
+        ));
+    }
+    Ok(buf)
+}
+
 pub fn join(root: &Path, rel: &str) -> PathBuf {
     let mut p = root.to_path_buf();
     for c in rel.split('/') {
@@ -138,6 +157,20 @@ pub fn join(root: &Path, rel: &str) -> PathBuf {
 mod tests {
     use super::*;
     use std::fs;
+
+    #[test]
+    fn read_at_reads_the_range_or_fails_short() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(&p, &data).unwrap();
+        let f = fs::File::open(&p).unwrap();
+        assert_eq!(read_at(&f, 70_000, 20_000).unwrap(), data[70_000..90_000]);
+        assert_eq!(read_at(&f, 3, 5).unwrap(), data[3..8]);
+        assert_eq!(read_at(&f, 0, 0).unwrap(), Vec::<u8>::new());
+        let e = read_at(&f, 90_000, 20_000).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
     use std::time::{Duration, SystemTime};
 
     /// A file last changed more than the racy window ago is never racy,

@@ -152,6 +152,19 @@ impl Conn {
         }
     }
 
+    /// A connection over this process's standard input and output (the
+    /// session of `weave serve --stdio`), read and written directly rather
+    /// than through the standard library's buffers (standard output is
+    /// line-buffered, which splits binary frames at every newline byte).
+    pub fn over_stdio(peer: &str) -> std::io::Result<Conn> {
+        use std::os::fd::AsFd;
+        let input = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+        let output = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+        grow_pipe(&input);
+        grow_pipe(&output);
+        Ok(Conn::new(input, output, peer, None))
+    }
+
     /// A connection over a Unix socket: closing it shuts the socket down
     /// for writing, so the peer sees the end of the session.
     pub fn over_unix(
@@ -241,6 +254,45 @@ impl Drop for ShutdownOnDrop {
     }
 }
 
+/// The capacity asked for a pipe that carries a session.
+pub const PIPE_SIZE: usize = 1 << 20;
+
+/// Enlarges the pipe `fd` is an end of to [`PIPE_SIZE`] (or as far as the
+/// system allows an unprivileged process): a frame then crosses in one
+/// write instead of sixteen 64 KiB pieces, each waking the other side, and
+/// the program on the other end (ssh) reads it in larger pieces too.
+/// Nothing happens if `fd` is not a pipe.
+pub fn grow_pipe(fd: impl std::os::fd::AsFd) {
+    let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(PIPE_SIZE);
+    let _ = rustix::pipe::fcntl_setpipe_size(fd, PIPE_SIZE.min(max));
+}
+
 fn prost_len(m: &Envelope) -> u64 {
     prost::Message::encoded_len(m) as u64 + 4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_pipe_is_enlarged_and_anything_else_left_alone() {
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let before = rustix::pipe::fcntl_getpipe_size(&r).unwrap();
+        grow_pipe(&w);
+        let after = rustix::pipe::fcntl_getpipe_size(&r).unwrap();
+        let max: usize = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(after, PIPE_SIZE.min(max).max(before));
+        assert!(after > before || max <= before);
+        // A regular file is not a pipe: nothing happens, nothing fails.
+        let f = tempfile::tempfile().unwrap();
+        grow_pipe(&f);
+    }
 }

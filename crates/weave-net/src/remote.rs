@@ -170,6 +170,8 @@ impl RemoteReplica {
         })?;
         let stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take().expect("piped");
+        crate::conn::grow_pipe(&stdin);
+        crate::conn::grow_pipe(&stdout);
         let mut stderr = child.stderr.take().expect("piped");
         // The remote side's messages, kept for errors and shown on ours.
         let errbuf = Arc::new(Mutex::new(Vec::<u8>::new()));

@@ -23,10 +23,14 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         got += n;
     }
     let size = frame_size(len, peer)?;
-    let mut buf = vec![0u8; size];
-    r.read_exact(&mut buf)
+    // Read into capacity that is never zeroed: a zeroed megabyte per frame
+    // costs the allocator a trip through the kernel.
+    let mut buf = Vec::with_capacity(size);
+    r.take(size as u64)
+        .read_to_end(&mut buf)
         .await
         .map_err(|e| body_error(e, size, peer))?;
+    short_body(&buf, size, peer)?;
     Ok(buf)
 }
 
@@ -83,9 +87,10 @@ pub fn read_msg_blocking<R: std::io::Read>(r: &mut R, peer: &str) -> Result<Enve
         got += n;
     }
     let size = frame_size(len, peer)?;
-    let mut buf = vec![0u8; size];
-    r.read_exact(&mut buf)
+    let mut buf = Vec::with_capacity(size);
+    std::io::Read::read_to_end(&mut std::io::Read::take(r, size as u64), &mut buf)
         .map_err(|e| body_error(e, size, peer))?;
+    short_body(&buf, size, peer)?;
     decode(&buf, peer)
 }
 
@@ -142,6 +147,17 @@ fn frame_size(len: [u8; 4], peer: &str) -> Result<usize, ProtoError> {
 }
 
 /// An error while reading the body of a frame of `size` bytes.
+fn short_body(buf: &[u8], size: usize, peer: &str) -> Result<(), ProtoError> {
+    if buf.len() == size {
+        return Ok(());
+    }
+    Err(body_error(
+        std::io::ErrorKind::UnexpectedEof.into(),
+        size,
+        peer,
+    ))
+}
+
 fn body_error(e: std::io::Error, size: usize, peer: &str) -> ProtoError {
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
         ProtoError::Malformed {

@@ -439,7 +439,13 @@ fn kinds() -> weave_engine::Kinds {
 }
 
 fn serve() -> ExitCode {
-    let conn = weave_net::Conn::new(std::io::stdin(), std::io::stdout(), "the coordinator", None);
+    let conn = match weave_net::Conn::over_stdio("the coordinator") {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("weave serve: cannot use standard input and output ({e})");
+            return ExitCode::from(2);
+        }
+    };
     match weave_net::server::serve_kinds(conn, &kinds()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
