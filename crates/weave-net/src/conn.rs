@@ -3,6 +3,7 @@
 //! one writing so that neither side can block the other, and an optional
 //! rate limit on both directions.
 
+use std::collections::VecDeque;
 use std::io::{BufWriter, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
@@ -67,10 +68,26 @@ impl ConnSender {
     }
 }
 
+/// Messages the reader thread hands over at once: every frame already in
+/// its buffer, so a stream of small messages costs one wake-up per buffer
+/// rather than one per message.
+type Batch = Vec<Result<Envelope, ProtoError>>;
+
+/// Messages in one [`Batch`] at most.
+const BATCH_MAX: usize = 64;
+
+/// True if `buf` starts with a whole frame (its length, then that many
+/// bytes): reading it will not block.
+fn frame_buffered(buf: &[u8]) -> bool {
+    buf.len() >= 4 && buf.len() - 4 >= u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize
+}
+
 pub struct Conn {
     peer: String,
     tx: Option<Sender<Out>>,
-    rx: Receiver<Result<Envelope, ProtoError>>,
+    rx: Receiver<Batch>,
+    /// Received messages of the last batch not yet taken.
+    pending: Mutex<VecDeque<Result<Envelope, ProtoError>>>,
     writer: Option<std::thread::JoinHandle<()>>,
     pub traffic: Arc<Traffic>,
 }
@@ -83,8 +100,9 @@ impl Conn {
     {
         let traffic = Arc::new(Traffic::default());
         // Incoming messages wait here; a full queue stops the reader, and so
-        // the peer (back-pressure through the stream).
-        let (in_tx, rx) = mpsc::sync_channel::<Result<Envelope, ProtoError>>(256);
+        // the peer (back-pressure through the stream). A batch holds at
+        // most one frame read from the stream plus what was buffered.
+        let (in_tx, rx) = mpsc::sync_channel::<Batch>(32);
         let (tx, out_rx) = mpsc::channel::<Out>();
         {
             let peer = peer.to_string();
@@ -92,16 +110,23 @@ impl Conn {
             let limit = limit.clone();
             let mut r = std::io::BufReader::with_capacity(256 * 1024, r);
             std::thread::spawn(move || loop {
-                let m = read_msg_blocking(&mut r, &peer);
-                let stop = m.is_err();
-                if let Ok(m) = &m {
-                    let n = prost_len(m);
-                    traffic.received.fetch_add(n, Ordering::Relaxed);
-                    if let Some(l) = &limit {
-                        l.take(n);
+                let mut batch = Batch::new();
+                let stop = loop {
+                    let m = read_msg_blocking(&mut r, &peer);
+                    let stop = m.is_err();
+                    if let Ok(m) = &m {
+                        let n = prost_len(m);
+                        traffic.received.fetch_add(n, Ordering::Relaxed);
+                        if let Some(l) = &limit {
+                            l.take(n);
+                        }
                     }
-                }
-                if in_tx.send(m).is_err() || stop {
+                    batch.push(m);
+                    if stop || batch.len() >= BATCH_MAX || !frame_buffered(r.buffer()) {
+                        break stop;
+                    }
+                };
+                if in_tx.send(batch).is_err() || stop {
                     return;
                 }
             });
@@ -147,6 +172,7 @@ impl Conn {
             peer: peer.to_string(),
             tx: Some(tx),
             rx,
+            pending: Mutex::new(VecDeque::new()),
             writer: Some(writer),
             traffic,
         }
@@ -209,16 +235,28 @@ impl Conn {
 
     /// The next message (blocks).
     pub fn recv(&self) -> Result<Envelope, ProtoError> {
-        self.rx.recv().unwrap_or_else(|_| {
-            Err(ProtoError::Closed {
+        let mut pending = self.pending.lock().expect("received messages");
+        if let Some(m) = pending.pop_front() {
+            return m;
+        }
+        match self.rx.recv() {
+            Ok(batch) => {
+                pending.extend(batch);
+                pending.pop_front().expect("a batch is never empty")
+            }
+            Err(_) => Err(ProtoError::Closed {
                 peer: self.peer.clone(),
-            })
-        })
+            }),
+        }
     }
 
     /// The next message, if one is already here.
     pub fn try_recv(&self) -> Option<Result<Envelope, ProtoError>> {
-        self.rx.try_recv().ok()
+        let mut pending = self.pending.lock().expect("received messages");
+        if pending.is_empty() {
+            pending.extend(self.rx.try_recv().ok()?);
+        }
+        pending.pop_front()
     }
 
     /// Sends what is queued and closes the writing side.
@@ -277,6 +315,58 @@ fn prost_len(m: &Envelope) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frame_is_buffered_only_when_whole() {
+        assert!(!frame_buffered(&[]));
+        assert!(!frame_buffered(&[0, 0, 0]));
+        assert!(frame_buffered(&[0, 0, 0, 0]));
+        assert!(!frame_buffered(&[0, 0, 0, 2, 9]));
+        assert!(frame_buffered(&[0, 0, 0, 2, 9, 9]));
+        assert!(frame_buffered(&[0, 0, 0, 2, 9, 9, 0]));
+        assert!(!frame_buffered(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]));
+    }
+
+    /// Many small messages written at once arrive in order, batched, and
+    /// the end of the stream after them is seen.
+    #[test]
+    fn messages_arrive_in_order_across_batches() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut far = Conn::over_unix(b, "far", None).unwrap();
+        let near = Conn::over_unix(a, "near", None).unwrap();
+        let n = 1000u64;
+        let bodies: Vec<Body> = (0..n)
+            .map(|i| {
+                Body::Error(weave_proto::msg::ErrorMsg {
+                    message: format!("message {i}"),
+                })
+            })
+            .collect();
+        far.send_all(bodies).unwrap();
+        far.close();
+        let mut seen = 0u64;
+        let mut polled = 0u64;
+        while seen < n {
+            let m = if seen % 2 == 0 {
+                near.recv().unwrap()
+            } else {
+                match near.try_recv() {
+                    Some(m) => {
+                        polled += 1;
+                        m.unwrap()
+                    }
+                    None => near.recv().unwrap(),
+                }
+            };
+            match m.body {
+                Some(Body::Error(e)) => assert_eq!(e.message, format!("message {seen}")),
+                other => panic!("unexpected {other:?}"),
+            }
+            seen += 1;
+        }
+        assert!(polled > 0, "try_recv never found a buffered message");
+        assert!(matches!(near.recv(), Err(ProtoError::Closed { .. })));
+    }
 
     #[test]
     fn a_session_pipe_is_enlarged_and_anything_else_left_alone() {
