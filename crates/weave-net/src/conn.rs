@@ -4,12 +4,12 @@
 //! rate limit on both directions.
 
 use std::collections::VecDeque;
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use weave_proto::frame::{read_msg_blocking, write_msg_blocking};
+use weave_proto::frame::{encode_frame, read_msg_blocking};
 use weave_proto::msg::{body, Body, Envelope};
 use weave_proto::ProtoError;
 
@@ -73,6 +73,9 @@ impl ConnSender {
 /// rather than one per message.
 type Batch = Vec<Result<Envelope, ProtoError>>;
 
+/// The writer's buffer is written out once it holds this many bytes.
+const WRITE_AT: usize = 256 * 1024;
+
 /// Messages in one [`Batch`] at most.
 const BATCH_MAX: usize = 64;
 
@@ -134,8 +137,16 @@ impl Conn {
         let writer = {
             let peer = peer.to_string();
             let traffic = traffic.clone();
-            let mut w = BufWriter::with_capacity(256 * 1024, w);
+            let mut w = w;
             std::thread::spawn(move || {
+                // Frames are encoded straight into one reused buffer, which
+                // is written out when it is large or nothing more is queued.
+                let mut buf: Vec<u8> = Vec::with_capacity(WRITE_AT + (1 << 20));
+                let mut put = |buf: &mut Vec<u8>| -> bool {
+                    let ok = w.write_all(buf).and_then(|()| w.flush()).is_ok();
+                    buf.clear();
+                    ok
+                };
                 let mut next = out_rx.recv().ok();
                 while let Some(out) = next {
                     let ms = match out {
@@ -143,21 +154,25 @@ impl Conn {
                         Out::Many(ms) => ms,
                     };
                     for m in &ms {
-                        if write_msg_blocking(&mut w, m, &peer).is_err() {
+                        let at = buf.len();
+                        if encode_frame(&mut buf, m, &peer).is_err() {
                             return;
                         }
-                        let n = prost_len(m);
+                        let n = (buf.len() - at) as u64;
                         traffic.sent.fetch_add(n, Ordering::Relaxed);
                         if let Some(l) = &limit {
                             l.take(n);
                         }
+                        if buf.len() >= WRITE_AT && !put(&mut buf) {
+                            return;
+                        }
                     }
-                    // Flushed only when nothing more is queued: messages
+                    // Written only when nothing more is queued: messages
                     // queued together leave in large writes.
                     next = match out_rx.try_recv() {
                         Ok(m) => Some(m),
                         Err(TryRecvError::Empty) => {
-                            if w.flush().is_err() {
+                            if !put(&mut buf) {
                                 return;
                             }
                             out_rx.recv().ok()
@@ -165,7 +180,7 @@ impl Conn {
                         Err(TryRecvError::Disconnected) => None,
                     };
                 }
-                let _ = w.flush();
+                put(&mut buf);
             })
         };
         Conn {

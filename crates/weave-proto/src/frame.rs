@@ -113,6 +113,23 @@ pub fn write_msg_blocking<W: std::io::Write>(
     w.write_all(&payload).map_err(|e| io(peer, e))
 }
 
+/// Appends one message as a frame to `out` (encoded in place: no buffer of
+/// its own, so a writer can gather many frames into one reused buffer).
+pub fn encode_frame(out: &mut Vec<u8>, m: &Envelope, peer: &str) -> Result<(), ProtoError> {
+    let size = m.encoded_len();
+    if size > MAX_FRAME {
+        return Err(ProtoError::FrameTooLarge {
+            peer: format!("this side (to {peer})"),
+            size,
+            limit: MAX_FRAME,
+        });
+    }
+    out.reserve(4 + size);
+    out.extend_from_slice(&(size as u32).to_be_bytes());
+    m.encode(out).expect("capacity reserved above");
+    Ok(())
+}
+
 pub fn decode(buf: &[u8], peer: &str) -> Result<Envelope, ProtoError> {
     Envelope::decode(buf).map_err(|e| ProtoError::Malformed {
         peer: peer.into(),
@@ -222,6 +239,50 @@ mod tests {
             read_frame(&mut b, "p").await,
             Err(ProtoError::Malformed { .. })
         ));
+    }
+
+    /// Frames gathered in one buffer read back one by one, blocking reads
+    /// included, and a truncated last frame is an error, not a message.
+    #[test]
+    fn gathered_frames_read_back_and_a_cut_one_is_an_error() {
+        let ms: Vec<Envelope> = [10usize, 70_000, 0, 300_000]
+            .iter()
+            .map(|&n| {
+                body(Body::Error(ErrorMsg {
+                    message: "y".repeat(n),
+                }))
+            })
+            .collect();
+        let mut buf = Vec::new();
+        for m in &ms {
+            encode_frame(&mut buf, m, "p").unwrap();
+        }
+        let mut r = std::io::Cursor::new(&buf[..]);
+        for m in &ms {
+            assert_eq!(&read_msg_blocking(&mut r, "p").unwrap(), m);
+        }
+        assert!(matches!(
+            read_msg_blocking(&mut r, "p"),
+            Err(ProtoError::Closed { .. })
+        ));
+        let cut = &buf[..buf.len() - 1];
+        let mut r = std::io::Cursor::new(cut);
+        for m in &ms[..3] {
+            assert_eq!(&read_msg_blocking(&mut r, "p").unwrap(), m);
+        }
+        assert!(matches!(
+            read_msg_blocking(&mut r, "p"),
+            Err(ProtoError::Malformed { .. })
+        ));
+        let big = body(Body::Error(ErrorMsg {
+            message: "z".repeat(MAX_FRAME + 1),
+        }));
+        let mut out = Vec::new();
+        assert!(matches!(
+            encode_frame(&mut out, &big, "p"),
+            Err(ProtoError::FrameTooLarge { .. })
+        ));
+        assert!(out.is_empty());
     }
 
     proptest::proptest! {
