@@ -111,12 +111,13 @@ pub fn lists_for(
     use weave_core::Object;
     let mut lists: HashMap<Hash, ChunkList> = HashMap::new();
     let mut unresolved: Vec<(Hash, u64, String)> = Vec::new();
+    let mut pending: std::collections::HashSet<Hash> = std::collections::HashSet::new();
     let mut known: HashMap<Hash, weave_chunk::Node> = HashMap::new();
     for op in ops.iter().filter(|o| o.kind == weave_fs::OpKind::WriteFile) {
         let Object::File { content, size } = &op.target.object else {
             continue;
         };
-        if lists.contains_key(content) || unresolved.iter().any(|u| u.0 == *content) {
+        if lists.contains_key(content) || !pending.insert(*content) {
             continue;
         }
         if let Some(l) = own(content).or_else(|| foreign.lists.get(content).cloned()) {
