@@ -94,25 +94,6 @@ pub fn read_msg_blocking<R: std::io::Read>(r: &mut R, peer: &str) -> Result<Enve
     decode(&buf, peer)
 }
 
-/// Writes one message to a blocking writer (not flushed).
-pub fn write_msg_blocking<W: std::io::Write>(
-    w: &mut W,
-    m: &Envelope,
-    peer: &str,
-) -> Result<(), ProtoError> {
-    let payload = m.encode_to_vec();
-    if payload.len() > MAX_FRAME {
-        return Err(ProtoError::FrameTooLarge {
-            peer: format!("this side (to {peer})"),
-            size: payload.len(),
-            limit: MAX_FRAME,
-        });
-    }
-    w.write_all(&(payload.len() as u32).to_be_bytes())
-        .map_err(|e| io(peer, e))?;
-    w.write_all(&payload).map_err(|e| io(peer, e))
-}
-
 /// Appends one message as a frame to `out` (encoded in place: no buffer of
 /// its own, so a writer can gather many frames into one reused buffer).
 pub fn encode_frame(out: &mut Vec<u8>, m: &Envelope, peer: &str) -> Result<(), ProtoError> {
