@@ -444,6 +444,7 @@ impl Replica for LocalReplica {
         let (lists, issues) =
             crate::replica::lists_for(&ops, &|c| self.list(c), foreign, provider)?;
         errors.extend(issues);
+        tracing::debug!(contents = lists.len(), "chunk lists known");
         // 2. Chunks found nowhere on this machine come from the provider
         //    into the stage (kept if the run is interrupted).
         let state = self.root.join(STATE_DIR);
@@ -451,7 +452,6 @@ impl Replica for LocalReplica {
             path: state.clone(),
             problem: format!("cannot open the transfer stage: {e}"),
         })?;
-        let t = std::time::Instant::now();
         let mut wants: Vec<(Hash, Vec<Hash>)> = Vec::new();
         let mut asked: HashSet<Hash> = HashSet::new();
         // Chunks for the pack, and for part files (large contents with
@@ -533,6 +533,8 @@ impl Replica for LocalReplica {
         }
         let no_parts: HashMap<Hash, PathBuf> = HashMap::new();
         let this: &LocalReplica = self;
+        tracing::debug!(wanted = wants.len(), "asking for chunks");
+        let t = std::time::Instant::now();
         let (fetched, early) = std::thread::scope(|scope| {
             let (go_tx, go_rx) =
                 std::sync::mpsc::channel::<Option<(PathBuf, Arc<HashMap<Hash, u64>>)>>();
@@ -586,6 +588,7 @@ impl Replica for LocalReplica {
                         return Ok(());
                     }
                     if go.is_some() && stage.len() >= staged_all {
+                        tracing::debug!(chunks = staged_all, elapsed = ?t.elapsed(), "stage complete");
                         let _ = go.take().expect("checked").send(stage.view());
                     }
                     for &i in routes.get(&h).into_iter().flatten() {
@@ -672,7 +675,9 @@ impl Replica for LocalReplica {
         }
         errors.extend(outcome.issues.iter().map(|i| self.issue(i)));
         // 4. Record what was done.
+        let t = std::time::Instant::now();
         let done = self.record(outcome.done)?;
+        tracing::debug!(entries = done.len(), elapsed = ?t.elapsed(), "recorded");
         if errors.is_empty() {
             stage.clear();
         }

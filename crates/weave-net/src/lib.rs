@@ -102,7 +102,9 @@ pub fn sync_kind(
     }
     for (i, remote) in remotes.iter().enumerate() {
         if let Some(spec) = remote {
+            let t = std::time::Instant::now();
             let mut r = RemoteReplica::spawn(spec, net, kind.name(), opts.dry_run)?;
+            tracing::debug!(replica = %spec.display, elapsed = ?t.elapsed(), "connected and opened");
             // The first local replica remembers the remote indexes.
             if let Some(c) = canon.first() {
                 r.cache_index_in(&kind.state_dir(c));

@@ -189,7 +189,9 @@ impl Server<'_> {
         };
         match b {
             Body::Open(o) => {
+                let t = std::time::Instant::now();
                 let (rep, root) = self.host.open(&o.path, &o.kind, o.dry_run)?;
+                tracing::debug!(elapsed = ?t.elapsed(), "opened");
                 let info = rep.info().clone();
                 self.rep = Some(rep);
                 self.conn
@@ -212,7 +214,9 @@ impl Server<'_> {
                     files: sc.files.into_iter().map(|f| (f.origin, f.text)).collect(),
                     patterns: sc.patterns,
                 };
+                let t = std::time::Instant::now();
                 let summary = self.rep()?.scan(&spec, sc.dry_run)?;
+                tracing::debug!(elapsed = ?t.elapsed(), "scanned");
                 self.served.scanned = !sc.dry_run;
                 for (i, notice) in summary
                     .errors
@@ -271,7 +275,10 @@ impl Server<'_> {
                 }
                 Ok(())
             }
-            Body::Run(_) => self.run(),
+            Body::Run(_) => {
+                tracing::debug!(ops = self.ops.len(), "operations received; running them");
+                self.run()
+            }
             Body::Finish(f) => {
                 let fin = weave_engine::Finish {
                     observe: f.observe,

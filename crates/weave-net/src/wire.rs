@@ -10,10 +10,15 @@ use weave_proto::msg::{Body, ChunkRequest, Envelope, IndexBatch, VvPair, WireEnt
 use weave_proto::validate::{chunk_from_wire, entry_to_wire, payload_from_wire};
 use weave_proto::ProtoError;
 
-/// Hashes per request, and requests in flight: at most about
-/// 64 × 64 × 64 KiB are under way at once, usually 64 × 64 × 16 KiB.
+/// Hashes per request, and hashes in flight (asked for, not yet all
+/// received): at most about 64 × 64 × 64 KiB are under way at once,
+/// usually 64 × 64 × 16 KiB. The window counts hashes, not requests: a
+/// request for a small file's single chunk takes one place in it, so
+/// thousands of small files keep as much data under way as a large one
+/// (a window of 64 requests held only 64 small chunks in flight, and a
+/// first copy of many small files ran at the pace of round trips).
 pub const PER_REQUEST: usize = 64;
-pub const WINDOW: usize = 64;
+pub const WINDOW: usize = 64 * PER_REQUEST;
 /// Bytes of entries per message (well under the frame limit).
 const BATCH_BYTES: usize = 256 * 1024;
 
@@ -101,10 +106,13 @@ pub fn request(
         }
     }
     let mut sent = 0usize;
+    // Hashes of the requests sent and not yet wholly answered.
+    let mut in_flight = 0usize;
     let peer = conn.peer().to_string();
     for k in 0..pieces.len() {
-        while sent < pieces.len() && sent < k + WINDOW {
+        while sent < pieces.len() && (sent == k || in_flight + pieces[sent].1.len() <= WINDOW) {
             let (w, piece) = pieces[sent];
+            in_flight += piece.len();
             conn.send(Body::ChunkRequest(ChunkRequest {
                 id: sent as u64,
                 hashes: piece.iter().map(|h| h.0.to_vec()).collect(),
@@ -161,6 +169,7 @@ pub fn request(
                 }
             }
         }
+        in_flight -= piece.len();
     }
     Ok(())
 }
@@ -191,4 +200,85 @@ pub fn request_nodes(
         other,
     )?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+    use weave_proto::msg::ChunkData;
+
+    /// Many one-chunk requests (a tree of small files) are all under way
+    /// before the first answer: the peer here answers nothing until it has
+    /// every request, so a window that counted requests would never end.
+    #[test]
+    fn small_requests_fill_the_window_by_hashes() {
+        let n = 1000usize;
+        assert!(n <= WINDOW);
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let near = Conn::over_unix(a, "near", None).unwrap();
+        let peer = std::thread::spawn(move || {
+            let far = Conn::over_unix(b, "far", None).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut got = Vec::new();
+            while got.len() < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "only {} requests arrived",
+                    got.len()
+                );
+                match far.try_recv() {
+                    Some(Ok(m)) => match m.body {
+                        Some(Body::ChunkRequest(r)) => got.extend(r.hashes),
+                        other => panic!("unexpected {other:?}"),
+                    },
+                    Some(Err(e)) => panic!("{e}"),
+                    None => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+            let by_hash: HashMap<Vec<u8>, Vec<u8>> = (0..n as u32)
+                .map(|i| {
+                    (
+                        Hash::of(&i.to_be_bytes()).0.to_vec(),
+                        i.to_be_bytes().to_vec(),
+                    )
+                })
+                .collect();
+            let answers = got
+                .into_iter()
+                .map(|h| {
+                    let data = by_hash[&h].clone();
+                    Body::ChunkData(ChunkData {
+                        hash: h,
+                        data,
+                        ..Default::default()
+                    })
+                })
+                .collect();
+            far.send_all(answers).unwrap();
+            far
+        });
+        let wants: Vec<(Hash, Vec<Hash>)> = (0..n as u32)
+            .map(|i| {
+                let h = Hash::of(&i.to_be_bytes());
+                (h, vec![h])
+            })
+            .collect();
+        let mut seen = 0usize;
+        request(
+            &near,
+            &wants,
+            false,
+            &mut |w, h, data| {
+                assert_eq!(wants[w].0, h);
+                assert_eq!(data.unwrap(), (w as u32).to_be_bytes());
+                seen += 1;
+                Ok(())
+            },
+            &mut |_| Ok(false),
+        )
+        .unwrap();
+        assert_eq!(seen, n);
+        drop(peer.join().unwrap());
+    }
 }
