@@ -84,6 +84,18 @@ pub trait Kind: Send + Sync {
     fn merge(&self) -> Option<Arc<dyn Merge>> {
         None
     }
+    /// For a replica at `root` with no state yet (not opened, so nothing
+    /// is created): hashes, recording nothing, what its first scan would
+    /// hash, to be given to it with [`Replica::adopt_prehashed`] once it
+    /// is opened. Stops hashing once `stop` is set.
+    fn prehash(
+        &self,
+        _root: &Path,
+        _patterns: &[String],
+        _stop: &std::sync::atomic::AtomicBool,
+    ) -> Option<weave_fs::Prehashed> {
+        None
+    }
 }
 
 /// Directory trees: the default kind.
@@ -100,6 +112,16 @@ impl Kind for Files {
         let roots: Vec<&Path> = canon.iter().map(|p| p.as_path()).collect();
         weave_fs::ignore::Matcher::build(&roots, ignore)?;
         Ok(canon)
+    }
+
+    fn prehash(
+        &self,
+        root: &Path,
+        patterns: &[String],
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Option<weave_fs::Prehashed> {
+        let matcher = weave_fs::ignore::Matcher::build(&[root], patterns).ok()?;
+        Some(weave_fs::prehash(root, None, &matcher, stop))
     }
 
     fn open(

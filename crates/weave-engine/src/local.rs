@@ -37,6 +37,8 @@ pub struct LocalReplica {
     locations: Option<HashMap<Hash, Vec<Location>>>,
     /// The next scan looks only at these paths (see [`Replica::limit_scan`]).
     scan_only: Option<Vec<String>>,
+    /// Files hashed ahead of the next scan (see [`Replica::prehash`]).
+    prehashed: Option<weave_fs::Prehashed>,
 }
 
 impl LocalReplica {
@@ -64,6 +66,7 @@ impl LocalReplica {
             trees: Vec::new(),
             locations: None,
             scan_only: None,
+            prehashed: None,
         })
     }
 
@@ -289,8 +292,23 @@ impl Replica for LocalReplica {
         self.scan_only = Some(paths);
     }
 
+    fn prehash(&mut self, patterns: &[String], stop: &std::sync::atomic::AtomicBool) {
+        let Ok(matcher) = Matcher::build(&[self.root.as_path()], patterns) else {
+            return;
+        };
+        let t = std::time::Instant::now();
+        let hashed = weave_fs::prehash(&self.root, Some(&self.index), &matcher, stop);
+        tracing::debug!(files = hashed.len(), elapsed = ?t.elapsed(), "hashed ahead of the scan");
+        self.prehashed = Some(hashed);
+    }
+
+    fn adopt_prehashed(&mut self, hashed: weave_fs::Prehashed) {
+        self.prehashed = Some(hashed);
+    }
+
     fn scan(&mut self, ignore: &IgnoreSpec, dry_run: bool) -> Result<ScanSummary, SyncError> {
         let matcher = Matcher::from_files(&ignore.files, &ignore.patterns)?;
+        let prehashed = self.prehashed.take();
         if !dry_run {
             // Directories an interrupted run had opened up get their modes
             // back before they are scanned.
@@ -305,6 +323,7 @@ impl Replica for LocalReplica {
             matcher: &matcher,
             remove_temps: !dry_run,
             only: self.scan_only.as_deref(),
+            prehashed: prehashed.as_ref(),
         };
         let o = weave_fs::scan(&self.root, &mut self.index, &opts)?;
         self.scan_only = None;

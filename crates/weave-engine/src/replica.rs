@@ -284,6 +284,14 @@ pub trait Replica: Send {
     /// file-system watcher saw change since the last scan. Replicas that
     /// do not scan a disk here ignore it.
     fn limit_scan(&mut self, _paths: Vec<String>) {}
+    /// Hashes ahead, recording nothing, what the next scan would hash
+    /// (under the replica's own ignore file and `patterns`): work that can
+    /// run while other replicas connect. Stops hashing once `stop` is set.
+    /// Replicas that do not scan a disk here ignore it.
+    fn prehash(&mut self, _patterns: &[String], _stop: &std::sync::atomic::AtomicBool) {}
+    /// Takes what [`crate::Kind::prehash`] hashed before this replica was
+    /// opened, for its next scan.
+    fn adopt_prehashed(&mut self, _hashed: weave_fs::Prehashed) {}
     /// Turns the disk into index entries (recorded unless `dry_run`).
     fn scan(&mut self, ignore: &IgnoreSpec, dry_run: bool) -> Result<ScanSummary, SyncError>;
     /// The full index, with this run's scan.

@@ -18,6 +18,6 @@ pub use apply::{
     apply, clear_trash, restore_modes, trash_leftovers, ApplyOutcome, ContentSource, Done,
     Location, Op, OpKind, Replaced,
 };
-pub use scan::{scan, ScanError, ScanOutcome};
+pub use scan::{prehash, scan, Prehashed, ScanError, ScanOutcome};
 pub use stage::{Part, Stage};
 pub use util::{join, read_at, same_stat, stat_of, temp_name, FsIssue, TEMP_PREFIX};

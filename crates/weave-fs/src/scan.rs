@@ -50,6 +50,82 @@ pub struct ScanOptions<'a> {
     /// subtree and its ancestor directories) instead of the whole tree:
     /// what a file-system watcher saw change. None for a full scan.
     pub only: Option<&'a [String]>,
+    /// Files already hashed by [`prehash`]: one whose stat is still the
+    /// one it was hashed with is not read again.
+    pub prehashed: Option<&'a Prehashed>,
+}
+
+/// Chunk lists of files hashed ahead of a scan (by [`prehash`], while
+/// other replicas connect), with the stat each was hashed at.
+#[derive(Default, Debug)]
+pub struct Prehashed {
+    files: std::collections::HashMap<String, (Stat, ChunkList)>,
+}
+
+impl Prehashed {
+    /// The chunk list of `rel` and its stat, if it was hashed and `st` (its
+    /// stat now) is the one it was hashed at. A file hashed within the
+    /// racy window is never taken: it may have changed since, keeping its
+    /// timestamps.
+    fn get(&self, rel: &str, st: &Stat) -> Option<(ChunkList, Stat)> {
+        let (at, list) = self.files.get(rel)?;
+        let same = at.size == st.size
+            && at.mtime_ns == st.mtime_ns
+            && at.ctime_ns == st.ctime_ns
+            && at.ino == st.ino
+            && at.mode == st.mode;
+        (same && !at.racy).then(|| (list.clone(), *at))
+    }
+
+    /// Files hashed.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
+/// Hashes, without recording anything, the files a scan of `root` would
+/// hash: those whose stat differs from `index`'s record (every file when
+/// there is no index yet). Meant to run while other replicas connect; the
+/// scan that follows then only looks at the stats. Best effort: what
+/// cannot be read here is left to the scan (which reports it), and once
+/// `stop` is set no more files are hashed.
+pub fn prehash(
+    root: &Path,
+    index: Option<&Index>,
+    matcher: &Matcher,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Prehashed {
+    use std::sync::atomic::Ordering;
+    let opts = ScanOptions {
+        matcher,
+        remove_temps: false,
+        only: None,
+        prehashed: None,
+    };
+    let cursor = match index.map(|i| i.scan_cursor()) {
+        Some(Ok(c)) => c,
+        Some(Err(_)) => return Prehashed::default(),
+        None => ScanCursor::empty(),
+    };
+    let mut w = Walker::new(&opts, cursor);
+    if w.walk_dir(root.to_path_buf(), "").is_err() {
+        return Prehashed::default();
+    }
+    let files = w
+        .to_hash
+        .into_par_iter()
+        .with_max_len(1)
+        .filter(|_| !stop.load(Ordering::Relaxed))
+        .filter_map(|(rel, st)| {
+            let (list, st) = hash_file(&join(root, &rel), &st).ok()?;
+            Some((rel, (st, list)))
+        })
+        .collect();
+    Prehashed { files }
 }
 
 /// Scans the replica at `root` against its index.
@@ -62,15 +138,7 @@ pub struct ScanOptions<'a> {
 /// counters and sequence numbers come from `index`; nothing is written
 /// (the caller writes [`ScanOutcome::changed`]).
 pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOutcome, ScanError> {
-    let mut w = Walker {
-        opts,
-        cursor: index.scan_cursor()?,
-        out: ScanOutcome::default(),
-        blocked: HashSet::new(),
-        gone: Vec::new(),
-        to_hash: Vec::new(),
-        updates: Vec::new(),
-    };
+    let mut w = Walker::new(opts, index.scan_cursor()?);
     let units = opts.only.and_then(scope_units);
     match &units {
         Some(units) => {
@@ -120,7 +188,10 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
         .into_par_iter()
         .with_max_len(1)
         .map(|(rel, st)| {
-            let r = hash_file(&join(root, &rel), &st);
+            let r = match opts.prehashed.and_then(|p| p.get(&rel, &st)) {
+                Some(hit) => Ok(hit),
+                None => hash_file(&join(root, &rel), &st),
+            };
             (rel, r)
         })
         .collect();
@@ -248,7 +319,19 @@ struct Child {
     raw: rustix::fs::Stat,
 }
 
-impl Walker<'_> {
+impl<'a> Walker<'a> {
+    fn new(opts: &'a ScanOptions<'a>, cursor: ScanCursor) -> Walker<'a> {
+        Walker {
+            opts,
+            cursor,
+            out: ScanOutcome::default(),
+            blocked: HashSet::new(),
+            gone: Vec::new(),
+            to_hash: Vec::new(),
+            updates: Vec::new(),
+        }
+    }
+
     /// Takes the index records that sort before `rel` (all of them for
     /// None): they were not found on disk.
     fn advance_to(&mut self, rel: Option<&str>) -> Result<(), IndexError> {
@@ -600,4 +683,122 @@ fn hash_file(path: &Path, before: &Stat) -> HashResult {
         return Err("changed while being scanned; it will be picked up by the next sync".into());
     }
     Ok((list, stat_of(&m2)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::time::{Duration, SystemTime};
+
+    /// A file with an mtime well outside the racy window.
+    fn old_file(path: &Path, data: &[u8]) {
+        fs::write(path, data).unwrap();
+        let f = fs::File::options().write(true).open(path).unwrap();
+        f.set_times(
+            fs::FileTimes::new().set_modified(SystemTime::now() - Duration::from_secs(3600)),
+        )
+        .unwrap();
+    }
+
+    fn scan_with(root: &Path, state: &Path, prehashed: Option<&Prehashed>) -> ScanOutcome {
+        let matcher = Matcher::none();
+        let opts = ScanOptions {
+            matcher: &matcher,
+            remove_temps: false,
+            only: None,
+            prehashed,
+        };
+        let mut index = Index::open(state).unwrap();
+        scan(root, &mut index, &opts).unwrap()
+    }
+
+    fn content_of(o: &ScanOutcome, path: &str) -> weave_core::Hash {
+        match o
+            .changed
+            .iter()
+            .find(|le| le.entry.path == path)
+            .map(|le| &le.entry.object)
+        {
+            Some(Object::File { content, .. }) => *content,
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+
+    /// What was hashed ahead is what a scan would have found, and a file
+    /// whose stat changed since is read again.
+    #[test]
+    fn a_scan_takes_prehashed_files_only_while_their_stat_holds() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("r");
+        fs::create_dir_all(root.join("d")).unwrap();
+        old_file(&root.join("a"), b"alpha");
+        old_file(&root.join("d/b"), &vec![7u8; 300_000]);
+        old_file(&root.join("c"), b"gamma");
+        let stop = AtomicBool::new(false);
+        let pre = prehash(&root, None, &Matcher::none(), &stop);
+        assert_eq!(pre.len(), 3);
+        // The same as a plain scan's.
+        let plain = scan_with(&root, &t.path().join("s1"), None);
+        let ahead = scan_with(&root, &t.path().join("s2"), Some(&pre));
+        for p in ["a", "d/b", "c"] {
+            assert_eq!(content_of(&plain, p), content_of(&ahead, p), "{p}");
+        }
+        assert_eq!(plain.contents.len(), ahead.contents.len());
+
+        // A prehashed list is taken as it is while the stat holds (here a
+        // made-up one, to see that it is the one used)...
+        let mut fake = Prehashed::default();
+        let st = stat_of(&fs::metadata(root.join("a")).unwrap());
+        let made_up = weave_chunk::chunk_bytes(b"not what is in a");
+        fake.files.insert("a".into(), (st, made_up.clone()));
+        let o = scan_with(&root, &t.path().join("s3"), Some(&fake));
+        assert_eq!(content_of(&o, "a"), made_up.content_id());
+        // ... and not once the file changed since (same size, new bytes)...
+        old_file(&root.join("a"), b"ALPHA");
+        let o = scan_with(&root, &t.path().join("s4"), Some(&fake));
+        assert_eq!(
+            content_of(&o, "a"),
+            weave_chunk::chunk_bytes(b"ALPHA").content_id()
+        );
+        // ... nor if it was hashed within the racy window.
+        let st = stat_of(&fs::metadata(root.join("a")).unwrap());
+        fake.files
+            .insert("a".into(), (Stat { racy: true, ..st }, made_up.clone()));
+        let o = scan_with(&root, &t.path().join("s5"), Some(&fake));
+        assert_eq!(
+            content_of(&o, "a"),
+            weave_chunk::chunk_bytes(b"ALPHA").content_id()
+        );
+    }
+
+    /// Files the index already has at their stat are not hashed ahead,
+    /// ignored ones neither, and nothing is hashed once stopped.
+    #[test]
+    fn prehash_hashes_only_what_the_scan_would() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("r");
+        fs::create_dir_all(&root).unwrap();
+        old_file(&root.join("kept"), b"kept");
+        let state = t.path().join("s");
+        let o = scan_with(&root, &state, None);
+        let mut index = Index::open(&state).unwrap();
+        index
+            .write(&weave_index::Batch {
+                entries: o.changed,
+                contents: o.contents,
+                ..Default::default()
+            })
+            .unwrap();
+        old_file(&root.join("new"), b"new");
+        old_file(&root.join("skip.log"), b"ignored");
+        let matcher = Matcher::from_files(&[], &["*.log".to_string()]).unwrap();
+        let stop = AtomicBool::new(false);
+        let pre = prehash(&root, Some(&index), &matcher, &stop);
+        let mut names: Vec<&String> = pre.files.keys().collect();
+        names.sort();
+        assert_eq!(names, ["new"]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(prehash(&root, None, &matcher, &stop).is_empty());
+    }
 }

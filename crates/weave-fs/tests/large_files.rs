@@ -33,6 +33,7 @@ fn check(root: &std::path::Path, state: &std::path::Path, files: &[Vec<u8>]) {
         matcher: &matcher,
         remove_temps: false,
         only: None,
+        prehashed: None,
     };
     let mut index = Index::open(state).unwrap();
     let out = scan(root, &mut index, &opts).unwrap();

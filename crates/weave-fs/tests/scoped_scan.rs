@@ -157,6 +157,7 @@ fn scan_into(root: &Path, index: &mut Index, only: Option<&[String]>) {
         matcher: &matcher,
         remove_temps: false,
         only,
+        prehashed: None,
     };
     let o = scan(root, index, &opts).unwrap();
     index

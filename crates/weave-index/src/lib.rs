@@ -111,6 +111,18 @@ pub struct ScanCursor {
 }
 
 impl ScanCursor {
+    /// A cursor over no records (a replica with no index yet).
+    pub fn empty() -> ScanCursor {
+        ScanCursor {
+            table: None,
+            range: None,
+            end: None,
+            peeked: None,
+            path: PathBuf::new(),
+            state: PathBuf::new(),
+        }
+    }
+
     /// Moves the cursor to the first record at or after `from`, and ends
     /// it before `end` (records at or after `end` are not returned).
     pub fn seek(&mut self, from: &str, end: Option<&str>) -> Result<(), IndexError> {

@@ -18,6 +18,7 @@ pub use conn::{Conn, RateLimit};
 pub use remote::{NetOptions, RemoteReplica, RemoteSpec};
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use weave_engine::{Files, Kind, Progress, Replica, Report, SyncError, SyncOptions};
 
 /// Runs one sync of the directory trees named by `specs`: local
@@ -100,21 +101,63 @@ pub fn sync_kind(
             open_local(&mut opened, k)?;
         }
     }
-    for (i, remote) in remotes.iter().enumerate() {
-        if let Some(spec) = remote {
-            let t = std::time::Instant::now();
-            let mut r = RemoteReplica::spawn(spec, net, kind.name(), opts.dry_run)?;
-            tracing::debug!(replica = %spec.display, elapsed = ?t.elapsed(), "connected and opened");
-            // The first local replica remembers the remote indexes.
-            if let Some(c) = canon.first() {
-                r.cache_index_in(&kind.state_dir(c));
+    // The remotes connect while the local replicas hash what their scan
+    // will read (a first sync hashes every file, for about as long as ssh
+    // takes to connect): the scan after it only looks at the stats.
+    // Nothing is recorded, and no state is created, before every remote
+    // is open; a remote that fails stops the hashing.
+    let stop = AtomicBool::new(false);
+    let mut prehashed: Vec<Option<weave_fs::Prehashed>> =
+        (0..local_idx.len()).map(|_| None).collect();
+    let connected = std::thread::scope(|s| {
+        let stop = &stop;
+        let remotes = &remotes;
+        let dry_run = opts.dry_run;
+        let connecting = s.spawn(move || {
+            let mut out = Vec::new();
+            for (i, remote) in remotes.iter().enumerate() {
+                let Some(spec) = remote else { continue };
+                let t = std::time::Instant::now();
+                match RemoteReplica::spawn(spec, net, kind.name(), dry_run) {
+                    Ok(r) => {
+                        tracing::debug!(replica = %spec.display, elapsed = ?t.elapsed(), "connected and opened");
+                        out.push((i, r));
+                    }
+                    Err(e) => {
+                        stop.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
             }
-            opened[i] = Some(Box::new(r));
+            Ok(out)
+        });
+        if remotes.iter().any(Option::is_some) {
+            let t = std::time::Instant::now();
+            for (k, &i) in local_idx.iter().enumerate() {
+                match opened[i].as_mut() {
+                    Some(r) => r.prehash(&opts.ignore, stop),
+                    None => prehashed[k] = kind.prehash(&canon[k], &opts.ignore, stop),
+                }
+            }
+            tracing::debug!(elapsed = ?t.elapsed(), "hashed ahead while connecting");
         }
+        connecting
+            .join()
+            .expect("connecting to the remotes panicked")
+    })?;
+    for (i, mut r) in connected {
+        // The first local replica remembers the remote indexes.
+        if let Some(c) = canon.first() {
+            r.cache_index_in(&kind.state_dir(c));
+        }
+        opened[i] = Some(Box::new(r));
     }
     for k in 0..local_idx.len() {
         if opened[local_idx[k]].is_none() {
             open_local(&mut opened, k)?;
+        }
+        if let (Some(r), Some(p)) = (opened[local_idx[k]].as_mut(), prehashed[k].take()) {
+            r.adopt_prehashed(p);
         }
     }
     let mut reps: Vec<Box<dyn Replica>> = opened.into_iter().map(|r| r.expect("opened")).collect();
