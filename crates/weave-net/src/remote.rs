@@ -21,6 +21,10 @@ use weave_proto::validate::{batch_from_wire, entry_to_wire, hash_from_wire, requ
 use weave_proto::ProtoError;
 
 /// Issues accepted from one remote per run, and bytes per message.
+/// Chunks answered to requests that arrived together are queued at most
+/// this many at a time (one request's worth, 64 small files' chunks).
+pub(crate) const REPLY_MAX: usize = wire::PER_REQUEST;
+
 const MAX_ISSUES: usize = 100_000;
 const MAX_ISSUE_TEXT: usize = 4096;
 
@@ -535,17 +539,27 @@ impl Replica for RemoteReplica {
             .map_err(proto)?;
         self.conn.send(Body::Run(Run {})).map_err(proto)?;
         let mut out = Applied::default();
+        // Answers to the requests that arrived together, queued as one:
+        // they leave in a few large writes, not one small write (and a
+        // wake-up of every process on the way) per small file.
+        let mut reply: Vec<Body> = Vec::new();
         loop {
-            let m = self.conn.recv().map_err(proto)?;
+            let m = match self.conn.try_recv() {
+                Some(m) => m,
+                None => {
+                    self.conn
+                        .send_all(std::mem::take(&mut reply))
+                        .map_err(proto)?;
+                    self.conn.recv()
+                }
+            }
+            .map_err(proto)?;
             match m.body {
                 Some(Body::ChunkRequest(r)) => {
                     let hashes = request_from_wire(&r, &peer).map_err(proto)?;
                     let content =
                         hash_from_wire(&r.content, "a content id", &peer).map_err(proto)?;
                     let wants = [(content, hashes)];
-                    // The whole reply is queued at once: it leaves in a
-                    // few large writes.
-                    let mut reply: Vec<Body> = Vec::with_capacity(wants[0].1.len());
                     if r.nodes {
                         let got = provider.nodes(&wants)?;
                         for (h, n) in wants[0]
@@ -577,7 +591,11 @@ impl Replica for RemoteReplica {
                             }
                         }
                     }
-                    self.conn.send_all(reply).map_err(proto)?;
+                    if reply.len() >= REPLY_MAX {
+                        self.conn
+                            .send_all(std::mem::take(&mut reply))
+                            .map_err(proto)?;
+                    }
                 }
                 Some(Body::Progress(p)) => progress(p.bytes_done),
                 Some(Body::IndexBatch(b)) => {

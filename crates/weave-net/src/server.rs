@@ -110,9 +110,22 @@ pub fn serve_host(conn: Conn, host: &mut dyn Host) -> Result<Served, SyncError> 
         ops: Vec::new(),
         on_current: Vec::new(),
         compress: Compress::default(),
+        reply: Vec::new(),
     };
     loop {
-        let m = match s.conn.recv() {
+        // Answers to chunk requests that arrived together leave as one
+        // write (see `Server::reply`), before anything else is answered.
+        let m = match s.conn.try_recv() {
+            Some(m) => m,
+            None => {
+                s.flush_reply()?;
+                s.conn.recv()
+            }
+        };
+        if !matches!(&m, Ok(m) if matches!(m.body, Some(Body::ChunkRequest(_)))) {
+            s.flush_reply()?;
+        }
+        let m = match m {
             Ok(m) => m,
             Err(ProtoError::Closed { .. }) => {
                 s.served.seq = s.rep.as_ref().map(|r| r.info().seq);
@@ -137,6 +150,8 @@ struct Server<'h> {
     ops: Vec<Op>,
     on_current: Vec<bool>,
     compress: Compress,
+    /// Chunks answered and not yet queued on the connection.
+    reply: Vec<Body>,
 }
 
 /// Compresses chunks while that pays: after 16 chunks in a row that did
@@ -172,6 +187,12 @@ fn expand(path: &str) -> PathBuf {
 }
 
 impl Server<'_> {
+    fn flush_reply(&mut self) -> Result<(), SyncError> {
+        self.conn
+            .send_all(std::mem::take(&mut self.reply))
+            .map_err(proto)
+    }
+
     fn rep(&mut self) -> Result<&mut Box<dyn Replica>, SyncError> {
         self.rep
             .as_mut()
@@ -313,8 +334,7 @@ impl Server<'_> {
             .rep
             .as_mut()
             .ok_or_else(|| SyncError::Remote("no replica is open in this session".into()))?;
-        // The whole reply is queued at once: it leaves in a few large writes.
-        let mut reply: Vec<Body> = Vec::with_capacity(wants[0].1.len());
+        let reply = &mut self.reply;
         if r.nodes {
             let got = rep.serve_nodes(&wants)?;
             for (h, n) in wants[0]
@@ -332,7 +352,10 @@ impl Server<'_> {
                 Ok(())
             })?;
         }
-        self.conn.send_all(reply).map_err(proto)
+        if self.reply.len() >= crate::remote::REPLY_MAX {
+            self.flush_reply()?;
+        }
+        Ok(())
     }
 
     fn run(&mut self) -> Result<(), SyncError> {

@@ -110,17 +110,23 @@ pub fn request(
     let mut in_flight = 0usize;
     let peer = conn.peer().to_string();
     for k in 0..pieces.len() {
-        while sent < pieces.len() && (sent == k || in_flight + pieces[sent].1.len() <= WINDOW) {
-            let (w, piece) = pieces[sent];
-            in_flight += piece.len();
-            conn.send(Body::ChunkRequest(ChunkRequest {
-                id: sent as u64,
-                hashes: piece.iter().map(|h| h.0.to_vec()).collect(),
-                content: wants[w].0 .0.to_vec(),
-                nodes,
-            }))
-            .map_err(proto)?;
-            sent += 1;
+        // The window is refilled once half of it was answered, with one
+        // write: a request per answer would cost the peer (and every
+        // process between, ssh and sshd) a wake-up for each small file.
+        if sent == k || in_flight <= WINDOW / 2 {
+            let mut batch = Vec::new();
+            while sent < pieces.len() && (sent == k || in_flight + pieces[sent].1.len() <= WINDOW) {
+                let (w, piece) = pieces[sent];
+                in_flight += piece.len();
+                batch.push(Body::ChunkRequest(ChunkRequest {
+                    id: sent as u64,
+                    hashes: piece.iter().map(|h| h.0.to_vec()).collect(),
+                    content: wants[w].0 .0.to_vec(),
+                    nodes,
+                }));
+                sent += 1;
+            }
+            conn.send_all(batch).map_err(proto)?;
         }
         let (w, piece) = pieces[k];
         let mut left: HashMap<Hash, usize> = HashMap::new();
@@ -205,6 +211,8 @@ pub fn request_nodes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
     use weave_proto::msg::ChunkData;
 
@@ -279,6 +287,87 @@ mod tests {
         )
         .unwrap();
         assert_eq!(seen, n);
+        drop(peer.join().unwrap());
+    }
+
+    /// Counts the writes that reach the stream.
+    struct Counted<W>(W, Arc<AtomicUsize>);
+
+    impl<W: std::io::Write> std::io::Write for Counted<W> {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            self.0.write(b)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.0.flush()
+        }
+    }
+
+    /// Requests for many small files leave in a few large writes, however
+    /// the answers trickle in: the window is refilled by halves, not one
+    /// request per answer.
+    #[test]
+    fn requests_leave_in_few_writes_while_answers_trickle_in() {
+        let n = 5 * WINDOW;
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let writes = Arc::new(AtomicUsize::new(0));
+        let near = Conn::new(
+            a.try_clone().unwrap(),
+            Counted(a, writes.clone()),
+            "near",
+            None,
+        );
+        let peer = std::thread::spawn(move || {
+            let far = Conn::over_unix(b, "far", None).unwrap();
+            let by_hash: HashMap<Vec<u8>, Vec<u8>> = (0..n as u32)
+                .map(|i| {
+                    (
+                        Hash::of(&i.to_be_bytes()).0.to_vec(),
+                        i.to_be_bytes().to_vec(),
+                    )
+                })
+                .collect();
+            let mut answered = 0;
+            while answered < n {
+                let Some(Body::ChunkRequest(r)) = far.recv().unwrap().body else {
+                    panic!("not a request");
+                };
+                // One answer at a time, each on its own.
+                for h in r.hashes {
+                    let data = by_hash[&h].clone();
+                    far.send(Body::ChunkData(ChunkData {
+                        hash: h,
+                        data,
+                        ..Default::default()
+                    }))
+                    .unwrap();
+                    answered += 1;
+                }
+            }
+            far
+        });
+        let wants: Vec<(Hash, Vec<Hash>)> = (0..n as u32)
+            .map(|i| {
+                let h = Hash::of(&i.to_be_bytes());
+                (h, vec![h])
+            })
+            .collect();
+        let mut seen = 0usize;
+        request(
+            &near,
+            &wants,
+            false,
+            &mut |_, _, data| {
+                assert!(data.is_some());
+                seen += 1;
+                Ok(())
+            },
+            &mut |_| Ok(false),
+        )
+        .unwrap();
+        assert_eq!(seen, n);
+        let w = writes.load(Ordering::Relaxed);
+        assert!(w <= 40, "{n} requests took {w} writes");
         drop(peer.join().unwrap());
     }
 }
