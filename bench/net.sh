@@ -33,6 +33,9 @@
 #               sets RUST_LOG=$WEAVE_LOG and keeps its stderr, so the report shows the
 #               remote side's phase timings too (--remote-weave then names the wrapper,
 #               not the binary; off by default)
+#   RSYNC_FSYNC=1  workload 4 also runs `rsync -a --fsync` (every file flushed to disk, as
+#               weave's writes are before they are renamed into place): an extra, informational
+#               row; about 10 s per run on 2 cores
 #   VERIFY=0    skip the cmp / diff -r checks (default: a run whose result differs counts as failed)
 #   KEEP=1      keep NET_DIR (logs in NET_DIR/logs)
 #
@@ -42,7 +45,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 # how this run was started, for the report (before the defaults are filled in)
-INVOCATION="$(for v in NET_DIR NET_FS REPS REPS_INIT QUICK WEAVE VERIFY REMOTE_LOG; do if [[ -n ${!v:-} ]]; then printf '%s=%q ' "$v" "${!v}"; fi; done)bash bench/net.sh${*:+ $*}"
+INVOCATION="$(for v in NET_DIR NET_FS REPS REPS_INIT QUICK WEAVE VERIFY REMOTE_LOG RSYNC_FSYNC; do if [[ -n ${!v:-} ]]; then printf '%s=%q ' "$v" "${!v}"; fi; done)bash bench/net.sh${*:+ $*}"
 NET_DIR=${NET_DIR:-/tmp/weave-net-bench}
 NET_FS=${NET_FS:-}
 REPS=${REPS:-3}
@@ -52,6 +55,7 @@ VERIFY=${VERIFY:-1}
 KEEP=${KEEP:-0}
 WEAVE_LOG=${WEAVE_LOG:-debug}
 REMOTE_LOG=${REMOTE_LOG:-0}
+RSYNC_FSYNC=${RSYNC_FSYNC:-0}
 OUT_DIR=$HERE/out
 
 WORKLOADS=("$@")
@@ -265,6 +269,7 @@ tool_cmd() {
         weave) CMD=("$WEAVE" sync --json --rsh "$RSH" --remote-weave "$REMOTE_WEAVE" "$l" "$HOST:$r") ;;
         rsync) CMD=(rsync -a -e "$RSH" --exclude=/.weave "$l/" "$HOST:$r/") ;;
         rsync-fuzzy) CMD=(rsync -a --fuzzy --delete-after -e "$RSH" --exclude=/.weave "$l/" "$HOST:$r/") ;;
+        rsync-fsync) CMD=(rsync -a --fsync -e "$RSH" --exclude=/.weave "$l/" "$HOST:$r/") ;;
     esac
 }
 # the same, as shown in the report (long paths abbreviated)
@@ -487,9 +492,9 @@ if want 4; then
             rm -rf "$A/.weave" # a true first copy for weave: no local state either
             measure 4 "$tool" "$A" "$dst" || continue
             verify_tree 4 "$tool" "$A" "$dst"
-        done < <(rotated "$r" weave rsync)
+        done < <(if [[ $RSYNC_FSYNC == 1 ]]; then rotated "$r" weave rsync rsync-fsync; else rotated "$r" weave rsync; fi)
     done
-    for tool in weave rsync; do
+    for tool in weave rsync rsync-fsync; do
         dst=$NET_DIR/init-$tool
         [[ -n ${LOOPDEV[$dst]:-} ]] && loop_umount "$dst"
         rm -rf --one-file-system "$dst"
@@ -539,6 +544,7 @@ declare -A LABEL=(
     [3]="(3) $(human $BIG) file renamed, vs plain \`rsync -a\` (median of $REPS)"
     [3f]="(3) $(human $BIG) file renamed, vs \`rsync -a --fuzzy --delete-after\` (median of $REPS)"
     [4]="(4) initial copy: $A_FILES x 4 KiB in $A_DIRS dirs + $A_BIG x $(human $A_BIG_SIZE), empty remote (median of $REPS_INIT)"
+    [4s]="(4) the same, vs \`rsync -a --fsync\` (every file flushed to disk, as weave does; informational, RSYNC_FSYNC=1)"
 )
 if [[ $NET_FS == loop ]]; then
     FS_LINE="filesystems: NET_FS=loop: local sources on one loop-mounted ext4 image, weave's and rsync's remote trees of 1-3 on one image each, and every initial copy of 4 into a freshly made ext4 image (loop devices with direct I/O), all images in NET_DIR on $HOST_FS"
@@ -561,6 +567,7 @@ REPORT=$(
     for k in 1a 1 2a 2 3; do row "$k" "${LABEL[$k]}"; done
     row 3 "${LABEL[3f]}" rsync-fuzzy
     row 4 "${LABEL[4]}"
+    row 4 "${LABEL[4s]}" rsync-fsync
     echo
     echo "Goals:"
     echo
@@ -577,7 +584,7 @@ REPORT=$(
     echo "Raw figures, in run order (bytes = sent+received through ssh; weave's own --json bytes_on_wire; machine CPU = CPU seconds used by all processes on the machine during the run; relay = count_pipe.py's own CPU):"
     echo
     for k in 1a 1 2a 2 3 4; do
-        for t in weave rsync rsync-fuzzy; do
+        for t in weave rsync rsync-fuzzy rsync-fsync; do
             [[ -n ${TIMES[$k.$t]:-} ]] || continue
             echo "- $k $t: time s:${TIMES[$k.$t]}; bytes:${BYTES[$k.$t]} (sent:${SENT[$k.$t]}; received:${RECV[$k.$t]})$([[ $t == weave ]] && echo "; --json bytes_on_wire:${JBYTES[$k.$t]:-}"); machine CPU s:${MCPU[$k.$t]}; relay CPU s:${RELAY[$k.$t]}"
         done

@@ -621,6 +621,7 @@ impl Replica for LocalReplica {
                     Ok(())
                 };
                 fetched = provider.chunks(&wants, &mut sink);
+                tracing::debug!(elapsed = ?t.elapsed(), "transfer ended");
                 if bad > 0 {
                     errors.push(Issue {
                         path: String::new(),
@@ -636,6 +637,7 @@ impl Replica for LocalReplica {
                 let _ = go.send(if fetched.is_ok() { stage.view() } else { None });
             }
             let early = early.and_then(|h| h.join().expect("early writer panicked"));
+            tracing::debug!(elapsed = ?t.elapsed(), "files from the stage written");
             if let Some(f) = flusher {
                 let _ = f.join();
             }
