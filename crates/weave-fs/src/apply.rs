@@ -562,7 +562,16 @@ impl<'f> Out<'f> {
     fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
         self.buf.extend_from_slice(data);
         if self.buf.len() >= Self::FLUSH_AT {
-            self.flush()?;
+            // Whole blocks only: a write that ends inside a new block makes
+            // the kernel zero the rest of it first (see `stage::Part`).
+            let end = self.at + self.buf.len() as u64;
+            let n = (end - end % 4096).saturating_sub(self.at) as usize;
+            if n == 0 {
+                return self.flush();
+            }
+            self.file.write_all_at(&self.buf[..n], self.at)?;
+            self.at += n as u64;
+            self.buf.drain(..n);
         }
         Ok(())
     }
