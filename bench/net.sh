@@ -33,9 +33,10 @@
 #               sets RUST_LOG=$WEAVE_LOG and keeps its stderr, so the report shows the
 #               remote side's phase timings too (--remote-weave then names the wrapper,
 #               not the binary; off by default)
-#   RSYNC_FSYNC=1  workload 4 also runs `rsync -a --fsync` (every file flushed to disk, as
-#               weave's writes are before they are renamed into place): an extra, informational
-#               row; about 10 s per run on 2 cores
+#   RSYNC_FSYNC=1  workload 4 also runs rsync with its data made durable, as weave's is when it
+#               returns: `rsync -a --fsync` (every file flushed), and `rsync -a` followed by
+#               `sync -f` of the remote filesystem; two extra, informational rows (about 13 s
+#               more per repetition on 2 cores)
 #   VERIFY=0    skip the cmp / diff -r checks (default: a run whose result differs counts as failed)
 #   KEEP=1      keep NET_DIR (logs in NET_DIR/logs)
 #
@@ -270,6 +271,8 @@ tool_cmd() {
         rsync) CMD=(rsync -a -e "$RSH" --exclude=/.weave "$l/" "$HOST:$r/") ;;
         rsync-fuzzy) CMD=(rsync -a --fuzzy --delete-after -e "$RSH" --exclude=/.weave "$l/" "$HOST:$r/") ;;
         rsync-fsync) CMD=(rsync -a --fsync -e "$RSH" --exclude=/.weave "$l/" "$HOST:$r/") ;;
+        # the "remote" is this machine: its filesystem is synced directly
+        rsync-sync) CMD=(bash -c 'rsync -a -e "$1" --exclude=/.weave "$2/" "$3:$4/" && sync -f "$4"' rsync-sync "$RSH" "$l" "$HOST" "$r") ;;
     esac
 }
 # the same, as shown in the report (long paths abbreviated)
@@ -492,9 +495,9 @@ if want 4; then
             rm -rf "$A/.weave" # a true first copy for weave: no local state either
             measure 4 "$tool" "$A" "$dst" || continue
             verify_tree 4 "$tool" "$A" "$dst"
-        done < <(if [[ $RSYNC_FSYNC == 1 ]]; then rotated "$r" weave rsync rsync-fsync; else rotated "$r" weave rsync; fi)
+        done < <(if [[ $RSYNC_FSYNC == 1 ]]; then rotated "$r" weave rsync rsync-fsync rsync-sync; else rotated "$r" weave rsync; fi)
     done
-    for tool in weave rsync rsync-fsync; do
+    for tool in weave rsync rsync-fsync rsync-sync; do
         dst=$NET_DIR/init-$tool
         [[ -n ${LOOPDEV[$dst]:-} ]] && loop_umount "$dst"
         rm -rf --one-file-system "$dst"
@@ -545,6 +548,7 @@ declare -A LABEL=(
     [3f]="(3) $(human $BIG) file renamed, vs \`rsync -a --fuzzy --delete-after\` (median of $REPS)"
     [4]="(4) initial copy: $A_FILES x 4 KiB in $A_DIRS dirs + $A_BIG x $(human $A_BIG_SIZE), empty remote (median of $REPS_INIT)"
     [4s]="(4) the same, vs \`rsync -a --fsync\` (every file flushed to disk, as weave does; informational, RSYNC_FSYNC=1)"
+    [4y]="(4) the same, vs \`rsync -a\` then \`sync -f\` of the remote filesystem (all data on disk when it returns, as with weave; informational, RSYNC_FSYNC=1)"
 )
 if [[ $NET_FS == loop ]]; then
     FS_LINE="filesystems: NET_FS=loop: local sources on one loop-mounted ext4 image, weave's and rsync's remote trees of 1-3 on one image each, and every initial copy of 4 into a freshly made ext4 image (loop devices with direct I/O), all images in NET_DIR on $HOST_FS"
@@ -568,6 +572,7 @@ REPORT=$(
     row 3 "${LABEL[3f]}" rsync-fuzzy
     row 4 "${LABEL[4]}"
     row 4 "${LABEL[4s]}" rsync-fsync
+    row 4 "${LABEL[4y]}" rsync-sync
     echo
     echo "Goals:"
     echo
@@ -584,7 +589,7 @@ REPORT=$(
     echo "Raw figures, in run order (bytes = sent+received through ssh; weave's own --json bytes_on_wire; machine CPU = CPU seconds used by all processes on the machine during the run; relay = count_pipe.py's own CPU):"
     echo
     for k in 1a 1 2a 2 3 4; do
-        for t in weave rsync rsync-fuzzy rsync-fsync; do
+        for t in weave rsync rsync-fuzzy rsync-fsync rsync-sync; do
             [[ -n ${TIMES[$k.$t]:-} ]] || continue
             echo "- $k $t: time s:${TIMES[$k.$t]}; bytes:${BYTES[$k.$t]} (sent:${SENT[$k.$t]}; received:${RECV[$k.$t]})$([[ $t == weave ]] && echo "; --json bytes_on_wire:${JBYTES[$k.$t]:-}"); machine CPU s:${MCPU[$k.$t]}; relay CPU s:${RELAY[$k.$t]}"
         done
