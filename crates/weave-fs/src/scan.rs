@@ -59,7 +59,9 @@ pub struct ScanOptions<'a> {
 /// other replicas connect), with the stat each was hashed at.
 #[derive(Default, Debug)]
 pub struct Prehashed {
-    files: std::collections::HashMap<String, (Stat, ChunkList)>,
+    /// Taken out by the scan that uses them (no second copy of every list
+    /// while a large tree is scanned).
+    files: std::sync::Mutex<std::collections::HashMap<String, (Stat, ChunkList)>>,
 }
 
 impl Prehashed {
@@ -67,23 +69,23 @@ impl Prehashed {
     /// stat now) is the one it was hashed at. A file hashed within the
     /// racy window is never taken: it may have changed since, keeping its
     /// timestamps.
-    fn get(&self, rel: &str, st: &Stat) -> Option<(ChunkList, Stat)> {
-        let (at, list) = self.files.get(rel)?;
+    fn take(&self, rel: &str, st: &Stat) -> Option<(ChunkList, Stat)> {
+        let (at, list) = self.files.lock().ok()?.remove(rel)?;
         let same = at.size == st.size
             && at.mtime_ns == st.mtime_ns
             && at.ctime_ns == st.ctime_ns
             && at.ino == st.ino
             && at.mode == st.mode;
-        (same && !at.racy).then(|| (list.clone(), *at))
+        (same && !at.racy).then_some((list, at))
     }
 
-    /// Files hashed.
+    /// Files hashed (and not taken yet).
     pub fn len(&self) -> usize {
-        self.files.len()
+        self.files.lock().map_or(0, |f| f.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
+        self.len() == 0
     }
 }
 
@@ -92,7 +94,8 @@ impl Prehashed {
 /// there is no index yet). Meant to run while other replicas connect; the
 /// scan that follows then only looks at the stats. Best effort: what
 /// cannot be read here is left to the scan (which reports it), and once
-/// `stop` is set no more files are hashed.
+/// `stop` is set no more files are started (those being read are
+/// finished).
 pub fn prehash(
     root: &Path,
     index: Option<&Index>,
@@ -115,8 +118,10 @@ pub fn prehash(
     if w.walk_dir(root.to_path_buf(), "").is_err() {
         return Prehashed::default();
     }
-    let files = w
-        .to_hash
+    // Largest first, as the scan does.
+    let mut to_hash = w.to_hash;
+    to_hash.sort_by_key(|(_, st)| std::cmp::Reverse(st.size));
+    let files = to_hash
         .into_par_iter()
         .with_max_len(1)
         .filter(|_| !stop.load(Ordering::Relaxed))
@@ -125,7 +130,9 @@ pub fn prehash(
             Some((rel, (st, list)))
         })
         .collect();
-    Prehashed { files }
+    Prehashed {
+        files: std::sync::Mutex::new(files),
+    }
 }
 
 /// Scans the replica at `root` against its index.
@@ -188,7 +195,7 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
         .into_par_iter()
         .with_max_len(1)
         .map(|(rel, st)| {
-            let r = match opts.prehashed.and_then(|p| p.get(&rel, &st)) {
+            let r = match opts.prehashed.and_then(|p| p.take(&rel, &st)) {
                 Some(hit) => Ok(hit),
                 None => hash_file(&join(root, &rel), &st),
             };
@@ -748,13 +755,21 @@ mod tests {
 
         // A prehashed list is taken as it is while the stat holds (here a
         // made-up one, to see that it is the one used)...
-        let mut fake = Prehashed::default();
+        let fake = Prehashed::default();
+        let put = |st: Stat, list: &ChunkList| {
+            fake.files
+                .lock()
+                .unwrap()
+                .insert("a".into(), (st, list.clone()));
+        };
         let st = stat_of(&fs::metadata(root.join("a")).unwrap());
         let made_up = weave_chunk::chunk_bytes(b"not what is in a");
-        fake.files.insert("a".into(), (st, made_up.clone()));
+        put(st, &made_up);
         let o = scan_with(&root, &t.path().join("s3"), Some(&fake));
         assert_eq!(content_of(&o, "a"), made_up.content_id());
+        assert!(fake.is_empty(), "taken by the scan");
         // ... and not once the file changed since (same size, new bytes)...
+        put(st, &made_up);
         old_file(&root.join("a"), b"ALPHA");
         let o = scan_with(&root, &t.path().join("s4"), Some(&fake));
         assert_eq!(
@@ -763,8 +778,7 @@ mod tests {
         );
         // ... nor if it was hashed within the racy window.
         let st = stat_of(&fs::metadata(root.join("a")).unwrap());
-        fake.files
-            .insert("a".into(), (Stat { racy: true, ..st }, made_up.clone()));
+        put(Stat { racy: true, ..st }, &made_up);
         let o = scan_with(&root, &t.path().join("s5"), Some(&fake));
         assert_eq!(
             content_of(&o, "a"),
@@ -795,7 +809,7 @@ mod tests {
         let matcher = Matcher::from_files(&[], &["*.log".to_string()]).unwrap();
         let stop = AtomicBool::new(false);
         let pre = prehash(&root, Some(&index), &matcher, &stop);
-        let mut names: Vec<&String> = pre.files.keys().collect();
+        let mut names: Vec<String> = pre.files.lock().unwrap().keys().cloned().collect();
         names.sort();
         assert_eq!(names, ["new"]);
         stop.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -103,9 +103,10 @@ pub fn sync_kind(
     }
     // The remotes connect while the local replicas hash what their scan
     // will read (a first sync hashes every file, for about as long as ssh
-    // takes to connect): the scan after it only looks at the stats.
-    // Nothing is recorded, and no state is created, before every remote
-    // is open; a remote that fails stops the hashing.
+    // takes to connect): the scan after it only looks at the stats of
+    // what was hashed. Nothing is recorded, and no state is created,
+    // before every remote is open. Once they are (or one failed), no
+    // more files are started.
     let stop = AtomicBool::new(false);
     let mut prehashed: Vec<Option<weave_fs::Prehashed>> =
         (0..local_idx.len()).map(|_| None).collect();
@@ -129,6 +130,9 @@ pub fn sync_kind(
                     }
                 }
             }
+            // Connected: the hashing left is done by the scans, which run
+            // on every replica at once (the remotes' too).
+            stop.store(true, Ordering::Relaxed);
             Ok(out)
         });
         if remotes.iter().any(Option::is_some) {

@@ -122,8 +122,13 @@ pub fn serve_host(conn: Conn, host: &mut dyn Host) -> Result<Served, SyncError> 
                 s.conn.recv()
             }
         };
-        if !matches!(&m, Ok(m) if matches!(m.body, Some(Body::ChunkRequest(_)))) {
-            s.flush_reply()?;
+        match &m {
+            Ok(m) if matches!(m.body, Some(Body::ChunkRequest(_))) => {}
+            Ok(_) => s.flush_reply()?,
+            // The session is over: what is left to send may not get there.
+            Err(_) => {
+                let _ = s.flush_reply();
+            }
         }
         let m = match m {
             Ok(m) => m,
