@@ -571,8 +571,10 @@ REPORT=$(
     for k in 1a 1 2a 2 3; do row "$k" "${LABEL[$k]}"; done
     row 3 "${LABEL[3f]}" rsync-fuzzy
     row 4 "${LABEL[4]}"
-    row 4 "${LABEL[4s]}" rsync-fsync
-    row 4 "${LABEL[4y]}" rsync-sync
+    if [[ $RSYNC_FSYNC == 1 ]]; then
+        row 4 "${LABEL[4s]}" rsync-fsync
+        row 4 "${LABEL[4y]}" rsync-sync
+    fi
     echo
     echo "Goals:"
     echo
