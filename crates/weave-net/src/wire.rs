@@ -216,6 +216,59 @@ mod tests {
     use std::time::{Duration, Instant};
     use weave_proto::msg::ChunkData;
 
+    /// `n` one-chunk contents (small files): the chunk of content `i` is
+    /// `i` as 4 bytes, and is the content's id.
+    fn small_contents(n: usize) -> Vec<(Hash, Vec<Hash>)> {
+        (0..n as u32)
+            .map(|i| {
+                let h = Hash::of(&i.to_be_bytes());
+                (h, vec![h])
+            })
+            .collect()
+    }
+
+    /// The data of [`small_contents`]' chunks, by hash.
+    fn chunks_by_hash(n: usize) -> HashMap<Vec<u8>, Vec<u8>> {
+        (0..n as u32)
+            .map(|i| {
+                (
+                    Hash::of(&i.to_be_bytes()).0.to_vec(),
+                    i.to_be_bytes().to_vec(),
+                )
+            })
+            .collect()
+    }
+
+    fn answer(h: Vec<u8>, by_hash: &HashMap<Vec<u8>, Vec<u8>>) -> Body {
+        let data = by_hash[&h].clone();
+        Body::ChunkData(ChunkData {
+            hash: h,
+            data,
+            ..Default::default()
+        })
+    }
+
+    /// Asks for all of [`small_contents`] through `near`; the chunks that
+    /// came, each checked to be the one asked for.
+    fn fetch_all(near: &Conn, n: usize) -> usize {
+        let wants = small_contents(n);
+        let mut seen = 0usize;
+        request(
+            near,
+            &wants,
+            false,
+            &mut |w, h, data| {
+                assert_eq!(wants[w].0, h);
+                assert_eq!(data.unwrap(), (w as u32).to_be_bytes());
+                seen += 1;
+                Ok(())
+            },
+            &mut |_| Ok(false),
+        )
+        .unwrap();
+        seen
+    }
+
     /// Many one-chunk requests (a tree of small files) are all under way
     /// before the first answer: the peer here answers nothing until it has
     /// every request, so a window that counted requests would never end.
@@ -244,49 +297,12 @@ mod tests {
                     None => std::thread::sleep(Duration::from_millis(2)),
                 }
             }
-            let by_hash: HashMap<Vec<u8>, Vec<u8>> = (0..n as u32)
-                .map(|i| {
-                    (
-                        Hash::of(&i.to_be_bytes()).0.to_vec(),
-                        i.to_be_bytes().to_vec(),
-                    )
-                })
-                .collect();
-            let answers = got
-                .into_iter()
-                .map(|h| {
-                    let data = by_hash[&h].clone();
-                    Body::ChunkData(ChunkData {
-                        hash: h,
-                        data,
-                        ..Default::default()
-                    })
-                })
-                .collect();
+            let by_hash = chunks_by_hash(n);
+            let answers = got.into_iter().map(|h| answer(h, &by_hash)).collect();
             far.send_all(answers).unwrap();
             far
         });
-        let wants: Vec<(Hash, Vec<Hash>)> = (0..n as u32)
-            .map(|i| {
-                let h = Hash::of(&i.to_be_bytes());
-                (h, vec![h])
-            })
-            .collect();
-        let mut seen = 0usize;
-        request(
-            &near,
-            &wants,
-            false,
-            &mut |w, h, data| {
-                assert_eq!(wants[w].0, h);
-                assert_eq!(data.unwrap(), (w as u32).to_be_bytes());
-                seen += 1;
-                Ok(())
-            },
-            &mut |_| Ok(false),
-        )
-        .unwrap();
-        assert_eq!(seen, n);
+        assert_eq!(fetch_all(&near, n), n);
         drop(peer.join().unwrap());
     }
 
@@ -319,14 +335,7 @@ mod tests {
         );
         let peer = std::thread::spawn(move || {
             let far = Conn::over_unix(b, "far", None).unwrap();
-            let by_hash: HashMap<Vec<u8>, Vec<u8>> = (0..n as u32)
-                .map(|i| {
-                    (
-                        Hash::of(&i.to_be_bytes()).0.to_vec(),
-                        i.to_be_bytes().to_vec(),
-                    )
-                })
-                .collect();
+            let by_hash = chunks_by_hash(n);
             let mut answered = 0;
             while answered < n {
                 let Some(Body::ChunkRequest(r)) = far.recv().unwrap().body else {
@@ -334,38 +343,13 @@ mod tests {
                 };
                 // One answer at a time, each on its own.
                 for h in r.hashes {
-                    let data = by_hash[&h].clone();
-                    far.send(Body::ChunkData(ChunkData {
-                        hash: h,
-                        data,
-                        ..Default::default()
-                    }))
-                    .unwrap();
+                    far.send(answer(h, &by_hash)).unwrap();
                     answered += 1;
                 }
             }
             far
         });
-        let wants: Vec<(Hash, Vec<Hash>)> = (0..n as u32)
-            .map(|i| {
-                let h = Hash::of(&i.to_be_bytes());
-                (h, vec![h])
-            })
-            .collect();
-        let mut seen = 0usize;
-        request(
-            &near,
-            &wants,
-            false,
-            &mut |_, _, data| {
-                assert!(data.is_some());
-                seen += 1;
-                Ok(())
-            },
-            &mut |_| Ok(false),
-        )
-        .unwrap();
-        assert_eq!(seen, n);
+        assert_eq!(fetch_all(&near, n), n);
         let w = writes.load(Ordering::Relaxed);
         assert!(w <= 40, "{n} requests took {w} writes");
         drop(peer.join().unwrap());
