@@ -269,15 +269,12 @@ impl Part {
         let Some(ix) = self.at.get(h) else {
             return Ok(());
         };
-        let places: Vec<u64> = ix
-            .iter()
-            .filter(|&&i| !self.have[i])
-            .map(|&i| self.offsets[i])
-            .collect();
-        for &i in self.at.get(h).into_iter().flatten() {
+        let mut places = Vec::with_capacity(ix.len());
+        for &i in ix {
             if !self.have[i] {
                 self.have[i] = true;
                 self.missing -= 1;
+                places.push(self.offsets[i]);
             }
         }
         for at in places {
