@@ -5,18 +5,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::free_port;
+
 const WAIT: Duration = Duration::from_secs(40);
 
 fn weave() -> Command {
     Command::new(env!("CARGO_BIN_EXE_weave"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Device {

@@ -14,7 +14,7 @@ mod common;
 use common::*;
 use std::fs;
 use std::io::Write as _;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -666,11 +666,6 @@ fn wait_listening(child: &mut Child, port: u16) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     false
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
 }
 
 impl Sshd {

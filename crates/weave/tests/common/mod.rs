@@ -454,3 +454,37 @@ impl SampleTree {
         assert_eq!(mode(b.join("readonly.txt")), 0o444);
     }
 }
+
+/// A loopback TCP port for a server a test starts (a daemon, sshd).
+///
+/// Asking the kernel for port 0 and closing it again races: the kernel
+/// hands the same ephemeral port to the next `bind(0)` or outgoing
+/// connection, so two daemons of tests running at once could end up on one
+/// port. These ports come from below the ephemeral range, where the kernel
+/// never picks by itself; each is handed out once in this process (the
+/// start depends on the process id, so test binaries run side by side start
+/// apart), and only if it can be bound right now.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (low, high) = if ephemeral_low > 12_000 {
+        (10_000, ephemeral_low)
+    } else {
+        // An unusual ephemeral range: the ports above it.
+        (ephemeral_low.max(1024) + 30_000, 65_000)
+    };
+    let span = high - low;
+    let start = std::process::id() * 97 % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (low + (start + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {low}..{high}");
+}
