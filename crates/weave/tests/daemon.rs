@@ -134,6 +134,15 @@ impl Device {
         }
     }
 
+    /// Whether the daemon was started and has exited since (not by
+    /// `kill9` or `term`, which take it out).
+    fn exited(&self) -> bool {
+        match self.child.borrow_mut().as_mut() {
+            Some(c) => c.try_wait().unwrap().is_some(),
+            None => false,
+        }
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.root.join("daemon.log")).unwrap_or_default()
     }
@@ -153,12 +162,20 @@ impl Drop for Device {
     }
 }
 
-/// Waits (bounded) until `f` holds; on time-out, fails showing the logs.
+/// Waits (bounded) until `f` holds; on time-out, or as soon as a daemon
+/// that should be running has exited, fails showing the logs.
 fn wait_for(what: &str, devs: &[&Device], mut f: impl FnMut() -> bool) {
     let t = Instant::now();
-    while t.elapsed() < WAIT {
+    let mut why = "timed out";
+    'wait: while t.elapsed() < WAIT {
         if f() {
             return;
+        }
+        for d in devs {
+            if d.exited() {
+                why = "a daemon exited";
+                break 'wait;
+            }
         }
         std::thread::sleep(Duration::from_millis(25));
     }
@@ -166,7 +183,7 @@ fn wait_for(what: &str, devs: &[&Device], mut f: impl FnMut() -> bool) {
         .iter()
         .map(|d| format!("--- {} ---\n{}", d.name, d.log()))
         .collect();
-    panic!("timed out waiting for {what}\n{}", logs.join("\n"));
+    panic!("{why} waiting for {what}\n{}", logs.join("\n"));
 }
 
 fn read(p: &Path) -> Option<String> {
