@@ -325,7 +325,9 @@ impl Replica for LocalReplica {
             only: self.scan_only.as_deref(),
             prehashed: prehashed.as_ref(),
         };
+        let t = std::time::Instant::now();
         let o = weave_fs::scan(&self.root, &mut self.index, &opts)?;
+        tracing::debug!(changed = o.changed.len(), elapsed = ?t.elapsed(), "walked and hashed");
         self.scan_only = None;
         let mut summary = ScanSummary {
             errors: o.issues.iter().map(|i| self.issue(i)).collect(),
@@ -341,11 +343,13 @@ impl Replica for LocalReplica {
             });
         }
         if !dry_run && (!o.changed.is_empty() || !o.contents.is_empty()) {
+            let t = std::time::Instant::now();
             self.index.write(&Batch {
                 entries: o.changed.clone(),
                 contents: o.contents.clone(),
                 ..Default::default()
             })?;
+            tracing::debug!(elapsed = ?t.elapsed(), "scan recorded");
         }
         self.info.seq = self.index.seq();
         self.info.clock = self.index.clock();
@@ -585,8 +589,9 @@ impl Replica for LocalReplica {
                     path: state.clone(),
                     problem: format!("cannot write the transfer stage: {e}"),
                 };
-                // A part that is complete goes to disk while the rest arrives
-                // (the writes are made durable before they land in any case).
+                // A part goes to disk while the rest arrives, every few MiB
+                // and when complete (the writes are made durable before
+                // they land in any case).
                 let (flush_tx, flush_rx) = std::sync::mpsc::channel::<std::fs::File>();
                 flusher = Some(scope.spawn(move || {
                     for f in flush_rx {
@@ -612,7 +617,7 @@ impl Replica for LocalReplica {
                     }
                     for &i in routes.get(&h).into_iter().flatten() {
                         parts[i].put(&h, &data).map_err(stage_error)?;
-                        if parts[i].complete() {
+                        if parts[i].flush_due() {
                             if let Ok(f) = parts[i].handle() {
                                 let _ = flush_tx.send(f);
                             }

@@ -177,10 +177,18 @@ pub struct Part {
     /// anywhere, and that zeroing cost a receiver as much as a tenth of
     /// its time.)
     pending: Option<(u64, Vec<u8>)>,
+    /// Bytes written to the file since [`Part::flush_due`] last said so.
+    unflushed: u64,
 }
 
 /// Writes go out in multiples of this (a file-system block, a page).
 const BLOCK: u64 = 4096;
+
+/// A part is worth making durable (by another thread, while the rest
+/// arrives) once this much was written to it since it last was: the disk
+/// then writes as the data comes in, and what is left to flush when the
+/// transfer ends is at most this much per part, not a whole large file.
+pub const FLUSH_EVERY: u64 = 8 << 20;
 
 impl Part {
     fn open(dir: &Path, list: &ChunkList) -> std::io::Result<Part> {
@@ -232,6 +240,7 @@ impl Part {
             offsets,
             at,
             pending: None,
+            unflushed: 0,
         })
     }
 
@@ -310,6 +319,7 @@ impl Part {
             }
             buf.extend_from_slice(&data[..fill]);
             self.file.write_all_at(buf, *start)?;
+            self.unflushed += buf.len() as u64;
             buf.clear();
             data = &data[fill..];
             *start = boundary;
@@ -317,6 +327,7 @@ impl Part {
         let whole = data.len() - data.len() % BLOCK as usize;
         if whole > 0 {
             self.file.write_all_at(&data[..whole], *start)?;
+            self.unflushed += whole as u64;
             *start += whole as u64;
         }
         buf.extend_from_slice(&data[whole..]);
@@ -326,8 +337,20 @@ impl Part {
     fn flush_pending(&mut self) -> std::io::Result<()> {
         if let Some((start, buf)) = self.pending.take() {
             self.file.write_all_at(&buf, start)?;
+            self.unflushed += buf.len() as u64;
         }
         Ok(())
+    }
+
+    /// Whether the part should be made durable now: it is complete and
+    /// has writes not flushed yet, or [`FLUSH_EVERY`] bytes were written
+    /// since this last said so. Counts from zero again when it says yes.
+    pub fn flush_due(&mut self) -> bool {
+        let due = self.unflushed >= FLUSH_EVERY || (self.complete() && self.unflushed > 0);
+        if due {
+            self.unflushed = 0;
+        }
+        due
     }
 
     /// Another handle to the part file (to flush it from elsewhere).
@@ -490,6 +513,33 @@ mod tests {
             }
         }
         assert!(part.complete());
+        assert_eq!(std::fs::read(part.path()).unwrap(), data);
+    }
+
+    #[test]
+    fn a_large_part_asks_to_be_flushed_as_it_fills_and_when_complete() {
+        let d = tempfile::tempdir().unwrap();
+        let data = noise(2 * FLUSH_EVERY as usize + 3_000_000);
+        let list = weave_chunk::chunk_bytes(&data);
+        let stage = Stage::open(d.path()).unwrap();
+        let mut part = stage.part(&list).unwrap();
+        assert!(!part.flush_due(), "nothing written yet");
+        let (mut received, mut at_flush) = (0u64, Vec::new());
+        for (off, c) in list.with_offsets() {
+            let bytes = &data[off as usize..off as usize + c.len as usize];
+            part.put(&c.hash, bytes).unwrap();
+            received += c.len as u64;
+            if part.flush_due() {
+                at_flush.push(received);
+            }
+            // Never much more than FLUSH_EVERY waits for a flush.
+            let since = received - at_flush.last().copied().unwrap_or(0);
+            assert!(since < FLUSH_EVERY + weave_chunk::CHUNK_MAX as u64);
+        }
+        assert_eq!(at_flush.len(), 3, "{at_flush:?}");
+        assert_eq!(*at_flush.last().unwrap(), data.len() as u64, "the end");
+        assert!(at_flush[0] >= FLUSH_EVERY && at_flush[1] >= 2 * FLUSH_EVERY);
+        assert!(!part.flush_due(), "all was flushed");
         assert_eq!(std::fs::read(part.path()).unwrap(), data);
     }
 }
