@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use weave_chunk::{ChunkList, Node};
 use weave_core::path::STATE_DIR;
-use weave_core::{Entry, Hash, Object};
+use weave_core::{Entry, Hash, Object, ReplicaId};
 use weave_fs::ignore::{Matcher, IGNORE_FILE};
 use weave_fs::scan::ScanOptions;
 use weave_fs::{join, ContentSource, FsIssue, Location, Op, OpKind, Part, Stage};
@@ -555,6 +555,11 @@ impl Replica for LocalReplica {
             locations.entry(*c).or_default().extend(ls.iter().cloned());
         }
         let no_parts: HashMap<Hash, PathBuf> = HashMap::new();
+        // The files written early are recorded as soon as they are written,
+        // while the rest still arrives: numbered after this run's last
+        // sequence number (nothing else takes one until the transfer ends).
+        let (id, seq, clock) = (self.index.id(), self.index.seq(), self.index.clock());
+        let early_idx = &early_idx;
         let this: &LocalReplica = self;
         tracing::debug!(wanted = wants.len(), "asking for chunks");
         let t = std::time::Instant::now();
@@ -577,7 +582,18 @@ impl Replica for LocalReplica {
                         staged: Some(&staged),
                         parts: no_parts,
                     };
-                    Some(weave_fs::apply(&this.root, early_ops, &src, progress))
+                    let mut e = weave_fs::apply(&this.root, early_ops, &src, progress);
+                    for d in &mut e.done {
+                        d.op = early_idx[d.op];
+                    }
+                    let t = std::time::Instant::now();
+                    let r = Record::of(id, std::mem::take(&mut e.done), seq, clock);
+                    let written = match r.out.is_empty() {
+                        true => Ok(()),
+                        false => this.index.write_as(&r.batch, r.clock, r.seq),
+                    };
+                    tracing::debug!(entries = r.out.len(), elapsed = ?t.elapsed(), "recorded the files written early");
+                    Some((e, r, written))
                 })
             });
             let mut go = early.as_ref().map(|_| go_tx);
@@ -650,21 +666,15 @@ impl Replica for LocalReplica {
         });
         // What was written early is recorded whatever happens next.
         let mut outcome = weave_fs::ApplyOutcome::default();
-        if let Some(e) = early {
+        let mut done = Vec::new();
+        if let Some((e, r, written)) = early {
             outcome.bytes_local += e.bytes_local;
             outcome.bytes_remote += e.bytes_remote;
             outcome.issues.extend(e.issues);
-            outcome.done.extend(e.done.into_iter().map(|mut d| {
-                d.op = early_idx[d.op];
-                d
-            }));
+            written?;
+            done = self.remember(r);
         }
-        if let Err(e) = fetched {
-            if !outcome.done.is_empty() {
-                self.record(outcome.done)?;
-            }
-            return Err(e);
-        }
+        fetched?;
         // 3. Carry the (other) operations out.
         let staged = stage.view();
         let parts: HashMap<Hash, PathBuf> = parts
@@ -702,7 +712,7 @@ impl Replica for LocalReplica {
         errors.extend(outcome.issues.iter().map(|i| self.issue(i)));
         // 4. Record what was done.
         let t = std::time::Instant::now();
-        let done = self.record(outcome.done)?;
+        done.extend(self.record(outcome.done)?);
         tracing::debug!(entries = done.len(), elapsed = ?t.elapsed(), "recorded");
         if errors.is_empty() {
             stage.clear();
@@ -738,27 +748,63 @@ impl LocalReplica {
     /// Records in the index what the executor did: (operation index, the
     /// version now recorded) for each.
     fn record(&mut self, done: Vec<weave_fs::Done>) -> Result<Vec<(usize, Entry)>, SyncError> {
-        let id = self.index.id();
+        let r = Record::of(self.index.id(), done, self.index.seq(), self.index.clock());
+        self.index.observe(r.clock);
+        self.index.take_seqs_to(r.seq);
+        self.index.write(&r.batch)?;
+        Ok(self.remember(r))
+    }
+
+    /// Takes a record another thread wrote with [`Index::write_as`] (its
+    /// sequence numbers and clock, and its entries).
+    fn remember(&mut self, r: Record) -> Vec<(usize, Entry)> {
+        self.index.observe(r.clock);
+        self.index.take_seqs_to(r.seq);
+        self.info.seq = self.index.seq();
+        let entries = self.entries.as_mut().expect("loaded before any apply");
+        for le in r.batch.entries {
+            entries.insert(le.entry.path.clone(), le);
+        }
+        r.out
+    }
+}
+
+/// What recording an executor's results writes to the index.
+struct Record {
+    batch: Batch,
+    /// (operation index, the version now recorded) for each.
+    out: Vec<(usize, Entry)>,
+    /// The last sequence number taken.
+    seq: u64,
+    /// The clock once this replica's counters in the entries are seen.
+    clock: u64,
+}
+
+impl Record {
+    /// The record of `done`, numbered after sequence number `seq`, for an
+    /// index whose clock is `clock`.
+    fn of(id: ReplicaId, done: Vec<weave_fs::Done>, mut seq: u64, mut clock: u64) -> Record {
         let mut batch = Batch::default();
         let mut out = Vec::with_capacity(done.len());
-        let entries = self.entries.as_mut().expect("loaded before any apply");
         for d in done {
-            self.index.observe(d.entry.vv.get(id));
-            let le = LocalEntry {
+            clock = clock.max(d.entry.vv.get(id));
+            seq += 1;
+            batch.entries.push(LocalEntry {
                 entry: d.entry.clone(),
-                seq: self.index.next_seq(),
+                seq,
                 stat: d.stat,
-            };
-            entries.insert(le.entry.path.clone(), le.clone());
-            batch.entries.push(le);
+            });
             if let Some(list) = d.content {
                 batch.contents.push(list);
             }
             out.push((d.op, d.entry));
         }
-        self.index.write(&batch)?;
-        self.info.seq = self.index.seq();
-        Ok(out)
+        Record {
+            batch,
+            out,
+            seq,
+            clock,
+        }
     }
 }
 

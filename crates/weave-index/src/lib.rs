@@ -449,6 +449,13 @@ impl Index {
         self.seq
     }
 
+    /// Counts the sequence numbers up to `seq` as given out (by a writer
+    /// that numbered its entries from [`Index::seq`] on and wrote them with
+    /// [`Index::write_as`]).
+    pub fn take_seqs_to(&mut self, seq: u64) {
+        self.seq = self.seq.max(seq);
+    }
+
     fn corrupt(&self, detail: impl Into<String>) -> IndexError {
         IndexError::Corrupt {
             path: self.path.clone(),
@@ -679,6 +686,20 @@ impl Index {
 
     /// Writes a batch and the clocks in one durable transaction.
     pub fn write(&mut self, batch: &Batch) -> Result<(), IndexError> {
+        self.write_as(batch, self.clock, self.seq)?;
+        if let Some(fp) = batch.ignore_fingerprint {
+            self.ignore_fp = Some(fp);
+        }
+        Ok(())
+    }
+
+    /// Writes a batch as [`Index::write`] does, with the given clock and
+    /// last sequence number instead of this index's own, and without
+    /// changing this handle: for a thread that writes while others read.
+    /// Its writer numbers the batch's entries after [`Index::seq`], and the
+    /// owner then takes those numbers ([`Index::take_seqs_to`]) and the
+    /// clock ([`Index::observe`]). Writers are serialized by the database.
+    pub fn write_as(&self, batch: &Batch, clock: u64, seq: u64) -> Result<(), IndexError> {
         let Some(db) = &self.db else { return Ok(()) };
         let tx = db.begin_write().map_err(|e| self.db_err(e))?;
         {
@@ -731,11 +752,9 @@ impl Index {
             let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
             if let Some(fp) = batch.ignore_fingerprint {
                 meta.insert("ignore_fp", fp).map_err(|e| self.db_err(e))?;
-                self.ignore_fp = Some(fp);
             }
-            meta.insert("clock", self.clock)
-                .map_err(|e| self.db_err(e))?;
-            meta.insert("seq", self.seq).map_err(|e| self.db_err(e))?;
+            meta.insert("clock", clock).map_err(|e| self.db_err(e))?;
+            meta.insert("seq", seq).map_err(|e| self.db_err(e))?;
         }
         tx.commit().map_err(|e| self.db_err(e))
     }
