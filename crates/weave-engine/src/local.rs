@@ -12,7 +12,7 @@ use weave_core::path::STATE_DIR;
 use weave_core::{Entry, Hash, Object, ReplicaId};
 use weave_fs::ignore::{Matcher, IGNORE_FILE};
 use weave_fs::scan::ScanOptions;
-use weave_fs::{join, ContentSource, FsIssue, Location, Op, OpKind, Part, Stage};
+use weave_fs::{join, ContentSource, FsIssue, Location, Op, OpKind, Part, PartWriter, Stage};
 use weave_index::{Batch, Index, LocalEntry};
 
 /// Contents at least this large with nothing of them on this machine are
@@ -481,6 +481,9 @@ impl Replica for LocalReplica {
         // nothing of them here: they land by a rename, not a copy).
         let mut to_stage: HashSet<Hash> = HashSet::new();
         let mut parts: Vec<Part> = Vec::new();
+        // Writes the parts (straight to the disk where it can) and flushes
+        // them as they fill, while the receiving thread goes on.
+        let mut writer: Option<Arc<PartWriter>> = None;
         let mut routes: HashMap<Hash, Vec<usize>> = HashMap::new();
         // Asked for after the chunks for the stage, so that the files
         // built from the stage can be written while they arrive.
@@ -507,7 +510,8 @@ impl Replica for LocalReplica {
                     continue;
                 }
                 // Without a part file (it cannot be made), the pack.
-                if let Ok(part) = stage.part(list) {
+                if let Ok(mut part) = stage.part(list) {
+                    part.write_with(writer.get_or_insert_with(|| PartWriter::start(true)));
                     let missing = part.missing();
                     for h in &missing {
                         routes.entry(*h).or_default().push(parts.len());
@@ -598,22 +602,12 @@ impl Replica for LocalReplica {
             });
             let mut go = early.as_ref().map(|_| go_tx);
             let mut fetched = Ok(());
-            let mut flusher = None;
             if !wants.is_empty() {
                 let mut bad = 0u64;
                 let stage_error = |e: std::io::Error| SyncError::State {
                     path: state.clone(),
                     problem: format!("cannot write the transfer stage: {e}"),
                 };
-                // A part goes to disk while the rest arrives, every few MiB
-                // and when complete (the writes are made durable before
-                // they land in any case).
-                let (flush_tx, flush_rx) = std::sync::mpsc::channel::<std::fs::File>();
-                flusher = Some(scope.spawn(move || {
-                    for f in flush_rx {
-                        let _ = f.sync_data();
-                    }
-                }));
                 // Verified once, on arrival (I-3): here, unless the provider
                 // already did.
                 let verified = provider.verified();
@@ -633,10 +627,11 @@ impl Replica for LocalReplica {
                     }
                     for &i in routes.get(&h).into_iter().flatten() {
                         parts[i].put(&h, &data).map_err(stage_error)?;
+                        // Made durable while the rest arrives, every few MiB
+                        // and when complete (the writes are made durable
+                        // before they land in any case).
                         if parts[i].flush_due() {
-                            if let Ok(f) = parts[i].handle() {
-                                let _ = flush_tx.send(f);
-                            }
+                            parts[i].flush();
                         }
                     }
                     Ok(())
@@ -659,11 +654,21 @@ impl Replica for LocalReplica {
             }
             let early = early.and_then(|h| h.join().expect("early writer panicked"));
             tracing::debug!(elapsed = ?t.elapsed(), "files from the stage written");
-            if let Some(f) = flusher {
-                let _ = f.join();
-            }
             (fetched, early)
         });
+        // Everything handed to the part writer is written (and what it
+        // could not write is not whole).
+        let unwritten = writer.map(|w| w.finish()).unwrap_or_default();
+        if !unwritten.is_empty() {
+            errors.push(Issue {
+                path: String::new(),
+                message: format!(
+                    "could not write what arrived for {} large file(s) in {}; they are retried next time (is the disk full?)",
+                    unwritten.len(),
+                    state.join(weave_fs::stage::PARTS_DIR).display()
+                ),
+            });
+        }
         // What was written early is recorded whatever happens next.
         let mut outcome = weave_fs::ApplyOutcome::default();
         let mut done = Vec::new();
@@ -679,7 +684,7 @@ impl Replica for LocalReplica {
         let staged = stage.view();
         let parts: HashMap<Hash, PathBuf> = parts
             .iter()
-            .filter(|p| p.complete())
+            .filter(|p| p.complete() && !unwritten.contains(p.path()))
             .map(|p| (p.content(), p.path().to_path_buf()))
             .collect();
         tracing::debug!(elapsed = ?t.elapsed(), stage = staged.as_ref().map_or(0, |s| s.1.len()), parts = parts.len(), "received chunks");

@@ -19,5 +19,5 @@ pub use apply::{
     Location, Op, OpKind, Replaced,
 };
 pub use scan::{prehash, scan, Prehashed, ScanError, ScanOutcome};
-pub use stage::{Part, Stage};
+pub use stage::{Part, PartWriter, Stage};
 pub use util::{join, read_at, same_stat, stat_of, temp_name, FsIssue, TEMP_PREFIX};

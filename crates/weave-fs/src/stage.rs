@@ -160,7 +160,7 @@ impl Stage {
 pub struct Part {
     content: Hash,
     path: PathBuf,
-    file: File,
+    file: Arc<File>,
     list: ChunkList,
     have: Vec<bool>,
     /// Offset of each chunk of `list`.
@@ -169,26 +169,93 @@ pub struct Part {
     at: HashMap<Hash, Vec<usize>>,
     /// Places of `list` not written yet.
     missing: usize,
-    /// Bytes received but not written yet, and the offset they go to: a
-    /// run of consecutive chunks is written in whole file-system blocks,
-    /// its unaligned end kept for the next chunk. (A write that ends or
-    /// starts inside a new block makes the kernel zero the rest of that
-    /// block, or of a whole large folio, first: chunk boundaries are
-    /// anywhere, and that zeroing cost a receiver as much as a tenth of
-    /// its time.)
-    pending: Option<(u64, Vec<u8>)>,
+    /// Consecutive bytes received but not written yet: they go out in
+    /// large writes of whole file-system blocks. (A write that ends or
+    /// starts inside a block makes the kernel zero the rest of that block,
+    /// or of a whole large folio, first: chunk boundaries are anywhere, and
+    /// that zeroing cost a receiver as much as a tenth of its time.)
+    run: Option<Run>,
+    /// A buffer for the next run (when no [`PartWriter`] lends them).
+    spare: Option<Vec<u8>>,
+    /// Whole blocks go to this thread, written straight to the disk.
+    writer: Option<(Arc<PartWriter>, Arc<File>)>,
     /// Bytes written to the file since [`Part::flush_due`] last said so.
     unflushed: u64,
 }
 
-/// Writes go out in multiples of this (a file-system block, a page).
+/// Writes go out in multiples of this (a file-system block, a page), from
+/// memory aligned to it (what direct I/O asks for).
 const BLOCK: u64 = 4096;
+
+/// The largest run of a part kept in memory before it is written.
+const RUN: usize = 4 << 20;
 
 /// A part is worth making durable (by another thread, while the rest
 /// arrives) once this much was written to it since it last was: the disk
 /// then writes as the data comes in, and what is left to flush when the
 /// transfer ends is at most this much per part, not a whole large file.
 pub const FLUSH_EVERY: u64 = 8 << 20;
+
+/// Consecutive bytes of a part, in memory. `buf[base]` is block-aligned in
+/// memory and stands for file offset `block`, so that the whole blocks of
+/// the run are aligned both in memory and in the file.
+struct Run {
+    block: u64,
+    buf: Vec<u8>,
+    base: usize,
+    /// Where the run's bytes start, after `base` (under one block).
+    from: usize,
+    len: usize,
+}
+
+impl Run {
+    fn new(at: u64, buf: Vec<u8>) -> Run {
+        let base = buf.as_ptr().align_offset(BLOCK as usize);
+        assert!(
+            buf.len() >= base + RUN,
+            "a run buffer holds RUN aligned bytes"
+        );
+        Run {
+            block: at - at % BLOCK,
+            base,
+            from: (at % BLOCK) as usize,
+            len: 0,
+            buf,
+        }
+    }
+
+    fn end(&self) -> u64 {
+        self.block + (self.from + self.len) as u64
+    }
+
+    /// The run's bytes from file offset `a` to `b`.
+    fn bytes(&self, a: u64, b: u64) -> &[u8] {
+        let at = |o: u64| self.base + (o - self.block) as usize;
+        &self.buf[at(a)..at(b)]
+    }
+
+    /// Writes the run to its file: the whole blocks in one write to
+    /// `target` (`plain` if that fails), the partial blocks at either end
+    /// to `plain`.
+    fn write(&self, target: &File, plain: &File) -> std::io::Result<()> {
+        let (start, end) = (self.block + self.from as u64, self.end());
+        let first = start.div_ceil(BLOCK) * BLOCK;
+        let last = end / BLOCK * BLOCK;
+        if first >= last {
+            return plain.write_all_at(self.bytes(start, end), start);
+        }
+        plain.write_all_at(self.bytes(start, first), start)?;
+        let whole = self.bytes(first, last);
+        if target.write_all_at(whole, first).is_err() {
+            plain.write_all_at(whole, first)?;
+        }
+        plain.write_all_at(self.bytes(last, end), last)
+    }
+}
+
+fn run_buffer() -> Vec<u8> {
+    vec![0; RUN + BLOCK as usize]
+}
 
 impl Part {
     fn open(dir: &Path, list: &ChunkList) -> std::io::Result<Part> {
@@ -233,15 +300,39 @@ impl Part {
         Ok(Part {
             content,
             path,
-            file,
+            file: Arc::new(file),
             list: list.clone(),
             missing: have.iter().filter(|h| !**h).count(),
             have,
             offsets,
             at,
-            pending: None,
+            run: None,
+            spare: None,
+            writer: None,
             unflushed: 0,
         })
+    }
+
+    /// From now on, the whole blocks of this part are written by `writer`'s
+    /// thread, straight to the disk where the file system allows it.
+    pub fn write_with(&mut self, writer: &Arc<PartWriter>) {
+        let direct = writer
+            .direct
+            .then(|| {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .custom_flags(
+                        (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::DIRECT).bits() as i32,
+                    )
+                    .open(&self.path)
+                    .ok()?;
+                // The same file (nothing replaced it in between).
+                let (a, b) = (f.metadata().ok()?, self.file.metadata().ok()?);
+                (a.dev() == b.dev() && a.ino() == b.ino()).then_some(f)
+            })
+            .flatten();
+        let target = direct.map(Arc::new).unwrap_or_else(|| self.file.clone());
+        self.writer = Some((writer.clone(), target));
     }
 
     pub fn path(&self) -> &Path {
@@ -271,9 +362,9 @@ impl Part {
     }
 
     /// Writes chunk `h` at each of its places; the caller has verified
-    /// `data` against `h` (I-3). Its last bytes may wait for the next
-    /// chunk (see `pending`); all is written once the part is complete,
-    /// or dropped.
+    /// `data` against `h` (I-3). The bytes may wait in memory for the next
+    /// chunks (see `run`); all is written once the part is complete, or
+    /// dropped (and, with a [`PartWriter`], once it has finished).
     pub fn put(&mut self, h: &Hash, data: &[u8]) -> std::io::Result<()> {
         let Some(ix) = self.at.get(h) else {
             return Ok(());
@@ -290,56 +381,70 @@ impl Part {
             self.write_at(at, data)?;
         }
         if self.missing == 0 {
-            self.flush_pending()?;
+            self.flush_run()?;
         }
         Ok(())
     }
 
-    /// Writes `data` at `at` as part of the pending run (a new run if it
-    /// does not follow on): whole blocks go out, straight from `data`; the
-    /// bytes of a block not yet whole (under one block) are kept.
-    fn write_at(&mut self, at: u64, mut data: &[u8]) -> std::io::Result<()> {
-        if self
-            .pending
-            .as_ref()
-            .is_some_and(|(start, buf)| start + buf.len() as u64 != at)
-        {
-            self.flush_pending()?;
+    /// Adds `data`, for offset `at`, to the run (a new run if it does not
+    /// follow on); a full run is written.
+    fn write_at(&mut self, mut at: u64, mut data: &[u8]) -> std::io::Result<()> {
+        if self.run.as_ref().is_some_and(|r| r.end() != at) {
+            self.flush_run()?;
         }
-        let (start, buf) = self
-            .pending
-            .get_or_insert_with(|| (at, Vec::with_capacity(BLOCK as usize)));
-        // The block the run is in, made whole first.
-        if !buf.is_empty() || *start % BLOCK != 0 {
-            let boundary = (*start / BLOCK + 1) * BLOCK;
-            let fill = (boundary - (*start + buf.len() as u64)) as usize;
-            if data.len() < fill {
-                buf.extend_from_slice(data);
-                return Ok(());
+        while !data.is_empty() {
+            if self.run.is_none() {
+                let buf = match &self.writer {
+                    Some((w, _)) => w.buffer(),
+                    None => self.spare.take().unwrap_or_else(run_buffer),
+                };
+                self.run = Some(Run::new(at, buf));
             }
-            buf.extend_from_slice(&data[..fill]);
-            self.file.write_all_at(buf, *start)?;
-            self.unflushed += buf.len() as u64;
-            buf.clear();
-            data = &data[fill..];
-            *start = boundary;
+            let r = self.run.as_mut().expect("made above");
+            let n = (RUN - r.from - r.len).min(data.len());
+            let s = r.base + r.from + r.len;
+            r.buf[s..s + n].copy_from_slice(&data[..n]);
+            r.len += n;
+            at += n as u64;
+            data = &data[n..];
+            if r.from + r.len == RUN {
+                self.flush_run()?;
+            }
         }
-        let whole = data.len() - data.len() % BLOCK as usize;
-        if whole > 0 {
-            self.file.write_all_at(&data[..whole], *start)?;
-            self.unflushed += whole as u64;
-            *start += whole as u64;
-        }
-        buf.extend_from_slice(&data[whole..]);
         Ok(())
     }
 
-    fn flush_pending(&mut self) -> std::io::Result<()> {
-        if let Some((start, buf)) = self.pending.take() {
-            self.file.write_all_at(&buf, start)?;
-            self.unflushed += buf.len() as u64;
+    /// Writes the run, by the writer's thread if there is one and it
+    /// still runs (all of a part's writes then go through that thread, in
+    /// order: direct and cached writes to one file never race).
+    fn flush_run(&mut self) -> std::io::Result<()> {
+        let Some(mut run) = self.run.take() else {
+            return Ok(());
+        };
+        self.unflushed += run.len as u64;
+        if let Some((w, target)) = &self.writer {
+            let job = Job::Write {
+                path: self.path.clone(),
+                target: target.clone(),
+                plain: self.file.clone(),
+                run,
+            };
+            match w.submit(job) {
+                Ok(()) => return Ok(()),
+                Err(Job::Write { run: r, .. }) => run = r,
+                Err(Job::Flush(_)) => unreachable!("a write was handed over"),
+            }
         }
+        run.write(&self.file, &self.file)?;
+        self.recycle(run.buf);
         Ok(())
+    }
+
+    fn recycle(&mut self, buf: Vec<u8>) {
+        match &self.writer {
+            Some((w, _)) => w.give_back(buf),
+            None => self.spare = Some(buf),
+        }
     }
 
     /// Whether the part should be made durable now: it is complete and
@@ -353,9 +458,16 @@ impl Part {
         due
     }
 
-    /// Another handle to the part file (to flush it from elsewhere).
-    pub fn handle(&self) -> std::io::Result<File> {
-        self.file.try_clone()
+    /// Has the writer's thread (if any) make the part durable, after the
+    /// writes handed to it so far; without one, or once it has finished,
+    /// flushes it here.
+    pub fn flush(&self) {
+        if let Some((w, _)) = &self.writer {
+            if w.submit(Job::Flush(self.file.clone())).is_ok() {
+                return;
+            }
+        }
+        let _ = self.file.sync_data();
     }
 
     pub fn complete(&self) -> bool {
@@ -366,7 +478,123 @@ impl Part {
 impl Drop for Part {
     /// What was received is kept for the next run, whole.
     fn drop(&mut self) {
-        let _ = self.flush_pending();
+        let _ = self.flush_run();
+    }
+}
+
+enum Job {
+    Write {
+        path: PathBuf,
+        /// The part file, opened for direct I/O if it could be.
+        target: Arc<File>,
+        /// The same file, through the page cache.
+        plain: Arc<File>,
+        run: Run,
+    },
+    Flush(Arc<File>),
+}
+
+/// A thread that writes the parts' runs (whole blocks, a few MiB at a
+/// time, straight to the disk with direct I/O where the file system allows
+/// it) and flushes them, in the order they were handed over, while the
+/// receiving thread goes on receiving. Copying received data into the page
+/// cache costs more CPU on some machines than receiving it; with direct
+/// I/O the disk takes it from memory.
+pub struct PartWriter {
+    tx: std::sync::Mutex<Option<std::sync::mpsc::SyncSender<Job>>>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Run buffers the thread is done with.
+    pool: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    /// Parts whose data could not be written.
+    failed: Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>,
+    direct: bool,
+}
+
+impl PartWriter {
+    /// A writer thread; with `direct`, parts are written with direct I/O
+    /// where their file system allows it (through the page cache where
+    /// not).
+    pub fn start(direct: bool) -> Arc<PartWriter> {
+        // Runs in flight: enough to keep the disk busy, bounded memory.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(4);
+        let pool: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Default::default();
+        let failed: Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>> = Default::default();
+        let thread = {
+            let (pool, failed) = (pool.clone(), failed.clone());
+            std::thread::spawn(move || {
+                for job in rx {
+                    match job {
+                        Job::Write {
+                            path,
+                            target,
+                            plain,
+                            run,
+                        } => {
+                            if run.write(&target, &plain).is_err() {
+                                failed
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .insert(path);
+                            }
+                            pool.lock().unwrap_or_else(|e| e.into_inner()).push(run.buf);
+                        }
+                        Job::Flush(f) => {
+                            // Errors show in the flush before the files land.
+                            let _ = f.sync_data();
+                        }
+                    }
+                }
+            })
+        };
+        Arc::new(PartWriter {
+            tx: std::sync::Mutex::new(Some(tx)),
+            thread: std::sync::Mutex::new(Some(thread)),
+            pool,
+            failed,
+            direct,
+        })
+    }
+
+    fn buffer(&self) -> Vec<u8> {
+        self.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_else(run_buffer)
+    }
+
+    fn give_back(&self, buf: Vec<u8>) {
+        self.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(buf);
+    }
+
+    /// Hands a job to the thread; gives it back once the writer finished.
+    fn submit(&self, job: Job) -> Result<(), Job> {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match tx {
+            Some(tx) => tx.send(job).map_err(|e| e.0),
+            None => Err(job),
+        }
+    }
+
+    /// Waits until everything handed over is written and flushed, and
+    /// stops the thread (parts write for themselves after this). Returns
+    /// the part files whose data could not be written: they are not whole.
+    pub fn finish(&self) -> std::collections::HashSet<PathBuf> {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        std::mem::take(&mut *self.failed.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Drop for PartWriter {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
@@ -514,6 +742,119 @@ mod tests {
         }
         assert!(part.complete());
         assert_eq!(std::fs::read(part.path()).unwrap(), data);
+    }
+
+    /// The distinct chunks of `data` (as chunked), with their bytes.
+    fn pieces(data: &[u8], list: &ChunkList) -> Vec<(Hash, Vec<u8>)> {
+        let mut seen = std::collections::HashSet::new();
+        list.with_offsets()
+            .filter(|(_, c)| seen.insert(c.hash))
+            .map(|(off, c)| {
+                (
+                    c.hash,
+                    data[off as usize..off as usize + c.len as usize].to_vec(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parts_written_by_the_writer_thread_are_whole_in_any_order() {
+        // Several runs' worth, a repeated stretch (a chunk at two places),
+        // and an end that is not block-aligned.
+        let a = noise(3 * RUN + 12_345);
+        let mut data = a.clone();
+        data.extend_from_slice(&a[..700_000]);
+        data.extend_from_slice(&noise(777)[..]);
+        let list = weave_chunk::chunk_bytes(&data);
+        let unique = pieces(&data, &list);
+        assert!(unique.len() < list.chunks.len(), "a repeated chunk");
+        // In order, backwards, and every other one then the rest.
+        let n = unique.len();
+        let orders: Vec<Vec<usize>> = vec![
+            (0..n).collect(),
+            (0..n).rev().collect(),
+            (0..n).step_by(2).chain((1..n).step_by(2)).collect(),
+        ];
+        for direct in [true, false] {
+            for order in &orders {
+                let d = tempfile::tempdir().unwrap();
+                let stage = Stage::open(d.path()).unwrap();
+                let writer = PartWriter::start(direct);
+                let mut part = stage.part(&list).unwrap();
+                part.write_with(&writer);
+                for &i in order {
+                    part.put(&unique[i].0, &unique[i].1).unwrap();
+                }
+                assert!(part.complete());
+                // Whole once the writer has written what it was handed.
+                assert!(writer.finish().is_empty());
+                let on_disk = std::fs::read(part.path()).unwrap();
+                assert!(on_disk == data, "direct {direct}, order {:?}", &order[..3]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_part_interrupted_while_its_writer_runs_keeps_what_arrived() {
+        for direct in [true, false] {
+            let d = tempfile::tempdir().unwrap();
+            let stage = Stage::open(d.path()).unwrap();
+            let data = noise(2 * RUN + 5_000);
+            let list = weave_chunk::chunk_bytes(&data);
+            let unique = pieces(&data, &list);
+            let half = unique.len() / 2;
+            let writer = PartWriter::start(direct);
+            {
+                let mut part = stage.part(&list).unwrap();
+                part.write_with(&writer);
+                for (h, bytes) in &unique[..half] {
+                    part.put(h, bytes).unwrap();
+                }
+                // Dropped with a run in memory and runs in the writer's
+                // queue: all of it lands.
+            }
+            assert!(writer.finish().is_empty());
+            let part = stage.part(&list).unwrap();
+            let want: Vec<Hash> = unique[half..].iter().map(|(h, _)| *h).collect();
+            assert_eq!(part.missing(), want, "direct {direct}");
+            // And a part the writer has finished with writes for itself.
+            let mut part = part;
+            part.write_with(&writer);
+            for (h, bytes) in &unique[half..] {
+                part.put(h, bytes).unwrap();
+            }
+            assert!(part.complete());
+            assert!(
+                std::fs::read(part.path()).unwrap() == data,
+                "direct {direct}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_write_the_writer_cannot_make_is_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("part");
+        std::fs::write(&path, vec![0u8; 3 * BLOCK as usize]).unwrap();
+        let read_only = Arc::new(File::open(&path).unwrap());
+        let mut run = Run::new(100, run_buffer());
+        let s = run.base + run.from;
+        run.buf[s..s + 9000].fill(7);
+        run.len = 9000;
+        assert!(run.write(&read_only, &read_only).is_err());
+        let writer = PartWriter::start(true);
+        writer
+            .submit(Job::Write {
+                path: path.clone(),
+                target: read_only.clone(),
+                plain: read_only,
+                run,
+            })
+            .map_err(|_| "the writer runs")
+            .unwrap();
+        let failed = writer.finish();
+        assert!(failed.contains(&path), "{failed:?}");
     }
 
     #[test]
