@@ -177,8 +177,11 @@ pub struct Part {
     run: Option<Run>,
     /// A buffer for the next run (when no [`PartWriter`] lends them).
     spare: Option<Vec<u8>>,
-    /// Whole blocks go to this thread, written straight to the disk.
-    writer: Option<(Arc<PartWriter>, Arc<File>)>,
+    /// The runs go to this thread.
+    writer: Option<Arc<PartWriter>>,
+    /// The part file opened for direct I/O: opened when the first run is
+    /// written (not for every part at once), closed once all is.
+    direct: Direct,
     /// Bytes written to the file since [`Part::flush_due`] last said so.
     unflushed: u64,
 }
@@ -206,20 +209,26 @@ struct Run {
     /// Where the run's bytes start, after `base` (under one block).
     from: usize,
     len: usize,
+    /// Aligned bytes the buffer holds after `base` (a multiple of BLOCK).
+    cap: usize,
 }
 
 impl Run {
-    fn new(at: u64, buf: Vec<u8>) -> Run {
-        let base = buf.as_ptr().align_offset(BLOCK as usize);
+    /// An empty run for file offset `at`, in `buf`, which holds `cap`
+    /// aligned bytes (a multiple of BLOCK) from its first aligned byte on.
+    fn new(at: u64, buf: Vec<u8>, cap: usize) -> Run {
+        let b = BLOCK as usize;
+        let base = (b - buf.as_ptr() as usize % b) % b;
         assert!(
-            buf.len() >= base + RUN,
-            "a run buffer holds RUN aligned bytes"
+            buf.len() >= base + cap,
+            "a run buffer holds its aligned bytes"
         );
         Run {
             block: at - at % BLOCK,
             base,
             from: (at % BLOCK) as usize,
             len: 0,
+            cap,
             buf,
         }
     }
@@ -309,16 +318,23 @@ impl Part {
             run: None,
             spare: None,
             writer: None,
+            direct: Direct::Untried,
             unflushed: 0,
         })
     }
 
-    /// From now on, the whole blocks of this part are written by `writer`'s
-    /// thread, straight to the disk where the file system allows it.
+    /// From now on, the runs of this part are written by `writer`'s
+    /// thread, their whole blocks straight to the disk where the file
+    /// system allows it.
     pub fn write_with(&mut self, writer: &Arc<PartWriter>) {
-        let direct = writer
-            .direct
-            .then(|| {
+        self.writer = Some(writer.clone());
+    }
+
+    /// Where the writer writes whole blocks: the file opened for direct
+    /// I/O, if the writer uses it and the file system allows it.
+    fn target(&mut self) -> Arc<File> {
+        if let Direct::Untried = self.direct {
+            let open = || {
                 let f = OpenOptions::new()
                     .write(true)
                     .custom_flags(
@@ -329,10 +345,17 @@ impl Part {
                 // The same file (nothing replaced it in between).
                 let (a, b) = (f.metadata().ok()?, self.file.metadata().ok()?);
                 (a.dev() == b.dev() && a.ino() == b.ino()).then_some(f)
-            })
-            .flatten();
-        let target = direct.map(Arc::new).unwrap_or_else(|| self.file.clone());
-        self.writer = Some((writer.clone(), target));
+            };
+            let use_it = self.writer.as_ref().is_some_and(|w| w.direct);
+            self.direct = match use_it.then(open).flatten() {
+                Some(f) => Direct::Open(Arc::new(f)),
+                None => Direct::No,
+            };
+        }
+        match &self.direct {
+            Direct::Open(f) => f.clone(),
+            _ => self.file.clone(),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -394,14 +417,32 @@ impl Part {
         }
         while !data.is_empty() {
             if self.run.is_none() {
+                // A run starts small: a part can get a chunk long before
+                // the rest of it (one it shares with another file), and a
+                // full-size buffer for each such part would add up.
+                let from = (at % BLOCK) as usize;
+                let cap = (from + data.len())
+                    .next_multiple_of(BLOCK as usize)
+                    .min(RUN);
+                self.run = Some(Run::new(at, vec![0; cap + BLOCK as usize], cap));
+            }
+            let full = self.run.as_ref().is_some_and(|r| r.from + r.len == r.cap);
+            if full {
+                // It goes on: a full-size buffer from here.
                 let buf = match &self.writer {
-                    Some((w, _)) => w.buffer(),
+                    Some(w) => w.buffer(),
                     None => self.spare.take().unwrap_or_else(run_buffer),
                 };
-                self.run = Some(Run::new(at, buf));
+                let small = self.run.take().expect("checked");
+                let start = small.block + small.from as u64;
+                let mut big = Run::new(start, buf, RUN);
+                let s = big.base + big.from;
+                big.buf[s..s + small.len].copy_from_slice(small.bytes(start, small.end()));
+                big.len = small.len;
+                self.run = Some(big);
             }
             let r = self.run.as_mut().expect("made above");
-            let n = (RUN - r.from - r.len).min(data.len());
+            let n = (r.cap - r.from - r.len).min(data.len());
             let s = r.base + r.from + r.len;
             r.buf[s..s + n].copy_from_slice(&data[..n]);
             r.len += n;
@@ -422,17 +463,21 @@ impl Part {
             return Ok(());
         };
         self.unflushed += run.len as u64;
-        if let Some((w, target)) = &self.writer {
+        if let Some(w) = self.writer.clone() {
             let job = Job::Write {
                 path: self.path.clone(),
-                target: target.clone(),
+                target: self.target(),
                 plain: self.file.clone(),
                 run,
             };
+            if self.complete() {
+                // The jobs hold it as long as they need it.
+                self.direct = Direct::No;
+            }
             match w.submit(job) {
                 Ok(()) => return Ok(()),
                 Err(Job::Write { run: r, .. }) => run = r,
-                Err(Job::Flush(_)) => unreachable!("a write was handed over"),
+                Err(Job::Flush(..)) => unreachable!("a write was handed over"),
             }
         }
         run.write(&self.file, &self.file)?;
@@ -441,8 +486,11 @@ impl Part {
     }
 
     fn recycle(&mut self, buf: Vec<u8>) {
+        if buf.len() != RUN + BLOCK as usize {
+            return;
+        }
         match &self.writer {
-            Some((w, _)) => w.give_back(buf),
+            Some(w) => w.give_back(buf),
             None => self.spare = Some(buf),
         }
     }
@@ -462,8 +510,10 @@ impl Part {
     /// writes handed to it so far; without one, or once it has finished,
     /// flushes it here.
     pub fn flush(&self) {
-        if let Some((w, _)) = &self.writer {
-            if w.submit(Job::Flush(self.file.clone())).is_ok() {
+        if let Some(w) = &self.writer {
+            if w.submit(Job::Flush(self.path.clone(), self.file.clone()))
+                .is_ok()
+            {
                 return;
             }
         }
@@ -482,6 +532,12 @@ impl Drop for Part {
     }
 }
 
+enum Direct {
+    Untried,
+    Open(Arc<File>),
+    No,
+}
+
 enum Job {
     Write {
         path: PathBuf,
@@ -491,7 +547,7 @@ enum Job {
         plain: Arc<File>,
         run: Run,
     },
-    Flush(Arc<File>),
+    Flush(PathBuf, Arc<File>),
 }
 
 /// A thread that writes the parts' runs (whole blocks, a few MiB at a
@@ -507,6 +563,8 @@ pub struct PartWriter {
     pool: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
     /// Parts whose data could not be written.
     failed: Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>,
+    /// Parts that handed the thread anything (all unwritten if it died).
+    handed: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
     direct: bool,
 }
 
@@ -536,11 +594,19 @@ impl PartWriter {
                                     .unwrap_or_else(|e| e.into_inner())
                                     .insert(path);
                             }
-                            pool.lock().unwrap_or_else(|e| e.into_inner()).push(run.buf);
+                            if run.buf.len() == RUN + BLOCK as usize {
+                                pool.lock().unwrap_or_else(|e| e.into_inner()).push(run.buf);
+                            }
                         }
-                        Job::Flush(f) => {
-                            // Errors show in the flush before the files land.
-                            let _ = f.sync_data();
+                        Job::Flush(path, f) => {
+                            // A write-back error is reported once, to the
+                            // first flush that sees it: this one.
+                            if f.sync_data().is_err() {
+                                failed
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .insert(path);
+                            }
                         }
                     }
                 }
@@ -551,6 +617,7 @@ impl PartWriter {
             thread: std::sync::Mutex::new(Some(thread)),
             pool,
             failed,
+            handed: Default::default(),
             direct,
         })
     }
@@ -572,6 +639,11 @@ impl PartWriter {
 
     /// Hands a job to the thread; gives it back once the writer finished.
     fn submit(&self, job: Job) -> Result<(), Job> {
+        let (Job::Write { path, .. } | Job::Flush(path, _)) = &job;
+        self.handed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path.clone());
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
         match tx {
             Some(tx) => tx.send(job).map_err(|e| e.0),
@@ -585,7 +657,15 @@ impl PartWriter {
     pub fn finish(&self) -> std::collections::HashSet<PathBuf> {
         self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = t.join();
+            if t.join().is_err() {
+                // What it had queued is lost with it.
+                let handed =
+                    std::mem::take(&mut *self.handed.lock().unwrap_or_else(|e| e.into_inner()));
+                self.failed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(handed);
+            }
         }
         self.pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
         std::mem::take(&mut *self.failed.lock().unwrap_or_else(|e| e.into_inner()))
@@ -783,8 +863,17 @@ mod tests {
                 let writer = PartWriter::start(direct);
                 let mut part = stage.part(&list).unwrap();
                 part.write_with(&writer);
+                let mut put = 0;
                 for &i in order {
                     part.put(&unique[i].0, &unique[i].1).unwrap();
+                    put += unique[i].1.len();
+                    if direct && put > RUN && !part.complete() && direct_io_works(d.path()) {
+                        assert!(matches!(part.direct, Direct::Open(_)), "direct I/O is used");
+                    }
+                    if let Some(r) = &part.run {
+                        // A run that is one chunk so far holds a small buffer.
+                        assert!(r.len > unique[i].1.len() || r.buf.len() < 80_000);
+                    }
                 }
                 assert!(part.complete());
                 // Whole once the writer has written what it was handed.
@@ -793,6 +882,41 @@ mod tests {
                 assert!(on_disk == data, "direct {direct}, order {:?}", &order[..3]);
             }
         }
+    }
+
+    fn direct_io_works(dir: &Path) -> bool {
+        let p = dir.join("probe");
+        std::fs::write(&p, b"").unwrap();
+        OpenOptions::new()
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+            .open(&p)
+            .is_ok()
+    }
+
+    #[test]
+    fn a_part_dropped_after_its_writer_finished_keeps_its_run() {
+        let d = tempfile::tempdir().unwrap();
+        let stage = Stage::open(d.path()).unwrap();
+        let data = noise(RUN + 5_000);
+        let list = weave_chunk::chunk_bytes(&data);
+        let unique = pieces(&data, &list);
+        let writer = PartWriter::start(true);
+        let mut part = stage.part(&list).unwrap();
+        part.write_with(&writer);
+        // The first chunks, less than a run: they stay in memory.
+        let some = 3;
+        for (h, bytes) in &unique[..some] {
+            part.put(h, bytes).unwrap();
+        }
+        assert!(part.run.is_some());
+        // As at the end of a transfer: the writer finishes first, then the
+        // part (not complete) is dropped.
+        assert!(writer.finish().is_empty());
+        drop(part);
+        let part = stage.part(&list).unwrap();
+        let want: Vec<Hash> = unique[some..].iter().map(|(h, _)| *h).collect();
+        assert_eq!(part.missing(), want);
     }
 
     #[test]
@@ -838,7 +962,7 @@ mod tests {
         let path = d.path().join("part");
         std::fs::write(&path, vec![0u8; 3 * BLOCK as usize]).unwrap();
         let read_only = Arc::new(File::open(&path).unwrap());
-        let mut run = Run::new(100, run_buffer());
+        let mut run = Run::new(100, run_buffer(), RUN);
         let s = run.base + run.from;
         run.buf[s..s + 9000].fill(7);
         run.len = 9000;
