@@ -39,6 +39,10 @@ pub struct LocalReplica {
     scan_only: Option<Vec<String>>,
     /// Files hashed ahead of the next scan (see [`Replica::prehash`]).
     prehashed: Option<weave_fs::Prehashed>,
+    /// The content served last, and where each of its chunks is in it: a
+    /// large file is asked for in many requests, and building this for
+    /// each cost more than reading the chunks.
+    serving: Option<(Hash, HashMap<Hash, (u64, u32)>)>,
 }
 
 impl LocalReplica {
@@ -67,6 +71,7 @@ impl LocalReplica {
             locations: None,
             scan_only: None,
             prehashed: None,
+            serving: None,
         })
     }
 
@@ -396,7 +401,6 @@ impl Replica for LocalReplica {
         }
         let locations = self.locations.take().expect("built above");
         for (content, hashes) in wants {
-            let list = self.list(content);
             // The file, and the stat recorded when it was hashed (if that
             // was not racy).
             let src = locations.get(content).and_then(|ls| {
@@ -406,13 +410,17 @@ impl Replica for LocalReplica {
                         .map(|f| (f, l.stat.filter(|s| !s.racy)))
                 })
             });
-            let offsets: HashMap<Hash, (u64, u32)> = list
-                .map(|l| {
-                    l.with_offsets()
-                        .map(|(o, c)| (c.hash, (o, c.len)))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let offsets = match self.serving.take() {
+                Some((c, offsets)) if c == *content => offsets,
+                _ => self
+                    .list(content)
+                    .map(|l| {
+                        l.with_offsets()
+                            .map(|(o, c)| (c.hash, (o, c.len)))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            };
             // Chunks read from a file whose stat is the recorded one before
             // and after the reads are the hashed bytes; any other chunk read
             // is verified before it is sent, so a file changed since the
@@ -446,6 +454,7 @@ impl Replica for LocalReplica {
                     }
                 }
             }
+            self.serving = Some((*content, offsets));
         }
         self.locations = Some(locations);
         Ok(())
