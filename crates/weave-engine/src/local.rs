@@ -42,8 +42,11 @@ pub struct LocalReplica {
     /// The content served last, and where each of its chunks is in it: a
     /// large file is asked for in many requests, and building this for
     /// each cost more than reading the chunks.
-    serving: Option<(Hash, HashMap<Hash, (u64, u32)>)>,
+    serving: Option<(Hash, ChunkPlaces)>,
 }
+
+/// Where each chunk of a content is in its file: (offset, length).
+type ChunkPlaces = HashMap<Hash, (u64, u32)>;
 
 impl LocalReplica {
     /// Opens the replica at `root` (already checked and canonical). On a
