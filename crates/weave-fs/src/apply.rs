@@ -546,16 +546,30 @@ struct Out<'f> {
     buf: Vec<u8>,
     /// Offset in the file of `buf[0]`.
     at: u64,
+    /// The file's path, to open it for direct I/O (see [`Out::copy`]).
+    path: Option<PathBuf>,
+    /// The file opened for direct I/O, and an aligned buffer, once a long
+    /// run needed them; None inside if the file system refuses.
+    direct: Option<Option<(File, Vec<u8>)>>,
 }
+
+/// Runs of the old version at least this long, whose offsets in the old
+/// and the new file agree modulo a block, are copied with direct I/O.
+const DIRECT_MIN: u64 = 8 << 20;
+/// A file-system block, and the size of one direct write.
+const BLOCK: u64 = 4096;
+const DIRECT_STEP: usize = 4 << 20;
 
 impl<'f> Out<'f> {
     const FLUSH_AT: usize = 256 * 1024;
 
-    fn new(file: &'f File) -> Out<'f> {
+    fn new(file: &'f File, path: Option<PathBuf>) -> Out<'f> {
         Out {
             file,
             buf: Vec::with_capacity(Self::FLUSH_AT + weave_chunk::CHUNK_MAX as usize),
             at: 0,
+            path,
+            direct: None,
         }
     }
 
@@ -583,12 +597,85 @@ impl<'f> Out<'f> {
         Ok(())
     }
 
-    /// Appends `len` bytes of `src` from offset `from`, copied by the
-    /// kernel. False if that fails (nothing is known of what was written).
-    fn copy(&mut self, src: &File, mut from: u64, len: u64) -> bool {
+    /// Appends `len` bytes of `src` from offset `from`. False if that
+    /// fails (nothing is known of what was written).
+    ///
+    /// A long run whose offsets agree modulo a block is read into memory
+    /// and its whole blocks written with direct I/O: on some machines the
+    /// kernel's copy into the page cache, and its write-back, cost more
+    /// than the disk's time. The rest is copied by the kernel. (All writes
+    /// to the file are made by this thread, in order: direct and cached
+    /// writes never race.)
+    fn copy(&mut self, src: &File, from: u64, len: u64) -> bool {
         if self.flush().is_err() {
             return false;
         }
+        if len < DIRECT_MIN || from % BLOCK != self.at % BLOCK {
+            return self.kernel_copy(src, from, len);
+        }
+        if self.direct.is_none() {
+            use std::os::unix::fs::MetadataExt;
+            self.direct = Some(self.path.as_ref().and_then(|p| {
+                let f = fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(nofollow() | rustix::fs::OFlags::DIRECT.bits() as i32)
+                    .open(p)
+                    .ok()?;
+                // The same file (nothing replaced it in between).
+                let (a, b) = (f.metadata().ok()?, self.file.metadata().ok()?);
+                (a.dev() == b.dev() && a.ino() == b.ino())
+                    .then(|| (f, vec![0u8; DIRECT_STEP + BLOCK as usize]))
+            }));
+        }
+        let Some((direct, mut buf)) = self.direct.take().flatten() else {
+            self.direct = Some(None);
+            return self.kernel_copy(src, from, len);
+        };
+        let ok = self.direct_copy(src, from, len, &direct, &mut buf);
+        self.direct = Some(Some((direct, buf)));
+        ok
+    }
+
+    /// [`Out::copy`] of a long run, through `direct` (the file opened for
+    /// direct I/O) and `buf` (a step and a block long).
+    fn direct_copy(
+        &mut self,
+        src: &File,
+        from: u64,
+        len: u64,
+        direct: &File,
+        buf: &mut [u8],
+    ) -> bool {
+        let b = BLOCK as usize;
+        let base = (b - buf.as_ptr() as usize % b) % b;
+        let head = (BLOCK - self.at % BLOCK) % BLOCK;
+        let whole = (len - head) / BLOCK * BLOCK;
+        let (mut from, end) = (from, from + len);
+        if !self.kernel_copy(src, from, head) {
+            return false;
+        }
+        from += head;
+        let whole_end = from + whole;
+        while from < whole_end {
+            let n = (whole_end - from).min(DIRECT_STEP as u64) as usize;
+            let chunk = &mut buf[base..base + n];
+            if src.read_exact_at(chunk, from).is_err() {
+                return false;
+            }
+            if direct.write_all_at(chunk, self.at).is_err()
+                && self.file.write_all_at(chunk, self.at).is_err()
+            {
+                return false;
+            }
+            from += n as u64;
+            self.at += n as u64;
+        }
+        self.kernel_copy(src, from, end - from)
+    }
+
+    /// Appends `len` bytes of `src` from offset `from`, copied by the
+    /// kernel.
+    fn kernel_copy(&mut self, src: &File, mut from: u64, len: u64) -> bool {
         let end = from + len;
         while from < end {
             let want = (end - from).min(1 << 30) as usize;
@@ -1178,7 +1265,7 @@ impl Ctx<'_> {
         let largest = list.chunks.iter().map(|c| c.len).max().unwrap_or(0);
         let mut buf = vec![0u8; largest.min(weave_chunk::CHUNK_MAX) as usize];
         let mut pos = 0u64;
-        let mut out = Out::new(f);
+        let mut out = Out::new(f, Some(built.temp.clone()));
         // A run of the trusted old version's chunks not copied yet:
         // (offset in the old file, length).
         let mut run: Option<(u64, u64)> = None;
@@ -1635,10 +1722,15 @@ mod tests {
     /// An edited file at "f" whose old version is on disk (not racy),
     /// and the new version held whole by another replica.
     fn edit_case() -> (tempfile::TempDir, tempfile::TempDir, Vec<u8>, Vec<u8>, Op) {
+        edit_case_of(600_000)
+    }
+
+    /// [`edit_case`] with a file of `size` bytes, changed in the middle.
+    fn edit_case_of(size: usize) -> (tempfile::TempDir, tempfile::TempDir, Vec<u8>, Vec<u8>, Op) {
         let (t, other) = (replica(), tempfile::tempdir().unwrap());
-        let old = noise(600_000, 7);
+        let old = noise(size, 7);
         let mut new = old.clone();
-        new[300_000] ^= 0x55;
+        new[size / 2] ^= 0x55;
         let (src, _) = old_source(t.path(), &old);
         fs::rename(src, t.path().join("f")).unwrap();
         fs::write(other.path().join("n"), &new).unwrap();
@@ -1669,6 +1761,25 @@ mod tests {
             out.bytes_remote
         );
         assert_eq!(out.bytes_local + out.bytes_remote, new.len() as u64);
+    }
+
+    #[test]
+    fn long_unchanged_runs_are_copied_with_direct_io_and_land_whole() {
+        // Runs of 10 MiB on either side of the change: their whole blocks
+        // go through direct I/O, their ends through the kernel's copy.
+        let (t, other, old, new, op) = edit_case_of(20 << 20);
+        let source = Src::new(vec![
+            (&old, t.path().join("f"), true, None),
+            (&new, other.path().join("n"), false, None),
+        ]);
+        let out = apply(t.path(), &[op], &source, &|_| {});
+        assert!(out.issues.is_empty(), "{:?}", out.issues);
+        assert!(fs::read(t.path().join("f")).unwrap() == new);
+        assert!(
+            out.bytes_remote <= weave_chunk::CHUNK_MAX as u64,
+            "{}",
+            out.bytes_remote
+        );
     }
 
     #[test]
