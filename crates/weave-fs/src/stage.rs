@@ -795,18 +795,7 @@ mod tests {
         data.extend_from_slice(&a);
         data.extend_from_slice(&noise(123_457)[1000..]);
         let list = weave_chunk::chunk_bytes(&data);
-        let unique: Vec<(Hash, Vec<u8>)> = {
-            let mut seen = std::collections::HashSet::new();
-            list.with_offsets()
-                .filter(|(_, c)| seen.insert(c.hash))
-                .map(|(off, c)| {
-                    (
-                        c.hash,
-                        data[off as usize..off as usize + c.len as usize].to_vec(),
-                    )
-                })
-                .collect()
-        };
+        let unique = pieces(&data, &list);
         assert!(unique.len() < list.chunks.len(), "a repeated chunk");
         // The second half in order, then the first half backwards.
         let half = unique.len() / 2;
