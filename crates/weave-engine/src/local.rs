@@ -766,9 +766,7 @@ impl LocalReplica {
     /// version now recorded) for each.
     fn record(&mut self, done: Vec<weave_fs::Done>) -> Result<Vec<(usize, Entry)>, SyncError> {
         let r = Record::of(self.index.id(), done, self.index.seq(), self.index.clock());
-        self.index.observe(r.clock);
-        self.index.take_seqs_to(r.seq);
-        self.index.write(&r.batch)?;
+        self.index.write_as(&r.batch, r.clock, r.seq)?;
         Ok(self.remember(r))
     }
 

@@ -8,7 +8,9 @@
 //! the target was checked against the index once more (I-4, I-5). Metadata
 //! changes come last.
 
-use crate::util::{join, same_stat, stat_of, temp_name, FsIssue};
+use crate::util::{
+    aligned_start, join, open_direct, same_stat, stat_of, temp_name, FsIssue, BLOCK,
+};
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -556,8 +558,7 @@ struct Out<'f> {
 /// Runs of the old version at least this long, whose offsets in the old
 /// and the new file agree modulo a block, are copied with direct I/O.
 const DIRECT_MIN: u64 = 8 << 20;
-/// A file-system block, and the size of one direct write.
-const BLOCK: u64 = 4096;
+/// The size of one direct write.
 const DIRECT_STEP: usize = 4 << 20;
 
 impl<'f> Out<'f> {
@@ -614,18 +615,12 @@ impl<'f> Out<'f> {
             return self.kernel_copy(src, from, len);
         }
         if self.direct.is_none() {
-            use std::os::unix::fs::MetadataExt;
-            self.direct = Some(self.path.as_ref().and_then(|p| {
-                let f = fs::OpenOptions::new()
-                    .write(true)
-                    .custom_flags(nofollow() | rustix::fs::OFlags::DIRECT.bits() as i32)
-                    .open(p)
-                    .ok()?;
-                // The same file (nothing replaced it in between).
-                let (a, b) = (f.metadata().ok()?, self.file.metadata().ok()?);
-                (a.dev() == b.dev() && a.ino() == b.ino())
-                    .then(|| (f, vec![0u8; DIRECT_STEP + BLOCK as usize]))
-            }));
+            self.direct = Some(
+                self.path
+                    .as_ref()
+                    .and_then(|p| open_direct(p, self.file))
+                    .map(|f| (f, vec![0u8; DIRECT_STEP + BLOCK as usize])),
+            );
         }
         let Some((direct, mut buf)) = self.direct.take().flatten() else {
             self.direct = Some(None);
@@ -646,8 +641,7 @@ impl<'f> Out<'f> {
         direct: &File,
         buf: &mut [u8],
     ) -> bool {
-        let b = BLOCK as usize;
-        let base = (b - buf.as_ptr() as usize % b) % b;
+        let base = aligned_start(buf);
         let head = (BLOCK - self.at % BLOCK) % BLOCK;
         let whole = (len - head) / BLOCK * BLOCK;
         let (mut from, end) = (from, from + len);

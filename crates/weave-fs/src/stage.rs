@@ -16,6 +16,8 @@ use std::sync::Arc;
 use weave_chunk::ChunkList;
 use weave_core::Hash;
 
+use crate::util::{aligned_start, open_direct, BLOCK};
+
 pub const STAGE_FILE: &str = "stage.pack";
 /// Directory (in the state directory) of the part files: see [`Part`].
 pub const PARTS_DIR: &str = "parts";
@@ -186,10 +188,6 @@ pub struct Part {
     unflushed: u64,
 }
 
-/// Writes go out in multiples of this (a file-system block, a page), from
-/// memory aligned to it (what direct I/O asks for).
-const BLOCK: u64 = 4096;
-
 /// The largest run of a part kept in memory before it is written.
 const RUN: usize = 4 << 20;
 
@@ -217,8 +215,7 @@ impl Run {
     /// An empty run for file offset `at`, in `buf`, which holds `cap`
     /// aligned bytes (a multiple of BLOCK) from its first aligned byte on.
     fn new(at: u64, buf: Vec<u8>, cap: usize) -> Run {
-        let b = BLOCK as usize;
-        let base = (b - buf.as_ptr() as usize % b) % b;
+        let base = aligned_start(&buf);
         assert!(
             buf.len() >= base + cap,
             "a run buffer holds its aligned bytes"
@@ -334,20 +331,11 @@ impl Part {
     /// I/O, if the writer uses it and the file system allows it.
     fn target(&mut self) -> Arc<File> {
         if let Direct::Untried = self.direct {
-            let open = || {
-                let f = OpenOptions::new()
-                    .write(true)
-                    .custom_flags(
-                        (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::DIRECT).bits() as i32,
-                    )
-                    .open(&self.path)
-                    .ok()?;
-                // The same file (nothing replaced it in between).
-                let (a, b) = (f.metadata().ok()?, self.file.metadata().ok()?);
-                (a.dev() == b.dev() && a.ino() == b.ino()).then_some(f)
-            };
             let use_it = self.writer.as_ref().is_some_and(|w| w.direct);
-            self.direct = match use_it.then(open).flatten() {
+            let opened = use_it
+                .then(|| open_direct(&self.path, &self.file))
+                .flatten();
+            self.direct = match opened {
                 Some(f) => Direct::Open(Arc::new(f)),
                 None => Direct::No,
             };

@@ -153,6 +153,30 @@ pub fn join(root: &Path, rel: &str) -> PathBuf {
     p
 }
 
+/// A file-system block, a page: what direct I/O aligns offsets, lengths
+/// and memory to.
+pub(crate) const BLOCK: u64 = 4096;
+
+/// Where the first `BLOCK`-aligned byte of `buf` is.
+pub(crate) fn aligned_start(buf: &[u8]) -> usize {
+    let b = BLOCK as usize;
+    (b - buf.as_ptr() as usize % b) % b
+}
+
+/// `path` opened for writing with direct I/O, if the file system allows
+/// it and it is still the file `same_as` is open on (nothing replaced it
+/// in between).
+pub(crate) fn open_direct(path: &Path, same_as: &std::fs::File) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::DIRECT).bits() as i32)
+        .open(path)
+        .ok()?;
+    let (a, b) = (f.metadata().ok()?, same_as.metadata().ok()?);
+    (a.dev() == b.dev() && a.ino() == b.ino()).then_some(f)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
