@@ -695,10 +695,15 @@ struct Built {
     bytes_remote: u64,
     /// The part file the temporary was, if it was one.
     part: Option<PathBuf>,
+    /// Renamed into place: nothing is left to remove.
+    committed: bool,
 }
 
 impl Drop for Built {
     fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
         // A temporary that was not committed is removed (a part file goes
         // back to its place, for the next run).
         if let Some(part) = &self.part {
@@ -844,7 +849,7 @@ impl Ctx<'_> {
                 let result = b.and_then(|mut b| {
                     out.bytes_local += b.bytes_local;
                     out.bytes_remote += b.bytes_remote;
-                    self.commit(op, &b).map(|stat| (stat, b.list.take()))
+                    self.commit(op, &mut b).map(|stat| (stat, b.list.take()))
                 });
                 match result {
                     Ok((stat, list)) => out.done.push(Done {
@@ -1042,6 +1047,7 @@ impl Ctx<'_> {
                     bytes_local: 0,
                     bytes_remote: 0,
                     part: None,
+                    committed: false,
                 })
             }
             Object::File { content, size } => {
@@ -1073,6 +1079,7 @@ impl Ctx<'_> {
                             bytes_local: 0,
                             bytes_remote: 0,
                             part: None,
+                            committed: false,
                         };
                         self.fill(&f, op, content, &list, &mut built)?;
                         (f, built)
@@ -1116,6 +1123,7 @@ impl Ctx<'_> {
             bytes_local: 0,
             bytes_remote: 0,
             part: Some(part),
+            committed: false,
         };
         let f = fs::OpenOptions::new()
             .read(true)
@@ -1355,7 +1363,7 @@ impl Ctx<'_> {
 
     /// Replaces the target with a built temporary, after checking that the
     /// target is still what the index says (I-5).
-    fn commit(&self, op: &Op, b: &Built) -> Result<Option<Stat>, String> {
+    fn commit(&self, op: &Op, b: &mut Built) -> Result<Option<Stat>, String> {
         let full = join(self.root, &op.path);
         self.check_parents(&op.path)?;
         let cur = op.current.as_ref().filter(|c| c.entry.is_live());
@@ -1375,6 +1383,7 @@ impl Ctx<'_> {
                         format!("cannot rename into place: {e}")
                     }
                 })?;
+                b.committed = true;
             }
             Some(c) => {
                 let mut kept = None;
@@ -1414,6 +1423,7 @@ impl Ctx<'_> {
                     }
                     io_msg("cannot rename into place", e)
                 })?;
+                b.committed = true;
                 if let Some(file) = kept {
                     self.replaced.lock().unwrap().push(Replaced {
                         path: op.path.clone(),
