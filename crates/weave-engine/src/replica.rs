@@ -112,7 +112,7 @@ pub fn lists_for(
     let mut lists: HashMap<Hash, ChunkList> = HashMap::new();
     let mut unresolved: Vec<(Hash, u64, String)> = Vec::new();
     let mut pending: std::collections::HashSet<Hash> = std::collections::HashSet::new();
-    let mut known: HashMap<Hash, weave_chunk::Node> = HashMap::new();
+    let mut known: HashMap<Hash, weave_chunk::Node> = foreign.nodes.clone();
     for op in ops.iter().filter(|o| o.kind == weave_fs::OpKind::WriteFile) {
         let Object::File { content, size } = &op.target.object else {
             continue;
@@ -263,6 +263,9 @@ impl Provider for NoProvider {
 pub struct Foreign {
     pub lists: HashMap<Hash, ChunkList>,
     pub locations: HashMap<Hash, Vec<Location>>,
+    /// Verified tree nodes, by hash, that came with the operations (the
+    /// roots of small files' chunk trees): not asked for again.
+    pub nodes: HashMap<Hash, weave_chunk::Node>,
 }
 
 /// One replica of a sync.

@@ -9,12 +9,12 @@ use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use weave_chunk::ChunkList;
-use weave_core::{Hash, ReplicaId};
+use weave_core::{Hash, Object, ReplicaId};
 use weave_engine::{
     Applied, Finish, Foreign, IgnoreSpec, Issue, Provider, Replica, ReplicaInfo, ScanSummary,
     SyncError, Wants,
 };
-use weave_fs::Op;
+use weave_fs::{Op, OpKind};
 use weave_index::LocalEntry;
 use weave_proto::msg::{Body, ErrorMsg, GetEntries, IgnoreFile, Open, Ops, Run, Scan, WireOp};
 use weave_proto::validate::{batch_from_wire, entry_to_wire, hash_from_wire, request_from_wire};
@@ -354,6 +354,40 @@ impl RemoteReplica {
 
 /// The error for a reply that is not the one expected: the remote's own
 /// error message if it sent one.
+/// Files up to this size have the root of their chunk tree sent with
+/// their operation (one node of at most a few KiB; for a file of one
+/// chunk, 41 bytes): the server then need not ask for the chunk lists of
+/// thousands of small files, one round of requests and answers.
+const INLINE_ROOT_MAX: u64 = 1 << 20;
+
+/// The root nodes of the small files `ops` write, by content, as far as
+/// `provider` has them.
+fn small_roots(
+    ops: &[Op],
+    provider: &mut dyn Provider,
+) -> Result<HashMap<Hash, Vec<u8>>, SyncError> {
+    let mut seen = std::collections::HashSet::new();
+    let wants: Vec<(Hash, Vec<Hash>)> = ops
+        .iter()
+        .filter(|op| op.kind == OpKind::WriteFile)
+        .filter_map(|op| match op.target.object {
+            Object::File { content, size } if size <= INLINE_ROOT_MAX => Some(content),
+            _ => None,
+        })
+        .filter(|c| seen.insert(*c))
+        .map(|c| (c, vec![c]))
+        .collect();
+    if wants.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let got = provider.nodes(&wants)?;
+    Ok(wants
+        .into_iter()
+        .zip(got)
+        .filter_map(|((c, _), mut n)| n.pop().flatten().map(|n| (c, n)))
+        .collect())
+}
+
 fn unexpected(display: &str, got: Option<&Body>, expected: &'static str) -> SyncError {
     match got {
         Some(Body::Error(e)) => SyncError::Remote(format!("{display}: {}", e.message)),
@@ -514,14 +548,22 @@ impl Replica for RemoteReplica {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Applied, SyncError> {
         let peer = self.display.clone();
+        let mut roots = small_roots(&ops, provider)?;
         // The operations, in messages of bounded size.
         let mut batch: Vec<WireOp> = Vec::new();
         let mut bytes = 0usize;
         for op in &ops {
+            let root = match (op.kind, &op.target.object) {
+                (OpKind::WriteFile, Object::File { content, .. }) => {
+                    roots.remove(content).unwrap_or_default()
+                }
+                _ => Vec::new(),
+            };
             let w = WireOp {
                 kind: wire::op_kind_to_wire(op.kind),
                 target: Some(entry_to_wire(&op.target, 0)),
                 on_current: op.current.is_some(),
+                root,
             };
             bytes += prost::Message::encoded_len(&w) + 8;
             batch.push(w);
@@ -670,5 +712,68 @@ impl Replica for RemoteReplica {
             c.save(&known, seq);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weave_core::{Entry, VersionVector};
+
+    fn write(path: &str, content: Hash, size: u64) -> Op {
+        Op {
+            kind: OpKind::WriteFile,
+            path: path.into(),
+            current: None,
+            target: Entry {
+                path: path.into(),
+                object: Object::File { content, size },
+                mode: 0o644,
+                mtime_ns: 0,
+                vv: VersionVector::from_pairs(vec![(ReplicaId(1), 1)]),
+                origin: ReplicaId(1),
+            },
+        }
+    }
+
+    /// Answers every node with its content's first byte; records the asks.
+    struct Asked(Vec<Hash>);
+    impl Provider for Asked {
+        fn nodes(&mut self, wants: &Wants) -> Result<Vec<Vec<Option<Vec<u8>>>>, SyncError> {
+            self.0.extend(wants.iter().map(|(c, _)| *c));
+            Ok(wants
+                .iter()
+                .map(|(c, h)| {
+                    assert_eq!(h, &vec![*c]);
+                    vec![(c.0[0] != 9).then(|| vec![c.0[0]])]
+                })
+                .collect())
+        }
+        fn chunks(
+            &mut self,
+            _: &Wants,
+            _: &mut dyn FnMut(Hash, Vec<u8>) -> Result<(), SyncError>,
+        ) -> Result<(), SyncError> {
+            unreachable!()
+        }
+    }
+
+    /// Roots go along for files up to 1 MiB, once per content, and only
+    /// for those the provider has.
+    #[test]
+    fn roots_are_sent_for_small_files_once_each() {
+        let ops = vec![
+            write("a", Hash([1; 32]), 10),
+            write("b", Hash([1; 32]), 10),
+            write("c", Hash([2; 32]), INLINE_ROOT_MAX),
+            write("big", Hash([3; 32]), INLINE_ROOT_MAX + 1),
+            write("gone", Hash([9; 32]), 5),
+        ];
+        let mut p = Asked(Vec::new());
+        let roots = small_roots(&ops, &mut p).unwrap();
+        assert_eq!(p.0, vec![Hash([1; 32]), Hash([2; 32]), Hash([9; 32])]);
+        assert_eq!(roots.len(), 2);
+        assert_eq!(roots[&Hash([1; 32])], vec![1]);
+        assert_eq!(roots[&Hash([2; 32])], vec![2]);
     }
 }

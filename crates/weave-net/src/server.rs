@@ -3,9 +3,10 @@
 
 use crate::conn::Conn;
 use crate::wire::{self, proto};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use weave_core::Hash;
+use weave_core::{Hash, Object};
 use weave_engine::{Foreign, IgnoreSpec, Kinds, Provider, Replica, SyncError, Wants};
 use weave_fs::Op;
 use weave_proto::msg::{
@@ -109,6 +110,7 @@ pub fn serve_host(conn: Conn, host: &mut dyn Host) -> Result<Served, SyncError> 
         rep: None,
         ops: Vec::new(),
         on_current: Vec::new(),
+        roots: HashMap::new(),
         compress: Compress::default(),
         reply: Vec::new(),
     };
@@ -154,6 +156,8 @@ struct Server<'h> {
     rep: Option<Box<dyn Replica>>,
     ops: Vec<Op>,
     on_current: Vec<bool>,
+    /// Root nodes that came with the operations, verified.
+    roots: HashMap<Hash, weave_chunk::Node>,
     compress: Compress,
     /// Chunks answered and not yet queued on the connection.
     reply: Vec<Body>,
@@ -290,6 +294,24 @@ impl Server<'_> {
                         SyncError::Remote(format!("{peer} sent an operation without a target"))
                     })?;
                     let (target, _) = entry_from_wire(target, &peer).map_err(proto)?;
+                    if !w.root.is_empty() {
+                        let node = match &target.object {
+                            Object::File { content, .. } => {
+                                weave_chunk::Node::decode(&w.root, content)
+                            }
+                            _ => None,
+                        };
+                        let Some(node) = node else {
+                            return Err(proto(ProtoError::Invalid {
+                                peer: peer.clone(),
+                                detail: format!(
+                                    "the chunk tree root sent with {:?} is not its content's",
+                                    target.path
+                                ),
+                            }));
+                        };
+                        self.roots.insert(node.hash(), node);
+                    }
                     self.ops.push(Op {
                         kind,
                         path: target.path.clone(),
@@ -366,6 +388,10 @@ impl Server<'_> {
     fn run(&mut self) -> Result<(), SyncError> {
         let mut ops = std::mem::take(&mut self.ops);
         let on_current = std::mem::take(&mut self.on_current);
+        let foreign = Foreign {
+            nodes: std::mem::take(&mut self.roots),
+            ..Foreign::default()
+        };
         let rep = self
             .rep
             .as_mut()
@@ -393,7 +419,7 @@ impl Server<'_> {
             }
         };
         let mut provider = PipeProvider { conn };
-        let applied = rep.apply(ops, &Foreign::default(), &mut provider, &progress)?;
+        let applied = rep.apply(ops, &foreign, &mut provider, &progress)?;
         self.served.applied += applied.done.len();
         let rest = pending.swap(0, Ordering::Relaxed);
         if rest > 0 {

@@ -384,3 +384,140 @@ fn a_server_answers_unknown_messages_instead_of_crashing() {
     drop(c);
     let _ = server.join();
 }
+
+/// A fake coordinator's session with a real server on `dir`: handshake,
+/// open, scan. Returns the connection and the server's thread.
+fn coordinate(
+    dir: &Path,
+) -> (
+    Conn,
+    std::thread::JoinHandle<Result<(), weave_engine::SyncError>>,
+) {
+    let (x, y) = UnixStream::pair().unwrap();
+    let server = std::thread::spawn(move || {
+        weave_net::server::serve(Conn::over_unix(y, "coordinator", None).unwrap())
+    });
+    let c = Conn::over_unix(x, "server", None).unwrap();
+    c.send(Body::Hello(weave_proto::handshake::hello(
+        ReplicaId(0),
+        &[],
+    )))
+    .unwrap();
+    assert!(matches!(c.recv().unwrap().body, Some(Body::Hello(_))));
+    c.send(Body::Open(weave_proto::msg::Open {
+        path: dir.to_str().unwrap().into(),
+        ..Default::default()
+    }))
+    .unwrap();
+    assert!(matches!(c.recv().unwrap().body, Some(Body::Opened(_))));
+    c.send(Body::Scan(Default::default())).unwrap();
+    assert!(matches!(c.recv().unwrap().body, Some(Body::Scanned(_))));
+    (c, server)
+}
+
+/// An operation writing `data` at `path`, with its chunk tree's root
+/// sent along as `root`.
+fn write_op(path: &str, data: &[u8], root: Vec<u8>) -> weave_proto::msg::WireOp {
+    weave_proto::msg::WireOp {
+        kind: 3, // write a file (the protocol's number)
+        target: Some(file(path, data)),
+        on_current: false,
+        root,
+    }
+}
+
+fn root_of(data: &[u8]) -> Vec<u8> {
+    let list = weave_chunk::chunk_bytes(data);
+    let (id, nodes) = weave_chunk::tree(&list.chunks);
+    nodes[&id].encode()
+}
+
+/// The roots of small files' chunk trees come with their operations: the
+/// server asks only for their chunks, never for a tree node.
+#[test]
+fn a_server_takes_the_roots_sent_with_the_operations() {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..20u32)
+        .map(|i| {
+            (
+                format!("f{i}"),
+                format!("small file {i}")
+                    .repeat(i as usize + 1)
+                    .into_bytes(),
+            )
+        })
+        .collect();
+    let (c, server) = coordinate(dir.path());
+    c.send(Body::Ops(weave_proto::msg::Ops {
+        ops: files
+            .iter()
+            .map(|(p, d)| write_op(p, d, root_of(d)))
+            .collect(),
+    }))
+    .unwrap();
+    c.send(Body::Run(Default::default())).unwrap();
+    let by_hash: std::collections::HashMap<Hash, Vec<u8>> = files
+        .iter()
+        .map(|(_, d)| (Hash::of(d), d.clone()))
+        .collect();
+    let mut done = 0;
+    loop {
+        match c.recv().unwrap().body {
+            Some(Body::ChunkRequest(r)) => {
+                assert!(!r.nodes, "the server asked for a tree node it was sent");
+                for h in r.hashes {
+                    let h = Hash(h.try_into().unwrap());
+                    c.send(Body::ChunkData(ChunkData {
+                        hash: h.0.to_vec(),
+                        data: by_hash[&h].clone(),
+                        ..Default::default()
+                    }))
+                    .unwrap();
+                }
+            }
+            Some(Body::IndexBatch(b)) => done += b.entries.len(),
+            Some(Body::Applied(_)) => break,
+            Some(Body::Progress(_)) | Some(Body::Issue(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(done, files.len());
+    for (p, d) in &files {
+        assert_eq!(&fs::read(dir.path().join(p)).unwrap(), d);
+    }
+    drop(c);
+    let _ = server.join();
+}
+
+/// A root that is not the root of the operation's content ends the
+/// session with a clear error, and nothing is written.
+#[test]
+fn a_root_that_is_not_the_contents_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, server) = coordinate(dir.path());
+    c.send(Body::Ops(weave_proto::msg::Ops {
+        ops: vec![
+            write_op("good", b"good data", root_of(b"good data")),
+            write_op("bad", b"what the entry says", root_of(b"something else")),
+        ],
+    }))
+    .unwrap();
+    c.send(Body::Run(Default::default())).unwrap();
+    let e = match c.recv().unwrap().body {
+        Some(Body::Error(e)) => e.message,
+        other => panic!("expected an error, got {other:?}"),
+    };
+    assert!(
+        e.contains("\"bad\"") && e.contains("chunk tree root"),
+        "{e}"
+    );
+    drop(c);
+    let r = server.join().unwrap();
+    assert!(r.is_err());
+    let names: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != ".weave")
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+}

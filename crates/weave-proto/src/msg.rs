@@ -341,6 +341,12 @@ pub struct WireOp {
     /// (false: on nothing, e.g. after a removal of another kind of object).
     #[prost(bool, tag = "3")]
     pub on_current: bool,
+    /// For a file: the root node of its content's chunk tree, when the
+    /// coordinator sends it along (small files), so that the server need
+    /// not ask for it. Empty when not sent; a server that does not know
+    /// this field asks, as before. Verified against the content id.
+    #[prost(bytes = "vec", tag = "4")]
+    pub root: Vec<u8>,
 }
 
 /// Coordinator → server: operations to carry out (more may follow until Run).
