@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use weave_proto::frame::{encode_frame, read_msg_blocking};
 use weave_proto::msg::{body, Body, Envelope};
@@ -53,6 +53,63 @@ impl RateLimit {
 enum Out {
     One(Envelope),
     Many(Vec<Envelope>),
+    /// Messages from [`Conn::send_paced`], with their chunk bytes.
+    Paced(Vec<Envelope>, usize),
+}
+
+/// Chunk data queued for the writer thread and not yet written: a sender
+/// of many chunks waits ([`Conn::send_paced`]) while more than
+/// [`PACE_BYTES`] of it are queued, so that it does not read a whole
+/// window of chunks into fresh memory ahead of a slower stream.
+#[derive(Default)]
+struct Queued {
+    bytes: Mutex<usize>,
+    /// The writer thread ended: nothing queued will drain any more.
+    closed: std::sync::atomic::AtomicBool,
+    drained: Condvar,
+}
+
+impl Queued {
+    fn add(&self, n: usize) {
+        *self.bytes.lock().expect("queued bytes") += n;
+    }
+
+    fn sub(&self, n: usize) {
+        let mut b = self.bytes.lock().expect("queued bytes");
+        *b = b.saturating_sub(n);
+        if *b <= PACE_BYTES / 2 {
+            self.drained.notify_all();
+        }
+    }
+
+    fn close(&self) {
+        let _b = self.bytes.lock().expect("queued bytes");
+        self.closed.store(true, Ordering::Relaxed);
+        self.drained.notify_all();
+    }
+
+    /// Waits while more than [`PACE_BYTES`] are queued, until half of
+    /// that is left or the writer ended.
+    fn wait(&self) {
+        let mut b = self.bytes.lock().expect("queued bytes");
+        if *b <= PACE_BYTES {
+            return;
+        }
+        while *b > PACE_BYTES / 2 && !self.closed.load(Ordering::Relaxed) {
+            b = self.drained.wait(b).expect("queued bytes");
+        }
+    }
+}
+
+/// Chunk data a paced sender may have queued before it waits.
+pub const PACE_BYTES: usize = 8 << 20;
+
+/// The chunk data a message carries, as counted by [`Queued`].
+fn chunk_bytes(m: &Envelope) -> usize {
+    match &m.body {
+        Some(Body::ChunkData(c)) => c.data.len(),
+        _ => 0,
+    }
 }
 
 /// Queues messages on a connection from any thread.
@@ -92,6 +149,7 @@ pub struct Conn {
     /// Received messages of the last batch not yet taken.
     pending: Mutex<VecDeque<Result<Envelope, ProtoError>>>,
     writer: Option<std::thread::JoinHandle<()>>,
+    queued: Arc<Queued>,
     pub traffic: Arc<Traffic>,
 }
 
@@ -134,11 +192,21 @@ impl Conn {
                 }
             });
         }
+        let queued = Arc::new(Queued::default());
         let writer = {
             let peer = peer.to_string();
             let traffic = traffic.clone();
+            let queued = queued.clone();
             let mut w = w;
             std::thread::spawn(move || {
+                // However it ends, a paced sender must not wait for it.
+                struct Closes(Arc<Queued>);
+                impl Drop for Closes {
+                    fn drop(&mut self) {
+                        self.0.close();
+                    }
+                }
+                let _closes = Closes(queued.clone());
                 // Frames are encoded straight into one reused buffer, which
                 // is written out when it is large or nothing more is queued.
                 let mut buf: Vec<u8> = Vec::with_capacity(WRITE_AT + (1 << 20));
@@ -149,9 +217,10 @@ impl Conn {
                 };
                 let mut next = out_rx.recv().ok();
                 while let Some(out) = next {
-                    let ms = match out {
-                        Out::One(m) => vec![m],
-                        Out::Many(ms) => ms,
+                    let (ms, paced) = match out {
+                        Out::One(m) => (vec![m], 0),
+                        Out::Many(ms) => (ms, 0),
+                        Out::Paced(ms, n) => (ms, n),
                     };
                     for m in &ms {
                         let at = buf.len();
@@ -166,6 +235,10 @@ impl Conn {
                         if buf.len() >= WRITE_AT && !put(&mut buf) {
                             return;
                         }
+                    }
+                    drop(ms);
+                    if paced > 0 {
+                        queued.sub(paced);
                     }
                     // Written only when nothing more is queued: messages
                     // queued together leave in large writes.
@@ -189,6 +262,7 @@ impl Conn {
             rx,
             pending: Mutex::new(VecDeque::new()),
             writer: Some(writer),
+            queued,
             traffic,
         }
     }
@@ -232,6 +306,23 @@ impl Conn {
             return Ok(());
         }
         self.queue(Out::Many(bs.into_iter().map(body).collect()))
+    }
+
+    /// [`Conn::send_all`] for a sender of many chunks: afterwards waits
+    /// while more than [`PACE_BYTES`] of chunk data are queued, so that
+    /// what it reads ahead of the stream stays bounded. Only for answers:
+    /// the peer must never wait for this side to read before it reads
+    /// (a requester never does; its own sends are never paced).
+    pub fn send_paced(&self, bs: Vec<Body>) -> Result<(), ProtoError> {
+        if bs.is_empty() {
+            return Ok(());
+        }
+        let ms: Vec<Envelope> = bs.into_iter().map(body).collect();
+        let n = ms.iter().map(chunk_bytes).sum();
+        self.queued.add(n);
+        self.queue(Out::Paced(ms, n))?;
+        self.queued.wait();
+        Ok(())
     }
 
     fn queue(&self, out: Out) -> Result<(), ProtoError> {
@@ -340,6 +431,112 @@ mod tests {
         assert!(frame_buffered(&[0, 0, 0, 2, 9, 9]));
         assert!(frame_buffered(&[0, 0, 0, 2, 9, 9, 0]));
         assert!(!frame_buffered(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]));
+    }
+
+    /// A batch of `n` chunks of 64 KiB.
+    fn chunks(n: usize) -> Vec<Body> {
+        (0..n)
+            .map(|_| {
+                Body::ChunkData(weave_proto::msg::ChunkData {
+                    hash: vec![0; 32],
+                    data: vec![7; 64 << 10],
+                    ..Default::default()
+                })
+            })
+            .collect()
+    }
+
+    /// A paced sender stops once about `PACE_BYTES` wait to be written,
+    /// and goes on as the peer reads: what it holds stays bounded.
+    #[test]
+    fn a_paced_sender_waits_for_the_stream() {
+        use std::sync::atomic::AtomicUsize;
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let near = Conn::over_unix(a, "near", None).unwrap();
+        let batches = 4 * PACE_BYTES / (1 << 20);
+        let sent = Arc::new(AtomicUsize::new(0));
+        let sender = {
+            let sent = sent.clone();
+            std::thread::spawn(move || {
+                for _ in 0..batches {
+                    near.send_paced(chunks(16)).unwrap();
+                    sent.fetch_add(1, Ordering::SeqCst);
+                }
+                near
+            })
+        };
+        // Nobody reads: the sender stops after the pace (plus what the
+        // socket and the writer's buffer hold, a few MiB).
+        let stalled_at = {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut last = (usize::MAX, Instant::now());
+            loop {
+                assert!(Instant::now() < deadline, "the sender never stopped");
+                let n = sent.load(Ordering::SeqCst);
+                if n != last.0 {
+                    last = (n, Instant::now());
+                } else if last.1.elapsed() > Duration::from_millis(300) {
+                    break n;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        if !(stalled_at >= PACE_BYTES / (1 << 20) && stalled_at < batches / 2) {
+            // Closing the far end first lets `near`'s writer end (so the
+            // test fails rather than hangs on it).
+            drop(b);
+            panic!("stopped after {stalled_at} MiB of {batches}");
+        }
+        // The peer reads: everything arrives.
+        let far = Conn::over_unix(b, "far", None).unwrap();
+        let mut got = 0;
+        while got < batches * 16 {
+            match far.recv().unwrap().body {
+                Some(Body::ChunkData(c)) => assert_eq!(c.data.len(), 64 << 10),
+                other => panic!("unexpected {other:?}"),
+            }
+            got += 1;
+        }
+        drop(sender.join().unwrap());
+    }
+
+    /// A paced sender waiting for its stream does not wait for ever when
+    /// the stream goes away.
+    #[test]
+    fn a_paced_sender_on_a_closed_stream_does_not_hang() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let near = Conn::over_unix(a, "near", None).unwrap();
+        let waiting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = {
+            let waiting = waiting.clone();
+            std::thread::spawn(move || {
+                for _ in 0..4 * PACE_BYTES / (1 << 20) {
+                    waiting.store(true, Ordering::SeqCst);
+                    if near.send_paced(chunks(16)).is_err() {
+                        break;
+                    }
+                    waiting.store(false, Ordering::SeqCst);
+                }
+            })
+        };
+        // Until the sender waits (nobody reads), then the stream closes.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut since = None::<Instant>;
+        loop {
+            assert!(Instant::now() < deadline, "the sender never waited");
+            match (waiting.load(Ordering::SeqCst), since) {
+                (true, Some(t)) if t.elapsed() > Duration::from_millis(200) => break,
+                (true, None) => since = Some(Instant::now()),
+                (false, _) => since = None,
+                _ => {}
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(b);
+        while !done.is_finished() {
+            assert!(Instant::now() < deadline, "the paced sender hung");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Many small messages written at once arrive in order, batched, and

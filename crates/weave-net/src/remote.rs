@@ -590,7 +590,7 @@ impl Replica for RemoteReplica {
                 Some(m) => m,
                 None => {
                     self.conn
-                        .send_all(std::mem::take(&mut reply))
+                        .send_paced(std::mem::take(&mut reply))
                         .map_err(proto)?;
                     self.conn.recv()
                 }
@@ -635,7 +635,7 @@ impl Replica for RemoteReplica {
                     }
                     if reply.len() >= REPLY_MAX {
                         self.conn
-                            .send_all(std::mem::take(&mut reply))
+                            .send_paced(std::mem::take(&mut reply))
                             .map_err(proto)?;
                     }
                 }

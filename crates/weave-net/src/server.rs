@@ -198,7 +198,7 @@ fn expand(path: &str) -> PathBuf {
 impl Server<'_> {
     fn flush_reply(&mut self) -> Result<(), SyncError> {
         self.conn
-            .send_all(std::mem::take(&mut self.reply))
+            .send_paced(std::mem::take(&mut self.reply))
             .map_err(proto)
     }
 
