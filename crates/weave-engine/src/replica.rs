@@ -170,6 +170,7 @@ pub fn fetch_lists(
             }
         }
     }
+    prefetch_levels(provider, unresolved, known)?;
     for (c, size, path) in unresolved {
         let r = weave_chunk::resolve(c, *size, known, |want| {
             let got = provider
@@ -188,6 +189,82 @@ pub fn fetch_lists(
         }
     }
     Ok((lists, issues))
+}
+
+/// Fetches the lower levels of all the trees of `unresolved` together,
+/// one round per level for all of them (not one per level of each tree:
+/// a thousand new large files would otherwise cost a thousand round
+/// trips), into `known`. Every node is verified against its hash; each
+/// tree is bounded as [`weave_chunk::resolve`] bounds it. A tree whose
+/// nodes do not come is left alone: `resolve` then asks for them itself
+/// and reports what is missing.
+fn prefetch_levels(
+    provider: &mut dyn Provider,
+    unresolved: &[(Hash, u64, String)],
+    known: &mut HashMap<Hash, weave_chunk::Node>,
+) -> Result<(), SyncError> {
+    // Per tree: the nodes of its next level, and the nodes it may still
+    // fetch.
+    let mut trees: Vec<(Hash, Vec<Hash>, u64)> = unresolved
+        .iter()
+        .map(|(c, size, _)| {
+            let budget = (size / weave_chunk::CHUNK_MIN as u64 + 2) * 2 + 2;
+            (*c, vec![*c], budget)
+        })
+        .collect();
+    // A well-formed tree has a few levels; this bounds a hostile one.
+    for _ in 0..16 {
+        let mut wants: Vec<(Hash, Vec<Hash>)> = Vec::new();
+        trees.retain_mut(|(c, frontier, budget)| {
+            // Down through what is known, to the first nodes that are not.
+            let mut missing = Vec::new();
+            let mut next = Vec::new();
+            for _ in 0..16 {
+                for h in std::mem::take(frontier) {
+                    match known.get(&h) {
+                        Some(n) if n.level > 1 => next.extend(n.children.iter().map(|c| c.0)),
+                        Some(_) => {}
+                        None => missing.push(h),
+                    }
+                }
+                if next.is_empty() {
+                    break;
+                }
+                *frontier = std::mem::take(&mut next);
+            }
+            if missing.is_empty() || missing.len() as u64 > *budget {
+                return false;
+            }
+            *budget -= missing.len() as u64;
+            *frontier = missing.clone();
+            wants.push((*c, missing));
+            true
+        });
+        if wants.is_empty() {
+            break;
+        }
+        let mut got = provider.nodes(&wants)?.into_iter();
+        let mut failed = std::collections::HashSet::new();
+        for (c, hashes) in &wants {
+            let mut got = got.next().unwrap_or_default().into_iter();
+            for h in hashes {
+                match got
+                    .next()
+                    .flatten()
+                    .and_then(|b| weave_chunk::Node::decode(&b, h))
+                {
+                    Some(n) => {
+                        known.insert(*h, n);
+                    }
+                    None => {
+                        failed.insert(*c);
+                    }
+                }
+            }
+        }
+        trees.retain(|(c, _, _)| !failed.contains(c));
+    }
+    Ok(())
 }
 
 /// Opens a replica's index in `state` (created if need be, unless
@@ -320,4 +397,126 @@ pub trait Replica: Send {
     ) -> Result<Applied, SyncError>;
     /// Records the end of the sync.
     fn finish(&mut self, fin: &Finish) -> Result<(), SyncError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngCore, SeedableRng};
+    use weave_chunk::{ChunkRef, Node};
+
+    /// Serves the nodes of some trees, counting the rounds asked.
+    struct Trees {
+        nodes: HashMap<Hash, Node>,
+        rounds: usize,
+        /// Hashes not served (a peer that lacks them).
+        withheld: std::collections::HashSet<Hash>,
+    }
+
+    impl Provider for Trees {
+        fn nodes(&mut self, wants: &Wants) -> Result<Vec<Vec<Option<Vec<u8>>>>, SyncError> {
+            self.rounds += 1;
+            Ok(wants
+                .iter()
+                .map(|(_, hs)| {
+                    hs.iter()
+                        .map(|h| {
+                            (!self.withheld.contains(h))
+                                .then(|| self.nodes.get(h).map(Node::encode))
+                                .flatten()
+                        })
+                        .collect()
+                })
+                .collect())
+        }
+        fn chunks(
+            &mut self,
+            _: &Wants,
+            _: &mut dyn FnMut(Hash, Vec<u8>) -> Result<(), SyncError>,
+        ) -> Result<(), SyncError> {
+            unreachable!()
+        }
+    }
+
+    /// A list of `n` random chunks (a tree of several nodes when n is in
+    /// the hundreds).
+    fn list(n: usize, seed: u64) -> ChunkList {
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+        ChunkList {
+            chunks: (0..n)
+                .map(|_| {
+                    let mut h = [0u8; 32];
+                    r.fill_bytes(&mut h);
+                    ChunkRef {
+                        hash: Hash(h),
+                        len: 16 * 1024,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// The trees of many new large files come level by level for all of
+    /// them together: the rounds asked do not grow with the number of
+    /// files (one per file per level would cost a WAN a round trip each).
+    #[test]
+    fn many_trees_are_fetched_in_one_round_per_level() {
+        let lists: Vec<ChunkList> = (0..40).map(|i| list(3000, i)).collect();
+        let mut nodes = HashMap::new();
+        let mut unresolved = Vec::new();
+        for (i, l) in lists.iter().enumerate() {
+            let (root, ns) = weave_chunk::tree(&l.chunks);
+            assert!(ns[&root].level >= 2, "a tree of one node tests nothing");
+            nodes.extend(ns);
+            unresolved.push((root, l.size(), format!("f{i}")));
+        }
+        let mut p = Trees {
+            nodes,
+            rounds: 0,
+            withheld: Default::default(),
+        };
+        let (got, issues) = fetch_lists(&mut p, &unresolved, &mut HashMap::new()).unwrap();
+        assert!(issues.is_empty(), "{issues:?}");
+        for (l, (root, _, _)) in lists.iter().zip(&unresolved) {
+            assert_eq!(&got[root], l);
+        }
+        let depth = unresolved
+            .iter()
+            .map(|(r, _, _)| p.nodes[r].level as usize)
+            .max()
+            .unwrap();
+        assert!(
+            p.rounds <= depth,
+            "{} rounds for trees of depth {depth}",
+            p.rounds
+        );
+    }
+
+    /// A tree whose lower nodes nobody has is reported, and the others
+    /// still resolve.
+    #[test]
+    fn a_tree_with_a_missing_node_is_reported_and_the_rest_resolve() {
+        let (a, b) = (list(3000, 1), list(3000, 2));
+        let (ra, na) = weave_chunk::tree(&a.chunks);
+        let (rb, nb) = weave_chunk::tree(&b.chunks);
+        let lost = *na[&ra].children.first().map(|(h, _)| h).unwrap();
+        let mut nodes = na;
+        nodes.extend(nb);
+        let mut p = Trees {
+            nodes,
+            rounds: 0,
+            withheld: [lost].into_iter().collect(),
+        };
+        let unresolved = vec![(ra, a.size(), "a".into()), (rb, b.size(), "b".into())];
+        let (got, issues) = fetch_lists(&mut p, &unresolved, &mut HashMap::new()).unwrap();
+        assert_eq!(got.get(&rb), Some(&b));
+        assert!(!got.contains_key(&ra));
+        assert_eq!(issues.len(), 1);
+        assert_eq!(issues[0].path, "a");
+        assert!(
+            issues[0].message.contains("no peer has tree node"),
+            "{}",
+            issues[0].message
+        );
+    }
 }
