@@ -353,8 +353,12 @@ fn another_protocol_version_is_named() {
     assert!(e.contains("same weave version"), "{e}");
 }
 
-#[test]
-fn a_server_answers_unknown_messages_instead_of_crashing() {
+/// A server session's thread.
+type ServerThread = std::thread::JoinHandle<Result<(), weave_engine::SyncError>>;
+
+/// A real server on a socket, with the handshake done: the connection to
+/// it, and its thread.
+fn greeted_server() -> (Conn, ServerThread) {
     let (x, y) = UnixStream::pair().unwrap();
     let server = std::thread::spawn(move || {
         weave_net::server::serve(Conn::over_unix(y, "coordinator", None).unwrap())
@@ -366,6 +370,12 @@ fn a_server_answers_unknown_messages_instead_of_crashing() {
     )))
     .unwrap();
     assert!(matches!(c.recv().unwrap().body, Some(Body::Hello(_))));
+    (c, server)
+}
+
+#[test]
+fn a_server_answers_unknown_messages_instead_of_crashing() {
+    let (c, server) = greeted_server();
     // A message kind from a newer weave: a body this version cannot decode.
     let mut raw = Envelope {
         kind: 99,
@@ -387,23 +397,8 @@ fn a_server_answers_unknown_messages_instead_of_crashing() {
 
 /// A fake coordinator's session with a real server on `dir`: handshake,
 /// open, scan. Returns the connection and the server's thread.
-fn coordinate(
-    dir: &Path,
-) -> (
-    Conn,
-    std::thread::JoinHandle<Result<(), weave_engine::SyncError>>,
-) {
-    let (x, y) = UnixStream::pair().unwrap();
-    let server = std::thread::spawn(move || {
-        weave_net::server::serve(Conn::over_unix(y, "coordinator", None).unwrap())
-    });
-    let c = Conn::over_unix(x, "server", None).unwrap();
-    c.send(Body::Hello(weave_proto::handshake::hello(
-        ReplicaId(0),
-        &[],
-    )))
-    .unwrap();
-    assert!(matches!(c.recv().unwrap().body, Some(Body::Hello(_))));
+fn coordinate(dir: &Path) -> (Conn, ServerThread) {
+    let (c, server) = greeted_server();
     c.send(Body::Open(weave_proto::msg::Open {
         path: dir.to_str().unwrap().into(),
         ..Default::default()
