@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-use weave_proto::frame::{encode_frame, read_msg_blocking};
+use weave_proto::frame::{encode_frame, read_msg_buffered};
 use weave_proto::msg::{body, Body, Envelope};
 use weave_proto::ProtoError;
 
@@ -173,7 +173,7 @@ impl Conn {
             std::thread::spawn(move || loop {
                 let mut batch = Batch::new();
                 let stop = loop {
-                    let m = read_msg_blocking(&mut r, &peer);
+                    let m = read_msg_buffered(&mut r, &peer);
                     let stop = m.is_err();
                     if let Ok(m) = &m {
                         let n = prost_len(m);

@@ -94,6 +94,25 @@ pub fn read_msg_blocking<R: std::io::Read>(r: &mut R, peer: &str) -> Result<Enve
     decode(&buf, peer)
 }
 
+/// [`read_msg_blocking`] from a buffered reader: a frame already whole in
+/// the reader's buffer is decoded where it lies (no copy of it, no buffer
+/// of its own); any other is read as `read_msg_blocking` reads it.
+pub fn read_msg_buffered<R: std::io::Read>(
+    r: &mut std::io::BufReader<R>,
+    peer: &str,
+) -> Result<Envelope, ProtoError> {
+    let buf = r.buffer();
+    if let Some(len) = buf.get(..4) {
+        let size = frame_size([len[0], len[1], len[2], len[3]], peer)?;
+        if let Some(payload) = buf.get(4..4 + size) {
+            let m = decode(payload, peer);
+            std::io::BufRead::consume(r, 4 + size);
+            return m;
+        }
+    }
+    read_msg_blocking(r, peer)
+}
+
 /// Appends one message as a frame to `out` (encoded in place: no buffer of
 /// its own, so a writer can gather many frames into one reused buffer).
 pub fn encode_frame(out: &mut Vec<u8>, m: &Envelope, peer: &str) -> Result<(), ProtoError> {
@@ -178,6 +197,39 @@ fn io(peer: &str, source: std::io::Error) -> ProtoError {
 mod tests {
     use super::*;
     use crate::msg::{body, Body, ErrorMsg};
+
+    /// Frames whole in the buffer, split across its end, and larger than
+    /// it all arrive intact, in order; an oversized length is refused.
+    #[test]
+    fn buffered_frames_decode_in_place_or_not() {
+        let ms: Vec<Envelope> = (0..200)
+            .map(|i| {
+                body(Body::Error(ErrorMsg {
+                    message: format!("{i}").repeat(i * 7 % 300),
+                }))
+            })
+            .collect();
+        let mut stream = Vec::new();
+        for m in &ms {
+            encode_frame(&mut stream, m, "b").unwrap();
+        }
+        for cap in [64, 500, 1 << 16] {
+            let mut r = std::io::BufReader::with_capacity(cap, &stream[..]);
+            for m in &ms {
+                assert_eq!(&read_msg_buffered(&mut r, "a").unwrap(), m);
+            }
+            assert!(matches!(
+                read_msg_buffered(&mut r, "a"),
+                Err(ProtoError::Closed { .. })
+            ));
+        }
+        let mut bad = u32::MAX.to_be_bytes().to_vec();
+        bad.extend_from_slice(&[0; 16]);
+        let mut r = std::io::BufReader::new(&bad[..]);
+        std::io::BufRead::fill_buf(&mut r).unwrap();
+        let e = read_msg_buffered(&mut r, "peer").unwrap_err();
+        assert!(matches!(e, ProtoError::FrameTooLarge { .. }), "{e}");
+    }
 
     #[tokio::test]
     async fn frames_roundtrip() {
