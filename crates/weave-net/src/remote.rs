@@ -266,7 +266,7 @@ impl RemoteReplica {
         dry_run: bool,
     ) -> Result<RemoteReplica, SyncError> {
         let peer = conn.peer().to_string();
-        let ours = weave_proto::handshake::hello(ReplicaId(0), &["v1"]);
+        let ours = weave_proto::handshake::hello(ReplicaId(0), &["v1", wire::DONE_OPS]);
         conn.send(Body::Hello(ours.clone())).map_err(proto)?;
         let theirs = match conn.recv().map_err(proto)?.body {
             Some(Body::Hello(h)) => h,
@@ -583,6 +583,8 @@ impl Replica for RemoteReplica {
             .map_err(proto)?;
         self.conn.send(Body::Run(Run {})).map_err(proto)?;
         let mut out = Applied::default();
+        // Operations acknowledged by index (each once).
+        let mut acked = vec![false; ops.len()];
         // Answers to the requests that arrived together, queued as one:
         // they leave in a few large writes, not one small write (and a
         // wake-up of every process on the way) per small file.
@@ -642,7 +644,20 @@ impl Replica for RemoteReplica {
                     }
                 }
                 Some(Body::Progress(p)) => progress(p.bytes_done),
-                Some(Body::IndexBatch(b)) => {
+                Some(Body::IndexBatch(mut b)) => {
+                    // Done exactly as sent: the entry is the one sent.
+                    for k in std::mem::take(&mut b.done_ops) {
+                        let k = k as usize;
+                        if k >= ops.len() || std::mem::replace(&mut acked[k], true) {
+                            return Err(proto(ProtoError::Invalid {
+                                peer: peer.clone(),
+                                detail: format!(
+                                    "a result for operation {k}, which was not sent or was answered already"
+                                ),
+                            }));
+                        }
+                        out.done.push((k, ops[k].target.clone()));
+                    }
                     let b = batch_from_wire(b, &peer).map_err(proto)?;
                     for (entry, k) in b.entries {
                         let k = k as usize;

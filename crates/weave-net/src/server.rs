@@ -6,7 +6,7 @@ use crate::wire::{self, proto};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use weave_core::{Hash, Object};
+use weave_core::{Entry, Hash, Object};
 use weave_engine::{Foreign, IgnoreSpec, Kinds, Provider, Replica, SyncError, Wants};
 use weave_fs::Op;
 use weave_proto::msg::{
@@ -103,9 +103,11 @@ pub fn serve_host(conn: Conn, host: &mut dyn Host) -> Result<Served, SyncError> 
         }));
         return Err(proto(e));
     }
+    let done_ops = theirs.capabilities.iter().any(|c| c == wire::DONE_OPS);
     let mut s = Server {
         conn,
         host,
+        done_ops,
         served: Served::default(),
         rep: None,
         ops: Vec::new(),
@@ -156,6 +158,8 @@ struct Server<'h> {
     rep: Option<Box<dyn Replica>>,
     ops: Vec<Op>,
     on_current: Vec<bool>,
+    /// The coordinator takes operations done as sent by their index.
+    done_ops: bool,
     /// Root nodes that came with the operations, verified.
     roots: HashMap<Hash, weave_chunk::Node>,
     compress: Compress,
@@ -403,6 +407,11 @@ impl Server<'_> {
             }
         }
         drop(entries);
+        // What was asked, to tell which results are exactly that.
+        let asked: Vec<Entry> = match self.done_ops {
+            true => ops.iter().map(|o| o.target.clone()).collect(),
+            false => Vec::new(),
+        };
         let conn = &self.conn;
         let sender = conn.sender();
         let pending = AtomicU64::new(0);
@@ -429,8 +438,16 @@ impl Server<'_> {
             }))
             .map_err(proto)?;
         }
-        wire::send_entries(conn, applied.done.iter().map(|(k, e)| (e, *k as u64)))
-            .map_err(proto)?;
+        let (as_asked, other): (Vec<_>, Vec<_>) = applied
+            .done
+            .iter()
+            .partition(|(k, e)| asked.get(*k) == Some(e));
+        wire::send_done_ops(
+            conn,
+            &as_asked.iter().map(|(k, _)| *k as u64).collect::<Vec<_>>(),
+        )
+        .map_err(proto)?;
+        wire::send_entries(conn, other.iter().map(|(k, e)| (e, *k as u64))).map_err(proto)?;
         for i in &applied.errors {
             conn.send(Body::Issue(IssueMsg {
                 path: i.path.clone(),

@@ -75,6 +75,7 @@ pub fn send_entries<'a>(
                 entries: std::mem::take(&mut batch),
                 up_to_seq: 0,
                 last: false,
+                done_ops: Vec::new(),
             }))?;
             bytes = 0;
         }
@@ -83,7 +84,28 @@ pub fn send_entries<'a>(
         entries: batch,
         up_to_seq: 0,
         last: true,
+        done_ops: Vec::new(),
     }))
+}
+
+/// The capability of a coordinator that takes the operations a server
+/// carried out exactly as sent by their index ([`send_done_ops`]).
+pub const DONE_OPS: &str = "done-ops";
+
+/// Operation indices per message of [`send_done_ops`] (at most about
+/// 10 bytes each: well under the frame limit).
+const DONE_OPS_PER_BATCH: usize = 64 * 1024;
+
+/// Tells the coordinator which operations were carried out exactly as
+/// sent, by index (their entries are not sent back).
+pub fn send_done_ops(conn: &Conn, ops: &[u64]) -> Result<(), ProtoError> {
+    for part in ops.chunks(DONE_OPS_PER_BATCH) {
+        conn.send(Body::IndexBatch(IndexBatch {
+            done_ops: part.to_vec(),
+            ..Default::default()
+        }))?;
+    }
+    Ok(())
 }
 
 /// Asks the peer for tree nodes (`nodes`) or chunks of each content, many

@@ -47,6 +47,7 @@ fn offer(c: &Conn, entries: Vec<WireEntry>) {
         entries,
         up_to_seq: 5,
         last: true,
+        ..Default::default()
     }))
     .unwrap();
 }
@@ -358,7 +359,7 @@ type ServerThread = std::thread::JoinHandle<Result<(), weave_engine::SyncError>>
 
 /// A real server on a socket, with the handshake done: the connection to
 /// it, and its thread.
-fn greeted_server() -> (Conn, ServerThread) {
+fn greeted_server(capabilities: &[&str]) -> (Conn, ServerThread) {
     let (x, y) = UnixStream::pair().unwrap();
     let server = std::thread::spawn(move || {
         weave_net::server::serve(Conn::over_unix(y, "coordinator", None).unwrap())
@@ -366,7 +367,7 @@ fn greeted_server() -> (Conn, ServerThread) {
     let c = Conn::over_unix(x, "server", None).unwrap();
     c.send(Body::Hello(weave_proto::handshake::hello(
         ReplicaId(0),
-        &[],
+        capabilities,
     )))
     .unwrap();
     assert!(matches!(c.recv().unwrap().body, Some(Body::Hello(_))));
@@ -375,7 +376,7 @@ fn greeted_server() -> (Conn, ServerThread) {
 
 #[test]
 fn a_server_answers_unknown_messages_instead_of_crashing() {
-    let (c, server) = greeted_server();
+    let (c, server) = greeted_server(&[]);
     // A message kind from a newer weave: a body this version cannot decode.
     let mut raw = Envelope {
         kind: 99,
@@ -397,8 +398,8 @@ fn a_server_answers_unknown_messages_instead_of_crashing() {
 
 /// A fake coordinator's session with a real server on `dir`: handshake,
 /// open, scan. Returns the connection and the server's thread.
-fn coordinate(dir: &Path) -> (Conn, ServerThread) {
-    let (c, server) = greeted_server();
+fn coordinate(dir: &Path, capabilities: &[&str]) -> (Conn, ServerThread) {
+    let (c, server) = greeted_server(capabilities);
     c.send(Body::Open(weave_proto::msg::Open {
         path: dir.to_str().unwrap().into(),
         ..Default::default()
@@ -429,8 +430,17 @@ fn root_of(data: &[u8]) -> Vec<u8> {
 
 /// The roots of small files' chunk trees come with their operations: the
 /// server asks only for their chunks, never for a tree node.
+///
+/// A coordinator whose hello lists "done-ops" gets the operations done as
+/// sent back by index; any other gets their entries, as before.
 #[test]
 fn a_server_takes_the_roots_sent_with_the_operations() {
+    for by_index in [false, true] {
+        takes_roots(by_index);
+    }
+}
+
+fn takes_roots(by_index: bool) {
     let dir = tempfile::tempdir().unwrap();
     let files: Vec<(String, Vec<u8>)> = (0..20u32)
         .map(|i| {
@@ -442,7 +452,8 @@ fn a_server_takes_the_roots_sent_with_the_operations() {
             )
         })
         .collect();
-    let (c, server) = coordinate(dir.path());
+    let caps: &[&str] = if by_index { &["done-ops"] } else { &[] };
+    let (c, server) = coordinate(dir.path(), caps);
     c.send(Body::Ops(weave_proto::msg::Ops {
         ops: files
             .iter()
@@ -470,7 +481,14 @@ fn a_server_takes_the_roots_sent_with_the_operations() {
                     .unwrap();
                 }
             }
-            Some(Body::IndexBatch(b)) => done += b.entries.len(),
+            Some(Body::IndexBatch(b)) => {
+                let (entries, ops) = (b.entries.len(), b.done_ops.len());
+                assert!(
+                    if by_index { entries == 0 } else { ops == 0 },
+                    "{entries} entries, {ops} by index"
+                );
+                done += entries + ops;
+            }
             Some(Body::Applied(_)) => break,
             Some(Body::Progress(_)) | Some(Body::Issue(_)) => {}
             other => panic!("unexpected {other:?}"),
@@ -489,7 +507,7 @@ fn a_server_takes_the_roots_sent_with_the_operations() {
 #[test]
 fn a_root_that_is_not_the_contents_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (c, server) = coordinate(dir.path());
+    let (c, server) = coordinate(dir.path(), &[]);
     c.send(Body::Ops(weave_proto::msg::Ops {
         ops: vec![
             write_op("good", b"good data", root_of(b"good data")),
@@ -515,4 +533,37 @@ fn a_root_that_is_not_the_contents_is_refused() {
         .filter(|n| n != ".weave")
         .collect();
     assert!(names.is_empty(), "{names:?}");
+}
+
+/// A server's results by index must name operations that were sent, each
+/// once.
+#[test]
+fn results_for_operations_not_sent_or_twice_are_refused() {
+    for bad in [vec![7u64], vec![0, 0]] {
+        let t = tempfile::tempdir().unwrap();
+        let r = sync_with(t.path(), move |c| {
+            open_like_a_server(c);
+            offer(c, vec![]);
+            while let Ok(m) = c.recv() {
+                match m.body {
+                    Some(Body::Ops(_)) => {}
+                    Some(Body::Run(_)) => {
+                        c.send(Body::IndexBatch(IndexBatch {
+                            done_ops: bad.clone(),
+                            ..Default::default()
+                        }))
+                        .unwrap();
+                        c.send(Body::Applied(Default::default())).unwrap();
+                    }
+                    _ => break,
+                }
+            }
+        });
+        let e = r.expect_err("a bad result was taken");
+        assert!(
+            e.contains("fakehost") && e.contains("answered already"),
+            "{e}"
+        );
+        nothing_escaped(t.path());
+    }
 }

@@ -145,6 +145,11 @@ pub struct IndexBatch {
     /// No more batches follow in this exchange.
     #[prost(bool, tag = "3")]
     pub last: bool,
+    /// In answer to Run, to a coordinator whose hello lists "done-ops":
+    /// the operations (by index) carried out exactly as sent, whose
+    /// entries are therefore not sent back.
+    #[prost(uint64, repeated, tag = "4")]
+    pub done_ops: Vec<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]

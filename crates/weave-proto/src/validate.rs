@@ -417,6 +417,7 @@ mod tests {
             entries: vec![entry_to_wire(&file("f"), 1); MAX_ENTRIES + 1],
             up_to_seq: 1,
             last: true,
+            ..Default::default()
         };
         assert!(batch_from_wire(b, "p").is_err());
         let r = ChunkRequest {
