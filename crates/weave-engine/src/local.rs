@@ -476,16 +476,8 @@ impl Replica for LocalReplica {
         let mut errors: Vec<Issue> = Vec::new();
         // 1. The chunk list of every content to write: known here, known
         //    to another local replica, or fetched as a tree.
-        let mine = self
-            .index
-            .chunk_lists(ops.iter().filter_map(|o| match &o.target.object {
-                Object::File { content, .. } if o.kind == OpKind::WriteFile => Some(content),
-                _ => None,
-            }))
-            .unwrap_or_default();
-        let own_list = |c: &Hash| mine.get(c).cloned().or_else(|| self.list(c));
-        let (lists, issues) = crate::replica::lists_for(&ops, &own_list, foreign, provider)?;
-        drop(mine);
+        let (lists, issues) =
+            crate::replica::lists_for(&ops, &|c| self.list(c), foreign, provider)?;
         errors.extend(issues);
         tracing::debug!(contents = lists.len(), "chunk lists known");
         // 2. Chunks found nowhere on this machine come from the provider

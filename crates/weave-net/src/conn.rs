@@ -105,7 +105,7 @@ impl Queued {
 pub const PACE_BYTES: usize = 8 << 20;
 
 /// The chunk data a message carries, as counted by [`Queued`].
-fn chunk_bytes(m: &Envelope) -> usize {
+fn chunk_data_len(m: &Envelope) -> usize {
     match &m.body {
         Some(Body::ChunkData(c)) => c.data.len(),
         _ => 0,
@@ -318,7 +318,7 @@ impl Conn {
             return Ok(());
         }
         let ms: Vec<Envelope> = bs.into_iter().map(body).collect();
-        let n = ms.iter().map(chunk_bytes).sum();
+        let n = ms.iter().map(chunk_data_len).sum();
         self.queued.add(n);
         self.queue(Out::Paced(ms, n))?;
         self.queued.wait();
