@@ -718,7 +718,27 @@ impl Drop for Built {
 fn flush_fs(root: &Path) -> std::io::Result<()> {
     let f = File::open(root)?;
     rustix::fs::syncfs(&f)?;
+    log::note("flush");
     Ok(())
+}
+
+/// What the executor did, in order, on the calling thread (tests only):
+/// flushes and commits, to check that every rename is flushed before
+/// [`apply`] returns.
+mod log {
+    #[cfg(test)]
+    thread_local! {
+        pub static EVENTS: std::cell::RefCell<Vec<&'static str>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    #[cfg(test)]
+    pub fn note(e: &'static str) {
+        EVENTS.with(|v| v.borrow_mut().push(e));
+    }
+
+    #[cfg(not(test))]
+    pub fn note(_: &'static str) {}
 }
 
 fn nofollow() -> i32 {
@@ -759,8 +779,9 @@ impl Ctx<'_> {
 
     /// Builds and commits file and symlink writes, in batches: every
     /// temporary of a batch is made durable with one flush before any of
-    /// them replaces its target. Contents that failed to land go to
-    /// `failed`.
+    /// them replaces its target; that flush also makes the previous
+    /// batch's renames durable, and one more after the last batch makes
+    /// the last ones durable. Contents that failed to land go to `failed`.
     /// With `retry_taken`, a create whose path turned out to be taken
     /// (on a case-insensitive filesystem, by the old name of a case-only
     /// rename) is returned, to be tried again after the removals.
@@ -873,13 +894,20 @@ impl Ctx<'_> {
                     }
                 }
             }
-            if let Err(e) = flush_fs(self.root) {
-                out.issues.push(FsIssue::new(
-                    self.root,
-                    format!("cannot flush renames to disk: {e}"),
-                ));
+            // The renames are made durable by the next batch's flush (it
+            // syncs the whole file system), and after the last batch here:
+            // all of them before this returns and the index records them.
+            if end == writes.len() {
+                if let Err(e) = flush_fs(self.root) {
+                    out.issues.push(FsIssue::new(
+                        self.root,
+                        format!("cannot flush renames to disk: {e}"),
+                    ));
+                }
+                tracing::debug!(elapsed = ?t.elapsed(), "committed and flushed");
+            } else {
+                tracing::debug!(elapsed = ?t.elapsed(), "committed");
             }
-            tracing::debug!(elapsed = ?t.elapsed(), "committed and flushed");
             start = end;
         }
         retry
@@ -1364,6 +1392,7 @@ impl Ctx<'_> {
     /// Replaces the target with a built temporary, after checking that the
     /// target is still what the index says (I-5).
     fn commit(&self, op: &Op, b: &mut Built) -> Result<Option<Stat>, String> {
+        log::note("commit");
         let full = join(self.root, &op.path);
         self.check_parents(&op.path)?;
         let cur = op.current.as_ref().filter(|c| c.entry.is_live());
@@ -1592,6 +1621,36 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         fs::create_dir(t.path().join(STATE_DIR)).unwrap();
         t
+    }
+
+    /// I-4: each batch's temporaries are flushed before its renames, and
+    /// the renames are flushed before `apply` returns (by the next batch's
+    /// flush, and one more after the last batch): one flush per batch
+    /// plus one, none after the last commit missing.
+    #[test]
+    fn every_batch_is_flushed_before_its_renames_and_the_renames_before_the_end() {
+        let t = replica();
+        let other = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let data = b"the same small content everywhere";
+        fs::write(other.path().join("src"), data).unwrap();
+        let source = Src::new(vec![(data, other.path().join("src"), false, None)]);
+        let n = BATCH_FILES + 1;
+        let ops: Vec<Op> = (0..n)
+            .map(|i| write_op(&format!("f{i}"), None, data, 1))
+            .collect();
+        log::EVENTS.with(|v| v.borrow_mut().clear());
+        let out = apply(root, &ops, &source, &|_| {});
+        assert!(out.issues.is_empty(), "{:?}", out.issues);
+        assert_eq!(out.done.len(), n);
+        let mut events: Vec<&str> = log::EVENTS.with(|v| v.borrow().clone());
+        events.dedup_by(|a, b| a == b && *a == "commit");
+        assert_eq!(
+            events,
+            ["flush", "commit", "flush", "commit", "flush"],
+            "two batches: flush, renames, flush (the second batch and the first renames), renames, flush"
+        );
+        assert_eq!(fs::read(root.join(format!("f{}", n - 1))).unwrap(), data);
     }
 
     /// I-5: a file that changed after the scan is never overwritten or

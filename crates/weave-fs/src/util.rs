@@ -129,13 +129,20 @@ pub fn same_stat(m: &Metadata, s: &Stat) -> bool {
 /// Reads `len` bytes at `off` into a new buffer that is never zeroed
 /// first: a `vec![0; len]` of a chunk's size is a large allocation, which
 /// the allocator zeroes by handing pages back to the kernel and faulting
-/// them in again (with TLB shootdowns) on every call. Moves `f`'s cursor.
+/// them in again (with TLB shootdowns) on every call. Positional reads
+/// into the vector's spare capacity: one system call per chunk, no seek
+/// (`f`'s cursor does not move).
 pub fn read_at(f: &std::fs::File, off: u64, len: usize) -> std::io::Result<Vec<u8>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut r = f;
-    r.seek(SeekFrom::Start(off))?;
     let mut buf = Vec::with_capacity(len);
-    r.take(len as u64).read_to_end(&mut buf)?;
+    while buf.len() < len {
+        let at = off + buf.len() as u64;
+        match rustix::io::pread(f, rustix::buffer::spare_capacity(&mut buf), at) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     if buf.len() != len {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
