@@ -37,6 +37,8 @@
 #               returns: `rsync -a --fsync` (every file flushed), and `rsync -a` followed by
 #               `sync -f` of the remote filesystem; two extra, informational rows (about 13 s
 #               more per repetition on 2 cores)
+#   TAR_PIPE=0  workload 4 without its reference row: \`tar c | ssh tar x\` through the same remote
+#               shell (a plain stream of the tree: the floor for a first copy; on by default)
 #   VERIFY=0    skip the cmp / diff -r checks (default: a run whose result differs counts as failed)
 #   KEEP=1      keep NET_DIR (logs in NET_DIR/logs)
 #
@@ -46,7 +48,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 # how this run was started, for the report (before the defaults are filled in)
-INVOCATION="$(for v in NET_DIR NET_FS REPS REPS_INIT QUICK WEAVE VERIFY REMOTE_LOG RSYNC_FSYNC; do if [[ -n ${!v:-} ]]; then printf '%s=%q ' "$v" "${!v}"; fi; done)bash bench/net.sh${*:+ $*}"
+INVOCATION="$(for v in NET_DIR NET_FS REPS REPS_INIT QUICK WEAVE VERIFY REMOTE_LOG RSYNC_FSYNC TAR_PIPE; do if [[ -n ${!v:-} ]]; then printf '%s=%q ' "$v" "${!v}"; fi; done)bash bench/net.sh${*:+ $*}"
 NET_DIR=${NET_DIR:-/tmp/weave-net-bench}
 NET_FS=${NET_FS:-}
 REPS=${REPS:-3}
@@ -57,6 +59,7 @@ KEEP=${KEEP:-0}
 WEAVE_LOG=${WEAVE_LOG:-debug}
 REMOTE_LOG=${REMOTE_LOG:-0}
 RSYNC_FSYNC=${RSYNC_FSYNC:-0}
+TAR_PIPE=${TAR_PIPE:-1}
 OUT_DIR=$HERE/out
 
 WORKLOADS=("$@")
@@ -273,6 +276,9 @@ tool_cmd() {
         rsync-fsync) CMD=(rsync -a --fsync -e "$RSH" --exclude=/.weave "$l/" "$HOST:$r/") ;;
         # the "remote" is this machine: its filesystem is synced directly
         rsync-sync) CMD=(bash -c 'rsync -a -e "$1" --exclude=/.weave "$2/" "$3:$4/" && sync -f "$4"' rsync-sync "$RSH" "$l" "$HOST" "$r") ;;
+        # the tree as one plain stream through the same remote shell ($1 split into words, as
+        # rsync -e and weave --rsh split it): no checks, no temporaries, nothing flushed
+        tar) CMD=(bash -c 'set -o pipefail; tar cf - --exclude=./.weave -C "$2" . | $1 "$3" "tar xf - -C $4"' tar "$RSH" "$l" "$HOST" "$r") ;;
     esac
 }
 # the same, as shown in the report (long paths abbreviated)
@@ -495,9 +501,14 @@ if want 4; then
             rm -rf "$A/.weave" # a true first copy for weave: no local state either
             measure 4 "$tool" "$A" "$dst" || continue
             verify_tree 4 "$tool" "$A" "$dst"
-        done < <(if [[ $RSYNC_FSYNC == 1 ]]; then rotated "$r" weave rsync rsync-fsync rsync-sync; else rotated "$r" weave rsync; fi)
+        done < <(
+            tools=(weave rsync)
+            [[ $RSYNC_FSYNC == 1 ]] && tools+=(rsync-fsync rsync-sync)
+            [[ $TAR_PIPE == 1 ]] && tools+=(tar)
+            rotated "$r" "${tools[@]}"
+        )
     done
-    for tool in weave rsync rsync-fsync rsync-sync; do
+    for tool in weave rsync rsync-fsync rsync-sync tar; do
         dst=$NET_DIR/init-$tool
         [[ -n ${LOOPDEV[$dst]:-} ]] && loop_umount "$dst"
         rm -rf --one-file-system "$dst"
@@ -549,6 +560,7 @@ declare -A LABEL=(
     [4]="(4) initial copy: $A_FILES x 4 KiB in $A_DIRS dirs + $A_BIG x $(human $A_BIG_SIZE), empty remote (median of $REPS_INIT)"
     [4s]="(4) the same, vs \`rsync -a --fsync\` (every file flushed to disk, as weave does; informational, RSYNC_FSYNC=1)"
     [4y]="(4) the same, vs \`rsync -a\` then \`sync -f\` of the remote filesystem (all data on disk when it returns, as with weave; informational, RSYNC_FSYNC=1)"
+    [4t]="(4) the same, vs \`tar c \\| ssh tar x\` (the tree as one plain stream: no checks, no temporary files, nothing flushed; the floor of a first copy; informational, TAR_PIPE=1)"
 )
 if [[ $NET_FS == loop ]]; then
     FS_LINE="filesystems: NET_FS=loop: local sources on one loop-mounted ext4 image, weave's and rsync's remote trees of 1-3 on one image each, and every initial copy of 4 into a freshly made ext4 image (loop devices with direct I/O), all images in NET_DIR on $HOST_FS"
@@ -575,6 +587,7 @@ REPORT=$(
         row 4 "${LABEL[4s]}" rsync-fsync
         row 4 "${LABEL[4y]}" rsync-sync
     fi
+    [[ $TAR_PIPE == 1 ]] && row 4 "${LABEL[4t]}" tar
     echo
     echo "Goals:"
     echo
@@ -591,7 +604,7 @@ REPORT=$(
     echo "Raw figures, in run order (bytes = sent+received through ssh; weave's own --json bytes_on_wire; machine CPU = CPU seconds used by all processes on the machine during the run; relay = count_pipe.py's own CPU):"
     echo
     for k in 1a 1 2a 2 3 4; do
-        for t in weave rsync rsync-fuzzy rsync-fsync rsync-sync; do
+        for t in weave rsync rsync-fuzzy rsync-fsync rsync-sync tar; do
             [[ -n ${TIMES[$k.$t]:-} ]] || continue
             echo "- $k $t: time s:${TIMES[$k.$t]}; bytes:${BYTES[$k.$t]} (sent:${SENT[$k.$t]}; received:${RECV[$k.$t]})$([[ $t == weave ]] && echo "; --json bytes_on_wire:${JBYTES[$k.$t]:-}"); machine CPU s:${MCPU[$k.$t]}; relay CPU s:${RELAY[$k.$t]}"
         done
