@@ -5,11 +5,14 @@
 //! symlink writes in batches: every new content is built in a temporary
 //! file next to its target from verified chunks (I-3), the batch is made
 //! durable, and only then is each temporary renamed over its target after
-//! the target was checked against the index once more (I-4, I-5). Metadata
-//! changes come last.
+//! the target was checked against the index once more (I-4, I-5); a file
+//! at a new path is built without a name where the file system allows it
+//! and linked into place, which never replaces anything. Metadata changes
+//! come last.
 
 use crate::util::{
-    aligned_start, join, open_direct, same_stat, stat_of, temp_name, FsIssue, BLOCK,
+    aligned_start, create_unnamed, join, link_unnamed, open_direct, same_stat, stat_of, temp_name,
+    FsIssue, BLOCK,
 };
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
@@ -139,6 +142,9 @@ struct Ctx<'a> {
     progress: &'a (dyn Fn(u64) + Sync),
     /// The trash journal (see [`trash_leftovers`]), opened on first use.
     journal: Mutex<Option<File>>,
+    /// Whether new files can be made without a name and linked into
+    /// place ([`create_unnamed`]), tried once on first use.
+    unnamed: std::sync::OnceLock<bool>,
 }
 
 /// Carries out `ops` on the replica at `root`.
@@ -165,7 +171,12 @@ pub fn apply(
         replaced: Mutex::new(Vec::new()),
         progress,
         journal: Mutex::new(None),
+        unnamed: std::sync::OnceLock::new(),
     };
+    #[cfg(test)]
+    if log::NO_UNNAMED.with(|n| n.get()) {
+        let _ = ctx.unnamed.set(false);
+    }
     let live_now = |o: &Op| o.current.as_ref().is_some_and(|c| c.entry.is_live());
     let is_write = |o: &Op| matches!(o.kind, OpKind::WriteFile | OpKind::WriteSymlink);
     let old_content = |o: &Op| match o.current.as_ref().map(|c| &c.entry.object) {
@@ -689,7 +700,12 @@ impl<'f> Out<'f> {
 }
 
 struct Built {
+    /// The temporary's path (empty for an unnamed one).
     temp: PathBuf,
+    /// A new file made without a name ([`create_unnamed`]): it gets its
+    /// name by a link at the commit, and nothing is left to remove if it
+    /// never does.
+    unnamed: Option<File>,
     list: Option<ChunkList>,
     bytes_local: u64,
     bytes_remote: u64,
@@ -701,7 +717,7 @@ struct Built {
 
 impl Drop for Built {
     fn drop(&mut self) {
-        if self.committed {
+        if self.committed || self.unnamed.is_some() {
             return;
         }
         // A temporary that was not committed is removed (a part file goes
@@ -731,6 +747,32 @@ mod log {
         pub static EVENTS: std::cell::RefCell<Vec<&'static str>> =
             const { std::cell::RefCell::new(Vec::new()) };
     }
+
+    /// A test's hook, given a target's path.
+    #[cfg(test)]
+    pub type Hook = Box<dyn Fn(&std::path::Path)>;
+
+    #[cfg(test)]
+    thread_local! {
+        /// Makes the executor use named temporaries only.
+        pub static NO_UNNAMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        /// Runs just before each commit, with the target's path (a test's
+        /// stand-in for a user's program racing the sync).
+        pub static BEFORE_COMMIT: std::cell::RefCell<Option<Hook>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    #[cfg(test)]
+    pub fn before_commit(p: &std::path::Path) {
+        BEFORE_COMMIT.with(|f| {
+            if let Some(f) = f.borrow().as_ref() {
+                f(p)
+            }
+        });
+    }
+
+    #[cfg(not(test))]
+    pub fn before_commit(_: &std::path::Path) {}
 
     #[cfg(test)]
     pub fn note(e: &'static str) {
@@ -1060,6 +1102,26 @@ impl Ctx<'_> {
         }
     }
 
+    /// Whether this replica's file system takes unnamed files and this
+    /// process can link them: one is made and linked in the state
+    /// directory (or the root), then removed.
+    fn unnamed_ok(&self) -> bool {
+        *self.unnamed.get_or_init(|| {
+            let state = self.root.join(STATE_DIR);
+            let dir = if state.is_dir() {
+                state
+            } else {
+                self.root.to_path_buf()
+            };
+            let probe = dir.join(temp_name());
+            let ok = create_unnamed(&dir)
+                .and_then(|f| link_unnamed(&f, &probe))
+                .is_ok();
+            let _ = fs::remove_file(&probe);
+            ok
+        })
+    }
+
     fn build(&self, op: &Op, flusher: &std::sync::mpsc::SyncSender<File>) -> Result<Built, String> {
         self.check_parents(&op.path)?;
         let full = join(self.root, &op.path);
@@ -1071,6 +1133,7 @@ impl Ctx<'_> {
                     .map_err(|e| io_msg("cannot create symlink", e))?;
                 Ok(Built {
                     temp,
+                    unnamed: None,
                     list: None,
                     bytes_local: 0,
                     bytes_remote: 0,
@@ -1094,15 +1157,33 @@ impl Ctx<'_> {
                 let (f, mut built) = match self.take_part(content, &temp, &full) {
                     Some(taken) => taken,
                     None => {
-                        let f = fs::OpenOptions::new()
-                            .write(true)
-                            .create_new(true)
-                            .mode(0o600)
-                            .custom_flags(nofollow())
-                            .open(&temp)
-                            .map_err(|e| io_msg("cannot create temporary file", e))?;
+                        // A new path's file is made without a name where
+                        // that can be done; a replacement needs a named
+                        // temporary, to be renamed over the old file.
+                        let creates = op.current.as_ref().is_none_or(|c| !c.entry.is_live());
+                        let unnamed = (creates && self.unnamed_ok())
+                            .then(|| create_unnamed(dir).ok())
+                            .flatten();
+                        let (f, temp) = match &unnamed {
+                            Some(u) => (
+                                u.try_clone()
+                                    .map_err(|e| io_msg("cannot create temporary file", e))?,
+                                PathBuf::new(),
+                            ),
+                            None => (
+                                fs::OpenOptions::new()
+                                    .write(true)
+                                    .create_new(true)
+                                    .mode(0o600)
+                                    .custom_flags(nofollow())
+                                    .open(&temp)
+                                    .map_err(|e| io_msg("cannot create temporary file", e))?,
+                                temp,
+                            ),
+                        };
                         let mut built = Built {
                             temp,
+                            unnamed,
                             list: None,
                             bytes_local: 0,
                             bytes_remote: 0,
@@ -1147,6 +1228,7 @@ impl Ctx<'_> {
         // Dropped on any failure below: the part goes back.
         let mut built = Built {
             temp: temp.to_path_buf(),
+            unnamed: None,
             list: None,
             bytes_local: 0,
             bytes_remote: 0,
@@ -1295,7 +1377,7 @@ impl Ctx<'_> {
         let largest = list.chunks.iter().map(|c| c.len).max().unwrap_or(0);
         let mut buf = vec![0u8; largest.min(weave_chunk::CHUNK_MAX) as usize];
         let mut pos = 0u64;
-        let mut out = Out::new(f, Some(built.temp.clone()));
+        let mut out = Out::new(f, built.unnamed.is_none().then(|| built.temp.clone()));
         // A run of the trusted old version's chunks not copied yet:
         // (offset in the old file, length).
         let mut run: Option<(u64, u64)> = None;
@@ -1394,24 +1476,37 @@ impl Ctx<'_> {
     fn commit(&self, op: &Op, b: &mut Built) -> Result<Option<Stat>, String> {
         log::note("commit");
         let full = join(self.root, &op.path);
+        log::before_commit(&full);
         self.check_parents(&op.path)?;
         let cur = op.current.as_ref().filter(|c| c.entry.is_live());
         match cur {
             None => {
-                rustix::fs::renameat_with(
-                    rustix::fs::CWD,
-                    &b.temp,
-                    rustix::fs::CWD,
-                    &full,
-                    rustix::fs::RenameFlags::NOREPLACE,
-                )
-                .map_err(|e| {
-                    if e == rustix::io::Errno::EXIST {
-                        APPEARED.to_string()
-                    } else {
-                        format!("cannot rename into place: {e}")
+                match &b.unnamed {
+                    Some(f) => {
+                        log::note("link");
+                        link_unnamed(f, &full).map_err(|e| {
+                            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                                APPEARED.to_string()
+                            } else {
+                                io_msg("cannot link the new file into place", e)
+                            }
+                        })?
                     }
-                })?;
+                    None => rustix::fs::renameat_with(
+                        rustix::fs::CWD,
+                        &b.temp,
+                        rustix::fs::CWD,
+                        &full,
+                        rustix::fs::RenameFlags::NOREPLACE,
+                    )
+                    .map_err(|e| {
+                        if e == rustix::io::Errno::EXIST {
+                            APPEARED.to_string()
+                        } else {
+                            format!("cannot rename into place: {e}")
+                        }
+                    })?,
+                }
                 b.committed = true;
             }
             Some(c) => {
@@ -1465,8 +1560,13 @@ impl Ctx<'_> {
             }
         }
         if op.target.object.is_live() && matches!(op.target.object, Object::File { .. }) {
-            let m =
-                fs::symlink_metadata(&full).map_err(|e| io_msg("cannot stat after writing", e))?;
+            // A linked file's own descriptor: no lookup, and what is
+            // recorded is the file written, whatever the path holds now.
+            let m = match &b.unnamed {
+                Some(f) => f.metadata(),
+                None => fs::symlink_metadata(&full),
+            }
+            .map_err(|e| io_msg("cannot stat after writing", e))?;
             Ok(Some(stat_of(&m)))
         } else {
             Ok(None)
@@ -1644,6 +1744,7 @@ mod tests {
         assert!(out.issues.is_empty(), "{:?}", out.issues);
         assert_eq!(out.done.len(), n);
         let mut events: Vec<&str> = log::EVENTS.with(|v| v.borrow().clone());
+        events.retain(|e| matches!(*e, "flush" | "commit"));
         events.dedup_by(|a, b| a == b && *a == "commit");
         assert_eq!(
             events,
@@ -1651,6 +1752,111 @@ mod tests {
             "two batches: flush, renames, flush (the second batch and the first renames), renames, flush"
         );
         assert_eq!(fs::read(root.join(format!("f{}", n - 1))).unwrap(), data);
+    }
+
+    /// Whether this machine's temporary directory takes unnamed files.
+    fn unnamed_here(dir: &Path) -> bool {
+        let probe = dir.join("probe");
+        let ok = create_unnamed(dir)
+            .and_then(|f| link_unnamed(&f, &probe))
+            .is_ok();
+        let _ = fs::remove_file(&probe);
+        ok
+    }
+
+    /// New files (no name before they are whole and flushed) land with
+    /// their content, mode and mtime, and the stat recorded is the file's;
+    /// with unnamed files where the file system takes them, named
+    /// temporaries where not. Nothing else is left in the directory.
+    #[test]
+    fn new_files_land_whole_with_or_without_unnamed_temporaries() {
+        for no_unnamed in [false, true] {
+            let t = replica();
+            let other = tempfile::tempdir().unwrap();
+            let root = t.path();
+            fs::create_dir(root.join("d")).unwrap();
+            let mut ops = Vec::new();
+            let mut src = Vec::new();
+            let datas: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000 + i as usize]).collect();
+            for (i, data) in datas.iter().enumerate() {
+                fs::write(other.path().join(format!("s{i}")), data).unwrap();
+                src.push((
+                    data.as_slice(),
+                    other.path().join(format!("s{i}")),
+                    false,
+                    None,
+                ));
+                let mut op = write_op(&format!("d/f{i}"), None, data, 1);
+                op.target.mode = 0o640;
+                ops.push(op);
+            }
+            let source = Src::new(src);
+            log::NO_UNNAMED.with(|n| n.set(no_unnamed));
+            log::EVENTS.with(|v| v.borrow_mut().clear());
+            let out = apply(root, &ops, &source, &|_| {});
+            log::NO_UNNAMED.with(|n| n.set(false));
+            assert!(out.issues.is_empty(), "{:?}", out.issues);
+            assert_eq!(out.done.len(), 5);
+            for d in &out.done {
+                let p = join(root, &ops[d.op].path);
+                let m = fs::symlink_metadata(&p).unwrap();
+                assert_eq!(fs::read(&p).unwrap(), datas[d.op]);
+                assert_eq!(m.permissions().mode() & 0o777, 0o640);
+                assert_eq!(crate::util::mtime_ns(&m), ops[d.op].target.mtime_ns);
+                assert_eq!(d.stat, Some(stat_of(&m)), "the stat recorded is the file's");
+            }
+            let mut names: Vec<String> = fs::read_dir(root.join("d"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            assert_eq!(names, ["f0", "f1", "f2", "f3", "f4"]);
+            let links = log::EVENTS.with(|v| v.borrow().iter().filter(|e| **e == "link").count());
+            let expect = if !no_unnamed && unnamed_here(other.path()) {
+                5
+            } else {
+                0
+            };
+            assert_eq!(links, expect, "no_unnamed={no_unnamed}");
+        }
+    }
+
+    /// A file that appears at a new path while the sync writes it (after
+    /// the new content is built, before it is put in place) is left as
+    /// it is and reported, whether the new content was unnamed or a
+    /// named temporary; no temporary is left behind.
+    #[test]
+    fn a_file_that_appears_at_a_new_path_is_never_replaced() {
+        for no_unnamed in [false, true] {
+            let t = replica();
+            let other = tempfile::tempdir().unwrap();
+            let root = t.path();
+            let data = b"from the other replica";
+            fs::write(other.path().join("s"), data).unwrap();
+            let source = Src::new(vec![(data, other.path().join("s"), false, None)]);
+            let ops = vec![write_op("new", None, data, 1)];
+            log::NO_UNNAMED.with(|n| n.set(no_unnamed));
+            log::BEFORE_COMMIT.with(|f| {
+                *f.borrow_mut() = Some(Box::new(|p: &Path| fs::write(p, b"the user's").unwrap()))
+            });
+            let out = apply(root, &ops, &source, &|_| {});
+            log::BEFORE_COMMIT.with(|f| *f.borrow_mut() = None);
+            log::NO_UNNAMED.with(|n| n.set(false));
+            assert!(out.done.is_empty(), "no_unnamed={no_unnamed}");
+            assert_eq!(out.issues.len(), 1, "{:?}", out.issues);
+            assert!(
+                out.issues[0].message.contains("appeared"),
+                "{:?}",
+                out.issues
+            );
+            assert_eq!(fs::read(root.join("new")).unwrap(), b"the user's");
+            let names: Vec<String> = fs::read_dir(root)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n != STATE_DIR)
+                .collect();
+            assert_eq!(names, ["new"], "no_unnamed={no_unnamed}");
+        }
     }
 
     /// I-5: a file that changed after the scan is never overwritten or

@@ -25,6 +25,58 @@ impl FsIssue {
     }
 }
 
+/// A new file with no name in directory `dir` (Linux's `O_TMPFILE`),
+/// given its name by [`link_unnamed`] once it is written and flushed: a
+/// crash before that leaves nothing behind, and it costs the directory
+/// one entry instead of a temporary's creation, rename and removal.
+/// Fails where the file system or the system cannot (the caller then
+/// uses a named temporary).
+pub fn create_unnamed(dir: &Path) -> std::io::Result<std::fs::File> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use rustix::fs::{Mode, OFlags};
+        let fd = rustix::fs::openat(
+            rustix::fs::CWD,
+            dir,
+            OFlags::WRONLY | OFlags::TMPFILE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        Ok(std::fs::File::from(fd))
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = dir;
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// Gives a file made by [`create_unnamed`] the name `target` (an
+/// `AlreadyExists` error if something has that name: nothing is
+/// replaced). Through the descriptor itself where this process may do
+/// that, else through its `/proc/self/fd` entry.
+pub fn link_unnamed(f: &std::fs::File, target: &Path) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, CWD};
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // Whether linking by the descriptor itself was refused once (it needs
+    // CAP_DAC_READ_SEARCH): then it is not tried again.
+    static BY_PROC: AtomicBool = AtomicBool::new(false);
+    if !BY_PROC.load(Ordering::Relaxed) {
+        match rustix::fs::linkat(f, "", CWD, target, AtFlags::EMPTY_PATH) {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if e == rustix::io::Errno::NOENT && target.parent().is_some_and(Path::is_dir) =>
+            {
+                BY_PROC.store(true, Ordering::Relaxed);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let proc = format!("/proc/self/fd/{}", f.as_raw_fd());
+    rustix::fs::linkat(CWD, proc.as_str(), CWD, target, AtFlags::SYMLINK_FOLLOW)?;
+    Ok(())
+}
+
 pub fn is_temp_name(name: &str) -> bool {
     name.len() == TEMP_PREFIX.len() + 16 + 4
         && name.starts_with(TEMP_PREFIX)
