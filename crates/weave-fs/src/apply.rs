@@ -145,6 +145,10 @@ struct Ctx<'a> {
     /// Whether new files can be made without a name and linked into
     /// place ([`create_unnamed`]), tried once on first use.
     unnamed: std::sync::OnceLock<bool>,
+    /// Unnamed files a batch may hold open until its commit: half of
+    /// what this process may open (a batch over it uses named
+    /// temporaries, which are closed once written).
+    fd_budget: usize,
 }
 
 /// Carries out `ops` on the replica at `root`.
@@ -172,6 +176,7 @@ pub fn apply(
         progress,
         journal: Mutex::new(None),
         unnamed: std::sync::OnceLock::new(),
+        fd_budget: fd_budget(),
     };
     #[cfg(test)]
     if log::NO_UNNAMED.with(|n| n.get()) {
@@ -731,6 +736,17 @@ impl Drop for Built {
     }
 }
 
+/// Half of the files this process may have open (see [`Ctx::fd_budget`]).
+fn fd_budget() -> usize {
+    #[cfg(test)]
+    if let Some(b) = log::FD_BUDGET.with(|n| n.get()) {
+        return b;
+    }
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .map_or(usize::MAX, |n| usize::try_from(n / 2).unwrap_or(usize::MAX))
+}
+
 fn flush_fs(root: &Path) -> std::io::Result<()> {
     let f = File::open(root)?;
     rustix::fs::syncfs(&f)?;
@@ -756,6 +772,8 @@ mod log {
     thread_local! {
         /// Makes the executor use named temporaries only.
         pub static NO_UNNAMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        /// Replaces the executor's budget of open unnamed files.
+        pub static FD_BUDGET: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
         /// Runs just before each commit, with the target's path (a test's
         /// stand-in for a user's program racing the sync).
         pub static BEFORE_COMMIT: std::cell::RefCell<Option<Hook>> =
@@ -850,6 +868,9 @@ impl Ctx<'_> {
                 end += 1;
             }
             let batch = &writes[start..end];
+            // Unnamed files stay open until the commit: only as many as
+            // the process may hold.
+            let unnamed = batch.len() <= self.fd_budget;
             let t = std::time::Instant::now();
             // Large files are made durable by a background thread as soon
             // as they are written, while the workers go on with the rest.
@@ -862,7 +883,7 @@ impl Ctx<'_> {
             let mut built: Vec<(usize, Result<Built, String>)> = batch
                 .par_iter()
                 .with_max_len(1)
-                .map(|&(i, op)| (i, self.build(op, &tx)))
+                .map(|&(i, op)| (i, self.build(op, &tx, unnamed)))
                 .collect();
             drop(tx);
             let flush_failures = flusher.join().unwrap_or(1);
@@ -1122,7 +1143,14 @@ impl Ctx<'_> {
         })
     }
 
-    fn build(&self, op: &Op, flusher: &std::sync::mpsc::SyncSender<File>) -> Result<Built, String> {
+    /// Builds the new content of `op` (a new file without a name if
+    /// `unnamed` allows and it can be made).
+    fn build(
+        &self,
+        op: &Op,
+        flusher: &std::sync::mpsc::SyncSender<File>,
+        unnamed: bool,
+    ) -> Result<Built, String> {
         self.check_parents(&op.path)?;
         let full = join(self.root, &op.path);
         let dir = full.parent().ok_or("no parent directory")?;
@@ -1161,7 +1189,7 @@ impl Ctx<'_> {
                         // that can be done; a replacement needs a named
                         // temporary, to be renamed over the old file.
                         let creates = op.current.as_ref().is_none_or(|c| !c.entry.is_live());
-                        let unnamed = (creates && self.unnamed_ok())
+                        let unnamed = (unnamed && creates && self.unnamed_ok())
                             .then(|| create_unnamed(dir).ok())
                             .flatten();
                         let (f, temp) = match &unnamed {
@@ -1818,6 +1846,32 @@ mod tests {
                 0
             };
             assert_eq!(links, expect, "no_unnamed={no_unnamed}");
+        }
+    }
+
+    /// A batch of more new files than the process may keep open uses
+    /// named temporaries (which are closed once written).
+    #[test]
+    fn a_batch_over_the_descriptor_budget_uses_named_temporaries() {
+        let t = replica();
+        let other = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let data = b"one content, five paths";
+        fs::write(other.path().join("s"), data).unwrap();
+        let source = Src::new(vec![(data, other.path().join("s"), false, None)]);
+        let ops: Vec<Op> = (0..5)
+            .map(|i| write_op(&format!("f{i}"), None, data, 1))
+            .collect();
+        log::FD_BUDGET.with(|n| n.set(Some(4)));
+        log::EVENTS.with(|v| v.borrow_mut().clear());
+        let out = apply(root, &ops, &source, &|_| {});
+        log::FD_BUDGET.with(|n| n.set(None));
+        assert!(out.issues.is_empty(), "{:?}", out.issues);
+        assert_eq!(out.done.len(), 5);
+        let links = log::EVENTS.with(|v| v.borrow().iter().filter(|e| **e == "link").count());
+        assert_eq!(links, 0);
+        for i in 0..5 {
+            assert_eq!(fs::read(root.join(format!("f{i}"))).unwrap(), data);
         }
     }
 
