@@ -860,6 +860,9 @@ fn early_writes(root: &Path, ops: &[Op], ready: &dyn Fn(&Hash) -> bool) -> Vec<u
         ok
     }
     let mut out = Vec::new();
+    // The early directories: nothing is there, so nothing is in them (no
+    // need to look for each of their files).
+    let mut made: HashSet<&str> = HashSet::new();
     let mut dirs: Vec<(usize, &Op)> = ops
         .iter()
         .enumerate()
@@ -876,6 +879,7 @@ fn early_writes(root: &Path, ops: &[Op], ready: &dyn Fn(&Hash) -> bool) -> Vec<u
             continue;
         }
         dir_ok.insert(o.path.clone(), true);
+        made.insert(o.path.as_str());
         out.push(i);
     }
     let dirs = out.len();
@@ -889,7 +893,7 @@ fn early_writes(root: &Path, ops: &[Op], ready: &dyn Fn(&Hash) -> bool) -> Vec<u
             && !cleared.contains(o.path.as_str())
             && ready(content)
             && usable(root, parent, &cleared, &mut dir_ok)
-            && std::fs::symlink_metadata(join(root, &o.path)).is_err()
+            && (made.contains(parent) || std::fs::symlink_metadata(join(root, &o.path)).is_err())
         {
             out.push(i);
         }
@@ -931,5 +935,57 @@ impl ContentSource for Source<'_> {
     fn part(&self, content: &Hash) -> Option<PathBuf> {
         // Gone once a write took it (then that write's files serve).
         self.parts.get(content).filter(|p| p.exists()).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weave_core::VersionVector;
+
+    fn op(kind: OpKind, path: &str, object: Object) -> Op {
+        Op {
+            kind,
+            path: path.into(),
+            current: None,
+            target: Entry {
+                path: path.into(),
+                object,
+                mode: 0o644,
+                mtime_ns: 0,
+                vv: VersionVector::from_pairs(vec![(ReplicaId(1), 1)]),
+                origin: ReplicaId(1),
+            },
+        }
+    }
+
+    /// Files written early are new paths only: every file of a directory
+    /// this run makes, and in an existing directory only those whose path
+    /// is free now (not one that has an untracked file).
+    #[test]
+    fn early_writes_are_new_paths_in_new_or_existing_directories() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        std::fs::create_dir(root.join("old")).unwrap();
+        std::fs::write(root.join("old/taken"), b"untracked").unwrap();
+        let file = Object::File {
+            size: 1,
+            content: Hash([7; 32]),
+        };
+        let mut ops = vec![op(OpKind::MakeDir, "new", Object::Dir)];
+        for i in 0..40 {
+            ops.push(op(OpKind::WriteFile, &format!("new/f{i}"), file.clone()));
+        }
+        ops.push(op(OpKind::WriteFile, "old/taken", file.clone()));
+        ops.push(op(OpKind::WriteFile, "old/free", file.clone()));
+        let chosen: Vec<&str> = early_writes(root, &ops, &|_| true)
+            .into_iter()
+            .map(|i| ops[i].path.as_str())
+            .collect();
+        assert!(chosen.contains(&"new"));
+        assert!(chosen.contains(&"new/f0") && chosen.contains(&"new/f39"));
+        assert!(chosen.contains(&"old/free"));
+        assert!(!chosen.contains(&"old/taken"), "{chosen:?}");
+        assert_eq!(chosen.len(), 1 + 40 + 1);
     }
 }
