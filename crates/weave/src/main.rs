@@ -16,8 +16,40 @@ use std::process::ExitCode;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
+    end_quietly_when_output_fails();
     raise_open_file_limit();
     cli::run()
+}
+
+/// Output that cannot be written ends weave with a line on standard error
+/// (if that can be written) instead of a panic's report: exit status 141,
+/// as a program killed by SIGPIPE, when the reader went away (`weave
+/// history --json | head -n 1`), 1 for any other failure (a full disk).
+/// The standard library's printing macros panic on such errors; what a
+/// sync had done is safe at any point (I-4), as when it is killed.
+fn end_quietly_when_output_fails() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        for (stream, name) in [("stdout", "output"), ("stderr", "error")] {
+            if let Some(why) = msg.strip_prefix(&format!("failed printing to {stream}: ")) {
+                if why.contains("os error 32") {
+                    std::process::exit(141);
+                }
+                let _ = std::io::Write::write_all(
+                    &mut std::io::stderr(),
+                    format!("weave: cannot write to standard {name}: {why}\n").as_bytes(),
+                );
+                std::process::exit(1);
+            }
+        }
+        report(info);
+    }));
 }
 
 /// Lifts the soft limit on open files to the hard one (as many servers and

@@ -1006,3 +1006,59 @@ fn metadata_only_changes_propagate() {
     assert_eq!(mode(b.join("d")), 0o711);
     assert_same_tree(&a, &b);
 }
+
+/// Runs `weave sync A B` in `root` with standard output `out`, bounded in
+/// time: (exit status, standard error).
+fn sync_into(root: &Path, out: std::process::Stdio) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weave"))
+        .current_dir(root)
+        .env_remove("RUST_LOG")
+        .args(["sync", "A", "B"])
+        .stdout(out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("weave runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().expect("weave is waited for").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("weave sync did not end within 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("weave ends");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A reader of weave's output that goes away (`weave sync A B | head -c 0`)
+/// ends it as SIGPIPE would (status 141, nothing on standard error); output
+/// that cannot be written for another reason (a full disk) ends it with
+/// status 1 and one line naming the problem. Never a panic's report; the
+/// sync itself was done before its summary was printed.
+#[test]
+fn output_that_cannot_be_written_ends_weave_without_a_panic() {
+    let t = setup(&["A", "B"]);
+    some_content(t.path());
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let (code, stderr) = sync_into(t.path(), writer.into());
+    assert_eq!(code, Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_same_tree(&t.path().join("A"), &t.path().join("B"));
+
+    write(t.path().join("A/more.txt"), "more\n");
+    let full = fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let (code, stderr) = sync_into(t.path(), full.into());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot write to standard output") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    assert_same_tree(&t.path().join("A"), &t.path().join("B"));
+}
