@@ -1042,7 +1042,7 @@ fn sync_into(root: &Path, out: std::process::Stdio) -> (Option<i32>, String) {
 fn output_that_cannot_be_written_ends_weave_without_a_panic() {
     let t = setup(&["A", "B"]);
     some_content(t.path());
-    let (reader, writer) = std::io::pipe().expect("a pipe");
+    let (reader, writer) = rustix::pipe::pipe().expect("a pipe");
     drop(reader);
     let (code, stderr) = sync_into(t.path(), writer.into());
     assert_eq!(code, Some(141), "{stderr}");
