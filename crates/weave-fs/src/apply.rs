@@ -1751,22 +1751,32 @@ mod tests {
         t
     }
 
+    /// A replica, and `n` new files `f0`… to write in it, all with `data`
+    /// (found in a file of another directory, the second one returned).
+    fn new_files(
+        n: usize,
+        data: &'static [u8],
+    ) -> (tempfile::TempDir, tempfile::TempDir, Src, Vec<Op>) {
+        let t = replica();
+        let other = tempfile::tempdir().unwrap();
+        fs::write(other.path().join("src"), data).unwrap();
+        let source = Src::new(vec![(data, other.path().join("src"), false, None)]);
+        let ops = (0..n)
+            .map(|i| write_op(&format!("f{i}"), None, data, 1))
+            .collect();
+        (t, other, source, ops)
+    }
+
     /// I-4: each batch's temporaries are flushed before its renames, and
     /// the renames are flushed before `apply` returns (by the next batch's
     /// flush, and one more after the last batch): one flush per batch
     /// plus one, none after the last commit missing.
     #[test]
     fn every_batch_is_flushed_before_its_renames_and_the_renames_before_the_end() {
-        let t = replica();
-        let other = tempfile::tempdir().unwrap();
-        let root = t.path();
         let data = b"the same small content everywhere";
-        fs::write(other.path().join("src"), data).unwrap();
-        let source = Src::new(vec![(data, other.path().join("src"), false, None)]);
         let n = BATCH_FILES + 1;
-        let ops: Vec<Op> = (0..n)
-            .map(|i| write_op(&format!("f{i}"), None, data, 1))
-            .collect();
+        let (t, _other, source, ops) = new_files(n, data);
+        let root = t.path();
         log::EVENTS.with(|v| v.borrow_mut().clear());
         let out = apply(root, &ops, &source, &|_| {});
         assert!(out.issues.is_empty(), "{:?}", out.issues);
@@ -1853,15 +1863,9 @@ mod tests {
     /// named temporaries (which are closed once written).
     #[test]
     fn a_batch_over_the_descriptor_budget_uses_named_temporaries() {
-        let t = replica();
-        let other = tempfile::tempdir().unwrap();
-        let root = t.path();
         let data = b"one content, five paths";
-        fs::write(other.path().join("s"), data).unwrap();
-        let source = Src::new(vec![(data, other.path().join("s"), false, None)]);
-        let ops: Vec<Op> = (0..5)
-            .map(|i| write_op(&format!("f{i}"), None, data, 1))
-            .collect();
+        let (t, _other, source, ops) = new_files(5, data);
+        let root = t.path();
         log::FD_BUDGET.with(|n| n.set(Some(4)));
         log::EVENTS.with(|v| v.borrow_mut().clear());
         let out = apply(root, &ops, &source, &|_| {});
