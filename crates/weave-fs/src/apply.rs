@@ -11,13 +11,14 @@
 //! come last.
 
 use crate::util::{
-    aligned_start, create_unnamed, join, link_unnamed, open_direct, same_stat, stat_of, temp_name,
-    FsIssue, BLOCK,
+    aligned_start, create_unnamed, join, link_unnamed, open_dir_beneath, open_direct, same_stat,
+    stat_of, temp_name, FsIssue, BLOCK,
 };
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -145,10 +146,13 @@ struct Ctx<'a> {
     /// Whether new files can be made without a name and linked into
     /// place ([`create_unnamed`]), tried once on first use.
     unnamed: std::sync::OnceLock<bool>,
-    /// Unnamed files a batch may hold open until its commit: half of
+    /// Unnamed files a batch may hold open until its commit: a quarter of
     /// what this process may open (a batch over it uses named
     /// temporaries, which are closed once written).
     fd_budget: usize,
+    /// The replica's root, to reach a new file's directory without
+    /// following a symlink ([`open_dir_beneath`]).
+    root_fd: Option<std::os::fd::OwnedFd>,
 }
 
 /// Carries out `ops` on the replica at `root`.
@@ -177,6 +181,12 @@ pub fn apply(
         journal: Mutex::new(None),
         unnamed: std::sync::OnceLock::new(),
         fd_budget: fd_budget(),
+        root_fd: rustix::fs::open(
+            root,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .ok(),
     };
     #[cfg(test)]
     if log::NO_UNNAMED.with(|n| n.get()) {
@@ -736,7 +746,8 @@ impl Drop for Built {
     }
 }
 
-/// Half of the files this process may have open (see [`Ctx::fd_budget`]).
+/// A quarter of the files this process may have open (see
+/// [`Ctx::fd_budget`]): the rest is for part files and everything else.
 fn fd_budget() -> usize {
     #[cfg(test)]
     if let Some(b) = log::FD_BUDGET.with(|n| n.get()) {
@@ -744,7 +755,7 @@ fn fd_budget() -> usize {
     }
     rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
-        .map_or(usize::MAX, |n| usize::try_from(n / 2).unwrap_or(usize::MAX))
+        .map_or(usize::MAX, |n| usize::try_from(n / 4).unwrap_or(usize::MAX))
 }
 
 fn flush_fs(root: &Path) -> std::io::Result<()> {
@@ -1136,7 +1147,7 @@ impl Ctx<'_> {
             };
             let probe = dir.join(temp_name());
             let ok = create_unnamed(&dir)
-                .and_then(|f| link_unnamed(&f, &probe))
+                .and_then(|f| link_unnamed(&f, rustix::fs::CWD, &probe))
                 .is_ok();
             let _ = fs::remove_file(&probe);
             ok
@@ -1504,15 +1515,29 @@ impl Ctx<'_> {
     fn commit(&self, op: &Op, b: &mut Built) -> Result<Option<Stat>, String> {
         log::note("commit");
         let full = join(self.root, &op.path);
-        log::before_commit(&full);
         self.check_parents(&op.path)?;
+        log::before_commit(&full);
         let cur = op.current.as_ref().filter(|c| c.entry.is_live());
         match cur {
             None => {
                 match &b.unnamed {
                     Some(f) => {
                         log::note("link");
-                        link_unnamed(f, &full).map_err(|e| {
+                        // Into the directory reached from the root without
+                        // a symlink on the way: one swapped in since the
+                        // check above cannot turn the link elsewhere.
+                        let (parent, name) = op.path.rsplit_once('/').unwrap_or(("", &op.path));
+                        let dir = match &self.root_fd {
+                            Some(r) => open_dir_beneath(r.as_fd(), parent).map_err(|e| {
+                                format!("parent directory {parent:?} is no longer a directory inside the replica ({e}); not written")
+                            })?,
+                            None => None,
+                        };
+                        match &dir {
+                            Some(d) => link_unnamed(f, d, Path::new(name)),
+                            None => link_unnamed(f, rustix::fs::CWD, &full),
+                        }
+                        .map_err(|e| {
                             if e.kind() == std::io::ErrorKind::AlreadyExists {
                                 APPEARED.to_string()
                             } else {
@@ -1796,7 +1821,7 @@ mod tests {
     fn unnamed_here(dir: &Path) -> bool {
         let probe = dir.join("probe");
         let ok = create_unnamed(dir)
-            .and_then(|f| link_unnamed(&f, &probe))
+            .and_then(|f| link_unnamed(&f, rustix::fs::CWD, &probe))
             .is_ok();
         let _ = fs::remove_file(&probe);
         ok
@@ -1876,6 +1901,44 @@ mod tests {
         assert_eq!(links, 0);
         for i in 0..5 {
             assert_eq!(fs::read(root.join(format!("f{i}"))).unwrap(), data);
+        }
+    }
+
+    /// A parent directory swapped for a symlink to elsewhere after the
+    /// executor checked it, just before the new file is put in place: the
+    /// file is not written through it (neither linked nor renamed there),
+    /// and it is reported.
+    #[test]
+    fn a_parent_swapped_for_a_symlink_is_not_written_through() {
+        for no_unnamed in [false, true] {
+            let t = replica();
+            let other = tempfile::tempdir().unwrap();
+            let root = t.path().to_path_buf();
+            fs::create_dir(root.join("d")).unwrap();
+            let outside = other.path().join("outside");
+            fs::create_dir(&outside).unwrap();
+            let data = b"for d/new only";
+            fs::write(other.path().join("s"), data).unwrap();
+            let source = Src::new(vec![(data, other.path().join("s"), false, None)]);
+            let ops = vec![write_op("d/new", None, data, 1)];
+            log::NO_UNNAMED.with(|n| n.set(no_unnamed));
+            let (r, o) = (root.clone(), outside.clone());
+            log::BEFORE_COMMIT.with(|f| {
+                *f.borrow_mut() = Some(Box::new(move |_: &Path| {
+                    fs::rename(r.join("d"), r.join("d-moved")).unwrap();
+                    std::os::unix::fs::symlink(&o, r.join("d")).unwrap();
+                }))
+            });
+            let out = apply(&root, &ops, &source, &|_| {});
+            log::BEFORE_COMMIT.with(|f| *f.borrow_mut() = None);
+            log::NO_UNNAMED.with(|n| n.set(false));
+            assert!(out.done.is_empty(), "no_unnamed={no_unnamed}");
+            assert_eq!(out.issues.len(), 1, "{:?}", out.issues);
+            let there: Vec<_> = fs::read_dir(&outside).unwrap().collect();
+            assert!(
+                there.is_empty(),
+                "no_unnamed={no_unnamed}: written outside: {there:?}"
+            );
         }
     }
 

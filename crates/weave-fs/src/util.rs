@@ -50,11 +50,16 @@ pub fn create_unnamed(dir: &Path) -> std::io::Result<std::fs::File> {
     }
 }
 
-/// Gives a file made by [`create_unnamed`] the name `target` (an
-/// `AlreadyExists` error if something has that name: nothing is
-/// replaced). Through the descriptor itself where this process may do
-/// that, else through its `/proc/self/fd` entry.
-pub fn link_unnamed(f: &std::fs::File, target: &Path) -> std::io::Result<()> {
+/// Gives a file made by [`create_unnamed`] the name `target` in directory
+/// `dir` (or `rustix::fs::CWD` with a full path): an `AlreadyExists` error
+/// if something has that name, nothing is replaced. Through the
+/// descriptor itself where this process may do that, else through its
+/// `/proc/self/fd` entry.
+pub fn link_unnamed<D: std::os::fd::AsFd>(
+    f: &std::fs::File,
+    dir: D,
+    target: &Path,
+) -> std::io::Result<()> {
     use rustix::fs::{AtFlags, CWD};
     use std::os::fd::AsRawFd;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,19 +67,61 @@ pub fn link_unnamed(f: &std::fs::File, target: &Path) -> std::io::Result<()> {
     // CAP_DAC_READ_SEARCH): then it is not tried again.
     static BY_PROC: AtomicBool = AtomicBool::new(false);
     if !BY_PROC.load(Ordering::Relaxed) {
-        match rustix::fs::linkat(f, "", CWD, target, AtFlags::EMPTY_PATH) {
+        match rustix::fs::linkat(f, "", &dir, target, AtFlags::EMPTY_PATH) {
             Ok(()) => return Ok(()),
-            Err(e)
-                if e == rustix::io::Errno::NOENT && target.parent().is_some_and(Path::is_dir) =>
-            {
+            // Refused for want of the capability: the kernel says ENOENT
+            // before it looks at the target.
+            Err(e) if e == rustix::io::Errno::NOENT && target_dir_exists(&dir, target) => {
                 BY_PROC.store(true, Ordering::Relaxed);
             }
             Err(e) => return Err(e.into()),
         }
     }
     let proc = format!("/proc/self/fd/{}", f.as_raw_fd());
-    rustix::fs::linkat(CWD, proc.as_str(), CWD, target, AtFlags::SYMLINK_FOLLOW)?;
+    rustix::fs::linkat(CWD, proc.as_str(), &dir, target, AtFlags::SYMLINK_FOLLOW)?;
     Ok(())
+}
+
+/// Whether the directory `target` would be linked into exists.
+fn target_dir_exists<D: std::os::fd::AsFd>(dir: &D, target: &Path) -> bool {
+    let is_dir = |s: rustix::fs::Stat| rustix::fs::FileType::from_raw_mode(s.st_mode).is_dir();
+    match target.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(p) => rustix::fs::statat(dir, p, rustix::fs::AtFlags::empty()).is_ok_and(is_dir),
+        None => rustix::fs::fstat(dir).is_ok_and(is_dir),
+    }
+}
+
+/// The directory `rel` ('/'-separated, relative; empty for `root`
+/// itself) under the directory `root`, opened only if no symlink is on
+/// the way and it does not leave `root` (Linux's `openat2` with
+/// `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`): a link into it cannot be
+/// turned away by a directory swapped for a symlink. `Ok(None)` where
+/// the system has no such call (the caller checks the path itself).
+pub fn open_dir_beneath(
+    root: std::os::fd::BorrowedFd<'_>,
+    rel: &str,
+) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        let rel = if rel.is_empty() { "." } else { rel };
+        match rustix::fs::openat2(
+            root,
+            rel,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+        ) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(e) if e == rustix::io::Errno::NOSYS || e == rustix::io::Errno::PERM => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (root, rel);
+        Ok(None)
+    }
 }
 
 pub fn is_temp_name(name: &str) -> bool {
@@ -195,6 +242,9 @@ pub fn read_at(f: &std::fs::File, off: u64, len: usize) -> std::io::Result<Vec<u
             Err(e) => return Err(e.into()),
         }
     }
+    // The capacity may exceed `len` (it is "at least"): what was read
+    // past the range is not part of it.
+    buf.truncate(len);
     if buf.len() != len {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
