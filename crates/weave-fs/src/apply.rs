@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
@@ -153,6 +153,11 @@ struct Ctx<'a> {
     /// The replica's root, to reach a new file's directory without
     /// following a symlink ([`open_dir_beneath`]).
     root_fd: Option<std::os::fd::OwnedFd>,
+    /// The root's device: files on another one are flushed there too.
+    root_dev: Option<u64>,
+    /// Tests: directories under this path count as another file system.
+    #[cfg(test)]
+    test_other_fs: Option<String>,
 }
 
 /// Carries out `ops` on the replica at `root`.
@@ -187,6 +192,9 @@ pub fn apply(
             rustix::fs::Mode::empty(),
         )
         .ok(),
+        root_dev: fs::metadata(root).ok().map(|m| m.dev()),
+        #[cfg(test)]
+        test_other_fs: log::OTHER_FS.with(|o| o.borrow().clone()),
     };
     #[cfg(test)]
     if log::NO_UNNAMED.with(|n| n.get()) {
@@ -783,6 +791,8 @@ mod log {
     thread_local! {
         /// Makes the executor use named temporaries only.
         pub static NO_UNNAMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        /// Directories under this path count as another file system.
+        pub static OTHER_FS: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
         /// Replaces the executor's budget of open unnamed files.
         pub static FD_BUDGET: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
         /// Runs just before each commit, with the target's path (a test's
@@ -865,6 +875,11 @@ impl Ctx<'_> {
         retry_taken: bool,
     ) -> Vec<(usize, &'o Op)> {
         let mut retry = Vec::new();
+        // Other file systems mounted inside the replica that this run
+        // writes to: each is flushed too (a descriptor of one of its
+        // directories names it), with the directories already looked at.
+        let mut others: HashMap<u64, File> = HashMap::new();
+        let mut seen: HashSet<&str> = HashSet::new();
         let mut start = 0;
         while start < writes.len() {
             let mut end = start;
@@ -906,9 +921,17 @@ impl Ctx<'_> {
                     }
                 }
             }
+            for (i, b) in &built {
+                if b.is_ok() {
+                    let parent = weave_core::path::parent(&ops[*i].path).unwrap_or("");
+                    if seen.insert(parent) {
+                        self.note_file_system(parent, &mut others);
+                    }
+                }
+            }
             if built.iter().any(|(_, b)| b.is_ok()) {
                 let t = std::time::Instant::now();
-                if let Err(e) = flush_fs(self.root) {
+                if let Err(e) = self.flush(&others) {
                     // Nothing may replace a target before it is durable.
                     for (_, b) in built.iter_mut() {
                         if b.is_ok() {
@@ -972,7 +995,7 @@ impl Ctx<'_> {
             // syncs the whole file system), and after the last batch here:
             // all of them before this returns and the index records them.
             if end == writes.len() {
-                if let Err(e) = flush_fs(self.root) {
+                if let Err(e) = self.flush(&others) {
                     out.issues.push(FsIssue::new(
                         self.root,
                         format!("cannot flush renames to disk: {e}"),
@@ -985,6 +1008,42 @@ impl Ctx<'_> {
             start = end;
         }
         retry
+    }
+
+    /// Notes the file system of directory `rel` in `others` if it is not
+    /// the root's (a mount inside the replica).
+    fn note_file_system(&self, rel: &str, others: &mut HashMap<u64, File>) {
+        let dir = join(self.root, rel);
+        #[cfg(test)]
+        if self
+            .test_other_fs
+            .as_deref()
+            .is_some_and(|p| rel.starts_with(p))
+        {
+            if let Ok(f) = File::open(&dir) {
+                others.entry(u64::MAX).or_insert(f);
+            }
+            return;
+        }
+        let Ok(m) = fs::symlink_metadata(&dir) else {
+            return;
+        };
+        if Some(m.dev()) != self.root_dev {
+            if let Ok(f) = File::open(&dir) {
+                others.entry(m.dev()).or_insert(f);
+            }
+        }
+    }
+
+    /// Makes what was written durable: the root's file system, and the
+    /// others this run wrote to.
+    fn flush(&self, others: &HashMap<u64, File>) -> std::io::Result<()> {
+        flush_fs(self.root)?;
+        for f in others.values() {
+            rustix::fs::syncfs(f)?;
+            log::note("flush other");
+        }
+        Ok(())
     }
 
     /// Gives the owner write permission on the existing directories that
@@ -1881,6 +1940,36 @@ mod tests {
                 0
             };
             assert_eq!(links, expect, "no_unnamed={no_unnamed}");
+        }
+    }
+
+    /// I-4 across file systems: files written into another file system
+    /// mounted inside the replica (here a directory the test says is
+    /// one) are flushed there too, before their renames and before the
+    /// end; a directory on the root's file system adds no flush.
+    #[test]
+    fn another_file_system_inside_the_replica_is_flushed_too() {
+        for (other, expect) in [
+            (
+                true,
+                vec!["flush", "flush other", "commit", "flush", "flush other"],
+            ),
+            (false, vec!["flush", "commit", "flush"]),
+        ] {
+            let (t, _src, source, mut ops) = new_files(2, b"on two file systems");
+            let root = t.path();
+            fs::create_dir(root.join("m")).unwrap();
+            ops[1] = write_op("m/f1", None, b"on two file systems", 1);
+            log::OTHER_FS.with(|o| *o.borrow_mut() = other.then(|| "m".to_string()));
+            log::EVENTS.with(|v| v.borrow_mut().clear());
+            let out = apply(root, &ops, &source, &|_| {});
+            log::OTHER_FS.with(|o| *o.borrow_mut() = None);
+            assert!(out.issues.is_empty(), "{:?}", out.issues);
+            assert_eq!(out.done.len(), 2);
+            let mut events: Vec<&str> = log::EVENTS.with(|v| v.borrow().clone());
+            events.retain(|e| matches!(*e, "flush" | "flush other" | "commit"));
+            events.dedup_by(|a, b| a == b && *a == "commit");
+            assert_eq!(events, expect, "other={other}");
         }
     }
 
