@@ -799,6 +799,9 @@ mod log {
         /// stand-in for a user's program racing the sync).
         pub static BEFORE_COMMIT: std::cell::RefCell<Option<Hook>> =
             const { std::cell::RefCell::new(None) };
+        /// Runs just after an unnamed file got its name.
+        pub static AFTER_LINK: std::cell::RefCell<Option<Hook>> =
+            const { std::cell::RefCell::new(None) };
     }
 
     #[cfg(test)]
@@ -812,6 +815,18 @@ mod log {
 
     #[cfg(not(test))]
     pub fn before_commit(_: &std::path::Path) {}
+
+    #[cfg(test)]
+    pub fn after_link(p: &std::path::Path) {
+        AFTER_LINK.with(|f| {
+            if let Some(f) = f.borrow().as_ref() {
+                f(p)
+            }
+        });
+    }
+
+    #[cfg(not(test))]
+    pub fn after_link(_: &std::path::Path) {}
 
     #[cfg(test)]
     pub fn note(e: &'static str) {
@@ -1576,6 +1591,15 @@ impl Ctx<'_> {
         let full = join(self.root, &op.path);
         self.check_parents(&op.path)?;
         log::before_commit(&full);
+        // An unnamed file's stat while nobody else can reach it: what the
+        // sync wrote (see the end).
+        let written = match &b.unnamed {
+            Some(f) => Some(
+                f.metadata()
+                    .map_err(|e| io_msg("cannot stat after writing", e))?,
+            ),
+            None => None,
+        };
         let cur = op.current.as_ref().filter(|c| c.entry.is_live());
         match cur {
             None => {
@@ -1602,7 +1626,8 @@ impl Ctx<'_> {
                             } else {
                                 io_msg("cannot link the new file into place", e)
                             }
-                        })?
+                        })?;
+                        log::after_link(&full);
                     }
                     None => rustix::fs::renameat_with(
                         rustix::fs::CWD,
@@ -1674,11 +1699,31 @@ impl Ctx<'_> {
         if op.target.object.is_live() && matches!(op.target.object, Object::File { .. }) {
             // A linked file's own descriptor: no lookup, and what is
             // recorded is the file written, whatever the path holds now.
-            let m = match &b.unnamed {
-                Some(f) => f.metadata(),
-                None => fs::symlink_metadata(&full),
-            }
-            .map_err(|e| io_msg("cannot stat after writing", e))?;
+            // The link changed its ctime only; if its size or mtime
+            // changed too, someone wrote to it since: the stat from
+            // before the link is recorded, so that the next scan sees
+            // that change.
+            let m = match (&b.unnamed, written) {
+                (Some(f), Some(before)) => {
+                    let after = f
+                        .metadata()
+                        .map_err(|e| io_msg("cannot stat after writing", e))?;
+                    let same = after.len() == before.len()
+                        && crate::util::mtime_ns(&after) == crate::util::mtime_ns(&before);
+                    log::note(if same {
+                        "stat after link"
+                    } else {
+                        "stat before link"
+                    });
+                    if same {
+                        after
+                    } else {
+                        before
+                    }
+                }
+                _ => fs::symlink_metadata(&full)
+                    .map_err(|e| io_msg("cannot stat after writing", e))?,
+            };
             Ok(Some(stat_of(&m)))
         } else {
             Ok(None)
@@ -1970,6 +2015,38 @@ mod tests {
             events.retain(|e| matches!(*e, "flush" | "flush other" | "commit"));
             events.dedup_by(|a, b| a == b && *a == "commit");
             assert_eq!(events, expect, "other={other}");
+        }
+    }
+
+    /// A user's write to a new file between its link and the stat taken
+    /// for the index is not recorded as the synced content: the stat
+    /// recorded is the one from before the link, which the file no longer
+    /// has (the next scan sees the change). Without such a write, the
+    /// recorded stat is the file's.
+    #[test]
+    fn a_write_right_after_the_link_is_seen_by_the_next_scan() {
+        for write in [true, false] {
+            let (t, _src, source, ops) = new_files(1, b"the synced content");
+            let root = t.path().to_path_buf();
+            if !unnamed_here(&root) {
+                return; // the named path records the path's stat, tested elsewhere
+            }
+            log::EVENTS.with(|v| v.borrow_mut().clear());
+            log::AFTER_LINK.with(|f| {
+                *f.borrow_mut() = write.then(|| -> log::Hook {
+                    Box::new(|p: &Path| {
+                        let mut f = fs::OpenOptions::new().append(true).open(p).unwrap();
+                        f.write_all(b" and the user's words").unwrap();
+                    })
+                })
+            });
+            let out = apply(&root, &ops, &source, &|_| {});
+            log::AFTER_LINK.with(|f| *f.borrow_mut() = None);
+            assert!(out.issues.is_empty(), "{:?}", out.issues);
+            let now = stat_of(&fs::symlink_metadata(root.join("f0")).unwrap());
+            assert_eq!(out.done[0].stat == Some(now), !write, "write={write}");
+            let noted = log::EVENTS.with(|v| v.borrow().contains(&"stat before link"));
+            assert_eq!(noted, write);
         }
     }
 
