@@ -804,13 +804,22 @@ mod log {
             const { std::cell::RefCell::new(None) };
     }
 
+    /// Runs the test's hook, if it set one.
     #[cfg(test)]
-    pub fn before_commit(p: &std::path::Path) {
-        BEFORE_COMMIT.with(|f| {
+    fn run(
+        hook: &'static std::thread::LocalKey<std::cell::RefCell<Option<Hook>>>,
+        p: &std::path::Path,
+    ) {
+        hook.with(|f| {
             if let Some(f) = f.borrow().as_ref() {
                 f(p)
             }
         });
+    }
+
+    #[cfg(test)]
+    pub fn before_commit(p: &std::path::Path) {
+        run(&BEFORE_COMMIT, p)
     }
 
     #[cfg(not(test))]
@@ -818,11 +827,7 @@ mod log {
 
     #[cfg(test)]
     pub fn after_link(p: &std::path::Path) {
-        AFTER_LINK.with(|f| {
-            if let Some(f) = f.borrow().as_ref() {
-                f(p)
-            }
-        });
+        run(&AFTER_LINK, p)
     }
 
     #[cfg(not(test))]
