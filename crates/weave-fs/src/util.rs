@@ -60,8 +60,7 @@ pub fn link_unnamed<D: std::os::fd::AsFd>(
     dir: D,
     target: &Path,
 ) -> std::io::Result<()> {
-    use rustix::fs::{AtFlags, CWD};
-    use std::os::fd::AsRawFd;
+    use rustix::fs::AtFlags;
     use std::sync::atomic::{AtomicBool, Ordering};
     // Whether linking by the descriptor itself was refused once (it needs
     // CAP_DAC_READ_SEARCH): then it is not tried again.
@@ -77,8 +76,26 @@ pub fn link_unnamed<D: std::os::fd::AsFd>(
             Err(e) => return Err(e.into()),
         }
     }
+    link_by_proc(f, dir, target)
+}
+
+/// [`link_unnamed`] through the file's `/proc/self/fd` entry (what a
+/// process without CAP_DAC_READ_SEARCH can do, on kernels that do not
+/// let it link by the descriptor itself).
+fn link_by_proc<D: std::os::fd::AsFd>(
+    f: &std::fs::File,
+    dir: D,
+    target: &Path,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
     let proc = format!("/proc/self/fd/{}", f.as_raw_fd());
-    rustix::fs::linkat(CWD, proc.as_str(), &dir, target, AtFlags::SYMLINK_FOLLOW)?;
+    rustix::fs::linkat(
+        rustix::fs::CWD,
+        proc.as_str(),
+        &dir,
+        target,
+        rustix::fs::AtFlags::SYMLINK_FOLLOW,
+    )?;
     Ok(())
 }
 
@@ -290,6 +307,39 @@ pub(crate) fn open_direct(path: &Path, same_as: &std::fs::File) -> Option<std::f
 mod tests {
     use super::*;
     use std::fs;
+
+    /// Both ways of naming an unnamed file land it whole under its name,
+    /// and neither replaces a file that has that name.
+    #[test]
+    fn an_unnamed_file_is_linked_by_descriptor_or_through_proc() {
+        let d = tempfile::tempdir().unwrap();
+        let Ok(probe) = create_unnamed(d.path()) else {
+            return; // no O_TMPFILE here: the executor uses named temporaries
+        };
+        drop(probe);
+        let dir = std::fs::File::open(d.path()).unwrap();
+        for (name, by_proc) in [("a", false), ("b", true)] {
+            let mut f = create_unnamed(d.path()).unwrap();
+            std::io::Write::write_all(&mut f, name.as_bytes()).unwrap();
+            let link = |target: &str| {
+                if by_proc {
+                    link_by_proc(&f, &dir, Path::new(target))
+                } else {
+                    link_unnamed(&f, &dir, Path::new(target))
+                }
+            };
+            fs::write(d.path().join("taken"), b"kept").unwrap();
+            let e = link("taken").unwrap_err();
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::AlreadyExists,
+                "by_proc={by_proc}"
+            );
+            assert_eq!(fs::read(d.path().join("taken")).unwrap(), b"kept");
+            link(name).unwrap();
+            assert_eq!(fs::read(d.path().join(name)).unwrap(), name.as_bytes());
+        }
+    }
 
     #[test]
     fn read_at_reads_the_range_or_fails_short() {
