@@ -10,7 +10,7 @@
 //! version replaces them. The rules sit in front of the local replica, so
 //! a coordinator on another device cannot get round them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use weave_core::Hash;
 use weave_engine::{
@@ -18,7 +18,6 @@ use weave_engine::{
     Wants,
 };
 use weave_fs::Op;
-use weave_index::LocalEntry;
 
 pub struct Guarded {
     inner: Box<dyn Replica>,
@@ -136,21 +135,22 @@ impl Replica for Guarded {
         let grew = self.inner.info().seq > before;
         if let (Some(lc), true) = (self.receive_only.as_mut(), grew) {
             // What this scan recorded are the folder's own changes.
-            let changed = self
-                .inner
-                .entries()?
-                .into_values()
+            let entries = self.inner.entries()?;
+            let changed = entries
+                .values()
                 .filter(|le| le.seq > before)
-                .map(|le| le.entry.path);
+                .map(|le| le.entry.path.clone());
             lc.paths.extend(changed);
             lc.save()?;
         }
         Ok(summary)
     }
-    fn entries(&mut self) -> Result<BTreeMap<String, LocalEntry>, SyncError> {
+    fn entries(&mut self) -> Result<weave_engine::Entries, SyncError> {
         let mut e = self.inner.entries()?;
         if let Some(lc) = &self.receive_only {
-            e.retain(|p, _| !lc.paths.contains(p));
+            if e.keys().any(|p| lc.paths.contains(p)) {
+                std::sync::Arc::make_mut(&mut e).retain(|p, _| !lc.paths.contains(p));
+            }
         }
         Ok(e)
     }

@@ -20,8 +20,8 @@ mod report;
 pub use kind::{claim_kind, Files, Kind, Kinds, Merge, KIND_FILE, MERGE_MAX};
 pub use local::LocalReplica;
 pub use replica::{
-    fetch_lists, finish_index, lists_for, open_index, Applied, Finish, Foreign, IgnoreSpec, Issue,
-    NoProvider, Provider, Replica, ReplicaInfo, ScanSummary, Wants,
+    fetch_lists, finish_index, lists_for, open_index, Applied, Entries, Finish, Foreign,
+    IgnoreSpec, Issue, NoProvider, Provider, Replica, ReplicaInfo, ScanSummary, Wants,
 };
 pub use report::{ConflictReport, IssueReport, MergeReport, PlannedOp, ReplicaReport, Report};
 
@@ -419,7 +419,7 @@ pub fn run(
     // Plan the whole tree once, from every replica's full index.
     progress.phase("planning");
     let t_plan = std::time::Instant::now();
-    let mut views: Vec<BTreeMap<String, LocalEntry>> = Vec::with_capacity(reps.len());
+    let mut views: Vec<Entries> = Vec::with_capacity(reps.len());
     for r in reps.iter_mut() {
         views.push(r.entries()?);
     }
@@ -436,7 +436,7 @@ pub fn run(
                 continue;
             }
             let id = r.info().id;
-            for (p, le) in v {
+            for (p, le) in v.iter() {
                 by_path.entry(p.as_str()).or_default().push((id, &le.entry));
             }
         }
@@ -532,6 +532,9 @@ pub fn run(
             continue;
         }
         let t_apply = std::time::Instant::now();
+        // What each operation does, for the report (the operations
+        // themselves go to the replica).
+        let actions: Vec<Option<&str>> = (0..ops.len()).map(|k| ops::action(&ops, k)).collect();
         // What the other local replicas hold, usable directly when this
         // one is local too.
         let mut foreign = Foreign::default();
@@ -541,7 +544,7 @@ pub fn run(
                     continue;
                 }
                 let root = local_root(&*reps[j]);
-                for (p, le) in v {
+                for (p, le) in v.iter() {
                     if let Object::File { content, .. } = &le.entry.object {
                         foreign
                             .locations
@@ -589,26 +592,26 @@ pub fn run(
                 made: &made,
             };
             let adv = |n: u64| progress.advance(n);
-            dest.apply(ops.clone(), &foreign, &mut provider, &adv)?
+            dest.apply(ops, &foreign, &mut provider, &adv)?
         };
         if !applied.errors.is_empty() {
             clean[i] = false;
         }
-        ops_done += ops.len() as u64;
+        ops_done += actions.len() as u64;
         progress.files(ops_done, ops_total);
         push_issues(&mut report.errors, reps[i].display(), &applied.errors);
         let rr = &mut report.replicas[i];
         rr.bytes_local += applied.bytes_local;
         rr.bytes_copied += applied.bytes_remote;
         for (k, entry) in &applied.done {
-            ops::count(rr, &ops, *k);
+            ops::count(rr, actions.get(*k).copied().flatten());
             if let Object::File { content, .. } = &entry.object {
                 let h = holders.entry(*content).or_default();
                 if !h.contains(&i) {
                     h.push(i);
                 }
             }
-            views[i].insert(
+            std::sync::Arc::make_mut(&mut views[i]).insert(
                 entry.path.clone(),
                 LocalEntry {
                     entry: entry.clone(),
@@ -617,7 +620,7 @@ pub fn run(
                 },
             );
         }
-        tracing::debug!(replica = %reps[i].display(), ops = ops.len(), elapsed = ?t_apply.elapsed(), "applied and recorded");
+        tracing::debug!(replica = %reps[i].display(), ops = actions.len(), elapsed = ?t_apply.elapsed(), "applied and recorded");
     }
     // Record what each replica has integrated: everything the others
     // hold now, unless something failed on it.

@@ -1,10 +1,11 @@
 //! A replica on this machine: a directory with its index.
 
 use crate::replica::{
-    Applied, Finish, Foreign, IgnoreSpec, Issue, Provider, Replica, ReplicaInfo, ScanSummary, Wants,
+    Applied, Entries, Finish, Foreign, IgnoreSpec, Issue, Provider, Replica, ReplicaInfo,
+    ScanSummary, Wants,
 };
 use crate::SyncError;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use weave_chunk::{ChunkList, Node};
@@ -28,8 +29,9 @@ pub struct LocalReplica {
     scanned: Vec<LocalEntry>,
     /// Chunk lists of the files this run's scan read.
     scanned_contents: HashMap<Hash, ChunkList>,
-    /// The full index, once loaded.
-    entries: Option<BTreeMap<String, LocalEntry>>,
+    /// The full index, once loaded (kept up to date by this replica's own
+    /// writes, so it is read from the disk at most once).
+    entries: Option<Entries>,
     /// Tree nodes built for serving, per content (the last few).
     trees: Vec<(Hash, HashMap<Hash, Node>)>,
     /// Where each content is, built once per state of `entries` (serving
@@ -230,15 +232,15 @@ impl LocalReplica {
         }
     }
 
-    fn load(&mut self) -> Result<&mut BTreeMap<String, LocalEntry>, SyncError> {
+    fn load(&mut self) -> Result<&Entries, SyncError> {
         if self.entries.is_none() {
             let mut m = self.index.load_entries()?;
             for le in &self.scanned {
                 m.insert(le.entry.path.clone(), le.clone());
             }
-            self.entries = Some(m);
+            self.entries = Some(Arc::new(m));
         }
-        Ok(self.entries.as_mut().expect("loaded above"))
+        Ok(self.entries.as_ref().expect("loaded above"))
     }
 
     fn list(&self, content: &Hash) -> Option<ChunkList> {
@@ -252,7 +254,7 @@ impl LocalReplica {
     fn own_locations(&self) -> HashMap<Hash, Vec<Location>> {
         let mut m: HashMap<Hash, Vec<Location>> = HashMap::new();
         if let Some(entries) = &self.entries {
-            for (p, le) in entries {
+            for (p, le) in entries.iter() {
                 if let Object::File { content, .. } = &le.entry.object {
                     m.entry(*content).or_default().push(Location {
                         path: join(&self.root, p),
@@ -333,6 +335,13 @@ impl Replica for LocalReplica {
             only: self.scan_only.as_deref(),
             prehashed: prehashed.as_ref(),
         };
+        // The index after this scan is what was loaded of it (nothing, if
+        // it had no entries) with the scan's changes: not read back.
+        let known = match self.entries.take() {
+            Some(m) => Some(m),
+            None if !self.index.has_entries()? => Some(Entries::default()),
+            None => None,
+        };
         let t = std::time::Instant::now();
         let o = weave_fs::scan(&self.root, &mut self.index, &opts)?;
         tracing::debug!(changed = o.changed.len(), elapsed = ?t.elapsed(), "walked and hashed");
@@ -350,27 +359,34 @@ impl Replica for LocalReplica {
                 ),
             });
         }
-        if !dry_run && (!o.changed.is_empty() || !o.contents.is_empty()) {
+        let batch = Batch {
+            entries: o.changed,
+            contents: o.contents,
+            ..Default::default()
+        };
+        if !dry_run && !batch.is_empty() {
             let t = std::time::Instant::now();
-            self.index.write(&Batch {
-                entries: o.changed.clone(),
-                contents: o.contents.clone(),
-                ..Default::default()
-            })?;
+            self.index.write(&batch)?;
             tracing::debug!(elapsed = ?t.elapsed(), "scan recorded");
         }
         self.info.seq = self.index.seq();
         self.info.clock = self.index.clock();
-        self.scanned = o.changed;
-        for l in o.contents {
+        self.entries = known.map(|mut m| {
+            let map = Arc::make_mut(&mut m);
+            for le in &batch.entries {
+                map.insert(le.entry.path.clone(), le.clone());
+            }
+            m
+        });
+        self.scanned = batch.entries;
+        for l in batch.contents {
             self.scanned_contents.insert(l.content_id(), l);
         }
-        self.entries = None;
         self.locations = None;
         Ok(summary)
     }
 
-    fn entries(&mut self) -> Result<BTreeMap<String, LocalEntry>, SyncError> {
+    fn entries(&mut self) -> Result<Entries, SyncError> {
         Ok(self.load()?.clone())
     }
 
@@ -776,7 +792,7 @@ impl LocalReplica {
         self.index.observe(r.clock);
         self.index.take_seqs_to(r.seq);
         self.info.seq = self.index.seq();
-        let entries = self.entries.as_mut().expect("loaded before any apply");
+        let entries = Arc::make_mut(self.entries.as_mut().expect("loaded before any apply"));
         for le in r.batch.entries {
             entries.insert(le.entry.path.clone(), le);
         }
@@ -987,5 +1003,42 @@ mod tests {
         assert!(chosen.contains(&"old/free"));
         assert!(!chosen.contains(&"old/taken"), "{chosen:?}");
         assert_eq!(chosen.len(), 1 + 40 + 1);
+    }
+    /// The entries a scan leaves in memory (not read back from the disk)
+    /// are what the index holds: after the first scan of a replica, after
+    /// a scan that updates what was loaded, and after one that loads it.
+    #[test]
+    fn entries_kept_in_memory_are_the_index() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        std::fs::create_dir(root.join("d")).unwrap();
+        for p in ["a", "d/b", "d/c"] {
+            std::fs::write(root.join(p), p).unwrap();
+        }
+        let mut rep = LocalReplica::open(root, "r", false).unwrap();
+        let spec = IgnoreSpec {
+            files: Vec::new(),
+            patterns: Vec::new(),
+        };
+        let on_disk = |rep: &LocalReplica| rep.index.load_entries().unwrap();
+        rep.scan(&spec, false).unwrap();
+        assert!(rep.entries.is_some(), "a first scan keeps what it found");
+        assert_eq!(*rep.entries().unwrap(), on_disk(&rep));
+        assert_eq!(rep.entries().unwrap().len(), 4);
+
+        std::fs::write(root.join("a"), "changed, and longer").unwrap();
+        std::fs::remove_file(root.join("d/b")).unwrap();
+        std::fs::write(root.join("e"), "new").unwrap();
+        rep.scan(&spec, false).unwrap();
+        let kept = rep.entries().unwrap();
+        assert_eq!(*kept, on_disk(&rep));
+        assert!(!kept["d/b"].entry.is_live());
+        assert!(kept.contains_key("e"));
+
+        rep.entries = None;
+        std::fs::write(root.join("f"), "another").unwrap();
+        rep.scan(&spec, false).unwrap();
+        assert_eq!(*rep.entries().unwrap(), on_disk(&rep));
+        assert!(rep.entries().unwrap().contains_key("f"));
     }
 }

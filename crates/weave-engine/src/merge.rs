@@ -11,10 +11,9 @@
 
 use crate::report::MergeReport;
 use crate::{Merge, Replica, MERGE_MAX};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use weave_chunk::ChunkList;
 use weave_core::{Bumper, ConflictKind, Entry, Hash, Object, TreePlan};
-use weave_index::LocalEntry;
 
 /// A content this sync made by merging: its chunk list and bytes.
 pub(crate) struct Made {
@@ -26,7 +25,7 @@ pub(crate) struct Made {
 /// the merged version. Returns what was merged.
 pub(crate) fn merge_conflicts(
     reps: &mut [Box<dyn Replica>],
-    views: &[BTreeMap<String, LocalEntry>],
+    views: &[crate::Entries],
     plan: &mut TreePlan,
     merge: &dyn Merge,
     clock: &mut dyn Bumper,
@@ -74,7 +73,7 @@ pub(crate) fn merge_conflicts(
 /// them, and how many distinct versions went in; None to keep both.
 fn merge_one(
     reps: &mut [Box<dyn Replica>],
-    views: &[BTreeMap<String, LocalEntry>],
+    views: &[crate::Entries],
     plan: &TreePlan,
     c: &weave_core::Conflict,
     merge: &dyn Merge,
@@ -121,7 +120,7 @@ fn merge_one(
 /// verified (I-3); None if no replica could give all of it.
 pub(crate) fn read_content(
     reps: &mut [Box<dyn Replica>],
-    views: &[BTreeMap<String, LocalEntry>],
+    views: &[crate::Entries],
     content: &Hash,
     size: u64,
 ) -> Option<Vec<u8>> {

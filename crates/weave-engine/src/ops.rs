@@ -115,8 +115,9 @@ pub fn action(all: &[Op], k: usize) -> Option<&'static str> {
     }
 }
 
-pub fn count(r: &mut ReplicaReport, all: &[Op], k: usize) {
-    match action(all, k) {
+/// Counts an operation's [`action`] in a replica's report.
+pub fn count(r: &mut ReplicaReport, action: Option<&str>) {
+    match action {
         Some("delete") => r.deleted += 1,
         Some("mkdir") | Some("create") => r.created += 1,
         Some("update") | Some("metadata") => r.updated += 1,

@@ -345,6 +345,9 @@ pub struct Foreign {
     pub nodes: HashMap<Hash, weave_chunk::Node>,
 }
 
+/// A replica's whole index by path, as [`Replica::entries`] gives it.
+pub type Entries = std::sync::Arc<BTreeMap<String, LocalEntry>>;
+
 /// One replica of a sync.
 pub trait Replica: Send {
     /// As the user gave it.
@@ -374,8 +377,9 @@ pub trait Replica: Send {
     fn adopt_prehashed(&mut self, _hashed: weave_fs::Prehashed) {}
     /// Turns the disk into index entries (recorded unless `dry_run`).
     fn scan(&mut self, ignore: &IgnoreSpec, dry_run: bool) -> Result<ScanSummary, SyncError>;
-    /// The full index, with this run's scan.
-    fn entries(&mut self) -> Result<BTreeMap<String, LocalEntry>, SyncError>;
+    /// The full index, with this run's scan (shared, not copied: a
+    /// replica may keep it too).
+    fn entries(&mut self) -> Result<Entries, SyncError>;
     /// A content's chunk list, if known here without asking anyone.
     fn chunk_list(&mut self, content: &Hash) -> Option<ChunkList>;
     /// Serves tree nodes of contents it holds.

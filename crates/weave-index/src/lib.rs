@@ -541,6 +541,15 @@ impl Index {
         Ok(out)
     }
 
+    /// True if the index holds any entry.
+    pub fn has_entries(&self) -> Result<bool, IndexError> {
+        let Some(t) = self.read_table(ENTRIES)? else {
+            return Ok(false);
+        };
+        let first = t.first().map_err(|e| self.db_err(e))?;
+        Ok(first.is_some())
+    }
+
     /// One entry.
     pub fn entry(&self, path: &str) -> Result<Option<LocalEntry>, IndexError> {
         let Some(t) = self.read_table(ENTRIES)? else {

@@ -479,7 +479,7 @@ impl Replica for RemoteReplica {
         }
     }
 
-    fn entries(&mut self) -> Result<BTreeMap<String, LocalEntry>, SyncError> {
+    fn entries(&mut self) -> Result<weave_engine::Entries, SyncError> {
         // What is remembered of its index, up to some sequence number: only
         // newer entries are asked for. (On a dry run the remote's scan is
         // not recorded, so its changes have no sequence numbers yet.)
@@ -510,7 +510,7 @@ impl Replica for RemoteReplica {
                             let seq = out.values().map(|le| le.seq).max().unwrap_or(0);
                             self.known = Some((out.clone(), seq.max(since_seq)));
                         }
-                        return Ok(out);
+                        return Ok(std::sync::Arc::new(out));
                     }
                 }
                 other => return Err(self.unexpected(other.as_ref(), "index entries")),

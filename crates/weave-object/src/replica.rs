@@ -283,8 +283,8 @@ impl<S: ObjectStore> Replica for ObjectReplica<S> {
         Ok(summary)
     }
 
-    fn entries(&mut self) -> Result<BTreeMap<String, LocalEntry>, SyncError> {
-        Ok(self.load()?.clone())
+    fn entries(&mut self) -> Result<weave_engine::Entries, SyncError> {
+        Ok(std::sync::Arc::new(self.load()?.clone()))
     }
 
     fn chunk_list(&mut self, content: &Hash) -> Option<ChunkList> {
