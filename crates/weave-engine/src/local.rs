@@ -503,6 +503,10 @@ impl Replica for LocalReplica {
             path: state.clone(),
             problem: format!("cannot open the transfer stage: {e}"),
         })?;
+        let stage_error = |e: std::io::Error| SyncError::State {
+            path: state.clone(),
+            problem: format!("cannot write the transfer stage: {e}"),
+        };
         let mut wants: Vec<(Hash, Vec<Hash>)> = Vec::new();
         let mut asked: HashSet<Hash> = HashSet::new();
         // Chunks for the pack, and for part files (large contents with
@@ -632,10 +636,6 @@ impl Replica for LocalReplica {
             let mut fetched = Ok(());
             if !wants.is_empty() {
                 let mut bad = 0u64;
-                let stage_error = |e: std::io::Error| SyncError::State {
-                    path: state.clone(),
-                    problem: format!("cannot write the transfer stage: {e}"),
-                };
                 // Verified once, on arrival (I-3): here, unless the provider
                 // already did.
                 let verified = provider.verified();
@@ -651,7 +651,8 @@ impl Replica for LocalReplica {
                     }
                     if go.is_some() && stage.len() >= staged_all {
                         tracing::debug!(chunks = staged_all, elapsed = ?t.elapsed(), "stage complete");
-                        let _ = go.take().expect("checked").send(stage.view());
+                        let view = stage.view().map_err(stage_error)?;
+                        let _ = go.take().expect("checked").send(view);
                     }
                     for &i in routes.get(&h).into_iter().flatten() {
                         parts[i].put(&h, &data).map_err(stage_error)?;
@@ -678,7 +679,14 @@ impl Replica for LocalReplica {
             // The files written early still get what did arrive (and
             // nothing at all if the transfer failed).
             if let Some(go) = go {
-                let _ = go.send(if fetched.is_ok() { stage.view() } else { None });
+                let view = match fetched {
+                    Ok(()) => stage.view().map_err(stage_error),
+                    Err(_) => Ok(None),
+                };
+                let _ = go.send(view.unwrap_or_else(|e| {
+                    fetched = Err(e);
+                    None
+                }));
             }
             let early = early.and_then(|h| h.join().expect("early writer panicked"));
             tracing::debug!(elapsed = ?t.elapsed(), "files from the stage written");
@@ -709,7 +717,7 @@ impl Replica for LocalReplica {
         }
         fetched?;
         // 3. Carry the (other) operations out.
-        let staged = stage.view();
+        let staged = stage.view().map_err(stage_error)?;
         let parts: HashMap<Hash, PathBuf> = parts
             .iter()
             .filter(|p| p.complete() && !unwritten.contains(p.path()))

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,10 +25,24 @@ pub const PARTS_DIR: &str = "parts";
 pub struct Stage {
     path: PathBuf,
     file: Option<File>,
+    /// The end of the pack, with the records not written yet.
     end: u64,
     /// Chunk → offset of its data in the pack.
     map: HashMap<Hash, u64>,
+    /// Records not written yet, the last of the pack: they go out in
+    /// large writes, when [`STAGE_WRITE`] bytes wait, when readers are
+    /// given a [`Stage::view`], and when the stage is dropped. (A write per
+    /// record cost two system calls per chunk and, as records straddle
+    /// blocks, the kernel's zeroing of the rest of each block a record
+    /// starts.)
+    pending: Vec<u8>,
 }
+
+/// The pack file of a stage, and where each chunk's data is in it.
+pub type StageView = (PathBuf, Arc<HashMap<Hash, u64>>);
+
+/// Bytes of records gathered before they are written.
+const STAGE_WRITE: usize = 1 << 20;
 
 impl Stage {
     /// Opens (or prepares to create) the stage in `state_dir`, keeping
@@ -40,6 +54,7 @@ impl Stage {
             file: None,
             end: 0,
             map: HashMap::new(),
+            pending: Vec::new(),
         };
         let f = match OpenOptions::new().read(true).write(true).open(&st.path) {
             Ok(f) => f,
@@ -112,25 +127,58 @@ impl Stage {
                     .open(&self.path)?,
             );
             self.end = 0;
+            self.pending.clear();
         }
-        let f = self.file.as_mut().expect("opened above");
-        f.seek(SeekFrom::Start(self.end))?;
-        let mut rec = Vec::with_capacity(36 + data.len());
-        rec.extend_from_slice(&h.0);
-        rec.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        rec.extend_from_slice(data);
-        f.write_all(&rec)?;
+        if self.pending.capacity() == 0 {
+            self.pending
+                .reserve_exact(STAGE_WRITE + 36 + weave_chunk::CHUNK_MAX as usize);
+        }
+        self.pending.extend_from_slice(&h.0);
+        self.pending
+            .extend_from_slice(&(data.len() as u32).to_le_bytes());
+        self.pending.extend_from_slice(data);
         self.map.insert(*h, self.end + 36);
-        self.end += rec.len() as u64;
+        self.end += 36 + data.len() as u64;
+        if self.pending.len() >= STAGE_WRITE {
+            self.flush()?;
+        }
         Ok(true)
     }
 
-    /// The pack file and where each chunk's data is in it, for readers.
-    pub fn view(&self) -> Option<(PathBuf, Arc<HashMap<Hash, u64>>)> {
-        if self.map.is_empty() {
-            return None;
+    /// Writes the records not written yet. If that fails, the chunks they
+    /// hold are no longer in the stage (and the error is returned).
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
         }
-        Some((self.path.clone(), Arc::new(self.map.clone())))
+        let at = self.end - self.pending.len() as u64;
+        let written = match &self.file {
+            Some(f) => f.write_all_at(&self.pending, at),
+            None => Err(std::io::Error::other("the stage pack is not open")),
+        };
+        if written.is_err() {
+            let mut rest = &self.pending[..];
+            while rest.len() >= 36 {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(&rest[..32]);
+                let len = u32::from_le_bytes(rest[32..36].try_into().expect("4 bytes")) as usize;
+                self.map.remove(&Hash(h));
+                rest = &rest[(36 + len).min(rest.len())..];
+            }
+            self.end = at;
+        }
+        self.pending.clear();
+        written
+    }
+
+    /// The pack file and where each chunk's data is in it, for readers
+    /// (every record written first).
+    pub fn view(&mut self) -> std::io::Result<Option<StageView>> {
+        self.flush()?;
+        if self.map.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((self.path.clone(), Arc::new(self.map.clone()))))
     }
 
     /// Drops the stage once everything it held has landed, with its part
@@ -138,6 +186,7 @@ impl Stage {
     pub fn clear(&mut self) {
         self.file = None;
         self.map.clear();
+        self.pending.clear();
         self.end = 0;
         let _ = std::fs::remove_file(&self.path);
         if let Some(dir) = self.path.parent() {
@@ -151,6 +200,13 @@ impl Stage {
         let dir = self.path.parent().unwrap_or(Path::new(".")).join(PARTS_DIR);
         std::fs::create_dir_all(&dir)?;
         Part::open(&dir, list)
+    }
+}
+
+/// What arrived is kept when a run ends early (an error, a lost peer).
+impl Drop for Stage {
+    fn drop(&mut self) {
+        let _ = self.flush();
     }
 }
 
@@ -669,6 +725,7 @@ impl Drop for PartWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn records_survive_and_damage_is_cut_off() {
@@ -689,16 +746,60 @@ mod tests {
         drop(f);
         let mut s = Stage::open(d.path()).unwrap();
         assert_eq!(s.len(), 2);
-        let (path, map) = s.view().unwrap();
+        let (path, map) = s.view().unwrap().unwrap();
         let data = std::fs::read(path).unwrap();
         let off = map[&hb] as usize;
         assert_eq!(&data[off..off + b.len()], &b[..]);
         let c = vec![3u8; 100];
         assert!(s.add(&Hash::of(&c), &c).unwrap());
+        s.flush().unwrap();
         assert_eq!(Stage::open(d.path()).unwrap().len(), 3);
         s.clear();
         assert!(!p.exists());
         assert!(Stage::open(d.path()).unwrap().is_empty());
+    }
+
+    /// Records wait in memory and go out in large writes: once a MiB
+    /// waits, for a view, and when the stage is dropped. A write that
+    /// fails takes its chunks out of the stage.
+    #[test]
+    fn records_go_out_in_large_writes_and_a_failed_write_drops_them() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(STAGE_FILE);
+        let on_disk = || std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+        let chunk = |i: u32| {
+            let mut c = noise(4096);
+            c[..4].copy_from_slice(&i.to_le_bytes());
+            c
+        };
+        let mut s = Stage::open(d.path()).unwrap();
+        for i in 0..10 {
+            assert!(s.add(&Hash::of(&chunk(i)), &chunk(i)).unwrap());
+        }
+        assert_eq!(on_disk(), 0, "ten records wait");
+        let n = (STAGE_WRITE / (36 + 4096)) as u32 + 1;
+        for i in 10..n {
+            s.add(&Hash::of(&chunk(i)), &chunk(i)).unwrap();
+        }
+        assert_eq!(on_disk(), n as u64 * (36 + 4096), "a MiB went out at once");
+        s.add(&Hash::of(&chunk(n)), &chunk(n)).unwrap();
+        let (_, map) = s.view().unwrap().unwrap();
+        assert_eq!(on_disk(), (n as u64 + 1) * (36 + 4096));
+        assert_eq!(map.len(), n as usize + 1);
+        s.add(&Hash::of(&chunk(n + 1)), &chunk(n + 1)).unwrap();
+        drop(s);
+        assert_eq!(Stage::open(d.path()).unwrap().len(), n as usize + 2);
+
+        // A pack that cannot be written: the waiting records are dropped.
+        let mut s = Stage::open(d.path()).unwrap();
+        s.file = Some(File::open(&p).unwrap());
+        let (a, b) = (chunk(1000), chunk(1001));
+        s.add(&Hash::of(&a), &a).unwrap();
+        s.add(&Hash::of(&b), &b).unwrap();
+        assert!(s.flush().is_err());
+        assert!(!s.contains(&Hash::of(&a)) && !s.contains(&Hash::of(&b)));
+        assert_eq!(s.len(), n as usize + 2);
+        assert_eq!(s.end, on_disk());
     }
 
     fn noise(n: usize) -> Vec<u8> {
