@@ -600,8 +600,7 @@ impl Replica for LocalReplica {
         tracing::debug!(wanted = wants.len(), "asking for chunks");
         let t = std::time::Instant::now();
         let (fetched, early) = std::thread::scope(|scope| {
-            let (go_tx, go_rx) =
-                std::sync::mpsc::channel::<Option<(PathBuf, Arc<HashMap<Hash, u64>>)>>();
+            let (go_tx, go_rx) = std::sync::mpsc::channel::<Option<weave_fs::stage::StageView>>();
             let early = (!early_ops.is_empty()).then(|| {
                 let (lists, locations, no_parts, early_ops) =
                     (&lists, &locations, &no_parts, &early_ops);
@@ -723,7 +722,7 @@ impl Replica for LocalReplica {
             .filter(|p| p.complete() && !unwritten.contains(p.path()))
             .map(|p| (p.content(), p.path().to_path_buf()))
             .collect();
-        tracing::debug!(elapsed = ?t.elapsed(), stage = staged.as_ref().map_or(0, |s| s.1.len()), parts = parts.len(), "received chunks");
+        tracing::debug!(elapsed = ?t.elapsed(), stage = staged.as_ref().map_or(0, |s| s.map.len()), parts = parts.len(), "received chunks");
         {
             let src = Source {
                 rep: self,
@@ -934,7 +933,7 @@ struct Source<'a> {
     rep: &'a LocalReplica,
     lists: &'a HashMap<Hash, ChunkList>,
     locations: &'a HashMap<Hash, Vec<Location>>,
-    staged: Option<&'a (PathBuf, Arc<HashMap<Hash, u64>>)>,
+    staged: Option<&'a weave_fs::stage::StageView>,
     parts: &'a HashMap<Hash, PathBuf>,
 }
 
@@ -952,7 +951,7 @@ impl ContentSource for Source<'_> {
         v
     }
 
-    fn staged(&self) -> Option<&(PathBuf, Arc<HashMap<Hash, u64>>)> {
+    fn staged(&self) -> Option<&weave_fs::stage::StageView> {
         self.staged
     }
 

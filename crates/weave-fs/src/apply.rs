@@ -101,7 +101,7 @@ pub trait ContentSource: Sync {
     fn locations(&self, content: &Hash) -> Vec<Location>;
     /// Chunks received from other replicas: a pack file and where each
     /// chunk's data is in it (see [`crate::stage`]).
-    fn staged(&self) -> Option<&(PathBuf, Arc<HashMap<Hash, u64>>)> {
+    fn staged(&self) -> Option<&crate::stage::StageView> {
         None
     }
     /// A complete part file holding this content (see
@@ -728,7 +728,7 @@ struct Built {
     /// A new file made without a name ([`create_unnamed`]): it gets its
     /// name by a link at the commit, and nothing is left to remove if it
     /// never does.
-    unnamed: Option<File>,
+    unnamed: Option<Arc<File>>,
     list: Option<ChunkList>,
     bytes_local: u64,
     bytes_remote: u64,
@@ -1273,29 +1273,27 @@ impl Ctx<'_> {
                     ));
                 }
                 let (f, mut built) = match self.take_part(content, &temp, &full) {
-                    Some(taken) => taken,
+                    Some((f, built)) => (Arc::new(f), built),
                     None => {
                         // A new path's file is made without a name where
                         // that can be done; a replacement needs a named
                         // temporary, to be renamed over the old file.
                         let creates = op.current.as_ref().is_none_or(|c| !c.entry.is_live());
                         let unnamed = (unnamed && creates && self.unnamed_ok())
-                            .then(|| create_unnamed(dir).ok())
+                            .then(|| create_unnamed(dir).ok().map(Arc::new))
                             .flatten();
                         let (f, temp) = match &unnamed {
-                            Some(u) => (
-                                u.try_clone()
-                                    .map_err(|e| io_msg("cannot create temporary file", e))?,
-                                PathBuf::new(),
-                            ),
+                            Some(u) => (u.clone(), PathBuf::new()),
                             None => (
-                                fs::OpenOptions::new()
-                                    .write(true)
-                                    .create_new(true)
-                                    .mode(0o600)
-                                    .custom_flags(nofollow())
-                                    .open(&temp)
-                                    .map_err(|e| io_msg("cannot create temporary file", e))?,
+                                Arc::new(
+                                    fs::OpenOptions::new()
+                                        .write(true)
+                                        .create_new(true)
+                                        .mode(0o600)
+                                        .custom_flags(nofollow())
+                                        .open(&temp)
+                                        .map_err(|e| io_msg("cannot create temporary file", e))?,
+                                ),
                                 temp,
                             ),
                         };
@@ -1407,7 +1405,7 @@ impl Ctx<'_> {
             stat: Option<Stat>,
             /// None: holds exactly this content. Some: chunk → offset.
             map: Option<Arc<HashMap<Hash, u64>>>,
-            file: Option<Option<File>>,
+            file: Option<Option<Arc<File>>>,
             failed: bool,
         }
         let mut srcs: Vec<Src> = Vec::new();
@@ -1463,13 +1461,13 @@ impl Ctx<'_> {
             srcs.push(whole(target.clone(), false, None));
         }
         // Chunks another replica sent.
-        if let Some((path, map)) = self.source.staged() {
+        if let Some(v) = self.source.staged() {
             srcs.push(Src {
-                path: path.clone(),
+                path: v.path.clone(),
                 local: false,
                 stat: None,
-                map: Some(map.clone()),
-                file: None,
+                map: Some(v.map.clone()),
+                file: Some(Some(v.file.clone())),
                 failed: false,
             });
         }
@@ -1549,6 +1547,7 @@ impl Ctx<'_> {
                         .custom_flags(nofollow())
                         .open(&s.path)
                         .ok()
+                        .map(Arc::new)
                 });
                 let Some(file) = file else {
                     s.failed = true;

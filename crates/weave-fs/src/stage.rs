@@ -24,7 +24,8 @@ pub const PARTS_DIR: &str = "parts";
 
 pub struct Stage {
     path: PathBuf,
-    file: Option<File>,
+    /// Shared with the readers of its views.
+    file: Option<Arc<File>>,
     /// The end of the pack, with the records not written yet.
     end: u64,
     /// Chunk → offset of its data in the pack.
@@ -38,8 +39,15 @@ pub struct Stage {
     pending: Vec<u8>,
 }
 
-/// The pack file of a stage, and where each chunk's data is in it.
-pub type StageView = (PathBuf, Arc<HashMap<Hash, u64>>);
+/// A stage as its readers see it: the pack file (its path, and the
+/// stage's own open handle, so that a reader opens nothing per file) and
+/// where each chunk's data is in it.
+#[derive(Clone)]
+pub struct StageView {
+    pub path: PathBuf,
+    pub file: Arc<File>,
+    pub map: Arc<HashMap<Hash, u64>>,
+}
 
 /// Bytes of records gathered before they are written.
 const STAGE_WRITE: usize = 1 << 20;
@@ -85,7 +93,7 @@ impl Stage {
         drop(r);
         f.set_len(pos)?;
         st.end = pos;
-        st.file = Some(f);
+        st.file = Some(Arc::new(f));
         Ok(st)
     }
 
@@ -118,14 +126,14 @@ impl Stage {
             return Ok(true);
         }
         if self.file.is_none() {
-            self.file = Some(
+            self.file = Some(Arc::new(
                 OpenOptions::new()
                     .read(true)
                     .write(true)
                     .create(true)
                     .truncate(true)
                     .open(&self.path)?,
-            );
+            ));
             self.end = 0;
             self.pending.clear();
         }
@@ -175,10 +183,14 @@ impl Stage {
     /// (every record written first).
     pub fn view(&mut self) -> std::io::Result<Option<StageView>> {
         self.flush()?;
-        if self.map.is_empty() {
-            return Ok(None);
+        match &self.file {
+            Some(file) if !self.map.is_empty() => Ok(Some(StageView {
+                path: self.path.clone(),
+                file: file.clone(),
+                map: Arc::new(self.map.clone()),
+            })),
+            _ => Ok(None),
         }
-        Ok(Some((self.path.clone(), Arc::new(self.map.clone()))))
     }
 
     /// Drops the stage once everything it held has landed, with its part
@@ -746,7 +758,7 @@ mod tests {
         drop(f);
         let mut s = Stage::open(d.path()).unwrap();
         assert_eq!(s.len(), 2);
-        let (path, map) = s.view().unwrap().unwrap();
+        let StageView { path, map, .. } = s.view().unwrap().unwrap();
         let data = std::fs::read(path).unwrap();
         let off = map[&hb] as usize;
         assert_eq!(&data[off..off + b.len()], &b[..]);
@@ -783,7 +795,7 @@ mod tests {
         }
         assert_eq!(on_disk(), n as u64 * (36 + 4096), "a MiB went out at once");
         s.add(&Hash::of(&chunk(n)), &chunk(n)).unwrap();
-        let (_, map) = s.view().unwrap().unwrap();
+        let map = s.view().unwrap().unwrap().map;
         assert_eq!(on_disk(), (n as u64 + 1) * (36 + 4096));
         assert_eq!(map.len(), n as usize + 1);
         s.add(&Hash::of(&chunk(n + 1)), &chunk(n + 1)).unwrap();
@@ -792,7 +804,7 @@ mod tests {
 
         // A pack that cannot be written: the waiting records are dropped.
         let mut s = Stage::open(d.path()).unwrap();
-        s.file = Some(File::open(&p).unwrap());
+        s.file = Some(Arc::new(File::open(&p).unwrap()));
         let (a, b) = (chunk(1000), chunk(1001));
         s.add(&Hash::of(&a), &a).unwrap();
         s.add(&Hash::of(&b), &b).unwrap();
