@@ -41,6 +41,9 @@ pub struct LocalReplica {
     scan_only: Option<Vec<String>>,
     /// Files hashed ahead of the next scan (see [`Replica::prehash`]).
     prehashed: Option<weave_fs::Prehashed>,
+    /// The bytes of small files hashed ahead, by content id: served from
+    /// here, not read again, until the sync ends.
+    kept: HashMap<Hash, Vec<u8>>,
     /// The content served last, and where each of its chunks is in it: a
     /// large file is asked for in many requests, and building this for
     /// each cost more than reading the chunks.
@@ -76,6 +79,7 @@ impl LocalReplica {
             locations: None,
             scan_only: None,
             prehashed: None,
+            kept: HashMap::new(),
             serving: None,
         })
     }
@@ -345,6 +349,10 @@ impl Replica for LocalReplica {
         let t = std::time::Instant::now();
         let o = weave_fs::scan(&self.root, &mut self.index, &opts)?;
         tracing::debug!(changed = o.changed.len(), elapsed = ?t.elapsed(), "walked and hashed");
+        if let Some(p) = prehashed {
+            self.kept.extend(p.into_kept());
+            tracing::debug!(contents = self.kept.len(), "small files' bytes kept from hashing ahead");
+        }
         self.scan_only = None;
         let mut summary = ScanSummary {
             errors: o.issues.iter().map(|i| self.issue(i)).collect(),
@@ -420,6 +428,33 @@ impl Replica for LocalReplica {
         }
         let locations = self.locations.take().expect("built above");
         for (content, hashes) in wants {
+            // A small file hashed ahead: its bytes are at hand (they are
+            // the bytes its chunks were hashed from).
+            if let Some(list) = self
+                .kept
+                .contains_key(content)
+                .then(|| self.list(content))
+                .flatten()
+            {
+                let bytes = &self.kept[content];
+                let read: Vec<(Hash, Option<Vec<u8>>)> = hashes
+                    .iter()
+                    .map(|h| {
+                        let data = list
+                            .with_offsets()
+                            .find(|(_, c)| c.hash == *h)
+                            .and_then(|(o, c)| bytes.get(o as usize..o as usize + c.len as usize));
+                        (*h, data.map(<[u8]>::to_vec))
+                    })
+                    .collect();
+                for (h, data) in read {
+                    if let Err(e) = sink(h, data) {
+                        self.locations = Some(locations);
+                        return Err(e);
+                    }
+                }
+                continue;
+            }
             // The file, and the stat recorded when it was hashed (if that
             // was not racy).
             let src = locations.get(content).and_then(|ls| {
@@ -778,6 +813,7 @@ impl Replica for LocalReplica {
     }
 
     fn finish(&mut self, fin: &Finish) -> Result<(), SyncError> {
+        self.kept = HashMap::new();
         self.load()?;
         let entries = self.entries.as_ref().expect("loaded above");
         crate::replica::finish_index(&mut self.index, entries, fin)
@@ -1011,6 +1047,61 @@ mod tests {
         assert!(!chosen.contains(&"old/taken"), "{chosen:?}");
         assert_eq!(chosen.len(), 1 + 40 + 1);
     }
+    /// A small file hashed ahead is served from the bytes that were
+    /// hashed, without reading it again: after the file is rewritten (same
+    /// size, other bytes) the recorded content is still served, where a
+    /// read of the file would fail its hash. A large file is read.
+    #[test]
+    fn small_files_hashed_ahead_are_served_from_memory() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let small = b"small, and hashed ahead".to_vec();
+        let large = vec![9u8; weave_fs::scan::KEEP_FILE_MAX as usize * 2];
+        std::fs::write(root.join("s"), &small).unwrap();
+        std::fs::write(root.join("l"), &large).unwrap();
+        let mut rep = LocalReplica::open(root, "r", false).unwrap();
+        let spec = IgnoreSpec {
+            files: Vec::new(),
+            patterns: Vec::new(),
+        };
+        rep.prehash(&[], &std::sync::atomic::AtomicBool::new(false));
+        rep.scan(&spec, false).unwrap();
+        let (s_list, l_list) = (
+            weave_chunk::chunk_bytes(&small),
+            weave_chunk::chunk_bytes(&large),
+        );
+        std::fs::write(root.join("s"), b"SMALL, AND HASHED AHEAD").unwrap();
+        let wants: Vec<(Hash, Vec<Hash>)> = vec![
+            (s_list.content_id(), vec![s_list.chunks[0].hash]),
+            (l_list.content_id(), vec![l_list.chunks[0].hash]),
+        ];
+        let mut got = Vec::new();
+        rep.serve_chunks(&wants, &mut |h, d| {
+            got.push((h, d));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got[0], (s_list.chunks[0].hash, Some(small.clone())));
+        let first = l_list.chunks[0].len as usize;
+        assert_eq!(
+            got[1],
+            (l_list.chunks[0].hash, Some(large[..first].to_vec()))
+        );
+        // Once the sync is over, they are read from the files again.
+        rep.finish(&Finish {
+            observe: 0,
+            integrated: None,
+        })
+        .unwrap();
+        got.clear();
+        rep.serve_chunks(&wants[..1], &mut |h, d| {
+            got.push((h, d));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got[0], (s_list.chunks[0].hash, None), "the file changed");
+    }
+
     /// The entries a scan leaves in memory (not read back from the disk)
     /// are what the index holds: after the first scan of a replica, after
     /// a scan that updates what was loaded, and after one that loads it.

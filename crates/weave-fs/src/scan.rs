@@ -62,7 +62,16 @@ pub struct Prehashed {
     /// Taken out by the scan that uses them (no second copy of every list
     /// while a large tree is scanned).
     files: std::sync::Mutex<std::collections::HashMap<String, (Stat, ChunkList)>>,
+    /// The bytes of small files, by content id, as they were hashed: a
+    /// replica that then sends them to another need not open, stat and
+    /// read each file again (see [`Prehashed::into_kept`]).
+    kept: std::collections::HashMap<weave_core::Hash, Vec<u8>>,
 }
+
+/// Files up to this size have their bytes kept by [`prehash`]...
+pub const KEEP_FILE_MAX: u64 = 64 * 1024;
+/// ...up to this many bytes in all.
+pub const KEEP_TOTAL_MAX: u64 = 64 << 20;
 
 impl Prehashed {
     /// The chunk list of `rel` and its stat, if it was hashed and `st` (its
@@ -86,6 +95,12 @@ impl Prehashed {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The bytes of the small files hashed, by content id (each is the
+    /// content its id names: they are the bytes that were hashed).
+    pub fn into_kept(self) -> std::collections::HashMap<weave_core::Hash, Vec<u8>> {
+        self.kept
     }
 }
 
@@ -121,17 +136,40 @@ pub fn prehash(
     // Largest first, as the scan does.
     let mut to_hash = w.to_hash;
     to_hash.sort_by_key(|(_, st)| std::cmp::Reverse(st.size));
-    let files = to_hash
+    let budget = std::sync::atomic::AtomicU64::new(KEEP_TOTAL_MAX);
+    let hashed: Vec<(String, Stat, ChunkList, Option<Vec<u8>>)> = to_hash
         .into_par_iter()
         .with_max_len(1)
         .filter(|_| !stop.load(Ordering::Relaxed))
         .filter_map(|(rel, st)| {
-            let (list, st) = hash_file(&join(root, &rel), &st).ok()?;
-            Some((rel, (st, list)))
+            let path = join(root, &rel);
+            let keep = st.size <= KEEP_FILE_MAX
+                && budget
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                        b.checked_sub(st.size)
+                    })
+                    .is_ok();
+            let (list, st, data) = if keep {
+                let (list, st, data) = hash_small_file(&path, &st).ok()?;
+                (list, st, Some(data))
+            } else {
+                let (list, st) = hash_file(&path, &st).ok()?;
+                (list, st, None)
+            };
+            Some((rel, st, list, data))
         })
         .collect();
+    let mut files = std::collections::HashMap::with_capacity(hashed.len());
+    let mut kept = std::collections::HashMap::new();
+    for (rel, st, list, data) in hashed {
+        if let Some(d) = data {
+            kept.insert(list.content_id(), d);
+        }
+        files.insert(rel, (st, list));
+    }
     Prehashed {
         files: std::sync::Mutex::new(files),
+        kept,
     }
 }
 
@@ -665,6 +703,32 @@ fn join_rel(prefix: &str, name: &str) -> String {
 type HashResult = Result<(ChunkList, Stat), String>;
 
 /// Reads and chunks one file, making sure it did not change meanwhile.
+/// [`hash_file`] for a small file, read whole into memory: its chunk list,
+/// its stat, and the bytes hashed.
+fn hash_small_file(path: &Path, before: &Stat) -> Result<(ChunkList, Stat, Vec<u8>), String> {
+    use std::io::Read;
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let m1 = f.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+    if m1.ino() != before.ino || m1.len() != before.size {
+        return Err("changed while being scanned; it will be picked up by the next sync".into());
+    }
+    // One byte more than the size: a file that grew is seen at once.
+    let mut data = Vec::with_capacity(m1.len() as usize + 1);
+    (&mut f)
+        .take(m1.len() + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("read error: {e}"))?;
+    let m2 = f.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+    if !same_stat(&m2, &stat_of(&m1)) || data.len() as u64 != m2.len() {
+        return Err("changed while being scanned; it will be picked up by the next sync".into());
+    }
+    Ok((weave_chunk::chunk_bytes(&data), stat_of(&m2), data))
+}
+
 fn hash_file(path: &Path, before: &Stat) -> HashResult {
     let f = fs::OpenOptions::new()
         .read(true)
@@ -734,6 +798,28 @@ mod tests {
 
     /// What was hashed ahead is what a scan would have found, and a file
     /// whose stat changed since is read again.
+    #[test]
+    fn the_bytes_of_small_files_hashed_ahead_are_kept_by_content() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("r");
+        fs::create_dir_all(&root).unwrap();
+        let small = b"a small file".to_vec();
+        let edge = vec![5u8; KEEP_FILE_MAX as usize];
+        let large = vec![6u8; KEEP_FILE_MAX as usize + 1];
+        old_file(&root.join("small"), &small);
+        old_file(&root.join("same"), &small);
+        old_file(&root.join("edge"), &edge);
+        old_file(&root.join("large"), &large);
+        let pre = prehash(&root, None, &Matcher::none(), &AtomicBool::new(false));
+        assert_eq!(pre.len(), 4);
+        let kept = pre.into_kept();
+        let id = |d: &[u8]| weave_chunk::chunk_bytes(d).content_id();
+        assert_eq!(kept.len(), 2, "one entry per content");
+        assert_eq!(kept[&id(&small)], small);
+        assert_eq!(kept[&id(&edge)], edge);
+        assert!(!kept.contains_key(&id(&large)));
+    }
+
     #[test]
     fn a_scan_takes_prehashed_files_only_while_their_stat_holds() {
         let t = tempfile::tempdir().unwrap();
