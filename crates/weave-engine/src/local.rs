@@ -351,7 +351,10 @@ impl Replica for LocalReplica {
         tracing::debug!(changed = o.changed.len(), elapsed = ?t.elapsed(), "walked and hashed");
         if let Some(p) = prehashed {
             self.kept.extend(p.into_kept());
-            tracing::debug!(contents = self.kept.len(), "small files' bytes kept from hashing ahead");
+            tracing::debug!(
+                contents = self.kept.len(),
+                "small files' bytes kept from hashing ahead"
+            );
         }
         self.scan_only = None;
         let mut summary = ScanSummary {
