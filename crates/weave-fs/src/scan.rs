@@ -702,34 +702,13 @@ fn join_rel(prefix: &str, name: &str) -> String {
 
 type HashResult = Result<(ChunkList, Stat), String>;
 
-/// Reads and chunks one file, making sure it did not change meanwhile.
-/// [`hash_file`] for a small file, read whole into memory: its chunk list,
-/// its stat, and the bytes hashed.
-fn hash_small_file(path: &Path, before: &Stat) -> Result<(ChunkList, Stat, Vec<u8>), String> {
-    use std::io::Read;
-    let mut f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    let m1 = f.metadata().map_err(|e| format!("cannot stat: {e}"))?;
-    if m1.ino() != before.ino || m1.len() != before.size {
-        return Err("changed while being scanned; it will be picked up by the next sync".into());
-    }
-    // One byte more than the size: a file that grew is seen at once.
-    let mut data = Vec::with_capacity(m1.len() as usize + 1);
-    (&mut f)
-        .take(m1.len() + 1)
-        .read_to_end(&mut data)
-        .map_err(|e| format!("read error: {e}"))?;
-    let m2 = f.metadata().map_err(|e| format!("cannot stat: {e}"))?;
-    if !same_stat(&m2, &stat_of(&m1)) || data.len() as u64 != m2.len() {
-        return Err("changed while being scanned; it will be picked up by the next sync".into());
-    }
-    Ok((weave_chunk::chunk_bytes(&data), stat_of(&m2), data))
-}
+/// What a file that changed while it was read is told.
+const CHANGED_WHILE_READ: &str =
+    "changed while being scanned; it will be picked up by the next sync";
 
-fn hash_file(path: &Path, before: &Stat) -> HashResult {
+/// Opens a file to hash (never through a symlink), if it is still the
+/// file `before` describes: the file and its stat now.
+fn open_unchanged(path: &Path, before: &Stat) -> Result<(fs::File, fs::Metadata), String> {
     let f = fs::OpenOptions::new()
         .read(true)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
@@ -737,8 +716,31 @@ fn hash_file(path: &Path, before: &Stat) -> HashResult {
         .map_err(|e| format!("cannot read: {e}"))?;
     let m1 = f.metadata().map_err(|e| format!("cannot stat: {e}"))?;
     if m1.ino() != before.ino || m1.len() != before.size {
-        return Err("changed while being scanned; it will be picked up by the next sync".into());
+        return Err(CHANGED_WHILE_READ.into());
     }
+    Ok((f, m1))
+}
+
+/// [`hash_file`] for a small file, read whole into memory: its chunk list,
+/// its stat, and the bytes hashed.
+fn hash_small_file(path: &Path, before: &Stat) -> Result<(ChunkList, Stat, Vec<u8>), String> {
+    use std::io::Read;
+    let (f, m1) = open_unchanged(path, before)?;
+    // One byte more than the size: a file that grew is seen at once.
+    let mut data = Vec::with_capacity(m1.len() as usize + 1);
+    (&f).take(m1.len() + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("read error: {e}"))?;
+    let m2 = f.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+    if !same_stat(&m2, &stat_of(&m1)) || data.len() as u64 != m2.len() {
+        return Err(CHANGED_WHILE_READ.into());
+    }
+    Ok((weave_chunk::chunk_bytes(&data), stat_of(&m2), data))
+}
+
+/// Reads and chunks one file, making sure it did not change meanwhile.
+fn hash_file(path: &Path, before: &Stat) -> HashResult {
+    let (f, m1) = open_unchanged(path, before)?;
     thread_local! {
         static WINDOW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
@@ -751,7 +753,7 @@ fn hash_file(path: &Path, before: &Stat) -> HashResult {
     let list = list.map_err(|e| format!("read error: {e}"))?;
     let m2 = f.metadata().map_err(|e| format!("cannot stat: {e}"))?;
     if !same_stat(&m2, &stat_of(&m1)) || list.size() != m2.len() {
-        return Err("changed while being scanned; it will be picked up by the next sync".into());
+        return Err(CHANGED_WHILE_READ.into());
     }
     Ok((list, stat_of(&m2)))
 }
