@@ -49,6 +49,17 @@ pub struct StageView {
     pub map: Arc<HashMap<Hash, u64>>,
 }
 
+/// A record's head: the chunk's hash, then its length (u32 LE).
+const HEAD: usize = 36;
+
+/// The chunk hash and data length of a record's head (`HEAD` bytes).
+fn parse_head(head: &[u8]) -> (Hash, usize) {
+    let mut h = [0u8; 32];
+    h.copy_from_slice(&head[..32]);
+    let len = u32::from_le_bytes(head[32..HEAD].try_into().expect("4 bytes"));
+    (Hash(h), len as usize)
+}
+
 /// Bytes of records gathered before they are written.
 const STAGE_WRITE: usize = 1 << 20;
 
@@ -71,24 +82,22 @@ impl Stage {
         };
         let mut r = BufReader::with_capacity(1 << 20, &f);
         let mut pos = 0u64;
-        let mut head = [0u8; 36];
+        let mut head = [0u8; HEAD];
         let mut data = Vec::new();
         loop {
             if r.read_exact(&mut head).is_err() {
                 break;
             }
-            let mut h = [0u8; 32];
-            h.copy_from_slice(&head[..32]);
-            let len = u32::from_le_bytes(head[32..].try_into().expect("4 bytes")) as usize;
+            let (h, len) = parse_head(&head);
             if len > weave_chunk::CHUNK_MAX as usize {
                 break;
             }
             data.resize(len, 0);
-            if r.read_exact(&mut data).is_err() || !weave_chunk::verify(&data, &Hash(h)) {
+            if r.read_exact(&mut data).is_err() || !weave_chunk::verify(&data, &h) {
                 break;
             }
-            st.map.insert(Hash(h), pos + 36);
-            pos += 36 + len as u64;
+            st.map.insert(h, pos + HEAD as u64);
+            pos += (HEAD + len) as u64;
         }
         drop(r);
         f.set_len(pos)?;
@@ -139,14 +148,14 @@ impl Stage {
         }
         if self.pending.capacity() == 0 {
             self.pending
-                .reserve_exact(STAGE_WRITE + 36 + weave_chunk::CHUNK_MAX as usize);
+                .reserve_exact(STAGE_WRITE + HEAD + weave_chunk::CHUNK_MAX as usize);
         }
         self.pending.extend_from_slice(&h.0);
         self.pending
             .extend_from_slice(&(data.len() as u32).to_le_bytes());
         self.pending.extend_from_slice(data);
-        self.map.insert(*h, self.end + 36);
-        self.end += 36 + data.len() as u64;
+        self.map.insert(*h, self.end + HEAD as u64);
+        self.end += (HEAD + data.len()) as u64;
         if self.pending.len() >= STAGE_WRITE {
             self.flush()?;
         }
@@ -166,12 +175,10 @@ impl Stage {
         };
         if written.is_err() {
             let mut rest = &self.pending[..];
-            while rest.len() >= 36 {
-                let mut h = [0u8; 32];
-                h.copy_from_slice(&rest[..32]);
-                let len = u32::from_le_bytes(rest[32..36].try_into().expect("4 bytes")) as usize;
-                self.map.remove(&Hash(h));
-                rest = &rest[(36 + len).min(rest.len())..];
+            while rest.len() >= HEAD {
+                let (h, len) = parse_head(&rest[..HEAD]);
+                self.map.remove(&h);
+                rest = &rest[(HEAD + len).min(rest.len())..];
             }
             self.end = at;
         }
