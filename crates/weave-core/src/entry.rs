@@ -91,3 +91,26 @@ impl Entry {
         (self.mtime_ns, self.origin, tag, bytes)
     }
 }
+
+/// What this replica saw on disk when it last recorded a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stat {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+    pub mode: u32,
+    /// Recorded so close to the file's last change that a later change
+    /// could keep the same timestamps: the next scan reads the file again.
+    pub racy: bool,
+}
+
+/// An index entry: the replicated record plus local bookkeeping.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalEntry {
+    pub entry: Entry,
+    /// This replica's sequence number of the change that produced it.
+    pub seq: u64,
+    /// None for tombstones and for entries not yet on disk.
+    pub stat: Option<Stat>,
+}

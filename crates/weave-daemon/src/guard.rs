@@ -13,11 +13,11 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use weave_core::Hash;
+use weave_core::Op;
 use weave_engine::{
     Applied, Foreign, IgnoreSpec, Issue, Provider, Replica, ReplicaInfo, ScanSummary, SyncError,
     Wants,
 };
-use weave_fs::Op;
 
 pub struct Guarded {
     inner: Box<dyn Replica>,

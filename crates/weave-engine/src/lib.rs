@@ -29,10 +29,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use thiserror::Error;
 use weave_core::path::STATE_DIR;
+use weave_core::LocalEntry;
 use weave_core::{plan_tree, Bumper, ConflictPolicy, Entry, Hash, Object, ReplicaId};
 use weave_fs::ignore::{IgnoreError, Matcher};
 use weave_fs::Location;
-use weave_index::{IndexError, LocalEntry};
+use weave_index::IndexError;
 
 /// How to settle concurrent changes, as the user gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -456,7 +457,7 @@ pub fn run(
     for c in &plan.conflicts {
         report.conflicts.push(ConflictReport::from_conflict(c));
     }
-    let mut all_ops: Vec<Vec<weave_fs::Op>> = Vec::with_capacity(reps.len());
+    let mut all_ops: Vec<Vec<weave_core::Op>> = Vec::with_capacity(reps.len());
     for (i, v) in views.iter().enumerate() {
         let mut o = ops::derive(v, &plan.finals);
         if is_backup(i) {
@@ -501,7 +502,7 @@ pub fn run(
     let total: u64 = all_ops
         .iter()
         .flatten()
-        .filter(|o| o.kind == weave_fs::OpKind::WriteFile)
+        .filter(|o| o.kind == weave_core::OpKind::WriteFile)
         .map(|o| match o.target.object {
             Object::File { size, .. } => size,
             _ => 0,
@@ -651,13 +652,13 @@ pub fn run(
 fn note_backup_reverts(
     report: &mut Report,
     display: &str,
-    ops: &[weave_fs::Op],
+    ops: &[weave_core::Op],
     view: &BTreeMap<String, LocalEntry>,
     finals: &BTreeMap<String, Entry>,
 ) {
     const SHOWN: usize = 20;
     let mut own: Vec<(&str, &str)> = Vec::new();
-    for o in ops.iter().filter(|o| o.kind != weave_fs::OpKind::Record) {
+    for o in ops.iter().filter(|o| o.kind != weave_core::OpKind::Record) {
         if own.last().is_some_and(|(p, _)| *p == o.path) {
             continue;
         }

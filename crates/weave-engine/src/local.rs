@@ -10,11 +10,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use weave_chunk::{ChunkList, Node};
 use weave_core::path::STATE_DIR;
+use weave_core::LocalEntry;
 use weave_core::{Entry, Hash, Object, ReplicaId};
+use weave_core::{Op, OpKind};
 use weave_fs::ignore::{Matcher, IGNORE_FILE};
 use weave_fs::scan::ScanOptions;
-use weave_fs::{join, ContentSource, FsIssue, Location, Op, OpKind, Part, PartWriter, Stage};
-use weave_index::{Batch, Index, LocalEntry};
+use weave_fs::{join, ContentSource, FsIssue, Location, Part, PartWriter, Stage};
+use weave_index::{Batch, Index};
 
 /// Contents at least this large with nothing of them on this machine are
 /// received into a part file of their own (see [`weave_fs::Part`]).

@@ -2,9 +2,9 @@
 
 use crate::report::ReplicaReport;
 use std::collections::BTreeMap;
+use weave_core::LocalEntry;
 use weave_core::{Entry, Object};
-use weave_fs::{Op, OpKind};
-use weave_index::LocalEntry;
+use weave_core::{Op, OpKind};
 
 /// The operations that bring a replica holding `entries` to `finals`.
 pub fn derive(entries: &BTreeMap<String, LocalEntry>, finals: &BTreeMap<String, Entry>) -> Vec<Op> {

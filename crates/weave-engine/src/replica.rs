@@ -10,9 +10,10 @@
 use crate::SyncError;
 use std::collections::{BTreeMap, HashMap};
 use weave_chunk::ChunkList;
+use weave_core::LocalEntry;
+use weave_core::Op;
 use weave_core::{Entry, Hash, ReplicaId};
-use weave_fs::{Location, Op};
-use weave_index::LocalEntry;
+use weave_fs::Location;
 
 /// What a replica says about itself when it is opened.
 #[derive(Debug, Clone)]
@@ -103,7 +104,7 @@ pub trait Provider {
 /// subtrees. Returns the lists, and an issue for each content whose list
 /// could not be had.
 pub fn lists_for(
-    ops: &[weave_fs::Op],
+    ops: &[weave_core::Op],
     own: &dyn Fn(&Hash) -> Option<ChunkList>,
     foreign: &Foreign,
     provider: &mut dyn Provider,
@@ -113,7 +114,10 @@ pub fn lists_for(
     let mut unresolved: Vec<(Hash, u64, String)> = Vec::new();
     let mut pending: std::collections::HashSet<Hash> = std::collections::HashSet::new();
     let mut known: HashMap<Hash, weave_chunk::Node> = foreign.nodes.clone();
-    for op in ops.iter().filter(|o| o.kind == weave_fs::OpKind::WriteFile) {
+    for op in ops
+        .iter()
+        .filter(|o| o.kind == weave_core::OpKind::WriteFile)
+    {
         let Object::File { content, size } = &op.target.object else {
             continue;
         };

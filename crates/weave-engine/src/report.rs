@@ -1,8 +1,8 @@
 //! What a sync did, for people and (as JSON) for scripts.
 
 use serde::Serialize;
+use weave_core::Op;
 use weave_core::{Conflict, ConflictKind};
-use weave_fs::Op;
 
 #[derive(Debug, Default, Serialize)]
 pub struct Report {

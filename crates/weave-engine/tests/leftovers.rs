@@ -5,9 +5,10 @@
 use std::fs;
 use std::path::Path;
 use weave_core::{Entry, Hash, Object};
+use weave_core::{Op, OpKind};
 use weave_engine::history::{history, locate, restore, Pick};
 use weave_engine::{sync, NoProgress, SyncOptions};
-use weave_fs::{ContentSource, Location, Op, OpKind};
+use weave_fs::{ContentSource, Location};
 
 struct Nothing;
 impl ContentSource for Nothing {

@@ -26,36 +26,11 @@ use std::time::{Duration, UNIX_EPOCH};
 use weave_chunk::ChunkList;
 use weave_core::path::{ancestors, depth, STATE_DIR};
 use weave_core::{Entry, Hash, Object};
-use weave_index::{LocalEntry, Stat};
+use weave_core::{Op, OpKind, Stat};
 
 /// Files at least this large are flushed as soon as they are written (by a
 /// background thread), so the disk works while other files are built.
 const EARLY_WRITEBACK: u64 = 256 * 1024;
-
-/// What one operation does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpKind {
-    /// Remove what is at the path (file, symlink or empty directory).
-    Remove,
-    MakeDir,
-    WriteFile,
-    WriteSymlink,
-    /// Change permissions (and, for files, the mtime) only.
-    SetMeta,
-    /// Nothing on disk: record the new version in the index.
-    Record,
-}
-
-/// One operation on one path of one replica.
-#[derive(Debug, Clone)]
-pub struct Op {
-    pub kind: OpKind,
-    pub path: String,
-    /// What the index says is at the path now (None: nothing).
-    pub current: Option<LocalEntry>,
-    /// The version to record once the operation is done.
-    pub target: Entry,
-}
 
 /// An operation that was carried out.
 #[derive(Debug, Clone)]
@@ -1815,7 +1790,7 @@ impl Ctx<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weave_core::{ReplicaId, VersionVector};
+    use weave_core::{LocalEntry, ReplicaId, VersionVector};
 
     /// Content sources for tests: content id → (chunk list, where it is).
     struct Src(HashMap<Hash, (ChunkList, Location)>);

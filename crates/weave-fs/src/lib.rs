@@ -16,7 +16,7 @@ mod util;
 
 pub use apply::{
     apply, clear_trash, restore_modes, trash_leftovers, ApplyOutcome, ContentSource, Done,
-    Location, Op, OpKind, Replaced,
+    Location, Replaced,
 };
 pub use scan::{prehash, scan, Prehashed, ScanError, ScanOutcome};
 pub use stage::{Part, PartWriter, Stage};

@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use weave_chunk::{chunk_reader_with, ChunkList};
 use weave_core::path::STATE_DIR;
 use weave_core::{Entry, Object};
-use weave_index::{Index, IndexError, LocalEntry, ScanCursor, ScanRecord, Stat};
+use weave_core::{LocalEntry, Stat};
+use weave_index::{Index, IndexError, ScanCursor, ScanRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {

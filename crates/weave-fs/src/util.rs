@@ -1,7 +1,7 @@
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use weave_index::Stat;
+use weave_core::Stat;
 
 /// Prefix of weave's temporary files; a file named
 /// `.~weave-<16 hex digits>.tmp` is a leftover of an interrupted sync.

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 use weave_chunk::ChunkList;
-use weave_core::{Entry, Hash, Object, ReplicaId, VersionVector};
+use weave_core::{Entry, Hash, LocalEntry, Object, ReplicaId, Stat, VersionVector};
 
 /// Version of the index layout. Bump on any incompatible change; an index
 /// with a newer version is refused, never rewritten.
@@ -54,19 +54,6 @@ pub enum IndexError {
     },
     #[error("weave index {path}: {detail}")]
     Db { path: PathBuf, detail: String },
-}
-
-/// What this replica saw on disk when it last recorded a path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stat {
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
-    pub ino: u64,
-    pub mode: u32,
-    /// Recorded so close to the file's last change that a later change
-    /// could keep the same timestamps: the next scan reads the file again.
-    pub racy: bool,
 }
 
 /// What the scanner needs to know of a live path to tell whether it changed.
@@ -179,16 +166,6 @@ impl ScanCursor {
             .map_err(|e| corrupt(format!("scan record {:?} does not decode: {e}", k.value())))?;
         Ok(Some((k.value().to_string(), r)))
     }
-}
-
-/// An index entry: the replicated record plus local bookkeeping.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LocalEntry {
-    pub entry: Entry,
-    /// This replica's sequence number of the change that produced it.
-    pub seq: u64,
-    /// None for tombstones and for entries not yet on disk.
-    pub stat: Option<Stat>,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use weave_core::LocalEntry;
 use weave_core::{Entry, ReplicaId};
-use weave_index::LocalEntry;
 
 /// The format of the cache file; a file of another version is ignored.
 const VERSION: u32 = 1;

@@ -9,13 +9,13 @@ use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use weave_chunk::ChunkList;
+use weave_core::LocalEntry;
 use weave_core::{Hash, Object, ReplicaId};
+use weave_core::{Op, OpKind};
 use weave_engine::{
     Applied, Finish, Foreign, IgnoreSpec, Issue, Provider, Replica, ReplicaInfo, ScanSummary,
     SyncError, Wants,
 };
-use weave_fs::{Op, OpKind};
-use weave_index::LocalEntry;
 use weave_proto::msg::{Body, ErrorMsg, GetEntries, IgnoreFile, Open, Ops, Run, Scan, WireOp};
 use weave_proto::validate::{batch_from_wire, entry_to_wire, hash_from_wire, request_from_wire};
 use weave_proto::ProtoError;

@@ -6,9 +6,9 @@ use crate::wire::{self, proto};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use weave_core::Op;
 use weave_core::{Entry, Hash, Object};
 use weave_engine::{Foreign, IgnoreSpec, Kinds, Provider, Replica, SyncError, Wants};
-use weave_fs::Op;
 use weave_proto::msg::{
     Applied, Body, ChunkRequest, ErrorMsg, Finished, IgnoreFile, IssueMsg, Opened, Progress,
     Scanned, Unsupported,

@@ -3,9 +3,9 @@
 
 use crate::conn::Conn;
 use std::collections::HashMap;
+use weave_core::OpKind;
 use weave_core::{Entry, Hash, ReplicaId};
 use weave_engine::{SyncError, Wants};
-use weave_fs::OpKind;
 use weave_proto::msg::{Body, ChunkRequest, Envelope, IndexBatch, VvPair, WireEntry};
 use weave_proto::validate::{chunk_from_wire, entry_to_wire, payload_from_wire};
 use weave_proto::ProtoError;

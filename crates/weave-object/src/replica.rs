@@ -5,13 +5,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use weave_chunk::ChunkList;
 use weave_core::{Entry, Hash, Object};
+use weave_core::{LocalEntry, Stat};
+use weave_core::{Op, OpKind};
 use weave_engine::{
     Applied, Finish, Foreign, IgnoreSpec, Issue, Provider, Replica, ReplicaInfo, ScanSummary,
     SyncError, Wants,
 };
 use weave_fs::ignore::Matcher;
-use weave_fs::{Op, OpKind};
-use weave_index::{Batch, Index, LocalEntry, Stat};
+use weave_index::{Batch, Index};
 
 /// Permission bits recorded for every object (objects have none; a fixed
 /// value keeps the planner from seeing metadata changes).

@@ -467,8 +467,8 @@ fn names_that_are_not_one_component_are_never_written() {
     rep.scan(&Default::default(), false).unwrap();
     let mut vv = VersionVector::new();
     vv.bump(ReplicaId(7), 1);
-    let op = |path: &str| weave_fs::Op {
-        kind: weave_fs::OpKind::Remove,
+    let op = |path: &str| weave_core::Op {
+        kind: weave_core::OpKind::Remove,
         path: path.into(),
         current: None,
         target: Entry {
