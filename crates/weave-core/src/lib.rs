@@ -2,6 +2,7 @@
 //!
 //! - [`id`]: replica ids and content hashes;
 //! - [`vv`]: version vectors;
+//! - [`ignore`]: ignore patterns (gitignore syntax) and their matcher;
 //! - [`entry`]: the replicated record of one path, and a replica's local
 //!   bookkeeping beside it (its sequence number and what it saw on disk);
 //! - [`op`]: the operations that bring one replica to a plan;
@@ -10,6 +11,7 @@
 
 pub mod entry;
 pub mod id;
+pub mod ignore;
 pub mod op;
 pub mod path;
 pub mod plan;

@@ -996,7 +996,7 @@ impl Watcher {
                             notify::EventKind::Create(_)
                                 | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
                         );
-                        if rel == weave_fs::ignore::IGNORE_FILE {
+                        if rel == weave_core::ignore::IGNORE_FILE {
                             // What is ignored changed: only a full scan knows,
                             // and every peer syncs again (a sync plans with
                             // both sides' ignore files, so the first one

@@ -110,7 +110,7 @@ impl Kind for Files {
         let canon = crate::check_local_replicas(paths)?;
         // Bad patterns stop the sync before any state is created.
         let roots: Vec<&Path> = canon.iter().map(|p| p.as_path()).collect();
-        weave_fs::ignore::Matcher::build(&roots, ignore)?;
+        weave_fs::ignore::build(&roots, ignore)?;
         Ok(canon)
     }
 
@@ -120,7 +120,7 @@ impl Kind for Files {
         patterns: &[String],
         stop: &std::sync::atomic::AtomicBool,
     ) -> Option<weave_fs::Prehashed> {
-        let matcher = weave_fs::ignore::Matcher::build(&[root], patterns).ok()?;
+        let matcher = weave_fs::ignore::build(&[root], patterns).ok()?;
         Some(weave_fs::prehash(root, None, &matcher, stop))
     }
 

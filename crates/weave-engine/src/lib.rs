@@ -28,10 +28,10 @@ pub use report::{ConflictReport, IssueReport, MergeReport, PlannedOp, ReplicaRep
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use thiserror::Error;
+use weave_core::ignore::{IgnoreError, Matcher};
 use weave_core::path::STATE_DIR;
 use weave_core::LocalEntry;
 use weave_core::{plan_tree, Bumper, ConflictPolicy, Entry, Hash, Object, ReplicaId};
-use weave_fs::ignore::{IgnoreError, Matcher};
 use weave_fs::Location;
 use weave_index::IndexError;
 
@@ -274,7 +274,7 @@ pub fn sync(
     let canon = check_replicas(paths)?;
     // Bad patterns stop the sync before any state is created.
     let roots: Vec<&std::path::Path> = canon.iter().map(|p| p.as_path()).collect();
-    Matcher::build(&roots, &opts.ignore)?;
+    weave_fs::ignore::build(&roots, &opts.ignore)?;
     // Which replicas prefer= and --backup name, before anything is opened.
     let roles = resolve_roles(opts, canon.len(), |p| {
         let c = std::fs::canonicalize(p).ok();

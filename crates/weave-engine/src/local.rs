@@ -9,11 +9,11 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use weave_chunk::{ChunkList, Node};
+use weave_core::ignore::Matcher;
 use weave_core::path::STATE_DIR;
 use weave_core::LocalEntry;
 use weave_core::{Entry, Hash, Object, ReplicaId};
 use weave_core::{Op, OpKind};
-use weave_fs::ignore::{Matcher, IGNORE_FILE};
 use weave_fs::scan::ScanOptions;
 use weave_fs::{join, ContentSource, FsIssue, Location, Part, PartWriter, Stage};
 use weave_index::{Batch, Index};
@@ -63,12 +63,7 @@ impl LocalReplica {
         let state = root.join(STATE_DIR);
         crate::kind::claim_kind(&state, "files", display, dry_run)?;
         let (index, mut info) = crate::replica::open_index(&state, dry_run)?;
-        info.ignore_file = {
-            let f = root.join(IGNORE_FILE);
-            std::fs::read_to_string(&f)
-                .ok()
-                .map(|t| (f.display().to_string(), t))
-        };
+        info.ignore_file = weave_fs::ignore::read_file(root);
         Ok(LocalReplica {
             display: display.to_string(),
             root: root.to_path_buf(),
@@ -309,7 +304,7 @@ impl Replica for LocalReplica {
     }
 
     fn prehash(&mut self, patterns: &[String], stop: &std::sync::atomic::AtomicBool) {
-        let Ok(matcher) = Matcher::build(&[self.root.as_path()], patterns) else {
+        let Ok(matcher) = weave_fs::ignore::build(&[self.root.as_path()], patterns) else {
             return;
         };
         let t = std::time::Instant::now();

@@ -10,6 +10,7 @@
 use crate::SyncError;
 use std::collections::{BTreeMap, HashMap};
 use weave_chunk::ChunkList;
+use weave_core::ignore::IgnoreFile;
 use weave_core::LocalEntry;
 use weave_core::Op;
 use weave_core::{Entry, Hash, ReplicaId};
@@ -30,7 +31,7 @@ pub struct ReplicaInfo {
     /// Its state directory was made for another directory; it got a new id.
     pub rekeyed: bool,
     /// Its `.weaveignore`: (where it is, text).
-    pub ignore_file: Option<(String, String)>,
+    pub ignore_file: Option<IgnoreFile>,
 }
 
 /// Something that went wrong (or is worth a note) at one path of a replica.
@@ -51,7 +52,7 @@ pub struct ScanSummary {
 /// order) and the command-line patterns.
 #[derive(Debug, Clone, Default)]
 pub struct IgnoreSpec {
-    pub files: Vec<(String, String)>,
+    pub files: Vec<IgnoreFile>,
     pub patterns: Vec<String>,
 }
 

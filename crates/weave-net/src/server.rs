@@ -236,16 +236,24 @@ impl Server<'_> {
                         peers: wire::pairs_to_wire(info.peers.iter().map(|(r, s)| (*r, *s))),
                         ignore_fingerprint: info.ignore_fingerprint,
                         rekeyed: info.rekeyed,
-                        ignore_file: info
-                            .ignore_file
-                            .map(|(origin, text)| IgnoreFile { origin, text }),
+                        ignore_file: info.ignore_file.map(|f| IgnoreFile {
+                            origin: f.origin,
+                            text: f.text,
+                        }),
                         root,
                     }))
                     .map_err(proto)
             }
             Body::Scan(sc) => {
                 let spec = IgnoreSpec {
-                    files: sc.files.into_iter().map(|f| (f.origin, f.text)).collect(),
+                    files: sc
+                        .files
+                        .into_iter()
+                        .map(|f| weave_core::ignore::IgnoreFile {
+                            origin: f.origin,
+                            text: f.text,
+                        })
+                        .collect(),
                     patterns: sc.patterns,
                 };
                 let t = std::time::Instant::now();

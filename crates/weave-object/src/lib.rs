@@ -245,7 +245,7 @@ impl<T: ObjectType> Kind for ObjectKind<T> {
 
     fn check(&self, paths: &[PathBuf], ignore: &[String]) -> Result<Vec<PathBuf>, SyncError> {
         let canon = weave_engine::check_local_replicas(paths)?;
-        weave_fs::ignore::Matcher::from_files(&[], ignore)?;
+        weave_core::ignore::Matcher::from_files(&[], ignore)?;
         Ok(canon)
     }
 

@@ -4,6 +4,7 @@ use crate::{check_name, Change, ObjectStore, Outcome};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use weave_chunk::ChunkList;
+use weave_core::ignore::Matcher;
 use weave_core::{Entry, Hash, Object};
 use weave_core::{LocalEntry, Stat};
 use weave_core::{Op, OpKind};
@@ -11,7 +12,6 @@ use weave_engine::{
     Applied, Finish, Foreign, IgnoreSpec, Issue, Provider, Replica, ReplicaInfo, ScanSummary,
     SyncError, Wants,
 };
-use weave_fs::ignore::Matcher;
 use weave_index::{Batch, Index};
 
 /// Permission bits recorded for every object (objects have none; a fixed
