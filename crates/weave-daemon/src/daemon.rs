@@ -195,8 +195,8 @@ fn open_folder(
     let taken = rt
         .touched
         .take(Duration::from_millis(f.watch_delay_ms), Instant::now());
-    if let Some(paths) = &taken {
-        g.limit_scan(paths.clone());
+    if let (Some(paths), Some(tree)) = (&taken, g.local()) {
+        tree.limit_scan(paths.clone());
     }
     Ok((Box::new(g), taken))
 }
@@ -345,9 +345,9 @@ fn sync_pair(
     if guard.is_none() {
         guard = Some(rt.lock.clone().blocking_lock_owned());
     }
-    let (local, taken) = open_folder(cfg, f, rt)?;
-    if let Some(root) = local.local_root() {
-        remote.cache_index_in(&Files.state_dir(&root));
+    let (mut local, taken) = open_folder(cfg, f, rt)?;
+    if let Some(tree) = local.local() {
+        remote.cache_index_in(&Files.state_dir(tree.root()));
     }
     let mut reps: Vec<Box<dyn Replica>> = vec![local, Box::new(remote)];
     sh.board.folder(&f.id, |s| s.state = "syncing".into());

@@ -7,7 +7,7 @@
 //! to check and open a replica of it at a path, and whether it merges
 //! concurrent versions ([`Merge`]) instead of keeping both.
 
-use crate::{LocalReplica, Replica, SyncError};
+use crate::{LocalReplica, Prehashed, Replica, SyncError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use weave_core::path::STATE_DIR;
@@ -86,14 +86,14 @@ pub trait Kind: Send + Sync {
     }
     /// For a replica at `root` with no state yet (not opened, so nothing
     /// is created): hashes, recording nothing, what its first scan would
-    /// hash, to be given to it with [`Replica::adopt_prehashed`] once it
-    /// is opened. Stops hashing once `stop` is set.
+    /// hash, to be given to it with [`crate::LocalTree::adopt_prehashed`]
+    /// once it is opened. Stops hashing once `stop` is set.
     fn prehash(
         &self,
         _root: &Path,
         _patterns: &[String],
         _stop: &std::sync::atomic::AtomicBool,
-    ) -> Option<weave_fs::Prehashed> {
+    ) -> Option<Prehashed> {
         None
     }
 }
@@ -119,9 +119,11 @@ impl Kind for Files {
         root: &Path,
         patterns: &[String],
         stop: &std::sync::atomic::AtomicBool,
-    ) -> Option<weave_fs::Prehashed> {
+    ) -> Option<Prehashed> {
         let matcher = weave_fs::ignore::build(&[root], patterns).ok()?;
-        Some(weave_fs::prehash(root, None, &matcher, stop))
+        Some(Prehashed(Box::new(weave_fs::prehash(
+            root, None, &matcher, stop,
+        ))))
     }
 
     fn open(

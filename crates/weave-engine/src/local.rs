@@ -1,8 +1,8 @@
 //! A replica on this machine: a directory with its index.
 
 use crate::replica::{
-    Applied, Entries, Finish, Foreign, IgnoreSpec, Issue, Provider, Replica, ReplicaInfo,
-    ScanSummary, Wants,
+    Applied, Entries, Finish, Foreign, IgnoreSpec, Issue, LocalTree, Prehashed, Provider, Replica,
+    ReplicaInfo, ScanSummary, ServedNodes, Wants,
 };
 use crate::SyncError;
 use std::collections::{HashMap, HashSet};
@@ -39,9 +39,9 @@ pub struct LocalReplica {
     /// Where each content is, built once per state of `entries` (serving
     /// chunks asks for it once per content).
     locations: Option<HashMap<Hash, Vec<Location>>>,
-    /// The next scan looks only at these paths (see [`Replica::limit_scan`]).
+    /// The next scan looks only at these paths (see [`LocalTree::limit_scan`]).
     scan_only: Option<Vec<String>>,
-    /// Files hashed ahead of the next scan (see [`Replica::prehash`]).
+    /// Files hashed ahead of the next scan (see [`LocalTree::prehash`]).
     prehashed: Option<weave_fs::Prehashed>,
     /// The bytes of small files hashed ahead, by content id: served from
     /// here, not read again, until the sync ends.
@@ -50,6 +50,23 @@ pub struct LocalReplica {
     /// large file is asked for in many requests, and building this for
     /// each cost more than reading the chunks.
     serving: Option<(Hash, ChunkPlaces)>,
+}
+
+/// Where the files of the other trees on this machine are, by content.
+fn sibling_locations(foreign: &Foreign) -> HashMap<Hash, Vec<Location>> {
+    let mut at: HashMap<Hash, Vec<Location>> = HashMap::new();
+    for s in &foreign.siblings {
+        for (p, le) in s.entries.iter() {
+            if let Object::File { content, .. } = &le.entry.object {
+                at.entry(*content).or_default().push(Location {
+                    path: join(&s.root, p),
+                    local: false,
+                    stat: le.stat,
+                });
+            }
+        }
+    }
+    at
 }
 
 /// Where each chunk of a content is in its file: (offset, length).
@@ -282,21 +299,9 @@ impl LocalReplica {
     }
 }
 
-impl Replica for LocalReplica {
-    fn display(&self) -> &str {
-        &self.display
-    }
-
-    fn is_local(&self) -> bool {
-        true
-    }
-
-    fn local_root(&self) -> Option<PathBuf> {
-        Some(self.root.clone())
-    }
-
-    fn info(&self) -> &ReplicaInfo {
-        &self.info
+impl LocalTree for LocalReplica {
+    fn root(&self) -> &Path {
+        &self.root
     }
 
     fn limit_scan(&mut self, paths: Vec<String>) {
@@ -313,8 +318,30 @@ impl Replica for LocalReplica {
         self.prehashed = Some(hashed);
     }
 
-    fn adopt_prehashed(&mut self, hashed: weave_fs::Prehashed) {
-        self.prehashed = Some(hashed);
+    fn adopt_prehashed(&mut self, hashed: Prehashed) {
+        // Only the files kind makes these for a tree; anything else is
+        // not work done for this replica.
+        if let Ok(h) = hashed.0.downcast::<weave_fs::Prehashed>() {
+            self.prehashed = Some(*h);
+        }
+    }
+}
+
+impl Replica for LocalReplica {
+    fn display(&self) -> &str {
+        &self.display
+    }
+
+    fn is_local(&self) -> bool {
+        true
+    }
+
+    fn local(&mut self) -> Option<&mut dyn LocalTree> {
+        Some(self)
+    }
+
+    fn info(&self) -> &ReplicaInfo {
+        &self.info
     }
 
     fn scan(&mut self, ignore: &IgnoreSpec, dry_run: bool) -> Result<ScanSummary, SyncError> {
@@ -402,7 +429,7 @@ impl Replica for LocalReplica {
         self.list(content)
     }
 
-    fn serve_nodes(&mut self, wants: &Wants) -> Result<Vec<Vec<Option<Vec<u8>>>>, SyncError> {
+    fn serve_nodes(&mut self, wants: &Wants) -> Result<ServedNodes, SyncError> {
         let mut out = Vec::with_capacity(wants.len());
         for (content, hashes) in wants {
             let v = match self.tree_of(content) {
@@ -524,6 +551,7 @@ impl Replica for LocalReplica {
         self.load()?;
         let own = self.own_locations();
         self.locations = None;
+        let siblings = sibling_locations(foreign);
         let mut errors: Vec<Issue> = Vec::new();
         // 1. The chunk list of every content to write: known here, known
         //    to another local replica, or fetched as a tree.
@@ -562,7 +590,7 @@ impl Replica for LocalReplica {
             let Some(list) = lists.get(content) else {
                 continue;
             };
-            if own.contains_key(content) || foreign.locations.contains_key(content) {
+            if own.contains_key(content) || siblings.contains_key(content) {
                 continue;
             }
             let old: HashSet<Hash> = match op.current.as_ref().map(|c| &c.entry.object) {
@@ -610,7 +638,7 @@ impl Replica for LocalReplica {
         } else {
             early_writes(&self.root, &ops, &|c: &Hash| {
                 !own.contains_key(c)
-                    && !foreign.locations.contains_key(c)
+                    && !siblings.contains_key(c)
                     && !parts.iter().any(|p| p.content() == *c)
                     && lists.get(c).is_some_and(|l| {
                         l.chunks
@@ -622,8 +650,8 @@ impl Replica for LocalReplica {
         let early_ops: Vec<Op> = early_idx.iter().map(|&i| ops[i].clone()).collect();
         wants.extend(part_wants);
         let mut locations = own;
-        for (c, ls) in &foreign.locations {
-            locations.entry(*c).or_default().extend(ls.iter().cloned());
+        for (c, ls) in siblings {
+            locations.entry(c).or_default().extend(ls);
         }
         let no_parts: HashMap<Hash, PathBuf> = HashMap::new();
         // The files written early are recorded as soon as they are written,

@@ -712,7 +712,10 @@ impl Replica for RemoteReplica {
 
     fn finish(&mut self, fin: &Finish) -> Result<(), SyncError> {
         let (peers, fp) = match &fin.integrated {
-            Some((p, fp)) => (wire::pairs_to_wire(p.iter().copied()), Some(*fp)),
+            Some(i) => (
+                wire::pairs_to_wire(i.peers.iter().copied()),
+                Some(i.ignore_fingerprint),
+            ),
             None => (Vec::new(), None),
         };
         self.conn

@@ -342,14 +342,13 @@ impl Server<'_> {
             Body::Finish(f) => {
                 let fin = weave_engine::Finish {
                     observe: f.observe,
-                    integrated: f.integrated_fingerprint.map(|fp| {
-                        (
-                            f.peers
-                                .iter()
-                                .map(|p| (weave_core::ReplicaId(p.replica), p.counter))
-                                .collect(),
-                            fp,
-                        )
+                    integrated: f.integrated_fingerprint.map(|fp| weave_engine::Integrated {
+                        peers: f
+                            .peers
+                            .iter()
+                            .map(|p| (weave_core::ReplicaId(p.replica), p.counter))
+                            .collect(),
+                        ignore_fingerprint: fp,
                     }),
                 };
                 self.rep()?.finish(&fin)?;

@@ -325,7 +325,9 @@ impl World {
             Policy::Newest => PolicySpec::Newest,
             // The first replica of the sync; the policy only applies when
             // it takes part (otherwise keep-both).
-            Policy::PreferFirst if which.contains(&0) => PolicySpec::Prefer(self.reps[0].clone()),
+            Policy::PreferFirst if which.contains(&0) => {
+                PolicySpec::Prefer(self.reps[0].display().to_string())
+            }
             Policy::PreferFirst => PolicySpec::KeepBoth,
         };
         let backup = self.backup.filter(|b| which.contains(b));

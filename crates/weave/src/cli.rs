@@ -256,7 +256,7 @@ struct SyncArgs {
     /// keep-both (default; the older version becomes a conflict copy),
     /// newest (the newer mtime wins), or prefer=PATH (the version held by
     /// the replica at PATH wins).
-    #[arg(long, value_name = "POLICY", default_value = "keep-both", value_parser = parse_policy)]
+    #[arg(long, value_name = "POLICY", default_value = "keep-both")]
     conflict: PolicySpec,
 
     /// Make REPLICA (one of the replicas, as given above) a backup for
@@ -284,19 +284,6 @@ struct SyncArgs {
     /// Print nothing but errors and conflicts.
     #[arg(short, long)]
     quiet: bool,
-}
-
-fn parse_policy(s: &str) -> Result<PolicySpec, String> {
-    match s {
-        "keep-both" => Ok(PolicySpec::KeepBoth),
-        "newest" => Ok(PolicySpec::Newest),
-        _ => match s.strip_prefix("prefer=") {
-            Some(p) if !p.is_empty() => Ok(PolicySpec::Prefer(PathBuf::from(p))),
-            _ => Err(format!(
-                "unknown conflict policy {s:?}: use keep-both, newest, or prefer=<path of one replica>"
-            )),
-        },
-    }
 }
 
 /// A rate: KiB/s, or with a K, M or G suffix (powers of 1024).
@@ -466,16 +453,5 @@ mod tests {
         assert_eq!(parse_rate("1.5KiB/s"), Ok(1536));
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("0").is_err());
-    }
-
-    #[test]
-    fn policies() {
-        assert_eq!(parse_policy("newest"), Ok(PolicySpec::Newest));
-        assert_eq!(
-            parse_policy("prefer=/a"),
-            Ok(PolicySpec::Prefer("/a".into()))
-        );
-        assert!(parse_policy("prefer=").is_err());
-        assert!(parse_policy("random").is_err());
     }
 }
