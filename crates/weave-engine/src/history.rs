@@ -406,7 +406,7 @@ pub fn format_time(ns: i64) -> String {
         .unwrap_or_else(|| format!("{ns} ns"))
 }
 
-/// Parses a time given to `--at`: "2026-11-21 09:30[:05]" or
+/// Parses a time given to `--at`: "2026-11-21 09:30\[:05\]" or
 /// "2026-11-21T09:30:05Z" (UTC), or an age such as "90m", "2h", "3d"
 /// (that long ago).
 pub fn parse_time(s: &str, now: i64) -> Option<i64> {
