@@ -41,7 +41,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
-use weave_engine::{Files, IgnoreSpec, Kind, Replica, SyncError, SyncOptions};
+use weave_engine::{IgnoreSpec, Kind, Replica, SyncError, SyncOptions};
+use weave_fs::Files;
 use weave_net::server::{serve_host, Host};
 use weave_net::{Conn, RemoteReplica};
 

@@ -1,30 +1,22 @@
-//! weave-engine: one sync of N replicas.
-//!
-//! 1. check the replicas and open their indexes (each holds a lock);
-//! 2. scan every replica (in parallel) and record local changes;
-//! 3. if every replica has already integrated everything the others have,
-//!    stop: nothing to do;
-//! 4. plan the whole tree once with the pure planner (weave-core);
-//! 5. derive each replica's operations and carry them out (weave-fs),
-//!    taking chunks from the replica's own files first;
-//! 6. record the results and what each replica has integrated.
+//! weave-engine: one sync of N replicas of any kind, through the
+//! [`Replica`] trait ([`run`]: scan, plan, derive, execute, record; see
+//! `run.rs` for the stages). The engine never touches a path: it opens no
+//! file and no database; replicas do (weave-fs for directory trees,
+//! weave-object for object stores, weave-net for remote ones).
 
 mod fetch;
-pub mod history;
 mod kind;
-mod local;
 mod merge;
 mod ops;
 mod replica;
 mod report;
 mod run;
 
-pub use kind::{claim_kind, Files, Kind, Kinds, Merge, KIND_FILE, MERGE_MAX};
-pub use local::LocalReplica;
+pub use kind::{Kind, Kinds, Merge, MERGE_MAX};
 pub use replica::{
-    fetch_lists, finish_index, lists_for, open_index, Applied, Entries, Finish, Foreign,
-    IgnoreSpec, Integrated, Issue, LocalTree, NoProvider, Prehashed, Provider, Replica,
-    ReplicaInfo, ScanSummary, ServedNodes, Sibling, Wants,
+    fetch_lists, finish_index, lists_for, Applied, Entries, Finish, Foreign, IgnoreSpec,
+    Integrated, Issue, LocalTree, NoProvider, Prehashed, Provider, Replica, ReplicaInfo,
+    ScanSummary, ServedNodes, Sibling, Wants,
 };
 pub use report::{ConflictReport, IssueReport, MergeReport, PlannedOp, ReplicaReport, Report};
 pub use run::run;
@@ -32,7 +24,6 @@ pub use run::run;
 use std::path::PathBuf;
 use thiserror::Error;
 use weave_core::ignore::IgnoreError;
-use weave_core::path::STATE_DIR;
 pub use weave_core::PolicySpec;
 use weave_index::IndexError;
 
@@ -89,8 +80,10 @@ pub enum SyncError {
     Usage(String),
     #[error(transparent)]
     Index(#[from] IndexError),
+    /// A replica failed in a way of its own kind (a directory tree's
+    /// scan, say).
     #[error(transparent)]
-    Scan(#[from] weave_fs::ScanError),
+    Replica(Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Ignore(#[from] IgnoreError),
     #[error("{path}: {problem}")]
@@ -100,91 +93,15 @@ pub enum SyncError {
     Remote(String),
 }
 
-/// Checks the replica paths: they exist, are directories, are distinct,
-/// and none is inside another. Returns their canonical forms.
-pub fn check_replicas(paths: &[PathBuf]) -> Result<Vec<PathBuf>, SyncError> {
-    if paths.len() < 2 {
-        return Err(SyncError::Usage(
-            "weave sync needs at least two replicas, e.g. `weave sync ~/docs /mnt/backup/docs`"
-                .into(),
-        ));
-    }
-    check_local_replicas(paths)
-}
-
-/// [`check_replicas`] for the local replicas of a sync that may also
-/// have remote ones.
-pub fn check_local_replicas(paths: &[PathBuf]) -> Result<Vec<PathBuf>, SyncError> {
-    let mut canon = Vec::new();
-    for p in paths {
-        let shown = p.display().to_string();
-        let meta = std::fs::metadata(p).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                SyncError::BadReplica {
-                    path: shown.clone(),
-                    problem: "no such directory".into(),
-                    fix: format!("Check the path, or create it first: mkdir -p {shown}"),
-                }
-            } else {
-                SyncError::BadReplica {
-                    path: shown.clone(),
-                    problem: format!("cannot be read ({e})"),
-                    fix: "Check the path and its permissions.".into(),
-                }
-            }
-        })?;
-        if !meta.is_dir() {
-            return Err(SyncError::BadReplica {
-                path: shown,
-                problem: "is not a directory".into(),
-                fix:
-                    "A replica is a directory tree; give the directory that holds the file instead."
-                        .into(),
-            });
-        }
-        let c = std::fs::canonicalize(p).map_err(|e| SyncError::BadReplica {
-            path: shown.clone(),
-            problem: format!("cannot be resolved ({e})"),
-            fix: "Check the path and its permissions.".into(),
-        })?;
-        let state = c.join(STATE_DIR);
-        if let Ok(m) = std::fs::symlink_metadata(&state) {
-            if !m.is_dir() {
-                return Err(SyncError::BadReplica {
-                    path: shown,
-                    problem: format!("{} is not a directory", state.display()),
-                    fix: format!(
-                        "weave keeps its state there; move that file aside (mv {0} {0}.old).",
-                        state.display()
-                    ),
-                });
-            }
-        }
-        canon.push(c);
-    }
-    for i in 0..canon.len() {
-        for j in 0..canon.len() {
-            if i == j {
-                continue;
-            }
-            let (a, b) = (&canon[i], &canon[j]);
-            if a == b && i < j {
-                return Err(SyncError::Usage(format!(
-                    "{} and {} are the same directory; give each replica once",
-                    paths[i].display(),
-                    paths[j].display()
-                )));
-            }
-            if a != b && a.starts_with(b) {
-                return Err(SyncError::Usage(format!(
-                    "{} is inside {}; a replica cannot contain another one (sync sibling directories instead)",
-                    paths[i].display(),
-                    paths[j].display()
-                )));
-            }
+impl From<weave_index::StateError> for SyncError {
+    fn from(e: weave_index::StateError) -> SyncError {
+        use weave_index::StateError as S;
+        match e {
+            S::BadReplica { path, problem, fix } => SyncError::BadReplica { path, problem, fix },
+            S::Usage(m) => SyncError::Usage(m),
+            S::Unusable { path, problem } => SyncError::State { path, problem },
         }
     }
-    Ok(canon)
 }
 
 /// What the replicas of one sync are, beyond being replicas (positions in
@@ -245,41 +162,6 @@ pub fn resolve_roles(
     Ok(roles)
 }
 
-/// Runs one sync of the local replicas at `paths`.
-pub fn sync(
-    paths: &[PathBuf],
-    opts: &SyncOptions,
-    progress: &dyn Progress,
-) -> Result<Report, SyncError> {
-    let canon = check_replicas(paths)?;
-    // Bad patterns stop the sync before any state is created.
-    let roots: Vec<&std::path::Path> = canon.iter().map(|p| p.as_path()).collect();
-    weave_fs::ignore::build(&roots, &opts.ignore)?;
-    // Which replicas prefer= and --backup name, before anything is opened.
-    let roles = resolve_roles(opts, canon.len(), |p| {
-        let c = std::fs::canonicalize(p).ok();
-        canon.iter().position(|r| Some(r) == c.as_ref())
-    })?;
-    // Open the existing indexes first, so a damaged one stops the sync
-    // before any new state is created in another replica.
-    let has_index = |c: &PathBuf| c.join(STATE_DIR).join(weave_index::INDEX_FILE).exists();
-    let order: Vec<usize> = (0..canon.len())
-        .filter(|&i| has_index(&canon[i]))
-        .chain((0..canon.len()).filter(|&i| !has_index(&canon[i])))
-        .collect();
-    let mut opened: Vec<Option<Box<dyn Replica>>> = (0..canon.len()).map(|_| None).collect();
-    for i in order {
-        let display = paths[i].display().to_string();
-        opened[i] = Some(Box::new(LocalReplica::open(
-            &canon[i],
-            &display,
-            opts.dry_run,
-        )?));
-    }
-    let mut reps: Vec<Box<dyn Replica>> = opened.into_iter().map(|r| r.expect("opened")).collect();
-    run(&mut reps, opts, &roles, progress)
-}
-
 /// Refuses roles that leave no replica to sync from.
 pub(crate) fn check_roles(roles: &Roles, replicas: usize) -> Result<(), SyncError> {
     if roles.backups.len() >= replicas {
@@ -295,11 +177,4 @@ pub fn no_such_preferred(given: &str) -> SyncError {
     SyncError::Usage(format!(
         "--conflict prefer={given} names no replica of this sync; give one of the replicas exactly as on the command line"
     ))
-}
-
-/// The id of the replica at `root` (0 if its index cannot be read now).
-pub(crate) fn local_id(root: &std::path::Path) -> weave_core::ReplicaId {
-    weave_index::Index::open_for_dry_run(&root.join(weave_core::path::STATE_DIR))
-        .map(|i| i.id())
-        .unwrap_or(weave_core::ReplicaId(0))
 }

@@ -288,31 +288,20 @@ fn prefetch_levels(
     Ok(())
 }
 
-/// Opens a replica's index in `state` (created if need be, unless
-/// `dry_run`: then a replica without state gets a throw-away index and
-/// nothing is written), and what the replica says about itself (without
-/// an ignore file).
-pub fn open_index(
-    state: &std::path::Path,
-    dry_run: bool,
-) -> Result<(weave_index::Index, ReplicaInfo), SyncError> {
-    use weave_index::Index;
-    let exists = state.join(weave_index::INDEX_FILE).exists();
-    let index = match (dry_run, exists) {
-        (true, false) => Index::ephemeral(state),
-        (true, true) => Index::open_for_dry_run(state)?,
-        (false, _) => Index::open(state)?,
-    };
-    let info = ReplicaInfo {
-        id: index.id(),
-        seq: index.seq(),
-        clock: index.clock(),
-        peers: index.load_peers()?,
-        ignore_fingerprint: index.ignore_fingerprint(),
-        rekeyed: index.rekeyed(),
-        ignore_file: None,
-    };
-    Ok((index, info))
+impl ReplicaInfo {
+    /// What the replica whose index is `index` says about itself (without
+    /// an ignore file).
+    pub fn of(index: &weave_index::Index) -> Result<ReplicaInfo, SyncError> {
+        Ok(ReplicaInfo {
+            id: index.id(),
+            seq: index.seq(),
+            clock: index.clock(),
+            peers: index.load_peers()?,
+            ignore_fingerprint: index.ignore_fingerprint(),
+            rekeyed: index.rekeyed(),
+            ignore_file: None,
+        })
+    }
 }
 
 /// Records the end of a sync in a replica's index: the coordinator's

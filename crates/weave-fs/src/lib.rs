@@ -9,10 +9,16 @@
 //!   command-line patterns.
 
 pub mod apply;
+pub mod history;
 pub mod ignore;
+mod kind;
+mod replica;
 pub mod scan;
 pub mod stage;
 mod util;
+
+pub use kind::Files;
+pub use replica::LocalReplica;
 
 pub use apply::{
     apply, clear_trash, restore_modes, trash_leftovers, ApplyOutcome, ContentSource, Done,

@@ -19,7 +19,8 @@ pub use remote::{NetOptions, RemoteReplica, RemoteSpec};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use weave_engine::{Files, Kind, Progress, Replica, Report, SyncError, SyncOptions};
+use weave_engine::{Kind, Progress, Replica, Report, SyncError, SyncOptions};
+use weave_fs::Files;
 
 /// Runs one sync of the directory trees named by `specs`: local
 /// directories, `[user@]host:path` or `ssh://[user@]host[:port]/path`.

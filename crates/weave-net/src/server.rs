@@ -19,7 +19,7 @@ use weave_proto::ProtoError;
 /// Serves one session (directory trees only) until the coordinator
 /// closes it.
 pub fn serve(conn: Conn) -> Result<(), SyncError> {
-    serve_kinds(conn, &Kinds::default())
+    serve_kinds(conn, &Kinds::new(std::sync::Arc::new(weave_fs::Files)))
 }
 
 /// Serves one session until the coordinator closes it, opening replicas
@@ -179,7 +179,7 @@ pub struct Compress {
 impl Compress {
     pub fn encode(&mut self, h: &Hash, data: Option<Vec<u8>>) -> weave_proto::msg::ChunkData {
         self.n += 1;
-        let try_it = self.misses < 16 || self.n % 16 == 0;
+        let try_it = self.misses < 16 || self.n.is_multiple_of(16);
         let some = data.is_some();
         let (c, packed) = self.packer.pack(h, data, try_it);
         if try_it && some {

@@ -71,7 +71,8 @@ impl<S: ObjectStore> ObjectReplica<S> {
         display: &str,
         dry_run: bool,
     ) -> Result<ObjectReplica<S>, SyncError> {
-        let (index, info) = weave_engine::open_index(state_dir, dry_run)?;
+        let index = weave_index::Index::open_for_sync(state_dir, dry_run)?;
+        let info = weave_engine::ReplicaInfo::of(&index)?;
         Ok(ObjectReplica {
             display: display.to_string(),
             store,

@@ -197,7 +197,7 @@ struct RetentionArgs {
 }
 
 fn parse_age(s: &str) -> Result<i64, String> {
-    weave_engine::history::retention::parse_duration(s)
+    weave_fs::history::retention::parse_duration(s)
         .ok_or_else(|| format!("'{s}' is not an age; use a number with s, m, h, d or w (30d, 12h)"))
 }
 
@@ -420,9 +420,9 @@ fn sync(args: SyncArgs) -> ExitCode {
 
 /// Every kind of replica this weave syncs.
 fn kinds() -> weave_engine::Kinds {
-    weave_engine::Kinds::default().with(std::sync::Arc::new(weave_object::ObjectKind(
-        weave_kv::Kv::default(),
-    )))
+    weave_engine::Kinds::new(std::sync::Arc::new(weave_fs::Files)).with(std::sync::Arc::new(
+        weave_object::ObjectKind(weave_kv::Kv::default()),
+    ))
 }
 
 fn serve() -> ExitCode {
