@@ -7,7 +7,7 @@ use crate::merge;
 use crate::replica::{Entries, Provider, Replica, ServedNodes, Wants};
 use crate::SyncError;
 use std::collections::HashMap;
-use weave_core::{Hash, Object};
+use weave_core::Hash;
 
 /// Which replicas (positions in the sync) hold each content.
 #[derive(Debug, Default)]
@@ -19,8 +19,8 @@ impl Holders {
         let mut holders: HashMap<Hash, Vec<usize>> = HashMap::new();
         for (i, v) in views.iter().enumerate() {
             for le in v.values() {
-                if let Object::File { content, .. } = &le.entry.object {
-                    let h = holders.entry(*content).or_default();
+                if let Some(content) = le.entry.object.content() {
+                    let h = holders.entry(content).or_default();
                     if h.last() != Some(&i) {
                         h.push(i);
                     }

@@ -126,31 +126,25 @@ pub fn lists_for(
     foreign: &Foreign,
     provider: &mut dyn Provider,
 ) -> Result<(HashMap<Hash, ChunkList>, Vec<Issue>), SyncError> {
-    use weave_core::Object;
     let mut lists: HashMap<Hash, ChunkList> = HashMap::new();
     let mut unresolved: Vec<(Hash, u64, String)> = Vec::new();
     let mut pending: std::collections::HashSet<Hash> = std::collections::HashSet::new();
     let mut known: HashMap<Hash, weave_chunk::Node> = foreign.nodes.clone();
-    for op in ops
-        .iter()
-        .filter(|o| o.kind == weave_core::OpKind::WriteFile)
-    {
-        let Object::File { content, size } = &op.target.object else {
+    for op in ops {
+        let Some((content, size)) = op.writes() else {
             continue;
         };
-        if lists.contains_key(content) || !pending.insert(*content) {
+        if lists.contains_key(&content) || !pending.insert(content) {
             continue;
         }
-        if let Some(l) = own(content).or_else(|| foreign.lists.get(content).cloned()) {
-            lists.insert(*content, l);
+        if let Some(l) = own(&content).or_else(|| foreign.lists.get(&content).cloned()) {
+            lists.insert(content, l);
             continue;
         }
-        unresolved.push((*content, *size, op.path.clone()));
+        unresolved.push((content, size, op.path.clone()));
         // The old version at the same path: its subtrees need not travel.
-        if let Some(Object::File { content: old, .. }) =
-            op.current.as_ref().map(|c| &c.entry.object)
-        {
-            if let Some(l) = own(old) {
+        if let Some(old) = op.old_content() {
+            if let Some(l) = own(&old) {
                 if l.chunks.len() > 1 {
                     known.extend(weave_chunk::tree(&l.chunks).1);
                 }
@@ -315,10 +309,7 @@ pub fn finish_index(
     index.observe(fin.observe);
     let live: std::collections::HashSet<Hash> = entries
         .values()
-        .filter_map(|le| match &le.entry.object {
-            weave_core::Object::File { content, .. } => Some(*content),
-            _ => None,
-        })
+        .filter_map(|le| le.entry.object.content())
         .collect();
     index.gc_contents(&live)?;
     let mut batch = weave_index::Batch::default();

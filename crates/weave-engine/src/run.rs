@@ -287,11 +287,7 @@ fn execute(
     let total: u64 = all_ops
         .iter()
         .flatten()
-        .filter(|o| o.kind == OpKind::WriteFile)
-        .map(|o| match o.target.object {
-            Object::File { size, .. } => size,
-            _ => 0,
-        })
+        .filter_map(|o| o.writes().map(|(_, size)| size))
         .sum();
     progress.set_total(total);
     let ops_total: u64 = all_ops.iter().map(|o| o.len() as u64).sum();
@@ -323,8 +319,8 @@ fn execute(
         rr.bytes_copied += applied.bytes_remote;
         for (k, entry) in &applied.done {
             ops::count(rr, actions.get(*k).copied().flatten());
-            if let Object::File { content, .. } = &entry.object {
-                holders.add(*content, i);
+            if let Some(content) = entry.object.content() {
+                holders.add(content, i);
             }
             std::sync::Arc::make_mut(&mut views[i]).insert(
                 entry.path.clone(),
@@ -367,21 +363,18 @@ fn foreign_for(
             });
         }
     }
-    for op in ops {
-        let Object::File { content, .. } = &op.target.object else {
-            continue;
-        };
-        if foreign.lists.contains_key(content) {
+    for content in ops.iter().filter_map(|op| op.target.object.content()) {
+        if foreign.lists.contains_key(&content) {
             continue;
         }
-        if let Some(m) = made.get(content) {
-            foreign.lists.insert(*content, m.list.clone());
+        if let Some(m) = made.get(&content) {
+            foreign.lists.insert(content, m.list.clone());
             continue;
         }
-        for &j in holders.of_content(content) {
+        for &j in holders.of_content(&content) {
             if j != i && reps[j].is_local() {
-                if let Some(l) = reps[j].chunk_list(content) {
-                    foreign.lists.insert(*content, l);
+                if let Some(l) = reps[j].chunk_list(&content) {
+                    foreign.lists.insert(content, l);
                     break;
                 }
             }
@@ -494,5 +487,207 @@ fn push_issues(out: &mut Vec<IssueReport>, display: &str, issues: &[Issue]) {
             path: i.path.clone(),
             message: i.message.clone(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::{Applied, ReplicaInfo, ServedNodes, Wants};
+    use weave_chunk::ChunkList;
+    use weave_core::VersionVector;
+
+    /// A replica that is only an index in memory: enough for the stages
+    /// that look at indexes and identities.
+    struct Fake {
+        info: ReplicaInfo,
+        entries: Entries,
+    }
+
+    fn fake(id: u64, files: &[(&str, u8, u64)]) -> Fake {
+        let entries = files
+            .iter()
+            .map(|&(path, byte, counter)| {
+                let entry = Entry {
+                    path: path.into(),
+                    object: Object::File {
+                        size: 1,
+                        content: Hash([byte; 32]),
+                    },
+                    mode: 0o644,
+                    mtime_ns: 1,
+                    vv: VersionVector::from_pairs(vec![(ReplicaId(id), counter)]),
+                    origin: ReplicaId(id),
+                };
+                let le = LocalEntry {
+                    entry,
+                    seq: counter,
+                    stat: None,
+                };
+                (path.to_string(), le)
+            })
+            .collect();
+        Fake {
+            info: ReplicaInfo {
+                id: ReplicaId(id),
+                seq: files.len() as u64,
+                clock: 10,
+                peers: HashMap::new(),
+                ignore_fingerprint: None,
+                rekeyed: false,
+                ignore_file: None,
+            },
+            entries: std::sync::Arc::new(entries),
+        }
+    }
+
+    fn boxed(fakes: Vec<Fake>) -> Vec<Box<dyn Replica>> {
+        fakes
+            .into_iter()
+            .map(|f| Box::new(f) as Box<dyn Replica>)
+            .collect()
+    }
+
+    impl Replica for Fake {
+        fn display(&self) -> &str {
+            "fake"
+        }
+        fn is_local(&self) -> bool {
+            false
+        }
+        fn info(&self) -> &ReplicaInfo {
+            &self.info
+        }
+        fn scan(&mut self, _: &IgnoreSpec, _: bool) -> Result<ScanSummary, SyncError> {
+            Ok(ScanSummary::default())
+        }
+        fn entries(&mut self) -> Result<Entries, SyncError> {
+            Ok(self.entries.clone())
+        }
+        fn chunk_list(&mut self, _: &Hash) -> Option<ChunkList> {
+            None
+        }
+        fn serve_nodes(&mut self, wants: &Wants) -> Result<ServedNodes, SyncError> {
+            Ok(wants.iter().map(|(_, h)| vec![None; h.len()]).collect())
+        }
+        fn serve_chunks(
+            &mut self,
+            _: &Wants,
+            _: &mut dyn FnMut(Hash, Option<Vec<u8>>) -> Result<(), SyncError>,
+        ) -> Result<(), SyncError> {
+            Ok(())
+        }
+        fn apply(
+            &mut self,
+            _: Vec<Op>,
+            _: &Foreign,
+            _: &mut dyn crate::Provider,
+            _: &(dyn Fn(u64) + Sync),
+        ) -> Result<Applied, SyncError> {
+            unreachable!("the stages tested here apply nothing")
+        }
+        fn finish(&mut self, _: &Finish) -> Result<(), SyncError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn two_replicas_with_one_identity_are_refused() {
+        let reps = boxed(vec![fake(1, &[]), fake(2, &[]), fake(1, &[])]);
+        let e = check_identities(&reps).unwrap_err().to_string();
+        assert!(e.contains("same weave identity"), "{e}");
+        assert!(check_identities(&boxed(vec![fake(1, &[]), fake(2, &[])])).is_ok());
+    }
+
+    #[test]
+    fn replicas_are_up_to_date_only_when_each_has_integrated_the_others_latest() {
+        // (replica 1 integrated of 2, replica 2 integrated of 1, fingerprint)
+        let pair = |of2: u64, of1: u64, fp: Option<u64>| {
+            let (mut a, mut b) = (fake(1, &[("a", 1, 1)]), fake(2, &[]));
+            a.info.peers.insert(ReplicaId(2), of2);
+            b.info.peers.insert(ReplicaId(1), of1);
+            a.info.ignore_fingerprint = fp;
+            b.info.ignore_fingerprint = fp;
+            boxed(vec![a, b])
+        };
+        assert!(!up_to_date(
+            &boxed(vec![fake(1, &[("a", 1, 1)]), fake(2, &[])]),
+            7
+        ));
+        assert!(up_to_date(&pair(0, 1, Some(7)), 7));
+        assert!(!up_to_date(&pair(0, 1, Some(7)), 8), "under other patterns");
+        assert!(
+            !up_to_date(&pair(0, 0, Some(7)), 7),
+            "a change not integrated"
+        );
+        assert!(!up_to_date(&pair(0, 1, None), 7), "never synced together");
+    }
+
+    #[test]
+    fn the_plan_leaves_out_ignored_paths_and_backups_have_no_say() {
+        let fakes = vec![
+            fake(1, &[("a", 1, 1), ("skip.tmp", 2, 2)]),
+            fake(2, &[("b", 3, 1)]),
+        ];
+        let views: Vec<Entries> = fakes.iter().map(|f| f.entries.clone()).collect();
+        let reps = boxed(fakes);
+        let matcher = Matcher::from_files(&[], &["*.tmp".into()]).unwrap();
+        let mut clock = CoordinatorClock {
+            id: ReplicaId(1),
+            clock: 10,
+        };
+        let roles = Roles::default();
+        let p = plan(
+            &reps,
+            &views,
+            &roles,
+            &matcher,
+            ConflictPolicy::KeepBoth,
+            &mut clock,
+        );
+        let paths: Vec<&str> = p.finals.keys().map(|s| s.as_str()).collect();
+        assert_eq!(paths, ["a", "b"]);
+        let roles = Roles {
+            preferred: None,
+            backups: vec![1],
+        };
+        let p = plan(
+            &reps,
+            &views,
+            &roles,
+            &matcher,
+            ConflictPolicy::KeepBoth,
+            &mut clock,
+        );
+        let paths: Vec<&str> = p.finals.keys().map(|s| s.as_str()).collect();
+        assert_eq!(paths, ["a"], "the backup's own file is not planned");
+    }
+
+    #[test]
+    fn a_backup_loses_what_only_it_has_and_is_told_so() {
+        let fakes = vec![fake(1, &[]), fake(2, &[("mine", 3, 1)])];
+        let views: Vec<Entries> = fakes.iter().map(|f| f.entries.clone()).collect();
+        let reps = boxed(fakes);
+        let finals = BTreeMap::new();
+        let matcher = Matcher::none();
+        let extras = backup_extras(&views[1], &finals, &matcher);
+        assert!(extras["mine"].object.is_deleted());
+        let roles = Roles {
+            preferred: None,
+            backups: vec![1],
+        };
+        let mut report = Report::default();
+        let ops = derive(&reps, &views, &finals, &roles, &matcher, &mut report);
+        assert!(ops[0].is_empty());
+        assert_eq!(ops[1].len(), 1);
+        assert_eq!(ops[1][0].kind, OpKind::Remove);
+        assert_eq!(report.notices.len(), 1);
+        assert!(
+            report.notices[0]
+                .message
+                .contains("not on the other replicas"),
+            "{:?}",
+            report.notices
+        );
     }
 }

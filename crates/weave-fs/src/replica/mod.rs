@@ -404,13 +404,10 @@ impl LocalReplica {
         let mut writer: Option<Arc<PartWriter>> = None;
         let mut parts: Vec<Part> = Vec::new();
         let old_chunks = |op: &Op| -> HashSet<Hash> {
-            match op.current.as_ref().map(|c| &c.entry.object) {
-                Some(Object::File { content: old, .. }) => self
-                    .list(old)
-                    .map(|l| l.chunks.iter().map(|c| c.hash).collect())
-                    .unwrap_or_default(),
-                _ => HashSet::new(),
-            }
+            op.old_content()
+                .and_then(|old| self.list(&old))
+                .map(|l| l.chunks.iter().map(|c| c.hash).collect())
+                .unwrap_or_default()
         };
         let has = Holdings {
             here,

@@ -69,10 +69,11 @@ pub(super) fn plan_transfer(
 ) -> TransferPlan {
     let mut plan = TransferPlan::default();
     let mut asked: HashSet<Hash> = HashSet::new();
-    for op in ops.iter().filter(|o| o.kind == OpKind::WriteFile) {
-        let Object::File { content, .. } = &op.target.object else {
+    for op in ops {
+        let Some((content, _)) = op.writes() else {
             continue;
         };
+        let content = &content;
         let Some(list) = lists.get(content) else {
             continue;
         };

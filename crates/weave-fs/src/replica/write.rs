@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use weave_chunk::ChunkList;
-use weave_core::{Entry, Hash, LocalEntry, Object, Op, ReplicaId};
+use weave_core::{Entry, Hash, LocalEntry, Op, ReplicaId};
 use weave_engine::{Applied, Issue, SyncError};
 use weave_index::Batch;
 
@@ -113,10 +113,7 @@ impl LocalReplica {
         if !outcome.replaced.is_empty() {
             let written: HashSet<Hash> = done
                 .iter()
-                .filter_map(|(_, e)| match &e.object {
-                    Object::File { content, .. } => Some(*content),
-                    _ => None,
-                })
+                .filter_map(|(_, e)| e.object.content())
                 .collect();
             errors.extend(self.keep_versions(&outcome.replaced, &written));
         }
