@@ -10,6 +10,8 @@
 //! and linked into place, which never replaces anything. Metadata changes
 //! come last.
 
+mod hooks;
+
 use crate::util::{
     aligned_start, create_unnamed, join, link_unnamed, open_dir_beneath, open_direct, same_stat,
     stat_of, temp_name, FsIssue, BLOCK,
@@ -169,10 +171,10 @@ pub fn apply(
         .ok(),
         root_dev: fs::metadata(root).ok().map(|m| m.dev()),
         #[cfg(test)]
-        test_other_fs: log::OTHER_FS.with(|o| o.borrow().clone()),
+        test_other_fs: hooks::OTHER_FS.with(|o| o.borrow().clone()),
     };
     #[cfg(test)]
-    if log::NO_UNNAMED.with(|n| n.get()) {
+    if hooks::NO_UNNAMED.with(|n| n.get()) {
         let _ = ctx.unnamed.set(false);
     }
     let live_now = |o: &Op| o.current.as_ref().is_some_and(|c| c.entry.is_live());
@@ -733,7 +735,7 @@ impl Drop for Built {
 /// [`Ctx::fd_budget`]): the rest is for part files and everything else.
 fn fd_budget() -> usize {
     #[cfg(test)]
-    if let Some(b) = log::FD_BUDGET.with(|n| n.get()) {
+    if let Some(b) = hooks::FD_BUDGET.with(|n| n.get()) {
         return b;
     }
     rustix::process::getrlimit(rustix::process::Resource::Nofile)
@@ -744,77 +746,8 @@ fn fd_budget() -> usize {
 fn flush_fs(root: &Path) -> std::io::Result<()> {
     let f = File::open(root)?;
     rustix::fs::syncfs(&f)?;
-    log::note("flush");
+    hooks::note("flush");
     Ok(())
-}
-
-/// What the executor did, in order, on the calling thread (tests only):
-/// flushes and commits, to check that every rename is flushed before
-/// [`apply`] returns.
-mod log {
-    #[cfg(test)]
-    thread_local! {
-        pub static EVENTS: std::cell::RefCell<Vec<&'static str>> =
-            const { std::cell::RefCell::new(Vec::new()) };
-    }
-
-    /// A test's hook, given a target's path.
-    #[cfg(test)]
-    pub type Hook = Box<dyn Fn(&std::path::Path)>;
-
-    #[cfg(test)]
-    thread_local! {
-        /// Makes the executor use named temporaries only.
-        pub static NO_UNNAMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-        /// Directories under this path count as another file system.
-        pub static OTHER_FS: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
-        /// Replaces the executor's budget of open unnamed files.
-        pub static FD_BUDGET: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
-        /// Runs just before each commit, with the target's path (a test's
-        /// stand-in for a user's program racing the sync).
-        pub static BEFORE_COMMIT: std::cell::RefCell<Option<Hook>> =
-            const { std::cell::RefCell::new(None) };
-        /// Runs just after an unnamed file got its name.
-        pub static AFTER_LINK: std::cell::RefCell<Option<Hook>> =
-            const { std::cell::RefCell::new(None) };
-    }
-
-    /// Runs the test's hook, if it set one.
-    #[cfg(test)]
-    fn run(
-        hook: &'static std::thread::LocalKey<std::cell::RefCell<Option<Hook>>>,
-        p: &std::path::Path,
-    ) {
-        hook.with(|f| {
-            if let Some(f) = f.borrow().as_ref() {
-                f(p)
-            }
-        });
-    }
-
-    #[cfg(test)]
-    pub fn before_commit(p: &std::path::Path) {
-        run(&BEFORE_COMMIT, p)
-    }
-
-    #[cfg(not(test))]
-    pub fn before_commit(_: &std::path::Path) {}
-
-    #[cfg(test)]
-    pub fn after_link(p: &std::path::Path) {
-        run(&AFTER_LINK, p)
-    }
-
-    #[cfg(not(test))]
-    pub fn after_link(_: &std::path::Path) {}
-
-    #[cfg(test)]
-    pub fn note(e: &'static str) {
-        EVENTS.with(|v| v.borrow_mut().push(e));
-    }
-
-    #[cfg(not(test))]
-    pub fn note(_: &'static str) {}
 }
 
 fn nofollow() -> i32 {
@@ -1036,7 +969,7 @@ impl Ctx<'_> {
         flush_fs(self.root)?;
         for f in others.values() {
             rustix::fs::syncfs(f)?;
-            log::note("flush other");
+            hooks::note("flush other");
         }
         Ok(())
     }
@@ -1566,10 +1499,10 @@ impl Ctx<'_> {
     /// Replaces the target with a built temporary, after checking that the
     /// target is still what the index says (I-5).
     fn commit(&self, op: &Op, b: &mut Built) -> Result<Option<Stat>, String> {
-        log::note("commit");
+        hooks::note("commit");
         let full = join(self.root, &op.path);
         self.check_parents(&op.path)?;
-        log::before_commit(&full);
+        hooks::before_commit(&full);
         // An unnamed file's stat while nobody else can reach it: what the
         // sync wrote (see the end).
         let written = match &b.unnamed {
@@ -1584,7 +1517,7 @@ impl Ctx<'_> {
             None => {
                 match &b.unnamed {
                     Some(f) => {
-                        log::note("link");
+                        hooks::note("link");
                         // Into the directory reached from the root without
                         // a symlink on the way: one swapped in since the
                         // check above cannot turn the link elsewhere.
@@ -1606,7 +1539,7 @@ impl Ctx<'_> {
                                 io_msg("cannot link the new file into place", e)
                             }
                         })?;
-                        log::after_link(&full);
+                        hooks::after_link(&full);
                     }
                     None => rustix::fs::renameat_with(
                         rustix::fs::CWD,
@@ -1689,7 +1622,7 @@ impl Ctx<'_> {
                         .map_err(|e| io_msg("cannot stat after writing", e))?;
                     let same = after.len() == before.len()
                         && crate::util::mtime_ns(&after) == crate::util::mtime_ns(&before);
-                    log::note(if same {
+                    hooks::note(if same {
                         "stat after link"
                     } else {
                         "stat before link"
@@ -1885,11 +1818,11 @@ mod tests {
         let n = BATCH_FILES + 1;
         let (t, _other, source, ops) = new_files(n, data);
         let root = t.path();
-        log::EVENTS.with(|v| v.borrow_mut().clear());
+        hooks::EVENTS.with(|v| v.borrow_mut().clear());
         let out = apply(root, &ops, &source, &|_| {});
         assert!(out.issues.is_empty(), "{:?}", out.issues);
         assert_eq!(out.done.len(), n);
-        let mut events: Vec<&str> = log::EVENTS.with(|v| v.borrow().clone());
+        let mut events: Vec<&str> = hooks::EVENTS.with(|v| v.borrow().clone());
         events.retain(|e| matches!(*e, "flush" | "commit"));
         events.dedup_by(|a, b| a == b && *a == "commit");
         assert_eq!(
@@ -1937,10 +1870,10 @@ mod tests {
                 ops.push(op);
             }
             let source = Src::new(src);
-            log::NO_UNNAMED.with(|n| n.set(no_unnamed));
-            log::EVENTS.with(|v| v.borrow_mut().clear());
+            hooks::NO_UNNAMED.with(|n| n.set(no_unnamed));
+            hooks::EVENTS.with(|v| v.borrow_mut().clear());
             let out = apply(root, &ops, &source, &|_| {});
-            log::NO_UNNAMED.with(|n| n.set(false));
+            hooks::NO_UNNAMED.with(|n| n.set(false));
             assert!(out.issues.is_empty(), "{:?}", out.issues);
             assert_eq!(out.done.len(), 5);
             for d in &out.done {
@@ -1957,7 +1890,7 @@ mod tests {
                 .collect();
             names.sort();
             assert_eq!(names, ["f0", "f1", "f2", "f3", "f4"]);
-            let links = log::EVENTS.with(|v| v.borrow().iter().filter(|e| **e == "link").count());
+            let links = hooks::EVENTS.with(|v| v.borrow().iter().filter(|e| **e == "link").count());
             let expect = if !no_unnamed && unnamed_here(other.path()) {
                 5
             } else {
@@ -1984,13 +1917,13 @@ mod tests {
             let root = t.path();
             fs::create_dir(root.join("m")).unwrap();
             ops[1] = write_op("m/f1", None, b"on two file systems", 1);
-            log::OTHER_FS.with(|o| *o.borrow_mut() = other.then(|| "m".to_string()));
-            log::EVENTS.with(|v| v.borrow_mut().clear());
+            hooks::OTHER_FS.with(|o| *o.borrow_mut() = other.then(|| "m".to_string()));
+            hooks::EVENTS.with(|v| v.borrow_mut().clear());
             let out = apply(root, &ops, &source, &|_| {});
-            log::OTHER_FS.with(|o| *o.borrow_mut() = None);
+            hooks::OTHER_FS.with(|o| *o.borrow_mut() = None);
             assert!(out.issues.is_empty(), "{:?}", out.issues);
             assert_eq!(out.done.len(), 2);
-            let mut events: Vec<&str> = log::EVENTS.with(|v| v.borrow().clone());
+            let mut events: Vec<&str> = hooks::EVENTS.with(|v| v.borrow().clone());
             events.retain(|e| matches!(*e, "flush" | "flush other" | "commit"));
             events.dedup_by(|a, b| a == b && *a == "commit");
             assert_eq!(events, expect, "other={other}");
@@ -2010,9 +1943,9 @@ mod tests {
             if !unnamed_here(&root) {
                 return; // the named path records the path's stat, tested elsewhere
             }
-            log::EVENTS.with(|v| v.borrow_mut().clear());
-            log::AFTER_LINK.with(|f| {
-                *f.borrow_mut() = write.then(|| -> log::Hook {
+            hooks::EVENTS.with(|v| v.borrow_mut().clear());
+            hooks::AFTER_LINK.with(|f| {
+                *f.borrow_mut() = write.then(|| -> hooks::Hook {
                     Box::new(|p: &Path| {
                         let mut f = fs::OpenOptions::new().append(true).open(p).unwrap();
                         f.write_all(b" and the user's words").unwrap();
@@ -2020,11 +1953,11 @@ mod tests {
                 })
             });
             let out = apply(&root, &ops, &source, &|_| {});
-            log::AFTER_LINK.with(|f| *f.borrow_mut() = None);
+            hooks::AFTER_LINK.with(|f| *f.borrow_mut() = None);
             assert!(out.issues.is_empty(), "{:?}", out.issues);
             let now = stat_of(&fs::symlink_metadata(root.join("f0")).unwrap());
             assert_eq!(out.done[0].stat == Some(now), !write, "write={write}");
-            let noted = log::EVENTS.with(|v| v.borrow().contains(&"stat before link"));
+            let noted = hooks::EVENTS.with(|v| v.borrow().contains(&"stat before link"));
             assert_eq!(noted, write);
         }
     }
@@ -2036,13 +1969,13 @@ mod tests {
         let data = b"one content, five paths";
         let (t, _other, source, ops) = new_files(5, data);
         let root = t.path();
-        log::FD_BUDGET.with(|n| n.set(Some(4)));
-        log::EVENTS.with(|v| v.borrow_mut().clear());
+        hooks::FD_BUDGET.with(|n| n.set(Some(4)));
+        hooks::EVENTS.with(|v| v.borrow_mut().clear());
         let out = apply(root, &ops, &source, &|_| {});
-        log::FD_BUDGET.with(|n| n.set(None));
+        hooks::FD_BUDGET.with(|n| n.set(None));
         assert!(out.issues.is_empty(), "{:?}", out.issues);
         assert_eq!(out.done.len(), 5);
-        let links = log::EVENTS.with(|v| v.borrow().iter().filter(|e| **e == "link").count());
+        let links = hooks::EVENTS.with(|v| v.borrow().iter().filter(|e| **e == "link").count());
         assert_eq!(links, 0);
         for i in 0..5 {
             assert_eq!(fs::read(root.join(format!("f{i}"))).unwrap(), data);
@@ -2066,17 +1999,17 @@ mod tests {
             fs::write(other.path().join("s"), data).unwrap();
             let source = Src::new(vec![(data, other.path().join("s"), false, None)]);
             let ops = vec![write_op("d/new", None, data, 1)];
-            log::NO_UNNAMED.with(|n| n.set(no_unnamed));
+            hooks::NO_UNNAMED.with(|n| n.set(no_unnamed));
             let (r, o) = (root.clone(), outside.clone());
-            log::BEFORE_COMMIT.with(|f| {
+            hooks::BEFORE_COMMIT.with(|f| {
                 *f.borrow_mut() = Some(Box::new(move |_: &Path| {
                     fs::rename(r.join("d"), r.join("d-moved")).unwrap();
                     std::os::unix::fs::symlink(&o, r.join("d")).unwrap();
                 }))
             });
             let out = apply(&root, &ops, &source, &|_| {});
-            log::BEFORE_COMMIT.with(|f| *f.borrow_mut() = None);
-            log::NO_UNNAMED.with(|n| n.set(false));
+            hooks::BEFORE_COMMIT.with(|f| *f.borrow_mut() = None);
+            hooks::NO_UNNAMED.with(|n| n.set(false));
             assert!(out.done.is_empty(), "no_unnamed={no_unnamed}");
             assert_eq!(out.issues.len(), 1, "{:?}", out.issues);
             let there: Vec<_> = fs::read_dir(&outside).unwrap().collect();
@@ -2101,13 +2034,13 @@ mod tests {
             fs::write(other.path().join("s"), data).unwrap();
             let source = Src::new(vec![(data, other.path().join("s"), false, None)]);
             let ops = vec![write_op("new", None, data, 1)];
-            log::NO_UNNAMED.with(|n| n.set(no_unnamed));
-            log::BEFORE_COMMIT.with(|f| {
+            hooks::NO_UNNAMED.with(|n| n.set(no_unnamed));
+            hooks::BEFORE_COMMIT.with(|f| {
                 *f.borrow_mut() = Some(Box::new(|p: &Path| fs::write(p, b"the user's").unwrap()))
             });
             let out = apply(root, &ops, &source, &|_| {});
-            log::BEFORE_COMMIT.with(|f| *f.borrow_mut() = None);
-            log::NO_UNNAMED.with(|n| n.set(false));
+            hooks::BEFORE_COMMIT.with(|f| *f.borrow_mut() = None);
+            hooks::NO_UNNAMED.with(|n| n.set(false));
             assert!(out.done.is_empty(), "no_unnamed={no_unnamed}");
             assert_eq!(out.issues.len(), 1, "{:?}", out.issues);
             assert!(
