@@ -11,8 +11,13 @@
 //! come last.
 
 mod hooks;
+mod modes;
 #[cfg(test)]
 mod test_support;
+mod trash;
+
+pub use modes::restore_modes;
+pub use trash::{clear_trash, trash_leftovers};
 
 use crate::util::{
     aligned_start, create_unnamed, join, link_unnamed, open_dir_beneath, open_direct, same_stat,
@@ -21,7 +26,6 @@ use crate::util::{
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
-use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -146,17 +150,17 @@ pub fn apply(
     source: &dyn ContentSource,
     progress: &(dyn Fn(u64) + Sync),
 ) -> ApplyOutcome {
-    let trash = root.join(STATE_DIR).join("trash");
-    let _ = fs::remove_dir_all(&trash);
     let mut out = ApplyOutcome::default();
-    if let Err(e) = fs::create_dir_all(&trash) {
-        out.issues
-            .push(FsIssue::new(&trash, format!("cannot create: {e}")));
-        return out;
-    }
+    let trash = match trash::empty_trash(root) {
+        Ok(trash) => trash,
+        Err(issue) => {
+            out.issues.push(issue);
+            return out;
+        }
+    };
     let ctx = Ctx {
         root,
-        trash: trash.clone(),
+        trash,
         source,
         trashed: Mutex::new(HashMap::new()),
         parts: Mutex::new(HashMap::new()),
@@ -348,146 +352,9 @@ pub fn apply(
             content: None,
         });
     }
-    // Directory modes last, deepest first: the planned ones, then the
-    // original ones of directories opened up for this run.
-    let planned: HashSet<String> = final_modes.iter().map(|m| m.0.clone()).collect();
-    final_modes.extend(locked.into_iter().filter(|(p, _)| !planned.contains(p)));
-    final_modes.sort_by_key(|m| std::cmp::Reverse(depth(&m.0)));
-    for (p, mode) in final_modes {
-        // Never through a symlink (a path may have become one meanwhile).
-        if !p.is_empty() && ctx.check_parents(&p).is_err() {
-            continue;
-        }
-        let full = if p.is_empty() {
-            root.to_path_buf()
-        } else {
-            join(root, &p)
-        };
-        let is_dir = fs::symlink_metadata(&full).is_ok_and(|m| m.file_type().is_dir());
-        if !is_dir {
-            continue;
-        }
-        if let Err(e) = fs::set_permissions(&full, fs::Permissions::from_mode(mode)) {
-            out.issues
-                .push(FsIssue::new(full, format!("cannot set permissions: {e}")));
-        }
-    }
-    let _ = fs::remove_file(root.join(STATE_DIR).join(UNLOCKED_FILE));
-    out.replaced = ctx.replaced.into_inner().unwrap_or_default();
-    if out.replaced.is_empty() {
-        let _ = fs::remove_dir_all(&trash);
-    }
+    ctx.settle_modes(final_modes, locked, &mut out);
+    out.replaced = ctx.into_replaced();
     out
-}
-
-/// The trash journal: which version each file in the trash holds.
-const JOURNAL: &str = "journal";
-
-/// One record of the trash journal.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct TrashNote {
-    /// The file's name in the trash.
-    file: String,
-    path: String,
-    old: Entry,
-    deleted: bool,
-}
-
-/// What a run that was killed left in the trash: old versions it moved
-/// aside and did not get to save. Files whose content still lives under
-/// another name (a replace killed before its rename) are not included.
-/// The stat of each is unknown, so their content must be read and checked.
-pub fn trash_leftovers(root: &Path) -> Vec<Replaced> {
-    use std::os::unix::fs::MetadataExt;
-    let trash = root.join(STATE_DIR).join("trash");
-    let Ok(data) = fs::read(trash.join(JOURNAL)) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    let mut rest = &data[..];
-    while rest.len() >= 4 {
-        let n = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-        let Some(body) = rest.get(4..4 + n) else {
-            break;
-        };
-        rest = &rest[4 + n..];
-        let Ok(note) = postcard::from_bytes::<TrashNote>(body) else {
-            break;
-        };
-        // Only plain names of weave's own temporaries: the journal is not
-        // trusted to point anywhere else.
-        if note.file.contains('/') || !note.file.starts_with(crate::util::TEMP_PREFIX) {
-            continue;
-        }
-        let file = trash.join(&note.file);
-        let Ok(m) = fs::symlink_metadata(&file) else {
-            continue;
-        };
-        if !m.is_file() || m.nlink() > 1 {
-            continue;
-        }
-        out.push(Replaced {
-            path: note.path,
-            old: note.old,
-            file,
-            deleted: note.deleted,
-            stat: None,
-        });
-    }
-    out
-}
-
-/// Removes what a run left in the trash (once its old versions were
-/// saved, or when they are not to be).
-pub fn clear_trash(root: &Path) {
-    let _ = fs::remove_dir_all(root.join(STATE_DIR).join("trash"));
-}
-
-/// Where the modes of directories opened up for a run are recorded.
-const UNLOCKED_FILE: &str = "unlocked";
-
-fn record_unlocked(root: &Path, dirs: &[(String, u32)]) -> std::io::Result<()> {
-    let mut text = String::new();
-    for (p, mode) in dirs {
-        text.push_str(&format!("{mode:o}\t{p}\n"));
-    }
-    let path = root.join(STATE_DIR).join(UNLOCKED_FILE);
-    let mut f = File::create(&path)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()
-}
-
-/// Gives back their modes to directories an interrupted run had opened up
-/// (written by the executor before it changes any mode). Call before
-/// scanning, so the scanner never takes weave's own chmod for a change.
-pub fn restore_modes(root: &Path) {
-    let path = root.join(STATE_DIR).join(UNLOCKED_FILE);
-    let Ok(text) = fs::read_to_string(&path) else {
-        return;
-    };
-    for line in text.lines() {
-        let Some((mode, p)) = line.split_once('\t') else {
-            continue;
-        };
-        let Ok(mode) = u32::from_str_radix(mode, 8) else {
-            continue;
-        };
-        if !p.is_empty() && weave_core::path::validate(p).is_err() {
-            continue;
-        }
-        let ancestors_real = weave_core::path::ancestors(p)
-            .all(|a| fs::symlink_metadata(join(root, a)).is_ok_and(|m| m.file_type().is_dir()));
-        let full = if p.is_empty() {
-            root.to_path_buf()
-        } else {
-            join(root, p)
-        };
-        let is_dir = fs::symlink_metadata(&full).is_ok_and(|m| m.file_type().is_dir());
-        if ancestors_real && is_dir {
-            let _ = fs::set_permissions(&full, fs::Permissions::from_mode(mode & 0o7777));
-        }
-    }
-    let _ = fs::remove_file(&path);
 }
 
 const APPEARED: &str =
@@ -976,57 +843,6 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// Gives the owner write permission on the existing directories that
-    /// this run creates, renames or removes entries in. Returns their
-    /// original modes, to be restored at the end.
-    fn unlock_parents(&self, ops: &[Op]) -> Vec<(String, u32)> {
-        let mut parents: HashSet<&str> = HashSet::new();
-        for o in ops {
-            if !matches!(o.kind, OpKind::Record | OpKind::SetMeta) {
-                parents.insert(weave_core::path::parent(&o.path).unwrap_or(""));
-            }
-        }
-        let mut todo: Vec<(String, u32)> = Vec::new();
-        for p in parents {
-            // Never through a symlink: only directories inside the replica.
-            if !p.is_empty() && self.check_parents(p).is_err() {
-                continue;
-            }
-            let full = if p.is_empty() {
-                self.root.to_path_buf()
-            } else {
-                join(self.root, p)
-            };
-            let Ok(m) = fs::symlink_metadata(&full) else {
-                continue;
-            };
-            let mode = m.permissions().mode() & 0o7777;
-            if m.file_type().is_dir() && mode & 0o200 == 0 {
-                todo.push((p.to_string(), mode));
-            }
-        }
-        if todo.is_empty() {
-            return todo;
-        }
-        // Recorded first, so an interrupted run is repaired by the next one
-        // (see [`restore_modes`]) instead of leaving directories writable.
-        if record_unlocked(self.root, &todo).is_err() {
-            return Vec::new();
-        }
-        let mut locked = Vec::new();
-        for (p, mode) in todo {
-            let full = if p.is_empty() {
-                self.root.to_path_buf()
-            } else {
-                join(self.root, &p)
-            };
-            if fs::set_permissions(&full, fs::Permissions::from_mode(mode | 0o700)).is_ok() {
-                locked.push((p, mode));
-            }
-        }
-        locked
-    }
-
     /// Checks that every directory above `rel` is a real directory inside
     /// the replica, never a symlink (no write passes through a symlink).
     fn check_parents(&self, rel: &str) -> Result<(), String> {
@@ -1052,29 +868,19 @@ impl Ctx<'_> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(io_msg("cannot stat", e)),
         };
-        let cur = op.current.as_ref().map(|c| &c.entry.object);
-        match cur {
-            Some(Object::File { content, .. }) => {
-                let st = op.current.as_ref().and_then(|c| c.stat);
-                if !meta.file_type().is_file() || !st.is_some_and(|s| same_stat(&meta, &s)) {
+        let Some(c) = &op.current else {
+            return Ok(());
+        };
+        match &c.entry.object {
+            Object::File { content, .. } => {
+                if !meta.file_type().is_file() || !c.stat.is_some_and(|s| same_stat(&meta, &s)) {
                     return Err(CHANGED.into());
                 }
-                let dest = self.trash.join(temp_name());
-                if let Some(c) = &op.current {
-                    self.note_trash(&dest, &op.path, &c.entry, true)?;
-                }
+                let dest = self.trash_slot(&op.path, &c.entry, true)?;
                 match fs::rename(&full, &dest) {
                     Ok(()) => {
                         self.trashed.lock().unwrap().insert(*content, dest.clone());
-                        if let Some(c) = &op.current {
-                            self.replaced.lock().unwrap().push(Replaced {
-                                path: op.path.clone(),
-                                old: c.entry.clone(),
-                                file: dest,
-                                deleted: true,
-                                stat: c.stat,
-                            });
-                        }
+                        self.note_replaced(&op.path, c, dest, true);
                         Ok(())
                     }
                     // Another filesystem mounted inside the replica: the
@@ -1085,14 +891,14 @@ impl Ctx<'_> {
                     Err(e) => Err(io_msg("cannot remove", e)),
                 }
             }
-            Some(Object::Symlink { target }) => {
+            Object::Symlink { target } => {
                 let t = fs::read_link(&full).map_err(|e| io_msg("cannot read symlink", e))?;
                 if !meta.file_type().is_symlink() || t.to_str() != Some(target.as_str()) {
                     return Err(CHANGED.into());
                 }
                 fs::remove_file(&full).map_err(|e| io_msg("cannot remove", e))
             }
-            Some(Object::Dir) => {
+            Object::Dir => {
                 if !meta.file_type().is_dir() {
                     return Err(CHANGED.into());
                 }
@@ -1573,8 +1379,7 @@ impl Ctx<'_> {
                         // Keep the old content reachable for the rest of
                         // this run (other writes may need its chunks) and
                         // for the version store.
-                        let keep = self.trash.join(temp_name());
-                        self.note_trash(&keep, &op.path, &c.entry, false)?;
+                        let keep = self.trash_slot(&op.path, &c.entry, false)?;
                         if fs::hard_link(&full, &keep).is_ok() {
                             self.trashed
                                 .lock()
@@ -1600,13 +1405,7 @@ impl Ctx<'_> {
                 })?;
                 b.committed = true;
                 if let Some(file) = kept {
-                    self.replaced.lock().unwrap().push(Replaced {
-                        path: op.path.clone(),
-                        old: c.entry.clone(),
-                        file,
-                        deleted: false,
-                        stat: c.stat,
-                    });
+                    self.note_replaced(&op.path, c, file, false);
                 }
             }
         }
@@ -1642,48 +1441,6 @@ impl Ctx<'_> {
         } else {
             Ok(None)
         }
-    }
-
-    /// Records in the trash journal, before the file goes there, which
-    /// version `file` will hold: a run killed before its old versions were
-    /// saved leaves them for the next one ([`trash_leftovers`]).
-    fn note_trash(
-        &self,
-        file: &Path,
-        path: &str,
-        old: &Entry,
-        deleted: bool,
-    ) -> Result<(), String> {
-        let note = TrashNote {
-            file: file
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            path: path.to_string(),
-            old: old.clone(),
-            deleted,
-        };
-        let body = postcard::to_stdvec(&note)
-            .map_err(|e| format!("cannot record in the trash journal: {e}"))?;
-        let mut rec = Vec::with_capacity(body.len() + 4);
-        rec.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        rec.extend_from_slice(&body);
-        let mut j = self.journal.lock().unwrap();
-        if j.is_none() {
-            let p = self.trash.join(JOURNAL);
-            let f = fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&p)
-                .map_err(|e| io_msg("cannot open the trash journal", e))?;
-            *j = Some(f);
-        }
-        // One write per record: a kill leaves whole records and at most
-        // one cut short at the end, which the reader ignores.
-        j.as_mut()
-            .expect("opened")
-            .write_all(&rec)
-            .map_err(|e| io_msg("cannot write the trash journal", e))
     }
 
     fn set_meta(&self, op: &Op) -> Result<Option<Stat>, String> {
@@ -1726,6 +1483,7 @@ impl Ctx<'_> {
 mod tests {
     use super::test_support::*;
     use super::*;
+    use std::io::Write;
     use weave_core::{ReplicaId, VersionVector};
 
     /// I-4: each batch's temporaries are flushed before its renames, and
@@ -2208,91 +1966,5 @@ mod tests {
         assert_eq!(out.issues.len(), 2, "{:?}", out.issues);
         assert!(out.done.is_empty());
         assert_eq!(fs::read(root.join("x")).unwrap(), loser);
-    }
-
-    /// What a run moves to the trash is journaled first, so a run killed
-    /// before its old versions were saved leaves them for the next one;
-    /// a record cut short by the kill is ignored.
-    #[test]
-    fn the_trash_journal_names_what_a_killed_run_left() {
-        let (t, other, old, new, op) = edit_case();
-        let root = t.path();
-        fs::write(root.join("g"), b"gone soon").unwrap();
-        let g = file_entry("g", b"gone soon", 1);
-        let remove = Op {
-            kind: OpKind::Remove,
-            path: "g".into(),
-            current: Some(local(root, g.clone())),
-            target: Entry {
-                object: Object::Deleted,
-                ..g.clone()
-            },
-        };
-        let source = Src::new(vec![
-            (&old, root.join("f"), true, None),
-            (&new, other.path().join("n"), false, None),
-        ]);
-        let out = apply(root, &[op, remove], &source, &|_| {});
-        assert!(out.issues.is_empty(), "{:?}", out.issues);
-        assert_eq!(out.replaced.len(), 2);
-        // Killed here: nothing saved the old versions, the trash holds them.
-        let mut left = trash_leftovers(root);
-        left.sort_by(|a, b| a.path.cmp(&b.path));
-        assert_eq!(left.len(), 2);
-        assert_eq!((left[0].path.as_str(), left[0].deleted), ("f", false));
-        assert_eq!(fs::read(&left[0].file).unwrap(), old);
-        assert_eq!(left[0].old, file_entry("f", &old, 1));
-        assert_eq!((left[1].path.as_str(), left[1].deleted), ("g", true));
-        assert_eq!(fs::read(&left[1].file).unwrap(), b"gone soon");
-        assert!(left.iter().all(|l| l.stat.is_none()));
-        // A torn last record and a record naming something outside the
-        // trash are ignored.
-        let journal = root.join(STATE_DIR).join("trash").join(JOURNAL);
-        let mut j = fs::OpenOptions::new().append(true).open(&journal).unwrap();
-        let evil = postcard::to_stdvec(&TrashNote {
-            file: "../../f".into(),
-            path: "f".into(),
-            old: g.clone(),
-            deleted: true,
-        })
-        .unwrap();
-        j.write_all(&(evil.len() as u32).to_le_bytes()).unwrap();
-        j.write_all(&evil).unwrap();
-        j.write_all(&[200, 0, 0, 0, 1, 2, 3]).unwrap();
-        drop(j);
-        assert_eq!(trash_leftovers(root).len(), 2);
-        // A file still linked elsewhere (a replace killed before its
-        // rename) lives on and is not a leftover.
-        fs::hard_link(&left[1].file, root.join("still-here")).unwrap();
-        assert_eq!(trash_leftovers(root).len(), 1);
-        clear_trash(root);
-        assert!(trash_leftovers(root).is_empty());
-    }
-}
-
-#[cfg(test)]
-mod mode_tests {
-    use super::*;
-
-    /// Modes recorded before a run opened directories up are restored by
-    /// the next run if the first was interrupted.
-    #[test]
-    fn modes_of_an_interrupted_run_are_restored() {
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path();
-        fs::create_dir_all(root.join(STATE_DIR)).unwrap();
-        fs::create_dir_all(root.join("ro/sub")).unwrap();
-        fs::set_permissions(root.join("ro/sub"), fs::Permissions::from_mode(0o2555)).unwrap();
-        record_unlocked(root, &[("ro/sub".into(), 0o2555), ("gone".into(), 0o500)]).unwrap();
-        // The interrupted run had opened it up.
-        fs::set_permissions(root.join("ro/sub"), fs::Permissions::from_mode(0o2755)).unwrap();
-        restore_modes(root);
-        let mode = fs::metadata(root.join("ro/sub"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o7777;
-        assert_eq!(mode, 0o2555);
-        assert!(!root.join(STATE_DIR).join(UNLOCKED_FILE).exists());
     }
 }
