@@ -10,6 +10,8 @@
 //! and linked into place, which never replaces anything. Metadata changes
 //! come last.
 
+mod build;
+mod copy;
 mod hooks;
 mod modes;
 #[cfg(test)]
@@ -19,20 +21,18 @@ mod trash;
 pub use modes::restore_modes;
 pub use trash::{clear_trash, trash_leftovers};
 
-use crate::util::{
-    aligned_start, create_unnamed, join, link_unnamed, open_dir_beneath, open_direct, same_stat,
-    stat_of, temp_name, FsIssue, BLOCK,
-};
+use crate::util::{join, link_unnamed, open_dir_beneath, same_stat, stat_of, FsIssue};
+use build::Built;
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, UNIX_EPOCH};
 use weave_chunk::ChunkList;
-use weave_core::path::{ancestors, depth, STATE_DIR};
+use weave_core::path::{ancestors, depth};
 use weave_core::{Entry, Hash, Object};
 use weave_core::{Op, OpKind, Stat};
 
@@ -362,244 +362,6 @@ const APPEARED: &str =
 
 const KEPT: &str = "left as it is: its content could not be saved at its new place (see the error above), so it was not replaced or removed; the sync will retry";
 
-/// Copies `src` whole into `dst` (both at offset 0) if `src` is still the
-/// file recorded in `expect`, before and after the copy. False if it is not
-/// (or the kernel cannot copy): the caller then reads and verifies chunks.
-fn fast_copy(dst: &File, src: &Path, expect: &Stat, size: u64) -> bool {
-    let Ok(sf) = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nofollow())
-        .open(src)
-    else {
-        return false;
-    };
-    let unchanged = |f: &File| {
-        f.metadata()
-            .is_ok_and(|m| !expect.racy && same_stat(&m, expect) && m.len() == size)
-    };
-    if !unchanged(&sf) {
-        return false;
-    }
-    let (mut off_in, mut off_out) = (0u64, 0u64);
-    while off_in < size {
-        let want = (size - off_in).min(1 << 30) as usize;
-        match rustix::fs::copy_file_range(&sf, Some(&mut off_in), dst, Some(&mut off_out), want) {
-            Ok(0) | Err(_) => return false,
-            Ok(_) => {}
-        }
-    }
-    unchanged(&sf)
-}
-
-/// The old version of a file, opened for kernel copies of its chunks
-/// because its stat still matches what was recorded when it was hashed.
-struct Trusted {
-    file: File,
-    stat: Stat,
-    /// Chunk → offset in the file.
-    map: Arc<HashMap<Hash, u64>>,
-}
-
-impl Trusted {
-    fn open(path: &Path, stat: Stat, map: Arc<HashMap<Hash, u64>>) -> Option<Trusted> {
-        if stat.racy {
-            return None;
-        }
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nofollow())
-            .open(path)
-            .ok()?;
-        let t = Trusted { file, stat, map };
-        t.unchanged().then_some(t)
-    }
-
-    fn unchanged(&self) -> bool {
-        self.file
-            .metadata()
-            .is_ok_and(|m| same_stat(&m, &self.stat))
-    }
-}
-
-/// Positioned, buffered writes into a file being built, mixed with
-/// kernel copies from other files.
-struct Out<'f> {
-    file: &'f File,
-    buf: Vec<u8>,
-    /// Offset in the file of `buf[0]`.
-    at: u64,
-    /// The file's path, to open it for direct I/O (see [`Out::copy`]).
-    path: Option<PathBuf>,
-    /// The file opened for direct I/O, and an aligned buffer, once a long
-    /// run needed them; None inside if the file system refuses.
-    direct: Option<Option<(File, Vec<u8>)>>,
-}
-
-/// Runs of the old version at least this long, whose offsets in the old
-/// and the new file agree modulo a block, are copied with direct I/O.
-const DIRECT_MIN: u64 = 8 << 20;
-/// The size of one direct write.
-const DIRECT_STEP: usize = 4 << 20;
-
-impl<'f> Out<'f> {
-    const FLUSH_AT: usize = 256 * 1024;
-
-    fn new(file: &'f File, path: Option<PathBuf>) -> Out<'f> {
-        Out {
-            file,
-            buf: Vec::with_capacity(Self::FLUSH_AT + weave_chunk::CHUNK_MAX as usize),
-            at: 0,
-            path,
-            direct: None,
-        }
-    }
-
-    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= Self::FLUSH_AT {
-            // Whole blocks only: a write that ends inside a new block makes
-            // the kernel zero the rest of it first (see `stage::Part`).
-            let end = self.at + self.buf.len() as u64;
-            let n = (end - end % 4096).saturating_sub(self.at) as usize;
-            if n == 0 {
-                return self.flush();
-            }
-            self.file.write_all_at(&self.buf[..n], self.at)?;
-            self.at += n as u64;
-            self.buf.drain(..n);
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.write_all_at(&self.buf, self.at)?;
-        self.at += self.buf.len() as u64;
-        self.buf.clear();
-        Ok(())
-    }
-
-    /// Appends `len` bytes of `src` from offset `from`. False if that
-    /// fails (nothing is known of what was written).
-    ///
-    /// A long run whose offsets agree modulo a block is read into memory
-    /// and its whole blocks written with direct I/O: on some machines the
-    /// kernel's copy into the page cache, and its write-back, cost more
-    /// than the disk's time. The rest is copied by the kernel. (All writes
-    /// to the file are made by this thread, in order: direct and cached
-    /// writes never race.)
-    fn copy(&mut self, src: &File, from: u64, len: u64) -> bool {
-        if self.flush().is_err() {
-            return false;
-        }
-        if len < DIRECT_MIN || from % BLOCK != self.at % BLOCK {
-            return self.kernel_copy(src, from, len);
-        }
-        if self.direct.is_none() {
-            self.direct = Some(
-                self.path
-                    .as_ref()
-                    .and_then(|p| open_direct(p, self.file))
-                    .map(|f| (f, vec![0u8; DIRECT_STEP + BLOCK as usize])),
-            );
-        }
-        let Some((direct, mut buf)) = self.direct.take().flatten() else {
-            self.direct = Some(None);
-            return self.kernel_copy(src, from, len);
-        };
-        let ok = self.direct_copy(src, from, len, &direct, &mut buf);
-        self.direct = Some(Some((direct, buf)));
-        ok
-    }
-
-    /// [`Out::copy`] of a long run, through `direct` (the file opened for
-    /// direct I/O) and `buf` (a step and a block long).
-    fn direct_copy(
-        &mut self,
-        src: &File,
-        from: u64,
-        len: u64,
-        direct: &File,
-        buf: &mut [u8],
-    ) -> bool {
-        let base = aligned_start(buf);
-        let head = (BLOCK - self.at % BLOCK) % BLOCK;
-        let whole = (len - head) / BLOCK * BLOCK;
-        let (mut from, end) = (from, from + len);
-        if !self.kernel_copy(src, from, head) {
-            return false;
-        }
-        from += head;
-        let whole_end = from + whole;
-        while from < whole_end {
-            let n = (whole_end - from).min(DIRECT_STEP as u64) as usize;
-            let chunk = &mut buf[base..base + n];
-            if src.read_exact_at(chunk, from).is_err() {
-                return false;
-            }
-            if direct.write_all_at(chunk, self.at).is_err()
-                && self.file.write_all_at(chunk, self.at).is_err()
-            {
-                return false;
-            }
-            from += n as u64;
-            self.at += n as u64;
-        }
-        self.kernel_copy(src, from, end - from)
-    }
-
-    /// Appends `len` bytes of `src` from offset `from`, copied by the
-    /// kernel.
-    fn kernel_copy(&mut self, src: &File, mut from: u64, len: u64) -> bool {
-        let end = from + len;
-        while from < end {
-            let want = (end - from).min(1 << 30) as usize;
-            match rustix::fs::copy_file_range(
-                src,
-                Some(&mut from),
-                self.file,
-                Some(&mut self.at),
-                want,
-            ) {
-                Ok(0) | Err(_) => return false,
-                Ok(_) => {}
-            }
-        }
-        true
-    }
-}
-
-struct Built {
-    /// The temporary's path (empty for an unnamed one).
-    temp: PathBuf,
-    /// A new file made without a name ([`create_unnamed`]): it gets its
-    /// name by a link at the commit, and nothing is left to remove if it
-    /// never does.
-    unnamed: Option<Arc<File>>,
-    list: Option<ChunkList>,
-    bytes_local: u64,
-    bytes_remote: u64,
-    /// The part file the temporary was, if it was one.
-    part: Option<PathBuf>,
-    /// Renamed into place: nothing is left to remove.
-    committed: bool,
-}
-
-impl Drop for Built {
-    fn drop(&mut self) {
-        if self.committed || self.unnamed.is_some() {
-            return;
-        }
-        // A temporary that was not committed is removed (a part file goes
-        // back to its place, for the next run).
-        if let Some(part) = &self.part {
-            if fs::rename(&self.temp, part).is_ok() {
-                return;
-            }
-        }
-        let _ = fs::remove_file(&self.temp);
-    }
-}
-
 /// A quarter of the files this process may have open (see
 /// [`Ctx::fd_budget`]): the rest is for part files and everything else.
 fn fd_budget() -> usize {
@@ -625,6 +387,25 @@ fn nofollow() -> i32 {
 
 fn io_msg(what: &str, e: std::io::Error) -> String {
     format!("{what}: {e}")
+}
+
+/// Opens `path` for reading, never through a symlink.
+fn open_read(path: &Path) -> std::io::Result<File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nofollow())
+        .open(path)
+}
+
+/// Gives the file `f` the mode and mtime of `target`.
+fn set_mode_and_mtime(f: &File, target: &Entry) -> Result<(), String> {
+    f.set_permissions(fs::Permissions::from_mode(target.mode))
+        .map_err(|e| io_msg("cannot set permissions", e))?;
+    let mtime = UNIX_EPOCH
+        .checked_add(Duration::from_nanos(target.mtime_ns.max(0) as u64))
+        .unwrap_or(UNIX_EPOCH);
+    f.set_times(fs::FileTimes::new().set_modified(mtime))
+        .map_err(|e| io_msg("cannot set mtime", e))
 }
 
 const CHANGED: &str =
@@ -929,381 +710,6 @@ impl Ctx<'_> {
         }
     }
 
-    /// Whether this replica's file system takes unnamed files and this
-    /// process can link them: one is made and linked in the state
-    /// directory (or the root), then removed.
-    fn unnamed_ok(&self) -> bool {
-        *self.unnamed.get_or_init(|| {
-            let state = self.root.join(STATE_DIR);
-            let dir = if state.is_dir() {
-                state
-            } else {
-                self.root.to_path_buf()
-            };
-            let probe = dir.join(temp_name());
-            let ok = create_unnamed(&dir)
-                .and_then(|f| link_unnamed(&f, rustix::fs::CWD, &probe))
-                .is_ok();
-            let _ = fs::remove_file(&probe);
-            ok
-        })
-    }
-
-    /// Builds the new content of `op` (a new file without a name if
-    /// `unnamed` allows and it can be made).
-    fn build(
-        &self,
-        op: &Op,
-        flusher: &std::sync::mpsc::SyncSender<File>,
-        unnamed: bool,
-    ) -> Result<Built, String> {
-        self.check_parents(&op.path)?;
-        let full = join(self.root, &op.path);
-        let dir = full.parent().ok_or("no parent directory")?;
-        let temp = dir.join(temp_name());
-        match &op.target.object {
-            Object::Symlink { target } => {
-                std::os::unix::fs::symlink(target, &temp)
-                    .map_err(|e| io_msg("cannot create symlink", e))?;
-                Ok(Built {
-                    temp,
-                    unnamed: None,
-                    list: None,
-                    bytes_local: 0,
-                    bytes_remote: 0,
-                    part: None,
-                    committed: false,
-                })
-            }
-            Object::File { content, size } => {
-                let list = self.source.chunk_list(content).ok_or_else(|| {
-                    format!(
-                        "no replica knows the chunks of content {}",
-                        content.short_hex()
-                    )
-                })?;
-                if list.size() != *size || list.content_id() != *content {
-                    return Err(format!(
-                        "chunk list of content {} is inconsistent",
-                        content.short_hex()
-                    ));
-                }
-                let (f, mut built) = match self.take_part(content, &temp, &full) {
-                    Some((f, built)) => (Arc::new(f), built),
-                    None => {
-                        // A new path's file is made without a name where
-                        // that can be done; a replacement needs a named
-                        // temporary, to be renamed over the old file.
-                        let creates = op.current.as_ref().is_none_or(|c| !c.entry.is_live());
-                        let unnamed = (unnamed && creates && self.unnamed_ok())
-                            .then(|| create_unnamed(dir).ok().map(Arc::new))
-                            .flatten();
-                        let (f, temp) = match &unnamed {
-                            Some(u) => (u.clone(), PathBuf::new()),
-                            None => (
-                                Arc::new(
-                                    fs::OpenOptions::new()
-                                        .write(true)
-                                        .create_new(true)
-                                        .mode(0o600)
-                                        .custom_flags(nofollow())
-                                        .open(&temp)
-                                        .map_err(|e| io_msg("cannot create temporary file", e))?,
-                                ),
-                                temp,
-                            ),
-                        };
-                        let mut built = Built {
-                            temp,
-                            unnamed,
-                            list: None,
-                            bytes_local: 0,
-                            bytes_remote: 0,
-                            part: None,
-                            committed: false,
-                        };
-                        self.fill(&f, op, content, &list, &mut built)?;
-                        (f, built)
-                    }
-                };
-                f.set_permissions(fs::Permissions::from_mode(op.target.mode))
-                    .map_err(|e| io_msg("cannot set permissions", e))?;
-                let mtime = UNIX_EPOCH
-                    .checked_add(Duration::from_nanos(op.target.mtime_ns.max(0) as u64))
-                    .unwrap_or(UNIX_EPOCH);
-                f.set_times(fs::FileTimes::new().set_modified(mtime))
-                    .map_err(|e| io_msg("cannot set mtime", e))?;
-                if *size >= EARLY_WRITEBACK {
-                    if let Ok(dup) = f.try_clone() {
-                        let _ = flusher.send(dup);
-                    }
-                }
-                built.list = Some(list);
-                Ok(built)
-            }
-            other => Err(format!("cannot write a {}", other.kind_name())),
-        }
-    }
-
-    /// The part file of `content` as the temporary `temp`, moved there
-    /// by a rename, if one is complete and no other write took it.
-    fn take_part(&self, content: &Hash, temp: &Path, target: &Path) -> Option<(File, Built)> {
-        let part = self.source.part(content)?;
-        let mut taken = self.parts.lock().unwrap();
-        if taken.contains_key(content) {
-            return None;
-        }
-        // Across filesystems (a mount inside the replica) it is copied.
-        fs::rename(&part, temp).ok()?;
-        taken.insert(*content, (temp.to_path_buf(), target.to_path_buf()));
-        drop(taken);
-        // Dropped on any failure below: the part goes back.
-        let mut built = Built {
-            temp: temp.to_path_buf(),
-            unnamed: None,
-            list: None,
-            bytes_local: 0,
-            bytes_remote: 0,
-            part: Some(part),
-            committed: false,
-        };
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nofollow())
-            .open(temp)
-            .ok()?;
-        built.bytes_remote = f.metadata().ok()?.len();
-        (self.progress)(built.bytes_remote);
-        Some((f, built))
-    }
-
-    /// Writes the chunks of `list` into `f`, each from the first source
-    /// that holds it and verifies: the replica's own files (including what
-    /// this run moved to the trash and the old version at the same path)
-    /// before other replicas.
-    fn fill(
-        &self,
-        f: &File,
-        op: &Op,
-        content: &Hash,
-        list: &ChunkList,
-        built: &mut Built,
-    ) -> Result<(), String> {
-        let before = (built.bytes_local, built.bytes_remote);
-        if self.fill_from(f, op, content, list, built, true)? {
-            return Ok(());
-        }
-        // The old version changed while the kernel copied from it: what
-        // was copied is not trusted; start again, verifying every chunk.
-        (built.bytes_local, built.bytes_remote) = before;
-        f.set_len(0).map_err(|e| io_msg("cannot truncate", e))?;
-        self.fill_from(f, op, content, list, built, false)
-            .map(|_| ())
-    }
-
-    /// One attempt of [`Ctx::fill`]. With `trust_old`, runs of chunks
-    /// that the old version at the same path holds are copied by the
-    /// kernel without being read here, if the old file's stat proves it
-    /// still holds what was hashed; false if that proof failed after the
-    /// copy (the caller starts again without it).
-    fn fill_from(
-        &self,
-        f: &File,
-        op: &Op,
-        content: &Hash,
-        list: &ChunkList,
-        built: &mut Built,
-        trust_old: bool,
-    ) -> Result<bool, String> {
-        struct Src {
-            path: PathBuf,
-            local: bool,
-            stat: Option<Stat>,
-            /// None: holds exactly this content. Some: chunk → offset.
-            map: Option<Arc<HashMap<Hash, u64>>>,
-            file: Option<Option<Arc<File>>>,
-            failed: bool,
-        }
-        let mut srcs: Vec<Src> = Vec::new();
-        let whole = |path: PathBuf, local: bool, stat: Option<Stat>| Src {
-            path,
-            local,
-            stat,
-            map: None,
-            file: None,
-            failed: false,
-        };
-        if let Some(p) = self.trashed.lock().unwrap().get(content) {
-            srcs.push(whole(p.clone(), true, None));
-        }
-        let locs = self.source.locations(content);
-        for l in locs.iter().filter(|l| l.local) {
-            srcs.push(whole(l.path.clone(), true, l.stat));
-        }
-        // The old version at the same path: most of an edited file's chunks.
-        let mut trusted: Option<Trusted> = None;
-        if let Some(Object::File { content: old, .. }) =
-            op.current.as_ref().map(|c| &c.entry.object)
-        {
-            if old != content {
-                if let Some(old_list) = self.source.chunk_list(old) {
-                    let map: Arc<HashMap<Hash, u64>> =
-                        Arc::new(old_list.with_offsets().map(|(o, c)| (c.hash, o)).collect());
-                    let path = join(self.root, &op.path);
-                    let stat = op.current.as_ref().and_then(|c| c.stat);
-                    if let (true, Some(stat)) = (trust_old, stat) {
-                        trusted = Trusted::open(&path, stat, map.clone());
-                    }
-                    srcs.push(Src {
-                        path,
-                        local: true,
-                        stat: None,
-                        map: Some(map),
-                        file: None,
-                        failed: false,
-                    });
-                }
-            }
-        }
-        for l in locs.iter().filter(|l| !l.local) {
-            srcs.push(whole(l.path.clone(), false, l.stat));
-        }
-        // A part file, or where the write that took it put it.
-        if let Some(part) = self.source.part(content) {
-            srcs.push(whole(part, false, None));
-        }
-        if let Some((temp, target)) = self.parts.lock().unwrap().get(content) {
-            srcs.push(whole(temp.clone(), false, None));
-            srcs.push(whole(target.clone(), false, None));
-        }
-        // Chunks another replica sent.
-        if let Some(v) = self.source.staged() {
-            srcs.push(Src {
-                path: v.path.clone(),
-                local: false,
-                stat: None,
-                map: Some(v.map.clone()),
-                file: Some(Some(v.file.clone())),
-                failed: false,
-            });
-        }
-        // Fast path: a whole file whose stat proves it still holds the
-        // content hashed earlier is copied by the kernel.
-        let size = list.size();
-        for s in srcs.iter().filter(|s| s.map.is_none() && s.stat.is_some()) {
-            if fast_copy(f, &s.path, s.stat.as_ref().expect("filtered"), size) {
-                if s.local {
-                    built.bytes_local += size;
-                } else {
-                    built.bytes_remote += size;
-                }
-                (self.progress)(size);
-                return Ok(true);
-            }
-            // A failed attempt may have written part of the file.
-            f.set_len(0).map_err(|e| io_msg("cannot truncate", e))?;
-        }
-        // One buffer of this list's largest chunk, never zeroed again (a
-        // small file's is small: a chunker-maximum buffer per file is a
-        // large allocation, zeroed through the kernel every time).
-        let largest = list.chunks.iter().map(|c| c.len).max().unwrap_or(0);
-        let mut buf = vec![0u8; largest.min(weave_chunk::CHUNK_MAX) as usize];
-        let mut pos = 0u64;
-        let mut out = Out::new(f, built.unnamed.is_none().then(|| built.temp.clone()));
-        // A run of the trusted old version's chunks not copied yet:
-        // (offset in the old file, length).
-        let mut run: Option<(u64, u64)> = None;
-        for (off, c) in list.with_offsets() {
-            if c.len as usize > buf.len() {
-                return Err(format!(
-                    "chunk {} is larger than the chunker allows",
-                    c.hash.short_hex()
-                ));
-            }
-            if let Some(t) = &trusted {
-                if let Some(&at) = t.map.get(&c.hash) {
-                    match &mut run {
-                        Some((start, len)) if *start + *len == at => *len += c.len as u64,
-                        _ => {
-                            if let Some((start, len)) = run.take() {
-                                if !out.copy(&t.file, start, len) {
-                                    return Ok(false);
-                                }
-                            }
-                            run = Some((at, c.len as u64));
-                        }
-                    }
-                    built.bytes_local += c.len as u64;
-                    pos += c.len as u64;
-                    (self.progress)(c.len as u64);
-                    continue;
-                }
-            }
-            if let (Some((start, len)), Some(t)) = (run.take(), &trusted) {
-                if !out.copy(&t.file, start, len) {
-                    return Ok(false);
-                }
-            }
-            let buf = &mut buf[..c.len as usize];
-            let mut ok = false;
-            for s in srcs.iter_mut() {
-                if s.failed {
-                    continue;
-                }
-                let at = match &s.map {
-                    None => off,
-                    Some(m) => match m.get(&c.hash) {
-                        Some(&o) => o,
-                        None => continue,
-                    },
-                };
-                let file = s.file.get_or_insert_with(|| {
-                    fs::OpenOptions::new()
-                        .read(true)
-                        .custom_flags(nofollow())
-                        .open(&s.path)
-                        .ok()
-                        .map(Arc::new)
-                });
-                let Some(file) = file else {
-                    s.failed = true;
-                    continue;
-                };
-                if file.read_exact_at(buf, at).is_ok() && weave_chunk::verify(buf, &c.hash) {
-                    ok = true;
-                    if s.local {
-                        built.bytes_local += c.len as u64;
-                    } else {
-                        built.bytes_remote += c.len as u64;
-                    }
-                    break;
-                }
-                // A source that no longer holds what it should is dropped.
-                if s.map.is_none() {
-                    s.failed = true;
-                }
-            }
-            if !ok {
-                return Err(format!(
-                    "no source holds chunk {} at offset {pos} any more (a file changed during the sync); it will be retried next time",
-                    c.hash.short_hex()
-                ));
-            }
-            out.write(buf).map_err(|e| io_msg("cannot write", e))?;
-            pos += c.len as u64;
-            (self.progress)(c.len as u64);
-        }
-        if let Some(t) = &trusted {
-            if let Some((start, len)) = run.take() {
-                if !out.copy(&t.file, start, len) {
-                    return Ok(false);
-                }
-            }
-        }
-        out.flush().map_err(|e| io_msg("cannot write", e))?;
-        Ok(trusted.is_none_or(|t| t.unchanged()))
-    }
-
     /// Replaces the target with a built temporary, after checking that the
     /// target is still what the index says (I-5).
     fn commit(&self, op: &Op, b: &mut Built) -> Result<Option<Stat>, String> {
@@ -1459,18 +865,8 @@ impl Ctx<'_> {
                 if !meta.file_type().is_file() || !st.is_some_and(|s| same_stat(&meta, &s)) {
                     return Err(CHANGED.into());
                 }
-                let f = fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(nofollow())
-                    .open(&full)
-                    .map_err(|e| io_msg("cannot open", e))?;
-                f.set_permissions(fs::Permissions::from_mode(op.target.mode))
-                    .map_err(|e| io_msg("cannot set permissions", e))?;
-                let mtime = UNIX_EPOCH
-                    .checked_add(Duration::from_nanos(op.target.mtime_ns.max(0) as u64))
-                    .unwrap_or(UNIX_EPOCH);
-                f.set_times(fs::FileTimes::new().set_modified(mtime))
-                    .map_err(|e| io_msg("cannot set mtime", e))?;
+                let f = open_read(&full).map_err(|e| io_msg("cannot open", e))?;
+                set_mode_and_mtime(&f, &op.target)?;
                 let m = f.metadata().map_err(|e| io_msg("cannot stat", e))?;
                 Ok(Some(stat_of(&m)))
             }
@@ -1484,6 +880,7 @@ mod tests {
     use super::test_support::*;
     use super::*;
     use std::io::Write;
+    use weave_core::path::STATE_DIR;
     use weave_core::{ReplicaId, VersionVector};
 
     /// I-4: each batch's temporaries are flushed before its renames, and
@@ -1779,166 +1176,6 @@ mod tests {
             names.iter().all(|n| !n.starts_with(crate::TEMP_PREFIX)),
             "{names:?}"
         );
-    }
-
-    /// I-3: a source whose bytes do not match the chunk hashes is never
-    /// written into a user file.
-    #[test]
-    fn corrupt_sources_are_rejected() {
-        let t = replica();
-        let other = tempfile::tempdir().unwrap();
-        let good = b"the real content";
-        fs::write(other.path().join("n"), b"the fake content").unwrap();
-        let source = Src::new(vec![(good, other.path().join("n"), false, None)]);
-        let out = apply(t.path(), &[write_op("f", None, good, 1)], &source, &|_| {});
-        assert_eq!(out.issues.len(), 1);
-        assert!(!t.path().join("f").exists());
-    }
-
-    #[test]
-    fn an_unchanged_source_is_copied_whole() {
-        let (t, other) = (replica(), tempfile::tempdir().unwrap());
-        let data = patterned(300_000);
-        let (src, stat) = old_source(other.path(), &data);
-        let source = Src::new(vec![(&data, src, false, Some(stat))]);
-        let out = apply(t.path(), &[write_op("f", None, &data, 1)], &source, &|_| {});
-        assert!(out.issues.is_empty(), "{:?}", out.issues);
-        assert_eq!(out.bytes_remote, data.len() as u64);
-        assert_eq!(fs::read(t.path().join("f")).unwrap(), data);
-    }
-
-    #[test]
-    fn a_source_changed_since_it_was_hashed_is_not_trusted() {
-        let (t, other) = (replica(), tempfile::tempdir().unwrap());
-        let data = patterned(300_000);
-        let (src, stat) = old_source(other.path(), &data);
-        // Same size, different bytes, written after the stat was taken.
-        let mut changed = data.clone();
-        changed[1000] ^= 0xff;
-        fs::write(&src, &changed).unwrap();
-        let source = Src::new(vec![(&data, src, false, Some(stat))]);
-        let out = apply(t.path(), &[write_op("f", None, &data, 1)], &source, &|_| {});
-        // Neither the fast path nor the verified path accepts it.
-        assert_eq!(out.issues.len(), 1, "{:?}", out.issues);
-        assert!(!t.path().join("f").exists());
-    }
-
-    #[test]
-    fn an_edit_copies_the_unchanged_runs_of_the_old_version() {
-        let (t, other, old, new, op) = edit_case();
-        let source = Src::new(vec![
-            (&old, t.path().join("f"), true, None),
-            (&new, other.path().join("n"), false, None),
-        ]);
-        let out = apply(t.path(), &[op], &source, &|_| {});
-        assert!(out.issues.is_empty(), "{:?}", out.issues);
-        assert_eq!(fs::read(t.path().join("f")).unwrap(), new);
-        // Only the changed chunk came from the other replica.
-        assert!(
-            out.bytes_remote <= weave_chunk::CHUNK_MAX as u64,
-            "{}",
-            out.bytes_remote
-        );
-        assert_eq!(out.bytes_local + out.bytes_remote, new.len() as u64);
-    }
-
-    #[test]
-    fn long_unchanged_runs_are_copied_with_direct_io_and_land_whole() {
-        // Runs of 10 MiB on either side of the change: their whole blocks
-        // go through direct I/O, their ends through the kernel's copy.
-        let (t, other, old, new, op) = edit_case_of(20 << 20);
-        let source = Src::new(vec![
-            (&old, t.path().join("f"), true, None),
-            (&new, other.path().join("n"), false, None),
-        ]);
-        let out = apply(t.path(), &[op], &source, &|_| {});
-        assert!(out.issues.is_empty(), "{:?}", out.issues);
-        assert!(fs::read(t.path().join("f")).unwrap() == new);
-        assert!(
-            out.bytes_remote <= weave_chunk::CHUNK_MAX as u64,
-            "{}",
-            out.bytes_remote
-        );
-    }
-
-    #[test]
-    fn an_old_version_changed_since_its_scan_is_read_and_verified() {
-        let (t, other, old, new, op) = edit_case();
-        // Changed in place after the scan, in a range the edit kept.
-        let f = File::options()
-            .write(true)
-            .open(t.path().join("f"))
-            .unwrap();
-        f.write_all_at(b"XXXX", 10).unwrap();
-        drop(f);
-        let source = Src::new(vec![
-            (&old, t.path().join("f"), true, None),
-            (&new, other.path().join("n"), false, None),
-        ]);
-        let out = apply(t.path(), std::slice::from_ref(&op), &source, &|_| {});
-        // I-5 keeps the user's change; nothing of it went into a build
-        // either (the chunk that changed came from the other replica).
-        assert_eq!(out.issues.len(), 1, "{:?}", out.issues);
-        // Read and verified: the chunks at offsets 10 and 300,000 failed
-        // there and came from the other replica.
-        let list = weave_chunk::chunk_bytes(&new);
-        let at = |x: u64| {
-            list.with_offsets()
-                .find(|(o, c)| *o <= x && x < o + c.len as u64)
-                .map(|(_, c)| c.len as u64)
-                .unwrap()
-        };
-        assert_eq!(out.bytes_remote, at(10) + at(300_000));
-        let mut kept = old.clone();
-        kept[10..14].copy_from_slice(b"XXXX");
-        assert_eq!(fs::read(t.path().join("f")).unwrap(), kept);
-    }
-
-    /// A complete part file becomes the first file with its content by a
-    /// rename (no copy); another file with the same content is copied
-    /// from it, verified.
-    #[test]
-    fn a_part_file_lands_by_a_rename_and_serves_other_copies() {
-        use std::os::unix::fs::MetadataExt;
-        struct PartSrc(ChunkList, PathBuf);
-        impl ContentSource for PartSrc {
-            fn chunk_list(&self, content: &Hash) -> Option<ChunkList> {
-                (self.0.content_id() == *content).then(|| self.0.clone())
-            }
-            fn locations(&self, _: &Hash) -> Vec<Location> {
-                Vec::new()
-            }
-            fn part(&self, _: &Hash) -> Option<PathBuf> {
-                Some(self.1.clone()).filter(|p| p.exists())
-            }
-        }
-        let t = replica();
-        let data = noise(2_000_000, 3);
-        let list = weave_chunk::chunk_bytes(&data);
-        let stage = crate::Stage::open(&t.path().join(STATE_DIR)).unwrap();
-        let mut part = stage.part(&list).unwrap();
-        for (off, c) in list.with_offsets() {
-            part.put(&c.hash, &data[off as usize..(off + c.len as u64) as usize])
-                .unwrap();
-        }
-        assert!(part.complete());
-        let path = part.path().to_path_buf();
-        drop(part);
-        let ino = fs::metadata(&path).unwrap().ino();
-        let source = PartSrc(list, path.clone());
-        let ops = [write_op("a", None, &data, 1), write_op("b", None, &data, 1)];
-        let out = apply(t.path(), &ops, &source, &|_| {});
-        assert!(out.issues.is_empty(), "{:?}", out.issues);
-        assert_eq!(out.done.len(), 2);
-        assert!(!path.exists());
-        let inos: Vec<u64> = ["a", "b"]
-            .iter()
-            .map(|n| {
-                assert_eq!(fs::read(t.path().join(n)).unwrap(), data);
-                fs::metadata(t.path().join(n)).unwrap().ino()
-            })
-            .collect();
-        assert_eq!(inos.iter().filter(|i| **i == ino).count(), 1, "{inos:?}");
     }
 
     /// I-2: when the conflict copy of the losing version cannot be written,
