@@ -7,8 +7,9 @@
 //! runs of the old version at the same path, whose stat proves them
 //! unchanged are copied by the kernel without being read here.
 
+use super::commit::set_mode_and_mtime;
 use super::copy::{fast_copy, Out, Trusted};
-use super::{io_msg, nofollow, open_read, set_mode_and_mtime, Ctx, EARLY_WRITEBACK};
+use super::{io_msg, nofollow, open_read, Ctx, EARLY_WRITEBACK};
 use crate::util::{create_unnamed, join, link_unnamed, temp_name};
 use std::collections::HashMap;
 use std::fs::{self, File};
