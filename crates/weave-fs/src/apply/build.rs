@@ -7,9 +7,10 @@
 //! runs of the old version at the same path, whose stat proves them
 //! unchanged are copied by the kernel without being read here.
 
+use super::batch::Writeback;
 use super::commit::set_mode_and_mtime;
 use super::copy::{fast_copy, Out, Trusted};
-use super::{io_msg, nofollow, open_read, Ctx, EARLY_WRITEBACK};
+use super::{io_msg, nofollow, open_read, Ctx};
 use crate::util::{create_unnamed, join, link_unnamed, temp_name};
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -178,7 +179,7 @@ impl Ctx<'_> {
     pub(super) fn build(
         &self,
         op: &Op,
-        flusher: &std::sync::mpsc::SyncSender<File>,
+        writeback: &Writeback,
         unnamed: bool,
     ) -> Result<Built, String> {
         self.check_parents(&op.path)?;
@@ -198,11 +199,7 @@ impl Ctx<'_> {
                     None => self.new_file(op, dir, temp, unnamed, content, &list)?,
                 };
                 set_mode_and_mtime(&f, &op.target)?;
-                if *size >= EARLY_WRITEBACK {
-                    if let Ok(dup) = f.try_clone() {
-                        let _ = flusher.send(dup);
-                    }
-                }
+                writeback.offer(&f, *size);
                 built.list = Some(list);
                 Ok(built)
             }

@@ -10,11 +10,13 @@
 //! and linked into place, which never replaces anything. Metadata changes
 //! come last.
 
+mod batch;
 mod build;
 mod commit;
 mod copy;
 mod hooks;
 mod modes;
+mod order;
 #[cfg(test)]
 mod test_support;
 mod trash;
@@ -23,8 +25,6 @@ pub use modes::restore_modes;
 pub use trash::{clear_trash, trash_leftovers};
 
 use crate::util::{join, FsIssue};
-use build::Built;
-use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -34,10 +34,6 @@ use weave_chunk::ChunkList;
 use weave_core::path::{ancestors, depth};
 use weave_core::{Entry, Hash, Object};
 use weave_core::{Op, OpKind, Stat};
-
-/// Files at least this large are flushed as soon as they are written (by a
-/// background thread), so the disk works while other files are built.
-const EARLY_WRITEBACK: u64 = 256 * 1024;
 
 /// An operation that was carried out.
 #[derive(Debug, Clone)]
@@ -119,11 +115,6 @@ pub struct Location {
     pub stat: Option<Stat>,
 }
 
-/// Files per write batch and bytes per write batch: a batch is made
-/// durable with one filesystem flush before its renames.
-const BATCH_FILES: usize = 4096;
-const BATCH_BYTES: u64 = 1 << 30;
-
 struct Ctx<'a> {
     root: &'a Path,
     trash: PathBuf,
@@ -179,7 +170,7 @@ pub fn apply(
         progress,
         journal: Mutex::new(None),
         unnamed: std::sync::OnceLock::new(),
-        fd_budget: fd_budget(),
+        fd_budget: batch::fd_budget(),
         root_fd: rustix::fs::open(
             root,
             rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
@@ -196,10 +187,6 @@ pub fn apply(
     }
     let live_now = |o: &Op| o.current.as_ref().is_some_and(|c| c.entry.is_live());
     let is_write = |o: &Op| matches!(o.kind, OpKind::WriteFile | OpKind::WriteSymlink);
-    let old_content = |o: &Op| match o.current.as_ref().map(|c| &c.entry.object) {
-        Some(Object::File { content, .. }) => Some(*content),
-        _ => None,
-    };
 
     // Directories this run writes into but their owner cannot write:
     // opened up for the run, their modes restored (or set as planned) at
@@ -211,7 +198,7 @@ pub fn apply(
     // from the originals still in place; a removal or overwrite whose old
     // content failed to land elsewhere is skipped, and retried next sync.
     let mut final_modes: Vec<(String, u32)> = Vec::new();
-    let mut failed: HashSet<Hash> = HashSet::new();
+    let mut unlanded = order::Unlanded::default();
 
     // 1. Directories at free paths, shallowest first. Created writable by
     // their owner; final modes are set at the end.
@@ -275,7 +262,7 @@ pub fn apply(
     };
     // Largest first: their disk writes overlap with building the rest.
     early.sort_by_key(|(_, o)| std::cmp::Reverse(size_of(o)));
-    let retry = ctx.write_batches(ops, &early, &mut out, &mut failed, true);
+    let retry = ctx.write_batches(ops, &early, &mut out, &mut unlanded, true);
 
     // 3. Removals, deepest first, unless they would destroy content that
     // failed to land at its new place.
@@ -290,8 +277,7 @@ pub fn apply(
             .then(b.1.path.cmp(&a.1.path))
     });
     for (i, op) in removes {
-        if old_content(op).is_some_and(|c| failed.contains(&c)) {
-            out.issues.push(FsIssue::new(join(root, &op.path), KEPT));
+        if ctx.held_back(op, &unlanded, &mut out) {
             continue;
         }
         match ctx.remove(op) {
@@ -314,15 +300,9 @@ pub fn apply(
     late.sort_by_key(|(_, o)| (live_now(o), std::cmp::Reverse(size_of(o))));
     let late: Vec<(usize, &Op)> = late
         .into_iter()
-        .filter(|(_, op)| {
-            if old_content(op).is_some_and(|c| failed.contains(&c)) {
-                out.issues.push(FsIssue::new(join(root, &op.path), KEPT));
-                return false;
-            }
-            true
-        })
+        .filter(|(_, op)| !ctx.held_back(op, &unlanded, &mut out))
         .collect();
-    ctx.write_batches(ops, &late, &mut out, &mut failed, false);
+    ctx.write_batches(ops, &late, &mut out, &mut unlanded, false);
 
     // 6. Metadata.
     ctx.set_metas(ops, &mut out, &mut final_modes);
@@ -331,27 +311,6 @@ pub fn apply(
     ctx.settle_modes(final_modes, locked, &mut out);
     out.replaced = ctx.into_replaced();
     out
-}
-
-const KEPT: &str = "left as it is: its content could not be saved at its new place (see the error above), so it was not replaced or removed; the sync will retry";
-
-/// A quarter of the files this process may have open (see
-/// [`Ctx::fd_budget`]): the rest is for part files and everything else.
-fn fd_budget() -> usize {
-    #[cfg(test)]
-    if let Some(b) = hooks::FD_BUDGET.with(|n| n.get()) {
-        return b;
-    }
-    rustix::process::getrlimit(rustix::process::Resource::Nofile)
-        .current
-        .map_or(usize::MAX, |n| usize::try_from(n / 4).unwrap_or(usize::MAX))
-}
-
-fn flush_fs(root: &Path) -> std::io::Result<()> {
-    let f = File::open(root)?;
-    rustix::fs::syncfs(&f)?;
-    hooks::note("flush");
-    Ok(())
 }
 
 fn nofollow() -> i32 {
@@ -371,194 +330,6 @@ fn open_read(path: &Path) -> std::io::Result<File> {
 }
 
 impl Ctx<'_> {
-    /// Builds and commits file and symlink writes, in batches: every
-    /// temporary of a batch is made durable with one flush before any of
-    /// them replaces its target; that flush also makes the previous
-    /// batch's renames durable, and one more after the last batch makes
-    /// the last ones durable. Contents that failed to land go to `failed`.
-    /// With `retry_taken`, a create whose path turned out to be taken
-    /// (on a case-insensitive filesystem, by the old name of a case-only
-    /// rename) is returned, to be tried again after the removals.
-    fn write_batches<'o>(
-        &self,
-        ops: &'o [Op],
-        writes: &[(usize, &'o Op)],
-        out: &mut ApplyOutcome,
-        failed: &mut HashSet<Hash>,
-        retry_taken: bool,
-    ) -> Vec<(usize, &'o Op)> {
-        let mut retry = Vec::new();
-        // Other file systems mounted inside the replica that this run
-        // writes to: each is flushed too (a descriptor of one of its
-        // directories names it), with the directories already looked at.
-        let mut others: HashMap<u64, File> = HashMap::new();
-        let mut seen: HashSet<&str> = HashSet::new();
-        let mut start = 0;
-        while start < writes.len() {
-            let mut end = start;
-            let mut bytes = 0u64;
-            while end < writes.len()
-                && end - start < BATCH_FILES
-                && (bytes < BATCH_BYTES || end == start)
-            {
-                if let Object::File { size, .. } = writes[end].1.target.object {
-                    bytes += size;
-                }
-                end += 1;
-            }
-            let batch = &writes[start..end];
-            // Unnamed files stay open until the commit: only as many as
-            // the process may hold.
-            let unnamed = batch.len() <= self.fd_budget;
-            let t = std::time::Instant::now();
-            // Large files are made durable by a background thread as soon
-            // as they are written, while the workers go on with the rest.
-            // Bounded: builders wait when the disk lags, rather than piling
-            // up open descriptors.
-            let (tx, rx) = std::sync::mpsc::sync_channel::<File>(16);
-            let flusher = std::thread::spawn(move || {
-                rx.into_iter().filter(|f| f.sync_data().is_err()).count()
-            });
-            let mut built: Vec<(usize, Result<Built, String>)> = batch
-                .par_iter()
-                .with_max_len(1)
-                .map(|&(i, op)| (i, self.build(op, &tx, unnamed)))
-                .collect();
-            drop(tx);
-            let flush_failures = flusher.join().unwrap_or(1);
-            tracing::debug!(files = batch.len(), elapsed = ?t.elapsed(), "built temporary files");
-            if flush_failures > 0 {
-                for (_, b) in built.iter_mut() {
-                    if b.is_ok() {
-                        *b = Err("cannot flush written data to disk".into());
-                    }
-                }
-            }
-            for (i, b) in &built {
-                if b.is_ok() {
-                    let parent = weave_core::path::parent(&ops[*i].path).unwrap_or("");
-                    if seen.insert(parent) {
-                        self.note_file_system(parent, &mut others);
-                    }
-                }
-            }
-            if built.iter().any(|(_, b)| b.is_ok()) {
-                let t = std::time::Instant::now();
-                if let Err(e) = self.flush(&others) {
-                    // Nothing may replace a target before it is durable.
-                    for (_, b) in built.iter_mut() {
-                        if b.is_ok() {
-                            *b = Err(format!("cannot flush written data to disk: {e}"));
-                        }
-                    }
-                }
-                tracing::debug!(elapsed = ?t.elapsed(), "flushed");
-            }
-            // What failed to build cannot land: the old contents it was
-            // meant to save must not be destroyed by this batch either.
-            for (i, b) in &built {
-                if let (Err(_), Object::File { content, .. }) = (b, &ops[*i].target.object) {
-                    if self.source.locations(content).iter().all(|l| l.local) {
-                        failed.insert(*content);
-                    }
-                }
-            }
-            // Creates before overwrites.
-            built.sort_by_key(|(i, _)| ops[*i].current.as_ref().is_some_and(|c| c.entry.is_live()));
-            let t = std::time::Instant::now();
-            for (i, b) in built {
-                let op = &ops[i];
-                let destroys = match op.current.as_ref().map(|c| &c.entry.object) {
-                    Some(Object::File { content, .. }) => failed.contains(content),
-                    _ => false,
-                };
-                if destroys && b.is_ok() {
-                    out.issues
-                        .push(FsIssue::new(join(self.root, &op.path), KEPT));
-                    continue;
-                }
-                let result = b.and_then(|mut b| {
-                    out.bytes_local += b.bytes_local;
-                    out.bytes_remote += b.bytes_remote;
-                    self.commit(op, &mut b).map(|stat| (stat, b.list.take()))
-                });
-                match result {
-                    Ok((stat, list)) => out.done.push(Done {
-                        op: i,
-                        entry: op.target.clone(),
-                        stat,
-                        content: list,
-                    }),
-                    Err(msg) if retry_taken && msg == commit::APPEARED => retry.push((i, op)),
-                    Err(msg) => {
-                        // Content that exists nowhere else must not be
-                        // destroyed in this run (a conflict loser whose
-                        // copy failed, a rename's only source).
-                        if let Object::File { content, .. } = &op.target.object {
-                            if self.source.locations(content).iter().all(|l| l.local) {
-                                failed.insert(*content);
-                            }
-                        }
-                        out.issues
-                            .push(FsIssue::new(join(self.root, &op.path), msg))
-                    }
-                }
-            }
-            // The renames are made durable by the next batch's flush (it
-            // syncs the whole file system), and after the last batch here:
-            // all of them before this returns and the index records them.
-            if end == writes.len() {
-                if let Err(e) = self.flush(&others) {
-                    out.issues.push(FsIssue::new(
-                        self.root,
-                        format!("cannot flush renames to disk: {e}"),
-                    ));
-                }
-                tracing::debug!(elapsed = ?t.elapsed(), "committed and flushed");
-            } else {
-                tracing::debug!(elapsed = ?t.elapsed(), "committed");
-            }
-            start = end;
-        }
-        retry
-    }
-
-    /// Notes the file system of directory `rel` in `others` if it is not
-    /// the root's (a mount inside the replica).
-    fn note_file_system(&self, rel: &str, others: &mut HashMap<u64, File>) {
-        let dir = join(self.root, rel);
-        #[cfg(test)]
-        if self
-            .test_other_fs
-            .as_deref()
-            .is_some_and(|p| rel.starts_with(p))
-        {
-            if let Ok(f) = File::open(&dir) {
-                others.entry(u64::MAX).or_insert(f);
-            }
-            return;
-        }
-        let Ok(m) = fs::symlink_metadata(&dir) else {
-            return;
-        };
-        if Some(m.dev()) != self.root_dev {
-            if let Ok(f) = File::open(&dir) {
-                others.entry(m.dev()).or_insert(f);
-            }
-        }
-    }
-
-    /// Makes what was written durable: the root's file system, and the
-    /// others this run wrote to.
-    fn flush(&self, others: &HashMap<u64, File>) -> std::io::Result<()> {
-        flush_fs(self.root)?;
-        for f in others.values() {
-            rustix::fs::syncfs(f)?;
-            hooks::note("flush other");
-        }
-        Ok(())
-    }
-
     /// An issue with `op`'s path.
     fn issue(&self, op: &Op, message: impl Into<String>) -> FsIssue {
         FsIssue::new(join(self.root, &op.path), message)
@@ -586,81 +357,6 @@ impl Ctx<'_> {
 mod tests {
     use super::test_support::*;
     use super::*;
-
-    /// I-4: each batch's temporaries are flushed before its renames, and
-    /// the renames are flushed before `apply` returns (by the next batch's
-    /// flush, and one more after the last batch): one flush per batch
-    /// plus one, none after the last commit missing.
-    #[test]
-    fn every_batch_is_flushed_before_its_renames_and_the_renames_before_the_end() {
-        let data = b"the same small content everywhere";
-        let n = BATCH_FILES + 1;
-        let (t, _other, source, ops) = new_files(n, data);
-        let root = t.path();
-        hooks::EVENTS.with(|v| v.borrow_mut().clear());
-        let out = apply(root, &ops, &source, &|_| {});
-        assert!(out.issues.is_empty(), "{:?}", out.issues);
-        assert_eq!(out.done.len(), n);
-        let mut events: Vec<&str> = hooks::EVENTS.with(|v| v.borrow().clone());
-        events.retain(|e| matches!(*e, "flush" | "commit"));
-        events.dedup_by(|a, b| a == b && *a == "commit");
-        assert_eq!(
-            events,
-            ["flush", "commit", "flush", "commit", "flush"],
-            "two batches: flush, renames, flush (the second batch and the first renames), renames, flush"
-        );
-        assert_eq!(fs::read(root.join(format!("f{}", n - 1))).unwrap(), data);
-    }
-
-    /// I-4 across file systems: files written into another file system
-    /// mounted inside the replica (here a directory the test says is
-    /// one) are flushed there too, before their renames and before the
-    /// end; a directory on the root's file system adds no flush.
-    #[test]
-    fn another_file_system_inside_the_replica_is_flushed_too() {
-        for (other, expect) in [
-            (
-                true,
-                vec!["flush", "flush other", "commit", "flush", "flush other"],
-            ),
-            (false, vec!["flush", "commit", "flush"]),
-        ] {
-            let (t, _src, source, mut ops) = new_files(2, b"on two file systems");
-            let root = t.path();
-            fs::create_dir(root.join("m")).unwrap();
-            ops[1] = write_op("m/f1", None, b"on two file systems", 1);
-            hooks::OTHER_FS.with(|o| *o.borrow_mut() = other.then(|| "m".to_string()));
-            hooks::EVENTS.with(|v| v.borrow_mut().clear());
-            let out = apply(root, &ops, &source, &|_| {});
-            hooks::OTHER_FS.with(|o| *o.borrow_mut() = None);
-            assert!(out.issues.is_empty(), "{:?}", out.issues);
-            assert_eq!(out.done.len(), 2);
-            let mut events: Vec<&str> = hooks::EVENTS.with(|v| v.borrow().clone());
-            events.retain(|e| matches!(*e, "flush" | "flush other" | "commit"));
-            events.dedup_by(|a, b| a == b && *a == "commit");
-            assert_eq!(events, expect, "other={other}");
-        }
-    }
-
-    /// A batch of more new files than the process may keep open uses
-    /// named temporaries (which are closed once written).
-    #[test]
-    fn a_batch_over_the_descriptor_budget_uses_named_temporaries() {
-        let data = b"one content, five paths";
-        let (t, _other, source, ops) = new_files(5, data);
-        let root = t.path();
-        hooks::FD_BUDGET.with(|n| n.set(Some(4)));
-        hooks::EVENTS.with(|v| v.borrow_mut().clear());
-        let out = apply(root, &ops, &source, &|_| {});
-        hooks::FD_BUDGET.with(|n| n.set(None));
-        assert!(out.issues.is_empty(), "{:?}", out.issues);
-        assert_eq!(out.done.len(), 5);
-        let links = hooks::EVENTS.with(|v| v.borrow().iter().filter(|e| **e == "link").count());
-        assert_eq!(links, 0);
-        for i in 0..5 {
-            assert_eq!(fs::read(root.join(format!("f{i}"))).unwrap(), data);
-        }
-    }
 
     /// I-2: when the conflict copy of the losing version cannot be written,
     /// the loser is not overwritten by the winner (nor removed).
