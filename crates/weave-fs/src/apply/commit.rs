@@ -6,6 +6,7 @@
 //! directories, metadata changes, and the index-only changes.
 
 use super::build::Built;
+use super::order::Unlanded;
 use super::{hooks, io_msg, open_read, ApplyOutcome, Ctx, Done};
 use crate::util::{join, link_unnamed, open_dir_beneath, same_stat, stat_of};
 use std::fs::{self, File, Metadata};
@@ -93,10 +94,29 @@ impl Ctx<'_> {
         }
     }
 
+    /// Carries out the removals `removes`, in this order, except those
+    /// held back (see [`Unlanded`]).
+    pub(super) fn remove_all(
+        &self,
+        removes: &[(usize, &Op)],
+        unlanded: &Unlanded,
+        out: &mut ApplyOutcome,
+    ) {
+        for &(i, op) in removes {
+            if self.held_back(op, unlanded, out) {
+                continue;
+            }
+            match self.remove(op) {
+                Ok(()) => out.done.push(Done::of(i, op, None, None)),
+                Err(msg) => out.issues.push(self.issue(op, msg)),
+            }
+        }
+    }
+
     /// Removes what `op` removes if it is still what the index says: a
     /// file goes to the trash (or is removed, on another file system), a
     /// symlink or an empty directory is removed.
-    pub(super) fn remove(&self, op: &Op) -> Result<(), String> {
+    fn remove(&self, op: &Op) -> Result<(), String> {
         self.check_parents(&op.path)?;
         let full = join(self.root, &op.path);
         let meta = match fs::symlink_metadata(&full) {

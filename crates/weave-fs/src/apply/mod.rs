@@ -1,14 +1,31 @@
 //! The executor: carries out one replica's part of a plan on disk.
 //!
-//! Order: removals (deepest first; files go to `.weave/trash` so their
-//! chunks stay available), directories (shallowest first), then file and
-//! symlink writes in batches: every new content is built in a temporary
-//! file next to its target from verified chunks (I-3), the batch is made
-//! durable, and only then is each temporary renamed over its target after
-//! the target was checked against the index once more (I-4, I-5); a file
-//! at a new path is built without a name where the file system allows it
-//! and linked into place, which never replaces anything. Metadata changes
-//! come last.
+//! [`apply`] runs these steps, in this order:
+//!
+//! 1. directories at free paths, shallowest first (made writable by their
+//!    owner; their modes are set at the end);
+//! 2. file and symlink writes to new paths whose directory is there
+//!    (conflict copies, rename targets, new files), largest first;
+//! 3. removals, deepest first (files go to `.weave/trash`, so their
+//!    chunks stay available and the old versions can be saved);
+//! 4. directories that replace something removed;
+//! 5. the writes that had to wait for a directory or a removal, then
+//!    overwrites;
+//! 6. metadata changes, 7. index-only changes; then directory modes,
+//!    deepest first.
+//!
+//! Nothing is destroyed before what must survive it has landed: a removal
+//! or overwrite that would destroy the only copy of a content that failed
+//! to land at its new place is held back (`order.rs`). Writes go in
+//! durability batches (`batch.rs`): every new content is built in a
+//! temporary file next to its target from verified chunks (I-3,
+//! `build.rs`, `copy.rs`), the batch is made durable, and only then is
+//! each temporary put in place, after its target was checked against the
+//! index once more (I-4, I-5, `commit.rs`); a file at a new path is built
+//! without a name where the file system allows it and linked into place,
+//! which never replaces anything. `trash.rs` keeps the old versions and
+//! their journal, `modes.rs` opens up read-only directories for the run,
+//! `hooks.rs` lets tests watch and steer the executor.
 
 mod batch;
 mod build;
@@ -25,15 +42,15 @@ pub use modes::restore_modes;
 pub use trash::{clear_trash, trash_leftovers};
 
 use crate::util::{join, FsIssue};
-use std::collections::{HashMap, HashSet};
+use order::Unlanded;
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use weave_chunk::ChunkList;
-use weave_core::path::{ancestors, depth};
-use weave_core::{Entry, Hash, Object};
-use weave_core::{Op, OpKind, Stat};
+use weave_core::path::ancestors;
+use weave_core::{Entry, Hash, Op, Stat};
 
 /// An operation that was carried out.
 #[derive(Debug, Clone)]
@@ -115,6 +132,7 @@ pub struct Location {
     pub stat: Option<Stat>,
 }
 
+/// What the steps of one run share.
 struct Ctx<'a> {
     root: &'a Path,
     trash: PathBuf,
@@ -153,41 +171,13 @@ pub fn apply(
     progress: &(dyn Fn(u64) + Sync),
 ) -> ApplyOutcome {
     let mut out = ApplyOutcome::default();
-    let trash = match trash::empty_trash(root) {
-        Ok(trash) => trash,
+    let ctx = match Ctx::new(root, source, progress) {
+        Ok(ctx) => ctx,
         Err(issue) => {
             out.issues.push(issue);
             return out;
         }
     };
-    let ctx = Ctx {
-        root,
-        trash,
-        source,
-        trashed: Mutex::new(HashMap::new()),
-        parts: Mutex::new(HashMap::new()),
-        replaced: Mutex::new(Vec::new()),
-        progress,
-        journal: Mutex::new(None),
-        unnamed: std::sync::OnceLock::new(),
-        fd_budget: batch::fd_budget(),
-        root_fd: rustix::fs::open(
-            root,
-            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .ok(),
-        root_dev: fs::metadata(root).ok().map(|m| m.dev()),
-        #[cfg(test)]
-        test_other_fs: hooks::OTHER_FS.with(|o| o.borrow().clone()),
-    };
-    #[cfg(test)]
-    if hooks::NO_UNNAMED.with(|n| n.get()) {
-        let _ = ctx.unnamed.set(false);
-    }
-    let live_now = |o: &Op| o.current.as_ref().is_some_and(|c| c.entry.is_live());
-    let is_write = |o: &Op| matches!(o.kind, OpKind::WriteFile | OpKind::WriteSymlink);
-
     // Directories this run writes into but their owner cannot write:
     // opened up for the run, their modes restored (or set as planned) at
     // the end.
@@ -198,119 +188,78 @@ pub fn apply(
     // from the originals still in place; a removal or overwrite whose old
     // content failed to land elsewhere is skipped, and retried next sync.
     let mut final_modes: Vec<(String, u32)> = Vec::new();
-    let mut unlanded = order::Unlanded::default();
+    let mut unlanded = Unlanded::default();
 
     // 1. Directories at free paths, shallowest first. Created writable by
     // their owner; final modes are set at the end.
-    let mut dirs: Vec<(usize, &Op)> = ops
-        .iter()
-        .enumerate()
-        .filter(|(_, o)| o.kind == OpKind::MakeDir)
-        .collect();
-    dirs.sort_by(|a, b| {
-        depth(&a.1.path)
-            .cmp(&depth(&b.1.path))
-            .then(a.1.path.cmp(&b.1.path))
-    });
-    // A directory is made now if nothing is in its way: its path is free
-    // (or already a directory) and its parents are directories already or
-    // made just before it.
-    let mut free_dirs: Vec<(usize, &Op)> = Vec::new();
-    let mut blocked_dirs: Vec<(usize, &Op)> = Vec::new();
-    let mut free_set: HashSet<&str> = HashSet::new();
-    let mut blocked_set: HashSet<&str> = HashSet::new();
-    for (i, o) in dirs {
-        let path_free =
-            !fs::symlink_metadata(join(root, &o.path)).is_ok_and(|m| !m.file_type().is_dir());
-        let parent_ok = match weave_core::path::parent(&o.path) {
-            None => true,
-            Some(p) => {
-                free_set.contains(p)
-                    || (!blocked_set.contains(p) && ctx.check_parents(&o.path).is_ok())
-            }
-        };
-        if path_free && parent_ok {
-            free_set.insert(&o.path);
-            free_dirs.push((i, o));
-        } else {
-            blocked_set.insert(&o.path);
-            blocked_dirs.push((i, o));
-        }
-    }
+    let (free_dirs, blocked_dirs) = ctx.split_dirs(ops);
     ctx.make_dirs(&free_dirs, &mut out, &mut final_modes);
 
-    // 2. Writes to free paths whose directory is already there (not to a
-    // path a removal below must clear first: a type change).
-    let cleared: HashSet<&str> = ops
-        .iter()
-        .filter(|o| o.kind == OpKind::Remove)
-        .map(|o| o.path.as_str())
-        .collect();
-    let mut early: Vec<(usize, &Op)> = Vec::new();
-    let mut late: Vec<(usize, &Op)> = Vec::new();
-    for (i, o) in ops.iter().enumerate().filter(|(_, o)| is_write(o)) {
-        if !live_now(o) && !cleared.contains(o.path.as_str()) && ctx.check_parents(&o.path).is_ok()
-        {
-            early.push((i, o));
-        } else {
-            late.push((i, o));
-        }
-    }
-    let size_of = |o: &Op| match o.target.object {
-        Object::File { size, .. } => size,
-        _ => 0,
-    };
-    // Largest first: their disk writes overlap with building the rest.
-    early.sort_by_key(|(_, o)| std::cmp::Reverse(size_of(o)));
+    // 2. Writes to free paths whose directory is already there, largest
+    // first.
+    let (early, late) = ctx.split_writes(ops);
     let retry = ctx.write_batches(ops, &early, &mut out, &mut unlanded, true);
 
     // 3. Removals, deepest first, unless they would destroy content that
     // failed to land at its new place.
-    let mut removes: Vec<(usize, &Op)> = ops
-        .iter()
-        .enumerate()
-        .filter(|(_, o)| o.kind == OpKind::Remove)
-        .collect();
-    removes.sort_by(|a, b| {
-        depth(&b.1.path)
-            .cmp(&depth(&a.1.path))
-            .then(b.1.path.cmp(&a.1.path))
-    });
-    for (i, op) in removes {
-        if ctx.held_back(op, &unlanded, &mut out) {
-            continue;
-        }
-        match ctx.remove(op) {
-            Ok(()) => out.done.push(Done {
-                op: i,
-                entry: op.target.clone(),
-                stat: None,
-                content: None,
-            }),
-            Err(msg) => out.issues.push(FsIssue::new(join(root, &op.path), msg)),
-        }
-    }
+    ctx.remove_all(&order::removals(ops), &unlanded, &mut out);
 
     // 4. Directories that replace something removed above.
     ctx.make_dirs(&blocked_dirs, &mut out, &mut final_modes);
 
     // 5. Writes that had to wait for a directory or for a removal, then
     // overwrites.
-    late.extend(retry);
-    late.sort_by_key(|(_, o)| (live_now(o), std::cmp::Reverse(size_of(o))));
-    let late: Vec<(usize, &Op)> = late
-        .into_iter()
-        .filter(|(_, op)| !ctx.held_back(op, &unlanded, &mut out))
-        .collect();
+    let late = ctx.late_writes(late, retry, &unlanded, &mut out);
     ctx.write_batches(ops, &late, &mut out, &mut unlanded, false);
 
     // 6. Metadata.
     ctx.set_metas(ops, &mut out, &mut final_modes);
     // 7. Index-only changes.
     commit::record(ops, &mut out);
+
+    // Directory modes last, deepest first; then the old versions kept.
     ctx.settle_modes(final_modes, locked, &mut out);
     out.replaced = ctx.into_replaced();
     out
+}
+
+impl<'a> Ctx<'a> {
+    /// The context of a run at `root`, with an empty trash.
+    fn new(
+        root: &'a Path,
+        source: &'a dyn ContentSource,
+        progress: &'a (dyn Fn(u64) + Sync),
+    ) -> Result<Ctx<'a>, FsIssue> {
+        let trash = trash::empty_trash(root)?;
+        let ctx = Ctx {
+            root,
+            trash,
+            source,
+            trashed: Mutex::new(HashMap::new()),
+            parts: Mutex::new(HashMap::new()),
+            replaced: Mutex::new(Vec::new()),
+            progress,
+            journal: Mutex::new(None),
+            unnamed: std::sync::OnceLock::new(),
+            fd_budget: batch::fd_budget(),
+            root_fd: rustix::fs::open(
+                root,
+                rustix::fs::OFlags::PATH
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .ok(),
+            root_dev: fs::metadata(root).ok().map(|m| m.dev()),
+            #[cfg(test)]
+            test_other_fs: hooks::OTHER_FS.with(|o| o.borrow().clone()),
+        };
+        #[cfg(test)]
+        if hooks::NO_UNNAMED.with(|n| n.get()) {
+            let _ = ctx.unnamed.set(false);
+        }
+        Ok(ctx)
+    }
 }
 
 fn nofollow() -> i32 {
@@ -350,38 +299,5 @@ impl Ctx<'_> {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::test_support::*;
-    use super::*;
-
-    /// I-2: when the conflict copy of the losing version cannot be written,
-    /// the loser is not overwritten by the winner (nor removed).
-    #[test]
-    fn a_loser_whose_copy_failed_is_not_overwritten() {
-        let (t, other) = (replica(), tempfile::tempdir().unwrap());
-        let root = t.path();
-        let loser = b"the losing version, not saved anywhere else";
-        let winner = b"the winning version";
-        fs::write(root.join("x"), loser).unwrap();
-        // The copy's directory is a file: the copy cannot be written.
-        fs::write(root.join("blocker"), b"a file").unwrap();
-        fs::write(other.path().join("w"), winner).unwrap();
-        let source = Src::new(vec![
-            (winner, other.path().join("w"), false, None),
-            (loser, root.join("x"), true, None),
-        ]);
-        let cur = local(root, file_entry("x", loser, 1));
-        let ops = vec![
-            write_op("x", Some(cur), winner, 2),
-            write_op("blocker/x.weave-conflict-copy", None, loser, 1),
-        ];
-        let out = apply(root, &ops, &source, &|_| {});
-        assert_eq!(out.issues.len(), 2, "{:?}", out.issues);
-        assert!(out.done.is_empty());
-        assert_eq!(fs::read(root.join("x")).unwrap(), loser);
     }
 }
