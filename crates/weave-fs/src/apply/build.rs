@@ -78,6 +78,15 @@ impl Drop for Built {
     }
 }
 
+/// The new content of a file write: the write, its content id and the
+/// content's chunks.
+#[derive(Clone, Copy)]
+struct NewContent<'x> {
+    op: &'x Op,
+    id: &'x Hash,
+    list: &'x ChunkList,
+}
+
 /// A file that may hold chunks of the content being built.
 struct ChunkSource {
     path: PathBuf,
@@ -196,7 +205,14 @@ impl Ctx<'_> {
                 let list = self.chunk_list_of(content, *size)?;
                 let (f, mut built) = match self.take_part(content, &temp, &full) {
                     Some((f, built)) => (Arc::new(f), built),
-                    None => self.new_file(op, dir, temp, unnamed, content, &list)?,
+                    None => {
+                        let new = NewContent {
+                            op,
+                            id: content,
+                            list: &list,
+                        };
+                        self.new_file(new, dir, temp, unnamed)?
+                    }
                 };
                 set_mode_and_mtime(&f, &op.target)?;
                 writeback.offer(&f, *size);
@@ -224,22 +240,19 @@ impl Ctx<'_> {
         Ok(list)
     }
 
-    /// A new file in `dir` for the write `op`, filled with `content`
-    /// (chunks `list`): made without a name if `unnamed` allows and it
-    /// can be, else the named temporary `temp`.
+    /// A new file in `dir` filled with `new`: made without a name if
+    /// `unnamed` allows and it can be, else the named temporary `temp`.
     fn new_file(
         &self,
-        op: &Op,
+        new: NewContent,
         dir: &Path,
         temp: PathBuf,
         unnamed: bool,
-        content: &Hash,
-        list: &ChunkList,
     ) -> Result<(Arc<File>, Built), String> {
         // A new path's file is made without a name where that can be done;
         // a replacement needs a named temporary, to be renamed over the old
         // file.
-        let creates = op.current.as_ref().is_none_or(|c| !c.entry.is_live());
+        let creates = new.op.current.as_ref().is_none_or(|c| !c.entry.is_live());
         let unnamed = (unnamed && creates && self.unnamed_ok())
             .then(|| create_unnamed(dir).ok().map(Arc::new))
             .flatten();
@@ -259,7 +272,7 @@ impl Ctx<'_> {
             ),
         };
         let mut built = Built::new(temp, unnamed);
-        self.fill(&f, op, content, list, &mut built)?;
+        self.fill(&f, new, &mut built)?;
         Ok((f, built))
     }
 
@@ -284,28 +297,20 @@ impl Ctx<'_> {
         Some((f, built))
     }
 
-    /// Writes the chunks of `list` into `f`, each from the first source
+    /// Writes the chunks of `new` into `f`, each from the first source
     /// that holds it and verifies: the replica's own files (including what
     /// this run moved to the trash and the old version at the same path)
     /// before other replicas.
-    fn fill(
-        &self,
-        f: &File,
-        op: &Op,
-        content: &Hash,
-        list: &ChunkList,
-        built: &mut Built,
-    ) -> Result<(), String> {
+    fn fill(&self, f: &File, new: NewContent, built: &mut Built) -> Result<(), String> {
         let before = (built.bytes_local, built.bytes_remote);
-        if self.fill_from(f, op, content, list, built, true)? {
+        if self.fill_from(f, new, built, true)? {
             return Ok(());
         }
         // The old version changed while the kernel copied from it: what
         // was copied is not trusted; start again, verifying every chunk.
         (built.bytes_local, built.bytes_remote) = before;
         f.set_len(0).map_err(|e| io_msg("cannot truncate", e))?;
-        self.fill_from(f, op, content, list, built, false)
-            .map(|_| ())
+        self.fill_from(f, new, built, false).map(|_| ())
     }
 
     /// One attempt of [`Ctx::fill`]. With `trust_old`, runs of chunks
@@ -316,13 +321,12 @@ impl Ctx<'_> {
     fn fill_from(
         &self,
         f: &File,
-        op: &Op,
-        content: &Hash,
-        list: &ChunkList,
+        new: NewContent,
         built: &mut Built,
         trust_old: bool,
     ) -> Result<bool, String> {
-        let (mut srcs, mut trusted) = self.chunk_sources(op, content, trust_old);
+        let list = new.list;
+        let (mut srcs, mut trusted) = self.chunk_sources(new, trust_old);
         if self.copy_whole(f, &srcs, list.size(), built)? {
             return Ok(true);
         }
@@ -371,18 +375,17 @@ impl Ctx<'_> {
         Ok(trusted.is_none_or(|t| t.unchanged()))
     }
 
-    /// Where the chunks of `content` (the new content of `op`) may be
-    /// read, in the order they are tried: what this run moved to the
+    /// Where the chunks of `new` may be read, in the order they are tried: what this run moved to the
     /// trash, the replica's own files, the old version at the same path,
     /// other replicas' files, a part file, chunks another replica sent.
     /// With `trust_old`, also the old version opened for kernel copies,
     /// if its stat proves it still holds what was hashed.
     fn chunk_sources(
         &self,
-        op: &Op,
-        content: &Hash,
+        new: NewContent,
         trust_old: bool,
     ) -> (Vec<ChunkSource>, Option<Trusted>) {
+        let (op, content) = (new.op, new.id);
         let mut srcs: Vec<ChunkSource> = Vec::new();
         if let Some(p) = self.trashed.lock().unwrap().get(content) {
             srcs.push(ChunkSource::whole(p.clone(), true, None));

@@ -147,14 +147,16 @@ struct Ctx<'a> {
     /// The trash journal (see [`trash_leftovers`]), opened on first use.
     journal: Mutex<Option<File>>,
     /// Whether new files can be made without a name and linked into
-    /// place ([`create_unnamed`]), tried once on first use.
+    /// place ([`create_unnamed`](crate::util::create_unnamed)), tried
+    /// once on first use.
     unnamed: std::sync::OnceLock<bool>,
     /// Unnamed files a batch may hold open until its commit: a quarter of
     /// what this process may open (a batch over it uses named
     /// temporaries, which are closed once written).
     fd_budget: usize,
     /// The replica's root, to reach a new file's directory without
-    /// following a symlink ([`open_dir_beneath`]).
+    /// following a symlink
+    /// ([`open_dir_beneath`](crate::util::open_dir_beneath)).
     root_fd: Option<std::os::fd::OwnedFd>,
     /// The root's device: files on another one are flushed there too.
     root_dev: Option<u64>,
