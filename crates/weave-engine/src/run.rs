@@ -86,7 +86,6 @@ pub fn run(
         return Ok(finished(report, reps));
     }
 
-    progress.phase("syncing");
     let clean = execute(reps, all_ops, &mut views, &made, progress, &mut report)?;
     record(reps, coord, clock.clock, &clean, matcher.fingerprint())?;
     Ok(finished(report, reps))
@@ -290,6 +289,7 @@ fn execute(
         .filter_map(|o| o.writes().map(|(_, size)| size))
         .sum();
     progress.set_total(total);
+    progress.phase("syncing");
     let ops_total: u64 = all_ops.iter().map(|o| o.len() as u64).sum();
     let mut ops_done = 0u64;
     progress.files(0, ops_total);
