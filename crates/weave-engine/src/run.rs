@@ -33,9 +33,9 @@ pub fn run(
 ) -> Result<Report, SyncError> {
     crate::check_roles(roles, reps.len())?;
     check_identities(reps)?;
-    let policy = opts
-        .policy
-        .resolve(roles.preferred.map(|i| reps[i].info().id));
+    // The replica a prefer= policy names, by id (looked up for prefer= only).
+    let preferred = opts.policy.preferred().and(roles.preferred);
+    let policy = opts.policy.resolve(preferred.map(|i| reps[i].info().id));
     let ignore = IgnoreSpec {
         files: reps
             .iter()
