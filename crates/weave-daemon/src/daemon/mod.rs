@@ -1,0 +1,218 @@
+//! The running daemon.
+//!
+//! - **Sessions.** Every sync is a pair sync between a local folder and
+//!   one peer, over its own TLS connection, run by either side with the
+//!   engine (`weave_engine::run`) exactly as `weave sync` runs it; the
+//!   other side serves its folder with `weave_net::server::serve_host`,
+//!   opening it by folder id and only for a peer the folder is shared with.
+//! - **Locks.** A folder's replica is open in one sync at a time (a lock
+//!   per folder). A pair sync takes both devices' locks in the order of
+//!   their device ids (the lower id's first), so two daemons that start
+//!   syncing with each other at the same moment never wait on each other.
+//! - **What starts a sync.** The watcher (after the folder's watch
+//!   delay), a sync served for a peer that changed the folder (the other
+//!   peers hear of it), the periodic rescan, a retry after a failure (with
+//!   back-off), a config change, and the start of the daemon (catch-up).
+//!   Which peers a sync is needed with: those whose last sync with the
+//!   folder did not end at its current sequence number.
+//! - **Scans.** A folder's scan looks only at the paths the watcher saw
+//!   change (each with its subtree), see [`crate::touched`]; a full scan
+//!   runs at the start, when the watch is set up, on a config change, on
+//!   the rescan interval and when the watcher lost events. A changed
+//!   folder is scanned on its own first, peers or not: its sequence number
+//!   then says which peers need a sync.
+//! - **Echoes.** Files weave wrote itself are in the index as written, so
+//!   the watcher's events for them find nothing new: the folder's sequence
+//!   number stays, and no peer is contacted for them.
+
+// Log lines keep the target they had when the daemon was one file
+// (`weave_daemon::daemon`), whichever module writes them.
+macro_rules! debug {
+    ($($t:tt)*) => { tracing::debug!(target: "weave_daemon::daemon", $($t)*) };
+}
+macro_rules! info {
+    ($($t:tt)*) => { tracing::info!(target: "weave_daemon::daemon", $($t)*) };
+}
+macro_rules! warn {
+    ($($t:tt)*) => { tracing::warn!(target: "weave_daemon::daemon", $($t)*) };
+}
+
+mod conn;
+mod folder;
+mod host;
+mod open;
+mod pair;
+mod reload;
+mod shared;
+mod watcher;
+
+use crate::config::Config;
+use crate::status::{self, Board};
+use crate::{tls, DaemonError};
+use host::accept;
+use reload::{apply_config, file_stamp, CONFIG_POLL};
+use shared::Shared;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::runtime::Handle;
+use watcher::Watcher;
+
+/// Runs the daemon of the config directory `dir` until SIGINT or SIGTERM.
+pub async fn run(dir: &Path) -> Result<(), DaemonError> {
+    let me = crate::identity::load(dir)?;
+    let cfg = Config::load(dir, me.id)?;
+    let allowed: tls::Allowed = Arc::default();
+    let refused: tls::Refused = Arc::default();
+    let server_tls = tls::server_config(&me, allowed.clone(), refused.clone())?;
+    let listener = tokio::net::TcpListener::bind(&cfg.device.listen)
+        .await
+        .map_err(|e| DaemonError::Listen {
+            addr: cfg.device.listen.clone(),
+            source: e,
+        })?;
+    let api = tokio::net::TcpListener::bind(&cfg.device.api)
+        .await
+        .map_err(|e| DaemonError::Listen {
+            addr: cfg.device.api.clone(),
+            source: e,
+        })?;
+    let api_addr = api.local_addr().map_err(|e| DaemonError::Listen {
+        addr: cfg.device.api.clone(),
+        source: e,
+    })?;
+    let token = status::token(dir)?;
+    crate::identity::write_atomic(
+        &dir.join(status::ADDR_FILE),
+        api_addr.to_string().as_bytes(),
+        false,
+    )?;
+    let board = Board::default();
+    board.set_device(status::DeviceStatus {
+        name: cfg.device.name.clone(),
+        id: me.id.to_string(),
+        listen: cfg.device.listen.clone(),
+        started_ms: status::now_ms(),
+        refused: Vec::new(),
+    });
+    let sh = Arc::new(Shared {
+        dir: dir.to_path_buf(),
+        me,
+        cfg: RwLock::new(Arc::new(cfg.clone())),
+        allowed,
+        refused,
+        folders: Mutex::new(HashMap::new()),
+        board: board.clone(),
+        rt: Handle::current(),
+        stopping: AtomicBool::new(false),
+    });
+    info!(
+        "weave daemon {} ({}) listening on {}, status API on {}",
+        sh.cfg().device.name,
+        sh.me.id,
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        api_addr
+    );
+    let mut watcher = Watcher::new(&sh);
+    apply_config(&sh, cfg, &mut watcher);
+    {
+        let sh = sh.clone();
+        let roots = Arc::new(move || {
+            let cfg = sh.cfg();
+            cfg.folders
+                .iter()
+                .map(|f| (f.id.clone(), f.path.clone(), cfg.subfolders(f)))
+                .collect::<Vec<_>>()
+        });
+        tokio::spawn(status::serve(api, board.clone(), token, roots));
+    }
+    {
+        let sh = sh.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(server_tls);
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((s, _)) => {
+                        tokio::spawn(accept(sh.clone(), acceptor.clone(), s));
+                    }
+                    Err(e) => {
+                        warn!("accepting a connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+    }
+    // Bytes to go, for the board, while syncs run.
+    {
+        let sh = sh.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let folders = sh.all_folders();
+                for rt in folders {
+                    let total = rt.bytes_total.load(Ordering::Relaxed);
+                    let done = rt.bytes_done.load(Ordering::Relaxed);
+                    if total > 0 {
+                        sh.board.folder(&rt.id, |s| {
+                            s.bytes_to_go = total.saturating_sub(done);
+                        });
+                    }
+                }
+            }
+        });
+    }
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| DaemonError::Usage(format!("cannot handle SIGTERM: {e}")))?;
+    let cfg_path = Config::path(&sh.dir);
+    let mut stamp = file_stamp(&cfg_path);
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+            _ = tokio::time::sleep(CONFIG_POLL) => {
+                let now = file_stamp(&cfg_path);
+                if now != stamp {
+                    stamp = now;
+                    match Config::load(&sh.dir, sh.me.id) {
+                        Ok(c) if c != *sh.cfg() => {
+                            info!("the config changed; following it");
+                            apply_config(&sh, c, &mut watcher);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            warn!("the config changed but cannot be used, so the old one stays: {e}");
+                            sh.board.error(None, None, e.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    info!("stopping: letting syncs under way finish");
+    sh.stopping.store(true, Ordering::SeqCst);
+    let folders = sh.all_folders();
+    for rt in &folders {
+        rt.stopped.store(true, Ordering::SeqCst);
+        rt.wake.notify_one();
+    }
+    let wait = async {
+        for rt in &folders {
+            let _g = rt.lock.lock().await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .is_err()
+    {
+        warn!("a sync did not finish in 30s; stopping anyway (a rerun resumes it)");
+    }
+    let _ = std::fs::remove_file(sh.dir.join(status::ADDR_FILE));
+    info!("stopped");
+    Ok(())
+}
