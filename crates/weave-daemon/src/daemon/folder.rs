@@ -2,6 +2,7 @@
 //! interval and when a back-off ends; a check scans what changed and
 //! syncs with the peers that need it.
 
+use super::backoff::Backoff;
 use super::open::open_folder;
 use super::pair::sync_pair;
 use super::shared::{FolderRt, Shared};
@@ -14,9 +15,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weave_engine::{Files, IgnoreSpec, Kind, SyncError};
-
-/// Back-off after a failed sync with a peer: doubling up to this.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Scans the folder on its own (no peer needed), so that its sequence
 /// number says whether any peer needs a sync. Returns it.
@@ -78,12 +76,10 @@ fn check(sh: &Shared, rt: &FolderRt) {
             Err(e) => {
                 let msg = e.to_string();
                 let mut retry = rt.scan_retry.lock().expect("retry");
-                let wait = retry
-                    .map(|(_, d)| (d * 2).min(MAX_BACKOFF))
-                    .unwrap_or(Duration::from_secs(1));
-                *retry = Some((Instant::now() + wait, wait));
+                let backoff = Backoff::after(retry.as_ref(), Instant::now());
+                *retry = Some(backoff);
                 drop(retry);
-                if wait == Duration::from_secs(1) {
+                if backoff.is_first() {
                     warn!("folder {}: {msg} (retrying)", f.id);
                     sh.board.error(Some(&f.id), None, msg.clone());
                 }
@@ -107,8 +103,8 @@ fn check(sh: &Shared, rt: &FolderRt) {
             if sh.stopping.load(Ordering::SeqCst) || rt.stopped.load(Ordering::SeqCst) {
                 return;
             }
-            if let Some((until, _)) = rt.backoff.lock().expect("backoff").get(&p.id) {
-                if Instant::now() < *until {
+            if let Some(b) = rt.backoff.lock().expect("backoff").get(&p.id) {
+                if b.holds(Instant::now()) {
                     deferred = true;
                     continue;
                 }
@@ -131,12 +127,9 @@ fn check(sh: &Shared, rt: &FolderRt) {
                     debug!("folder {} with {}: {msg}", f.id, p.name);
                     rt.synced.lock().expect("synced").remove(&p.id);
                     let mut b = rt.backoff.lock().expect("backoff");
-                    let wait = b
-                        .get(&p.id)
-                        .map(|(_, d)| (*d * 2).min(MAX_BACKOFF))
-                        .unwrap_or(Duration::from_secs(1));
-                    let first = wait == Duration::from_secs(1);
-                    b.insert(p.id, (Instant::now() + wait, wait));
+                    let backoff = Backoff::after(b.get(&p.id), Instant::now());
+                    let first = backoff.is_first();
+                    b.insert(p.id, backoff);
                     drop(b);
                     let peer_down = matches!(e, DaemonError::Peer { .. });
                     if first || !peer_down {
@@ -232,7 +225,7 @@ pub(super) async fn folder_task(sh: Arc<Shared>, rt: Arc<FolderRt>) {
             .lock()
             .expect("backoff")
             .values()
-            .map(|b| b.0)
+            .map(|b| b.until)
             .min()
         {
             due = due.min(b);
@@ -242,8 +235,8 @@ pub(super) async fn folder_task(sh: Arc<Shared>, rt: Arc<FolderRt>) {
             .folder(&rt.id)
             .map(|f| Duration::from_millis(f.watch_delay_ms))
             .unwrap_or_default();
-        if let Some((at, _)) = *rt.scan_retry.lock().expect("retry") {
-            due = due.min(at);
+        if let Some(b) = *rt.scan_retry.lock().expect("retry") {
+            due = due.min(b.until);
         }
         // Held-back files: never sooner than 10 ms from now, so that
         // nothing can make this loop spin.

@@ -37,6 +37,7 @@ macro_rules! warn {
     ($($t:tt)*) => { tracing::warn!(target: "weave_daemon::daemon", $($t)*) };
 }
 
+mod backoff;
 mod conn;
 mod folder;
 mod host;

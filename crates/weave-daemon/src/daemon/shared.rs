@@ -1,6 +1,7 @@
 //! The daemon's state while it runs: the config, the peers it accepts,
 //! and each folder's runtime state.
 
+use super::backoff::Backoff;
 use super::open::Taken;
 use crate::config::Config;
 use crate::id::DeviceId;
@@ -12,7 +13,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
@@ -42,13 +42,13 @@ pub(super) struct FolderRt {
     /// The next check syncs with every peer (the ignore file changed).
     pub(super) resync: AtomicBool,
     /// After a scan of the folder failed: when to try again, and the wait.
-    pub(super) scan_retry: Mutex<Option<(Instant, Duration)>>,
+    pub(super) scan_retry: Mutex<Option<Backoff>>,
     /// A watcher batch is being gathered.
     pub(super) gathering: AtomicBool,
     /// The folder's sequence number after its last sync with each peer.
     pub(super) synced: Mutex<HashMap<DeviceId, u64>>,
     /// Peers to leave alone until then (after failures).
-    pub(super) backoff: Mutex<HashMap<DeviceId, (Instant, Duration)>>,
+    pub(super) backoff: Mutex<HashMap<DeviceId, Backoff>>,
     /// The watcher could not watch it: rescan often.
     pub(super) unwatched: AtomicBool,
     pub(super) stopped: AtomicBool,
