@@ -6,15 +6,17 @@ use crate::config::Peer;
 use crate::{tls, DaemonError};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::runtime::Handle;
+use tokio_rustls::TlsAcceptor;
 use weave_net::Conn;
 
 /// How long a dial or a TLS handshake may take.
-pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A weave session over a TLS stream: the connection's reader and writer
 /// threads use the stream through the runtime.
-pub(super) fn conn_over<S>(stream: S, peer: &str, rt: &Handle) -> Conn
+fn conn_over<S>(stream: S, peer: &str, rt: &Handle) -> Conn
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -80,4 +82,44 @@ pub(super) fn dial(sh: &Shared, peer: &Peer) -> Result<(Conn, String), DaemonErr
         }
     }
     Err(perr(format!("cannot connect ({last})")))
+}
+
+/// An accepted connection's TLS handshake: a session with the peer it
+/// is, and where it came from; None when it is refused (said in the log).
+pub(super) async fn accept(
+    sh: &Shared,
+    acceptor: &TlsAcceptor,
+    s: TcpStream,
+) -> Option<(Conn, Peer, String)> {
+    let from = s
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let _ = s.set_nodelay(true);
+    let t = match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(s)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            let refused: Vec<String> = sh
+                .refused
+                .lock()
+                .expect("refused")
+                .iter()
+                .map(|i| i.to_string())
+                .collect();
+            warn!("refused a connection from {from}: {e}");
+            sh.board.refused(refused);
+            return None;
+        }
+        Err(_) => {
+            warn!("a connection from {from} did not finish its TLS handshake in time");
+            return None;
+        }
+    };
+    let id = tls::peer_id(t.get_ref().1.peer_certificates())?;
+    let Some(peer) = sh.cfg().peer_by_id(id).cloned() else {
+        warn!("refused {id} from {from}: it is no longer a peer");
+        return None;
+    };
+    let conn = conn_over(t, &peer.name, &sh.rt);
+    Some((conn, peer, from))
 }

@@ -49,7 +49,7 @@ fn check(sh: &Shared, rt: &FolderRt) {
         return;
     };
     let dirty = rt.dirty.swap(false, Ordering::SeqCst);
-    let mut forced: HashSet<DeviceId> = if rt.resync.swap(false, Ordering::SeqCst) {
+    let forced: HashSet<DeviceId> = if rt.resync.swap(false, Ordering::SeqCst) {
         f.peers
             .iter()
             .filter_map(|n| cfg.peer(n).map(|p| p.id))
@@ -67,41 +67,81 @@ fn check(sh: &Shared, rt: &FolderRt) {
     // at what changed on disk, or without one, the last one any sync
     // ended at. Changes weave wrote itself leave it as it was: no peer
     // hears of them again.
-    let mut now: Option<u64> = if dirty {
+    let now: Option<u64> = if dirty {
         match scan_local(sh, rt, &cfg, &f) {
             Ok(seq) => {
                 *rt.scan_retry.lock().expect("retry") = None;
                 Some(seq)
             }
             Err(e) => {
-                let msg = e.to_string();
-                let mut retry = rt.scan_retry.lock().expect("retry");
-                let backoff = Backoff::after(retry.as_ref(), Instant::now());
-                *retry = Some(backoff);
-                drop(retry);
-                if backoff.is_first() {
-                    warn!("folder {}: {msg} (retrying)", f.id);
-                    sh.board.error(Some(&f.id), None, msg.clone());
-                }
-                sh.board.folder(&f.id, |s| {
-                    s.state = "error".into();
-                    s.error = Some(msg);
-                });
-                rt.dirty.store(true, Ordering::SeqCst);
+                scan_failed(sh, rt, &f, &e);
                 return;
             }
         }
     } else {
         rt.synced.lock().expect("synced").values().max().copied()
     };
+    let Some(passes) = sync_peers(sh, rt, &cfg, &f, &peers, now, forced) else {
+        return;
+    };
+    show_check(sh, rt, &f, &peers, passes.now, passes.error);
+    if passes.deferred && dirty {
+        // A change on disk not yet sent to every peer: the retry after the
+        // back-off looks again.
+        rt.dirty.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A scan of the folder failed: it is tried again after a back-off, and
+/// the folder shows the error.
+fn scan_failed(sh: &Shared, rt: &FolderRt, f: &Folder, e: &SyncError) {
+    let msg = e.to_string();
+    let mut retry = rt.scan_retry.lock().expect("retry");
+    let backoff = Backoff::after(retry.as_ref(), Instant::now());
+    *retry = Some(backoff);
+    drop(retry);
+    if backoff.is_first() {
+        warn!("folder {}: {msg} (retrying)", f.id);
+        sh.board.error(Some(&f.id), None, msg.clone());
+    }
+    sh.board.folder(&f.id, |s| {
+        s.state = "error".into();
+        s.error = Some(msg);
+    });
+    rt.dirty.store(true, Ordering::SeqCst);
+}
+
+/// What the pair syncs of a check came to.
+struct Passes {
+    /// The folder's sequence number after them, once known.
+    now: Option<u64>,
+    /// A peer was left for later (backing off, or its sync failed).
+    deferred: bool,
+    /// The folder's error, from the last sync that failed for a reason
+    /// other than its peer being down.
+    error: Option<String>,
+}
+
+/// Syncs the folder with each peer whose last sync did not end at its
+/// sequence number `now` (or that is `forced`), in a few passes. None
+/// when the daemon or the folder stops meanwhile.
+fn sync_peers(
+    sh: &Shared,
+    rt: &FolderRt,
+    cfg: &Config,
+    f: &Folder,
+    peers: &[Peer],
+    mut now: Option<u64>,
+    mut forced: HashSet<DeviceId>,
+) -> Option<Passes> {
     let mut deferred = false;
     let mut error = None;
     // A sync may bring changes the peers before it need: a few passes.
     for _pass in 0..3 {
         let mut any = false;
-        for p in &peers {
+        for p in peers {
             if sh.stopping.load(Ordering::SeqCst) || rt.stopped.load(Ordering::SeqCst) {
-                return;
+                return None;
             }
             if let Some(b) = rt.backoff.lock().expect("backoff").get(&p.id) {
                 if b.holds(Instant::now()) {
@@ -115,7 +155,7 @@ fn check(sh: &Shared, rt: &FolderRt) {
             }
             forced.remove(&p.id);
             any = true;
-            match sync_pair(sh, rt, &cfg, &f, p) {
+            match sync_pair(sh, rt, cfg, f, p) {
                 Ok(seq) => {
                     now = Some(seq);
                     rt.synced.lock().expect("synced").insert(p.id, seq);
@@ -123,29 +163,8 @@ fn check(sh: &Shared, rt: &FolderRt) {
                 }
                 Err(e) => {
                     deferred = true;
-                    let msg = e.to_string();
-                    debug!("folder {} with {}: {msg}", f.id, p.name);
-                    rt.synced.lock().expect("synced").remove(&p.id);
-                    let mut b = rt.backoff.lock().expect("backoff");
-                    let backoff = Backoff::after(b.get(&p.id), Instant::now());
-                    let first = backoff.is_first();
-                    b.insert(p.id, backoff);
-                    drop(b);
-                    let peer_down = matches!(e, DaemonError::Peer { .. });
-                    if first || !peer_down {
-                        warn!("folder {} with {}: {msg} (retrying)", f.id, p.name);
-                    }
-                    sh.board.peer(&p.name, |s| {
-                        if peer_down {
-                            s.state = "disconnected".into();
-                        }
-                        s.last_error = Some(msg.clone());
-                    });
-                    if !peer_down {
-                        // A peer that is down shows in its own status;
-                        // anything else is the folder's error.
-                        error = Some(msg.clone());
-                        sh.board.error(Some(&f.id), Some(&p.name), msg);
+                    if let Some(msg) = pair_failed(sh, rt, f, p, &e) {
+                        error = Some(msg);
                     }
                 }
             }
@@ -154,6 +173,60 @@ fn check(sh: &Shared, rt: &FolderRt) {
             break;
         }
     }
+    Some(Passes {
+        now,
+        deferred,
+        error,
+    })
+}
+
+/// A pair sync with `p` failed: the peer is backed off, and the error
+/// shown. Returns it when it is the folder's (the peer is not down).
+fn pair_failed(
+    sh: &Shared,
+    rt: &FolderRt,
+    f: &Folder,
+    p: &Peer,
+    e: &DaemonError,
+) -> Option<String> {
+    let msg = e.to_string();
+    debug!("folder {} with {}: {msg}", f.id, p.name);
+    rt.synced.lock().expect("synced").remove(&p.id);
+    let mut b = rt.backoff.lock().expect("backoff");
+    let backoff = Backoff::after(b.get(&p.id), Instant::now());
+    let first = backoff.is_first();
+    b.insert(p.id, backoff);
+    drop(b);
+    let peer_down = matches!(e, DaemonError::Peer { .. });
+    if first || !peer_down {
+        warn!("folder {} with {}: {msg} (retrying)", f.id, p.name);
+    }
+    sh.board.peer(&p.name, |s| {
+        if peer_down {
+            s.state = "disconnected".into();
+        }
+        s.last_error = Some(msg.clone());
+    });
+    if peer_down {
+        return None;
+    }
+    // A peer that is down shows in its own status; anything else is the
+    // folder's error.
+    sh.board.error(Some(&f.id), Some(&p.name), msg.clone());
+    Some(msg)
+}
+
+/// Shows the folder after a check: its state, error, the peers it is in
+/// sync with (their last sync ended at `now`), and the local changes a
+/// receive-only folder keeps.
+fn show_check(
+    sh: &Shared,
+    rt: &FolderRt,
+    f: &Folder,
+    peers: &[Peer],
+    now: Option<u64>,
+    error: Option<String>,
+) {
     let synced = rt.synced.lock().expect("synced").clone();
     let in_sync: Vec<String> = peers
         .iter()
@@ -184,11 +257,6 @@ fn check(sh: &Shared, rt: &FolderRt) {
         s.in_sync_percent = pct;
         s.bytes_to_go = 0;
     });
-    if deferred && dirty {
-        // A change on disk not yet sent to every peer: the retry after the
-        // back-off looks again.
-        rt.dirty.store(true, Ordering::SeqCst);
-    }
 }
 
 /// A folder's loop: checks when woken, on its rescan interval, and when a

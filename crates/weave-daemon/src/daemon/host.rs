@@ -1,15 +1,18 @@
 //! Serving this device's folders to peers: an accepted connection's
 //! session may open the folders shared with its peer.
 
-use super::conn::{conn_over, CONNECT_TIMEOUT};
+use super::conn::accept;
 use super::open::{open_folder, Taken};
 use super::shared::{FolderRt, Shared};
 use crate::config::Peer;
+use crate::id::DeviceId;
 use crate::status::{self, Change};
-use crate::tls;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use weave_engine::{Replica, SyncError};
-use weave_net::server::{serve_host, Host};
+use weave_net::server::{serve_host, Host, Served};
 
 /// Serves a peer's session: it may open the folders shared with it.
 struct DaemonHost {
@@ -64,46 +67,29 @@ impl Host for DaemonHost {
     }
 }
 
+/// Accepts the connections of peers, each in a task of its own.
+pub(super) async fn listen(sh: Arc<Shared>, listener: TcpListener, acceptor: TlsAcceptor) {
+    loop {
+        match listener.accept().await {
+            Ok((s, _)) => {
+                tokio::spawn(session(sh.clone(), acceptor.clone(), s));
+            }
+            Err(e) => {
+                warn!("accepting a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// One accepted connection: TLS, then a session.
-pub(super) async fn accept(
-    sh: Arc<Shared>,
-    acceptor: tokio_rustls::TlsAcceptor,
-    s: tokio::net::TcpStream,
-) {
-    let from = s
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "?".into());
-    let _ = s.set_nodelay(true);
-    let t = match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(s)).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
-            let refused: Vec<String> = sh
-                .refused
-                .lock()
-                .expect("refused")
-                .iter()
-                .map(|i| i.to_string())
-                .collect();
-            warn!("refused a connection from {from}: {e}");
-            sh.board.refused(refused);
-            return;
-        }
-        Err(_) => {
-            warn!("a connection from {from} did not finish its TLS handshake in time");
-            return;
-        }
-    };
-    let Some(id) = tls::peer_id(t.get_ref().1.peer_certificates()) else {
+async fn session(sh: Arc<Shared>, acceptor: TlsAcceptor, s: TcpStream) {
+    let Some((conn, peer, from)) = accept(&sh, &acceptor, s).await else {
         return;
     };
-    let Some(peer) = sh.cfg().peer_by_id(id).cloned() else {
-        warn!("refused {id} from {from}: it is no longer a peer");
-        return;
-    };
-    let conn = conn_over(t, &peer.name, &sh.rt);
     let sh2 = sh.clone();
     let name = peer.name.clone();
+    let id = peer.id;
     let res = tokio::task::spawn_blocking(move || {
         let mut host = DaemonHost {
             sh: sh2,
@@ -133,29 +119,7 @@ pub(super) async fn accept(
     match served {
         Ok(served) => {
             if let Some(rt) = opened {
-                debug!(
-                    "folder {}: served {name}, {} operations",
-                    rt.id, served.applied
-                );
-                if let Some(seq) = served.seq.filter(|_| served.finished) {
-                    rt.synced.lock().expect("synced").insert(id, seq);
-                }
-                // It is up: no need to wait before dialling it.
-                rt.backoff.lock().expect("backoff").remove(&id);
-                if served.applied > 0 {
-                    sh.board.change(Change {
-                        time_ms: status::now_ms(),
-                        folder: rt.id.clone(),
-                        path: String::new(),
-                        action: format!("took {} changes", served.applied),
-                        peer: name.clone(),
-                    });
-                }
-                if served.applied > 0 || !served.finished {
-                    // The other peers hear of it; what the session did
-                    // not finish is looked at again.
-                    rt.poke(false);
-                }
+                record_served(&sh, &rt, id, &name, &served);
             }
         }
         Err(e) => {
@@ -165,5 +129,33 @@ pub(super) async fn accept(
             }
             warn!("session with {name} ({from}): {e}");
         }
+    }
+}
+
+/// What a session served for peer `name` (device `id`) did to folder
+/// `rt`: on the board, and for the folder's task.
+fn record_served(sh: &Shared, rt: &FolderRt, id: DeviceId, name: &str, served: &Served) {
+    debug!(
+        "folder {}: served {name}, {} operations",
+        rt.id, served.applied
+    );
+    if let Some(seq) = served.seq.filter(|_| served.finished) {
+        rt.synced.lock().expect("synced").insert(id, seq);
+    }
+    // It is up: no need to wait before dialling it.
+    rt.backoff.lock().expect("backoff").remove(&id);
+    if served.applied > 0 {
+        sh.board.change(Change {
+            time_ms: status::now_ms(),
+            folder: rt.id.clone(),
+            path: String::new(),
+            action: format!("took {} changes", served.applied),
+            peer: name.to_string(),
+        });
+    }
+    if served.applied > 0 || !served.finished {
+        // The other peers hear of it; what the session did not finish is
+        // looked at again.
+        rt.poke(false);
     }
 }

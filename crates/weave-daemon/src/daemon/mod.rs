@@ -50,14 +50,13 @@ mod watcher;
 use crate::config::Config;
 use crate::status::{self, Board};
 use crate::{tls, DaemonError};
-use host::accept;
-use reload::{apply_config, file_stamp, CONFIG_POLL};
 use shared::Shared;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use watcher::Watcher;
 
@@ -68,18 +67,8 @@ pub async fn run(dir: &Path) -> Result<(), DaemonError> {
     let allowed: tls::Allowed = Arc::default();
     let refused: tls::Refused = Arc::default();
     let server_tls = tls::server_config(&me, allowed.clone(), refused.clone())?;
-    let listener = tokio::net::TcpListener::bind(&cfg.device.listen)
-        .await
-        .map_err(|e| DaemonError::Listen {
-            addr: cfg.device.listen.clone(),
-            source: e,
-        })?;
-    let api = tokio::net::TcpListener::bind(&cfg.device.api)
-        .await
-        .map_err(|e| DaemonError::Listen {
-            addr: cfg.device.api.clone(),
-            source: e,
-        })?;
+    let listener = bind(&cfg.device.listen).await?;
+    let api = bind(&cfg.device.api).await?;
     let api_addr = api.local_addr().map_err(|e| DaemonError::Listen {
         addr: cfg.device.api.clone(),
         source: e,
@@ -105,7 +94,7 @@ pub async fn run(dir: &Path) -> Result<(), DaemonError> {
         allowed,
         refused,
         folders: Mutex::new(HashMap::new()),
-        board: board.clone(),
+        board,
         rt: Handle::current(),
         stopping: AtomicBool::new(false),
     });
@@ -120,81 +109,44 @@ pub async fn run(dir: &Path) -> Result<(), DaemonError> {
         api_addr
     );
     let mut watcher = Watcher::new(&sh);
-    apply_config(&sh, cfg, &mut watcher);
-    {
-        let sh = sh.clone();
-        let roots = Arc::new(move || {
-            let cfg = sh.cfg();
-            cfg.folders
-                .iter()
-                .map(|f| (f.id.clone(), f.path.clone(), cfg.subfolders(f)))
-                .collect::<Vec<_>>()
-        });
-        tokio::spawn(status::serve(api, board.clone(), token, roots));
-    }
-    {
-        let sh = sh.clone();
-        let acceptor = tokio_rustls::TlsAcceptor::from(server_tls);
-        tokio::spawn(async move {
-            loop {
-                match listener.accept().await {
-                    Ok((s, _)) => {
-                        tokio::spawn(accept(sh.clone(), acceptor.clone(), s));
-                    }
-                    Err(e) => {
-                        warn!("accepting a connection: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        });
-    }
-    // Bytes to go, for the board, while syncs run.
-    {
-        let sh = sh.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                let folders = sh.all_folders();
-                for rt in folders {
-                    let total = rt.bytes_total.load(Ordering::Relaxed);
-                    let done = rt.bytes_done.load(Ordering::Relaxed);
-                    if total > 0 {
-                        sh.board.folder(&rt.id, |s| {
-                            s.bytes_to_go = total.saturating_sub(done);
-                        });
-                    }
-                }
-            }
-        });
-    }
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| DaemonError::Usage(format!("cannot handle SIGTERM: {e}")))?;
-    let cfg_path = Config::path(&sh.dir);
-    let mut stamp = file_stamp(&cfg_path);
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
-            _ = tokio::time::sleep(CONFIG_POLL) => {
-                let now = file_stamp(&cfg_path);
-                if now != stamp {
-                    stamp = now;
-                    match Config::load(&sh.dir, sh.me.id) {
-                        Ok(c) if c != *sh.cfg() => {
-                            info!("the config changed; following it");
-                            apply_config(&sh, c, &mut watcher);
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            warn!("the config changed but cannot be used, so the old one stays: {e}");
-                            sh.board.error(None, None, e.to_string());
-                        }
-                    }
-                }
-            }
-        }
-    }
+    reload::apply_config(&sh, cfg, &mut watcher);
+    serve_api(&sh, api, token);
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_tls);
+    tokio::spawn(host::listen(sh.clone(), listener, acceptor));
+    tokio::spawn(pair::show_progress(sh.clone()));
+    reload::follow_config(&sh, &mut watcher).await?;
+    stop(&sh).await;
+    Ok(())
+}
+
+/// Listens on `addr` (host:port).
+async fn bind(addr: &str) -> Result<TcpListener, DaemonError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| DaemonError::Listen {
+            addr: addr.to_string(),
+            source: e,
+        })
+}
+
+/// Serves the status API on `api`: the board, and the conflict copies of
+/// the folders configured at the time of each request.
+fn serve_api(sh: &Arc<Shared>, api: TcpListener, token: String) {
+    let board = sh.board.clone();
+    let sh = sh.clone();
+    let roots = Arc::new(move || {
+        let cfg = sh.cfg();
+        cfg.folders
+            .iter()
+            .map(|f| (f.id.clone(), f.path.clone(), cfg.subfolders(f)))
+            .collect::<Vec<_>>()
+    });
+    tokio::spawn(status::serve(api, board, token, roots));
+}
+
+/// Stops every folder, letting the syncs under way finish (for 30 s at
+/// the most).
+async fn stop(sh: &Shared) {
     info!("stopping: letting syncs under way finish");
     sh.stopping.store(true, Ordering::SeqCst);
     let folders = sh.all_folders();
@@ -215,5 +167,4 @@ pub async fn run(dir: &Path) -> Result<(), DaemonError> {
     }
     let _ = std::fs::remove_file(sh.dir.join(status::ADDR_FILE));
     info!("stopped");
-    Ok(())
 }

@@ -9,7 +9,8 @@ use crate::guard::Guarded;
 use crate::status::{self, Change};
 use crate::DaemonError;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use weave_engine::{Files, Kind, Replica, SyncOptions};
 use weave_net::RemoteReplica;
 
@@ -180,4 +181,22 @@ fn record_changes(sh: &Shared, folder: &str, peer: &str, created: u64, updated: 
         action: format!("took {created} new, {updated} changed, {deleted} deleted"),
         peer: peer.to_string(),
     });
+}
+
+/// Puts the bytes the pair syncs under way still have to copy on the
+/// board, every 250 ms.
+pub(super) async fn show_progress(sh: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let folders = sh.all_folders();
+        for rt in folders {
+            let total = rt.bytes_total.load(Ordering::Relaxed);
+            let done = rt.bytes_done.load(Ordering::Relaxed);
+            if total > 0 {
+                sh.board.folder(&rt.id, |s| {
+                    s.bytes_to_go = total.saturating_sub(done);
+                });
+            }
+        }
+    }
 }

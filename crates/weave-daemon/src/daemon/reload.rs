@@ -5,6 +5,7 @@ use super::folder::folder_task;
 use super::shared::{FolderRt, Shared};
 use super::watcher::Watcher;
 use crate::config::Config;
+use crate::DaemonError;
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How often the config file is looked at.
-pub(super) const CONFIG_POLL: Duration = Duration::from_millis(500);
+const CONFIG_POLL: Duration = Duration::from_millis(500);
 
 /// Reads the config again and makes the daemon follow it.
 pub(super) fn apply_config(sh: &Arc<Shared>, cfg: Config, watcher: &mut Watcher) {
@@ -54,7 +55,46 @@ pub(super) fn apply_config(sh: &Arc<Shared>, cfg: Config, watcher: &mut Watcher)
     watcher.follow(sh, &cfg);
 }
 
-pub(super) fn file_stamp(p: &Path) -> Option<(std::time::SystemTime, u64)> {
+fn file_stamp(p: &Path) -> Option<(std::time::SystemTime, u64)> {
     let m = std::fs::metadata(p).ok()?;
     Some((m.modified().ok()?, m.len()))
+}
+
+/// Follows the config file until SIGINT or SIGTERM.
+pub(super) async fn follow_config(
+    sh: &Arc<Shared>,
+    watcher: &mut Watcher,
+) -> Result<(), DaemonError> {
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| DaemonError::Usage(format!("cannot handle SIGTERM: {e}")))?;
+    let cfg_path = Config::path(&sh.dir);
+    let mut stamp = file_stamp(&cfg_path);
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = sigterm.recv() => return Ok(()),
+            _ = tokio::time::sleep(CONFIG_POLL) => {
+                let now = file_stamp(&cfg_path);
+                if now != stamp {
+                    stamp = now;
+                    reload(sh, watcher);
+                }
+            }
+        }
+    }
+}
+
+/// The config file changed: follows it if it is usable and differs.
+fn reload(sh: &Arc<Shared>, watcher: &mut Watcher) {
+    match Config::load(&sh.dir, sh.me.id) {
+        Ok(c) if c != *sh.cfg() => {
+            info!("the config changed; following it");
+            apply_config(sh, c, watcher);
+        }
+        Ok(_) => {}
+        Err(e) => {
+            warn!("the config changed but cannot be used, so the old one stays: {e}");
+            sh.board.error(None, None, e.to_string());
+        }
+    }
 }
