@@ -1,19 +1,15 @@
-//! What the daemon is doing, for people and scripts: a board the daemon
-//! keeps up to date, served as JSON by a local API (axum on 127.0.0.1,
-//! every request carrying the token from the config directory), and the
-//! client `weave status` / `weave conflicts` use.
+//! The board: what the daemon is doing (its device, folders, peers,
+//! recent changes and errors), kept up to date by the daemon and read by
+//! the API.
 
-use crate::DaemonError;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub const TOKEN_FILE: &str = "api-token";
-pub const ADDR_FILE: &str = "api-address";
 const RECENT: usize = 100;
 const ERRORS: usize = 50;
 
+/// Milliseconds since the Unix epoch, the board's clock.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -197,142 +193,4 @@ impl Board {
             errors: b.errors.iter().cloned().collect(),
         }
     }
-}
-
-/// The conflict copies under `root` (relative paths, sorted), leaving out
-/// weave's state and the sub-folders in `skip`.
-pub fn conflicts_in(root: &Path, skip: &[String]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![(root.to_path_buf(), String::new())];
-    let mut budget = 1_000_000usize;
-    while let Some((dir, rel)) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            budget = budget.saturating_sub(1);
-            if budget == 0 {
-                return out;
-            }
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name == ".weave" {
-                continue;
-            }
-            let r = if rel.is_empty() {
-                name.clone()
-            } else {
-                format!("{rel}/{name}")
-            };
-            if skip.contains(&r) {
-                continue;
-            }
-            if weave_core::path::is_conflict_name(&r) {
-                out.push(r.clone());
-            }
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                stack.push((e.path(), r));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-/// The token the API wants, made on first use (readable by this user only).
-pub fn token(dir: &Path) -> Result<String, DaemonError> {
-    let p = dir.join(TOKEN_FILE);
-    if let Ok(t) = std::fs::read_to_string(&p) {
-        let t = t.trim().to_string();
-        if t.len() >= 16 {
-            return Ok(t);
-        }
-    }
-    let t: String = (0..32)
-        .map(|_| format!("{:x}", rand::random::<u8>() & 15))
-        .collect();
-    crate::identity::write_atomic(&p, t.as_bytes(), true)?;
-    Ok(t)
-}
-
-/// The folders whose conflict copies the API lists: (id, root, the
-/// sub-folders to leave out).
-pub type Roots = Arc<dyn Fn() -> Vec<(String, PathBuf, Vec<String>)> + Send + Sync>;
-
-/// Serves the board on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, board: Board, token: String, roots: Roots) {
-    use axum::http::{HeaderMap, StatusCode};
-    use axum::routing::get;
-    use axum::Json;
-    #[derive(Clone)]
-    struct St {
-        board: Board,
-        token: Arc<String>,
-        roots: Roots,
-    }
-    fn authorised(st: &St, h: &HeaderMap) -> Result<(), StatusCode> {
-        let want = format!("Bearer {}", st.token);
-        match h.get("authorization").and_then(|v| v.to_str().ok()) {
-            Some(v) if v == want => Ok(()),
-            _ => Err(StatusCode::UNAUTHORIZED),
-        }
-    }
-    async fn status(
-        axum::extract::State(st): axum::extract::State<St>,
-        h: HeaderMap,
-    ) -> Result<Json<Status>, StatusCode> {
-        authorised(&st, &h)?;
-        let mut s = st.board.snapshot();
-        let roots = (st.roots)();
-        let found = tokio::task::spawn_blocking(move || {
-            roots
-                .into_iter()
-                .map(|(id, root, skip)| (id, conflicts_in(&root, &skip)))
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        for (id, c) in found {
-            if let Some(f) = s.folders.iter_mut().find(|f| f.id == id) {
-                f.conflicts = c;
-            }
-        }
-        Ok(Json(s))
-    }
-    let st = St {
-        board,
-        token: Arc::new(token),
-        roots,
-    };
-    let app = axum::Router::new()
-        .route("/v1/status", get(status))
-        .with_state(st);
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!("the status API stopped: {e}");
-    }
-}
-
-/// Asks the daemon of the config directory `dir` for its status.
-pub fn fetch(dir: &Path) -> Result<Status, DaemonError> {
-    let addr = std::fs::read_to_string(dir.join(ADDR_FILE)).map_err(|_| {
-        DaemonError::Usage(format!(
-            "no weave daemon has run with the config directory {}; start one with `weave daemon`",
-            dir.display()
-        ))
-    })?;
-    let token = token(dir)?;
-    let url = format!("http://{}/v1/status", addr.trim());
-    let not_running = |e: String| {
-        DaemonError::Usage(format!(
-            "the weave daemon of {} does not answer at {} ({e}); is it running? Start it with `weave daemon`",
-            dir.display(),
-            addr.trim()
-        ))
-    };
-    let mut resp = ureq::get(&url)
-        .header("Authorization", &format!("Bearer {token}"))
-        .call()
-        .map_err(|e| not_running(e.to_string()))?;
-    resp.body_mut()
-        .read_json::<Status>()
-        .map_err(|e| not_running(e.to_string()))
 }
