@@ -9,6 +9,7 @@ use super::shared::{FolderRt, Shared};
 use super::watcher::UNWATCHED_RESCAN;
 use crate::config::{Config, Folder, Mode, Peer};
 use crate::id::DeviceId;
+use crate::status::{FolderState, PeerState};
 use crate::DaemonError;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -21,7 +22,7 @@ use weave_engine::{Files, IgnoreSpec, Kind, SyncError};
 fn scan_local(sh: &Shared, rt: &FolderRt, cfg: &Config, f: &Folder) -> Result<u64, SyncError> {
     let _guard = rt.lock.clone().blocking_lock_owned();
     let (mut rep, taken) = open_folder(cfg, f, rt)?;
-    sh.board.folder(&f.id, |s| s.state = "scanning".into());
+    sh.board.folder(&f.id, |s| s.state = FolderState::Scanning);
     let ignore = IgnoreSpec {
         files: rep.info().ignore_file.clone().into_iter().collect(),
         patterns: f.ignore.clone(),
@@ -62,7 +63,7 @@ fn check(sh: &Shared, rt: &FolderRt) {
         .iter()
         .filter_map(|n| cfg.peer(n).cloned())
         .collect();
-    sh.board.folder(&f.id, |s| s.state = "scanning".into());
+    sh.board.folder(&f.id, |s| s.state = FolderState::Scanning);
     // What the folder's sequence number is now, once known: after a look
     // at what changed on disk, or without one, the last one any sync
     // ended at. Changes weave wrote itself leave it as it was: no peer
@@ -105,7 +106,7 @@ fn scan_failed(sh: &Shared, rt: &FolderRt, f: &Folder, e: &SyncError) {
         sh.board.error(Some(&f.id), None, msg.clone());
     }
     sh.board.folder(&f.id, |s| {
-        s.state = "error".into();
+        s.state = FolderState::Error;
         s.error = Some(msg);
     });
     rt.dirty.store(true, Ordering::SeqCst);
@@ -203,7 +204,7 @@ fn pair_failed(
     }
     sh.board.peer(&p.name, |s| {
         if peer_down {
-            s.state = "disconnected".into();
+            s.state = PeerState::Disconnected;
         }
         s.last_error = Some(msg.clone());
     });
@@ -251,7 +252,11 @@ fn show_check(
                 format!("receive-only: {kept} local changes kept here and not sent (diverged)"),
             );
         }
-        s.state = if error.is_some() { "error" } else { "idle" }.into();
+        s.state = if error.is_some() {
+            FolderState::Error
+        } else {
+            FolderState::Idle
+        };
         s.error = error;
         s.in_sync_with = in_sync;
         s.in_sync_percent = pct;

@@ -6,7 +6,7 @@ use super::open::{open_folder, Taken};
 use super::shared::{FolderRt, Shared};
 use crate::config::Peer;
 use crate::id::DeviceId;
-use crate::status::{self, Change};
+use crate::status::{self, Change, PeerState};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -112,7 +112,7 @@ async fn session(sh: Arc<Shared>, acceptor: TlsAcceptor, s: TcpStream) {
         return;
     };
     sh.board.peer(&name, |p| {
-        p.state = "connected".into();
+        p.state = PeerState::Connected;
         p.last_seen_ms = Some(status::now_ms());
         p.last_error = None;
     });

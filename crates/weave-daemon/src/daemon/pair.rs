@@ -6,7 +6,7 @@ use super::open::open_folder;
 use super::shared::{FolderRt, Shared};
 use crate::config::{Config, Conflict, Folder, Peer};
 use crate::guard::Guarded;
-use crate::status::{self, Change};
+use crate::status::{self, Change, FolderState, PeerState};
 use crate::DaemonError;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -84,7 +84,7 @@ pub(super) fn sync_pair(
         remote.cache_index_in(&Files.state_dir(&root));
     }
     let mut reps: Vec<Box<dyn Replica>> = vec![local, Box::new(remote)];
-    sh.board.folder(&f.id, |s| s.state = "syncing".into());
+    sh.board.folder(&f.id, |s| s.state = FolderState::Syncing);
     let opts = sync_options(cfg, f);
     let result = weave_engine::run(
         &mut reps,
@@ -104,7 +104,7 @@ pub(super) fn sync_pair(
     let report = result?;
     let secs = started.elapsed().as_secs_f64().max(0.001);
     sh.board.peer(&peer.name, |p| {
-        p.state = "connected".into();
+        p.state = PeerState::Connected;
         p.address = Some(addr.clone());
         p.last_seen_ms = Some(status::now_ms());
         p.last_error = None;

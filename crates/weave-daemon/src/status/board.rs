@@ -43,8 +43,7 @@ pub struct FolderStatus {
     pub id: String,
     pub path: String,
     pub mode: String,
-    /// idle, scanning, syncing or error.
-    pub state: String,
+    pub state: FolderState,
     /// How much of what the folder's peers hold this device has, as far as
     /// the last syncs tell (100 when every peer's last sync succeeded).
     pub in_sync_percent: f64,
@@ -67,8 +66,7 @@ pub struct PeerStatus {
     pub name: String,
     pub id: String,
     pub addresses: Vec<String>,
-    /// connected (its last session worked), disconnected or unknown.
-    pub state: String,
+    pub state: PeerState,
     pub address: Option<String>,
     pub last_seen_ms: Option<u64>,
     pub last_error: Option<String>,
@@ -77,6 +75,68 @@ pub struct PeerStatus {
     /// Bytes per second in and out during its last session.
     pub rate_in: u64,
     pub rate_out: u64,
+}
+
+/// What a folder is doing (in JSON: idle, scanning, syncing or error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FolderState {
+    /// Waiting for a change.
+    #[default]
+    Idle,
+    /// Looking at what changed on disk.
+    Scanning,
+    /// A pair sync is under way.
+    Syncing,
+    /// Its last scan or sync failed (the folder's `error` says why).
+    Error,
+}
+
+/// How a peer's last session went (in JSON: connected, disconnected or
+/// unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerState {
+    /// No session with it yet.
+    #[default]
+    Unknown,
+    /// Its last session worked.
+    Connected,
+    /// It could not be reached.
+    Disconnected,
+}
+
+impl FolderState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FolderState::Idle => "idle",
+            FolderState::Scanning => "scanning",
+            FolderState::Syncing => "syncing",
+            FolderState::Error => "error",
+        }
+    }
+}
+
+impl PeerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Unknown => "unknown",
+            PeerState::Connected => "connected",
+            PeerState::Disconnected => "disconnected",
+        }
+    }
+}
+
+impl std::fmt::Display for FolderState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for PeerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -134,7 +194,7 @@ impl Board {
                 .entry(f.id.clone())
                 .or_insert_with(|| FolderStatus {
                     id: f.id.clone(),
-                    state: "idle".into(),
+                    state: FolderState::Idle,
                     ..Default::default()
                 });
             s.path = f.path.display().to_string();
@@ -146,7 +206,7 @@ impl Board {
         for p in &cfg.peers {
             let s = b.peers.entry(p.name.clone()).or_insert_with(|| PeerStatus {
                 name: p.name.clone(),
-                state: "unknown".into(),
+                state: PeerState::Unknown,
                 ..Default::default()
             });
             s.id = p.id.to_string();
@@ -191,6 +251,39 @@ impl Board {
             peers: b.peers.values().cloned().collect(),
             recent: b.recent.iter().cloned().collect(),
             errors: b.errors.iter().cloned().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_are_the_same_words_in_json_and_in_text() {
+        let folder = [
+            (FolderState::Idle, "idle"),
+            (FolderState::Scanning, "scanning"),
+            (FolderState::Syncing, "syncing"),
+            (FolderState::Error, "error"),
+        ];
+        for (s, word) in folder {
+            assert_eq!(serde_json::to_value(s).unwrap(), word);
+            assert_eq!(
+                serde_json::from_value::<FolderState>(word.into()).unwrap(),
+                s
+            );
+            assert_eq!(s.to_string(), word);
+        }
+        let peer = [
+            (PeerState::Unknown, "unknown"),
+            (PeerState::Connected, "connected"),
+            (PeerState::Disconnected, "disconnected"),
+        ];
+        for (s, word) in peer {
+            assert_eq!(serde_json::to_value(s).unwrap(), word);
+            assert_eq!(serde_json::from_value::<PeerState>(word.into()).unwrap(), s);
+            assert_eq!(s.to_string(), word);
         }
     }
 }

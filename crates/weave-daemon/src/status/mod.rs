@@ -10,7 +10,8 @@ mod client;
 
 pub use api::{serve, Roots};
 pub use board::{
-    now_ms, Board, Change, DeviceStatus, ErrorEntry, FolderStatus, PeerStatus, Status,
+    now_ms, Board, Change, DeviceStatus, ErrorEntry, FolderState, FolderStatus, PeerState,
+    PeerStatus, Status,
 };
 pub use client::fetch;
 
