@@ -3,12 +3,17 @@
 
 use super::shared::Shared;
 use crate::config::Peer;
+use crate::id::DeviceId;
 use crate::{tls, DaemonError};
+use std::sync::Arc;
 use std::time::Duration;
+use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
+use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsAcceptor;
+use weave_engine::SyncError;
 use weave_net::Conn;
 
 /// How long a dial or a TLS handshake may take.
@@ -45,43 +50,79 @@ impl<W: AsyncWrite + Unpin> Drop for CloseOnDrop<W> {
     }
 }
 
+/// Why a peer could not be synced with: it is down, or out of reach, or
+/// does not take this device.
+#[derive(Debug, Error)]
+pub enum PeerProblem {
+    #[error("it has no address to dial; it dials this device (add one with `weave peer add NAME ID ADDRESS`)")]
+    NoAddress,
+    #[error("cannot connect ({address}: {why})")]
+    Unreachable { address: String, why: DialError },
+    /// It refused this device's certificate.
+    #[error("{peer} refused this device ({cause}); on {peer}, add it with `weave peer add NAME {me} ADDRESS`")]
+    RefusedUs {
+        peer: String,
+        me: DeviceId,
+        cause: SyncError,
+    },
+    /// The session did not open.
+    #[error("{0}")]
+    Session(SyncError),
+}
+
+/// Why dialling one address of a peer failed.
+#[derive(Debug, Error)]
+pub enum DialError {
+    #[error("timed out")]
+    Timeout,
+    #[error("{0}")]
+    Connect(std::io::Error),
+    #[error("the TLS handshake timed out")]
+    HandshakeTimeout,
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
+}
+
 /// Dials `peer` (each of its addresses in turn) and checks it is who it
 /// should be.
 pub(super) fn dial(sh: &Shared, peer: &Peer) -> Result<(Conn, String), DaemonError> {
-    let perr = |message: String| DaemonError::Peer {
+    let perr = |problem: PeerProblem| DaemonError::Peer {
         peer: peer.name.clone(),
-        message,
+        problem: Box::new(problem),
     };
     if peer.addresses.is_empty() {
-        return Err(perr(
-            "it has no address to dial; it dials this device (add one with `weave peer add NAME ID ADDRESS`)".into(),
-        ));
+        return Err(perr(PeerProblem::NoAddress));
     }
     let cc = tls::client_config(&sh.me, peer.id)?;
-    let mut last = String::new();
+    let mut last = None;
     for addr in &peer.addresses {
-        let cc = cc.clone();
-        let got = sh.rt.block_on(async {
-            let s = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
-                .await
-                .map_err(|_| "timed out".to_string())?
-                .map_err(|e| e.to_string())?;
-            let _ = s.set_nodelay(true);
-            let name = rustls::pki_types::ServerName::try_from("weave").expect("a name");
-            tokio::time::timeout(
-                CONNECT_TIMEOUT,
-                tokio_rustls::TlsConnector::from(cc).connect(name, s),
-            )
-            .await
-            .map_err(|_| "the TLS handshake timed out".to_string())?
-            .map_err(|e| format!("TLS: {e}"))
-        });
-        match got {
+        match sh.rt.block_on(connect(addr, cc.clone())) {
             Ok(t) => return Ok((conn_over(t, &peer.name, &sh.rt), addr.clone())),
-            Err(e) => last = format!("{addr}: {e}"),
+            Err(why) => last = Some((addr.clone(), why)),
         }
     }
-    Err(perr(format!("cannot connect ({last})")))
+    let (address, why) = last.expect("a peer with addresses");
+    Err(perr(PeerProblem::Unreachable { address, why }))
+}
+
+/// Connects to `addr`, and makes the TLS handshake with client config `cc`.
+async fn connect(
+    addr: &str,
+    cc: Arc<rustls::ClientConfig>,
+) -> Result<TlsStream<TcpStream>, DialError> {
+    let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| DialError::Timeout)?
+        .map_err(DialError::Connect)?;
+    let _ = s.set_nodelay(true);
+    let name = rustls::pki_types::ServerName::try_from("weave").expect("a name");
+    tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio_rustls::TlsConnector::from(cc).connect(name, s),
+    )
+    .await
+    .map_err(|_| DialError::HandshakeTimeout)?
+    .map_err(DialError::Tls)
 }
 
 /// An accepted connection's TLS handshake: a session with the peer it
@@ -122,4 +163,63 @@ pub(super) async fn accept(
     };
     let conn = conn_over(t, &peer.name, &sh.rt);
     Some((conn, peer, from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_problem_says_what_it_said_as_a_message() {
+        let peer = |problem| {
+            DaemonError::Peer {
+                peer: "nas".into(),
+                problem: Box::new(problem),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            peer(PeerProblem::NoAddress),
+            "peer nas: it has no address to dial; it dials this device (add one with `weave peer add NAME ID ADDRESS`)"
+        );
+        let unreachable = |why| PeerProblem::Unreachable {
+            address: "10.0.0.2:22100".into(),
+            why,
+        };
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let messages = [
+            (DialError::Timeout, "timed out".to_string()),
+            (
+                DialError::Connect(refused),
+                "connection refused".to_string(),
+            ),
+            (
+                DialError::HandshakeTimeout,
+                "the TLS handshake timed out".to_string(),
+            ),
+            (
+                DialError::Tls(std::io::Error::other("bad cert")),
+                "TLS: bad cert".to_string(),
+            ),
+        ];
+        for (why, said) in messages {
+            assert_eq!(
+                peer(unreachable(why)),
+                format!("peer nas: cannot connect (10.0.0.2:22100: {said})")
+            );
+        }
+        let me = DeviceId::from_public_key(b"me");
+        assert_eq!(
+            peer(PeerProblem::RefusedUs {
+                peer: "nas".into(),
+                me,
+                cause: SyncError::Remote("received fatal alert".into()),
+            }),
+            format!("peer nas: nas refused this device (received fatal alert); on nas, add it with `weave peer add NAME {me} ADDRESS`")
+        );
+        assert_eq!(
+            peer(PeerProblem::Session(SyncError::Remote("no folder".into()))),
+            "peer nas: no folder"
+        );
+    }
 }

@@ -47,6 +47,8 @@ mod reload;
 mod shared;
 mod watcher;
 
+pub use conn::{DialError, PeerProblem};
+
 use crate::config::Config;
 use crate::status::{self, Board};
 use crate::{tls, DaemonError};

@@ -1,7 +1,7 @@
 //! A pair sync run by this device (a folder with one peer), and what it
 //! did, on the board and in the log.
 
-use super::conn::dial;
+use super::conn::{dial, PeerProblem};
 use super::open::open_folder;
 use super::shared::{FolderRt, Shared};
 use crate::config::{Config, Conflict, Folder, Peer};
@@ -60,20 +60,22 @@ pub(super) fn sync_pair(
     }
     let started = Instant::now();
     let (conn, addr) = dial(sh, peer)?;
-    let mut remote = RemoteReplica::open_kind(conn, &peer.name, &f.id, "files", false)
-        .map_err(|e| {
-            let mut message = e.to_string();
-            if message.contains("fatal alert") {
-                // TLS 1.3: a server refuses a client's certificate after
-                // the client's side of the handshake is done.
-                message = format!(
-                    "{} refused this device ({message}); on {}, add it with `weave peer add NAME {} ADDRESS`",
-                    peer.name, peer.name, sh.me.id
-                );
-            }
+    let mut remote =
+        RemoteReplica::open_kind(conn, &peer.name, &f.id, "files", false).map_err(|e| {
+            // TLS 1.3: a server refuses a client's certificate after
+            // the client's side of the handshake is done.
+            let problem = if e.to_string().contains("fatal alert") {
+                PeerProblem::RefusedUs {
+                    peer: peer.name.clone(),
+                    me: sh.me.id,
+                    cause: e,
+                }
+            } else {
+                PeerProblem::Session(e)
+            };
             DaemonError::Peer {
                 peer: peer.name.clone(),
-                message,
+                problem: Box::new(problem),
             }
         })?;
     if guard.is_none() {

@@ -66,7 +66,7 @@ pub(super) async fn follow_config(
     watcher: &mut Watcher,
 ) -> Result<(), DaemonError> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| DaemonError::Usage(format!("cannot handle SIGTERM: {e}")))?;
+        .map_err(DaemonError::Signal)?;
     let cfg_path = Config::path(&sh.dir);
     let mut stamp = file_stamp(&cfg_path);
     loop {
