@@ -24,6 +24,14 @@
 //! - **Echoes.** Files weave wrote itself are in the index as written, so
 //!   the watcher's events for them find nothing new: the folder's sequence
 //!   number stays, and no peer is contacted for them.
+//!
+//! The code, by concern: `shared` (what the tasks share: the config, each
+//! folder's runtime state), `open` (a folder's replica, behind its rules),
+//! `conn` (dialling a peer, accepting one, sessions over TLS), `pair` (a
+//! pair sync this device runs, and its report), `folder` (a folder's task
+//! and its check), `host` (serving folders to peers), `watcher` (the
+//! file-system watcher), `reload` (following the config file) and
+//! `backoff` (the wait after a failure).
 
 // Log lines keep the target they had when the daemon was one file
 // (`weave_daemon::daemon`), whichever module writes them.
