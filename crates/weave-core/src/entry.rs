@@ -31,6 +31,13 @@ impl Object {
     pub fn is_live(&self) -> bool {
         !self.is_deleted()
     }
+    /// A file's content id.
+    pub fn content(&self) -> Option<Hash> {
+        match self {
+            Object::File { content, .. } => Some(*content),
+            _ => None,
+        }
+    }
     pub fn kind_name(&self) -> &'static str {
         match self {
             Object::File { .. } => "file",

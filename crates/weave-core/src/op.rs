@@ -2,7 +2,8 @@
 //! final state. The engine derives them (final vs current entry); a
 //! replica of any kind carries them out.
 
-use crate::entry::{Entry, LocalEntry};
+use crate::entry::{Entry, LocalEntry, Object};
+use crate::id::Hash;
 
 /// What one operation does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,4 +28,20 @@ pub struct Op {
     pub current: Option<LocalEntry>,
     /// The version to record once the operation is done.
     pub target: Entry,
+}
+
+impl Op {
+    /// For a file write: the content it puts at the path, and its size.
+    pub fn writes(&self) -> Option<(Hash, u64)> {
+        match (&self.kind, &self.target.object) {
+            (OpKind::WriteFile, Object::File { content, size }) => Some((*content, *size)),
+            _ => None,
+        }
+    }
+
+    /// The content of the file at the path now, as the index has it (the
+    /// old version a write replaces).
+    pub fn old_content(&self) -> Option<Hash> {
+        self.current.as_ref().and_then(|c| c.entry.object.content())
+    }
 }

@@ -8,22 +8,9 @@
 use crate::entry::{Entry, Object};
 use crate::id::ReplicaId;
 use crate::path::{ancestors, conflict_name, depth};
+use crate::policy::ConflictPolicy;
 use crate::vv::{Causality, VersionVector};
 use std::collections::BTreeMap;
-
-/// What to do when replicas changed the same path concurrently.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConflictPolicy {
-    /// The version with the newer mtime keeps the name; the other becomes a
-    /// conflict copy next to it. The default.
-    KeepBoth,
-    /// The version with the newer mtime wins; the other is dropped.
-    Newest,
-    /// The version held by this replica wins; the other is dropped. When
-    /// that replica holds none of the concurrent versions, falls back to
-    /// keep-both.
-    Prefer(ReplicaId),
-}
 
 /// How a conflict was settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -106,17 +106,14 @@ impl Replica for Guarded {
     fn is_local(&self) -> bool {
         self.inner.is_local()
     }
-    fn local_root(&self) -> Option<std::path::PathBuf> {
-        self.inner.local_root()
+    fn local(&mut self) -> Option<&mut dyn weave_engine::LocalTree> {
+        self.inner.local()
     }
     fn traffic(&self) -> Option<(u64, u64)> {
         self.inner.traffic()
     }
     fn info(&self) -> &ReplicaInfo {
         self.inner.info()
-    }
-    fn limit_scan(&mut self, paths: Vec<String>) {
-        self.inner.limit_scan(paths);
     }
     fn scan(&mut self, ignore: &IgnoreSpec, dry_run: bool) -> Result<ScanSummary, SyncError> {
         let mut spec = ignore.clone();

@@ -1,13 +1,13 @@
 //! Kinds of replica, and how a kind merges concurrent versions.
 //!
 //! A sync's replicas are all of one kind: directory trees (`files`, the
-//! default) or stores of named objects such as the key/value store of
-//! `weave-kv` (`weave sync --kind kv`). The engine, the planner and the
+//! default, `weave_fs::Files`) or stores of named objects such as the
+//! key/value store of `weave-kv` (`weave sync --kind kv`). The engine, the planner and the
 //! sessions see every kind through [`crate::Replica`]; a [`Kind`] says how
 //! to check and open a replica of it at a path, and whether it merges
 //! concurrent versions ([`Merge`]) instead of keeping both.
 
-use crate::{LocalReplica, Replica, SyncError};
+use crate::{Prehashed, Replica, SyncError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use weave_core::path::STATE_DIR;
@@ -86,122 +86,28 @@ pub trait Kind: Send + Sync {
     }
     /// For a replica at `root` with no state yet (not opened, so nothing
     /// is created): hashes, recording nothing, what its first scan would
-    /// hash, to be given to it with [`Replica::adopt_prehashed`] once it
-    /// is opened. Stops hashing once `stop` is set.
+    /// hash, to be given to it with [`crate::LocalTree::adopt_prehashed`]
+    /// once it is opened. Stops hashing once `stop` is set.
     fn prehash(
         &self,
         _root: &Path,
         _patterns: &[String],
         _stop: &std::sync::atomic::AtomicBool,
-    ) -> Option<weave_fs::Prehashed> {
+    ) -> Option<Prehashed> {
         None
     }
-}
-
-/// Directory trees: the default kind.
-pub struct Files;
-
-impl Kind for Files {
-    fn name(&self) -> &str {
-        "files"
-    }
-
-    fn check(&self, paths: &[PathBuf], ignore: &[String]) -> Result<Vec<PathBuf>, SyncError> {
-        let canon = crate::check_local_replicas(paths)?;
-        // Bad patterns stop the sync before any state is created.
-        let roots: Vec<&Path> = canon.iter().map(|p| p.as_path()).collect();
-        weave_fs::ignore::Matcher::build(&roots, ignore)?;
-        Ok(canon)
-    }
-
-    fn prehash(
-        &self,
-        root: &Path,
-        patterns: &[String],
-        stop: &std::sync::atomic::AtomicBool,
-    ) -> Option<weave_fs::Prehashed> {
-        let matcher = weave_fs::ignore::Matcher::build(&[root], patterns).ok()?;
-        Some(weave_fs::prehash(root, None, &matcher, stop))
-    }
-
-    fn open(
-        &self,
-        root: &Path,
-        display: &str,
-        dry_run: bool,
-    ) -> Result<Box<dyn Replica>, SyncError> {
-        Ok(Box::new(LocalReplica::open(root, display, dry_run)?))
-    }
-}
-
-/// The file in a replica's state directory that names its kind (absent:
-/// files, which is what every replica made before kinds existed is).
-pub const KIND_FILE: &str = "kind";
-
-/// Checks that the replica whose state is in `state_dir` (shown as
-/// `display`) is of kind `kind`, and records the kind of a new one
-/// (unless `dry_run`), so that a store of one kind is never synced as
-/// another (a key/value store's database as a file, say).
-pub fn claim_kind(
-    state_dir: &Path,
-    kind: &str,
-    display: &str,
-    dry_run: bool,
-) -> Result<(), SyncError> {
-    let file = state_dir.join(KIND_FILE);
-    let has_index = state_dir.join(weave_index::INDEX_FILE).exists();
-    let recorded = match std::fs::read_to_string(&file) {
-        Ok(s) => Some(s.trim().to_string()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => {
-            return Err(SyncError::State {
-                path: file,
-                problem: format!("cannot be read ({e})"),
-            })
-        }
-    };
-    let is = match (&recorded, has_index) {
-        (Some(k), _) => k.clone(),
-        (None, true) => "files".to_string(),
-        (None, false) => {
-            if !dry_run && kind != "files" {
-                std::fs::create_dir_all(state_dir)
-                    .and_then(|()| std::fs::write(&file, format!("{kind}\n")))
-                    .map_err(|e| SyncError::State {
-                        path: file.clone(),
-                        problem: format!("cannot be written ({e})"),
-                    })?;
-            }
-            return Ok(());
-        }
-    };
-    if is != kind {
-        let flag = if is == "files" {
-            "without --kind".to_string()
-        } else {
-            format!("with --kind {is}")
-        };
-        return Err(SyncError::BadReplica {
-            path: display.to_string(),
-            problem: format!("is a replica of kind {is}, not {kind}"),
-            fix: format!("Sync it {flag}, or give another replica."),
-        });
-    }
-    Ok(())
 }
 
 /// The kinds a program knows, by name.
 #[derive(Clone)]
 pub struct Kinds(Vec<Arc<dyn Kind>>);
 
-impl Default for Kinds {
-    /// Only [`Files`].
-    fn default() -> Self {
-        Kinds(vec![Arc::new(Files)])
-    }
-}
-
 impl Kinds {
+    /// A program's kinds, starting with `first`.
+    pub fn new(first: Arc<dyn Kind>) -> Kinds {
+        Kinds(vec![first])
+    }
+
     /// Adds a kind (replacing one of the same name).
     pub fn with(mut self, k: Arc<dyn Kind>) -> Kinds {
         self.0.retain(|o| o.name() != k.name());

@@ -1,19 +1,23 @@
 //! What the engine needs from a replica, wherever it is.
 //!
 //! The engine plans with every replica's index and then asks each replica
-//! to carry out its part. A [`crate::LocalReplica`] does the work in this
-//! process; a remote replica (weave-net) forwards each call over a session
-//! to `weave serve` on another machine, which runs a `LocalReplica` there.
+//! to carry out its part. A directory tree on this machine
+//! (`weave_fs::LocalReplica`) does the work in this process; a remote
+//! replica (weave-net) forwards each call over a session to `weave serve`
+//! on another machine, which runs one there; an object store
+//! (weave-object) commits to its store. [`Replica`] holds only what every
+//! kind of replica can do; what only a directory tree on this machine can
+//! do is [`LocalTree`], reached through [`Replica::local`].
 //! Chunks a replica lacks come through a [`Provider`]: from the other
 //! replicas of the sync, whichever holds them.
 
 use crate::SyncError;
 use std::collections::{BTreeMap, HashMap};
 use weave_chunk::ChunkList;
+use weave_core::ignore::IgnoreFile;
 use weave_core::LocalEntry;
 use weave_core::Op;
 use weave_core::{Entry, Hash, ReplicaId};
-use weave_fs::Location;
 
 /// What a replica says about itself when it is opened.
 #[derive(Debug, Clone)]
@@ -29,8 +33,8 @@ pub struct ReplicaInfo {
     pub ignore_fingerprint: Option<u64>,
     /// Its state directory was made for another directory; it got a new id.
     pub rekeyed: bool,
-    /// Its `.weaveignore`: (where it is, text).
-    pub ignore_file: Option<(String, String)>,
+    /// Its `.weaveignore`, if it has one.
+    pub ignore_file: Option<IgnoreFile>,
 }
 
 /// Something that went wrong (or is worth a note) at one path of a replica.
@@ -51,7 +55,7 @@ pub struct ScanSummary {
 /// order) and the command-line patterns.
 #[derive(Debug, Clone, Default)]
 pub struct IgnoreSpec {
-    pub files: Vec<(String, String)>,
+    pub files: Vec<IgnoreFile>,
     pub patterns: Vec<String>,
 }
 
@@ -70,19 +74,32 @@ pub struct Applied {
 pub struct Finish {
     /// Counter values handed out by the planner on its behalf.
     pub observe: u64,
-    /// Everything the other replicas hold is integrated: their sequence
-    /// numbers, and the ignore fingerprint this was true under.
-    pub integrated: Option<(Vec<(ReplicaId, u64)>, u64)>,
+    /// Everything the other replicas hold is integrated (None when
+    /// something failed on this replica).
+    pub integrated: Option<Integrated>,
+}
+
+/// What a replica integrated in a sync that went through on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Integrated {
+    /// The other replicas' sequence numbers at the sync.
+    pub peers: Vec<(ReplicaId, u64)>,
+    /// The fingerprint of the ignore patterns this was true under.
+    pub ignore_fingerprint: u64,
 }
 
 /// Per content: the hashes wanted (tree nodes or chunks).
 pub type Wants = [(Hash, Vec<Hash>)];
 
+/// Tree nodes served for [`Wants`]: per content asked, per hash asked (in
+/// the order asked), the encoded node, or None when it is not had.
+pub type ServedNodes = Vec<Vec<Option<Vec<u8>>>>;
+
 /// Where a replica gets what it does not hold itself.
 pub trait Provider {
     /// Encoded tree nodes, per content, in the order asked (None: nobody
     /// has it). The caller verifies every node.
-    fn nodes(&mut self, wants: &Wants) -> Result<Vec<Vec<Option<Vec<u8>>>>, SyncError>;
+    fn nodes(&mut self, wants: &Wants) -> Result<ServedNodes, SyncError>;
     /// Chunk data, handed to `sink` as it arrives (hash, data). The caller
     /// verifies every chunk, unless [`Provider::verified`] says this
     /// provider already did; chunks nobody has are simply not delivered.
@@ -109,31 +126,25 @@ pub fn lists_for(
     foreign: &Foreign,
     provider: &mut dyn Provider,
 ) -> Result<(HashMap<Hash, ChunkList>, Vec<Issue>), SyncError> {
-    use weave_core::Object;
     let mut lists: HashMap<Hash, ChunkList> = HashMap::new();
     let mut unresolved: Vec<(Hash, u64, String)> = Vec::new();
     let mut pending: std::collections::HashSet<Hash> = std::collections::HashSet::new();
     let mut known: HashMap<Hash, weave_chunk::Node> = foreign.nodes.clone();
-    for op in ops
-        .iter()
-        .filter(|o| o.kind == weave_core::OpKind::WriteFile)
-    {
-        let Object::File { content, size } = &op.target.object else {
+    for op in ops {
+        let Some((content, size)) = op.writes() else {
             continue;
         };
-        if lists.contains_key(content) || !pending.insert(*content) {
+        if lists.contains_key(&content) || !pending.insert(content) {
             continue;
         }
-        if let Some(l) = own(content).or_else(|| foreign.lists.get(content).cloned()) {
-            lists.insert(*content, l);
+        if let Some(l) = own(&content).or_else(|| foreign.lists.get(&content).cloned()) {
+            lists.insert(content, l);
             continue;
         }
-        unresolved.push((*content, *size, op.path.clone()));
+        unresolved.push((content, size, op.path.clone()));
         // The old version at the same path: its subtrees need not travel.
-        if let Some(Object::File { content: old, .. }) =
-            op.current.as_ref().map(|c| &c.entry.object)
-        {
-            if let Some(l) = own(old) {
+        if let Some(old) = op.old_content() {
+            if let Some(l) = own(&old) {
                 if l.chunks.len() > 1 {
                     known.extend(weave_chunk::tree(&l.chunks).1);
                 }
@@ -271,31 +282,20 @@ fn prefetch_levels(
     Ok(())
 }
 
-/// Opens a replica's index in `state` (created if need be, unless
-/// `dry_run`: then a replica without state gets a throw-away index and
-/// nothing is written), and what the replica says about itself (without
-/// an ignore file).
-pub fn open_index(
-    state: &std::path::Path,
-    dry_run: bool,
-) -> Result<(weave_index::Index, ReplicaInfo), SyncError> {
-    use weave_index::Index;
-    let exists = state.join(weave_index::INDEX_FILE).exists();
-    let index = match (dry_run, exists) {
-        (true, false) => Index::ephemeral(state),
-        (true, true) => Index::open_for_dry_run(state)?,
-        (false, _) => Index::open(state)?,
-    };
-    let info = ReplicaInfo {
-        id: index.id(),
-        seq: index.seq(),
-        clock: index.clock(),
-        peers: index.load_peers()?,
-        ignore_fingerprint: index.ignore_fingerprint(),
-        rekeyed: index.rekeyed(),
-        ignore_file: None,
-    };
-    Ok((index, info))
+impl ReplicaInfo {
+    /// What the replica whose index is `index` says about itself (without
+    /// an ignore file).
+    pub fn of(index: &weave_index::Index) -> Result<ReplicaInfo, SyncError> {
+        Ok(ReplicaInfo {
+            id: index.id(),
+            seq: index.seq(),
+            clock: index.clock(),
+            peers: index.load_peers()?,
+            ignore_fingerprint: index.ignore_fingerprint(),
+            rekeyed: index.rekeyed(),
+            ignore_file: None,
+        })
+    }
 }
 
 /// Records the end of a sync in a replica's index: the coordinator's
@@ -309,16 +309,13 @@ pub fn finish_index(
     index.observe(fin.observe);
     let live: std::collections::HashSet<Hash> = entries
         .values()
-        .filter_map(|le| match &le.entry.object {
-            weave_core::Object::File { content, .. } => Some(*content),
-            _ => None,
-        })
+        .filter_map(|le| le.entry.object.content())
         .collect();
     index.gc_contents(&live)?;
     let mut batch = weave_index::Batch::default();
-    if let Some((peers, fp)) = &fin.integrated {
-        batch.peers = peers.clone();
-        batch.ignore_fingerprint = Some(*fp);
+    if let Some(i) = &fin.integrated {
+        batch.peers = i.peers.clone();
+        batch.ignore_fingerprint = Some(i.ignore_fingerprint);
     }
     index.write(&batch)?;
     Ok(())
@@ -327,7 +324,7 @@ pub fn finish_index(
 /// A provider with nothing to give.
 pub struct NoProvider;
 impl Provider for NoProvider {
-    fn nodes(&mut self, wants: &Wants) -> Result<Vec<Vec<Option<Vec<u8>>>>, SyncError> {
+    fn nodes(&mut self, wants: &Wants) -> Result<ServedNodes, SyncError> {
         Ok(wants.iter().map(|(_, h)| vec![None; h.len()]).collect())
     }
     fn chunks(
@@ -342,8 +339,11 @@ impl Provider for NoProvider {
 /// What other replicas on this machine hold, usable directly.
 #[derive(Default)]
 pub struct Foreign {
+    /// Chunk lists of contents the operations write, known to them.
     pub lists: HashMap<Hash, ChunkList>,
-    pub locations: HashMap<Hash, Vec<Location>>,
+    /// The other directory trees on this machine, whose files a tree may
+    /// read itself.
+    pub siblings: Vec<Sibling>,
     /// Verified tree nodes, by hash, that came with the operations (the
     /// roots of small files' chunk trees): not asked for again.
     pub nodes: HashMap<Hash, weave_chunk::Node>,
@@ -352,14 +352,47 @@ pub struct Foreign {
 /// A replica's whole index by path, as [`Replica::entries`] gives it.
 pub type Entries = std::sync::Arc<BTreeMap<String, LocalEntry>>;
 
+/// Another directory tree on this machine: where it is (see
+/// [`LocalTree::root`]; the engine only passes it on) and its index.
+#[derive(Clone)]
+pub struct Sibling {
+    pub root: std::path::PathBuf,
+    pub entries: Entries,
+}
+
+/// Work done ahead for a replica before it was opened (see
+/// [`crate::Kind::prehash`]), opaque to the engine: only the kind that
+/// made it knows what is inside, and takes it back with
+/// [`LocalTree::adopt_prehashed`].
+pub struct Prehashed(pub Box<dyn std::any::Any + Send>);
+
+/// What a directory tree on this machine can do beyond what every replica
+/// can. The engine only asks for its root (to hand it to the other trees
+/// of the sync); the programs that open and drive replicas (the opener of
+/// `weave sync`, the daemon) use the rest.
+pub trait LocalTree {
+    /// The directory.
+    fn root(&self) -> &std::path::Path;
+    /// Limits the next scan to these paths, each with its subtree: what a
+    /// file-system watcher saw change since the last scan.
+    fn limit_scan(&mut self, paths: Vec<String>);
+    /// Hashes ahead, recording nothing, what the next scan would hash
+    /// (under the replica's own ignore file and `patterns`): work that can
+    /// run while other replicas connect. Stops hashing once `stop` is set.
+    fn prehash(&mut self, patterns: &[String], stop: &std::sync::atomic::AtomicBool);
+    /// Takes what [`crate::Kind::prehash`] hashed before this replica was
+    /// opened, for its next scan.
+    fn adopt_prehashed(&mut self, hashed: Prehashed);
+}
+
 /// One replica of a sync.
 pub trait Replica: Send {
     /// As the user gave it.
     fn display(&self) -> &str;
-    /// On this machine (its files can be read directly by others).
+    /// On this machine (what it holds can be had without a network).
     fn is_local(&self) -> bool;
-    /// The directory, for a replica on this machine.
-    fn local_root(&self) -> Option<std::path::PathBuf> {
+    /// This replica as a directory tree on this machine, if it is one.
+    fn local(&mut self) -> Option<&mut dyn LocalTree> {
         None
     }
     /// For a remote replica: bytes sent to it and received from it so far.
@@ -367,18 +400,6 @@ pub trait Replica: Send {
         None
     }
     fn info(&self) -> &ReplicaInfo;
-    /// Limits the next scan to these paths, each with its subtree: what a
-    /// file-system watcher saw change since the last scan. Replicas that
-    /// do not scan a disk here ignore it.
-    fn limit_scan(&mut self, _paths: Vec<String>) {}
-    /// Hashes ahead, recording nothing, what the next scan would hash
-    /// (under the replica's own ignore file and `patterns`): work that can
-    /// run while other replicas connect. Stops hashing once `stop` is set.
-    /// Replicas that do not scan a disk here ignore it.
-    fn prehash(&mut self, _patterns: &[String], _stop: &std::sync::atomic::AtomicBool) {}
-    /// Takes what [`crate::Kind::prehash`] hashed before this replica was
-    /// opened, for its next scan.
-    fn adopt_prehashed(&mut self, _hashed: weave_fs::Prehashed) {}
     /// Turns the disk into index entries (recorded unless `dry_run`).
     fn scan(&mut self, ignore: &IgnoreSpec, dry_run: bool) -> Result<ScanSummary, SyncError>;
     /// The full index, with this run's scan (shared, not copied: a
@@ -387,7 +408,7 @@ pub trait Replica: Send {
     /// A content's chunk list, if known here without asking anyone.
     fn chunk_list(&mut self, content: &Hash) -> Option<ChunkList>;
     /// Serves tree nodes of contents it holds.
-    fn serve_nodes(&mut self, wants: &Wants) -> Result<Vec<Vec<Option<Vec<u8>>>>, SyncError>;
+    fn serve_nodes(&mut self, wants: &Wants) -> Result<ServedNodes, SyncError>;
     /// Serves chunks of contents it holds: `sink` gets (hash, Some(data))
     /// or (hash, None) when it does not have that chunk any more.
     fn serve_chunks(
@@ -422,7 +443,7 @@ mod tests {
     }
 
     impl Provider for Trees {
-        fn nodes(&mut self, wants: &Wants) -> Result<Vec<Vec<Option<Vec<u8>>>>, SyncError> {
+        fn nodes(&mut self, wants: &Wants) -> Result<ServedNodes, SyncError> {
             self.rounds += 1;
             Ok(wants
                 .iter()

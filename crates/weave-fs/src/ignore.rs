@@ -1,129 +1,26 @@
-//! Ignore patterns: gitignore syntax, from `.weaveignore` at the root of
-//! every replica of a sync plus patterns given on the command line. One
-//! matcher is used for all replicas of a sync, so a path ignored anywhere
-//! is never touched anywhere.
+//! Reading a directory's ignore file (the matching itself is
+//! [`weave_core::ignore`]).
 
-use ::ignore::gitignore::{Gitignore, GitignoreBuilder};
 use std::path::Path;
-use thiserror::Error;
+use weave_core::ignore::{IgnoreError, IgnoreFile, Matcher, IGNORE_FILE};
 
-pub const IGNORE_FILE: &str = ".weaveignore";
-
-#[derive(Debug, Error)]
-#[error("bad ignore pattern {pattern:?} ({origin}): {detail}")]
-pub struct IgnoreError {
-    pub pattern: String,
-    pub origin: String,
-    pub detail: String,
+/// The `.weaveignore` files of `roots` that exist, in order.
+pub fn read_files(roots: &[&Path]) -> Vec<IgnoreFile> {
+    roots.iter().filter_map(|root| read_file(root)).collect()
 }
 
-#[derive(Clone)]
-pub struct Matcher {
-    gi: Gitignore,
-    fingerprint: u64,
+/// The `.weaveignore` file at `root`, if there is one that can be read.
+pub fn read_file(root: &Path) -> Option<IgnoreFile> {
+    let f = root.join(IGNORE_FILE);
+    let text = std::fs::read_to_string(&f).ok()?;
+    Some(IgnoreFile {
+        origin: f.display().to_string(),
+        text,
+    })
 }
 
-impl Matcher {
-    /// Builds the matcher from the `.weaveignore` files of `roots` and the
-    /// extra `patterns`.
-    pub fn build(roots: &[&Path], patterns: &[String]) -> Result<Matcher, IgnoreError> {
-        let files: Vec<(String, String)> = roots
-            .iter()
-            .filter_map(|root| {
-                let f = root.join(IGNORE_FILE);
-                let text = std::fs::read_to_string(&f).ok()?;
-                Some((f.display().to_string(), text))
-            })
-            .collect();
-        Matcher::from_files(&files, patterns)
-    }
-
-    /// Builds the matcher from ignore files already read, (where from,
-    /// text) in replica order, and the extra `patterns`.
-    pub fn from_files(
-        files: &[(String, String)],
-        patterns: &[String],
-    ) -> Result<Matcher, IgnoreError> {
-        let mut b = GitignoreBuilder::new("/");
-        let mut lines: Vec<String> = Vec::new();
-        let mut add = |line: &str, origin: &str| -> Result<(), IgnoreError> {
-            lines.push(line.to_string());
-            b.add_line(None, line).map(|_| ()).map_err(|e| IgnoreError {
-                pattern: line.to_string(),
-                origin: origin.to_string(),
-                detail: e.to_string(),
-            })
-        };
-        for (origin, text) in files {
-            for line in text.lines() {
-                add(line, origin)?;
-            }
-        }
-        for p in patterns {
-            add(p, "--ignore")?;
-        }
-        let gi = b.build().map_err(|e| IgnoreError {
-            pattern: String::new(),
-            origin: "ignore patterns".into(),
-            detail: e.to_string(),
-        })?;
-        // In order: a later pattern can undo an earlier one ("!keep.log").
-        let fingerprint = xxhash_rust::xxh3::xxh3_64(lines.join("\n").as_bytes());
-        Ok(Matcher { gi, fingerprint })
-    }
-
-    pub fn none() -> Matcher {
-        Matcher {
-            gi: Gitignore::empty(),
-            fingerprint: xxhash_rust::xxh3::xxh3_64(b""),
-        }
-    }
-
-    /// Identifies the patterns, in order: a sync under other patterns
-    /// ignored other paths, so it did not integrate everything.
-    pub fn fingerprint(&self) -> u64 {
-        self.fingerprint
-    }
-
-    /// True if there are no patterns at all.
-    pub fn is_empty(&self) -> bool {
-        self.gi.is_empty()
-    }
-
-    /// True if the relative path (or one of its parents) is ignored.
-    pub fn is_ignored(&self, rel: &str, is_dir: bool) -> bool {
-        if self.gi.is_empty() {
-            return false;
-        }
-        let p = Path::new("/").join(rel);
-        self.gi.matched_path_or_any_parents(&p, is_dir).is_ignore()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn patterns_match_like_gitignore() {
-        let m = Matcher::build(
-            &[],
-            &[
-                "*.log".into(),
-                "build/".into(),
-                "!keep.log".into(),
-                "/top".into(),
-            ],
-        )
-        .unwrap();
-        assert!(m.is_ignored("a.log", false));
-        assert!(m.is_ignored("x/y/a.log", false));
-        assert!(!m.is_ignored("keep.log", false));
-        assert!(m.is_ignored("build", true));
-        assert!(m.is_ignored("build/out.o", false));
-        assert!(!m.is_ignored("build", false));
-        assert!(m.is_ignored("top", false));
-        assert!(!m.is_ignored("x/top", false));
-        assert!(!m.is_ignored("src/main.rs", false));
-    }
+/// The matcher of the `.weaveignore` files of `roots` and the extra
+/// `patterns`.
+pub fn build(roots: &[&Path], patterns: &[String]) -> Result<Matcher, IgnoreError> {
+    Matcher::from_files(&read_files(roots), patterns)
 }

@@ -4,7 +4,6 @@
 //! again. Changed files are chunked and hashed in parallel. A file that
 //! changes while it is being read is left for the next scan.
 
-use crate::ignore::Matcher;
 use crate::util::{is_temp_name, join, same_stat, stat_of, stat_of_raw, FsIssue};
 use rayon::prelude::*;
 use rustix::fs::{AtFlags, Dir, Mode, OFlags};
@@ -15,6 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use weave_chunk::{chunk_reader_with, ChunkList};
+use weave_core::ignore::Matcher;
 use weave_core::path::STATE_DIR;
 use weave_core::{Entry, Object};
 use weave_core::{LocalEntry, Stat};

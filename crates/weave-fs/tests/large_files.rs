@@ -3,7 +3,7 @@
 //! other files while they wait.
 
 use std::fs;
-use weave_fs::ignore::Matcher;
+use weave_core::ignore::Matcher;
 use weave_fs::scan::{scan, ScanOptions};
 use weave_index::Index;
 

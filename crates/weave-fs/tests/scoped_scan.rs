@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use weave_fs::ignore::Matcher;
+use weave_core::ignore::Matcher;
 use weave_fs::scan::{scan, ScanOptions};
 use weave_index::{Batch, Index};
 

@@ -5,6 +5,12 @@
 //! changes without reading files), the chunk list of every content the
 //! replica holds, what it has integrated from each peer, and a small meta
 //! table with the format version, the replica id and its clocks.
+//!
+//! [`state`] checks a replica's directory before anything is created in
+//! it, and keeps the kind of replica its state directory is for.
+
+pub mod state;
+pub use state::{check_local_replicas, claim_kind, StateError, KIND_FILE};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -240,6 +246,18 @@ impl Index {
     /// if it does not exist.
     pub fn open(state_dir: &Path) -> Result<Index, IndexError> {
         Self::open_with(state_dir, true)
+    }
+
+    /// Opens the index in `state_dir` for a sync: created if need be, or
+    /// on a dry run read only (a replica without state gets a throw-away
+    /// index, and nothing is written).
+    pub fn open_for_sync(state_dir: &Path, dry_run: bool) -> Result<Index, IndexError> {
+        let exists = state_dir.join(INDEX_FILE).exists();
+        match (dry_run, exists) {
+            (true, false) => Ok(Index::ephemeral(state_dir)),
+            (true, true) => Index::open_for_dry_run(state_dir),
+            (false, _) => Index::open(state_dir),
+        }
     }
 
     /// Opens an existing index for a dry run: weave writes nothing to it

@@ -12,7 +12,7 @@
 //! Concurrent changes to one key are kept both: the newer keeps the key,
 //! the older is stored under `KEY.weave-conflict-…`. A program that knows
 //! how its values combine can give [`Kv::with_merge`] a
-//! [`weave_engine::Merge`] instead.
+//! `weave_engine::Merge` instead.
 //!
 //! ```
 //! # fn main() -> Result<(), weave_kv::KvError> {

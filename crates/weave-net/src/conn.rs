@@ -559,7 +559,7 @@ mod tests {
         let mut seen = 0u64;
         let mut polled = 0u64;
         while seen < n {
-            let m = if seen % 2 == 0 {
+            let m = if seen.is_multiple_of(2) {
                 near.recv().unwrap()
             } else {
                 match near.try_recv() {

@@ -19,7 +19,8 @@ pub use remote::{NetOptions, RemoteReplica, RemoteSpec};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use weave_engine::{Files, Kind, Progress, Replica, Report, SyncError, SyncOptions};
+use weave_engine::{Kind, Progress, Replica, Report, SyncError, SyncOptions};
+use weave_fs::Files;
 
 /// Runs one sync of the directory trees named by `specs`: local
 /// directories, `[user@]host:path` or `ssh://[user@]host[:port]/path`.
@@ -108,7 +109,7 @@ pub fn sync_kind(
     // before every remote is open. Once they are (or one failed), no
     // more files are started.
     let stop = AtomicBool::new(false);
-    let mut prehashed: Vec<Option<weave_fs::Prehashed>> =
+    let mut prehashed: Vec<Option<weave_engine::Prehashed>> =
         (0..local_idx.len()).map(|_| None).collect();
     let connected = std::thread::scope(|s| {
         let stop = &stop;
@@ -139,7 +140,11 @@ pub fn sync_kind(
             let t = std::time::Instant::now();
             for (k, &i) in local_idx.iter().enumerate() {
                 match opened[i].as_mut() {
-                    Some(r) => r.prehash(&opts.ignore, stop),
+                    Some(r) => {
+                        if let Some(t) = r.local() {
+                            t.prehash(&opts.ignore, stop)
+                        }
+                    }
                     None => prehashed[k] = kind.prehash(&canon[k], &opts.ignore, stop),
                 }
             }
@@ -161,7 +166,9 @@ pub fn sync_kind(
             open_local(&mut opened, k)?;
         }
         if let (Some(r), Some(p)) = (opened[local_idx[k]].as_mut(), prehashed[k].take()) {
-            r.adopt_prehashed(p);
+            if let Some(t) = r.local() {
+                t.adopt_prehashed(p);
+            }
         }
     }
     let mut reps: Vec<Box<dyn Replica>> = opened.into_iter().map(|r| r.expect("opened")).collect();

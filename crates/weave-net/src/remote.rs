@@ -316,9 +316,10 @@ impl RemoteReplica {
                 .collect(),
             ignore_fingerprint: o.ignore_fingerprint,
             rekeyed: o.rekeyed,
-            ignore_file: o
-                .ignore_file
-                .map(|f| (format!("{}:{}", peer, f.origin), f.text)),
+            ignore_file: o.ignore_file.map(|f| weave_core::ignore::IgnoreFile {
+                origin: format!("{}:{}", peer, f.origin),
+                text: f.text,
+            }),
         };
         Ok(RemoteReplica {
             display: display.to_string(),
@@ -446,9 +447,9 @@ impl Replica for RemoteReplica {
                 files: ignore
                     .files
                     .iter()
-                    .map(|(o, t)| IgnoreFile {
-                        origin: o.clone(),
-                        text: t.clone(),
+                    .map(|f| IgnoreFile {
+                        origin: f.origin.clone(),
+                        text: f.text.clone(),
                     })
                     .collect(),
                 patterns: ignore.patterns.clone(),
@@ -711,7 +712,10 @@ impl Replica for RemoteReplica {
 
     fn finish(&mut self, fin: &Finish) -> Result<(), SyncError> {
         let (peers, fp) = match &fin.integrated {
-            Some((p, fp)) => (wire::pairs_to_wire(p.iter().copied()), Some(*fp)),
+            Some(i) => (
+                wire::pairs_to_wire(i.peers.iter().copied()),
+                Some(i.ignore_fingerprint),
+            ),
             None => (Vec::new(), None),
         };
         self.conn

@@ -19,7 +19,7 @@ use weave_proto::ProtoError;
 /// Serves one session (directory trees only) until the coordinator
 /// closes it.
 pub fn serve(conn: Conn) -> Result<(), SyncError> {
-    serve_kinds(conn, &Kinds::default())
+    serve_kinds(conn, &Kinds::new(std::sync::Arc::new(weave_fs::Files)))
 }
 
 /// Serves one session until the coordinator closes it, opening replicas
@@ -179,7 +179,7 @@ pub struct Compress {
 impl Compress {
     pub fn encode(&mut self, h: &Hash, data: Option<Vec<u8>>) -> weave_proto::msg::ChunkData {
         self.n += 1;
-        let try_it = self.misses < 16 || self.n % 16 == 0;
+        let try_it = self.misses < 16 || self.n.is_multiple_of(16);
         let some = data.is_some();
         let (c, packed) = self.packer.pack(h, data, try_it);
         if try_it && some {
@@ -236,16 +236,24 @@ impl Server<'_> {
                         peers: wire::pairs_to_wire(info.peers.iter().map(|(r, s)| (*r, *s))),
                         ignore_fingerprint: info.ignore_fingerprint,
                         rekeyed: info.rekeyed,
-                        ignore_file: info
-                            .ignore_file
-                            .map(|(origin, text)| IgnoreFile { origin, text }),
+                        ignore_file: info.ignore_file.map(|f| IgnoreFile {
+                            origin: f.origin,
+                            text: f.text,
+                        }),
                         root,
                     }))
                     .map_err(proto)
             }
             Body::Scan(sc) => {
                 let spec = IgnoreSpec {
-                    files: sc.files.into_iter().map(|f| (f.origin, f.text)).collect(),
+                    files: sc
+                        .files
+                        .into_iter()
+                        .map(|f| weave_core::ignore::IgnoreFile {
+                            origin: f.origin,
+                            text: f.text,
+                        })
+                        .collect(),
                     patterns: sc.patterns,
                 };
                 let t = std::time::Instant::now();
@@ -334,14 +342,13 @@ impl Server<'_> {
             Body::Finish(f) => {
                 let fin = weave_engine::Finish {
                     observe: f.observe,
-                    integrated: f.integrated_fingerprint.map(|fp| {
-                        (
-                            f.peers
-                                .iter()
-                                .map(|p| (weave_core::ReplicaId(p.replica), p.counter))
-                                .collect(),
-                            fp,
-                        )
+                    integrated: f.integrated_fingerprint.map(|fp| weave_engine::Integrated {
+                        peers: f
+                            .peers
+                            .iter()
+                            .map(|p| (weave_core::ReplicaId(p.replica), p.counter))
+                            .collect(),
+                        ignore_fingerprint: fp,
                     }),
                 };
                 self.rep()?.finish(&fin)?;

@@ -24,7 +24,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use weave_engine::{sync, LocalReplica, NoProgress, PolicySpec, Replica, SyncOptions};
+use weave_engine::{NoProgress, PolicySpec, Replica, SyncOptions};
+use weave_fs::LocalReplica;
 use weave_net::{Conn, RemoteReplica};
 
 /// The paths operations pick from: few enough to collide often.
@@ -325,7 +326,9 @@ impl World {
             Policy::Newest => PolicySpec::Newest,
             // The first replica of the sync; the policy only applies when
             // it takes part (otherwise keep-both).
-            Policy::PreferFirst if which.contains(&0) => PolicySpec::Prefer(self.reps[0].clone()),
+            Policy::PreferFirst if which.contains(&0) => {
+                PolicySpec::Prefer(self.reps[0].display().to_string())
+            }
             Policy::PreferFirst => PolicySpec::KeepBoth,
         };
         let backup = self.backup.filter(|b| which.contains(b));
@@ -335,7 +338,11 @@ impl World {
             ..SyncOptions::default()
         };
         let report = match self.remote.filter(|r| which.contains(r)) {
-            None => sync(&paths, &opts, &NoProgress).expect("sync failed"),
+            None => {
+                let specs: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+                weave_net::sync(&specs, &opts, &Default::default(), &NoProgress)
+                    .expect("sync failed")
+            }
             Some(r) => {
                 let mut reps: Vec<Box<dyn Replica>> = Vec::new();
                 let mut servers = Vec::new();
@@ -410,12 +417,12 @@ impl World {
             if live.contains(c) {
                 continue;
             }
-            let at = weave_engine::history::Located {
+            let at = weave_fs::history::Located {
                 root: root.clone(),
                 rel: path.clone(),
             };
             let id = weave_chunk::chunk_bytes(c).content_id();
-            let v = weave_engine::history::history(&at)
+            let v = weave_fs::history::history(&at)
                 .unwrap()
                 .into_iter()
                 .rev()
@@ -423,12 +430,8 @@ impl World {
                 .unwrap_or_else(|| panic!("replica {i}: {path}'s old content was not kept"));
             let out = tempfile::tempdir().unwrap();
             let dest = out.path().join("restored");
-            weave_engine::history::restore(
-                &at,
-                weave_engine::history::Pick::Version(v.id),
-                Some(&dest),
-            )
-            .unwrap();
+            weave_fs::history::restore(&at, weave_fs::history::Pick::Version(v.id), Some(&dest))
+                .unwrap();
             assert_eq!(
                 &fs::read(&dest).unwrap(),
                 c,

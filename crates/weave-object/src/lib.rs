@@ -244,8 +244,8 @@ impl<T: ObjectType> Kind for ObjectKind<T> {
     }
 
     fn check(&self, paths: &[PathBuf], ignore: &[String]) -> Result<Vec<PathBuf>, SyncError> {
-        let canon = weave_engine::check_local_replicas(paths)?;
-        weave_fs::ignore::Matcher::from_files(&[], ignore)?;
+        let canon = weave_index::check_local_replicas(paths)?;
+        weave_core::ignore::Matcher::from_files(&[], ignore)?;
         Ok(canon)
     }
 
@@ -256,7 +256,7 @@ impl<T: ObjectType> Kind for ObjectKind<T> {
         dry_run: bool,
     ) -> Result<Box<dyn Replica>, SyncError> {
         let state = self.state_dir(root);
-        weave_engine::claim_kind(&state, self.0.name(), display, dry_run)?;
+        weave_index::claim_kind(&state, self.0.name(), display, dry_run)?;
         let store = self
             .0
             .open(root, dry_run)

@@ -4,6 +4,7 @@ use crate::{check_name, Change, ObjectStore, Outcome};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use weave_chunk::ChunkList;
+use weave_core::ignore::Matcher;
 use weave_core::{Entry, Hash, Object};
 use weave_core::{LocalEntry, Stat};
 use weave_core::{Op, OpKind};
@@ -11,7 +12,6 @@ use weave_engine::{
     Applied, Finish, Foreign, IgnoreSpec, Issue, Provider, Replica, ReplicaInfo, ScanSummary,
     SyncError, Wants,
 };
-use weave_fs::ignore::Matcher;
 use weave_index::{Batch, Index};
 
 /// Permission bits recorded for every object (objects have none; a fixed
@@ -71,7 +71,8 @@ impl<S: ObjectStore> ObjectReplica<S> {
         display: &str,
         dry_run: bool,
     ) -> Result<ObjectReplica<S>, SyncError> {
-        let (index, info) = weave_engine::open_index(state_dir, dry_run)?;
+        let index = weave_index::Index::open_for_sync(state_dir, dry_run)?;
+        let info = weave_engine::ReplicaInfo::of(&index)?;
         Ok(ObjectReplica {
             display: display.to_string(),
             store,

@@ -197,7 +197,7 @@ struct RetentionArgs {
 }
 
 fn parse_age(s: &str) -> Result<i64, String> {
-    weave_engine::history::retention::parse_duration(s)
+    weave_fs::history::retention::parse_duration(s)
         .ok_or_else(|| format!("'{s}' is not an age; use a number with s, m, h, d or w (30d, 12h)"))
 }
 
@@ -256,7 +256,7 @@ struct SyncArgs {
     /// keep-both (default; the older version becomes a conflict copy),
     /// newest (the newer mtime wins), or prefer=PATH (the version held by
     /// the replica at PATH wins).
-    #[arg(long, value_name = "POLICY", default_value = "keep-both", value_parser = parse_policy)]
+    #[arg(long, value_name = "POLICY", default_value = "keep-both")]
     conflict: PolicySpec,
 
     /// Make REPLICA (one of the replicas, as given above) a backup for
@@ -284,19 +284,6 @@ struct SyncArgs {
     /// Print nothing but errors and conflicts.
     #[arg(short, long)]
     quiet: bool,
-}
-
-fn parse_policy(s: &str) -> Result<PolicySpec, String> {
-    match s {
-        "keep-both" => Ok(PolicySpec::KeepBoth),
-        "newest" => Ok(PolicySpec::Newest),
-        _ => match s.strip_prefix("prefer=") {
-            Some(p) if !p.is_empty() => Ok(PolicySpec::Prefer(PathBuf::from(p))),
-            _ => Err(format!(
-                "unknown conflict policy {s:?}: use keep-both, newest, or prefer=<path of one replica>"
-            )),
-        },
-    }
 }
 
 /// A rate: KiB/s, or with a K, M or G suffix (powers of 1024).
@@ -433,9 +420,9 @@ fn sync(args: SyncArgs) -> ExitCode {
 
 /// Every kind of replica this weave syncs.
 fn kinds() -> weave_engine::Kinds {
-    weave_engine::Kinds::default().with(std::sync::Arc::new(weave_object::ObjectKind(
-        weave_kv::Kv::default(),
-    )))
+    weave_engine::Kinds::new(std::sync::Arc::new(weave_fs::Files)).with(std::sync::Arc::new(
+        weave_object::ObjectKind(weave_kv::Kv::default()),
+    ))
 }
 
 fn serve() -> ExitCode {
@@ -466,16 +453,5 @@ mod tests {
         assert_eq!(parse_rate("1.5KiB/s"), Ok(1536));
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("0").is_err());
-    }
-
-    #[test]
-    fn policies() {
-        assert_eq!(parse_policy("newest"), Ok(PolicySpec::Newest));
-        assert_eq!(
-            parse_policy("prefer=/a"),
-            Ok(PolicySpec::Prefer("/a".into()))
-        );
-        assert!(parse_policy("prefer=").is_err());
-        assert!(parse_policy("random").is_err());
     }
 }

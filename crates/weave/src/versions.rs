@@ -1,11 +1,11 @@
 //! `weave history`, `restore`, `gc` and `retention`: output for people and
-//! for scripts over `weave_engine::history`.
+//! for scripts over `weave_fs::history`.
 
 use crate::output::human_bytes as size;
 use anyhow::Result;
 use serde_json::json;
 use std::path::Path;
-use weave_engine::history::{self, format_time, retention, Pick, Policy, StoredVersion};
+use weave_fs::history::{self, format_time, retention, Pick, Policy, StoredVersion};
 
 fn version_json(v: &StoredVersion) -> serde_json::Value {
     json!({

@@ -1087,7 +1087,7 @@ fn small_files_written_while_large_ones_arrive_land_faithfully() {
         t.path(),
         "logging-rsh.sh",
         &format!(
-            "#!/bin/sh\nshift\nRUST_LOG=weave_engine=debug exec sh -c \"$*\" 2>>{}\n",
+            "#!/bin/sh\nshift\nRUST_LOG=weave_fs=debug exec sh -c \"$*\" 2>>{}\n",
             log.display()
         ),
     );

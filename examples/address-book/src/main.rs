@@ -116,7 +116,7 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 /// Serves books of contacts on stdin/stdout until the other side closes.
 fn serve() -> Res<()> {
     let conn = Conn::new(std::io::stdin(), std::io::stdout(), "the coordinator", None);
-    let kinds = Kinds::default().with(Arc::new(contacts()));
+    let kinds = Kinds::new(Arc::new(contacts()));
     weave_net::server::serve_kinds(conn, &kinds)?;
     Ok(())
 }

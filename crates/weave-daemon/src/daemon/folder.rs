@@ -15,7 +15,8 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weave_engine::{Files, IgnoreSpec, Kind, SyncError};
+use weave_engine::{IgnoreSpec, Kind, SyncError};
+use weave_fs::Files;
 
 /// Scans the folder on its own (no peer needed), so that its sequence
 /// number says whether any peer needs a sync. Returns it.

@@ -6,7 +6,8 @@ use super::shared::FolderRt;
 use crate::config::{Config, Folder, Mode};
 use crate::guard::Guarded;
 use std::time::{Duration, Instant};
-use weave_engine::{Files, Kind, Replica, SyncError};
+use weave_engine::{Kind, Replica, SyncError};
+use weave_fs::Files;
 
 /// What an open folder's scan took from its touched paths (None: it scans
 /// everything), to give back if the sync fails.
@@ -38,8 +39,8 @@ pub(super) fn open_folder(
     let taken = rt
         .touched
         .take(Duration::from_millis(f.watch_delay_ms), Instant::now());
-    if let Some(paths) = &taken {
-        g.limit_scan(paths.clone());
+    if let (Some(paths), Some(tree)) = (&taken, g.local()) {
+        tree.limit_scan(paths.clone());
     }
     Ok((Box::new(g), taken))
 }

@@ -11,7 +11,8 @@ use crate::DaemonError;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weave_engine::{Files, Kind, Replica, SyncOptions};
+use weave_engine::{Kind, Replica, SyncOptions};
+use weave_fs::Files;
 use weave_net::RemoteReplica;
 
 /// The sync options a folder's syncs use.
@@ -81,9 +82,9 @@ pub(super) fn sync_pair(
     if guard.is_none() {
         guard = Some(rt.lock.clone().blocking_lock_owned());
     }
-    let (local, taken) = open_folder(cfg, f, rt)?;
-    if let Some(root) = local.local_root() {
-        remote.cache_index_in(&Files.state_dir(&root));
+    let (mut local, taken) = open_folder(cfg, f, rt)?;
+    if let Some(tree) = local.local() {
+        remote.cache_index_in(&Files.state_dir(tree.root()));
     }
     let mut reps: Vec<Box<dyn Replica>> = vec![local, Box::new(remote)];
     sh.board.folder(&f.id, |s| s.state = FolderState::Syncing);

@@ -203,7 +203,7 @@ fn touch(rt: &FolderRt, ev: &Event, p: &Path, rel: String, now: Instant) {
         ev.kind,
         EventKind::Create(_) | EventKind::Modify(notify::event::ModifyKind::Name(_))
     );
-    if rel == weave_fs::ignore::IGNORE_FILE {
+    if rel == weave_core::ignore::IGNORE_FILE {
         // What is ignored changed: only a full scan knows, and every peer
         // syncs again (a sync plans with both sides' ignore files, so the
         // first one after a change may still have used the old).

@@ -6,8 +6,9 @@ use std::fs;
 use std::path::Path;
 use weave_core::{Entry, Hash, Object};
 use weave_core::{Op, OpKind};
-use weave_engine::history::{history, locate, restore, Pick};
-use weave_engine::{sync, NoProgress, SyncOptions};
+use weave_engine::{NoProgress, Replica, SyncOptions};
+use weave_fs::history::{history, locate, restore, Pick};
+use weave_fs::LocalReplica;
 use weave_fs::{ContentSource, Location};
 
 struct Nothing;
@@ -21,9 +22,18 @@ impl ContentSource for Nothing {
 }
 
 fn sync_ab(a: &Path, b: &Path) -> weave_engine::Report {
-    sync(
-        &[a.to_path_buf(), b.to_path_buf()],
+    let mut reps: Vec<Box<dyn Replica>> = [a, b]
+        .iter()
+        .map(|p| {
+            let canon = fs::canonicalize(p).unwrap();
+            let r = LocalReplica::open(&canon, &p.display().to_string(), false).unwrap();
+            Box::new(r) as Box<dyn Replica>
+        })
+        .collect();
+    weave_engine::run(
+        &mut reps,
         &SyncOptions::default(),
+        &weave_engine::Roles::default(),
         &NoProgress,
     )
     .expect("sync")

@@ -1,13 +1,13 @@
 //! Old versions of a replica's files: listing them, restoring them, and
 //! pruning the store (see `weave_store`).
 
-use crate::SyncError;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 use weave_core::path::STATE_DIR;
+use weave_engine::SyncError;
 use weave_store::{Reason, Store, ToSave, Version};
 
 pub use weave_store::{now_ns, retention, Policy, Pruned, Version as StoredVersion};
@@ -109,7 +109,7 @@ pub fn deleted(at: &Located) -> Result<Vec<Version>, SyncError> {
     }
     Ok(newest
         .into_values()
-        .filter(|v| fs::symlink_metadata(weave_fs::join(&at.root, &v.path)).is_err())
+        .filter(|v| fs::symlink_metadata(crate::join(&at.root, &v.path)).is_err())
         .collect())
 }
 
@@ -138,7 +138,7 @@ pub struct Restored {
 /// `to`. A file in the replica that a restore replaces is saved as a
 /// version first.
 pub fn restore(at: &Located, pick: Pick, to: Option<&Path>) -> Result<Vec<Restored>, SyncError> {
-    let shown = weave_fs::join(&at.root, &at.rel).display().to_string();
+    let shown = crate::join(&at.root, &at.rel).display().to_string();
     let store = store_of(&at.root)?.ok_or_else(|| {
         SyncError::Usage(format!(
             "{shown}: this replica has no old versions yet (they are kept when a sync replaces or deletes a file)"
@@ -170,7 +170,7 @@ pub fn restore(at: &Located, pick: Pick, to: Option<&Path>) -> Result<Vec<Restor
             if !inside {
                 return Err(SyncError::Usage(format!(
                     "version {id} is of {}, not of {shown}",
-                    weave_fs::join(&at.root, &v.path).display()
+                    crate::join(&at.root, &v.path).display()
                 )));
             }
             vec![v]
@@ -212,9 +212,9 @@ pub fn restore(at: &Located, pick: Pick, to: Option<&Path>) -> Result<Vec<Restor
             Some(d) if chosen.len() == 1 && own.iter().any(|o| o.id == v.id) => d.to_path_buf(),
             Some(d) => {
                 let sub = v.path.strip_prefix(&at.rel).unwrap_or(&v.path);
-                weave_fs::join(d, sub.trim_start_matches('/'))
+                crate::join(d, sub.trim_start_matches('/'))
             }
-            None => weave_fs::join(&at.root, &v.path),
+            None => crate::join(&at.root, &v.path),
         };
         if to.is_some() && fs::symlink_metadata(&dest).is_ok() {
             return Err(SyncError::Usage(format!(
@@ -307,7 +307,7 @@ fn save_current(
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0);
-    let id = crate::local_id(root);
+    let id = local_id(root);
     let r = store
         .save(&[ToSave {
             path: &v.path,
@@ -341,7 +341,7 @@ fn write_version(store: &Store, v: &Version, dest: &Path) -> Result<(), String> 
     fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     // A name the next scan recognises: a leftover of a killed restore is
     // removed like any interrupted write.
-    let temp = dir.join(weave_fs::temp_name());
+    let temp = dir.join(crate::temp_name());
     let result = (|| {
         let f = File::options()
             .write(true)
@@ -406,7 +406,7 @@ pub fn format_time(ns: i64) -> String {
         .unwrap_or_else(|| format!("{ns} ns"))
 }
 
-/// Parses a time given to `--at`: "2026-11-21 09:30[:05]" or
+/// Parses a time given to `--at`: "2026-11-21 09:30\[:05\]" or
 /// "2026-11-21T09:30:05Z" (UTC), or an age such as "90m", "2h", "3d"
 /// (that long ago).
 pub fn parse_time(s: &str, now: i64) -> Option<i64> {
@@ -419,6 +419,13 @@ pub fn parse_time(s: &str, now: i64) -> Option<i64> {
     let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
     let t = time::PrimitiveDateTime::parse(&s, fmt).ok()?.assume_utc();
     i64::try_from(t.unix_timestamp_nanos()).ok()
+}
+
+/// The id of the replica at `root` (0 if its index cannot be read now).
+fn local_id(root: &Path) -> weave_core::ReplicaId {
+    weave_index::Index::open_for_dry_run(&root.join(weave_core::path::STATE_DIR))
+        .map(|i| i.id())
+        .unwrap_or(weave_core::ReplicaId(0))
 }
 
 #[cfg(test)]

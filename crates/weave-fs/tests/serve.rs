@@ -3,7 +3,8 @@
 
 use std::fs;
 use weave_core::Object;
-use weave_engine::{IgnoreSpec, LocalReplica, Replica};
+use weave_engine::{IgnoreSpec, Replica};
+use weave_fs::LocalReplica;
 
 fn noise(n: usize, seed: u64) -> Vec<u8> {
     use rand::{Rng, SeedableRng};

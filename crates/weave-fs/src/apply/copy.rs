@@ -1,0 +1,322 @@
+//! Copying into a file being built: a whole file the kernel copies
+//! when its stat proves it unchanged ([`fast_copy`]), the old version of
+//! an edited file whose runs of unchanged chunks are copied without being
+//! read here ([`Trusted`]), and the buffered writes of verified chunks
+//! mixed with those copies ([`Out`]), long runs through direct I/O.
+
+use super::open_read;
+use crate::util::{aligned_start, open_direct, same_stat, BLOCK};
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use weave_core::{Hash, Stat};
+
+/// Copies `src` whole into `dst` (both at offset 0) if `src` is still the
+/// file recorded in `expect`, before and after the copy. False if it is not
+/// (or the kernel cannot copy): the caller then reads and verifies chunks.
+pub(super) fn fast_copy(dst: &File, src: &Path, expect: &Stat, size: u64) -> bool {
+    let Ok(sf) = open_read(src) else {
+        return false;
+    };
+    let unchanged = |f: &File| {
+        f.metadata()
+            .is_ok_and(|m| !expect.racy && same_stat(&m, expect) && m.len() == size)
+    };
+    if !unchanged(&sf) {
+        return false;
+    }
+    let (mut off_in, mut off_out) = (0u64, 0u64);
+    if !copy_range(&sf, &mut off_in, dst, &mut off_out, size) {
+        return false;
+    }
+    unchanged(&sf)
+}
+
+/// Copies `len` bytes of `src` from offset `from` into `dst` at offset
+/// `to`, by the kernel, moving both offsets on. False if that fails.
+fn copy_range(src: &File, from: &mut u64, dst: &File, to: &mut u64, len: u64) -> bool {
+    let end = *from + len;
+    while *from < end {
+        let want = (end - *from).min(1 << 30) as usize;
+        match rustix::fs::copy_file_range(src, Some(&mut *from), dst, Some(&mut *to), want) {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+    }
+    true
+}
+
+/// The old version of a file, opened for kernel copies of its chunks
+/// because its stat still matches what was recorded when it was hashed.
+/// The chunks a new file takes from it are gathered into runs of
+/// consecutive ones, each copied at once.
+pub(super) struct Trusted {
+    file: File,
+    stat: Stat,
+    /// Chunk → offset in the file.
+    map: Arc<HashMap<Hash, u64>>,
+    /// A run of chunks taken and not copied yet: (offset in this file,
+    /// length).
+    run: Option<(u64, u64)>,
+}
+
+impl Trusted {
+    pub(super) fn open(path: &Path, stat: Stat, map: Arc<HashMap<Hash, u64>>) -> Option<Trusted> {
+        if stat.racy {
+            return None;
+        }
+        let file = open_read(path).ok()?;
+        let t = Trusted {
+            file,
+            stat,
+            map,
+            run: None,
+        };
+        t.unchanged().then_some(t)
+    }
+
+    /// Whether the file still has the stat recorded when it was hashed.
+    pub(super) fn unchanged(&self) -> bool {
+        self.file
+            .metadata()
+            .is_ok_and(|m| same_stat(&m, &self.stat))
+    }
+
+    /// Where this file holds chunk `hash`, if it does.
+    pub(super) fn offset_of(&self, hash: &Hash) -> Option<u64> {
+        self.map.get(hash).copied()
+    }
+
+    /// Takes the `len` bytes at `at` in this file as the next ones of
+    /// `out`: they extend the current run, or the run is copied and
+    /// another starts with them. False if a copy failed.
+    pub(super) fn take(&mut self, out: &mut Out, at: u64, len: u64) -> bool {
+        match &mut self.run {
+            Some((start, run_len)) if *start + *run_len == at => {
+                *run_len += len;
+                true
+            }
+            _ => {
+                let copied = self.copy_run(out);
+                self.run = Some((at, len));
+                copied
+            }
+        }
+    }
+
+    /// Copies the run taken so far into `out`. False if that failed.
+    pub(super) fn copy_run(&mut self, out: &mut Out) -> bool {
+        match self.run.take() {
+            Some((start, len)) => out.copy(&self.file, start, len),
+            None => true,
+        }
+    }
+}
+
+/// Positioned, buffered writes into a file being built, mixed with
+/// kernel copies from other files.
+pub(super) struct Out<'f> {
+    file: &'f File,
+    buf: Vec<u8>,
+    /// Offset in the file of `buf[0]`.
+    at: u64,
+    /// The file's path, to open it for direct I/O (see [`Out::copy`]).
+    path: Option<PathBuf>,
+    /// The file opened for direct I/O, and an aligned buffer, once a long
+    /// run needed them; None inside if the file system refuses.
+    direct: Option<Option<(File, Vec<u8>)>>,
+}
+
+/// Runs of the old version at least this long, whose offsets in the old
+/// and the new file agree modulo a block, are copied with direct I/O.
+const DIRECT_MIN: u64 = 8 << 20;
+/// The size of one direct write.
+const DIRECT_STEP: usize = 4 << 20;
+
+impl<'f> Out<'f> {
+    const FLUSH_AT: usize = 256 * 1024;
+
+    pub(super) fn new(file: &'f File, path: Option<PathBuf>) -> Out<'f> {
+        Out {
+            file,
+            buf: Vec::with_capacity(Self::FLUSH_AT + weave_chunk::CHUNK_MAX as usize),
+            at: 0,
+            path,
+            direct: None,
+        }
+    }
+
+    pub(super) fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= Self::FLUSH_AT {
+            // Whole blocks only: a write that ends inside a new block makes
+            // the kernel zero the rest of it first (see `stage::Part`).
+            let end = self.at + self.buf.len() as u64;
+            let n = (end - end % 4096).saturating_sub(self.at) as usize;
+            if n == 0 {
+                return self.flush();
+            }
+            self.file.write_all_at(&self.buf[..n], self.at)?;
+            self.at += n as u64;
+            self.buf.drain(..n);
+        }
+        Ok(())
+    }
+
+    pub(super) fn flush(&mut self) -> std::io::Result<()> {
+        self.file.write_all_at(&self.buf, self.at)?;
+        self.at += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Appends `len` bytes of `src` from offset `from`. False if that
+    /// fails (nothing is known of what was written).
+    ///
+    /// A long run whose offsets agree modulo a block is read into memory
+    /// and its whole blocks written with direct I/O: on some machines the
+    /// kernel's copy into the page cache, and its write-back, cost more
+    /// than the disk's time. The rest is copied by the kernel. (All writes
+    /// to the file are made by this thread, in order: direct and cached
+    /// writes never race.)
+    fn copy(&mut self, src: &File, from: u64, len: u64) -> bool {
+        if self.flush().is_err() {
+            return false;
+        }
+        if len < DIRECT_MIN || from % BLOCK != self.at % BLOCK {
+            return self.kernel_copy(src, from, len);
+        }
+        if self.direct.is_none() {
+            self.direct = Some(
+                self.path
+                    .as_ref()
+                    .and_then(|p| open_direct(p, self.file))
+                    .map(|f| (f, vec![0u8; DIRECT_STEP + BLOCK as usize])),
+            );
+        }
+        let Some((direct, mut buf)) = self.direct.take().flatten() else {
+            self.direct = Some(None);
+            return self.kernel_copy(src, from, len);
+        };
+        let ok = self.direct_copy(src, from, len, &direct, &mut buf);
+        self.direct = Some(Some((direct, buf)));
+        ok
+    }
+
+    /// [`Out::copy`] of a long run, through `direct` (the file opened for
+    /// direct I/O) and `buf` (a step and a block long).
+    fn direct_copy(
+        &mut self,
+        src: &File,
+        from: u64,
+        len: u64,
+        direct: &File,
+        buf: &mut [u8],
+    ) -> bool {
+        let base = aligned_start(buf);
+        let head = (BLOCK - self.at % BLOCK) % BLOCK;
+        let whole = (len - head) / BLOCK * BLOCK;
+        let (mut from, end) = (from, from + len);
+        if !self.kernel_copy(src, from, head) {
+            return false;
+        }
+        from += head;
+        let whole_end = from + whole;
+        while from < whole_end {
+            let n = (whole_end - from).min(DIRECT_STEP as u64) as usize;
+            let chunk = &mut buf[base..base + n];
+            if src.read_exact_at(chunk, from).is_err() {
+                return false;
+            }
+            if direct.write_all_at(chunk, self.at).is_err()
+                && self.file.write_all_at(chunk, self.at).is_err()
+            {
+                return false;
+            }
+            from += n as u64;
+            self.at += n as u64;
+        }
+        self.kernel_copy(src, from, end - from)
+    }
+
+    /// Appends `len` bytes of `src` from offset `from`, copied by the
+    /// kernel.
+    fn kernel_copy(&mut self, src: &File, mut from: u64, len: u64) -> bool {
+        copy_range(src, &mut from, self.file, &mut self.at, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::apply;
+    use super::super::test_support::*;
+    use std::fs;
+
+    #[test]
+    fn an_unchanged_source_is_copied_whole() {
+        let (t, other) = (replica(), tempfile::tempdir().unwrap());
+        let data = patterned(300_000);
+        let (src, stat) = old_source(other.path(), &data);
+        let source = Src::new(vec![(&data, src, false, Some(stat))]);
+        let out = apply(t.path(), &[write_op("f", None, &data, 1)], &source, &|_| {});
+        assert!(out.issues.is_empty(), "{:?}", out.issues);
+        assert_eq!(out.bytes_remote, data.len() as u64);
+        assert_eq!(fs::read(t.path().join("f")).unwrap(), data);
+    }
+
+    #[test]
+    fn a_source_changed_since_it_was_hashed_is_not_trusted() {
+        let (t, other) = (replica(), tempfile::tempdir().unwrap());
+        let data = patterned(300_000);
+        let (src, stat) = old_source(other.path(), &data);
+        // Same size, different bytes, written after the stat was taken.
+        let mut changed = data.clone();
+        changed[1000] ^= 0xff;
+        fs::write(&src, &changed).unwrap();
+        let source = Src::new(vec![(&data, src, false, Some(stat))]);
+        let out = apply(t.path(), &[write_op("f", None, &data, 1)], &source, &|_| {});
+        // Neither the fast path nor the verified path accepts it.
+        assert_eq!(out.issues.len(), 1, "{:?}", out.issues);
+        assert!(!t.path().join("f").exists());
+    }
+
+    #[test]
+    fn an_edit_copies_the_unchanged_runs_of_the_old_version() {
+        let (t, other, old, new, op) = edit_case();
+        let source = Src::new(vec![
+            (&old, t.path().join("f"), true, None),
+            (&new, other.path().join("n"), false, None),
+        ]);
+        let out = apply(t.path(), &[op], &source, &|_| {});
+        assert!(out.issues.is_empty(), "{:?}", out.issues);
+        assert_eq!(fs::read(t.path().join("f")).unwrap(), new);
+        // Only the changed chunk came from the other replica.
+        assert!(
+            out.bytes_remote <= weave_chunk::CHUNK_MAX as u64,
+            "{}",
+            out.bytes_remote
+        );
+        assert_eq!(out.bytes_local + out.bytes_remote, new.len() as u64);
+    }
+
+    #[test]
+    fn long_unchanged_runs_are_copied_with_direct_io_and_land_whole() {
+        // Runs of 10 MiB on either side of the change: their whole blocks
+        // go through direct I/O, their ends through the kernel's copy.
+        let (t, other, old, new, op) = edit_case_of(20 << 20);
+        let source = Src::new(vec![
+            (&old, t.path().join("f"), true, None),
+            (&new, other.path().join("n"), false, None),
+        ]);
+        let out = apply(t.path(), &[op], &source, &|_| {});
+        assert!(out.issues.is_empty(), "{:?}", out.issues);
+        assert!(fs::read(t.path().join("f")).unwrap() == new);
+        assert!(
+            out.bytes_remote <= weave_chunk::CHUNK_MAX as u64,
+            "{}",
+            out.bytes_remote
+        );
+    }
+}
