@@ -7,6 +7,7 @@ use crate::id::DeviceId;
 use crate::DaemonError;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use thiserror::Error;
 
 pub const CONFIG_FILE: &str = "config.toml";
 /// The port a daemon listens on unless told otherwise.
@@ -72,15 +73,13 @@ impl std::fmt::Display for Mode {
 }
 
 impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Mode, String> {
+    type Err = ConfigProblem;
+    fn from_str(s: &str) -> Result<Mode, ConfigProblem> {
         match s {
             "two-way" => Ok(Mode::TwoWay),
             "send-only" => Ok(Mode::SendOnly),
             "receive-only" => Ok(Mode::ReceiveOnly),
-            _ => Err(format!(
-                "unknown folder mode {s:?}: use two-way, send-only or receive-only"
-            )),
+            _ => Err(ConfigProblem::UnknownMode(s.to_string())),
         }
     }
 }
@@ -156,18 +155,59 @@ impl Folder {
     }
 }
 
+/// What is wrong with a config (or a value for it), said so that a person
+/// can fix it.
+#[derive(Debug, Error)]
+pub enum ConfigProblem {
+    #[error("{0}")]
+    Syntax(toml::de::Error),
+    #[error("{0}")]
+    Unwritable(toml::ser::Error),
+    #[error("a peer has an empty name")]
+    EmptyPeerName,
+    #[error("peer {0:?} has this device's own id; give the other device's id (`weave id` there)")]
+    OwnId(String),
+    #[error("two peers are named {0:?}; names must differ")]
+    SamePeerName(String),
+    #[error("peers {0:?} and {1:?} have the same device id; one device is one peer")]
+    SamePeerId(String, String),
+    #[error("peer {0:?}: {1}")]
+    PeerAddress(String, BadAddress),
+    #[error("listen: {0}")]
+    Listen(BadAddress),
+    #[error("folder id {0:?} is not usable: use 1 to 64 letters, digits, `.`, `_` or `-` (the same id on every device that shares the folder)")]
+    FolderId(String),
+    #[error("folder {folder:?}: its path {} is not absolute", .path.display())]
+    RelativePath { folder: String, path: PathBuf },
+    #[error("two folders have the id {0:?}")]
+    SameFolderId(String),
+    #[error("folders {first:?} and {second:?} have the same path {}", .path.display())]
+    SamePath {
+        first: String,
+        second: String,
+        path: PathBuf,
+    },
+    #[error("folder {folder:?} is shared with {peer:?}, which is not a peer; add it with `weave peer add {peer} DEVICE-ID ADDRESS`")]
+    NotAPeer { folder: String, peer: String },
+    #[error("unknown folder mode {0:?}: use two-way, send-only or receive-only")]
+    UnknownMode(String),
+}
+
+/// An address that is not host:port.
+#[derive(Debug, Error)]
+#[error("{0:?} is not an address: give host:port, e.g. 192.168.1.20:{DEFAULT_PORT}")]
+pub struct BadAddress(pub String);
+
 /// A folder id travels to peers and names state: letters, digits, `.`,
 /// `_` and `-`.
-pub fn check_folder_id(id: &str) -> Result<(), String> {
+pub fn check_folder_id(id: &str) -> Result<(), ConfigProblem> {
     if id.is_empty()
         || id.len() > 64
         || !id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
     {
-        return Err(format!(
-            "folder id {id:?} is not usable: use 1 to 64 letters, digits, `.`, `_` or `-` (the same id on every device that shares the folder)"
-        ));
+        return Err(ConfigProblem::FolderId(id.to_string()));
     }
     Ok(())
 }
@@ -207,7 +247,7 @@ impl Config {
         };
         let c: Config = toml::from_str(&text).map_err(|e| DaemonError::BadConfig {
             path: path.clone(),
-            problem: e.to_string(),
+            problem: ConfigProblem::Syntax(e),
         })?;
         c.check(me)
             .map_err(|problem| DaemonError::BadConfig { path, problem })?;
@@ -223,70 +263,59 @@ impl Config {
         })?;
         let text = toml::to_string_pretty(self).map_err(|e| DaemonError::BadConfig {
             path: path.clone(),
-            problem: e.to_string(),
+            problem: ConfigProblem::Unwritable(e),
         })?;
         crate::identity::write_atomic(&path, text.as_bytes(), false)
     }
 
     /// What is wrong with it, if anything, said so that a person can fix it.
-    pub fn check(&self, me: DeviceId) -> Result<(), String> {
+    pub fn check(&self, me: DeviceId) -> Result<(), ConfigProblem> {
         for (i, p) in self.peers.iter().enumerate() {
             if p.name.is_empty() {
-                return Err("a peer has an empty name".into());
+                return Err(ConfigProblem::EmptyPeerName);
             }
             if p.id == me {
-                return Err(format!(
-                    "peer {:?} has this device's own id; give the other device's id (`weave id` there)",
-                    p.name
-                ));
+                return Err(ConfigProblem::OwnId(p.name.clone()));
             }
             for q in &self.peers[..i] {
                 if q.name == p.name {
-                    return Err(format!(
-                        "two peers are named {:?}; names must differ",
-                        p.name
-                    ));
+                    return Err(ConfigProblem::SamePeerName(p.name.clone()));
                 }
                 if q.id == p.id {
-                    return Err(format!(
-                        "peers {:?} and {:?} have the same device id; one device is one peer",
-                        q.name, p.name
-                    ));
+                    return Err(ConfigProblem::SamePeerId(q.name.clone(), p.name.clone()));
                 }
             }
             for a in &p.addresses {
-                check_address(a).map_err(|e| format!("peer {:?}: {e}", p.name))?;
+                check_address(a).map_err(|e| ConfigProblem::PeerAddress(p.name.clone(), e))?;
             }
         }
-        check_address(&self.device.listen).map_err(|e| format!("listen: {e}"))?;
+        check_address(&self.device.listen).map_err(ConfigProblem::Listen)?;
         for (i, f) in self.folders.iter().enumerate() {
             check_folder_id(&f.id)?;
             if !f.path.is_absolute() {
-                return Err(format!(
-                    "folder {:?}: its path {} is not absolute",
-                    f.id,
-                    f.path.display()
-                ));
+                return Err(ConfigProblem::RelativePath {
+                    folder: f.id.clone(),
+                    path: f.path.clone(),
+                });
             }
             for q in &self.folders[..i] {
                 if q.id == f.id {
-                    return Err(format!("two folders have the id {:?}", f.id));
+                    return Err(ConfigProblem::SameFolderId(f.id.clone()));
                 }
                 if q.path == f.path {
-                    return Err(format!(
-                        "folders {:?} and {:?} have the same path {}",
-                        q.id,
-                        f.id,
-                        f.path.display()
-                    ));
+                    return Err(ConfigProblem::SamePath {
+                        first: q.id.clone(),
+                        second: f.id.clone(),
+                        path: f.path.clone(),
+                    });
                 }
             }
             for p in &f.peers {
                 if !self.peers.iter().any(|q| &q.name == p) {
-                    return Err(format!(
-                        "folder {:?} is shared with {p:?}, which is not a peer; add it with `weave peer add {p} DEVICE-ID ADDRESS`",
-                        f.id
-                    ));
+                    return Err(ConfigProblem::NotAPeer {
+                        folder: f.id.clone(),
+                        peer: p.clone(),
+                    });
                 }
             }
         }
@@ -318,12 +347,10 @@ impl Config {
     }
 }
 
-fn check_address(a: &str) -> Result<(), String> {
+fn check_address(a: &str) -> Result<(), BadAddress> {
     match a.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
-        _ => Err(format!(
-            "{a:?} is not an address: give host:port, e.g. 192.168.1.20:{DEFAULT_PORT}"
-        )),
+        _ => Err(BadAddress(a.to_string())),
     }
 }
 
@@ -360,21 +387,25 @@ mod tests {
         let mut f = Folder::new("docs", "/a".into());
         f.peers.push("ghost".into());
         c.folders.push(f);
-        let e = c.check(me()).unwrap_err();
+        let e = c.check(me()).unwrap_err().to_string();
         assert!(e.contains("ghost") && e.contains("weave peer add"), "{e}");
         c.folders[0].peers.clear();
         c.folders[0].path = "rel".into();
-        assert!(c.check(me()).unwrap_err().contains("not absolute"));
+        assert!(c
+            .check(me())
+            .unwrap_err()
+            .to_string()
+            .contains("not absolute"));
         c.folders[0].path = "/a".into();
         c.peers.push(Peer {
             name: "self".into(),
             id: me(),
             addresses: vec![],
         });
-        assert!(c.check(me()).unwrap_err().contains("own id"));
+        assert!(c.check(me()).unwrap_err().to_string().contains("own id"));
         c.peers.clear();
         c.device.listen = "nowhere".into();
-        assert!(c.check(me()).unwrap_err().contains("host:port"));
+        assert!(c.check(me()).unwrap_err().to_string().contains("host:port"));
         assert!(check_folder_id("a/b").is_err());
     }
 
@@ -386,5 +417,44 @@ mod tests {
         c.folders.push(Folder::new("other", "/dd".into()));
         assert_eq!(c.subfolders(&c.folders[0]), vec!["private".to_string()]);
         assert!(c.subfolders(&c.folders[1]).is_empty());
+    }
+
+    #[test]
+    fn problems_read_as_they_did() {
+        let said = [
+            (
+                ConfigProblem::Listen(BadAddress("nowhere".into())),
+                "listen: \"nowhere\" is not an address: give host:port, e.g. 192.168.1.20:22100",
+            ),
+            (
+                ConfigProblem::RelativePath {
+                    folder: "docs".into(),
+                    path: "rel".into(),
+                },
+                "folder \"docs\": its path rel is not absolute",
+            ),
+            (
+                ConfigProblem::SamePath {
+                    first: "a".into(),
+                    second: "b".into(),
+                    path: "/d".into(),
+                },
+                "folders \"a\" and \"b\" have the same path /d",
+            ),
+            (
+                ConfigProblem::NotAPeer {
+                    folder: "docs".into(),
+                    peer: "nas".into(),
+                },
+                "folder \"docs\" is shared with \"nas\", which is not a peer; add it with `weave peer add nas DEVICE-ID ADDRESS`",
+            ),
+        ];
+        for (problem, text) in said {
+            assert_eq!(problem.to_string(), text);
+        }
+        assert_eq!(
+            "both".parse::<Mode>().unwrap_err().to_string(),
+            "unknown folder mode \"both\": use two-way, send-only or receive-only"
+        );
     }
 }

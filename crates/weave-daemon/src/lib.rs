@@ -34,7 +34,10 @@ pub enum DaemonError {
     #[error("the identity file {0} is damaged ({1}); restore it from a backup, or move the config directory away and run `weave init` for a new device id")]
     BadIdentity(PathBuf, String),
     #[error("{path}: {problem}")]
-    BadConfig { path: PathBuf, problem: String },
+    BadConfig {
+        path: PathBuf,
+        problem: config::ConfigProblem,
+    },
     #[error("cannot {what} {path}: {source}")]
     Io {
         path: PathBuf,
@@ -44,16 +47,27 @@ pub enum DaemonError {
     },
     #[error("cryptography: {0}")]
     Crypto(String),
-    #[error("{0}")]
-    Usage(String),
     #[error("cannot listen on {addr}: {source}; is another daemon running, or is the port taken? (change it with `listen` in the config)")]
     Listen {
         addr: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("peer {peer}: {message}")]
-    Peer { peer: String, message: String },
+    #[error("peer {peer}: {problem}")]
+    Peer {
+        peer: String,
+        problem: Box<daemon::PeerProblem>,
+    },
+    #[error("cannot handle SIGTERM: {0}")]
+    Signal(std::io::Error),
+    #[error("no weave daemon has run with the config directory {}; start one with `weave daemon`", .0.display())]
+    NoDaemon(PathBuf),
+    #[error("the weave daemon of {} does not answer at {addr} ({why}); is it running? Start it with `weave daemon`", .dir.display())]
+    NotAnswering {
+        dir: PathBuf,
+        addr: String,
+        why: ureq::Error,
+    },
     #[error(transparent)]
     Sync(#[from] weave_engine::SyncError),
 }

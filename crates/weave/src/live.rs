@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 use weave_daemon::config::{Conflict, Mode, DEFAULT_PORT};
+use weave_daemon::status::PeerState;
 use weave_daemon::{Config, DeviceId, Folder, Peer};
 
 #[derive(Args, Clone)]
@@ -382,7 +383,7 @@ pub fn status(cd: &ConfigDir, json: bool) -> Result<bool> {
             bytes(p.bytes_received)
         );
         if let Some(e) = &p.last_error {
-            if p.state != "connected" {
+            if p.state != PeerState::Connected {
                 println!("    {e}");
             }
         }

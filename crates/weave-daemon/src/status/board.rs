@@ -1,19 +1,15 @@
-//! What the daemon is doing, for people and scripts: a board the daemon
-//! keeps up to date, served as JSON by a local API (axum on 127.0.0.1,
-//! every request carrying the token from the config directory), and the
-//! client `weave status` / `weave conflicts` use.
+//! The board: what the daemon is doing (its device, folders, peers,
+//! recent changes and errors), kept up to date by the daemon and read by
+//! the API.
 
-use crate::DaemonError;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub const TOKEN_FILE: &str = "api-token";
-pub const ADDR_FILE: &str = "api-address";
 const RECENT: usize = 100;
 const ERRORS: usize = 50;
 
+/// Milliseconds since the Unix epoch, the board's clock.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -47,8 +43,7 @@ pub struct FolderStatus {
     pub id: String,
     pub path: String,
     pub mode: String,
-    /// idle, scanning, syncing or error.
-    pub state: String,
+    pub state: FolderState,
     /// How much of what the folder's peers hold this device has, as far as
     /// the last syncs tell (100 when every peer's last sync succeeded).
     pub in_sync_percent: f64,
@@ -71,8 +66,7 @@ pub struct PeerStatus {
     pub name: String,
     pub id: String,
     pub addresses: Vec<String>,
-    /// connected (its last session worked), disconnected or unknown.
-    pub state: String,
+    pub state: PeerState,
     pub address: Option<String>,
     pub last_seen_ms: Option<u64>,
     pub last_error: Option<String>,
@@ -81,6 +75,68 @@ pub struct PeerStatus {
     /// Bytes per second in and out during its last session.
     pub rate_in: u64,
     pub rate_out: u64,
+}
+
+/// What a folder is doing (in JSON: idle, scanning, syncing or error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FolderState {
+    /// Waiting for a change.
+    #[default]
+    Idle,
+    /// Looking at what changed on disk.
+    Scanning,
+    /// A pair sync is under way.
+    Syncing,
+    /// Its last scan or sync failed (the folder's `error` says why).
+    Error,
+}
+
+/// How a peer's last session went (in JSON: connected, disconnected or
+/// unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerState {
+    /// No session with it yet.
+    #[default]
+    Unknown,
+    /// Its last session worked.
+    Connected,
+    /// It could not be reached.
+    Disconnected,
+}
+
+impl FolderState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FolderState::Idle => "idle",
+            FolderState::Scanning => "scanning",
+            FolderState::Syncing => "syncing",
+            FolderState::Error => "error",
+        }
+    }
+}
+
+impl PeerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Unknown => "unknown",
+            PeerState::Connected => "connected",
+            PeerState::Disconnected => "disconnected",
+        }
+    }
+}
+
+impl std::fmt::Display for FolderState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for PeerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -138,7 +194,7 @@ impl Board {
                 .entry(f.id.clone())
                 .or_insert_with(|| FolderStatus {
                     id: f.id.clone(),
-                    state: "idle".into(),
+                    state: FolderState::Idle,
                     ..Default::default()
                 });
             s.path = f.path.display().to_string();
@@ -150,7 +206,7 @@ impl Board {
         for p in &cfg.peers {
             let s = b.peers.entry(p.name.clone()).or_insert_with(|| PeerStatus {
                 name: p.name.clone(),
-                state: "unknown".into(),
+                state: PeerState::Unknown,
                 ..Default::default()
             });
             s.id = p.id.to_string();
@@ -199,140 +255,35 @@ impl Board {
     }
 }
 
-/// The conflict copies under `root` (relative paths, sorted), leaving out
-/// weave's state and the sub-folders in `skip`.
-pub fn conflicts_in(root: &Path, skip: &[String]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![(root.to_path_buf(), String::new())];
-    let mut budget = 1_000_000usize;
-    while let Some((dir, rel)) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            budget = budget.saturating_sub(1);
-            if budget == 0 {
-                return out;
-            }
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name == ".weave" {
-                continue;
-            }
-            let r = if rel.is_empty() {
-                name.clone()
-            } else {
-                format!("{rel}/{name}")
-            };
-            if skip.contains(&r) {
-                continue;
-            }
-            if weave_core::path::is_conflict_name(&r) {
-                out.push(r.clone());
-            }
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                stack.push((e.path(), r));
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_are_the_same_words_in_json_and_in_text() {
+        let folder = [
+            (FolderState::Idle, "idle"),
+            (FolderState::Scanning, "scanning"),
+            (FolderState::Syncing, "syncing"),
+            (FolderState::Error, "error"),
+        ];
+        for (s, word) in folder {
+            assert_eq!(serde_json::to_value(s).unwrap(), word);
+            assert_eq!(
+                serde_json::from_value::<FolderState>(word.into()).unwrap(),
+                s
+            );
+            assert_eq!(s.to_string(), word);
+        }
+        let peer = [
+            (PeerState::Unknown, "unknown"),
+            (PeerState::Connected, "connected"),
+            (PeerState::Disconnected, "disconnected"),
+        ];
+        for (s, word) in peer {
+            assert_eq!(serde_json::to_value(s).unwrap(), word);
+            assert_eq!(serde_json::from_value::<PeerState>(word.into()).unwrap(), s);
+            assert_eq!(s.to_string(), word);
         }
     }
-    out.sort();
-    out
-}
-
-/// The token the API wants, made on first use (readable by this user only).
-pub fn token(dir: &Path) -> Result<String, DaemonError> {
-    let p = dir.join(TOKEN_FILE);
-    if let Ok(t) = std::fs::read_to_string(&p) {
-        let t = t.trim().to_string();
-        if t.len() >= 16 {
-            return Ok(t);
-        }
-    }
-    let t: String = (0..32)
-        .map(|_| format!("{:x}", rand::random::<u8>() & 15))
-        .collect();
-    crate::identity::write_atomic(&p, t.as_bytes(), true)?;
-    Ok(t)
-}
-
-/// The folders whose conflict copies the API lists: (id, root, the
-/// sub-folders to leave out).
-pub type Roots = Arc<dyn Fn() -> Vec<(String, PathBuf, Vec<String>)> + Send + Sync>;
-
-/// Serves the board on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, board: Board, token: String, roots: Roots) {
-    use axum::http::{HeaderMap, StatusCode};
-    use axum::routing::get;
-    use axum::Json;
-    #[derive(Clone)]
-    struct St {
-        board: Board,
-        token: Arc<String>,
-        roots: Roots,
-    }
-    fn authorised(st: &St, h: &HeaderMap) -> Result<(), StatusCode> {
-        let want = format!("Bearer {}", st.token);
-        match h.get("authorization").and_then(|v| v.to_str().ok()) {
-            Some(v) if v == want => Ok(()),
-            _ => Err(StatusCode::UNAUTHORIZED),
-        }
-    }
-    async fn status(
-        axum::extract::State(st): axum::extract::State<St>,
-        h: HeaderMap,
-    ) -> Result<Json<Status>, StatusCode> {
-        authorised(&st, &h)?;
-        let mut s = st.board.snapshot();
-        let roots = (st.roots)();
-        let found = tokio::task::spawn_blocking(move || {
-            roots
-                .into_iter()
-                .map(|(id, root, skip)| (id, conflicts_in(&root, &skip)))
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        for (id, c) in found {
-            if let Some(f) = s.folders.iter_mut().find(|f| f.id == id) {
-                f.conflicts = c;
-            }
-        }
-        Ok(Json(s))
-    }
-    let st = St {
-        board,
-        token: Arc::new(token),
-        roots,
-    };
-    let app = axum::Router::new()
-        .route("/v1/status", get(status))
-        .with_state(st);
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!("the status API stopped: {e}");
-    }
-}
-
-/// Asks the daemon of the config directory `dir` for its status.
-pub fn fetch(dir: &Path) -> Result<Status, DaemonError> {
-    let addr = std::fs::read_to_string(dir.join(ADDR_FILE)).map_err(|_| {
-        DaemonError::Usage(format!(
-            "no weave daemon has run with the config directory {}; start one with `weave daemon`",
-            dir.display()
-        ))
-    })?;
-    let token = token(dir)?;
-    let url = format!("http://{}/v1/status", addr.trim());
-    let not_running = |e: String| {
-        DaemonError::Usage(format!(
-            "the weave daemon of {} does not answer at {} ({e}); is it running? Start it with `weave daemon`",
-            dir.display(),
-            addr.trim()
-        ))
-    };
-    let mut resp = ureq::get(&url)
-        .header("Authorization", &format!("Bearer {token}"))
-        .call()
-        .map_err(|e| not_running(e.to_string()))?;
-    resp.body_mut()
-        .read_json::<Status>()
-        .map_err(|e| not_running(e.to_string()))
 }

@@ -1,0 +1,161 @@
+//! Serving this device's folders to peers: an accepted connection's
+//! session may open the folders shared with its peer.
+
+use super::conn::accept;
+use super::open::{open_folder, Taken};
+use super::shared::{FolderRt, Shared};
+use crate::config::Peer;
+use crate::id::DeviceId;
+use crate::status::{self, Change, PeerState};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use weave_engine::{Replica, SyncError};
+use weave_net::server::{serve_host, Host, Served};
+
+/// Serves a peer's session: it may open the folders shared with it.
+struct DaemonHost {
+    sh: Arc<Shared>,
+    peer: Peer,
+    opened: Option<(Arc<FolderRt>, tokio::sync::OwnedMutexGuard<()>, Taken)>,
+}
+
+impl Host for DaemonHost {
+    fn open(
+        &mut self,
+        name: &str,
+        kind: &str,
+        dry_run: bool,
+    ) -> Result<(Box<dyn Replica>, String), SyncError> {
+        let cfg = self.sh.cfg();
+        // An unknown folder and one not shared with this peer get the
+        // same answer: a peer never learns of a folder not shared with it.
+        let f = cfg
+            .folder(name)
+            .filter(|f| f.peers.contains(&self.peer.name))
+            .cloned()
+            .ok_or_else(|| {
+                SyncError::Remote(format!(
+                    "this device shares no folder {name:?} with you ({})",
+                    self.sh.me.id
+                ))
+            })?;
+        if !kind.is_empty() && kind != "files" {
+            return Err(SyncError::Remote(format!(
+                "folder {name:?} holds files, not {kind}"
+            )));
+        }
+        if dry_run {
+            return Err(SyncError::Remote(
+                "a daemon's folders take no dry run".into(),
+            ));
+        }
+        if self.opened.is_some() {
+            return Err(SyncError::Remote(
+                "a session opens one folder; open another in a session of its own".into(),
+            ));
+        }
+        let rt = self
+            .sh
+            .folder_rt(&f.id)
+            .ok_or_else(|| SyncError::Remote(format!("folder {name:?} is not running yet")))?;
+        let guard = rt.lock.clone().blocking_lock_owned();
+        let (rep, taken) = open_folder(&cfg, &f, &rt)?;
+        self.opened = Some((rt, guard, taken));
+        Ok((rep, f.id.clone()))
+    }
+}
+
+/// Accepts the connections of peers, each in a task of its own.
+pub(super) async fn listen(sh: Arc<Shared>, listener: TcpListener, acceptor: TlsAcceptor) {
+    loop {
+        match listener.accept().await {
+            Ok((s, _)) => {
+                tokio::spawn(session(sh.clone(), acceptor.clone(), s));
+            }
+            Err(e) => {
+                warn!("accepting a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// One accepted connection: TLS, then a session.
+async fn session(sh: Arc<Shared>, acceptor: TlsAcceptor, s: TcpStream) {
+    let Some((conn, peer, from)) = accept(&sh, &acceptor, s).await else {
+        return;
+    };
+    let sh2 = sh.clone();
+    let name = peer.name.clone();
+    let id = peer.id;
+    let res = tokio::task::spawn_blocking(move || {
+        let mut host = DaemonHost {
+            sh: sh2,
+            peer,
+            opened: None,
+        };
+        let served = serve_host(conn, &mut host);
+        let opened = host.opened.take().map(|(rt, guard, taken)| {
+            // What the peer's session did not scan is looked at later.
+            if !served.as_ref().is_ok_and(|s| s.scanned) {
+                rt.give_back(taken);
+            }
+            drop(guard);
+            rt
+        });
+        (served, opened)
+    })
+    .await;
+    let Ok((served, opened)) = res else {
+        return;
+    };
+    sh.board.peer(&name, |p| {
+        p.state = PeerState::Connected;
+        p.last_seen_ms = Some(status::now_ms());
+        p.last_error = None;
+    });
+    match served {
+        Ok(served) => {
+            if let Some(rt) = opened {
+                record_served(&sh, &rt, id, &name, &served);
+            }
+        }
+        Err(e) => {
+            if let Some(rt) = opened {
+                rt.synced.lock().expect("synced").remove(&id);
+                rt.poke(false);
+            }
+            warn!("session with {name} ({from}): {e}");
+        }
+    }
+}
+
+/// What a session served for peer `name` (device `id`) did to folder
+/// `rt`: on the board, and for the folder's task.
+fn record_served(sh: &Shared, rt: &FolderRt, id: DeviceId, name: &str, served: &Served) {
+    debug!(
+        "folder {}: served {name}, {} operations",
+        rt.id, served.applied
+    );
+    if let Some(seq) = served.seq.filter(|_| served.finished) {
+        rt.synced.lock().expect("synced").insert(id, seq);
+    }
+    // It is up: no need to wait before dialling it.
+    rt.backoff.lock().expect("backoff").remove(&id);
+    if served.applied > 0 {
+        sh.board.change(Change {
+            time_ms: status::now_ms(),
+            folder: rt.id.clone(),
+            path: String::new(),
+            action: format!("took {} changes", served.applied),
+            peer: name.to_string(),
+        });
+    }
+    if served.applied > 0 || !served.finished {
+        // The other peers hear of it; what the session did not finish is
+        // looked at again.
+        rt.poke(false);
+    }
+}

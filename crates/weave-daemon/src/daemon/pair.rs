@@ -1,0 +1,205 @@
+//! A pair sync run by this device (a folder with one peer), and what it
+//! did, on the board and in the log.
+
+use super::conn::{dial, PeerProblem};
+use super::open::open_folder;
+use super::shared::{FolderRt, Shared};
+use crate::config::{Config, Conflict, Folder, Peer};
+use crate::guard::Guarded;
+use crate::status::{self, Change, FolderState, PeerState};
+use crate::DaemonError;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weave_engine::{Kind, Replica, SyncOptions};
+use weave_fs::Files;
+use weave_net::RemoteReplica;
+
+/// The sync options a folder's syncs use.
+fn sync_options(cfg: &Config, f: &Folder) -> SyncOptions {
+    SyncOptions {
+        policy: match f.conflict {
+            Conflict::KeepBoth => weave_engine::PolicySpec::KeepBoth,
+            Conflict::Newest => weave_engine::PolicySpec::Newest,
+        },
+        ignore: f
+            .ignore
+            .iter()
+            .cloned()
+            .chain(Guarded::exclusion_patterns(&cfg.subfolders(f)))
+            .collect(),
+        ..SyncOptions::default()
+    }
+}
+
+struct Progress<'a>(&'a FolderRt);
+
+impl weave_engine::Progress for Progress<'_> {
+    fn set_total(&self, bytes: u64) {
+        self.0.bytes_total.store(bytes, Ordering::Relaxed);
+        self.0.bytes_done.store(0, Ordering::Relaxed);
+    }
+    fn advance(&self, bytes: u64) {
+        self.0.bytes_done.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// One pair sync of folder `f` with `peer`, run by this device. Returns
+/// the folder's sequence number after it.
+pub(super) fn sync_pair(
+    sh: &Shared,
+    rt: &FolderRt,
+    cfg: &Config,
+    f: &Folder,
+    peer: &Peer,
+) -> Result<u64, DaemonError> {
+    // Locks in device-id order: the lower id's folder first.
+    let local_first = sh.me.id < peer.id;
+    let mut guard = None;
+    if local_first {
+        guard = Some(rt.lock.clone().blocking_lock_owned());
+    }
+    let started = Instant::now();
+    let (conn, addr) = dial(sh, peer)?;
+    let mut remote =
+        RemoteReplica::open_kind(conn, &peer.name, &f.id, "files", false).map_err(|e| {
+            // TLS 1.3: a server refuses a client's certificate after
+            // the client's side of the handshake is done.
+            let problem = if e.to_string().contains("fatal alert") {
+                PeerProblem::RefusedUs {
+                    peer: peer.name.clone(),
+                    me: sh.me.id,
+                    cause: e,
+                }
+            } else {
+                PeerProblem::Session(e)
+            };
+            DaemonError::Peer {
+                peer: peer.name.clone(),
+                problem: Box::new(problem),
+            }
+        })?;
+    if guard.is_none() {
+        guard = Some(rt.lock.clone().blocking_lock_owned());
+    }
+    let (mut local, taken) = open_folder(cfg, f, rt)?;
+    if let Some(tree) = local.local() {
+        remote.cache_index_in(&Files.state_dir(tree.root()));
+    }
+    let mut reps: Vec<Box<dyn Replica>> = vec![local, Box::new(remote)];
+    sh.board.folder(&f.id, |s| s.state = FolderState::Syncing);
+    let opts = sync_options(cfg, f);
+    let result = weave_engine::run(
+        &mut reps,
+        &opts,
+        &weave_engine::Roles::default(),
+        &Progress(rt),
+    );
+    let seq = reps[0].info().seq;
+    let traffic = reps[1].traffic();
+    drop(reps);
+    if result.is_err() {
+        rt.give_back(taken);
+    }
+    drop(guard);
+    rt.bytes_total.store(0, Ordering::Relaxed);
+    rt.bytes_done.store(0, Ordering::Relaxed);
+    let report = result?;
+    let secs = started.elapsed().as_secs_f64().max(0.001);
+    sh.board.peer(&peer.name, |p| {
+        p.state = PeerState::Connected;
+        p.address = Some(addr.clone());
+        p.last_seen_ms = Some(status::now_ms());
+        p.last_error = None;
+        if let Some((sent, recv)) = traffic {
+            p.bytes_sent += sent;
+            p.bytes_received += recv;
+            p.rate_out = (sent as f64 / secs) as u64;
+            p.rate_in = (recv as f64 / secs) as u64;
+        }
+    });
+    record_report(sh, &f.id, &peer.name, &report);
+    Ok(seq)
+}
+
+/// Puts what a sync did on the board and in the log.
+fn record_report(sh: &Shared, folder: &str, peer: &str, r: &weave_engine::Report) {
+    let now = status::now_ms();
+    if let Some(l) = r.replicas.first() {
+        // The local replica is first: what it took came from the peer.
+        record_changes(sh, folder, peer, l.created, l.updated, l.deleted);
+    }
+    if !r.unchanged && (r.created + r.updated + r.deleted) > 0 {
+        info!(
+            "folder {folder} with {peer}: {} created, {} updated, {} deleted, {} bytes copied",
+            r.created, r.updated, r.deleted, r.bytes_copied
+        );
+    }
+    for c in &r.conflicts {
+        info!(
+            "folder {folder} with {peer}: conflict at {} ({})",
+            c.path, c.description
+        );
+        sh.board.change(Change {
+            time_ms: now,
+            folder: folder.to_string(),
+            path: c.path.clone(),
+            action: "conflict".into(),
+            peer: peer.to_string(),
+        });
+    }
+    let notices: Vec<String> = r
+        .errors
+        .iter()
+        .filter(|e| e.message.starts_with("not taken"))
+        .map(|e| format!("{}: {}", e.path, e.message))
+        .collect();
+    for e in r
+        .errors
+        .iter()
+        .filter(|e| !e.message.starts_with("not taken"))
+    {
+        warn!("folder {folder} with {peer}: {}: {}", e.path, e.message);
+        sh.board.error(
+            Some(folder),
+            Some(peer),
+            format!("{}: {}", e.path, e.message),
+        );
+    }
+    sh.board.folder(folder, |s| {
+        s.last_sync_ms = Some(now);
+        s.notices = notices;
+    });
+}
+
+/// Records the ops of a report as recent changes.
+fn record_changes(sh: &Shared, folder: &str, peer: &str, created: u64, updated: u64, deleted: u64) {
+    if created + updated + deleted == 0 {
+        return;
+    }
+    sh.board.change(Change {
+        time_ms: status::now_ms(),
+        folder: folder.to_string(),
+        path: String::new(),
+        action: format!("took {created} new, {updated} changed, {deleted} deleted"),
+        peer: peer.to_string(),
+    });
+}
+
+/// Puts the bytes the pair syncs under way still have to copy on the
+/// board, every 250 ms.
+pub(super) async fn show_progress(sh: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let folders = sh.all_folders();
+        for rt in folders {
+            let total = rt.bytes_total.load(Ordering::Relaxed);
+            let done = rt.bytes_done.load(Ordering::Relaxed);
+            if total > 0 {
+                sh.board.folder(&rt.id, |s| {
+                    s.bytes_to_go = total.saturating_sub(done);
+                });
+            }
+        }
+    }
+}

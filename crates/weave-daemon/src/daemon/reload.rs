@@ -1,0 +1,100 @@
+//! Following the config file: a changed config is applied while the
+//! daemon runs (folders started and stopped, peers allowed or refused).
+
+use super::folder::folder_task;
+use super::shared::{FolderRt, Shared};
+use super::watcher::Watcher;
+use crate::config::Config;
+use crate::DaemonError;
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the config file is looked at.
+const CONFIG_POLL: Duration = Duration::from_millis(500);
+
+/// Reads the config again and makes the daemon follow it.
+pub(super) fn apply_config(sh: &Arc<Shared>, cfg: Config, watcher: &mut Watcher) {
+    {
+        let mut a = sh.allowed.write().expect("allowed");
+        *a = cfg.peers.iter().map(|p| p.id).collect::<HashSet<_>>();
+    }
+    sh.board.configure(&cfg);
+    *sh.cfg.write().expect("config") = Arc::new(cfg.clone());
+    let mut folders = sh.folders.lock().expect("folders");
+    folders.retain(|id, rt| {
+        let keep = cfg.folder(id).is_some();
+        if !keep {
+            rt.stopped.store(true, Ordering::SeqCst);
+            rt.wake.notify_one();
+            info!("folder {id}: no longer configured; stopped");
+        }
+        keep
+    });
+    for f in &cfg.folders {
+        let rt = match folders.get(&f.id) {
+            Some(rt) => rt.clone(),
+            None => {
+                let rt = Arc::new(FolderRt::new(&f.id));
+                folders.insert(f.id.clone(), rt.clone());
+                info!(
+                    "folder {} at {}: shared with {:?}",
+                    f.id,
+                    f.path.display(),
+                    f.peers
+                );
+                sh.rt.spawn(folder_task(sh.clone(), rt.clone()));
+                rt
+            }
+        };
+        rt.poke(true);
+    }
+    drop(folders);
+    watcher.follow(sh, &cfg);
+}
+
+fn file_stamp(p: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Follows the config file until SIGINT or SIGTERM.
+pub(super) async fn follow_config(
+    sh: &Arc<Shared>,
+    watcher: &mut Watcher,
+) -> Result<(), DaemonError> {
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(DaemonError::Signal)?;
+    let cfg_path = Config::path(&sh.dir);
+    let mut stamp = file_stamp(&cfg_path);
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = sigterm.recv() => return Ok(()),
+            _ = tokio::time::sleep(CONFIG_POLL) => {
+                let now = file_stamp(&cfg_path);
+                if now != stamp {
+                    stamp = now;
+                    reload(sh, watcher);
+                }
+            }
+        }
+    }
+}
+
+/// The config file changed: follows it if it is usable and differs.
+fn reload(sh: &Arc<Shared>, watcher: &mut Watcher) {
+    match Config::load(&sh.dir, sh.me.id) {
+        Ok(c) if c != *sh.cfg() => {
+            info!("the config changed; following it");
+            apply_config(sh, c, watcher);
+        }
+        Ok(_) => {}
+        Err(e) => {
+            warn!("the config changed but cannot be used, so the old one stays: {e}");
+            sh.board.error(None, None, e.to_string());
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The daemon's state while it runs: the config, the peers it accepts,
+//! and each folder's runtime state.
+
+use super::backoff::Backoff;
+use super::open::Taken;
+use crate::config::Config;
+use crate::id::DeviceId;
+use crate::identity::Identity;
+use crate::status::Board;
+use crate::tls;
+use crate::touched::Touched;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+
+/// What the daemon's tasks share.
+pub(super) struct Shared {
+    pub(super) dir: PathBuf,
+    pub(super) me: Identity,
+    pub(super) cfg: RwLock<Arc<Config>>,
+    pub(super) allowed: tls::Allowed,
+    pub(super) refused: tls::Refused,
+    pub(super) folders: Mutex<HashMap<String, Arc<FolderRt>>>,
+    pub(super) board: Board,
+    pub(super) rt: Handle,
+    pub(super) stopping: AtomicBool,
+}
+
+/// A folder while the daemon runs.
+pub(super) struct FolderRt {
+    pub(super) id: String,
+    /// Its replica is open in one sync at a time.
+    pub(super) lock: Arc<tokio::sync::Mutex<()>>,
+    pub(super) wake: Notify,
+    /// Something may have changed on disk: the next check scans.
+    pub(super) dirty: AtomicBool,
+    /// What the next scan looks at.
+    pub(super) touched: Touched,
+    /// The next check syncs with every peer (the ignore file changed).
+    pub(super) resync: AtomicBool,
+    /// After a scan of the folder failed: when to try again, and the wait.
+    pub(super) scan_retry: Mutex<Option<Backoff>>,
+    /// A watcher batch is being gathered.
+    pub(super) gathering: AtomicBool,
+    /// The folder's sequence number after its last sync with each peer.
+    pub(super) synced: Mutex<HashMap<DeviceId, u64>>,
+    /// Peers to leave alone until then (after failures).
+    pub(super) backoff: Mutex<HashMap<DeviceId, Backoff>>,
+    /// The watcher could not watch it: rescan often.
+    pub(super) unwatched: AtomicBool,
+    pub(super) stopped: AtomicBool,
+    pub(super) bytes_total: AtomicU64,
+    pub(super) bytes_done: AtomicU64,
+}
+
+impl FolderRt {
+    pub(super) fn new(id: &str) -> FolderRt {
+        FolderRt {
+            id: id.to_string(),
+            lock: Arc::new(tokio::sync::Mutex::new(())),
+            wake: Notify::new(),
+            dirty: AtomicBool::new(true),
+            touched: Touched::new(),
+            resync: AtomicBool::new(false),
+            scan_retry: Mutex::new(None),
+            gathering: AtomicBool::new(false),
+            synced: Mutex::new(HashMap::new()),
+            backoff: Mutex::new(HashMap::new()),
+            unwatched: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            bytes_total: AtomicU64::new(0),
+            bytes_done: AtomicU64::new(0),
+        }
+    }
+
+    /// Gives back what a scan that did not happen took.
+    pub(super) fn give_back(&self, taken: Taken) {
+        self.touched.untake(taken);
+        self.dirty.store(true, Ordering::SeqCst);
+    }
+
+    /// Wakes the folder's loop; `rescan`: after a full scan.
+    pub(super) fn poke(&self, rescan: bool) {
+        if rescan {
+            self.touched.everything();
+            self.dirty.store(true, Ordering::SeqCst);
+        }
+        self.wake.notify_one();
+    }
+}
+
+impl Shared {
+    pub(super) fn cfg(&self) -> Arc<Config> {
+        self.cfg.read().expect("config").clone()
+    }
+
+    pub(super) fn all_folders(&self) -> Vec<Arc<FolderRt>> {
+        self.folders
+            .lock()
+            .expect("folders")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub(super) fn folder_rt(&self, id: &str) -> Option<Arc<FolderRt>> {
+        self.folders.lock().expect("folders").get(id).cloned()
+    }
+}
