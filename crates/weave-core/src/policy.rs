@@ -3,6 +3,7 @@
 //! the planner, parsed in one place.
 
 use crate::id::ReplicaId;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
 use thiserror::Error;
@@ -82,6 +83,20 @@ impl fmt::Display for PolicySpec {
             ConflictPolicy::Newest => f.write_str("newest"),
             ConflictPolicy::Prefer(r) => write!(f, "prefer={r}"),
         }
+    }
+}
+
+/// Written as it is typed: `keep-both`, `newest`, `prefer=REPLICA`.
+impl Serialize for PolicySpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PolicySpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<PolicySpec, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 

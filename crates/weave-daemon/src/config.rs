@@ -8,6 +8,7 @@ use crate::DaemonError;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
+use weave_core::PolicySpec;
 
 pub const CONFIG_FILE: &str = "config.toml";
 /// The port a daemon listens on unless told otherwise.
@@ -84,27 +85,19 @@ impl std::str::FromStr for Mode {
     }
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum Conflict {
-    /// The newer version keeps the name, the older becomes a conflict copy.
-    #[default]
-    KeepBoth,
-    /// The newer version wins; the older is kept in the version store.
-    Newest,
+/// A folder's conflict policy: keep-both or newest (the one type of
+/// [`weave_core::policy`]; prefer= names a replica of a one-shot sync,
+/// and a folder has no such list).
+pub fn folder_policy(s: &str) -> Result<PolicySpec, ConfigProblem> {
+    match s.parse::<PolicySpec>() {
+        Ok(p @ (PolicySpec::KeepBoth | PolicySpec::Newest)) => Ok(p),
+        _ => Err(ConfigProblem::UnknownConflict(s.to_string())),
+    }
 }
 
-impl std::str::FromStr for Conflict {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Conflict, String> {
-        match s {
-            "keep-both" => Ok(Conflict::KeepBoth),
-            "newest" => Ok(Conflict::Newest),
-            _ => Err(format!(
-                "unknown conflict policy {s:?} for a folder: use keep-both or newest"
-            )),
-        }
-    }
+fn folder_policy_de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PolicySpec, D::Error> {
+    let s = String::deserialize(d)?;
+    folder_policy(&s).map_err(serde::de::Error::custom)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -118,8 +111,8 @@ pub struct Folder {
     pub peers: Vec<String>,
     #[serde(default)]
     pub mode: Mode,
-    #[serde(default)]
-    pub conflict: Conflict,
+    #[serde(default, deserialize_with = "folder_policy_de")]
+    pub conflict: PolicySpec,
     /// Extra ignore patterns (gitignore syntax), beside `.weaveignore`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ignore: Vec<String>,
@@ -147,7 +140,7 @@ impl Folder {
             path,
             peers: Vec::new(),
             mode: Mode::TwoWay,
-            conflict: Conflict::KeepBoth,
+            conflict: PolicySpec::KeepBoth,
             ignore: Vec::new(),
             watch_delay_ms: default_watch_delay(),
             rescan_secs: default_rescan(),
@@ -191,6 +184,8 @@ pub enum ConfigProblem {
     NotAPeer { folder: String, peer: String },
     #[error("unknown folder mode {0:?}: use two-way, send-only or receive-only")]
     UnknownMode(String),
+    #[error("unknown conflict policy {0:?} for a folder: use keep-both or newest")]
+    UnknownConflict(String),
 }
 
 /// An address that is not host:port.
@@ -456,5 +451,29 @@ mod tests {
             "both".parse::<Mode>().unwrap_err().to_string(),
             "unknown folder mode \"both\": use two-way, send-only or receive-only"
         );
+    }
+
+    /// A folder's policy is the one conflict-policy type, written as it
+    /// is typed; prefer= (a one-shot sync's) is refused for a folder, in
+    /// the config file as on the command line.
+    #[test]
+    fn a_folders_conflict_policy_is_keep_both_or_newest() {
+        let folder =
+            |conflict: &str| format!("id = \"docs\"\npath = \"/d\"\nconflict = \"{conflict}\"\n");
+        let f: Folder = toml::from_str(&folder("newest")).unwrap();
+        assert_eq!(f.conflict, PolicySpec::Newest);
+        assert!(toml::to_string(&f)
+            .unwrap()
+            .contains("conflict = \"newest\""));
+        let f: Folder = toml::from_str("id = \"docs\"\npath = \"/d\"\n").unwrap();
+        assert_eq!(f.conflict, PolicySpec::KeepBoth);
+        for bad in ["prefer=/d", "bogus"] {
+            let e = toml::from_str::<Folder>(&folder(bad))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("for a folder: use keep-both or newest"), "{e}");
+            let e = folder_policy(bad).unwrap_err().to_string();
+            assert!(e.contains("unknown conflict policy"), "{e}");
+        }
     }
 }

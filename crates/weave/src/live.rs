@@ -4,9 +4,10 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
-use weave_daemon::config::{Conflict, Mode, DEFAULT_PORT};
+use weave_daemon::config::{folder_policy, Mode, DEFAULT_PORT};
 use weave_daemon::status::PeerState;
 use weave_daemon::{Config, DeviceId, Folder, Peer};
+use weave_engine::PolicySpec;
 
 #[derive(Args, Clone)]
 pub struct ConfigDir {
@@ -85,8 +86,8 @@ pub struct FolderAddArgs {
     #[arg(long, default_value = "two-way")]
     mode: Mode,
     /// keep-both (the older version becomes a conflict copy) or newest.
-    #[arg(long, default_value = "keep-both")]
-    conflict: Conflict,
+    #[arg(long, default_value = "keep-both", value_parser = folder_policy)]
+    conflict: PolicySpec,
     /// An ignore pattern (gitignore syntax; repeatable).
     #[arg(long = "ignore", value_name = "PATTERN")]
     ignore: Vec<String>,

@@ -16,7 +16,7 @@
 //!   Which peers a sync is needed with: those whose last sync with the
 //!   folder did not end at its current sequence number.
 //! - **Scans.** A folder's scan looks only at the paths the watcher saw
-//!   change (each with its subtree), see [`crate::touched`]; a full scan
+//!   change (each with its subtree), see `touched.rs`; a full scan
 //!   runs at the start, when the watch is set up, on a config change, on
 //!   the rescan interval and when the watcher lost events. A changed
 //!   folder is scanned on its own first, peers or not: its sequence number

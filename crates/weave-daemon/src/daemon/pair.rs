@@ -4,7 +4,7 @@
 use super::conn::{dial, PeerProblem};
 use super::open::open_folder;
 use super::shared::{FolderRt, Shared};
-use crate::config::{Config, Conflict, Folder, Peer};
+use crate::config::{Config, Folder, Peer};
 use crate::guard::Guarded;
 use crate::status::{self, Change, FolderState, PeerState};
 use crate::DaemonError;
@@ -18,10 +18,7 @@ use weave_net::RemoteReplica;
 /// The sync options a folder's syncs use.
 fn sync_options(cfg: &Config, f: &Folder) -> SyncOptions {
     SyncOptions {
-        policy: match f.conflict {
-            Conflict::KeepBoth => weave_engine::PolicySpec::KeepBoth,
-            Conflict::Newest => weave_engine::PolicySpec::Newest,
-        },
+        policy: f.conflict.clone(),
         ignore: f
             .ignore
             .iter()
