@@ -296,20 +296,44 @@ pub fn tree(chunks: &[ChunkRef]) -> (Hash, std::collections::HashMap<Hash, Node>
     }
 }
 
+/// Why a chunk list could not be rebuilt from its tree ([`resolve`]); `E`
+/// is the error of fetching nodes.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TreeError<E: std::error::Error + 'static> {
+    #[error("the chunk tree is larger than the file")]
+    TooLarge,
+    #[error("the peer answered a different number of tree nodes")]
+    WrongCount,
+    #[error("no peer has tree node {}", .0.short_hex())]
+    Missing(Hash),
+    #[error("tree node {} failed its hash", .0.short_hex())]
+    BadNode(Hash),
+    #[error("the chunk tree has uneven levels")]
+    UnevenLevels,
+    #[error("the chunk tree lists an impossible chunk")]
+    ImpossibleChunk,
+    #[error("the chunk tree does not add up to the file")]
+    DoesNotAddUp,
+    /// Fetching nodes failed.
+    #[error(transparent)]
+    Fetch(E),
+}
+
 /// Rebuilds a chunk list from its tree, fetching the nodes `known` lacks
 /// one level at a time (so a deep tree costs one round per level, and a
 /// subtree already known costs nothing). `fetch` gets the hashes wanted
 /// and returns their encoded nodes in the same order (None: unavailable).
 /// Fails when a node is missing, fails its hash, or the tree is not
 /// well-formed; `size` bounds the work a hostile peer can cause.
-pub fn resolve<F>(
+pub fn resolve<F, E>(
     root: &Hash,
     size: u64,
     known: &std::collections::HashMap<Hash, Node>,
     mut fetch: F,
-) -> Result<ChunkList, String>
+) -> Result<ChunkList, TreeError<E>>
 where
-    F: FnMut(&[Hash]) -> Result<Vec<Option<Vec<u8>>>, String>,
+    F: FnMut(&[Hash]) -> Result<Vec<Option<Vec<u8>>>, E>,
+    E: std::error::Error + 'static,
 {
     let mut got: std::collections::HashMap<Hash, Node> = std::collections::HashMap::new();
     // At most this many nodes in a well-formed tree of `size` bytes.
@@ -324,18 +348,17 @@ where
             .copied()
             .collect();
         if missing.len() as u64 > budget {
-            return Err("the chunk tree is larger than the file".into());
+            return Err(TreeError::TooLarge);
         }
         budget -= missing.len() as u64;
         if !missing.is_empty() {
-            let data = fetch(&missing)?;
+            let data = fetch(&missing).map_err(TreeError::Fetch)?;
             if data.len() != missing.len() {
-                return Err("the peer answered a different number of tree nodes".into());
+                return Err(TreeError::WrongCount);
             }
             for (h, d) in missing.iter().zip(data) {
-                let d = d.ok_or_else(|| format!("no peer has tree node {}", h.short_hex()))?;
-                let n = Node::decode(&d, h)
-                    .ok_or_else(|| format!("tree node {} failed its hash", h.short_hex()))?;
+                let d = d.ok_or(TreeError::Missing(*h))?;
+                let n = Node::decode(&d, h).ok_or(TreeError::BadNode(*h))?;
                 got.insert(*h, n);
             }
         }
@@ -344,7 +367,7 @@ where
         for h in &level_wanted {
             let n = known.get(h).or_else(|| got.get(h)).expect("fetched above");
             if level.is_some_and(|l| l != n.level) || expect_level.is_some_and(|l| l != n.level) {
-                return Err("the chunk tree has uneven levels".into());
+                return Err(TreeError::UnevenLevels);
             }
             level = Some(n.level);
             if n.level > 1 {
@@ -365,7 +388,7 @@ where
         if n.level == 1 {
             for (c, len) in &n.children {
                 if *len == 0 || *len > CHUNK_MAX as u64 || chunks.len() as u64 >= max_chunks {
-                    return Err("the chunk tree lists an impossible chunk".into());
+                    return Err(TreeError::ImpossibleChunk);
                 }
                 chunks.push(ChunkRef {
                     hash: *c,
@@ -378,7 +401,7 @@ where
     }
     let list = ChunkList { chunks };
     if list.size() != size || list.content_id() != *root {
-        return Err("the chunk tree does not add up to the file".into());
+        return Err(TreeError::DoesNotAddUp);
     }
     Ok(list)
 }
@@ -490,10 +513,11 @@ mod tests {
         let mut fetched = 0usize;
         let list = resolve(&root_a, a.size(), &Default::default(), |want| {
             fetched += want.len();
-            Ok(want
-                .iter()
-                .map(|h| nodes_a.get(h).map(|n| n.encode()))
-                .collect())
+            Ok::<_, io::Error>(
+                want.iter()
+                    .map(|h| nodes_a.get(h).map(|n| n.encode()))
+                    .collect(),
+            )
         })
         .unwrap();
         assert_eq!(list, a);
@@ -506,10 +530,11 @@ mod tests {
         let mut fetched = 0usize;
         let list = resolve(&root_b, b.size(), &nodes_a, |want| {
             fetched += want.len();
-            Ok(want
-                .iter()
-                .map(|h| nodes_b.get(h).map(|n| n.encode()))
-                .collect())
+            Ok::<_, io::Error>(
+                want.iter()
+                    .map(|h| nodes_b.get(h).map(|n| n.encode()))
+                    .collect(),
+            )
         })
         .unwrap();
         assert_eq!(list, b);
@@ -527,18 +552,21 @@ mod tests {
         assert!(Node::decode(&bad, &root).is_none());
         assert!(Node::decode(&[], &root).is_none());
         let r = resolve(&root, a.size(), &Default::default(), |w| {
-            Ok(vec![Some(bad.clone()); w.len()])
+            Ok::<_, io::Error>(vec![Some(bad.clone()); w.len()])
         });
-        assert!(r.is_err());
+        assert!(
+            matches!(r, Err(TreeError::BadNode(h)) if h == root),
+            "{r:?}"
+        );
         // A node that claims another file's size.
         let r = resolve(&root, a.size() + 1, &Default::default(), |w| {
-            Ok(w.iter().map(|h| nodes.get(h).map(|n| n.encode())).collect())
+            Ok::<_, io::Error>(w.iter().map(|h| nodes.get(h).map(|n| n.encode())).collect())
         });
         assert!(r.is_err());
         // Empty content.
         let (e, en) = tree(&[]);
         assert_eq!(e, content_id(&[]));
-        let l = resolve(&e, 0, &en, |_| unreachable!()).unwrap();
+        let l = resolve::<_, io::Error>(&e, 0, &en, |_| unreachable!()).unwrap();
         assert!(l.chunks.is_empty());
     }
 

@@ -136,12 +136,11 @@ pub(crate) fn read_content(
             Some(l) => l,
             None => {
                 let known = HashMap::new();
-                let r = weave_chunk::resolve(content, size, &known, |want| {
-                    let got = rep
-                        .serve_nodes(&[(*content, want.to_vec())])
-                        .map_err(|e| e.to_string())?;
-                    Ok(got.into_iter().next().unwrap_or_default())
-                });
+                let r =
+                    weave_chunk::resolve::<_, crate::SyncError>(content, size, &known, |want| {
+                        let got = rep.serve_nodes(&[(*content, want.to_vec())])?;
+                        Ok(got.into_iter().next().unwrap_or_default())
+                    });
                 match r {
                     Ok(l) => l,
                     Err(_) => continue,

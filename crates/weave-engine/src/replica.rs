@@ -187,10 +187,8 @@ pub fn fetch_lists(
     }
     prefetch_levels(provider, unresolved, known)?;
     for (c, size, path) in unresolved {
-        let r = weave_chunk::resolve(c, *size, known, |want| {
-            let got = provider
-                .nodes(&[(*c, want.to_vec())])
-                .map_err(|e| e.to_string())?;
+        let r = weave_chunk::resolve::<_, SyncError>(c, *size, known, |want| {
+            let got = provider.nodes(&[(*c, want.to_vec())])?;
             Ok(got.into_iter().next().unwrap_or_default())
         });
         match r {
