@@ -1,5 +1,6 @@
 //! weave-net: sessions between replicas on different machines.
 //!
+//! - [`address`]: where a replica is, as `weave sync` is given it;
 //! - [`conn`]: framed messages over any byte stream, read and written by
 //!   their own threads (so neither side can block the other), with an
 //!   optional rate limit;
@@ -8,14 +9,16 @@
 //!   [`weave_engine::Replica`] like any local one;
 //! - [`sync`]: one sync of local and remote replicas.
 
+pub mod address;
 pub mod cache;
 pub mod conn;
 pub mod remote;
 pub mod server;
 mod wire;
 
+pub use address::{Address, AddressError, SshAddress};
 pub use conn::{Conn, RateLimit};
-pub use remote::{NetOptions, RemoteReplica, RemoteSpec};
+pub use remote::{NetOptions, RemoteReplica};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,9 +51,12 @@ pub fn sync_kind(
                 .into(),
         ));
     }
-    let mut remotes: Vec<Option<RemoteSpec>> = Vec::new();
+    let mut remotes: Vec<Option<SshAddress>> = Vec::new();
     for s in specs {
-        remotes.push(RemoteSpec::parse(s).map_err(SyncError::Usage)?);
+        remotes.push(match Address::parse(s)? {
+            Address::Ssh(a) => Some(a),
+            Address::Local(_) => None,
+        });
     }
     let local_idx: Vec<usize> = (0..specs.len()).filter(|&i| remotes[i].is_none()).collect();
     let local_paths: Vec<PathBuf> = local_idx

@@ -1,6 +1,7 @@
 //! A replica on another machine, reached through `weave serve --stdio`
 //! (started over ssh or any command given with --rsh).
 
+use crate::address::SshAddress;
 use crate::conn::{Conn, RateLimit};
 use crate::server::Compress;
 use crate::wire::{self, proto};
@@ -27,76 +28,6 @@ pub(crate) const REPLY_MAX: usize = wire::PER_REQUEST;
 
 const MAX_ISSUES: usize = 100_000;
 const MAX_ISSUE_TEXT: usize = 4096;
-
-/// `[user@]host:path` or `ssh://[user@]host[:port]/path`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteSpec {
-    pub host: String,
-    pub port: Option<u16>,
-    pub path: String,
-    /// As the user gave it.
-    pub display: String,
-}
-
-impl RemoteSpec {
-    /// Parses a replica argument; None when it names a local directory.
-    pub fn parse(s: &str) -> Result<Option<RemoteSpec>, String> {
-        if let Some(rest) = s.strip_prefix("ssh://") {
-            let (auth, path) = match rest.find('/') {
-                Some(i) => (&rest[..i], &rest[i..]),
-                None => {
-                    return Err(format!(
-                        "{s}: an ssh:// address needs a path, e.g. ssh://host/home/me/docs"
-                    ))
-                }
-            };
-            let (host, port) = match auth.rsplit_once(':') {
-                Some((h, p)) => (
-                    h,
-                    Some(
-                        p.parse::<u16>()
-                            .map_err(|_| format!("{s}: {p:?} is not a port number"))?,
-                    ),
-                ),
-                None => (auth, None),
-            };
-            if host.is_empty() || host.ends_with('@') {
-                return Err(format!("{s}: no host name"));
-            }
-            // ssh://host/~/docs is relative to the remote home.
-            let path = path
-                .strip_prefix("/~")
-                .map(|p| format!("~{p}"))
-                .unwrap_or(path.to_string());
-            return Ok(Some(RemoteSpec {
-                host: host.to_string(),
-                port,
-                path,
-                display: s.to_string(),
-            }));
-        }
-        if std::path::Path::new(s).exists() {
-            return Ok(None);
-        }
-        match s.find(':') {
-            Some(i) if i > 0 && !s[..i].contains('/') => {
-                let path = &s[i + 1..];
-                Ok(Some(RemoteSpec {
-                    host: s[..i].to_string(),
-                    port: None,
-                    // host: alone is the remote home, as with scp and rsync.
-                    path: if path.is_empty() {
-                        ".".into()
-                    } else {
-                        path.into()
-                    },
-                    display: s.to_string(),
-                }))
-            }
-            _ => Ok(None),
-        }
-    }
-}
 
 /// How remote replicas are reached.
 #[derive(Debug, Clone, Default)]
@@ -138,7 +69,7 @@ fn shell_quote(s: &str) -> String {
 impl RemoteReplica {
     /// Starts `weave serve --stdio` on the remote host and opens the replica.
     pub fn spawn(
-        spec: &RemoteSpec,
+        spec: &SshAddress,
         net: &NetOptions,
         kind: &str,
         dry_run: bool,
