@@ -2,8 +2,8 @@
 //! one function, [`Address::parse`].
 //!
 //! Another kind of address (a new scheme) is a variant of [`Address`],
-//! its arm in [`Address::parse`] and its arm where the replicas are
-//! opened ([`crate::sync_kind`]).
+//! its arm in [`Address::parse`] and its arm in the opener
+//! ([`crate::open`]).
 
 use std::fmt;
 use std::path::{Path, PathBuf};

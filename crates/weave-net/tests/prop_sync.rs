@@ -24,8 +24,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use weave_engine::{sync, LocalReplica, NoProgress, PolicySpec, Replica, SyncOptions};
-use weave_net::{Conn, RemoteReplica};
+use weave_engine::{LocalReplica, NoProgress, PolicySpec, Replica, SyncOptions};
+use weave_net::{sync, Conn, NetOptions, RemoteReplica};
 
 /// The paths operations pick from: few enough to collide often.
 const PATHS: &[&str] = &[
@@ -319,7 +319,10 @@ impl World {
         }
         let before: Vec<(usize, BTreeMap<String, Node>)> =
             which.iter().map(|&i| (i, tree(&self.reps[i]))).collect();
-        let paths: Vec<PathBuf> = which.iter().map(|&i| self.reps[i].clone()).collect();
+        let paths: Vec<String> = which
+            .iter()
+            .map(|&i| self.reps[i].to_str().expect("a UTF-8 path").to_string())
+            .collect();
         let policy = match self.policy {
             Policy::KeepBoth => PolicySpec::KeepBoth,
             Policy::Newest => PolicySpec::Newest,
@@ -335,7 +338,7 @@ impl World {
             ..SyncOptions::default()
         };
         let report = match self.remote.filter(|r| which.contains(r)) {
-            None => sync(&paths, &opts, &NoProgress).expect("sync failed"),
+            None => sync(&paths, &opts, &NetOptions::default(), &NoProgress).expect("sync failed"),
             Some(r) => {
                 let mut reps: Vec<Box<dyn Replica>> = Vec::new();
                 let mut servers = Vec::new();
