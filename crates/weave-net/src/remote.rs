@@ -21,12 +21,9 @@ use weave_proto::msg::{Body, ErrorMsg, GetEntries, IgnoreFile, Open, Ops, Run, S
 use weave_proto::validate::{batch_from_wire, entry_to_wire, hash_from_wire, request_from_wire};
 use weave_proto::ProtoError;
 
-/// Issues accepted from one remote per run, and bytes per message.
-/// Chunks answered to requests that arrived together are queued at most
-/// this many at a time (one request's worth, 64 small files' chunks).
-pub(crate) const REPLY_MAX: usize = wire::PER_REQUEST;
-
+/// Issues accepted from one remote per run.
 const MAX_ISSUES: usize = 100_000;
+/// Bytes kept of an issue's path and of its message.
 const MAX_ISSUE_TEXT: usize = 4096;
 
 /// How remote replicas are reached.
@@ -284,8 +281,6 @@ impl RemoteReplica {
     }
 }
 
-/// The error for a reply that is not the one expected: the remote's own
-/// error message if it sent one.
 /// Files up to this size have the root of their chunk tree sent with
 /// their operation (one node of at most a few KiB; for a file of one
 /// chunk, 41 bytes): the server then need not ask for the chunk lists of
@@ -320,6 +315,8 @@ fn small_roots(
         .collect())
 }
 
+/// The error for a reply that is not the one expected: the remote's own
+/// error message if it sent one.
 fn unexpected(display: &str, got: Option<&Body>, expected: &'static str) -> SyncError {
     match got {
         Some(Body::Error(e)) => SyncError::Remote(format!("{display}: {}", e.message)),
@@ -569,7 +566,7 @@ impl Replica for RemoteReplica {
                             }
                         }
                     }
-                    if reply.len() >= REPLY_MAX {
+                    if reply.len() >= wire::REPLY_MAX {
                         self.conn
                             .send_paced(std::mem::take(&mut reply))
                             .map_err(proto)?;

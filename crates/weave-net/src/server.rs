@@ -391,7 +391,7 @@ impl Server<'_> {
                 Ok(())
             })?;
         }
-        if self.reply.len() >= crate::remote::REPLY_MAX {
+        if self.reply.len() >= crate::wire::REPLY_MAX {
             self.flush_reply()?;
         }
         Ok(())

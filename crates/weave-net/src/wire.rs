@@ -19,6 +19,10 @@ use weave_proto::ProtoError;
 /// first copy of many small files ran at the pace of round trips).
 pub const PER_REQUEST: usize = 64;
 pub const WINDOW: usize = 64 * PER_REQUEST;
+/// Chunks answered to requests that arrived together are queued at most
+/// this many at a time (one request's worth, 64 small files' chunks),
+/// by either end of a session.
+pub const REPLY_MAX: usize = PER_REQUEST;
 /// Bytes of entries per message (well under the frame limit).
 const BATCH_BYTES: usize = 256 * 1024;
 
