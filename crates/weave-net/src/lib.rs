@@ -17,6 +17,7 @@ pub mod conn;
 pub mod open;
 pub mod remote;
 pub mod server;
+mod transfer;
 mod wire;
 
 pub use address::{Address, AddressError, SshAddress};
