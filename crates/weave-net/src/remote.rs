@@ -1,8 +1,10 @@
 //! A replica on another machine, reached through `weave serve --stdio`
 //! (started over ssh or any command given with --rsh).
 
+use crate::address::SshAddress;
 use crate::conn::{Conn, RateLimit};
 use crate::server::Compress;
+use crate::transfer;
 use crate::wire::{self, proto};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -10,93 +12,22 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use weave_chunk::ChunkList;
 use weave_core::LocalEntry;
-use weave_core::{Hash, Object, ReplicaId};
-use weave_core::{Op, OpKind};
+use weave_core::Op;
+use weave_core::{Hash, ReplicaId};
 use weave_engine::{
     Applied, Finish, Foreign, IgnoreSpec, Issue, Provider, Replica, ReplicaInfo, ScanSummary,
     SyncError, Wants,
 };
-use weave_proto::msg::{Body, ErrorMsg, GetEntries, IgnoreFile, Open, Ops, Run, Scan, WireOp};
-use weave_proto::validate::{batch_from_wire, entry_to_wire, hash_from_wire, request_from_wire};
+use weave_proto::msg::{
+    Body, ChunkRequest, ErrorMsg, GetEntries, IgnoreFile, Open, Ops, Run, Scan,
+};
+use weave_proto::validate::batch_from_wire;
 use weave_proto::ProtoError;
 
-/// Issues accepted from one remote per run, and bytes per message.
-/// Chunks answered to requests that arrived together are queued at most
-/// this many at a time (one request's worth, 64 small files' chunks).
-pub(crate) const REPLY_MAX: usize = wire::PER_REQUEST;
-
+/// Issues accepted from one remote per run.
 const MAX_ISSUES: usize = 100_000;
+/// Bytes kept of an issue's path and of its message.
 const MAX_ISSUE_TEXT: usize = 4096;
-
-/// `[user@]host:path` or `ssh://[user@]host[:port]/path`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteSpec {
-    pub host: String,
-    pub port: Option<u16>,
-    pub path: String,
-    /// As the user gave it.
-    pub display: String,
-}
-
-impl RemoteSpec {
-    /// Parses a replica argument; None when it names a local directory.
-    pub fn parse(s: &str) -> Result<Option<RemoteSpec>, String> {
-        if let Some(rest) = s.strip_prefix("ssh://") {
-            let (auth, path) = match rest.find('/') {
-                Some(i) => (&rest[..i], &rest[i..]),
-                None => {
-                    return Err(format!(
-                        "{s}: an ssh:// address needs a path, e.g. ssh://host/home/me/docs"
-                    ))
-                }
-            };
-            let (host, port) = match auth.rsplit_once(':') {
-                Some((h, p)) => (
-                    h,
-                    Some(
-                        p.parse::<u16>()
-                            .map_err(|_| format!("{s}: {p:?} is not a port number"))?,
-                    ),
-                ),
-                None => (auth, None),
-            };
-            if host.is_empty() || host.ends_with('@') {
-                return Err(format!("{s}: no host name"));
-            }
-            // ssh://host/~/docs is relative to the remote home.
-            let path = path
-                .strip_prefix("/~")
-                .map(|p| format!("~{p}"))
-                .unwrap_or(path.to_string());
-            return Ok(Some(RemoteSpec {
-                host: host.to_string(),
-                port,
-                path,
-                display: s.to_string(),
-            }));
-        }
-        if std::path::Path::new(s).exists() {
-            return Ok(None);
-        }
-        match s.find(':') {
-            Some(i) if i > 0 && !s[..i].contains('/') => {
-                let path = &s[i + 1..];
-                Ok(Some(RemoteSpec {
-                    host: s[..i].to_string(),
-                    port: None,
-                    // host: alone is the remote home, as with scp and rsync.
-                    path: if path.is_empty() {
-                        ".".into()
-                    } else {
-                        path.into()
-                    },
-                    display: s.to_string(),
-                }))
-            }
-            _ => Ok(None),
-        }
-    }
-}
 
 /// How remote replicas are reached.
 #[derive(Debug, Clone, Default)]
@@ -138,7 +69,7 @@ fn shell_quote(s: &str) -> String {
 impl RemoteReplica {
     /// Starts `weave serve --stdio` on the remote host and opens the replica.
     pub fn spawn(
-        spec: &RemoteSpec,
+        spec: &SshAddress,
         net: &NetOptions,
         kind: &str,
         dry_run: bool,
@@ -351,44 +282,125 @@ impl RemoteReplica {
         path.truncate(MAX_ISSUE_TEXT);
         Issue { path, message }
     }
+
+    /// Sends the operations of `plan`, then asks for them to be run.
+    fn send_ops(&self, plan: impl Iterator<Item = Ops>) -> Result<(), SyncError> {
+        for m in plan {
+            self.conn.send(Body::Ops(m)).map_err(proto)?;
+        }
+        self.conn.send(Body::Run(Run {})).map_err(proto)
+    }
+
+    /// Takes the results of `ops` until the remote says they are applied,
+    /// answering its requests for tree nodes and chunks from `provider`
+    /// meanwhile.
+    fn receive_results(
+        &mut self,
+        ops: &[Op],
+        provider: &mut dyn Provider,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Applied, SyncError> {
+        let mut out = Applied::default();
+        // Operations acknowledged by index (each once).
+        let mut acked = vec![false; ops.len()];
+        // Answers to the requests that arrived together, queued as one:
+        // they leave in a few large writes, not one small write (and a
+        // wake-up of every process on the way) per small file.
+        let mut reply: Vec<Body> = Vec::new();
+        loop {
+            let m = match self.conn.try_recv() {
+                Some(m) => m,
+                None => {
+                    self.conn
+                        .send_paced(std::mem::take(&mut reply))
+                        .map_err(proto)?;
+                    self.conn.recv()
+                }
+            }
+            .map_err(proto)?;
+            match m.body {
+                Some(Body::ChunkRequest(r)) => self.answer_request(&r, provider, &mut reply)?,
+                Some(Body::Progress(p)) => progress(p.bytes_done),
+                Some(Body::IndexBatch(b)) => out.done.extend(
+                    transfer::results_of(ops, &mut acked, b, &self.display).map_err(proto)?,
+                ),
+                Some(Body::Issue(i)) => {
+                    if out.errors.len() < MAX_ISSUES {
+                        let is = self.issue(i.path, i.message);
+                        out.errors.push(is);
+                    }
+                }
+                Some(Body::Applied(a)) => {
+                    self.take_applied(&a, &mut out);
+                    return Ok(out);
+                }
+                other => return Err(self.unexpected(other.as_ref(), "results of the operations")),
+            }
+        }
+    }
+
+    /// Answers the remote's request for tree nodes or chunks of one
+    /// content from `provider`, queued in `reply`.
+    fn answer_request(
+        &mut self,
+        r: &ChunkRequest,
+        provider: &mut dyn Provider,
+        reply: &mut Vec<Body>,
+    ) -> Result<(), SyncError> {
+        let wants = wire::request_wants(r, &self.display).map_err(proto)?;
+        if r.nodes {
+            let got = provider.nodes(&wants)?;
+            wire::reply_nodes(&wants, got, reply);
+        } else {
+            let mut left: HashMap<Hash, usize> = HashMap::new();
+            for h in &wants[0].1 {
+                *left.entry(*h).or_default() += 1;
+            }
+            let compress = &mut self.compress;
+            provider.chunks(&wants, &mut |h, data| {
+                match left.get_mut(&h) {
+                    Some(n) if *n > 0 => *n -= 1,
+                    _ => return Ok(()),
+                }
+                reply.push(Body::ChunkData(compress.encode(&h, Some(data))));
+                Ok(())
+            })?;
+            for (h, n) in left {
+                for _ in 0..n {
+                    reply.push(Body::ChunkData(self.compress.encode(&h, None)));
+                }
+            }
+        }
+        wire::send_if_full(&self.conn, reply).map_err(proto)
+    }
+
+    /// Takes the remote's word that the operations are applied (with
+    /// what moved), into `out`.
+    fn take_applied(&mut self, a: &weave_proto::msg::Applied, out: &mut Applied) {
+        out.bytes_local = a.bytes_local;
+        out.bytes_remote = a.bytes_remote;
+        self.info.seq = a.seq;
+        // The session holds the remote's index: everything it recorded
+        // since the fetch is in `done`, so the remembered index is
+        // complete up to its new seq.
+        if let Some((known, seq)) = &mut self.known {
+            *seq = a.seq;
+            for (_, e) in &out.done {
+                known.insert(
+                    e.path.clone(),
+                    LocalEntry {
+                        entry: e.clone(),
+                        seq: a.seq,
+                        stat: None,
+                    },
+                );
+            }
+        }
+    }
 }
 
 /// The error for a reply that is not the one expected: the remote's own
 /// error message if it sent one.
-/// Files up to this size have the root of their chunk tree sent with
-/// their operation (one node of at most a few KiB; for a file of one
-/// chunk, 41 bytes): the server then need not ask for the chunk lists of
-/// thousands of small files, one round of requests and answers.
-const INLINE_ROOT_MAX: u64 = 1 << 20;
-
-/// The root nodes of the small files `ops` write, by content, as far as
-/// `provider` has them.
-fn small_roots(
-    ops: &[Op],
-    provider: &mut dyn Provider,
-) -> Result<HashMap<Hash, Vec<u8>>, SyncError> {
-    let mut seen = std::collections::HashSet::new();
-    let wants: Vec<(Hash, Vec<Hash>)> = ops
-        .iter()
-        .filter(|op| op.kind == OpKind::WriteFile)
-        .filter_map(|op| match op.target.object {
-            Object::File { content, size } if size <= INLINE_ROOT_MAX => Some(content),
-            _ => None,
-        })
-        .filter(|c| seen.insert(*c))
-        .map(|c| (c, vec![c]))
-        .collect();
-    if wants.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let got = provider.nodes(&wants)?;
-    Ok(wants
-        .into_iter()
-        .zip(got)
-        .filter_map(|((c, _), mut n)| n.pop().flatten().map(|n| (c, n)))
-        .collect())
-}
-
 fn unexpected(display: &str, got: Option<&Body>, expected: &'static str) -> SyncError {
     match got {
         Some(Body::Error(e)) => SyncError::Remote(format!("{display}: {}", e.message)),
@@ -548,166 +560,11 @@ impl Replica for RemoteReplica {
         provider: &mut dyn Provider,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Applied, SyncError> {
-        let peer = self.display.clone();
         // Only a shortcut: without them, the server asks for what it needs
         // (and reports what nobody has, file by file).
-        let mut roots = small_roots(&ops, provider).unwrap_or_default();
-        // The operations, in messages of bounded size.
-        let mut batch: Vec<WireOp> = Vec::new();
-        let mut bytes = 0usize;
-        for op in &ops {
-            let root = match (op.kind, &op.target.object) {
-                (OpKind::WriteFile, Object::File { content, .. }) => {
-                    roots.remove(content).unwrap_or_default()
-                }
-                _ => Vec::new(),
-            };
-            let w = WireOp {
-                kind: wire::op_kind_to_wire(op.kind),
-                target: Some(entry_to_wire(&op.target, 0)),
-                on_current: op.current.is_some(),
-                root,
-            };
-            bytes += prost::Message::encoded_len(&w) + 8;
-            batch.push(w);
-            if bytes > 256 * 1024 {
-                self.conn
-                    .send(Body::Ops(Ops {
-                        ops: std::mem::take(&mut batch),
-                    }))
-                    .map_err(proto)?;
-                bytes = 0;
-            }
-        }
-        self.conn
-            .send(Body::Ops(Ops { ops: batch }))
-            .map_err(proto)?;
-        self.conn.send(Body::Run(Run {})).map_err(proto)?;
-        let mut out = Applied::default();
-        // Operations acknowledged by index (each once).
-        let mut acked = vec![false; ops.len()];
-        // Answers to the requests that arrived together, queued as one:
-        // they leave in a few large writes, not one small write (and a
-        // wake-up of every process on the way) per small file.
-        let mut reply: Vec<Body> = Vec::new();
-        loop {
-            let m = match self.conn.try_recv() {
-                Some(m) => m,
-                None => {
-                    self.conn
-                        .send_paced(std::mem::take(&mut reply))
-                        .map_err(proto)?;
-                    self.conn.recv()
-                }
-            }
-            .map_err(proto)?;
-            match m.body {
-                Some(Body::ChunkRequest(r)) => {
-                    let hashes = request_from_wire(&r, &peer).map_err(proto)?;
-                    let content =
-                        hash_from_wire(&r.content, "a content id", &peer).map_err(proto)?;
-                    let wants = [(content, hashes)];
-                    if r.nodes {
-                        let got = provider.nodes(&wants)?;
-                        for (h, n) in wants[0]
-                            .1
-                            .iter()
-                            .zip(got.into_iter().next().unwrap_or_default())
-                        {
-                            let (c, _) =
-                                weave_proto::validate::chunk_to_wire(h, n.as_deref(), false);
-                            reply.push(Body::ChunkData(c));
-                        }
-                    } else {
-                        let mut left: HashMap<Hash, usize> = HashMap::new();
-                        for h in &wants[0].1 {
-                            *left.entry(*h).or_default() += 1;
-                        }
-                        let compress = &mut self.compress;
-                        provider.chunks(&wants, &mut |h, data| {
-                            match left.get_mut(&h) {
-                                Some(n) if *n > 0 => *n -= 1,
-                                _ => return Ok(()),
-                            }
-                            reply.push(Body::ChunkData(compress.encode(&h, Some(data))));
-                            Ok(())
-                        })?;
-                        for (h, n) in left {
-                            for _ in 0..n {
-                                reply.push(Body::ChunkData(self.compress.encode(&h, None)));
-                            }
-                        }
-                    }
-                    if reply.len() >= REPLY_MAX {
-                        self.conn
-                            .send_paced(std::mem::take(&mut reply))
-                            .map_err(proto)?;
-                    }
-                }
-                Some(Body::Progress(p)) => progress(p.bytes_done),
-                Some(Body::IndexBatch(mut b)) => {
-                    // Done exactly as sent: the entry is the one sent.
-                    for k in std::mem::take(&mut b.done_ops) {
-                        let k = k as usize;
-                        if k >= ops.len() || std::mem::replace(&mut acked[k], true) {
-                            return Err(proto(ProtoError::Invalid {
-                                peer: peer.clone(),
-                                detail: format!(
-                                    "a result for operation {k}, which was not sent or was answered already"
-                                ),
-                            }));
-                        }
-                        out.done.push((k, ops[k].target.clone()));
-                    }
-                    let b = batch_from_wire(b, &peer).map_err(proto)?;
-                    for (entry, k) in b.entries {
-                        let k = k as usize;
-                        if ops
-                            .get(k)
-                            .is_none_or(|op| op.path != entry.path || op.target.vv != entry.vv)
-                        {
-                            return Err(proto(ProtoError::Invalid {
-                                peer: peer.clone(),
-                                detail: format!(
-                                    "a result for {:?} that was not asked for",
-                                    entry.path
-                                ),
-                            }));
-                        }
-                        out.done.push((k, entry));
-                    }
-                }
-                Some(Body::Issue(i)) => {
-                    if out.errors.len() < MAX_ISSUES {
-                        let is = self.issue(i.path, i.message);
-                        out.errors.push(is);
-                    }
-                }
-                Some(Body::Applied(a)) => {
-                    out.bytes_local = a.bytes_local;
-                    out.bytes_remote = a.bytes_remote;
-                    self.info.seq = a.seq;
-                    // The session holds the remote's index: everything it
-                    // recorded since the fetch is in `done`, so the
-                    // remembered index is complete up to its new seq.
-                    if let Some((known, seq)) = &mut self.known {
-                        *seq = a.seq;
-                        for (_, e) in &out.done {
-                            known.insert(
-                                e.path.clone(),
-                                LocalEntry {
-                                    entry: e.clone(),
-                                    seq: a.seq,
-                                    stat: None,
-                                },
-                            );
-                        }
-                    }
-                    return Ok(out);
-                }
-                other => return Err(self.unexpected(other.as_ref(), "results of the operations")),
-            }
-        }
+        let roots = transfer::small_roots(&ops, provider).unwrap_or_default();
+        self.send_ops(transfer::transfer_plan(&ops, roots))?;
+        self.receive_results(&ops, provider, progress)
     }
 
     fn finish(&mut self, fin: &Finish) -> Result<(), SyncError> {
@@ -733,68 +590,5 @@ impl Replica for RemoteReplica {
             c.save(&known, seq);
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use weave_core::{Entry, VersionVector};
-
-    fn write(path: &str, content: Hash, size: u64) -> Op {
-        Op {
-            kind: OpKind::WriteFile,
-            path: path.into(),
-            current: None,
-            target: Entry {
-                path: path.into(),
-                object: Object::File { content, size },
-                mode: 0o644,
-                mtime_ns: 0,
-                vv: VersionVector::from_pairs(vec![(ReplicaId(1), 1)]),
-                origin: ReplicaId(1),
-            },
-        }
-    }
-
-    /// Answers every node with its content's first byte; records the asks.
-    struct Asked(Vec<Hash>);
-    impl Provider for Asked {
-        fn nodes(&mut self, wants: &Wants) -> Result<Vec<Vec<Option<Vec<u8>>>>, SyncError> {
-            self.0.extend(wants.iter().map(|(c, _)| *c));
-            Ok(wants
-                .iter()
-                .map(|(c, h)| {
-                    assert_eq!(h, &vec![*c]);
-                    vec![(c.0[0] != 9).then(|| vec![c.0[0]])]
-                })
-                .collect())
-        }
-        fn chunks(
-            &mut self,
-            _: &Wants,
-            _: &mut dyn FnMut(Hash, Vec<u8>) -> Result<(), SyncError>,
-        ) -> Result<(), SyncError> {
-            unreachable!()
-        }
-    }
-
-    /// Roots go along for files up to 1 MiB, once per content, and only
-    /// for those the provider has.
-    #[test]
-    fn roots_are_sent_for_small_files_once_each() {
-        let ops = vec![
-            write("a", Hash([1; 32]), 10),
-            write("b", Hash([1; 32]), 10),
-            write("c", Hash([2; 32]), INLINE_ROOT_MAX),
-            write("big", Hash([3; 32]), INLINE_ROOT_MAX + 1),
-            write("gone", Hash([9; 32]), 5),
-        ];
-        let mut p = Asked(Vec::new());
-        let roots = small_roots(&ops, &mut p).unwrap();
-        assert_eq!(p.0, vec![Hash([1; 32]), Hash([2; 32]), Hash([9; 32])]);
-        assert_eq!(roots.len(), 2);
-        assert_eq!(roots[&Hash([1; 32])], vec![1]);
-        assert_eq!(roots[&Hash([2; 32])], vec![2]);
     }
 }

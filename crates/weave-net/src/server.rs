@@ -13,7 +13,7 @@ use weave_proto::msg::{
     Applied, Body, ChunkRequest, ErrorMsg, Finished, IgnoreFile, IssueMsg, Opened, Progress,
     Scanned, Unsupported,
 };
-use weave_proto::validate::{chunk_to_wire, entry_from_wire, hash_from_wire, request_from_wire};
+use weave_proto::validate::entry_from_wire;
 use weave_proto::ProtoError;
 
 /// Serves one session (directory trees only) until the coordinator
@@ -364,10 +364,7 @@ impl Server<'_> {
 
     /// Tree nodes or chunks of a content this replica holds.
     fn serve_request(&mut self, r: &ChunkRequest) -> Result<(), SyncError> {
-        let peer = self.conn.peer().to_string();
-        let hashes = request_from_wire(r, &peer).map_err(proto)?;
-        let content = hash_from_wire(&r.content, "a content id", &peer).map_err(proto)?;
-        let wants = [(content, hashes)];
+        let wants = crate::wire::request_wants(r, self.conn.peer()).map_err(proto)?;
         let rep = self
             .rep
             .as_mut()
@@ -375,14 +372,7 @@ impl Server<'_> {
         let reply = &mut self.reply;
         if r.nodes {
             let got = rep.serve_nodes(&wants)?;
-            for (h, n) in wants[0]
-                .1
-                .iter()
-                .zip(got.into_iter().next().unwrap_or_default())
-            {
-                let (c, _) = chunk_to_wire(h, n.as_deref(), false);
-                reply.push(Body::ChunkData(c));
-            }
+            crate::wire::reply_nodes(&wants, got, reply);
         } else {
             let compress = &mut self.compress;
             rep.serve_chunks(&wants, &mut |h, data| {
@@ -390,10 +380,7 @@ impl Server<'_> {
                 Ok(())
             })?;
         }
-        if self.reply.len() >= crate::remote::REPLY_MAX {
-            self.flush_reply()?;
-        }
-        Ok(())
+        crate::wire::send_if_full(&self.conn, &mut self.reply).map_err(proto)
     }
 
     fn run(&mut self) -> Result<(), SyncError> {

@@ -7,7 +7,10 @@ use weave_core::OpKind;
 use weave_core::{Entry, Hash, ReplicaId};
 use weave_engine::{SyncError, Wants};
 use weave_proto::msg::{Body, ChunkRequest, Envelope, IndexBatch, VvPair, WireEntry};
-use weave_proto::validate::{chunk_from_wire, entry_to_wire, payload_from_wire};
+use weave_proto::validate::{
+    chunk_from_wire, chunk_to_wire, entry_to_wire, hash_from_wire, payload_from_wire,
+    request_from_wire,
+};
 use weave_proto::ProtoError;
 
 /// Hashes per request, and hashes in flight (asked for, not yet all
@@ -19,8 +22,13 @@ use weave_proto::ProtoError;
 /// first copy of many small files ran at the pace of round trips).
 pub const PER_REQUEST: usize = 64;
 pub const WINDOW: usize = 64 * PER_REQUEST;
-/// Bytes of entries per message (well under the frame limit).
-const BATCH_BYTES: usize = 256 * 1024;
+/// Chunks answered to requests that arrived together are queued at most
+/// this many at a time (one request's worth, 64 small files' chunks),
+/// by either end of a session.
+pub const REPLY_MAX: usize = PER_REQUEST;
+/// Bytes of entries, or of operations, per message (well under the
+/// frame limit).
+pub const BATCH_BYTES: usize = 256 * 1024;
 
 pub fn proto(e: ProtoError) -> SyncError {
     SyncError::Remote(e.to_string())
@@ -104,6 +112,35 @@ pub fn send_done_ops(conn: &Conn, ops: &[u64]) -> Result<(), ProtoError> {
             done_ops: part.to_vec(),
             ..Default::default()
         }))?;
+    }
+    Ok(())
+}
+
+/// The content a chunk request is for and the hashes it asks for,
+/// checked.
+pub fn request_wants(r: &ChunkRequest, peer: &str) -> Result<[(Hash, Vec<Hash>); 1], ProtoError> {
+    let hashes = request_from_wire(r, peer)?;
+    let content = hash_from_wire(&r.content, "a content id", peer)?;
+    Ok([(content, hashes)])
+}
+
+/// Queues the answer to a request for the tree nodes `wants` (of one
+/// content), `got` being what was found of them.
+pub fn reply_nodes(wants: &Wants, got: Vec<Vec<Option<Vec<u8>>>>, reply: &mut Vec<Body>) {
+    for (h, n) in wants[0]
+        .1
+        .iter()
+        .zip(got.into_iter().next().unwrap_or_default())
+    {
+        let (c, _) = chunk_to_wire(h, n.as_deref(), false);
+        reply.push(Body::ChunkData(c));
+    }
+}
+
+/// Sends the answers queued in `reply` once there are [`REPLY_MAX`].
+pub fn send_if_full(conn: &Conn, reply: &mut Vec<Body>) -> Result<(), ProtoError> {
+    if reply.len() >= REPLY_MAX {
+        conn.send_paced(std::mem::take(reply))?;
     }
     Ok(())
 }

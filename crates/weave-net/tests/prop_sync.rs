@@ -320,7 +320,10 @@ impl World {
         }
         let before: Vec<(usize, BTreeMap<String, Node>)> =
             which.iter().map(|&i| (i, tree(&self.reps[i]))).collect();
-        let paths: Vec<PathBuf> = which.iter().map(|&i| self.reps[i].clone()).collect();
+        let paths: Vec<String> = which
+            .iter()
+            .map(|&i| self.reps[i].to_str().expect("a UTF-8 path").to_string())
+            .collect();
         let policy = match self.policy {
             Policy::KeepBoth => PolicySpec::KeepBoth,
             Policy::Newest => PolicySpec::Newest,
@@ -338,11 +341,8 @@ impl World {
             ..SyncOptions::default()
         };
         let report = match self.remote.filter(|r| which.contains(r)) {
-            None => {
-                let specs: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-                weave_net::sync(&specs, &opts, &Default::default(), &NoProgress)
-                    .expect("sync failed")
-            }
+            None => weave_net::sync(&paths, &opts, &Default::default(), &NoProgress)
+                .expect("sync failed"),
             Some(r) => {
                 let mut reps: Vec<Box<dyn Replica>> = Vec::new();
                 let mut servers = Vec::new();

@@ -1,16 +1,17 @@
 //! weave-proto: the wire protocol between replicas.
 //!
 //! - [`frame`]: length-delimited frames over any `AsyncRead`/`AsyncWrite`
-//!   (a pipe to `ssh`, a TLS stream), with a hard size limit checked before
-//!   anything is allocated;
+//!   or blocking reader and writer (a pipe to `ssh`, a TLS stream), with a
+//!   hard size limit checked before anything is allocated;
 //! - [`msg`]: the messages, prost-encoded (an evolvable encoding: fields
 //!   and message kinds can be added without breaking older peers);
 //! - [`validate`]: turning what a peer sent into weave's own types, bounded
 //!   and checked (I-6: every byte from a peer is hostile until checked);
 //! - [`handshake`]: the versioned handshake both sides run first.
 //!
-//! This crate is the groundwork of remote replicas; nothing in the `weave`
-//! command uses it yet.
+//! The `weave` command speaks it through weave-net: `weave sync` with a
+//! remote replica, and `weave serve --stdio` on the other end. (The
+//! `weave` crate itself does not depend on this one.)
 
 pub mod frame;
 pub mod handshake;

@@ -213,6 +213,37 @@ fn unreachable_remotes_change_nothing() {
 }
 
 #[test]
+fn unknown_schemes_are_refused_by_name() {
+    let t = setup(&["A"]);
+    some_content(t.path());
+    for args in [["A", "s3://bucket/x"], ["s3://bucket/x", "A"]] {
+        let r = assert_refused(
+            t.path(),
+            &args,
+            &["s3://bucket/x", "s3://", "local directory", "host:path"],
+        );
+        assert!(
+            r.stderr.contains(
+                "s3://bucket/x: weave does not know replicas of the form s3:// (yet); give a local directory, host:path or ssh://[user@]host[:port]/path"
+            ),
+            "{}",
+            r.stderr
+        );
+        assert!(!t.path().join("A/.weave").exists());
+    }
+    // Not even ssh is tried.
+    assert_refused(
+        t.path(),
+        &["--rsh", "/nonexistent/ssh", "A", "webdav://host/x"],
+        &["webdav://"],
+    );
+    // A directory of that name is a directory.
+    fs::create_dir_all(t.path().join("s3:/bucket")).unwrap();
+    sync(t.path(), &["A", "s3://bucket"]).expect_code(0);
+    assert_same_tree(&t.path().join("A"), &t.path().join("s3:/bucket"));
+}
+
+#[test]
 fn local_directory_with_a_colon_syncs() {
     let t = setup(&["A", "x:y"]);
     some_content(t.path());
