@@ -114,6 +114,7 @@
 //! # }
 //! ```
 
+mod observed;
 mod replica;
 
 pub use replica::ObjectReplica;

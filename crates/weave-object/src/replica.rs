@@ -1,5 +1,6 @@
 //! An object store with weave's index beside it: a replica.
 
+use crate::observed::{Observed, MODE};
 use crate::{check_name, Change, ObjectStore, Outcome};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -13,10 +14,6 @@ use weave_engine::{
     SyncError, Wants,
 };
 use weave_index::{Batch, Index};
-
-/// Permission bits recorded for every object (objects have none; a fixed
-/// value keeps the planner from seeing metadata changes).
-const MODE: u32 = 0o644;
 
 /// A store of named objects as a replica of a sync: its index (version
 /// vectors, sequence numbers, chunk lists, what it has integrated of each
@@ -40,18 +37,6 @@ pub struct ObjectReplica<S: ObjectStore> {
     entries: Option<BTreeMap<String, LocalEntry>>,
     /// The last content read for serving: (content, bytes).
     last: Option<(Hash, Vec<u8>)>,
-}
-
-/// The stat an object's entry records: its revision and mtime.
-fn stamp(revision: u64, size: u64, mtime_ns: i64) -> Stat {
-    Stat {
-        size,
-        mtime_ns,
-        ctime_ns: 0,
-        ino: revision,
-        mode: MODE,
-        racy: false,
-    }
 }
 
 fn store_error(display: &str, what: &str, e: crate::StoreError) -> SyncError {
@@ -205,9 +190,7 @@ impl<S: ObjectStore> Replica for ObjectReplica<S> {
                 continue;
             }
             let old = known.get(&l.name);
-            let unchanged = old.is_some_and(|le| {
-                le.entry.is_live() && le.stat.is_some_and(|s| s.ino == l.revision)
-            });
+            let unchanged = old.and_then(Observed::revision) == Some(l.revision);
             if unchanged {
                 continue;
             }
@@ -222,7 +205,12 @@ impl<S: ObjectStore> Replica for ObjectReplica<S> {
             let list = weave_chunk::chunk_bytes(&data);
             let content = list.content_id();
             let size = data.len() as u64;
-            let st = stamp(l.revision, size, l.mtime_ns);
+            let st = Observed {
+                revision: l.revision,
+                size,
+                mtime_ns: l.mtime_ns,
+            }
+            .stat();
             match old.map(|le| &le.entry.object) {
                 Some(Object::File { content: c, .. }) if *c == content => {
                     // Same content under a new revision: nothing to sync.
@@ -444,10 +432,7 @@ impl<S: ObjectStore> Replica for ObjectReplica<S> {
                 continue;
             }
             let cur = op.current.as_ref();
-            let expect = cur
-                .filter(|c| c.entry.is_live())
-                .and_then(|c| c.stat)
-                .map(|s| s.ino);
+            let expect = cur.and_then(Observed::revision);
             match op.kind {
                 OpKind::Record | OpKind::SetMeta => {
                     done.push((k, op.target.clone(), cur.and_then(|c| c.stat), None));
@@ -528,7 +513,12 @@ impl<S: ObjectStore> Replica for ObjectReplica<S> {
                     let Object::File { content, .. } = &op.target.object else {
                         continue;
                     };
-                    let st = stamp(revision.unwrap_or(0), data.len() as u64, op.target.mtime_ns);
+                    let st = Observed {
+                        revision: revision.unwrap_or(0),
+                        size: data.len() as u64,
+                        mtime_ns: op.target.mtime_ns,
+                    }
+                    .stat();
                     done.push((k, op.target.clone(), Some(st), lists.get(content).cloned()));
                 }
                 (Outcome::Done { .. }, Change::Delete { .. }) => {
