@@ -115,6 +115,7 @@
 //! ```
 
 mod observed;
+mod plan;
 mod replica;
 
 pub use replica::ObjectReplica;
