@@ -72,6 +72,10 @@ fn sync(dirs: &[&Path]) -> Report {
     weave_object::sync(&mut reps, &Default::default()).unwrap()
 }
 
+fn put(dir: &Path, key: &str, value: &[u8]) {
+    KvStore::open(dir).unwrap().put(key, value).unwrap();
+}
+
 fn value(dir: &Path, key: &str) -> Option<Vec<u8>> {
     KvStore::open(dir)
         .unwrap()
@@ -102,14 +106,8 @@ impl ObjectStore for Counting {
 #[test]
 fn a_sync_records_each_record_as_earlier_versions_did() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    KvStore::open(a.path())
-        .unwrap()
-        .put("alice", b"alice@example.org")
-        .unwrap();
-    KvStore::open(b.path())
-        .unwrap()
-        .put("bob", b"bob@example.org")
-        .unwrap();
+    put(a.path(), "alice", b"alice@example.org");
+    put(b.path(), "bob", b"bob@example.org");
     let report = sync(&[a.path(), b.path()]);
     assert!(report.in_sync && report.errors.is_empty(), "{report:?}");
     // On each side one record its scan found, and one a sync wrote.
@@ -156,14 +154,8 @@ fn an_index_written_the_old_way_opens_and_syncs() {
     // A change from B is committed to A expecting the revision the old
     // index recorded (a wrong one would leave it stale), and a change in
     // A is found by its new revision.
-    KvStore::open(b.path())
-        .unwrap()
-        .put("alice", b"alice@example.com")
-        .unwrap();
-    KvStore::open(a.path())
-        .unwrap()
-        .put("bob", b"bob@example.com")
-        .unwrap();
+    put(b.path(), "alice", b"alice@example.com");
+    put(a.path(), "bob", b"bob@example.com");
     let report = sync(&[a.path(), b.path()]);
     assert!(report.in_sync && report.errors.is_empty(), "{report:?}");
     assert_eq!(report.updated, 2);

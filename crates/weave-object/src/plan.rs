@@ -246,6 +246,12 @@ mod tests {
         }
     }
 
+    /// Writes `new` at `path` over `old`, seen at store revision `revision`.
+    fn rewrite(path: &str, old: &ChunkList, new: &ChunkList, revision: u64) -> Op {
+        let current = current(path, file(old), Some(revision));
+        op(OpKind::WriteFile, path, file(new), Some(current))
+    }
+
     fn lists(ls: &[&ChunkList]) -> HashMap<Hash, ChunkList> {
         ls.iter().map(|l| (l.content_id(), (*l).clone())).collect()
     }
@@ -253,12 +259,7 @@ mod tests {
     #[test]
     fn a_write_cuts_what_its_old_version_shares_and_fetches_the_rest() {
         let (old, new) = (list(&[1, 2, 3]), list(&[1, 9, 3]));
-        let ops = [op(
-            OpKind::WriteFile,
-            "a",
-            file(&new),
-            Some(current("a", file(&old), Some(7))),
-        )];
+        let ops = [rewrite("a", &old, &new, 7)];
         assert_eq!(
             own_sources(&ops, &lists(&[&new])),
             [new.content_id(), old.content_id()].into()
@@ -288,12 +289,7 @@ mod tests {
     #[test]
     fn a_content_held_already_is_cut_from_itself_and_the_old_version_is_not_read() {
         let (old, new) = (list(&[1, 2]), list(&[1, 3]));
-        let ops = [op(
-            OpKind::WriteFile,
-            "a",
-            file(&new),
-            Some(current("a", file(&old), Some(7))),
-        )];
+        let ops = [rewrite("a", &old, &new, 7)];
         let plan = plan_transfer(&ops, &lists(&[&new]), &lists(&[&old, &new]));
         assert_eq!(
             plan.local,
@@ -310,12 +306,7 @@ mod tests {
         // The same content was held, but could not be read: the old
         // version gives what it has.
         let (old, new) = (list(&[1, 2]), list(&[1, 3]));
-        let ops = [op(
-            OpKind::WriteFile,
-            "a",
-            file(&new),
-            Some(current("a", file(&old), Some(7))),
-        )];
+        let ops = [rewrite("a", &old, &new, 7)];
         let plan = plan_transfer(&ops, &lists(&[&new]), &lists(&[&old]));
         assert_eq!(
             plan.local,
@@ -333,20 +324,7 @@ mod tests {
         // over one old version share its chunk 1.
         let old = list(&[1, 2]);
         let (x, y) = (list(&[1, 4, 4, 5]), list(&[1, 4, 6]));
-        let ops = [
-            op(
-                OpKind::WriteFile,
-                "x",
-                file(&x),
-                Some(current("x", file(&old), Some(1))),
-            ),
-            op(
-                OpKind::WriteFile,
-                "y",
-                file(&y),
-                Some(current("y", file(&old), Some(2))),
-            ),
-        ];
+        let ops = [rewrite("x", &old, &x, 1), rewrite("y", &old, &y, 2)];
         let plan = plan_transfer(&ops, &lists(&[&x, &y]), &lists(&[&old]));
         assert_eq!(
             plan.local,
