@@ -298,3 +298,217 @@ fn assemble(list: &ChunkList, chunks: &HashMap<Hash, Vec<u8>>) -> Option<Vec<u8>
     }
     Some(data)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observed::MODE;
+    use crate::{Listed, StoreError};
+    use std::collections::BTreeMap;
+    use weave_core::{OpKind, ReplicaId, VersionVector};
+    use weave_engine::{IgnoreSpec, Replica, Wants};
+
+    /// A store in memory: name → (revision, content).
+    #[derive(Default)]
+    struct Memory {
+        objects: BTreeMap<String, (u64, Vec<u8>)>,
+        next: u64,
+    }
+
+    impl Memory {
+        fn put(&mut self, name: &str, data: &[u8]) -> u64 {
+            self.next += 1;
+            self.objects.insert(name.into(), (self.next, data.to_vec()));
+            self.next
+        }
+    }
+
+    impl ObjectStore for Memory {
+        fn list(&mut self) -> Result<Vec<Listed>, StoreError> {
+            Ok(self
+                .objects
+                .iter()
+                .map(|(name, (revision, _))| Listed {
+                    name: name.clone(),
+                    revision: *revision,
+                    mtime_ns: 1,
+                })
+                .collect())
+        }
+        fn read(&mut self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(self.objects.get(name).map(|o| o.1.clone()))
+        }
+        fn commit(&mut self, changes: &[Change]) -> Result<Vec<Outcome>, StoreError> {
+            let mut out = Vec::new();
+            for c in changes {
+                if self.objects.get(c.name()).map(|o| o.0) != c.expect() {
+                    out.push(Outcome::Stale);
+                    continue;
+                }
+                out.push(match c {
+                    Change::Put { name, data, .. } => Outcome::Done {
+                        revision: Some(self.put(name, data)),
+                    },
+                    Change::Delete { name, .. } => {
+                        self.objects.remove(name);
+                        Outcome::Done { revision: None }
+                    }
+                });
+            }
+            Ok(out)
+        }
+    }
+
+    /// Another replica: serves chunks by hash (damaged, if `corrupt`),
+    /// and no tree nodes.
+    struct Peer {
+        chunks: HashMap<Hash, Vec<u8>>,
+        corrupt: bool,
+    }
+
+    impl Provider for Peer {
+        fn nodes(&mut self, wants: &Wants) -> Result<Vec<Vec<Option<Vec<u8>>>>, SyncError> {
+            Ok(wants.iter().map(|(_, hs)| vec![None; hs.len()]).collect())
+        }
+        fn chunks(
+            &mut self,
+            wants: &Wants,
+            sink: &mut dyn FnMut(Hash, Vec<u8>) -> Result<(), SyncError>,
+        ) -> Result<(), SyncError> {
+            for h in wants.iter().flat_map(|(_, hs)| hs) {
+                if let Some(d) = self.chunks.get(h) {
+                    let mut d = d.clone();
+                    if self.corrupt {
+                        d[0] ^= 1;
+                    }
+                    sink(*h, d)?;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// `len` bytes of noise (they cut into several chunks).
+    fn bytes(seed: u8, len: usize) -> Vec<u8> {
+        (0..len.div_ceil(32) as u64)
+            .flat_map(|i| Hash::of(&[&[seed][..], &i.to_le_bytes()].concat()).0)
+            .take(len)
+            .collect()
+    }
+
+    /// An object whose end changed: (old, new).
+    fn versions() -> (Vec<u8>, Vec<u8>) {
+        let old = bytes(1, 300_000);
+        let mut new = old[..280_000].to_vec();
+        new.extend(bytes(2, 30_000));
+        (old, new)
+    }
+
+    /// A replica whose store holds `old` at "a" (scanned), and a peer
+    /// that has `new`; with the operation that writes `new` at "a", and
+    /// what the sync knows of `new` (its chunk list).
+    fn setup(
+        dir: &std::path::Path,
+        old: &[u8],
+        new: &[u8],
+    ) -> (ObjectReplica<Memory>, Peer, Op, Foreign) {
+        let mut store = Memory::default();
+        store.put("a", old);
+        let mut rep = ObjectReplica::open(store, dir, "r", false).unwrap();
+        rep.scan(&IgnoreSpec::default(), false).unwrap();
+        let current = rep.entries().unwrap().get("a").cloned();
+        let list = weave_chunk::chunk_bytes(new);
+        assert!(list.chunks.len() > 4);
+        let chunks = list
+            .with_offsets()
+            .map(|(o, c)| (c.hash, new[o as usize..][..c.len as usize].to_vec()))
+            .collect();
+        let mut vv = VersionVector::default();
+        vv.bump(ReplicaId(99), 1);
+        let op = Op {
+            kind: OpKind::WriteFile,
+            path: "a".into(),
+            current,
+            target: Entry {
+                path: "a".into(),
+                object: Object::File {
+                    size: new.len() as u64,
+                    content: list.content_id(),
+                },
+                mode: MODE,
+                mtime_ns: 9,
+                vv,
+                origin: ReplicaId(99),
+            },
+        };
+        let foreign = Foreign {
+            lists: [(list.content_id(), list)].into(),
+            ..Default::default()
+        };
+        let peer = Peer {
+            chunks,
+            corrupt: false,
+        };
+        (rep, peer, op, foreign)
+    }
+
+    fn messages(a: &Applied) -> Vec<&str> {
+        a.errors.iter().map(|i| i.message.as_str()).collect()
+    }
+
+    #[test]
+    fn a_write_cuts_what_the_old_version_shares_and_fetches_the_rest() {
+        let d = tempfile::tempdir().unwrap();
+        let (old, new) = versions();
+        let (mut rep, mut peer, op, foreign) = setup(d.path(), &old, &new);
+        let a = rep.apply(vec![op], &foreign, &mut peer, &|_| {}).unwrap();
+        assert!(a.errors.is_empty(), "{:?}", messages(&a));
+        assert_eq!(a.bytes_local + a.bytes_remote, new.len() as u64);
+        assert!(a.bytes_local > 200_000 && a.bytes_remote < 100_000, "{a:?}");
+        assert_eq!(a.done.len(), 1);
+        let (revision, data) = rep.store().objects["a"].clone();
+        assert_eq!(data, new);
+        // The index records the revision the commit made.
+        let le = rep.entries().unwrap()["a"].clone();
+        assert_eq!(Observed::revision(&le), Some(revision));
+    }
+
+    #[test]
+    fn an_object_changed_since_the_scan_lends_nothing_and_is_not_overwritten() {
+        let d = tempfile::tempdir().unwrap();
+        let (old, new) = versions();
+        let (mut rep, mut peer, op, foreign) = setup(d.path(), &old, &new);
+        let edited = bytes(3, 1000);
+        rep.store_mut().put("a", &edited);
+        let a = rep.apply(vec![op], &foreign, &mut peer, &|_| {}).unwrap();
+        // Every chunk came from the peer: the object no longer holds the
+        // content the index says it does.
+        assert_eq!((a.bytes_local, a.bytes_remote), (0, new.len() as u64));
+        // The commit expected the revision the scan saw (I-5).
+        assert_eq!(
+            messages(&a),
+            ["changed in the store since it was scanned; left for the next sync"]
+        );
+        assert!(a.done.is_empty());
+        assert_eq!(rep.store().objects["a"].1, edited);
+    }
+
+    #[test]
+    fn a_chunk_that_fails_its_hash_is_dropped_and_its_object_not_written() {
+        let d = tempfile::tempdir().unwrap();
+        let (old, new) = versions();
+        let (mut rep, mut peer, op, foreign) = setup(d.path(), &old, &new);
+        peer.corrupt = true;
+        let a = rep.apply(vec![op], &foreign, &mut peer, &|_| {}).unwrap();
+        assert_eq!(a.bytes_remote, 0);
+        let m = messages(&a);
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert!(m[0].contains("chunks received failed their hash"), "{m:?}");
+        assert!(
+            m[1].starts_with("not written: some of its content"),
+            "{m:?}"
+        );
+        assert!(a.done.is_empty());
+        assert_eq!(rep.store().objects["a"].1, old);
+    }
+}
