@@ -8,7 +8,7 @@ use crate::check_name;
 use crate::observed::Observed;
 use std::collections::{HashMap, HashSet};
 use weave_chunk::ChunkList;
-use weave_core::{Hash, Object, Op, OpKind};
+use weave_core::{Hash, Op, OpKind};
 
 /// What the commit does for one operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,34 +48,22 @@ pub(crate) struct TransferPlan {
     pub steps: Vec<(usize, Step)>,
 }
 
-/// The content `op` writes, if it writes one.
-fn written(op: &Op) -> Option<&Hash> {
-    match (&op.kind, &op.target.object) {
-        (OpKind::WriteFile, Object::File { content, .. }) => Some(content),
-        _ => None,
-    }
-}
-
 /// The contents of its own a replica can take the chunks of `op`'s write
 /// of `content` from, best first: the same content (held under another
 /// name, say), then the old version at the same name.
-fn sources(op: &Op, content: &Hash) -> Vec<Hash> {
-    let mut out = vec![*content];
-    if let Some(Object::File { content: old, .. }) = op.current.as_ref().map(|c| &c.entry.object) {
-        out.push(*old);
-    }
-    out
+fn sources(op: &Op, content: Hash) -> Vec<Hash> {
+    std::iter::once(content).chain(op.old_content()).collect()
 }
 
 /// The writes of `ops` whose chunk list is known: (content, list, op).
 fn writes<'a>(
     ops: &'a [Op],
     lists: &'a HashMap<Hash, ChunkList>,
-) -> Vec<(&'a Hash, &'a ChunkList, &'a Op)> {
+) -> Vec<(Hash, &'a ChunkList, &'a Op)> {
     ops.iter()
         .filter_map(|op| {
-            let content = written(op)?;
-            Some((content, lists.get(content)?, op))
+            let (content, _) = op.writes()?;
+            Some((content, lists.get(&content)?, op))
         })
         .collect()
 }
@@ -140,7 +128,7 @@ pub(crate) fn plan_transfer(
             .filter(|h| !local.contains(h) && asked.insert(*h))
             .collect();
         if !missing.is_empty() {
-            plan.fetch.push((*content, missing));
+            plan.fetch.push((content, missing));
         }
     }
     plan.steps = ops
@@ -163,12 +151,9 @@ fn step(op: &Op, lists: &HashMap<Hash, ChunkList>) -> Option<Step> {
         OpKind::Record | OpKind::SetMeta => Step::Record,
         OpKind::Remove => Step::Delete { expect },
         OpKind::WriteFile => {
-            let content = written(op)?;
-            lists.get(content)?;
-            Step::Put {
-                content: *content,
-                expect,
-            }
+            let (content, _) = op.writes()?;
+            lists.get(&content)?;
+            Step::Put { content, expect }
         }
         OpKind::MakeDir | OpKind::WriteSymlink => Step::Refuse(format!(
             "not written: a {} cannot be kept in this object store",
@@ -182,7 +167,7 @@ mod tests {
     use super::*;
     use crate::observed::MODE;
     use weave_chunk::ChunkRef;
-    use weave_core::{Entry, LocalEntry, ReplicaId, VersionVector};
+    use weave_core::{Entry, LocalEntry, Object, ReplicaId, VersionVector};
 
     /// A chunk hash.
     fn h(n: u8) -> Hash {

@@ -120,9 +120,7 @@ impl<S: ObjectStore> ObjectReplica<S> {
         let names: Vec<String> = self
             .load()?
             .iter()
-            .filter(|(_, le)| {
-                matches!(&le.entry.object, Object::File { content: c, .. } if c == content)
-            })
+            .filter(|(_, le)| le.entry.object.content() == Some(*content))
             .map(|(p, _)| p.clone())
             .collect();
         for name in names {
@@ -213,14 +211,14 @@ impl<S: ObjectStore> Replica for ObjectReplica<S> {
                 mtime_ns: l.mtime_ns,
             }
             .stat();
-            match old.map(|le| &le.entry.object) {
-                Some(Object::File { content: c, .. }) if *c == content => {
+            match old.filter(|le| le.entry.object.content() == Some(content)) {
+                Some(le) => {
                     // Same content under a new revision: nothing to sync.
-                    let mut le = old.expect("matched").clone();
+                    let mut le = le.clone();
                     le.stat = Some(st);
                     changed.push(le);
                 }
-                _ => {
+                None => {
                     updates.push((
                         l.name.clone(),
                         Object::File { size, content },

@@ -10,7 +10,7 @@ use crate::plan::{own_sources, plan_transfer, Step, TransferPlan};
 use crate::{Change, ObjectStore, Outcome};
 use std::collections::HashMap;
 use weave_chunk::ChunkList;
-use weave_core::{Entry, Hash, LocalEntry, Object, Op, Stat};
+use weave_core::{Entry, Hash, LocalEntry, Op, Stat};
 use weave_engine::{Applied, Foreign, Issue, Provider, SyncError};
 use weave_index::Batch;
 
@@ -181,7 +181,7 @@ impl<S: ObjectStore> ObjectReplica<S> {
                         .into(),
                 }),
                 (Outcome::Done { revision }, Change::Put { data, .. }) => {
-                    let Object::File { content, .. } = &op.target.object else {
+                    let Some(content) = op.target.object.content() else {
                         continue;
                     };
                     let seen = Observed {
@@ -193,7 +193,7 @@ impl<S: ObjectStore> ObjectReplica<S> {
                         op: k,
                         entry: op.target.clone(),
                         stat: Some(seen.stat()),
-                        list: lists.get(content).cloned(),
+                        list: lists.get(&content).cloned(),
                     });
                 }
                 (Outcome::Done { .. }, Change::Delete { .. }) => done.push(Recorded {
@@ -305,7 +305,7 @@ mod tests {
     use crate::observed::MODE;
     use crate::{Listed, StoreError};
     use std::collections::BTreeMap;
-    use weave_core::{OpKind, ReplicaId, VersionVector};
+    use weave_core::{Object, OpKind, ReplicaId, VersionVector};
     use weave_engine::{IgnoreSpec, Replica, Wants};
 
     /// A store in memory: name → (revision, content).
