@@ -114,6 +114,8 @@
 //! # }
 //! ```
 
+mod observed;
+mod plan;
 mod replica;
 
 pub use replica::ObjectReplica;

@@ -1,22 +1,21 @@
 //! An object store with weave's index beside it: a replica.
 
-use crate::{check_name, Change, ObjectStore, Outcome};
+use crate::observed::{Observed, MODE};
+use crate::{check_name, ObjectStore};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use weave_chunk::ChunkList;
 use weave_core::ignore::Matcher;
+use weave_core::Op;
 use weave_core::{Entry, Hash, Object};
 use weave_core::{LocalEntry, Stat};
-use weave_core::{Op, OpKind};
 use weave_engine::{
     Applied, Finish, Foreign, IgnoreSpec, Issue, Provider, Replica, ReplicaInfo, ScanSummary,
     SyncError, Wants,
 };
 use weave_index::{Batch, Index};
 
-/// Permission bits recorded for every object (objects have none; a fixed
-/// value keeps the planner from seeing metadata changes).
-const MODE: u32 = 0o644;
+mod apply;
 
 /// A store of named objects as a replica of a sync: its index (version
 /// vectors, sequence numbers, chunk lists, what it has integrated of each
@@ -40,18 +39,6 @@ pub struct ObjectReplica<S: ObjectStore> {
     entries: Option<BTreeMap<String, LocalEntry>>,
     /// The last content read for serving: (content, bytes).
     last: Option<(Hash, Vec<u8>)>,
-}
-
-/// The stat an object's entry records: its revision and mtime.
-fn stamp(revision: u64, size: u64, mtime_ns: i64) -> Stat {
-    Stat {
-        size,
-        mtime_ns,
-        ctime_ns: 0,
-        ino: revision,
-        mode: MODE,
-        racy: false,
-    }
 }
 
 fn store_error(display: &str, what: &str, e: crate::StoreError) -> SyncError {
@@ -133,9 +120,7 @@ impl<S: ObjectStore> ObjectReplica<S> {
         let names: Vec<String> = self
             .load()?
             .iter()
-            .filter(|(_, le)| {
-                matches!(&le.entry.object, Object::File { content: c, .. } if c == content)
-            })
+            .filter(|(_, le)| le.entry.object.content() == Some(*content))
             .map(|(p, _)| p.clone())
             .collect();
         for name in names {
@@ -205,9 +190,7 @@ impl<S: ObjectStore> Replica for ObjectReplica<S> {
                 continue;
             }
             let old = known.get(&l.name);
-            let unchanged = old.is_some_and(|le| {
-                le.entry.is_live() && le.stat.is_some_and(|s| s.ino == l.revision)
-            });
+            let unchanged = old.and_then(Observed::revision) == Some(l.revision);
             if unchanged {
                 continue;
             }
@@ -222,15 +205,20 @@ impl<S: ObjectStore> Replica for ObjectReplica<S> {
             let list = weave_chunk::chunk_bytes(&data);
             let content = list.content_id();
             let size = data.len() as u64;
-            let st = stamp(l.revision, size, l.mtime_ns);
-            match old.map(|le| &le.entry.object) {
-                Some(Object::File { content: c, .. }) if *c == content => {
+            let st = Observed {
+                revision: l.revision,
+                size,
+                mtime_ns: l.mtime_ns,
+            }
+            .stat();
+            match old.filter(|le| le.entry.object.content() == Some(content)) {
+                Some(le) => {
                     // Same content under a new revision: nothing to sync.
-                    let mut le = old.expect("matched").clone();
+                    let mut le = le.clone();
                     le.stat = Some(st);
                     changed.push(le);
                 }
-                _ => {
+                None => {
                     updates.push((
                         l.name.clone(),
                         Object::File { size, content },
@@ -343,229 +331,8 @@ impl<S: ObjectStore> Replica for ObjectReplica<S> {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Applied, SyncError> {
         self.load()?;
-        let mut errors: Vec<Issue> = Vec::new();
-        // 1. The chunk list of every content to write.
-        let (lists, issues) = weave_engine::lists_for(&ops, &|c| self.list(c), foreign, provider)?;
-        errors.extend(issues);
-
-        // 2. Chunks: from this store's own objects (the same content, or
-        //    the old version at the same name), then from the provider.
-        let mut chunks: HashMap<Hash, Vec<u8>> = HashMap::new();
-        let mut needed: HashSet<Hash> = HashSet::new();
-        for op in ops.iter().filter(|o| o.kind == OpKind::WriteFile) {
-            let Object::File { content, .. } = &op.target.object else {
-                continue;
-            };
-            let Some(list) = lists.get(content) else {
-                continue;
-            };
-            let mut local: Vec<Hash> = vec![*content];
-            if let Some(Object::File { content: old, .. }) =
-                op.current.as_ref().map(|c| &c.entry.object)
-            {
-                local.push(*old);
-            }
-            let want: HashSet<Hash> = list.chunks.iter().map(|c| c.hash).collect();
-            for c in local {
-                if want.iter().all(|h| chunks.contains_key(h)) {
-                    break;
-                }
-                let (Some(data), Some(l)) = (self.content(&c)?, self.list(&c)) else {
-                    continue;
-                };
-                for (o, r) in l.with_offsets() {
-                    if want.contains(&r.hash) {
-                        let o = o as usize;
-                        chunks
-                            .entry(r.hash)
-                            .or_insert_with(|| data[o..o + r.len as usize].to_vec());
-                    }
-                }
-            }
-            needed.extend(want);
-        }
-        let bytes_local: u64 = chunks.values().map(|d| d.len() as u64).sum();
-        let mut wants: Vec<(Hash, Vec<Hash>)> = Vec::new();
-        let mut asked: HashSet<Hash> = HashSet::new();
-        for op in ops.iter().filter(|o| o.kind == OpKind::WriteFile) {
-            let Object::File { content, .. } = &op.target.object else {
-                continue;
-            };
-            let Some(list) = lists.get(content) else {
-                continue;
-            };
-            let missing: Vec<Hash> = list
-                .chunks
-                .iter()
-                .map(|c| c.hash)
-                .filter(|h| !chunks.contains_key(h) && asked.insert(*h))
-                .collect();
-            if !missing.is_empty() {
-                wants.push((*content, missing));
-            }
-        }
-        let mut bytes_remote = 0u64;
-        let mut bad = 0u64;
-        if !wants.is_empty() {
-            provider.chunks(&wants, &mut |h, data| {
-                // Verified on arrival (I-3).
-                if needed.contains(&h) && weave_chunk::verify(&data, &h) {
-                    bytes_remote += data.len() as u64;
-                    progress(data.len() as u64);
-                    chunks.insert(h, data);
-                } else {
-                    bad += 1;
-                }
-                Ok(())
-            })?;
-        }
-        if bad > 0 {
-            errors.push(Issue {
-                path: String::new(),
-                message: format!(
-                    "{bad} chunks received failed their hash and were dropped; the objects that need them are retried next time"
-                ),
-            });
-        }
-
-        // 3. One atomic commit of every put and delete.
-        let mut changes: Vec<Change> = Vec::new();
-        // Per change: the operation it carries out.
-        let mut change_op: Vec<usize> = Vec::new();
-        let mut done: Vec<(usize, Entry, Option<Stat>, Option<ChunkList>)> = Vec::new();
-        for (k, op) in ops.iter().enumerate() {
-            // Names come from the planner, or from a peer: a store only
-            // ever gets names it can hold.
-            if let Err(why) = check_name(&op.path) {
-                errors.push(Issue {
-                    path: op.path.clone(),
-                    message: format!("not written: {why}"),
-                });
-                continue;
-            }
-            let cur = op.current.as_ref();
-            let expect = cur
-                .filter(|c| c.entry.is_live())
-                .and_then(|c| c.stat)
-                .map(|s| s.ino);
-            match op.kind {
-                OpKind::Record | OpKind::SetMeta => {
-                    done.push((k, op.target.clone(), cur.and_then(|c| c.stat), None));
-                }
-                OpKind::Remove => {
-                    changes.push(Change::Delete {
-                        name: op.path.clone(),
-                        expect,
-                    });
-                    change_op.push(k);
-                }
-                OpKind::WriteFile => {
-                    let Object::File { content, .. } = &op.target.object else {
-                        continue;
-                    };
-                    let Some(list) = lists.get(content) else {
-                        continue;
-                    };
-                    let mut data = Vec::with_capacity(list.size() as usize);
-                    let whole = list.chunks.iter().all(|c| match chunks.get(&c.hash) {
-                        Some(d) => {
-                            data.extend_from_slice(d);
-                            true
-                        }
-                        None => false,
-                    });
-                    if !whole {
-                        errors.push(Issue {
-                            path: op.path.clone(),
-                            message: "not written: some of its content could not be had from any replica; retried next time".into(),
-                        });
-                        continue;
-                    }
-                    changes.push(Change::Put {
-                        name: op.path.clone(),
-                        data,
-                        mtime_ns: op.target.mtime_ns,
-                        expect,
-                        conflict_copy: weave_core::path::is_conflict_name(&op.path),
-                    });
-                    change_op.push(k);
-                }
-                OpKind::MakeDir | OpKind::WriteSymlink => errors.push(Issue {
-                    path: op.path.clone(),
-                    message: format!(
-                        "not written: a {} cannot be kept in this object store",
-                        op.target.object.kind_name()
-                    ),
-                }),
-            }
-        }
-        let outcomes = if changes.is_empty() {
-            Vec::new()
-        } else {
-            self.store
-                .commit(&changes)
-                .map_err(|e| store_error(&self.display, "commit the changes", e))?
-        };
-        if outcomes.len() != changes.len() {
-            return Err(SyncError::State {
-                path: self.display.clone().into(),
-                problem: format!(
-                    "the object store answered {} outcomes for {} changes",
-                    outcomes.len(),
-                    changes.len()
-                ),
-            });
-        }
-        for ((c, k), out) in changes.iter().zip(change_op).zip(outcomes) {
-            let op = &ops[k];
-            match (out, c) {
-                (Outcome::Stale, _) => errors.push(Issue {
-                    path: op.path.clone(),
-                    message: "changed in the store since it was scanned; left for the next sync"
-                        .into(),
-                }),
-                (Outcome::Done { revision }, Change::Put { data, .. }) => {
-                    let Object::File { content, .. } = &op.target.object else {
-                        continue;
-                    };
-                    let st = stamp(revision.unwrap_or(0), data.len() as u64, op.target.mtime_ns);
-                    done.push((k, op.target.clone(), Some(st), lists.get(content).cloned()));
-                }
-                (Outcome::Done { .. }, Change::Delete { .. }) => {
-                    done.push((k, op.target.clone(), None, None));
-                }
-            }
-        }
-        done.sort_by_key(|d| d.0);
-
-        // 4. Record what was done.
-        let id = self.index.id();
-        let mut batch = Batch::default();
-        let mut out = Vec::with_capacity(done.len());
-        let entries = self.entries.as_mut().expect("loaded above");
-        for (k, entry, stat, list) in done {
-            self.index.observe(entry.vv.get(id));
-            let le = LocalEntry {
-                entry: entry.clone(),
-                seq: self.index.next_seq(),
-                stat,
-            };
-            entries.insert(le.entry.path.clone(), le.clone());
-            batch.entries.push(le);
-            if let Some(l) = list {
-                batch.contents.push(l);
-            }
-            out.push((k, entry));
-        }
-        self.index.write(&batch)?;
-        self.info.seq = self.index.seq();
-        self.last = None;
-        Ok(Applied {
-            done: out,
-            errors,
-            bytes_local,
-            bytes_remote,
-        })
+        let received = self.receive(&ops, foreign, provider, progress)?;
+        self.write(&ops, received)
     }
 
     fn finish(&mut self, fin: &Finish) -> Result<(), SyncError> {

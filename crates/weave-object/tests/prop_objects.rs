@@ -248,8 +248,7 @@ impl World {
             if i == self.remote {
                 let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
                 let server = Conn::over_unix(b, "coordinator", None).unwrap();
-                let kinds = Kinds::new(std::sync::Arc::new(weave_fs::Files))
-                    .with(Arc::new(ObjectKind(TestType { merge: self.merge })));
+                let kinds = Kinds::new(Arc::new(ObjectKind(TestType { merge: self.merge })));
                 servers.push(std::thread::spawn(move || {
                     weave_net::server::serve_kinds(server, &kinds)
                 }));
