@@ -307,7 +307,7 @@ fn save_current(
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0);
-    let id = local_id(root);
+    let id = weave_index::Index::id_at(&root.join(STATE_DIR));
     let r = store
         .save(&[ToSave {
             path: &v.path,
@@ -419,13 +419,6 @@ pub fn parse_time(s: &str, now: i64) -> Option<i64> {
     let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
     let t = time::PrimitiveDateTime::parse(&s, fmt).ok()?.assume_utc();
     i64::try_from(t.unix_timestamp_nanos()).ok()
-}
-
-/// The id of the replica at `root` (0 if its index cannot be read now).
-fn local_id(root: &Path) -> weave_core::ReplicaId {
-    weave_index::Index::open_for_dry_run(&root.join(weave_core::path::STATE_DIR))
-        .map(|i| i.id())
-        .unwrap_or(weave_core::ReplicaId(0))
 }
 
 #[cfg(test)]
