@@ -348,7 +348,7 @@ fn write_version(store: &Store, v: &Version, dest: &Path) -> Result<(), String> 
             .create_new(true)
             .open(&temp)
             .map_err(|e| format!("cannot create a temporary file: {e}"))?;
-        store.read_into(v, &f, &|_| {})?;
+        store.read_into(v, &f, &|_| {}).map_err(|e| e.to_string())?;
         f.set_permissions(fs::Permissions::from_mode(v.mode & 0o7777))
             .map_err(|e| format!("cannot set permissions: {e}"))?;
         let mtime = UNIX_EPOCH + Duration::from_nanos(v.mtime_ns.max(0) as u64);
