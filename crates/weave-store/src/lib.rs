@@ -17,6 +17,7 @@
 
 mod catalog;
 mod error;
+pub mod history;
 mod pack;
 mod prune;
 mod read;
