@@ -1,6 +1,8 @@
-//! Relative paths and conflict-copy names.
+//! Relative paths and the names weave gives files: conflict copies and
+//! temporary files.
 
 use crate::id::ReplicaId;
+use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 /// The name of a replica's state directory, never synced.
@@ -62,6 +64,42 @@ pub fn ancestors(p: &str) -> impl Iterator<Item = &str> {
         cur = par;
         Some(par)
     })
+}
+
+/// `rel` ('/'-separated, relative; "" for `root` itself) as a path under
+/// the directory `root`.
+pub fn join(root: &Path, rel: &str) -> PathBuf {
+    let mut p = root.to_path_buf();
+    for c in rel.split('/') {
+        p.push(c);
+    }
+    p
+}
+
+/// Prefix of weave's temporary files; a file named
+/// `.~weave-<16 hex digits>.tmp` is a leftover of an interrupted sync.
+pub const TEMP_PREFIX: &str = ".~weave-";
+
+/// A fresh name for a temporary file: `.~weave-<16 hex digits>.tmp`.
+pub fn temp_name() -> String {
+    format!("{TEMP_PREFIX}{:016x}.tmp", rand_u64())
+}
+
+/// A number unlikely to repeat (within a process, or across processes):
+/// a counter and the clock through a randomly keyed hasher.
+pub fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
 }
 
 /// The name of a conflict copy: `NAME.weave-conflict-YYYYMMDD-HHMMSS-<short
@@ -182,5 +220,14 @@ mod tests {
         assert_eq!(ancestors("a/b/c").collect::<Vec<_>>(), vec!["a/b", "a"]);
         assert_eq!(depth("a/b/c"), 3);
         assert_eq!(parent("a"), None);
+    }
+
+    #[test]
+    fn joined_paths_and_temporary_names() {
+        assert_eq!(join(Path::new("/r"), "a/b"), Path::new("/r/a/b"));
+        let t = temp_name();
+        assert!(t.starts_with(TEMP_PREFIX) && t.ends_with(".tmp"), "{t}");
+        assert_eq!(t.len(), TEMP_PREFIX.len() + 16 + 4);
+        assert_ne!(temp_name(), t);
     }
 }

@@ -9,7 +9,6 @@
 //!   command-line patterns.
 
 pub mod apply;
-pub mod history;
 pub mod ignore;
 mod kind;
 mod replica;

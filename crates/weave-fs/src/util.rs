@@ -3,9 +3,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use weave_core::Stat;
 
-/// Prefix of weave's temporary files; a file named
-/// `.~weave-<16 hex digits>.tmp` is a leftover of an interrupted sync.
-pub const TEMP_PREFIX: &str = ".~weave-";
+pub use weave_core::path::{join, temp_name, TEMP_PREFIX};
 
 /// A problem with one path on one replica: reported, skipped, and the
 /// rest of the sync goes on.
@@ -150,25 +148,6 @@ pub fn is_temp_name(name: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit())
 }
 
-pub fn temp_name() -> String {
-    format!("{TEMP_PREFIX}{:016x}.tmp", rand_u64())
-}
-
-pub fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
-}
-
 pub fn mtime_ns(m: &Metadata) -> i64 {
     m.mtime()
         .saturating_mul(1_000_000_000)
@@ -269,14 +248,6 @@ pub fn read_at(f: &std::fs::File, off: u64, len: usize) -> std::io::Result<Vec<u
         ));
     }
     Ok(buf)
-}
-
-pub fn join(root: &Path, rel: &str) -> PathBuf {
-    let mut p = root.to_path_buf();
-    for c in rel.split('/') {
-        p.push(c);
-    }
-    p
 }
 
 /// A file-system block, a page: what direct I/O aligns offsets, lengths

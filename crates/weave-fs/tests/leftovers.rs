@@ -7,9 +7,9 @@ use std::path::Path;
 use weave_core::{Entry, Hash, Object};
 use weave_core::{Op, OpKind};
 use weave_engine::{NoProgress, Replica, SyncOptions};
-use weave_fs::history::{history, locate, restore, Pick};
 use weave_fs::LocalReplica;
 use weave_fs::{ContentSource, Location};
+use weave_store::history::{history, locate, restore, Pick};
 
 struct Nothing;
 impl ContentSource for Nothing {

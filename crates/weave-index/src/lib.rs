@@ -266,6 +266,15 @@ impl Index {
         Self::open_with(state_dir, false)
     }
 
+    /// The id of the replica whose state directory is `state_dir`, read
+    /// from its index without writing to it (`ReplicaId(0)` if the index
+    /// cannot be read now).
+    pub fn id_at(state_dir: &Path) -> ReplicaId {
+        Self::open_for_dry_run(state_dir)
+            .map(|i| i.id())
+            .unwrap_or(ReplicaId(0))
+    }
+
     fn open_with(state_dir: &Path, writable: bool) -> Result<Index, IndexError> {
         let path = state_dir.join(INDEX_FILE);
         let exists = path.exists();
@@ -903,6 +912,17 @@ mod tests {
         );
         assert_eq!(e["a/b"], entry("a/b"));
         assert_eq!(idx.load_peers().unwrap()[&ReplicaId(9)], 4);
+    }
+
+    #[test]
+    fn the_id_is_read_where_the_index_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join(".weave");
+        let id = Index::open(&state).unwrap().id();
+        assert_ne!(id, ReplicaId(0));
+        assert_eq!(Index::id_at(&state), id);
+        std::fs::write(state.join(INDEX_FILE), vec![0x5a; 8192]).unwrap();
+        assert_eq!(Index::id_at(&state), ReplicaId(0));
     }
 
     #[test]

@@ -417,12 +417,12 @@ impl World {
             if live.contains(c) {
                 continue;
             }
-            let at = weave_fs::history::Located {
+            let at = weave_store::history::Located {
                 root: root.clone(),
                 rel: path.clone(),
             };
             let id = weave_chunk::chunk_bytes(c).content_id();
-            let v = weave_fs::history::history(&at)
+            let v = weave_store::history::history(&at)
                 .unwrap()
                 .into_iter()
                 .rev()
@@ -430,8 +430,12 @@ impl World {
                 .unwrap_or_else(|| panic!("replica {i}: {path}'s old content was not kept"));
             let out = tempfile::tempdir().unwrap();
             let dest = out.path().join("restored");
-            weave_fs::history::restore(&at, weave_fs::history::Pick::Version(v.id), Some(&dest))
-                .unwrap();
+            weave_store::history::restore(
+                &at,
+                weave_store::history::Pick::Version(v.id),
+                Some(&dest),
+            )
+            .unwrap();
             assert_eq!(
                 &fs::read(&dest).unwrap(),
                 c,

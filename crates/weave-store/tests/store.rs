@@ -168,7 +168,7 @@ fn damage_is_reported_with_the_versions_it_affects() {
     let v = store.get(a).unwrap().unwrap();
     let f = File::create(t.path().join("out")).unwrap();
     let err = store.read_into(&v, &f, &|_| {}).unwrap_err();
-    assert!(err.contains("damaged"), "{err}");
+    assert!(err.to_string().contains("damaged"), "{err}");
     // Pruning does not make it worse: the damaged pack is kept as it is.
     store
         .set_policy(&Policy {

@@ -197,7 +197,7 @@ struct RetentionArgs {
 }
 
 fn parse_age(s: &str) -> Result<i64, String> {
-    weave_fs::history::retention::parse_duration(s)
+    weave_store::retention::parse_duration(s)
         .ok_or_else(|| format!("'{s}' is not an age; use a number with s, m, h, d or w (30d, 12h)"))
 }
 

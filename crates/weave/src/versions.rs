@@ -1,13 +1,14 @@
 //! `weave history`, `restore`, `gc` and `retention`: output for people and
-//! for scripts over `weave_fs::history`.
+//! for scripts over `weave_store::history`.
 
 use crate::output::human_bytes as size;
 use anyhow::Result;
 use serde_json::json;
 use std::path::Path;
-use weave_fs::history::{self, format_time, retention, Pick, Policy, StoredVersion};
+use weave_store::history::{self, format_time, Pick};
+use weave_store::{retention, Policy, Version};
 
-fn version_json(v: &StoredVersion) -> serde_json::Value {
+fn version_json(v: &Version) -> serde_json::Value {
     json!({
         "version": v.id,
         "path": v.path,
@@ -90,7 +91,8 @@ pub fn restore(
     let pick = match (at, version) {
         (_, Some(id)) => Pick::Version(id),
         (Some(t), None) => {
-            Pick::At(history::parse_time(t, history::now_ns()).ok_or_else(|| {
+            let now = weave_store::now_ns();
+            Pick::At(history::parse_time(t, now).ok_or_else(|| {
                 anyhow::anyhow!(
                 "--at {t}: not a time; use \"2026-11-21 09:30\" (UTC) or an age such as 90m, 2h, 3d"
             )
