@@ -492,21 +492,14 @@ impl ContentSource for Source<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weave_core::{Entry, OpKind, ReplicaId, VersionVector};
+    use weave_core::OpKind;
 
     fn op(kind: OpKind, path: &str, object: Object) -> Op {
         Op {
             kind,
             path: path.into(),
             current: None,
-            target: Entry {
-                path: path.into(),
-                object,
-                mode: 0o644,
-                mtime_ns: 0,
-                vv: VersionVector::from_pairs(vec![(ReplicaId(1), 1)]),
-                origin: ReplicaId(1),
-            },
+            target: transfer::tests::entry(path, object),
         }
     }
 

@@ -379,7 +379,7 @@ fn usable_dir(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use weave_chunk::ChunkRef;
     use weave_core::{Entry, LocalEntry, ReplicaId, VersionVector};
@@ -398,15 +398,20 @@ mod tests {
         }
     }
 
-    fn write(path: &str, content: Hash, size: u64, old: Option<Hash>) -> Op {
-        let entry = |object| Entry {
+    /// A version of `path` made by replica 1.
+    pub(in crate::replica) fn entry(path: &str, object: Object) -> Entry {
+        Entry {
             path: path.into(),
             object,
             mode: 0o644,
             mtime_ns: 0,
             vv: VersionVector::from_pairs(vec![(ReplicaId(1), 1)]),
             origin: ReplicaId(1),
-        };
+        }
+    }
+
+    fn write(path: &str, content: Hash, size: u64, old: Option<Hash>) -> Op {
+        let entry = |object| entry(path, object);
         Op {
             kind: OpKind::WriteFile,
             path: path.into(),
