@@ -35,7 +35,7 @@ mod hooks;
 mod modes;
 mod order;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 mod trash;
 
 pub use modes::restore_modes;

@@ -124,7 +124,8 @@ pub(super) fn patterned(n: u32) -> Vec<u8> {
     (0..n).map(|i| (i * 7 % 251) as u8).collect()
 }
 
-pub(super) fn noise(n: usize, seed: u64) -> Vec<u8> {
+/// `n` pseudo-random bytes from `seed` (xorshift).
+pub(crate) fn noise(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..n)
         .map(|_| {
