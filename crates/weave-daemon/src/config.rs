@@ -95,9 +95,11 @@ pub fn folder_policy(s: &str) -> Result<PolicySpec, ConfigProblem> {
     }
 }
 
+/// A folder's policy in config.toml, refused as an unknown value of the
+/// two a folder takes (the words serde gave when this was an enum).
 fn folder_policy_de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PolicySpec, D::Error> {
     let s = String::deserialize(d)?;
-    folder_policy(&s).map_err(serde::de::Error::custom)
+    folder_policy(&s).map_err(|_| serde::de::Error::unknown_variant(&s, &["keep-both", "newest"]))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
