@@ -206,9 +206,8 @@ impl Provider for Fetch<'_> {
                         let rep: &mut Box<dyn Replica> = rep;
                         handles.push(s.spawn(move || {
                             rep.serve_chunks(&ask, &mut |h, d| {
-                                tx.send((h, d)).map_err(|_| {
-                                    SyncError::Remote("the transfer was stopped".into())
-                                })
+                                tx.send((h, d))
+                                    .map_err(|_| SyncError::from(crate::TransferError::Stopped))
                             })
                         }));
                     }

@@ -88,9 +88,36 @@ pub enum SyncError {
     Ignore(#[from] IgnoreError),
     #[error("{path}: {problem}")]
     State { path: PathBuf, problem: String },
-    /// A remote replica or the session to it failed.
-    #[error("{0}")]
-    Remote(String),
+    /// A remote replica or the session to it failed, in the session's
+    /// own error type (weave-net's, a daemon's, or [`TransferError`]).
+    /// Its message and source are the inner error's.
+    #[error(transparent)]
+    Session(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The engine's own failures of a transfer between replicas.
+#[derive(Debug, Error)]
+pub enum TransferError {
+    /// The sync stopped taking chunks (it failed elsewhere) while a
+    /// holder was still sending them.
+    #[error("the transfer was stopped")]
+    Stopped,
+}
+
+impl From<TransferError> for SyncError {
+    fn from(e: TransferError) -> SyncError {
+        SyncError::Session(Box::new(e))
+    }
+}
+
+impl SyncError {
+    /// The session error of type `E` this is, if it is one.
+    pub fn session<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        match self {
+            SyncError::Session(e) => e.downcast_ref(),
+            _ => None,
+        }
+    }
 }
 
 impl From<weave_index::StateError> for SyncError {

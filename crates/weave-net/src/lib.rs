@@ -14,6 +14,7 @@
 pub mod address;
 pub mod cache;
 pub mod conn;
+pub mod error;
 pub mod open;
 pub mod remote;
 pub mod server;
@@ -22,6 +23,7 @@ mod wire;
 
 pub use address::{Address, AddressError, SshAddress};
 pub use conn::{Conn, RateLimit};
+pub use error::SessionError;
 pub use open::{open_replicas, Opened};
 pub use remote::{NetOptions, RemoteReplica};
 

@@ -3,6 +3,7 @@
 
 use crate::address::SshAddress;
 use crate::conn::{Conn, RateLimit};
+use crate::error::SessionError;
 use crate::server::Compress;
 use crate::transfer;
 use crate::wire::{self, proto};
@@ -97,11 +98,10 @@ impl RemoteReplica {
             spec.host,
             shell_quote(&remote_weave)
         );
-        let mut child = cmd.spawn().map_err(|e| {
-            SyncError::Remote(format!(
-                "{}: cannot run `{shown}` ({e}). Install an ssh client, or name the command with --rsh",
-                spec.display
-            ))
+        let mut child = cmd.spawn().map_err(|why| SessionError::CannotRun {
+            display: spec.display.clone(),
+            shown: shown.clone(),
+            why,
         })?;
         let stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take().expect("piped");
@@ -156,21 +156,32 @@ impl RemoteReplica {
                 let not_found = code == Some(127)
                     || text.contains("command not found")
                     || (text.contains("No such file") && text.contains(&remote_weave));
+                let display = spec.display.clone();
+                let closed = e
+                    .session::<SessionError>()
+                    .is_some_and(SessionError::is_closed);
                 Err(match (code, not_found) {
-                    (_, true) => SyncError::Remote(format!(
-                        "{}: weave is not installed on {} (`{remote_weave}` was not found there{said}). Install weave on {} or give its location with --remote-weave PATH",
-                        spec.display, spec.host, spec.host
-                    )),
-                    (Some(255), _) => SyncError::Remote(format!(
-                        "{}: cannot reach {} with `{rsh}` (exit 255{said}). Check that `{rsh} {}` works: host name, port, user and keys",
-                        spec.display, spec.host, spec.host
-                    )),
-                    (Some(c), _) if matches!(e, SyncError::Remote(ref m) if m.contains("closed the connection")) => {
-                        SyncError::Remote(format!(
-                            "{}: `{shown}` ended (exit {c}) before speaking weave's protocol{said}",
-                            spec.display
-                        ))
+                    (_, true) => SessionError::NotInstalled {
+                        display,
+                        host: spec.host.clone(),
+                        remote_weave,
+                        said,
                     }
+                    .into(),
+                    (Some(255), _) => SessionError::Unreachable {
+                        display,
+                        host: spec.host.clone(),
+                        rsh: rsh.to_string(),
+                        said,
+                    }
+                    .into(),
+                    (Some(code), _) if closed => SessionError::EndedEarly {
+                        display,
+                        shown,
+                        code,
+                        said,
+                    }
+                    .into(),
                     _ => e,
                 })
             }
@@ -211,10 +222,12 @@ impl RemoteReplica {
         })?;
         let files = kind.is_empty() || kind == "files";
         if !files && !theirs.capabilities.iter().any(|c| c == "kinds") {
-            return Err(SyncError::Remote(format!(
-                "{display}: the weave there ({}) syncs directory trees only, not --kind {kind}; install a newer weave on that host",
-                theirs.software
-            )));
+            return Err(SessionError::NoKinds {
+                display: display.to_string(),
+                software: theirs.software,
+                kind: kind.to_string(),
+            }
+            .into());
         }
         conn.send(Body::Open(Open {
             path: path.to_string(),
@@ -231,10 +244,11 @@ impl RemoteReplica {
             other => return Err(unexpected(display, other.as_ref(), "an open reply")),
         };
         if o.peers.len() > weave_proto::limits::MAX_VV {
-            return Err(SyncError::Remote(format!(
-                "{display} reports {} peers; the session is ended",
-                o.peers.len()
-            )));
+            return Err(SessionError::TooManyPeers {
+                display: display.to_string(),
+                count: o.peers.len(),
+            }
+            .into());
         }
         let info = ReplicaInfo {
             id: ReplicaId(o.replica_id),
@@ -403,7 +417,11 @@ impl RemoteReplica {
 /// error message if it sent one.
 fn unexpected(display: &str, got: Option<&Body>, expected: &'static str) -> SyncError {
     match got {
-        Some(Body::Error(e)) => SyncError::Remote(format!("{display}: {}", e.message)),
+        Some(Body::Error(e)) => SessionError::Peer {
+            peer: display.to_string(),
+            message: e.message.clone(),
+        }
+        .into(),
         other => proto(ProtoError::Unexpected {
             peer: display.to_string(),
             got: other.map(|b| b.name()).unwrap_or("an unknown message"),

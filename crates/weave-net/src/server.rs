@@ -2,6 +2,7 @@
 //! coordinator (`weave sync` elsewhere) over a session.
 
 use crate::conn::Conn;
+use crate::error::SessionError;
 use crate::wire::{self, proto};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -91,11 +92,7 @@ pub fn serve_host(conn: Conn, host: &mut dyn Host) -> Result<Served, SyncError> 
     conn.send(Body::Hello(ours.clone())).map_err(proto)?;
     let theirs = match conn.recv().map_err(proto)?.body {
         Some(Body::Hello(h)) => h,
-        _ => {
-            return Err(SyncError::Remote(format!(
-                "{peer} did not start with a hello"
-            )))
-        }
+        _ => return Err(SessionError::NoHello { peer }.into()),
     };
     if let Err(e) = weave_proto::handshake::negotiate(&ours, &theirs, &peer) {
         let _ = conn.send(Body::Error(ErrorMsg {
@@ -189,6 +186,11 @@ impl Compress {
     }
 }
 
+/// The session's replica, once one is open.
+fn open_replica(rep: &mut Option<Box<dyn Replica>>) -> Result<&mut Box<dyn Replica>, SyncError> {
+    rep.as_mut().ok_or_else(|| SessionError::NoReplica.into())
+}
+
 fn expand(path: &str) -> PathBuf {
     match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
         (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
@@ -207,9 +209,7 @@ impl Server<'_> {
     }
 
     fn rep(&mut self) -> Result<&mut Box<dyn Replica>, SyncError> {
-        self.rep
-            .as_mut()
-            .ok_or_else(|| SyncError::Remote("no replica is open in this session".into()))
+        open_replica(&mut self.rep)
     }
 
     fn handle(&mut self, m: weave_proto::msg::Envelope) -> Result<(), SyncError> {
@@ -296,15 +296,14 @@ impl Server<'_> {
             Body::ChunkRequest(r) => self.serve_request(&r),
             Body::Ops(o) => {
                 for w in o.ops {
-                    let kind = wire::op_kind_from_wire(w.kind).ok_or_else(|| {
-                        SyncError::Remote(format!(
-                            "{peer} sent an operation of unknown kind {}",
-                            w.kind
-                        ))
-                    })?;
-                    let target = w.target.ok_or_else(|| {
-                        SyncError::Remote(format!("{peer} sent an operation without a target"))
-                    })?;
+                    let kind =
+                        wire::op_kind_from_wire(w.kind).ok_or_else(|| SessionError::UnknownOp {
+                            peer: peer.clone(),
+                            kind: w.kind,
+                        })?;
+                    let target = w
+                        .target
+                        .ok_or_else(|| SessionError::NoTarget { peer: peer.clone() })?;
                     let (target, _) = entry_from_wire(target, &peer).map_err(proto)?;
                     if !w.root.is_empty() {
                         let node = match &target.object {
@@ -355,20 +354,18 @@ impl Server<'_> {
                 self.served.finished = true;
                 self.conn.send(Body::Finished(Finished {})).map_err(proto)
             }
-            other => Err(SyncError::Remote(format!(
-                "{peer} sent {} where a request was expected",
-                other.name()
-            ))),
+            other => Err(SessionError::NotARequest {
+                peer,
+                got: other.name(),
+            }
+            .into()),
         }
     }
 
     /// Tree nodes or chunks of a content this replica holds.
     fn serve_request(&mut self, r: &ChunkRequest) -> Result<(), SyncError> {
         let wants = crate::wire::request_wants(r, self.conn.peer()).map_err(proto)?;
-        let rep = self
-            .rep
-            .as_mut()
-            .ok_or_else(|| SyncError::Remote("no replica is open in this session".into()))?;
+        let rep = open_replica(&mut self.rep)?;
         let reply = &mut self.reply;
         if r.nodes {
             let got = rep.serve_nodes(&wants)?;
@@ -390,10 +387,7 @@ impl Server<'_> {
             nodes: std::mem::take(&mut self.roots),
             ..Foreign::default()
         };
-        let rep = self
-            .rep
-            .as_mut()
-            .ok_or_else(|| SyncError::Remote("no replica is open in this session".into()))?;
+        let rep = open_replica(&mut self.rep)?;
         let entries = rep.entries()?;
         for (op, on) in ops.iter_mut().zip(on_current) {
             if on {

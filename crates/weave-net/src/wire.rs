@@ -2,6 +2,7 @@
 //! and wire messages, and pipelined requests for tree nodes and chunks.
 
 use crate::conn::Conn;
+use crate::error::SessionError;
 use std::collections::HashMap;
 use weave_core::OpKind;
 use weave_core::{Entry, Hash, ReplicaId};
@@ -31,7 +32,7 @@ pub const REPLY_MAX: usize = PER_REQUEST;
 pub const BATCH_BYTES: usize = 256 * 1024;
 
 pub fn proto(e: ProtoError) -> SyncError {
-    SyncError::Remote(e.to_string())
+    SessionError::Proto(e).into()
 }
 
 pub fn op_kind_to_wire(k: OpKind) -> u32 {
@@ -216,7 +217,11 @@ pub fn request(
                     got(w, h, data)?;
                 }
                 Some(Body::Error(e)) => {
-                    return Err(SyncError::Remote(format!("{peer}: {}", e.message)))
+                    return Err(SessionError::Peer {
+                        peer: peer.clone(),
+                        message: e.message,
+                    }
+                    .into())
                 }
                 _ => {
                     let name = m

@@ -213,12 +213,12 @@ mod tests {
             peer(PeerProblem::RefusedUs {
                 peer: "nas".into(),
                 me,
-                cause: SyncError::Remote("received fatal alert".into()),
+                cause: SyncError::Session("received fatal alert".into()),
             }),
             format!("peer nas: nas refused this device (received fatal alert); on nas, add it with `weave peer add NAME {me} ADDRESS`")
         );
         assert_eq!(
-            peer(PeerProblem::Session(SyncError::Remote("no folder".into()))),
+            peer(PeerProblem::Session(SyncError::Session("no folder".into()))),
             "peer nas: no folder"
         );
     }

@@ -9,10 +9,37 @@ use crate::id::DeviceId;
 use crate::status::{self, Change, PeerState};
 use std::sync::Arc;
 use std::time::Duration;
+use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use weave_engine::{Replica, SyncError};
 use weave_net::server::{serve_host, Host, Served};
+
+/// Why a peer's session could not open a folder of this device. The
+/// peer reads the message.
+#[derive(Debug, Error)]
+pub enum HostError {
+    /// The folder is unknown here, or not shared with the peer: the two
+    /// get the same answer, so a peer never learns of a folder not shared
+    /// with it.
+    #[error("this device shares no folder {name:?} with you ({me})")]
+    NotShared { name: String, me: DeviceId },
+    #[error("folder {name:?} holds files, not {kind}")]
+    NotFiles { name: String, kind: String },
+    #[error("a daemon's folders take no dry run")]
+    DryRun,
+    #[error("a session opens one folder; open another in a session of its own")]
+    SecondFolder,
+    /// Shared, but its watcher and index are not up yet.
+    #[error("folder {name:?} is not running yet")]
+    NotRunning { name: String },
+}
+
+impl From<HostError> for SyncError {
+    fn from(e: HostError) -> SyncError {
+        SyncError::Session(Box::new(e))
+    }
+}
 
 /// Serves a peer's session: it may open the folders shared with it.
 struct DaemonHost {
@@ -35,31 +62,29 @@ impl Host for DaemonHost {
             .folder(name)
             .filter(|f| f.peers.contains(&self.peer.name))
             .cloned()
-            .ok_or_else(|| {
-                SyncError::Remote(format!(
-                    "this device shares no folder {name:?} with you ({})",
-                    self.sh.me.id
-                ))
+            .ok_or_else(|| HostError::NotShared {
+                name: name.to_string(),
+                me: self.sh.me.id,
             })?;
         if !kind.is_empty() && kind != "files" {
-            return Err(SyncError::Remote(format!(
-                "folder {name:?} holds files, not {kind}"
-            )));
+            return Err(HostError::NotFiles {
+                name: name.to_string(),
+                kind: kind.to_string(),
+            }
+            .into());
         }
         if dry_run {
-            return Err(SyncError::Remote(
-                "a daemon's folders take no dry run".into(),
-            ));
+            return Err(HostError::DryRun.into());
         }
         if self.opened.is_some() {
-            return Err(SyncError::Remote(
-                "a session opens one folder; open another in a session of its own".into(),
-            ));
+            return Err(HostError::SecondFolder.into());
         }
         let rt = self
             .sh
             .folder_rt(&f.id)
-            .ok_or_else(|| SyncError::Remote(format!("folder {name:?} is not running yet")))?;
+            .ok_or_else(|| HostError::NotRunning {
+                name: name.to_string(),
+            })?;
         let guard = rt.lock.clone().blocking_lock_owned();
         let (rep, taken) = open_folder(&cfg, &f, &rt)?;
         self.opened = Some((rt, guard, taken));
@@ -157,5 +182,49 @@ fn record_served(sh: &Shared, rt: &FolderRt, id: DeviceId, name: &str, served: &
         // The other peers hear of it; what the session did not finish is
         // looked at again.
         rt.poke(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer reads these messages: they are pinned word for word.
+    #[test]
+    fn messages() {
+        let me = DeviceId::from_public_key(b"me");
+        let cases = [
+            (
+                HostError::NotShared {
+                    name: "photos".into(),
+                    me,
+                },
+                format!("this device shares no folder \"photos\" with you ({me})"),
+            ),
+            (
+                HostError::NotFiles {
+                    name: "photos".into(),
+                    kind: "kv".into(),
+                },
+                "folder \"photos\" holds files, not kv".into(),
+            ),
+            (
+                HostError::DryRun,
+                "a daemon's folders take no dry run".into(),
+            ),
+            (
+                HostError::SecondFolder,
+                "a session opens one folder; open another in a session of its own".into(),
+            ),
+            (
+                HostError::NotRunning {
+                    name: "photos".into(),
+                },
+                "folder \"photos\" is not running yet".into(),
+            ),
+        ];
+        for (e, said) in cases {
+            assert_eq!(SyncError::from(e).to_string(), said);
+        }
     }
 }
