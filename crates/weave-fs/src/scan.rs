@@ -263,8 +263,9 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
                 }
                 out.contents.push(list);
             }
-            Err(msg) => {
-                out.issues.push(FsIssue::new(join(root, &rel), msg));
+            Err(e) => {
+                out.issues
+                    .push(FsIssue::new(join(root, &rel), e.to_string()));
                 blocked.insert(rel);
             }
         }
@@ -701,40 +702,51 @@ fn join_rel(prefix: &str, name: &str) -> String {
     }
 }
 
-type HashResult = Result<(ChunkList, Stat), String>;
+type HashResult = Result<(ChunkList, Stat), HashError>;
 
-/// What a file that changed while it was read is told.
-const CHANGED_WHILE_READ: &str =
-    "changed while being scanned; it will be picked up by the next sync";
+/// Why a file could not be hashed: reported as an [`FsIssue`] for it (its
+/// message is the error's text), and the file is left as the index has it.
+#[derive(Debug, thiserror::Error)]
+enum HashError {
+    #[error("cannot read: {0}")]
+    Open(std::io::Error),
+    #[error("cannot stat: {0}")]
+    Stat(std::io::Error),
+    #[error("read error: {0}")]
+    Read(std::io::Error),
+    /// The file changed while it was read.
+    #[error("changed while being scanned; it will be picked up by the next sync")]
+    Changed,
+}
 
 /// Opens a file to hash (never through a symlink), if it is still the
 /// file `before` describes: the file and its stat now.
-fn open_unchanged(path: &Path, before: &Stat) -> Result<(fs::File, fs::Metadata), String> {
+fn open_unchanged(path: &Path, before: &Stat) -> Result<(fs::File, fs::Metadata), HashError> {
     let f = fs::OpenOptions::new()
         .read(true)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(path)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    let m1 = f.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+        .map_err(HashError::Open)?;
+    let m1 = f.metadata().map_err(HashError::Stat)?;
     if m1.ino() != before.ino || m1.len() != before.size {
-        return Err(CHANGED_WHILE_READ.into());
+        return Err(HashError::Changed);
     }
     Ok((f, m1))
 }
 
 /// [`hash_file`] for a small file, read whole into memory: its chunk list,
 /// its stat, and the bytes hashed.
-fn hash_small_file(path: &Path, before: &Stat) -> Result<(ChunkList, Stat, Vec<u8>), String> {
+fn hash_small_file(path: &Path, before: &Stat) -> Result<(ChunkList, Stat, Vec<u8>), HashError> {
     use std::io::Read;
     let (f, m1) = open_unchanged(path, before)?;
     // One byte more than the size: a file that grew is seen at once.
     let mut data = Vec::with_capacity(m1.len() as usize + 1);
     (&f).take(m1.len() + 1)
         .read_to_end(&mut data)
-        .map_err(|e| format!("read error: {e}"))?;
-    let m2 = f.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+        .map_err(HashError::Read)?;
+    let m2 = f.metadata().map_err(HashError::Stat)?;
     if !same_stat(&m2, &stat_of(&m1)) || data.len() as u64 != m2.len() {
-        return Err(CHANGED_WHILE_READ.into());
+        return Err(HashError::Changed);
     }
     Ok((weave_chunk::chunk_bytes(&data), stat_of(&m2), data))
 }
@@ -751,10 +763,10 @@ fn hash_file(path: &Path, before: &Stat) -> HashResult {
     let mut window = WINDOW.with(|w| std::mem::take(&mut *w.borrow_mut()));
     let list = chunk_reader_with(&f, &mut window);
     WINDOW.with(|w| *w.borrow_mut() = window);
-    let list = list.map_err(|e| format!("read error: {e}"))?;
-    let m2 = f.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+    let list = list.map_err(HashError::Read)?;
+    let m2 = f.metadata().map_err(HashError::Stat)?;
     if !same_stat(&m2, &stat_of(&m1)) || list.size() != m2.len() {
-        return Err(CHANGED_WHILE_READ.into());
+        return Err(HashError::Changed);
     }
     Ok((list, stat_of(&m2)))
 }
@@ -785,6 +797,29 @@ mod tests {
         };
         let mut index = Index::open(state).unwrap();
         scan(root, &mut index, &opts).unwrap()
+    }
+
+    /// The messages of a file that could not be hashed, word for word.
+    #[test]
+    fn hash_error_messages_are_fixed() {
+        let io = || std::io::Error::from_raw_os_error(13);
+        let denied = "Permission denied (os error 13)";
+        assert_eq!(
+            HashError::Open(io()).to_string(),
+            format!("cannot read: {denied}")
+        );
+        assert_eq!(
+            HashError::Stat(io()).to_string(),
+            format!("cannot stat: {denied}")
+        );
+        assert_eq!(
+            HashError::Read(io()).to_string(),
+            format!("read error: {denied}")
+        );
+        assert_eq!(
+            HashError::Changed.to_string(),
+            "changed while being scanned; it will be picked up by the next sync"
+        );
     }
 
     fn content_of(o: &ScanOutcome, path: &str) -> weave_core::Hash {

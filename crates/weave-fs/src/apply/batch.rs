@@ -9,9 +9,8 @@
 //! one more after the last batch makes the last ones durable.
 
 use super::build::Built;
-use super::commit::APPEARED;
 use super::order::Unlanded;
-use super::{hooks, ApplyOutcome, Ctx, Done};
+use super::{hooks, ApplyOutcome, Ctx, Done, PathError};
 use crate::util::{join, FsIssue};
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
@@ -34,7 +33,7 @@ const EARLY_WRITEBACK: u64 = 256 * 1024;
 
 /// The writes of a batch, each with its number in the plan and what was
 /// built for it.
-type Builds = Vec<(usize, Result<Built, String>)>;
+type Builds = Vec<(usize, Result<Built, PathError>)>;
 
 /// The early writeback of a batch: large files are made durable by a
 /// background thread as soon as they are written, while the workers go on
@@ -113,11 +112,12 @@ fn batch_end(writes: &[(usize, &Op)], start: usize) -> usize {
     end
 }
 
-/// Fails every build of `built` that succeeded, with `message`.
-fn fail_all(built: &mut Builds, message: &str) {
+/// Fails every build of `built` that succeeded, each with an error made
+/// by `error` (the batch's one failure).
+fn fail_all(built: &mut Builds, error: impl Fn() -> PathError) {
     for (_, b) in built.iter_mut() {
         if b.is_ok() {
-            *b = Err(message.to_string());
+            *b = Err(error());
         }
     }
 }
@@ -194,7 +194,7 @@ impl Ctx<'_> {
         let flush_failures = writeback.finish();
         tracing::debug!(files = batch.len(), elapsed = ?t.elapsed(), "built temporary files");
         if flush_failures > 0 {
-            fail_all(&mut built, "cannot flush written data to disk");
+            fail_all(&mut built, || PathError::WritebackFailed);
         }
         built
     }
@@ -214,7 +214,8 @@ impl Ctx<'_> {
         if built.iter().any(|(_, b)| b.is_ok()) {
             let t = Instant::now();
             if let Err(e) = self.flush(mounts) {
-                fail_all(built, &format!("cannot flush written data to disk: {e}"));
+                let e = std::sync::Arc::new(e);
+                fail_all(built, || PathError::FlushFailed(e.clone()));
             }
             tracing::debug!(elapsed = ?t.elapsed(), "flushed");
         }
@@ -244,13 +245,13 @@ impl Ctx<'_> {
             });
             match result {
                 Ok((stat, list)) => out.done.push(Done::of(i, op, stat, list)),
-                Err(msg) if retry_taken && msg == APPEARED => retry.push((i, op)),
-                Err(msg) => {
+                Err(PathError::Appeared) if retry_taken => retry.push((i, op)),
+                Err(e) => {
                     // Content that exists nowhere else must not be
                     // destroyed in this run (a conflict loser whose copy
                     // failed, a rename's only source).
                     unlanded.note_failed(self.source, op);
-                    out.issues.push(self.issue(op, msg))
+                    out.issues.push(self.issue(op, e))
                 }
             }
         }

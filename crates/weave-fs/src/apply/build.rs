@@ -10,7 +10,7 @@
 use super::batch::Writeback;
 use super::commit::set_mode_and_mtime;
 use super::copy::{fast_copy, Out, Trusted};
-use super::{io_msg, nofollow, open_read, Ctx};
+use super::{nofollow, open_read, Ctx, PathError};
 use crate::util::{create_unnamed, join, link_unnamed, temp_name};
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -190,15 +190,15 @@ impl Ctx<'_> {
         op: &Op,
         writeback: &Writeback,
         unnamed: bool,
-    ) -> Result<Built, String> {
+    ) -> Result<Built, PathError> {
         self.check_parents(&op.path)?;
         let full = join(self.root, &op.path);
-        let dir = full.parent().ok_or("no parent directory")?;
+        let dir = full.parent().ok_or(PathError::NoParent)?;
         let temp = dir.join(temp_name());
         match &op.target.object {
             Object::Symlink { target } => {
                 std::os::unix::fs::symlink(target, &temp)
-                    .map_err(|e| io_msg("cannot create symlink", e))?;
+                    .map_err(PathError::io("cannot create symlink"))?;
                 Ok(Built::new(temp, None))
             }
             Object::File { content, size } => {
@@ -219,23 +219,24 @@ impl Ctx<'_> {
                 built.list = Some(list);
                 Ok(built)
             }
-            other => Err(format!("cannot write a {}", other.kind_name())),
+            other => Err(PathError::Unwritable {
+                kind: other.kind_name(),
+            }),
         }
     }
 
     /// The chunk list of `content`, checked to make `size` bytes of it.
-    fn chunk_list_of(&self, content: &Hash, size: u64) -> Result<ChunkList, String> {
-        let list = self.source.chunk_list(content).ok_or_else(|| {
-            format!(
-                "no replica knows the chunks of content {}",
-                content.short_hex()
-            )
-        })?;
+    fn chunk_list_of(&self, content: &Hash, size: u64) -> Result<ChunkList, PathError> {
+        let list = self
+            .source
+            .chunk_list(content)
+            .ok_or_else(|| PathError::UnknownChunks {
+                content: content.short_hex(),
+            })?;
         if list.size() != size || list.content_id() != *content {
-            return Err(format!(
-                "chunk list of content {} is inconsistent",
-                content.short_hex()
-            ));
+            return Err(PathError::InconsistentChunks {
+                content: content.short_hex(),
+            });
         }
         Ok(list)
     }
@@ -248,7 +249,7 @@ impl Ctx<'_> {
         dir: &Path,
         temp: PathBuf,
         unnamed: bool,
-    ) -> Result<(Arc<File>, Built), String> {
+    ) -> Result<(Arc<File>, Built), PathError> {
         // A new path's file is made without a name where that can be done;
         // a replacement needs a named temporary, to be renamed over the old
         // file.
@@ -266,7 +267,7 @@ impl Ctx<'_> {
                         .mode(0o600)
                         .custom_flags(nofollow())
                         .open(&temp)
-                        .map_err(|e| io_msg("cannot create temporary file", e))?,
+                        .map_err(PathError::io("cannot create temporary file"))?,
                 ),
                 temp,
             ),
@@ -301,7 +302,7 @@ impl Ctx<'_> {
     /// that holds it and verifies: the replica's own files (including what
     /// this run moved to the trash and the old version at the same path)
     /// before other replicas.
-    fn fill(&self, f: &File, new: NewContent, built: &mut Built) -> Result<(), String> {
+    fn fill(&self, f: &File, new: NewContent, built: &mut Built) -> Result<(), PathError> {
         let before = (built.bytes_local, built.bytes_remote);
         if self.fill_from(f, new, built, true)? {
             return Ok(());
@@ -309,7 +310,7 @@ impl Ctx<'_> {
         // The old version changed while the kernel copied from it: what
         // was copied is not trusted; start again, verifying every chunk.
         (built.bytes_local, built.bytes_remote) = before;
-        f.set_len(0).map_err(|e| io_msg("cannot truncate", e))?;
+        f.set_len(0).map_err(PathError::io("cannot truncate"))?;
         self.fill_from(f, new, built, false).map(|_| ())
     }
 
@@ -324,7 +325,7 @@ impl Ctx<'_> {
         new: NewContent,
         built: &mut Built,
         trust_old: bool,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, PathError> {
         let list = new.list;
         let (mut srcs, mut trusted) = self.chunk_sources(new, trust_old);
         if self.copy_whole(f, &srcs, list.size(), built)? {
@@ -338,10 +339,9 @@ impl Ctx<'_> {
         let mut out = Out::new(f, built.unnamed.is_none().then(|| built.temp.clone()));
         for (off, c) in list.with_offsets() {
             if c.len as usize > buf.len() {
-                return Err(format!(
-                    "chunk {} is larger than the chunker allows",
-                    c.hash.short_hex()
-                ));
+                return Err(PathError::ChunkTooLarge {
+                    chunk: c.hash.short_hex(),
+                });
             }
             if let Some(t) = &mut trusted {
                 if let Some(at) = t.offset_of(&c.hash) {
@@ -358,12 +358,12 @@ impl Ctx<'_> {
             }
             let buf = &mut buf[..c.len as usize];
             if !read_chunk(&mut srcs, off, c, buf, built) {
-                return Err(format!(
-                    "no source holds chunk {} at offset {off} any more (a file changed during the sync); it will be retried next time",
-                    c.hash.short_hex()
-                ));
+                return Err(PathError::ChunkGone {
+                    chunk: c.hash.short_hex(),
+                    offset: off,
+                });
             }
-            out.write(buf).map_err(|e| io_msg("cannot write", e))?;
+            out.write(buf).map_err(PathError::io("cannot write"))?;
             (self.progress)(c.len as u64);
         }
         if let Some(t) = &mut trusted {
@@ -371,7 +371,7 @@ impl Ctx<'_> {
                 return Ok(false);
             }
         }
-        out.flush().map_err(|e| io_msg("cannot write", e))?;
+        out.flush().map_err(PathError::io("cannot write"))?;
         Ok(trusted.is_none_or(|t| t.unchanged()))
     }
 
@@ -446,7 +446,7 @@ impl Ctx<'_> {
         srcs: &[ChunkSource],
         size: u64,
         built: &mut Built,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, PathError> {
         for s in srcs.iter().filter(|s| s.map.is_none() && s.stat.is_some()) {
             if fast_copy(f, &s.path, s.stat.as_ref().expect("filtered"), size) {
                 built.count(s.local, size);
@@ -454,7 +454,7 @@ impl Ctx<'_> {
                 return Ok(true);
             }
             // A failed attempt may have written part of the file.
-            f.set_len(0).map_err(|e| io_msg("cannot truncate", e))?;
+            f.set_len(0).map_err(PathError::io("cannot truncate"))?;
         }
         Ok(false)
     }

@@ -7,7 +7,7 @@
 
 use super::build::Built;
 use super::order::Unlanded;
-use super::{hooks, io_msg, open_read, ApplyOutcome, Ctx, Done};
+use super::{hooks, open_read, ApplyOutcome, Ctx, Done, PathError};
 use crate::util::{join, link_unnamed, open_dir_beneath, same_stat, stat_of};
 use std::fs::{self, File, Metadata};
 use std::os::fd::AsFd;
@@ -17,12 +17,6 @@ use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 use weave_core::{Entry, LocalEntry, Object, Op, OpKind, Stat};
 
-pub(super) const APPEARED: &str =
-    "a file appeared at this path during the sync; left as it is (it will sync as a new change next time)";
-
-const CHANGED: &str =
-    "changed on disk during the sync; left as it is (it will sync as a new change next time)";
-
 /// Whether `meta` is of the file recorded with `stat`: a regular file
 /// whose stat still matches.
 fn is_recorded_file(meta: &Metadata, stat: Option<Stat>) -> bool {
@@ -30,14 +24,14 @@ fn is_recorded_file(meta: &Metadata, stat: Option<Stat>) -> bool {
 }
 
 /// Gives the file `f` the mode and mtime of `target`.
-pub(super) fn set_mode_and_mtime(f: &File, target: &Entry) -> Result<(), String> {
+pub(super) fn set_mode_and_mtime(f: &File, target: &Entry) -> Result<(), PathError> {
     f.set_permissions(fs::Permissions::from_mode(target.mode))
-        .map_err(|e| io_msg("cannot set permissions", e))?;
+        .map_err(PathError::io("cannot set permissions"))?;
     let mtime = UNIX_EPOCH
         .checked_add(Duration::from_nanos(target.mtime_ns.max(0) as u64))
         .unwrap_or(UNIX_EPOCH);
     f.set_times(fs::FileTimes::new().set_modified(mtime))
-        .map_err(|e| io_msg("cannot set mtime", e))
+        .map_err(PathError::io("cannot set mtime"))
 }
 
 /// The index-only changes of `ops`: done as they are, with the stat the
@@ -72,25 +66,23 @@ impl Ctx<'_> {
                     final_modes.push((op.path.clone(), op.target.mode));
                     out.done.push(Done::of(i, op, None, None))
                 }
-                Err(msg) => out.issues.push(self.issue(op, msg)),
+                Err(e) => out.issues.push(self.issue(op, e)),
             }
         }
     }
 
     /// Makes a directory, writable by its owner (its mode is set at the
     /// end); one already there is taken as it is.
-    fn make_dir(&self, op: &Op) -> Result<(), String> {
+    fn make_dir(&self, op: &Op) -> Result<(), PathError> {
         self.check_parents(&op.path)?;
         let full = join(self.root, &op.path);
         match fs::symlink_metadata(&full) {
             Ok(m) if m.file_type().is_dir() => Ok(()),
-            Ok(_) => {
-                Err("something else appeared at this path during the sync; left as it is".into())
-            }
+            Ok(_) => Err(PathError::NotADir),
             Err(_) => fs::DirBuilder::new()
                 .mode(op.target.mode | 0o700)
                 .create(&full)
-                .map_err(|e| io_msg("cannot create directory", e)),
+                .map_err(PathError::io("cannot create directory")),
         }
     }
 
@@ -108,7 +100,7 @@ impl Ctx<'_> {
             }
             match self.remove(op) {
                 Ok(()) => out.done.push(Done::of(i, op, None, None)),
-                Err(msg) => out.issues.push(self.issue(op, msg)),
+                Err(e) => out.issues.push(self.issue(op, e)),
             }
         }
     }
@@ -116,13 +108,13 @@ impl Ctx<'_> {
     /// Removes what `op` removes if it is still what the index says: a
     /// file goes to the trash (or is removed, on another file system), a
     /// symlink or an empty directory is removed.
-    fn remove(&self, op: &Op) -> Result<(), String> {
+    fn remove(&self, op: &Op) -> Result<(), PathError> {
         self.check_parents(&op.path)?;
         let full = join(self.root, &op.path);
         let meta = match fs::symlink_metadata(&full) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_msg("cannot stat", e)),
+            Err(e) => return Err(PathError::io("cannot stat")(e)),
         };
         let Some(c) = &op.current else {
             return Ok(());
@@ -130,7 +122,7 @@ impl Ctx<'_> {
         match &c.entry.object {
             Object::File { content, .. } => {
                 if !is_recorded_file(&meta, c.stat) {
-                    return Err(CHANGED.into());
+                    return Err(PathError::Changed);
                 }
                 let dest = self.trash_slot(&op.path, &c.entry, true)?;
                 match fs::rename(&full, &dest) {
@@ -142,27 +134,27 @@ impl Ctx<'_> {
                     // Another filesystem mounted inside the replica: the
                     // trash cannot take it, so it is simply removed.
                     Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
-                        fs::remove_file(&full).map_err(|e| io_msg("cannot remove", e))
+                        fs::remove_file(&full).map_err(PathError::io("cannot remove"))
                     }
-                    Err(e) => Err(io_msg("cannot remove", e)),
+                    Err(e) => Err(PathError::io("cannot remove")(e)),
                 }
             }
             Object::Symlink { target } => {
-                let t = fs::read_link(&full).map_err(|e| io_msg("cannot read symlink", e))?;
+                let t = fs::read_link(&full).map_err(PathError::io("cannot read symlink"))?;
                 if !meta.file_type().is_symlink() || t.to_str() != Some(target.as_str()) {
-                    return Err(CHANGED.into());
+                    return Err(PathError::Changed);
                 }
-                fs::remove_file(&full).map_err(|e| io_msg("cannot remove", e))
+                fs::remove_file(&full).map_err(PathError::io("cannot remove"))
             }
             Object::Dir => {
                 if !meta.file_type().is_dir() {
-                    return Err(CHANGED.into());
+                    return Err(PathError::Changed);
                 }
                 fs::remove_dir(&full).map_err(|e| {
                     if e.raw_os_error() == Some(rustix::io::Errno::NOTEMPTY.raw_os_error()) {
-                        "directory not removed: it still holds ignored files or files created during the sync".to_string()
+                        PathError::DirNotEmpty
                     } else {
-                        io_msg("cannot remove directory", e)
+                        PathError::io("cannot remove directory")(e)
                     }
                 })
             }
@@ -172,7 +164,7 @@ impl Ctx<'_> {
 
     /// Replaces the target with a built temporary, after checking that the
     /// target is still what the index says (I-5).
-    pub(super) fn commit(&self, op: &Op, b: &mut Built) -> Result<Option<Stat>, String> {
+    pub(super) fn commit(&self, op: &Op, b: &mut Built) -> Result<Option<Stat>, PathError> {
         hooks::note("commit");
         let full = join(self.root, &op.path);
         self.check_parents(&op.path)?;
@@ -182,7 +174,7 @@ impl Ctx<'_> {
         let written = match &b.unnamed {
             Some(f) => Some(
                 f.metadata()
-                    .map_err(|e| io_msg("cannot stat after writing", e))?,
+                    .map_err(PathError::io("cannot stat after writing"))?,
             ),
             None => None,
         };
@@ -200,7 +192,7 @@ impl Ctx<'_> {
     /// Puts `b` at `full`, the free path of `op`, never replacing what
     /// may have appeared there: an unnamed file by a link, a temporary by
     /// a rename that refuses to replace.
-    fn put_new(&self, op: &Op, full: &Path, b: &mut Built) -> Result<(), String> {
+    fn put_new(&self, op: &Op, full: &Path, b: &mut Built) -> Result<(), PathError> {
         match &b.unnamed {
             Some(f) => self.link_new(f, &op.path, full)?,
             None => rustix::fs::renameat_with(
@@ -212,9 +204,9 @@ impl Ctx<'_> {
             )
             .map_err(|e| {
                 if e == rustix::io::Errno::EXIST {
-                    APPEARED.to_string()
+                    PathError::Appeared
                 } else {
-                    format!("cannot rename into place: {e}")
+                    PathError::io("cannot rename into place")(e.into())
                 }
             })?,
         }
@@ -223,16 +215,19 @@ impl Ctx<'_> {
     }
 
     /// Gives the unnamed file `f` its name `path` (`full` from here).
-    fn link_new(&self, f: &File, path: &str, full: &Path) -> Result<(), String> {
+    fn link_new(&self, f: &File, path: &str, full: &Path) -> Result<(), PathError> {
         hooks::note("link");
         // Into the directory reached from the root without a symlink on
         // the way: one swapped in since the check above cannot turn the
         // link elsewhere.
         let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
         let dir = match &self.root_fd {
-            Some(r) => open_dir_beneath(r.as_fd(), parent).map_err(|e| {
-                format!("parent directory {parent:?} is no longer a directory inside the replica ({e}); not written")
-            })?,
+            Some(r) => {
+                open_dir_beneath(r.as_fd(), parent).map_err(|source| PathError::ParentEscaped {
+                    dir: parent.to_string(),
+                    source,
+                })?
+            }
             None => None,
         };
         match &dir {
@@ -241,9 +236,9 @@ impl Ctx<'_> {
         }
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
-                APPEARED.to_string()
+                PathError::Appeared
             } else {
-                io_msg("cannot link the new file into place", e)
+                PathError::io("cannot link the new file into place")(e)
             }
         })?;
         hooks::after_link(full);
@@ -253,13 +248,19 @@ impl Ctx<'_> {
     /// Renames the temporary of `b` over `full`, where `op` replaces the
     /// live version `c`, if that is still what the index says (I-5). An
     /// old file is kept in the trash.
-    fn replace(&self, op: &Op, c: &LocalEntry, full: &Path, b: &mut Built) -> Result<(), String> {
+    fn replace(
+        &self,
+        op: &Op,
+        c: &LocalEntry,
+        full: &Path,
+        b: &mut Built,
+    ) -> Result<(), PathError> {
         let mut kept = None;
-        let meta = fs::symlink_metadata(full).map_err(|_| CHANGED.to_string())?;
+        let meta = fs::symlink_metadata(full).map_err(|_| PathError::Changed)?;
         match &c.entry.object {
             Object::File { content, .. } => {
                 if !is_recorded_file(&meta, c.stat) {
-                    return Err(CHANGED.into());
+                    return Err(PathError::Changed);
                 }
                 // Keep the old content reachable for the rest of this run
                 // (other writes may need its chunks) and for the version
@@ -275,18 +276,18 @@ impl Ctx<'_> {
                 }
             }
             Object::Symlink { target } => {
-                let t = fs::read_link(full).map_err(|_| CHANGED.to_string())?;
+                let t = fs::read_link(full).map_err(|_| PathError::Changed)?;
                 if t.to_str() != Some(target.as_str()) {
-                    return Err(CHANGED.into());
+                    return Err(PathError::Changed);
                 }
             }
-            _ => return Err(CHANGED.into()),
+            _ => return Err(PathError::Changed),
         }
         fs::rename(&b.temp, full).map_err(|e| {
             if let Some(k) = &kept {
                 let _ = fs::remove_file(k);
             }
-            io_msg("cannot rename into place", e)
+            PathError::io("cannot rename into place")(e)
         })?;
         b.committed = true;
         if let Some(file) = kept {
@@ -315,7 +316,7 @@ impl Ctx<'_> {
                     }
                     out.done.push(Done::of(i, op, stat, None))
                 }
-                Err(msg) => out.issues.push(self.issue(op, msg)),
+                Err(e) => out.issues.push(self.issue(op, e)),
             }
         }
     }
@@ -323,24 +324,24 @@ impl Ctx<'_> {
     /// Gives a file the mode and mtime `op` wants, if it is still what
     /// the index says; a directory is only checked (its mode is set at
     /// the end).
-    fn set_meta(&self, op: &Op) -> Result<Option<Stat>, String> {
+    fn set_meta(&self, op: &Op) -> Result<Option<Stat>, PathError> {
         self.check_parents(&op.path)?;
         let full = join(self.root, &op.path);
-        let meta = fs::symlink_metadata(&full).map_err(|_| CHANGED.to_string())?;
+        let meta = fs::symlink_metadata(&full).map_err(|_| PathError::Changed)?;
         match &op.target.object {
             Object::Dir => {
                 if !meta.file_type().is_dir() {
-                    return Err(CHANGED.into());
+                    return Err(PathError::Changed);
                 }
                 Ok(None)
             }
             Object::File { .. } => {
                 if !is_recorded_file(&meta, op.current.as_ref().and_then(|c| c.stat)) {
-                    return Err(CHANGED.into());
+                    return Err(PathError::Changed);
                 }
-                let f = open_read(&full).map_err(|e| io_msg("cannot open", e))?;
+                let f = open_read(&full).map_err(PathError::io("cannot open"))?;
                 set_mode_and_mtime(&f, &op.target)?;
-                let m = f.metadata().map_err(|e| io_msg("cannot stat", e))?;
+                let m = f.metadata().map_err(PathError::io("cannot stat"))?;
                 Ok(Some(stat_of(&m)))
             }
             _ => Ok(None),
@@ -355,12 +356,12 @@ impl Ctx<'_> {
 /// ctime only; if its size or mtime changed too (from `written`, its stat
 /// before the link), someone wrote to it since: the stat from before the
 /// link is recorded, so that the next scan sees that change.
-fn stat_written(full: &Path, b: &Built, written: Option<Metadata>) -> Result<Stat, String> {
+fn stat_written(full: &Path, b: &Built, written: Option<Metadata>) -> Result<Stat, PathError> {
     let m = match (&b.unnamed, written) {
         (Some(f), Some(before)) => {
             let after = f
                 .metadata()
-                .map_err(|e| io_msg("cannot stat after writing", e))?;
+                .map_err(PathError::io("cannot stat after writing"))?;
             let same = after.len() == before.len()
                 && crate::util::mtime_ns(&after) == crate::util::mtime_ns(&before);
             hooks::note(if same {
@@ -374,7 +375,7 @@ fn stat_written(full: &Path, b: &Built, written: Option<Metadata>) -> Result<Sta
                 before
             }
         }
-        _ => fs::symlink_metadata(full).map_err(|e| io_msg("cannot stat after writing", e))?,
+        _ => fs::symlink_metadata(full).map_err(PathError::io("cannot stat after writing"))?,
     };
     Ok(stat_of(&m))
 }

@@ -31,6 +31,7 @@ mod batch;
 mod build;
 mod commit;
 mod copy;
+mod error;
 mod hooks;
 mod modes;
 mod order;
@@ -42,6 +43,7 @@ pub use modes::restore_modes;
 pub use trash::{clear_trash, trash_leftovers};
 
 use crate::util::{join, FsIssue};
+use error::PathError;
 use order::Unlanded;
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -268,10 +270,6 @@ fn nofollow() -> i32 {
     rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }
 
-fn io_msg(what: &str, e: std::io::Error) -> String {
-    format!("{what}: {e}")
-}
-
 /// Opens `path` for reading, never through a symlink.
 fn open_read(path: &Path) -> std::io::Result<File> {
     fs::OpenOptions::new()
@@ -281,23 +279,26 @@ fn open_read(path: &Path) -> std::io::Result<File> {
 }
 
 impl Ctx<'_> {
-    /// An issue with `op`'s path.
-    fn issue(&self, op: &Op, message: impl Into<String>) -> FsIssue {
-        FsIssue::new(join(self.root, &op.path), message)
+    /// The issue reported for `op`'s path, which failed with `e`: its
+    /// message is the error's text.
+    fn issue(&self, op: &Op, e: PathError) -> FsIssue {
+        FsIssue::new(join(self.root, &op.path), e.to_string())
     }
 
     /// Checks that every directory above `rel` is a real directory inside
     /// the replica, never a symlink (no write passes through a symlink).
-    fn check_parents(&self, rel: &str) -> Result<(), String> {
+    fn check_parents(&self, rel: &str) -> Result<(), PathError> {
         let mut anc: Vec<&str> = ancestors(rel).collect();
         anc.reverse();
         for a in anc {
-            let m = fs::symlink_metadata(join(self.root, a))
-                .map_err(|e| format!("parent directory {a:?} is not there: {e}"))?;
+            let m = fs::symlink_metadata(join(self.root, a)).map_err(|source| {
+                PathError::ParentMissing {
+                    dir: a.to_string(),
+                    source,
+                }
+            })?;
             if !m.file_type().is_dir() {
-                return Err(format!(
-                    "parent {a:?} is not a directory (a symlink or a file); not written"
-                ));
+                return Err(PathError::ParentNotDir { dir: a.to_string() });
             }
         }
         Ok(())

@@ -12,7 +12,7 @@
 //! [`super::apply`]); directories are made as soon as nothing is in their
 //! way, removals go deepest first, writes largest first.
 
-use super::{ApplyOutcome, ContentSource, Ctx};
+use super::{ApplyOutcome, ContentSource, Ctx, PathError};
 use crate::util::join;
 use std::collections::HashSet;
 use std::fs;
@@ -21,8 +21,6 @@ use weave_core::{Hash, Object, Op, OpKind};
 
 /// Operations of one step, in order, each with its number in the plan.
 pub(super) type Step<'o> = Vec<(usize, &'o Op)>;
-
-const KEPT: &str = "left as it is: its content could not be saved at its new place (see the error above), so it was not replaced or removed; the sync will retry";
 
 /// Whether `op` replaces something that is there now.
 fn live_now(op: &Op) -> bool {
@@ -173,7 +171,7 @@ impl Ctx<'_> {
         if !unlanded.destroyed_by(op) {
             return false;
         }
-        out.issues.push(self.issue(op, KEPT));
+        out.issues.push(self.issue(op, PathError::Kept));
         true
     }
 }

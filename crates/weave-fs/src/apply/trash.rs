@@ -6,7 +6,7 @@
 //! written before the file goes there: the old versions a killed run did
 //! not get to save are found by the next one ([`trash_leftovers`]).
 
-use super::{io_msg, Ctx, Replaced};
+use super::{Ctx, PathError, Replaced};
 use crate::util::{temp_name, FsIssue};
 use std::fs;
 use std::io::Write;
@@ -101,7 +101,7 @@ impl Ctx<'_> {
         path: &str,
         old: &Entry,
         deleted: bool,
-    ) -> Result<PathBuf, String> {
+    ) -> Result<PathBuf, PathError> {
         let file = self.trash.join(temp_name());
         self.note_trash(&file, path, old, deleted)?;
         Ok(file)
@@ -128,7 +128,7 @@ impl Ctx<'_> {
         path: &str,
         old: &Entry,
         deleted: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), PathError> {
         let note = TrashNote {
             file: file
                 .file_name()
@@ -138,8 +138,7 @@ impl Ctx<'_> {
             old: old.clone(),
             deleted,
         };
-        let body = postcard::to_stdvec(&note)
-            .map_err(|e| format!("cannot record in the trash journal: {e}"))?;
+        let body = postcard::to_stdvec(&note).map_err(PathError::JournalRecord)?;
         let mut rec = Vec::with_capacity(body.len() + 4);
         rec.extend_from_slice(&(body.len() as u32).to_le_bytes());
         rec.extend_from_slice(&body);
@@ -150,7 +149,7 @@ impl Ctx<'_> {
                 .create(true)
                 .append(true)
                 .open(&p)
-                .map_err(|e| io_msg("cannot open the trash journal", e))?;
+                .map_err(PathError::io("cannot open the trash journal"))?;
             *j = Some(f);
         }
         // One write per record: a kill leaves whole records and at most
@@ -158,7 +157,7 @@ impl Ctx<'_> {
         j.as_mut()
             .expect("opened")
             .write_all(&rec)
-            .map_err(|e| io_msg("cannot write the trash journal", e))
+            .map_err(PathError::io("cannot write the trash journal"))
     }
 
     /// The end of a run: the old versions it replaced or removed, still
