@@ -83,7 +83,7 @@ pub enum KvError {
         source: std::io::Error,
     },
     #[error("bad key: {0}; choose another key (':' can separate the parts of a key)")]
-    BadKey(String),
+    BadKey(weave_object::NameError),
 }
 
 /// One record.

@@ -284,12 +284,20 @@ pub fn sync(reps: &mut [Box<dyn Replica>], opts: &SyncOptions) -> Result<Report,
     weave_engine::run(reps, opts, &Roles::default(), &weave_engine::NoProgress)
 }
 
+/// Why a name cannot name an object.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("{0:?} contains '/'; an object's name is one path component")]
+    Slash(String),
+    /// Not a valid path component (empty, `..`, `.weave`, …).
+    #[error(transparent)]
+    Path(#[from] weave_core::path::PathError),
+}
+
 /// Checks that `name` can name an object: one path component.
-pub fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), NameError> {
     if name.contains('/') {
-        return Err(format!(
-            "{name:?} contains '/'; an object's name is one path component"
-        ));
+        return Err(NameError::Slash(name.to_string()));
     }
-    weave_core::path::validate(name).map_err(|e| e.to_string())
+    Ok(weave_core::path::validate(name)?)
 }

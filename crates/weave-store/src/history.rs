@@ -56,7 +56,10 @@ pub enum HistoryError {
         error: std::io::Error,
     },
     #[error("{path}: changed while it was being saved ({why}); try again")]
-    ChangedWhileSaved { path: PathBuf, why: String },
+    ChangedWhileSaved {
+        path: PathBuf,
+        why: crate::save::NotSaved,
+    },
     /// The version to restore could not be read back.
     #[error("{path}: {error}")]
     Read { path: PathBuf, error: ReadError },

@@ -36,6 +36,7 @@ use error::OrCatalog;
 pub use error::{ReadError, StoreError};
 use pack::PACKS;
 pub use retention::Policy;
+pub use save::NotSaved;
 
 /// The store's directory inside the state directory.
 pub const VERSIONS_DIR: &str = "versions";

@@ -23,7 +23,7 @@ impl Store {
     /// the others are read from each file at their offsets and verified.
     /// Returns, per item, the new version's id or why it was not saved
     /// (the file no longer holds the recorded content).
-    pub fn save(&self, items: &[ToSave<'_>]) -> Result<Vec<Result<u64, String>>, StoreError> {
+    pub fn save(&self, items: &[ToSave<'_>]) -> Result<Vec<Result<u64, NotSaved>>, StoreError> {
         let mut saving = Saving::begin(self)?;
         let mut results = Vec::with_capacity(items.len());
         for item in items {
@@ -38,12 +38,22 @@ impl Store {
     }
 }
 
+/// Why one old version was not saved (the others still are).
+#[derive(Debug, thiserror::Error)]
+pub enum NotSaved {
+    /// The file changed since its content was recorded.
+    #[error("the old version no longer holds chunk {} at offset {offset}", .chunk.short_hex())]
+    NoLongerHolds { chunk: Hash, offset: u64 },
+    #[error("cannot open the old version: {0}")]
+    CannotOpen(std::io::Error),
+}
+
 /// Why an item was not saved.
 enum Skip {
     /// The store failed: the whole save fails, nothing of it is recorded.
     Store(StoreError),
     /// The file does not hold the recorded content: this item only.
-    Content(String),
+    Content(NotSaved),
 }
 
 impl From<StoreError> for Skip {
@@ -53,10 +63,10 @@ impl From<StoreError> for Skip {
 }
 
 fn not_held(hash: &Hash, off: u64) -> Skip {
-    Skip::Content(format!(
-        "the old version no longer holds chunk {} at offset {off}",
-        hash.short_hex()
-    ))
+    Skip::Content(NotSaved::NoLongerHolds {
+        chunk: *hash,
+        offset: off,
+    })
 }
 
 /// A save under way: what it wrote to the packs and will record.
@@ -107,8 +117,7 @@ impl<'s> Saving<'s> {
     /// Saves one item: taken whole if that is worth it and can be done,
     /// else its new chunks copied.
     fn item(&mut self, item: &ToSave<'_>) -> Result<u64, Skip> {
-        let file = File::open(item.file)
-            .map_err(|e| Skip::Content(format!("cannot open the old version: {e}")))?;
+        let file = File::open(item.file).map_err(|e| Skip::Content(NotSaved::CannotOpen(e)))?;
         if item.movable && self.worth_adopting(item, &file)? {
             if let Some((n, rows)) = self.adopt(item, &file)? {
                 self.adopted.push(n);

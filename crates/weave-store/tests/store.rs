@@ -36,7 +36,7 @@ fn save(store: &Store, dir: &Path, path: &str, data: &[u8]) -> u64 {
             movable: false,
         }])
         .unwrap();
-    r[0].clone().unwrap()
+    *r[0].as_ref().unwrap()
 }
 
 fn restore(store: &Store, dir: &Path, id: u64) -> Vec<u8> {
@@ -203,7 +203,7 @@ fn a_large_new_file_is_taken_whole_without_a_copy() {
             movable: true,
         }])
         .unwrap();
-    let id = r[0].clone().unwrap();
+    let id = *r[0].as_ref().unwrap();
     assert!(!f.exists(), "taken by a rename");
     assert_eq!(restore(&store, t.path(), id), data);
     let before = store.disk_usage();
