@@ -5,8 +5,14 @@
 //! - [`apply`](mod@apply) carries out a plan on disk with atomic commits (temporary
 //!   file in the target's directory, flush, rename, flush the directory)
 //!   and re-checks every target right before it is replaced (I-4, I-5);
-//! - [`ignore`] builds the ignore matcher from `.weaveignore` files and
-//!   command-line patterns.
+//! - [`stage`]: chunks received from other replicas (the stage pack and
+//!   part files), kept across interrupted runs;
+//! - [`LocalReplica`] is the directory as a `weave_engine::Replica`: it
+//!   scans, plans what to receive (a pure transfer plan), receives, writes
+//!   through `apply`, records in its index and keeps replaced versions in
+//!   the version store; [`Files`] is the kind that opens one by path;
+//! - [`ignore`] reads a directory's `.weaveignore` (the matching is
+//!   `weave_core::ignore`).
 
 pub mod apply;
 pub mod ignore;
