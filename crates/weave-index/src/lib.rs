@@ -9,7 +9,9 @@
 //! [`state`] checks a replica's directory before anything is created in
 //! it, and keeps the kind of replica its state directory is for.
 
+pub mod changes;
 pub mod state;
+pub use changes::EntryMap;
 pub use state::{check_local_replicas, claim_kind, StateError, KIND_FILE};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -22,7 +24,7 @@ use weave_core::{Entry, Hash, LocalEntry, Object, ReplicaId, Stat, VersionVector
 
 /// Version of the index layout. Bump on any incompatible change; an index
 /// with a newer version is refused, never rewritten.
-pub const FORMAT_VERSION: u64 = 1;
+pub const FORMAT_VERSION: u64 = 2;
 pub const INDEX_FILE: &str = "index.redb";
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -185,6 +187,11 @@ struct StoredEntry {
     stat: Option<Stat>,
 }
 
+/// The sequence number of a stored entry.
+fn stored_seq(bytes: &[u8]) -> Option<u64> {
+    postcard::from_bytes::<StoredEntry>(bytes).ok().map(|s| s.seq)
+}
+
 /// Changes to write in one transaction.
 #[derive(Default)]
 pub struct Batch {
@@ -218,6 +225,9 @@ pub struct Index {
     ignore_fp: Option<u64>,
     /// False for a dry run: nothing is written.
     writable: bool,
+    /// The `by_seq` table is there (format 2; an index of format 1 gets
+    /// it when opened for writing).
+    by_seq: bool,
 }
 
 impl Index {
@@ -239,6 +249,7 @@ impl Index {
             rekeyed: false,
             ignore_fp: None,
             writable,
+            by_seq: true,
         }
     }
 
@@ -315,6 +326,9 @@ impl Index {
                 idx.clock = meta.get("clock").copied().unwrap_or(0);
                 idx.seq = meta.get("seq").copied().unwrap_or(0);
                 idx.ignore_fp = meta.get("ignore_fp").copied();
+                if meta.get("format") == Some(&1) {
+                    idx.upgrade_from_1()?;
+                }
                 idx.check_root(&meta)?;
             }
             None => return Err(idx.corrupt("no format version")),
@@ -426,6 +440,27 @@ impl Index {
         &self.path
     }
 
+    /// An index of format 1 gets its `by_seq` table, in one transaction
+    /// with the new format number; opened read-only, it is left as it is
+    /// (and asked the slow way).
+    fn upgrade_from_1(&mut self) -> Result<(), IndexError> {
+        if !self.writable {
+            self.by_seq = false;
+            return Ok(());
+        }
+        let Some(db) = &self.db else { return Ok(()) };
+        let tx = db.begin_write().map_err(|e| self.db_err(e))?;
+        let n = changes::build(&tx).map_err(|e| self.corrupt(e))?;
+        {
+            let mut t = tx.open_table(META).map_err(|e| self.db_err(e))?;
+            t.insert("format", FORMAT_VERSION)
+                .map_err(|e| self.db_err(e))?;
+        }
+        tx.commit().map_err(|e| self.db_err(e))?;
+        tracing::info!(index = %self.path.display(), entries = n, "index upgraded to format 2 (entries by sequence number)");
+        Ok(())
+    }
+
     /// The next value of this replica's clock, for a version-vector bump.
     pub fn tick(&mut self) -> u64 {
         self.clock += 1;
@@ -513,6 +548,8 @@ impl Index {
             tx.open_table(CONTENTS).map_err(|e| self.db_err(e))?;
             tx.open_table(PEERS).map_err(|e| self.db_err(e))?;
             tx.open_table(SCAN).map_err(|e| self.db_err(e))?;
+            tx.open_table(changes::BY_SEQ)
+                .map_err(|e| self.db_err(e))?;
         }
         tx.commit().map_err(|e| self.db_err(e))
     }
@@ -718,6 +755,9 @@ impl Index {
         {
             let mut entries = tx.open_table(ENTRIES).map_err(|e| self.db_err(e))?;
             let mut scan = tx.open_table(SCAN).map_err(|e| self.db_err(e))?;
+            let mut by_seq = tx
+                .open_table(changes::BY_SEQ)
+                .map_err(|e| self.db_err(e))?;
             let mut buf = Vec::new();
             for le in &batch.entries {
                 let s = StoredEntry {
@@ -732,10 +772,21 @@ impl Index {
                 buf.clear();
                 let bytes = postcard::to_extend(&s, std::mem::take(&mut buf))
                     .map_err(|e| self.db_err(e))?;
-                entries
-                    .insert(le.entry.path.as_str(), bytes.as_slice())
-                    .map_err(|e| self.db_err(e))?;
+                let path = le.entry.path.as_str();
+                let old = entries
+                    .insert(path, bytes.as_slice())
+                    .map_err(|e| self.db_err(e))?
+                    .map(|old| stored_seq(old.value()));
                 buf = bytes;
+                if let Some(old) = old {
+                    let old = old.ok_or_else(|| {
+                        self.corrupt(format!("entry {path:?} does not decode"))
+                    })?;
+                    by_seq.remove((old, path)).map_err(|e| self.db_err(e))?;
+                }
+                by_seq
+                    .insert((le.seq, path), ())
+                    .map_err(|e| self.db_err(e))?;
                 match ScanRecord::of(le) {
                     Some(r) => {
                         let b = postcard::to_stdvec(&r).map_err(|e| self.db_err(e))?;
@@ -855,164 +906,4 @@ fn open_error(path: &Path, state: &Path, e: redb::DatabaseError) -> IndexError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(path: &str) -> LocalEntry {
-        LocalEntry {
-            entry: Entry {
-                path: path.into(),
-                object: Object::Dir,
-                mode: 0o755,
-                mtime_ns: 0,
-                vv: VersionVector::from_pairs(vec![(ReplicaId(5), 3)]),
-                origin: ReplicaId(5),
-            },
-            seq: 1,
-            stat: None,
-        }
-    }
-
-    #[test]
-    fn roundtrip_and_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join(".weave");
-        let id;
-        {
-            let mut idx = Index::open(&state).unwrap();
-            id = idx.id();
-            idx.tick();
-            idx.next_seq();
-            let list = weave_chunk::chunk_bytes(b"hello");
-            let batch = Batch {
-                entries: vec![entry("a"), entry("a/b")],
-                contents: vec![list.clone()],
-                peers: vec![(ReplicaId(9), 4)],
-                ..Default::default()
-            };
-            idx.write(&batch).unwrap();
-            assert_eq!(idx.chunk_list(&list.content_id()).unwrap(), Some(list));
-        }
-        let idx = Index::open(&state).unwrap();
-        assert_eq!(idx.id(), id);
-        assert_eq!(idx.seq(), 1);
-        let e = idx.load_entries().unwrap();
-        assert_eq!(e.len(), 2);
-        assert_eq!(idx.entry("a/b").unwrap(), Some(entry("a/b")));
-        assert_eq!(idx.entry("nope").unwrap(), None);
-        let mut recs = Vec::new();
-        idx.for_each_scan_record(|p, r| recs.push((p.to_string(), r)))
-            .unwrap();
-        assert_eq!(
-            recs,
-            vec![
-                ("a".to_string(), ScanRecord::Dir { mode: 0o755 }),
-                ("a/b".to_string(), ScanRecord::Dir { mode: 0o755 })
-            ]
-        );
-        assert_eq!(e["a/b"], entry("a/b"));
-        assert_eq!(idx.load_peers().unwrap()[&ReplicaId(9)], 4);
-    }
-
-    #[test]
-    fn the_id_is_read_where_the_index_is() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join(".weave");
-        let id = Index::open(&state).unwrap().id();
-        assert_ne!(id, ReplicaId(0));
-        assert_eq!(Index::id_at(&state), id);
-        std::fs::write(state.join(INDEX_FILE), vec![0x5a; 8192]).unwrap();
-        assert_eq!(Index::id_at(&state), ReplicaId(0));
-    }
-
-    #[test]
-    fn unreferenced_chunk_lists_are_collected() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut idx = Index::open(&dir.path().join(".weave")).unwrap();
-        let a = weave_chunk::chunk_bytes(b"a");
-        let b = weave_chunk::chunk_bytes(b"b");
-        let batch = Batch {
-            contents: vec![a.clone(), b.clone()],
-            ..Default::default()
-        };
-        idx.write(&batch).unwrap();
-        let live: std::collections::HashSet<Hash> = [a.content_id()].into_iter().collect();
-        assert_eq!(idx.gc_contents(&live).unwrap(), 1);
-        assert_eq!(idx.content_count().unwrap(), 1);
-        assert!(idx.chunk_list(&a.content_id()).unwrap().is_some());
-        assert!(idx.chunk_list(&b.content_id()).unwrap().is_none());
-    }
-
-    #[test]
-    fn a_copied_state_directory_gets_a_new_identity() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-        std::fs::create_dir_all(a.join(".weave")).unwrap();
-        std::fs::create_dir_all(b.join(".weave")).unwrap();
-        let id_a = {
-            let mut idx = Index::open(&a.join(".weave")).unwrap();
-            idx.write(&Batch {
-                entries: vec![entry("x")],
-                peers: vec![(ReplicaId(9), 4)],
-                ..Default::default()
-            })
-            .unwrap();
-            idx.id()
-        };
-        std::fs::copy(
-            a.join(".weave").join(INDEX_FILE),
-            b.join(".weave").join(INDEX_FILE),
-        )
-        .unwrap();
-        let idx_b = Index::open(&b.join(".weave")).unwrap();
-        assert!(idx_b.rekeyed());
-        assert_ne!(idx_b.id(), id_a);
-        assert_eq!(idx_b.load_entries().unwrap().len(), 1, "history is kept");
-        assert!(idx_b.load_peers().unwrap().is_empty());
-        let idx_a = Index::open(&a.join(".weave")).unwrap();
-        assert!(!idx_a.rekeyed());
-        assert_eq!(idx_a.id(), id_a);
-    }
-
-    #[test]
-    fn second_open_is_refused_while_in_use() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join(".weave");
-        let _a = Index::open(&state).unwrap();
-        assert!(matches!(Index::open(&state), Err(IndexError::InUse { .. })));
-    }
-
-    #[test]
-    fn garbage_is_reported_as_corrupt() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join(".weave");
-        std::fs::create_dir_all(&state).unwrap();
-        std::fs::write(state.join(INDEX_FILE), vec![0x5a; 8192]).unwrap();
-        let err = Index::open(&state).err().expect("must fail");
-        assert!(matches!(err, IndexError::Corrupt { .. }), "{err}");
-        assert!(err
-            .to_string()
-            .contains("move the state directory out of the replica"));
-    }
-
-    #[test]
-    fn newer_format_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join(".weave");
-        {
-            let idx = Index::open(&state).unwrap();
-            let db = idx.db.as_ref().unwrap();
-            let tx = db.begin_write().unwrap();
-            tx.open_table(META)
-                .unwrap()
-                .insert("format", FORMAT_VERSION + 1)
-                .unwrap();
-            tx.commit().unwrap();
-        }
-        let err = Index::open(&state).err().expect("must fail");
-        assert!(
-            matches!(err, IndexError::NewerFormat { found: 2, .. }),
-            "{err}"
-        );
-    }
-}
+mod tests;
