@@ -93,6 +93,16 @@ impl Guarded {
             })
     }
 
+    /// `e` without a receive-only folder's own changes.
+    fn hide_own(&self, mut e: weave_engine::Entries) -> weave_engine::Entries {
+        if let Some(lc) = &self.receive_only {
+            if e.keys().any(|p| lc.paths.contains(p)) {
+                std::sync::Arc::make_mut(&mut e).retain(|p, _| !lc.paths.contains(p));
+            }
+        }
+        e
+    }
+
     /// Patterns that keep the sub-folders out of this folder's scans.
     pub fn exclusion_patterns(excluded: &[String]) -> Vec<String> {
         excluded.iter().map(|x| format!("/{x}")).collect()
@@ -132,24 +142,27 @@ impl Replica for Guarded {
         let grew = self.inner.info().seq > before;
         if let (Some(lc), true) = (self.receive_only.as_mut(), grew) {
             // What this scan recorded are the folder's own changes.
-            let entries = self.inner.entries()?;
-            let changed = entries
-                .values()
-                .filter(|le| le.seq > before)
-                .map(|le| le.entry.path.clone());
-            lc.paths.extend(changed);
+            let changed = self.inner.changed_since(before)?;
+            lc.paths.extend(changed.keys().cloned());
             lc.save()?;
         }
         Ok(summary)
     }
     fn entries(&mut self) -> Result<weave_engine::Entries, SyncError> {
-        let mut e = self.inner.entries()?;
-        if let Some(lc) = &self.receive_only {
-            if e.keys().any(|p| lc.paths.contains(p)) {
-                std::sync::Arc::make_mut(&mut e).retain(|p, _| !lc.paths.contains(p));
-            }
-        }
-        Ok(e)
+        let e = self.inner.entries()?;
+        Ok(self.hide_own(e))
+    }
+    fn changed_since(&mut self, seq: u64) -> Result<weave_engine::Entries, SyncError> {
+        let e = self.inner.changed_since(seq)?;
+        Ok(self.hide_own(e))
+    }
+    fn entries_at(
+        &mut self,
+        paths: &[String],
+        subtrees: &[String],
+    ) -> Result<weave_engine::Entries, SyncError> {
+        let e = self.inner.entries_at(paths, subtrees)?;
+        Ok(self.hide_own(e))
     }
     fn chunk_list(&mut self, content: &Hash) -> Option<weave_chunk::ChunkList> {
         self.inner.chunk_list(content)

@@ -5,6 +5,7 @@
 //! weave-object for object stores, weave-net for remote ones).
 
 mod fetch;
+mod gather;
 mod kind;
 mod merge;
 mod ops;
@@ -14,7 +15,7 @@ mod run;
 
 pub use kind::{Kind, Kinds, Merge, MERGE_MAX};
 pub use replica::{
-    fetch_lists, finish_index, lists_for, Applied, Entries, Finish, Foreign, IgnoreSpec,
+    fetch_lists, finish_index, lists_for, select, Applied, Entries, Finish, Foreign, IgnoreSpec,
     Integrated, Issue, LocalTree, NoProvider, Prehashed, Provider, Replica, ReplicaInfo,
     ScanSummary, ServedNodes, Sibling, Wants,
 };
@@ -40,6 +41,10 @@ pub struct SyncOptions {
     /// How concurrent versions of an object are merged instead of kept
     /// both (see [`Merge`]); usually the replicas' [`Kind::merge`].
     pub merge: Option<std::sync::Arc<dyn Merge>>,
+    /// Plan every path, even where the replicas could give only what
+    /// changed since they last synced (see `gather.rs`): a check of the
+    /// whole tree, and what a test compares the incremental plan with.
+    pub full_plan: bool,
 }
 
 impl Default for SyncOptions {
@@ -50,6 +55,7 @@ impl Default for SyncOptions {
             dry_run: false,
             backup: Vec::new(),
             merge: None,
+            full_plan: false,
         }
     }
 }

@@ -297,19 +297,22 @@ impl ReplicaInfo {
 }
 
 /// Records the end of a sync in a replica's index: the coordinator's
-/// clock, what the replica has integrated of each peer, and drops the
-/// chunk lists of contents none of its `entries` holds any more.
+/// clock, what the replica has integrated of each peer, and, given all
+/// its `entries`, drops the chunk lists of contents none of them holds
+/// any more.
 pub fn finish_index(
     index: &mut weave_index::Index,
-    entries: &BTreeMap<String, LocalEntry>,
+    entries: Option<&BTreeMap<String, LocalEntry>>,
     fin: &Finish,
 ) -> Result<(), SyncError> {
     index.observe(fin.observe);
-    let live: std::collections::HashSet<Hash> = entries
-        .values()
-        .filter_map(|le| le.entry.object.content())
-        .collect();
-    index.gc_contents(&live)?;
+    if let Some(entries) = entries {
+        let live: std::collections::HashSet<Hash> = entries
+            .values()
+            .filter_map(|le| le.entry.object.content())
+            .collect();
+        index.gc_contents(&live)?;
+    }
     let mut batch = weave_index::Batch::default();
     if let Some(i) = &fin.integrated {
         batch.peers = i.peers.clone();
@@ -345,6 +348,32 @@ pub struct Foreign {
     /// Verified tree nodes, by hash, that came with the operations (the
     /// roots of small files' chunk trees): not asked for again.
     pub nodes: HashMap<Hash, weave_chunk::Node>,
+}
+
+/// The entries of `all` at `paths`, and those inside each directory of
+/// `subtrees` (all of them for ""): what [`Replica::entries_at`] gives,
+/// from an index in memory.
+pub fn select(
+    all: &BTreeMap<String, LocalEntry>,
+    paths: &[String],
+    subtrees: &[String],
+) -> BTreeMap<String, LocalEntry> {
+    let mut out = BTreeMap::new();
+    for p in paths {
+        if let Some(le) = all.get(p) {
+            out.insert(p.clone(), le.clone());
+        }
+    }
+    for d in subtrees {
+        if d.is_empty() {
+            return all.clone();
+        }
+        let (from, to) = (format!("{d}/"), format!("{d}0"));
+        for (p, le) in all.range(from..to) {
+            out.insert(p.clone(), le.clone());
+        }
+    }
+    out
 }
 
 /// A replica's whole index by path, as [`Replica::entries`] gives it.
@@ -403,6 +432,26 @@ pub trait Replica: Send {
     /// The full index, with this run's scan (shared, not copied: a
     /// replica may keep it too).
     fn entries(&mut self) -> Result<Entries, SyncError>;
+    /// The entries whose sequence numbers are above `seq`, with this
+    /// run's scan: what changed since a peer integrated this replica up
+    /// to `seq`. A replica that can find them without reading its whole
+    /// index should (this default reads it).
+    fn changed_since(&mut self, seq: u64) -> Result<Entries, SyncError> {
+        let all = self.entries()?;
+        Ok(std::sync::Arc::new(
+            all.iter()
+                .filter(|(_, le)| le.seq > seq)
+                .map(|(p, le)| (p.clone(), le.clone()))
+                .collect(),
+        ))
+    }
+    /// The entries at `paths` (those it has), and every entry inside each
+    /// directory of `subtrees`, with this run's scan. As for
+    /// [`Replica::changed_since`], this default reads the whole index.
+    fn entries_at(&mut self, paths: &[String], subtrees: &[String]) -> Result<Entries, SyncError> {
+        let all = self.entries()?;
+        Ok(std::sync::Arc::new(select(&all, paths, subtrees)))
+    }
     /// A content's chunk list, if known here without asking anyone.
     fn chunk_list(&mut self, content: &Hash) -> Option<ChunkList>;
     /// Serves tree nodes of contents it holds.

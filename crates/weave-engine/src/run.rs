@@ -6,13 +6,16 @@
 //! 3. [`up_to_date`]: nothing new anywhere since these replicas last synced
 //!    together ends the sync here;
 //! 4. [`plan`]: the pure planner decides every path once, for everyone,
-//!    then the kind's merge (if any) settles what it can merge;
+//!    from what [`crate::gather`] loads of each replica (what changed since
+//!    they last synced, or everything), then the kind's merge (if any)
+//!    settles what it can merge;
 //! 5. [`derive`]: each replica's operations (final vs current);
 //! 6. [`execute`]: each replica in turn carries its operations out, taking
 //!    what it lacks from the others (see [`crate::fetch`]);
 //! 7. [`record`]: what each replica has integrated of the others.
 
 use crate::fetch::{Fetch, Holders};
+use crate::gather::{gather_and_plan, Gathered, Planning};
 use crate::merge;
 use crate::ops;
 use crate::replica::{Entries, Finish, Foreign, IgnoreSpec, Issue, Replica, ScanSummary};
@@ -58,10 +61,6 @@ pub fn run(
     }
 
     progress.phase("planning");
-    let mut views: Vec<Entries> = Vec::with_capacity(reps.len());
-    for r in reps.iter_mut() {
-        views.push(r.entries()?);
-    }
     // The first source coordinates: changes the planner makes are its own.
     let coord = (0..reps.len())
         .find(|i| !roles.backups.contains(i))
@@ -70,7 +69,18 @@ pub fn run(
         id: reps[coord].info().id,
         clock: reps[coord].info().clock,
     };
-    let mut plan = plan(reps, &views, roles, &matcher, policy, &mut clock);
+    let how = Planning {
+        roles,
+        matcher: &matcher,
+        policy,
+        full: opts.full_plan,
+    };
+    let Gathered {
+        mut views,
+        mut plan,
+        scope,
+    } = gather_and_plan(reps, &how, &mut clock)?;
+    tracing::debug!(?scope, "gathered and planned");
     // Concurrent versions the kind knows how to merge become one.
     let mut made: HashMap<Hash, merge::Made> = HashMap::new();
     if let Some(m) = &opts.merge {
@@ -171,6 +181,7 @@ fn up_to_date(reps: &[Box<dyn Replica>], fingerprint: u64) -> bool {
 }
 
 /// The coordinating replica's clock, lent to the planner.
+#[derive(Clone)]
 pub(crate) struct CoordinatorClock {
     id: ReplicaId,
     clock: u64,
@@ -184,7 +195,7 @@ impl Bumper for CoordinatorClock {
 
 /// Plans the whole tree once, from every source's full index (backups
 /// have no say), leaving ignored paths alone.
-fn plan(
+pub(crate) fn plan(
     reps: &[Box<dyn Replica>],
     views: &[Entries],
     roles: &Roles,

@@ -189,7 +189,9 @@ struct StoredEntry {
 
 /// The sequence number of a stored entry.
 fn stored_seq(bytes: &[u8]) -> Option<u64> {
-    postcard::from_bytes::<StoredEntry>(bytes).ok().map(|s| s.seq)
+    postcard::from_bytes::<StoredEntry>(bytes)
+        .ok()
+        .map(|s| s.seq)
 }
 
 /// Changes to write in one transaction.
@@ -548,8 +550,7 @@ impl Index {
             tx.open_table(CONTENTS).map_err(|e| self.db_err(e))?;
             tx.open_table(PEERS).map_err(|e| self.db_err(e))?;
             tx.open_table(SCAN).map_err(|e| self.db_err(e))?;
-            tx.open_table(changes::BY_SEQ)
-                .map_err(|e| self.db_err(e))?;
+            tx.open_table(changes::BY_SEQ).map_err(|e| self.db_err(e))?;
         }
         tx.commit().map_err(|e| self.db_err(e))
     }
@@ -755,9 +756,7 @@ impl Index {
         {
             let mut entries = tx.open_table(ENTRIES).map_err(|e| self.db_err(e))?;
             let mut scan = tx.open_table(SCAN).map_err(|e| self.db_err(e))?;
-            let mut by_seq = tx
-                .open_table(changes::BY_SEQ)
-                .map_err(|e| self.db_err(e))?;
+            let mut by_seq = tx.open_table(changes::BY_SEQ).map_err(|e| self.db_err(e))?;
             let mut buf = Vec::new();
             for le in &batch.entries {
                 let s = StoredEntry {
@@ -779,9 +778,8 @@ impl Index {
                     .map(|old| stored_seq(old.value()));
                 buf = bytes;
                 if let Some(old) = old {
-                    let old = old.ok_or_else(|| {
-                        self.corrupt(format!("entry {path:?} does not decode"))
-                    })?;
+                    let old =
+                        old.ok_or_else(|| self.corrupt(format!("entry {path:?} does not decode")))?;
                     by_seq.remove((old, path)).map_err(|e| self.db_err(e))?;
                 }
                 by_seq

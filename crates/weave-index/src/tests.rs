@@ -159,10 +159,7 @@ fn newer_format_is_refused() {
 }
 
 fn at(path: &str, seq: u64) -> LocalEntry {
-    LocalEntry {
-        seq,
-        ..entry(path)
-    }
+    LocalEntry { seq, ..entry(path) }
 }
 
 fn write(idx: &mut Index, entries: Vec<LocalEntry>) {
@@ -183,7 +180,10 @@ fn keys(m: &EntryMap) -> Vec<&str> {
 fn changed_entries_are_found_by_sequence_number() {
     let dir = tempfile::tempdir().unwrap();
     let mut idx = Index::open(&dir.path().join(".weave")).unwrap();
-    write(&mut idx, vec![at("a", 1), at("b", 2), at("b/c", 3), at("d", 4)]);
+    write(
+        &mut idx,
+        vec![at("a", 1), at("b", 2), at("b/c", 3), at("d", 4)],
+    );
     assert_eq!(keys(&idx.changed_since(0).unwrap()), ["a", "b", "b/c", "d"]);
     assert_eq!(keys(&idx.changed_since(2).unwrap()), ["b/c", "d"]);
     // Rewritten entries move to their new number and leave the old one.
@@ -194,7 +194,10 @@ fn changed_entries_are_found_by_sequence_number() {
     assert!(idx.changed_since(6).unwrap().is_empty());
     assert!(idx.changed_since(u64::MAX).unwrap().is_empty());
     // What is asked for by path, and what is under a directory.
-    assert_eq!(keys(&idx.entries_at(["d", "nope", "a"]).unwrap()), ["a", "d"]);
+    assert_eq!(
+        keys(&idx.entries_at(["d", "nope", "a"]).unwrap()),
+        ["a", "d"]
+    );
     write(&mut idx, vec![at("b0", 7), at("b.x", 8), at("b/c/e", 9)]);
     assert_eq!(keys(&idx.entries_under("b").unwrap()), ["b/c", "b/c/e"]);
     assert_eq!(idx.entries_under("").unwrap().len(), 7);

@@ -54,6 +54,9 @@ pub struct RemoteReplica {
     /// sequence number it is complete up to: updated with what this sync
     /// records there, written to the cache once, at the end.
     known: Option<(BTreeMap<String, LocalEntry>, u64)>,
+    /// The server answers requests for entries by path (an older one
+    /// sends its whole index instead).
+    entries_at: bool,
 }
 
 fn shell_quote(s: &str) -> String {
@@ -275,6 +278,7 @@ impl RemoteReplica {
             dry_run,
             cache: None,
             known: None,
+            entries_at: theirs.capabilities.iter().any(|c| c == wire::ENTRIES_AT),
         })
     }
 
@@ -283,6 +287,30 @@ impl RemoteReplica {
     /// entries that changed.
     pub fn cache_index_in(&mut self, state: &std::path::Path) {
         self.cache = Some(crate::cache::IndexCache::new(state, self.info.id));
+    }
+
+    /// Index batches, up to the last one, into `out`.
+    fn receive_entries(&mut self, out: &mut BTreeMap<String, LocalEntry>) -> Result<(), SyncError> {
+        loop {
+            let m = self.conn.recv().map_err(proto)?;
+            match m.body {
+                Some(Body::IndexBatch(b)) => {
+                    let b = batch_from_wire(b, &self.display).map_err(proto)?;
+                    for (entry, seq) in b.entries {
+                        let le = LocalEntry {
+                            entry,
+                            seq,
+                            stat: None,
+                        };
+                        out.insert(le.entry.path.clone(), le);
+                    }
+                    if b.last {
+                        return Ok(());
+                    }
+                }
+                other => return Err(self.unexpected(other.as_ref(), "index entries")),
+            }
+        }
     }
 
     fn unexpected(&self, got: Option<&Body>, expected: &'static str) -> SyncError {
@@ -521,32 +549,38 @@ impl Replica for RemoteReplica {
         self.conn
             .send(Body::GetEntries(GetEntries { since_seq }))
             .map_err(proto)?;
-        loop {
-            let m = self.conn.recv().map_err(proto)?;
-            match m.body {
-                Some(Body::IndexBatch(b)) => {
-                    let b = batch_from_wire(b, &self.display).map_err(proto)?;
-                    for (entry, seq) in b.entries {
-                        out.insert(
-                            entry.path.clone(),
-                            LocalEntry {
-                                entry,
-                                seq,
-                                stat: None,
-                            },
-                        );
-                    }
-                    if b.last {
-                        if self.cache.is_some() && !self.dry_run {
-                            let seq = out.values().map(|le| le.seq).max().unwrap_or(0);
-                            self.known = Some((out.clone(), seq.max(since_seq)));
-                        }
-                        return Ok(std::sync::Arc::new(out));
-                    }
-                }
-                other => return Err(self.unexpected(other.as_ref(), "index entries")),
-            }
+        self.receive_entries(&mut out)?;
+        if self.cache.is_some() && !self.dry_run {
+            let seq = out.values().map(|le| le.seq).max().unwrap_or(0);
+            self.known = Some((out.clone(), seq.max(since_seq)));
         }
+        Ok(std::sync::Arc::new(out))
+    }
+
+    fn changed_since(&mut self, seq: u64) -> Result<weave_engine::Entries, SyncError> {
+        self.conn
+            .send(Body::GetEntries(GetEntries { since_seq: seq }))
+            .map_err(proto)?;
+        let mut out = BTreeMap::new();
+        self.receive_entries(&mut out)?;
+        Ok(std::sync::Arc::new(out))
+    }
+
+    fn entries_at(
+        &mut self,
+        paths: &[String],
+        subtrees: &[String],
+    ) -> Result<weave_engine::Entries, SyncError> {
+        if !self.entries_at {
+            let all = self.entries()?;
+            return Ok(std::sync::Arc::new(weave_engine::select(
+                &all, paths, subtrees,
+            )));
+        }
+        wire::ask_entries_at(&self.conn, paths, subtrees).map_err(proto)?;
+        let mut out = BTreeMap::new();
+        self.receive_entries(&mut out)?;
+        Ok(std::sync::Arc::new(out))
     }
 
     fn chunk_list(&mut self, _content: &Hash) -> Option<ChunkList> {

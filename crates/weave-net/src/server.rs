@@ -88,7 +88,8 @@ pub struct Served {
 pub fn serve_host(conn: Conn, host: &mut dyn Host) -> Result<Served, SyncError> {
     let peer = conn.peer().to_string();
     // The session's hello names no replica: one is opened by path later.
-    let ours = weave_proto::handshake::hello(weave_core::ReplicaId(0), &["v1", "kinds"]);
+    let ours =
+        weave_proto::handshake::hello(weave_core::ReplicaId(0), &["v1", "kinds", wire::ENTRIES_AT]);
     conn.send(Body::Hello(ours.clone())).map_err(proto)?;
     let theirs = match conn.recv().map_err(proto)?.body {
         Some(Body::Hello(h)) => h,
@@ -112,6 +113,7 @@ pub fn serve_host(conn: Conn, host: &mut dyn Host) -> Result<Served, SyncError> 
         roots: HashMap::new(),
         compress: Compress::default(),
         reply: Vec::new(),
+        asked: Default::default(),
     };
     loop {
         // Answers to chunk requests that arrived together leave as one
@@ -162,7 +164,13 @@ struct Server<'h> {
     compress: Compress,
     /// Chunks answered and not yet queued on the connection.
     reply: Vec<Body>,
+    /// The paths and directories asked for by the parts of a
+    /// `GetEntriesAt` received so far.
+    asked: (Vec<String>, Vec<String>),
 }
+
+/// Paths one `GetEntriesAt` (all its parts) may ask for.
+const MAX_ASKED: usize = 16 << 20;
 
 /// Compresses chunks while that pays: after 16 chunks in a row that did
 /// not shrink, only every 16th is tried.
@@ -283,16 +291,11 @@ impl Server<'_> {
                     .map_err(proto)
             }
             Body::GetEntries(g) => {
-                let entries = self.rep()?.entries()?;
-                wire::send_entries(
-                    &self.conn,
-                    entries
-                        .values()
-                        .filter(|le| le.seq > g.since_seq)
-                        .map(|le| (&le.entry, le.seq)),
-                )
-                .map_err(proto)
+                let entries = self.rep()?.changed_since(g.since_seq)?;
+                wire::send_entries(&self.conn, entries.values().map(|le| (&le.entry, le.seq)))
+                    .map_err(proto)
             }
+            Body::GetEntriesAt(g) => self.entries_at(g),
             Body::ChunkRequest(r) => self.serve_request(&r),
             Body::Ops(o) => {
                 for w in o.ops {
@@ -362,6 +365,27 @@ impl Server<'_> {
         }
     }
 
+    /// One part of a request for entries by path; the last is answered.
+    fn entries_at(&mut self, g: weave_proto::msg::GetEntriesAt) -> Result<(), SyncError> {
+        let peer = self.conn.peer().to_string();
+        weave_proto::validate::names_from_wire(&g, &peer).map_err(proto)?;
+        if self.asked.0.len() + self.asked.1.len() > MAX_ASKED {
+            return Err(proto(weave_proto::ProtoError::Invalid {
+                peer,
+                detail: format!("a request for more than {MAX_ASKED} paths"),
+            }));
+        }
+        self.asked.0.extend(g.paths);
+        self.asked.1.extend(g.subtrees);
+        if !g.last {
+            return Ok(());
+        }
+        let (paths, subtrees) = std::mem::take(&mut self.asked);
+        let entries = self.rep()?.entries_at(&paths, &subtrees)?;
+        wire::send_entries(&self.conn, entries.values().map(|le| (&le.entry, le.seq)))
+            .map_err(proto)
+    }
+
     /// Tree nodes or chunks of a content this replica holds.
     fn serve_request(&mut self, r: &ChunkRequest) -> Result<(), SyncError> {
         let wants = crate::wire::request_wants(r, self.conn.peer()).map_err(proto)?;
@@ -388,7 +412,13 @@ impl Server<'_> {
             ..Foreign::default()
         };
         let rep = open_replica(&mut self.rep)?;
-        let entries = rep.entries()?;
+        let current: Vec<String> = ops
+            .iter()
+            .zip(&on_current)
+            .filter(|(_, on)| **on)
+            .map(|(op, _)| op.path.clone())
+            .collect();
+        let entries = rep.entries_at(&current, &[])?;
         for (op, on) in ops.iter_mut().zip(on_current) {
             if on {
                 op.current = entries.get(&op.path).cloned();

@@ -97,6 +97,43 @@ pub fn send_entries<'a>(
     }))
 }
 
+/// The capability of a server that answers `GetEntriesAt` (entries by
+/// path, for an incremental sync).
+pub const ENTRIES_AT: &str = "entries-at";
+
+/// Paths per `GetEntriesAt` part, and bytes of them: well under the frame
+/// limit.
+pub const NAMES_PER_PART: usize = weave_proto::limits::MAX_ENTRIES;
+const NAME_BYTES_PER_PART: usize = 512 * 1024;
+
+/// Asks for the entries at `paths` and inside `subtrees`, in parts.
+pub fn ask_entries_at(
+    conn: &Conn,
+    paths: &[String],
+    subtrees: &[String],
+) -> Result<(), ProtoError> {
+    let mut part = weave_proto::msg::GetEntriesAt::default();
+    let mut bytes = 0;
+    let names = paths
+        .iter()
+        .map(|p| (p, false))
+        .chain(subtrees.iter().map(|d| (d, true)));
+    for (name, subtree) in names {
+        if part.paths.len() + part.subtrees.len() >= NAMES_PER_PART || bytes >= NAME_BYTES_PER_PART
+        {
+            conn.send(Body::GetEntriesAt(std::mem::take(&mut part)))?;
+            bytes = 0;
+        }
+        bytes += name.len() + 4;
+        match subtree {
+            true => part.subtrees.push(name.clone()),
+            false => part.paths.push(name.clone()),
+        }
+    }
+    part.last = true;
+    conn.send(Body::GetEntriesAt(part))
+}
+
 /// The capability of a coordinator that takes the operations a server
 /// carried out exactly as sent by their index ([`send_done_ops`]).
 pub const DONE_OPS: &str = "done-ops";

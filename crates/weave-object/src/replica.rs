@@ -338,6 +338,6 @@ impl<S: ObjectStore> Replica for ObjectReplica<S> {
     fn finish(&mut self, fin: &Finish) -> Result<(), SyncError> {
         self.load()?;
         let entries = self.entries.as_ref().expect("loaded above");
-        weave_engine::finish_index(&mut self.index, entries, fin)
+        weave_engine::finish_index(&mut self.index, Some(entries), fin)
     }
 }

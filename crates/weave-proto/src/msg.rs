@@ -11,7 +11,7 @@ pub struct Envelope {
     pub kind: u32,
     #[prost(
         oneof = "Body",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28"
     )]
     pub body: Option<Body>,
 }
@@ -54,6 +54,8 @@ pub enum Body {
     Finish(Finish),
     #[prost(message, tag = "27")]
     Finished(Finished),
+    #[prost(message, tag = "28")]
+    GetEntriesAt(GetEntriesAt),
 }
 
 impl Body {
@@ -77,6 +79,7 @@ impl Body {
             Body::Applied(_) => 25,
             Body::Finish(_) => 26,
             Body::Finished(_) => 27,
+            Body::GetEntriesAt(_) => 28,
         }
     }
 
@@ -100,6 +103,7 @@ impl Body {
             Body::Applied(_) => "an apply reply",
             Body::Finish(_) => "a finish request",
             Body::Finished(_) => "a finish reply",
+            Body::GetEntriesAt(_) => "a request for index entries by path",
         }
     }
 }
@@ -334,6 +338,21 @@ pub struct IssueMsg {
 pub struct GetEntries {
     #[prost(uint64, tag = "1")]
     pub since_seq: u64,
+}
+
+/// The entries at some paths and inside some directories ("" for all),
+/// from a server whose hello lists "entries-at": what an incremental sync
+/// asks of each replica. Sent in parts of at most
+/// [`crate::limits::MAX_ENTRIES`] names; index batches answer the part
+/// marked `last`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetEntriesAt {
+    #[prost(string, repeated, tag = "1")]
+    pub paths: Vec<String>,
+    #[prost(string, repeated, tag = "2")]
+    pub subtrees: Vec<String>,
+    #[prost(bool, tag = "3")]
+    pub last: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

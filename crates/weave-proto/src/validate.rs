@@ -152,6 +152,32 @@ pub struct Batch {
 
 /// A received index batch, every entry checked. A batch with one bad
 /// entry is refused whole.
+/// Checks the names a [`GetEntriesAt`](crate::msg::GetEntriesAt) asks
+/// for: at most [`MAX_ENTRIES`](crate::limits::MAX_ENTRIES) of them, each
+/// a valid relative path ("" allowed for a subtree: the whole tree).
+pub fn names_from_wire(g: &crate::msg::GetEntriesAt, peer: &str) -> Result<(), ProtoError> {
+    if g.paths.len() + g.subtrees.len() > crate::limits::MAX_ENTRIES {
+        return Err(invalid(
+            peer,
+            format!(
+                "a request for {} paths in one message",
+                g.paths.len() + g.subtrees.len()
+            ),
+        ));
+    }
+    for p in g
+        .paths
+        .iter()
+        .chain(g.subtrees.iter().filter(|d| !d.is_empty()))
+    {
+        if p.len() > MAX_PATH {
+            return Err(invalid(peer, format!("a path of {} bytes", p.len())));
+        }
+        weave_core::path::validate(p).map_err(|e| invalid(peer, e.to_string()))?;
+    }
+    Ok(())
+}
+
 pub fn batch_from_wire(b: IndexBatch, peer: &str) -> Result<Batch, ProtoError> {
     if b.entries.len() > MAX_ENTRIES {
         return Err(invalid(

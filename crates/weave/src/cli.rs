@@ -393,6 +393,7 @@ fn sync(args: SyncArgs) -> ExitCode {
         dry_run: args.dry_run,
         backup: args.backup,
         merge: None,
+        full_plan: false,
     };
     let show_progress =
         !args.json && !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stdout());

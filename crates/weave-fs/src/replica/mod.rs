@@ -17,7 +17,7 @@ use transfer::{early_writes, plan_transfer, EarlyOps, Holdings, Transfer};
 
 use crate::scan::ScanOptions;
 use crate::{join, ContentSource, FsIssue, Location, Part, PartWriter, Stage};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use weave_chunk::{ChunkList, Node};
@@ -44,6 +44,11 @@ pub struct LocalReplica {
     /// The full index, once loaded (kept up to date by this replica's own
     /// writes, so it is read from the disk at most once).
     entries: Option<Entries>,
+    /// What this replica gave of its index without loading all of it
+    /// (an incremental sync: [`Replica::changed_since`] and
+    /// [`Replica::entries_at`]), kept up to date by its own writes: the
+    /// paths this sync is about.
+    given: Option<Entries>,
     /// Tree nodes built for serving, per content (the last few).
     trees: Vec<(Hash, HashMap<Hash, Node>)>,
     /// Where each content is, built once per state of `entries` (serving
@@ -100,6 +105,7 @@ impl LocalReplica {
             scanned: Vec::new(),
             scanned_contents: HashMap::new(),
             entries: None,
+            given: None,
             trees: Vec::new(),
             locations: None,
             scan_only: None,
@@ -132,6 +138,40 @@ impl LocalReplica {
         Ok(self.entries.as_ref().expect("loaded above"))
     }
 
+    /// The entries this sync is about: the full index if it is loaded,
+    /// else what was given of it, else (nothing asked yet) the full index.
+    fn view(&mut self) -> Result<&Entries, SyncError> {
+        if self.entries.is_none() && self.given.is_none() {
+            self.load()?;
+        }
+        Ok(self
+            .entries
+            .as_ref()
+            .or(self.given.as_ref())
+            .expect("one of them is there"))
+    }
+
+    /// Takes what was given of the index into [`LocalReplica::given`].
+    fn give(&mut self, m: BTreeMap<String, LocalEntry>) -> Entries {
+        let given = Arc::make_mut(self.given.get_or_insert_with(Default::default));
+        for (p, le) in &m {
+            given.insert(p.clone(), le.clone());
+        }
+        Arc::new(m)
+    }
+
+    /// This run's scan's entries that `keep` selects, over `m`.
+    fn with_scanned(
+        &self,
+        mut m: BTreeMap<String, LocalEntry>,
+        keep: impl Fn(&LocalEntry) -> bool,
+    ) -> BTreeMap<String, LocalEntry> {
+        for le in self.scanned.iter().filter(|le| keep(le)) {
+            m.insert(le.entry.path.clone(), le.clone());
+        }
+        m
+    }
+
     fn list(&self, content: &Hash) -> Option<ChunkList> {
         if let Some(l) = self.scanned_contents.get(content) {
             return Some(l.clone());
@@ -139,10 +179,11 @@ impl LocalReplica {
         self.index.chunk_list(content).ok().flatten()
     }
 
-    /// Files of this replica that hold each content, with their stats.
+    /// Files of this replica that hold each content, with their stats
+    /// (of the entries this sync is about: see [`LocalReplica::view`]).
     fn own_locations(&self) -> HashMap<Hash, Vec<Location>> {
         let mut m: HashMap<Hash, Vec<Location>> = HashMap::new();
-        if let Some(entries) = &self.entries {
+        if let Some(entries) = self.entries.as_ref().or(self.given.as_ref()) {
             for (p, le) in entries.iter() {
                 if let Object::File { content, .. } = &le.entry.object {
                     m.entry(*content).or_default().push(Location {
@@ -253,6 +294,7 @@ impl Replica for LocalReplica {
             );
         }
         self.scan_only = None;
+        self.given = None;
         let mut summary = ScanSummary {
             errors: o.issues.iter().map(|i| self.issue(i)).collect(),
             notices: o.notices.iter().map(|i| self.issue(i)).collect(),
@@ -297,6 +339,41 @@ impl Replica for LocalReplica {
         Ok(self.load()?.clone())
     }
 
+    fn changed_since(&mut self, seq: u64) -> Result<Entries, SyncError> {
+        if let Some(all) = &self.entries {
+            let m = all.iter().filter(|(_, le)| le.seq > seq);
+            return Ok(Arc::new(m.map(|(p, le)| (p.clone(), le.clone())).collect()));
+        }
+        let m = self.index.changed_since(seq)?;
+        let m = self.with_scanned(m, |le| le.seq > seq);
+        Ok(self.give(m))
+    }
+
+    fn entries_at(&mut self, paths: &[String], subtrees: &[String]) -> Result<Entries, SyncError> {
+        if let Some(all) = &self.entries {
+            return Ok(Arc::new(weave_engine::select(all, paths, subtrees)));
+        }
+        let mut m = self.index.entries_at(paths.iter().map(|p| p.as_str()))?;
+        for d in subtrees {
+            m.extend(self.index.entries_under(d)?);
+        }
+        let asked: std::collections::HashSet<&str> = if self.scanned.is_empty() {
+            Default::default()
+        } else {
+            paths.iter().map(|p| p.as_str()).collect()
+        };
+        let inside = |p: &str| {
+            subtrees.iter().any(|d| {
+                d.is_empty()
+                    || (p.starts_with(d.as_str()) && p.as_bytes().get(d.len()) == Some(&b'/'))
+            })
+        };
+        let m = self.with_scanned(m, |le| {
+            asked.contains(le.entry.path.as_str()) || inside(&le.entry.path)
+        });
+        Ok(self.give(m))
+    }
+
     fn chunk_list(&mut self, content: &Hash) -> Option<ChunkList> {
         self.list(content)
     }
@@ -331,7 +408,7 @@ impl Replica for LocalReplica {
         provider: &mut dyn Provider,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Applied, SyncError> {
-        self.load()?;
+        self.view()?;
         let own = self.own_locations();
         self.locations = None;
         let siblings = sibling_locations(foreign);
@@ -379,8 +456,10 @@ impl Replica for LocalReplica {
 
     fn finish(&mut self, fin: &Finish) -> Result<(), SyncError> {
         self.kept = HashMap::new();
-        self.load()?;
-        let entries = self.entries.as_ref().expect("loaded above");
+        // Chunk lists no entry holds are dropped when the whole index is
+        // in memory (a sync that planned every path), not after one that
+        // read only what changed.
+        let entries = self.entries.as_deref();
         weave_engine::finish_index(&mut self.index, entries, fin)
     }
 }

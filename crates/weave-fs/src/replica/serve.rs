@@ -14,7 +14,7 @@ impl LocalReplica {
         wants: &Wants,
         sink: &mut dyn FnMut(Hash, Option<Vec<u8>>) -> Result<(), SyncError>,
     ) -> Result<(), SyncError> {
-        self.load()?;
+        self.view()?;
         if self.locations.is_none() {
             self.locations = Some(self.own_locations());
         }

@@ -141,7 +141,8 @@ impl LocalReplica {
         self.index.observe(r.clock);
         self.index.take_seqs_to(r.seq);
         self.info.seq = self.index.seq();
-        let entries = Arc::make_mut(self.entries.as_mut().expect("loaded before any apply"));
+        let view = self.entries.as_mut().or(self.given.as_mut());
+        let entries = Arc::make_mut(view.expect("loaded before any apply"));
         for le in r.batch.entries {
             entries.insert(le.entry.path.clone(), le);
         }
