@@ -244,3 +244,6 @@ fn reached(plan: &TreePlan, views: &[Entries], known: &Known) -> (Vec<String>, V
     }
     (paths, subtrees.into_iter().collect())
 }
+
+#[cfg(test)]
+mod tests;

@@ -90,7 +90,7 @@ pub fn run(
     for c in &plan.conflicts {
         report.conflicts.push(ConflictReport::from_conflict(c));
     }
-    let all_ops = derive(reps, &views, &plan.finals, roles, &matcher, &mut report);
+    let all_ops = derive(reps, &views, &mut plan.finals, roles, &matcher, &mut report);
     if opts.dry_run {
         describe(reps, &all_ops, &mut report);
         return Ok(finished(report, reps));
@@ -186,6 +186,12 @@ pub(crate) struct CoordinatorClock {
     id: ReplicaId,
     clock: u64,
 }
+#[cfg(test)]
+impl CoordinatorClock {
+    pub(crate) fn for_test(id: ReplicaId, clock: u64) -> CoordinatorClock {
+        CoordinatorClock { id, clock }
+    }
+}
 impl Bumper for CoordinatorClock {
     fn bump(&mut self) -> (ReplicaId, u64) {
         self.clock += 1;
@@ -223,29 +229,50 @@ pub(crate) fn plan(
     plan
 }
 
-/// Each replica's operations: what brings it to `finals`, and for a
-/// backup also the removal of what only it has (it mirrors the sources).
+/// Each replica's operations: what brings it to `finals`. A backup
+/// mirrors the sources: the paths only backups have become tombstones in
+/// `finals` (see [`backup_extras`]), so a backup removes what only it
+/// has, and every replica ends holding the same entry at every path
+/// planned (what a sync that plans only what changed relies on, I-7).
 fn derive(
     reps: &[Box<dyn Replica>],
     views: &[Entries],
-    finals: &BTreeMap<String, Entry>,
+    finals: &mut BTreeMap<String, Entry>,
     roles: &Roles,
     matcher: &Matcher,
     report: &mut Report,
 ) -> Vec<Vec<Op>> {
+    let mut extras: BTreeMap<String, Entry> = BTreeMap::new();
+    for &b in &roles.backups {
+        for (p, e) in backup_extras(&views[b], finals, matcher) {
+            match extras.get_mut(&p) {
+                Some(x) => {
+                    let vv = x.vv.merge(&e.vv);
+                    if e.precedence_key() > x.precedence_key() {
+                        *x = e;
+                    }
+                    x.vv = vv;
+                }
+                None => {
+                    extras.insert(p, e);
+                }
+            }
+        }
+    }
+    finals.extend(extras.iter().map(|(p, e)| (p.clone(), e.clone())));
     let mut all_ops = Vec::with_capacity(views.len());
     for (i, v) in views.iter().enumerate() {
-        let mut o = ops::derive(v, finals);
+        let o = ops::derive(v, finals);
         if roles.backups.contains(&i) {
-            o.extend(ops::derive(v, &backup_extras(v, finals, matcher)));
-            note_backup_reverts(report, reps[i].display(), &o, v, finals);
+            note_backup_reverts(report, reps[i].display(), &o, v, finals, &extras);
         }
         all_ops.push(o);
     }
     all_ops
 }
 
-/// Tombstones for the live paths only a backup has (not ignored).
+/// The paths only a backup has (not ignored), as tombstones: its own
+/// tombstones as they are, and a tombstone of each live one.
 fn backup_extras(
     view: &BTreeMap<String, LocalEntry>,
     finals: &BTreeMap<String, Entry>,
@@ -253,20 +280,19 @@ fn backup_extras(
 ) -> BTreeMap<String, Entry> {
     view.iter()
         .filter(|(p, le)| {
-            le.entry.is_live()
-                && !finals.contains_key(*p)
-                && !matcher.is_ignored(p, le.entry.object.is_dir())
+            !finals.contains_key(*p) && !matcher.is_ignored(p, le.entry.object.is_dir())
         })
         .map(|(p, le)| {
-            (
-                p.clone(),
-                Entry {
+            let e = match le.entry.is_live() {
+                true => Entry {
                     object: Object::Deleted,
                     mode: 0,
                     mtime_ns: 0,
                     ..le.entry.clone()
                 },
-            )
+                false => le.entry.clone(),
+            };
+            (p.clone(), e)
         })
         .collect()
 }
@@ -442,8 +468,11 @@ fn note_backup_reverts(
     ops: &[Op],
     view: &BTreeMap<String, LocalEntry>,
     finals: &BTreeMap<String, Entry>,
+    only_backups: &BTreeMap<String, Entry>,
 ) {
     const SHOWN: usize = 20;
+    // What the sources hold (not the tombstones of what only backups have).
+    let sources = |p: &str| finals.get(p).filter(|_| !only_backups.contains_key(p));
     let mut own: Vec<(&str, &str)> = Vec::new();
     for o in ops.iter().filter(|o| o.kind != OpKind::Record) {
         if own.last().is_some_and(|(p, _)| *p == o.path) {
@@ -452,7 +481,7 @@ fn note_backup_reverts(
         let Some(mine) = view.get(&o.path) else {
             continue;
         };
-        let undone = match finals.get(&o.path) {
+        let undone = match sources(&o.path) {
             None => true,
             Some(f) => matches!(
                 mine.entry.vv.compare(&f.vv),
@@ -460,7 +489,7 @@ fn note_backup_reverts(
             ),
         };
         if undone {
-            let what = match finals.get(&o.path) {
+            let what = match sources(&o.path) {
                 Some(f) if f.is_live() && !mine.entry.is_live() => {
                     "deleted here: brought back from the other replicas"
                 }
@@ -675,7 +704,7 @@ mod tests {
         let fakes = vec![fake(1, &[]), fake(2, &[("mine", 3, 1)])];
         let views: Vec<Entries> = fakes.iter().map(|f| f.entries.clone()).collect();
         let reps = boxed(fakes);
-        let finals = BTreeMap::new();
+        let mut finals = BTreeMap::new();
         let matcher = Matcher::none();
         let extras = backup_extras(&views[1], &finals, &matcher);
         assert!(extras["mine"].object.is_deleted());
@@ -684,8 +713,12 @@ mod tests {
             backups: vec![1],
         };
         let mut report = Report::default();
-        let ops = derive(&reps, &views, &finals, &roles, &matcher, &mut report);
-        assert!(ops[0].is_empty());
+        let ops = derive(&reps, &views, &mut finals, &roles, &matcher, &mut report);
+        // The source only records the tombstone: every replica ends with
+        // the same entry.
+        assert_eq!(ops[0].len(), 1);
+        assert_eq!(ops[0][0].kind, OpKind::Record);
+        assert!(ops[0][0].target.object.is_deleted());
         assert_eq!(ops[1].len(), 1);
         assert_eq!(ops[1][0].kind, OpKind::Remove);
         assert_eq!(report.notices.len(), 1);

@@ -1,0 +1,518 @@
+//! I-7, incremental equals full: over random histories of replicas in
+//! memory (local edits, deletes, renames and directory changes, and
+//! syncs of random subsets under random policies, backups and ignore
+//! patterns), every sync is also run planning every path, on a copy of
+//! the replicas, and both must leave every replica exactly the same,
+//! report the same conflicts, and hand out the same clock values.
+
+use super::*;
+use crate::replica::{Applied, Finish, Foreign, IgnoreSpec, ReplicaInfo, ScanSummary, ServedNodes};
+use crate::{NoProgress, Provider, SyncOptions, Wants};
+use proptest::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use weave_chunk::ChunkList;
+use weave_core::{Entry, Hash, LocalEntry, Object, Op, PolicySpec, ReplicaId, VersionVector};
+
+/// One replica's state.
+#[derive(Clone, Debug)]
+struct State {
+    info: ReplicaInfo,
+    entries: BTreeMap<String, LocalEntry>,
+    /// Whole-index loads ([`Replica::entries`]) since the last sync.
+    full_loads: usize,
+}
+
+/// A replica in memory, sharing its state with the test.
+struct Mem {
+    state: Arc<Mutex<State>>,
+    info: ReplicaInfo,
+}
+
+impl Mem {
+    fn st(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap()
+    }
+}
+
+impl Replica for Mem {
+    fn display(&self) -> &str {
+        "mem"
+    }
+    fn is_local(&self) -> bool {
+        false
+    }
+    fn info(&self) -> &ReplicaInfo {
+        &self.info
+    }
+    fn scan(&mut self, _: &IgnoreSpec, _: bool) -> Result<ScanSummary, SyncError> {
+        Ok(ScanSummary::default())
+    }
+    fn entries(&mut self) -> Result<Entries, SyncError> {
+        let mut st = self.st();
+        st.full_loads += 1;
+        Ok(Arc::new(st.entries.clone()))
+    }
+    fn changed_since(&mut self, seq: u64) -> Result<Entries, SyncError> {
+        let st = self.st();
+        let m = st.entries.iter().filter(|(_, le)| le.seq > seq);
+        Ok(Arc::new(m.map(|(p, le)| (p.clone(), le.clone())).collect()))
+    }
+    fn entries_at(&mut self, paths: &[String], subtrees: &[String]) -> Result<Entries, SyncError> {
+        Ok(Arc::new(crate::select(&self.st().entries, paths, subtrees)))
+    }
+    fn chunk_list(&mut self, _: &Hash) -> Option<ChunkList> {
+        None
+    }
+    fn serve_nodes(&mut self, wants: &Wants) -> Result<ServedNodes, SyncError> {
+        Ok(wants.iter().map(|(_, h)| vec![None; h.len()]).collect())
+    }
+    fn serve_chunks(
+        &mut self,
+        _: &Wants,
+        _: &mut dyn FnMut(Hash, Option<Vec<u8>>) -> Result<(), SyncError>,
+    ) -> Result<(), SyncError> {
+        Ok(())
+    }
+    /// Records every operation's target, as a tree that had every
+    /// content would.
+    fn apply(
+        &mut self,
+        ops: Vec<Op>,
+        _: &Foreign,
+        _: &mut dyn Provider,
+        _: &(dyn Fn(u64) + Sync),
+    ) -> Result<Applied, SyncError> {
+        let mut done = Vec::new();
+        let info = {
+            let mut st = self.st();
+            for (k, op) in ops.into_iter().enumerate() {
+                let id = st.info.id;
+                st.info.seq += 1;
+                st.info.clock = st.info.clock.max(op.target.vv.get(id));
+                let le = LocalEntry {
+                    entry: op.target.clone(),
+                    seq: st.info.seq,
+                    stat: None,
+                };
+                st.entries.insert(op.path.clone(), le);
+                done.push((k, op.target));
+            }
+            st.info.clone()
+        };
+        self.info = info;
+        Ok(Applied {
+            done,
+            ..Default::default()
+        })
+    }
+    fn finish(&mut self, fin: &Finish) -> Result<(), SyncError> {
+        let mut st = self.st();
+        st.info.clock = st.info.clock.max(fin.observe);
+        if let Some(i) = &fin.integrated {
+            st.info.peers.extend(i.peers.iter().copied());
+            st.info.ignore_fingerprint = Some(i.ignore_fingerprint);
+        }
+        Ok(())
+    }
+}
+
+const PATHS: &[&str] = &[
+    "a",
+    "a/x",
+    "a/y",
+    "a/y/z",
+    "a/y/z.tmp",
+    "b",
+    "b/x",
+    "c.tmp",
+    "d",
+];
+
+#[derive(Debug, Clone)]
+enum What {
+    File(u8),
+    Dir,
+    Link,
+    Delete,
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// A change on replica `r` at a path.
+    Local { r: usize, path: usize, what: What },
+    /// Replica `r` moves a file to another path.
+    Rename { r: usize, from: usize, to: usize },
+    /// A sync of the replicas in `mask` (at least two).
+    Sync {
+        mask: u8,
+        policy: u8,
+        backup: Option<usize>,
+        ignore_tmp: bool,
+    },
+}
+
+struct World {
+    states: Vec<State>,
+    mtime: i64,
+}
+
+impl World {
+    fn new(n: usize) -> World {
+        let states = (0..n)
+            .map(|i| State {
+                info: ReplicaInfo {
+                    id: ReplicaId(100 + i as u64),
+                    seq: 0,
+                    clock: 0,
+                    peers: HashMap::new(),
+                    ignore_fingerprint: None,
+                    rekeyed: false,
+                    ignore_file: None,
+                },
+                entries: BTreeMap::new(),
+                full_loads: 0,
+            })
+            .collect();
+        World { states, mtime: 1 }
+    }
+
+    /// Records a local change at `path` on replica `r`, as a scan would.
+    fn record(&mut self, r: usize, path: &str, object: Object) {
+        self.mtime += 1;
+        let st = &mut self.states[r];
+        let old = st.entries.get(path);
+        if old.is_some_and(|o| o.entry.object == object) || (old.is_none() && object.is_deleted()) {
+            return;
+        }
+        let mut vv = old.map(|o| o.entry.vv.clone()).unwrap_or_default();
+        st.info.clock += 1;
+        vv.bump(st.info.id, st.info.clock);
+        st.info.seq += 1;
+        let mode = if object.is_dir() { 0o755 } else { 0o644 };
+        let le = LocalEntry {
+            entry: Entry {
+                path: path.into(),
+                object,
+                mode,
+                mtime_ns: self.mtime,
+                vv,
+                origin: st.info.id,
+            },
+            seq: st.info.seq,
+            stat: None,
+        };
+        st.entries.insert(path.into(), le);
+    }
+
+    fn live(&self, r: usize, path: &str) -> Option<&Object> {
+        self.states[r]
+            .entries
+            .get(path)
+            .map(|le| &le.entry.object)
+            .filter(|o| !o.is_deleted())
+    }
+
+    /// Deletes `path` on `r` with everything inside it.
+    fn delete(&mut self, r: usize, path: &str) {
+        let inside: Vec<String> = self.states[r]
+            .entries
+            .keys()
+            .filter(|p| p.starts_with(&format!("{path}/")))
+            .cloned()
+            .collect();
+        for p in inside.iter().rev() {
+            self.record(r, p, Object::Deleted);
+        }
+        self.record(r, path, Object::Deleted);
+    }
+
+    /// Puts `object` at `path` on `r`, as a user could: ancestors become
+    /// directories (a file in the way is deleted), and a directory
+    /// replaced by something else goes with its inside.
+    fn put(&mut self, r: usize, path: &str, object: Object) {
+        let mut up: Vec<&str> = ancestors(path).collect();
+        up.reverse();
+        for a in up {
+            if !self.live(r, a).is_some_and(|o| o.is_dir()) {
+                if self.live(r, a).is_some() {
+                    self.delete(r, a);
+                }
+                self.record(r, a, Object::Dir);
+            }
+        }
+        if self.live(r, path).is_some_and(|o| o.is_dir()) && !object.is_dir() {
+            self.delete(r, path);
+        }
+        self.record(r, path, object);
+    }
+
+    fn step(&mut self, s: &Step) {
+        match s {
+            Step::Local { r, path, what } => {
+                let (r, path) = (*r % self.states.len(), PATHS[*path % PATHS.len()]);
+                match what {
+                    What::File(b) => self.put(r, path, file(*b)),
+                    What::Dir => self.put(r, path, Object::Dir),
+                    What::Link => self.put(r, path, Object::Symlink { target: "t".into() }),
+                    What::Delete => self.delete(r, path),
+                }
+            }
+            Step::Rename { r, from, to } => {
+                let r = *r % self.states.len();
+                let (from, to) = (PATHS[*from % PATHS.len()], PATHS[*to % PATHS.len()]);
+                let moved = self.live(r, from).cloned();
+                let is_file = matches!(moved, Some(Object::File { .. }));
+                if is_file && !to.starts_with(&format!("{from}/")) && from != to {
+                    self.delete(r, from);
+                    self.put(r, to, moved.expect("a file"));
+                }
+            }
+            Step::Sync { .. } => self.sync(s),
+        }
+    }
+
+    fn sync(&mut self, s: &Step) {
+        let Step::Sync {
+            mask,
+            policy,
+            backup,
+            ignore_tmp,
+        } = s
+        else {
+            return;
+        };
+        let which: Vec<usize> = (0..self.states.len())
+            .filter(|i| mask & (1 << i) != 0)
+            .collect();
+        if which.len() < 2 {
+            return;
+        }
+        let (policy, preferred) = match policy % 3 {
+            0 => (PolicySpec::KeepBoth, None),
+            1 => (PolicySpec::Newest, None),
+            _ => (PolicySpec::Prefer("p".into()), Some(0)),
+        };
+        let backups: Vec<usize> = backup
+            .map(|b| b % which.len())
+            .filter(|b| Some(*b) != preferred && *b != 0)
+            .into_iter()
+            .collect();
+        let opts = |full_plan| SyncOptions {
+            policy: policy.clone(),
+            ignore: if *ignore_tmp {
+                vec!["*.tmp".into()]
+            } else {
+                Vec::new()
+            },
+            full_plan,
+            ..SyncOptions::default()
+        };
+        let roles = crate::Roles { preferred, backups };
+        let before = self.states.clone();
+        let could = {
+            let reps = self.boxed(&which, &before);
+            let m = weave_core::ignore::Matcher::from_files(&[], &opts(false).ignore).unwrap();
+            floors(&reps, m.fingerprint()).is_some()
+        };
+        let (full, full_report) = run_on(&which, &before, &opts(true), &roles);
+        let (incr, incr_report) = run_on(&which, &before, &opts(false), &roles);
+        for &i in &which {
+            let (f, n) = (&full[i], &incr[i]);
+            assert_eq!(
+                view(&f.entries),
+                view(&n.entries),
+                "replica {i} after {s:?}"
+            );
+            assert_eq!(f.info.clock, n.info.clock, "clock of replica {i}");
+            assert_eq!(f.info.peers, n.info.peers, "peers of replica {i}");
+            if could && !incr_report.unchanged {
+                assert_eq!(n.full_loads, 0, "replica {i} was loaded whole");
+            }
+        }
+        let conflicts = |r: &crate::Report| -> Vec<String> {
+            r.conflicts.iter().map(|c| format!("{c:?}")).collect()
+        };
+        assert_eq!(conflicts(&full_report), conflicts(&incr_report));
+        self.states = incr;
+        for s in &mut self.states {
+            s.full_loads = 0;
+        }
+    }
+
+    fn boxed(&self, which: &[usize], states: &[State]) -> Vec<Box<dyn Replica>> {
+        which
+            .iter()
+            .map(|&i| {
+                Box::new(Mem {
+                    info: states[i].info.clone(),
+                    state: Arc::new(Mutex::new(states[i].clone())),
+                }) as Box<dyn Replica>
+            })
+            .collect()
+    }
+}
+
+/// Runs one sync of the replicas `which` from `states`; returns all the
+/// states after it, and the report.
+fn run_on(
+    which: &[usize],
+    states: &[State],
+    opts: &SyncOptions,
+    roles: &crate::Roles,
+) -> (Vec<State>, crate::Report) {
+    let shared: Vec<Arc<Mutex<State>>> = which
+        .iter()
+        .map(|&i| Arc::new(Mutex::new(states[i].clone())))
+        .collect();
+    let mut reps: Vec<Box<dyn Replica>> = which
+        .iter()
+        .zip(&shared)
+        .map(|(&i, s)| {
+            Box::new(Mem {
+                info: states[i].info.clone(),
+                state: s.clone(),
+            }) as Box<dyn Replica>
+        })
+        .collect();
+    let report = crate::run(&mut reps, opts, roles, &NoProgress).expect("sync");
+    drop(reps);
+    let mut out = states.to_vec();
+    for (&i, s) in which.iter().zip(shared) {
+        out[i] = s.lock().unwrap().clone();
+    }
+    (out, report)
+}
+
+fn file(b: u8) -> Object {
+    Object::File {
+        size: 1,
+        content: Hash([b; 32]),
+    }
+}
+
+/// What a replica holds, without its own sequence numbers.
+fn view(m: &BTreeMap<String, LocalEntry>) -> BTreeMap<String, (Object, u32, i64, VersionVector)> {
+    m.iter()
+        .map(|(p, le)| {
+            let e = &le.entry;
+            (
+                p.clone(),
+                (e.object.clone(), e.mode, e.mtime_ns, e.vv.clone()),
+            )
+        })
+        .collect()
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let what = prop_oneof![
+        4 => (0u8..3).prop_map(What::File),
+        2 => Just(What::Dir),
+        1 => Just(What::Link),
+        3 => Just(What::Delete),
+    ];
+    prop_oneof![
+        6 => (0usize..4, 0usize..PATHS.len(), what).prop_map(|(r, path, what)| Step::Local { r, path, what }),
+        1 => (0usize..4, 0usize..PATHS.len(), 0usize..PATHS.len()).prop_map(|(r, from, to)| Step::Rename { r, from, to }),
+        4 => (0u8..16, 0u8..3, proptest::option::weighted(0.15, 0usize..4), proptest::bool::weighted(0.9))
+            .prop_map(|(mask, policy, backup, ignore_tmp)| Step::Sync { mask, policy, backup, ignore_tmp }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn incremental_planning_equals_full_planning(
+        n in 2usize..5,
+        steps in proptest::collection::vec(step(), 1..40),
+    ) {
+        let mut w = World::new(n);
+        for s in &steps {
+            w.step(s);
+        }
+        // And a last round where everyone syncs with everyone.
+        for _ in 0..2 {
+            w.step(&Step::Sync { mask: 0xf, policy: 0, backup: None, ignore_tmp: true });
+        }
+    }
+}
+
+/// A small change in a tree that synced before loads only that change
+/// and its ancestors: nothing else of either replica.
+#[test]
+fn a_small_change_loads_only_what_it_touches() {
+    let mut w = World::new(2);
+    for i in 0..50 {
+        w.put(0, &format!("dir/f{i}"), file(1));
+    }
+    let all = Step::Sync {
+        mask: 3,
+        policy: 0,
+        backup: None,
+        ignore_tmp: false,
+    };
+    w.step(&all);
+    w.step(&all);
+    w.put(1, "dir/f7", file(2));
+    let mut reps = w.boxed(&[0, 1], &w.states);
+    let m = weave_core::ignore::Matcher::from_files(&[], &[]).unwrap();
+    let fl = floors(&reps, m.fingerprint()).expect("they synced");
+    let roles = crate::Roles::default();
+    let how = Planning {
+        roles: &roles,
+        matcher: &m,
+        policy: weave_core::ConflictPolicy::KeepBoth,
+        full: false,
+    };
+    let mut clock = CoordinatorClock::for_test(ReplicaId(100), 1000);
+    let g = incremental(&mut reps, &fl, &how, &mut clock)
+        .unwrap()
+        .expect("it settles");
+    assert_eq!(
+        g.scope,
+        Scope::Changes {
+            paths: 2,
+            rounds: 1
+        }
+    );
+    for v in &g.views {
+        assert_eq!(v.keys().collect::<Vec<_>>(), ["dir", "dir/f7"]);
+    }
+    assert_eq!(g.plan.finals.len(), 2);
+}
+
+/// A directory the plan deletes, held as a directory by some replica,
+/// has its whole inside loaded: a path inside it that no replica changed
+/// (and that a full plan would see) cannot be missed.
+#[test]
+fn a_directory_the_plan_deletes_has_its_inside_loaded() {
+    let mut w = World::new(2);
+    w.put(1, "d/x", file(1));
+    let deleted = {
+        let mut e = w.states[1].entries["d"].clone();
+        e.entry.object = Object::Deleted;
+        e.entry.vv.bump(ReplicaId(100), 50);
+        e
+    };
+    w.states[0].entries.insert("d".into(), deleted.clone());
+    let views: Vec<Entries> = w
+        .states
+        .iter()
+        .map(|s| Arc::new(s.entries.clone()))
+        .collect();
+    let mut plan = TreePlan::default();
+    plan.finals.insert("d".into(), deleted.entry);
+    let known = Known {
+        paths: vec![["d".to_string()].into(); 2],
+        subtrees: Vec::new(),
+    };
+    let (paths, subtrees) = reached(&plan, &views, &known);
+    assert!(paths.is_empty());
+    assert_eq!(subtrees, ["d"]);
+    let loaded = Known {
+        subtrees: vec!["d".into()],
+        ..known
+    };
+    assert_eq!(reached(&plan, &views, &loaded), (vec![], vec![]));
+}
