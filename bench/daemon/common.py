@@ -204,6 +204,23 @@ def tool_versions(weave=None):
     return out
 
 
+def cpu_ticks(pid):
+    """utime + stime of a process (all threads), in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        s = f.read()
+    fields = s[s.rindex(")") + 2:].split()  # the command name may contain spaces
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+
+
+def rss_kib(pid, field="VmRSS"):
+    """A memory figure of a process from /proc/PID/status (VmRSS, or VmHWM: its peak), KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
 def percentile(sorted_vals, p):
     """Nearest-rank percentile of an ascending list (a value that was actually measured)."""
     if not sorted_vals:

@@ -34,7 +34,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (DEFAULT_WEAVE, BenchError, Procs, WeavePair, cleanup,  # noqa: E402
+from common import (DEFAULT_WEAVE, BenchError, Procs, WeavePair, cleanup, cpu_ticks, rss_kib,  # noqa: E402
                     free_ports, install_signal_handlers, log, run, tail, weave_cli_missing, weave_init)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -54,21 +54,6 @@ def generate(root, files, seed):
         with open(os.path.join(d, f"f{i:07d}.dat"), "wb") as f:
             f.write(rng.randbytes(rng.randint(0, 2048)))
     log(f"generated {files} files in {time.monotonic() - t0:.1f}s")
-
-
-def cpu_ticks(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        s = f.read()
-    fields = s[s.rindex(")") + 2:].split()  # the command name may contain spaces
-    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def threads(pid):

@@ -599,3 +599,130 @@ fn an_ignore_file_edit_brings_files_it_no_longer_ignores() {
         read(&fb.join("build.log")).as_deref() == Some("was ignored")
     });
 }
+
+/// The established TCP connections to a daemon listening on one of
+/// `ports` (its port, and the other end's port), from /proc/net/tcp.
+fn accepted_on(ports: &[u16]) -> Vec<(u16, u16)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port = |a: &str| u16::from_str_radix(a.rsplit(':').next().unwrap(), 16).unwrap();
+    table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<&str>>())
+        .filter(|f| f[3] == "01" && ports.contains(&port(f[1])))
+        .map(|f| (port(f[1]), port(f[2])))
+        .collect()
+}
+
+fn port_of(d: &Device) -> u16 {
+    d.addr.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// Two folders, changes both ways, many syncs: one TCP connection
+/// between the two daemons carries all of them.
+#[test]
+fn one_lasting_connection_carries_every_folder_both_ways() {
+    let (a, b) = (Device::new("a"), Device::new("b"));
+    a.knows(&b);
+    b.knows(&a);
+    let (a1, b1) = (
+        a.folder("one", "one", &[&b], &[]),
+        b.folder("one", "one", &[&a], &[]),
+    );
+    let (a2, b2) = (
+        a.folder("two", "two", &[&b], &[]),
+        b.folder("two", "two", &[&a], &[]),
+    );
+    a.start();
+    b.start();
+    // Every connection seen while the syncs run.
+    let ports = [port_of(&a), port_of(&b)];
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..4 {
+        std::fs::write(a1.join(format!("a{i}")), format!("{i}")).unwrap();
+        std::fs::write(b2.join(format!("b{i}")), format!("{i}")).unwrap();
+        wait_for("both changes", &[&a, &b], || {
+            seen.extend(accepted_on(&ports));
+            read(&b1.join(format!("a{i}"))).is_some() && read(&a2.join(format!("b{i}"))).is_some()
+        });
+    }
+    seen.extend(accepted_on(&ports));
+    assert_eq!(seen.len(), 1, "connections between the daemons: {seen:?}");
+    assert_eq!(accepted_on(&ports).len(), 1, "the connection lasts");
+}
+
+/// A peer that stops answering (SIGSTOP) is seen as disconnected by the
+/// keep-alives; once it runs again, changes reach it.
+#[test]
+fn a_stopped_peer_is_seen_down_and_comes_back() {
+    let (a, b) = (Device::new("a"), Device::new("b"));
+    a.knows(&b);
+    b.knows(&a);
+    let fa = a.folder("docs", "docs", &[&b], &[]);
+    let fb = b.folder("docs", "docs", &[&a], &[]);
+    a.start();
+    b.start();
+    std::fs::write(fa.join("first"), "1").unwrap();
+    wait_for("the first file", &[&a, &b], || {
+        read(&fb.join("first")).is_some()
+    });
+    let pid = b.child.borrow().as_ref().unwrap().id().to_string();
+    let signal = |s: &str| {
+        assert!(Command::new("kill")
+            .args([s, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    signal("-STOP");
+    let state_of_b = || {
+        a.status().and_then(|s| {
+            s["peers"]
+                .as_array()?
+                .iter()
+                .find(|p| p["name"] == "b")
+                .map(|p| p["state"].as_str().unwrap_or("").to_string())
+        })
+    };
+    wait_for("a to see b disconnected", &[&a], || {
+        state_of_b().as_deref() == Some("disconnected")
+    });
+    signal("-CONT");
+    std::fs::write(fa.join("second"), "2").unwrap();
+    wait_for("the second file", &[&a, &b], || {
+        read(&fb.join("second")).is_some()
+    });
+}
+
+/// A peer's address fixed in the config is dialled at once, not after
+/// the back-off its failures had built up.
+#[test]
+fn a_peer_address_fixed_in_the_config_is_dialled_at_once() {
+    let (a, b) = (Device::new("a"), Device::new("b"));
+    let wrong = format!("127.0.0.1:{}", free_port());
+    a.ok(&["peer", "add", "b", &b.id, &wrong]);
+    // b has no address for a: only a can dial.
+    b.ok(&["peer", "add", "a", &a.id]);
+    let fa = a.folder("docs", "docs", &[&b], &[]);
+    let fb = b.folder("docs", "docs", &[&a], &[]);
+    a.start();
+    b.start();
+    std::fs::write(fa.join("f"), "x").unwrap();
+    // Failures back off: 1, 2, 4, 8 s... so after 16 s the next try is
+    // 8 to 16 s away.
+    std::thread::sleep(Duration::from_secs(16));
+    assert!(read(&fb.join("f")).is_none());
+    let cfg = a.cfg.join("config.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains(&wrong));
+    std::fs::write(&cfg, text.replace(&wrong, &b.addr)).unwrap();
+    let t = Instant::now();
+    wait_for("the file after the fix", &[&a, &b], || {
+        read(&fb.join("f")).is_some()
+    });
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "reached b {:?} after the fix",
+        t.elapsed()
+    );
+}

@@ -1,16 +1,17 @@
-//! Connections between daemons: dialling a peer, and a weave session over
-//! a TLS stream.
+//! Connections between daemons: one lasting link per peer (see
+//! `link.rs`), dialled when a session needs one and none is up, or
+//! accepted from the peer; sessions open channels on it.
 
+use super::link::{read_frame, Kind, Link, OnOpen};
 use super::shared::Shared;
 use crate::config::Peer;
 use crate::id::DeviceId;
+use crate::status::{self, PeerState};
 use crate::{tls, DaemonError};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::runtime::Handle;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use weave_engine::SyncError;
@@ -18,37 +19,6 @@ use weave_net::Conn;
 
 /// How long a dial or a TLS handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A weave session over a TLS stream: the connection's reader and writer
-/// threads use the stream through the runtime.
-fn conn_over<S>(stream: S, peer: &str, rt: &Handle) -> Conn
-where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let (r, w) = tokio::io::split(stream);
-    let r = tokio_util::io::SyncIoBridge::new_with_handle(r, rt.clone());
-    let w = tokio_util::io::SyncIoBridge::new_with_handle(w, rt.clone());
-    Conn::new(r, CloseOnDrop(w), peer, None)
-}
-
-/// The writing half of a session: dropping it ends the TLS stream cleanly
-/// (close_notify), so the other side sees the end of the session.
-struct CloseOnDrop<W: AsyncWrite + Unpin>(tokio_util::io::SyncIoBridge<W>);
-
-impl<W: AsyncWrite + Unpin> std::io::Write for CloseOnDrop<W> {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.write(b)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-}
-
-impl<W: AsyncWrite + Unpin> Drop for CloseOnDrop<W> {
-    fn drop(&mut self) {
-        let _ = self.0.shutdown();
-    }
-}
 
 /// Why a peer could not be synced with: it is down, or out of reach, or
 /// does not take this device.
@@ -81,11 +51,45 @@ pub enum DialError {
     HandshakeTimeout,
     #[error("TLS: {0}")]
     Tls(std::io::Error),
+    /// The TLS handshake went through, then the peer refused this
+    /// device's certificate (TLS 1.3 says so only afterwards).
+    #[error("refused: {0}")]
+    Refused(std::io::Error),
+    #[error("the peer closed the connection before taking it")]
+    Closed,
 }
 
-/// Dials `peer` (each of its addresses in turn) and checks it is who it
-/// should be.
-pub(super) fn dial(sh: &Shared, peer: &Peer) -> Result<(Conn, String), DaemonError> {
+/// A session to `peer` on the link to it: the link that is up, or one
+/// dialled now. Returns it and the peer's address.
+pub(super) fn session_to(sh: &Arc<Shared>, peer: &Peer) -> Result<(Conn, String), DaemonError> {
+    // A link that died since it was looked up is dialled again, once.
+    for _ in 0..2 {
+        let link = match live_link(sh, peer.id) {
+            Some(l) => l,
+            None => dial(sh, peer)?,
+        };
+        if let Some(conn) = link.open() {
+            return Ok((conn, link.addr.clone()));
+        }
+    }
+    Err(DaemonError::Peer {
+        peer: peer.name.clone(),
+        problem: Box::new(PeerProblem::Unreachable {
+            address: peer.addresses.join(", "),
+            why: DialError::Closed,
+        }),
+    })
+}
+
+/// The link to `id`, if one is up.
+pub(super) fn live_link(sh: &Shared, id: DeviceId) -> Option<Arc<Link>> {
+    let links = sh.links.lock().expect("links");
+    links.get(&id).filter(|l| !l.is_dead()).cloned()
+}
+
+/// Dials `peer` (each of its addresses in turn), checks it is who it
+/// should be and that it takes this device, and keeps the link.
+fn dial(sh: &Arc<Shared>, peer: &Peer) -> Result<Arc<Link>, DaemonError> {
     let perr = |problem: PeerProblem| DaemonError::Peer {
         peer: peer.name.clone(),
         problem: Box::new(problem),
@@ -97,7 +101,20 @@ pub(super) fn dial(sh: &Shared, peer: &Peer) -> Result<(Conn, String), DaemonErr
     let mut last = None;
     for addr in &peer.addresses {
         match sh.rt.block_on(connect(addr, cc.clone())) {
-            Ok(t) => return Ok((conn_over(t, &peer.name, &sh.rt), addr.clone())),
+            Ok(t) => {
+                let serve = super::host::serve_on(sh.clone(), peer.clone());
+                let link = sh
+                    .rt
+                    .block_on(async { Link::start(t, &peer.name, addr, true, serve) });
+                return Ok(adopt(sh, peer, link));
+            }
+            Err(DialError::Refused(e)) => {
+                return Err(perr(PeerProblem::RefusedUs {
+                    peer: peer.name.clone(),
+                    me: sh.me.id,
+                    cause: SyncError::Session(Box::new(e)),
+                }))
+            }
             Err(why) => last = Some((addr.clone(), why)),
         }
     }
@@ -105,8 +122,88 @@ pub(super) fn dial(sh: &Shared, peer: &Peer) -> Result<(Conn, String), DaemonErr
     Err(perr(PeerProblem::Unreachable { address, why }))
 }
 
-/// Connects to `addr`, and makes the TLS handshake with client config `cc`.
+/// Keeps `link` as the one to `peer`, unless a live one is there that
+/// wins: of two links between the same devices, both keep the one the
+/// lower device id dialled (or, dialled by the same side, the newer).
+/// Returns the link kept; the other is ended. A link kept shows the peer
+/// connected, wakes its folders, and shows it disconnected when it dies.
+pub(super) fn adopt(sh: &Arc<Shared>, peer: &Peer, link: Arc<Link>) -> Arc<Link> {
+    let by_lower = |l: &Link| l.dialled == (sh.me.id < peer.id);
+    let kept = {
+        let mut links = sh.links.lock().expect("links");
+        match links.get(&peer.id).filter(|l| !l.is_dead()).cloned() {
+            Some(old) if by_lower(&old) && !by_lower(&link) => {
+                link.kill();
+                return old;
+            }
+            old => {
+                if let Some(old) = old {
+                    old.kill();
+                }
+                links.insert(peer.id, link.clone());
+                link
+            }
+        }
+    };
+    info!("linked with {} ({})", peer.name, kept.addr);
+    sh.board.peer(&peer.name, |p| {
+        p.state = PeerState::Connected;
+        p.address = Some(kept.addr.clone());
+        p.last_seen_ms = Some(status::now_ms());
+        p.last_error = None;
+    });
+    for rt in sh.all_folders() {
+        let shared = sh
+            .cfg()
+            .folder(&rt.id)
+            .is_some_and(|f| f.peers.contains(&peer.name));
+        if shared
+            && rt
+                .backoff
+                .lock()
+                .expect("backoff")
+                .remove(&peer.id)
+                .is_some()
+        {
+            rt.poke(false);
+        }
+    }
+    let (sh2, name, id, watched) = (sh.clone(), peer.name.clone(), peer.id, kept.clone());
+    sh.rt.spawn(async move {
+        watched.closed.cancelled().await;
+        let mut links = sh2.links.lock().expect("links");
+        if links.get(&id).is_some_and(|l| Arc::ptr_eq(l, &watched)) {
+            links.remove(&id);
+            drop(links);
+            debug!("link with {name} ended");
+            sh2.board.peer(&name, |p| {
+                p.state = PeerState::Disconnected;
+                p.rate_in = 0;
+                p.rate_out = 0;
+            });
+        }
+    });
+    kept
+}
+
+/// Connects to `addr`, makes the TLS handshake with client config `cc`,
+/// and waits for the peer to take the link (its `Ready`).
 async fn connect(
+    addr: &str,
+    cc: Arc<rustls::ClientConfig>,
+) -> Result<TlsStream<TcpStream>, DialError> {
+    let mut t = handshake(addr, cc).await?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut t)).await {
+        Err(_) => Err(DialError::HandshakeTimeout),
+        Ok(Ok(f)) if f.kind == Kind::Ready => Ok(t),
+        Ok(Ok(_)) => Err(DialError::Closed),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(DialError::Closed),
+        Ok(Err(e)) => Err(DialError::Refused(e)),
+    }
+}
+
+/// Connects to `addr`, and makes the TLS handshake with client config `cc`.
+async fn handshake(
     addr: &str,
     cc: Arc<rustls::ClientConfig>,
 ) -> Result<TlsStream<TcpStream>, DialError> {
@@ -125,13 +222,13 @@ async fn connect(
     .map_err(DialError::Tls)
 }
 
-/// An accepted connection's TLS handshake: a session with the peer it
-/// is, and where it came from; None when it is refused (said in the log).
+/// An accepted connection's TLS handshake: the stream, the peer it is,
+/// and where it came from; None when it is refused (said in the log).
 pub(super) async fn accept(
     sh: &Shared,
     acceptor: &TlsAcceptor,
     s: TcpStream,
-) -> Option<(Conn, Peer, String)> {
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Peer, String)> {
     let from = s
         .peer_addr()
         .map(|a| a.to_string())
@@ -161,8 +258,22 @@ pub(super) async fn accept(
         warn!("refused {id} from {from}: it is no longer a peer");
         return None;
     };
-    let conn = conn_over(t, &peer.name, &sh.rt);
-    Some((conn, peer, from))
+    Some((t, peer, from))
+}
+
+/// Starts the link of an accepted connection, keeps it (see [`adopt`]),
+/// and tells the peer it is taken.
+pub(super) fn link_accepted(
+    sh: &Arc<Shared>,
+    t: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: &Peer,
+    from: &str,
+    serve: OnOpen,
+) {
+    let link = Link::start(t, &peer.name, from, false, serve);
+    if Arc::ptr_eq(&adopt(sh, peer, link.clone()), &link) {
+        link.ready();
+    }
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ fn scan_local(sh: &Shared, rt: &FolderRt, cfg: &Config, f: &Folder) -> Result<u6
 }
 
 /// Brings folder `rt` in sync with every peer it may differ from.
-fn check(sh: &Shared, rt: &FolderRt) {
+fn check(sh: &Arc<Shared>, rt: &FolderRt) {
     let cfg = sh.cfg();
     let Some(f) = cfg.folder(&rt.id).cloned() else {
         return;
@@ -128,7 +128,7 @@ struct Passes {
 /// sequence number `now` (or that is `forced`), in a few passes. None
 /// when the daemon or the folder stops meanwhile.
 fn sync_peers(
-    sh: &Shared,
+    sh: &Arc<Shared>,
     rt: &FolderRt,
     cfg: &Config,
     f: &Folder,

@@ -1,7 +1,8 @@
 //! Serving this device's folders to peers: an accepted connection's
 //! session may open the folders shared with its peer.
 
-use super::conn::accept;
+use super::conn::{accept, link_accepted};
+use super::link::OnOpen;
 use super::open::{open_folder, Taken};
 use super::shared::{FolderRt, Shared};
 use crate::config::Peer;
@@ -107,11 +108,26 @@ pub(super) async fn listen(sh: Arc<Shared>, listener: TcpListener, acceptor: Tls
     }
 }
 
-/// One accepted connection: TLS, then a session.
+/// One accepted connection: TLS, then the link to the peer.
 async fn session(sh: Arc<Shared>, acceptor: TlsAcceptor, s: TcpStream) {
-    let Some((conn, peer, from)) = accept(&sh, &acceptor, s).await else {
+    let Some((t, peer, from)) = accept(&sh, &acceptor, s).await else {
         return;
     };
+    let serve = serve_on(sh.clone(), peer.clone());
+    link_accepted(&sh, t, &peer, &from, serve);
+}
+
+/// What a link to `peer` does with a channel the peer opens: serves the
+/// session on it.
+pub(super) fn serve_on(sh: Arc<Shared>, peer: Peer) -> OnOpen {
+    Arc::new(move |link, conn| {
+        let (sh, peer, from) = (sh.clone(), peer.clone(), link.addr.clone());
+        tokio::spawn(serve_session(sh, conn, peer, from));
+    })
+}
+
+/// Serves one session of `peer` (at `from`), on a channel of its link.
+async fn serve_session(sh: Arc<Shared>, conn: weave_net::Conn, peer: Peer, from: String) {
     let sh2 = sh.clone();
     let name = peer.name.clone();
     let id = peer.id;

@@ -49,6 +49,7 @@ mod backoff;
 mod conn;
 mod folder;
 mod host;
+mod link;
 mod open;
 mod pair;
 mod reload;
@@ -104,6 +105,7 @@ pub async fn run(dir: &Path) -> Result<(), DaemonError> {
         allowed,
         refused,
         folders: Mutex::new(HashMap::new()),
+        links: Mutex::new(HashMap::new()),
         board,
         rt: Handle::current(),
         stopping: AtomicBool::new(false),

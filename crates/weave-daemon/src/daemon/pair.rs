@@ -1,7 +1,7 @@
 //! A pair sync run by this device (a folder with one peer), and what it
 //! did, on the board and in the log.
 
-use super::conn::{dial, PeerProblem};
+use super::conn::{session_to, PeerProblem};
 use super::open::open_folder;
 use super::shared::{FolderRt, Shared};
 use crate::config::{Config, Folder, Peer};
@@ -44,7 +44,7 @@ impl weave_engine::Progress for Progress<'_> {
 /// One pair sync of folder `f` with `peer`, run by this device. Returns
 /// the folder's sequence number after it.
 pub(super) fn sync_pair(
-    sh: &Shared,
+    sh: &Arc<Shared>,
     rt: &FolderRt,
     cfg: &Config,
     f: &Folder,
@@ -57,7 +57,7 @@ pub(super) fn sync_pair(
         guard = Some(rt.lock.clone().blocking_lock_owned());
     }
     let started = Instant::now();
-    let (conn, addr) = dial(sh, peer)?;
+    let (conn, addr) = session_to(sh, peer)?;
     let mut remote =
         RemoteReplica::open_kind(conn, &peer.name, &f.id, "files", false).map_err(|e| {
             // TLS 1.3: a server refuses a client's certificate after

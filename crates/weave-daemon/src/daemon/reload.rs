@@ -22,7 +22,8 @@ pub(super) fn apply_config(sh: &Arc<Shared>, cfg: Config, watcher: &mut Watcher)
         *a = cfg.peers.iter().map(|p| p.id).collect::<HashSet<_>>();
     }
     sh.board.configure(&cfg);
-    *sh.cfg.write().expect("config") = Arc::new(cfg.clone());
+    let old = std::mem::replace(&mut *sh.cfg.write().expect("config"), Arc::new(cfg.clone()));
+    follow_peers(sh, &old, &cfg);
     let mut folders = sh.folders.lock().expect("folders");
     folders.retain(|id, rt| {
         let keep = cfg.folder(id).is_some();
@@ -53,6 +54,35 @@ pub(super) fn apply_config(sh: &Arc<Shared>, cfg: Config, watcher: &mut Watcher)
     }
     drop(folders);
     watcher.follow(sh, &cfg);
+}
+
+/// Ends the links of peers that are gone or have new addresses; a peer
+/// with new addresses is dialled at once (its back-offs are dropped and
+/// its folders woken).
+fn follow_peers(sh: &Shared, old: &Config, new: &Config) {
+    for p in &old.peers {
+        let now = new.peer_by_id(p.id);
+        let moved = now.is_some_and(|n| n.addresses != p.addresses);
+        if now.is_some() && !moved {
+            continue;
+        }
+        if let Some(l) = super::conn::live_link(sh, p.id) {
+            if now.is_none() || l.dialled {
+                info!(
+                    "peer {}: {}; its link ends",
+                    p.name,
+                    if moved { "new addresses" } else { "removed" }
+                );
+                l.kill();
+            }
+        }
+        if moved {
+            for rt in sh.all_folders() {
+                rt.backoff.lock().expect("backoff").remove(&p.id);
+                rt.synced.lock().expect("synced").remove(&p.id);
+            }
+        }
+    }
 }
 
 fn file_stamp(p: &Path) -> Option<(std::time::SystemTime, u64)> {

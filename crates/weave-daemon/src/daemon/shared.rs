@@ -24,6 +24,8 @@ pub(super) struct Shared {
     pub(super) allowed: tls::Allowed,
     pub(super) refused: tls::Refused,
     pub(super) folders: Mutex<HashMap<String, Arc<FolderRt>>>,
+    /// The lasting link to each peer that is up (see `link.rs`).
+    pub(super) links: Mutex<HashMap<DeviceId, Arc<super::link::Link>>>,
     pub(super) board: Board,
     pub(super) rt: Handle,
     pub(super) stopping: AtomicBool,
