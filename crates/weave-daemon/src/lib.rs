@@ -70,6 +70,9 @@ pub enum DaemonError {
         addr: String,
         why: ureq::Error,
     },
+    /// The daemon did not do what was asked; its words.
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Sync(#[from] weave_engine::SyncError),
 }
