@@ -3,13 +3,17 @@
 //! no operation reaches a sub-folder that is configured as a folder of its
 //! own (it syncs with its own peers). A receive-only folder never shows
 //! its own changes: the paths it changed (found by its scans) are left out
-//! of the index it shows, so no peer plans to take them, and a remote
-//! version for such a path finds the local file in the way and is not
-//! written (the local change stays; the folder reports it diverged). The
-//! paths are remembered in `.weave/receive-only.json` until a remote
-//! version replaces them. The rules sit in front of the local replica, so
-//! a coordinator on another device cannot get round them.
+//! of the index it shows, so no peer plans to take them, and it takes no
+//! operation at such a path or under a directory deleted here (a local
+//! edit, new file or deletion stays; the folder reports it diverged). The
+//! paths are remembered in `.weave/receive-only.json` until the peers come
+//! to the same state or the user reverts them: a reverting folder
+//! ([`Guarded::reverting`]) shows everything and takes every operation,
+//! and is synced as a backup of its peer, which puts the peer's versions
+//! back. The rules sit in front of the local replica, so a coordinator on
+//! another device cannot get round them.
 
+use crate::root::RootId;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use weave_core::Hash;
@@ -29,12 +33,21 @@ pub struct Guarded {
     pub patterns: Vec<String>,
     /// Receive-only: its own changes are never shown (see the module).
     receive_only: Option<LocalChanges>,
+    /// Receive-only, reverting its local changes: what it shows of itself
+    /// (it claims to have integrated nothing, so the sync plans).
+    reverting: Option<ReplicaInfo>,
+    /// The root directory it was opened at, and its state directory: a
+    /// scan after which either is gone (removed, unmounted) or another
+    /// fails, so that what vanished with it never becomes deletions.
+    pub root: Option<(PathBuf, RootId, PathBuf)>,
 }
 
 /// The paths a receive-only folder changed itself.
 struct LocalChanges {
     file: PathBuf,
     paths: BTreeSet<String>,
+    /// Reverting: the paths whose revert failed in this sync.
+    failed: BTreeSet<String>,
 }
 
 pub const LOCAL_CHANGES_FILE: &str = "receive-only.json";
@@ -67,7 +80,24 @@ impl Guarded {
             excluded: Vec::new(),
             patterns: Vec::new(),
             receive_only: None,
+            reverting: None,
+            root: None,
         }
+    }
+
+    /// Fails when the root it was opened at is no longer there (see
+    /// `root`).
+    fn check_root(&self) -> Result<(), SyncError> {
+        let Some((root, id, state)) = &self.root else {
+            return Ok(());
+        };
+        if RootId::of(root).as_ref() == Some(id) && state.is_dir() {
+            return Ok(());
+        }
+        Err(SyncError::Usage(format!(
+            "{} vanished during the scan (removed, unmounted or replaced); nothing is sent, so nothing is deleted on its peers, and it is looked at again once it is back",
+            root.display()
+        )))
     }
 
     /// Makes it receive-only; its state directory is `state`.
@@ -75,7 +105,54 @@ impl Guarded {
         self.receive_only = Some(LocalChanges {
             file: state.join(LOCAL_CHANGES_FILE),
             paths: local_changes(state),
+            failed: BTreeSet::new(),
         });
+    }
+
+    /// Makes a receive-only folder (state directory `state`) revert its
+    /// local changes in this sync, which must make it a backup of its
+    /// peer: it shows all of itself and takes every operation, and the
+    /// paths whose operations went through (or that needed none) are no
+    /// longer its own changes.
+    pub fn reverting(&mut self, state: &Path) {
+        self.receive_only(state);
+        self.reverting = Some(self.shown_while_reverting());
+    }
+
+    fn shown_while_reverting(&self) -> ReplicaInfo {
+        let mut info = self.inner.info().clone();
+        info.peers.clear();
+        info
+    }
+
+    /// After a change to the inner replica: what a reverting one shows.
+    fn refresh(&mut self) {
+        if self.reverting.is_some() {
+            self.reverting = Some(self.shown_while_reverting());
+        }
+    }
+
+    /// Why a receive-only folder does not take `op`: its path changed
+    /// here (and the op would not bring the same state), or a directory
+    /// above it was deleted here. `local` is what the folder holds.
+    fn kept_here(&self, op: &Op, local: &weave_engine::Entries) -> Option<String> {
+        let lc = self.receive_only.as_ref()?;
+        if self.reverting.is_some() {
+            return None;
+        }
+        const KEPT: &str = "and this folder is receive-only (the local change stays and is not sent; `weave folder revert` takes the peers' versions)";
+        if lc.paths.contains(&op.path) {
+            let same = local
+                .get(&op.path)
+                .is_some_and(|le| le.entry.same_state(&op.target));
+            return (!same).then(|| format!("not taken: changed here, {KEPT}"));
+        }
+        weave_core::path::ancestors(&op.path)
+            .find(|a| {
+                lc.paths.contains(*a)
+                    && local.get(*a).is_some_and(|le| le.entry.object.is_deleted())
+            })
+            .map(|a| format!("not taken: {a} was deleted here, {KEPT}"))
     }
 
     fn refusal(&self, path: &str) -> Option<String> {
@@ -95,7 +172,7 @@ impl Guarded {
 
     /// `e` without a receive-only folder's own changes.
     fn hide_own(&self, mut e: weave_engine::Entries) -> weave_engine::Entries {
-        if let Some(lc) = &self.receive_only {
+        if let (Some(lc), None) = (&self.receive_only, &self.reverting) {
             if e.keys().any(|p| lc.paths.contains(p)) {
                 std::sync::Arc::make_mut(&mut e).retain(|p, _| !lc.paths.contains(p));
             }
@@ -123,7 +200,7 @@ impl Replica for Guarded {
         self.inner.traffic()
     }
     fn info(&self) -> &ReplicaInfo {
-        self.inner.info()
+        self.reverting.as_ref().unwrap_or_else(|| self.inner.info())
     }
     fn scan(&mut self, ignore: &IgnoreSpec, dry_run: bool) -> Result<ScanSummary, SyncError> {
         let mut spec = ignore.clone();
@@ -139,6 +216,7 @@ impl Replica for Guarded {
         }
         let before = self.inner.info().seq;
         let summary = self.inner.scan(&spec, dry_run)?;
+        self.check_root()?;
         let grew = self.inner.info().seq > before;
         if let (Some(lc), true) = (self.receive_only.as_mut(), grew) {
             // What this scan recorded are the folder's own changes.
@@ -146,6 +224,7 @@ impl Replica for Guarded {
             lc.paths.extend(changed.keys().cloned());
             lc.save()?;
         }
+        self.refresh();
         Ok(summary)
     }
     fn entries(&mut self) -> Result<weave_engine::Entries, SyncError> {
@@ -187,8 +266,15 @@ impl Replica for Guarded {
         let mut keep = Vec::new();
         let mut index = Vec::new();
         let mut refused = Vec::new();
+        let local = match &self.receive_only {
+            Some(lc) if !lc.paths.is_empty() => Some(self.inner.entries()?),
+            _ => None,
+        };
         for (i, op) in ops.into_iter().enumerate() {
-            match self.refusal(&op.path) {
+            let why = self
+                .refusal(&op.path)
+                .or_else(|| local.as_ref().and_then(|local| self.kept_here(&op, local)));
+            match why {
                 Some(why) => refused.push(Issue {
                     path: op.path.clone(),
                     message: why,
@@ -208,25 +294,66 @@ impl Replica for Guarded {
             d.0 = index[d.0];
         }
         if let Some(lc) = &mut self.receive_only {
-            // A remote version replaced these: they are no longer the
-            // folder's own. The others stay, and say why.
+            // A remote version replaced these (the peers came to the same
+            // state, or a revert): they are no longer the folder's own.
             let before = lc.paths.len();
             for (_, e) in &applied.done {
                 lc.paths.remove(&e.path);
             }
-            for e in &mut applied.errors {
-                if lc.paths.contains(&e.path) {
-                    e.message = "not taken: changed here, and this folder is receive-only (the local change stays and is not sent)".into();
-                }
+            for e in &applied.errors {
+                lc.failed.insert(e.path.clone());
             }
             if lc.paths.len() != before {
                 lc.save()?;
             }
         }
+        self.refresh();
         applied.errors.extend(refused);
         Ok(applied)
     }
     fn finish(&mut self, fin: &weave_engine::Finish) -> Result<(), SyncError> {
-        self.inner.finish(fin)
+        self.inner.finish(fin)?;
+        if let (Some(lc), Some(_)) = (&mut self.receive_only, &self.reverting) {
+            // Reverted: what is left of its own changes is what failed.
+            let failed = std::mem::take(&mut lc.failed);
+            lc.paths.retain(|p| failed.contains(p));
+            lc.save()?;
+        }
+        self.refresh();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weave_engine::Kind;
+    use weave_fs::Files;
+
+    /// `rm -rf` of a folder's content, its state included, while its scan
+    /// runs: the scan fails instead of taking every file for deleted.
+    #[test]
+    fn a_scan_whose_folder_vanished_meanwhile_fails() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("docs");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("a.txt"), "a").unwrap();
+        let open = || {
+            let mut g = Guarded::new(Files.open(&root, "docs", false).unwrap());
+            g.root = Some((
+                root.clone(),
+                RootId::of(&root).unwrap(),
+                Files.state_dir(&root),
+            ));
+            g
+        };
+        let mut g = open();
+        g.scan(&IgnoreSpec::default(), false).unwrap();
+        drop(g);
+        let mut g = open();
+        std::fs::remove_file(root.join("a.txt")).unwrap();
+        std::fs::remove_dir_all(Files.state_dir(&root)).unwrap();
+        let e = g.scan(&IgnoreSpec::default(), false).unwrap_err();
+        assert!(e.to_string().contains("vanished during the scan"), "{e}");
     }
 }

@@ -6,13 +6,15 @@
 //! - [`tls`]: TLS 1.3 in both directions, each side pinned by device id;
 //! - [`daemon`]: the running daemon — peers, folders, the watcher, syncs;
 //! - [`status`]: the local status API and its client;
-//! - `touched`: what the watcher saw change, and when it is ready to scan.
+//! - `touched`: what the watcher saw change, and when it is ready to scan;
+//! - `root`: a folder root's identity (a root made again is another one).
 
 pub mod config;
 pub mod daemon;
 mod guard;
 pub mod id;
 pub mod identity;
+mod root;
 pub mod status;
 pub mod tls;
 mod touched;
@@ -68,6 +70,9 @@ pub enum DaemonError {
         addr: String,
         why: ureq::Error,
     },
+    /// The daemon did not do what was asked; its words.
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Sync(#[from] weave_engine::SyncError),
 }

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 use weave_daemon::config::{folder_policy, Mode, DEFAULT_PORT};
-use weave_daemon::status::PeerState;
+use weave_daemon::status::{FolderAction, PeerState};
 use weave_daemon::{Config, DeviceId, Folder, Peer};
 use weave_engine::PolicySpec;
 
@@ -68,6 +68,16 @@ pub enum FolderCommand {
     Unshare { id: String, peer: String },
     /// Stop syncing a folder (its files stay where they are).
     Remove { id: String },
+    /// Receive-only folder: drop its local changes (edits, new files,
+    /// deletions) and take the peers' versions again. What it replaces or
+    /// removes is kept in the folder's version history. Asks the running
+    /// daemon, and waits until it is done.
+    Revert { id: String },
+    /// Send-only folder: undo the peers' changes to it, so that every peer
+    /// holds this device's versions again (their replaced files go to
+    /// their version history). Asks the running daemon, and waits until it
+    /// is done.
+    Override { id: String },
     /// List the folders.
     List {
         #[arg(long)]
@@ -200,6 +210,7 @@ pub fn peer(cd: &ConfigDir, c: PeerCommand) -> Result<bool> {
 
 pub fn folder(cd: &ConfigDir, c: FolderCommand) -> Result<bool> {
     let dir = cd.dir()?;
+
     let (me, mut cfg) = load(&dir)?;
     let find = |cfg: &Config, id: &str| -> Result<usize> {
         cfg.folders
@@ -264,6 +275,8 @@ pub fn folder(cd: &ConfigDir, c: FolderCommand) -> Result<bool> {
             cfg.save(&dir, me)?;
             eprintln!("weave: folder {id} removed (its files stay where they are)");
         }
+        FolderCommand::Revert { id } => return ask(&dir, &id, FolderAction::Revert),
+        FolderCommand::Override { id } => return ask(&dir, &id, FolderAction::Override),
         FolderCommand::List { json } => {
             if json {
                 println!("{}", serde_json::to_string_pretty(&cfg.folders)?);
@@ -280,6 +293,13 @@ pub fn folder(cd: &ConfigDir, c: FolderCommand) -> Result<bool> {
             }
         }
     }
+    Ok(true)
+}
+
+/// Asks the running daemon to do `action` to folder `id`.
+fn ask(dir: &Path, id: &str, action: FolderAction) -> Result<bool> {
+    let said = weave_daemon::status::act(dir, id, action)?;
+    eprintln!("weave: {said}");
     Ok(true)
 }
 
@@ -365,6 +385,24 @@ pub fn status(cd: &ConfigDir, json: bool) -> Result<bool> {
         }
         for n in f.notices.iter().take(5) {
             println!("    {n}");
+        }
+        if f.local_changes > 0 {
+            let shown: Vec<&str> = f
+                .local_change_paths
+                .iter()
+                .take(5)
+                .map(String::as_str)
+                .collect();
+            let more = f.local_changes.saturating_sub(shown.len() as u64);
+            println!(
+                "    changed here: {}{}",
+                shown.join(", "),
+                if more > 0 {
+                    format!(" and {more} more (`weave status --json` lists 100)")
+                } else {
+                    String::new()
+                }
+            );
         }
     }
     println!();

@@ -2,9 +2,10 @@
 //! interval and when a back-off ends; a check scans what changed and
 //! syncs with the peers that need it.
 
+use super::actions;
 use super::backoff::Backoff;
 use super::open::open_folder;
-use super::pair::sync_pair;
+use super::pair::{sync_pair, PairKind};
 use super::shared::{FolderRt, Shared};
 use super::watcher::UNWATCHED_RESCAN;
 use crate::config::{Config, Folder, Mode, Peer};
@@ -64,12 +65,13 @@ fn check(sh: &Arc<Shared>, rt: &FolderRt) {
         .iter()
         .filter_map(|n| cfg.peer(n).cloned())
         .collect();
+    let asked: Vec<actions::Request> = std::mem::take(&mut *rt.asked.lock().expect("asked"));
     sh.board.folder(&f.id, |s| s.state = FolderState::Scanning);
     // What the folder's sequence number is now, once known: after a look
     // at what changed on disk, or without one, the last one any sync
     // ended at. Changes weave wrote itself leave it as it was: no peer
     // hears of them again.
-    let now: Option<u64> = if dirty {
+    let mut now: Option<u64> = if dirty {
         match scan_local(sh, rt, &cfg, &f) {
             Ok(seq) => {
                 *rt.scan_retry.lock().expect("retry") = None;
@@ -77,12 +79,33 @@ fn check(sh: &Arc<Shared>, rt: &FolderRt) {
             }
             Err(e) => {
                 scan_failed(sh, rt, &f, &e);
+                for (_, tx) in asked {
+                    let _ = tx.send(crate::status::Answer::refused(format!(
+                        "folder {}: {e}; nothing was changed",
+                        f.id
+                    )));
+                }
                 return;
             }
         }
     } else {
         rt.synced.lock().expect("synced").values().max().copied()
     };
+    if !asked.is_empty() {
+        for (action, tx) in asked {
+            let _ = tx.send(actions::run(sh, rt, &cfg, &f, &peers, action));
+        }
+        // The folder changed: the peers the action did not sync with
+        // hear of it.
+        now = rt
+            .synced
+            .lock()
+            .expect("synced")
+            .values()
+            .max()
+            .copied()
+            .max(now);
+    }
     let Some(passes) = sync_peers(sh, rt, &cfg, &f, &peers, now, forced) else {
         return;
     };
@@ -157,7 +180,7 @@ fn sync_peers(
             }
             forced.remove(&p.id);
             any = true;
-            match sync_pair(sh, rt, cfg, f, p) {
+            match sync_pair(sh, rt, cfg, f, p, PairKind::Normal) {
                 Ok(seq) => {
                     now = Some(seq);
                     rt.synced.lock().expect("synced").insert(p.id, seq);
@@ -218,6 +241,9 @@ fn pair_failed(
     Some(msg)
 }
 
+/// How many of a receive-only folder's local changes its status names.
+const LISTED_CHANGES: usize = 100;
+
 /// Shows the folder after a check: its state, error, the peers it is in
 /// sync with (their last sync ended at `now`), and the local changes a
 /// receive-only folder keeps.
@@ -241,18 +267,24 @@ fn show_check(
         100.0 * in_sync.len() as f64 / peers.len() as f64
     };
     let kept = if f.mode == Mode::ReceiveOnly {
-        crate::guard::local_changes(&Files.state_dir(&f.path)).len()
+        crate::guard::local_changes(&Files.state_dir(&f.path))
     } else {
-        0
+        Default::default()
     };
     sh.board.folder(&f.id, |s| {
         s.notices.retain(|n| !n.starts_with("receive-only:"));
-        if kept > 0 {
+        if !kept.is_empty() {
             s.notices.insert(
                 0,
-                format!("receive-only: {kept} local changes kept here and not sent (diverged)"),
+                format!(
+                    "receive-only: {} local changes kept here and not sent (diverged); `weave folder revert {}` takes the peers' versions",
+                    kept.len(),
+                    f.id
+                ),
             );
         }
+        s.local_changes = kept.len() as u64;
+        s.local_change_paths = kept.iter().take(LISTED_CHANGES).cloned().collect();
         s.state = if error.is_some() {
             FolderState::Error
         } else {

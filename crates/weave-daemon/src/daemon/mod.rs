@@ -29,9 +29,11 @@
 //! folder's runtime state), `open` (a folder's replica, behind its rules),
 //! `conn` (dialling a peer, accepting one, sessions over TLS), `pair` (a
 //! pair sync this device runs, and its report), `folder` (a folder's task
-//! and its check), `host` (serving folders to peers), `watcher` (the
-//! file-system watcher), `reload` (following the config file) and
-//! `backoff` (the wait after a failure).
+//! and its check), `actions` (what a user asks of a folder: revert,
+//! override), `host` (serving folders to peers), `watcher` (the
+//! file-system watcher, and folder roots removed and made again),
+//! `reload` (following the config file) and `backoff` (the wait after a
+//! failure).
 
 // Log lines keep the target they had when the daemon was one file
 // (`weave_daemon::daemon`), whichever module writes them.
@@ -45,6 +47,7 @@ macro_rules! warn {
     ($($t:tt)*) => { tracing::warn!(target: "weave_daemon::daemon", $($t)*) };
 }
 
+mod actions;
 mod backoff;
 mod conn;
 mod folder;
@@ -141,10 +144,12 @@ async fn bind(addr: &str) -> Result<TcpListener, DaemonError> {
         })
 }
 
-/// Serves the status API on `api`: the board, and the conflict copies of
-/// the folders configured at the time of each request.
+/// Serves the status API on `api`: the board, the conflict copies of the
+/// folders configured at the time of each request, and what users ask of
+/// a folder (done by its task).
 fn serve_api(sh: &Arc<Shared>, api: TcpListener, token: String) {
     let board = sh.board.clone();
+    let sh_act = sh.clone();
     let sh = sh.clone();
     let roots = Arc::new(move || {
         let cfg = sh.cfg();
@@ -153,7 +158,12 @@ fn serve_api(sh: &Arc<Shared>, api: TcpListener, token: String) {
             .map(|f| (f.id.clone(), f.path.clone(), cfg.subfolders(f)))
             .collect::<Vec<_>>()
     });
-    tokio::spawn(status::serve(api, board, token, roots));
+    let sh = sh_act;
+    let act: status::Act = Arc::new(move |id: String, action| {
+        let sh = sh.clone();
+        Box::pin(async move { actions::ask(&sh, &id, action).await })
+    });
+    tokio::spawn(status::serve(api, board, token, roots, act));
 }
 
 /// Stops every folder, letting the syncs under way finish (for 30 s at

@@ -5,6 +5,7 @@
 use super::shared::FolderRt;
 use crate::config::{Config, Folder, Mode};
 use crate::guard::Guarded;
+use crate::root::RootId;
 use std::time::{Duration, Instant};
 use weave_engine::{Kind, Replica, SyncError};
 use weave_fs::Files;
@@ -20,6 +21,18 @@ pub(super) fn open_folder(
     f: &Folder,
     rt: &FolderRt,
 ) -> Result<(Box<dyn Replica>, Taken), SyncError> {
+    open_folder_as(cfg, f, rt, false)
+}
+
+/// Opens the folder's replica as [`open_folder`] does; `reverting`: a
+/// receive-only folder that reverts its local changes in this sync (see
+/// `Guarded::reverting`).
+pub(super) fn open_folder_as(
+    cfg: &Config,
+    f: &Folder,
+    rt: &FolderRt,
+    reverting: bool,
+) -> Result<(Box<dyn Replica>, Taken), SyncError> {
     if !f.path.is_dir() {
         return Err(SyncError::Usage(format!(
             "folder {}: {} is not a directory (unmounted? removed?); it is not synced until it is back, so that nothing is deleted on its peers",
@@ -28,10 +41,14 @@ pub(super) fn open_folder(
         )));
     }
     let canon = Files.check(std::slice::from_ref(&f.path), &f.ignore)?;
+    let root = RootId::of(&canon[0]);
     let rep = Files.open(&canon[0], &f.id, false)?;
     let mut g = Guarded::new(rep);
+    g.root = root.map(|id| (canon[0].clone(), id, Files.state_dir(&canon[0])));
     g.send_only = f.mode == Mode::SendOnly;
-    if f.mode == Mode::ReceiveOnly {
+    if f.mode == Mode::ReceiveOnly && reverting {
+        g.reverting(&Files.state_dir(&canon[0]));
+    } else if f.mode == Mode::ReceiveOnly {
         g.receive_only(&Files.state_dir(&canon[0]));
     }
     g.excluded = cfg.subfolders(f);

@@ -2,7 +2,7 @@
 //! did, on the board and in the log.
 
 use super::conn::{session_to, PeerProblem};
-use super::open::open_folder;
+use super::open::open_folder_as;
 use super::shared::{FolderRt, Shared};
 use crate::config::{Config, Folder, Peer};
 use crate::guard::Guarded;
@@ -16,7 +16,7 @@ use weave_fs::Files;
 use weave_net::RemoteReplica;
 
 /// The sync options a folder's syncs use.
-fn sync_options(cfg: &Config, f: &Folder) -> SyncOptions {
+pub(super) fn sync_options(cfg: &Config, f: &Folder) -> SyncOptions {
     SyncOptions {
         policy: f.conflict.clone(),
         ignore: f
@@ -41,24 +41,15 @@ impl weave_engine::Progress for Progress<'_> {
     }
 }
 
-/// One pair sync of folder `f` with `peer`, run by this device. Returns
-/// the folder's sequence number after it.
-pub(super) fn sync_pair(
+/// Opens `peer`'s replica of folder `f`, in a session on the link to it
+/// (the address it was reached at beside it).
+pub(super) fn open_remote(
     sh: &Arc<Shared>,
-    rt: &FolderRt,
-    cfg: &Config,
     f: &Folder,
     peer: &Peer,
-) -> Result<u64, DaemonError> {
-    // Locks in device-id order: the lower id's folder first.
-    let local_first = sh.me.id < peer.id;
-    let mut guard = None;
-    if local_first {
-        guard = Some(rt.lock.clone().blocking_lock_owned());
-    }
-    let started = Instant::now();
+) -> Result<(RemoteReplica, String), DaemonError> {
     let (conn, addr) = session_to(sh, peer)?;
-    let mut remote =
+    let remote =
         RemoteReplica::open_kind(conn, &peer.name, &f.id, "files", false).map_err(|e| {
             // TLS 1.3: a server refuses a client's certificate after
             // the client's side of the handshake is done.
@@ -76,22 +67,58 @@ pub(super) fn sync_pair(
                 problem: Box::new(problem),
             }
         })?;
+    Ok((remote, addr))
+}
+
+/// What a pair sync is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PairKind {
+    /// Both sides' changes meet.
+    Normal,
+    /// A receive-only folder takes its peer's versions again: it is the
+    /// sync's backup, and its own changes are undone.
+    Revert,
+}
+
+/// One pair sync of folder `f` with `peer`, run by this device. Returns
+/// the folder's sequence number after it.
+pub(super) fn sync_pair(
+    sh: &Arc<Shared>,
+    rt: &FolderRt,
+    cfg: &Config,
+    f: &Folder,
+    peer: &Peer,
+    kind: PairKind,
+) -> Result<u64, DaemonError> {
+    // Locks in device-id order: the lower id's folder first.
+    let local_first = sh.me.id < peer.id;
+    let mut guard = None;
+    if local_first {
+        guard = Some(rt.lock.clone().blocking_lock_owned());
+    }
+    let started = Instant::now();
+    let (mut remote, addr) = open_remote(sh, f, peer)?;
     if guard.is_none() {
         guard = Some(rt.lock.clone().blocking_lock_owned());
     }
-    let (mut local, taken) = open_folder(cfg, f, rt)?;
+    let reverting = kind == PairKind::Revert;
+    let (mut local, taken) = open_folder_as(cfg, f, rt, reverting)?;
     if let Some(tree) = local.local() {
         remote.cache_index_in(&Files.state_dir(tree.root()));
     }
     let mut reps: Vec<Box<dyn Replica>> = vec![local, Box::new(remote)];
     sh.board.folder(&f.id, |s| s.state = FolderState::Syncing);
-    let opts = sync_options(cfg, f);
-    let result = weave_engine::run(
-        &mut reps,
-        &opts,
-        &weave_engine::Roles::default(),
-        &Progress(rt),
-    );
+    let opts = SyncOptions {
+        // A revert undoes local changes the peer has integrated as hidden:
+        // every path is planned.
+        full_plan: reverting,
+        ..sync_options(cfg, f)
+    };
+    let roles = weave_engine::Roles {
+        backups: if reverting { vec![0] } else { Vec::new() },
+        ..Default::default()
+    };
+    let result = weave_engine::run(&mut reps, &opts, &roles, &Progress(rt));
     let seq = reps[0].info().seq;
     let traffic = reps[1].traffic();
     drop(reps);

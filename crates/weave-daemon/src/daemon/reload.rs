@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often the config file is looked at.
+/// How often the config file (and every folder's root) is looked at.
 const CONFIG_POLL: Duration = Duration::from_millis(500);
 
 /// Reads the config again and makes the daemon follow it.
@@ -90,7 +90,8 @@ fn file_stamp(p: &Path) -> Option<(std::time::SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
-/// Follows the config file until SIGINT or SIGTERM.
+/// Follows the config file, and the folders' roots, until SIGINT or
+/// SIGTERM.
 pub(super) async fn follow_config(
     sh: &Arc<Shared>,
     watcher: &mut Watcher,
@@ -109,6 +110,7 @@ pub(super) async fn follow_config(
                     stamp = now;
                     reload(sh, watcher);
                 }
+                watcher.check_roots(sh);
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The daemon's state while it runs: the config, the peers it accepts,
 //! and each folder's runtime state.
 
+use super::actions::Request;
 use super::backoff::Backoff;
 use super::open::Taken;
 use crate::config::Config;
@@ -56,6 +57,8 @@ pub(super) struct FolderRt {
     pub(super) stopped: AtomicBool,
     pub(super) bytes_total: AtomicU64,
     pub(super) bytes_done: AtomicU64,
+    /// What users asked of the folder (revert, override), for its task.
+    pub(super) asked: Mutex<Vec<Request>>,
 }
 
 impl FolderRt {
@@ -75,6 +78,7 @@ impl FolderRt {
             stopped: AtomicBool::new(false),
             bytes_total: AtomicU64::new(0),
             bytes_done: AtomicU64::new(0),
+            asked: Mutex::new(Vec::new()),
         }
     }
 

@@ -1,13 +1,15 @@
 //! The file-system watcher: what it sees change goes to the folders'
-//! touched paths, and wakes their tasks after the watch delay.
+//! touched paths, and wakes their tasks after the watch delay. A folder
+//! root removed and made again is watched again.
 
 use super::shared::{FolderRt, Shared};
 use crate::config::Config;
+use crate::root::RootId;
 use notify::{Event, EventKind};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -15,18 +17,34 @@ use tokio::sync::mpsc::UnboundedReceiver;
 pub(super) const UNWATCHED_RESCAN: Duration = Duration::from_secs(60);
 
 /// The file-system watcher (notify), one for every folder.
+///
+/// A watch is on a directory, not on a path: when a folder's root is
+/// removed (or unmounted) its watch goes with it, and a directory made
+/// again at the path is not watched. So the roots are looked at on every
+/// tick of the daemon ([`Watcher::check_roots`]): a root that vanished or
+/// was replaced is dropped, and watched again (after a full scan) once a
+/// directory is back at its path.
 pub(super) struct Watcher {
     inner: Option<notify::RecommendedWatcher>,
-    watched: HashMap<PathBuf, String>,
+    /// The watched roots: their folder, and the directory watched.
+    watched: HashMap<PathBuf, (String, RootId)>,
+    /// Roots missing (removed, unmounted): watched once they are back.
+    missing: HashMap<PathBuf, String>,
     roots: Roots,
+    /// Roots whose removal or move the watcher reported.
+    gone: Gone,
 }
 
 /// The watched folders: (id, root), the root as the watcher names it.
 type Roots = Arc<RwLock<Vec<(String, PathBuf)>>>;
 
+/// Roots the watcher saw removed or moved, for the next look at the roots.
+type Gone = Arc<Mutex<HashSet<PathBuf>>>;
+
 impl Watcher {
     pub(super) fn new(sh: &Arc<Shared>) -> Watcher {
         let roots: Roots = Arc::default();
+        let gone: Gone = Arc::default();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<notify::Result<notify::Event>>();
         // Symlinks are not followed: a scan never looks through them.
         let inner = <notify::RecommendedWatcher as notify::Watcher>::new(
@@ -45,11 +63,14 @@ impl Watcher {
                 None
             }
         };
-        sh.rt.spawn(events(sh.clone(), roots.clone(), rx));
+        sh.rt
+            .spawn(events(sh.clone(), roots.clone(), gone.clone(), rx));
         Watcher {
             inner,
             watched: HashMap::new(),
+            missing: HashMap::new(),
             roots,
+            gone,
         }
     }
 
@@ -67,6 +88,7 @@ impl Watcher {
             .collect();
         *self.roots.write().expect("roots") =
             want.iter().map(|(p, id)| (id.clone(), p.clone())).collect();
+        self.missing.retain(|p, _| want.contains_key(p));
         let Some(w) = self.inner.as_mut() else {
             for id in want.values() {
                 if let Some(rt) = sh.folder_rt(id) {
@@ -82,44 +104,135 @@ impl Watcher {
             }
         }
         for (p, id) in &want {
-            if self.watched.contains_key(p) {
+            if self.watched.contains_key(p) || self.missing.contains_key(p) {
                 continue;
             }
-            match w.watch(p, notify::RecursiveMode::Recursive) {
-                Ok(()) => {
-                    self.watched.insert(p.clone(), id.clone());
-                    if let Some(rt) = sh.folder_rt(id) {
-                        rt.unwatched.store(false, Ordering::SeqCst);
-                        // What changed before the watch was there is found
-                        // by a full scan after it.
-                        rt.poke(true);
-                    }
-                }
-                Err(e) => {
-                    let limit = matches!(e.kind, notify::ErrorKind::MaxFilesWatch);
-                    if limit {
-                        warn!("folder {id}: {}", limit_hint());
-                    } else {
-                        warn!(
-                            "folder {id}: cannot watch {} ({e}); it is rescanned every {}s instead",
-                            p.display(),
-                            UNWATCHED_RESCAN.as_secs()
-                        );
-                    }
-                    if let Some(rt) = sh.folder_rt(id) {
-                        rt.unwatched.store(true, Ordering::SeqCst);
-                    }
+            self.arm(sh, p, id);
+        }
+    }
+
+    /// Watches folder `id`'s root `p`, and has the folder scanned in full
+    /// once the watch is there.
+    fn arm(&mut self, sh: &Arc<Shared>, p: &Path, id: &str) {
+        use notify::Watcher as _;
+        let Some(w) = self.inner.as_mut() else {
+            return;
+        };
+        let Some(root) = RootId::of(p) else {
+            self.lost(sh, p, id);
+            return;
+        };
+        // A watch the watcher still holds for the path (a root replaced
+        // before its removal was seen) is dropped first.
+        let _ = w.unwatch(p);
+        match w.watch(p, notify::RecursiveMode::Recursive) {
+            Ok(()) => {
+                self.watched.insert(p.to_path_buf(), (id.to_string(), root));
+                if let Some(rt) = sh.folder_rt(id) {
+                    rt.unwatched.store(false, Ordering::SeqCst);
+                    // What changed before the watch was there is found
+                    // by a full scan after it.
+                    rt.poke(true);
                 }
             }
+            Err(e) if RootId::of(p).is_none() => {
+                debug!(
+                    "folder {id}: {} went while being watched ({e})",
+                    p.display()
+                );
+                self.lost(sh, p, id);
+            }
+            Err(e) => {
+                let limit = matches!(e.kind, notify::ErrorKind::MaxFilesWatch);
+                if limit {
+                    warn!("folder {id}: {}", limit_hint());
+                } else {
+                    warn!(
+                        "folder {id}: cannot watch {} ({e}); it is rescanned every {}s instead",
+                        p.display(),
+                        UNWATCHED_RESCAN.as_secs()
+                    );
+                }
+                if let Some(rt) = sh.folder_rt(id) {
+                    rt.unwatched.store(true, Ordering::SeqCst);
+                    rt.poke(true);
+                }
+            }
+        }
+    }
+
+    /// Folder `id`'s root `p` is missing: it is watched again once back.
+    /// Its folder is checked now, which shows that it is missing (its
+    /// scans and syncs refuse a missing root, so nothing of it is taken
+    /// for deleted).
+    fn lost(&mut self, sh: &Arc<Shared>, p: &Path, id: &str) {
+        warn!(
+            "folder {id}: its directory {} is missing (removed or unmounted); it is not synced, and nothing is deleted on its peers, until a directory is back there",
+            p.display()
+        );
+        self.missing.insert(p.to_path_buf(), id.to_string());
+        if let Some(rt) = sh.folder_rt(id) {
+            rt.poke(true);
+        }
+    }
+
+    /// Looks at every folder's root (a stat each): a root removed,
+    /// unmounted or replaced since it was watched loses its watch, and a
+    /// root that is back is watched again and scanned in full.
+    pub(super) fn check_roots(&mut self, sh: &Arc<Shared>) {
+        use notify::Watcher as _;
+        let gone = std::mem::take(&mut *self.gone.lock().expect("gone"));
+        let changed: Vec<(PathBuf, String)> = self
+            .watched
+            .iter()
+            .filter(|(p, (_, was))| gone.contains(*p) || RootId::of(p).as_ref() != Some(was))
+            .map(|(p, (id, _))| (p.clone(), id.clone()))
+            .collect();
+        for (p, id) in changed {
+            if let Some(w) = self.inner.as_mut() {
+                let _ = w.unwatch(&p);
+            }
+            self.watched.remove(&p);
+            if RootId::of(&p).is_some() {
+                info!(
+                    "folder {id}: its directory {} was replaced; watching the new one",
+                    p.display()
+                );
+                self.arm(sh, &p, &id);
+            } else {
+                self.lost(sh, &p, &id);
+            }
+        }
+        let back: Vec<(PathBuf, String)> = self
+            .missing
+            .iter()
+            .filter(|(p, _)| RootId::of(p).is_some())
+            .map(|(p, id)| (p.clone(), id.clone()))
+            .collect();
+        for (p, id) in back {
+            self.missing.remove(&p);
+            info!(
+                "folder {id}: its directory {} is back; watching it again",
+                p.display()
+            );
+            self.arm(sh, &p, &id);
         }
     }
 }
 
 /// Handles the watcher's events, for as long as it runs.
-async fn events(sh: Arc<Shared>, roots: Roots, mut rx: UnboundedReceiver<notify::Result<Event>>) {
+async fn events(
+    sh: Arc<Shared>,
+    roots: Roots,
+    gone: Gone,
+    mut rx: UnboundedReceiver<notify::Result<Event>>,
+) {
     while let Some(ev) = rx.recv().await {
         match ev {
-            Ok(ev) => changed(&sh, &roots, &ev),
+            Ok(ev) => {
+                root_gone(&roots, &gone, &ev);
+                changed(&sh, &roots, &ev)
+            }
             Err(e) => failed(&sh, &roots, &e),
         }
     }
@@ -154,6 +267,24 @@ fn failed(sh: &Shared, roots: &Roots, e: &notify::Error) {
             }
         }
         rt.poke(true);
+    }
+}
+
+/// Notes the roots event `ev` removed or moved away (their watches are
+/// gone with them).
+fn root_gone(roots: &Roots, gone: &Gone, ev: &Event) {
+    use notify::event::ModifyKind;
+    if !matches!(
+        ev.kind,
+        EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+    ) {
+        return;
+    }
+    let roots = roots.read().expect("roots");
+    for p in &ev.paths {
+        if roots.iter().any(|(_, r)| r == p) {
+            gone.lock().expect("gone").insert(p.clone());
+        }
     }
 }
 

@@ -1,17 +1,70 @@
-//! The status API: the board as JSON at `GET /v1/status`, for requests
-//! carrying the token (`Authorization: Bearer TOKEN`).
+//! The status API, for requests carrying the token (`Authorization:
+//! Bearer TOKEN`): the board as JSON at `GET /v1/status`, and what a user
+//! asks of a folder at `POST /v1/folders/{id}/revert` and
+//! `POST /v1/folders/{id}/override` (answered with an [`Answer`] once
+//! done).
 
 use super::{conflicts_in, Board, Status};
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Json;
+use serde::{Deserialize, Serialize};
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 
 /// The folders whose conflict copies the API lists: (id, root, the
 /// sub-folders to leave out).
 pub type Roots = Arc<dyn Fn() -> Vec<(String, PathBuf, Vec<String>)> + Send + Sync>;
+
+/// What a user asks of a folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FolderAction {
+    /// Receive-only: drop the local changes, take the peers' versions.
+    Revert,
+    /// Send-only: undo the peers' changes with this device's versions.
+    Override,
+}
+
+impl FolderAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FolderAction::Revert => "revert",
+            FolderAction::Override => "override",
+        }
+    }
+}
+
+/// The daemon's answer to a [`FolderAction`]: whether it was done, and a
+/// sentence for the user (what was done, or what went wrong and what to
+/// do).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    pub done: bool,
+    pub message: String,
+}
+
+impl Answer {
+    pub fn ok(message: String) -> Answer {
+        Answer {
+            done: true,
+            message,
+        }
+    }
+    pub fn refused(message: String) -> Answer {
+        Answer {
+            done: false,
+            message,
+        }
+    }
+}
+
+/// Does what a user asks of a folder (its id), and answers once done.
+pub type Act =
+    Arc<dyn Fn(String, FolderAction) -> Pin<Box<dyn Future<Output = Answer> + Send>> + Send + Sync>;
 
 /// What the API's handlers share.
 #[derive(Clone)]
@@ -19,17 +72,26 @@ struct Api {
     board: Board,
     token: Arc<String>,
     roots: Roots,
+    act: Act,
 }
 
-/// Serves the board on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, board: Board, token: String, roots: Roots) {
+/// Serves the API on `listener` until the task is dropped.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    board: Board,
+    token: String,
+    roots: Roots,
+    act: Act,
+) {
     let api = Api {
         board,
         token: Arc::new(token),
         roots,
+        act,
     };
     let app = axum::Router::new()
         .route("/v1/status", get(status))
+        .route("/v1/folders/{id}/{action}", post(folder_action))
         .with_state(api);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(target: "weave_daemon::status", "the status API stopped: {e}");
@@ -64,4 +126,19 @@ async fn status(State(api): State<Api>, h: HeaderMap) -> Result<Json<Status>, St
         }
     }
     Ok(Json(s))
+}
+
+/// `POST /v1/folders/{id}/{action}`: does it, and answers once done.
+async fn folder_action(
+    State(api): State<Api>,
+    Path((id, action)): Path<(String, String)>,
+    h: HeaderMap,
+) -> Result<Json<Answer>, StatusCode> {
+    authorised(&api, &h)?;
+    let action = match action.as_str() {
+        "revert" => FolderAction::Revert,
+        "override" => FolderAction::Override,
+        _ => return Err(StatusCode::NOT_FOUND),
+    };
+    Ok(Json((api.act)(id, action).await))
 }

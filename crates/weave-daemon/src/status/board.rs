@@ -59,6 +59,13 @@ pub struct FolderStatus {
     /// Changes this folder did not take or send (send-only divergence,
     /// paths of sub-folders), from its last sync.
     pub notices: Vec<String>,
+    /// Receive-only: how many paths were changed here and are kept (not
+    /// sent, no peer's version taken) until `weave folder revert`.
+    #[serde(default)]
+    pub local_changes: u64,
+    /// The first of those paths (up to 100), sorted.
+    #[serde(default)]
+    pub local_change_paths: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

@@ -1,26 +1,58 @@
-//! The client side: `weave status` asks the running daemon.
+//! The client side: `weave status`, `weave folder revert` and `weave
+//! folder override` ask the running daemon.
 
-use super::{token, Status, ADDR_FILE};
+use super::{token, Answer, FolderAction, Status, ADDR_FILE};
 use crate::DaemonError;
 use std::path::Path;
 
-/// Asks the daemon of the config directory `dir` for its status.
-pub fn fetch(dir: &Path) -> Result<Status, DaemonError> {
+/// The address of the API of the daemon of config directory `dir`, and
+/// its token.
+fn api(dir: &Path) -> Result<(String, String), DaemonError> {
     let addr = std::fs::read_to_string(dir.join(ADDR_FILE))
         .map_err(|_| DaemonError::NoDaemon(dir.to_path_buf()))?;
-    let addr = addr.trim();
-    let token = token(dir)?;
-    let url = format!("http://{addr}/v1/status");
-    let not_running = |why: ureq::Error| DaemonError::NotAnswering {
-        dir: dir.to_path_buf(),
-        addr: addr.to_string(),
+    Ok((addr.trim().to_string(), token(dir)?))
+}
+
+/// The error for a daemon that does not answer at `addr`.
+fn not_answering(dir: &Path, addr: &str) -> impl Fn(ureq::Error) -> DaemonError {
+    let (dir, addr) = (dir.to_path_buf(), addr.to_string());
+    move |why| DaemonError::NotAnswering {
+        dir: dir.clone(),
+        addr: addr.clone(),
         why,
-    };
-    let mut resp = ureq::get(&url)
+    }
+}
+
+/// Asks the daemon of the config directory `dir` for its status.
+pub fn fetch(dir: &Path) -> Result<Status, DaemonError> {
+    let (addr, token) = api(dir)?;
+    let not_running = not_answering(dir, &addr);
+    let mut resp = ureq::get(&format!("http://{addr}/v1/status"))
         .header("Authorization", &format!("Bearer {token}"))
         .call()
-        .map_err(not_running)?;
+        .map_err(&not_running)?;
     resp.body_mut().read_json::<Status>().map_err(not_running)
+}
+
+/// Asks the daemon of the config directory `dir` to do `action` to
+/// folder `id`, and waits until it is done. Returns what it did.
+pub fn act(dir: &Path, id: &str, action: FolderAction) -> Result<String, DaemonError> {
+    let (addr, token) = api(dir)?;
+    let not_running = not_answering(dir, &addr);
+    // The id goes in the path: it is checked to be one component.
+    crate::config::check_folder_id(id)
+        .map_err(|problem| DaemonError::Refused(problem.to_string()))?;
+    let url = format!("http://{addr}/v1/folders/{id}/{}", action.as_str());
+    let mut resp = ureq::post(&url)
+        .header("Authorization", &format!("Bearer {token}"))
+        .send_empty()
+        .map_err(&not_running)?;
+    let answer = resp.body_mut().read_json::<Answer>().map_err(not_running)?;
+    if answer.done {
+        Ok(answer.message)
+    } else {
+        Err(DaemonError::Refused(answer.message))
+    }
 }
 
 #[cfg(test)]

@@ -1,19 +1,20 @@
 //! What the daemon is doing, for people and scripts: a board the daemon
 //! keeps up to date (`board`), served as JSON by a local API (`api`:
 //! axum on 127.0.0.1, every request carrying the token from the config
-//! directory), and the client `weave status` uses (`client`). The API
+//! directory), and the client `weave status` and `weave folder revert`
+//! / `override` use (`client`). The API
 //! and `weave conflicts` find conflict copies with [`conflicts_in`].
 
 mod api;
 mod board;
 mod client;
 
-pub use api::{serve, Roots};
+pub use api::{serve, Act, Answer, FolderAction, Roots};
 pub use board::{
     now_ms, Board, Change, DeviceStatus, ErrorEntry, FolderState, FolderStatus, PeerState,
     PeerStatus, Status,
 };
-pub use client::fetch;
+pub use client::{act, fetch};
 
 use crate::DaemonError;
 use std::path::Path;

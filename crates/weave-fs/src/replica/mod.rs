@@ -666,6 +666,37 @@ mod tests {
         assert_eq!(got[0], (s_list.chunks[0].hash, None), "the file changed");
     }
 
+    /// A replica that gave only part of its index (what changed since a
+    /// peer's remembered copy of it) still serves the content of a file
+    /// outside that part: a peer that planned from its remembered copy
+    /// may need it (its first sync had failed on that file, say).
+    #[test]
+    fn content_outside_what_was_given_is_still_served() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let data = vec![7u8; 100_000];
+        std::fs::write(root.join("old"), &data).unwrap();
+        let spec = IgnoreSpec::default();
+        let mut rep = LocalReplica::open(root, "r", false).unwrap();
+        rep.scan(&spec, false).unwrap();
+        rep.finish(&Finish::default()).unwrap();
+        drop(rep);
+        let mut rep = LocalReplica::open(root, "r", false).unwrap();
+        rep.scan(&spec, false).unwrap();
+        let seq = rep.info().seq;
+        assert!(rep.changed_since(seq).unwrap().is_empty());
+        let list = weave_chunk::chunk_bytes(&data);
+        let wants = vec![(list.content_id(), vec![list.chunks[0].hash])];
+        let mut got = Vec::new();
+        rep.serve_chunks(&wants, &mut |h, d| {
+            got.push((h, d));
+            Ok(())
+        })
+        .unwrap();
+        let first = list.chunks[0].len as usize;
+        assert_eq!(got, [(list.chunks[0].hash, Some(data[..first].to_vec()))]);
+    }
+
     /// The entries a scan leaves in memory (not read back from the disk)
     /// are what the index holds: after the first scan of a replica, after
     /// a scan that updates what was loaded, and after one that loads it.

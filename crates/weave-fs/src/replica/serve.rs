@@ -18,6 +18,17 @@ impl LocalReplica {
         if self.locations.is_none() {
             self.locations = Some(self.own_locations());
         }
+        // A content outside what this sync gave of the index (a peer that
+        // planned from an index it remembered, say): the whole index is
+        // read, once.
+        let known = self.locations.as_ref().expect("built above");
+        let unknown = wants
+            .iter()
+            .any(|(c, _)| !self.kept.contains_key(c) && !known.contains_key(c));
+        if unknown && self.entries.is_none() {
+            self.load()?;
+            self.locations = Some(self.own_locations());
+        }
         let locations = self.locations.take().expect("built above");
         for (content, hashes) in wants {
             // A small file hashed ahead: its bytes are at hand (they are

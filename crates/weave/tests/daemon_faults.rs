@@ -1,0 +1,267 @@
+//! `weave daemon` under a new user's faults, with real daemons on
+//! 127.0.0.1: a folder's directory removed and made again while the
+//! daemon runs, local changes in a receive-only folder and `weave folder
+//! revert`, and `weave folder override` of a send-only folder's peers.
+
+use std::path::Path;
+use std::time::Duration;
+
+mod common;
+
+use common::daemon::{conflict_copies, read, wait_for, Device};
+
+/// Folder `id`'s status on `d`, when its daemon answers.
+fn folder(d: &Device, id: &str) -> Option<serde_json::Value> {
+    d.status()?["folders"]
+        .as_array()?
+        .iter()
+        .find(|f| f["id"] == id)
+        .cloned()
+}
+
+/// Two devices that know each other.
+fn two() -> (Device, Device) {
+    let (a, b) = (Device::new("a"), Device::new("b"));
+    a.knows(&b);
+    b.knows(&a);
+    (a, b)
+}
+
+fn write(p: &Path, s: &str) {
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(p, s).unwrap();
+}
+
+#[test]
+fn a_folder_root_removed_and_made_again_is_watched_again_and_deletes_nothing() {
+    let (a, b) = two();
+    let fa = a.folder("docs", "docs", &[&b], &[]);
+    let fb = b.folder("docs", "docs", &[&a], &[]);
+    write(&fa.join("kept.txt"), "on both");
+    write(&fa.join("sub/deep.txt"), "deep");
+    a.start();
+    b.start();
+    let all = [&a, &b];
+    wait_for("a's files on b", &all, || {
+        read(&fb.join("sub/deep.txt")).as_deref() == Some("deep")
+    });
+    // The directory goes while a runs: a says so, and its peer loses
+    // nothing.
+    std::fs::remove_dir_all(&fa).unwrap();
+    wait_for(
+        "a's status to say the folder's directory is missing",
+        &all,
+        || {
+            folder(&a, "docs").is_some_and(|f| {
+                f["state"] == "error"
+                    && f["error"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("not a directory")
+            })
+        },
+    );
+    // A change on b meanwhile: b's sync with a fails, and is retried.
+    write(
+        &fb.join("while-gone.txt"),
+        "made on b while a's folder was gone",
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(read(&fb.join("kept.txt")).as_deref(), Some("on both"));
+    assert_eq!(read(&fb.join("sub/deep.txt")).as_deref(), Some("deep"));
+    // Made again: refilled from b, and watched: a new file goes out.
+    std::fs::create_dir(&fa).unwrap();
+    wait_for("a refilled from b", &all, || {
+        read(&fa.join("kept.txt")).as_deref() == Some("on both")
+            && read(&fa.join("sub/deep.txt")).as_deref() == Some("deep")
+            && fa.join("while-gone.txt").exists()
+    });
+    write(&fa.join("after.txt"), "made after the directory came back");
+    wait_for("a's new file on b", &all, || {
+        read(&fb.join("after.txt")).as_deref() == Some("made after the directory came back")
+    });
+    // Removed and made again at once (the new directory may even get the
+    // old one's inode number): still noticed, refilled and watched.
+    std::fs::remove_dir_all(&fa).unwrap();
+    std::fs::create_dir(&fa).unwrap();
+    wait_for("a refilled again", &all, || {
+        fa.join("after.txt").exists() && fa.join("sub/deep.txt").exists()
+    });
+    write(&fa.join("again.txt"), "made after the second time");
+    wait_for("a's second new file on b", &all, || {
+        fb.join("again.txt").exists()
+    });
+    // Nothing of b's was deleted on the way.
+    for p in ["kept.txt", "sub/deep.txt", "while-gone.txt", "after.txt"] {
+        assert!(fb.join(p).exists(), "{p} is gone from b\n{}", a.log());
+    }
+    assert!(conflict_copies(&fb).is_empty());
+    wait_for("a's status to be fine again", &all, || {
+        folder(&a, "docs").is_some_and(|f| f["state"] == "idle" && f["error"].is_null())
+    });
+}
+
+#[test]
+fn a_receive_only_folder_keeps_local_deletes_and_edits_until_reverted() {
+    let (a, b) = two();
+    let fa = a.folder("docs", "docs", &[&b], &[]);
+    let fb = b.folder("docs", "docs", &[&a], &["--mode", "receive-only"]);
+    write(&fa.join("one.txt"), "a's one");
+    write(&fa.join("two.txt"), "a's two");
+    write(&fa.join("dir/three.txt"), "a's three");
+    // Without a daemon, revert says how to start one.
+    let out = b.run(&["folder", "revert", "docs"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("start one with `weave daemon`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    a.start();
+    b.start();
+    let all = [&a, &b];
+    wait_for("a's files on b", &all, || {
+        fb.join("one.txt").exists()
+            && fb.join("two.txt").exists()
+            && fb.join("dir/three.txt").exists()
+    });
+    // b deletes a file and a directory, edits one, makes one.
+    std::fs::remove_file(fb.join("one.txt")).unwrap();
+    std::fs::remove_dir_all(fb.join("dir")).unwrap();
+    write(&fb.join("two.txt"), "b's edit");
+    write(&fb.join("mine.txt"), "b's own");
+    let listed = |want: &[&str]| {
+        folder(&b, "docs").is_some_and(|f| {
+            let paths = f["local_change_paths"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            want.iter().all(|p| paths.iter().any(|x| x == p))
+        })
+    };
+    wait_for("b's status to list its edit and new file", &all, || {
+        listed(&["two.txt", "mine.txt"])
+    });
+    // a's later changes still arrive, but not into what b changed (its
+    // deleted directory included).
+    write(&fa.join("four.txt"), "a's four");
+    write(&fa.join("one.txt"), "a's one, edited");
+    write(&fa.join("dir/five.txt"), "a's five");
+    wait_for("a's new file on b", &all, || fb.join("four.txt").exists());
+    // A delete used to be undone within a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!fb.join("one.txt").exists(), "b's delete was undone");
+    assert!(!fb.join("dir").exists(), "b's deleted directory came back");
+    assert!(
+        listed(&["one.txt", "two.txt", "mine.txt", "dir", "dir/three.txt"]),
+        "{:?}",
+        folder(&b, "docs")
+    );
+    assert_eq!(folder(&b, "docs").unwrap()["local_changes"], 5);
+    assert_eq!(read(&fb.join("two.txt")).as_deref(), Some("b's edit"));
+    assert_eq!(read(&fb.join("mine.txt")).as_deref(), Some("b's own"));
+    // Nothing of b's reached a.
+    assert_eq!(read(&fa.join("two.txt")).as_deref(), Some("a's two"));
+    assert!(fa.join("dir/three.txt").exists());
+    assert!(!fa.join("mine.txt").exists());
+    let text = b.ok(&["status"]);
+    assert!(text.contains("changed here: "), "{text}");
+    // The wrong command for the mode says which one is meant.
+    let out = b.run(&["folder", "override", "docs"]);
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        said.contains("folder docs is receive-only here") && said.contains("send-only"),
+        "{said}"
+    );
+    // Revert: b holds a's versions again, and its own file is gone (into
+    // its version history).
+    let out = b.run(&["folder", "revert", "docs"]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("local changes reverted"), "{said}");
+    assert_eq!(
+        read(&fb.join("one.txt")).as_deref(),
+        Some("a's one, edited")
+    );
+    assert_eq!(read(&fb.join("two.txt")).as_deref(), Some("a's two"));
+    assert_eq!(
+        read(&fb.join("dir/three.txt")).as_deref(),
+        Some("a's three")
+    );
+    assert_eq!(read(&fb.join("dir/five.txt")).as_deref(), Some("a's five"));
+    assert!(!fb.join("mine.txt").exists());
+    wait_for("b's status to list no local change", &all, || {
+        folder(&b, "docs").is_some_and(|f| f["local_changes"] == 0)
+    });
+    // a never moved, and nobody made a conflict copy.
+    assert_eq!(read(&fa.join("two.txt")).as_deref(), Some("a's two"));
+    assert!(!fa.join("mine.txt").exists());
+    assert!(conflict_copies(&fa).is_empty() && conflict_copies(&fb).is_empty());
+    // Later changes on a arrive as before.
+    write(&fa.join("two.txt"), "a's two, edited after the revert");
+    wait_for("a's edit after the revert on b", &all, || {
+        read(&fb.join("two.txt")).as_deref() == Some("a's two, edited after the revert")
+    });
+}
+
+#[test]
+fn override_makes_a_send_only_folders_versions_win_on_every_device() {
+    // a (send-only) - b - c: what b changed has reached c too, so b's
+    // versions must lose on c as well.
+    let (a, b, c) = (Device::new("a"), Device::new("b"), Device::new("c"));
+    for (x, y) in [(&a, &b), (&b, &a), (&b, &c), (&c, &b)] {
+        x.knows(y);
+    }
+    let fa = a.folder("docs", "docs", &[&b], &["--mode", "send-only"]);
+    let fb = b.folder("docs", "docs", &[&a, &c], &[]);
+    let fc = c.folder("docs", "docs", &[&b], &[]);
+    write(&fa.join("x.txt"), "a's x");
+    write(&fa.join("y.txt"), "a's y");
+    a.start();
+    b.start();
+    c.start();
+    let all = [&a, &b, &c];
+    wait_for("a's files on c", &all, || {
+        fc.join("x.txt").exists() && fc.join("y.txt").exists()
+    });
+    write(&fb.join("x.txt"), "b's x");
+    std::fs::remove_file(fb.join("y.txt")).unwrap();
+    write(&fb.join("z/z.txt"), "b's z");
+    wait_for("b's changes on c", &all, || {
+        read(&fc.join("x.txt")).as_deref() == Some("b's x")
+            && !fc.join("y.txt").exists()
+            && fc.join("z/z.txt").exists()
+    });
+    assert_eq!(read(&fa.join("x.txt")).as_deref(), Some("a's x"));
+    // The wrong command for the mode says which one is meant.
+    let out = a.run(&["folder", "revert", "docs"]);
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(said.contains("folder docs is send-only here"), "{said}");
+    a.ok(&["folder", "override", "docs"]);
+    // b holds a's versions at once, and c once b has passed them on.
+    for (d, f) in [(&b, &fb), (&c, &fc)] {
+        wait_for(&format!("a's versions on {}", d.name), &all, || {
+            read(&f.join("x.txt")).as_deref() == Some("a's x")
+                && read(&f.join("y.txt")).as_deref() == Some("a's y")
+                && !f.join("z/z.txt").exists()
+        });
+    }
+    // It stays so: nothing brings b's versions back.
+    std::thread::sleep(Duration::from_millis(1500));
+    for f in [&fa, &fb, &fc] {
+        assert_eq!(read(&f.join("x.txt")).as_deref(), Some("a's x"));
+        assert_eq!(read(&f.join("y.txt")).as_deref(), Some("a's y"));
+        assert!(!f.join("z/z.txt").exists());
+        assert!(conflict_copies(f).is_empty());
+    }
+    // Later edits on b meet a's versions as ordinary changes.
+    write(&fb.join("x.txt"), "b's x again");
+    wait_for("b's new edit on c", &all, || {
+        read(&fc.join("x.txt")).as_deref() == Some("b's x again")
+    });
+    assert_eq!(read(&fa.join("x.txt")).as_deref(), Some("a's x"));
+}
