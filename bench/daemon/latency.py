@@ -136,6 +136,23 @@ def summarize(lat, timeouts):
             "mean_ms": sum(s) / len(s) if s else None}
 
 
+def settle(pids, tool, quiet_ticks=3, timeout=300):
+    """Waits (bounded) until the processes use almost no CPU (at most `quiet_ticks` clock ticks in a
+    second, all of them together): what the first sync left to do is done before CPU is counted."""
+    if not pids:
+        return
+    t0 = time.monotonic()
+    last = sum(cpu_ticks(pid) for pid in pids)
+    while time.monotonic() - t0 < timeout:
+        time.sleep(1)
+        now = sum(cpu_ticks(pid) for pid in pids)
+        if now - last <= quiet_ticks:
+            log(f"{tool}: quiet after {time.monotonic() - t0:.0f}s")
+            return
+        last = now
+    log(f"{tool}: still busy after {timeout}s; CPU per change includes that")
+
+
 def run_tool(tool, root, procs, args, rng):
     base = os.path.join(root, tool)
     os.makedirs(base)
@@ -155,6 +172,7 @@ def run_tool(tool, root, procs, args, rng):
             wait_count(pair, args.prefill, args.ready_timeout)
         pids = [p.pid for p in getattr(pair, "p", {}).values()]
         first_peak = sum(rss_kib(pid, "VmHWM") for pid in pids)
+        settle(pids, tool)
         cpu0 = sum(cpu_ticks(pid) for pid in pids)
         lat, timeouts, gap_ms = measure(pair, tool, args, rng)
         res = summarize(lat, timeouts)
