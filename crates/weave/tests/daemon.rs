@@ -27,9 +27,14 @@ struct Device {
 
 impl Device {
     fn new(name: &str) -> Device {
+        Device::listening(name, &format!("127.0.0.1:{}", free_port()))
+    }
+
+    /// A device whose daemon listens on `addr` (127.0.0.1:0: any port).
+    fn listening(name: &str, addr: &str) -> Device {
         let tmp = tempfile::tempdir().unwrap();
         let cfg = tmp.path().join("config");
-        let addr = format!("127.0.0.1:{}", free_port());
+        let addr = addr.to_string();
         let out = weave()
             .args(["--config-dir"])
             .arg(&cfg)
@@ -141,6 +146,11 @@ impl Device {
             Some(c) => c.try_wait().unwrap().is_some(),
             None => false,
         }
+    }
+
+    /// The running daemon's PID.
+    fn pid(&self) -> u32 {
+        self.child.borrow().as_ref().expect("running").id()
     }
 
     fn log(&self) -> String {
@@ -599,3 +609,71 @@ fn an_ignore_file_edit_brings_files_it_no_longer_ignores() {
         read(&fb.join("build.log")).as_deref() == Some("was ignored")
     });
 }
+
+/// Runs `weave daemon` on `d`'s config directory in the foreground,
+/// waiting a bounded time for it to end; returns its exit code and
+/// stderr. A daemon that does not end is killed (by its PID) and fails
+/// the test.
+fn second_daemon(d: &Device) -> (Option<i32>, String) {
+    let mut c = weave()
+        .arg("--config-dir")
+        .arg(&d.cfg)
+        .arg("daemon")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > WAIT {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("a second daemon on one config directory kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut c.stderr.take().unwrap(), &mut err).unwrap();
+    (status.code(), err)
+}
+
+#[test]
+fn a_second_daemon_on_one_config_dir_is_refused_and_a_killed_one_blocks_nothing() {
+    // Any port: two daemons would not even collide on it.
+    let a = Device::listening("a", "127.0.0.1:0");
+    a.folder("docs", "docs", &[], &[]);
+    a.start();
+    wait_for("the daemon to answer", &[&a], || a.status().is_some());
+    let api = std::fs::read_to_string(a.cfg.join("api-address")).unwrap();
+    let first = a.pid();
+    let (code, err) = second_daemon(&a);
+    assert_eq!(code, Some(2), "{err}");
+    for said in [
+        format!("another weave daemon (pid {first}) is already running"),
+        format!("`kill {first}`"),
+        "--config-dir".to_string(),
+        a.cfg.display().to_string(),
+    ] {
+        assert!(err.contains(&said), "{said:?} not in: {err}");
+    }
+    // The first daemon runs on, still found where it was.
+    assert!(!a.exited());
+    assert_eq!(
+        std::fs::read_to_string(a.cfg.join("api-address")).unwrap(),
+        api
+    );
+    assert!(a.status().is_some());
+    // Killed outright, it leaves its lock file, which blocks nothing.
+    a.kill9();
+    assert!(a.cfg.join("daemon.lock").exists());
+    a.start();
+    wait_for("a new daemon to answer", &[&a], || {
+        a.status().is_some_and(|s| s["device"]["name"] == "a")
+            && std::fs::read_to_string(a.cfg.join("daemon.lock")).ok() == Some(a.pid().to_string())
+    });
+    assert!(a.term().success());
+}
+

@@ -31,7 +31,8 @@
 //! pair sync this device runs, and its report), `folder` (a folder's task
 //! and its check), `host` (serving folders to peers), `watcher` (the
 //! file-system watcher), `reload` (following the config file) and
-//! `backoff` (the wait after a failure).
+//! `backoff` (the wait after a failure), `instance` (one daemon per
+//! config directory).
 
 // Log lines keep the target they had when the daemon was one file
 // (`weave_daemon::daemon`), whichever module writes them.
@@ -49,6 +50,7 @@ mod backoff;
 mod conn;
 mod folder;
 mod host;
+mod instance;
 mod open;
 mod pair;
 mod reload;
@@ -56,6 +58,7 @@ mod shared;
 mod watcher;
 
 pub use conn::{DialError, PeerProblem};
+pub use instance::LOCK_FILE;
 
 use crate::config::Config;
 use crate::status::{self, Board};
@@ -74,6 +77,8 @@ use watcher::Watcher;
 pub async fn run(dir: &Path) -> Result<(), DaemonError> {
     let me = crate::identity::load(dir)?;
     let cfg = Config::load(dir, me.id)?;
+    // Held until the daemon ends: a second daemon on `dir` is refused.
+    let _instance = instance::lock(dir)?;
     let allowed: tls::Allowed = Arc::default();
     let refused: tls::Refused = Arc::default();
     let server_tls = tls::server_config(&me, allowed.clone(), refused.clone())?;
