@@ -108,6 +108,8 @@ impl Device {
             .arg(&self.cfg)
             .arg("daemon")
             .env("RUST_LOG", "info,weave_daemon=debug")
+            // Its log as it is by default (a test checks its colours).
+            .env_remove("NO_COLOR")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -677,3 +679,16 @@ fn a_second_daemon_on_one_config_dir_is_refused_and_a_killed_one_blocks_nothing(
     assert!(a.term().success());
 }
 
+#[test]
+fn a_log_written_to_a_file_has_no_colour_codes() {
+    let a = Device::listening("a", "127.0.0.1:0");
+    a.folder("docs", "docs", &[], &[]);
+    a.start();
+    wait_for("the daemon to log its start", &[&a], || {
+        a.log().contains("listening on")
+    });
+    assert!(a.term().success());
+    let log = a.log();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(!log.contains('\x1b'), "colour codes in a log file: {log:?}");
+}
