@@ -54,7 +54,7 @@ impl<W: AsyncWrite + Unpin> Drop for CloseOnDrop<W> {
 /// does not take this device.
 #[derive(Debug, Error)]
 pub enum PeerProblem {
-    #[error("it has no address to dial; it dials this device (add one with `weave peer add NAME ID ADDRESS`)")]
+    #[error("it has no address to dial; it dials this device (add one with `weave peer add-address NAME ADDRESS`)")]
     NoAddress,
     #[error("cannot connect ({address}: {why})")]
     Unreachable { address: String, why: DialError },
@@ -180,7 +180,7 @@ mod tests {
         };
         assert_eq!(
             peer(PeerProblem::NoAddress),
-            "peer nas: it has no address to dial; it dials this device (add one with `weave peer add NAME ID ADDRESS`)"
+            "peer nas: it has no address to dial; it dials this device (add one with `weave peer add-address NAME ADDRESS`)"
         );
         let unreachable = |why| PeerProblem::Unreachable {
             address: "10.0.0.2:22100".into(),
