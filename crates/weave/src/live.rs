@@ -274,17 +274,21 @@ pub fn folder(cd: &ConfigDir, c: FolderCommand) -> Result<bool> {
             for p in &a.peers {
                 known_peer(&cfg, p)?;
             }
-            std::fs::create_dir_all(&a.path)
-                .with_context(|| format!("cannot create the folder {}", a.path.display()))?;
-            let path = std::fs::canonicalize(&a.path)
-                .with_context(|| format!("cannot resolve {}", a.path.display()))?;
-            let mut f = Folder::new(&a.id, path.clone());
+            let mut f = Folder::new(&a.id, a.path.clone());
             f.peers = a.peers;
             f.mode = a.mode;
             f.conflict = a.conflict;
             f.ignore = a.ignore;
             f.watch_delay_ms = a.watch_delay;
             f.rescan_secs = a.rescan;
+            // Checked before the directory is made: a refused folder
+            // leaves nothing behind.
+            weave_daemon::config::check_folder_settings(&f).map_err(|e| anyhow::anyhow!("{e}"))?;
+            std::fs::create_dir_all(&a.path)
+                .with_context(|| format!("cannot create the folder {}", a.path.display()))?;
+            let path = std::fs::canonicalize(&a.path)
+                .with_context(|| format!("cannot resolve {}", a.path.display()))?;
+            f.path = path.clone();
             cfg.folders.push(f);
             cfg.save(&dir, me)?;
             eprintln!("weave: folder {} at {} added", a.id, path.display());
@@ -300,6 +304,16 @@ pub fn folder(cd: &ConfigDir, c: FolderCommand) -> Result<bool> {
         }
         FolderCommand::Unshare { id, peer } => {
             let i = find(&cfg, &id)?;
+            if !cfg.folders[i].peers.contains(&peer) {
+                bail!(
+                    "folder {id} is not shared with {peer:?} (its peers: {}); nothing was changed",
+                    if cfg.folders[i].peers.is_empty() {
+                        "none".into()
+                    } else {
+                        cfg.folders[i].peers.join(", ")
+                    }
+                );
+            }
             cfg.folders[i].peers.retain(|p| p != &peer);
             cfg.save(&dir, me)?;
             eprintln!("weave: folder {id} no longer shared with {peer}");

@@ -117,3 +117,58 @@ fn peer_addresses_are_added_and_removed_one_by_one() {
     assert_eq!(peers(&d)[0]["addresses"], serde_json::json!([]));
 }
 
+#[test]
+fn folder_add_refuses_a_bad_ignore_pattern_and_leaves_nothing_behind() {
+    let d = Dir::new();
+    let path = d.tmp.path().join("docs");
+    let p = path.to_str().unwrap();
+    let before = d.config();
+    d.run(&[
+        "folder", "add", "docs", p, "--ignore", "*.tmp", "--ignore", "[",
+    ])
+    .expect_code(2)
+    .stderr_has(&[
+        "folder \"docs\"",
+        "bad ignore pattern \"[\"",
+        "unclosed character class",
+        "correct it or leave it out",
+    ]);
+    assert_eq!(d.config(), before);
+    assert!(!path.exists(), "a refused folder's directory was made");
+    // Intervals out of range are refused as well.
+    d.run(&["folder", "add", "docs", p, "--rescan", "0"])
+        .expect_code(2)
+        .stderr_has(&["rescan every 0 s", "1 to"]);
+    d.run(&["folder", "add", "docs", p, "--watch-delay", "86400000"])
+        .expect_code(2)
+        .stderr_has(&["watch delay", "at most 600000 ms"]);
+    assert!(!path.exists());
+    // Good patterns are kept as given.
+    d.run(&[
+        "folder", "add", "docs", p, "--ignore", "*.tmp", "--ignore", "\\[x]",
+    ])
+    .expect_code(0);
+    let list = d.run(&["folder", "list", "--json"]).json();
+    assert_eq!(list[0]["ignore"], serde_json::json!(["*.tmp", "\\[x]"]));
+}
+
+#[test]
+fn folder_unshare_with_a_peer_it_is_not_shared_with_refuses() {
+    let d = Dir::new();
+    let id = d.other_id();
+    d.run(&["peer", "add", "nas", &id, "10.0.0.2:22100"])
+        .expect_code(0);
+    let p = d.tmp.path().join("docs");
+    d.run(&["folder", "add", "docs", p.to_str().unwrap()])
+        .expect_code(0);
+    let before = d.config();
+    d.run(&["folder", "unshare", "docs", "nas"])
+        .expect_code(2)
+        .stderr_has(&[
+            "folder docs is not shared with \"nas\"",
+            "nothing was changed",
+        ]);
+    assert_eq!(d.config(), before);
+    d.run(&["folder", "share", "docs", "nas"]).expect_code(0);
+    d.run(&["folder", "unshare", "docs", "nas"]).expect_code(0);
+}
