@@ -4,7 +4,8 @@
 use super::shared::Shared;
 use crate::config::Peer;
 use crate::id::DeviceId;
-use crate::{tls, DaemonError};
+use crate::tls::{self, TlsFailure};
+use crate::DaemonError;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -28,7 +29,27 @@ where
     let (r, w) = tokio::io::split(stream);
     let r = tokio_util::io::SyncIoBridge::new_with_handle(r, rt.clone());
     let w = tokio_util::io::SyncIoBridge::new_with_handle(w, rt.clone());
+    let r = PlainErrors {
+        inner: r,
+        peer: peer.to_string(),
+    };
     Conn::new(r, CloseOnDrop(w), peer, None)
+}
+
+/// The reading half of a session: what TLS fails with is said in weave's
+/// words ([`TlsFailure`]), not rustls's (which can carry a link to its
+/// documentation).
+struct PlainErrors<R> {
+    inner: R,
+    peer: String,
+}
+
+impl<R: std::io::Read> std::io::Read for PlainErrors<R> {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        self.inner
+            .read(b)
+            .map_err(|e| TlsFailure::plain_io(e, &self.peer))
+    }
 }
 
 /// The writing half of a session: dropping it ends the TLS stream cleanly
@@ -58,12 +79,12 @@ pub enum PeerProblem {
     NoAddress,
     #[error("cannot connect ({address}: {why})")]
     Unreachable { address: String, why: DialError },
-    /// It refused this device's certificate.
-    #[error("{peer} refused this device ({cause}); on {peer}, add it with `weave peer add NAME {me} ADDRESS`")]
+    /// It refused this device's certificate (a TLS alert).
+    #[error("{peer} refused this device (TLS alert: {alert}); on {peer}, add it with `weave peer add NAME {me} ADDRESS`")]
     RefusedUs {
         peer: String,
         me: DeviceId,
-        cause: SyncError,
+        alert: String,
     },
     /// The session did not open.
     #[error("{0}")]
@@ -79,8 +100,8 @@ pub enum DialError {
     Connect(std::io::Error),
     #[error("the TLS handshake timed out")]
     HandshakeTimeout,
-    #[error("TLS: {0}")]
-    Tls(std::io::Error),
+    #[error("{0}")]
+    Tls(TlsFailure),
 }
 
 /// Dials `peer` (each of its addresses in turn) and checks it is who it
@@ -96,7 +117,7 @@ pub(super) fn dial(sh: &Shared, peer: &Peer) -> Result<(Conn, String), DaemonErr
     let cc = tls::client_config(&sh.me, peer.id)?;
     let mut last = None;
     for addr in &peer.addresses {
-        match sh.rt.block_on(connect(addr, cc.clone())) {
+        match sh.rt.block_on(connect(addr, cc.clone(), &peer.name)) {
             Ok(t) => return Ok((conn_over(t, &peer.name, &sh.rt), addr.clone())),
             Err(why) => last = Some((addr.clone(), why)),
         }
@@ -105,10 +126,12 @@ pub(super) fn dial(sh: &Shared, peer: &Peer) -> Result<(Conn, String), DaemonErr
     Err(perr(PeerProblem::Unreachable { address, why }))
 }
 
-/// Connects to `addr`, and makes the TLS handshake with client config `cc`.
+/// Connects to `addr`, and makes the TLS handshake with client config `cc`
+/// (for the peer named `peer`).
 async fn connect(
     addr: &str,
     cc: Arc<rustls::ClientConfig>,
+    peer: &str,
 ) -> Result<TlsStream<TcpStream>, DialError> {
     let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
@@ -122,7 +145,14 @@ async fn connect(
     )
     .await
     .map_err(|_| DialError::HandshakeTimeout)?
-    .map_err(DialError::Tls)
+    .map_err(|e| {
+        DialError::Tls(
+            TlsFailure::from_io(&e, peer).unwrap_or_else(|| TlsFailure::Other {
+                peer: peer.to_string(),
+                detail: e.to_string(),
+            }),
+        )
+    })
 }
 
 /// An accepted connection's TLS handshake: a session with the peer it
@@ -147,7 +177,14 @@ pub(super) async fn accept(
                 .iter()
                 .map(|i| i.to_string())
                 .collect();
-            warn!("refused a connection from {from}: {e}");
+            // The handshake's refusal is this side's own reason, said
+            // with what to do; anything else in weave's words.
+            let why = match TlsFailure::from_io(&e, &from) {
+                Some(TlsFailure::Handshake { detail, .. }) => detail,
+                Some(t) => t.to_string(),
+                None => e.to_string(),
+            };
+            warn!("refused a connection from {from}: {why}");
             sh.board.refused(refused);
             return None;
         }
@@ -198,8 +235,11 @@ mod tests {
                 "the TLS handshake timed out".to_string(),
             ),
             (
-                DialError::Tls(std::io::Error::other("bad cert")),
-                "TLS: bad cert".to_string(),
+                DialError::Tls(TlsFailure::Handshake {
+                    peer: "nas".into(),
+                    detail: "bad cert".into(),
+                }),
+                "the TLS handshake with nas failed: bad cert; check its address and device id (`weave peer list`)".to_string(),
             ),
         ];
         for (why, said) in messages {
@@ -213,13 +253,67 @@ mod tests {
             peer(PeerProblem::RefusedUs {
                 peer: "nas".into(),
                 me,
-                cause: SyncError::Session("received fatal alert".into()),
+                alert: "HandshakeFailure".into(),
             }),
-            format!("peer nas: nas refused this device (received fatal alert); on nas, add it with `weave peer add NAME {me} ADDRESS`")
+            format!("peer nas: nas refused this device (TLS alert: HandshakeFailure); on nas, add it with `weave peer add NAME {me} ADDRESS`")
         );
         assert_eq!(
             peer(PeerProblem::Session(SyncError::Session("no folder".into()))),
             "peer nas: no folder"
         );
+    }
+
+    /// A peer whose TCP connection ends without TLS's closing message (a
+    /// daemon killed mid-session): the session says so in weave's words,
+    /// naming the peer, where rustls's message links to its manual.
+    #[test]
+    fn a_cut_tls_connection_is_reported_without_a_library_link() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (_da, a) = {
+            let d = tempfile::tempdir().unwrap();
+            let i = crate::identity::create(d.path()).unwrap();
+            (d, i)
+        };
+        let (_db, b) = {
+            let d = tempfile::tempdir().unwrap();
+            let i = crate::identity::create(d.path()).unwrap();
+            (d, i)
+        };
+        let allowed: tls::Allowed = Arc::new(std::sync::RwLock::new([b.id].into()));
+        let sc = tls::server_config(&a, allowed, Arc::default()).unwrap();
+        let cc = tls::client_config(&b, a.id).unwrap();
+        let l = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        // The server takes the handshake, then drops the connection
+        // without close_notify.
+        let server = rt.spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let t = TlsAcceptor::from(sc).accept(s).await.unwrap();
+            drop(t);
+        });
+        let t = rt.block_on(connect(&addr, cc, "nas")).unwrap();
+        rt.block_on(server).unwrap();
+        let conn = conn_over(t, "nas", rt.handle());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(conn.recv().map(|_| ()).map_err(|e| e.to_string()));
+        });
+        let e = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the session notices the cut in time")
+            .unwrap_err();
+        assert!(!e.contains("://"), "{e}");
+        assert!(
+            e.contains("nas ended the connection without closing the TLS session")
+                && e.contains("check that `weave daemon` runs there"),
+            "{e}"
+        );
+        rt.shutdown_timeout(Duration::from_secs(1));
     }
 }
