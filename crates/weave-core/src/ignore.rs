@@ -37,23 +37,35 @@ impl Matcher {
     /// Builds the matcher from ignore files already read, (where from,
     /// text) in replica order, and the extra `patterns`.
     pub fn from_files(files: &[IgnoreFile], patterns: &[String]) -> Result<Matcher, IgnoreError> {
+        let lines = files
+            .iter()
+            .flat_map(|f| f.text.lines().map(|l| (l, f.origin.as_str())))
+            .chain(patterns.iter().map(|p| (p.as_str(), "--ignore")));
+        Matcher::build(lines)
+    }
+
+    /// Checks `patterns` exactly as a sync will read them, each said to
+    /// come from `origin` in a refusal: what edits a list of patterns
+    /// refuses a bad one before it is saved.
+    pub fn check(patterns: &[String], origin: &str) -> Result<(), IgnoreError> {
+        Matcher::build(patterns.iter().map(|p| (p.as_str(), origin))).map(|_| ())
+    }
+
+    /// The matcher of `lines`, each (pattern, where it comes from).
+    fn build<'a>(lines: impl Iterator<Item = (&'a str, &'a str)>) -> Result<Matcher, IgnoreError> {
         let mut b = GitignoreBuilder::new("/");
-        let mut lines: Vec<String> = Vec::new();
-        let mut add = |line: &str, origin: &str| -> Result<(), IgnoreError> {
-            lines.push(line.to_string());
-            b.add_line(None, line).map(|_| ()).map_err(|e| IgnoreError {
+        // An unclosed `[` is an error, not a literal: git matches nothing
+        // with it, so a pattern meant to ignore something would silently
+        // ignore something else. A literal `[` is written `\[`.
+        b.allow_unclosed_class(false);
+        let mut kept: Vec<&str> = Vec::new();
+        for (line, origin) in lines {
+            kept.push(line);
+            b.add_line(None, line).map_err(|e| IgnoreError {
                 pattern: line.to_string(),
                 origin: origin.to_string(),
                 detail: e.to_string(),
-            })
-        };
-        for f in files {
-            for line in f.text.lines() {
-                add(line, &f.origin)?;
-            }
-        }
-        for p in patterns {
-            add(p, "--ignore")?;
+            })?;
         }
         let gi = b.build().map_err(|e| IgnoreError {
             pattern: String::new(),
@@ -61,7 +73,7 @@ impl Matcher {
             detail: e.to_string(),
         })?;
         // In order: a later pattern can undo an earlier one ("!keep.log").
-        let fingerprint = xxhash_rust::xxh3::xxh3_64(lines.join("\n").as_bytes());
+        let fingerprint = xxhash_rust::xxh3::xxh3_64(kept.join("\n").as_bytes());
         Ok(Matcher { gi, fingerprint })
     }
 
@@ -118,5 +130,24 @@ mod tests {
         assert!(m.is_ignored("top", false));
         assert!(!m.is_ignored("x/top", false));
         assert!(!m.is_ignored("src/main.rs", false));
+    }
+
+    #[test]
+    fn a_bad_pattern_is_named_with_its_origin() {
+        let ok = ["*.log".to_string(), "!keep.log".into(), "\\[x]".into()];
+        Matcher::check(&ok, "ignore").unwrap();
+        let bad = ["*.log".to_string(), "[".into()];
+        let e = Matcher::check(&bad, "ignore").unwrap_err();
+        assert_eq!(e.pattern, "[");
+        assert_eq!(e.origin, "ignore");
+        assert!(
+            e.to_string()
+                .starts_with("bad ignore pattern \"[\" (ignore): "),
+            "{e}"
+        );
+        // The same refusal as a sync's.
+        let sync = Matcher::from_files(&[], &bad).err().expect("refused");
+        assert_eq!(sync.detail, e.detail);
+        assert_eq!(sync.origin, "--ignore");
     }
 }

@@ -128,6 +128,11 @@ pub struct Folder {
     pub rescan_secs: u64,
 }
 
+/// The longest watch delay a folder takes (10 minutes).
+pub const MAX_WATCH_DELAY_MS: u64 = 600_000;
+/// The longest interval between full rescans (a year).
+pub const MAX_RESCAN_SECS: u64 = 366 * 24 * 3600;
+
 fn default_watch_delay() -> u64 {
     50
 }
@@ -184,6 +189,15 @@ pub enum ConfigProblem {
     },
     #[error("folder {folder:?} is shared with {peer:?}, which is not a peer; add it with `weave peer add {peer} DEVICE-ID ADDRESS`")]
     NotAPeer { folder: String, peer: String },
+    #[error("folder {folder:?}: {problem}; correct it or leave it out (gitignore syntax, as in .weaveignore)")]
+    Ignore {
+        folder: String,
+        problem: weave_core::ignore::IgnoreError,
+    },
+    #[error("folder {folder:?}: a watch delay of {ms} ms is too long; give at most {MAX_WATCH_DELAY_MS} ms (0 syncs at once)")]
+    WatchDelay { folder: String, ms: u64 },
+    #[error("folder {folder:?}: a rescan every {secs} s is not usable; give 1 to {MAX_RESCAN_SECS} seconds")]
+    Rescan { folder: String, secs: u64 },
     #[error("unknown folder mode {0:?}: use two-way, send-only or receive-only")]
     UnknownMode(String),
     #[error("unknown conflict policy {0:?} for a folder: use keep-both or newest")]
@@ -307,6 +321,7 @@ impl Config {
                     });
                 }
             }
+            check_folder_settings(f)?;
             for p in &f.peers {
                 if !self.peers.iter().any(|q| &q.name == p) {
                     return Err(ConfigProblem::NotAPeer {
@@ -342,6 +357,30 @@ impl Config {
             .map(|rel| rel.to_string_lossy().into_owned())
             .collect()
     }
+}
+
+/// A folder's own settings: its ignore patterns parse (as a sync will
+/// read them), its intervals are in range.
+pub fn check_folder_settings(f: &Folder) -> Result<(), ConfigProblem> {
+    weave_core::ignore::Matcher::check(&f.ignore, "ignore").map_err(|problem| {
+        ConfigProblem::Ignore {
+            folder: f.id.clone(),
+            problem,
+        }
+    })?;
+    if f.watch_delay_ms > MAX_WATCH_DELAY_MS {
+        return Err(ConfigProblem::WatchDelay {
+            folder: f.id.clone(),
+            ms: f.watch_delay_ms,
+        });
+    }
+    if f.rescan_secs == 0 || f.rescan_secs > MAX_RESCAN_SECS {
+        return Err(ConfigProblem::Rescan {
+            folder: f.id.clone(),
+            secs: f.rescan_secs,
+        });
+    }
+    Ok(())
 }
 
 fn check_address(a: &str) -> Result<(), BadAddress> {
@@ -404,6 +443,49 @@ mod tests {
         c.device.listen = "nowhere".into();
         assert!(c.check(me()).unwrap_err().to_string().contains("host:port"));
         assert!(check_folder_id("a/b").is_err());
+    }
+
+    #[test]
+    fn a_folders_ignore_patterns_and_intervals_are_checked() {
+        let mut c = Config::new("x", "0.0.0.0:1");
+        let mut f = Folder::new("docs", "/d".into());
+        f.ignore = vec!["*.tmp".into(), "[".into()];
+        c.folders.push(f);
+        let e = c.check(me()).unwrap_err().to_string();
+        assert!(
+            e.starts_with("folder \"docs\": bad ignore pattern \"[\" (ignore): ")
+                && e.ends_with(
+                    "; correct it or leave it out (gitignore syntax, as in .weaveignore)"
+                ),
+            "{e}"
+        );
+        c.folders[0].ignore = vec!["*.tmp".into(), "!keep.tmp".into()];
+        c.check(me()).unwrap();
+        c.folders[0].watch_delay_ms = MAX_WATCH_DELAY_MS + 1;
+        let e = c.check(me()).unwrap_err().to_string();
+        assert!(
+            e.contains("watch delay") && e.contains("at most 600000 ms"),
+            "{e}"
+        );
+        c.folders[0].watch_delay_ms = 0;
+        c.check(me()).unwrap();
+        for secs in [0, u64::MAX] {
+            c.folders[0].rescan_secs = secs;
+            let e = c.check(me()).unwrap_err().to_string();
+            assert!(
+                e.contains("rescan") && e.contains("1 to 31622400 seconds"),
+                "{e}"
+            );
+        }
+        // A config file with a bad pattern is refused as it is read.
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            Config::path(d.path()),
+            "[device]\nname = \"x\"\nlisten = \"0.0.0.0:1\"\n[[folder]]\nid = \"docs\"\npath = \"/d\"\nignore = [\"[\"]\n",
+        )
+        .unwrap();
+        let e = Config::load(d.path(), me()).unwrap_err().to_string();
+        assert!(e.contains("bad ignore pattern \"[\""), "{e}");
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub enum DaemonError {
         peer: String,
         problem: Box<daemon::PeerProblem>,
     },
+    #[error("{}", already_running(dir, *pid))]
+    AlreadyRunning { dir: PathBuf, pid: Option<u32> },
     #[error("cannot handle SIGTERM: {0}")]
     Signal(std::io::Error),
     #[error("no weave daemon has run with the config directory {}; start one with `weave daemon`", .0.display())]
@@ -75,6 +77,15 @@ pub enum DaemonError {
     Refused(String),
     #[error(transparent)]
     Sync(#[from] weave_engine::SyncError),
+}
+
+/// The message of [`DaemonError::AlreadyRunning`].
+fn already_running(dir: &std::path::Path, pid: Option<u32>) -> String {
+    let dir = dir.display();
+    match pid {
+        Some(pid) => format!("another weave daemon (pid {pid}) is already running on the config directory {dir}; stop it first (`kill {pid}`) or give this one another --config-dir"),
+        None => format!("another weave daemon is already running on the config directory {dir} (its PID is not in {dir}/{} yet); stop it first or give this one another --config-dir", daemon::LOCK_FILE),
+    }
 }
 
 /// `$XDG_CONFIG_HOME/weave`, or `~/.config/weave`.

@@ -14,6 +14,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
+use thiserror::Error;
 
 /// The one crypto provider weave uses (ring), for every TLS config.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -60,7 +61,9 @@ fn schemes(provider: &CryptoProvider) -> Vec<SignatureScheme> {
 }
 
 fn refuse(id: DeviceId) -> rustls::Error {
-    rustls::Error::General(format!("device {id} is not a peer of this device"))
+    rustls::Error::General(format!(
+        "device {id} is not a peer of this device; if it should be, add it with `weave peer add NAME {id} ADDRESS`"
+    ))
 }
 
 impl ClientCertVerifier for PinnedClients {
@@ -212,10 +215,183 @@ pub fn peer_id(certs: Option<&[CertificateDer<'static>]>) -> Option<DeviceId> {
         .and_then(|c| DeviceId::from_cert(c).ok())
 }
 
+/// A TLS connection's failure in weave's words: what happened with
+/// which peer, and what to do. rustls's own messages can carry a link to
+/// its documentation; none reaches a user.
+#[derive(Debug, Error)]
+pub enum TlsFailure {
+    /// The TCP connection ended without TLS's closing message.
+    #[error("{peer} ended the connection without closing the TLS session (the weave daemon there stopped or was killed, or the network dropped the connection); weave tries again by itself, check that `weave daemon` runs there")]
+    Cut { peer: String },
+    /// The other side broke off with an alert (in TLS 1.3 also how a
+    /// server refuses a client's certificate).
+    #[error("{peer} broke off the TLS session (alert: {alert}); if it does not know this device yet, add this device there with `weave peer add`")]
+    Alert { peer: String, alert: String },
+    /// The handshake refused the other side's certificate (weave's own
+    /// reason: a device id that is not the expected one, or no peer).
+    #[error("the TLS handshake with {peer} failed: {detail}; check its address and device id (`weave peer list`)")]
+    Handshake { peer: String, detail: String },
+    /// Anything else TLS refused.
+    #[error("the TLS session with {peer} failed ({detail}); check that both devices run the same weave version")]
+    Other { peer: String, detail: String },
+}
+
+impl TlsFailure {
+    /// The failure an I/O error of a TLS stream with `peer` stands for;
+    /// None for an error that did not come from TLS (its own words are
+    /// plain: "connection reset by peer").
+    pub fn from_io(e: &std::io::Error, peer: &str) -> Option<TlsFailure> {
+        let peer = peer.to_string();
+        if let Some(t) = e.get_ref().and_then(|i| i.downcast_ref::<TlsFailure>()) {
+            return Some(t.clone_for(peer));
+        }
+        if let Some(r) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            return Some(TlsFailure::from_rustls(r, peer));
+        }
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            return Some(TlsFailure::Cut { peer });
+        }
+        let said = e.to_string();
+        let plain = without_links(&said);
+        (plain != said).then_some(TlsFailure::Other {
+            peer,
+            detail: plain,
+        })
+    }
+
+    fn from_rustls(r: &rustls::Error, peer: String) -> TlsFailure {
+        match r {
+            rustls::Error::AlertReceived(a) => TlsFailure::Alert {
+                peer,
+                alert: format!("{a:?}"),
+            },
+            rustls::Error::General(detail) => TlsFailure::Handshake {
+                peer,
+                detail: without_links(detail),
+            },
+            rustls::Error::InvalidCertificate(c) => TlsFailure::Handshake {
+                peer,
+                detail: format!(
+                    "its certificate is not usable ({})",
+                    without_links(&c.to_string())
+                ),
+            },
+            other => TlsFailure::Other {
+                peer,
+                detail: without_links(&other.to_string()),
+            },
+        }
+    }
+
+    /// The same failure, said of `peer`.
+    fn clone_for(&self, peer: String) -> TlsFailure {
+        match self {
+            TlsFailure::Cut { .. } => TlsFailure::Cut { peer },
+            TlsFailure::Alert { alert, .. } => TlsFailure::Alert {
+                peer,
+                alert: alert.clone(),
+            },
+            TlsFailure::Handshake { detail, .. } => TlsFailure::Handshake {
+                peer,
+                detail: detail.clone(),
+            },
+            TlsFailure::Other { detail, .. } => TlsFailure::Other {
+                peer,
+                detail: detail.clone(),
+            },
+        }
+    }
+
+    /// An I/O error of the same kind as `e`, saying this failure (what a
+    /// session reading a TLS stream reports); `e` itself when it did not
+    /// come from TLS.
+    pub fn plain_io(e: std::io::Error, peer: &str) -> std::io::Error {
+        match TlsFailure::from_io(&e, peer) {
+            Some(t) => std::io::Error::new(e.kind(), t),
+            None => e,
+        }
+    }
+}
+
+/// `said` without the web links a library put in it (and the colon that
+/// introduced one).
+fn without_links(said: &str) -> String {
+    said.split_whitespace()
+        .filter(|w| !w.contains("://"))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_end_matches([':', ' '])
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// What rustls says when a peer's TCP connection ends without
+    /// close_notify (its text, link included, as rustls 0.23 words it).
+    fn rustls_unexpected_eof() -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "peer closed connection without sending TLS close_notify: \
+https://docs.rs/rustls/latest/rustls/manual/_03_howto/index.html#unexpected-eof",
+        )
+    }
+
+    #[test]
+    fn tls_failures_are_said_in_weaves_words_without_links() {
+        let cases = [
+            (
+                rustls_unexpected_eof(),
+                "nas ended the connection without closing the TLS session (the weave daemon there stopped or was killed, or the network dropped the connection); weave tries again by itself, check that `weave daemon` runs there",
+            ),
+            (
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure),
+                ),
+                "nas broke off the TLS session (alert: HandshakeFailure); if it does not know this device yet, add this device there with `weave peer add`",
+            ),
+            (
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    rustls::Error::General("the device there is X, not the expected Y".into()),
+                ),
+                "the TLS handshake with nas failed: the device there is X, not the expected Y; check its address and device id (`weave peer list`)",
+            ),
+            (
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    rustls::Error::DecryptError,
+                ),
+                "the TLS session with nas failed (cannot decrypt peer's message); check that both devices run the same weave version",
+            ),
+            (
+                std::io::Error::other("see https://example.org/why for why"),
+                "the TLS session with nas failed (see for why); check that both devices run the same weave version",
+            ),
+        ];
+        for (e, said) in cases {
+            let t = TlsFailure::from_io(&e, "nas").expect("a TLS failure");
+            assert_eq!(t.to_string(), said);
+            // As a session reads it: the same kind, the same words.
+            let kind = e.kind();
+            let plain = TlsFailure::plain_io(e, "nas");
+            assert_eq!(plain.kind(), kind);
+            assert_eq!(plain.to_string(), said);
+            assert!(!plain.to_string().contains("://"));
+            // Mapped twice, it stays as it is.
+            assert_eq!(TlsFailure::plain_io(plain, "nas").to_string(), said);
+        }
+        // What TLS did not say is left alone.
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(TlsFailure::from_io(&reset, "nas").is_none());
+        assert_eq!(
+            TlsFailure::plain_io(reset, "nas").kind(),
+            std::io::ErrorKind::ConnectionReset
+        );
+    }
 
     fn ident() -> (tempfile::TempDir, Identity) {
         let d = tempfile::tempdir().unwrap();

@@ -78,6 +78,15 @@ impl SessionError {
     pub fn is_closed(&self) -> bool {
         matches!(self, SessionError::Proto(ProtoError::Closed { .. }))
     }
+
+    /// The I/O error the connection failed with, if that is what this is
+    /// (a transport can say more in it: a TLS alert, say).
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        match self {
+            SessionError::Proto(ProtoError::Io { source, .. }) => Some(source),
+            _ => None,
+        }
+    }
 }
 
 impl From<ProtoError> for SessionError {

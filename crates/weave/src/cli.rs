@@ -315,9 +315,14 @@ pub fn run() -> ExitCode {
         (Command::Daemon, None) => tracing_subscriber::EnvFilter::new("info,notify=warn"),
         _ => tracing_subscriber::EnvFilter::from_default_env(),
     };
+    let colour = colour(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
     let cd = &cli.config;
     match cli.command {
@@ -366,6 +371,13 @@ pub fn run() -> ExitCode {
         Command::Status { json } => done(crate::live::status(cd, json)),
         Command::Conflicts { json } => done(crate::live::conflicts(cd, json)),
     }
+}
+
+/// Whether the log on stderr has colours: only on a terminal, and not
+/// when `NO_COLOR` is set to anything but the empty string
+/// (<https://no-color.org>).
+fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Exit status of a command that prints its own output: 0, or 2 with
@@ -446,6 +458,16 @@ fn serve() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_has_colours_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colour(true, None));
+        assert!(colour(true, Some(OsStr::new(""))));
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        assert!(!colour(false, None));
+        assert!(!colour(false, Some(OsStr::new("1"))));
+    }
 
     #[test]
     fn rates() {

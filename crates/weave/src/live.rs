@@ -48,6 +48,19 @@ pub enum PeerCommand {
         #[arg(value_name = "ADDR")]
         addresses: Vec<String>,
     },
+    /// Give a peer more addresses to dial (host:port).
+    AddAddress {
+        name: String,
+        #[arg(value_name = "ADDR", required = true)]
+        addresses: Vec<String>,
+    },
+    /// Stop dialling a peer at these addresses (with none left, it dials
+    /// this device).
+    RemoveAddress {
+        name: String,
+        #[arg(value_name = "ADDR", required = true)]
+        addresses: Vec<String>,
+    },
     /// Forget a device (it is refused from then on).
     Remove { name: String },
     /// List the peers.
@@ -162,27 +175,44 @@ pub fn peer(cd: &ConfigDir, c: PeerCommand) -> Result<bool> {
             addresses,
         } => {
             let id = DeviceId::parse(&id)?;
-            if let Some(p) = cfg.peers.iter_mut().find(|p| p.name == name) {
-                if p.id != id {
-                    bail!(
-                        "a peer named {name:?} exists with another device id ({}); remove it first with `weave peer remove {name}`",
-                        p.id
-                    );
-                }
-                for a in addresses {
-                    if !p.addresses.contains(&a) {
-                        p.addresses.push(a);
-                    }
-                }
-            } else {
-                cfg.peers.push(Peer {
-                    name: name.clone(),
-                    id,
-                    addresses,
-                });
+            if let Some(p) = cfg.peer(&name) {
+                bail!(
+                    "a peer named {name:?} exists already (device {}, addresses: {}); change its addresses with `weave peer add-address {name} ADDR` or `weave peer remove-address {name} ADDR`, or remove it first with `weave peer remove {name}`",
+                    p.id,
+                    shown(&p.addresses)
+                );
             }
+            cfg.peers.push(Peer {
+                name: name.clone(),
+                id,
+                addresses,
+            });
             cfg.save(&dir, me)?;
             eprintln!("weave: peer {name} added; share folders with it with `weave folder share FOLDER {name}`");
+        }
+        PeerCommand::AddAddress { name, addresses } => {
+            let p = peer_mut(&mut cfg, &name)?;
+            for a in addresses {
+                if !p.addresses.contains(&a) {
+                    p.addresses.push(a);
+                }
+            }
+            let now = shown(&p.addresses);
+            cfg.save(&dir, me)?;
+            eprintln!("weave: peer {name}: addresses now {now}");
+        }
+        PeerCommand::RemoveAddress { name, addresses } => {
+            let p = peer_mut(&mut cfg, &name)?;
+            if let Some(a) = addresses.iter().find(|a| !p.addresses.contains(a)) {
+                bail!(
+                    "peer {name:?} has no address {a:?} (its addresses: {}); nothing was changed",
+                    shown(&p.addresses)
+                );
+            }
+            p.addresses.retain(|a| !addresses.contains(a));
+            let now = shown(&p.addresses);
+            cfg.save(&dir, me)?;
+            eprintln!("weave: peer {name}: addresses now {now}");
         }
         PeerCommand::Remove { name } => {
             if cfg.peer(&name).is_none() {
@@ -206,6 +236,22 @@ pub fn peer(cd: &ConfigDir, c: PeerCommand) -> Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// A peer's addresses as shown in messages.
+fn shown(addresses: &[String]) -> String {
+    if addresses.is_empty() {
+        "none (it dials this device)".into()
+    } else {
+        addresses.join(" ")
+    }
+}
+
+fn peer_mut<'a>(cfg: &'a mut Config, name: &str) -> Result<&'a mut Peer> {
+    cfg.peers
+        .iter_mut()
+        .find(|p| p.name == name)
+        .with_context(|| format!("no peer is named {name:?} (`weave peer list` lists them)"))
 }
 
 pub fn folder(cd: &ConfigDir, c: FolderCommand) -> Result<bool> {
@@ -239,17 +285,21 @@ pub fn folder(cd: &ConfigDir, c: FolderCommand) -> Result<bool> {
             for p in &a.peers {
                 known_peer(&cfg, p)?;
             }
-            std::fs::create_dir_all(&a.path)
-                .with_context(|| format!("cannot create the folder {}", a.path.display()))?;
-            let path = std::fs::canonicalize(&a.path)
-                .with_context(|| format!("cannot resolve {}", a.path.display()))?;
-            let mut f = Folder::new(&a.id, path.clone());
+            let mut f = Folder::new(&a.id, a.path.clone());
             f.peers = a.peers;
             f.mode = a.mode;
             f.conflict = a.conflict;
             f.ignore = a.ignore;
             f.watch_delay_ms = a.watch_delay;
             f.rescan_secs = a.rescan;
+            // Checked before the directory is made: a refused folder
+            // leaves nothing behind.
+            weave_daemon::config::check_folder_settings(&f).map_err(|e| anyhow::anyhow!("{e}"))?;
+            std::fs::create_dir_all(&a.path)
+                .with_context(|| format!("cannot create the folder {}", a.path.display()))?;
+            let path = std::fs::canonicalize(&a.path)
+                .with_context(|| format!("cannot resolve {}", a.path.display()))?;
+            f.path = path.clone();
             cfg.folders.push(f);
             cfg.save(&dir, me)?;
             eprintln!("weave: folder {} at {} added", a.id, path.display());
@@ -265,6 +315,16 @@ pub fn folder(cd: &ConfigDir, c: FolderCommand) -> Result<bool> {
         }
         FolderCommand::Unshare { id, peer } => {
             let i = find(&cfg, &id)?;
+            if !cfg.folders[i].peers.contains(&peer) {
+                bail!(
+                    "folder {id} is not shared with {peer:?} (its peers: {}); nothing was changed",
+                    if cfg.folders[i].peers.is_empty() {
+                        "none".into()
+                    } else {
+                        cfg.folders[i].peers.join(", ")
+                    }
+                );
+            }
             cfg.folders[i].peers.retain(|p| p != &peer);
             cfg.save(&dir, me)?;
             eprintln!("weave: folder {id} no longer shared with {peer}");

@@ -1,12 +1,12 @@
 //! `weave daemon`: real daemons on 127.0.0.1, each with its own config
 //! directory, syncing over TLS while their folders change.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::daemon::{conflict_copies, read, wait_for, Device};
+use common::daemon::{conflict_copies, read, wait_for, weave, Device, WAIT};
 use common::free_port;
 
 #[test]
@@ -533,4 +533,85 @@ fn a_peer_address_fixed_in_the_config_is_dialled_at_once() {
         "reached b {:?} after the fix",
         t.elapsed()
     );
+}
+
+/// Runs `weave daemon` on `d`'s config directory in the foreground,
+/// waiting a bounded time for it to end; returns its exit code and
+/// stderr. A daemon that does not end is killed (by its PID) and fails
+/// the test.
+fn second_daemon(d: &Device) -> (Option<i32>, String) {
+    let mut c = weave()
+        .arg("--config-dir")
+        .arg(&d.cfg)
+        .arg("daemon")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > WAIT {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("a second daemon on one config directory kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut c.stderr.take().unwrap(), &mut err).unwrap();
+    (status.code(), err)
+}
+
+#[test]
+fn a_second_daemon_on_one_config_dir_is_refused_and_a_killed_one_blocks_nothing() {
+    // Any port: two daemons would not even collide on it.
+    let a = Device::listening("a", "127.0.0.1:0");
+    a.folder("docs", "docs", &[], &[]);
+    a.start();
+    wait_for("the daemon to answer", &[&a], || a.status().is_some());
+    let api = std::fs::read_to_string(a.cfg.join("api-address")).unwrap();
+    let first = a.pid();
+    let (code, err) = second_daemon(&a);
+    assert_eq!(code, Some(2), "{err}");
+    for said in [
+        format!("another weave daemon (pid {first}) is already running"),
+        format!("`kill {first}`"),
+        "--config-dir".to_string(),
+        a.cfg.display().to_string(),
+    ] {
+        assert!(err.contains(&said), "{said:?} not in: {err}");
+    }
+    // The first daemon runs on, still found where it was.
+    assert!(!a.exited());
+    assert_eq!(
+        std::fs::read_to_string(a.cfg.join("api-address")).unwrap(),
+        api
+    );
+    assert!(a.status().is_some());
+    // Killed outright, it leaves its lock file, which blocks nothing.
+    a.kill9();
+    assert!(a.cfg.join("daemon.lock").exists());
+    a.start();
+    wait_for("a new daemon to answer", &[&a], || {
+        a.status().is_some_and(|s| s["device"]["name"] == "a")
+            && std::fs::read_to_string(a.cfg.join("daemon.lock")).ok() == Some(a.pid().to_string())
+    });
+    assert!(a.term().success());
+}
+
+#[test]
+fn a_log_written_to_a_file_has_no_colour_codes() {
+    let a = Device::listening("a", "127.0.0.1:0");
+    a.folder("docs", "docs", &[], &[]);
+    a.start();
+    wait_for("the daemon to log its start", &[&a], || {
+        a.log().contains("listening on")
+    });
+    assert!(a.term().success());
+    let log = a.log();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(!log.contains('\x1b'), "colour codes in a log file: {log:?}");
 }

@@ -7,7 +7,8 @@ use super::shared::Shared;
 use crate::config::Peer;
 use crate::id::DeviceId;
 use crate::status::{self, PeerState};
-use crate::{tls, DaemonError};
+use crate::tls::{self, TlsFailure};
+use crate::DaemonError;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -24,16 +25,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// does not take this device.
 #[derive(Debug, Error)]
 pub enum PeerProblem {
-    #[error("it has no address to dial; it dials this device (add one with `weave peer add NAME ID ADDRESS`)")]
+    #[error("it has no address to dial; it dials this device (add one with `weave peer add-address NAME ADDRESS`)")]
     NoAddress,
     #[error("cannot connect ({address}: {why})")]
     Unreachable { address: String, why: DialError },
-    /// It refused this device's certificate.
-    #[error("{peer} refused this device ({cause}); on {peer}, add it with `weave peer add NAME {me} ADDRESS`")]
+    /// It refused this device's certificate (a TLS alert).
+    #[error("{peer} refused this device (TLS alert: {alert}); on {peer}, add it with `weave peer add NAME {me} ADDRESS`")]
     RefusedUs {
         peer: String,
         me: DeviceId,
-        cause: SyncError,
+        alert: String,
     },
     /// The session did not open.
     #[error("{0}")]
@@ -49,12 +50,8 @@ pub enum DialError {
     Connect(std::io::Error),
     #[error("the TLS handshake timed out")]
     HandshakeTimeout,
-    #[error("TLS: {0}")]
-    Tls(std::io::Error),
-    /// The TLS handshake went through, then the peer refused this
-    /// device's certificate (TLS 1.3 says so only afterwards).
-    #[error("refused: {0}")]
-    Refused(std::io::Error),
+    #[error("{0}")]
+    Tls(TlsFailure),
     #[error("the peer closed the connection before taking it")]
     Closed,
 }
@@ -100,7 +97,7 @@ fn dial(sh: &Arc<Shared>, peer: &Peer) -> Result<Arc<Link>, DaemonError> {
     let cc = tls::client_config(&sh.me, peer.id)?;
     let mut last = None;
     for addr in &peer.addresses {
-        match sh.rt.block_on(connect(addr, cc.clone())) {
+        match sh.rt.block_on(connect(addr, cc.clone(), &peer.name)) {
             Ok(t) => {
                 let serve = super::host::serve_on(sh.clone(), peer.clone());
                 let link = sh
@@ -108,11 +105,14 @@ fn dial(sh: &Arc<Shared>, peer: &Peer) -> Result<Arc<Link>, DaemonError> {
                     .block_on(async { Link::start(t, &peer.name, addr, true, serve) });
                 return Ok(adopt(sh, peer, link));
             }
-            Err(DialError::Refused(e)) => {
+            // TLS 1.3: a server refuses a client's certificate after the
+            // client's side of the handshake is done, with an alert the
+            // client reads as the link begins.
+            Err(DialError::Tls(TlsFailure::Alert { alert, .. })) => {
                 return Err(perr(PeerProblem::RefusedUs {
                     peer: peer.name.clone(),
                     me: sh.me.id,
-                    cause: SyncError::Session(Box::new(e)),
+                    alert,
                 }))
             }
             Err(why) => last = Some((addr.clone(), why)),
@@ -176,10 +176,14 @@ pub(super) fn adopt(sh: &Arc<Shared>, peer: &Peer, link: Arc<Link>) -> Arc<Link>
             links.remove(&id);
             drop(links);
             debug!("link with {name} ended");
+            let why = watched.why();
             sh2.board.peer(&name, |p| {
                 p.state = PeerState::Disconnected;
                 p.rate_in = 0;
                 p.rate_out = 0;
+                if why.is_some() {
+                    p.last_error = why;
+                }
             });
         }
     });
@@ -191,21 +195,32 @@ pub(super) fn adopt(sh: &Arc<Shared>, peer: &Peer, link: Arc<Link>) -> Arc<Link>
 async fn connect(
     addr: &str,
     cc: Arc<rustls::ClientConfig>,
+    peer: &str,
 ) -> Result<TlsStream<TcpStream>, DialError> {
-    let mut t = handshake(addr, cc).await?;
+    let mut t = handshake(addr, cc, peer).await?;
     match tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut t)).await {
         Err(_) => Err(DialError::HandshakeTimeout),
         Ok(Ok(f)) if f.kind == Kind::Ready => Ok(t),
         Ok(Ok(_)) => Err(DialError::Closed),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(DialError::Closed),
-        Ok(Err(e)) => Err(DialError::Refused(e)),
+        Ok(Err(e)) => Err(DialError::Tls(tls_failure(&e, peer))),
     }
+}
+
+/// What an I/O error of a TLS stream with `peer` stands for, in weave's
+/// words.
+fn tls_failure(e: &std::io::Error, peer: &str) -> TlsFailure {
+    TlsFailure::from_io(e, peer).unwrap_or_else(|| TlsFailure::Other {
+        peer: peer.to_string(),
+        detail: e.to_string(),
+    })
 }
 
 /// Connects to `addr`, and makes the TLS handshake with client config `cc`.
 async fn handshake(
     addr: &str,
     cc: Arc<rustls::ClientConfig>,
+    peer: &str,
 ) -> Result<TlsStream<TcpStream>, DialError> {
     let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
@@ -219,7 +234,7 @@ async fn handshake(
     )
     .await
     .map_err(|_| DialError::HandshakeTimeout)?
-    .map_err(DialError::Tls)
+    .map_err(|e| DialError::Tls(tls_failure(&e, peer)))
 }
 
 /// An accepted connection's TLS handshake: the stream, the peer it is,
@@ -244,7 +259,14 @@ pub(super) async fn accept(
                 .iter()
                 .map(|i| i.to_string())
                 .collect();
-            warn!("refused a connection from {from}: {e}");
+            // The handshake's refusal is this side's own reason, said
+            // with what to do; anything else in weave's words.
+            let why = match TlsFailure::from_io(&e, &from) {
+                Some(TlsFailure::Handshake { detail, .. }) => detail,
+                Some(t) => t.to_string(),
+                None => e.to_string(),
+            };
+            warn!("refused a connection from {from}: {why}");
             sh.board.refused(refused);
             return None;
         }
@@ -291,7 +313,7 @@ mod tests {
         };
         assert_eq!(
             peer(PeerProblem::NoAddress),
-            "peer nas: it has no address to dial; it dials this device (add one with `weave peer add NAME ID ADDRESS`)"
+            "peer nas: it has no address to dial; it dials this device (add one with `weave peer add-address NAME ADDRESS`)"
         );
         let unreachable = |why| PeerProblem::Unreachable {
             address: "10.0.0.2:22100".into(),
@@ -309,8 +331,11 @@ mod tests {
                 "the TLS handshake timed out".to_string(),
             ),
             (
-                DialError::Tls(std::io::Error::other("bad cert")),
-                "TLS: bad cert".to_string(),
+                DialError::Tls(TlsFailure::Handshake {
+                    peer: "nas".into(),
+                    detail: "bad cert".into(),
+                }),
+                "the TLS handshake with nas failed: bad cert; check its address and device id (`weave peer list`)".to_string(),
             ),
         ];
         for (why, said) in messages {
@@ -324,13 +349,75 @@ mod tests {
             peer(PeerProblem::RefusedUs {
                 peer: "nas".into(),
                 me,
-                cause: SyncError::Session("received fatal alert".into()),
+                alert: "HandshakeFailure".into(),
             }),
-            format!("peer nas: nas refused this device (received fatal alert); on nas, add it with `weave peer add NAME {me} ADDRESS`")
+            format!("peer nas: nas refused this device (TLS alert: HandshakeFailure); on nas, add it with `weave peer add NAME {me} ADDRESS`")
         );
         assert_eq!(
             peer(PeerProblem::Session(SyncError::Session("no folder".into()))),
             "peer nas: no folder"
         );
+    }
+
+    /// A peer whose TCP connection ends without TLS's closing message (a
+    /// daemon killed mid-session): the session says so in weave's words,
+    /// naming the peer, where rustls's message links to its manual.
+    #[test]
+    fn a_cut_tls_connection_is_reported_without_a_library_link() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (_da, a) = {
+            let d = tempfile::tempdir().unwrap();
+            let i = crate::identity::create(d.path()).unwrap();
+            (d, i)
+        };
+        let (_db, b) = {
+            let d = tempfile::tempdir().unwrap();
+            let i = crate::identity::create(d.path()).unwrap();
+            (d, i)
+        };
+        let allowed: tls::Allowed = Arc::new(std::sync::RwLock::new([b.id].into()));
+        let sc = tls::server_config(&a, allowed, Arc::default()).unwrap();
+        let cc = tls::client_config(&b, a.id).unwrap();
+        let l = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        // The server takes the handshake and the link, then drops the
+        // connection without close_notify.
+        let server = rt.spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let mut t = TlsAcceptor::from(sc).accept(s).await.unwrap();
+            let ready = super::super::link::Frame {
+                kind: Kind::Ready,
+                chan: 0,
+                data: Vec::new(),
+            };
+            super::super::link::write_frame(&mut t, &ready)
+                .await
+                .unwrap();
+            tokio::io::AsyncWriteExt::flush(&mut t).await.unwrap();
+            drop(t);
+        });
+        let t = rt.block_on(connect(&addr, cc, "nas")).unwrap();
+        rt.block_on(server).unwrap();
+        let nothing: OnOpen = Arc::new(|_, _| {});
+        let link = rt.block_on(async { Link::start(t, "nas", &addr, true, nothing) });
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(20), link.closed.cancelled())
+                .await
+                .expect("the link notices the cut in time")
+        });
+        let e = link.why().expect("why it ended");
+        assert!(!e.contains("://"), "{e}");
+        assert!(
+            e.contains("nas ended the connection without closing the TLS session")
+                && e.contains("check that `weave daemon` runs there"),
+            "{e}"
+        );
+        rt.shutdown_timeout(Duration::from_secs(1));
     }
 }

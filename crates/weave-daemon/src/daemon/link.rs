@@ -130,6 +130,8 @@ pub(super) struct Link {
     pub closed: CancellationToken,
     pub sent: AtomicU64,
     pub received: AtomicU64,
+    /// Why it ended, in weave's words (once it has).
+    why: Mutex<Option<String>>,
 }
 
 impl Link {
@@ -161,6 +163,7 @@ impl Link {
             closed: CancellationToken::new(),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
+            why: Mutex::new(None),
         });
         let (r, w) = tokio::io::split(stream);
         tokio::spawn(writer(link.clone(), w, data_rx, ctl_rx));
@@ -171,6 +174,11 @@ impl Link {
     /// Tells the dialler the link is taken (the accepting side).
     pub(super) fn ready(&self) {
         let _ = self.ctl_tx.send(Frame::ctl(Kind::Ready, 0));
+    }
+
+    /// Why the link ended, if it did of a failure.
+    pub(super) fn why(&self) -> Option<String> {
+        self.why.lock().expect("why").clone()
     }
 
     pub(super) fn is_dead(&self) -> bool {
@@ -256,16 +264,21 @@ async fn reader<R: AsyncRead + Unpin>(link: Arc<Link>, mut r: R, on_open: OnOpen
         let f = match f {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
-                debug!("link with {} ({}): {e}", link.name, link.addr);
+                let why = crate::tls::TlsFailure::from_io(&e, &link.name)
+                    .map(|f| f.to_string())
+                    .unwrap_or_else(|| format!("the connection to {} failed: {e}", link.name));
+                debug!("link with {} ({}): {why}", link.name, link.addr);
+                *link.why.lock().expect("why") = Some(why);
                 break;
             }
             Err(_) => {
-                warn!(
-                    "link with {} ({}): nothing heard for {}s; taken as down",
+                let why = format!(
+                    "nothing heard from {} for {}s; taken as down (weave tries again by itself)",
                     link.name,
-                    link.addr,
                     DEAD_AFTER.as_secs()
                 );
+                warn!("link with {} ({}): {why}", link.name, link.addr);
+                *link.why.lock().expect("why") = Some(why);
                 break;
             }
         };

@@ -30,10 +30,11 @@
 //! `conn` (dialling a peer, accepting one, sessions over TLS), `pair` (a
 //! pair sync this device runs, and its report), `folder` (a folder's task
 //! and its check), `actions` (what a user asks of a folder: revert,
-//! override), `host` (serving folders to peers), `watcher` (the
-//! file-system watcher, and folder roots removed and made again),
-//! `reload` (following the config file) and `backoff` (the wait after a
-//! failure).
+//! override), `host` (serving folders to peers), `link` (one lasting
+//! connection per peer), `watcher` (the file-system watcher, and folder
+//! roots removed and made again), `reload` (following the config file),
+//! `backoff` (the wait after a failure) and `instance` (one daemon per
+//! config directory).
 
 // Log lines keep the target they had when the daemon was one file
 // (`weave_daemon::daemon`), whichever module writes them.
@@ -52,6 +53,7 @@ mod backoff;
 mod conn;
 mod folder;
 mod host;
+mod instance;
 mod link;
 mod open;
 mod pair;
@@ -60,6 +62,7 @@ mod shared;
 mod watcher;
 
 pub use conn::{DialError, PeerProblem};
+pub use instance::LOCK_FILE;
 
 use crate::config::Config;
 use crate::status::{self, Board};
@@ -78,6 +81,8 @@ use watcher::Watcher;
 pub async fn run(dir: &Path) -> Result<(), DaemonError> {
     let me = crate::identity::load(dir)?;
     let cfg = Config::load(dir, me.id)?;
+    // Held until the daemon ends: a second daemon on `dir` is refused.
+    let _instance = instance::lock(dir)?;
     let allowed: tls::Allowed = Arc::default();
     let refused: tls::Refused = Arc::default();
     let server_tls = tls::server_config(&me, allowed.clone(), refused.clone())?;

@@ -41,6 +41,15 @@ impl weave_engine::Progress for Progress<'_> {
     }
 }
 
+/// The TLS alert a session failed with, if it did.
+fn tls_alert(e: &weave_engine::SyncError) -> Option<String> {
+    let io = e.session::<weave_net::SessionError>()?.io_error()?;
+    match io.get_ref()?.downcast_ref::<crate::tls::TlsFailure>()? {
+        crate::tls::TlsFailure::Alert { alert, .. } => Some(alert.clone()),
+        _ => None,
+    }
+}
+
 /// Opens `peer`'s replica of folder `f`, in a session on the link to it
 /// (the address it was reached at beside it).
 pub(super) fn open_remote(
@@ -52,15 +61,15 @@ pub(super) fn open_remote(
     let remote =
         RemoteReplica::open_kind(conn, &peer.name, &f.id, "files", false).map_err(|e| {
             // TLS 1.3: a server refuses a client's certificate after
-            // the client's side of the handshake is done.
-            let problem = if e.to_string().contains("fatal alert") {
-                PeerProblem::RefusedUs {
+            // the client's side of the handshake is done, with an alert
+            // the client reads as the session begins.
+            let problem = match tls_alert(&e) {
+                Some(alert) => PeerProblem::RefusedUs {
                     peer: peer.name.clone(),
                     me: sh.me.id,
-                    cause: e,
-                }
-            } else {
-                PeerProblem::Session(e)
+                    alert,
+                },
+                None => PeerProblem::Session(e),
             };
             DaemonError::Peer {
                 peer: peer.name.clone(),

@@ -26,9 +26,14 @@ pub struct Device {
 
 impl Device {
     pub fn new(name: &str) -> Device {
+        Device::listening(name, &format!("127.0.0.1:{}", free_port()))
+    }
+
+    /// A device whose daemon listens on `addr` (127.0.0.1:0: any port).
+    pub fn listening(name: &str, addr: &str) -> Device {
         let tmp = tempfile::tempdir().unwrap();
         let cfg = tmp.path().join("config");
-        let addr = format!("127.0.0.1:{}", free_port());
+        let addr = addr.to_string();
         let out = weave()
             .args(["--config-dir"])
             .arg(&cfg)
@@ -102,6 +107,8 @@ impl Device {
             .arg(&self.cfg)
             .arg("daemon")
             .env("RUST_LOG", "info,weave_daemon=debug")
+            // Its log as it is by default (a test checks its colours).
+            .env_remove("NO_COLOR")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
