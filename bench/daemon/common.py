@@ -297,10 +297,26 @@ class WeavePair:
             if self.watch_delay_ms is not None:
                 argv += ["--watch-delay", str(self.watch_delay_ms)]
             run(argv)
-        for n in "AB":
-            self.p[n] = self.procs.start(f"{self.name}-{n}", [w, "--config-dir", cfg[n], "daemon"],
-                                         os.path.join(self.base, n, "daemon.log"))
+        self.start()
         log(f"{self.name}: A={ids['A']} on :{port['A']}, B={ids['B']} on :{port['B']}")
+
+    def start(self):
+        """Starts both daemons (again, after `stop`)."""
+        for n in "AB":
+            self.p[n] = self.procs.start(f"{self.name}-{n}",
+                                         [self.weave, "--config-dir", self.cfg[n], "daemon"],
+                                         os.path.join(self.base, n, "daemon.log"))
+
+    def in_sync(self, n):
+        """Whether daemon `n` ("A" or "B") says its folder is idle and in sync with its peer."""
+        r = subprocess.run([self.weave, "--config-dir", self.cfg[n], "status", "--json"],
+                           capture_output=True, timeout=30)
+        if r.returncode != 0:
+            return False
+        s = json.loads(r.stdout)
+        other = "peer-B" if n == "A" else "peer-A"
+        return any(f.get("id") == self.FOLDER_ID and f.get("state") == "idle"
+                   and other in f.get("in_sync_with", []) for f in s.get("folders", []))
 
     def check_alive(self):
         d = self.procs.dead(list(self.p.values()))

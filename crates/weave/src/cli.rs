@@ -69,7 +69,13 @@ enum Command {
     /// Run in the foreground: watch the folders and keep them in sync with
     /// their peers over TLS. Logs go to stderr (RUST_LOG sets the level);
     /// SIGINT or SIGTERM stops it cleanly. It follows config changes.
-    Daemon,
+    Daemon {
+        /// Keep the normal CPU priority. By default the daemon lowers its
+        /// own (nice 9, as Syncthing does), so that the work it syncs
+        /// (a copy into a folder, say) is not slowed by the syncing.
+        #[arg(long)]
+        normal_priority: bool,
+    },
     /// Ask the running daemon what it is doing: folders, peers, recent
     /// changes, conflicts, errors.
     Status {
@@ -312,7 +318,7 @@ pub fn run() -> ExitCode {
     // Diagnostics on stderr, off unless RUST_LOG asks for them; the
     // daemon logs at info by default.
     let filter = match (&cli.command, std::env::var_os("RUST_LOG")) {
-        (Command::Daemon, None) => tracing_subscriber::EnvFilter::new("info,notify=warn"),
+        (Command::Daemon { .. }, None) => tracing_subscriber::EnvFilter::new("info,notify=warn"),
         _ => tracing_subscriber::EnvFilter::from_default_env(),
     };
     let colour = colour(
@@ -367,7 +373,7 @@ pub fn run() -> ExitCode {
         Command::Id => done(crate::live::id(cd)),
         Command::Peer(c) => done(crate::live::peer(cd, c)),
         Command::Folder(c) => done(crate::live::folder(cd, c)),
-        Command::Daemon => done(crate::live::daemon(cd)),
+        Command::Daemon { normal_priority } => done(crate::live::daemon(cd, !normal_priority)),
         Command::Status { json } => done(crate::live::status(cd, json)),
         Command::Conflicts { json } => done(crate::live::conflicts(cd, json)),
     }

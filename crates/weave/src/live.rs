@@ -363,8 +363,11 @@ fn ask(dir: &Path, id: &str, action: FolderAction) -> Result<bool> {
     Ok(true)
 }
 
-pub fn daemon(cd: &ConfigDir) -> Result<bool> {
+pub fn daemon(cd: &ConfigDir, low_priority: bool) -> Result<bool> {
     let dir = cd.dir()?;
+    if low_priority {
+        lower_priority();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -373,6 +376,36 @@ pub fn daemon(cd: &ConfigDir) -> Result<bool> {
     rt.block_on(weave_daemon::daemon::run(&dir))?;
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(true)
+}
+
+/// The nice value a daemon takes unless told otherwise (Syncthing's).
+const LOW_PRIORITY: i32 = 9;
+
+/// Lowers the CPU priority of every thread of this process to
+/// [`LOW_PRIORITY`] (on Linux a priority is a thread's; the threads
+/// started later inherit it from the ones that start them). Called
+/// before the daemon starts its own threads.
+fn lower_priority() {
+    use rustix::process::{getpriority_process, setpriority_process, Pid};
+    let tids: Vec<Option<Pid>> = std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|t| t.file_name().to_str()?.parse::<i32>().ok())
+                .map(Pid::from_raw)
+                .collect()
+        })
+        .unwrap_or_else(|_| vec![None]);
+    for tid in tids {
+        if getpriority_process(tid).unwrap_or(0) >= LOW_PRIORITY {
+            continue;
+        }
+        if let Err(e) = setpriority_process(tid, LOW_PRIORITY) {
+            tracing::warn!(
+                "cannot lower the daemon's CPU priority ({e}); it runs at the one it has"
+            );
+            return;
+        }
+    }
 }
 
 fn ago(ms: Option<u64>) -> String {

@@ -615,3 +615,48 @@ fn a_log_written_to_a_file_has_no_colour_codes() {
     assert!(log.contains("INFO"), "{log}");
     assert!(!log.contains('\x1b'), "colour codes in a log file: {log:?}");
 }
+
+/// The nice value of process `pid` (field 19 of /proc/PID/stat).
+fn nice_of(pid: u32) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split_whitespace().nth(16).unwrap().parse().unwrap()
+}
+
+/// The daemon lowers its CPU priority (as Syncthing does), every thread
+/// of it, unless told not to.
+#[test]
+fn the_daemon_runs_at_a_low_priority_unless_told_not_to() {
+    let a = Device::listening("a", "127.0.0.1:0");
+    a.folder("docs", "docs", &[], &[]);
+    a.start();
+    wait_for("the daemon to answer", &[&a], || a.status().is_some());
+    let pid = a.pid();
+    let base = nice_of(std::process::id());
+    assert_eq!(nice_of(pid), base.max(9));
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let tid: u32 = task.unwrap().file_name().to_str().unwrap().parse().unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let nice: i64 = after.split_whitespace().nth(16).unwrap().parse().unwrap();
+        assert_eq!(nice, base.max(9), "thread {tid}");
+    }
+    assert!(a.term().success());
+    let out = weave()
+        .arg("--config-dir")
+        .arg(&a.cfg)
+        .args(["daemon", "--normal-priority"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = out;
+    let t = Instant::now();
+    while nice_of(child.id()) != base && t.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let nice = nice_of(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(nice, base);
+}

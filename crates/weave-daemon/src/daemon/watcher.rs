@@ -328,25 +328,37 @@ fn changed(sh: &Shared, roots: &Roots, ev: &Event) {
 
 /// Notes path `p` (`rel` in folder `rt`), changed by event `ev`, for the
 /// folder's next scan.
+///
+/// The path is looked at (a `stat`) only when the event leaves open what
+/// it is: a burst of new files makes several events each, and the user's
+/// own copy shares the machine with this.
 fn touch(rt: &FolderRt, ev: &Event, p: &Path, rel: String, now: Instant) {
-    let meta = std::fs::symlink_metadata(p).ok();
-    let appeared = matches!(
-        ev.kind,
-        EventKind::Create(_) | EventKind::Modify(notify::event::ModifyKind::Name(_))
-    );
+    use notify::event::{CreateKind, ModifyKind};
     if rel == weave_core::ignore::IGNORE_FILE {
         // What is ignored changed: only a full scan knows, and every peer
         // syncs again (a sync plans with both sides' ignore files, so the
         // first one after a change may still have used the old).
         rt.touched.everything();
         rt.resync.store(true, Ordering::SeqCst);
-    } else if appeared && meta.as_ref().is_some_and(|m| m.is_dir()) {
-        rt.touched.add_dir(rel, now);
-    } else {
-        let written = meta
-            .filter(|m| writes_data(&ev.kind) && m.is_file())
-            .map(|m| m.len());
-        rt.touched.add(rel, written, now);
+        return;
+    }
+    let meta = || std::fs::symlink_metadata(p).ok();
+    match ev.kind {
+        EventKind::Create(CreateKind::Folder) => rt.touched.add_dir(rel, now),
+        // A new file holds nothing yet.
+        EventKind::Create(CreateKind::File) => rt.touched.add(rel, Some(0), now),
+        EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_)) => match meta() {
+            Some(m) if m.is_dir() => rt.touched.add_dir(rel, now),
+            m => {
+                let written = m.filter(|m| writes_data(&ev.kind) && m.is_file());
+                rt.touched.add(rel, written.map(|m| m.len()), now)
+            }
+        },
+        ref k if writes_data(k) => {
+            let written = meta().filter(|m| m.is_file()).map(|m| m.len());
+            rt.touched.add(rel, written, now)
+        }
+        _ => rt.touched.add(rel, None, now),
     }
 }
 
