@@ -169,8 +169,9 @@ struct Server<'h> {
     asked: (Vec<String>, Vec<String>),
 }
 
-/// Paths one `GetEntriesAt` (all its parts) may ask for.
+/// Paths one `GetEntriesAt` (all its parts) may ask for, and their bytes.
 const MAX_ASKED: usize = 16 << 20;
+const MAX_ASKED_BYTES: usize = 1 << 30;
 
 /// Compresses chunks while that pays: after 16 chunks in a row that did
 /// not shrink, only every 16th is tried.
@@ -369,7 +370,14 @@ impl Server<'_> {
     fn entries_at(&mut self, g: weave_proto::msg::GetEntriesAt) -> Result<(), SyncError> {
         let peer = self.conn.peer().to_string();
         weave_proto::validate::names_from_wire(&g, &peer).map_err(proto)?;
-        if self.asked.0.len() + self.asked.1.len() > MAX_ASKED {
+        let bytes: usize = self
+            .asked
+            .0
+            .iter()
+            .chain(&self.asked.1)
+            .map(String::len)
+            .sum();
+        if self.asked.0.len() + self.asked.1.len() > MAX_ASKED || bytes > MAX_ASKED_BYTES {
             return Err(proto(weave_proto::ProtoError::Invalid {
                 peer,
                 detail: format!("a request for more than {MAX_ASKED} paths"),

@@ -63,7 +63,24 @@ pub(super) fn session_to(sh: &Arc<Shared>, peer: &Peer) -> Result<(Conn, String)
     for _ in 0..2 {
         let link = match live_link(sh, peer.id) {
             Some(l) => l,
-            None => dial(sh, peer)?,
+            None => {
+                // One dial at a time per peer: folders that find no link
+                // at once wait for the first one's, rather than dial links
+                // that would replace each other (and end each other's
+                // sessions).
+                let gate = sh
+                    .dialing
+                    .lock()
+                    .expect("dialing")
+                    .entry(peer.id)
+                    .or_default()
+                    .clone();
+                let _one = gate.lock().expect("dial gate");
+                match live_link(sh, peer.id) {
+                    Some(l) => l,
+                    None => dial(sh, peer)?,
+                }
+            }
         };
         if let Some(conn) = link.open() {
             return Ok((conn, link.addr.clone()));

@@ -357,6 +357,7 @@ pub(super) async fn folder_task(sh: Arc<Shared>, rt: Arc<FolderRt>) {
             _ = rt.wake.notified() => {}
             _ = tokio::time::sleep_until(due.into()) => {
                 if last_full.elapsed() >= rescan {
+                    rt.full_plan.store(true, Ordering::SeqCst);
                     rt.poke(true);
                     last_full = Instant::now();
                 } else if held.is_some_and(|h| Instant::now() >= h) {

@@ -61,7 +61,12 @@ impl Host for DaemonHost {
         // same answer: a peer never learns of a folder not shared with it.
         let f = cfg
             .folder(name)
-            .filter(|f| f.peers.contains(&self.peer.name))
+            // The peer by its id, under the name it has now (a link
+            // outlives renames in the config).
+            .filter(|f| {
+                cfg.peer_by_id(self.peer.id)
+                    .is_some_and(|p| f.peers.contains(&p.name))
+            })
             .cloned()
             .ok_or_else(|| HostError::NotShared {
                 name: name.to_string(),

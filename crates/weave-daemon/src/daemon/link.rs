@@ -204,10 +204,18 @@ impl Link {
         Some(conn)
     }
 
-    /// The session stream of channel `chan`.
+    /// The session stream of channel `chan` (ended at once if the link
+    /// died meanwhile).
     fn channel(self: &Arc<Self>, chan: u32) -> Conn {
         let (tx, rx) = mpsc::channel();
-        self.chans.lock().expect("channels").insert(chan, tx);
+        {
+            let mut chans = self.chans.lock().expect("channels");
+            // `kill` marks the link dead before it empties the map: a
+            // channel put in after that is taken out here.
+            if !self.is_dead() {
+                chans.insert(chan, tx);
+            }
+        }
         let r = ChanRead {
             rx,
             cur: Vec::new(),
@@ -237,20 +245,33 @@ async fn writer<W: AsyncWrite + Unpin>(
             Some(f) = data.recv() => f,
             _ = tokio::time::sleep(PING_EVERY) => Frame::ctl(Kind::Ping, 0),
         };
-        if link.is_dead() {
-            break;
-        }
         let n = f.data.len() as u64 + 9;
-        if write_frame(&mut w, &f).await.is_err() {
+        // A stream that takes nothing (a peer gone without a word) must
+        // not hold the writer once the link is dead: its sessions wait
+        // on this queue.
+        let sent = tokio::select! {
+            _ = link.closed.cancelled() => false,
+            r = write_frame(&mut w, &f) => r.is_ok(),
+        };
+        if !sent {
             break;
         }
         link.sent.fetch_add(n, Ordering::Relaxed);
-        if ctl.is_empty() && data.is_empty() && w.flush().await.is_err() {
-            break;
+        if ctl.is_empty() && data.is_empty() {
+            let flushed = tokio::select! {
+                _ = link.closed.cancelled() => false,
+                r = w.flush() => r.is_ok(),
+            };
+            if !flushed {
+                break;
+            }
         }
     }
     link.kill();
-    let _ = w.shutdown().await;
+    // Sessions blocked on a full queue get their error now.
+    drop(data);
+    drop(ctl);
+    let _ = tokio::time::timeout(Duration::from_secs(1), w.shutdown()).await;
 }
 
 /// Takes the link's frames to their channels; ends the link when the
@@ -371,8 +392,22 @@ impl Write for ChanWrite {
 }
 
 impl Drop for ChanWrite {
+    /// Closes the channel, after what it sent (on the same queue: a
+    /// session's last message, an error say, must not be overtaken by
+    /// its end).
     fn drop(&mut self) {
-        let _ = self.link.ctl_tx.send(Frame::ctl(Kind::Close, self.chan));
+        let close = Frame::ctl(Kind::Close, self.chan);
+        let queued = match tokio::runtime::Handle::try_current() {
+            // Not on the runtime (a session's own thread): wait for room.
+            Err(_) => self.link.data_tx.blocking_send(close).is_ok(),
+            Ok(_) => self.link.data_tx.try_send(close).is_ok(),
+        };
+        if !queued && !self.link.is_dead() {
+            // No room, on the runtime: the link is wedged or the session
+            // is dropped from an async task; the control queue still ends
+            // the channel.
+            let _ = self.link.ctl_tx.send(Frame::ctl(Kind::Close, self.chan));
+        }
         self.link.chans.lock().expect("channels").remove(&self.chan);
     }
 }
@@ -449,5 +484,69 @@ mod tests {
         .await
         .expect("the other end's death is seen");
         assert!(la.open().is_none());
+    }
+
+    /// A session that sends its last message and ends at once (a server
+    /// refusing with an error, say): the peer reads that message, not the
+    /// end of the channel.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_channels_last_message_arrives_before_its_end() {
+        for len in [100, 600_000] {
+            let mut lost = 0;
+            for _ in 0..30 {
+                let (a, b) = tokio::io::duplex(1 << 20);
+                let say_and_go: OnOpen = Arc::new(move |_, conn: Conn| {
+                    std::thread::spawn(move || {
+                        let last = weave_proto::msg::ErrorMsg {
+                            message: "x".repeat(len),
+                        };
+                        let _ = conn.send(weave_proto::msg::Body::Error(last));
+                    });
+                });
+                let nothing: OnOpen = Arc::new(|_, _| {});
+                let la = Link::start(a, "b", "x", true, nothing);
+                let lb = Link::start(b, "a", "y", false, say_and_go);
+                lb.ready();
+                let got = tokio::task::spawn_blocking(move || la.open().unwrap().recv().is_ok())
+                    .await
+                    .unwrap();
+                lost += usize::from(!got);
+            }
+            assert_eq!(
+                lost, 0,
+                "{len} bytes: the last message was lost {lost}/30 times"
+            );
+        }
+    }
+
+    /// A link killed while its stream takes nothing (a peer gone without
+    /// a word): a session blocked writing to it is freed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_killed_link_frees_a_session_blocked_writing() {
+        let (a, _b) = tokio::io::duplex(4096);
+        let nothing: OnOpen = Arc::new(|_, _| {});
+        let la = Link::start(a, "b", "x", true, nothing);
+        let l2 = la.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut w = ChanWrite { link: l2, chan: 1 };
+            let buf = vec![0u8; MAX_DATA];
+            for _ in 0..(QUEUED * 4) {
+                if w.write(&buf).is_err() {
+                    break;
+                }
+            }
+            tx.send(()).unwrap();
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        la.kill();
+        let freed =
+            tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(5)).is_ok())
+                .await
+                .unwrap();
+        assert!(
+            freed,
+            "a session blocked writing to a killed link stays blocked"
+        );
     }
 }

@@ -114,6 +114,7 @@ pub async fn run(dir: &Path) -> Result<(), DaemonError> {
         refused,
         folders: Mutex::new(HashMap::new()),
         links: Mutex::new(HashMap::new()),
+        dialing: Mutex::new(HashMap::new()),
         board,
         rt: Handle::current(),
         stopping: AtomicBool::new(false),

@@ -119,8 +119,10 @@ pub(super) fn sync_pair(
     sh.board.folder(&f.id, |s| s.state = FolderState::Syncing);
     let opts = SyncOptions {
         // A revert undoes local changes the peer has integrated as hidden:
-        // every path is planned.
-        full_plan: reverting,
+        // every path is planned; so is the first sync after each periodic
+        // rescan (it also drops chunk lists no file holds any more, which
+        // a sync that read only what changed leaves).
+        full_plan: reverting || rt.full_plan.load(Ordering::SeqCst),
         ..sync_options(cfg, f)
     };
     let roles = weave_engine::Roles {
@@ -138,6 +140,9 @@ pub(super) fn sync_pair(
     rt.bytes_total.store(0, Ordering::Relaxed);
     rt.bytes_done.store(0, Ordering::Relaxed);
     let report = result?;
+    if opts.full_plan && !report.unchanged {
+        rt.full_plan.store(false, Ordering::SeqCst);
+    }
     let secs = started.elapsed().as_secs_f64().max(0.001);
     sh.board.peer(&peer.name, |p| {
         p.state = PeerState::Connected;

@@ -27,6 +27,8 @@ pub(super) struct Shared {
     pub(super) folders: Mutex<HashMap<String, Arc<FolderRt>>>,
     /// The lasting link to each peer that is up (see `link.rs`).
     pub(super) links: Mutex<HashMap<DeviceId, Arc<super::link::Link>>>,
+    /// Held while a link to the peer is dialled.
+    pub(super) dialing: Mutex<HashMap<DeviceId, Arc<Mutex<()>>>>,
     pub(super) board: Board,
     pub(super) rt: Handle,
     pub(super) stopping: AtomicBool,
@@ -44,6 +46,9 @@ pub(super) struct FolderRt {
     pub(super) touched: Touched,
     /// The next check syncs with every peer (the ignore file changed).
     pub(super) resync: AtomicBool,
+    /// The next sync that has something to do plans every path (after
+    /// the periodic rescan).
+    pub(super) full_plan: AtomicBool,
     /// After a scan of the folder failed: when to try again, and the wait.
     pub(super) scan_retry: Mutex<Option<Backoff>>,
     /// A watcher batch is being gathered.
@@ -70,6 +75,7 @@ impl FolderRt {
             dirty: AtomicBool::new(true),
             touched: Touched::new(),
             resync: AtomicBool::new(false),
+            full_plan: AtomicBool::new(false),
             scan_retry: Mutex::new(None),
             gathering: AtomicBool::new(false),
             synced: Mutex::new(HashMap::new()),

@@ -327,7 +327,10 @@ impl Replica for LocalReplica {
             }
             m
         });
-        self.scanned = batch.entries;
+        // What a recorded scan found is in the index: only a dry run's
+        // is kept aside (laid over the index when it is read; a later
+        // read after an apply must not bring back what the apply replaced).
+        self.scanned = if dry_run { batch.entries } else { Vec::new() };
         for l in batch.contents {
             self.scanned_contents.insert(l.content_id(), l);
         }
