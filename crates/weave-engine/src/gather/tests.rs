@@ -27,6 +27,17 @@ struct State {
 struct Mem {
     state: Arc<Mutex<State>>,
     info: ReplicaInfo,
+    /// Operations whose (replica, path, seed) hash is 0 modulo 3 fail
+    /// (a disk that is full, say): the same ones in every run of a sync.
+    fail: Option<u64>,
+}
+
+/// Whether `path` fails on replica `id` under `seed`.
+fn fails(id: ReplicaId, path: &str, seed: u64) -> bool {
+    use std::hash::{Hash as _, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (id.0, path, seed).hash(&mut h);
+    h.finish() % 3 == 0
 }
 
 impl Mem {
@@ -84,10 +95,19 @@ impl Replica for Mem {
         _: &(dyn Fn(u64) + Sync),
     ) -> Result<Applied, SyncError> {
         let mut done = Vec::new();
+        let mut errors = Vec::new();
+        let fail = self.fail;
         let info = {
             let mut st = self.st();
             for (k, op) in ops.into_iter().enumerate() {
                 let id = st.info.id;
+                if fail.is_some_and(|seed| fails(id, &op.path, seed)) {
+                    errors.push(crate::Issue {
+                        path: op.path.clone(),
+                        message: "failed".into(),
+                    });
+                    continue;
+                }
                 st.info.seq += 1;
                 st.info.clock = st.info.clock.max(op.target.vv.get(id));
                 let le = LocalEntry {
@@ -103,6 +123,7 @@ impl Replica for Mem {
         self.info = info;
         Ok(Applied {
             done,
+            errors,
             ..Default::default()
         })
     }
@@ -149,6 +170,8 @@ enum Step {
         policy: u8,
         backup: Option<usize>,
         ignore_tmp: bool,
+        /// Some operations fail, chosen by this seed.
+        fail: Option<u64>,
     },
 }
 
@@ -278,6 +301,7 @@ impl World {
             policy,
             backup,
             ignore_tmp,
+            fail,
         } = s
         else {
             return;
@@ -315,8 +339,8 @@ impl World {
             let m = weave_core::ignore::Matcher::from_files(&[], &opts(false).ignore).unwrap();
             floors(&reps, m.fingerprint()).is_some()
         };
-        let (full, full_report) = run_on(&which, &before, &opts(true), &roles);
-        let (incr, incr_report) = run_on(&which, &before, &opts(false), &roles);
+        let (full, full_report) = run_on(&which, &before, &opts(true), &roles, *fail);
+        let (incr, incr_report) = run_on(&which, &before, &opts(false), &roles, *fail);
         for &i in &which {
             let (f, n) = (&full[i], &incr[i]);
             assert_eq!(
@@ -347,6 +371,7 @@ impl World {
                 Box::new(Mem {
                     info: states[i].info.clone(),
                     state: Arc::new(Mutex::new(states[i].clone())),
+                    fail: None,
                 }) as Box<dyn Replica>
             })
             .collect()
@@ -360,6 +385,7 @@ fn run_on(
     states: &[State],
     opts: &SyncOptions,
     roles: &crate::Roles,
+    fail: Option<u64>,
 ) -> (Vec<State>, crate::Report) {
     let shared: Vec<Arc<Mutex<State>>> = which
         .iter()
@@ -372,6 +398,7 @@ fn run_on(
             Box::new(Mem {
                 info: states[i].info.clone(),
                 state: s.clone(),
+                fail,
             }) as Box<dyn Replica>
         })
         .collect();
@@ -414,8 +441,8 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         6 => (0usize..4, 0usize..PATHS.len(), what).prop_map(|(r, path, what)| Step::Local { r, path, what }),
         1 => (0usize..4, 0usize..PATHS.len(), 0usize..PATHS.len()).prop_map(|(r, from, to)| Step::Rename { r, from, to }),
-        4 => (0u8..16, 0u8..3, proptest::option::weighted(0.15, 0usize..4), proptest::bool::weighted(0.9))
-            .prop_map(|(mask, policy, backup, ignore_tmp)| Step::Sync { mask, policy, backup, ignore_tmp }),
+        4 => (0u8..16, 0u8..3, proptest::option::weighted(0.15, 0usize..4), proptest::bool::weighted(0.9), proptest::option::weighted(0.2, 0u64..1000))
+            .prop_map(|(mask, policy, backup, ignore_tmp, fail)| Step::Sync { mask, policy, backup, ignore_tmp, fail }),
     ]
 }
 
@@ -433,7 +460,7 @@ proptest! {
         }
         // And a last round where everyone syncs with everyone.
         for _ in 0..2 {
-            w.step(&Step::Sync { mask: 0xf, policy: 0, backup: None, ignore_tmp: true });
+            w.step(&Step::Sync { mask: 0xf, policy: 0, backup: None, ignore_tmp: true, fail: None });
         }
     }
 }
@@ -451,6 +478,7 @@ fn a_small_change_loads_only_what_it_touches() {
         policy: 0,
         backup: None,
         ignore_tmp: false,
+        fail: None,
     };
     w.step(&all);
     w.step(&all);
