@@ -37,7 +37,7 @@ fn fails(id: ReplicaId, path: &str, seed: u64) -> bool {
     use std::hash::{Hash as _, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (id.0, path, seed).hash(&mut h);
-    h.finish() % 3 == 0
+    h.finish().is_multiple_of(3)
 }
 
 impl Mem {
