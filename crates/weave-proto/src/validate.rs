@@ -153,7 +153,7 @@ pub struct Batch {
 /// A received index batch, every entry checked. A batch with one bad
 /// entry is refused whole.
 /// Checks the names a [`GetEntriesAt`](crate::msg::GetEntriesAt) asks
-/// for: at most [`MAX_ENTRIES`](crate::limits::MAX_ENTRIES) of them, each
+/// for: at most [`MAX_ENTRIES`] of them, each
 /// a valid relative path ("" allowed for a subtree: the whole tree).
 pub fn names_from_wire(g: &crate::msg::GetEntriesAt, peer: &str) -> Result<(), ProtoError> {
     if g.paths.len() + g.subtrees.len() > crate::limits::MAX_ENTRIES {
