@@ -140,7 +140,7 @@ impl Store {
         if !catalog.exists() {
             create_catalog(&dir)?;
         }
-        let db = Database::create(&catalog).or_catalog(&catalog)?;
+        let db = open_waiting(&catalog, IN_USE_WAIT)?;
         Ok(Store { dir, catalog, db })
     }
 
@@ -168,6 +168,24 @@ impl Store {
     }
 }
 
+/// How long an open waits for another process (a sync keeping old
+/// versions, a `weave history` or `restore`) to let go of the catalog.
+const IN_USE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Opens the catalog at `path`; while another process has it open (redb
+/// allows one), tries again every 50 ms for up to `wait`.
+fn open_waiting(path: &Path, wait: std::time::Duration) -> Result<Database, StoreError> {
+    let t = std::time::Instant::now();
+    loop {
+        match Database::create(path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if t.elapsed() < wait => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => return r.or_catalog(path),
+        }
+    }
+}
+
 /// The distinct chunks of a list.
 pub(crate) fn unique(list: &ChunkList) -> HashSet<Hash> {
     list.chunks.iter().map(|c| c.hash).collect()
@@ -184,5 +202,27 @@ pub(crate) fn test_list(chunks: &[(u8, u32)]) -> ChunkList {
                 len,
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store another process (here: another handle) has open is waited
+    /// for, not refused: `weave history` while a daemon's sync keeps old
+    /// versions. A wait that runs out says the catalog is in use.
+    #[test]
+    fn a_store_in_use_is_waited_for() {
+        let t = tempfile::tempdir().unwrap();
+        let held = Store::open(t.path()).unwrap();
+        let catalog = held.catalog.clone();
+        let refused = open_waiting(&catalog, std::time::Duration::from_millis(200));
+        assert!(refused.is_err(), "opened while in use");
+        let state = t.path().to_path_buf();
+        let opener = std::thread::spawn(move || Store::open(&state).map(|_| ()));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(held);
+        opener.join().unwrap().expect("opened once let go");
     }
 }
