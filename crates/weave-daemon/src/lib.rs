@@ -75,6 +75,13 @@ pub enum DaemonError {
     /// The daemon did not do what was asked; its words.
     #[error("{0}")]
     Refused(String),
+    /// A sync went through but for some paths.
+    #[error("the sync with {peer} left {failed} path(s) not done (the first: {first}); it is tried again by itself, after 1 s doubling to a minute, until it goes through")]
+    Incomplete {
+        peer: String,
+        failed: usize,
+        first: String,
+    },
     #[error(transparent)]
     Sync(#[from] weave_engine::SyncError),
 }

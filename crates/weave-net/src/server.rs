@@ -81,6 +81,12 @@ pub struct Served {
     /// The coordinator finished the sync (the replica knows it is in
     /// sync with it).
     pub finished: bool,
+    /// Paths whose operations did not go through here (a full disk, say),
+    /// the first few, with why; refusals by the folder's own rules ("not
+    /// taken: …") are not counted.
+    pub failed: Vec<(String, String)>,
+    /// How many did not go through.
+    pub failed_count: usize,
 }
 
 /// Serves one session until the coordinator closes it, opening replicas
@@ -456,6 +462,16 @@ impl Server<'_> {
         let mut provider = PipeProvider { conn };
         let applied = rep.apply(ops, &foreign, &mut provider, &progress)?;
         self.served.applied += applied.done.len();
+        for e in applied
+            .errors
+            .iter()
+            .filter(|e| !e.message.starts_with("not taken"))
+        {
+            self.served.failed_count += 1;
+            if self.served.failed.len() < 10 {
+                self.served.failed.push((e.path.clone(), e.message.clone()));
+            }
+        }
         let rest = pending.swap(0, Ordering::Relaxed);
         if rest > 0 {
             conn.send(Body::Progress(Progress {

@@ -265,3 +265,54 @@ fn override_makes_a_send_only_folders_versions_win_on_every_device() {
     });
     assert_eq!(read(&fa.join("x.txt")).as_deref(), Some("a's x"));
 }
+
+/// A sync that goes through but for a path (here something in the way on
+/// the receiver that weave does not replace: a FIFO) is not taken as done:
+/// both folders show the error, the sync is tried again with back-off,
+/// and once the path is free the file arrives and the error clears.
+#[test]
+fn a_path_that_fails_is_retried_and_shown_until_it_goes_through() {
+    let (a, b) = (Device::new("a"), Device::new("b"));
+    a.knows(&b);
+    b.knows(&a);
+    let fa = a.folder("docs", "docs", &[&b], &[]);
+    let fb = b.folder("docs", "docs", &[&a], &[]);
+    std::fs::create_dir_all(&fb).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(fb.join("x"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    a.start();
+    b.start();
+    std::fs::write(fa.join("ok"), "fine").unwrap();
+    std::fs::write(fa.join("x"), "blocked on b").unwrap();
+    wait_for("the other file on b", &[&a, &b], || {
+        read(&fb.join("ok")).is_some()
+    });
+    let a_folder_error = || {
+        folder(&a, "docs").and_then(|f| {
+            (f["state"] == "error").then(|| f["error"].as_str().unwrap_or("").to_string())
+        })
+    };
+    wait_for("a to show the failed path as an error", &[&a, &b], || {
+        a_folder_error().is_some_and(|e| e.contains("x:") && e.contains("tried again"))
+    });
+    wait_for("b to show what was not done there", &[&a, &b], || {
+        folder(&b, "docs").is_some_and(|f| {
+            f["state"] == "error"
+                && f["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("from a not done here") && e.contains("x:"))
+        })
+    });
+    std::fs::remove_file(fb.join("x")).unwrap();
+    wait_for("the file once the path is free", &[&a, &b], || {
+        read(&fb.join("x")).as_deref() == Some("blocked on b")
+    });
+    for d in [&a, &b] {
+        wait_for("the errors to clear", &[&a, &b], || {
+            folder(d, "docs").is_some_and(|f| f["state"] == "idle" && f["error"].is_null())
+        });
+    }
+}

@@ -266,6 +266,13 @@ fn show_check(
     } else {
         100.0 * in_sync.len() as f64 / peers.len() as f64
     };
+    let served_failed = rt
+        .served_failed
+        .lock()
+        .expect("served_failed")
+        .values()
+        .next()
+        .cloned();
     let kept = if f.mode == Mode::ReceiveOnly {
         crate::guard::local_changes(&Files.state_dir(&f.path))
     } else {
@@ -285,6 +292,8 @@ fn show_check(
         }
         s.local_changes = kept.len() as u64;
         s.local_change_paths = kept.iter().take(LISTED_CHANGES).cloned().collect();
+        // What a peer's sessions left not done here stays shown too.
+        let error = error.or(served_failed);
         s.state = if error.is_some() {
             FolderState::Error
         } else {

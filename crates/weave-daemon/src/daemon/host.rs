@@ -7,7 +7,7 @@ use super::open::{open_folder, Taken};
 use super::shared::{FolderRt, Shared};
 use crate::config::Peer;
 use crate::id::DeviceId;
-use crate::status::{self, Change, PeerState};
+use crate::status::{self, Change, FolderState, PeerState};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -180,6 +180,45 @@ async fn serve_session(sh: Arc<Shared>, conn: weave_net::Conn, peer: Peer, from:
 
 /// What a session served for peer `name` (device `id`) did to folder
 /// `rt`: on the board, and for the folder's task.
+/// What a session served for peer `id` (`name`) left not done is the
+/// folder's error until a later session of that peer leaves nothing
+/// undone (the peer tries again by itself).
+fn show_failed(sh: &Shared, rt: &FolderRt, id: DeviceId, name: &str, served: &Served) {
+    let mut failed = rt.served_failed.lock().expect("served_failed");
+    match served.failed.first() {
+        Some((path, why)) => {
+            let msg = format!(
+                "{} path(s) from {name} not done here (the first: {path}: {why}); {name} tries again by itself",
+                served.failed_count
+            );
+            warn!("folder {}: {msg}", rt.id);
+            sh.board.error(Some(&rt.id), Some(name), msg.clone());
+            failed.insert(id, msg);
+        }
+        None if served.finished => {
+            failed.remove(&id);
+        }
+        None => {}
+    }
+    let shown = failed.values().next().cloned();
+    drop(failed);
+    sh.board.folder(&rt.id, |s| match shown {
+        Some(msg) => {
+            s.state = FolderState::Error;
+            s.error = Some(msg);
+        }
+        None if s.state == FolderState::Error
+            && s.error
+                .as_deref()
+                .is_some_and(|e| e.contains(" not done here ")) =>
+        {
+            s.state = FolderState::Idle;
+            s.error = None;
+        }
+        None => {}
+    });
+}
+
 fn record_served(sh: &Shared, rt: &FolderRt, id: DeviceId, name: &str, served: &Served) {
     debug!(
         "folder {}: served {name}, {} operations",
@@ -199,6 +238,7 @@ fn record_served(sh: &Shared, rt: &FolderRt, id: DeviceId, name: &str, served: &
             peer: name.to_string(),
         });
     }
+    show_failed(sh, rt, id, name, served);
     if served.applied > 0 || !served.finished {
         // The other peers hear of it; what the session did not finish is
         // looked at again.

@@ -83,6 +83,14 @@ pub async fn run(dir: &Path) -> Result<(), DaemonError> {
     let cfg = Config::load(dir, me.id)?;
     // Held until the daemon ends: a second daemon on `dir` is refused.
     let _instance = instance::lock(dir)?;
+    // From here on SIGTERM and SIGINT stop the daemon cleanly (one before
+    // the handlers are in place would kill it outright).
+    let stop_on = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+        let int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+        (term, int)
+    };
     let allowed: tls::Allowed = Arc::default();
     let refused: tls::Refused = Arc::default();
     let server_tls = tls::server_config(&me, allowed.clone(), refused.clone())?;
@@ -135,7 +143,7 @@ pub async fn run(dir: &Path) -> Result<(), DaemonError> {
     let acceptor = tokio_rustls::TlsAcceptor::from(server_tls);
     tokio::spawn(host::listen(sh.clone(), listener, acceptor));
     tokio::spawn(pair::show_progress(sh.clone()));
-    reload::follow_config(&sh, &mut watcher).await?;
+    reload::follow_config(&sh, &mut watcher, stop_on).await;
     stop(&sh).await;
     Ok(())
 }

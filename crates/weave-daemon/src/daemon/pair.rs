@@ -157,6 +157,19 @@ pub(super) fn sync_pair(
         }
     });
     record_report(sh, &f.id, &peer.name, &report);
+    // Paths that did not go through (a full disk, say): the sync is tried
+    // again after a back-off, and the folder shows the error until then.
+    let mut failed = report
+        .errors
+        .iter()
+        .filter(|e| !e.message.starts_with("not taken"));
+    if let (PairKind::Normal, Some(first)) = (kind, failed.next()) {
+        return Err(DaemonError::Incomplete {
+            peer: peer.name.clone(),
+            failed: 1 + failed.count(),
+            first: format!("{}: {}", first.path, first.message),
+        });
+    }
     Ok(seq)
 }
 

@@ -5,7 +5,6 @@ use super::folder::folder_task;
 use super::shared::{FolderRt, Shared};
 use super::watcher::Watcher;
 use crate::config::Config;
-use crate::DaemonError;
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -95,15 +94,14 @@ fn file_stamp(p: &Path) -> Option<(std::time::SystemTime, u64)> {
 pub(super) async fn follow_config(
     sh: &Arc<Shared>,
     watcher: &mut Watcher,
-) -> Result<(), DaemonError> {
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(DaemonError::Signal)?;
+    (mut sigterm, mut sigint): (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+) {
     let cfg_path = Config::path(&sh.dir);
     let mut stamp = file_stamp(&cfg_path);
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = sigterm.recv() => return Ok(()),
+            _ = sigint.recv() => return,
+            _ = sigterm.recv() => return,
             _ = tokio::time::sleep(CONFIG_POLL) => {
                 let now = file_stamp(&cfg_path);
                 if now != stamp {

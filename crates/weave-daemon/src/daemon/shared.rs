@@ -57,6 +57,9 @@ pub(super) struct FolderRt {
     pub(super) synced: Mutex<HashMap<DeviceId, u64>>,
     /// Peers to leave alone until then (after failures).
     pub(super) backoff: Mutex<HashMap<DeviceId, Backoff>>,
+    /// What the last session served for each peer left not done (shown
+    /// as the folder's error until that peer's next session goes through).
+    pub(super) served_failed: Mutex<HashMap<DeviceId, String>>,
     /// The watcher could not watch it: rescan often.
     pub(super) unwatched: AtomicBool,
     pub(super) stopped: AtomicBool,
@@ -80,6 +83,7 @@ impl FolderRt {
             gathering: AtomicBool::new(false),
             synced: Mutex::new(HashMap::new()),
             backoff: Mutex::new(HashMap::new()),
+            served_failed: Mutex::new(HashMap::new()),
             unwatched: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             bytes_total: AtomicU64::new(0),
