@@ -14,12 +14,16 @@ mod report;
 mod run;
 
 pub use kind::{Kind, Kinds, Merge, MERGE_MAX};
+pub use ops::action as op_action;
 pub use replica::{
     fetch_lists, finish_index, lists_for, select, Applied, Entries, Finish, Foreign, IgnoreSpec,
     Integrated, Issue, LocalTree, NoProvider, Prehashed, Provider, Replica, ReplicaInfo,
     ScanSummary, ServedNodes, Sibling, Wants,
 };
-pub use report::{ConflictReport, IssueReport, MergeReport, PlannedOp, ReplicaReport, Report};
+pub use report::{
+    ChangedPath, ConflictReport, IssueReport, MergeReport, PlannedOp, ReplicaReport, Report,
+    CHANGED_SHOWN,
+};
 pub use run::run;
 
 use std::path::PathBuf;

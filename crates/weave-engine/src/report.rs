@@ -66,6 +66,37 @@ pub struct ReplicaReport {
     pub wire_sent: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wire_received: Option<u64>,
+    /// The paths changed in this replica and how (the first
+    /// [`CHANGED_SHOWN`]; the counts above have them all).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<ChangedPath>,
+}
+
+/// Paths a replica's report names, at most.
+pub const CHANGED_SHOWN: usize = 100;
+
+/// A path a sync changed in a replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChangedPath {
+    pub path: String,
+    /// create, update, delete, mkdir or metadata.
+    pub action: String,
+}
+
+impl ReplicaReport {
+    /// Counts a path changed by an operation whose [`crate::op_action`]
+    /// is `action`, and names it while fewer than [`CHANGED_SHOWN`] are.
+    pub fn note(&mut self, path: &str, action: Option<&str>) {
+        crate::ops::count(self, action);
+        if let Some(action) = action {
+            if self.changed.len() < CHANGED_SHOWN {
+                self.changed.push(ChangedPath {
+                    path: path.to_string(),
+                    action: action.to_string(),
+                });
+            }
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]

@@ -87,6 +87,11 @@ pub struct Served {
     pub failed: Vec<(String, String)>,
     /// How many did not go through.
     pub failed_count: usize,
+    /// The paths changed here, and how (the first
+    /// [`weave_engine::CHANGED_SHOWN`]).
+    pub changed: Vec<weave_engine::ChangedPath>,
+    /// How many paths changed here.
+    pub changed_count: usize,
 }
 
 /// Serves one session until the coordinator closes it, opening replicas
@@ -460,8 +465,22 @@ impl Server<'_> {
             }
         };
         let mut provider = PipeProvider { conn };
+        let actions: Vec<Option<&'static str>> = (0..ops.len())
+            .map(|k| weave_engine::op_action(&ops, k))
+            .collect();
         let applied = rep.apply(ops, &foreign, &mut provider, &progress)?;
         self.served.applied += applied.done.len();
+        for (k, e) in &applied.done {
+            if let Some(action) = actions.get(*k).copied().flatten() {
+                self.served.changed_count += 1;
+                if self.served.changed.len() < weave_engine::CHANGED_SHOWN {
+                    self.served.changed.push(weave_engine::ChangedPath {
+                        path: e.path.clone(),
+                        action: action.to_string(),
+                    });
+                }
+            }
+        }
         for e in applied
             .errors
             .iter()

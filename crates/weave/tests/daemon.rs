@@ -457,6 +457,12 @@ fn one_lasting_connection_carries_every_folder_both_ways() {
     seen.extend(accepted_on(&ports));
     assert_eq!(seen.len(), 1, "connections between the daemons: {seen:?}");
     assert_eq!(accepted_on(&ports).len(), 1, "the connection lasts");
+    // Recent changes name each file, what happened to it, and the peer.
+    let recent = a.status().expect("status")["recent"].clone();
+    let named = recent.as_array().unwrap().iter().any(|c| {
+        c["folder"] == "two" && c["path"] == "b3" && c["action"] == "create" && c["peer"] == "b"
+    });
+    assert!(named, "{recent:#}");
 }
 
 /// A peer that stops answering (SIGSTOP) is seen as disconnected by the

@@ -7,7 +7,7 @@ use super::open::{open_folder, Taken};
 use super::shared::{FolderRt, Shared};
 use crate::config::Peer;
 use crate::id::DeviceId;
-use crate::status::{self, Change, FolderState, PeerState};
+use crate::status::{self, FolderState, PeerState};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -229,15 +229,13 @@ fn record_served(sh: &Shared, rt: &FolderRt, id: DeviceId, name: &str, served: &
     }
     // It is up: no need to wait before dialling it.
     rt.backoff.lock().expect("backoff").remove(&id);
-    if served.applied > 0 {
-        sh.board.change(Change {
-            time_ms: status::now_ms(),
-            folder: rt.id.clone(),
-            path: String::new(),
-            action: format!("took {} changes", served.applied),
-            peer: name.to_string(),
-        });
-    }
+    super::pair::record_changes(
+        sh,
+        &rt.id,
+        name,
+        &served.changed,
+        served.changed_count as u64,
+    );
     show_failed(sh, rt, id, name, served);
     if served.applied > 0 || !served.finished {
         // The other peers hear of it; what the session did not finish is

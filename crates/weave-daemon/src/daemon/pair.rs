@@ -178,7 +178,13 @@ fn record_report(sh: &Shared, folder: &str, peer: &str, r: &weave_engine::Report
     let now = status::now_ms();
     if let Some(l) = r.replicas.first() {
         // The local replica is first: what it took came from the peer.
-        record_changes(sh, folder, peer, l.created, l.updated, l.deleted);
+        record_changes(
+            sh,
+            folder,
+            peer,
+            &l.changed,
+            l.created + l.updated + l.deleted,
+        );
     }
     if !r.unchanged && (r.created + r.updated + r.deleted) > 0 {
         info!(
@@ -223,18 +229,36 @@ fn record_report(sh: &Shared, folder: &str, peer: &str, r: &weave_engine::Report
     });
 }
 
-/// Records the ops of a report as recent changes.
-fn record_changes(sh: &Shared, folder: &str, peer: &str, created: u64, updated: u64, deleted: u64) {
-    if created + updated + deleted == 0 {
-        return;
+/// Records what a sync with `peer` changed in this device's folder as
+/// recent changes, a line per file (`changed`: the paths named, of
+/// `total`).
+pub(super) fn record_changes(
+    sh: &Shared,
+    folder: &str,
+    peer: &str,
+    changed: &[weave_engine::ChangedPath],
+    total: u64,
+) {
+    let now = status::now_ms();
+    for c in changed {
+        sh.board.change(Change {
+            time_ms: now,
+            folder: folder.to_string(),
+            path: c.path.clone(),
+            action: c.action.clone(),
+            peer: peer.to_string(),
+        });
     }
-    sh.board.change(Change {
-        time_ms: status::now_ms(),
-        folder: folder.to_string(),
-        path: String::new(),
-        action: format!("took {created} new, {updated} changed, {deleted} deleted"),
-        peer: peer.to_string(),
-    });
+    let more = total.saturating_sub(changed.len() as u64);
+    if more > 0 {
+        sh.board.change(Change {
+            time_ms: now,
+            folder: folder.to_string(),
+            path: String::new(),
+            action: format!("and {more} more changes"),
+            peer: peer.to_string(),
+        });
+    }
 }
 
 /// Puts the bytes the pair syncs under way still have to copy on the
