@@ -81,6 +81,9 @@ pub enum DaemonError {
         peer: String,
         failed: usize,
         first: String,
+        /// The folder's sequence number after the sync (what went through
+        /// is there for the other peers).
+        seq: u64,
     },
     #[error(transparent)]
     Sync(#[from] weave_engine::SyncError),

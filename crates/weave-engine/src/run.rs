@@ -421,8 +421,12 @@ fn foreign_for(
 }
 
 /// Records what each replica has integrated: everything the others hold
-/// now, unless something failed on it. The coordinator also takes the
-/// clock values the planner handed out on its behalf.
+/// now, unless something failed on it. A replica on which something
+/// failed is not taken as integrated by the others either: what it still
+/// holds of its own may be what the plan wanted gone (a backup that could
+/// not undo its own change, say), and a later sync that plans only what
+/// changed must still see it (I-7). The coordinator also takes the clock
+/// values the planner handed out on its behalf.
 fn record(
     reps: &mut [Box<dyn Replica>],
     coord: usize,
@@ -430,7 +434,12 @@ fn record(
     clean: &[bool],
     fingerprint: u64,
 ) -> Result<(), SyncError> {
-    let seqs: Vec<(ReplicaId, u64)> = reps.iter().map(|r| (r.info().id, r.info().seq)).collect();
+    let seqs: Vec<(ReplicaId, u64)> = reps
+        .iter()
+        .zip(clean)
+        .filter(|(_, clean)| **clean)
+        .map(|(r, _)| (r.info().id, r.info().seq))
+        .collect();
     for (i, r) in reps.iter_mut().enumerate() {
         let me = r.info().id;
         let fin = Finish {

@@ -155,12 +155,29 @@ fn override_peers(
     let mut done = Vec::new();
     let mut failed = Vec::new();
     for p in peers {
-        let pushed = outbump(sh, rt, cfg, f, p)
-            .and_then(|n| sync_pair(sh, rt, cfg, f, p, PairKind::Normal).map(|seq| (n, seq)));
+        let pushed = outbump(sh, rt, cfg, f, p).and_then(|n| {
+            match sync_pair(sh, rt, cfg, f, p, PairKind::Normal) {
+                Ok(seq) => Ok((n, Some(seq))),
+                // The new versions went, but for some paths: those the
+                // folder shows, and the sync retries them.
+                Err(DaemonError::Incomplete { .. }) => {
+                    warn!("folder {}: override on {}: some paths did not go through; they are retried", f.id, p.name);
+                    Ok((n, None))
+                }
+                Err(e) => Err(e),
+            }
+        });
         match pushed {
             Ok((n, seq)) => {
-                rt.synced.lock().expect("synced").insert(p.id, seq);
-                rt.backoff.lock().expect("backoff").remove(&p.id);
+                // Only a sync that went through whole is done; the folder's
+                // own checks retry the rest.
+                if let Some(seq) = seq {
+                    rt.synced.lock().expect("synced").insert(p.id, seq);
+                    rt.backoff.lock().expect("backoff").remove(&p.id);
+                } else {
+                    rt.synced.lock().expect("synced").remove(&p.id);
+                    rt.poke(false);
+                }
                 info!("folder {}: overrode {n} paths on {}", f.id, p.name);
                 done.push(format!("{} ({n} paths)", p.name));
             }

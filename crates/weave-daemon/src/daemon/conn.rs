@@ -39,6 +39,9 @@ pub enum PeerProblem {
     /// The session did not open.
     #[error("{0}")]
     Session(SyncError),
+    /// Another sync dialled it a moment ago, and failed so.
+    #[error("{0}")]
+    FailedMomentsAgo(String),
 }
 
 /// Why dialling one address of a peer failed.
@@ -55,6 +58,9 @@ pub enum DialError {
     #[error("the peer closed the connection before taking it")]
     Closed,
 }
+
+/// How long a failed dial answers for the syncs that waited for it.
+const RECENT_FAILURE: Duration = Duration::from_secs(5);
 
 /// A session to `peer` on the link to it: the link that is up, or one
 /// dialled now. Returns it and the peer's address.
@@ -75,10 +81,36 @@ pub(super) fn session_to(sh: &Arc<Shared>, peer: &Peer) -> Result<(Conn, String)
                     .entry(peer.id)
                     .or_default()
                     .clone();
-                let _one = gate.lock().expect("dial gate");
+                let mut last = gate.lock().unwrap_or_else(|e| e.into_inner());
                 match live_link(sh, peer.id) {
                     Some(l) => l,
-                    None => dial(sh, peer)?,
+                    None => {
+                        // A dial that failed a moment ago is not made again
+                        // by each folder that waited for it.
+                        if let Some((_, _, why)) = last.as_ref().filter(|(at, addrs, _)| {
+                            at.elapsed() < RECENT_FAILURE && *addrs == peer.addresses
+                        }) {
+                            return Err(DaemonError::Peer {
+                                peer: peer.name.clone(),
+                                problem: Box::new(PeerProblem::FailedMomentsAgo(why.clone())),
+                            });
+                        }
+                        match dial(sh, peer) {
+                            Ok(l) => {
+                                *last = None;
+                                l
+                            }
+                            Err(e) => {
+                                let why = match &e {
+                                    DaemonError::Peer { problem, .. } => problem.to_string(),
+                                    other => other.to_string(),
+                                };
+                                *last =
+                                    Some((std::time::Instant::now(), peer.addresses.clone(), why));
+                                return Err(e);
+                            }
+                        }
+                    }
                 }
             }
         };

@@ -188,6 +188,10 @@ fn sync_peers(
                 }
                 Err(e) => {
                     deferred = true;
+                    if let DaemonError::Incomplete { seq, .. } = e {
+                        // What went through counts for the other peers.
+                        now = Some(seq);
+                    }
                     if let Some(msg) = pair_failed(sh, rt, f, p, &e) {
                         error = Some(msg);
                     }
@@ -223,7 +227,9 @@ fn pair_failed(
     b.insert(p.id, backoff);
     drop(b);
     let peer_down = matches!(e, DaemonError::Peer { .. });
-    if first || !peer_down {
+    let incomplete = matches!(e, DaemonError::Incomplete { .. });
+    // A retry that fails the same way says so once, not every minute.
+    if first || !(peer_down || incomplete) {
         warn!("folder {} with {}: {msg} (retrying)", f.id, p.name);
     }
     sh.board.peer(&p.name, |s| {
@@ -266,13 +272,12 @@ fn show_check(
     } else {
         100.0 * in_sync.len() as f64 / peers.len() as f64
     };
-    let served_failed = rt
-        .served_failed
-        .lock()
-        .expect("served_failed")
-        .values()
-        .next()
-        .cloned();
+    let served_failed = {
+        let mut failed = rt.served_failed.lock().expect("served_failed");
+        // Peers the folder is no longer shared with have nothing to retry.
+        failed.retain(|id, _| peers.iter().any(|p| p.id == *id));
+        failed.values().next().cloned()
+    };
     let kept = if f.mode == Mode::ReceiveOnly {
         crate::guard::local_changes(&Files.state_dir(&f.path))
     } else {

@@ -195,10 +195,11 @@ fn show_failed(sh: &Shared, rt: &FolderRt, id: DeviceId, name: &str, served: &Se
             sh.board.error(Some(&rt.id), Some(name), msg.clone());
             failed.insert(id, msg);
         }
-        None if served.finished => {
+        // A session that left nothing undone (one that found nothing to
+        // do included: the paths came another way) clears it.
+        None => {
             failed.remove(&id);
         }
-        None => {}
     }
     let shown = failed.values().next().cloned();
     drop(failed);

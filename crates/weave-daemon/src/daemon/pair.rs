@@ -168,8 +168,14 @@ pub(super) fn sync_pair(
             peer: peer.name.clone(),
             failed: 1 + failed.count(),
             first: format!("{}: {}", first.path, first.message),
+            seq,
         });
     }
+    // It went through: what this peer's sessions left undone here is done.
+    rt.served_failed
+        .lock()
+        .expect("served_failed")
+        .remove(&peer.id);
     Ok(seq)
 }
 
@@ -211,12 +217,17 @@ fn record_report(sh: &Shared, folder: &str, peer: &str, r: &weave_engine::Report
         .filter(|e| e.message.starts_with("not taken"))
         .map(|e| format!("{}: {}", e.path, e.message))
         .collect();
-    for e in r
+    // The first few in the log (a retry that fails the same way would
+    // repeat them all every time); the board keeps its own bound.
+    for (n, e) in r
         .errors
         .iter()
         .filter(|e| !e.message.starts_with("not taken"))
+        .enumerate()
     {
-        warn!("folder {folder} with {peer}: {}: {}", e.path, e.message);
+        if n < 5 {
+            warn!("folder {folder} with {peer}: {}: {}", e.path, e.message);
+        }
         sh.board.error(
             Some(folder),
             Some(peer),

@@ -17,6 +17,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
+/// Held while a peer is dialled: when its last dial failed, at which
+/// addresses, and why.
+pub(super) type DialGate = Arc<Mutex<Option<(std::time::Instant, Vec<String>, String)>>>;
+
 /// What the daemon's tasks share.
 pub(super) struct Shared {
     pub(super) dir: PathBuf,
@@ -28,7 +32,9 @@ pub(super) struct Shared {
     /// The lasting link to each peer that is up (see `link.rs`).
     pub(super) links: Mutex<HashMap<DeviceId, Arc<super::link::Link>>>,
     /// Held while a link to the peer is dialled.
-    pub(super) dialing: Mutex<HashMap<DeviceId, Arc<Mutex<()>>>>,
+    /// (and when the last dial failed, and why: the syncs that waited
+    /// for it take that answer rather than dial again).
+    pub(super) dialing: Mutex<HashMap<DeviceId, DialGate>>,
     pub(super) board: Board,
     pub(super) rt: Handle,
     pub(super) stopping: AtomicBool,
