@@ -622,11 +622,16 @@ fn a_log_written_to_a_file_has_no_colour_codes() {
     assert!(!log.contains('\x1b'), "colour codes in a log file: {log:?}");
 }
 
-/// The nice value of process `pid` (field 19 of /proc/PID/stat).
-fn nice_of(pid: u32) -> i64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+/// The nice value in a `/proc/…/stat` file (its field 19).
+fn nice_in(stat: &str) -> i64 {
+    let stat = std::fs::read_to_string(stat).unwrap();
     let after = &stat[stat.rfind(')').unwrap() + 2..];
     after.split_whitespace().nth(16).unwrap().parse().unwrap()
+}
+
+/// The nice value of process `pid`.
+fn nice_of(pid: u32) -> i64 {
+    nice_in(&format!("/proc/{pid}/stat"))
 }
 
 /// The daemon lowers its CPU priority (as Syncthing does), every thread
@@ -641,10 +646,9 @@ fn the_daemon_runs_at_a_low_priority_unless_told_not_to() {
     let base = nice_of(std::process::id());
     assert_eq!(nice_of(pid), base.max(9));
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let tid: u32 = task.unwrap().file_name().to_str().unwrap().parse().unwrap();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        let nice: i64 = after.split_whitespace().nth(16).unwrap().parse().unwrap();
+        let tid = task.unwrap().file_name();
+        let tid = tid.to_str().unwrap();
+        let nice = nice_in(&format!("/proc/{pid}/task/{tid}/stat"));
         assert_eq!(nice, base.max(9), "thread {tid}");
     }
     assert!(a.term().success());
