@@ -92,6 +92,10 @@ pub struct Served {
     pub changed: Vec<weave_engine::ChangedPath>,
     /// How many paths changed here.
     pub changed_count: usize,
+    /// The replica opened here, and the replicas the coordinator said
+    /// this one integrated (its own, in a pair sync).
+    pub replica: Option<weave_core::ReplicaId>,
+    pub peer_replicas: Vec<weave_core::ReplicaId>,
 }
 
 /// Serves one session until the coordinator closes it, opening replicas
@@ -148,6 +152,7 @@ pub fn serve_host(conn: Conn, host: &mut dyn Host) -> Result<Served, SyncError> 
             Ok(m) => m,
             Err(ProtoError::Closed { .. }) => {
                 s.served.seq = s.rep.as_ref().map(|r| r.info().seq);
+                s.served.replica = s.rep.as_ref().map(|r| r.info().id);
                 return Ok(s.served);
             }
             Err(e) => return Err(proto(e)),
@@ -367,6 +372,11 @@ impl Server<'_> {
                 };
                 self.rep()?.finish(&fin)?;
                 self.served.finished = true;
+                self.served.peer_replicas = f
+                    .peers
+                    .iter()
+                    .map(|p| weave_core::ReplicaId(p.replica))
+                    .collect();
                 self.conn.send(Body::Finished(Finished {})).map_err(proto)
             }
             other => Err(SessionError::NotARequest {

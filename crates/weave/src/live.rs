@@ -473,8 +473,19 @@ pub fn status(cd: &ConfigDir, json: bool) -> Result<bool> {
         if let Some(e) = &f.error {
             println!("    error: {e}");
         }
+        if !f.replicas.is_empty() {
+            let ids: Vec<String> = f
+                .replicas
+                .iter()
+                .map(|(d, id)| format!("{d} {id}"))
+                .collect();
+            println!(
+                "    replica ids (in conflict copies' names): {}",
+                ids.join(", ")
+            );
+        }
         for c in &f.conflicts {
-            println!("    conflict copy: {c}");
+            println!("    conflict copy: {c}{}", made_on(c, &f.replicas));
         }
         for n in f.notices.iter().take(5) {
             println!("    {n}");
@@ -561,24 +572,45 @@ pub fn status(cd: &ConfigDir, json: bool) -> Result<bool> {
 
 /// Lists the conflict copies of every folder; with the daemon down, from
 /// the config and the disk directly.
+/// " (the losing version was made on DEVICE)" for a conflict copy whose
+/// name carries one of `replicas`' short ids, else "".
+fn made_on(copy: &str, replicas: &std::collections::BTreeMap<String, String>) -> String {
+    replicas
+        .iter()
+        .find(|(_, id)| copy.contains(&format!("-{id}")))
+        .map(|(d, _)| format!(" (the losing version was made on {d})"))
+        .unwrap_or_default()
+}
+
 pub fn conflicts(cd: &ConfigDir, json: bool) -> Result<bool> {
     let dir = cd.dir()?;
     let (_, cfg) = load(&dir)?;
+    // Whose replica each short id is, if a daemon runs and knows.
+    let known = weave_daemon::status::fetch(&dir).ok();
+    let replicas = |folder: &str| {
+        known
+            .as_ref()
+            .and_then(|s| s.folders.iter().find(|f| f.id == folder))
+            .map(|f| f.replicas.clone())
+            .unwrap_or_default()
+    };
     let mut all = Vec::new();
     for f in &cfg.folders {
+        let ids = replicas(&f.id);
         for c in weave_daemon::status::conflicts_in(&f.path, &cfg.subfolders(f)) {
-            all.push((f.id.clone(), f.path.join(&c), c));
+            let by = made_on(&c, &ids);
+            all.push((f.id.clone(), f.path.join(&c), c, by));
         }
     }
     if json {
         let v: Vec<serde_json::Value> = all
             .iter()
-            .map(|(f, full, rel)| serde_json::json!({"folder": f, "path": rel, "full_path": full}))
+            .map(|(f, full, rel, _)| serde_json::json!({"folder": f, "path": rel, "full_path": full}))
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        for (f, full, _) in &all {
-            println!("{f}\t{}", full.display());
+        for (f, full, _, by) in &all {
+            println!("{f}\t{}{by}", full.display());
         }
         if all.is_empty() {
             eprintln!("weave: no conflict copies");

@@ -110,10 +110,26 @@ fn concurrent_edits_end_with_the_same_conflict_copies_and_a_killed_daemon_catche
         versions,
         vec!["edited on a", "edited on b while it was down"]
     );
-    // `weave conflicts` lists it (exit 1: there are some).
+    // `weave conflicts` lists it (exit 1: there are some), with the
+    // device that made the losing version (its replica's short id is in
+    // the copy's name; status shows each device's).
+    let loser = if read(&fa.join(&copy)).unwrap().contains("on b") {
+        "b"
+    } else {
+        "a"
+    };
     let out = a.run(&["conflicts"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&copy));
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains(&copy), "{said}");
+    assert!(
+        said.contains(&format!("(the losing version was made on {loser})")),
+        "{said}"
+    );
+    let s = a.status().expect("status");
+    let ids = &s["folders"][0]["replicas"];
+    let id = ids[loser].as_str().expect("the loser's replica id");
+    assert!(copy.contains(&format!("-{id}")), "{copy} {ids}");
 }
 
 #[test]

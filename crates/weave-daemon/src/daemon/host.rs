@@ -238,6 +238,16 @@ fn record_served(sh: &Shared, rt: &FolderRt, id: DeviceId, name: &str, served: &
         served.changed_count as u64,
     );
     show_failed(sh, rt, id, name, served);
+    // Whose replica is whose, for the names of conflict copies.
+    let me = sh.cfg().device.name.clone();
+    sh.board.folder(&rt.id, |s| {
+        if let Some(r) = served.replica {
+            s.replicas.insert(me, r.short());
+        }
+        if let [theirs] = served.peer_replicas[..] {
+            s.replicas.insert(name.to_string(), theirs.short());
+        }
+    });
     if served.applied > 0 || !served.finished {
         // The other peers hear of it; what the session did not finish is
         // looked at again.

@@ -132,6 +132,11 @@ pub(super) fn sync_pair(
     let result = weave_engine::run(&mut reps, &opts, &roles, &Progress(rt));
     let seq = reps[0].info().seq;
     let traffic = reps[1].traffic();
+    let ids = (reps[0].info().id.short(), reps[1].info().id.short());
+    sh.board.folder(&f.id, |s| {
+        s.replicas.insert(cfg.device.name.clone(), ids.0);
+        s.replicas.insert(peer.name.clone(), ids.1);
+    });
     drop(reps);
     if result.is_err() {
         rt.give_back(taken);

@@ -66,6 +66,12 @@ pub struct FolderStatus {
     /// The first of those paths (up to 100), sorted.
     #[serde(default)]
     pub local_change_paths: Vec<String>,
+    /// Device name → the short id of its replica of this folder, as the
+    /// syncs this device ran learnt them: what a conflict copy's name
+    /// carries (`NAME.weave-conflict-STAMP-ID.EXT`) to say whose version
+    /// lost.
+    #[serde(default)]
+    pub replicas: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
