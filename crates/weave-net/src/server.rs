@@ -47,6 +47,12 @@ pub trait Host {
         kind: &str,
         dry_run: bool,
     ) -> Result<(Box<dyn Replica>, String), SyncError>;
+    /// Where the replica opened shows the progress of the operations it
+    /// carries out (the bytes it is to write, and as they are written),
+    /// if anywhere.
+    fn progress(&mut self) -> Option<std::sync::Arc<dyn weave_engine::Progress + Send>> {
+        None
+    }
 }
 
 /// Opens replicas by path (`~/` is the home directory).
@@ -459,10 +465,21 @@ impl Server<'_> {
             true => ops.iter().map(|o| o.target.clone()).collect(),
             false => Vec::new(),
         };
+        let shown = self.host.progress();
+        if let Some(p) = &shown {
+            p.set_total(
+                ops.iter()
+                    .filter_map(|o| o.writes().map(|(_, size)| size))
+                    .sum(),
+            );
+        }
         let conn = &self.conn;
         let sender = conn.sender();
         let pending = AtomicU64::new(0);
         let progress = |n: u64| {
+            if let Some(p) = &shown {
+                p.advance(n);
+            }
             let total = pending.fetch_add(n, Ordering::Relaxed) + n;
             if total >= 1 << 20 {
                 let n = pending.swap(0, Ordering::Relaxed);

@@ -316,3 +316,42 @@ fn a_path_that_fails_is_retried_and_shown_until_it_goes_through() {
         });
     }
 }
+
+/// The device receiving a large file shows that it is syncing, with the
+/// bytes still to come, while the other one sends it.
+#[test]
+fn the_receiving_side_shows_it_is_syncing_and_the_bytes_to_go() {
+    let (a, b) = (Device::new("a"), Device::new("b"));
+    a.knows(&b);
+    b.knows(&a);
+    let fa = a.folder("docs", "docs", &[&b], &[]);
+    let fb = b.folder("docs", "docs", &[&a], &[]);
+    a.start();
+    b.start();
+    std::fs::write(fa.join("first"), "1").unwrap();
+    wait_for("the first file", &[&a, &b], || {
+        read(&fb.join("first")).is_some()
+    });
+    let big: Vec<u8> = (0..96u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(fa.join("big.bin"), &big).unwrap();
+    let mut seen = None;
+    wait_for("b to show it receives", &[&a, &b], || {
+        if std::fs::metadata(fb.join("big.bin")).is_ok_and(|m| m.len() == big.len() as u64) {
+            return true;
+        }
+        if let Some(f) = folder(&b, "docs") {
+            let to_go = f["bytes_to_go"].as_u64().unwrap_or(0);
+            if f["state"] == "syncing" && to_go > 0 {
+                seen = Some(to_go);
+            }
+        }
+        false
+    });
+    let to_go = seen.expect("b never showed syncing with bytes to go while receiving");
+    assert!(to_go <= big.len() as u64, "{to_go}");
+    wait_for("b idle once it has the file", &[&a, &b], || {
+        folder(&b, "docs").is_some_and(|f| f["state"] == "idle" && f["bytes_to_go"] == 0)
+    });
+}

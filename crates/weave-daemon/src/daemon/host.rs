@@ -96,6 +96,15 @@ impl Host for DaemonHost {
         self.opened = Some((rt, guard, taken));
         Ok((rep, f.id.clone()))
     }
+
+    /// The receiving side shows it is syncing, and the bytes to go.
+    fn progress(&mut self) -> Option<Arc<dyn weave_engine::Progress + Send>> {
+        let rt = self.opened.as_ref()?.0.clone();
+        self.sh
+            .board
+            .folder(&rt.id, |s| s.state = FolderState::Syncing);
+        Some(Arc::new(super::pair::FolderProgress(rt)))
+    }
 }
 
 /// Accepts the connections of peers, each in a task of its own.
@@ -157,6 +166,18 @@ async fn serve_session(sh: Arc<Shared>, conn: weave_net::Conn, peer: Peer, from:
     let Ok((served, opened)) = res else {
         return;
     };
+    if let Some(rt) = &opened {
+        // What it showed while receiving is over.
+        rt.bytes_total
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        rt.bytes_done.store(0, std::sync::atomic::Ordering::Relaxed);
+        sh.board.folder(&rt.id, |s| {
+            s.bytes_to_go = 0;
+            if s.state == FolderState::Syncing {
+                s.state = FolderState::Idle;
+            }
+        });
+    }
     sh.board.peer(&name, |p| {
         p.state = PeerState::Connected;
         p.last_seen_ms = Some(status::now_ms());

@@ -29,9 +29,12 @@ pub(super) fn sync_options(cfg: &Config, f: &Folder) -> SyncOptions {
     }
 }
 
-struct Progress<'a>(&'a FolderRt);
+/// A sync's progress on a folder, shown by `show_progress`: the bytes it
+/// is to write, and as they are written (by a sync this device runs, or
+/// one it serves).
+pub(super) struct FolderProgress<R>(pub(super) R);
 
-impl weave_engine::Progress for Progress<'_> {
+impl<R: std::ops::Deref<Target = FolderRt> + Sync> weave_engine::Progress for FolderProgress<R> {
     fn set_total(&self, bytes: u64) {
         self.0.bytes_total.store(bytes, Ordering::Relaxed);
         self.0.bytes_done.store(0, Ordering::Relaxed);
@@ -129,7 +132,7 @@ pub(super) fn sync_pair(
         backups: if reverting { vec![0] } else { Vec::new() },
         ..Default::default()
     };
-    let result = weave_engine::run(&mut reps, &opts, &roles, &Progress(rt));
+    let result = weave_engine::run(&mut reps, &opts, &roles, &FolderProgress(rt));
     let seq = reps[0].info().seq;
     let traffic = reps[1].traffic();
     let ids = (reps[0].info().id.short(), reps[1].info().id.short());
