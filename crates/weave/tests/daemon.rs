@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::daemon::{conflict_copies, read, wait_for, weave, Device, WAIT};
+use common::daemon::{conflict_copies, read, synced_pair, wait_for, weave, Device, WAIT};
 use common::free_port;
 
 #[test]
@@ -485,17 +485,7 @@ fn one_lasting_connection_carries_every_folder_both_ways() {
 /// keep-alives; once it runs again, changes reach it.
 #[test]
 fn a_stopped_peer_is_seen_down_and_comes_back() {
-    let (a, b) = (Device::new("a"), Device::new("b"));
-    a.knows(&b);
-    b.knows(&a);
-    let fa = a.folder("docs", "docs", &[&b], &[]);
-    let fb = b.folder("docs", "docs", &[&a], &[]);
-    a.start();
-    b.start();
-    std::fs::write(fa.join("first"), "1").unwrap();
-    wait_for("the first file", &[&a, &b], || {
-        read(&fb.join("first")).is_some()
-    });
+    let (a, b, fa, fb) = synced_pair();
     let pid = b.pid().to_string();
     let signal = |s: &str| {
         assert!(Command::new("kill")

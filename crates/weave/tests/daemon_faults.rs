@@ -8,7 +8,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::daemon::{conflict_copies, read, wait_for, Device};
+use common::daemon::{conflict_copies, read, synced_pair, wait_for, Device};
 
 /// Folder `id`'s status on `d`, when its daemon answers.
 fn folder(d: &Device, id: &str) -> Option<serde_json::Value> {
@@ -321,17 +321,7 @@ fn a_path_that_fails_is_retried_and_shown_until_it_goes_through() {
 /// bytes still to come, while the other one sends it.
 #[test]
 fn the_receiving_side_shows_it_is_syncing_and_the_bytes_to_go() {
-    let (a, b) = (Device::new("a"), Device::new("b"));
-    a.knows(&b);
-    b.knows(&a);
-    let fa = a.folder("docs", "docs", &[&b], &[]);
-    let fb = b.folder("docs", "docs", &[&a], &[]);
-    a.start();
-    b.start();
-    std::fs::write(fa.join("first"), "1").unwrap();
-    wait_for("the first file", &[&a, &b], || {
-        read(&fb.join("first")).is_some()
-    });
+    let (a, b, fa, fb) = synced_pair();
     let big: Vec<u8> = (0..96u32 << 20)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();

@@ -173,6 +173,23 @@ impl Drop for Device {
     }
 }
 
+/// Two running devices that know each other, sharing folder `docs`
+/// (returned with its path on each), a first file already synced.
+pub fn synced_pair() -> (Device, Device, PathBuf, PathBuf) {
+    let (a, b) = (Device::new("a"), Device::new("b"));
+    a.knows(&b);
+    b.knows(&a);
+    let fa = a.folder("docs", "docs", &[&b], &[]);
+    let fb = b.folder("docs", "docs", &[&a], &[]);
+    a.start();
+    b.start();
+    std::fs::write(fa.join("first"), "1").unwrap();
+    wait_for("the first file", &[&a, &b], || {
+        read(&fb.join("first")).is_some()
+    });
+    (a, b, fa, fb)
+}
+
 /// Waits (bounded) until `f` holds; on time-out, or as soon as a daemon
 /// that should be running has exited, fails showing the logs.
 pub fn wait_for(what: &str, devs: &[&Device], mut f: impl FnMut() -> bool) {
