@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use weave_core::ignore::Matcher;
 use weave_core::path::STATE_DIR;
 use weave_core::{plan_tree, Bumper, ConflictPolicy, Entry, Hash, LocalEntry, Object, Op, OpKind};
-use weave_core::{ReplicaId, TreePlan};
+use weave_core::{ReplicaId, TreePlan, VersionVector};
 
 /// Runs one sync of opened replicas with their `roles`.
 pub fn run(
@@ -271,8 +271,12 @@ fn derive(
     all_ops
 }
 
-/// The paths only a backup has (not ignored), as tombstones: its own
-/// tombstones as they are, and a tombstone of each live one.
+/// The paths only a backup has (not ignored), as tombstones that claim no
+/// version (an empty version vector): no source holds anything there, so
+/// none may learn a version from the backup. A tombstone carrying the
+/// backup's version would let a source's later edit dominate a version it
+/// never saw, and a sync would then overwrite that version where it still
+/// lives; a tombstone of a deletion made on the backup would delete it.
 fn backup_extras(
     view: &BTreeMap<String, LocalEntry>,
     finals: &BTreeMap<String, Entry>,
@@ -283,14 +287,12 @@ fn backup_extras(
             !finals.contains_key(*p) && !matcher.is_ignored(p, le.entry.object.is_dir())
         })
         .map(|(p, le)| {
-            let e = match le.entry.is_live() {
-                true => Entry {
-                    object: Object::Deleted,
-                    mode: 0,
-                    mtime_ns: 0,
-                    ..le.entry.clone()
-                },
-                false => le.entry.clone(),
+            let e = Entry {
+                object: Object::Deleted,
+                mode: 0,
+                mtime_ns: 0,
+                vv: VersionVector::new(),
+                ..le.entry.clone()
             };
             (p.clone(), e)
         })
@@ -717,6 +719,10 @@ mod tests {
         let matcher = Matcher::none();
         let extras = backup_extras(&views[1], &finals, &matcher);
         assert!(extras["mine"].object.is_deleted());
+        assert!(
+            extras["mine"].vv.is_empty(),
+            "the tombstone claims no version, so no source learns one from the backup"
+        );
         let roles = Roles {
             preferred: None,
             backups: vec![1],

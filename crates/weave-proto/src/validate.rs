@@ -110,7 +110,10 @@ pub fn entry_from_wire(w: WireEntry, peer: &str) -> Result<(Entry, u64), ProtoEr
             ))
         }
     };
-    if w.vv.is_empty() || w.vv.len() > MAX_VV {
+    // A tombstone may claim no version: what a backup records where no
+    // source holds anything.
+    let no_version_ok = matches!(object, Object::Deleted);
+    if (w.vv.is_empty() && !no_version_ok) || w.vv.len() > MAX_VV {
         return Err(invalid(
             peer,
             format!("a version vector of {} replicas on {p:?}", w.vv.len()),
@@ -342,6 +345,12 @@ mod tests {
                 object: Object::Deleted,
                 mode: 0,
                 ..file("gone")
+            },
+            Entry {
+                object: Object::Deleted,
+                mode: 0,
+                vv: VersionVector::new(),
+                ..file("never-held")
             },
         ] {
             let (back, seq) = entry_from_wire(entry_to_wire(&e, 42), "p").unwrap();
