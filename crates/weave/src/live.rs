@@ -422,6 +422,25 @@ fn ago(ms: Option<u64>) -> String {
     }
 }
 
+/// ", 3.2 MiB to go at 1.1 MiB/s, 3s left" while a sync copies.
+fn to_go(f: &weave_daemon::status::FolderStatus) -> String {
+    if f.bytes_to_go == 0 {
+        return String::new();
+    }
+    let mut s = format!(", {} to go", bytes(f.bytes_to_go));
+    if f.rate > 0 {
+        s += &format!(" at {}/s", bytes(f.rate));
+    }
+    if let Some(eta) = f.eta_secs {
+        s += &match eta {
+            0..=59 => format!(", {eta}s left"),
+            60..=3599 => format!(", {}m {}s left", eta / 60, eta % 60),
+            _ => format!(", {}h {}m left", eta / 3600, eta % 3600 / 60),
+        };
+    }
+    s
+}
+
 fn bytes(n: u64) -> String {
     match n {
         0..1024 => format!("{n} B"),
@@ -450,11 +469,7 @@ pub fn status(cd: &ConfigDir, json: bool) -> Result<bool> {
             f.mode,
             f.state,
             f.in_sync_percent,
-            if f.bytes_to_go > 0 {
-                format!(", {} to go", bytes(f.bytes_to_go))
-            } else {
-                String::new()
-            }
+            to_go(f)
         );
         println!(
             "    peers: {}   in sync with: {}   last sync: {}",

@@ -346,14 +346,15 @@ fn local_edits_in_a_receive_only_folder_never_leave_it() {
 }
 
 /// Bytes this device's own syncs exchanged with `peer` so far.
-fn traffic_with(d: &Device, peer: &str) -> u64 {
+/// `d`'s status of its peer `peer`: field `field`, a number.
+fn peer_figure(d: &Device, peer: &str, field: &str) -> u64 {
     let s = d.status().expect("status");
     s["peers"]
         .as_array()
         .unwrap()
         .iter()
         .find(|p| p["name"] == peer)
-        .map(|p| p["bytes_sent"].as_u64().unwrap() + p["bytes_received"].as_u64().unwrap())
+        .map(|p| p[field].as_u64().unwrap())
         .unwrap()
 }
 
@@ -382,7 +383,11 @@ fn files_a_daemon_wrote_itself_are_not_sent_back() {
         })
     });
     std::thread::sleep(Duration::from_millis(500));
-    let (a0, b0) = (traffic_with(&a, "b"), traffic_with(&b, "a"));
+    let (a0, b0) = (
+        peer_figure(&a, "b", "syncs_started"),
+        peer_figure(&b, "a", "syncs_started"),
+    );
+    let sent0 = peer_figure(&a, "b", "bytes_sent");
     for i in 0..20 {
         let d = fa.join(format!("d{}", i % 3));
         std::fs::create_dir_all(&d).unwrap();
@@ -394,10 +399,18 @@ fn files_a_daemon_wrote_itself_are_not_sent_back() {
         })
     });
     std::thread::sleep(Duration::from_millis(1000));
-    assert!(traffic_with(&a, "b") > a0, "a sent its new files");
+    assert!(
+        peer_figure(&a, "b", "syncs_started") > a0,
+        "a sent its new files"
+    );
     // b's watcher saw every file weave wrote there; none of them is news
-    // to b, so b never contacted a about them.
-    assert_eq!(traffic_with(&b, "a"), b0, "{}", b.log());
+    // to b, so b never began a sync with a about them.
+    assert_eq!(peer_figure(&b, "a", "syncs_started"), b0, "{}", b.log());
+    // Bytes and rates count the link, in both directions, on both sides.
+    wait_for("the bytes counted on both sides", &all, || {
+        peer_figure(&a, "b", "bytes_sent") > sent0 + 20 * 6
+            && peer_figure(&b, "a", "bytes_received") >= peer_figure(&a, "b", "bytes_sent")
+    });
 }
 
 #[test]
@@ -506,6 +519,10 @@ fn a_stopped_peer_is_seen_down_and_comes_back() {
     };
     wait_for("a to see b disconnected", &[&a], || {
         state_of_b().as_deref() == Some("disconnected")
+    });
+    // Nothing moves to a peer that is down.
+    wait_for("no rate to b", &[&a], || {
+        peer_figure(&a, "b", "rate_in") + peer_figure(&a, "b", "rate_out") == 0
     });
     signal("-CONT");
     std::fs::write(fa.join("second"), "2").unwrap();

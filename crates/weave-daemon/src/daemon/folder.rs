@@ -307,8 +307,8 @@ fn show_check(
         s.error = error;
         s.in_sync_with = in_sync;
         s.in_sync_percent = pct;
-        s.bytes_to_go = 0;
     });
+    super::meter::progress_over(sh, rt);
 }
 
 /// A folder's loop: checks when woken, on its rescan interval, and when a

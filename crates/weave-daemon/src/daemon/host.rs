@@ -168,11 +168,8 @@ async fn serve_session(sh: Arc<Shared>, conn: weave_net::Conn, peer: Peer, from:
     };
     if let Some(rt) = &opened {
         // What it showed while receiving is over.
-        rt.bytes_total
-            .store(0, std::sync::atomic::Ordering::Relaxed);
-        rt.bytes_done.store(0, std::sync::atomic::Ordering::Relaxed);
+        super::meter::progress_over(&sh, rt);
         sh.board.folder(&rt.id, |s| {
-            s.bytes_to_go = 0;
             if s.state == FolderState::Syncing {
                 s.state = FolderState::Idle;
             }

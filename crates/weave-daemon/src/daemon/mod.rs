@@ -55,6 +55,7 @@ mod folder;
 mod host;
 mod instance;
 mod link;
+mod meter;
 mod open;
 mod pair;
 mod reload;
@@ -142,7 +143,8 @@ pub async fn run(dir: &Path) -> Result<(), DaemonError> {
     serve_api(&sh, api, token);
     let acceptor = tokio_rustls::TlsAcceptor::from(server_tls);
     tokio::spawn(host::listen(sh.clone(), listener, acceptor));
-    tokio::spawn(pair::show_progress(sh.clone()));
+    tokio::spawn(meter::show_progress(sh.clone()));
+    tokio::spawn(meter::show_rates(sh.clone()));
     reload::follow_config(&sh, &mut watcher, stop_on).await;
     stop(&sh).await;
     Ok(())

@@ -10,7 +10,6 @@ use crate::status::{self, Change, FolderState, PeerState};
 use crate::DaemonError;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use weave_engine::{Kind, Replica, SyncOptions};
 use weave_fs::Files;
 use weave_net::RemoteReplica;
@@ -108,7 +107,7 @@ pub(super) fn sync_pair(
     if local_first {
         guard = Some(rt.lock.clone().blocking_lock_owned());
     }
-    let started = Instant::now();
+    sh.board.peer(&peer.name, |p| p.syncs_started += 1);
     let (mut remote, addr) = open_remote(sh, f, peer)?;
     if guard.is_none() {
         guard = Some(rt.lock.clone().blocking_lock_owned());
@@ -134,7 +133,6 @@ pub(super) fn sync_pair(
     };
     let result = weave_engine::run(&mut reps, &opts, &roles, &FolderProgress(rt));
     let seq = reps[0].info().seq;
-    let traffic = reps[1].traffic();
     let ids = (reps[0].info().id.short(), reps[1].info().id.short());
     sh.board.folder(&f.id, |s| {
         s.replicas.insert(cfg.device.name.clone(), ids.0);
@@ -145,24 +143,16 @@ pub(super) fn sync_pair(
         rt.give_back(taken);
     }
     drop(guard);
-    rt.bytes_total.store(0, Ordering::Relaxed);
-    rt.bytes_done.store(0, Ordering::Relaxed);
+    super::meter::progress_over(sh, rt);
     let report = result?;
     if opts.full_plan && !report.unchanged {
         rt.full_plan.store(false, Ordering::SeqCst);
     }
-    let secs = started.elapsed().as_secs_f64().max(0.001);
     sh.board.peer(&peer.name, |p| {
         p.state = PeerState::Connected;
         p.address = Some(addr.clone());
         p.last_seen_ms = Some(status::now_ms());
         p.last_error = None;
-        if let Some((sent, recv)) = traffic {
-            p.bytes_sent += sent;
-            p.bytes_received += recv;
-            p.rate_out = (sent as f64 / secs) as u64;
-            p.rate_in = (recv as f64 / secs) as u64;
-        }
     });
     record_report(sh, &f.id, &peer.name, &report);
     // Paths that did not go through (a full disk, say): the sync is tried
@@ -277,23 +267,5 @@ pub(super) fn record_changes(
             action: format!("and {more} more changes"),
             peer: peer.to_string(),
         });
-    }
-}
-
-/// Puts the bytes the pair syncs under way still have to copy on the
-/// board, every 250 ms.
-pub(super) async fn show_progress(sh: Arc<Shared>) {
-    loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let folders = sh.all_folders();
-        for rt in folders {
-            let total = rt.bytes_total.load(Ordering::Relaxed);
-            let done = rt.bytes_done.load(Ordering::Relaxed);
-            if total > 0 {
-                sh.board.folder(&rt.id, |s| {
-                    s.bytes_to_go = total.saturating_sub(done);
-                });
-            }
-        }
     }
 }

@@ -47,8 +47,15 @@ pub struct FolderStatus {
     /// How much of what the folder's peers hold this device has, as far as
     /// the last syncs tell (100 when every peer's last sync succeeded).
     pub in_sync_percent: f64,
-    /// Bytes the sync under way still has to copy.
+    /// Bytes the sync under way still has to copy (into this folder or
+    /// out of it).
     pub bytes_to_go: u64,
+    /// Bytes per second it copies at, over the last few seconds.
+    #[serde(default)]
+    pub rate: u64,
+    /// Seconds left at that rate (none while it is not known).
+    #[serde(default)]
+    pub eta_secs: Option<u64>,
     pub peers: Vec<String>,
     /// Peers this folder is in sync with (their last sync succeeded and
     /// nothing changed here since).
@@ -83,11 +90,18 @@ pub struct PeerStatus {
     pub address: Option<String>,
     pub last_seen_ms: Option<u64>,
     pub last_error: Option<String>,
+    /// Bytes sent to it and received from it, over every link since the
+    /// daemon started (all folders, both directions of every sync).
     pub bytes_sent: u64,
     pub bytes_received: u64,
-    /// Bytes per second in and out during its last session.
+    /// Bytes per second in and out over the last few seconds (0 while it
+    /// is not connected).
     pub rate_in: u64,
     pub rate_out: u64,
+    /// Syncs this device began with it since the daemon started (the
+    /// syncs it began with this device are not counted).
+    #[serde(default)]
+    pub syncs_started: u64,
 }
 
 /// What a folder is doing (in JSON: idle, scanning, syncing or error).
