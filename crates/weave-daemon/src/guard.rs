@@ -20,7 +20,7 @@ use weave_core::Hash;
 use weave_core::Op;
 use weave_engine::{
     Applied, Foreign, IgnoreSpec, Issue, Provider, Replica, ReplicaInfo, ScanSummary, SyncError,
-    Wants,
+    Wants, NOT_TAKEN,
 };
 
 pub struct Guarded {
@@ -145,28 +145,27 @@ impl Guarded {
             let same = local
                 .get(&op.path)
                 .is_some_and(|le| le.entry.same_state(&op.target));
-            return (!same).then(|| format!("not taken: changed here, {KEPT}"));
+            return (!same).then(|| format!("{NOT_TAKEN}changed here, {KEPT}"));
         }
         weave_core::path::ancestors(&op.path)
             .find(|a| {
                 lc.paths.contains(*a)
                     && local.get(*a).is_some_and(|le| le.entry.object.is_deleted())
             })
-            .map(|a| format!("not taken: {a} was deleted here, {KEPT}"))
+            .map(|a| format!("{NOT_TAKEN}{a} was deleted here, {KEPT}"))
     }
 
     fn refusal(&self, path: &str) -> Option<String> {
         if self.send_only {
-            return Some(
-                "not taken: this folder is send-only here (it sends its changes and takes none)"
-                    .into(),
-            );
+            return Some(format!(
+                "{NOT_TAKEN}this folder is send-only here (it sends its changes and takes none)"
+            ));
         }
         self.excluded
             .iter()
             .find(|x| path == x.as_str() || path.starts_with(&format!("{x}/")))
             .map(|x| {
-                format!("not taken: {x} is a folder of its own here, synced with its own peers")
+                format!("{NOT_TAKEN}{x} is a folder of its own here, synced with its own peers")
             })
     }
 

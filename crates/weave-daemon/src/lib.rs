@@ -85,6 +85,9 @@ pub enum DaemonError {
         /// is there for the other peers).
         seq: u64,
     },
+    /// The peer has no folder of that id shared with this device.
+    #[error("{peer} does not share folder {folder:?} with this device (yet); on {peer}, add it with `weave folder add {folder} PATH --peer NAME` (NAME: this device, as {peer} names it). Syncs with {peer} are tried again by themselves")]
+    NotShared { peer: String, folder: String },
     #[error(transparent)]
     Sync(#[from] weave_engine::SyncError),
 }

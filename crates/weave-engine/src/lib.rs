@@ -21,8 +21,8 @@ pub use replica::{
     ScanSummary, ServedNodes, Sibling, Wants,
 };
 pub use report::{
-    ChangedPath, ConflictReport, IssueReport, MergeReport, PlannedOp, ReplicaReport, Report,
-    CHANGED_SHOWN,
+    is_refusal, ChangedPath, ConflictReport, IssueReport, MergeReport, PlannedOp, ReplicaReport,
+    Report, CHANGED_SHOWN, NOT_TAKEN,
 };
 pub use run::run;
 

@@ -31,6 +31,10 @@ pub struct Report {
     /// With --dry-run: what a sync would do.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub planned: Vec<PlannedOp>,
+    /// The sync changed a replica's ignore file: it ran under the patterns
+    /// from before, and another sync applies the new ones.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_file_changed: bool,
 }
 
 impl Report {
@@ -146,6 +150,17 @@ pub struct IssueReport {
     pub replica: String,
     pub path: String,
     pub message: String,
+}
+
+/// How the message of an operation a replica did not take by its own
+/// rules begins (a send-only folder, a receive-only folder's own change):
+/// a notice, not a failure.
+pub const NOT_TAKEN: &str = "not taken: ";
+
+/// Whether `message` says an operation was not taken by the replica's
+/// own rules (see [`NOT_TAKEN`]).
+pub fn is_refusal(message: &str) -> bool {
+    message.starts_with(NOT_TAKEN)
 }
 
 #[derive(Debug, Serialize)]

@@ -96,6 +96,10 @@ pub fn run(
         return Ok(finished(report, reps));
     }
 
+    report.ignore_file_changed = all_ops
+        .iter()
+        .flatten()
+        .any(|o| o.path == weave_core::ignore::IGNORE_FILE && !matches!(o.kind, OpKind::Record));
     let clean = execute(reps, all_ops, &mut views, &made, progress, &mut report)?;
     record(reps, coord, clock.clock, &clean, matcher.fingerprint())?;
     Ok(finished(report, reps))

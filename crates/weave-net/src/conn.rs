@@ -551,6 +551,7 @@ mod tests {
             .map(|i| {
                 Body::Error(weave_proto::msg::ErrorMsg {
                     message: format!("message {i}"),
+                    ..Default::default()
                 })
             })
             .collect();

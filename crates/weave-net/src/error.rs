@@ -55,6 +55,18 @@ pub enum SessionError {
     /// The peer's own error message (`Body::Error`).
     #[error("{peer}: {message}")]
     Peer { peer: String, message: String },
+    /// The peer refused what the session asked, for a reason it named
+    /// with `code` (see [`NOT_SHARED`]).
+    #[error("{peer}: {message}")]
+    PeerRefused {
+        peer: String,
+        code: String,
+        message: String,
+    },
+    /// This end refuses what the session asks, for a reason the other
+    /// end reads in `code` as well as in the message.
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
     /// The session broke the protocol, or its connection failed.
     #[error("{0}")]
     Proto(ProtoError),
@@ -73,7 +85,35 @@ pub enum SessionError {
     NotARequest { peer: String, got: &'static str },
 }
 
+/// The code of a refusal to open a folder that is not shared with the
+/// device asking (or not there at all: the two get the same answer).
+pub const NOT_SHARED: &str = "not-shared";
+
 impl SessionError {
+    /// What `peer` said in an error message.
+    pub fn from_peer(peer: &str, e: weave_proto::msg::ErrorMsg) -> SessionError {
+        match e.code.is_empty() {
+            true => SessionError::Peer {
+                peer: peer.to_string(),
+                message: e.message,
+            },
+            false => SessionError::PeerRefused {
+                peer: peer.to_string(),
+                code: e.code,
+                message: e.message,
+            },
+        }
+    }
+
+    /// The code of a refusal, by either end.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            SessionError::Refused { code, .. } => Some(code),
+            SessionError::PeerRefused { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
     /// Whether the other end closed the connection (before answering).
     pub fn is_closed(&self) -> bool {
         matches!(self, SessionError::Proto(ProtoError::Closed { .. }))
@@ -168,6 +208,21 @@ mod tests {
                 "nas:/srv: no such directory",
             ),
             (
+                SessionError::PeerRefused {
+                    peer: "nas".into(),
+                    code: NOT_SHARED.into(),
+                    message: "no folder docs here".into(),
+                },
+                "nas: no folder docs here",
+            ),
+            (
+                SessionError::Refused {
+                    code: NOT_SHARED,
+                    message: "no folder docs here".into(),
+                },
+                "no folder docs here",
+            ),
+            (
                 SessionError::Proto(ProtoError::Closed { peer: "nas".into() }),
                 "nas closed the connection",
             ),
@@ -203,6 +258,25 @@ mod tests {
             assert_eq!(e.to_string(), said);
             assert!(std::error::Error::source(&e).is_none());
         }
+    }
+
+    #[test]
+    fn a_refusal_keeps_its_code_across_the_wire() {
+        let sent = weave_proto::msg::ErrorMsg {
+            message: "no folder docs here".into(),
+            code: NOT_SHARED.into(),
+        };
+        let got = SessionError::from_peer("nas", sent);
+        assert_eq!(got.code(), Some(NOT_SHARED));
+        let plain = SessionError::from_peer(
+            "nas",
+            weave_proto::msg::ErrorMsg {
+                message: "x".into(),
+                ..Default::default()
+            },
+        );
+        assert_eq!(plain.code(), None);
+        assert!(matches!(plain, SessionError::Peer { .. }));
     }
 
     #[test]

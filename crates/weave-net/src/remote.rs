@@ -220,6 +220,7 @@ impl RemoteReplica {
         weave_proto::handshake::negotiate(&ours, &theirs, display).map_err(|e| {
             let _ = conn.send(Body::Error(ErrorMsg {
                 message: e.to_string(),
+                ..Default::default()
             }));
             proto(e)
         })?;
@@ -445,11 +446,7 @@ impl RemoteReplica {
 /// error message if it sent one.
 fn unexpected(display: &str, got: Option<&Body>, expected: &'static str) -> SyncError {
     match got {
-        Some(Body::Error(e)) => SessionError::Peer {
-            peer: display.to_string(),
-            message: e.message.clone(),
-        }
-        .into(),
+        Some(Body::Error(e)) => SessionError::from_peer(display, e.clone()).into(),
         other => proto(ProtoError::Unexpected {
             peer: display.to_string(),
             got: other.map(|b| b.name()).unwrap_or("an unknown message"),

@@ -93,6 +93,13 @@ pub struct Served {
     pub failed: Vec<(String, String)>,
     /// How many did not go through.
     pub failed_count: usize,
+    /// Paths whose operations the folder's own rules did not take ("not
+    /// taken: …"), the first few, with why.
+    pub refused: Vec<(String, String)>,
+    /// How many it did not take.
+    pub refused_count: usize,
+    /// The session changed the replica's ignore file.
+    pub ignore_file_changed: bool,
     /// The paths changed here, and how (the first
     /// [`weave_engine::CHANGED_SHOWN`]).
     pub changed: Vec<weave_engine::ChangedPath>,
@@ -119,6 +126,7 @@ pub fn serve_host(conn: Conn, host: &mut dyn Host) -> Result<Served, SyncError> 
     if let Err(e) = weave_proto::handshake::negotiate(&ours, &theirs, &peer) {
         let _ = conn.send(Body::Error(ErrorMsg {
             message: e.to_string(),
+            ..Default::default()
         }));
         return Err(proto(e));
     }
@@ -166,6 +174,11 @@ pub fn serve_host(conn: Conn, host: &mut dyn Host) -> Result<Served, SyncError> 
         if let Err(e) = s.handle(m) {
             let _ = s.conn.send(Body::Error(ErrorMsg {
                 message: e.to_string(),
+                code: e
+                    .session::<SessionError>()
+                    .and_then(SessionError::code)
+                    .unwrap_or_default()
+                    .to_string(),
             }));
             return Err(e);
         }
@@ -500,6 +513,7 @@ impl Server<'_> {
         for (k, e) in &applied.done {
             if let Some(action) = actions.get(*k).copied().flatten() {
                 self.served.changed_count += 1;
+                self.served.ignore_file_changed |= e.path == weave_core::ignore::IGNORE_FILE;
                 if self.served.changed.len() < weave_engine::CHANGED_SHOWN {
                     self.served.changed.push(weave_engine::ChangedPath {
                         path: e.path.clone(),
@@ -508,14 +522,14 @@ impl Server<'_> {
                 }
             }
         }
-        for e in applied
-            .errors
-            .iter()
-            .filter(|e| !e.message.starts_with("not taken"))
-        {
-            self.served.failed_count += 1;
-            if self.served.failed.len() < 10 {
-                self.served.failed.push((e.path.clone(), e.message.clone()));
+        for e in &applied.errors {
+            let (count, list) = match weave_engine::is_refusal(&e.message) {
+                true => (&mut self.served.refused_count, &mut self.served.refused),
+                false => (&mut self.served.failed_count, &mut self.served.failed),
+            };
+            *count += 1;
+            if list.len() < 10 {
+                list.push((e.path.clone(), e.message.clone()));
             }
         }
         let rest = pending.swap(0, Ordering::Relaxed);

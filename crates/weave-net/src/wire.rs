@@ -253,13 +253,7 @@ pub fn request(
                     n -= 1;
                     got(w, h, data)?;
                 }
-                Some(Body::Error(e)) => {
-                    return Err(SessionError::Peer {
-                        peer: peer.clone(),
-                        message: e.message,
-                    }
-                    .into())
-                }
+                Some(Body::Error(e)) => return Err(SessionError::from_peer(&peer, e).into()),
                 _ => {
                     let name = m
                         .body

@@ -206,6 +206,7 @@ mod tests {
             .map(|i| {
                 body(Body::Error(ErrorMsg {
                     message: format!("{i}").repeat(i * 7 % 300),
+                    ..Default::default()
                 }))
             })
             .collect();
@@ -236,6 +237,7 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(64);
         let m = body(Body::Error(ErrorMsg {
             message: "x".repeat(300),
+            ..Default::default()
         }));
         let m2 = m.clone();
         let w = tokio::spawn(async move { write_msg(&mut a, &m2, "b").await });
@@ -283,6 +285,7 @@ mod tests {
             .map(|&n| {
                 body(Body::Error(ErrorMsg {
                     message: "y".repeat(n),
+                    ..Default::default()
                 }))
             })
             .collect();
@@ -309,6 +312,7 @@ mod tests {
         ));
         let big = body(Body::Error(ErrorMsg {
             message: "z".repeat(MAX_FRAME + 1),
+            ..Default::default()
         }));
         let mut out = Vec::new();
         assert!(matches!(

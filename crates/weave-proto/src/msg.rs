@@ -250,6 +250,10 @@ pub struct Progress {
 pub struct ErrorMsg {
     #[prost(string, tag = "1")]
     pub message: String,
+    /// Why, in a word both ends know, when the other end may act on it
+    /// (`not-shared`); empty otherwise (and from an older weave).
+    #[prost(string, tag = "2")]
+    pub code: String,
 }
 
 /// "I do not understand messages of this kind" (sent by an older peer).

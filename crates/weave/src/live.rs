@@ -546,6 +546,12 @@ pub fn status(cd: &ConfigDir, json: bool) -> Result<bool> {
             }
         }
     }
+    for a in &s.device.unshared_asks {
+        println!(
+            "{} shares folder {} with this device, which does not share it with {}: `weave folder add {} PATH --peer {}` does",
+            a.peer, a.folder, a.peer, a.folder, a.peer
+        );
+    }
     if !s.device.refused.is_empty() {
         println!();
         println!(

@@ -3,6 +3,7 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 use std::time::Duration;
+use weave_core::ignore::IGNORE_FILE;
 use weave_engine::{Progress, Report};
 
 pub struct Bar {
@@ -98,6 +99,9 @@ pub fn print_report(r: &Report, json: bool, quiet: bool, elapsed: Duration) {
     if !quiet {
         for n in &r.notices {
             eprintln!("weave: note: {} ({}): {}", n.path, n.replica, n.message);
+        }
+        if r.ignore_file_changed && !r.dry_run {
+            eprintln!("weave: note: this sync changed {IGNORE_FILE} and ran under the patterns from before; run it again to apply the new ones");
         }
     }
     if json {

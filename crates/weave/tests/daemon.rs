@@ -387,7 +387,10 @@ fn files_a_daemon_wrote_itself_are_not_sent_back() {
         peer_figure(&a, "b", "syncs_started"),
         peer_figure(&b, "a", "syncs_started"),
     );
-    let sent0 = peer_figure(&a, "b", "bytes_sent");
+    let (sent0, received0) = (
+        peer_figure(&a, "b", "bytes_sent"),
+        peer_figure(&b, "a", "bytes_received"),
+    );
     for i in 0..20 {
         let d = fa.join(format!("d{}", i % 3));
         std::fs::create_dir_all(&d).unwrap();
@@ -409,7 +412,7 @@ fn files_a_daemon_wrote_itself_are_not_sent_back() {
     // Bytes and rates count the link, in both directions, on both sides.
     wait_for("the bytes counted on both sides", &all, || {
         peer_figure(&a, "b", "bytes_sent") > sent0 + 20 * 6
-            && peer_figure(&b, "a", "bytes_received") >= peer_figure(&a, "b", "bytes_sent")
+            && peer_figure(&b, "a", "bytes_received") > received0 + 20 * 6
     });
 }
 
@@ -692,4 +695,80 @@ fn the_daemon_runs_at_a_low_priority_unless_told_not_to() {
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(nice, base);
+}
+
+/// A folder the peer does not share is said once, as a notice (the peer
+/// is up, nothing is wrong here), and the peer shows what was asked;
+/// both go once it shares the folder, and the files come.
+#[test]
+fn a_folder_the_peer_does_not_share_is_said_once() {
+    let (a, b) = (Device::new("a"), Device::new("b"));
+    a.knows(&b);
+    b.knows(&a);
+    let fa = a.folder("docs", "docs", &[&b], &[]);
+    std::fs::write(fa.join("f"), "x").unwrap();
+    a.start();
+    b.start();
+    let all = [&a, &b];
+    let notices = |d: &Device| -> Vec<String> {
+        d.status()
+            .and_then(|s| {
+                s["folders"][0]["notices"]
+                    .as_array()
+                    .map(|v| v.iter().map(|n| n.as_str().unwrap().to_string()).collect())
+            })
+            .unwrap_or_default()
+    };
+    let unshared = |n: &String| n.contains("b does not share folder \"docs\" with this device");
+    wait_for("a's notice", &all, || notices(&a).iter().any(unshared));
+    wait_for("b's ask", &all, || {
+        b.status().is_some_and(|s| {
+            s["device"]["unshared_asks"]
+                .as_array()
+                .is_some_and(|v| v.iter().any(|x| x["peer"] == "a" && x["folder"] == "docs"))
+        })
+    });
+    // Retries (1, 2, 4 s...) say it no more.
+    std::thread::sleep(Duration::from_secs(8));
+    let s = a.status().unwrap();
+    assert_eq!(notices(&a).iter().filter(|n| unshared(n)).count(), 1);
+    assert_ne!(s["folders"][0]["state"], "error", "{s:#}");
+    let said = s["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["message"].as_str().unwrap().contains("does not share"))
+        .count();
+    assert_eq!(said, 1, "{s:#}");
+    assert_eq!(peer_state(&a, "b"), "connected", "{s:#}");
+    assert!(
+        b.ok(&["status"])
+            .contains("a shares folder docs with this device"),
+        "{}",
+        b.ok(&["status"])
+    );
+    // b shares it: the file comes, and both sides stop saying it.
+    let fb = b.folder("docs", "docs", &[&a], &[]);
+    wait_for("the file on b", &all, || read(&fb.join("f")).is_some());
+    wait_for("a's notice gone", &all, || {
+        !notices(&a).iter().any(unshared)
+    });
+    wait_for("b's ask gone", &all, || {
+        b.status().is_some_and(|s| {
+            s["device"]["unshared_asks"]
+                .as_array()
+                .is_some_and(|v| v.is_empty())
+        })
+    });
+}
+
+fn peer_state(d: &Device, peer: &str) -> String {
+    let s = d.status().expect("status");
+    s["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == peer)
+        .map(|p| p["state"].as_str().unwrap().to_string())
+        .unwrap()
 }

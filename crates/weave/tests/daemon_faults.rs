@@ -236,6 +236,14 @@ fn override_makes_a_send_only_folders_versions_win_on_every_device() {
             && fc.join("z/z.txt").exists()
     });
     assert_eq!(read(&fa.join("x.txt")).as_deref(), Some("a's x"));
+    // Each device says what did not happen in its own words: a did not
+    // take b's changes, by its rules; b, that a did not take them.
+    let notices = |d: &Device| -> String { folder(d, "docs").unwrap()["notices"].to_string() };
+    wait_for("the notices on a and b", &all, || {
+        notices(&a).contains("not taken: this folder is send-only here")
+            && notices(&b).contains("a did not take")
+    });
+    assert!(!notices(&b).contains("send-only here"), "{}", notices(&b));
     // The wrong command for the mode says which one is meant.
     let out = a.run(&["folder", "revert", "docs"]);
     assert_eq!(out.status.code(), Some(2));
@@ -250,6 +258,10 @@ fn override_makes_a_send_only_folders_versions_win_on_every_device() {
                 && !f.join("z/z.txt").exists()
         });
     }
+    // Resolved: the notices go.
+    wait_for("the notices gone", &all, || {
+        notices(&a) == "[]" && notices(&b) == "[]"
+    });
     // It stays so: nothing brings b's versions back.
     std::thread::sleep(Duration::from_millis(1500));
     for f in [&fa, &fb, &fc] {

@@ -185,6 +185,7 @@ fn sync_peers(
                     now = Some(seq);
                     rt.synced.lock().expect("synced").insert(p.id, seq);
                     rt.backoff.lock().expect("backoff").remove(&p.id);
+                    super::notices::unshared(sh, rt, p.id, None);
                 }
                 Err(e) => {
                     deferred = true;
@@ -226,6 +227,16 @@ fn pair_failed(
     let first = backoff.is_first();
     b.insert(p.id, backoff);
     drop(b);
+    if let DaemonError::NotShared { .. } = e {
+        // Said once, as a notice: nothing is wrong here, and the peer
+        // syncs by itself once it shares the folder.
+        if first {
+            info!("folder {}: {msg}", f.id);
+            sh.board.error(Some(&f.id), Some(&p.name), msg.clone());
+        }
+        super::notices::unshared(sh, rt, p.id, Some(msg));
+        return None;
+    }
     let peer_down = matches!(e, DaemonError::Peer { .. });
     let incomplete = matches!(e, DaemonError::Incomplete { .. });
     // A retry that fails the same way says so once, not every minute.
@@ -283,18 +294,20 @@ fn show_check(
     } else {
         Default::default()
     };
+    let ids: Vec<_> = peers.iter().map(|p| p.id).collect();
+    super::notices::keep_peers(rt, &ids);
+    super::notices::kept(
+        sh,
+        rt,
+        (!kept.is_empty()).then(|| {
+            format!(
+                "receive-only: {} local changes kept here and not sent (diverged); `weave folder revert {}` takes the peers' versions",
+                kept.len(),
+                f.id
+            )
+        }),
+    );
     sh.board.folder(&f.id, |s| {
-        s.notices.retain(|n| !n.starts_with("receive-only:"));
-        if !kept.is_empty() {
-            s.notices.insert(
-                0,
-                format!(
-                    "receive-only: {} local changes kept here and not sent (diverged); `weave folder revert {}` takes the peers' versions",
-                    kept.len(),
-                    f.id
-                ),
-            );
-        }
         s.local_changes = kept.len() as u64;
         s.local_change_paths = kept.iter().take(LISTED_CHANGES).cloned().collect();
         // What a peer's sessions left not done here stays shown too.

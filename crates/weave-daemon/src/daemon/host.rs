@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use weave_engine::{Replica, SyncError};
 use weave_net::server::{serve_host, Host, Served};
+use weave_net::SessionError;
 
 /// Why a peer's session could not open a folder of this device. The
 /// peer reads the message.
@@ -38,7 +39,15 @@ pub enum HostError {
 
 impl From<HostError> for SyncError {
     fn from(e: HostError) -> SyncError {
-        SyncError::Session(Box::new(e))
+        match e {
+            // The peer's daemon reads the code, and says so once.
+            HostError::NotShared { .. } => SessionError::Refused {
+                code: weave_net::NOT_SHARED,
+                message: e.to_string(),
+            }
+            .into(),
+            e => SyncError::Session(Box::new(e)),
+        }
     }
 }
 
@@ -68,9 +77,14 @@ impl Host for DaemonHost {
                     .is_some_and(|p| f.peers.contains(&p.name))
             })
             .cloned()
-            .ok_or_else(|| HostError::NotShared {
-                name: name.to_string(),
-                me: self.sh.me.id,
+            .ok_or_else(|| {
+                if let Some(p) = cfg.peer_by_id(self.peer.id) {
+                    self.sh.board.unshared_ask(&p.name, name);
+                }
+                HostError::NotShared {
+                    name: name.to_string(),
+                    me: self.sh.me.id,
+                }
             })?;
         if !kind.is_empty() && kind != "files" {
             return Err(HostError::NotFiles {
@@ -256,6 +270,16 @@ fn record_served(sh: &Shared, rt: &FolderRt, id: DeviceId, name: &str, served: &
         served.changed_count as u64,
     );
     show_failed(sh, rt, id, name, served);
+    if served.ignore_file_changed {
+        // Its patterns changed: every path is looked at again, and every
+        // peer synced again, under them.
+        rt.resync.store(true, std::sync::atomic::Ordering::SeqCst);
+        rt.poke(true);
+    }
+    super::notices::unshared(sh, rt, id, None);
+    if served.applied > 0 || served.refused_count > 0 {
+        super::notices::for_peer(sh, rt, id, super::notices::from_served(served));
+    }
     // Whose replica is whose, for the names of conflict copies.
     let me = sh.cfg().device.name.clone();
     sh.board.folder(&rt.id, |s| {

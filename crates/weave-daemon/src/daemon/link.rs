@@ -448,6 +448,7 @@ mod tests {
                     };
                     let up = weave_proto::msg::ErrorMsg {
                         message: e.message.to_uppercase(),
+                        ..Default::default()
                     };
                     if conn.send(weave_proto::msg::Body::Error(up)).is_err() {
                         break;
@@ -463,6 +464,7 @@ mod tests {
                 let conn = l.open().expect("a live link");
                 let msg = weave_proto::msg::ErrorMsg {
                     message: what.into(),
+                    ..Default::default()
                 };
                 conn.send(weave_proto::msg::Body::Error(msg)).unwrap();
                 match conn.recv().unwrap().body {
@@ -499,6 +501,7 @@ mod tests {
                     std::thread::spawn(move || {
                         let last = weave_proto::msg::ErrorMsg {
                             message: "x".repeat(len),
+                            ..Default::default()
                         };
                         let _ = conn.send(weave_proto::msg::Body::Error(last));
                     });

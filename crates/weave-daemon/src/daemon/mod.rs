@@ -56,6 +56,7 @@ mod host;
 mod instance;
 mod link;
 mod meter;
+mod notices;
 mod open;
 mod pair;
 mod reload;
@@ -114,6 +115,7 @@ pub async fn run(dir: &Path) -> Result<(), DaemonError> {
         listen: cfg.device.listen.clone(),
         started_ms: status::now_ms(),
         refused: Vec::new(),
+        unshared_asks: Vec::new(),
     });
     let sh = Arc::new(Shared {
         dir: dir.to_path_buf(),

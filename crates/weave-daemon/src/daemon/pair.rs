@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use weave_engine::{Kind, Replica, SyncOptions};
 use weave_fs::Files;
-use weave_net::RemoteReplica;
+use weave_net::{RemoteReplica, SessionError};
 
 /// The sync options a folder's syncs use.
 pub(super) fn sync_options(cfg: &Config, f: &Folder) -> SyncOptions {
@@ -62,6 +62,13 @@ pub(super) fn open_remote(
     let (conn, addr) = session_to(sh, peer)?;
     let remote =
         RemoteReplica::open_kind(conn, &peer.name, &f.id, "files", false).map_err(|e| {
+            let code = e.session::<SessionError>().and_then(SessionError::code);
+            if code == Some(weave_net::NOT_SHARED) {
+                return DaemonError::NotShared {
+                    peer: peer.name.clone(),
+                    folder: f.id.clone(),
+                };
+            }
             // TLS 1.3: a server refuses a client's certificate after
             // the client's side of the handshake is done, with an alert
             // the client reads as the session begins.
@@ -134,6 +141,7 @@ pub(super) fn sync_pair(
     let result = weave_engine::run(&mut reps, &opts, &roles, &FolderProgress(rt));
     let seq = reps[0].info().seq;
     let ids = (reps[0].info().id.short(), reps[1].info().id.short());
+    let local_display = reps[0].display().to_string();
     sh.board.folder(&f.id, |s| {
         s.replicas.insert(cfg.device.name.clone(), ids.0);
         s.replicas.insert(peer.name.clone(), ids.1);
@@ -145,6 +153,13 @@ pub(super) fn sync_pair(
     drop(guard);
     super::meter::progress_over(sh, rt);
     let report = result?;
+    if report.ignore_file_changed {
+        // The sync ran under the patterns from before (its scans too):
+        // the next check looks at every path and syncs again, under the
+        // new ones, with every peer.
+        rt.resync.store(true, Ordering::SeqCst);
+        rt.poke(true);
+    }
     if opts.full_plan && !report.unchanged {
         rt.full_plan.store(false, Ordering::SeqCst);
     }
@@ -155,12 +170,17 @@ pub(super) fn sync_pair(
         p.last_error = None;
     });
     record_report(sh, &f.id, &peer.name, &report);
+    // A sync that found nothing to do leaves what the last one said.
+    if !report.unchanged {
+        let lines = super::notices::from_report(&report, &local_display, &peer.name);
+        super::notices::for_peer(sh, rt, peer.id, lines);
+    }
     // Paths that did not go through (a full disk, say): the sync is tried
     // again after a back-off, and the folder shows the error until then.
     let mut failed = report
         .errors
         .iter()
-        .filter(|e| !e.message.starts_with("not taken"));
+        .filter(|e| !weave_engine::is_refusal(&e.message));
     if let (PairKind::Normal, Some(first)) = (kind, failed.next()) {
         return Err(DaemonError::Incomplete {
             peer: peer.name.clone(),
@@ -209,18 +229,12 @@ fn record_report(sh: &Shared, folder: &str, peer: &str, r: &weave_engine::Report
             peer: peer.to_string(),
         });
     }
-    let notices: Vec<String> = r
-        .errors
-        .iter()
-        .filter(|e| e.message.starts_with("not taken"))
-        .map(|e| format!("{}: {}", e.path, e.message))
-        .collect();
     // The first few in the log (a retry that fails the same way would
     // repeat them all every time); the board keeps its own bound.
     for (n, e) in r
         .errors
         .iter()
-        .filter(|e| !e.message.starts_with("not taken"))
+        .filter(|e| !weave_engine::is_refusal(&e.message))
         .enumerate()
     {
         if n < 5 {
@@ -232,10 +246,7 @@ fn record_report(sh: &Shared, folder: &str, peer: &str, r: &weave_engine::Report
             format!("{}: {}", e.path, e.message),
         );
     }
-    sh.board.folder(folder, |s| {
-        s.last_sync_ms = Some(now);
-        s.notices = notices;
-    });
+    sh.board.folder(folder, |s| s.last_sync_ms = Some(now));
 }
 
 /// Records what a sync with `peer` changed in this device's folder as

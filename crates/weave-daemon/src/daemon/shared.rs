@@ -73,6 +73,8 @@ pub(super) struct FolderRt {
     pub(super) bytes_done: AtomicU64,
     /// What users asked of the folder (revert, override), for its task.
     pub(super) asked: Mutex<Vec<Request>>,
+    /// What its syncs did not take or send, shown in its status.
+    pub(super) notices: Mutex<super::notices::Notices>,
 }
 
 impl FolderRt {
@@ -95,6 +97,7 @@ impl FolderRt {
             bytes_total: AtomicU64::new(0),
             bytes_done: AtomicU64::new(0),
             asked: Mutex::new(Vec::new()),
+            notices: Mutex::new(Default::default()),
         }
     }
 

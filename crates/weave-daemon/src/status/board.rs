@@ -36,7 +36,22 @@ pub struct DeviceStatus {
     pub started_ms: u64,
     /// Devices refused lately because they are no peer of this one.
     pub refused: Vec<String>,
+    /// Folders peers asked for that this device does not share with them
+    /// (each once, latest first; gone once it does).
+    #[serde(default)]
+    pub unshared_asks: Vec<UnsharedAsk>,
 }
+
+/// A peer asked for a folder this device does not share with it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UnsharedAsk {
+    pub peer: String,
+    pub folder: String,
+    pub time_ms: u64,
+}
+
+/// How many asks the board keeps.
+const ASKS: usize = 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct FolderStatus {
@@ -209,11 +224,33 @@ impl Board {
         self.inner.lock().expect("board").device.refused = ids;
     }
 
+    /// Peer `peer` asked for folder `folder`, not shared with it here.
+    pub fn unshared_ask(&self, peer: &str, folder: &str) {
+        let mut b = self.inner.lock().expect("board");
+        let asks = &mut b.device.unshared_asks;
+        asks.retain(|a| !(a.peer == peer && a.folder == folder));
+        asks.insert(
+            0,
+            UnsharedAsk {
+                peer: peer.to_string(),
+                folder: folder.to_string(),
+                time_ms: now_ms(),
+            },
+        );
+        asks.truncate(ASKS);
+    }
+
     /// Keeps the folders and peers of the config, dropping the others.
     pub fn configure(&self, cfg: &crate::Config) {
         let mut b = self.inner.lock().expect("board");
         b.device.name = cfg.device.name.clone();
         b.device.listen = cfg.device.listen.clone();
+        b.device.unshared_asks.retain(|a| {
+            cfg.peer(&a.peer).is_some()
+                && cfg
+                    .folder(&a.folder)
+                    .is_none_or(|f| !f.peers.contains(&a.peer))
+        });
         b.folders.retain(|id, _| cfg.folder(id).is_some());
         for f in &cfg.folders {
             let s = b

@@ -12,7 +12,7 @@ mod client;
 pub use api::{serve, Act, Answer, FolderAction, Roots};
 pub use board::{
     now_ms, Board, Change, DeviceStatus, ErrorEntry, FolderState, FolderStatus, PeerState,
-    PeerStatus, Status,
+    PeerStatus, Status, UnsharedAsk,
 };
 pub use client::{act, fetch};
 
