@@ -155,6 +155,9 @@ pub(super) async fn show_progress(sh: Arc<Shared>) {
             let bps = rate.sample(now, done);
             let left = total.saturating_sub(done);
             sh.board.folder(&rt.id, |s| {
+                // Not in sync while bytes are still to come or go: how
+                // much of the sync's bytes are there.
+                s.in_sync_percent = 100.0 * done.min(total) as f64 / total as f64;
                 s.bytes_to_go = left;
                 s.rate = bps;
                 s.eta_secs = eta_secs(left, bps);

@@ -293,8 +293,8 @@ impl Ctx<'_> {
         let mut built = Built::new(temp.to_path_buf(), None);
         built.part = Some(part);
         let f = open_read(temp).ok()?;
+        // Its bytes counted as progress as they arrived.
         built.bytes_remote = f.metadata().ok()?.len();
-        (self.progress)(built.bytes_remote);
         Some((f, built))
     }
 

@@ -209,7 +209,7 @@ impl LocalReplica {
             let (mut fetched, bad, go) = if wants.is_empty() {
                 (Ok(()), 0, go)
             } else {
-                tx.fetch(&wants, go, provider, t)
+                tx.fetch(&wants, go, provider, progress, t)
             };
             // The files written early still get what did arrive (and
             // nothing at all if the transfer failed).
@@ -239,7 +239,9 @@ type Go = std::sync::mpsc::Sender<Option<crate::stage::StageView>>;
 impl Transfer {
     /// Asks `provider` for `wants` and takes each chunk as it arrives:
     /// verified, into the stage and the part files that need it. `go`
-    /// gets the stage's view once it is complete. Returns how the
+    /// gets the stage's view once it is complete. The bytes put in part
+    /// files count as progress as they arrive (a large file's are not
+    /// counted again when its part becomes the file). Returns how the
     /// transfer ended, how many chunks failed their hash, and `go` if it
     /// was not used.
     fn fetch(
@@ -247,6 +249,7 @@ impl Transfer {
         wants: &[(Hash, Vec<Hash>)],
         mut go: Option<Go>,
         provider: &mut dyn Provider,
+        progress: &(dyn Fn(u64) + Sync),
         t: std::time::Instant,
     ) -> (Result<(), SyncError>, u64, Option<Go>) {
         let mut bad = 0u64;
@@ -276,6 +279,7 @@ impl Transfer {
             }
             for &i in plan.routes.get(&h).into_iter().flatten() {
                 parts[i].put(&h, &data).map_err(stage_error)?;
+                progress(data.len() as u64);
                 // Made durable while the rest arrives, every few MiB
                 // and when complete (the writes are made durable
                 // before they land in any case).
