@@ -85,20 +85,32 @@ pub struct ChangedPath {
     pub path: String,
     /// create, update, delete, mkdir or metadata.
     pub action: String,
+    /// The short id of the replica whose change this was (the version's
+    /// origin: where the edit or deletion was made, wherever it came from).
+    pub origin: String,
 }
 
 impl ReplicaReport {
-    /// Counts a path changed by an operation whose [`crate::op_action`]
-    /// is `action`, and names it while fewer than [`CHANGED_SHOWN`] are.
-    pub fn note(&mut self, path: &str, action: Option<&str>) {
+    /// Counts the change to `entry` (its path, now) made by an operation
+    /// whose [`crate::op_action`] is `action`, and names it while fewer
+    /// than [`CHANGED_SHOWN`] are.
+    pub fn note(&mut self, entry: &weave_core::Entry, action: Option<&str>) {
         crate::ops::count(self, action);
         if let Some(action) = action {
             if self.changed.len() < CHANGED_SHOWN {
-                self.changed.push(ChangedPath {
-                    path: path.to_string(),
-                    action: action.to_string(),
-                });
+                self.changed.push(ChangedPath::of(entry, action));
             }
+        }
+    }
+}
+
+impl ChangedPath {
+    /// `entry`'s path changed by `action`.
+    pub fn of(entry: &weave_core::Entry, action: &str) -> ChangedPath {
+        ChangedPath {
+            path: entry.path.clone(),
+            action: action.to_string(),
+            origin: entry.origin.short(),
         }
     }
 }

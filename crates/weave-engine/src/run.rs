@@ -361,7 +361,7 @@ fn execute(
         rr.bytes_local += applied.bytes_local;
         rr.bytes_copied += applied.bytes_remote;
         for (k, entry) in &applied.done {
-            rr.note(&entry.path, actions.get(*k).copied().flatten());
+            rr.note(entry, actions.get(*k).copied().flatten());
             if let Some(content) = entry.object.content() {
                 holders.add(content, i);
             }

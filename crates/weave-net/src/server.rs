@@ -515,10 +515,9 @@ impl Server<'_> {
                 self.served.changed_count += 1;
                 self.served.ignore_file_changed |= e.path == weave_core::ignore::IGNORE_FILE;
                 if self.served.changed.len() < weave_engine::CHANGED_SHOWN {
-                    self.served.changed.push(weave_engine::ChangedPath {
-                        path: e.path.clone(),
-                        action: action.to_string(),
-                    });
+                    self.served
+                        .changed
+                        .push(weave_engine::ChangedPath::of(e, action));
                 }
             }
         }

@@ -563,8 +563,12 @@ pub fn status(cd: &ConfigDir, json: bool) -> Result<bool> {
         println!();
         println!("recent:");
         for c in s.recent.iter().take(10) {
+            let by = match c.by.is_empty() {
+                true => String::new(),
+                false => format!(", made on {}", c.by),
+            };
             println!(
-                "    {}  {} {} {} (with {})",
+                "    {}  {} {} {} (with {}{by})",
                 ago(Some(c.time_ms)),
                 c.folder,
                 c.action,

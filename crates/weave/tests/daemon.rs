@@ -489,10 +489,15 @@ fn one_lasting_connection_carries_every_folder_both_ways() {
     seen.extend(accepted_on(&ports));
     assert_eq!(seen.len(), 1, "connections between the daemons: {seen:?}");
     assert_eq!(accepted_on(&ports).len(), 1, "the connection lasts");
-    // Recent changes name each file, what happened to it, and the peer.
+    // Recent changes name each file, what happened to it, the peer, and
+    // the device that made the change.
     let recent = a.status().expect("status")["recent"].clone();
     let named = recent.as_array().unwrap().iter().any(|c| {
-        c["folder"] == "two" && c["path"] == "b3" && c["action"] == "create" && c["peer"] == "b"
+        c["folder"] == "two"
+            && c["path"] == "b3"
+            && c["action"] == "create"
+            && c["peer"] == "b"
+            && c["by"] == "b"
     });
     assert!(named, "{recent:#}");
 }

@@ -227,6 +227,7 @@ fn record_report(sh: &Shared, folder: &str, peer: &str, r: &weave_engine::Report
             path: c.path.clone(),
             action: "conflict".into(),
             peer: peer.to_string(),
+            by: String::new(),
         });
     }
     // The first few in the log (a retry that fails the same way would
@@ -260,6 +261,16 @@ pub(super) fn record_changes(
     total: u64,
 ) {
     let now = status::now_ms();
+    // Whose replica is whose, as this device's syncs learnt it.
+    let mut replicas = std::collections::BTreeMap::new();
+    sh.board.folder(folder, |s| replicas = s.replicas.clone());
+    let by = |origin: &str| {
+        replicas
+            .iter()
+            .find(|(_, id)| id.as_str() == origin)
+            .map(|(device, _)| device.clone())
+            .unwrap_or_else(|| format!("replica {origin}"))
+    };
     for c in changed {
         sh.board.change(Change {
             time_ms: now,
@@ -267,6 +278,7 @@ pub(super) fn record_changes(
             path: c.path.clone(),
             action: c.action.clone(),
             peer: peer.to_string(),
+            by: by(&c.origin),
         });
     }
     let more = total.saturating_sub(changed.len() as u64);
@@ -277,6 +289,7 @@ pub(super) fn record_changes(
             path: String::new(),
             action: format!("and {more} more changes"),
             peer: peer.to_string(),
+            by: String::new(),
         });
     }
 }

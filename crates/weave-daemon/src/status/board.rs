@@ -190,6 +190,11 @@ pub struct Change {
     pub action: String,
     /// The peer of the sync that brought or took the change.
     pub peer: String,
+    /// The device that made the change: its name when this device knows
+    /// its replica of the folder, else `replica ID` (the short id in
+    /// conflict copies' names).
+    #[serde(default)]
+    pub by: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
