@@ -96,10 +96,6 @@ pub fn run(
         return Ok(finished(report, reps));
     }
 
-    report.ignore_file_changed = all_ops
-        .iter()
-        .flatten()
-        .any(|o| o.path == weave_core::ignore::IGNORE_FILE && !matches!(o.kind, OpKind::Record));
     let clean = execute(reps, all_ops, &mut views, &made, progress, &mut report)?;
     record(reps, coord, clock.clock, &clean, matcher.fingerprint())?;
     Ok(finished(report, reps))
@@ -361,7 +357,12 @@ fn execute(
         rr.bytes_local += applied.bytes_local;
         rr.bytes_copied += applied.bytes_remote;
         for (k, entry) in &applied.done {
-            rr.note(entry, actions.get(*k).copied().flatten());
+            let action = actions.get(*k).copied().flatten();
+            rr.note(entry, action);
+            // An ignore file written (not refused, not failed, not only
+            // recorded): the sync ran under the patterns from before.
+            report.ignore_file_changed |=
+                action.is_some() && entry.path == weave_core::ignore::IGNORE_FILE;
             if let Some(content) = entry.object.content() {
                 holders.add(content, i);
             }

@@ -20,10 +20,12 @@ pub mod validate;
 
 use thiserror::Error;
 
-/// The protocol this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol this build speaks. Version 2: a tombstone may carry an
+/// empty version vector (what a backup records where no source holds
+/// anything), which version 1 refuses.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The oldest protocol version this build can still talk to.
-pub const MIN_PROTOCOL_VERSION: u32 = 1;
+pub const MIN_PROTOCOL_VERSION: u32 = 2;
 
 /// Limits on what a peer may send.
 pub mod limits {

@@ -777,3 +777,37 @@ fn peer_state(d: &Device, peer: &str) -> String {
         .map(|p| p["state"].as_str().unwrap().to_string())
         .unwrap()
 }
+
+/// An ignore file a peer refuses (its folder is send-only) is no change
+/// of patterns: no rescan and resync follow, let alone one after another.
+#[test]
+fn an_ignore_file_a_peer_refuses_starts_no_resync_loop() {
+    let (a, b) = (Device::new("a"), Device::new("b"));
+    a.knows(&b);
+    b.knows(&a);
+    let fa = a.folder("docs", "docs", &[&b], &["--mode", "send-only"]);
+    let fb = b.folder("docs", "docs", &[&a], &[]);
+    std::fs::write(fa.join("out.txt"), "x").unwrap();
+    a.start();
+    b.start();
+    let all = [&a, &b];
+    wait_for("out.txt on b", &all, || fb.join("out.txt").exists());
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::write(fb.join(".weaveignore"), "*.log\n").unwrap();
+    std::thread::sleep(Duration::from_millis(3000));
+    let started = || {
+        (
+            peer_figure(&a, "b", "syncs_started"),
+            peer_figure(&b, "a", "syncs_started"),
+        )
+    };
+    let (a0, b0) = started();
+    std::thread::sleep(Duration::from_millis(5000));
+    let (a1, b1) = started();
+    assert!(
+        a1 - a0 < 5 && b1 - b0 < 5,
+        "syncs in 5 s: a {} b {}",
+        a1 - a0,
+        b1 - b0
+    );
+}

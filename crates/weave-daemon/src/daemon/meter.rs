@@ -155,8 +155,16 @@ pub(super) async fn show_progress(sh: Arc<Shared>) {
             let bps = rate.sample(now, done);
             let left = total.saturating_sub(done);
             sh.board.folder(&rt.id, |s| {
+                // Under the board's lock: a sync that ended since the
+                // load above has shown that it did (`progress_over`).
+                if rt.bytes_total.load(Ordering::Relaxed) == 0 {
+                    return;
+                }
                 // Not in sync while bytes are still to come or go: how
-                // much of the sync's bytes are there.
+                // much of the sync's bytes are there (what it showed
+                // before comes back when the sync ends).
+                let mut before = rt.in_sync_before.lock().expect("in sync");
+                before.get_or_insert(s.in_sync_percent);
                 s.in_sync_percent = 100.0 * done.min(total) as f64 / total as f64;
                 s.bytes_to_go = left;
                 s.rate = bps;
@@ -174,6 +182,9 @@ pub(super) fn progress_over(sh: &Shared, rt: &super::shared::FolderRt) {
         s.bytes_to_go = 0;
         s.rate = 0;
         s.eta_secs = None;
+        if let Some(p) = rt.in_sync_before.lock().expect("in sync").take() {
+            s.in_sync_percent = p;
+        }
     });
 }
 

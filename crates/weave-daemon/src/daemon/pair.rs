@@ -173,7 +173,7 @@ pub(super) fn sync_pair(
     // A sync that found nothing to do leaves what the last one said.
     if !report.unchanged {
         let lines = super::notices::from_report(&report, &local_display, &peer.name);
-        super::notices::for_peer(sh, rt, peer.id, lines);
+        super::notices::for_peer(sh, rt, peer.id, false, lines);
     }
     // Paths that did not go through (a full disk, say): the sync is tried
     // again after a back-off, and the folder shows the error until then.

@@ -75,6 +75,9 @@ pub(super) struct FolderRt {
     pub(super) asked: Mutex<Vec<Request>>,
     /// What its syncs did not take or send, shown in its status.
     pub(super) notices: Mutex<super::notices::Notices>,
+    /// How in sync it showed itself before the sync under way moved
+    /// bytes (shown again when that sync ends).
+    pub(super) in_sync_before: Mutex<Option<f64>>,
 }
 
 impl FolderRt {
@@ -98,6 +101,7 @@ impl FolderRt {
             bytes_done: AtomicU64::new(0),
             asked: Mutex::new(Vec::new()),
             notices: Mutex::new(Default::default()),
+            in_sync_before: Mutex::new(None),
         }
     }
 
