@@ -277,8 +277,8 @@ fn record_served(sh: &Shared, rt: &FolderRt, id: DeviceId, name: &str, served: &
         rt.poke(true);
     }
     super::notices::unshared(sh, rt, id, None);
-    if served.applied > 0 || served.refused_count > 0 {
-        super::notices::for_peer(sh, rt, id, true, super::notices::from_served(served));
+    if served.finished {
+        super::notices::for_peer(sh, rt, id, super::notices::from_served(served));
     }
     // Whose replica is whose, for the names of conflict copies.
     let me = sh.cfg().device.name.clone();

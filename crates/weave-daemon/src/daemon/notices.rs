@@ -15,9 +15,10 @@ const PER_PEER: usize = 5;
 pub(super) struct Notices {
     /// A receive-only folder's changes kept here.
     kept: Option<String>,
-    /// From the last sync with each peer: one this device ran (`false`),
-    /// and one it served (`true`); each replaces only its own.
-    by_peer: BTreeMap<(DeviceId, bool), Vec<String>>,
+    /// From the last sync with each peer, whichever device ran it. (One
+    /// the peer ran cannot tell what the peer refused: the peer shows
+    /// that itself.)
+    by_peer: BTreeMap<DeviceId, Vec<String>>,
     /// Peers that do not share the folder with this device, and what the
     /// folder says of it (until a session with the peer goes through).
     unshared: BTreeMap<DeviceId, String>,
@@ -40,20 +41,15 @@ impl Notices {
     }
 }
 
-/// What the last sync with `peer` has to say (nothing: its notices go),
-/// one this device ran or (`served`) one the peer ran.
-pub(super) fn for_peer(
-    sh: &Shared,
-    rt: &FolderRt,
-    peer: DeviceId,
-    served: bool,
-    mut lines: Vec<String>,
-) {
+/// What the last sync with `peer` has to say (nothing: its notices go).
+/// Every sync says it again while it holds: what a replica refuses keeps
+/// the sync from being recorded as done, so the next one plans it again.
+pub(super) fn for_peer(sh: &Shared, rt: &FolderRt, peer: DeviceId, mut lines: Vec<String>) {
     lines.truncate(PER_PEER);
     let mut n = rt.notices.lock().expect("notices");
     match lines.is_empty() {
-        true => n.by_peer.remove(&(peer, served)),
-        false => n.by_peer.insert((peer, served), lines),
+        true => n.by_peer.remove(&peer),
+        false => n.by_peer.insert(peer, lines),
     };
     show(sh, rt, &n);
 }
@@ -81,7 +77,7 @@ pub(super) fn kept(sh: &Shared, rt: &FolderRt, line: Option<String>) {
 /// Drops what peers the folder is no longer shared with said.
 pub(super) fn keep_peers(rt: &FolderRt, peers: &[DeviceId]) {
     let mut n = rt.notices.lock().expect("notices");
-    n.by_peer.retain(|(p, _), _| peers.contains(p));
+    n.by_peer.retain(|p, _| peers.contains(p));
     n.unshared.retain(|p, _| peers.contains(p));
 }
 
@@ -173,15 +169,14 @@ mod tests {
             DeviceId::from_public_key(b"a"),
             DeviceId::from_public_key(b"b"),
         );
-        n.by_peer.insert((a, false), vec!["x: not taken".into()]);
-        n.by_peer
-            .insert((b, true), vec!["x: not taken".into(), "y".into()]);
+        n.by_peer.insert(a, vec!["x: not taken".into()]);
+        n.by_peer.insert(b, vec!["x: not taken".into(), "y".into()]);
         n.kept = Some("receive-only: 2 local changes".into());
         assert_eq!(
             n.lines(),
             ["receive-only: 2 local changes", "x: not taken", "y"]
         );
-        n.by_peer.remove(&(b, true));
+        n.by_peer.remove(&b);
         n.kept = None;
         assert_eq!(n.lines(), ["x: not taken"]);
     }

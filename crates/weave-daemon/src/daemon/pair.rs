@@ -170,11 +170,9 @@ pub(super) fn sync_pair(
         p.last_error = None;
     });
     record_report(sh, &f.id, &peer.name, &report);
-    // A sync that found nothing to do leaves what the last one said.
-    if !report.unchanged {
-        let lines = super::notices::from_report(&report, &local_display, &peer.name);
-        super::notices::for_peer(sh, rt, peer.id, false, lines);
-    }
+    // (A sync that found nothing to do has nothing refused either.)
+    let lines = super::notices::from_report(&report, &local_display, &peer.name);
+    super::notices::for_peer(sh, rt, peer.id, lines);
     // Paths that did not go through (a full disk, say): the sync is tried
     // again after a back-off, and the folder shows the error until then.
     let mut failed = report
