@@ -17,7 +17,8 @@
 //!
 //! By default a few seeds run; `WEAVE_CHAOS_SEEDS=N` runs seeds 1..=N (or
 //! `A..B`, B excluded), `WEAVE_CHAOS_SEED=S` runs one, `WEAVE_CHAOS_STEPS`
-//! sets the schedule's length. A failure prints the seed, the schedule
+//! sets the schedule's length and `WEAVE_CHAOS_PAUSE_MS` the longest pause
+//! between steps (250 ms). A failure prints the seed, the schedule
 //! with what each step did, the differences, and the daemons' logs (whole
 //! logs are kept under the temp dir, in weave-chaos/).
 
@@ -37,12 +38,14 @@ use rustix::io::Errno;
 mod common;
 
 use common::daemon::Device;
-use common::{free_port, snapshot, Node};
+use common::{free_port, Node};
 
 /// The seeds CI runs, per topology.
 const CI_SEEDS: &[u64] = &[1, 2];
 /// Steps of a schedule, by default.
 const STEPS: usize = 60;
+/// The longest pause between two steps, in ms, by default.
+const PAUSE_MS: usize = 250;
 /// How long the devices have to agree once everything is healed.
 const CONVERGE: Duration = Duration::from_secs(90);
 
@@ -148,7 +151,7 @@ fn content(seed: u64, dev: usize, n: usize) -> String {
 
 /// The schedule of `seed`: user operations on every device, faults, and
 /// pauses; at most two daemons are down (killed or stopped) at once.
-fn schedule(seed: u64, topo: Topo, steps: usize) -> Vec<Ev> {
+fn schedule(seed: u64, topo: Topo, steps: usize, pause: usize) -> Vec<Ev> {
     let n = topo.devices();
     let links = topo.links();
     let mut r = Rng(seed.wrapping_mul(31).wrapping_add(n as u64));
@@ -222,7 +225,7 @@ fn schedule(seed: u64, topo: Topo, steps: usize) -> Vec<Ev> {
             }
         };
         out.push(ev);
-        out.push(Ev::Sleep(r.below(250) as u64));
+        out.push(Ev::Sleep(r.below(pause.max(1)) as u64));
     }
     out
 }
@@ -697,6 +700,57 @@ impl Net {
     }
 }
 
+/// The tree of a folder like `common::snapshot` (its `.weave` left out),
+/// but a file the daemon moves while it is read is left out, not an error.
+fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Node> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![(root.to_path_buf(), Vec::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            if prefix.is_empty() && name == ".weave" {
+                continue;
+            }
+            let mut rel: Vec<u8> = prefix.clone();
+            if !rel.is_empty() {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(name.as_bytes());
+            let full = dir.join(&name);
+            let Ok(m) = std::fs::symlink_metadata(&full) else {
+                continue;
+            };
+            let mode = m.permissions().mode() & 0o777;
+            let node = if m.is_dir() {
+                stack.push((full, rel.clone()));
+                Node::Dir { mode }
+            } else if m.is_file() {
+                let (Ok(content), Ok(mtime)) = (std::fs::read(&full), m.modified()) else {
+                    continue;
+                };
+                Node::File {
+                    content,
+                    mode,
+                    mtime,
+                }
+            } else if m.file_type().is_symlink() {
+                Node::Symlink {
+                    target: std::fs::read_link(&full).unwrap_or_default(),
+                }
+            } else {
+                Node::Other
+            };
+            out.insert(rel, node);
+        }
+    }
+    out
+}
+
 fn diff_trees(trees: &[BTreeMap<Vec<u8>, Node>]) -> String {
     let mut all: BTreeSet<&Vec<u8>> = BTreeSet::new();
     for t in trees {
@@ -732,8 +786,8 @@ fn diff_trees(trees: &[BTreeMap<Vec<u8>, Node>]) -> String {
 }
 
 /// One seed on one topology.
-fn run_seed(topo: Topo, seed: u64, steps: usize) -> Result<(), String> {
-    let sched = schedule(seed, topo, steps);
+fn run_seed(topo: Topo, seed: u64, steps: usize, pause: usize) -> Result<(), String> {
+    let sched = schedule(seed, topo, steps, pause);
     let mut net = Net::new(seed, topo);
     for i in 0..net.devs.len() {
         net.devs[i].start();
@@ -841,16 +895,21 @@ fn run(topo: Topo) {
         .ok()
         .map(|s| s.parse().expect("WEAVE_CHAOS_STEPS: a number"))
         .unwrap_or(STEPS);
+    let pause = std::env::var("WEAVE_CHAOS_PAUSE_MS")
+        .ok()
+        .map(|s| s.parse().expect("WEAVE_CHAOS_PAUSE_MS: a number"))
+        .unwrap_or(PAUSE_MS);
     let mut failed = Vec::new();
     for seed in seeds() {
         let t = Instant::now();
-        let r = std::panic::catch_unwind(|| run_seed(topo, seed, steps)).unwrap_or_else(|p| {
-            Err(p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default())
-        });
+        let r =
+            std::panic::catch_unwind(|| run_seed(topo, seed, steps, pause)).unwrap_or_else(|p| {
+                Err(p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default())
+            });
         match r {
             Ok(()) => eprintln!("chaos {topo:?} seed {seed}: ok in {:.1?}", t.elapsed()),
             Err(e) => {
