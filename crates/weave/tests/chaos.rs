@@ -51,7 +51,8 @@ const CONVERGE: Duration = Duration::from_secs(90);
 
 const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
 /// The files a schedule touches; directories are `d0` and `d1` (and
-/// `d0/e`), never a file's name.
+/// `d0/e`; a directory renamed may also be `d2`, `d1/e`, `d2/e`), never a
+/// file's name.
 const FILES: &[&str] = &[
     "f0.txt",
     "f1.txt",
@@ -116,17 +117,25 @@ impl Topo {
 
 #[derive(Debug, Clone)]
 enum Ev {
-    /// Writes content number `n` at `path` (made or replaced).
+    /// Writes content number `n` at `path` (made or replaced), of `kib`
+    /// KiB more than its first line.
     Write {
         dev: usize,
         path: &'static str,
         n: usize,
+        kib: usize,
     },
     Delete {
         dev: usize,
         path: &'static str,
     },
     Rename {
+        dev: usize,
+        from: &'static str,
+        to: &'static str,
+    },
+    /// Renames a directory (not over anything).
+    RenameDir {
         dev: usize,
         from: &'static str,
         to: &'static str,
@@ -145,8 +154,25 @@ enum Ev {
     Sleep(u64),
 }
 
-fn content(seed: u64, dev: usize, n: usize) -> String {
-    format!("seed-{seed} dev-{} n-{n}\n", NAMES[dev])
+/// Content number `n`: a first line that names it, and `kib` KiB of
+/// lines of letters after it (a large file takes a while to send, so a
+/// kill or a cut lands in the middle of its transfer).
+fn content(seed: u64, dev: usize, n: usize, kib: usize) -> String {
+    let mut s = format!("seed-{seed} dev-{} n-{n}\n", NAMES[dev]);
+    let mut r = Rng(seed ^ (n as u64).wrapping_mul(0x1000_0001));
+    for _ in 0..kib * 16 {
+        let line: String = (0..63)
+            .map(|_| (b'a' + r.below(26) as u8) as char)
+            .collect();
+        s += &line;
+        s.push('\n');
+    }
+    s
+}
+
+/// A content's first line, to name it.
+fn head(c: &str) -> &str {
+    c.lines().next().unwrap_or("")
 }
 
 /// The schedule of `seed`: user operations on every device, faults, and
@@ -203,7 +229,12 @@ fn schedule(seed: u64, topo: Topo, steps: usize, pause: usize) -> Vec<Ev> {
                 dev,
                 path: r.pick(FILES),
             },
-            50..=59 => {
+            58..=59 => {
+                let from = r.pick(DIRS);
+                let to = r.pick(&["d0", "d1", "d2", "d1/e", "d2/e"]);
+                Ev::RenameDir { dev, from, to }
+            }
+            50..=57 => {
                 let from = r.pick(FILES);
                 let mut to = r.pick(FILES);
                 if to == from {
@@ -217,10 +248,17 @@ fn schedule(seed: u64, topo: Topo, steps: usize, pause: usize) -> Vec<Ev> {
             },
             _ => {
                 next += 1;
+                // One write in eight is of 256 KiB to 2 MiB.
+                let kib = if r.below(8) == 0 {
+                    256 + r.below(1792)
+                } else {
+                    0
+                };
                 Ev::Write {
                     dev,
                     path: r.pick(FILES),
                     n: next,
+                    kib,
                 }
             }
         };
@@ -454,7 +492,7 @@ impl Net {
                 if self.written.contains_key(&c) {
                     self.superseded.entry(c.clone()).or_insert(step);
                 }
-                seen.push(c.trim_end().to_string());
+                seen.push(head(&c).to_string());
             }
         }
         if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
@@ -465,11 +503,37 @@ impl Net {
         seen
     }
 
+    /// The first of FILES from `from` on (round) that exists on `dev` (or
+    /// that does not, when `there` is false).
+    fn nth_file(&self, dev: usize, from: &str, there: bool) -> Option<&'static str> {
+        let at = FILES.iter().position(|f| *f == from)?;
+        (0..FILES.len())
+            .map(|k| FILES[(at + k) % FILES.len()])
+            .find(|f| std::fs::symlink_metadata(self.folders[dev].join(f)).is_ok() == there)
+    }
+
+    fn delete(&mut self, dev: usize, p: &str, step: usize) -> String {
+        let to = self.scratch_path(dev);
+        match std::fs::rename(self.folders[dev].join(p), &to) {
+            Ok(()) => format!("deleted {p} {:?}", self.take_away(&to, step)),
+            Err(e) => format!("nothing to delete at {p} ({e})"),
+        }
+    }
+
+    fn rename(&mut self, dev: usize, from: &str, to: &str) -> String {
+        let (a, b) = (self.folders[dev].join(from), self.folders[dev].join(to));
+        let _ = std::fs::create_dir_all(b.parent().unwrap());
+        match renameat_with(CWD, &a, CWD, &b, RenameFlags::NOREPLACE) {
+            Ok(()) => format!("renamed {from} to {to}"),
+            Err(e) => format!("not renamed {from} to {to} ({e})"),
+        }
+    }
+
     /// Runs one event; returns what it did.
     fn apply(&mut self, step: usize, ev: &Ev) -> String {
         match *ev {
-            Ev::Write { dev, path, n } => {
-                let c = content(self.seed, dev, n);
+            Ev::Write { dev, path, n, kib } => {
+                let c = content(self.seed, dev, n, kib);
                 let tmp = self.scratch_path(dev);
                 std::fs::write(&tmp, &c).unwrap();
                 let target = self.folders[dev].join(path);
@@ -498,21 +562,20 @@ impl Net {
                 let _ = std::fs::remove_file(&tmp);
                 "gave up (the path kept changing)".into()
             }
-            Ev::Delete { dev, path: p } | Ev::RmDir { dev, dir: p } => {
-                let to = self.scratch_path(dev);
-                match std::fs::rename(self.folders[dev].join(p), &to) {
-                    Ok(()) => format!("deleted {:?}", self.take_away(&to, step)),
-                    Err(e) => format!("nothing to delete ({e})"),
-                }
+            // A file to delete or rename is the first of FILES from the
+            // one drawn on that is there, and a new name the first that is
+            // free, so that most of them do something.
+            Ev::Delete { dev, path } => {
+                let p = self.nth_file(dev, path, true).unwrap_or(path);
+                self.delete(dev, p, step)
             }
+            Ev::RmDir { dev, dir } => self.delete(dev, dir, step),
             Ev::Rename { dev, from, to } => {
-                let (a, b) = (self.folders[dev].join(from), self.folders[dev].join(to));
-                let _ = std::fs::create_dir_all(b.parent().unwrap());
-                match renameat_with(CWD, &a, CWD, &b, RenameFlags::NOREPLACE) {
-                    Ok(()) => "renamed".into(),
-                    Err(e) => format!("not renamed ({e})"),
-                }
+                let from = self.nth_file(dev, from, true).unwrap_or(from);
+                let to = self.nth_file(dev, to, false).unwrap_or(to);
+                self.rename(dev, from, to)
             }
+            Ev::RenameDir { dev, from, to } => self.rename(dev, from, to),
             Ev::Kill(d) => {
                 self.devs[d].kill9();
                 self.procs[d] = Proc::Killed;
@@ -772,7 +835,7 @@ fn diff_trees(trees: &[BTreeMap<Vec<u8>, Node>]) -> String {
                     mtime,
                 }) => format!(
                     "{:?} {mode:o} {:?}",
-                    String::from_utf8_lossy(content).trim_end(),
+                    head(&String::from_utf8_lossy(content)),
                     mtime
                         .duration_since(std::time::UNIX_EPOCH)
                         .unwrap_or_default()
@@ -786,7 +849,8 @@ fn diff_trees(trees: &[BTreeMap<Vec<u8>, Node>]) -> String {
 }
 
 /// One seed on one topology.
-fn run_seed(topo: Topo, seed: u64, steps: usize, pause: usize) -> Result<(), String> {
+/// Ok: what the schedule did, in a line.
+fn run_seed(topo: Topo, seed: u64, steps: usize, pause: usize) -> Result<String, String> {
     let sched = schedule(seed, topo, steps, pause);
     let mut net = Net::new(seed, topo);
     for i in 0..net.devs.len() {
@@ -800,9 +864,10 @@ fn run_seed(topo: Topo, seed: u64, steps: usize, pause: usize) -> Result<(), Str
             dev: 0,
             path: "f0.txt",
             n: 0,
+            kib: 0,
         },
     );
-    let first = content(seed, 0, 0);
+    let first = content(seed, 0, 0, 0);
     let t = Instant::now();
     while !net
         .folders
@@ -826,9 +891,28 @@ fn run_seed(topo: Topo, seed: u64, steps: usize, pause: usize) -> Result<(), Str
         }
     }
     net.heal();
+    let healed = Instant::now();
     let tree = match net.converge(CONVERGE) {
         Ok(t) => t,
         Err(e) => return Err(net.report(&sched, &e)),
+    };
+    let done = {
+        let count = |p: &str| net.log.iter().filter(|l| l.starts_with(p)).count();
+        let copies = tree
+            .keys()
+            .filter(|k| String::from_utf8_lossy(k).contains(".weave-conflict-"))
+            .count();
+        format!(
+            "{} made, {} replaced, {} deletes, {} renames, {} kills, {} stops; same tree {:.1?} after healing, {} files, {copies} conflict copies",
+            count("made"),
+            count("replaced"),
+            count("deleted"),
+            count("renamed"),
+            count("killed"),
+            count("stopped"),
+            healed.elapsed(),
+            tree.values().filter(|n| matches!(n, Node::File { .. })).count(),
+        )
     };
     let present: BTreeSet<String> = tree
         .values()
@@ -844,7 +928,7 @@ fn run_seed(topo: Topo, seed: u64, steps: usize, pause: usize) -> Result<(), Str
         .cloned()
         .collect();
     if missing.is_empty() {
-        return Ok(());
+        return Ok(done);
     }
     let found = net.in_history(&missing);
     let lost: Vec<String> = missing
@@ -854,13 +938,13 @@ fn run_seed(topo: Topo, seed: u64, steps: usize, pause: usize) -> Result<(), Str
             let (d, p, s) = &net.written[c];
             format!(
                 "  {:?} (written on {} at {p}, step {s})",
-                c.trim_end(),
+                head(c),
                 NAMES[*d]
             )
         })
         .collect();
     if lost.is_empty() {
-        return Ok(());
+        return Ok(done);
     }
     let names: Vec<String> = tree
         .keys()
@@ -869,8 +953,9 @@ fn run_seed(topo: Topo, seed: u64, steps: usize, pause: usize) -> Result<(), Str
     Err(net.report(
         &sched,
         &format!(
-            "content a user wrote is lost (in no file and no version history):\n{}\nthe tree: {names:?}\nin history: {found:?}",
-            lost.join("\n")
+            "content a user wrote is lost (in no file and no version history):\n{}\nthe tree: {names:?}\nin history: {:?}",
+            lost.join("\n"),
+            found.iter().map(|(c, w)| (head(c), w)).collect::<Vec<_>>()
         ),
     ))
 }
@@ -911,7 +996,10 @@ fn run(topo: Topo) {
                     .unwrap_or_default())
             });
         match r {
-            Ok(()) => eprintln!("chaos {topo:?} seed {seed}: ok in {:.1?}", t.elapsed()),
+            Ok(done) => eprintln!(
+                "chaos {topo:?} seed {seed}: ok in {:.1?} ({done})",
+                t.elapsed()
+            ),
             Err(e) => {
                 eprintln!("{e}");
                 eprintln!("chaos {topo:?} seed {seed}: FAILED in {:.1?}", t.elapsed());
