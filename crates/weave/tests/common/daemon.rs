@@ -82,6 +82,12 @@ impl Device {
         self.ok(&["peer", "add", &other.name, &other.id, &other.addr]);
     }
 
+    /// Makes `other` a peer of this device, dialled at `addr` (a proxy in
+    /// front of it, say) instead of its own listen address.
+    pub fn knows_at(&self, other: &Device, addr: &str) {
+        self.ok(&["peer", "add", &other.name, &other.id, addr]);
+    }
+
     /// A folder `id` at ROOT/`dir`, shared with `peers`; returns its path.
     pub fn folder(&self, id: &str, dir: &str, peers: &[&Device], extra: &[&str]) -> PathBuf {
         let path = self.root.join(dir);
