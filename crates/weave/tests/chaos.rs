@@ -38,7 +38,7 @@ use rustix::io::Errno;
 mod common;
 
 use common::daemon::Device;
-use common::{free_port, Node};
+use common::Node;
 
 /// The seeds CI runs, per topology.
 const CI_SEEDS: &[u64] = &[1, 2];
@@ -288,8 +288,11 @@ struct Proxy {
 impl Proxy {
     fn new(target: &str) -> Proxy {
         let target: SocketAddr = target.parse().unwrap();
-        let port = free_port();
-        let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        // Port 0, kept bound: no other process (a test run beside this
+        // one, whose `free_port` checks a port and binds it later) can take
+        // it, and no outgoing connection gets a port that is bound.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
         l.set_nonblocking(true).unwrap();
         let state = Arc::new(ProxyState {
             stop: AtomicBool::new(false),
@@ -989,11 +992,21 @@ fn run(topo: Topo) {
         let t = Instant::now();
         let r =
             std::panic::catch_unwind(|| run_seed(topo, seed, steps, pause)).unwrap_or_else(|p| {
-                Err(p
+                let why = p
                     .downcast_ref::<String>()
                     .cloned()
                     .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default())
+                    .unwrap_or_default();
+                let sched: Vec<String> = schedule(seed, topo, steps, pause)
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| !matches!(e, Ev::Sleep(_)))
+                    .map(|(i, e)| format!("{i:4} {e:?}"))
+                    .collect();
+                Err(format!(
+                    "chaos {topo:?} seed {seed} panicked: {why}\n--- schedule ---\n{}",
+                    sched.join("\n")
+                ))
             });
         match r {
             Ok(done) => eprintln!(
