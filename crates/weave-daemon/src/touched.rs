@@ -75,6 +75,15 @@ impl Touched {
         self.state().everything();
     }
 
+    /// Whether a change to `rel` needs looking at (a `stat`) before
+    /// [`Touched::add`]: not when the next scan looks at everything anyway
+    /// (as during a burst of new files), nor for the size of a file
+    /// already known to be large.
+    pub fn wants_a_look(&self, rel: &str) -> bool {
+        let s = self.state();
+        !s.full && !s.writes.get(rel).is_some_and(|b| b.large)
+    }
+
     /// `rel` (relative to the folder) changed. `written` is the file's size
     /// when the change wrote file data.
     pub fn add(&self, rel: String, written: Option<u64>, now: Instant) {
@@ -212,6 +221,22 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nothing_is_looked_at_that_the_next_scan_looks_at_anyway() {
+        let t = Touched::new();
+        let now = Instant::now();
+        assert!(!t.wants_a_look("a"), "a full scan is due");
+        t.take(DELAY, now);
+        assert!(t.wants_a_look("a"));
+        t.add("big".into(), Some(LARGE_FILE), now);
+        assert!(!t.wants_a_look("big"), "known to be large");
+        assert!(t.wants_a_look("small"));
+        for i in 0..=MAX_PATHS {
+            t.add(format!("f{i}"), Some(1), now);
+        }
+        assert!(!t.wants_a_look("small"), "a burst: everything is scanned");
+    }
 
     const DELAY: Duration = Duration::from_millis(50);
 

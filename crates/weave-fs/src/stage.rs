@@ -450,10 +450,11 @@ impl Part {
     /// Writes chunk `h` at each of its places; the caller has verified
     /// `data` against `h` (I-3). The bytes may wait in memory for the next
     /// chunks (see `run`); all is written once the part is complete, or
-    /// dropped (and, with a [`PartWriter`], once it has finished).
-    pub fn put(&mut self, h: &Hash, data: &[u8]) -> std::io::Result<()> {
+    /// dropped (and, with a [`PartWriter`], once it has finished). Returns
+    /// the bytes of the file this placed (0 for a chunk it already held).
+    pub fn put(&mut self, h: &Hash, data: &[u8]) -> std::io::Result<u64> {
         let Some(ix) = self.at.get(h) else {
-            return Ok(());
+            return Ok(0);
         };
         let mut places = Vec::with_capacity(ix.len());
         for &i in ix {
@@ -463,13 +464,25 @@ impl Part {
                 places.push(self.offsets[i]);
             }
         }
+        let placed = (places.len() * data.len()) as u64;
         for at in places {
             self.write_at(at, data)?;
         }
         if self.missing == 0 {
             self.flush_run()?;
         }
-        Ok(())
+        Ok(placed)
+    }
+
+    /// The bytes of the file already in the part (an interrupted run's).
+    pub fn held_bytes(&self) -> u64 {
+        self.list
+            .chunks
+            .iter()
+            .zip(&self.have)
+            .filter(|(_, &have)| have)
+            .map(|(c, _)| c.len as u64)
+            .sum()
     }
 
     /// Adds `data`, for offset `at`, to the run (a new run if it does not
@@ -844,8 +857,9 @@ mod tests {
         for i in [0, 2] {
             let (h, bytes) = chunk(i);
             assert!(part.wants(&h));
-            part.put(&h, &bytes).unwrap();
+            assert_eq!(part.put(&h, &bytes).unwrap(), bytes.len() as u64);
             assert!(!part.wants(&h));
+            assert_eq!(part.put(&h, &bytes).unwrap(), 0, "held already");
         }
         assert!(!part.complete());
         let path = part.path().to_path_buf();
@@ -853,6 +867,10 @@ mod tests {
         // Reopened (a rerun): what arrived is there, verified.
         let part = stage.part(&list).unwrap();
         assert_eq!(part.missing().len(), list.chunks.len() - 2);
+        assert_eq!(
+            part.held_bytes(),
+            (chunk(0).1.len() + chunk(2).1.len()) as u64
+        );
         assert!(!part.wants(&chunk(0).0));
         drop(part);
         // A damaged chunk is fetched again.

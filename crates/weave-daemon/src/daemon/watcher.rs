@@ -342,6 +342,14 @@ fn touch(rt: &FolderRt, ev: &Event, p: &Path, rel: String, now: Instant) {
         rt.resync.store(true, Ordering::SeqCst);
         return;
     }
+    let made_dir = matches!(ev.kind, EventKind::Create(CreateKind::Folder));
+    if !made_dir && !rt.touched.wants_a_look(&rel) {
+        // A full scan is due (a burst), or the file is known to be large:
+        // a stat would tell nothing more.
+        let written = writes_data(&ev.kind).then_some(crate::touched::LARGE_FILE);
+        rt.touched.add(rel, written, now);
+        return;
+    }
     let meta = || std::fs::symlink_metadata(p).ok();
     match ev.kind {
         EventKind::Create(CreateKind::Folder) => rt.touched.add_dir(rel, now),

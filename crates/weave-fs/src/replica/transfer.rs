@@ -239,9 +239,10 @@ type Go = std::sync::mpsc::Sender<Option<crate::stage::StageView>>;
 impl Transfer {
     /// Asks `provider` for `wants` and takes each chunk as it arrives:
     /// verified, into the stage and the part files that need it. `go`
-    /// gets the stage's view once it is complete. The bytes put in part
-    /// files count as progress as they arrive (a large file's are not
-    /// counted again when its part becomes the file). Returns how the
+    /// gets the stage's view once it is complete. The bytes of part files
+    /// count as progress as they arrive, and those an interrupted run left
+    /// at the start (a large file's are not counted again when its part
+    /// becomes the file). Returns how the
     /// transfer ended, how many chunks failed their hash, and `go` if it
     /// was not used.
     fn fetch(
@@ -263,6 +264,8 @@ impl Transfer {
             problem: format!("cannot write the transfer stage: {e}"),
         };
         let (stage, parts, plan) = (&mut self.stage, &mut self.parts, &self.plan);
+        // What interrupted runs left in the parts is there already.
+        progress(parts.iter().map(|p| p.held_bytes()).sum());
         let mut sink = |h: Hash, data: Vec<u8>| -> Result<(), SyncError> {
             let good = verified || weave_chunk::verify(&data, &h);
             let good = good
@@ -278,8 +281,8 @@ impl Transfer {
                 let _ = go.take().expect("checked").send(view);
             }
             for &i in plan.routes.get(&h).into_iter().flatten() {
-                parts[i].put(&h, &data).map_err(stage_error)?;
-                progress(data.len() as u64);
+                let placed = parts[i].put(&h, &data).map_err(stage_error)?;
+                progress(placed);
                 // Made durable while the rest arrives, every few MiB
                 // and when complete (the writes are made durable
                 // before they land in any case).
