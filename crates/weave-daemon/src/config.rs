@@ -252,7 +252,7 @@ impl Config {
                 return Err(DaemonError::Io {
                     path,
                     what: "read".into(),
-                    source: e,
+                    why: e,
                 })
             }
         };

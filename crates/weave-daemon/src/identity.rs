@@ -30,11 +30,7 @@ impl Clone for Identity {
 fn io(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> DaemonError {
     let path = path.to_path_buf();
     let what = what.to_string();
-    move |e| DaemonError::Io {
-        path,
-        what,
-        source: e,
-    }
+    move |e| DaemonError::Io { path, what, why: e }
 }
 
 /// Writes `data` to `path` through a temporary file and a rename, so a

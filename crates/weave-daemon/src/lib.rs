@@ -40,21 +40,18 @@ pub enum DaemonError {
         path: PathBuf,
         problem: config::ConfigProblem,
     },
-    #[error("cannot {what} {path}: {source}")]
+    /// (`why` is in the message, not a source: the CLI prints an error's
+    /// sources after it, and would say it twice.)
+    #[error("cannot {what} {path}: {why}")]
     Io {
         path: PathBuf,
         what: String,
-        #[source]
-        source: std::io::Error,
+        why: std::io::Error,
     },
     #[error("cryptography: {0}")]
     Crypto(String),
-    #[error("cannot listen on {addr}: {source}; is another daemon running, or is the port taken? (change it with `listen` in the config)")]
-    Listen {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot listen on {addr}: {why}; is another daemon running, or is the port taken? (change it with `listen` in the config)")]
+    Listen { addr: String, why: std::io::Error },
     #[error("peer {peer}: {problem}")]
     Peer {
         peer: String,

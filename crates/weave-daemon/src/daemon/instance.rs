@@ -21,10 +21,10 @@ pub struct Instance {
 /// Takes the config directory's lock, or says which daemon holds it.
 pub fn lock(dir: &Path) -> Result<Instance, DaemonError> {
     let path = dir.join(LOCK_FILE);
-    let io = |what: &str, source: std::io::Error| DaemonError::Io {
+    let io = |what: &str, why: std::io::Error| DaemonError::Io {
         path: path.clone(),
         what: what.into(),
-        source,
+        why,
     };
     // Not truncated on open: the file holds the running daemon's PID
     // until the lock is ours.

@@ -100,7 +100,7 @@ pub async fn run(dir: &Path) -> Result<(), DaemonError> {
     let api = bind(&cfg.device.api).await?;
     let api_addr = api.local_addr().map_err(|e| DaemonError::Listen {
         addr: cfg.device.api.clone(),
-        source: e,
+        why: e,
     })?;
     let token = status::token(dir)?;
     crate::identity::write_atomic(
@@ -158,7 +158,7 @@ async fn bind(addr: &str) -> Result<TcpListener, DaemonError> {
         .await
         .map_err(|e| DaemonError::Listen {
             addr: addr.to_string(),
-            source: e,
+            why: e,
         })
 }
 
