@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::daemon::{conflict_copies, read, synced_pair, wait_for, weave, Device, WAIT};
+use common::daemon::{conflict_copies, read, synced_pair, two, wait_for, weave, Device, WAIT};
 use common::free_port;
 
 #[test]
@@ -170,9 +170,7 @@ fn an_unknown_device_is_refused_and_learns_nothing() {
 
 #[test]
 fn a_send_only_folder_never_takes_a_remote_change() {
-    let (a, b) = (Device::new("a"), Device::new("b"));
-    a.knows(&b);
-    b.knows(&a);
+    let (a, b) = two();
     let fa = a.folder("docs", "docs", &[&b], &["--mode", "send-only"]);
     let fb = b.folder("docs", "docs", &[&a], &[]);
     std::fs::write(fa.join("out.txt"), "from the send-only side").unwrap();
@@ -304,9 +302,7 @@ fn a_subfolder_reaches_only_its_own_peers_and_status_reports_a_real_sync() {
 
 #[test]
 fn local_edits_in_a_receive_only_folder_never_leave_it() {
-    let (a, b) = (Device::new("a"), Device::new("b"));
-    a.knows(&b);
-    b.knows(&a);
+    let (a, b) = two();
     let fa = a.folder("docs", "docs", &[&b], &[]);
     let fb = b.folder("docs", "docs", &[&a], &["--mode", "receive-only"]);
     std::fs::write(fa.join("x.txt"), "a's x").unwrap();
@@ -360,9 +356,7 @@ fn peer_figure(d: &Device, peer: &str, field: &str) -> u64 {
 
 #[test]
 fn files_a_daemon_wrote_itself_are_not_sent_back() {
-    let (a, b) = (Device::new("a"), Device::new("b"));
-    a.knows(&b);
-    b.knows(&a);
+    let (a, b) = two();
     let fa = a.folder("docs", "docs", &[&b], &[]);
     let fb = b.folder("docs", "docs", &[&a], &[]);
     std::fs::write(fa.join("first.txt"), "1").unwrap();
@@ -418,9 +412,7 @@ fn files_a_daemon_wrote_itself_are_not_sent_back() {
 
 #[test]
 fn an_ignore_file_edit_brings_files_it_no_longer_ignores() {
-    let (a, b) = (Device::new("a"), Device::new("b"));
-    a.knows(&b);
-    b.knows(&a);
+    let (a, b) = two();
     let fa = a.folder("docs", "docs", &[&b], &[]);
     let fb = b.folder("docs", "docs", &[&a], &[]);
     std::fs::write(fa.join(".weaveignore"), "*.log\n").unwrap();
@@ -462,9 +454,7 @@ fn port_of(d: &Device) -> u16 {
 /// between the two daemons carries all of them.
 #[test]
 fn one_lasting_connection_carries_every_folder_both_ways() {
-    let (a, b) = (Device::new("a"), Device::new("b"));
-    a.knows(&b);
-    b.knows(&a);
+    let (a, b) = two();
     let (a1, b1) = (
         a.folder("one", "one", &[&b], &[]),
         b.folder("one", "one", &[&a], &[]),
@@ -707,9 +697,7 @@ fn the_daemon_runs_at_a_low_priority_unless_told_not_to() {
 /// both go once it shares the folder, and the files come.
 #[test]
 fn a_folder_the_peer_does_not_share_is_said_once() {
-    let (a, b) = (Device::new("a"), Device::new("b"));
-    a.knows(&b);
-    b.knows(&a);
+    let (a, b) = two();
     let fa = a.folder("docs", "docs", &[&b], &[]);
     std::fs::write(fa.join("f"), "x").unwrap();
     a.start();
@@ -782,9 +770,7 @@ fn peer_state(d: &Device, peer: &str) -> String {
 /// of patterns: no rescan and resync follow, let alone one after another.
 #[test]
 fn an_ignore_file_a_peer_refuses_starts_no_resync_loop() {
-    let (a, b) = (Device::new("a"), Device::new("b"));
-    a.knows(&b);
-    b.knows(&a);
+    let (a, b) = two();
     let fa = a.folder("docs", "docs", &[&b], &["--mode", "send-only"]);
     let fb = b.folder("docs", "docs", &[&a], &[]);
     std::fs::write(fa.join("out.txt"), "x").unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::daemon::{conflict_copies, read, synced_pair, wait_for, Device};
+use common::daemon::{conflict_copies, read, synced_pair, two, wait_for, Device};
 
 /// Folder `id`'s status on `d`, when its daemon answers.
 fn folder(d: &Device, id: &str) -> Option<serde_json::Value> {
@@ -17,14 +17,6 @@ fn folder(d: &Device, id: &str) -> Option<serde_json::Value> {
         .iter()
         .find(|f| f["id"] == id)
         .cloned()
-}
-
-/// Two devices that know each other.
-fn two() -> (Device, Device) {
-    let (a, b) = (Device::new("a"), Device::new("b"));
-    a.knows(&b);
-    b.knows(&a);
-    (a, b)
 }
 
 fn write(p: &Path, s: &str) {

@@ -179,12 +179,18 @@ impl Drop for Device {
     }
 }
 
-/// Two running devices that know each other, sharing folder `docs`
-/// (returned with its path on each), a first file already synced.
-pub fn synced_pair() -> (Device, Device, PathBuf, PathBuf) {
+/// Two devices, a and b, that know each other (not started).
+pub fn two() -> (Device, Device) {
     let (a, b) = (Device::new("a"), Device::new("b"));
     a.knows(&b);
     b.knows(&a);
+    (a, b)
+}
+
+/// Two running devices that know each other, sharing folder `docs`
+/// (returned with its path on each), a first file already synced.
+pub fn synced_pair() -> (Device, Device, PathBuf, PathBuf) {
+    let (a, b) = two();
     let fa = a.folder("docs", "docs", &[&b], &[]);
     let fb = b.folder("docs", "docs", &[&a], &[]);
     a.start();
