@@ -206,6 +206,9 @@ impl LocalReplica {
                 })
             });
             let go = writer.as_ref().map(|_| go_tx);
+            // What interrupted runs left in the parts is there already
+            // (all of it, when nothing is left to fetch).
+            progress(tx.parts.iter().map(|p| p.held_bytes()).sum());
             let (mut fetched, bad, go) = if wants.is_empty() {
                 (Ok(()), 0, go)
             } else {
@@ -240,9 +243,9 @@ impl Transfer {
     /// Asks `provider` for `wants` and takes each chunk as it arrives:
     /// verified, into the stage and the part files that need it. `go`
     /// gets the stage's view once it is complete. The bytes of part files
-    /// count as progress as they arrive, and those an interrupted run left
-    /// at the start (a large file's are not counted again when its part
-    /// becomes the file). Returns how the
+    /// count as progress as they arrive (those an interrupted run left
+    /// count before the fetch; a large file's are not counted again when
+    /// its part becomes the file). Returns how the
     /// transfer ended, how many chunks failed their hash, and `go` if it
     /// was not used.
     fn fetch(
@@ -264,8 +267,6 @@ impl Transfer {
             problem: format!("cannot write the transfer stage: {e}"),
         };
         let (stage, parts, plan) = (&mut self.stage, &mut self.parts, &self.plan);
-        // What interrupted runs left in the parts is there already.
-        progress(parts.iter().map(|p| p.held_bytes()).sum());
         let mut sink = |h: Hash, data: Vec<u8>| -> Result<(), SyncError> {
             let good = verified || weave_chunk::verify(&data, &h);
             let good = good
