@@ -1,6 +1,7 @@
 //! `weave daemon`: real daemons on 127.0.0.1, each with its own config
 //! directory, syncing over TLS while their folders change.
 
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -170,16 +171,8 @@ fn an_unknown_device_is_refused_and_learns_nothing() {
 
 #[test]
 fn a_send_only_folder_never_takes_a_remote_change() {
-    let (a, b) = two();
-    let fa = a.folder("docs", "docs", &[&b], &["--mode", "send-only"]);
-    let fb = b.folder("docs", "docs", &[&a], &[]);
-    std::fs::write(fa.join("out.txt"), "from the send-only side").unwrap();
-    a.start();
-    b.start();
+    let (a, b, fa, fb) = send_only_pair("from the send-only side");
     let all = [&a, &b];
-    wait_for("the send-only folder's file to reach b", &all, || {
-        read(&fb.join("out.txt")).as_deref() == Some("from the send-only side")
-    });
     std::fs::write(fb.join("out.txt"), "b's edit").unwrap();
     std::fs::write(fb.join("in.txt"), "b's new file").unwrap();
     // b's next sync with a (its edit) is refused by a; later changes on
@@ -344,14 +337,34 @@ fn local_edits_in_a_receive_only_folder_never_leave_it() {
 /// Bytes this device's own syncs exchanged with `peer` so far.
 /// `d`'s status of its peer `peer`: field `field`, a number.
 fn peer_figure(d: &Device, peer: &str, field: &str) -> u64 {
+    peer_field(d, peer, field).as_u64().unwrap()
+}
+
+/// `d`'s status of its peer `peer`: field `field`.
+fn peer_field(d: &Device, peer: &str, field: &str) -> serde_json::Value {
     let s = d.status().expect("status");
     s["peers"]
         .as_array()
         .unwrap()
         .iter()
         .find(|p| p["name"] == peer)
-        .map(|p| p[field].as_u64().unwrap())
+        .map(|p| p[field].clone())
         .unwrap()
+}
+
+/// a (send-only) and b share folder docs, running, with a's file
+/// `out.txt` (holding `text`) on b; their folders.
+fn send_only_pair(text: &str) -> (Device, Device, PathBuf, PathBuf) {
+    let (a, b) = two();
+    let fa = a.folder("docs", "docs", &[&b], &["--mode", "send-only"]);
+    let fb = b.folder("docs", "docs", &[&a], &[]);
+    std::fs::write(fa.join("out.txt"), text).unwrap();
+    a.start();
+    b.start();
+    wait_for("the send-only folder's file to reach b", &[&a, &b], || {
+        read(&fb.join("out.txt")).as_deref() == Some(text)
+    });
+    (a, b, fa, fb)
 }
 
 #[test]
@@ -733,7 +746,7 @@ fn a_folder_the_peer_does_not_share_is_said_once() {
         .filter(|e| e["message"].as_str().unwrap().contains("does not share"))
         .count();
     assert_eq!(said, 1, "{s:#}");
-    assert_eq!(peer_state(&a, "b"), "connected", "{s:#}");
+    assert_eq!(peer_field(&a, "b", "state"), "connected", "{s:#}");
     assert!(
         b.ok(&["status"])
             .contains("a shares folder docs with this device"),
@@ -755,29 +768,11 @@ fn a_folder_the_peer_does_not_share_is_said_once() {
     });
 }
 
-fn peer_state(d: &Device, peer: &str) -> String {
-    let s = d.status().expect("status");
-    s["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == peer)
-        .map(|p| p["state"].as_str().unwrap().to_string())
-        .unwrap()
-}
-
 /// An ignore file a peer refuses (its folder is send-only) is no change
 /// of patterns: no rescan and resync follow, let alone one after another.
 #[test]
 fn an_ignore_file_a_peer_refuses_starts_no_resync_loop() {
-    let (a, b) = two();
-    let fa = a.folder("docs", "docs", &[&b], &["--mode", "send-only"]);
-    let fb = b.folder("docs", "docs", &[&a], &[]);
-    std::fs::write(fa.join("out.txt"), "x").unwrap();
-    a.start();
-    b.start();
-    let all = [&a, &b];
-    wait_for("out.txt on b", &all, || fb.join("out.txt").exists());
+    let (a, b, _, fb) = send_only_pair("x");
     std::thread::sleep(Duration::from_millis(1500));
     std::fs::write(fb.join(".weaveignore"), "*.log\n").unwrap();
     std::thread::sleep(Duration::from_millis(3000));
