@@ -32,6 +32,32 @@ pub struct ChunkRef {
     pub len: u32,
 }
 
+impl ChunkRef {
+    /// Whether this is a chunk of zeros in the middle of a run of them (a
+    /// hole of a sparse file, say): FastCDC cuts a run of zeros into
+    /// chunks of [`CHUNK_MAX`] bytes, all of one hash. Such a chunk is
+    /// never sent, stored or written: a file gets a hole there. (The
+    /// last chunk of a file ending in zeros may be shorter; it is data.)
+    pub fn is_zero(&self) -> bool {
+        self.len == CHUNK_MAX && self.hash == zero_chunk()
+    }
+}
+
+/// The hash of a chunk of [`CHUNK_MAX`] zero bytes.
+pub fn zero_chunk() -> Hash {
+    static ZERO: std::sync::OnceLock<Hash> = std::sync::OnceLock::new();
+    *ZERO.get_or_init(|| Hash::of(&[0u8; CHUNK_MAX as usize]))
+}
+
+/// Whether every byte of `data` is zero (whole words at a time: a scan of
+/// a sparse file reads long runs of them).
+pub fn all_zero(data: &[u8]) -> bool {
+    // Blocks of 4 KiB, each folded without a branch (so the compiler can
+    // use vector instructions): data that is not zero shows it at once.
+    data.chunks(4096)
+        .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
 /// A file's chunks in order, with the file's content id.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChunkList {
@@ -45,6 +71,24 @@ impl ChunkList {
 
     pub fn content_id(&self) -> Hash {
         content_id(&self.chunks)
+    }
+
+    /// Whether any chunk is a run of zeros (see [`ChunkRef::is_zero`]).
+    pub fn has_zeros(&self) -> bool {
+        self.chunks.iter().any(ChunkRef::is_zero)
+    }
+
+    /// The runs of consecutive chunks that are not zero runs, as (offset,
+    /// length): what a copy of the file must write (the rest are holes).
+    pub fn data_runs(&self) -> Vec<(u64, u64)> {
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for (off, c) in self.with_offsets().filter(|(_, c)| !c.is_zero()) {
+            match runs.last_mut() {
+                Some((o, l)) if *o + *l == off => *l += c.len as u64,
+                _ => runs.push((off, c.len as u64)),
+            }
+        }
+        runs
     }
 
     /// (offset, chunk) for every chunk.
@@ -64,7 +108,7 @@ pub fn chunk_bytes(data: &[u8]) -> ChunkList {
     for c in cdc(data) {
         let bytes = &data[c.offset..c.offset + c.length];
         chunks.push(ChunkRef {
-            hash: Hash::of(bytes),
+            hash: hash_chunk(bytes),
             len: c.length as u32,
         });
     }
@@ -154,10 +198,19 @@ fn cut(window: &[u8], eof: bool) -> Vec<(usize, usize)> {
 fn hash_cuts(window: &[u8], cuts: &[(usize, usize)]) -> Vec<ChunkRef> {
     cuts.iter()
         .map(|&(o, l)| ChunkRef {
-            hash: Hash::of(&window[o..o + l]),
+            hash: hash_chunk(&window[o..o + l]),
             len: l as u32,
         })
         .collect()
+}
+
+/// A chunk's hash; a run of zeros (a sparse file's hole) is not hashed
+/// again.
+fn hash_chunk(data: &[u8]) -> Hash {
+    if data.len() == CHUNK_MAX as usize && all_zero(data) {
+        return zero_chunk();
+    }
+    Hash::of(data)
 }
 
 /// Hashes one tree node: its level and its children (hash, length).
@@ -577,6 +630,59 @@ mod tests {
             let a = chunk_bytes(&data);
             proptest::prop_assert_eq!(a.size(), len as u64);
             proptest::prop_assert_eq!(a.clone(), chunk_reader(&data[..]).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_run_of_zeros_is_cut_into_zero_chunks_of_one_hash() {
+        let mut data = random(300_000, 3);
+        data[40_000..].fill(0);
+        data.resize(2_000_000, 0);
+        data.extend(random(50_000, 4));
+        let list = chunk_bytes(&data);
+        let zeros: Vec<(u64, &ChunkRef)> =
+            list.with_offsets().filter(|(_, c)| c.is_zero()).collect();
+        // Everything but the edges of the runs of zeros.
+        let zero_bytes: u64 = zeros.iter().map(|(_, c)| c.len as u64).sum();
+        assert!(zero_bytes > 1_800_000, "{zero_bytes}");
+        for (off, c) in &zeros {
+            assert!(all_zero(
+                &data[*off as usize..(*off + c.len as u64) as usize]
+            ));
+            assert_eq!(c.hash, Hash::of(&[0u8; CHUNK_MAX as usize]));
+        }
+        // The hash of a zero chunk is the one any chunk of those bytes has:
+        // the content id does not change.
+        let plain: Vec<ChunkRef> = list
+            .with_offsets()
+            .map(|(o, c)| ChunkRef {
+                hash: Hash::of(&data[o as usize..o as usize + c.len as usize]),
+                len: c.len,
+            })
+            .collect();
+        assert_eq!(list.chunks, plain);
+        assert_eq!(chunk_reader(&data[..]).unwrap(), list);
+        // The data runs leave out exactly the zero chunks.
+        let runs = list.data_runs();
+        let covered: u64 = runs.iter().map(|r| r.1).sum();
+        assert_eq!(covered + zero_bytes, list.size());
+        assert!(runs.windows(2).all(|w| w[0].0 + w[0].1 < w[1].0));
+        assert!(list.has_zeros());
+        assert!(!chunk_bytes(&random(500_000, 5)).has_zeros());
+    }
+
+    #[test]
+    fn all_zero_sees_one_set_bit_anywhere() {
+        for len in [0usize, 1, 7, 4095, 4096, 4097, 65_536] {
+            let mut d = vec![0u8; len];
+            assert!(all_zero(&d));
+            for at in [0, len / 2, len.saturating_sub(1)] {
+                if len > 0 {
+                    d[at] = 1;
+                    assert!(!all_zero(&d), "len {len} at {at}");
+                    d[at] = 0;
+                }
+            }
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod ignore;
 mod kind;
 mod replica;
 pub mod scan;
+pub mod sparse;
 pub mod stage;
 mod util;
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use weave_chunk::ChunkList;
 use weave_core::Hash;
 
+use crate::sparse::{write_sparse, zero_range};
 use crate::util::{aligned_start, open_direct, BLOCK};
 
 pub const STAGE_FILE: &str = "stage.pack";
@@ -318,19 +319,23 @@ impl Run {
     /// Writes the run to its file: the whole blocks in one write to
     /// `target` (`plain` if that fails), the partial blocks at either end
     /// to `plain`.
+    ///
+    /// Blocks of zeros are not written: a part's places read as zeros
+    /// until written (the file is made at its full length, and a place
+    /// that failed its check is made zeros again), so they stay holes.
     fn write(&self, target: &File, plain: &File) -> std::io::Result<()> {
         let (start, end) = (self.block + self.from as u64, self.end());
         let first = start.div_ceil(BLOCK) * BLOCK;
         let last = end / BLOCK * BLOCK;
         if first >= last {
-            return plain.write_all_at(self.bytes(start, end), start);
+            return write_sparse(plain, self.bytes(start, end), start).map(drop);
         }
-        plain.write_all_at(self.bytes(start, first), start)?;
+        write_sparse(plain, self.bytes(start, first), start)?;
         let whole = self.bytes(first, last);
-        if target.write_all_at(whole, first).is_err() {
-            plain.write_all_at(whole, first)?;
+        if write_sparse(target, whole, first).is_err() {
+            write_sparse(plain, whole, first)?;
         }
-        plain.write_all_at(self.bytes(last, end), last)
+        write_sparse(plain, self.bytes(last, end), last).map(drop)
     }
 }
 
@@ -370,11 +375,25 @@ impl Part {
         let mut buf = Vec::new();
         for (i, (off, c)) in list.with_offsets().enumerate() {
             offsets.push(off);
+            if c.is_zero() {
+                // A run of zeros is a hole, never received: past what was
+                // kept the file is one already, and a place an earlier run
+                // could have written is made one again.
+                have[i] = off >= kept || zero_range(&file, off, c.len as u64).is_ok();
+                if have[i] {
+                    continue;
+                }
+            }
             at.entry(c.hash).or_default().push(i);
             if off + c.len as u64 <= kept {
                 buf.resize(c.len as usize, 0);
                 have[i] =
                     file.read_exact_at(&mut buf, off).is_ok() && weave_chunk::verify(&buf, &c.hash);
+            }
+            // A place to fill again reads as zeros first: its blocks of
+            // zeros are not written (see `Run::write`).
+            if !have[i] && off < kept {
+                zero_range(&file, off, c.len as u64)?;
             }
         }
         file.set_len(list.size())?;
@@ -929,6 +948,41 @@ mod tests {
         }
         assert!(part.complete());
         assert_eq!(std::fs::read(part.path()).unwrap(), data);
+    }
+
+    /// A content with runs of zeros: they are holes of the part, never
+    /// asked for, also when an earlier run left something there.
+    #[test]
+    fn a_part_never_asks_for_runs_of_zeros() {
+        let d = tempfile::tempdir().unwrap();
+        let mut data = noise(200_000);
+        data.resize(200_000 + (2 << 20), 0);
+        data.extend_from_slice(&noise(150_000)[7..]);
+        let list = weave_chunk::chunk_bytes(&data);
+        let zero = weave_chunk::zero_chunk();
+        let stage = Stage::open(d.path()).unwrap();
+        let part = stage.part(&list).unwrap();
+        assert!(!part.missing().contains(&zero) && !part.wants(&zero));
+        let path = part.path().to_path_buf();
+        // Garbage where a hole belongs, as if from an earlier run.
+        let hole = list.with_offsets().find(|(_, c)| c.is_zero()).unwrap().0;
+        drop(part);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .write_all_at(b"garbage", hole + 10)
+            .unwrap();
+        let mut part = stage.part(&list).unwrap();
+        for (h, bytes) in pieces(&data, &list).iter().filter(|(h, _)| *h != zero) {
+            part.put(h, bytes).unwrap();
+        }
+        assert!(part.complete());
+        drop(part);
+        assert!(std::fs::read(&path).unwrap() == data);
+        use std::os::unix::fs::MetadataExt;
+        let used = std::fs::metadata(&path).unwrap().blocks() * 512;
+        assert!(used < 1 << 20, "{used} bytes allocated");
     }
 
     /// The distinct chunks of `data` (as chunked), with their bytes.

@@ -188,7 +188,12 @@ fn open_waiting(path: &Path, wait: std::time::Duration) -> Result<Database, Stor
 
 /// The distinct chunks of a list.
 pub(crate) fn unique(list: &ChunkList) -> HashSet<Hash> {
-    list.chunks.iter().map(|c| c.hash).collect()
+    // Runs of zeros are holes, not stored chunks.
+    list.chunks
+        .iter()
+        .filter(|c| !c.is_zero())
+        .map(|c| c.hash)
+        .collect()
 }
 
 /// A chunk list for tests: (byte the hash is made of, length) per chunk.

@@ -9,12 +9,13 @@ use crate::{Damage, ReadError, Store, StoreError, Version};
 use redb::ReadableDatabase;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use weave_core::Hash;
 
 impl Store {
-    /// Writes version `v`'s content into `out` (from offset 0), every chunk
-    /// verified. The error names the chunk that is missing or damaged.
+    /// Writes version `v`'s content into `out` (from offset 0, a new
+    /// file), every chunk verified; its runs of zeros are left as holes.
+    /// The error names the chunk that is missing or damaged.
     pub fn read_into(
         &self,
         v: &Version,
@@ -26,8 +27,14 @@ impl Store {
         let mut packs = PackReader::new(self);
         let mut buf = Vec::new();
         let mut w = std::io::BufWriter::with_capacity(1 << 20, out);
+        let write = |e| ReadError::Write { error: e };
         for c in &v.chunks.chunks {
             let chunk = c.hash;
+            if c.is_zero() {
+                w.seek(SeekFrom::Current(c.len as i64)).map_err(write)?;
+                progress(c.len as u64);
+                continue;
+            }
             let loc = chunks
                 .get(&c.hash.0)
                 .map_err(catalog)?
@@ -46,7 +53,9 @@ impl Store {
                 .map_err(|error| ReadError::Write { error })?;
             progress(len as u64);
         }
-        w.flush().map_err(|error| ReadError::Write { error })?;
+        w.flush().map_err(write)?;
+        // A content ending in a hole has nothing written there.
+        out.set_len(v.chunks.size()).map_err(write)?;
         Ok(())
     }
 

@@ -157,7 +157,7 @@ impl<'s> Saving<'s> {
         let mut rows = Vec::new();
         let mut seen = HashSet::new();
         for (off, c) in item.chunks.with_offsets() {
-            if !seen.insert(c.hash) || self.has(&c.hash)? {
+            if c.is_zero() || !seen.insert(c.hash) || self.has(&c.hash)? {
                 continue;
             }
             if !item.trusted {
@@ -182,7 +182,8 @@ impl<'s> Saving<'s> {
     fn copy_new_chunks(&mut self, item: &ToSave<'_>, file: &File) -> Result<(), Skip> {
         let mut pending: HashMap<Hash, Loc> = HashMap::new();
         for (off, c) in item.chunks.with_offsets() {
-            if pending.contains_key(&c.hash) || self.has(&c.hash)? {
+            // A run of zeros is not stored: it reads back as a hole.
+            if c.is_zero() || pending.contains_key(&c.hash) || self.has(&c.hash)? {
                 continue;
             }
             self.buf.resize(c.len as usize, 0);
@@ -251,7 +252,7 @@ impl<'s> Saving<'s> {
 fn new_bytes<E>(list: &ChunkList, mut has: impl FnMut(&Hash) -> Result<bool, E>) -> Result<u64, E> {
     let mut new = 0u64;
     let mut seen: HashSet<Hash> = HashSet::new();
-    for c in &list.chunks {
+    for c in list.chunks.iter().filter(|c| !c.is_zero()) {
         if seen.insert(c.hash) && !has(&c.hash)? {
             new += c.len as u64;
         }

@@ -80,6 +80,31 @@ fn versions_read_back_and_share_their_chunks() {
     );
 }
 
+/// Runs of zeros (a sparse file's holes) are not stored, and read back
+/// as holes. Small enough not to be taken whole, then large enough to be.
+#[test]
+fn runs_of_zeros_are_not_stored_and_come_back_as_holes() {
+    use std::os::unix::fs::MetadataExt;
+    for data_len in [300_000usize, 3 << 20] {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path().join("store").as_path()).unwrap();
+        let mut data = noise(data_len, 5);
+        data.resize(data_len + (16 << 20), 0);
+        data.extend(noise(70_000, 6));
+        data.resize(data.len() + (1 << 20), 0);
+        let id = save(&store, t.path(), "disk.img", &data);
+        assert!(
+            store.disk_usage() < data_len as u64 + (2 << 20),
+            "{} bytes stored for {data_len} of data",
+            store.disk_usage()
+        );
+        assert!(restore(&store, t.path(), id) == data);
+        let used = fs::metadata(t.path().join("restored")).unwrap().blocks() * 512;
+        assert!(used < data_len as u64 + (1 << 20), "{used} bytes on disk");
+        assert!(store.check().unwrap().is_empty());
+    }
+}
+
 #[test]
 fn a_file_that_no_longer_holds_its_content_is_not_saved() {
     let t = tempfile::tempdir().unwrap();

@@ -450,6 +450,53 @@ fn one_byte_change_sends_little(side: &str) {
     assert_same_tree(&a, &b);
 }
 
+/// A sparse file's holes never cross the session, either way, and the
+/// copy on the other side has them too (received into a part file, and
+/// into the stage).
+#[test]
+fn a_sparse_file_crosses_the_session_as_its_data_only() {
+    const MIB: u64 = 1 << 20;
+    let t = setup(&["A", "B"]);
+    let p = t.path();
+    let data = random_bytes(MIB as usize, 31);
+    make_sparse(
+        p.join("A/disk.img"),
+        512 * MIB,
+        &[(0, b"hdr"), (300 * MIB, &data)],
+    );
+    make_sparse(p.join("A/small.img"), 900_000, &[(800_000, b"tail")]);
+    let (r, j) = rsync_json(p, &["A", "host:B"]);
+    r.expect_code(0);
+    assert_clean(&r, &j);
+    assert!(
+        wire(&j) < 2 * MIB,
+        "{} bytes on the wire\n{}",
+        wire(&j),
+        r.stdout
+    );
+    for f in ["disk.img", "small.img"] {
+        let (a, b) = (p.join("A").join(f), p.join("B").join(f));
+        assert!(read(&a) == read(&b), "{f} differs");
+        assert!(
+            allocated(&b) <= allocated(&a) + 8 * 4096,
+            "{f}: {}",
+            allocated(&b)
+        );
+    }
+    // Back the other way, into an empty replica.
+    fs::create_dir(p.join("C")).unwrap();
+    let (r, j) = rsync_json(p, &["C", "host:B"]);
+    r.expect_code(0);
+    assert!(
+        wire(&j) < 2 * MIB,
+        "{} bytes on the wire\n{}",
+        wire(&j),
+        r.stdout
+    );
+    assert!(read(p.join("C/disk.img")) == read(p.join("A/disk.img")));
+    assert!(allocated(p.join("C/disk.img")) < 2 * MIB);
+}
+
 #[test]
 fn delta_transfer_of_a_local_change() {
     one_byte_change_sends_little("A");

@@ -328,7 +328,7 @@ impl Ctx<'_> {
     ) -> Result<bool, PathError> {
         let list = new.list;
         let (mut srcs, mut trusted) = self.chunk_sources(new, trust_old);
-        if self.copy_whole(f, &srcs, list.size(), built)? {
+        if self.copy_whole(f, &srcs, list, built)? {
             return Ok(true);
         }
         // One buffer of this list's largest chunk, never zeroed again (a
@@ -338,6 +338,19 @@ impl Ctx<'_> {
         let mut buf = vec![0u8; largest.min(weave_chunk::CHUNK_MAX) as usize];
         let mut out = Out::new(f, built.unnamed.is_none().then(|| built.temp.clone()));
         for (off, c) in list.with_offsets() {
+            if c.is_zero() {
+                // A run of zeros: a hole (the file is new, nothing is there).
+                if let Some(t) = &mut trusted {
+                    if !t.copy_run(&mut out) {
+                        return Ok(false);
+                    }
+                }
+                out.skip(c.len as u64)
+                    .map_err(PathError::io("cannot write"))?;
+                built.bytes_local += c.len as u64;
+                (self.progress)(c.len as u64);
+                continue;
+            }
             if c.len as usize > buf.len() {
                 return Err(PathError::ChunkTooLarge {
                     chunk: c.hash.short_hex(),
@@ -371,7 +384,8 @@ impl Ctx<'_> {
                 return Ok(false);
             }
         }
-        out.flush().map_err(PathError::io("cannot write"))?;
+        out.finish(list.size())
+            .map_err(PathError::io("cannot write"))?;
         Ok(trusted.is_none_or(|t| t.unchanged()))
     }
 
@@ -439,16 +453,18 @@ impl Ctx<'_> {
 
     /// The fast path: copies into `f`, by the kernel, the first of `srcs`
     /// that is a whole file whose stat proves it still holds the content
-    /// hashed earlier (`size` bytes). False if none is.
+    /// hashed earlier (`list`), all but its runs of zeros (holes). False
+    /// if none is.
     fn copy_whole(
         &self,
         f: &File,
         srcs: &[ChunkSource],
-        size: u64,
+        list: &ChunkList,
         built: &mut Built,
     ) -> Result<bool, PathError> {
+        let size = list.size();
         for s in srcs.iter().filter(|s| s.map.is_none() && s.stat.is_some()) {
-            if fast_copy(f, &s.path, s.stat.as_ref().expect("filtered"), size) {
+            if fast_copy(f, &s.path, s.stat.as_ref().expect("filtered"), list) {
                 built.count(s.local, size);
                 (self.progress)(size);
                 return Ok(true);

@@ -5,33 +5,54 @@
 //! mixed with those copies ([`Out`]), long runs through direct I/O.
 
 use super::open_read;
+use crate::sparse::{data_extents, write_sparse};
 use crate::util::{aligned_start, open_direct, same_stat, BLOCK};
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use weave_chunk::ChunkList;
 use weave_core::{Hash, Stat};
 
 /// Copies `src` whole into `dst` (both at offset 0) if `src` is still the
-/// file recorded in `expect`, before and after the copy. False if it is not
-/// (or the kernel cannot copy): the caller then reads and verifies chunks.
-pub(super) fn fast_copy(dst: &File, src: &Path, expect: &Stat, size: u64) -> bool {
+/// file recorded in `expect`, before and after the copy: the data runs of
+/// `list`, leaving holes at its runs of zeros. False if it is not (or the
+/// kernel cannot copy): the caller then reads and verifies chunks.
+pub(super) fn fast_copy(dst: &File, src: &Path, expect: &Stat, list: &ChunkList) -> bool {
+    let size = list.size();
     let Ok(sf) = open_read(src) else {
         return false;
     };
     let unchanged = |f: &File| {
         f.metadata()
-            .is_ok_and(|m| !expect.racy && same_stat(&m, expect) && m.len() == size)
+            .ok()
+            .filter(|m| !expect.racy && same_stat(m, expect) && m.len() == size)
     };
-    if !unchanged(&sf) {
+    let Some(m) = unchanged(&sf) else {
+        return false;
+    };
+    // A source with holes, or runs of zeros: only what holds data is
+    // copied, the rest stays holes.
+    let sparse = m.blocks() * 512 < size || list.has_zeros();
+    let runs = match sparse {
+        false => vec![(0, size)],
+        true => list
+            .data_runs()
+            .into_iter()
+            .flat_map(|(at, len)| data_extents(&sf, at, at + len))
+            .collect(),
+    };
+    for (at, len) in runs {
+        let (mut off_in, mut off_out) = (at, at);
+        if !copy_range(&sf, &mut off_in, dst, &mut off_out, len) {
+            return false;
+        }
+    }
+    if sparse && dst.set_len(size).is_err() {
         return false;
     }
-    let (mut off_in, mut off_out) = (0u64, 0u64);
-    if !copy_range(&sf, &mut off_in, dst, &mut off_out, size) {
-        return false;
-    }
-    unchanged(&sf)
+    unchanged(&sf).is_some()
 }
 
 /// Copies `len` bytes of `src` from offset `from` into `dst` at offset
@@ -127,6 +148,9 @@ pub(super) struct Out<'f> {
     /// The file opened for direct I/O, and an aligned buffer, once a long
     /// run needed them; None inside if the file system refuses.
     direct: Option<Option<(File, Vec<u8>)>>,
+    /// Where the last bytes written or copied end: the file is given its
+    /// length at the end if holes come after.
+    written_end: u64,
 }
 
 /// Runs of the old version at least this long, whose offsets in the old
@@ -145,6 +169,7 @@ impl<'f> Out<'f> {
             at: 0,
             path,
             direct: None,
+            written_end: 0,
         }
     }
 
@@ -158,17 +183,38 @@ impl<'f> Out<'f> {
             if n == 0 {
                 return self.flush();
             }
-            self.file.write_all_at(&self.buf[..n], self.at)?;
+            let end = write_sparse(self.file, &self.buf[..n], self.at)?;
+            self.written_end = self.written_end.max(end);
             self.at += n as u64;
             self.buf.drain(..n);
         }
         Ok(())
     }
 
+    /// Leaves the next `len` bytes unwritten: a hole in a new file.
+    pub(super) fn skip(&mut self, len: u64) -> std::io::Result<()> {
+        self.flush()?;
+        self.at += len;
+        Ok(())
+    }
+
+    /// Writes what is buffered and gives the file its `size` (a file
+    /// ending in a hole has nothing written there).
+    pub(super) fn finish(&mut self, size: u64) -> std::io::Result<()> {
+        self.flush()?;
+        if self.written_end < size {
+            self.file.set_len(size)?;
+        }
+        Ok(())
+    }
+
     pub(super) fn flush(&mut self) -> std::io::Result<()> {
-        self.file.write_all_at(&self.buf, self.at)?;
-        self.at += self.buf.len() as u64;
-        self.buf.clear();
+        if !self.buf.is_empty() {
+            let end = write_sparse(self.file, &self.buf, self.at)?;
+            self.written_end = self.written_end.max(end);
+            self.at += self.buf.len() as u64;
+            self.buf.clear();
+        }
         Ok(())
     }
 
@@ -244,7 +290,9 @@ impl<'f> Out<'f> {
     /// Appends `len` bytes of `src` from offset `from`, copied by the
     /// kernel.
     fn kernel_copy(&mut self, src: &File, mut from: u64, len: u64) -> bool {
-        copy_range(src, &mut from, self.file, &mut self.at, len)
+        let ok = copy_range(src, &mut from, self.file, &mut self.at, len);
+        self.written_end = self.written_end.max(self.at);
+        ok
     }
 }
 
@@ -318,5 +366,40 @@ mod tests {
             "{}",
             out.bytes_remote
         );
+    }
+
+    /// Data with runs of zeros in it: in the middle and at the end.
+    fn sparse_data() -> Vec<u8> {
+        let mut data = noise(200_000, 1);
+        data.resize(200_000 + (4 << 20), 0);
+        data.extend(noise(100_000, 2));
+        data.resize(data.len() + (1 << 20), 0);
+        data
+    }
+
+    #[test]
+    fn runs_of_zeros_become_holes_whether_copied_whole_or_chunk_by_chunk() {
+        let data = sparse_data();
+        let list = weave_chunk::chunk_bytes(&data);
+        assert!(list.has_zeros());
+        // Copied by the kernel (a source whose stat proves it), and read
+        // chunk by chunk (no stat).
+        for proven in [true, false] {
+            let (t, other) = (replica(), tempfile::tempdir().unwrap());
+            let (src, stat) = old_source(other.path(), &data);
+            let source = Src::new(vec![(&data, src, false, proven.then_some(stat))]);
+            let out = apply(t.path(), &[write_op("f", None, &data, 1)], &source, &|_| {});
+            assert!(out.issues.is_empty(), "{:?}", out.issues);
+            let f = t.path().join("f");
+            assert!(fs::read(&f).unwrap() == data, "proven {proven}");
+            // The 5 MiB of zeros are holes. A copy by the kernel writes the
+            // chunks at the edges of each run whole (its source has no
+            // holes); chunk by chunk, only the blocks that hold data.
+            let most = if proven { 600_000 } else { 320_000 };
+            let used = crate::sparse::allocated(&f);
+            assert!(used < most, "proven {proven}: {used} bytes allocated");
+            // Nothing of the holes came from the other replica.
+            assert!(out.bytes_remote <= 300_000 + 2 * weave_chunk::CHUNK_MAX as u64 || proven);
+        }
     }
 }

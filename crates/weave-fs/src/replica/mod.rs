@@ -531,7 +531,9 @@ impl LocalReplica {
                 && !tx.plan.parts.contains(c)
                 && lists.get(c).is_some_and(|l| {
                     l.chunks.iter().all(|ch| {
-                        tx.plan.to_stage.contains(&ch.hash) || tx.stage.contains(&ch.hash)
+                        ch.is_zero()
+                            || tx.plan.to_stage.contains(&ch.hash)
+                            || tx.stage.contains(&ch.hash)
                     })
                 })
         })

@@ -100,6 +100,7 @@ pub(super) fn plan_transfer(
         let missing: Vec<Hash> = list
             .chunks
             .iter()
+            .filter(|c| !c.is_zero())
             .map(|c| c.hash)
             .filter(|h| !old.contains(h) && !(has.staged)(h) && plan.to_stage.insert(*h))
             .filter(|h| asked.insert(*h))

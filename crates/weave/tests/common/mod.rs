@@ -398,6 +398,26 @@ pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// A sparse file of `size` bytes at `path`: holes, with `pieces` of data
+/// (offset, bytes) written into it, and an mtime in the past (its stat is
+/// trusted at once).
+pub fn make_sparse(path: impl AsRef<Path>, size: u64, pieces: &[(u64, &[u8])]) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::create(path.as_ref()).unwrap();
+    f.set_len(size).unwrap();
+    for (at, data) in pieces {
+        f.write_all_at(data, *at).unwrap();
+    }
+    drop(f);
+    set_mtime(path, at(1_600_000_000, 0));
+}
+
+/// Bytes a file takes on disk (its blocks).
+pub fn allocated(path: impl AsRef<Path>) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path.as_ref()).unwrap().blocks() * 512
+}
+
 /// A tree with a bit of everything a first copy must carry faithfully:
 /// nested and empty directories, a multi-chunk file, an empty file,
 /// symlinks (relative, dangling, to a directory), modes and exact mtimes.
