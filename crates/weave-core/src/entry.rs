@@ -1,6 +1,7 @@
 //! The replicated record: one entry per path.
 
 use crate::id::{Hash, ReplicaId};
+use crate::meta::Meta;
 use crate::vv::VersionVector;
 use serde::{Deserialize, Serialize};
 
@@ -63,12 +64,18 @@ pub struct Entry {
     pub vv: VersionVector,
     /// The replica whose change produced this version.
     pub origin: ReplicaId,
+    /// Owner and extended attributes, where any are kept (see
+    /// [`crate::meta`]); None: nothing beyond mode and mtime.
+    pub meta: Option<Box<Meta>>,
 }
 
 impl Entry {
     /// Same object and same metadata (the version vector aside).
     pub fn same_state(&self, other: &Entry) -> bool {
-        self.object == other.object && self.mode == other.mode && self.mtime_ns == other.mtime_ns
+        self.object == other.object
+            && self.mode == other.mode
+            && self.mtime_ns == other.mtime_ns
+            && self.meta == other.meta
     }
 
     /// Identical in every replicated field.

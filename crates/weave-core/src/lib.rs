@@ -13,6 +13,7 @@
 pub mod entry;
 pub mod id;
 pub mod ignore;
+pub mod meta;
 pub mod op;
 pub mod path;
 pub mod plan;
@@ -21,6 +22,7 @@ pub mod vv;
 
 pub use entry::{Entry, LocalEntry, Object, Stat};
 pub use id::{Hash, ReplicaId};
+pub use meta::{Meta, MetaScope, Owner, Xattr};
 pub use op::{Op, OpKind};
 pub use plan::{plan_tree, Bumper, Conflict, ConflictKind, Decision, TreePlan};
 pub use policy::{ConflictPolicy, PolicyError, PolicySpec};

@@ -316,6 +316,7 @@ pub fn plan_tree(
                 mtime_ns: 0,
                 vv,
                 origin: by,
+                meta: None,
             },
         );
         place_copies(&mut plan, copies, bumper);

@@ -51,6 +51,7 @@ pub(crate) fn merge_conflicts(
                     mtime_ns,
                     vv,
                     origin: by,
+                    meta: win.meta.clone(),
                 };
                 for p in &c.copies {
                     plan.finals.remove(p);

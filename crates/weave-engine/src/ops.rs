@@ -35,6 +35,7 @@ pub fn derive(entries: &BTreeMap<String, LocalEntry>, finals: &BTreeMap<String, 
                     mtime_ns: 0,
                     vv: c.entry.vv.clone(),
                     origin: c.entry.origin,
+                    meta: None,
                 },
             })
         };

@@ -292,6 +292,7 @@ fn backup_extras(
                 mode: 0,
                 mtime_ns: 0,
                 vv: VersionVector::new(),
+                meta: None,
                 ..le.entry.clone()
             };
             (p.clone(), e)
@@ -574,6 +575,7 @@ mod tests {
                     mtime_ns: 1,
                     vv: VersionVector::from_pairs(vec![(ReplicaId(id), counter)]),
                     origin: ReplicaId(id),
+                    meta: None,
                 };
                 let le = LocalEntry {
                     entry,

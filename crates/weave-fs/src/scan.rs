@@ -304,6 +304,7 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
                 mtime_ns,
                 vv,
                 origin: id,
+                meta: None,
             },
             seq: index.next_seq(),
             stat,

@@ -20,11 +20,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 use weave_chunk::ChunkList;
-use weave_core::{Entry, Hash, LocalEntry, Object, ReplicaId, Stat, VersionVector};
+use weave_core::{Entry, Hash, LocalEntry, Meta, Object, ReplicaId, Stat, VersionVector};
 
 /// Version of the index layout. Bump on any incompatible change; an index
 /// with a newer version is refused, never rewritten.
-pub const FORMAT_VERSION: u64 = 2;
+pub const FORMAT_VERSION: u64 = 3;
 pub const INDEX_FILE: &str = "index.redb";
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -185,13 +185,48 @@ struct StoredEntry {
     origin: ReplicaId,
     seq: u64,
     stat: Option<Stat>,
+    /// Since format 3.
+    meta: Option<Box<Meta>>,
+}
+
+/// An entry as formats 1 and 2 stored it (no metadata beyond the mode).
+#[derive(Deserialize)]
+struct StoredEntryV2 {
+    object: Object,
+    mode: u32,
+    mtime_ns: i64,
+    vv: VersionVector,
+    origin: ReplicaId,
+    seq: u64,
+    stat: Option<Stat>,
+}
+
+impl StoredEntry {
+    /// A stored entry of any format: entries written before format 3 are
+    /// read as they are (they are rewritten only when they change).
+    fn decode(bytes: &[u8]) -> postcard::Result<StoredEntry> {
+        match postcard::from_bytes::<StoredEntry>(bytes) {
+            Ok(s) => Ok(s),
+            Err(e) => match postcard::from_bytes::<StoredEntryV2>(bytes) {
+                Ok(o) => Ok(StoredEntry {
+                    object: o.object,
+                    mode: o.mode,
+                    mtime_ns: o.mtime_ns,
+                    vv: o.vv,
+                    origin: o.origin,
+                    seq: o.seq,
+                    stat: o.stat,
+                    meta: None,
+                }),
+                Err(_) => Err(e),
+            },
+        }
+    }
 }
 
 /// The sequence number of a stored entry.
 fn stored_seq(bytes: &[u8]) -> Option<u64> {
-    postcard::from_bytes::<StoredEntry>(bytes)
-        .ok()
-        .map(|s| s.seq)
+    StoredEntry::decode(bytes).ok().map(|s| s.seq)
 }
 
 /// Changes to write in one transaction.
@@ -328,8 +363,10 @@ impl Index {
                 idx.clock = meta.get("clock").copied().unwrap_or(0);
                 idx.seq = meta.get("seq").copied().unwrap_or(0);
                 idx.ignore_fp = meta.get("ignore_fp").copied();
-                if meta.get("format") == Some(&1) {
-                    idx.upgrade_from_1()?;
+                match meta.get("format") {
+                    Some(&1) => idx.upgrade_from_1()?,
+                    Some(&2) => idx.upgrade_from_2()?,
+                    _ => {}
                 }
                 idx.check_root(&meta)?;
             }
@@ -442,6 +479,23 @@ impl Index {
         &self.path
     }
 
+    /// An index of format 2 is of format 3 as it is (its entries have no
+    /// metadata beyond modes, and are read as such): it only takes the new
+    /// number, so that an older weave, which would drop the metadata of
+    /// entries written from now on, refuses it. Left as it is read-only.
+    fn upgrade_from_2(&mut self) -> Result<(), IndexError> {
+        let Some(db) = self.db.as_ref().filter(|_| self.writable) else {
+            return Ok(());
+        };
+        let tx = db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            let mut t = tx.open_table(META).map_err(|e| self.db_err(e))?;
+            t.insert("format", FORMAT_VERSION)
+                .map_err(|e| self.db_err(e))?;
+        }
+        tx.commit().map_err(|e| self.db_err(e))
+    }
+
     /// An index of format 1 gets its `by_seq` table, in one transaction
     /// with the new format number; opened read-only, it is left as it is
     /// (and asked the slow way).
@@ -459,7 +513,7 @@ impl Index {
                 .map_err(|e| self.db_err(e))?;
         }
         tx.commit().map_err(|e| self.db_err(e))?;
-        tracing::info!(index = %self.path.display(), entries = n, "index upgraded to format 2 (entries by sequence number)");
+        tracing::info!(index = %self.path.display(), entries = n, "index upgraded to format 3 (entries by sequence number)");
         Ok(())
     }
 
@@ -604,7 +658,7 @@ impl Index {
     }
 
     fn decode_entry(&self, path: String, bytes: &[u8]) -> Result<LocalEntry, IndexError> {
-        let s: StoredEntry = postcard::from_bytes(bytes)
+        let s = StoredEntry::decode(bytes)
             .map_err(|e| self.corrupt(format!("entry {path:?} does not decode: {e}")))?;
         Ok(LocalEntry {
             entry: Entry {
@@ -614,6 +668,7 @@ impl Index {
                 mtime_ns: s.mtime_ns,
                 vv: s.vv,
                 origin: s.origin,
+                meta: s.meta,
             },
             seq: s.seq,
             stat: s.stat,
@@ -767,6 +822,7 @@ impl Index {
                     origin: le.entry.origin,
                     seq: le.seq,
                     stat: le.stat,
+                    meta: le.entry.meta.clone(),
                 };
                 buf.clear();
                 let bytes = postcard::to_extend(&s, std::mem::take(&mut buf))

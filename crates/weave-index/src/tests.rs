@@ -9,6 +9,7 @@ fn entry(path: &str) -> LocalEntry {
             mtime_ns: 0,
             vv: VersionVector::from_pairs(vec![(ReplicaId(5), 3)]),
             origin: ReplicaId(5),
+            meta: None,
         },
         seq: 1,
         stat: None,
@@ -226,4 +227,64 @@ fn an_index_of_format_1_gets_its_table_of_changes_when_opened() {
     assert_eq!(idx.read_meta().unwrap()["format"], FORMAT_VERSION);
     assert_eq!(keys(&idx.changed_since(0).unwrap()), ["a", "b"]);
     assert_eq!(keys(&idx.changed_since(1).unwrap()), ["b"]);
+}
+
+/// Entries carry their owner and extended attributes; entries an index of
+/// format 2 wrote (without them) are read as they are, and the index takes
+/// format 3 when opened for writing.
+#[test]
+fn metadata_is_kept_and_entries_of_format_2_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join(".weave");
+    let mut with_meta = entry("m");
+    with_meta.entry.meta = Some(Box::new(Meta {
+        owner: Some(weave_core::Owner {
+            uid: 7,
+            gid: 8,
+            user: Some("ann".into()),
+            group: None,
+        }),
+        xattrs: vec![weave_core::Xattr {
+            name: "user.color".into(),
+            value: b"blue".to_vec(),
+        }],
+    }));
+    {
+        let mut idx = Index::open(&state).unwrap();
+        write(&mut idx, vec![with_meta.clone()]);
+        // An entry as format 2 wrote it, and that format's number.
+        #[derive(Serialize)]
+        struct V2 {
+            object: Object,
+            mode: u32,
+            mtime_ns: i64,
+            vv: VersionVector,
+            origin: ReplicaId,
+            seq: u64,
+            stat: Option<Stat>,
+        }
+        let old = entry("old");
+        let bytes = postcard::to_stdvec(&V2 {
+            object: old.entry.object.clone(),
+            mode: old.entry.mode,
+            mtime_ns: old.entry.mtime_ns,
+            vv: old.entry.vv.clone(),
+            origin: old.entry.origin,
+            seq: old.seq,
+            stat: old.stat,
+        })
+        .unwrap();
+        let db = idx.db.as_ref().unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(ENTRIES)
+            .unwrap()
+            .insert("old", bytes.as_slice())
+            .unwrap();
+        tx.open_table(META).unwrap().insert("format", 2).unwrap();
+        tx.commit().unwrap();
+    }
+    let idx = Index::open(&state).unwrap();
+    assert_eq!(idx.read_meta().unwrap()["format"], FORMAT_VERSION);
+    assert_eq!(idx.entry("m").unwrap(), Some(with_meta));
+    assert_eq!(idx.entry("old").unwrap(), Some(entry("old")));
 }

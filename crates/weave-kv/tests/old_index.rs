@@ -53,6 +53,7 @@ fn write_old_index(dir: &Path) {
                 mtime_ns: r.mtime_ns,
                 vv,
                 origin: id,
+                meta: None,
             },
             seq: index.next_seq(),
             stat: Some(old_stat(&r)),

@@ -149,6 +149,7 @@ mod tests {
             mtime_ns: 0,
             vv: VersionVector::from_pairs(vec![(ReplicaId(1), counter)]),
             origin: ReplicaId(1),
+            meta: None,
         }
     }
 

@@ -100,6 +100,7 @@ fn entry(path: &str, object: Object) -> Entry {
         mtime_ns: 1_600_000_000_000_000_000,
         vv: VersionVector::from_pairs(vec![(ReplicaId(FAKE_ID), 3)]),
         origin: ReplicaId(FAKE_ID),
+        meta: None,
     }
 }
 

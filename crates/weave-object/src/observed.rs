@@ -90,6 +90,7 @@ mod tests {
                 mtime_ns: 5,
                 vv: VersionVector::default(),
                 origin: ReplicaId(1),
+                meta: None,
             },
             seq: 1,
             stat,

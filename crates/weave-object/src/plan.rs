@@ -202,6 +202,7 @@ mod tests {
             mtime_ns: 5,
             vv: VersionVector::default(),
             origin: ReplicaId(2),
+            meta: None,
         }
     }
 

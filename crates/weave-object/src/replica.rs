@@ -250,6 +250,7 @@ impl<S: ObjectStore> Replica for ObjectReplica<S> {
                     mtime_ns,
                     vv,
                     origin: id,
+                    meta: None,
                 },
                 seq: self.index.next_seq(),
                 stat,

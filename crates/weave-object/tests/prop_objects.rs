@@ -477,6 +477,7 @@ fn names_that_are_not_one_component_are_never_written() {
             mtime_ns: 0,
             vv: vv.clone(),
             origin: ReplicaId(7),
+            meta: None,
         },
     };
     let applied = rep

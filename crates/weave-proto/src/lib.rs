@@ -22,10 +22,11 @@ use thiserror::Error;
 
 /// The protocol this build speaks. Version 2: a tombstone may carry an
 /// empty version vector (what a backup records where no source holds
-/// anything), which version 1 refuses.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// anything), which version 1 refuses. Version 3: entries carry their
+/// owner and extended attributes, which version 2 would drop.
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The oldest protocol version this build can still talk to.
-pub const MIN_PROTOCOL_VERSION: u32 = 2;
+pub const MIN_PROTOCOL_VERSION: u32 = 3;
 
 /// Limits on what a peer may send.
 pub mod limits {

@@ -192,6 +192,32 @@ pub struct WireEntry {
     /// The sender's local sequence number of this entry.
     #[prost(uint64, tag = "10")]
     pub seq: u64,
+    /// Owner, where one is kept (protocol 3).
+    #[prost(message, optional, tag = "11")]
+    pub owner: Option<WireOwner>,
+    /// Extended attributes, sorted by name (protocol 3).
+    #[prost(message, repeated, tag = "12")]
+    pub xattrs: Vec<WireXattr>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WireOwner {
+    #[prost(uint32, tag = "1")]
+    pub uid: u32,
+    #[prost(uint32, tag = "2")]
+    pub gid: u32,
+    #[prost(string, optional, tag = "3")]
+    pub user: Option<String>,
+    #[prost(string, optional, tag = "4")]
+    pub group: Option<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WireXattr {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub value: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

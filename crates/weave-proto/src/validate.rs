@@ -2,9 +2,11 @@
 //! is used before it passed through here.
 
 use crate::limits::{MAX_ENTRIES, MAX_HASHES, MAX_PATH, MAX_VV};
-use crate::msg::{ChunkData, ChunkRequest, IndexBatch, Kind, VvPair, WireEntry};
+use crate::msg::{
+    ChunkData, ChunkRequest, IndexBatch, Kind, VvPair, WireEntry, WireOwner, WireXattr,
+};
 use crate::ProtoError;
-use weave_core::{Entry, Hash, Object, ReplicaId, VersionVector};
+use weave_core::{Entry, Hash, Meta, Object, Owner, ReplicaId, VersionVector, Xattr};
 
 fn invalid(peer: &str, detail: impl Into<String>) -> ProtoError {
     ProtoError::Invalid {
@@ -46,7 +48,59 @@ pub fn entry_to_wire(e: &Entry, seq: u64) -> WireEntry {
             .collect(),
         origin: e.origin.0,
         seq,
+        owner: e
+            .meta
+            .as_ref()
+            .and_then(|m| m.owner.as_ref())
+            .map(|o| WireOwner {
+                uid: o.uid,
+                gid: o.gid,
+                user: o.user.clone(),
+                group: o.group.clone(),
+            }),
+        xattrs: e
+            .meta
+            .iter()
+            .flat_map(|m| &m.xattrs)
+            .map(|x| WireXattr {
+                name: x.name.clone(),
+                value: x.value.clone(),
+            })
+            .collect(),
     }
+}
+
+/// A received entry's owner and extended attributes, checked (I-6).
+fn meta_from_wire(
+    owner: Option<WireOwner>,
+    xattrs: Vec<WireXattr>,
+    peer: &str,
+    p: &str,
+) -> Result<Option<Box<Meta>>, ProtoError> {
+    if xattrs.len() > weave_core::meta::XATTRS_MAX {
+        return Err(invalid(
+            peer,
+            format!("{} extended attributes on {p:?}", xattrs.len()),
+        ));
+    }
+    let meta = Meta {
+        owner: owner.map(|o| Owner {
+            uid: o.uid,
+            gid: o.gid,
+            user: o.user,
+            group: o.group,
+        }),
+        xattrs: xattrs
+            .into_iter()
+            .map(|x| Xattr {
+                name: x.name,
+                value: x.value,
+            })
+            .collect(),
+    };
+    meta.validate()
+        .map_err(|e| invalid(peer, format!("{e}, on {p:?}")))?;
+    Ok(meta.boxed())
 }
 
 /// A received entry, checked: a relative, normalized path outside any
@@ -129,6 +183,7 @@ pub fn entry_from_wire(w: WireEntry, peer: &str) -> Result<(Entry, u64), ProtoEr
         }
         pairs.push((ReplicaId(v.replica), v.counter));
     }
+    let meta = meta_from_wire(w.owner, w.xattrs, peer, p)?;
     Ok((
         Entry {
             path: w.path,
@@ -137,6 +192,7 @@ pub fn entry_from_wire(w: WireEntry, peer: &str) -> Result<(Entry, u64), ProtoEr
             mtime_ns: w.mtime_ns,
             vv: VersionVector::from_pairs(pairs),
             origin: ReplicaId(w.origin),
+            meta,
         },
         w.seq,
     ))
@@ -322,6 +378,7 @@ mod tests {
             mtime_ns: -5,
             vv: VersionVector::from_pairs(vec![(ReplicaId(3), 9), (ReplicaId(1), 2)]),
             origin: ReplicaId(3),
+            meta: None,
         }
     }
 
@@ -352,6 +409,21 @@ mod tests {
                 vv: VersionVector::new(),
                 ..file("never-held")
             },
+            Entry {
+                meta: Some(Box::new(Meta {
+                    owner: Some(Owner {
+                        uid: 1000,
+                        gid: 100,
+                        user: Some("ann".into()),
+                        group: None,
+                    }),
+                    xattrs: vec![Xattr {
+                        name: "user.color".into(),
+                        value: b"blue\0".to_vec(),
+                    }],
+                })),
+                ..file("with-meta")
+            },
         ] {
             let (back, seq) = entry_from_wire(entry_to_wire(&e, 42), "p").unwrap();
             assert_eq!(back, e);
@@ -379,6 +451,13 @@ mod tests {
         }
     }
 
+    fn xattr(name: &str, len: usize) -> WireXattr {
+        WireXattr {
+            name: name.into(),
+            value: vec![7; len],
+        }
+    }
+
     #[test]
     fn inconsistent_entries_are_refused() {
         let ok = entry_to_wire(&file("f"), 1);
@@ -400,6 +479,23 @@ mod tests {
                 w.kind = Kind::Symlink as i32;
                 w.size = 0;
                 w.content.clear();
+            }),
+            // Hostile extended attributes: huge, unnamed, unsorted, too many.
+            Box::new(|w| w.xattrs = vec![xattr("user.big", 70_000)]),
+            Box::new(|w| w.xattrs = vec![xattr("", 1)]),
+            Box::new(|w| w.xattrs = vec![xattr("user.b", 1), xattr("user.a", 1)]),
+            Box::new(|w| {
+                w.xattrs = (0..2000)
+                    .map(|i| xattr(&format!("user.{i:05}"), 0))
+                    .collect()
+            }),
+            Box::new(|w| {
+                w.owner = Some(WireOwner {
+                    uid: 0,
+                    gid: 0,
+                    user: Some("x".repeat(300)),
+                    group: None,
+                })
             }),
         ];
         for (i, mutate) in cases.iter().enumerate() {

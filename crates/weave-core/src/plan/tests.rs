@@ -21,6 +21,7 @@ fn file(path: &str, content: u8, mtime: i64, origin: ReplicaId, v: VersionVector
         mtime_ns: mtime,
         vv: v,
         origin,
+        meta: None,
     }
 }
 
@@ -143,6 +144,7 @@ fn deleted_directory_is_restored_when_a_child_was_modified() {
         mtime_ns: 0,
         vv: vv(&[(A, 1)]),
         origin: A,
+        meta: None,
     };
     let dir_a = Entry {
         vv: vv(&[(A, 3)]),
@@ -174,6 +176,7 @@ fn file_replacing_a_directory_is_kept_beside_it_when_a_child_changed() {
         mtime_ns: 0,
         vv: vv(&[(A, 1)]),
         origin: A,
+        meta: None,
     };
     let file_a = file("d", 9, 50, A, vv(&[(A, 3)]));
     let child_b = file("d/f", 2, 10, B, vv(&[(A, 2), (B, 1)]));
@@ -222,6 +225,7 @@ fn arb_entry() -> impl Strategy<Value = Entry> {
             mtime_ns: mtime,
             vv: VersionVector::from_pairs(pairs),
             origin,
+            meta: None,
         })
 }
 
@@ -306,6 +310,7 @@ fn a_second_copy_with_the_same_name_does_not_replace_the_first() {
         mtime_ns: 0,
         vv: vv(&[(B, 1)]),
         origin: B,
+        meta: None,
     };
     let file_a = file("d", 2, 0, A, vv(&[(A, 5)]));
     let mut by_path: BTreeMap<&str, Vec<(ReplicaId, &Entry)>> = BTreeMap::new();

@@ -221,6 +221,7 @@ impl World {
                 mtime_ns: self.mtime,
                 vv,
                 origin: st.info.id,
+                meta: None,
             },
             seq: st.info.seq,
             stat: None,

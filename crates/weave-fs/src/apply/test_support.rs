@@ -50,6 +50,7 @@ pub(super) fn file_entry(path: &str, data: &[u8], counter: u64) -> Entry {
         mtime_ns: 1_600_000_000_000_000_000,
         vv: VersionVector::from_pairs(vec![(ReplicaId(1), counter)]),
         origin: ReplicaId(1),
+        meta: None,
     }
 }
 

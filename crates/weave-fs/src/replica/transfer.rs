@@ -416,6 +416,7 @@ pub(super) mod tests {
             mtime_ns: 0,
             vv: VersionVector::from_pairs(vec![(ReplicaId(1), 1)]),
             origin: ReplicaId(1),
+            meta: None,
         }
     }
 

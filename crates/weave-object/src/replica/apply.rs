@@ -439,6 +439,7 @@ mod tests {
                 mtime_ns: 9,
                 vv,
                 origin: ReplicaId(99),
+                meta: None,
             },
         };
         let foreign = Foreign {
