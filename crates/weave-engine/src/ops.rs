@@ -43,7 +43,8 @@ pub fn derive(entries: &BTreeMap<String, LocalEntry>, finals: &BTreeMap<String, 
             (Object::Deleted, Some(_)) => ops.push(op(OpKind::Remove, cur)),
             (Object::Deleted, None) => ops.push(op(OpKind::Record, cur)),
             (Object::Dir, Some(Object::Dir)) => {
-                let kind = if cur.is_some_and(|c| c.entry.mode != f.mode) {
+                let kind = if cur.is_some_and(|c| c.entry.mode != f.mode || c.entry.meta != f.meta)
+                {
                     OpKind::SetMeta
                 } else {
                     OpKind::Record
@@ -58,7 +59,10 @@ pub fn derive(entries: &BTreeMap<String, LocalEntry>, finals: &BTreeMap<String, 
             (Object::File { content, .. }, Some(Object::File { content: old, .. })) => {
                 let c = live.unwrap();
                 if content == old {
-                    let kind = if c.entry.mode != f.mode || c.entry.mtime_ns != f.mtime_ns {
+                    let kind = if c.entry.mode != f.mode
+                        || c.entry.mtime_ns != f.mtime_ns
+                        || c.entry.meta != f.meta
+                    {
                         OpKind::SetMeta
                     } else {
                         OpKind::Record
@@ -69,10 +73,12 @@ pub fn derive(entries: &BTreeMap<String, LocalEntry>, finals: &BTreeMap<String, 
                 }
             }
             (Object::Symlink { target }, Some(Object::Symlink { target: old })) => {
-                let kind = if target == old {
-                    OpKind::Record
-                } else {
+                let kind = if target != old {
                     OpKind::WriteSymlink
+                } else if live.is_some_and(|c| c.entry.meta != f.meta) {
+                    OpKind::SetMeta
+                } else {
+                    OpKind::Record
                 };
                 ops.push(op(kind, cur));
             }

@@ -17,6 +17,7 @@
 pub mod apply;
 pub mod ignore;
 mod kind;
+pub mod meta;
 mod replica;
 pub mod scan;
 pub mod sparse;

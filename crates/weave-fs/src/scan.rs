@@ -7,7 +7,7 @@
 use crate::util::{is_temp_name, join, same_stat, stat_of, stat_of_raw, FsIssue};
 use rayon::prelude::*;
 use rustix::fs::{AtFlags, Dir, Mode, OFlags};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use weave_chunk::{chunk_reader_with, ChunkList};
 use weave_core::ignore::Matcher;
 use weave_core::path::STATE_DIR;
-use weave_core::{Entry, Object};
+use weave_core::{Entry, Meta, MetaScope, Object};
 use weave_core::{LocalEntry, Stat};
 use weave_index::{Index, IndexError, ScanCursor, ScanRecord};
 
@@ -221,10 +221,19 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
         gone,
         to_hash,
         mut updates,
+        dirs_kept,
         ..
     } = w;
+    let names = crate::meta::Names::default();
+    // What this replica keeps of a path's owner and attributes, over what
+    // its index had (the rest passes through).
+    let meta_of = |rel: &str, before: Option<&Meta>| -> Option<Box<Meta>> {
+        extra_of(&join(root, rel), before, &names)
+    };
     let mut blocked = blocked;
     let mut stat_only: Vec<(String, Stat)> = Vec::new();
+    // The metadata of the files read above, for their updates.
+    let mut metas: HashMap<String, Option<Box<Meta>>> = HashMap::new();
 
     // Largest first, one file per work unit: big files spread over the
     // cores instead of queueing behind each other.
@@ -251,14 +260,17 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
                     content: list.content_id(),
                 };
                 let prev = index.entry(&rel)?;
+                let meta = meta_of(&rel, prev.as_ref().and_then(|p| p.entry.meta.as_deref()));
                 let same_state = prev.as_ref().is_some_and(|p| {
                     p.entry.object == object
                         && p.entry.mode == st.mode
                         && p.entry.mtime_ns == st.mtime_ns
+                        && p.entry.meta == meta
                 });
                 if same_state {
                     stat_only.push((rel, st));
                 } else {
+                    metas.insert(rel.clone(), meta);
                     updates.push((rel, object, st.mode, st.mtime_ns, Some(st)));
                 }
                 out.contents.push(list);
@@ -285,6 +297,15 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
         updates.push((p, Object::Deleted, 0, 0, None));
     }
 
+    // Directories whose owner or attributes alone changed.
+    for rel in dirs_kept {
+        if let Some(prev) = index.entry(&rel)? {
+            let meta = meta_of(&rel, prev.entry.meta.as_deref());
+            if meta != prev.entry.meta {
+                updates.push((rel, Object::Dir, prev.entry.mode, 0, None));
+            }
+        }
+    }
     let id = index.id();
     for (rel, st) in stat_only {
         if let Some(mut le) = index.entry(&rel)? {
@@ -293,7 +314,13 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
         }
     }
     for (rel, object, mode, mtime_ns, stat) in updates {
-        let mut vv = index.entry(&rel)?.map(|p| p.entry.vv).unwrap_or_default();
+        let prev = index.entry(&rel)?;
+        let meta = match (&object, metas.remove(&rel)) {
+            (Object::Deleted, _) => None,
+            (_, Some(m)) => m,
+            _ => meta_of(&rel, prev.as_ref().and_then(|p| p.entry.meta.as_deref())),
+        };
+        let mut vv = prev.map(|p| p.entry.vv).unwrap_or_default();
         index.observe(vv.get(id));
         vv.bump(id, index.tick());
         let le = LocalEntry {
@@ -304,7 +331,7 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
                 mtime_ns,
                 vv,
                 origin: id,
-                meta: None,
+                meta,
             },
             seq: index.next_seq(),
             stat,
@@ -315,6 +342,34 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
 }
 
 type Update = (String, Object, u32, i64, Option<Stat>);
+
+/// The owner and extended attributes a replica records for the path
+/// `full`: what it keeps of them as they are on disk, and from `before`
+/// (what its index had) the rest (see [`Meta::observed_over`]).
+fn extra_of(full: &Path, before: Option<&Meta>, names: &crate::meta::Names) -> Option<Box<Meta>> {
+    let scope = crate::meta::scope();
+    if !scope.any() {
+        return before.cloned().map(Box::new);
+    }
+    let Ok(m) = fs::symlink_metadata(full) else {
+        return before.cloned().map(Box::new);
+    };
+    let (seen, known) = crate::meta::read(full, &m, scope, names);
+    // Attributes the file system could not tell (none kept there, or a
+    // symlink's) pass through like those of namespaces not kept.
+    let kept;
+    let scope = match known {
+        true => scope,
+        false => {
+            kept = MetaScope {
+                namespaces: Vec::new(),
+                ..scope.clone()
+            };
+            &kept
+        }
+    };
+    Meta::observed_over(seen, before, scope).boxed()
+}
 
 /// What a scan limited to `paths` looks at, in path order: each path with
 /// its subtree (true), and each of its ancestors alone (false). None when
@@ -359,6 +414,9 @@ struct Walker<'a> {
     gone: Vec<String>,
     to_hash: Vec<(String, Stat)>,
     updates: Vec<Update>,
+    /// Directories whose mode did not change: their owner and extended
+    /// attributes are compared with the index's once the walk is done.
+    dirs_kept: Vec<String>,
 }
 
 /// One directory entry, as read.
@@ -377,6 +435,7 @@ impl<'a> Walker<'a> {
             gone: Vec::new(),
             to_hash: Vec::new(),
             updates: Vec::new(),
+            dirs_kept: Vec::new(),
         }
     }
 
@@ -632,6 +691,8 @@ impl<'a> Walker<'a> {
             let mode = c.raw.st_mode & 0o777;
             if !matches!(prev, Some(ScanRecord::Dir { mode: m }) if m == mode) {
                 self.updates.push((rel, Object::Dir, mode, 0, None));
+            } else if crate::meta::scope().any() {
+                self.dirs_kept.push(rel);
             }
         } else if ft.is_file() {
             let st = stat_of_raw(&c.raw);

@@ -39,6 +39,9 @@ pub struct NetOptions {
     pub remote_weave: Option<String>,
     /// Bytes per second, per remote.
     pub bwlimit: Option<u64>,
+    /// Options for the remote `weave serve` (what it keeps of owners and
+    /// extended attributes), each a shell-safe word.
+    pub serve_args: Vec<String>,
 }
 
 pub struct RemoteReplica {
@@ -86,21 +89,21 @@ impl RemoteReplica {
             ));
         };
         let remote_weave = net.remote_weave.clone().unwrap_or_else(|| "weave".into());
+        let serve: String = std::iter::once("serve --stdio".to_string())
+            .chain(net.serve_args.iter().map(|a| shell_quote(a)))
+            .collect::<Vec<_>>()
+            .join(" ");
         let mut cmd = Command::new(prog);
         cmd.args(args);
         if let Some(p) = spec.port {
             cmd.arg("-p").arg(p.to_string());
         }
         cmd.arg(&spec.host)
-            .arg(format!("{} serve --stdio", shell_quote(&remote_weave)))
+            .arg(format!("{} {serve}", shell_quote(&remote_weave)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let shown = format!(
-            "{rsh} {} {} serve --stdio",
-            spec.host,
-            shell_quote(&remote_weave)
-        );
+        let shown = format!("{rsh} {} {} {serve}", spec.host, shell_quote(&remote_weave));
         let mut child = cmd.spawn().map_err(|why| SessionError::CannotRun {
             display: spec.display.clone(),
             shown: shown.clone(),

@@ -229,6 +229,86 @@ struct ServeArgs {
     /// Speak weave's protocol on stdin and stdout.
     #[arg(long, required = true)]
     stdio: bool,
+
+    #[command(flatten)]
+    keep: KeepArgs,
+}
+
+/// What a sync keeps besides content, modes and mtimes.
+#[derive(clap::Args, Clone)]
+struct KeepArgs {
+    /// Extended attributes to keep, by namespace: a comma-separated list
+    /// of user, trusted, security (SELinux labels, capabilities) and
+    /// system (POSIX ACLs), or none. Default: user; run as root, all four.
+    #[arg(long, value_name = "NAMESPACES", value_parser = parse_namespaces)]
+    xattrs: Option<Namespaces>,
+
+    /// Do not keep owners, even when run as root (as root they are kept
+    /// by default, as rsync -a does).
+    #[arg(long)]
+    no_owner: bool,
+
+    /// Keep owners by their numeric ids, not by user and group name.
+    #[arg(long)]
+    numeric_ids: bool,
+}
+
+impl KeepArgs {
+    /// What the replicas of this process keep.
+    fn scope(&self) -> weave_core::MetaScope {
+        let mut s = weave_fs::meta::default_scope();
+        if let Some(ns) = &self.xattrs {
+            s.namespaces = ns.0.clone();
+        }
+        s.owner &= !self.no_owner;
+        s.numeric_ids = self.numeric_ids;
+        s
+    }
+
+    /// The same choice, for a remote `weave serve` (which applies it
+    /// with its own powers: owners only where it runs as root).
+    fn serve_args(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if let Some(Namespaces(ns)) = &self.xattrs {
+            let list = if ns.is_empty() {
+                "none".to_string()
+            } else {
+                ns.join(",")
+            };
+            v.push(format!("--xattrs={list}"));
+        }
+        if self.no_owner {
+            v.push("--no-owner".into());
+        }
+        if self.numeric_ids {
+            v.push("--numeric-ids".into());
+        }
+        v
+    }
+}
+
+/// Extended attribute namespaces (empty: none).
+#[derive(Clone)]
+struct Namespaces(Vec<String>);
+
+/// A list of extended attribute namespaces, or "none".
+fn parse_namespaces(s: &str) -> Result<Namespaces, String> {
+    if s == "none" {
+        return Ok(Namespaces(Vec::new()));
+    }
+    let known = ["user", "trusted", "security", "system"];
+    let mut out: Vec<String> = Vec::new();
+    for ns in s.split(',').map(str::trim) {
+        if !known.contains(&ns) {
+            return Err(format!(
+                "unknown namespace {ns:?}: give a comma-separated list of user, trusted, security and system, or none"
+            ));
+        }
+        if !out.iter().any(|n| n == ns) {
+            out.push(ns.to_string());
+        }
+    }
+    Ok(Namespaces(out))
 }
 
 #[derive(clap::Args)]
@@ -290,6 +370,9 @@ struct SyncArgs {
     /// Print nothing but errors and conflicts.
     #[arg(short, long)]
     quiet: bool,
+
+    #[command(flatten)]
+    keep: KeepArgs,
 }
 
 /// A rate: KiB/s, or with a K, M or G suffix (powers of 1024).
@@ -333,7 +416,10 @@ pub fn run() -> ExitCode {
     let cd = &cli.config;
     match cli.command {
         Command::Sync(args) => sync(args),
-        Command::Serve(_) => serve(),
+        Command::Serve(a) => {
+            weave_fs::meta::set_scope(a.keep.scope());
+            serve()
+        }
         Command::Kv(c) => done(match c {
             KvCommand::Put { store, key, value } => crate::kv::put(&store, &key, value),
             KvCommand::Get { store, key } => crate::kv::get(&store, &key),
@@ -400,10 +486,12 @@ fn done(r: anyhow::Result<bool>) -> ExitCode {
 }
 
 fn sync(args: SyncArgs) -> ExitCode {
+    weave_fs::meta::set_scope(args.keep.scope());
     let net = weave_net::NetOptions {
         rsh: args.rsh,
         remote_weave: args.remote_weave,
         bwlimit: args.bwlimit,
+        serve_args: args.keep.serve_args(),
     };
     let opts = SyncOptions {
         policy: args.conflict,

@@ -93,3 +93,162 @@ fn runs_of_written_zeros_arrive_as_holes() {
     let used = allocated(p.join("B/zeros.bin"));
     assert!(used < MIB, "{used} bytes on disk for 120 kB of data");
 }
+
+// ---------------------------------------------------------------------------
+// Extended attributes and owners.
+// ---------------------------------------------------------------------------
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    rustix::fs::lsetxattr(path, name, value, rustix::fs::XattrFlags::empty()).unwrap();
+}
+
+fn get_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 65_536];
+    rustix::fs::lgetxattr(path, name, &mut buf[..])
+        .ok()
+        .map(|n| buf[..n].to_vec())
+}
+
+/// Whether the test's file system keeps user attributes.
+fn xattrs_here(dir: &Path) -> bool {
+    let p = dir.join("xattr-probe");
+    write(&p, "");
+    let ok = rustix::fs::lsetxattr(&p, "user.probe", b"1", rustix::fs::XattrFlags::empty()).is_ok();
+    std::fs::remove_file(&p).unwrap();
+    ok
+}
+
+#[test]
+fn extended_attributes_sync_and_a_change_of_them_alone_is_a_change() {
+    let t = setup(&["A", "B"]);
+    let p = t.path();
+    if !xattrs_here(p) {
+        eprintln!("skipped: no user extended attributes on this file system");
+        return;
+    }
+    write_at(p.join("A/f.txt"), "hello", at(1_600_000_000, 0));
+    std::fs::create_dir(p.join("A/d")).unwrap();
+    set_xattr(&p.join("A/f.txt"), "user.color", b"blue");
+    set_xattr(&p.join("A/d"), "user.tag", b"\x00binary\xff");
+    sync(p, &["A", "B"]).expect_code(0);
+    assert_eq!(
+        get_xattr(&p.join("B/f.txt"), "user.color").as_deref(),
+        Some(&b"blue"[..])
+    );
+    assert_eq!(
+        get_xattr(&p.join("B/d"), "user.tag").as_deref(),
+        Some(&b"\x00binary\xff"[..])
+    );
+
+    // Only the attributes change, on B: A gets them, the content stays.
+    set_xattr(&p.join("B/f.txt"), "user.color", b"green");
+    set_xattr(&p.join("B/d"), "user.tag", b"two");
+    let (r, j) = sync_json(p, &["A", "B"]);
+    r.expect_code(0);
+    assert!(
+        j["conflicts"].as_array().unwrap().is_empty(),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        get_xattr(&p.join("A/f.txt"), "user.color").as_deref(),
+        Some(&b"green"[..])
+    );
+    assert_eq!(
+        get_xattr(&p.join("A/d"), "user.tag").as_deref(),
+        Some(&b"two"[..])
+    );
+    // A removed attribute is removed.
+    rustix::fs::lremovexattr(p.join("A/f.txt"), "user.color").unwrap();
+    sync(p, &["A", "B"]).expect_code(0);
+    assert_eq!(get_xattr(&p.join("B/f.txt"), "user.color"), None);
+    // Nothing left to do.
+    let (_, j) = sync_json(p, &["A", "B"]);
+    assert_eq!(j["in_sync"], true);
+    assert_eq!(read_str(p.join("B/f.txt")), "hello");
+}
+
+/// Concurrent attribute edits of one file (its content the same): no
+/// conflict copy; the newest version's metadata wins, as for modes.
+#[test]
+fn concurrent_attribute_edits_settle_on_the_newest() {
+    let t = setup(&["A", "B"]);
+    let p = t.path();
+    if !xattrs_here(p) {
+        eprintln!("skipped: no user extended attributes on this file system");
+        return;
+    }
+    write_at(p.join("A/f"), "same", at(1_600_000_000, 0));
+    sync(p, &["A", "B"]).expect_code(0);
+    set_xattr(&p.join("A/f"), "user.who", b"a");
+    set_mtime(p.join("A/f"), at(1_600_000_010, 0));
+    set_xattr(&p.join("B/f"), "user.who", b"b");
+    set_mtime(p.join("B/f"), at(1_600_000_020, 0));
+    let (r, j) = sync_json(p, &["A", "B"]);
+    r.expect_code(0);
+    assert!(
+        conflict_copies(&p.join("A"), "f", "").is_empty(),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(j["in_sync"], true, "{}", r.stdout);
+    for side in ["A", "B"] {
+        assert_eq!(
+            get_xattr(&p.join(side).join("f"), "user.who").as_deref(),
+            Some(&b"b"[..])
+        );
+    }
+}
+
+/// Run as root, owners are kept (by name where the name exists); a
+/// change of owner alone syncs. `--numeric-ids` keeps the numbers.
+#[test]
+fn owners_are_kept_when_run_as_root() {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: owners are kept only when run as root");
+        return;
+    }
+    let t = setup(&["A", "B"]);
+    let p = t.path();
+    write_at(p.join("A/f"), "x", at(1_600_000_000, 0));
+    std::os::unix::fs::symlink("f", p.join("A/l")).unwrap();
+    std::os::unix::fs::chown(p.join("A/f"), Some(65534), Some(65534)).unwrap();
+    std::os::unix::fs::lchown(p.join("A/l"), Some(4321), Some(4321)).unwrap();
+    sync(p, &["A", "B"]).expect_code(0);
+    let owner = |f: &str| {
+        let m = std::fs::symlink_metadata(p.join(f)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner("B/f"), (65534, 65534));
+    assert_eq!(owner("B/l"), (4321, 4321));
+    std::os::unix::fs::chown(p.join("B/f"), Some(1234), Some(4321)).unwrap();
+    sync(p, &["A", "B"]).expect_code(0);
+    assert_eq!(owner("A/f"), (1234, 4321));
+}
+
+/// `--xattrs none` keeps no attributes; `--no-owner` no owners.
+#[test]
+fn what_is_kept_can_be_turned_off() {
+    use std::os::unix::fs::MetadataExt;
+    let t = setup(&["A", "B"]);
+    let p = t.path();
+    if !xattrs_here(p) {
+        eprintln!("skipped: no user extended attributes on this file system");
+        return;
+    }
+    write_at(p.join("A/f"), "x", at(1_600_000_000, 0));
+    set_xattr(&p.join("A/f"), "user.color", b"blue");
+    let root = rustix::process::geteuid().is_root();
+    if root {
+        std::os::unix::fs::chown(p.join("A/f"), Some(65534), Some(65534)).unwrap();
+    }
+    sync(p, &["--xattrs", "none", "--no-owner", "A", "B"]).expect_code(0);
+    assert_eq!(get_xattr(&p.join("B/f"), "user.color"), None);
+    if root {
+        assert_eq!(std::fs::metadata(p.join("B/f")).unwrap().uid(), 0);
+    }
+    weave(p, ["sync", "--xattrs", "user,bogus", "A", "B"])
+        .expect_code(2)
+        .stderr_has(&["unknown namespace", "bogus"]);
+}

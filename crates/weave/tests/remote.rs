@@ -497,6 +497,32 @@ fn a_sparse_file_crosses_the_session_as_its_data_only() {
     assert!(allocated(p.join("C/disk.img")) < 2 * MIB);
 }
 
+/// Extended attributes cross the session both ways.
+#[test]
+fn extended_attributes_cross_the_session() {
+    let t = setup(&["A", "B"]);
+    let p = t.path();
+    let set = |f: &Path, v: &[u8]| {
+        rustix::fs::lsetxattr(f, "user.color", v, rustix::fs::XattrFlags::empty())
+    };
+    write(p.join("A/f"), "x");
+    if set(&p.join("A/f"), b"blue").is_err() {
+        eprintln!("skipped: no user extended attributes on this file system");
+        return;
+    }
+    let get = |f: &Path| {
+        let mut buf = [0u8; 64];
+        rustix::fs::lgetxattr(f, "user.color", &mut buf[..]).map(|n| buf[..n].to_vec())
+    };
+    let (r, _) = rsync_json(p, &["A", "host:B"]);
+    r.expect_code(0);
+    assert_eq!(get(&p.join("B/f")).unwrap(), b"blue");
+    set(&p.join("B/f"), b"red").unwrap();
+    let (r, _) = rsync_json(p, &["A", "host:B"]);
+    r.expect_code(0);
+    assert_eq!(get(&p.join("A/f")).unwrap(), b"red");
+}
+
 #[test]
 fn delta_transfer_of_a_local_change() {
     one_byte_change_sends_little("A");

@@ -199,7 +199,9 @@ impl Ctx<'_> {
             Object::Symlink { target } => {
                 std::os::unix::fs::symlink(target, &temp)
                     .map_err(PathError::io("cannot create symlink"))?;
-                Ok(Built::new(temp, None))
+                let built = Built::new(temp, None);
+                self.set_extra(crate::meta::Target::Path(&built.temp), &op.target)?;
+                Ok(built)
             }
             Object::File { content, size } => {
                 let list = self.chunk_list_of(content, *size)?;
@@ -214,6 +216,7 @@ impl Ctx<'_> {
                         self.new_file(new, dir, temp, unnamed)?
                     }
                 };
+                self.set_extra(crate::meta::Target::File(&f), &op.target)?;
                 set_mode_and_mtime(&f, &op.target)?;
                 writeback.offer(&f, *size);
                 built.list = Some(list);

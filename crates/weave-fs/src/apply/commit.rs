@@ -77,13 +77,14 @@ impl Ctx<'_> {
         self.check_parents(&op.path)?;
         let full = join(self.root, &op.path);
         match fs::symlink_metadata(&full) {
-            Ok(m) if m.file_type().is_dir() => Ok(()),
-            Ok(_) => Err(PathError::NotADir),
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => return Err(PathError::NotADir),
             Err(_) => fs::DirBuilder::new()
                 .mode(op.target.mode | 0o700)
                 .create(&full)
-                .map_err(PathError::io("cannot create directory")),
+                .map_err(PathError::io("cannot create directory"))?,
         }
+        self.set_extra(crate::meta::Target::Path(&full), &op.target)
     }
 
     /// Carries out the removals `removes`, in this order, except those
@@ -333,6 +334,7 @@ impl Ctx<'_> {
                 if !meta.file_type().is_dir() {
                     return Err(PathError::Changed);
                 }
+                self.set_extra(crate::meta::Target::Path(&full), &op.target)?;
                 Ok(None)
             }
             Object::File { .. } => {
@@ -340,9 +342,14 @@ impl Ctx<'_> {
                     return Err(PathError::Changed);
                 }
                 let f = open_read(&full).map_err(PathError::io("cannot open"))?;
+                self.set_extra(crate::meta::Target::File(&f), &op.target)?;
                 set_mode_and_mtime(&f, &op.target)?;
                 let m = f.metadata().map_err(PathError::io("cannot stat"))?;
                 Ok(Some(stat_of(&m)))
+            }
+            Object::Symlink { .. } if meta.file_type().is_symlink() => {
+                self.set_extra(crate::meta::Target::Path(&full), &op.target)?;
+                Ok(None)
             }
             _ => Ok(None),
         }

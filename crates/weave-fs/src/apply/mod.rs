@@ -162,6 +162,8 @@ struct Ctx<'a> {
     root_fd: Option<std::os::fd::OwnedFd>,
     /// The root's device: files on another one are flushed there too.
     root_dev: Option<u64>,
+    /// Owner and group names, for the owners this run gives.
+    names: crate::meta::Names,
     /// Tests: directories under this path count as another file system.
     #[cfg(test)]
     test_other_fs: Option<String>,
@@ -228,6 +230,28 @@ pub fn apply(
 }
 
 impl<'a> Ctx<'a> {
+    /// Gives `to` the owner and extended attributes of `target`, as far
+    /// as this replica keeps them (a symlink: its owner only).
+    fn set_extra(&self, to: crate::meta::Target, target: &Entry) -> Result<(), PathError> {
+        let scope = crate::meta::scope();
+        if !scope.any() {
+            return Ok(());
+        }
+        let link_scope;
+        let scope = match target.object {
+            weave_core::Object::Symlink { .. } => {
+                link_scope = weave_core::MetaScope {
+                    namespaces: Vec::new(),
+                    ..scope.clone()
+                };
+                &link_scope
+            }
+            _ => scope,
+        };
+        crate::meta::apply(to, target.meta.as_deref(), scope, &self.names)
+            .map_err(PathError::io("cannot set the owner or extended attributes"))
+    }
+
     /// The context of a run at `root`, with an empty trash.
     fn new(
         root: &'a Path,
@@ -255,6 +279,7 @@ impl<'a> Ctx<'a> {
             )
             .ok(),
             root_dev: fs::metadata(root).ok().map(|m| m.dev()),
+            names: crate::meta::Names::default(),
             #[cfg(test)]
             test_other_fs: hooks::OTHER_FS.with(|o| o.borrow().clone()),
         };

@@ -1,0 +1,312 @@
+//! Owners and extended attributes on disk: read for a path the scan found
+//! changed ([`read`]), and given to what the executor writes ([`apply`]),
+//! within what the replica keeps ([`MetaScope`]).
+//!
+//! Owners are kept by name where the name exists here, else by number, as
+//! rsync does (`numeric_ids`: by number only). A file system without
+//! extended attributes keeps none: what a path had of them elsewhere passes
+//! through this replica unchanged, and is not set here.
+
+use std::collections::HashMap;
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Mutex;
+use weave_core::{Meta, MetaScope, Owner, Xattr};
+
+/// What the process running this replica may keep: owners as root only
+/// (as `rsync -a`: a user cannot give files away), and extended
+/// attributes in the `user` namespace; as root also `trusted`, `security`
+/// (SELinux labels, capabilities) and `system` (POSIX ACLs).
+pub fn default_scope() -> MetaScope {
+    let root = rustix::process::geteuid().is_root();
+    let mut namespaces = vec!["user".to_string()];
+    if root {
+        namespaces.extend(["trusted", "security", "system"].map(String::from));
+    }
+    MetaScope {
+        owner: root,
+        numeric_ids: false,
+        namespaces,
+    }
+}
+
+static SCOPE: std::sync::OnceLock<MetaScope> = std::sync::OnceLock::new();
+
+/// Sets what the replicas of this process keep (the command line's
+/// choice), once, before any is opened. False if it was set already.
+pub fn set_scope(scope: MetaScope) -> bool {
+    SCOPE.set(scope).is_ok()
+}
+
+/// What the replicas of this process keep: as set, else [`default_scope`].
+pub fn scope() -> &'static MetaScope {
+    SCOPE.get_or_init(default_scope)
+}
+
+/// User and group names by id and ids by name, looked up once each.
+#[derive(Default)]
+pub struct Names {
+    users: Mutex<HashMap<u32, Option<String>>>,
+    groups: Mutex<HashMap<u32, Option<String>>>,
+    uids: Mutex<HashMap<String, Option<u32>>>,
+    gids: Mutex<HashMap<String, Option<u32>>>,
+}
+
+impl Names {
+    fn user(&self, uid: u32) -> Option<String> {
+        let mut m = self.users.lock().unwrap();
+        m.entry(uid)
+            .or_insert_with(|| {
+                uzers::get_user_by_uid(uid).and_then(|u| u.name().to_str().map(String::from))
+            })
+            .clone()
+    }
+
+    fn group(&self, gid: u32) -> Option<String> {
+        let mut m = self.groups.lock().unwrap();
+        m.entry(gid)
+            .or_insert_with(|| {
+                uzers::get_group_by_gid(gid).and_then(|g| g.name().to_str().map(String::from))
+            })
+            .clone()
+    }
+
+    fn uid(&self, name: &str) -> Option<u32> {
+        let mut m = self.uids.lock().unwrap();
+        *m.entry(name.to_string())
+            .or_insert_with(|| uzers::get_user_by_name(name).map(|u| u.uid()))
+    }
+
+    fn gid(&self, name: &str) -> Option<u32> {
+        let mut m = self.gids.lock().unwrap();
+        *m.entry(name.to_string())
+            .or_insert_with(|| uzers::get_group_by_name(name).map(|g| g.gid()))
+    }
+
+    /// The ids `o` has here: by name where the name exists (unless
+    /// `numeric`), else its numbers.
+    pub fn ids_of(&self, o: &Owner, numeric: bool) -> (u32, u32) {
+        let by_name = |n: &Option<String>, f: &dyn Fn(&str) -> Option<u32>| {
+            n.as_deref().filter(|_| !numeric).and_then(f)
+        };
+        (
+            by_name(&o.user, &|n| self.uid(n)).unwrap_or(o.uid),
+            by_name(&o.group, &|n| self.gid(n)).unwrap_or(o.gid),
+        )
+    }
+}
+
+/// What `scope` keeps of the path `path` (metadata `m`, not followed if a
+/// symlink). `None` for the attributes where the file system has none to
+/// tell (they are then taken from the version the replica had).
+pub fn read(path: &Path, m: &Metadata, scope: &MetaScope, names: &Names) -> (Meta, bool) {
+    let owner = scope.owner.then(|| Owner {
+        uid: m.uid(),
+        gid: m.gid(),
+        user: (!scope.numeric_ids).then(|| names.user(m.uid())).flatten(),
+        group: (!scope.numeric_ids).then(|| names.group(m.gid())).flatten(),
+    });
+    let (xattrs, known) = match m.file_type().is_symlink() || scope.namespaces.is_empty() {
+        true => (Vec::new(), false),
+        false => match read_xattrs(path, scope) {
+            Ok(x) => (x, true),
+            Err(_) => (Vec::new(), false),
+        },
+    };
+    (Meta { owner, xattrs }, known)
+}
+
+/// The extended attributes of `path` in the namespaces `scope` keeps,
+/// sorted by name; names that are not UTF-8 are left out.
+fn read_xattrs(path: &Path, scope: &MetaScope) -> io::Result<Vec<Xattr>> {
+    let n = rustix::fs::llistxattr_query(path)?;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let mut list = vec![0u8; n];
+    let n = rustix::fs::llistxattr(path, &mut list[..])?;
+    let mut out = Vec::new();
+    for name in list[..n].split(|&b| b == 0).filter(|s| !s.is_empty()) {
+        let Ok(name) = std::str::from_utf8(name) else {
+            continue;
+        };
+        if !scope.keeps_xattr(name) {
+            continue;
+        }
+        let len = match rustix::fs::lgetxattr_query(path, name) {
+            Ok(len) => len,
+            Err(rustix::io::Errno::NODATA) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let mut value = vec![0u8; len];
+        let len = rustix::fs::lgetxattr(path, name, &mut value[..])?;
+        value.truncate(len);
+        out.push(Xattr {
+            name: name.to_string(),
+            value,
+        });
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Where metadata is given: an open file, or a path (not followed).
+pub enum Target<'a> {
+    File(&'a File),
+    Path(&'a Path),
+}
+
+/// Gives `to` what `scope` keeps of `meta`: its owner, and exactly its
+/// extended attributes in the kept namespaces (others there are removed).
+/// A file system without extended attributes is left as it is.
+pub fn apply(to: Target, meta: Option<&Meta>, scope: &MetaScope, names: &Names) -> io::Result<()> {
+    if let Some(o) = meta.and_then(|m| m.owner.as_ref()).filter(|_| scope.owner) {
+        let (uid, gid) = names.ids_of(o, scope.numeric_ids);
+        match to {
+            Target::File(f) => std::os::unix::fs::fchown(f, Some(uid), Some(gid))?,
+            Target::Path(p) => std::os::unix::fs::lchown(p, Some(uid), Some(gid))?,
+        }
+    }
+    if scope.namespaces.is_empty() {
+        return Ok(());
+    }
+    let want: Vec<&Xattr> = meta
+        .map(|m| m.kept_xattrs(scope).collect())
+        .unwrap_or_default();
+    let have = match list(&to) {
+        Ok(h) => h,
+        Err(e) if unsupported(&e) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for name in have.iter().filter(|n| scope.keeps_xattr(n)) {
+        if !want.iter().any(|x| &x.name == name) {
+            match &to {
+                Target::File(f) => rustix::fs::fremovexattr(f, name.as_str())?,
+                Target::Path(p) => rustix::fs::lremovexattr(*p, name.as_str())?,
+            }
+        }
+    }
+    let flags = rustix::fs::XattrFlags::empty();
+    for x in want {
+        let r = match &to {
+            Target::File(f) => rustix::fs::fsetxattr(f, x.name.as_str(), &x.value, flags),
+            Target::Path(p) => rustix::fs::lsetxattr(*p, x.name.as_str(), &x.value, flags),
+        };
+        match r {
+            Ok(()) => {}
+            Err(e) if unsupported(&e.into()) => return Ok(()),
+            Err(e) => {
+                return Err(io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!("cannot set extended attribute {}: {e}", x.name),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn list(to: &Target) -> io::Result<Vec<String>> {
+    let n = match to {
+        Target::File(f) => rustix::fs::flistxattr_query(f)?,
+        Target::Path(p) => rustix::fs::llistxattr_query(*p)?,
+    };
+    let mut list = vec![0u8; n];
+    let n = match to {
+        Target::File(f) => rustix::fs::flistxattr(f, &mut list[..])?,
+        Target::Path(p) => rustix::fs::llistxattr(*p, &mut list[..])?,
+    };
+    Ok(list[..n]
+        .split(|&b| b == 0)
+        .filter_map(|s| std::str::from_utf8(s).ok())
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect())
+}
+
+/// The file system keeps no extended attributes.
+fn unsupported(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user_scope() -> MetaScope {
+        MetaScope {
+            owner: false,
+            numeric_ids: false,
+            namespaces: vec!["user".into()],
+        }
+    }
+
+    /// Whether this machine's temporary directory keeps user attributes.
+    fn xattrs_here(dir: &Path) -> bool {
+        let p = dir.join("probe");
+        std::fs::write(&p, b"").unwrap();
+        let ok =
+            rustix::fs::lsetxattr(&p, "user.probe", b"1", rustix::fs::XattrFlags::empty()).is_ok();
+        std::fs::remove_file(&p).unwrap();
+        ok
+    }
+
+    #[test]
+    fn attributes_are_read_and_given_exactly() {
+        let d = tempfile::tempdir().unwrap();
+        if !xattrs_here(d.path()) {
+            eprintln!("skipped: no user extended attributes here");
+            return;
+        }
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        std::fs::write(&a, b"a").unwrap();
+        std::fs::write(&b, b"b").unwrap();
+        let flags = rustix::fs::XattrFlags::empty();
+        rustix::fs::lsetxattr(&a, "user.color", b"blue", flags).unwrap();
+        rustix::fs::lsetxattr(&a, "user.bin", &[0, 255, 7], flags).unwrap();
+        rustix::fs::lsetxattr(&b, "user.stale", b"x", flags).unwrap();
+        let names = Names::default();
+        let scope = user_scope();
+        let (m, known) = read(&a, &std::fs::symlink_metadata(&a).unwrap(), &scope, &names);
+        assert!(known);
+        assert_eq!(m.xattrs.len(), 2);
+        assert_eq!(m.xattrs[0].name, "user.bin");
+        assert!(m.owner.is_none(), "owners kept only where asked");
+        // Given to b: b's own attribute goes, a's arrive.
+        apply(Target::Path(&b), Some(&m), &scope, &names).unwrap();
+        let (mb, _) = read(&b, &std::fs::symlink_metadata(&b).unwrap(), &scope, &names);
+        assert_eq!(
+            mb,
+            Meta {
+                owner: None,
+                ..m.clone()
+            }
+        );
+        // And through an open file, to nothing at all.
+        let f = File::options().write(true).open(&b).unwrap();
+        apply(Target::File(&f), None, &scope, &names).unwrap();
+        let (mb, _) = read(&b, &std::fs::symlink_metadata(&b).unwrap(), &scope, &names);
+        assert!(mb.is_empty());
+    }
+
+    #[test]
+    fn owners_map_by_name_unless_numeric() {
+        let names = Names::default();
+        let root = Owner {
+            uid: 4242,
+            gid: 4343,
+            user: Some("root".into()),
+            group: Some("root".into()),
+        };
+        assert_eq!(names.ids_of(&root, false), (0, 0));
+        assert_eq!(names.ids_of(&root, true), (4242, 4343));
+        let unknown = Owner {
+            user: Some("no-such-user-here".into()),
+            group: None,
+            ..root
+        };
+        assert_eq!(names.ids_of(&unknown, false), (4242, 4343));
+    }
+}
