@@ -73,6 +73,16 @@ impl ChunkList {
         content_id(&self.chunks)
     }
 
+    /// The bytes of the chunks that are not runs of zeros: what a copy
+    /// of the file reads and writes.
+    pub fn data_bytes(&self) -> u64 {
+        self.chunks
+            .iter()
+            .filter(|c| !c.is_zero())
+            .map(|c| c.len as u64)
+            .sum()
+    }
+
     /// Whether any chunk is a run of zeros (see [`ChunkRef::is_zero`]).
     pub fn has_zeros(&self) -> bool {
         self.chunks.iter().any(ChunkRef::is_zero)

@@ -151,7 +151,14 @@ pub(crate) fn read_content(
         if list.content_id() != *content || list.size() != size {
             continue;
         }
-        let hashes: Vec<Hash> = list.chunks.iter().map(|c| c.hash).collect();
+        // Each chunk once, runs of zeros never (they are made here).
+        let mut seen = std::collections::HashSet::new();
+        let hashes: Vec<Hash> = list
+            .chunks
+            .iter()
+            .filter(|c| !c.is_zero() && seen.insert(c.hash))
+            .map(|c| c.hash)
+            .collect();
         let mut got: HashMap<Hash, Vec<u8>> = HashMap::new();
         let served = rep.serve_chunks(&[(*content, hashes)], &mut |h, d| {
             if let Some(d) = d {
@@ -167,6 +174,10 @@ pub(crate) fn read_content(
         let mut data = Vec::with_capacity(size as usize);
         let mut whole = true;
         for c in &list.chunks {
+            if c.is_zero() {
+                data.resize(data.len() + c.len as usize, 0);
+                continue;
+            }
             match got.get(&c.hash) {
                 Some(d) => data.extend_from_slice(d),
                 None => {

@@ -232,8 +232,13 @@ fn prefetch_levels(
             // Down through what is known, to the first nodes that are not.
             let mut missing = Vec::new();
             let mut next = Vec::new();
+            // Each node once: a run of zeros makes many identical ones.
+            let mut seen = std::collections::HashSet::new();
             for _ in 0..16 {
                 for h in std::mem::take(frontier) {
+                    if !seen.insert(h) {
+                        continue;
+                    }
                     match known.get(&h) {
                         Some(n) if n.level > 1 => next.extend(n.children.iter().map(|c| c.0)),
                         Some(_) => {}

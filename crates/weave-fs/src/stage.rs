@@ -373,16 +373,22 @@ impl Part {
         let mut have = vec![false; list.chunks.len()];
         let mut offsets = Vec::with_capacity(list.chunks.len());
         let mut buf = Vec::new();
+        // Places of runs of zeros an earlier run could have written: made
+        // holes again, consecutive ones at once.
+        let mut to_zero: Vec<(u64, u64)> = Vec::new();
         for (i, (off, c)) in list.with_offsets().enumerate() {
             offsets.push(off);
             if c.is_zero() {
                 // A run of zeros is a hole, never received: past what was
-                // kept the file is one already, and a place an earlier run
-                // could have written is made one again.
-                have[i] = off >= kept || zero_range(&file, off, c.len as u64).is_ok();
-                if have[i] {
-                    continue;
+                // kept the file is one already.
+                have[i] = true;
+                if off < kept {
+                    match to_zero.last_mut() {
+                        Some((s, l)) if *s + *l == off => *l += c.len as u64,
+                        _ => to_zero.push((off, c.len as u64)),
+                    }
                 }
+                continue;
             }
             at.entry(c.hash).or_default().push(i);
             if off + c.len as u64 <= kept {
@@ -395,6 +401,9 @@ impl Part {
             if !have[i] && off < kept {
                 zero_range(&file, off, c.len as u64)?;
             }
+        }
+        for (off, len) in to_zero {
+            zero_range(&file, off, len)?;
         }
         file.set_len(list.size())?;
         Ok(Part {
@@ -983,6 +992,46 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let used = std::fs::metadata(&path).unwrap().blocks() * 512;
         assert!(used < 1 << 20, "{used} bytes allocated");
+    }
+
+    /// A data chunk with blocks of zeros in it, damaged
+    /// there by an earlier run, is fetched again and lands whole.
+    #[test]
+    fn a_damaged_chunk_with_zero_blocks_is_whole_after_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let mut data = noise(300_000);
+        // Zero blocks inside data chunks (not long enough for a zero chunk).
+        for i in 0..20 {
+            let at = 10_000 + i * 14_000;
+            data[at..at + 9000].fill(0);
+        }
+        data.resize(data.len() + (2 << 20), 0);
+        data.extend_from_slice(&noise(150_000)[3..]);
+        let list = weave_chunk::chunk_bytes(&data);
+        let stage = Stage::open(d.path()).unwrap();
+        let mut part = stage.part(&list).unwrap();
+        let all = pieces(&data, &list);
+        for (h, bytes) in &all {
+            part.put(h, bytes).unwrap();
+        }
+        assert!(part.complete());
+        let path = part.path().to_path_buf();
+        drop(part);
+        // Garbage in the zero blocks of the first chunks.
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        for i in 0..20 {
+            f.write_all_at(b"garbage", (10_000 + i * 14_000 + 4500) as u64)
+                .unwrap();
+        }
+        drop(f);
+        let mut part = stage.part(&list).unwrap();
+        assert!(!part.complete());
+        for (h, bytes) in &all {
+            part.put(h, bytes).unwrap();
+        }
+        assert!(part.complete());
+        drop(part);
+        assert!(std::fs::read(&path).unwrap() == data);
     }
 
     /// The distinct chunks of `data` (as chunked), with their bytes.

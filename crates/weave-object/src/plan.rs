@@ -94,7 +94,13 @@ pub(crate) fn plan_transfer(
     let mut local: HashSet<Hash> = HashSet::new();
     let mut cut_at: HashMap<Hash, usize> = HashMap::new();
     for &(content, list, op) in &writes {
-        let want: HashSet<Hash> = list.chunks.iter().map(|c| c.hash).collect();
+        // Runs of zeros are never asked for: they are made here.
+        let want: HashSet<Hash> = list
+            .chunks
+            .iter()
+            .filter(|c| !c.is_zero())
+            .map(|c| c.hash)
+            .collect();
         for source in sources(op, content) {
             if want.is_subset(&local) {
                 break;
@@ -124,6 +130,7 @@ pub(crate) fn plan_transfer(
         let missing: Vec<Hash> = list
             .chunks
             .iter()
+            .filter(|c| !c.is_zero())
             .map(|c| c.hash)
             .filter(|h| !local.contains(h) && asked.insert(*h))
             .collect();

@@ -523,6 +523,53 @@ fn extended_attributes_cross_the_session() {
     assert_eq!(get(&p.join("A/f")).unwrap(), b"red");
 }
 
+/// New files that need nothing from the stage (empty, or only runs of
+/// zeros), in a sync whose only other transfer fills a large file's part:
+/// each is written, not left out as "written early" when nothing was.
+#[test]
+fn files_needing_nothing_land_beside_a_large_new_file() {
+    let t = setup(&["A", "B"]);
+    let p = t.path();
+    write_at(
+        p.join("A/big.bin"),
+        random_bytes(3 << 20, 41),
+        at(1_600_000_000, 0),
+    );
+    for i in 0..40 {
+        write_at(
+            p.join(format!("A/zeros{i}.bin")),
+            vec![0u8; 256 << 10],
+            at(1_600_000_000, 0),
+        );
+        write_at(p.join(format!("A/empty{i}")), b"", at(1_600_000_000, 0));
+    }
+    let (r, j) = rsync_json(p, &["A", "host:B"]);
+    r.expect_code(0);
+    assert_clean(&r, &j);
+    assert_same_tree(&p.join("A"), &p.join("B"));
+}
+
+/// Large contents of zeros only: their parts are complete when opened.
+#[test]
+fn large_files_of_zeros_only_cross_as_nothing() {
+    let t = setup(&["A", "B"]);
+    let p = t.path();
+    write_at(p.join("A/z1"), vec![0u8; 3 << 20], at(1_600_000_000, 0));
+    write_at(
+        p.join("A/z2"),
+        vec![0u8; (3 << 20) + 777],
+        at(1_600_000_000, 0),
+    );
+    let mut d = vec![0u8; 5 << 20];
+    d[(5 << 20) - 1] = 1;
+    write_at(p.join("A/z3"), &d, at(1_600_000_000, 0));
+    let (r, j) = rsync_json(p, &["A", "host:B"]);
+    r.expect_code(0);
+    assert_clean(&r, &j);
+    assert_same_tree(&p.join("A"), &p.join("B"));
+    assert!(wire(&j) < 100_000, "{}", wire(&j));
+}
+
 #[test]
 fn delta_transfer_of_a_local_change() {
     one_byte_change_sends_little("A");

@@ -205,7 +205,7 @@ impl Ctx<'_> {
             }
             Object::File { content, size } => {
                 let list = self.chunk_list_of(content, *size)?;
-                let (f, mut built) = match self.take_part(content, &temp, &full) {
+                let (f, mut built) = match self.take_part(content, &list, &temp, &full) {
                     Some((f, built)) => (Arc::new(f), built),
                     None => {
                         let new = NewContent {
@@ -282,7 +282,13 @@ impl Ctx<'_> {
 
     /// The part file of `content` as the temporary `temp`, moved there
     /// by a rename, if one is complete and no other write took it.
-    fn take_part(&self, content: &Hash, temp: &Path, target: &Path) -> Option<(File, Built)> {
+    fn take_part(
+        &self,
+        content: &Hash,
+        list: &ChunkList,
+        temp: &Path,
+        target: &Path,
+    ) -> Option<(File, Built)> {
         let part = self.source.part(content)?;
         let mut taken = self.parts.lock().unwrap();
         if taken.contains_key(content) {
@@ -296,8 +302,9 @@ impl Ctx<'_> {
         let mut built = Built::new(temp.to_path_buf(), None);
         built.part = Some(part);
         let f = open_read(temp).ok()?;
-        // Its bytes counted as progress as they arrived.
-        built.bytes_remote = f.metadata().ok()?.len();
+        // Its bytes counted as progress as they arrived (its holes never
+        // did arrive).
+        built.bytes_remote = list.data_bytes();
         Some((f, built))
     }
 
@@ -350,7 +357,8 @@ impl Ctx<'_> {
                 }
                 out.skip(c.len as u64)
                     .map_err(PathError::io("cannot write"))?;
-                built.bytes_local += c.len as u64;
+                // Nothing was read or copied: not counted as local or
+                // remote bytes, only as progress.
                 (self.progress)(c.len as u64);
                 continue;
             }
@@ -468,7 +476,7 @@ impl Ctx<'_> {
         let size = list.size();
         for s in srcs.iter().filter(|s| s.map.is_none() && s.stat.is_some()) {
             if fast_copy(f, &s.path, s.stat.as_ref().expect("filtered"), list) {
-                built.count(s.local, size);
+                built.count(s.local, list.data_bytes());
                 (self.progress)(size);
                 return Ok(true);
             }

@@ -32,12 +32,16 @@ pub(super) fn fast_copy(dst: &File, src: &Path, expect: &Stat, list: &ChunkList)
     let Some(m) = unchanged(&sf) else {
         return false;
     };
-    // A source with holes, or runs of zeros: only what holds data is
-    // copied, the rest stays holes.
-    let sparse = m.blocks() * 512 < size || list.has_zeros();
-    let runs = match sparse {
-        false => vec![(0, size)],
-        true => list
+    // Runs of zeros stay holes; of a large source that has holes, only
+    // what holds data is copied (the file system's map of them is asked
+    // only then: small files on compressed or copy-on-write file systems
+    // take fewer blocks than their size without having holes).
+    let holes = m.blocks() * 512 < size && size >= SPARSE_MIN;
+    let sparse = holes || list.has_zeros();
+    let runs = match (sparse, holes) {
+        (false, _) => vec![(0, size)],
+        (true, false) => list.data_runs(),
+        (true, true) => list
             .data_runs()
             .into_iter()
             .flat_map(|(at, len)| data_extents(&sf, at, at + len))
@@ -54,6 +58,10 @@ pub(super) fn fast_copy(dst: &File, src: &Path, expect: &Stat, list: &ChunkList)
     }
     unchanged(&sf).is_some()
 }
+
+/// Sources at least this large that take fewer blocks than their size
+/// are copied as the file system says their data lies.
+const SPARSE_MIN: u64 = 1 << 20;
 
 /// Copies `len` bytes of `src` from offset `from` into `dst` at offset
 /// `to`, by the kernel, moving both offsets on. False if that fails.
@@ -400,6 +408,83 @@ mod tests {
             assert!(used < most, "proven {proven}: {used} bytes allocated");
             // Nothing of the holes came from the other replica.
             assert!(out.bytes_remote <= 300_000 + 2 * weave_chunk::CHUNK_MAX as u64 || proven);
+        }
+    }
+
+    /// The holes of a new file count as neither reused nor copied bytes,
+    /// whether the file is copied whole or chunk by chunk: the data does,
+    /// the same either way.
+    #[test]
+    fn holes_count_as_neither_local_nor_remote_bytes() {
+        let data = sparse_data();
+        let mut seen = Vec::new();
+        for proven in [true, false] {
+            let (t, other) = (replica(), tempfile::tempdir().unwrap());
+            let (src, stat) = old_source(other.path(), &data);
+            let source = Src::new(vec![(&data, src, false, proven.then_some(stat))]);
+            let out = apply(t.path(), &[write_op("f", None, &data, 1)], &source, &|_| {});
+            assert!(out.issues.is_empty(), "{:?}", out.issues);
+            seen.push((proven, out.bytes_local, out.bytes_remote));
+        }
+        let data_bytes = weave_chunk::chunk_bytes(&data).data_bytes();
+        assert!(
+            seen.iter().all(|s| s.1 == 0 && s.2 == data_bytes),
+            "(proven, bytes_local, bytes_remote): {seen:?}, data {data_bytes}"
+        );
+    }
+
+    /// An edit of a sparse file, the old version trusted,
+    /// with zero chunks at the very start and the very end, and a long
+    /// (direct I/O) run in between.
+    #[test]
+    fn an_edit_with_zeros_at_both_ends_keeps_its_holes() {
+        let (t, other) = (replica(), tempfile::tempdir().unwrap());
+        let mut old = vec![0u8; 1 << 20];
+        old.extend(noise(20 << 20, 9));
+        old.resize(old.len() + (1 << 20), 0);
+        let mut new = old.clone();
+        let mid = old.len() / 2;
+        new[mid] ^= 0x55;
+        let (src, _) = old_source(t.path(), &old);
+        fs::rename(src, t.path().join("f")).unwrap();
+        fs::write(other.path().join("n"), &new).unwrap();
+        let op = write_op(
+            "f",
+            Some(local(t.path(), file_entry("f", &old, 1))),
+            &new,
+            2,
+        );
+        let list = weave_chunk::chunk_bytes(&new);
+        assert!(list.chunks.first().unwrap().is_zero());
+        assert!(list.chunks.iter().rev().take(2).any(|c| c.is_zero()));
+        let source = Src::new(vec![
+            (&old, t.path().join("f"), true, None),
+            (&new, other.path().join("n"), false, None),
+        ]);
+        let out = apply(t.path(), &[op], &source, &|_| {});
+        assert!(out.issues.is_empty(), "{:?}", out.issues);
+        assert!(fs::read(t.path().join("f")).unwrap() == new);
+        // The data, reused or copied; the holes, neither.
+        assert_eq!(out.bytes_local + out.bytes_remote, list.data_bytes());
+    }
+
+    /// Content of zeros only (a multiple of the chunk
+    /// maximum, and not), and empty content.
+    #[test]
+    fn contents_of_zeros_only_and_empty_ones_are_whole() {
+        for len in [0usize, 65_536, 3 << 20, (3 << 20) + 777] {
+            for proven in [true, false] {
+                let data = vec![0u8; len];
+                let (t, other) = (replica(), tempfile::tempdir().unwrap());
+                let (src, stat) = old_source(other.path(), &data);
+                let source = Src::new(vec![(&data, src, false, proven.then_some(stat))]);
+                let out = apply(t.path(), &[write_op("f", None, &data, 1)], &source, &|_| {});
+                assert!(out.issues.is_empty(), "{:?}", out.issues);
+                assert!(
+                    fs::read(t.path().join("f")).unwrap() == data,
+                    "{len} {proven}"
+                );
+            }
         }
     }
 }

@@ -58,6 +58,13 @@ impl LocalReplica {
         // What was written early is recorded whatever happens next.
         let mut outcome = ApplyOutcome::default();
         let mut done = Vec::new();
+        // The files written early are left out of the rest only if the
+        // early writer ran: it does not when nothing came into the stage
+        // (then every file is written below, none is skipped unseen).
+        let early_idx = match received.early {
+            Some(_) => early_idx,
+            None => &[][..],
+        };
         if let Some((e, r, written)) = received.early {
             outcome.bytes_local += e.bytes_local;
             outcome.bytes_remote += e.bytes_remote;

@@ -294,7 +294,10 @@ fn fetch(
 fn assemble(list: &ChunkList, chunks: &HashMap<Hash, Vec<u8>>) -> Option<Vec<u8>> {
     let mut data = Vec::with_capacity(list.size() as usize);
     for c in &list.chunks {
-        data.extend_from_slice(chunks.get(&c.hash)?);
+        match c.is_zero() {
+            true => data.resize(data.len() + c.len as usize, 0),
+            false => data.extend_from_slice(chunks.get(&c.hash)?),
+        }
     }
     Some(data)
 }
@@ -511,5 +514,42 @@ mod tests {
         );
         assert!(a.done.is_empty());
         assert_eq!(rep.store().objects["a"].1, old);
+    }
+
+    /// A content with a run of zeros: its zero chunks are not asked of
+    /// the other replica, and the object arrives whole.
+    #[test]
+    fn runs_of_zeros_are_never_asked_for() {
+        struct Asking(Peer, Vec<Hash>);
+        impl Provider for Asking {
+            fn nodes(&mut self, w: &Wants) -> Result<Vec<Vec<Option<Vec<u8>>>>, SyncError> {
+                self.0.nodes(w)
+            }
+            fn chunks(
+                &mut self,
+                wants: &Wants,
+                sink: &mut dyn FnMut(Hash, Vec<u8>) -> Result<(), SyncError>,
+            ) -> Result<(), SyncError> {
+                self.1
+                    .extend(wants.iter().flat_map(|(_, hs)| hs.iter().copied()));
+                self.0.chunks(wants, sink)
+            }
+        }
+        let d = tempfile::tempdir().unwrap();
+        let old = bytes(1, 300_000);
+        let mut new = bytes(4, 100_000);
+        new.resize(100_000 + (1 << 20), 0);
+        new.extend(bytes(5, 50_000));
+        let (mut rep, peer, op, foreign) = setup(d.path(), &old, &new);
+        let mut asking = Asking(peer, Vec::new());
+        let a = rep.apply(vec![op], &foreign, &mut asking, &|_| {}).unwrap();
+        assert!(a.errors.is_empty(), "{:?}", messages(&a));
+        assert_eq!(rep.store().objects["a"].1, new);
+        let zero = weave_chunk::zero_chunk();
+        assert!(
+            !asking.1.contains(&zero),
+            "the zero chunk was asked for; {} bytes received",
+            a.bytes_remote
+        );
     }
 }
