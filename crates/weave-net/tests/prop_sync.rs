@@ -434,6 +434,7 @@ impl World {
                 &at,
                 weave_store::history::Pick::Version(v.id),
                 Some(&dest),
+                &|_, _| Ok(()),
             )
             .unwrap();
             assert_eq!(

@@ -103,7 +103,7 @@ impl Store {
     }
 
     fn decode(&self, id: u64, bytes: &[u8]) -> Result<Version, StoreError> {
-        postcard::from_bytes(bytes).map_err(|e| StoreError::DamagedRecord {
+        Version::decode(bytes).map_err(|e| StoreError::DamagedRecord {
             path: self.catalog.clone(),
             version: id,
             problem: e.to_string(),

@@ -197,11 +197,21 @@ pub struct Restored {
     pub size: u64,
 }
 
+/// What a restore does to each file it writes before it is put in place
+/// (given the new file and the version it holds): the caller's way to give
+/// it the owner and extended attributes the version kept.
+pub type Finish<'a> = &'a dyn Fn(&File, &Version) -> std::io::Result<()>;
+
 /// Restores `at` (a file, or a directory's tree) as chosen by `pick`,
 /// into the replica (a new local change, synced by the next sync) or under
 /// `to`. A file in the replica that a restore replaces is saved as a
-/// version first.
-pub fn restore(at: &Located, pick: Pick, to: Option<&Path>) -> Result<Vec<Restored>, HistoryError> {
+/// version first. Each file written goes through `finish`.
+pub fn restore(
+    at: &Located,
+    pick: Pick,
+    to: Option<&Path>,
+    finish: Finish,
+) -> Result<Vec<Restored>, HistoryError> {
     let shown = join(&at.root, &at.rel);
     let store = store_of(&at.root)?.ok_or_else(|| HistoryError::NoStore {
         path: shown.clone(),
@@ -218,7 +228,7 @@ pub fn restore(at: &Located, pick: Pick, to: Option<&Path>) -> Result<Vec<Restor
         // A file's own version restored `--to` goes to that path itself.
         let whole = chosen.len() == 1 && own.iter().any(|o| o.id == v.id);
         let dest = destination(at, v, to, whole);
-        if let Some(r) = restore_one(&store, &at.root, v, dest, to.is_some())? {
+        if let Some(r) = restore_one(&store, &at.root, v, dest, to.is_some(), finish)? {
             out.push(r);
         }
     }
@@ -311,6 +321,7 @@ fn restore_one(
     v: &Version,
     dest: PathBuf,
     elsewhere: bool,
+    finish: Finish,
 ) -> Result<Option<Restored>, HistoryError> {
     if elsewhere && fs::symlink_metadata(&dest).is_ok() {
         return Err(HistoryError::Exists { path: dest });
@@ -318,7 +329,7 @@ fn restore_one(
     if !elsewhere && save_current(store, root, v, &dest)? == Some(true) {
         return Ok(None);
     }
-    write_version(store, v, &dest)?;
+    write_version(store, v, &dest, finish)?;
     Ok(Some(Restored {
         path: v.path.clone(),
         version: v.id,
@@ -403,6 +414,8 @@ fn save_current(
             mtime_ns: mtime,
             origin: weave_index::Index::id_at(&root.join(STATE_DIR)),
             reason: Reason::Restored,
+            // What it has of them on disk is not read here.
+            meta: None,
             trusted: false,
             movable: false,
         }])
@@ -419,7 +432,12 @@ fn save_current(
 
 /// Writes `v` at `dest` atomically and durably: a temporary file next to
 /// it, flushed, renamed over it.
-fn write_version(store: &Store, v: &Version, dest: &Path) -> Result<(), HistoryError> {
+fn write_version(
+    store: &Store,
+    v: &Version,
+    dest: &Path,
+    finish: Finish,
+) -> Result<(), HistoryError> {
     let failed = |what: &str| {
         let what = what.to_string();
         move |error| HistoryError::Write {
@@ -448,6 +466,7 @@ fn write_version(store: &Store, v: &Version, dest: &Path) -> Result<(), HistoryE
                 path: dest.to_path_buf(),
                 error,
             })?;
+        finish(&f, v).map_err(failed("cannot set the owner or extended attributes"))?;
         f.set_permissions(fs::Permissions::from_mode(v.mode & 0o7777))
             .map_err(failed("cannot set permissions"))?;
         let mtime = UNIX_EPOCH + Duration::from_nanos(v.mtime_ns.max(0) as u64);
@@ -549,6 +568,7 @@ mod tests {
             saved_at_ns: saved,
             reason: Reason::Replaced,
             chunks: test_list(&[(id as u8, 1)]),
+            meta: None,
         }
     }
 

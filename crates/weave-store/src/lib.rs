@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use weave_chunk::ChunkList;
-use weave_core::{Hash, ReplicaId};
+use weave_core::{Hash, Meta, ReplicaId};
 
 use catalog::{create_catalog, CATALOG};
 use error::OrCatalog;
@@ -77,6 +77,49 @@ pub struct Version {
     pub saved_at_ns: i64,
     pub reason: Reason,
     pub chunks: ChunkList,
+    /// Its owner and extended attributes, where its replica kept any
+    /// (versions saved before weave kept them have none).
+    pub meta: Option<Box<Meta>>,
+}
+
+/// A version as catalogs before metadata stored it.
+#[derive(Deserialize)]
+pub(crate) struct VersionV1 {
+    id: u64,
+    path: String,
+    content: Hash,
+    size: u64,
+    mode: u32,
+    mtime_ns: i64,
+    origin: ReplicaId,
+    saved_at_ns: i64,
+    reason: Reason,
+    chunks: ChunkList,
+}
+
+impl Version {
+    /// A stored version record of either layout.
+    pub(crate) fn decode(bytes: &[u8]) -> postcard::Result<Version> {
+        match postcard::from_bytes::<Version>(bytes) {
+            Ok(v) => Ok(v),
+            Err(e) => match postcard::from_bytes::<VersionV1>(bytes) {
+                Ok(o) => Ok(Version {
+                    id: o.id,
+                    path: o.path,
+                    content: o.content,
+                    size: o.size,
+                    mode: o.mode,
+                    mtime_ns: o.mtime_ns,
+                    origin: o.origin,
+                    saved_at_ns: o.saved_at_ns,
+                    reason: o.reason,
+                    chunks: o.chunks,
+                    meta: None,
+                }),
+                Err(_) => Err(e),
+            },
+        }
+    }
 }
 
 /// A file's old version to save, held in `file` (a link to the old inode).
@@ -88,6 +131,8 @@ pub struct ToSave<'a> {
     pub mtime_ns: i64,
     pub origin: ReplicaId,
     pub reason: Reason,
+    /// Its owner and extended attributes, if any were kept.
+    pub meta: Option<&'a Meta>,
     /// The file's stat proves it holds the recorded content (it was
     /// checked against the index just before it was moved aside, and was
     /// not racy): a file taken whole into the store is not read again.
@@ -229,5 +274,56 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(300));
         drop(held);
         opener.join().unwrap().expect("opened once let go");
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    /// Records of catalogs from before metadata was kept still read.
+    #[test]
+    fn versions_of_either_layout_decode() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            id: u64,
+            path: &'a str,
+            content: Hash,
+            size: u64,
+            mode: u32,
+            mtime_ns: i64,
+            origin: ReplicaId,
+            saved_at_ns: i64,
+            reason: Reason,
+            chunks: ChunkList,
+        }
+        let chunks = test_list(&[(1, 5)]);
+        let old = postcard::to_stdvec(&V1 {
+            id: 3,
+            path: "p",
+            content: Hash([2; 32]),
+            size: 5,
+            mode: 0o600,
+            mtime_ns: 9,
+            origin: ReplicaId(4),
+            saved_at_ns: 10,
+            reason: Reason::Deleted,
+            chunks: chunks.clone(),
+        })
+        .unwrap();
+        let v = Version::decode(&old).unwrap();
+        assert_eq!((v.id, v.path.as_str(), v.size, v.meta), (3, "p", 5, None));
+        let new = Version {
+            meta: Some(Box::new(Meta {
+                owner: None,
+                xattrs: vec![weave_core::Xattr {
+                    name: "user.a".into(),
+                    value: b"1".to_vec(),
+                }],
+            })),
+            ..v
+        };
+        let bytes = postcard::to_stdvec(&new).unwrap();
+        assert_eq!(Version::decode(&bytes).unwrap(), new);
     }
 }

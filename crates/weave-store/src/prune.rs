@@ -203,6 +203,7 @@ mod tests {
             saved_at_ns: id as i64 * retention::SECOND,
             reason: Reason::Replaced,
             chunks: test_list(chunks),
+            meta: None,
         }
     }
 

@@ -213,6 +213,7 @@ impl<'s> Saving<'s> {
             saved_at_ns: self.saved_at,
             reason: item.reason,
             chunks: item.chunks.clone(),
+            meta: item.meta.cloned().map(Box::new),
         });
         self.next_id += 1;
         id

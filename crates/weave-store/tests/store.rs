@@ -32,6 +32,7 @@ fn save(store: &Store, dir: &Path, path: &str, data: &[u8]) -> u64 {
             mtime_ns: 7,
             origin: ReplicaId(3),
             reason: Reason::Replaced,
+            meta: None,
             trusted: false,
             movable: false,
         }])
@@ -124,6 +125,7 @@ fn a_file_that_no_longer_holds_its_content_is_not_saved() {
             mtime_ns: 0,
             origin: ReplicaId(1),
             reason: Reason::Deleted,
+            meta: None,
             trusted: false,
             movable: true,
         }])
@@ -224,6 +226,7 @@ fn a_large_new_file_is_taken_whole_without_a_copy() {
             mtime_ns: 1,
             origin: ReplicaId(2),
             reason: Reason::Deleted,
+            meta: None,
             trusted: false,
             movable: true,
         }])

@@ -101,7 +101,19 @@ pub fn restore(
         (None, None) => Pick::Latest,
     };
     let at = history::locate(path)?;
-    let done = history::restore(&at, pick, to)?;
+    // The restored file gets the owner and extended attributes its
+    // version kept, as far as this process keeps them.
+    let names = weave_fs::meta::Names::default();
+    let finish = |f: &std::fs::File, v: &weave_store::Version| {
+        let scope = weave_fs::meta::scope();
+        weave_fs::meta::apply(
+            weave_fs::meta::Target::File(f),
+            v.meta.as_deref(),
+            scope,
+            &names,
+        )
+    };
+    let done = history::restore(&at, pick, to, &finish)?;
     if json {
         println!(
             "{}",

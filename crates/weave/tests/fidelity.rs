@@ -252,3 +252,32 @@ fn what_is_kept_can_be_turned_off() {
         .expect_code(2)
         .stderr_has(&["unknown namespace", "bogus"]);
 }
+
+/// A version in history keeps the attributes it had, and a restore gives
+/// them back.
+#[test]
+fn a_restored_version_has_its_attributes() {
+    let t = setup(&["A", "B"]);
+    let p = t.path();
+    if !xattrs_here(p) {
+        eprintln!("skipped: no user extended attributes on this file system");
+        return;
+    }
+    write_at(p.join("A/f"), "one", at(1_600_000_000, 0));
+    set_xattr(&p.join("A/f"), "user.color", b"blue");
+    sync(p, &["A", "B"]).expect_code(0);
+    // B writes new content (and a new colour): A keeps what it replaces.
+    write_at(p.join("B/f"), "two", at(1_600_000_100, 0));
+    set_xattr(&p.join("B/f"), "user.color", b"red");
+    sync(p, &["A", "B"]).expect_code(0);
+    assert_eq!(
+        get_xattr(&p.join("A/f"), "user.color").as_deref(),
+        Some(&b"red"[..])
+    );
+    weave(p, ["restore", "A/f", "--to", "old"]).expect_code(0);
+    assert_eq!(read_str(p.join("old")), "one");
+    assert_eq!(
+        get_xattr(&p.join("old"), "user.color").as_deref(),
+        Some(&b"blue"[..])
+    );
+}

@@ -65,6 +65,7 @@ impl LocalReplica {
                 mode: r.old.mode,
                 mtime_ns: r.old.mtime_ns,
                 origin: r.old.origin,
+                meta: r.old.meta.as_deref(),
                 reason: if r.deleted {
                     weave_store::Reason::Deleted
                 } else {
