@@ -28,6 +28,9 @@ use weave_engine::{NoProgress, PolicySpec, Replica, SyncOptions};
 use weave_fs::LocalReplica;
 use weave_net::{Conn, RemoteReplica};
 
+/// The size of a written file with a hole in it (see `World::content`).
+const SPARSE: usize = 300_000;
+
 /// The paths operations pick from: few enough to collide often.
 const PATHS: &[&str] = &[
     "a", "b", "d", "d/a", "d/b", "d/e", "d/e/c", "d.x", "d-y", "d-y/a", "d/e.c", "f", "f/a",
@@ -72,6 +75,13 @@ enum UserOp {
         path: usize,
         target: usize,
     },
+    /// Set (or, for 0, remove) the extended attribute `user.tag` of a file
+    /// or directory: a change of metadata alone.
+    Tag {
+        rep: usize,
+        path: usize,
+        value: u8,
+    },
     Sync {
         a: usize,
         b: usize,
@@ -83,7 +93,7 @@ fn arb_op(n: usize) -> impl Strategy<Value = UserOp> {
     let rep = 0..n;
     let p = 0..PATHS.len();
     prop_oneof![
-        4 => (rep.clone(), p.clone(), prop_oneof![3 => 0usize..200, 1 => 20_000usize..90_000]).prop_map(|(rep, path, size)| UserOp::Write { rep, path, size }),
+        4 => (rep.clone(), p.clone(), prop_oneof![6 => 0usize..200, 2 => 20_000usize..90_000, 1 => Just(SPARSE)]).prop_map(|(rep, path, size)| UserOp::Write { rep, path, size }),
         2 => (rep.clone(), p.clone()).prop_map(|(rep, path)| UserOp::Delete { rep, path }),
         1 => (rep.clone(), p.clone(), p.clone()).prop_map(|(rep, from, to)| UserOp::Rename { rep, from, to }),
         1 => (rep.clone(), p.clone()).prop_map(|(rep, path)| UserOp::Mkdir { rep, path }),
@@ -91,6 +101,7 @@ fn arb_op(n: usize) -> impl Strategy<Value = UserOp> {
         1 => (rep.clone(), p.clone()).prop_map(|(rep, path)| UserOp::Swap { rep, path }),
         1 => (rep.clone(), p.clone(), any::<bool>()).prop_map(|(rep, path, exec)| UserOp::Chmod { rep, path, exec }),
         1 => (rep.clone(), p.clone(), 0usize..3).prop_map(|(rep, path, target)| UserOp::Symlink { rep, path, target }),
+        1 => (rep.clone(), p.clone(), 0u8..3).prop_map(|(rep, path, value)| UserOp::Tag { rep, path, value }),
         3 => (rep.clone(), rep.clone()).prop_map(|(a, b)| UserOp::Sync { a, b }),
         1 => Just(UserOp::SyncAll),
     ]
@@ -168,6 +179,10 @@ impl World {
             x ^= x >> 7;
             x ^= x << 17;
             v.push(x as u8);
+        }
+        // A file with a hole: a run of zeros whole chunks long.
+        if size == SPARSE {
+            v[20_000..SPARSE - 20_000].fill(0);
         }
         v
     }
@@ -285,6 +300,21 @@ impl World {
                     fs::set_permissions(&full, fs::Permissions::from_mode(mode)).unwrap();
                 }
             }
+            UserOp::Tag { rep, path, value } => {
+                let full = self.reps[rep].join(PATHS[path]);
+                if is_file(&full) || is_dir(&full) {
+                    // A file system without user attributes: nothing to do.
+                    let _ = match value {
+                        0 => rustix::fs::lremovexattr(&full, "user.tag"),
+                        v => rustix::fs::lsetxattr(
+                            &full,
+                            "user.tag",
+                            &[v],
+                            rustix::fs::XattrFlags::empty(),
+                        ),
+                    };
+                }
+            }
             UserOp::Symlink { rep, path, target } => {
                 let root = self.reps[rep].clone();
                 let full = root.join(PATHS[path]);
@@ -313,7 +343,7 @@ impl World {
                 continue;
             }
             for (_, node) in tree(&self.reps[i]) {
-                if let Node::File(c, _, _) = node {
+                if let Node::File(c, ..) = node {
                     self.held.insert(c);
                 }
             }
@@ -407,13 +437,13 @@ impl World {
         let live: HashSet<&Vec<u8>> = now
             .values()
             .filter_map(|n| match n {
-                Node::File(c, _, _) => Some(c),
+                Node::File(c, ..) => Some(c),
                 _ => None,
             })
             .collect();
         let root = fs::canonicalize(&self.reps[i]).unwrap();
         for (path, node) in old {
-            let Node::File(c, _, _) = node else { continue };
+            let Node::File(c, ..) = node else { continue };
             if live.contains(c) {
                 continue;
             }
@@ -448,9 +478,18 @@ impl World {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Node {
-    File(Vec<u8>, u32, std::time::SystemTime),
-    Dir(u32),
+    /// Content, mode, mtime, `user.tag`.
+    File(Vec<u8>, u32, std::time::SystemTime, Option<Vec<u8>>),
+    Dir(u32, Option<Vec<u8>>),
     Link(PathBuf),
+}
+
+/// The extended attribute `user.tag` of a path, if it has one.
+fn tag(p: &Path) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 16];
+    rustix::fs::lgetxattr(p, "user.tag", &mut buf[..])
+        .ok()
+        .map(|n| buf[..n].to_vec())
 }
 
 /// Everything in a replica but its state directory.
@@ -471,9 +510,9 @@ fn tree(root: &Path) -> BTreeMap<String, Node> {
                 Node::Link(fs::read_link(&p).unwrap())
             } else if m.is_dir() {
                 stack.push(p.clone());
-                Node::Dir(mode)
+                Node::Dir(mode, tag(&p))
             } else {
-                Node::File(fs::read(&p).unwrap(), mode, m.modified().unwrap())
+                Node::File(fs::read(&p).unwrap(), mode, m.modified().unwrap(), tag(&p))
             };
             out.insert(rel, node);
         }
@@ -530,7 +569,7 @@ fn check_all(
     let present: HashSet<Vec<u8>> = first
         .values()
         .filter_map(|n| match n {
-            Node::File(c, _, _) => Some(c.clone()),
+            Node::File(c, ..) => Some(c.clone()),
             _ => None,
         })
         .collect();
@@ -544,7 +583,7 @@ fn check_all(
     // Nothing a user made on the backup reached a source.
     for i in (0..n).filter(|&i| Some(i) != backup) {
         for (p, node) in tree(&w.reps[i]) {
-            if let Node::File(c, _, _) = node {
+            if let Node::File(c, ..) = node {
                 prop_assert!(
                     !w.backup_made.contains(&c),
                     "replica {} holds {} made on the backup",
