@@ -792,3 +792,31 @@ fn an_ignore_file_a_peer_refuses_starts_no_resync_loop() {
         b1 - b0
     );
 }
+
+/// A change of a file's extended attributes alone reaches the peer live,
+/// both ways (the watcher sees it; the data is not sent again).
+#[test]
+fn an_attribute_change_alone_reaches_the_peer() {
+    let (a, b, fa, fb) = synced_pair();
+    let get = |p: &std::path::Path| {
+        let mut buf = [0u8; 32];
+        rustix::fs::lgetxattr(p, "user.color", &mut buf[..])
+            .ok()
+            .map(|n| buf[..n].to_vec())
+    };
+    let set = |p: &std::path::Path, v: &[u8]| {
+        rustix::fs::lsetxattr(p, "user.color", v, rustix::fs::XattrFlags::empty())
+    };
+    if set(&fa.join("first"), b"blue").is_err() {
+        eprintln!("skipped: no user extended attributes on this file system");
+        return;
+    }
+    wait_for("the attribute on b", &[&a, &b], || {
+        get(&fb.join("first")).as_deref() == Some(&b"blue"[..])
+    });
+    set(&fb.join("first"), b"red").unwrap();
+    wait_for("the attribute back on a", &[&a, &b], || {
+        get(&fa.join("first")).as_deref() == Some(&b"red"[..])
+    });
+    assert_eq!(read(&fa.join("first")).as_deref(), Some("1"));
+}
