@@ -18,6 +18,9 @@ pub const XATTR_VALUE_MAX: usize = 64 * 1024;
 pub const XATTRS_MAX: usize = 1024;
 /// ... and this many bytes of names and values together.
 pub const XATTRS_BYTES_MAX: usize = 256 * 1024;
+/// File capabilities: kept only when asked for by name (see
+/// [`MetaScope::keeps_xattr`]).
+pub const CAPABILITY_XATTR: &str = "security.capability";
 /// The longest user or group name kept.
 pub const NAME_MAX: usize = 255;
 
@@ -58,8 +61,14 @@ pub struct MetaScope {
 }
 
 impl MetaScope {
-    /// Whether attributes named `name` are kept.
+    /// Whether attributes named `name` are kept. A file's capabilities
+    /// (`security.capability`, which give a program root's powers as
+    /// setuid does) only when the scope names `capability` itself: a peer
+    /// must not hand this machine a privileged program by default.
     pub fn keeps_xattr(&self, name: &str) -> bool {
+        if name == CAPABILITY_XATTR {
+            return self.namespaces.iter().any(|n| n == "capability");
+        }
         let ns = name.split('.').next().unwrap_or("");
         self.namespaces.iter().any(|n| n == ns)
     }
@@ -68,7 +77,42 @@ impl MetaScope {
     pub fn any(&self) -> bool {
         self.owner || !self.namespaces.is_empty()
     }
+
+    /// The scope as a number a replica records, to notice when it
+    /// changes: bit 0 owner, bit 1 numeric ids, then one bit per
+    /// namespace of [`NAMESPACES`].
+    pub fn bits(&self) -> u64 {
+        let mut b = u64::from(self.owner) | u64::from(self.numeric_ids) << 1;
+        for (i, ns) in NAMESPACES.iter().enumerate() {
+            if self.namespaces.iter().any(|n| n == ns) {
+                b |= 1 << (2 + i);
+            }
+        }
+        b
+    }
+
+    /// What this scope keeps that one recorded as `before` (see
+    /// [`MetaScope::bits`]; None: unknown, nothing) did not.
+    pub fn widened_from(&self, before: Option<u64>) -> MetaScope {
+        let was = before.unwrap_or(0);
+        MetaScope {
+            owner: self.owner && was & 1 == 0,
+            numeric_ids: self.numeric_ids,
+            namespaces: NAMESPACES
+                .iter()
+                .enumerate()
+                .filter(|(i, ns)| {
+                    was & (1 << (2 + i)) == 0 && self.namespaces.iter().any(|n| n == *ns)
+                })
+                .map(|(_, ns)| ns.to_string())
+                .collect(),
+        }
+    }
 }
+
+/// The namespaces a scope can name (`capability`: `security.capability`
+/// alone). Their order is part of [`MetaScope::bits`].
+pub const NAMESPACES: [&str; 5] = ["user", "trusted", "security", "system", "capability"];
 
 /// Why metadata from elsewhere was refused (I-6).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -202,6 +246,40 @@ mod tests {
         // Nothing before: what was seen.
         let m = Meta::observed_over(Meta::default(), None, &user_only);
         assert!(m.is_empty() && m.boxed().is_none());
+    }
+
+    #[test]
+    fn a_widened_scope_names_only_what_is_new() {
+        let narrow = MetaScope {
+            owner: false,
+            numeric_ids: false,
+            namespaces: vec!["user".into()],
+        };
+        let wide = MetaScope {
+            owner: true,
+            numeric_ids: false,
+            namespaces: vec!["user".into(), "security".into()],
+        };
+        let w = wide.widened_from(Some(narrow.bits()));
+        assert!(w.owner);
+        assert_eq!(w.namespaces, vec!["security".to_string()]);
+        assert!(!wide.widened_from(Some(wide.bits())).any());
+        assert!(!narrow.widened_from(Some(wide.bits())).any());
+        assert_eq!(wide.widened_from(None).namespaces.len(), 2);
+        assert_ne!(narrow.bits(), wide.bits());
+    }
+
+    #[test]
+    fn capabilities_are_kept_only_when_named() {
+        let mut s = MetaScope {
+            owner: true,
+            numeric_ids: false,
+            namespaces: vec!["security".into(), "user".into()],
+        };
+        assert!(s.keeps_xattr("security.selinux") && s.keeps_xattr("user.x"));
+        assert!(!s.keeps_xattr(CAPABILITY_XATTR) && !s.keeps_xattr("trusted.x"));
+        s.namespaces.push("capability".into());
+        assert!(s.keeps_xattr(CAPABILITY_XATTR));
     }
 
     #[test]

@@ -288,8 +288,10 @@ pub fn plan_tree(
                 }
             }
         }
+        let mut meta = None;
         if let Some(b) = best_dir {
             mode = b.mode;
+            meta = b.meta.clone();
         }
         let mut copies = Vec::new();
         if let Some(e) = current {
@@ -316,7 +318,7 @@ pub fn plan_tree(
                 mtime_ns: 0,
                 vv,
                 origin: by,
-                meta: None,
+                meta,
             },
         );
         place_copies(&mut plan, copies, bumper);

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::fs::{File, Metadata};
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Mutex;
 use weave_core::{Meta, MetaScope, Owner, Xattr};
@@ -52,6 +52,8 @@ pub struct Names {
     groups: Mutex<HashMap<u32, Option<String>>>,
     uids: Mutex<HashMap<String, Option<u32>>>,
     gids: Mutex<HashMap<String, Option<u32>>>,
+    /// (device, namespace) → extended attributes kept there.
+    support: Mutex<HashMap<(u64, String), bool>>,
 }
 
 impl Names {
@@ -85,6 +87,25 @@ impl Names {
             .or_insert_with(|| uzers::get_group_by_name(name).map(|g| g.gid()))
     }
 
+    /// Whether the file system of `path` (device `dev`) keeps extended
+    /// attributes in namespace `ns`, asked once per device: reading a name
+    /// that is not there says "no such attribute" where it does, "not
+    /// supported" where it does not (a listing is empty either way).
+    fn supports(&self, path: &Path, dev: u64, ns: &str) -> bool {
+        let mut m = self.support.lock().unwrap();
+        *m.entry((dev, ns.to_string())).or_insert_with(|| {
+            let probe = match ns {
+                "system" => "system.posix_acl_access".to_string(),
+                "capability" => "security.weave-probe".to_string(),
+                _ => format!("{ns}.weave-probe"),
+            };
+            !matches!(
+                rustix::fs::lgetxattr_query(path, probe.as_str()),
+                Err(rustix::io::Errno::OPNOTSUPP)
+            )
+        })
+    }
+
     /// The ids `o` has here: by name where the name exists (unless
     /// `numeric`), else its numbers.
     pub fn ids_of(&self, o: &Owner, numeric: bool) -> (u32, u32) {
@@ -99,23 +120,30 @@ impl Names {
 }
 
 /// What `scope` keeps of the path `path` (metadata `m`, not followed if a
-/// symlink). `None` for the attributes where the file system has none to
-/// tell (they are then taken from the version the replica had).
-pub fn read(path: &Path, m: &Metadata, scope: &MetaScope, names: &Names) -> (Meta, bool) {
+/// symlink), and the scope it could be read under: the namespaces the file
+/// system has no attributes in (or a symlink's) are left out of it, so
+/// that what the replica had of them passes through.
+pub fn read(path: &Path, m: &Metadata, scope: &MetaScope, names: &Names) -> (Meta, MetaScope) {
     let owner = scope.owner.then(|| Owner {
         uid: m.uid(),
         gid: m.gid(),
         user: (!scope.numeric_ids).then(|| names.user(m.uid())).flatten(),
         group: (!scope.numeric_ids).then(|| names.group(m.gid())).flatten(),
     });
-    let (xattrs, known) = match m.file_type().is_symlink() || scope.namespaces.is_empty() {
-        true => (Vec::new(), false),
-        false => match read_xattrs(path, scope) {
-            Ok(x) => (x, true),
-            Err(_) => (Vec::new(), false),
-        },
+    let mut read_as = scope.clone();
+    let symlink = m.file_type().is_symlink();
+    read_as
+        .namespaces
+        .retain(|ns| !symlink && names.supports(path, m.dev(), ns));
+    let xattrs = match read_as.namespaces.is_empty() {
+        true => Some(Vec::new()),
+        false => read_xattrs(path, &read_as).ok(),
     };
-    (Meta { owner, xattrs }, known)
+    if xattrs.is_none() {
+        read_as.namespaces.clear();
+    }
+    let xattrs = xattrs.unwrap_or_default();
+    (Meta { owner, xattrs }, read_as)
 }
 
 /// The extended attributes of `path` in the namespaces `scope` keeps,
@@ -152,6 +180,55 @@ fn read_xattrs(path: &Path, scope: &MetaScope) -> io::Result<Vec<Xattr>> {
     Ok(out)
 }
 
+/// Gives `path` what `widened` keeps of `recorded` and the path lacks:
+/// the owner, and each attribute it has no value for (one it has is its
+/// own change, and stays).
+pub fn fill_missing(
+    path: &Path,
+    recorded: &Meta,
+    widened: &MetaScope,
+    names: &Names,
+) -> io::Result<()> {
+    if !widened.any() {
+        return Ok(());
+    }
+    let to = Target::Path(path);
+    if let Some(o) = recorded.owner.as_ref().filter(|_| widened.owner) {
+        let (uid, gid) = names.ids_of(o, widened.numeric_ids);
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    }
+    let have = match widened.namespaces.is_empty() {
+        true => return Ok(()),
+        false => list(&to)?,
+    };
+    let mut made_writable = false;
+    let mode = std::fs::symlink_metadata(path)?.mode() & 0o7777;
+    for x in recorded.kept_xattrs(widened) {
+        if have.contains(&x.name) {
+            continue;
+        }
+        let set = |to: &Target| match to {
+            Target::File(f) => rustix::fs::fsetxattr(
+                f,
+                x.name.as_str(),
+                &x.value,
+                rustix::fs::XattrFlags::empty(),
+            ),
+            Target::Path(p) => rustix::fs::lsetxattr(
+                *p,
+                x.name.as_str(),
+                &x.value,
+                rustix::fs::XattrFlags::empty(),
+            ),
+        };
+        retry_writable(&to, &mut made_writable, set).map_err(|e| named(e, &x.name))?;
+    }
+    if made_writable {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
 /// Where metadata is given: an open file, or a path (not followed).
 pub enum Target<'a> {
     File(&'a File),
@@ -180,32 +257,82 @@ pub fn apply(to: Target, meta: Option<&Meta>, scope: &MetaScope, names: &Names) 
         Err(e) if unsupported(&e) => return Ok(()),
         Err(e) => return Err(e),
     };
+    let mut made_writable = false;
     for name in have.iter().filter(|n| scope.keeps_xattr(n)) {
         if !want.iter().any(|x| &x.name == name) {
-            match &to {
-                Target::File(f) => rustix::fs::fremovexattr(f, name.as_str())?,
-                Target::Path(p) => rustix::fs::lremovexattr(*p, name.as_str())?,
-            }
+            let remove = |to: &Target| match to {
+                Target::File(f) => rustix::fs::fremovexattr(f, name.as_str()),
+                Target::Path(p) => rustix::fs::lremovexattr(*p, name.as_str()),
+            };
+            retry_writable(&to, &mut made_writable, remove).map_err(|e| named(e, name))?;
         }
     }
     let flags = rustix::fs::XattrFlags::empty();
     for x in want {
-        let r = match &to {
+        // What is there already is left alone (setting it again would
+        // need write permission, which a read-only file does not give).
+        if have.contains(&x.name) && value_of(&to, &x.name).as_deref() == Some(&x.value[..]) {
+            continue;
+        }
+        let set = |to: &Target| match to {
             Target::File(f) => rustix::fs::fsetxattr(f, x.name.as_str(), &x.value, flags),
             Target::Path(p) => rustix::fs::lsetxattr(*p, x.name.as_str(), &x.value, flags),
         };
-        match r {
-            Ok(()) => {}
-            Err(e) if unsupported(&e.into()) => return Ok(()),
-            Err(e) => {
-                return Err(io::Error::new(
-                    io::Error::from(e).kind(),
-                    format!("cannot set extended attribute {}: {e}", x.name),
-                ))
-            }
-        }
+        retry_writable(&to, &mut made_writable, set).map_err(|e| named(e, &x.name))?;
     }
     Ok(())
+}
+
+/// Runs `op` on `to`; if the file is not writable, once more after
+/// giving its owner write permission (the caller sets the final mode
+/// afterwards). A namespace the file system does not have is skipped.
+fn retry_writable(
+    to: &Target,
+    made_writable: &mut bool,
+    op: impl Fn(&Target) -> rustix::io::Result<()>,
+) -> io::Result<()> {
+    match op(to) {
+        Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => Ok(()),
+        Err(rustix::io::Errno::ACCESS) if !*made_writable => {
+            *made_writable = true;
+            let mode = match to {
+                Target::File(f) => f.metadata()?.mode(),
+                Target::Path(p) => std::fs::symlink_metadata(p)?.mode(),
+            };
+            let writable = std::fs::Permissions::from_mode((mode & 0o7777) | 0o200);
+            match to {
+                Target::File(f) => f.set_permissions(writable)?,
+                Target::Path(p) => std::fs::set_permissions(p, writable)?,
+            }
+            match op(to) {
+                Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// An error about attribute `name`, named.
+fn named(e: io::Error, name: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("extended attribute {name}: {e}"))
+}
+
+/// The value of attribute `name` of `to`, if it can be read.
+fn value_of(to: &Target, name: &str) -> Option<Vec<u8>> {
+    let len = match to {
+        Target::File(f) => rustix::fs::fgetxattr_query(f, name),
+        Target::Path(p) => rustix::fs::lgetxattr_query(*p, name),
+    }
+    .ok()?;
+    let mut v = vec![0u8; len];
+    let n = match to {
+        Target::File(f) => rustix::fs::fgetxattr(f, name, &mut v[..]),
+        Target::Path(p) => rustix::fs::lgetxattr(*p, name, &mut v[..]),
+    }
+    .ok()?;
+    v.truncate(n);
+    Some(v)
 }
 
 fn list(to: &Target) -> io::Result<Vec<String>> {
@@ -269,8 +396,8 @@ mod tests {
         rustix::fs::lsetxattr(&b, "user.stale", b"x", flags).unwrap();
         let names = Names::default();
         let scope = user_scope();
-        let (m, known) = read(&a, &std::fs::symlink_metadata(&a).unwrap(), &scope, &names);
-        assert!(known);
+        let (m, read_as) = read(&a, &std::fs::symlink_metadata(&a).unwrap(), &scope, &names);
+        assert_eq!(read_as, scope, "all of it could be read");
         assert_eq!(m.xattrs.len(), 2);
         assert_eq!(m.xattrs[0].name, "user.bin");
         assert!(m.owner.is_none(), "owners kept only where asked");
@@ -289,6 +416,54 @@ mod tests {
         apply(Target::File(&f), None, &scope, &names).unwrap();
         let (mb, _) = read(&b, &std::fs::symlink_metadata(&b).unwrap(), &scope, &names);
         assert!(mb.is_empty());
+    }
+
+    /// An attribute this file system refuses (an NFSv4 ACL from
+    /// another machine, here on ext4/tmpfs) must not keep the others from
+    /// being set: the names sort "system" < "trusted" < "user".
+    #[test]
+    fn an_unsupported_attribute_does_not_stop_the_others() {
+        let d = tempfile::tempdir().unwrap();
+        if !xattrs_here(d.path()) {
+            eprintln!("skipped: no user extended attributes here");
+            return;
+        }
+        let f = d.path().join("f");
+        std::fs::write(&f, b"x").unwrap();
+        let scope = MetaScope {
+            owner: false,
+            numeric_ids: false,
+            namespaces: vec!["system".into(), "user".into()],
+        };
+        let want = Meta {
+            owner: None,
+            xattrs: vec![
+                Xattr {
+                    name: "system.nfs4_acl".into(),
+                    value: b"\0\0\0\0".to_vec(),
+                },
+                Xattr {
+                    name: "user.color".into(),
+                    value: b"blue".to_vec(),
+                },
+            ],
+        };
+        let names = Names::default();
+        apply(Target::Path(&f), Some(&want), &scope, &names).unwrap();
+        let (got, _) = read(
+            &f,
+            &std::fs::symlink_metadata(&f).unwrap(),
+            &user_scope(),
+            &names,
+        );
+        assert_eq!(
+            got.xattrs,
+            vec![Xattr {
+                name: "user.color".into(),
+                value: b"blue".to_vec()
+            }],
+            "user.color was never set"
+        );
     }
 
     #[test]

@@ -41,12 +41,18 @@ pub struct ScanOutcome {
     pub notices: Vec<FsIssue>,
     pub files_hashed: u64,
     pub bytes_hashed: u64,
+    /// The scope of metadata the entries now agree with, when this scan
+    /// checked every path's (see [`scan`]), to be recorded with them.
+    pub meta_scope: Option<u64>,
 }
 
 pub struct ScanOptions<'a> {
     pub matcher: &'a Matcher,
     /// Remove leftover temporary files of an interrupted sync.
     pub remove_temps: bool,
+    /// Change nothing on disk (a dry run): what a widened scope would give
+    /// back to the tree (see [`scan`]) is not written.
+    pub dry_run: bool,
     /// Look only at these paths (relative to the root; each with its
     /// subtree and its ancestor directories) instead of the whole tree:
     /// what a file-system watcher saw change. None for a full scan.
@@ -122,6 +128,7 @@ pub fn prehash(
     let opts = ScanOptions {
         matcher,
         remove_temps: false,
+        dry_run: false,
         only: None,
         prehashed: None,
     };
@@ -297,6 +304,29 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
         updates.push((p, Object::Deleted, 0, 0, None));
     }
 
+    // What this replica keeps of owners and attributes changed since its
+    // entries were recorded (or was never recorded: a new index, or one
+    // from before metadata was kept): every path is checked once.
+    let scope = crate::meta::scope();
+    let mut dirs_kept = dirs_kept;
+    if index.meta_scope() != Some(scope.bits()) {
+        // (It checks the directories too.)
+        dirs_kept.clear();
+        let handled: HashSet<String> = updates
+            .iter()
+            .map(|u| u.0.clone())
+            .chain(stat_only.iter().map(|s| s.0.clone()))
+            .chain(blocked.iter().cloned())
+            .collect();
+        let sweep = Sweep {
+            root,
+            widened: scope.widened_from(index.meta_scope()),
+            dry_run: opts.dry_run,
+            names: &names,
+        };
+        sweep.run(index, &handled, &mut updates, &mut stat_only, &mut metas)?;
+        out.meta_scope = Some(scope.bits());
+    }
     // Directories whose owner or attributes alone changed.
     for rel in dirs_kept {
         if let Some(prev) = index.entry(&rel)? {
@@ -343,6 +373,59 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
 
 type Update = (String, Object, u32, i64, Option<Stat>);
 
+/// A check of every path's owner and attributes, when what the replica
+/// keeps of them changed. What it keeps now and did not before is first
+/// given back to the tree from its entries where the tree lacks it (under
+/// the narrower scope those values were passed through, never set: reading
+/// the tree now would take them as removed and strip them everywhere);
+/// then each path's is read, and a difference is a change.
+struct Sweep<'a> {
+    root: &'a Path,
+    widened: MetaScope,
+    dry_run: bool,
+    names: &'a crate::meta::Names,
+}
+
+impl Sweep<'_> {
+    fn run(
+        &self,
+        index: &Index,
+        handled: &HashSet<String>,
+        updates: &mut Vec<Update>,
+        stat_only: &mut Vec<(String, Stat)>,
+        metas: &mut HashMap<String, Option<Box<Meta>>>,
+    ) -> Result<(), ScanError> {
+        let mut live: Vec<(String, bool)> = Vec::new();
+        index.for_each_scan_record(|p, r| {
+            if !handled.contains(p) {
+                live.push((p.to_string(), matches!(r, ScanRecord::File(_))));
+            }
+        })?;
+        for (rel, is_file) in live {
+            let Some(prev) = index.entry(&rel)? else {
+                continue;
+            };
+            let full = join(self.root, &rel);
+            if let (Some(m), false) = (&prev.entry.meta, self.dry_run) {
+                let _ = crate::meta::fill_missing(&full, m, &self.widened, self.names);
+            }
+            let meta = extra_of(&full, prev.entry.meta.as_deref(), self.names);
+            let stat = match is_file {
+                true => fs::symlink_metadata(&full).ok().map(|m| stat_of(&m)),
+                false => None,
+            };
+            if meta != prev.entry.meta {
+                metas.insert(rel.clone(), meta);
+                let e = prev.entry;
+                updates.push((rel, e.object, e.mode, e.mtime_ns, stat.or(prev.stat)));
+            } else if let Some(st) = stat.filter(|s| Some(*s) != prev.stat) {
+                stat_only.push((rel, st));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The owner and extended attributes a replica records for the path
 /// `full`: what it keeps of them as they are on disk, and from `before`
 /// (what its index had) the rest (see [`Meta::observed_over`]).
@@ -354,20 +437,16 @@ fn extra_of(full: &Path, before: Option<&Meta>, names: &crate::meta::Names) -> O
     let Ok(m) = fs::symlink_metadata(full) else {
         return before.cloned().map(Box::new);
     };
-    let (seen, known) = crate::meta::read(full, &m, scope, names);
-    // Attributes the file system could not tell (none kept there, or a
-    // symlink's) pass through like those of namespaces not kept.
-    let kept;
-    let scope = match known {
-        true => scope,
-        false => {
-            kept = MetaScope {
-                namespaces: Vec::new(),
-                ..scope.clone()
-            };
-            &kept
+    let (mut seen, read_as) = crate::meta::read(full, &m, scope, names);
+    // An owner given by name gets this machine's ids for that name: what
+    // the index has still holds while the ids on disk are the ones it maps
+    // to here (else the other machine's numbers would read as a change).
+    if let (Some(now), Some(was)) = (&seen.owner, before.and_then(|b| b.owner.as_ref())) {
+        if names.ids_of(was, scope.numeric_ids) == (now.uid, now.gid) {
+            seen.owner = Some(was.clone());
         }
-    };
+    }
+    let scope = &read_as;
     Meta::observed_over(seen, before, scope).boxed()
 }
 
@@ -854,6 +933,7 @@ mod tests {
         let opts = ScanOptions {
             matcher: &matcher,
             remove_temps: false,
+            dry_run: false,
             only: None,
             prehashed,
         };

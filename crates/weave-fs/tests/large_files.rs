@@ -32,6 +32,7 @@ fn check(root: &std::path::Path, state: &std::path::Path, files: &[Vec<u8>]) {
     let opts = ScanOptions {
         matcher: &matcher,
         remove_temps: false,
+        dry_run: false,
         only: None,
         prehashed: None,
     };

@@ -156,6 +156,7 @@ fn scan_into(root: &Path, index: &mut Index, only: Option<&[String]>) {
     let opts = ScanOptions {
         matcher: &matcher,
         remove_temps: false,
+        dry_run: false,
         only,
         prehashed: None,
     };

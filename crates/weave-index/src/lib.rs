@@ -207,8 +207,11 @@ impl StoredEntry {
     fn decode(bytes: &[u8]) -> postcard::Result<StoredEntry> {
         match postcard::from_bytes::<StoredEntry>(bytes) {
             Ok(s) => Ok(s),
-            Err(e) => match postcard::from_bytes::<StoredEntryV2>(bytes) {
-                Ok(o) => Ok(StoredEntry {
+            // Only a record that is exactly a format-2 one (postcard
+            // leaves trailing bytes unread: a damaged format-3 record must
+            // not pass for one).
+            Err(e) => match postcard::take_from_bytes::<StoredEntryV2>(bytes) {
+                Ok((o, [])) => Ok(StoredEntry {
                     object: o.object,
                     mode: o.mode,
                     mtime_ns: o.mtime_ns,
@@ -218,7 +221,7 @@ impl StoredEntry {
                     stat: o.stat,
                     meta: None,
                 }),
-                Err(_) => Err(e),
+                _ => Err(e),
             },
         }
     }
@@ -238,11 +241,15 @@ pub struct Batch {
     pub peers: Vec<(ReplicaId, u64)>,
     /// The fingerprint of the ignore patterns under which `peers` holds.
     pub ignore_fingerprint: Option<u64>,
+    /// What the replica keeps of owners and extended attributes
+    /// (`MetaScope::bits`), recorded once its entries agree with it.
+    pub meta_scope: Option<u64>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+            && self.meta_scope.is_none()
             && self.contents.is_empty()
             && self.drop_contents.is_empty()
             && self.peers.is_empty()
@@ -260,6 +267,7 @@ pub struct Index {
     seq: u64,
     rekeyed: bool,
     ignore_fp: Option<u64>,
+    meta_scope: Option<u64>,
     /// False for a dry run: nothing is written.
     writable: bool,
     /// The `by_seq` table is there (format 2; an index of format 1 gets
@@ -285,6 +293,7 @@ impl Index {
             seq: 0,
             rekeyed: false,
             ignore_fp: None,
+            meta_scope: None,
             writable,
             by_seq: true,
         }
@@ -363,6 +372,7 @@ impl Index {
                 idx.clock = meta.get("clock").copied().unwrap_or(0);
                 idx.seq = meta.get("seq").copied().unwrap_or(0);
                 idx.ignore_fp = meta.get("ignore_fp").copied();
+                idx.meta_scope = meta.get("meta_scope").copied();
                 match meta.get("format") {
                     Some(&1) => idx.upgrade_from_1()?,
                     Some(&2) => idx.upgrade_from_2()?,
@@ -796,7 +806,17 @@ impl Index {
         if let Some(fp) = batch.ignore_fingerprint {
             self.ignore_fp = Some(fp);
         }
+        if let Some(s) = batch.meta_scope {
+            self.meta_scope = Some(s);
+        }
         Ok(())
+    }
+
+    /// What the replica kept of owners and extended attributes when its
+    /// entries last agreed with its disk (`MetaScope::bits`); None before
+    /// that was first recorded.
+    pub fn meta_scope(&self) -> Option<u64> {
+        self.meta_scope
     }
 
     /// Writes a batch as [`Index::write`] does, with the given clock and
@@ -870,6 +890,9 @@ impl Index {
             let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
             if let Some(fp) = batch.ignore_fingerprint {
                 meta.insert("ignore_fp", fp).map_err(|e| self.db_err(e))?;
+            }
+            if let Some(s) = batch.meta_scope {
+                meta.insert("meta_scope", s).map_err(|e| self.db_err(e))?;
             }
             meta.insert("clock", clock).map_err(|e| self.db_err(e))?;
             meta.insert("seq", seq).map_err(|e| self.db_err(e))?;

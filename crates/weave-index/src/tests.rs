@@ -288,3 +288,36 @@ fn metadata_is_kept_and_entries_of_format_2_still_read() {
     assert_eq!(idx.entry("m").unwrap(), Some(with_meta));
     assert_eq!(idx.entry("old").unwrap(), Some(entry("old")));
 }
+
+/// A format-3 record whose metadata does not decode is reported as
+/// damaged, not read as a format-2 record with its metadata dropped
+/// (postcard leaves the bytes over unread).
+#[test]
+fn a_damaged_format_3_record_is_not_read_as_format_2() {
+    let mut le = entry("m");
+    le.entry.meta = Some(Box::new(Meta {
+        owner: None,
+        xattrs: vec![weave_core::Xattr {
+            name: "user.color".into(),
+            value: b"blue".to_vec(),
+        }],
+    }));
+    let s = StoredEntry {
+        object: le.entry.object.clone(),
+        mode: le.entry.mode,
+        mtime_ns: le.entry.mtime_ns,
+        vv: le.entry.vv.clone(),
+        origin: le.entry.origin,
+        seq: le.seq,
+        stat: le.stat,
+        meta: le.entry.meta.clone(),
+    };
+    let mut bytes = postcard::to_stdvec(&s).unwrap();
+    bytes.pop(); // cut short inside the metadata
+    let got = StoredEntry::decode(&bytes);
+    assert!(
+        got.is_err(),
+        "decoded as format 2, meta = {:?}",
+        got.map(|s| s.meta)
+    );
+}

@@ -102,8 +102,8 @@ impl Version {
     pub(crate) fn decode(bytes: &[u8]) -> postcard::Result<Version> {
         match postcard::from_bytes::<Version>(bytes) {
             Ok(v) => Ok(v),
-            Err(e) => match postcard::from_bytes::<VersionV1>(bytes) {
-                Ok(o) => Ok(Version {
+            Err(e) => match postcard::take_from_bytes::<VersionV1>(bytes) {
+                Ok((o, [])) => Ok(Version {
                     id: o.id,
                     path: o.path,
                     content: o.content,
@@ -116,7 +116,7 @@ impl Version {
                     chunks: o.chunks,
                     meta: None,
                 }),
-                Err(_) => Err(e),
+                _ => Err(e),
             },
         }
     }

@@ -238,8 +238,10 @@ struct ServeArgs {
 #[derive(clap::Args, Clone)]
 struct KeepArgs {
     /// Extended attributes to keep, by namespace: a comma-separated list
-    /// of user, trusted, security (SELinux labels, capabilities) and
-    /// system (POSIX ACLs), or none. Default: user; run as root, all four.
+    /// of user, trusted, security (SELinux labels) and system (POSIX
+    /// ACLs), or none; add capability to keep file capabilities
+    /// (security.capability) too. Default: user; run as root, the four
+    /// namespaces, without capabilities.
     #[arg(long, value_name = "NAMESPACES", value_parser = parse_namespaces)]
     xattrs: Option<Namespaces>,
 
@@ -296,12 +298,12 @@ fn parse_namespaces(s: &str) -> Result<Namespaces, String> {
     if s == "none" {
         return Ok(Namespaces(Vec::new()));
     }
-    let known = ["user", "trusted", "security", "system"];
+    let known = ["user", "trusted", "security", "system", "capability"];
     let mut out: Vec<String> = Vec::new();
     for ns in s.split(',').map(str::trim) {
         if !known.contains(&ns) {
             return Err(format!(
-                "unknown namespace {ns:?}: give a comma-separated list of user, trusted, security and system, or none"
+                "unknown namespace {ns:?}: give a comma-separated list of user, trusted, security, system and capability, or none"
             ));
         }
         if !out.iter().any(|n| n == ns) {

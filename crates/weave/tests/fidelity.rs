@@ -281,3 +281,218 @@ fn a_restored_version_has_its_attributes() {
         Some(&b"blue"[..])
     );
 }
+
+// ---------------------------------------------------------------------------
+// What must never strip attributes (found in review).
+// ---------------------------------------------------------------------------
+
+/// A replica that ran once with `--xattrs none` recorded the attributes
+/// it was sent but did not set them; the next default run reads its
+/// directories, finds them "removed", and strips them everywhere; its
+/// files never get them (and the sync reports nothing to do).
+#[test]
+fn a_run_with_xattrs_none_then_a_default_run_strips_nothing() {
+    let t = setup(&["A", "B", "C"]);
+    let p = t.path();
+    if !xattrs_here(p) {
+        eprintln!("skipped: no user extended attributes on this file system");
+        return;
+    }
+    std::fs::create_dir(p.join("A/d")).unwrap();
+    write_at(p.join("A/d/f"), "x", at(1_600_000_000, 0));
+    set_xattr(&p.join("A/d"), "user.tag", b"keep me");
+    set_xattr(&p.join("A/d/f"), "user.color", b"blue");
+    // A knows its attributes (a default sync with C)...
+    sync(p, &["A", "C"]).expect_code(0);
+    // ... then B joins once without attributes ...
+    sync(p, &["--xattrs", "none", "A", "B"]).expect_code(0);
+    assert_eq!(get_xattr(&p.join("B/d"), "user.tag"), None);
+    // ... and the default again: nobody changed anything.
+    let (r, _) = sync_json(p, &["A", "B"]);
+    r.expect_code(0);
+    assert_eq!(
+        get_xattr(&p.join("A/d"), "user.tag").as_deref(),
+        Some(&b"keep me"[..]),
+        "A's directory lost its attribute\n{}",
+        r.stdout
+    );
+    assert_eq!(
+        get_xattr(&p.join("B/d/f"), "user.color").as_deref(),
+        Some(&b"blue"[..]),
+        "B's file never gets its attribute"
+    );
+}
+
+/// A directory removed on A while a file in it changed on B comes back
+/// (ParentRestored): it must keep its attributes on B (and get them on A).
+#[test]
+fn a_restored_parent_keeps_its_attributes() {
+    let t = setup(&["A", "B"]);
+    let p = t.path();
+    if !xattrs_here(p) {
+        eprintln!("skipped: no user extended attributes on this file system");
+        return;
+    }
+    std::fs::create_dir(p.join("A/d")).unwrap();
+    write_at(p.join("A/d/f"), "one", at(1_600_000_000, 0));
+    set_xattr(&p.join("A/d"), "user.tag", b"keep me");
+    sync(p, &["A", "B"]).expect_code(0);
+    assert_eq!(
+        get_xattr(&p.join("B/d"), "user.tag").as_deref(),
+        Some(&b"keep me"[..])
+    );
+    std::fs::remove_dir_all(p.join("A/d")).unwrap();
+    write_at(p.join("B/d/f"), "two, edited", at(1_600_000_100, 0));
+    // Exit code 1: the conflicts (modify/delete, parent restored) are reported.
+    let r = sync(p, &["A", "B"]);
+    r.expect_code(1);
+    assert_eq!(read_str(p.join("A/d/f")), "two, edited");
+    assert_eq!(
+        get_xattr(&p.join("B/d"), "user.tag").as_deref(),
+        Some(&b"keep me"[..]),
+        "the directory that was kept lost its attribute\n{}",
+        r.stdout
+    );
+}
+
+/// A restore in place must not make every replica lose the file's
+/// attributes.
+#[test]
+fn a_restore_does_not_strip_attributes_everywhere() {
+    let t = setup(&["A", "B"]);
+    let p = t.path();
+    if !xattrs_here(p) {
+        eprintln!("skipped: no user extended attributes on this file system");
+        return;
+    }
+    write_at(p.join("A/f"), "version one", at(1_600_000_000, 0));
+    set_xattr(&p.join("A/f"), "user.color", b"blue");
+    sync(p, &["A", "B"]).expect_code(0);
+    // An edit in place keeps the attribute.
+    write_at(p.join("A/f"), "version two!", at(1_600_000_100, 0));
+    sync(p, &["A", "B"]).expect_code(0);
+    assert_eq!(
+        get_xattr(&p.join("B/f"), "user.color").as_deref(),
+        Some(&b"blue"[..])
+    );
+    weave(p, ["restore", "B/f"]).expect_code(0);
+    assert_eq!(read_str(p.join("B/f")), "version one");
+    sync(p, &["A", "B"]).expect_code(0);
+    assert_eq!(read_str(p.join("A/f")), "version one");
+    assert_eq!(
+        get_xattr(&p.join("A/f"), "user.color").as_deref(),
+        Some(&b"blue"[..]),
+        "the restore on B stripped A's attribute"
+    );
+}
+
+/// Run as a user (not root): a read-only file (mode 0444, as git objects)
+/// with a user attribute still takes a new mtime (attributes already
+/// right are not set again, which would need write permission).
+#[test]
+fn a_read_only_file_with_attributes_takes_a_new_mtime_as_a_user() {
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to run weave as another user");
+        return;
+    }
+    let t = setup(&["A", "B"]);
+    let p = t.path();
+    if !xattrs_here(p) {
+        eprintln!("skipped: no user extended attributes on this file system");
+        return;
+    }
+    write_at(p.join("A/f"), "x", at(1_600_000_000, 0));
+    set_xattr(&p.join("A/f"), "user.color", b"blue");
+    std::fs::set_permissions(p.join("A/f"), std::fs::Permissions::from_mode(0o444)).unwrap();
+    for d in [p, &p.join("A"), &p.join("B"), &p.join("A/f")] {
+        std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
+    }
+    let as_nobody = || {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_weave"))
+            .args(["sync", "A", "B"])
+            .current_dir(p)
+            .output()
+            .expect("setpriv runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = as_nobody();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        get_xattr(&p.join("B/f"), "user.color").as_deref(),
+        Some(&b"blue"[..])
+    );
+    // Only the mtime changes on A.
+    set_mtime(p.join("A/f"), at(1_600_000_100, 0));
+    let (code, out) = as_nobody();
+    assert_eq!(code, 0, "a new mtime alone failed:\n{out}");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(p.join("B/f")).unwrap().mtime(),
+        1_600_000_100
+    );
+}
+
+/// On a file system without extended attributes (vfat, exfat,
+/// ramfs: no listxattr of their own), listing attributes succeeds with an
+/// empty list, only getting and setting them fail. Such a replica must
+/// pass the attributes of the others through, not report them removed.
+#[test]
+fn a_replica_without_xattrs_passes_them_through() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to mount a ramfs");
+        return;
+    }
+    let t = setup(&["A"]);
+    let p = t.path();
+    if !xattrs_here(p) {
+        eprintln!("skipped: no user extended attributes on this file system");
+        return;
+    }
+    let mnt = p.join("B");
+    std::fs::create_dir(&mnt).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "ramfs", "none"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped: cannot mount a ramfs");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(mnt.clone());
+    std::fs::create_dir(p.join("A/d")).unwrap();
+    write_at(p.join("A/d/f"), "x", at(1_600_000_000, 0));
+    set_xattr(&p.join("A/d"), "user.tag", b"keep me");
+    set_xattr(&p.join("A/d/f"), "user.color", b"blue");
+    sync(p, &["A", "B"]).expect_code(0);
+    assert_eq!(read_str(p.join("B/d/f")), "x");
+    // Nothing changed anywhere; and B's file is edited: neither may strip
+    // A's attributes.
+    sync(p, &["A", "B"]).expect_code(0);
+    write_at(p.join("B/d/f"), "edited on B", at(1_600_000_100, 0));
+    sync(p, &["A", "B"]).expect_code(0);
+    assert_eq!(read_str(p.join("A/d/f")), "edited on B");
+    assert_eq!(
+        get_xattr(&p.join("A/d"), "user.tag").as_deref(),
+        Some(&b"keep me"[..]),
+        "B, which keeps no attributes, stripped A's directory"
+    );
+    assert_eq!(
+        get_xattr(&p.join("A/d/f"), "user.color").as_deref(),
+        Some(&b"blue"[..]),
+        "B, which keeps no attributes, stripped A's file"
+    );
+}

@@ -272,6 +272,7 @@ impl Replica for LocalReplica {
         let opts = ScanOptions {
             matcher: &matcher,
             remove_temps: !dry_run,
+            dry_run,
             only: self.scan_only.as_deref(),
             prehashed: prehashed.as_ref(),
         };
@@ -311,6 +312,7 @@ impl Replica for LocalReplica {
         let batch = Batch {
             entries: o.changed,
             contents: o.contents,
+            meta_scope: o.meta_scope,
             ..Default::default()
         };
         if !dry_run && !batch.is_empty() {
