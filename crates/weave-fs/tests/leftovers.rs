@@ -84,7 +84,7 @@ fn versions_left_in_the_trash_by_a_killed_sync_are_kept_by_the_next() {
     assert_eq!(vs.len(), 1, "{vs:?}");
     assert_eq!(vs[0].mtime_ns, cur.entry.mtime_ns);
     let dest = t.path().join("back");
-    restore(&at, Pick::Latest, Some(&dest), &|_, _| Ok(())).unwrap();
+    restore(&at, Pick::Latest, Some(&dest), &|_, _, _| Ok(())).unwrap();
     assert_eq!(fs::read(&dest).unwrap(), b"the only copy of the old f");
     assert!(!b.join(".weave/trash").exists());
 

@@ -15,7 +15,8 @@ use weave_core::LocalEntry;
 use weave_core::{Entry, ReplicaId};
 
 /// The format of the cache file; a file of another version is ignored.
-const VERSION: u32 = 1;
+/// (2: entries carry their owner and extended attributes.)
+const VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct Cached {

@@ -464,7 +464,7 @@ impl World {
                 &at,
                 weave_store::history::Pick::Version(v.id),
                 Some(&dest),
-                &|_, _| Ok(()),
+                &|_, _, _| Ok(()),
             )
             .unwrap();
             assert_eq!(

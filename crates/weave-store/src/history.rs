@@ -198,9 +198,11 @@ pub struct Restored {
 }
 
 /// What a restore does to each file it writes before it is put in place
-/// (given the new file and the version it holds): the caller's way to give
-/// it the owner and extended attributes the version kept.
-pub type Finish<'a> = &'a dyn Fn(&File, &Version) -> std::io::Result<()>;
+/// (given the new file, the version it holds, and where it goes): the
+/// caller's way to give it the owner and extended attributes the version
+/// kept (or, for a version saved without them, those of the file it
+/// replaces).
+pub type Finish<'a> = &'a dyn Fn(&File, &Version, &Path) -> std::io::Result<()>;
 
 /// Restores `at` (a file, or a directory's tree) as chosen by `pick`,
 /// into the replica (a new local change, synced by the next sync) or under
@@ -466,7 +468,7 @@ fn write_version(
                 path: dest.to_path_buf(),
                 error,
             })?;
-        finish(&f, v).map_err(failed("cannot set the owner or extended attributes"))?;
+        finish(&f, v, dest).map_err(failed("cannot set the owner or extended attributes"))?;
         f.set_permissions(fs::Permissions::from_mode(v.mode & 0o7777))
             .map_err(failed("cannot set permissions"))?;
         let mtime = UNIX_EPOCH + Duration::from_nanos(v.mtime_ns.max(0) as u64);

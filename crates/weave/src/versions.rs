@@ -102,13 +102,22 @@ pub fn restore(
     };
     let at = history::locate(path)?;
     // The restored file gets the owner and extended attributes its
-    // version kept, as far as this process keeps them.
+    // version kept, as far as this process keeps them. A version saved
+    // without them (before weave kept them, or the file a restore
+    // replaced) takes those of the file it replaces, if any: a restore
+    // must not strip attributes from every replica.
     let names = weave_fs::meta::Names::default();
-    let finish = |f: &std::fs::File, v: &weave_store::Version| {
+    let finish = |f: &std::fs::File, v: &weave_store::Version, dest: &Path| {
         let scope = weave_fs::meta::scope();
+        let current = || {
+            let m = std::fs::symlink_metadata(dest).ok()?;
+            m.is_file()
+                .then(|| weave_fs::meta::read(dest, &m, scope, &names).0)
+        };
+        let meta = v.meta.as_deref().cloned().or_else(current);
         weave_fs::meta::apply(
             weave_fs::meta::Target::File(f),
-            v.meta.as_deref(),
+            meta.as_ref(),
             scope,
             &names,
         )

@@ -27,6 +27,52 @@ struct TrashNote {
     deleted: bool,
 }
 
+/// A record as a weave from before owners and attributes wrote it (its
+/// entry without `meta`): a run killed before an upgrade still has its
+/// old versions saved by the next.
+#[derive(serde::Deserialize)]
+struct TrashNoteV1 {
+    file: String,
+    path: String,
+    old: EntryV1,
+    deleted: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct EntryV1 {
+    path: String,
+    object: weave_core::Object,
+    mode: u32,
+    mtime_ns: i64,
+    vv: weave_core::VersionVector,
+    origin: weave_core::ReplicaId,
+}
+
+impl TrashNote {
+    fn decode(body: &[u8]) -> Option<TrashNote> {
+        if let Ok(n) = postcard::from_bytes::<TrashNote>(body) {
+            return Some(n);
+        }
+        match postcard::take_from_bytes::<TrashNoteV1>(body) {
+            Ok((n, [])) => Some(TrashNote {
+                file: n.file,
+                path: n.path,
+                old: Entry {
+                    path: n.old.path,
+                    object: n.old.object,
+                    mode: n.old.mode,
+                    mtime_ns: n.old.mtime_ns,
+                    vv: n.old.vv,
+                    origin: n.old.origin,
+                    meta: None,
+                },
+                deleted: n.deleted,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// The trash of the replica at `root`.
 fn trash_dir(root: &Path) -> PathBuf {
     root.join(STATE_DIR).join("trash")
@@ -61,7 +107,7 @@ pub fn trash_leftovers(root: &Path) -> Vec<Replaced> {
             break;
         };
         rest = &rest[4 + n..];
-        let Ok(note) = postcard::from_bytes::<TrashNote>(body) else {
+        let Some(note) = TrashNote::decode(body) else {
             break;
         };
         // Only plain names of weave's own temporaries: the journal is not
@@ -235,5 +281,45 @@ mod tests {
         assert_eq!(trash_leftovers(root).len(), 1);
         clear_trash(root);
         assert!(trash_leftovers(root).is_empty());
+    }
+
+    /// A record written before entries had metadata is still read; one
+    /// that is neither kind is not.
+    #[test]
+    fn journal_records_of_the_old_layout_still_read() {
+        #[derive(serde::Serialize)]
+        struct V1<'a> {
+            file: &'a str,
+            path: &'a str,
+            old: (
+                &'a str,
+                Object,
+                u32,
+                i64,
+                weave_core::VersionVector,
+                weave_core::ReplicaId,
+            ),
+            deleted: bool,
+        }
+        let e = file_entry("f", b"x", 3);
+        let body = postcard::to_stdvec(&V1 {
+            file: "t",
+            path: "f",
+            old: (
+                "f",
+                e.object.clone(),
+                e.mode,
+                e.mtime_ns,
+                e.vv.clone(),
+                e.origin,
+            ),
+            deleted: true,
+        })
+        .unwrap();
+        let n = TrashNote::decode(&body).expect("an old record reads");
+        assert_eq!((n.old, n.deleted), (e, true));
+        let mut longer = body.clone();
+        longer.push(7);
+        assert!(TrashNote::decode(&longer).is_none());
     }
 }
