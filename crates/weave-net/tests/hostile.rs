@@ -204,6 +204,55 @@ fn paths_that_escape_are_refused() {
     }
 }
 
+/// Extended attributes too many, too large, unnamed or out of order, and
+/// an owner name too long: the session is refused naming the peer, and
+/// nothing of it is written.
+#[test]
+fn hostile_attributes_are_refused() {
+    use weave_proto::msg::{WireOwner, WireXattr};
+    let x = |name: &str, len: usize| WireXattr {
+        name: name.into(),
+        value: vec![7; len],
+    };
+    let cases: Vec<(&str, Vec<WireXattr>, Option<WireOwner>)> = vec![
+        ("a value over 64 KiB", vec![x("user.big", 70_000)], None),
+        ("no name", vec![x("", 1)], None),
+        ("unsorted", vec![x("user.b", 1), x("user.a", 1)], None),
+        (
+            "too many",
+            (0..2000).map(|i| x(&format!("user.{i:05}"), 0)).collect(),
+            None,
+        ),
+        (
+            "a long owner name",
+            vec![],
+            Some(WireOwner {
+                uid: 0,
+                gid: 0,
+                user: Some("r".repeat(300)),
+                group: None,
+            }),
+        ),
+    ];
+    for (what, xattrs, owner) in cases {
+        let t = tempfile::tempdir().unwrap();
+        let r = sync_with(t.path(), move |c| {
+            open_like_a_server(c);
+            let mut f = file("f", b"evil");
+            f.xattrs = xattrs;
+            f.owner = owner;
+            offer(c, vec![f]);
+        });
+        let e = r.expect_err(what);
+        assert!(
+            e.contains("fakehost") && e.contains("invalid"),
+            "{what}: {e}"
+        );
+        assert!(!t.path().join("A/f").exists(), "{what}");
+        nothing_escaped(t.path());
+    }
+}
+
 #[test]
 fn writes_through_a_symlink_never_leave_the_replica() {
     let t = tempfile::tempdir().unwrap();
