@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::daemon::{conflict_copies, read, synced_pair, two, wait_for, weave, Device, WAIT};
+use common::daemon::{
+    conflict_copies, read, synced_pair, two, wait_for, wait_within, weave, Device, WAIT,
+};
 use common::free_port;
 
 #[test]
@@ -493,16 +495,20 @@ fn one_lasting_connection_carries_every_folder_both_ways() {
     assert_eq!(seen.len(), 1, "connections between the daemons: {seen:?}");
     assert_eq!(accepted_on(&ports).len(), 1, "the connection lasts");
     // Recent changes name each file, what happened to it, the peer, and
-    // the device that made the change.
-    let recent = a.status().expect("status")["recent"].clone();
-    let named = recent.as_array().unwrap().iter().any(|c| {
-        c["folder"] == "two"
-            && c["path"] == "b3"
-            && c["action"] == "create"
-            && c["peer"] == "b"
-            && c["by"] == "b"
+    // the device that made the change (once the sync that brought it has
+    // ended: the file lands before that).
+    wait_for("b3 among a's recent changes", &[&a, &b], || {
+        let recent = a.status().map(|s| s["recent"].clone()).unwrap_or_default();
+        recent.as_array().is_some_and(|r| {
+            r.iter().any(|c| {
+                c["folder"] == "two"
+                    && c["path"] == "b3"
+                    && c["action"] == "create"
+                    && c["peer"] == "b"
+                    && c["by"] == "b"
+            })
+        })
     });
-    assert!(named, "{recent:#}");
 }
 
 /// A peer that stops answering (SIGSTOP) is seen as disconnected by the
@@ -528,9 +534,14 @@ fn a_stopped_peer_is_seen_down_and_comes_back() {
                 .map(|p| p["state"].as_str().unwrap_or("").to_string())
         })
     };
-    wait_for("a to see b disconnected", &[&a], || {
-        state_of_b().as_deref() == Some("disconnected")
-    });
+    // Keep-alives take b as down after 20 s of silence; a connection b
+    // began just before it stopped may need as long again.
+    wait_within(
+        Duration::from_secs(75),
+        "a to see b disconnected",
+        &[&a],
+        || state_of_b().as_deref() == Some("disconnected"),
+    );
     // Nothing moves to a peer that is down.
     wait_for("no rate to b", &[&a], || {
         peer_figure(&a, "b", "rate_in") + peer_figure(&a, "b", "rate_out") == 0

@@ -204,10 +204,15 @@ pub fn synced_pair() -> (Device, Device, PathBuf, PathBuf) {
 
 /// Waits (bounded) until `f` holds; on time-out, or as soon as a daemon
 /// that should be running has exited, fails showing the logs.
-pub fn wait_for(what: &str, devs: &[&Device], mut f: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, devs: &[&Device], f: impl FnMut() -> bool) {
+    wait_within(WAIT, what, devs, f)
+}
+
+/// [`wait_for`] with its own bound.
+pub fn wait_within(bound: Duration, what: &str, devs: &[&Device], mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     let mut why = "timed out";
-    'wait: while t.elapsed() < WAIT {
+    'wait: while t.elapsed() < bound {
         if f() {
             return;
         }
