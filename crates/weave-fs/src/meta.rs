@@ -180,53 +180,77 @@ fn read_xattrs(path: &Path, scope: &MetaScope) -> io::Result<Vec<Xattr>> {
     Ok(out)
 }
 
+/// What [`fill_missing`] could not give back: those values stay as they
+/// were recorded (a failure must never read as a removal).
+#[derive(Debug, Default)]
+pub struct Unfilled {
+    pub owner: bool,
+    pub xattrs: Vec<String>,
+}
+
 /// Gives `path` what `widened` keeps of `recorded` and the path lacks:
-/// the owner, and each attribute it has no value for (one it has is its
-/// own change, and stays).
-pub fn fill_missing(
-    path: &Path,
-    recorded: &Meta,
-    widened: &MetaScope,
-    names: &Names,
-) -> io::Result<()> {
+/// the owner (where its ids differ), and each attribute it has no value
+/// for (one it has is its own change, and stays). Says what it could not.
+pub fn fill_missing(path: &Path, recorded: &Meta, widened: &MetaScope, names: &Names) -> Unfilled {
+    let mut unfilled = Unfilled::default();
     if !widened.any() {
-        return Ok(());
+        return unfilled;
     }
     let to = Target::Path(path);
     if let Some(o) = recorded.owner.as_ref().filter(|_| widened.owner) {
-        let (uid, gid) = names.ids_of(o, widened.numeric_ids);
-        std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+        unfilled.owner = give_owner(&to, o, widened.numeric_ids, names).is_err();
     }
-    let have = match widened.namespaces.is_empty() {
-        true => return Ok(()),
-        false => list(&to)?,
+    let wanted: Vec<&Xattr> = recorded.kept_xattrs(widened).collect();
+    if wanted.is_empty() {
+        return unfilled;
+    }
+    let Ok(have) = list(&to) else {
+        unfilled.xattrs = wanted.iter().map(|x| x.name.clone()).collect();
+        return unfilled;
     };
-    let mut made_writable = false;
-    let mode = std::fs::symlink_metadata(path)?.mode() & 0o7777;
-    for x in recorded.kept_xattrs(widened) {
-        if have.contains(&x.name) {
-            continue;
+    let mut writable = Writable::new(&to);
+    for x in wanted.into_iter().filter(|x| !have.contains(&x.name)) {
+        if writable.retry(|to| set_xattr(to, x)).is_err() {
+            unfilled.xattrs.push(x.name.clone());
         }
-        let set = |to: &Target| match to {
-            Target::File(f) => rustix::fs::fsetxattr(
-                f,
-                x.name.as_str(),
-                &x.value,
-                rustix::fs::XattrFlags::empty(),
-            ),
-            Target::Path(p) => rustix::fs::lsetxattr(
-                *p,
-                x.name.as_str(),
-                &x.value,
-                rustix::fs::XattrFlags::empty(),
-            ),
-        };
-        retry_writable(&to, &mut made_writable, set).map_err(|e| named(e, &x.name))?;
     }
-    if made_writable {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    unfilled
+}
+
+/// Gives `to` the owner `o` (by name where the name exists here), unless
+/// it has those ids already: a change of owner clears a file's setuid and
+/// setgid bits and capabilities, even to the same ids. The mode it had
+/// (those bits with it) is put back after a change.
+fn give_owner(to: &Target, o: &Owner, numeric: bool, names: &Names) -> io::Result<()> {
+    let (uid, gid) = names.ids_of(o, numeric);
+    let m = match to {
+        Target::File(f) => f.metadata()?,
+        Target::Path(p) => std::fs::symlink_metadata(p)?,
+    };
+    if (m.uid(), m.gid()) == (uid, gid) {
+        return Ok(());
+    }
+    match to {
+        Target::File(f) => std::os::unix::fs::fchown(f, Some(uid), Some(gid))?,
+        Target::Path(p) => std::os::unix::fs::lchown(p, Some(uid), Some(gid))?,
+    }
+    let special = m.mode() & 0o7000;
+    if special != 0 && !m.file_type().is_symlink() {
+        let mode = std::fs::Permissions::from_mode(m.mode() & 0o7777);
+        match to {
+            Target::File(f) => f.set_permissions(mode)?,
+            Target::Path(p) => std::fs::set_permissions(p, mode)?,
+        }
     }
     Ok(())
+}
+
+fn set_xattr(to: &Target, x: &Xattr) -> rustix::io::Result<()> {
+    let flags = rustix::fs::XattrFlags::empty();
+    match to {
+        Target::File(f) => rustix::fs::fsetxattr(f, x.name.as_str(), &x.value, flags),
+        Target::Path(p) => rustix::fs::lsetxattr(*p, x.name.as_str(), &x.value, flags),
+    }
 }
 
 /// Where metadata is given: an open file, or a path (not followed).
@@ -237,14 +261,12 @@ pub enum Target<'a> {
 
 /// Gives `to` what `scope` keeps of `meta`: its owner, and exactly its
 /// extended attributes in the kept namespaces (others there are removed).
-/// A file system without extended attributes is left as it is.
+/// A file system without extended attributes is left as it is. Its mode
+/// is as before whatever happens (a read-only file is made writable for
+/// the change only).
 pub fn apply(to: Target, meta: Option<&Meta>, scope: &MetaScope, names: &Names) -> io::Result<()> {
     if let Some(o) = meta.and_then(|m| m.owner.as_ref()).filter(|_| scope.owner) {
-        let (uid, gid) = names.ids_of(o, scope.numeric_ids);
-        match to {
-            Target::File(f) => std::os::unix::fs::fchown(f, Some(uid), Some(gid))?,
-            Target::Path(p) => std::os::unix::fs::lchown(p, Some(uid), Some(gid))?,
-        }
+        give_owner(&to, o, scope.numeric_ids, names)?;
     }
     if scope.namespaces.is_empty() {
         return Ok(());
@@ -257,14 +279,14 @@ pub fn apply(to: Target, meta: Option<&Meta>, scope: &MetaScope, names: &Names) 
         Err(e) if unsupported(&e) => return Ok(()),
         Err(e) => return Err(e),
     };
-    let mut made_writable = false;
+    let mut writable = Writable::new(&to);
     for name in have.iter().filter(|n| scope.keeps_xattr(n)) {
         if !want.iter().any(|x| &x.name == name) {
             let remove = |to: &Target| match to {
                 Target::File(f) => rustix::fs::fremovexattr(f, name.as_str()),
                 Target::Path(p) => rustix::fs::lremovexattr(*p, name.as_str()),
             };
-            match retry_writable(&to, &mut made_writable, remove) {
+            match writable.retry(remove) {
                 // A security label is the system's (SELinux refuses to
                 // drop one): another machine having none is no error.
                 Err(_) if name.starts_with("security.") => {}
@@ -272,49 +294,68 @@ pub fn apply(to: Target, meta: Option<&Meta>, scope: &MetaScope, names: &Names) 
             }
         }
     }
-    let flags = rustix::fs::XattrFlags::empty();
     for x in want {
         // What is there already is left alone (setting it again would
         // need write permission, which a read-only file does not give).
         if have.contains(&x.name) && value_of(&to, &x.name).as_deref() == Some(&x.value[..]) {
             continue;
         }
-        let set = |to: &Target| match to {
-            Target::File(f) => rustix::fs::fsetxattr(f, x.name.as_str(), &x.value, flags),
-            Target::Path(p) => rustix::fs::lsetxattr(*p, x.name.as_str(), &x.value, flags),
-        };
-        retry_writable(&to, &mut made_writable, set).map_err(|e| named(e, &x.name))?;
+        writable
+            .retry(|to| set_xattr(to, x))
+            .map_err(|e| named(e, &x.name))?;
     }
     Ok(())
 }
 
-/// Runs `op` on `to`; if the file is not writable, once more after
-/// giving its owner write permission (the caller sets the final mode
-/// afterwards). A namespace the file system does not have is skipped.
-fn retry_writable(
-    to: &Target,
-    made_writable: &mut bool,
-    op: impl Fn(&Target) -> rustix::io::Result<()>,
-) -> io::Result<()> {
-    match op(to) {
-        Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => Ok(()),
-        Err(rustix::io::Errno::ACCESS) if !*made_writable => {
-            *made_writable = true;
-            let mode = match to {
-                Target::File(f) => f.metadata()?.mode(),
-                Target::Path(p) => std::fs::symlink_metadata(p)?.mode(),
-            };
-            let writable = std::fs::Permissions::from_mode((mode & 0o7777) | 0o200);
-            match to {
-                Target::File(f) => f.set_permissions(writable)?,
-                Target::Path(p) => std::fs::set_permissions(p, writable)?,
+/// A file made writable by its owner for a change of its attributes, and
+/// given its mode back when done, however that ends.
+struct Writable<'a> {
+    to: &'a Target<'a>,
+    /// The mode it had, once it was made writable.
+    was: Option<u32>,
+}
+
+impl<'a> Writable<'a> {
+    fn new(to: &'a Target<'a>) -> Writable<'a> {
+        Writable { to, was: None }
+    }
+
+    /// Runs `op`; if the file is not writable, once more after giving its
+    /// owner write permission. A namespace the file system does not have
+    /// is skipped.
+    fn retry(&mut self, op: impl Fn(&Target) -> rustix::io::Result<()>) -> io::Result<()> {
+        match op(self.to) {
+            Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => Ok(()),
+            Err(rustix::io::Errno::ACCESS) if self.was.is_none() => {
+                let mode = match self.to {
+                    Target::File(f) => f.metadata()?.mode(),
+                    Target::Path(p) => std::fs::symlink_metadata(p)?.mode(),
+                } & 0o7777;
+                set_mode(self.to, mode | 0o200)?;
+                self.was = Some(mode);
+                match op(self.to) {
+                    Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
             }
-            match op(to) {
-                Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => Ok(()),
-                Err(e) => Err(e.into()),
-            }
+            Err(e) => Err(e.into()),
         }
-        Err(e) => Err(e.into()),
+    }
+}
+
+impl Drop for Writable<'_> {
+    fn drop(&mut self) {
+        if let Some(mode) = self.was {
+            let _ = set_mode(self.to, mode);
+        }
+    }
+}
+
+fn set_mode(to: &Target, mode: u32) -> io::Result<()> {
+    let p = std::fs::Permissions::from_mode(mode);
+    match to {
+        Target::File(f) => f.set_permissions(p),
+        Target::Path(path) => std::fs::set_permissions(path, p),
     }
 }
 

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use weave_chunk::{chunk_reader_with, ChunkList};
 use weave_core::ignore::Matcher;
 use weave_core::path::STATE_DIR;
-use weave_core::{Entry, Meta, MetaScope, Object};
+use weave_core::{Entry, Meta, Object};
 use weave_core::{LocalEntry, Stat};
 use weave_index::{Index, IndexError, ScanCursor, ScanRecord};
 
@@ -232,10 +232,30 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
         ..
     } = w;
     let names = crate::meta::Names::default();
+    // What this replica keeps of owners and attributes changed since its
+    // entries were recorded (or was never recorded: a new index, or one
+    // from before metadata was kept): what it keeps now and did not before
+    // is first given back to the tree from its entries, where the tree
+    // lacks it (under the narrower scope those values were passed through,
+    // never set: reading the tree now would take them as removed and strip
+    // them everywhere); then every path is checked once (`Sweep`). Not on
+    // a dry run, which would read what it cannot give back as removed.
+    let scope = crate::meta::scope();
+    let sweeping = !opts.dry_run && index.meta_scope() != Some(scope.bits());
+    let widened = scope.widened_from(index.meta_scope());
+    let unfilled = match sweeping && widened.any() {
+        true => give_back(root, index, &widened, &names)?,
+        false => HashMap::new(),
+    };
     // What this replica keeps of a path's owner and attributes, over what
-    // its index had (the rest passes through).
+    // its index had (the rest passes through; what could not be given
+    // back stays as recorded).
     let meta_of = |rel: &str, before: Option<&Meta>| -> Option<Box<Meta>> {
-        extra_of(&join(root, rel), before, &names)
+        let seen = extra_of(&join(root, rel), before, &names);
+        match unfilled.get(rel) {
+            Some(u) => keep_unfilled(seen, before, u),
+            None => seen,
+        }
     };
     let mut blocked = blocked;
     let mut stat_only: Vec<(String, Stat)> = Vec::new();
@@ -304,12 +324,8 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
         updates.push((p, Object::Deleted, 0, 0, None));
     }
 
-    // What this replica keeps of owners and attributes changed since its
-    // entries were recorded (or was never recorded: a new index, or one
-    // from before metadata was kept): every path is checked once.
-    let scope = crate::meta::scope();
     let mut dirs_kept = dirs_kept;
-    if index.meta_scope() != Some(scope.bits()) {
+    if sweeping {
         // (It checks the directories too.)
         dirs_kept.clear();
         let handled: HashSet<String> = updates
@@ -320,12 +336,11 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
             .collect();
         let sweep = Sweep {
             root,
-            widened: scope.widened_from(index.meta_scope()),
-            dry_run: opts.dry_run,
-            names: &names,
+            meta_of: &meta_of,
         };
         sweep.run(index, &handled, &mut updates, &mut stat_only, &mut metas)?;
-        out.meta_scope = Some(scope.bits());
+        // What could not be looked at is checked again next time.
+        out.meta_scope = blocked.is_empty().then(|| scope.bits());
     }
     // Directories whose owner or attributes alone changed.
     for rel in dirs_kept {
@@ -373,82 +388,8 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
 
 type Update = (String, Object, u32, i64, Option<Stat>);
 
-/// A check of every path's owner and attributes, when what the replica
-/// keeps of them changed. What it keeps now and did not before is first
-/// given back to the tree from its entries where the tree lacks it (under
-/// the narrower scope those values were passed through, never set: reading
-/// the tree now would take them as removed and strip them everywhere);
-/// then each path's is read, and a difference is a change.
-struct Sweep<'a> {
-    root: &'a Path,
-    widened: MetaScope,
-    dry_run: bool,
-    names: &'a crate::meta::Names,
-}
-
-impl Sweep<'_> {
-    fn run(
-        &self,
-        index: &Index,
-        handled: &HashSet<String>,
-        updates: &mut Vec<Update>,
-        stat_only: &mut Vec<(String, Stat)>,
-        metas: &mut HashMap<String, Option<Box<Meta>>>,
-    ) -> Result<(), ScanError> {
-        let mut live: Vec<(String, bool)> = Vec::new();
-        index.for_each_scan_record(|p, r| {
-            if !handled.contains(p) {
-                live.push((p.to_string(), matches!(r, ScanRecord::File(_))));
-            }
-        })?;
-        for (rel, is_file) in live {
-            let Some(prev) = index.entry(&rel)? else {
-                continue;
-            };
-            let full = join(self.root, &rel);
-            if let (Some(m), false) = (&prev.entry.meta, self.dry_run) {
-                let _ = crate::meta::fill_missing(&full, m, &self.widened, self.names);
-            }
-            let meta = extra_of(&full, prev.entry.meta.as_deref(), self.names);
-            let stat = match is_file {
-                true => fs::symlink_metadata(&full).ok().map(|m| stat_of(&m)),
-                false => None,
-            };
-            if meta != prev.entry.meta {
-                metas.insert(rel.clone(), meta);
-                let e = prev.entry;
-                updates.push((rel, e.object, e.mode, e.mtime_ns, stat.or(prev.stat)));
-            } else if let Some(st) = stat.filter(|s| Some(*s) != prev.stat) {
-                stat_only.push((rel, st));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The owner and extended attributes a replica records for the path
-/// `full`: what it keeps of them as they are on disk, and from `before`
-/// (what its index had) the rest (see [`Meta::observed_over`]).
-fn extra_of(full: &Path, before: Option<&Meta>, names: &crate::meta::Names) -> Option<Box<Meta>> {
-    let scope = crate::meta::scope();
-    if !scope.any() {
-        return before.cloned().map(Box::new);
-    }
-    let Ok(m) = fs::symlink_metadata(full) else {
-        return before.cloned().map(Box::new);
-    };
-    let (mut seen, read_as) = crate::meta::read(full, &m, scope, names);
-    // An owner given by name gets this machine's ids for that name: what
-    // the index has still holds while the ids on disk are the ones it maps
-    // to here (else the other machine's numbers would read as a change).
-    if let (Some(now), Some(was)) = (&seen.owner, before.and_then(|b| b.owner.as_ref())) {
-        if names.ids_of(was, scope.numeric_ids) == (now.uid, now.gid) {
-            seen.owner = Some(was.clone());
-        }
-    }
-    let scope = &read_as;
-    Meta::observed_over(seen, before, scope).boxed()
-}
+mod sweep;
+use sweep::{extra_of, give_back, keep_unfilled, Sweep};
 
 /// What a scan limited to `paths` looks at, in path order: each path with
 /// its subtree (true), and each of its ancestors alone (false). None when
