@@ -21,6 +21,8 @@ pub const XATTRS_BYTES_MAX: usize = 256 * 1024;
 /// File capabilities: kept only when asked for by name (see
 /// [`MetaScope::keeps_xattr`]).
 pub const CAPABILITY_XATTR: &str = "security.capability";
+/// The longest path a hard link names.
+pub const LINK_MAX: usize = 4096;
 /// The longest user or group name kept.
 pub const NAME_MAX: usize = 255;
 
@@ -41,12 +43,15 @@ pub struct Xattr {
     pub value: Vec<u8>,
 }
 
-/// Owner and extended attributes of one version of a path.
+/// Owner, extended attributes and hard links of one version of a path.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Meta {
     pub owner: Option<Owner>,
     /// Sorted by name, each name once.
     pub xattrs: Vec<Xattr>,
+    /// For a file with other names in its replica (hard links): the first
+    /// of its names in path order (this path itself, for that one).
+    pub link: Option<String>,
 }
 
 /// What a replica keeps of [`Meta`]: the owner, and the extended
@@ -58,6 +63,8 @@ pub struct MetaScope {
     /// Map owners by their numeric ids only, never by name.
     pub numeric_ids: bool,
     pub namespaces: Vec<String>,
+    /// Hard links: the names of one file are kept as one file.
+    pub links: bool,
 }
 
 impl MetaScope {
@@ -75,7 +82,7 @@ impl MetaScope {
 
     /// Whether anything at all is kept.
     pub fn any(&self) -> bool {
-        self.owner || !self.namespaces.is_empty()
+        self.owner || self.links || !self.namespaces.is_empty()
     }
 
     /// The scope as a number a replica records, to notice when it
@@ -88,7 +95,7 @@ impl MetaScope {
                 b |= 1 << (2 + i);
             }
         }
-        b
+        b | u64::from(self.links) << LINKS_BIT
     }
 
     /// What this scope keeps that one recorded as `before` (see
@@ -97,6 +104,7 @@ impl MetaScope {
         let was = before.unwrap_or(0);
         MetaScope {
             owner: self.owner && was & 1 == 0,
+            links: self.links && was & (1 << LINKS_BIT) == 0,
             numeric_ids: self.numeric_ids,
             namespaces: NAMESPACES
                 .iter()
@@ -113,6 +121,8 @@ impl MetaScope {
 /// The namespaces a scope can name (`capability`: `security.capability`
 /// alone). Their order is part of [`MetaScope::bits`].
 pub const NAMESPACES: [&str; 5] = ["user", "trusted", "security", "system", "capability"];
+/// The bit of [`MetaScope::bits`] that says hard links are kept.
+const LINKS_BIT: u32 = 2 + NAMESPACES.len() as u32;
 
 /// Why metadata from elsewhere was refused (I-6).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -127,12 +137,14 @@ pub enum MetaError {
     Unsorted,
     #[error("an owner name is empty, longer than {NAME_MAX} bytes or holds a NUL byte")]
     BadOwnerName,
+    #[error("a hard link names a path that is not a plain relative path of the replica")]
+    BadLink,
 }
 
 impl Meta {
     /// Nothing to keep: `None` in an entry.
     pub fn is_empty(&self) -> bool {
-        self.owner.is_none() && self.xattrs.is_empty()
+        self.owner.is_none() && self.xattrs.is_empty() && self.link.is_none()
     }
 
     /// `Some` unless empty.
@@ -148,6 +160,9 @@ impl Meta {
         if let Some(b) = before {
             if !scope.owner {
                 m.owner = b.owner.clone();
+            }
+            if !scope.links {
+                m.link = b.link.clone();
             }
             m.xattrs.extend(
                 b.xattrs
@@ -188,6 +203,11 @@ impl Meta {
         if total > XATTRS_BYTES_MAX {
             return Err(MetaError::TooMany);
         }
+        if let Some(l) = &self.link {
+            if l.len() > LINK_MAX || crate::path::validate(l).is_err() {
+                return Err(MetaError::BadLink);
+            }
+        }
         if let Some(o) = &self.owner {
             for name in [&o.user, &o.group].into_iter().flatten() {
                 if name.is_empty() || name.len() > NAME_MAX || name.contains('\0') {
@@ -225,14 +245,17 @@ mod tests {
             owner: false,
             numeric_ids: false,
             namespaces: vec!["user".into()],
+            links: false,
         };
         let before = Meta {
             owner: owner(7),
             xattrs: vec![x("security.selinux", b"label"), x("user.a", b"old")],
+            link: None,
         };
         let seen = Meta {
             owner: owner(1000),
             xattrs: vec![x("user.b", b"new")],
+            link: None,
         };
         let m = Meta::observed_over(seen, Some(&before), &user_only);
         // The owner it cannot keep, and the security label, as before; the
@@ -254,11 +277,13 @@ mod tests {
             owner: false,
             numeric_ids: false,
             namespaces: vec!["user".into()],
+            links: false,
         };
         let wide = MetaScope {
             owner: true,
             numeric_ids: false,
             namespaces: vec!["user".into(), "security".into()],
+            links: false,
         };
         let w = wide.widened_from(Some(narrow.bits()));
         assert!(w.owner);
@@ -275,6 +300,7 @@ mod tests {
             owner: true,
             numeric_ids: false,
             namespaces: vec!["security".into(), "user".into()],
+            links: false,
         };
         assert!(s.keeps_xattr("security.selinux") && s.keeps_xattr("user.x"));
         assert!(!s.keeps_xattr(CAPABILITY_XATTR) && !s.keeps_xattr("trusted.x"));
@@ -287,11 +313,13 @@ mod tests {
         let ok = Meta {
             owner: None,
             xattrs: vec![x("user.a", b"1"), x("user.b", b"2")],
+            link: None,
         };
         assert!(ok.validate().is_ok());
         let bad = |xattrs: Vec<Xattr>| Meta {
             owner: None,
             xattrs,
+            link: None,
         };
         assert_eq!(bad(vec![x("", b"")]).validate(), Err(MetaError::BadName));
         assert_eq!(
@@ -334,7 +362,20 @@ mod tests {
                 group: None,
             }),
             xattrs: vec![],
+            link: None,
         };
         assert_eq!(named.validate(), Err(MetaError::BadOwnerName));
+        for bad in ["../escape", "/abs", "", "a//b", ".weave/x"] {
+            let linked = Meta {
+                link: Some(bad.into()),
+                ..Meta::default()
+            };
+            assert_eq!(linked.validate(), Err(MetaError::BadLink), "{bad}");
+        }
+        let linked = Meta {
+            link: Some("d/first".into()),
+            ..Meta::default()
+        };
+        assert!(linked.validate().is_ok());
     }
 }

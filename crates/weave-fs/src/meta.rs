@@ -29,6 +29,7 @@ pub fn default_scope() -> MetaScope {
         owner: root,
         numeric_ids: false,
         namespaces,
+        links: false,
     }
 }
 
@@ -143,7 +144,14 @@ pub fn read(path: &Path, m: &Metadata, scope: &MetaScope, names: &Names) -> (Met
         read_as.namespaces.clear();
     }
     let xattrs = xattrs.unwrap_or_default();
-    (Meta { owner, xattrs }, read_as)
+    (
+        Meta {
+            owner,
+            xattrs,
+            link: None,
+        },
+        read_as,
+    )
 }
 
 /// The extended attributes of `path` in the namespaces `scope` keeps,
@@ -413,6 +421,7 @@ mod tests {
             owner: false,
             numeric_ids: false,
             namespaces: vec!["user".into()],
+            links: false,
         }
     }
 
@@ -480,6 +489,7 @@ mod tests {
             owner: false,
             numeric_ids: false,
             namespaces: vec!["system".into(), "user".into()],
+            links: false,
         };
         let want = Meta {
             owner: None,
@@ -493,6 +503,7 @@ mod tests {
                     value: b"blue".to_vec(),
                 },
             ],
+            link: None,
         };
         let names = Names::default();
         apply(Target::Path(&f), Some(&want), &scope, &names).unwrap();

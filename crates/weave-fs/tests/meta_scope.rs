@@ -153,6 +153,7 @@ fn sweep_does_not_record_removal_of_what_it_could_not_give_back() {
     let mut meta = le.entry.meta.as_deref().cloned().unwrap_or(Meta {
         owner: None,
         xattrs: Vec::new(),
+        link: None,
     });
     meta.xattrs.push(Xattr {
         name: "user.a".into(),
@@ -216,11 +217,13 @@ fn apply_failure_leaves_no_write_permission() {
                 value: vec![b'b'; 8000],
             },
         ],
+        link: None,
     };
     let scope = MetaScope {
         owner: false,
         numeric_ids: false,
         namespaces: vec!["user".into()],
+        links: false,
     };
     let names = weave_fs::meta::Names::default();
     let r = weave_fs::meta::apply(

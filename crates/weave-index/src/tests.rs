@@ -248,6 +248,7 @@ fn metadata_is_kept_and_entries_of_format_2_still_read() {
             name: "user.color".into(),
             value: b"blue".to_vec(),
         }],
+        link: None,
     }));
     {
         let mut idx = Index::open(&state).unwrap();
@@ -301,6 +302,7 @@ fn a_damaged_format_3_record_is_not_read_as_format_2() {
             name: "user.color".into(),
             value: b"blue".to_vec(),
         }],
+        link: None,
     }));
     let s = StoredEntry {
         object: le.entry.object.clone(),

@@ -198,6 +198,10 @@ pub struct WireEntry {
     /// Extended attributes, sorted by name (protocol 3).
     #[prost(message, repeated, tag = "12")]
     pub xattrs: Vec<WireXattr>,
+    /// The first name, in path order, of the file this one is a hard link
+    /// of (protocol 3).
+    #[prost(string, optional, tag = "13")]
+    pub link: Option<String>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

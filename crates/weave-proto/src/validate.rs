@@ -67,13 +67,14 @@ pub fn entry_to_wire(e: &Entry, seq: u64) -> WireEntry {
                 value: x.value.clone(),
             })
             .collect(),
+        link: e.meta.as_ref().and_then(|m| m.link.clone()),
     }
 }
 
-/// A received entry's owner and extended attributes, checked (I-6).
+/// A received entry's owner, extended attributes and hard link, checked
+/// (I-6).
 fn meta_from_wire(
-    owner: Option<WireOwner>,
-    xattrs: Vec<WireXattr>,
+    (owner, xattrs, link): (Option<WireOwner>, Vec<WireXattr>, Option<String>),
     peer: &str,
     p: &str,
 ) -> Result<Option<Box<Meta>>, ProtoError> {
@@ -97,6 +98,7 @@ fn meta_from_wire(
                 value: x.value,
             })
             .collect(),
+        link,
     };
     meta.validate()
         .map_err(|e| invalid(peer, format!("{e}, on {p:?}")))?;
@@ -183,7 +185,7 @@ pub fn entry_from_wire(w: WireEntry, peer: &str) -> Result<(Entry, u64), ProtoEr
         }
         pairs.push((ReplicaId(v.replica), v.counter));
     }
-    let meta = meta_from_wire(w.owner, w.xattrs, peer, p)?;
+    let meta = meta_from_wire((w.owner, w.xattrs, w.link), peer, p)?;
     Ok((
         Entry {
             path: w.path,
@@ -421,6 +423,7 @@ mod tests {
                         name: "user.color".into(),
                         value: b"blue\0".to_vec(),
                     }],
+                    link: Some("first".into()),
                 })),
                 ..file("with-meta")
             },

@@ -320,6 +320,7 @@ mod version_tests {
                     name: "user.a".into(),
                     value: b"1".to_vec(),
                 }],
+                link: None,
             })),
             ..v
         };

@@ -253,6 +253,11 @@ struct KeepArgs {
     /// Keep owners by their numeric ids, not by user and group name.
     #[arg(long)]
     numeric_ids: bool,
+
+    /// Keep hard links: names of one file in a replica stay one file on
+    /// the others (like rsync -H). Off by default.
+    #[arg(short = 'H', long)]
+    hard_links: bool,
 }
 
 impl KeepArgs {
@@ -264,6 +269,7 @@ impl KeepArgs {
         }
         s.owner &= !self.no_owner;
         s.numeric_ids = self.numeric_ids;
+        s.links = self.hard_links;
         s
     }
 
@@ -284,6 +290,9 @@ impl KeepArgs {
         }
         if self.numeric_ids {
             v.push("--numeric-ids".into());
+        }
+        if self.hard_links {
+            v.push("--hard-links".into());
         }
         v
     }

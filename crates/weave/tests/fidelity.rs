@@ -496,3 +496,60 @@ fn a_replica_without_xattrs_passes_them_through() {
         "B, which keeps no attributes, stripped A's file"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Hard links.
+// ---------------------------------------------------------------------------
+
+fn inode(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).unwrap().ino()
+}
+
+/// With `--hard-links`, names of one file stay one file on the other side;
+/// renaming one name (the first one too) keeps the others linked; without
+/// the option each name is a file of its own.
+#[test]
+fn hard_links_are_kept_and_survive_a_rename() {
+    let t = setup(&["A", "B", "C"]);
+    let p = t.path();
+    std::fs::create_dir(p.join("A/d")).unwrap();
+    write_at(p.join("A/a"), "linked content", at(1_600_000_000, 0));
+    std::fs::hard_link(p.join("A/a"), p.join("A/d/b")).unwrap();
+    std::fs::hard_link(p.join("A/a"), p.join("A/c")).unwrap();
+    write_at(p.join("A/other"), "linked content", at(1_600_000_000, 0));
+    sync(p, &["--hard-links", "A", "B"]).expect_code(0);
+    let b = |f: &str| inode(&p.join("B").join(f));
+    assert_eq!(b("a"), b("d/b"));
+    assert_eq!(b("a"), b("c"));
+    assert_ne!(b("a"), b("other"), "same content, but not a link on A");
+    assert_eq!(read_str(p.join("B/d/b")), "linked content");
+    // Nothing left to do, and nothing changes on a rerun.
+    let (_, j) = sync_json(p, &["--hard-links", "A", "B"]);
+    assert_eq!(j["in_sync"], true);
+    assert_eq!(j["updated"], 0);
+
+    // A name renamed, then the first name renamed.
+    std::fs::rename(p.join("A/c"), p.join("A/e")).unwrap();
+    sync(p, &["--hard-links", "A", "B"]).expect_code(0);
+    assert!(!p.join("B/c").exists());
+    assert_eq!(b("a"), b("e"));
+    assert_eq!(b("a"), b("d/b"));
+    std::fs::rename(p.join("A/a"), p.join("A/z")).unwrap();
+    sync(p, &["--hard-links", "A", "B"]).expect_code(0);
+    assert!(!p.join("B/a").exists());
+    assert_eq!(b("z"), b("e"));
+    assert_eq!(b("z"), b("d/b"));
+    // An edit in place reaches every name.
+    std::fs::write(p.join("A/e"), "edited through one name").unwrap();
+    sync(p, &["--hard-links", "A", "B"]).expect_code(0);
+    assert_eq!(read_str(p.join("B/z")), "edited through one name");
+    assert_eq!(b("z"), b("e"));
+    assert_eq!(b("z"), b("d/b"));
+
+    // Without the option: each name a file of its own.
+    sync(p, &["A", "C"]).expect_code(0);
+    let c = |f: &str| inode(&p.join("C").join(f));
+    assert_ne!(c("z"), c("e"));
+    assert_eq!(read_str(p.join("C/d/b")), "edited through one name");
+}

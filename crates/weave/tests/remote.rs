@@ -570,6 +570,22 @@ fn large_files_of_zeros_only_cross_as_nothing() {
     assert!(wire(&j) < 100_000, "{}", wire(&j));
 }
 
+/// `--hard-links` reaches the remote `weave serve`: names of one file stay
+/// one file there.
+#[test]
+fn hard_links_are_kept_on_a_remote() {
+    use std::os::unix::fs::MetadataExt;
+    let t = setup(&["A", "B"]);
+    let p = t.path();
+    write(p.join("A/a"), "one file, two names");
+    fs::hard_link(p.join("A/a"), p.join("A/b")).unwrap();
+    let (r, j) = rsync_json(p, &["--hard-links", "A", "host:B"]);
+    r.expect_code(0);
+    assert_clean(&r, &j);
+    let ino = |f: &str| fs::metadata(p.join("B").join(f)).unwrap().ino();
+    assert_eq!(ino("a"), ino("b"));
+}
+
 #[test]
 fn delta_transfer_of_a_local_change() {
     one_byte_change_sends_little("A");

@@ -23,6 +23,54 @@ fn is_recorded_file(meta: &Metadata, stat: Option<Stat>) -> bool {
     meta.file_type().is_file() && stat.is_some_and(|s| same_stat(meta, &s))
 }
 
+/// [`is_recorded_file`], or a file with other names whose ctime alone
+/// moved (this run replacing or removing another of its names moves it)
+/// and whose bytes still hash to `content`.
+fn still_holds(
+    full: &Path,
+    meta: &Metadata,
+    stat: Option<Stat>,
+    content: &weave_core::Hash,
+) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if is_recorded_file(meta, stat) {
+        return true;
+    }
+    let Some(s) = stat else {
+        return false;
+    };
+    let linked = meta.file_type().is_file() && meta.nlink() > 1;
+    linked
+        && !s.racy
+        && meta.len() == s.size
+        && meta.ino() == s.ino
+        && crate::util::mtime_ns(meta) == s.mtime_ns
+        && fs::File::open(full)
+            .and_then(weave_chunk::chunk_reader)
+            .is_ok_and(|l| l.content_id() == *content)
+}
+
+/// Whether `op` changes only which name of a file with several names is
+/// its first one (see [`crate::apply::links`]).
+fn only_link_differs(op: &Op) -> bool {
+    let Some(cur) = op.current.as_ref().map(|c| &c.entry) else {
+        return false;
+    };
+    let strip = |m: Option<&weave_core::Meta>| {
+        m.map(|m| weave_core::Meta {
+            link: None,
+            ..m.clone()
+        })
+        .filter(|m| !m.is_empty())
+    };
+    let t = &op.target;
+    cur.object == t.object
+        && cur.mode == t.mode
+        && cur.mtime_ns == t.mtime_ns
+        && cur.meta != t.meta
+        && strip(cur.meta.as_deref()) == strip(t.meta.as_deref())
+}
+
 /// Gives the file `f` the mode and mtime of `target`.
 pub(super) fn set_mode_and_mtime(f: &File, target: &Entry) -> Result<(), PathError> {
     f.set_permissions(fs::Permissions::from_mode(target.mode))
@@ -122,7 +170,7 @@ impl Ctx<'_> {
         };
         match &c.entry.object {
             Object::File { content, .. } => {
-                if !is_recorded_file(&meta, c.stat) {
+                if !still_holds(&full, &meta, c.stat, content) {
                     return Err(PathError::Changed);
                 }
                 let dest = self.trash_slot(&op.path, &c.entry, true)?;
@@ -260,7 +308,7 @@ impl Ctx<'_> {
         let meta = fs::symlink_metadata(full).map_err(|_| PathError::Changed)?;
         match &c.entry.object {
             Object::File { content, .. } => {
-                if !is_recorded_file(&meta, c.stat) {
+                if !still_holds(full, &meta, c.stat, content) {
                     return Err(PathError::Changed);
                 }
                 // Keep the old content reachable for the rest of this run
@@ -337,8 +385,22 @@ impl Ctx<'_> {
                 self.set_extra(crate::meta::Target::Path(&full), &op.target)?;
                 Ok(None)
             }
-            Object::File { .. } => {
-                if !is_recorded_file(&meta, op.current.as_ref().and_then(|c| c.stat)) {
+            Object::File { .. } if only_link_differs(op) => {
+                // Nothing to do to the file itself (the links are made
+                // after the rest): recorded with the stat it had, so that
+                // the next scan reads it again if it moved.
+                if !meta.file_type().is_file() {
+                    return Err(PathError::Changed);
+                }
+                Ok(op.current.as_ref().and_then(|c| c.stat))
+            }
+            Object::File { content, .. } => {
+                if !still_holds(
+                    &full,
+                    &meta,
+                    op.current.as_ref().and_then(|c| c.stat),
+                    content,
+                ) {
                     return Err(PathError::Changed);
                 }
                 let f = open_read(&full).map_err(PathError::io("cannot open"))?;

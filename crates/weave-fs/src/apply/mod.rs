@@ -33,6 +33,7 @@ mod commit;
 mod copy;
 mod error;
 mod hooks;
+pub(crate) mod links;
 mod modes;
 mod order;
 #[cfg(test)]

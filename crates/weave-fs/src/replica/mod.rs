@@ -525,7 +525,9 @@ impl LocalReplica {
         here: &dyn Fn(&Hash) -> bool,
         tx: &Transfer,
     ) -> Vec<usize> {
-        if tx.plan.part_wants.is_empty() {
+        // (None when hard links are kept: every name goes through the
+        // relinking after the rest.)
+        if tx.plan.part_wants.is_empty() || crate::meta::scope().links {
             return Vec::new();
         }
         early_writes(&self.root, ops, &|c: &Hash| {

@@ -108,6 +108,12 @@ impl LocalReplica {
         outcome.bytes_remote += rest.bytes_remote;
         outcome.issues.extend(rest.issues);
         outcome.done.extend(rest.done);
+        if crate::meta::scope().links {
+            let index = &self.index;
+            let recorded = |p: &str| index.entry(p).ok().flatten();
+            let linked = crate::apply::links::relink(&self.root, &mut outcome.done, &recorded);
+            outcome.issues.extend(linked);
+        }
         outcome.replaced = rest.replaced;
         errors.extend(outcome.issues.iter().map(|i| self.issue(i)));
         let t = std::time::Instant::now();

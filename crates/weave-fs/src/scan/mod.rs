@@ -229,8 +229,21 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
         to_hash,
         mut updates,
         dirs_kept,
+        links,
         ..
     } = w;
+    // Each name of a file with several: the first of them in path order
+    // (known only to a scan of the whole tree).
+    let leaders: Option<HashMap<String, String>> = units.is_none().then(|| {
+        let mut m = HashMap::new();
+        for mut names in links.into_values().filter(|n| n.len() > 1) {
+            names.sort();
+            for n in &names {
+                m.insert(n.clone(), names[0].clone());
+            }
+        }
+        m
+    });
     let names = crate::meta::Names::default();
     // What this replica keeps of owners and attributes changed since its
     // entries were recorded (or was never recorded: a new index, or one
@@ -251,7 +264,8 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
     // its index had (the rest passes through; what could not be given
     // back stays as recorded).
     let meta_of = |rel: &str, before: Option<&Meta>| -> Option<Box<Meta>> {
-        let seen = extra_of(&join(root, rel), before, &names);
+        let link = leaders.as_ref().map(|l| l.get(rel).cloned());
+        let seen = extra_of(&join(root, rel), link, before, &names);
         match unfilled.get(rel) {
             Some(u) => keep_unfilled(seen, before, u),
             None => seen,
@@ -437,6 +451,9 @@ struct Walker<'a> {
     /// Directories whose mode did not change: their owner and extended
     /// attributes are compared with the index's once the walk is done.
     dirs_kept: Vec<String>,
+    /// Files with more than one name, by (device, inode), when hard links
+    /// are kept: their names seen by the walk.
+    links: HashMap<(u64, u64), Vec<String>>,
 }
 
 /// One directory entry, as read.
@@ -456,6 +473,7 @@ impl<'a> Walker<'a> {
             to_hash: Vec::new(),
             updates: Vec::new(),
             dirs_kept: Vec::new(),
+            links: HashMap::new(),
         }
     }
 
@@ -715,6 +733,10 @@ impl<'a> Walker<'a> {
                 self.dirs_kept.push(rel);
             }
         } else if ft.is_file() {
+            if c.raw.st_nlink > 1 && crate::meta::scope().links {
+                let key = (c.raw.st_dev, c.raw.st_ino);
+                self.links.entry(key).or_default().push(rel.clone());
+            }
             let st = stat_of_raw(&c.raw);
             let unchanged = matches!(prev, Some(ScanRecord::File(ps)) if
                 !ps.racy

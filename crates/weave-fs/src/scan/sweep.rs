@@ -125,8 +125,12 @@ pub(super) fn keep_unfilled(
 /// The owner and extended attributes a replica records for the path
 /// `full`: what it keeps of them as they are on disk, and from `before`
 /// (what its index had) the rest (see [`Meta::observed_over`]).
+/// `link`: the path's hard link as the walk saw it (the first of its
+/// file's names, or none), or None where the scan cannot tell (a scan of
+/// watched paths only sees some names): what was recorded then stays.
 pub(super) fn extra_of(
     full: &Path,
+    link: Option<Option<String>>,
     before: Option<&Meta>,
     names: &crate::meta::Names,
 ) -> Option<Box<Meta>> {
@@ -137,7 +141,11 @@ pub(super) fn extra_of(
     let Ok(m) = fs::symlink_metadata(full) else {
         return before.cloned().map(Box::new);
     };
-    let (mut seen, read_as) = crate::meta::read(full, &m, scope, names);
+    let (mut seen, mut read_as) = crate::meta::read(full, &m, scope, names);
+    match link.filter(|_| scope.links && m.is_file()) {
+        Some(l) => seen.link = l,
+        None => read_as.links = false,
+    }
     // An owner given by name gets this machine's ids for that name: what
     // the index has still holds while the ids on disk are the ones it maps
     // to here (else the other machine's numbers would read as a change).
