@@ -553,3 +553,112 @@ fn hard_links_are_kept_and_survive_a_rename() {
     assert_ne!(c("z"), c("e"));
     assert_eq!(read_str(p.join("C/d/b")), "edited through one name");
 }
+
+/// A link broken on A (same bytes, same mtime) is broken on B too: an
+/// edit on B through one name no longer reaches the other.
+#[test]
+fn a_link_broken_on_one_side_is_broken_on_the_others() {
+    let t = setup(&["A", "B"]);
+    let p = t.path();
+    write_at(p.join("A/a"), "shared", at(1_600_000_000, 0));
+    std::fs::hard_link(p.join("A/a"), p.join("A/b")).unwrap();
+    sync(p, &["-H", "A", "B"]).expect_code(0);
+    let b = |f: &str| inode(&p.join("B").join(f));
+    assert_eq!(b("a"), b("b"));
+    // Break the link on A: b becomes a copy of its own.
+    std::fs::copy(p.join("A/a"), p.join("A/tmp")).unwrap();
+    set_mtime(p.join("A/tmp"), at(1_600_000_000, 0));
+    std::fs::rename(p.join("A/tmp"), p.join("A/b")).unwrap();
+    sync(p, &["-H", "A", "B"]).expect_code(0);
+    let (_, j) = sync_json(p, &["-H", "A", "B"]);
+    assert_eq!(j["in_sync"], true, "{j}");
+    let still_linked = b("a") == b("b");
+    // Edit B/a in place.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(p.join("B/a"))
+        .unwrap();
+    use std::io::Write;
+    f.write_all(b" edited on B via a").unwrap();
+    drop(f);
+    sync(p, &["-H", "A", "B"]).expect_code(0);
+    assert!(
+        !still_linked,
+        "B kept a and b linked after A broke the link; A/b is now {:?}",
+        read_str(p.join("A/b"))
+    );
+    assert_eq!(read_str(p.join("A/b")), "shared");
+}
+
+/// The directory holding the first name renamed (the file's inode does
+/// not change, so the other names' link goes stale): it settles, linked on
+/// both sides.
+#[test]
+fn a_directory_holding_the_first_name_renamed() {
+    let t = setup(&["A", "B"]);
+    let p = t.path();
+    std::fs::create_dir(p.join("A/a")).unwrap();
+    write_at(p.join("A/a/1"), "shared", at(1_600_000_000, 0));
+    std::fs::hard_link(p.join("A/a/1"), p.join("A/b")).unwrap();
+    sync(p, &["-H", "A", "B"]).expect_code(0);
+    std::fs::rename(p.join("A/a"), p.join("A/z")).unwrap();
+    for i in 0..4 {
+        let (r, j) = sync_json(p, &["-H", "A", "B"]);
+        eprintln!(
+            "run {i}: in_sync={} updated={} {}",
+            j["in_sync"], j["updated"], r.stderr
+        );
+    }
+    let (_, j) = sync_json(p, &["-H", "A", "B"]);
+    assert_eq!(j["in_sync"], true, "{j}");
+    let b = |f: &str| inode(&p.join("B").join(f));
+    assert_eq!(b("z/1"), b("b"));
+    assert_eq!(inode(&p.join("A/z/1")), inode(&p.join("A/b")));
+}
+
+/// Two names of one file edited differently on two replicas: both edits
+/// are kept.
+#[test]
+fn two_names_of_one_file_edited_apart_keep_both() {
+    let t = setup(&["A", "B"]);
+    let p = t.path();
+    write_at(p.join("A/a"), "shared", at(1_600_000_000, 0));
+    std::fs::hard_link(p.join("A/a"), p.join("A/b")).unwrap();
+    sync(p, &["-H", "A", "B"]).expect_code(0);
+    std::fs::write(p.join("A/a"), "edit on A").unwrap();
+    std::fs::write(p.join("B/b"), "edit on B!").unwrap();
+    let (r, j) = sync_json(p, &["-H", "A", "B"]);
+    eprintln!("{j}\n{}", r.stderr);
+    for i in 0..3 {
+        let (r, j) = sync_json(p, &["-H", "A", "B"]);
+        eprintln!("run {i}: {j} {}", r.stderr);
+    }
+    for side in ["A", "B"] {
+        for e in std::fs::read_dir(p.join(side)).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                eprintln!(
+                    "{side}/{:?} ino={} {:?}",
+                    e.file_name(),
+                    inode(&e.path()),
+                    read_str(e.path())
+                );
+            }
+        }
+    }
+    let (_, j) = sync_json(p, &["-H", "A", "B"]);
+    assert_eq!(j["in_sync"], true, "{j}");
+    let all: String = ["A", "B"]
+        .iter()
+        .flat_map(|s| std::fs::read_dir(p.join(s)).unwrap())
+        .filter_map(|e| {
+            let e = e.unwrap();
+            e.file_type().unwrap().is_file().then(|| read_str(e.path()))
+        })
+        .collect();
+    assert!(
+        all.contains("edit on A") && all.contains("edit on B!"),
+        "an edit was lost"
+    );
+}

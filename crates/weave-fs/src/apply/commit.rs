@@ -39,11 +39,14 @@ fn still_holds(
     let Some(s) = stat else {
         return false;
     };
-    let linked = meta.file_type().is_file() && meta.nlink() > 1;
+    // Only where hard links are kept: this run's links and removals of a
+    // file's other names move its ctime.
+    let linked = crate::meta::scope().links && meta.file_type().is_file() && meta.nlink() > 1;
     linked
         && !s.racy
         && meta.len() == s.size
         && meta.ino() == s.ino
+        && meta.mode() & 0o777 == s.mode
         && crate::util::mtime_ns(meta) == s.mtime_ns
         && fs::File::open(full)
             .and_then(weave_chunk::chunk_reader)

@@ -13,17 +13,19 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use weave_core::{Hash, LocalEntry, Object, Stat};
 
-/// Links the names in `done` to the first names they name, in the tree at
-/// `root`; `recorded` gives what the index has of a first name this run
-/// did not write. The stats in `done` of the files involved are taken
+/// Gives each name in `done` that leaves a file with several names a file
+/// of its own ([`split`]), then links the names in `done` to the first
+/// names they name, in the tree at `root`; `recorded` gives what the index
+/// has of a first name this run did not write. The stats in `done` of the files involved are taken
 /// again (a link changes the file's ctime). Returns what failed; those
 /// names stay files of their own.
 pub(crate) fn relink(
     root: &Path,
+    ops: &[weave_core::Op],
     done: &mut [Done],
     recorded: &dyn Fn(&str) -> Option<LocalEntry>,
 ) -> Vec<FsIssue> {
-    let mut issues = Vec::new();
+    let mut issues = split(root, ops, done);
     let written: HashMap<String, usize> = done
         .iter()
         .enumerate()
@@ -98,7 +100,11 @@ fn link_to(
     name_stat: Option<Stat>,
 ) -> std::io::Result<bool> {
     let (fp, np) = (join(root, first), join(root, name));
-    let fm = fs::symlink_metadata(&fp)?;
+    // A first name gone (removed by this run, or its write failed) or not
+    // a file: nothing to link to.
+    let Ok(fm) = fs::symlink_metadata(&fp) else {
+        return Ok(false);
+    };
     let nm = fs::symlink_metadata(&np)?;
     if (fm.dev(), fm.ino()) == (nm.dev(), nm.ino()) {
         return Ok(false);
@@ -108,6 +114,14 @@ fn link_to(
         && fm.dev() == nm.dev()
         && name_stat.is_some_and(|s| holds_content(&np, &nm, &s, content));
     if !ready || !holds_content(&fp, &fm, stat, content) {
+        return Ok(false);
+    }
+    // The name once more, right before it is replaced: still the file
+    // this run wrote (hashing the first name may have taken a while).
+    if !fs::symlink_metadata(&np).is_ok_and(|m| {
+        (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec())
+            == (nm.dev(), nm.ino(), nm.len(), nm.mtime(), nm.mtime_nsec())
+    }) {
         return Ok(false);
     }
     let dir = np.parent().unwrap_or(root);
@@ -134,4 +148,66 @@ fn holds_content(path: &Path, m: &fs::Metadata, stat: &Stat, content: Hash) -> b
         && fs::File::open(path)
             .and_then(weave_chunk::chunk_reader)
             .is_ok_and(|l| l.content_id() == content)
+}
+
+/// Names that were recorded as a name of a file with several names and
+/// are no longer one (their link was broken where the change was made):
+/// each gets a copy of its own, so that an edit through one name no
+/// longer changes the others. Their stats in `done` are taken again.
+fn split(root: &Path, ops: &[weave_core::Op], done: &mut [Done]) -> Vec<FsIssue> {
+    let mut issues = Vec::new();
+    for d in done.iter_mut() {
+        let Some(op) = ops.get(d.op) else {
+            continue;
+        };
+        let was = op
+            .current
+            .as_ref()
+            .and_then(|c| c.entry.meta.as_ref()?.link.clone());
+        let now = d.entry.meta.as_ref().and_then(|m| m.link.clone());
+        if was.is_none() || now.is_some() || d.entry.object.content().is_none() {
+            continue;
+        }
+        let path = join(root, &d.entry.path);
+        match copy_apart(&path, &d.entry) {
+            Ok(Some(stat)) => d.stat = Some(stat),
+            Ok(None) => {}
+            Err(e) => issues.push(FsIssue::new(
+                &path,
+                format!("cannot give it a file of its own: {e}"),
+            )),
+        }
+    }
+    issues
+}
+
+/// Replaces the file at `path`, if it has other names, by a copy of it
+/// (mode, mtime, owner and attributes as `entry` has them). The stat of
+/// the copy, or None if there was nothing to do.
+fn copy_apart(path: &Path, entry: &weave_core::Entry) -> std::io::Result<Option<Stat>> {
+    let m = fs::symlink_metadata(path)?;
+    if !m.file_type().is_file() || m.nlink() < 2 {
+        return Ok(None);
+    }
+    let dir = path.parent().unwrap_or(path);
+    let temp = dir.join(temp_name());
+    let made = (|| {
+        fs::copy(path, &temp)?;
+        let f = fs::File::options().write(true).open(&temp)?;
+        let names = crate::meta::Names::default();
+        crate::meta::apply(
+            crate::meta::Target::File(&f),
+            entry.meta.as_deref(),
+            crate::meta::scope(),
+            &names,
+        )?;
+        f.set_times(fs::FileTimes::new().set_modified(m.modified()?))?;
+        f.sync_all()?;
+        fs::rename(&temp, path)
+    })();
+    if let Err(e) = made {
+        let _ = fs::remove_file(&temp);
+        return Err(e);
+    }
+    Ok(Some(stat_of(&fs::symlink_metadata(path)?)))
 }

@@ -111,7 +111,7 @@ impl LocalReplica {
         if crate::meta::scope().links {
             let index = &self.index;
             let recorded = |p: &str| index.entry(p).ok().flatten();
-            let linked = crate::apply::links::relink(&self.root, &mut outcome.done, &recorded);
+            let linked = crate::apply::links::relink(&self.root, ops, &mut outcome.done, &recorded);
             outcome.issues.extend(linked);
         }
         outcome.replaced = rest.replaced;
