@@ -227,7 +227,7 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
         blocked,
         gone,
         to_hash,
-        mut updates,
+        updates,
         dirs_kept,
         links,
         ..
@@ -271,58 +271,18 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
             None => seen,
         }
     };
-    let mut blocked = blocked;
-    let mut stat_only: Vec<(String, Stat)> = Vec::new();
-    // The metadata of the files read above, for their updates.
-    let mut metas: HashMap<String, Option<Box<Meta>>> = HashMap::new();
-
-    // Largest first, one file per work unit: big files spread over the
-    // cores instead of queueing behind each other.
-    let mut to_hash = to_hash;
-    to_hash.sort_by_key(|(_, st)| std::cmp::Reverse(st.size));
-    let hashed: Vec<(String, HashResult)> = to_hash
-        .into_par_iter()
-        .with_max_len(1)
-        .map(|(rel, st)| {
-            let r = match opts.prehashed.and_then(|p| p.take(&rel, &st)) {
-                Some(hit) => Ok(hit),
-                None => hash_file(&join(root, &rel), &st),
-            };
-            (rel, r)
-        })
-        .collect();
-    for (rel, r) in hashed {
-        match r {
-            Ok((list, st)) => {
-                out.files_hashed += 1;
-                out.bytes_hashed += st.size;
-                let object = Object::File {
-                    size: st.size,
-                    content: list.content_id(),
-                };
-                let prev = index.entry(&rel)?;
-                let meta = meta_of(&rel, prev.as_ref().and_then(|p| p.entry.meta.as_deref()));
-                let same_state = prev.as_ref().is_some_and(|p| {
-                    p.entry.object == object
-                        && p.entry.mode == st.mode
-                        && p.entry.mtime_ns == st.mtime_ns
-                        && p.entry.meta == meta
-                });
-                if same_state {
-                    stat_only.push((rel, st));
-                } else {
-                    metas.insert(rel.clone(), meta);
-                    updates.push((rel, object, st.mode, st.mtime_ns, Some(st)));
-                }
-                out.contents.push(list);
-            }
-            Err(e) => {
-                out.issues
-                    .push(FsIssue::new(join(root, &rel), e.to_string()));
-                blocked.insert(rel);
-            }
-        }
-    }
+    let mut ch = Changes {
+        updates,
+        blocked,
+        ..Changes::default()
+    };
+    take_hashed(root, index, opts, to_hash, &meta_of, &mut out, &mut ch)?;
+    let Changes {
+        mut updates,
+        blocked,
+        mut stat_only,
+        mut metas,
+    } = ch;
 
     // Deletions: indexed paths not found on disk, unless something that
     // could not be read hides them.
@@ -365,6 +325,108 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
             }
         }
     }
+    let ch = Changes {
+        updates,
+        blocked,
+        stat_only,
+        metas,
+    };
+    make_entries(index, ch, &meta_of, &mut out)?;
+    Ok(out)
+}
+
+type Update = (String, Object, u32, i64, Option<Stat>);
+
+mod sweep;
+use sweep::{extra_of, give_back, keep_unfilled, MetaOf, Sweep};
+/// What a scan found changed, on its way to entries.
+#[derive(Default)]
+struct Changes {
+    /// Paths whose entry changes: (path, object, mode, mtime, stat).
+    updates: Vec<Update>,
+    /// Paths that exist but could not be looked at.
+    blocked: HashSet<String>,
+    /// Files read again and found as recorded: only their stat is new.
+    stat_only: Vec<(String, Stat)>,
+    /// The metadata of the files read, for their updates.
+    metas: HashMap<String, Option<Box<Meta>>>,
+}
+
+/// Reads the files whose stat changed (in parallel, largest first, one
+/// file per work unit: big files spread over the cores instead of
+/// queueing behind each other) and sorts each into `ch`: a new state, or
+/// the same with a new stat.
+fn take_hashed(
+    root: &Path,
+    index: &Index,
+    opts: &ScanOptions,
+    mut to_hash: Vec<(String, Stat)>,
+    meta_of: &MetaOf,
+    out: &mut ScanOutcome,
+    ch: &mut Changes,
+) -> Result<(), ScanError> {
+    to_hash.sort_by_key(|(_, st)| std::cmp::Reverse(st.size));
+    let hashed: Vec<(String, HashResult)> = to_hash
+        .into_par_iter()
+        .with_max_len(1)
+        .map(|(rel, st)| {
+            let r = match opts.prehashed.and_then(|p| p.take(&rel, &st)) {
+                Some(hit) => Ok(hit),
+                None => hash_file(&join(root, &rel), &st),
+            };
+            (rel, r)
+        })
+        .collect();
+    for (rel, r) in hashed {
+        match r {
+            Ok((list, st)) => {
+                out.files_hashed += 1;
+                out.bytes_hashed += st.size;
+                let object = Object::File {
+                    size: st.size,
+                    content: list.content_id(),
+                };
+                let prev = index.entry(&rel)?;
+                let meta = meta_of(&rel, prev.as_ref().and_then(|p| p.entry.meta.as_deref()));
+                let same_state = prev.as_ref().is_some_and(|p| {
+                    p.entry.object == object
+                        && p.entry.mode == st.mode
+                        && p.entry.mtime_ns == st.mtime_ns
+                        && p.entry.meta == meta
+                });
+                if same_state {
+                    ch.stat_only.push((rel, st));
+                } else {
+                    ch.metas.insert(rel.clone(), meta);
+                    ch.updates
+                        .push((rel, object, st.mode, st.mtime_ns, Some(st)));
+                }
+                out.contents.push(list);
+            }
+            Err(e) => {
+                out.issues
+                    .push(FsIssue::new(join(root, &rel), e.to_string()));
+                ch.blocked.insert(rel);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The entries of what changed: a new stat only, or a new version (the
+/// replica's own counter bumped, a new sequence number).
+fn make_entries(
+    index: &mut Index,
+    ch: Changes,
+    meta_of: &MetaOf,
+    out: &mut ScanOutcome,
+) -> Result<(), ScanError> {
+    let Changes {
+        updates,
+        stat_only,
+        mut metas,
+        ..
+    } = ch;
     let id = index.id();
     for (rel, st) in stat_only {
         if let Some(mut le) = index.entry(&rel)? {
@@ -397,13 +459,8 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
         };
         out.changed.push(le);
     }
-    Ok(out)
+    Ok(())
 }
-
-type Update = (String, Object, u32, i64, Option<Stat>);
-
-mod sweep;
-use sweep::{extra_of, give_back, keep_unfilled, Sweep};
 
 /// What a scan limited to `paths` looks at, in path order: each path with
 /// its subtree (true), and each of its ancestors alone (false). None when
