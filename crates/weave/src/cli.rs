@@ -75,6 +75,11 @@ enum Command {
         /// (a copy into a folder, say) is not slowed by the syncing.
         #[arg(long)]
         normal_priority: bool,
+
+        /// What every folder keeps besides content, modes and mtimes (as
+        /// for `weave sync`).
+        #[command(flatten)]
+        keep: KeepArgs,
     },
     /// Ask the running daemon what it is doing: folders, peers, recent
     /// changes, conflicts, errors.
@@ -470,7 +475,13 @@ pub fn run() -> ExitCode {
         Command::Id => done(crate::live::id(cd)),
         Command::Peer(c) => done(crate::live::peer(cd, c)),
         Command::Folder(c) => done(crate::live::folder(cd, c)),
-        Command::Daemon { normal_priority } => done(crate::live::daemon(cd, !normal_priority)),
+        Command::Daemon {
+            normal_priority,
+            keep,
+        } => {
+            weave_fs::meta::set_scope(keep.scope());
+            done(crate::live::daemon(cd, !normal_priority))
+        }
         Command::Status { json } => done(crate::live::status(cd, json)),
         Command::Conflicts { json } => done(crate::live::conflicts(cd, json)),
     }

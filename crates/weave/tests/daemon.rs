@@ -831,3 +831,25 @@ fn an_attribute_change_alone_reaches_the_peer() {
     });
     assert_eq!(read(&fa.join("first")).as_deref(), Some("1"));
 }
+
+/// `weave daemon -H`: a hard link made in a watched folder reaches the
+/// peer as one file with two names (the scan of the watched paths sees a
+/// file with several names and looks at the whole tree).
+#[test]
+fn daemons_keep_hard_links_when_asked() {
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = two();
+    let fa = a.folder("docs", "docs", &[&b], &[]);
+    let fb = b.folder("docs", "docs", &[&a], &[]);
+    a.start_with(&["-H"]);
+    b.start_with(&["-H"]);
+    std::fs::write(fa.join("one"), "one file").unwrap();
+    wait_for("the first name", &[&a, &b], || {
+        read(&fb.join("one")).is_some()
+    });
+    std::fs::hard_link(fa.join("one"), fa.join("two")).unwrap();
+    let ino = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.ino()).ok();
+    wait_for("two names of one file on b", &[&a, &b], || {
+        ino(&fb.join("two")).is_some() && ino(&fb.join("one")) == ino(&fb.join("two"))
+    });
+}

@@ -221,6 +221,14 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
     }
     if units.is_none() {
         w.advance_to(None)?;
+    } else if !w.links.is_empty() {
+        // A file with several names among the watched paths: only a scan
+        // of the whole tree sees all of its names (hard links kept).
+        let whole = ScanOptions {
+            only: None,
+            ..*opts
+        };
+        return scan(root, index, &whole);
     }
     let Walker {
         mut out,

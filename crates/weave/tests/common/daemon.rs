@@ -103,6 +103,11 @@ impl Device {
     }
 
     pub fn start(&self) {
+        self.start_with(&[]);
+    }
+
+    /// Starts the daemon with `args` after `weave daemon`.
+    pub fn start_with(&self, args: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -112,6 +117,7 @@ impl Device {
             .arg("--config-dir")
             .arg(&self.cfg)
             .arg("daemon")
+            .args(args)
             .env("RUST_LOG", "info,weave_daemon=debug")
             // Its log as it is by default (a test checks its colours).
             .env_remove("NO_COLOR")
