@@ -240,18 +240,7 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
         links,
         ..
     } = w;
-    // Each name of a file with several: the first of them in path order
-    // (known only to a scan of the whole tree).
-    let leaders: Option<HashMap<String, String>> = units.is_none().then(|| {
-        let mut m = HashMap::new();
-        for mut names in links.into_values().filter(|n| n.len() > 1) {
-            names.sort();
-            for n in &names {
-                m.insert(n.clone(), names[0].clone());
-            }
-        }
-        m
-    });
+    let leaders = units.is_none().then(|| first_names(links));
     let names = crate::meta::Names::default();
     // What this replica keeps of owners and attributes changed since its
     // entries were recorded (or was never recorded: a new index, or one
@@ -347,6 +336,20 @@ type Update = (String, Object, u32, i64, Option<Stat>);
 
 mod sweep;
 use sweep::{extra_of, give_back, keep_unfilled, MetaOf, Sweep};
+/// Each name of a file with several (its names the walk saw, by device
+/// and inode): the first of them in path order. Known only to a scan of
+/// the whole tree.
+fn first_names(links: HashMap<(u64, u64), Vec<String>>) -> HashMap<String, String> {
+    let mut m = HashMap::new();
+    for mut names in links.into_values().filter(|n| n.len() > 1) {
+        names.sort();
+        for n in &names {
+            m.insert(n.clone(), names[0].clone());
+        }
+    }
+    m
+}
+
 /// What a scan found changed, on its way to entries.
 #[derive(Default)]
 struct Changes {
