@@ -53,8 +53,9 @@ pub struct Names {
     groups: Mutex<HashMap<u32, Option<String>>>,
     uids: Mutex<HashMap<String, Option<u32>>>,
     gids: Mutex<HashMap<String, Option<u32>>>,
-    /// (device, namespace) → extended attributes kept there.
-    support: Mutex<HashMap<(u64, String), bool>>,
+    /// (device, namespace, extended attributes kept there): a few rows,
+    /// looked up for every path read (no key made per lookup).
+    support: Mutex<Vec<(u64, String, bool)>>,
 }
 
 impl Names {
@@ -94,17 +95,20 @@ impl Names {
     /// supported" where it does not (a listing is empty either way).
     fn supports(&self, path: &Path, dev: u64, ns: &str) -> bool {
         let mut m = self.support.lock().unwrap();
-        *m.entry((dev, ns.to_string())).or_insert_with(|| {
-            let probe = match ns {
-                "system" => "system.posix_acl_access".to_string(),
-                "capability" => "security.weave-probe".to_string(),
-                _ => format!("{ns}.weave-probe"),
-            };
-            !matches!(
-                rustix::fs::lgetxattr_query(path, probe.as_str()),
-                Err(rustix::io::Errno::OPNOTSUPP)
-            )
-        })
+        if let Some(&(_, _, known)) = m.iter().find(|(d, n, _)| *d == dev && n == ns) {
+            return known;
+        }
+        let probe = match ns {
+            "system" => "system.posix_acl_access".to_string(),
+            "capability" => "security.weave-probe".to_string(),
+            _ => format!("{ns}.weave-probe"),
+        };
+        let kept = !matches!(
+            rustix::fs::lgetxattr_query(path, probe.as_str()),
+            Err(rustix::io::Errno::OPNOTSUPP)
+        );
+        m.push((dev, ns.to_string(), kept));
+        kept
     }
 
     /// The ids `o` has here: by name where the name exists (unless
