@@ -191,6 +191,7 @@ struct StoredEntry {
 
 /// An entry as formats 1 and 2 stored it (no metadata beyond the mode).
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct StoredEntryV2 {
     object: Object,
     mode: u32,

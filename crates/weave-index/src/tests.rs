@@ -254,18 +254,8 @@ fn metadata_is_kept_and_entries_of_format_2_still_read() {
         let mut idx = Index::open(&state).unwrap();
         write(&mut idx, vec![with_meta.clone()]);
         // An entry as format 2 wrote it, and that format's number.
-        #[derive(Serialize)]
-        struct V2 {
-            object: Object,
-            mode: u32,
-            mtime_ns: i64,
-            vv: VersionVector,
-            origin: ReplicaId,
-            seq: u64,
-            stat: Option<Stat>,
-        }
         let old = entry("old");
-        let bytes = postcard::to_stdvec(&V2 {
+        let bytes = postcard::to_stdvec(&StoredEntryV2 {
             object: old.entry.object.clone(),
             mode: old.entry.mode,
             mtime_ns: old.entry.mtime_ns,

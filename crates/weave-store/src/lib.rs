@@ -84,6 +84,7 @@ pub struct Version {
 
 /// A version as catalogs before metadata stored it.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 pub(crate) struct VersionV1 {
     id: u64,
     path: String,
@@ -284,23 +285,10 @@ mod version_tests {
     /// Records of catalogs from before metadata was kept still read.
     #[test]
     fn versions_of_either_layout_decode() {
-        #[derive(Serialize)]
-        struct V1<'a> {
-            id: u64,
-            path: &'a str,
-            content: Hash,
-            size: u64,
-            mode: u32,
-            mtime_ns: i64,
-            origin: ReplicaId,
-            saved_at_ns: i64,
-            reason: Reason,
-            chunks: ChunkList,
-        }
         let chunks = test_list(&[(1, 5)]);
-        let old = postcard::to_stdvec(&V1 {
+        let old = postcard::to_stdvec(&VersionV1 {
             id: 3,
-            path: "p",
+            path: "p".into(),
             content: Hash([2; 32]),
             size: 5,
             mode: 0o600,
