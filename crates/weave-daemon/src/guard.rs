@@ -242,6 +242,17 @@ impl Replica for Guarded {
         let e = self.inner.entries_at(paths, subtrees)?;
         Ok(self.hide_own(e))
     }
+    fn entries_from(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<weave_engine::Page>, SyncError> {
+        let Some(mut page) = self.inner.entries_from(after, limit)? else {
+            return Ok(None);
+        };
+        page.entries = self.hide_own(page.entries);
+        Ok(Some(page))
+    }
     fn chunk_list(&mut self, content: &Hash) -> Option<weave_chunk::ChunkList> {
         self.inner.chunk_list(content)
     }

@@ -33,13 +33,19 @@ use weave_core::{ConflictPolicy, TreePlan};
 pub(crate) const MAX_ROUNDS: usize = 16;
 
 /// How the plan was made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Scope {
     /// From every replica's whole index.
     Full,
     /// From what changed since the last sync: this many paths, loaded in
     /// this many rounds.
     Changes { paths: usize, rounds: usize },
+    /// A slice of every path: those after this one (from the first with
+    /// None), loaded in this many rounds.
+    Slice {
+        after: Option<String>,
+        rounds: usize,
+    },
 }
 
 /// The views of each replica and the plan made from them.
@@ -47,6 +53,22 @@ pub(crate) struct Gathered {
     pub views: Vec<Entries>,
     pub plan: TreePlan,
     pub scope: Scope,
+    /// Paths an earlier slice of this sync decided: planned again only
+    /// to plan the rest, never carried out (or reported) twice.
+    pub decided: Decided,
+}
+
+/// Paths an earlier slice decided: every path up to `upto`, and `paths`.
+#[derive(Debug, Default)]
+pub(crate) struct Decided {
+    pub upto: Option<String>,
+    pub paths: HashSet<String>,
+}
+
+impl Decided {
+    pub fn has(&self, p: &str) -> bool {
+        self.upto.as_deref().is_some_and(|u| p <= u) || self.paths.contains(p)
+    }
 }
 
 /// What every planning stage takes besides the replicas.
@@ -58,19 +80,42 @@ pub(crate) struct Planning<'a> {
     pub full: bool,
 }
 
-/// Gathers the views and plans (see the module).
+/// How a sync plans: at once, or a slice of paths at a time.
+pub(crate) enum Start {
+    Planned(Gathered),
+    Sliced(crate::slice::Slicer),
+}
+
+/// Gathers the views and plans (see the module); a sync that must plan
+/// every path of replicas that can give their indexes in pages plans a
+/// slice at a time (`slice` paths, 0: at once).
 pub(crate) fn gather_and_plan(
+    reps: &mut [Box<dyn Replica>],
+    how: &Planning,
+    slice: usize,
+    clock: &mut CoordinatorClock,
+) -> Result<Start, SyncError> {
+    if !how.full {
+        if let Some(floors) = floors(reps, how.matcher.fingerprint()) {
+            if let Some(g) = incremental(reps, &floors, how, clock)? {
+                return Ok(Start::Planned(g));
+            }
+        }
+        if slice > 0 {
+            if let Some(s) = crate::slice::Slicer::start(reps, slice)? {
+                return Ok(Start::Sliced(s));
+            }
+        }
+    }
+    Ok(Start::Planned(plan_whole(reps, how, clock)?))
+}
+
+/// Plans every path of every replica at once.
+pub(crate) fn plan_whole(
     reps: &mut [Box<dyn Replica>],
     how: &Planning,
     clock: &mut CoordinatorClock,
 ) -> Result<Gathered, SyncError> {
-    if !how.full {
-        if let Some(floors) = floors(reps, how.matcher.fingerprint()) {
-            if let Some(g) = incremental(reps, &floors, how, clock)? {
-                return Ok(g);
-            }
-        }
-    }
     let mut views = Vec::with_capacity(reps.len());
     for r in reps.iter_mut() {
         views.push(r.entries()?);
@@ -80,6 +125,7 @@ pub(crate) fn gather_and_plan(
         views,
         plan,
         scope: Scope::Full,
+        decided: Decided::default(),
     })
 }
 
@@ -107,30 +153,57 @@ pub(crate) fn floors(reps: &[Box<dyn Replica>], fingerprint: u64) -> Option<Vec<
 }
 
 /// The paths each replica has been asked about (or told of).
-struct Known {
-    paths: Vec<HashSet<String>>,
+pub(crate) struct Known {
+    pub paths: Vec<HashSet<String>>,
     /// Directories whose whole inside every replica has given.
-    subtrees: Vec<String>,
+    pub subtrees: Vec<String>,
+    /// A range of paths every replica has given whole: a slice.
+    pub range: Option<PathRange>,
+}
+
+/// The paths after `after` (from the first with None) up to and
+/// including `upto` (to the last with None).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct PathRange {
+    pub after: Option<String>,
+    pub upto: Option<String>,
+}
+
+impl PathRange {
+    pub fn contains(&self, p: &str) -> bool {
+        self.after.as_deref().is_none_or(|a| p > a) && self.upto.as_deref().is_none_or(|u| p <= u)
+    }
+
+    /// True if everything inside directory `d` is in the range: all of it
+    /// sorts after "d/" and before "d0" ('0' is the byte after '/').
+    fn holds_inside(&self, d: &str) -> bool {
+        let first = format!("{d}/");
+        self.after.as_deref().is_none_or(|a| a < first.as_str())
+            && self
+                .upto
+                .as_deref()
+                .is_none_or(|u| u >= format!("{d}0").as_str())
+    }
 }
 
 impl Known {
     fn has(&self, i: usize, p: &str) -> bool {
         self.paths[i].contains(p)
+            || self.range.as_ref().is_some_and(|r| r.contains(p))
             || self.subtrees.iter().any(|d| {
                 d.is_empty()
                     || (p.starts_with(d.as_str()) && p.as_bytes().get(d.len()) == Some(&b'/'))
             })
     }
-}
 
-impl Known {
     /// True if the whole inside of directory `d` was given.
     fn inside_loaded(&self, d: &str) -> bool {
-        self.subtrees.iter().any(|s| {
-            s.is_empty()
-                || d == s
-                || (d.starts_with(s.as_str()) && d.as_bytes().get(s.len()) == Some(&b'/'))
-        })
+        self.range.as_ref().is_some_and(|r| r.holds_inside(d))
+            || self.subtrees.iter().any(|s| {
+                s.is_empty()
+                    || d == s
+                    || (d.starts_with(s.as_str()) && d.as_bytes().get(s.len()) == Some(&b'/'))
+            })
     }
 }
 
@@ -146,10 +219,24 @@ fn incremental(
     for (r, &floor) in reps.iter_mut().zip(floors) {
         views.push(r.changed_since(floor)?);
     }
-    let mut known = Known {
+    let known = Known {
         paths: views.iter().map(|v| v.keys().cloned().collect()).collect(),
         subtrees: Vec::new(),
+        range: None,
     };
+    settle(reps, views, known, how, clock)
+}
+
+/// Plans from `views`, loading what the plan reaches for (with the
+/// ancestors of every path) until it reaches for nothing new; None when
+/// that takes more than [`MAX_ROUNDS`] rounds.
+pub(crate) fn settle(
+    reps: &mut [Box<dyn Replica>],
+    mut views: Vec<Entries>,
+    mut known: Known,
+    how: &Planning,
+    clock: &mut CoordinatorClock,
+) -> Result<Option<Gathered>, SyncError> {
     let mut want: BTreeSet<String> = BTreeSet::new();
     for v in &views {
         for p in v.keys() {
@@ -165,11 +252,22 @@ fn incremental(
         let (paths, subs) = reached(&plan, &views, &known);
         if paths.is_empty() && subs.is_empty() {
             *clock = c;
-            let scope = Scope::Changes {
-                paths: known.paths.iter().map(|k| k.len()).max().unwrap_or(0),
-                rounds: round,
+            let scope = match known.range {
+                Some(r) => Scope::Slice {
+                    after: r.after,
+                    rounds: round,
+                },
+                None => Scope::Changes {
+                    paths: known.paths.iter().map(|k| k.len()).max().unwrap_or(0),
+                    rounds: round,
+                },
             };
-            return Ok(Some(Gathered { views, plan, scope }));
+            return Ok(Some(Gathered {
+                views,
+                plan,
+                scope,
+                decided: Decided::default(),
+            }));
         }
         for p in &paths {
             add_with_ancestors(&mut want, p);

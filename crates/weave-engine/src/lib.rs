@@ -12,13 +12,14 @@ mod ops;
 mod replica;
 mod report;
 mod run;
+mod slice;
 
 pub use kind::{Kind, Kinds, Merge, MERGE_MAX};
 pub use ops::action as op_action;
 pub use replica::{
-    fetch_lists, finish_index, lists_for, select, Applied, Entries, Finish, Foreign, IgnoreSpec,
-    Integrated, Issue, LocalTree, NoProvider, Prehashed, Provider, Replica, ReplicaInfo,
-    ScanSummary, ServedNodes, Sibling, Wants,
+    fetch_lists, finish_index, lists_for, page, select, Applied, Entries, Finish, Foreign,
+    IgnoreSpec, Integrated, Issue, LocalTree, NoProvider, Page, Prehashed, Provider, Replica,
+    ReplicaInfo, ScanSummary, ServedNodes, Sibling, Wants,
 };
 pub use report::{
     is_refusal, ChangedPath, ConflictReport, IssueReport, MergeReport, PlannedOp, ReplicaReport,
@@ -49,7 +50,15 @@ pub struct SyncOptions {
     /// changed since they last synced (see `gather.rs`): a check of the
     /// whole tree, and what a test compares the incremental plan with.
     pub full_plan: bool,
+    /// Paths planned and applied at a time when every path is planned
+    /// and the replicas can give their indexes in pages (see
+    /// `slice.rs`); 0 for [`SLICE`].
+    pub slice: usize,
 }
+
+/// Paths planned and applied at a time in a sync that plans every path:
+/// a few tens of MiB of entries, plan and operations.
+pub const SLICE: usize = 16_384;
 
 impl Default for SyncOptions {
     fn default() -> Self {
@@ -60,6 +69,7 @@ impl Default for SyncOptions {
             backup: Vec::new(),
             merge: None,
             full_plan: false,
+            slice: 0,
         }
     }
 }

@@ -381,6 +381,47 @@ pub fn select(
     out
 }
 
+/// One page of a replica's index (see [`Replica::entries_from`]).
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    /// The entries of the page's paths (a replica may hold back some of
+    /// them: fewer than the paths it covers).
+    pub entries: Entries,
+    /// The last path the page covers; None when it covers the rest of
+    /// the index.
+    pub end: Option<String>,
+}
+
+impl Page {
+    /// A page of `limit` paths from `entries`, in path order: it ends at
+    /// the last of them when there are `limit`.
+    pub fn of(entries: BTreeMap<String, LocalEntry>, limit: usize) -> Page {
+        let end = (entries.len() >= limit)
+            .then(|| entries.last_key_value().map(|(k, _)| k.clone()))
+            .flatten();
+        Page {
+            entries: std::sync::Arc::new(entries),
+            end,
+        }
+    }
+}
+
+/// The page of `limit` paths of `all` after `after` (from the first with
+/// None): what [`Replica::entries_from`] gives, from an index in memory.
+pub fn page(all: &BTreeMap<String, LocalEntry>, after: Option<&str>, limit: usize) -> Page {
+    use std::ops::Bound;
+    let from = match after {
+        Some(a) => Bound::Excluded(a),
+        None => Bound::Unbounded,
+    };
+    let m = all
+        .range::<str, _>((from, Bound::Unbounded))
+        .take(limit)
+        .map(|(p, le)| (p.clone(), le.clone()))
+        .collect();
+    Page::of(m, limit)
+}
+
 /// A replica's whole index by path, as [`Replica::entries`] gives it.
 pub type Entries = std::sync::Arc<BTreeMap<String, LocalEntry>>;
 
@@ -457,8 +498,30 @@ pub trait Replica: Send {
         let all = self.entries()?;
         Ok(std::sync::Arc::new(select(&all, paths, subtrees)))
     }
+    /// The entries of up to `limit` paths in path order, from the first
+    /// path after `after` (from the first of all with None), with this
+    /// run's scan: one page of a sync planned in slices (see
+    /// `slice.rs`). Asking starts a new slice: what the replica was given
+    /// of its index before may be forgotten. None when this replica
+    /// cannot list its index in pages (its whole index is then planned at
+    /// once).
+    fn entries_from(
+        &mut self,
+        _after: Option<&str>,
+        _limit: usize,
+    ) -> Result<Option<Page>, SyncError> {
+        Ok(None)
+    }
     /// A content's chunk list, if known here without asking anyone.
     fn chunk_list(&mut self, content: &Hash) -> Option<ChunkList>;
+    /// The chunk lists of those of `contents` known here without asking
+    /// anyone (a replica that can read many at once should).
+    fn chunk_lists(&mut self, contents: &[Hash]) -> HashMap<Hash, ChunkList> {
+        contents
+            .iter()
+            .filter_map(|c| self.chunk_list(c).map(|l| (*c, l)))
+            .collect()
+    }
     /// Serves tree nodes of contents it holds.
     fn serve_nodes(&mut self, wants: &Wants) -> Result<ServedNodes, SyncError>;
     /// Serves chunks of contents it holds: `sink` gets (hash, Some(data))

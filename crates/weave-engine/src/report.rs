@@ -115,7 +115,7 @@ impl ChangedPath {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct ConflictReport {
     pub path: String,
     pub kind: &'static str,

@@ -15,7 +15,7 @@
 //! 7. [`record`]: what each replica has integrated of the others.
 
 use crate::fetch::{Fetch, Holders};
-use crate::gather::{gather_and_plan, Gathered, Planning};
+use crate::gather::{gather_and_plan, Gathered, Planning, Start};
 use crate::merge;
 use crate::ops;
 use crate::replica::{Entries, Finish, Foreign, IgnoreSpec, Issue, Replica, ScanSummary};
@@ -75,30 +75,107 @@ pub fn run(
         policy,
         full: opts.full_plan,
     };
+    // A dry run plans at once: its slices would not see each other's
+    // operations carried out.
+    let slice = match (opts.dry_run, opts.slice) {
+        (true, _) => 0,
+        (false, 0) => crate::SLICE,
+        (false, n) => n,
+    };
+    let ctx = Ctx {
+        opts,
+        roles,
+        matcher: &matcher,
+        progress,
+    };
+    let mut done = Executed::new(reps.len());
+    match gather_and_plan(reps, &how, slice, &mut clock)? {
+        Start::Planned(g) => carry_out(reps, g, &ctx, &mut clock, &mut done, &mut report)?,
+        Start::Sliced(mut slices) => {
+            while let Some(g) = slices.next(reps, &how, &mut clock)? {
+                carry_out(reps, g, &ctx, &mut clock, &mut done, &mut report)?;
+            }
+        }
+    }
+    if !opts.dry_run {
+        record(reps, coord, clock.clock, &done.clean, matcher.fingerprint())?;
+    }
+    Ok(finished(report, reps))
+}
+
+/// What every slice of a sync is carried out under.
+struct Ctx<'a> {
+    opts: &'a SyncOptions,
+    roles: &'a Roles,
+    matcher: &'a Matcher,
+    progress: &'a dyn Progress,
+}
+
+/// What the slices of a sync carried out so far: per replica, whether
+/// everything went through, and the counts the progress shows.
+struct Executed {
+    clean: Vec<bool>,
+    bytes_total: u64,
+    ops_total: u64,
+    ops_done: u64,
+}
+
+impl Executed {
+    fn new(n: usize) -> Executed {
+        Executed {
+            clean: vec![true; n],
+            bytes_total: 0,
+            ops_total: 0,
+            ops_done: 0,
+        }
+    }
+}
+
+/// Settles what the kind can merge in a plan, derives each replica's
+/// operations and carries them out (or, in a dry run, describes them).
+fn carry_out(
+    reps: &mut [Box<dyn Replica>],
+    g: Gathered,
+    ctx: &Ctx,
+    clock: &mut CoordinatorClock,
+    done: &mut Executed,
+    report: &mut Report,
+) -> Result<(), SyncError> {
     let Gathered {
         mut views,
         mut plan,
         scope,
-    } = gather_and_plan(reps, &how, &mut clock)?;
+        decided,
+    } = g;
     tracing::debug!(?scope, "gathered and planned");
+
     // Concurrent versions the kind knows how to merge become one.
     let mut made: HashMap<Hash, merge::Made> = HashMap::new();
-    if let Some(m) = &opts.merge {
-        report.merged =
-            merge::merge_conflicts(reps, &views, &mut plan, m.as_ref(), &mut clock, &mut made);
+    if let Some(m) = &ctx.opts.merge {
+        let merged = merge::merge_conflicts(reps, &views, &mut plan, m.as_ref(), clock, &mut made);
+        report.merged.extend(merged);
     }
     for c in &plan.conflicts {
-        report.conflicts.push(ConflictReport::from_conflict(c));
+        let c = ConflictReport::from_conflict(c);
+        // A slice plans again the paths of earlier ones it needs (their
+        // ancestors): a conflict there is reported once.
+        if !(decided.has(&c.path) && report.conflicts.contains(&c)) {
+            report.conflicts.push(c);
+        }
     }
-    let all_ops = derive(reps, &views, &mut plan.finals, roles, &matcher, &mut report);
-    if opts.dry_run {
-        describe(reps, &all_ops, &mut report);
-        return Ok(finished(report, reps));
+    let all_ops = derive(
+        reps,
+        &views,
+        &mut plan.finals,
+        ctx.roles,
+        ctx.matcher,
+        report,
+    );
+    if ctx.opts.dry_run {
+        describe(reps, &all_ops, report);
+        return Ok(());
     }
-
-    let clean = execute(reps, all_ops, &mut views, &made, progress, &mut report)?;
-    record(reps, coord, clock.clock, &clean, matcher.fingerprint())?;
-    Ok(finished(report, reps))
+    execute(reps, all_ops, &mut views, &made, ctx.progress, done, report)
 }
 
 /// Two replicas with one identity (a state directory copied along with the
@@ -313,28 +390,28 @@ fn describe(reps: &[Box<dyn Replica>], all_ops: &[Vec<Op>], report: &mut Report)
 
 /// Carries out every replica's operations, one replica after another,
 /// each taking what it lacks from the others; the results are counted in
-/// `report` and kept in `views`. Returns, per replica, whether everything
-/// went through.
+/// `report` and kept in `views`, and whether everything went through on
+/// each replica in `done`.
 fn execute(
     reps: &mut [Box<dyn Replica>],
     mut all_ops: Vec<Vec<Op>>,
     views: &mut [Entries],
     made: &HashMap<Hash, merge::Made>,
     progress: &dyn Progress,
+    done: &mut Executed,
     report: &mut Report,
-) -> Result<Vec<bool>, SyncError> {
+) -> Result<(), SyncError> {
     let total: u64 = all_ops
         .iter()
         .flatten()
         .filter_map(|o| o.writes().map(|(_, size)| size))
         .sum();
-    progress.set_total(total);
+    done.bytes_total += total;
+    progress.set_total(done.bytes_total);
     progress.phase("syncing");
-    let ops_total: u64 = all_ops.iter().map(|o| o.len() as u64).sum();
-    let mut ops_done = 0u64;
-    progress.files(0, ops_total);
+    done.ops_total += all_ops.iter().map(|o| o.len() as u64).sum::<u64>();
+    progress.files(done.ops_done, done.ops_total);
     let mut holders = Holders::of(views);
-    let mut clean = vec![true; reps.len()];
     for i in 0..reps.len() {
         let ops = std::mem::take(&mut all_ops[i]);
         if ops.is_empty() {
@@ -350,9 +427,9 @@ fn execute(
             let adv = |n: u64| progress.advance(n);
             dest.apply(ops, &foreign, &mut provider, &adv)?
         };
-        clean[i] = applied.errors.is_empty();
-        ops_done += actions.len() as u64;
-        progress.files(ops_done, ops_total);
+        done.clean[i] &= applied.errors.is_empty();
+        done.ops_done += actions.len() as u64;
+        progress.files(done.ops_done, done.ops_total);
         push_issues(&mut report.errors, reps[i].display(), &applied.errors);
         let rr = &mut report.replicas[i];
         rr.bytes_local += applied.bytes_local;
@@ -378,7 +455,7 @@ fn execute(
         }
         tracing::debug!(replica = %reps[i].display(), ops = actions.len(), elapsed = ?t.elapsed(), "applied and recorded");
     }
-    Ok(clean)
+    Ok(())
 }
 
 /// What the other replicas on this machine hold that replica `i` can use
@@ -408,21 +485,32 @@ fn foreign_for(
             });
         }
     }
+    let mut wanted: Vec<Hash> = Vec::new();
+    let mut seen: std::collections::HashSet<Hash> = std::collections::HashSet::new();
     for content in ops.iter().filter_map(|op| op.target.object.content()) {
-        if foreign.lists.contains_key(&content) {
+        if !seen.insert(content) {
             continue;
         }
-        if let Some(m) = made.get(&content) {
-            foreign.lists.insert(content, m.list.clone());
-            continue;
-        }
-        for &j in holders.of_content(&content) {
-            if j != i && reps[j].is_local() {
-                if let Some(l) = reps[j].chunk_list(&content) {
-                    foreign.lists.insert(content, l);
-                    break;
-                }
+        match made.get(&content) {
+            Some(m) => {
+                foreign.lists.insert(content, m.list.clone());
             }
+            None => wanted.push(content),
+        }
+    }
+    // From each other local replica, the lists of what it holds, read at
+    // once.
+    for (j, r) in reps.iter_mut().enumerate() {
+        if j == i || !r.is_local() {
+            continue;
+        }
+        let theirs: Vec<Hash> = wanted
+            .iter()
+            .filter(|c| !foreign.lists.contains_key(*c) && holders.of_content(c).contains(&j))
+            .copied()
+            .collect();
+        if !theirs.is_empty() {
+            foreign.lists.extend(r.chunk_lists(&theirs));
         }
     }
     foreign

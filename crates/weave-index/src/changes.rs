@@ -63,6 +63,30 @@ impl Index {
         Ok(out)
     }
 
+    /// Up to `limit` entries in path order after `after` (from the first
+    /// with None): one page of the index.
+    pub fn entries_from(&self, after: Option<&str>, limit: usize) -> Result<EntryMap, IndexError> {
+        use std::ops::Bound;
+        let mut out = BTreeMap::new();
+        let Some(t) = self.read_table(crate::ENTRIES)? else {
+            return Ok(out);
+        };
+        let from = match after {
+            Some(a) => Bound::Excluded(a),
+            None => Bound::Unbounded,
+        };
+        let rows = t
+            .range::<&str>((from, Bound::Unbounded))
+            .map_err(|e| self.db_err(e))?;
+        for row in rows.take(limit) {
+            let (k, v) = row.map_err(|e| self.db_err(e))?;
+            let p = k.value().to_string();
+            let le = self.decode_entry(p.clone(), v.value())?;
+            out.insert(p, le);
+        }
+        Ok(out)
+    }
+
     /// Every entry strictly inside directory `dir` (every entry for "").
     pub fn entries_under(&self, dir: &str) -> Result<EntryMap, IndexError> {
         if dir.is_empty() {

@@ -757,6 +757,34 @@ impl Index {
         Ok(Some(list))
     }
 
+    /// The chunk lists of those of `contents` the index holds, read in one
+    /// transaction.
+    pub fn chunk_lists<'a>(
+        &self,
+        contents: impl IntoIterator<Item = &'a Hash>,
+    ) -> Result<HashMap<Hash, ChunkList>, IndexError> {
+        let mut out = HashMap::new();
+        let Some(t) = self.read_table(CONTENTS)? else {
+            return Ok(out);
+        };
+        for content in contents {
+            if out.contains_key(content) {
+                continue;
+            }
+            let Some(v) = t.get(&content.0[..]).map_err(|e| self.db_err(e))? else {
+                continue;
+            };
+            let list: ChunkList = postcard::from_bytes(v.value()).map_err(|e| {
+                self.corrupt(format!(
+                    "chunk list {} does not decode: {e}",
+                    content.short_hex()
+                ))
+            })?;
+            out.insert(*content, list);
+        }
+        Ok(out)
+    }
+
     /// Removes the chunk lists of contents no live entry holds any more.
     /// Returns how many were removed.
     pub fn gc_contents(

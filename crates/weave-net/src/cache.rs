@@ -43,6 +43,12 @@ impl IndexCache {
         }
     }
 
+    /// True if something is remembered (usable or not: [`IndexCache::load`]
+    /// tells).
+    pub fn exists(&self) -> bool {
+        self.path.exists()
+    }
+
     /// The entries known up to some sequence number, if the cache holds a
     /// usable copy for a remote whose latest sequence number is `remote_seq`.
     pub fn load(&self, remote_seq: u64) -> Option<(u64, BTreeMap<String, LocalEntry>)> {

@@ -60,6 +60,9 @@ pub struct RemoteReplica {
     /// The server answers requests for entries by path (an older one
     /// sends its whole index instead).
     entries_at: bool,
+    /// The server gives its index in pages (a tree replica of a server
+    /// whose hello lists "entries-from").
+    entries_from: bool,
 }
 
 fn shell_quote(s: &str) -> String {
@@ -283,6 +286,7 @@ impl RemoteReplica {
             cache: None,
             known: None,
             entries_at: theirs.capabilities.iter().any(|c| c == wire::ENTRIES_AT),
+            entries_from: files && theirs.capabilities.iter().any(|c| c == wire::ENTRIES_FROM),
         })
     }
 
@@ -294,7 +298,12 @@ impl RemoteReplica {
     }
 
     /// Index batches, up to the last one, into `out`.
-    fn receive_entries(&mut self, out: &mut BTreeMap<String, LocalEntry>) -> Result<(), SyncError> {
+    /// Receives index batches into `out`, up to the last; returns where
+    /// the page they answer ends (see [`wire::send_page`]).
+    fn receive_entries(
+        &mut self,
+        out: &mut BTreeMap<String, LocalEntry>,
+    ) -> Result<Option<String>, SyncError> {
         loop {
             let m = self.conn.recv().map_err(proto)?;
             match m.body {
@@ -309,7 +318,7 @@ impl RemoteReplica {
                         out.insert(le.entry.path.clone(), le);
                     }
                     if b.last {
-                        return Ok(());
+                        return Ok(b.page_end);
                     }
                 }
                 other => return Err(self.unexpected(other.as_ref(), "index entries")),
@@ -581,6 +590,43 @@ impl Replica for RemoteReplica {
         let mut out = BTreeMap::new();
         self.receive_entries(&mut out)?;
         Ok(std::sync::Arc::new(out))
+    }
+
+    fn entries_from(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<weave_engine::Page>, SyncError> {
+        if !self.entries_from {
+            return Ok(None);
+        }
+        // With its index remembered, the whole of it costs only what
+        // changed on the wire: planned at once from that.
+        if self.cache.as_ref().is_some_and(|c| c.exists()) && !self.dry_run {
+            return Ok(None);
+        }
+        let ask = weave_proto::msg::GetEntriesFrom {
+            after: after.map(str::to_string),
+            limit: limit.min(weave_proto::limits::MAX_PAGE) as u32,
+        };
+        self.conn.send(Body::GetEntriesFrom(ask)).map_err(proto)?;
+        let mut out = BTreeMap::new();
+        let end = self.receive_entries(&mut out)?;
+        // A page cannot end before the entries it holds.
+        let end = end.map(|e| match out.last_key_value() {
+            Some((k, _)) if *k > e => k.clone(),
+            _ => e,
+        });
+        // A first page that is the whole index is remembered, as a whole
+        // index fetched is (see `entries`).
+        if after.is_none() && end.is_none() && self.cache.is_some() && !self.dry_run {
+            let seq = out.values().map(|le| le.seq).max().unwrap_or(0);
+            self.known = Some((out.clone(), seq));
+        }
+        Ok(Some(weave_engine::Page {
+            entries: std::sync::Arc::new(out),
+            end,
+        }))
     }
 
     fn chunk_list(&mut self, _content: &Hash) -> Option<ChunkList> {

@@ -116,8 +116,10 @@ pub struct Served {
 pub fn serve_host(conn: Conn, host: &mut dyn Host) -> Result<Served, SyncError> {
     let peer = conn.peer().to_string();
     // The session's hello names no replica: one is opened by path later.
-    let ours =
-        weave_proto::handshake::hello(weave_core::ReplicaId(0), &["v1", "kinds", wire::ENTRIES_AT]);
+    let ours = weave_proto::handshake::hello(
+        weave_core::ReplicaId(0),
+        &["v1", "kinds", wire::ENTRIES_AT, wire::ENTRIES_FROM],
+    );
     conn.send(Body::Hello(ours.clone())).map_err(proto)?;
     let theirs = match conn.recv().map_err(proto)?.body {
         Some(Body::Hello(h)) => h,
@@ -332,6 +334,18 @@ impl Server<'_> {
                     .map_err(proto)
             }
             Body::GetEntriesAt(g) => self.entries_at(g),
+            Body::GetEntriesFrom(g) => {
+                let (after, limit) =
+                    weave_proto::validate::page_request_from_wire(&g, &peer).map_err(proto)?;
+                let rep = self.rep()?;
+                let page = match rep.entries_from(after.as_deref(), limit)? {
+                    Some(p) => p,
+                    // A replica that cannot page: its page of the whole.
+                    None => weave_engine::page(rep.entries()?.as_ref(), after.as_deref(), limit),
+                };
+                let entries = page.entries.values().map(|le| (&le.entry, le.seq));
+                wire::send_page(&self.conn, entries, page.end).map_err(proto)
+            }
             Body::ChunkRequest(r) => self.serve_request(&r),
             Body::Ops(o) => {
                 for w in o.ops {

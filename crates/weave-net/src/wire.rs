@@ -73,6 +73,16 @@ pub fn send_entries<'a>(
     conn: &Conn,
     entries: impl IntoIterator<Item = (&'a Entry, u64)>,
 ) -> Result<(), ProtoError> {
+    send_page(conn, entries, None)
+}
+
+/// Sends entries in batches as [`send_entries`] does, the last batch
+/// marked with where the page they are ends (`page_end`).
+pub fn send_page<'a>(
+    conn: &Conn,
+    entries: impl IntoIterator<Item = (&'a Entry, u64)>,
+    page_end: Option<String>,
+) -> Result<(), ProtoError> {
     let mut batch: Vec<WireEntry> = Vec::new();
     let mut bytes = 0usize;
     for (e, n) in entries {
@@ -85,6 +95,7 @@ pub fn send_entries<'a>(
                 up_to_seq: 0,
                 last: false,
                 done_ops: Vec::new(),
+                page_end: None,
             }))?;
             bytes = 0;
         }
@@ -94,12 +105,17 @@ pub fn send_entries<'a>(
         up_to_seq: 0,
         last: true,
         done_ops: Vec::new(),
+        page_end,
     }))
 }
 
 /// The capability of a server that answers `GetEntriesAt` (entries by
 /// path, for an incremental sync).
 pub const ENTRIES_AT: &str = "entries-at";
+
+/// The capability of a server that answers `GetEntriesFrom` (a page of
+/// the index, for a sync planned a slice at a time).
+pub const ENTRIES_FROM: &str = "entries-from";
 
 /// Paths per `GetEntriesAt` part, and bytes of them: well under the frame
 /// limit.

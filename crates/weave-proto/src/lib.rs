@@ -34,6 +34,8 @@ pub mod limits {
     pub const MAX_FRAME: usize = 1 << 20;
     /// Index entries in one batch.
     pub const MAX_ENTRIES: usize = 4096;
+    /// Paths in one page of the index asked for.
+    pub const MAX_PAGE: usize = 1 << 20;
     /// Chunks asked for in one request.
     pub const MAX_HASHES: usize = 4096;
     /// Replicas in one version vector.

@@ -11,7 +11,7 @@ pub struct Envelope {
     pub kind: u32,
     #[prost(
         oneof = "Body",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29"
     )]
     pub body: Option<Body>,
 }
@@ -56,6 +56,8 @@ pub enum Body {
     Finished(Finished),
     #[prost(message, tag = "28")]
     GetEntriesAt(GetEntriesAt),
+    #[prost(message, tag = "29")]
+    GetEntriesFrom(GetEntriesFrom),
 }
 
 impl Body {
@@ -80,6 +82,7 @@ impl Body {
             Body::Finish(_) => 26,
             Body::Finished(_) => 27,
             Body::GetEntriesAt(_) => 28,
+            Body::GetEntriesFrom(_) => 29,
         }
     }
 
@@ -104,6 +107,7 @@ impl Body {
             Body::Finish(_) => "a finish request",
             Body::Finished(_) => "a finish reply",
             Body::GetEntriesAt(_) => "a request for index entries by path",
+            Body::GetEntriesFrom(_) => "a request for a page of index entries",
         }
     }
 }
@@ -154,6 +158,10 @@ pub struct IndexBatch {
     /// entries are therefore not sent back.
     #[prost(uint64, repeated, tag = "4")]
     pub done_ops: Vec<u64>,
+    /// In answer to GetEntriesFrom, on the last batch: the last path the
+    /// page covers (absent: it covers the rest of the index).
+    #[prost(string, optional, tag = "5")]
+    pub page_end: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
@@ -387,6 +395,19 @@ pub struct GetEntriesAt {
     pub subtrees: Vec<String>,
     #[prost(bool, tag = "3")]
     pub last: bool,
+}
+
+/// One page of the index, from a server whose hello lists
+/// "entries-from": the entries of up to `limit` paths in path order after
+/// `after` (from the first with none), what a sync that plans every path
+/// a slice at a time asks of each replica. Index batches answer it, the
+/// last one marked with where the page ends.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetEntriesFrom {
+    #[prost(string, optional, tag = "1")]
+    pub after: Option<String>,
+    #[prost(uint32, tag = "2")]
+    pub limit: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -209,6 +209,9 @@ pub struct Batch {
     pub up_to_seq: u64,
     /// No more batches follow.
     pub last: bool,
+    /// In answer to a page request: where the page ends (see
+    /// [`crate::msg::IndexBatch::page_end`]).
+    pub page_end: Option<String>,
 }
 
 /// A received index batch, every entry checked. A batch with one bad
@@ -231,10 +234,7 @@ pub fn names_from_wire(g: &crate::msg::GetEntriesAt, peer: &str) -> Result<(), P
         .iter()
         .chain(g.subtrees.iter().filter(|d| !d.is_empty()))
     {
-        if p.len() > MAX_PATH {
-            return Err(invalid(peer, format!("a path of {} bytes", p.len())));
-        }
-        weave_core::path::validate(p).map_err(|e| invalid(peer, e.to_string()))?;
+        path_from_wire(p, peer)?;
     }
     Ok(())
 }
@@ -251,11 +251,38 @@ pub fn batch_from_wire(b: IndexBatch, peer: &str) -> Result<Batch, ProtoError> {
         .into_iter()
         .map(|w| entry_from_wire(w, peer))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(p) = &b.page_end {
+        path_from_wire(p, peer)?;
+    }
     Ok(Batch {
         entries,
         up_to_seq: b.up_to_seq,
         last: b.last,
+        page_end: b.page_end,
     })
+}
+
+fn path_from_wire(p: &str, peer: &str) -> Result<(), ProtoError> {
+    if p.len() > MAX_PATH {
+        return Err(invalid(peer, format!("a path of {} bytes", p.len())));
+    }
+    weave_core::path::validate(p).map_err(|e| invalid(peer, e.to_string()))
+}
+
+/// Checks a request for a page of the index: a valid path to start after
+/// and between 1 and [`crate::limits::MAX_PAGE`] paths.
+pub fn page_request_from_wire(
+    g: &crate::msg::GetEntriesFrom,
+    peer: &str,
+) -> Result<(Option<String>, usize), ProtoError> {
+    let limit = g.limit as usize;
+    if limit == 0 || limit > crate::limits::MAX_PAGE {
+        return Err(invalid(peer, format!("a page of {limit} paths asked for")));
+    }
+    if let Some(a) = &g.after {
+        path_from_wire(a, peer)?;
+    }
+    Ok((g.after.clone(), limit))
 }
 
 /// The hashes of a chunk request, checked.

@@ -334,6 +334,12 @@ struct SyncArgs {
     #[arg(value_name = "REPLICA", required = true, num_args = 2..)]
     replicas: Vec<String>,
 
+    /// Paths planned and carried out at a time when every path is planned
+    /// (0: the default, 16384). For tests: smaller slices take more
+    /// rounds and less memory.
+    #[arg(long, value_name = "PATHS", default_value_t = 0, hide = true)]
+    slice: usize,
+
     /// The command that runs weave on a remote host (default: ssh), like
     /// rsync -e; it is given the host and the command to run.
     #[arg(long, short = 'e', value_name = "CMD")]
@@ -522,6 +528,7 @@ fn sync(args: SyncArgs) -> ExitCode {
         backup: args.backup,
         merge: None,
         full_plan: false,
+        slice: args.slice,
     };
     let show_progress =
         !args.json && !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stdout());

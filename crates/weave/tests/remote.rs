@@ -1288,3 +1288,27 @@ fn small_files_written_while_large_ones_arrive_land_faithfully() {
     chmod(a.join("many/d1"), 0o755);
     chmod(b.join("many/d1"), 0o755);
 }
+
+/// A first sync with a remote replica, planned two paths at a time: the
+/// remote gives its index in pages (`GetEntriesFrom`), and both trees end
+/// the same, with a second sync that has nothing to do.
+#[test]
+fn a_first_sync_with_a_remote_in_slices() {
+    let t = setup(&["A", "B"]);
+    let (a, b) = (t.path().join("A"), t.path().join("B"));
+    for i in 0..9 {
+        write(a.join(format!("a/{i}.txt")), format!("a {i}\n"));
+        write(b.join(format!("b/{i}.txt")), format!("b {i}\n"));
+    }
+    write(a.join("both.txt"), "from A\n");
+    write(b.join("both.txt"), "from B\n");
+    let (r, j) = rsync_json(t.path(), &["--slice", "2", "A", "host:B"]);
+    r.expect_code(1);
+    assert_eq!(j["conflicts"].as_array().unwrap().len(), 1, "{}", r.stdout);
+    assert!(j["errors"].as_array().unwrap().is_empty(), "{}", r.stdout);
+    assert_same_tree(&a, &b);
+    let (r, j) = rsync_json(t.path(), &["--slice", "2", "A", "host:B"]);
+    r.expect_code(0);
+    assert_clean(&r, &j);
+    assert_eq!(j["created"], 0, "{}", r.stdout);
+}

@@ -211,6 +211,11 @@ impl LocalReplica {
     }
 }
 
+/// The most entries a replica keeps in memory after a scan of an index
+/// that had none (what the scan found, not read back): larger trees are
+/// read from the index, a slice of a sync at a time.
+const KEEP_ENTRIES_MAX: usize = 32_768;
+
 impl LocalTree for LocalReplica {
     fn root(&self) -> &Path {
         &self.root
@@ -322,7 +327,14 @@ impl Replica for LocalReplica {
         }
         self.info.seq = self.index.seq();
         self.info.clock = self.index.clock();
-        self.entries = known.map(|mut m| {
+        // A large index is read back in pages rather than kept whole (and
+        // an empty one is read back for nothing: a map kept for it would
+        // grow with everything a sync writes).
+        let small = |m: &Entries| {
+            let n = m.len() + batch.entries.len();
+            n > 0 && n <= KEEP_ENTRIES_MAX
+        };
+        self.entries = known.filter(small).map(|mut m| {
             let map = Arc::make_mut(&mut m);
             for le in &batch.entries {
                 map.insert(le.entry.path.clone(), le.clone());
@@ -333,8 +345,12 @@ impl Replica for LocalReplica {
         // is kept aside (laid over the index when it is read; a later
         // read after an apply must not bring back what the apply replaced).
         self.scanned = if dry_run { batch.entries } else { Vec::new() };
-        for l in batch.contents {
-            self.scanned_contents.insert(l.content_id(), l);
+        // The chunk lists found are in the index (unless this is a dry
+        // run): only a few are kept at hand.
+        if dry_run || batch.contents.len() <= KEEP_ENTRIES_MAX {
+            for l in batch.contents {
+                self.scanned_contents.insert(l.content_id(), l);
+            }
         }
         self.locations = None;
         Ok(summary)
@@ -352,6 +368,25 @@ impl Replica for LocalReplica {
         let m = self.index.changed_since(seq)?;
         let m = self.with_scanned(m, |le| le.seq > seq);
         Ok(self.give(m))
+    }
+
+    fn entries_from(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<weave_engine::Page>, SyncError> {
+        if let Some(all) = &self.entries {
+            return Ok(Some(weave_engine::page(all, after, limit)));
+        }
+        if !self.scanned.is_empty() {
+            // A dry run's scan, laid over the index: planned at once.
+            return Ok(None);
+        }
+        let page = weave_engine::Page::of(self.index.entries_from(after, limit)?, limit);
+        // A new slice: what was given for the one before is forgotten.
+        self.given = Some(page.entries.clone());
+        self.locations = None;
+        Ok(Some(page))
     }
 
     fn entries_at(&mut self, paths: &[String], subtrees: &[String]) -> Result<Entries, SyncError> {
@@ -381,6 +416,16 @@ impl Replica for LocalReplica {
 
     fn chunk_list(&mut self, content: &Hash) -> Option<ChunkList> {
         self.list(content)
+    }
+
+    fn chunk_lists(&mut self, contents: &[Hash]) -> HashMap<Hash, ChunkList> {
+        let mut out: HashMap<Hash, ChunkList> = contents
+            .iter()
+            .filter_map(|c| self.scanned_contents.get(c).map(|l| (*c, l.clone())))
+            .collect();
+        let rest = contents.iter().filter(|c| !out.contains_key(*c));
+        out.extend(self.index.chunk_lists(rest).unwrap_or_default());
+        out
     }
 
     fn serve_nodes(&mut self, wants: &Wants) -> Result<ServedNodes, SyncError> {
@@ -420,7 +465,16 @@ impl Replica for LocalReplica {
         let mut errors: Vec<Issue> = Vec::new();
         // 1. The chunk list of every content to write: known here, known
         //    to another local replica, or fetched as a tree.
-        let (lists, issues) = weave_engine::lists_for(&ops, &|c| self.list(c), foreign, provider)?;
+        // This replica's own lists of what the operations write (and of
+        // the old versions they replace), read at once.
+        let mut mine: Vec<Hash> = Vec::new();
+        for op in &ops {
+            mine.extend(op.writes().map(|(c, _)| c));
+            mine.extend(op.old_content());
+        }
+        let own_lists = self.chunk_lists(&mine);
+        let (lists, issues) =
+            weave_engine::lists_for(&ops, &|c| own_lists.get(c).cloned(), foreign, provider)?;
         errors.extend(issues);
         tracing::debug!(contents = lists.len(), "chunk lists known");
         // 2. The transfer plan: chunks found nowhere on this machine come
