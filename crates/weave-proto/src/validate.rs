@@ -588,4 +588,32 @@ mod tests {
         };
         assert!(request_from_wire(&r, "p").is_err());
     }
+
+    #[test]
+    fn a_page_request_and_where_a_page_ends_are_checked() {
+        use crate::msg::GetEntriesFrom;
+        let ok = GetEntriesFrom {
+            after: Some("a/b".into()),
+            limit: 10,
+        };
+        assert_eq!(
+            page_request_from_wire(&ok, "p").unwrap(),
+            (Some("a/b".to_string()), 10)
+        );
+        let too_many = crate::limits::MAX_PAGE as u32 + 1;
+        for (after, limit) in [(None, 0), (None, too_many), (Some("../x".to_string()), 1)] {
+            let bad = GetEntriesFrom { after, limit };
+            assert!(page_request_from_wire(&bad, "p").is_err(), "{bad:?}");
+        }
+        let batch = |end: &str| IndexBatch {
+            last: true,
+            page_end: Some(end.into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            batch_from_wire(batch("d/x"), "p").unwrap().page_end.as_deref(),
+            Some("d/x")
+        );
+        assert!(batch_from_wire(batch("/etc/passwd"), "p").is_err());
+    }
 }
