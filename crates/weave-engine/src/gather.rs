@@ -249,7 +249,7 @@ pub(crate) fn settle(
         known.subtrees.append(&mut subtrees);
         let mut c = clock.clone();
         let plan = plan(reps, &views, how.roles, how.matcher, how.policy, &mut c);
-        let (paths, subs) = reached(&plan, &views, &known);
+        let (paths, subs) = reached(&plan, &views, &known, &how.roles.backups, how.matcher);
         if paths.is_empty() && subs.is_empty() {
             *clock = c;
             let scope = match known.range {
@@ -317,7 +317,13 @@ fn load(
 /// What `plan` reaches for that is not loaded: paths it decides that
 /// some replica was not asked about, and directories some replica holds
 /// that it deletes or replaces (not yet loaded whole).
-fn reached(plan: &TreePlan, views: &[Entries], known: &Known) -> (Vec<String>, Vec<String>) {
+fn reached(
+    plan: &TreePlan,
+    views: &[Entries],
+    known: &Known,
+    backups: &[usize],
+    matcher: &Matcher,
+) -> (Vec<String>, Vec<String>) {
     let n = views.len();
     let paths: Vec<String> = plan
         .finals
@@ -326,15 +332,17 @@ fn reached(plan: &TreePlan, views: &[Entries], known: &Known) -> (Vec<String>, V
         .cloned()
         .collect();
     let mut subtrees: BTreeSet<String> = BTreeSet::new();
-    for v in views {
+    for (i, v) in views.iter().enumerate() {
         for (p, le) in v.iter() {
             if !le.entry.is_live() || !le.entry.object.is_dir() {
                 continue;
             }
-            let stays_dir = plan
-                .finals
-                .get(p)
-                .is_none_or(|f| f.is_live() && f.object.is_dir());
+            let stays_dir = match plan.finals.get(p) {
+                Some(f) => f.is_live() && f.object.is_dir(),
+                // Not planned: it stays, unless only a backup holds it
+                // (and it is not ignored): the backup then removes it.
+                None => !backups.contains(&i) || matcher.is_ignored(p, true),
+            };
             if !stays_dir && !known.inside_loaded(p) {
                 subtrees.insert(p.clone());
             }

@@ -77,7 +77,11 @@ impl Default for SyncOptions {
 /// Progress callbacks (a terminal progress bar, or nothing).
 pub trait Progress: Sync {
     fn phase(&self, _msg: &str) {}
+    /// The bytes the sync is to write: the transfer starts.
     fn set_total(&self, _bytes: u64) {}
+    /// The bytes to write grew to `bytes` (a sync planned in slices learns
+    /// them a slice at a time); what was written so far stays counted.
+    fn grow_total(&self, _bytes: u64) {}
     fn advance(&self, _bytes: u64) {}
     /// Operations carried out so far, of how many (after each replica).
     fn files(&self, _done: u64, _total: u64) {}

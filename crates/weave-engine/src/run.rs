@@ -115,6 +115,10 @@ struct Ctx<'a> {
 /// everything went through, and the counts the progress shows.
 struct Executed {
     clean: Vec<bool>,
+    /// The failures reported, by replica, path and message: a slice that
+    /// tries again what failed in an earlier one (an ancestor) reports it
+    /// once.
+    reported: std::collections::HashSet<(usize, String, String)>,
     bytes_total: u64,
     ops_total: u64,
     ops_done: u64,
@@ -124,6 +128,7 @@ impl Executed {
     fn new(n: usize) -> Executed {
         Executed {
             clean: vec![true; n],
+            reported: Default::default(),
             bytes_total: 0,
             ops_total: 0,
             ops_done: 0,
@@ -406,8 +411,12 @@ fn execute(
         .flatten()
         .filter_map(|o| o.writes().map(|(_, size)| size))
         .sum();
+    match done.bytes_total {
+        0 => progress.set_total(total),
+        before if total > 0 => progress.grow_total(before + total),
+        _ => {}
+    }
     done.bytes_total += total;
-    progress.set_total(done.bytes_total);
     progress.phase("syncing");
     done.ops_total += all_ops.iter().map(|o| o.len() as u64).sum::<u64>();
     progress.files(done.ops_done, done.ops_total);
@@ -430,7 +439,13 @@ fn execute(
         done.clean[i] &= applied.errors.is_empty();
         done.ops_done += actions.len() as u64;
         progress.files(done.ops_done, done.ops_total);
-        push_issues(&mut report.errors, reps[i].display(), &applied.errors);
+        let new: Vec<Issue> = applied
+            .errors
+            .iter()
+            .filter(|e| done.reported.insert((i, e.path.clone(), e.message.clone())))
+            .cloned()
+            .collect();
+        push_issues(&mut report.errors, reps[i].display(), &new);
         let rr = &mut report.replicas[i];
         rr.bytes_local += applied.bytes_local;
         rr.bytes_copied += applied.bytes_remote;

@@ -757,8 +757,8 @@ impl Index {
         Ok(Some(list))
     }
 
-    /// The chunk lists of those of `contents` the index holds, read in one
-    /// transaction.
+    /// The chunk lists of those of `contents` the index holds (and that
+    /// decode), read in one transaction.
     pub fn chunk_lists<'a>(
         &self,
         contents: impl IntoIterator<Item = &'a Hash>,
@@ -774,13 +774,18 @@ impl Index {
             let Some(v) = t.get(&content.0[..]).map_err(|e| self.db_err(e))? else {
                 continue;
             };
-            let list: ChunkList = postcard::from_bytes(v.value()).map_err(|e| {
-                self.corrupt(format!(
-                    "chunk list {} does not decode: {e}",
+            // One that does not decode is left out, as if unknown: the
+            // content is taken from elsewhere (the others still count).
+            match postcard::from_bytes::<ChunkList>(v.value()) {
+                Ok(list) => {
+                    out.insert(*content, list);
+                }
+                Err(e) => tracing::warn!(
+                    "{}: chunk list {} does not decode ({e}); taken from another replica",
+                    self.path().display(),
                     content.short_hex()
-                ))
-            })?;
-            out.insert(*content, list);
+                ),
+            }
         }
         Ok(out)
     }

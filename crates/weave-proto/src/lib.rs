@@ -35,7 +35,7 @@ pub mod limits {
     /// Index entries in one batch.
     pub const MAX_ENTRIES: usize = 4096;
     /// Paths in one page of the index asked for.
-    pub const MAX_PAGE: usize = 1 << 20;
+    pub const MAX_PAGE: usize = 1 << 16;
     /// Chunks asked for in one request.
     pub const MAX_HASHES: usize = 4096;
     /// Replicas in one version vector.

@@ -611,7 +611,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            batch_from_wire(batch("d/x"), "p").unwrap().page_end.as_deref(),
+            batch_from_wire(batch("d/x"), "p")
+                .unwrap()
+                .page_end
+                .as_deref(),
             Some("d/x")
         );
         assert!(batch_from_wire(batch("/etc/passwd"), "p").is_err());

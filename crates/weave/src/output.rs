@@ -28,6 +28,14 @@ impl Bar {
 }
 
 impl Progress for Bar {
+    fn grow_total(&self, bytes: u64) {
+        if let Some(b) = &self.bar {
+            if b.length().unwrap_or(0) == 0 {
+                return self.set_total(bytes);
+            }
+            b.set_length(bytes);
+        }
+    }
     fn phase(&self, msg: &str) {
         if let Some(b) = &self.bar {
             b.set_message(msg.to_string());

@@ -38,6 +38,9 @@ impl<R: std::ops::Deref<Target = FolderRt> + Sync> weave_engine::Progress for Fo
         self.0.bytes_total.store(bytes, Ordering::Relaxed);
         self.0.bytes_done.store(0, Ordering::Relaxed);
     }
+    fn grow_total(&self, bytes: u64) {
+        self.0.bytes_total.store(bytes, Ordering::Relaxed);
+    }
     fn advance(&self, bytes: u64) {
         self.0.bytes_done.fetch_add(bytes, Ordering::Relaxed);
     }

@@ -604,14 +604,18 @@ fn a_directory_the_plan_deletes_has_its_inside_loaded() {
         subtrees: Vec::new(),
         range: None,
     };
-    let (paths, subtrees) = reached(&plan, &views, &known);
+    let none = weave_core::ignore::Matcher::none();
+    let (paths, subtrees) = reached(&plan, &views, &known, &[], &none);
     assert!(paths.is_empty());
     assert_eq!(subtrees, ["d"]);
     let loaded = Known {
         subtrees: vec!["d".into()],
         ..known
     };
-    assert_eq!(reached(&plan, &views, &loaded), (vec![], vec![]));
+    assert_eq!(
+        reached(&plan, &views, &loaded, &[], &none),
+        (vec![], vec![])
+    );
 }
 
 /// The history CI's run of the property test found: a backup that could
