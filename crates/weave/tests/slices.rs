@@ -103,3 +103,27 @@ fn a_large_tree_is_copied_whole_in_slices() {
     r.expect_code(0);
     assert_eq!(j["in_sync"], true, "{}", r.stdout);
 }
+
+/// A directory only a backup holds, whose inside lies in later slices,
+/// is removed whole by the slice that removes it (its inside is loaded
+/// with it), with no error and nothing left behind.
+#[test]
+fn a_backup_loses_a_directory_only_it_has_across_slices() {
+    let t = setup(&["A", "B"]);
+    let (a, b) = (t.path().join("A"), t.path().join("B"));
+    write(a.join("keep.txt"), "kept\n");
+    for i in 0..6 {
+        write(
+            b.join(format!("extra/{i}.txt")),
+            format!("only on the backup {i}\n"),
+        );
+    }
+    let (r, j) = sync_json(t.path(), &["--slice", "2", "--backup", "B", "A", "B"]);
+    r.expect_code(0);
+    assert!(j["errors"].as_array().unwrap().is_empty(), "{}", r.stdout);
+    assert!(!b.join("extra").exists(), "{}", r.stdout);
+    assert_same_tree(&a, &b);
+    let (r, j) = sync_json(t.path(), &["--slice", "2", "--backup", "B", "A", "B"]);
+    r.expect_code(0);
+    assert_eq!(j["in_sync"], true, "{}", r.stdout);
+}

@@ -79,6 +79,11 @@ pub struct Prehashed {
 pub const KEEP_FILE_MAX: u64 = 64 * 1024;
 /// ...up to this many bytes in all.
 pub const KEEP_TOTAL_MAX: u64 = 64 << 20;
+/// What keeping a file's bytes costs besides them (its place in the map,
+/// the buffer's header and rounding), counted against
+/// [`KEEP_TOTAL_MAX`]: a million tiny files must not keep a million
+/// buffers.
+const KEEP_FILE_OVERHEAD: u64 = 128;
 
 impl Prehashed {
     /// The chunk list of `rel` and its stat, if it was hashed and `st` (its
@@ -154,7 +159,7 @@ pub fn prehash(
             let keep = st.size <= KEEP_FILE_MAX
                 && budget
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                        b.checked_sub(st.size)
+                        b.checked_sub(st.size + KEEP_FILE_OVERHEAD)
                     })
                     .is_ok();
             let (list, st, data) = if keep {
