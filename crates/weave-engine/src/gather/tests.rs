@@ -3,7 +3,11 @@
 //! syncs of random subsets under random policies, backups and ignore
 //! patterns), every sync is also run planning every path, on a copy of
 //! the replicas, and both must leave every replica exactly the same,
-//! report the same conflicts, and hand out the same clock values.
+//! report the same conflicts, and hand out the same clock values; and in
+//! slices of one to three paths (`slice.rs`), which must leave every
+//! replica the same up to the order new clock values are handed out in.
+//! Replicas apply operations as the file executor does (removals deepest
+//! first, and only what a tree could do after what failed before).
 
 use super::*;
 use crate::replica::{Applied, Finish, Foreign, IgnoreSpec, ReplicaInfo, ScanSummary, ServedNodes};
@@ -38,6 +42,30 @@ fn fails(id: ReplicaId, path: &str, seed: u64) -> bool {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (id.0, path, seed).hash(&mut h);
     h.finish().is_multiple_of(3)
+}
+
+/// Whether a tree could carry `op` out after what failed before it: what
+/// is not a directory cannot take the place of a directory that still
+/// holds something, and nothing can be made inside what is not a
+/// directory.
+fn possible(st: &State, op: &Op) -> bool {
+    if op.kind == weave_core::OpKind::Record {
+        return true;
+    }
+    let p = &op.path;
+    let holds = st
+        .entries
+        .range(format!("{p}/")..format!("{p}0"))
+        .any(|(_, le)| le.entry.is_live());
+    if holds && !op.target.object.is_dir() {
+        return false;
+    }
+    let dir = |a: &str| {
+        st.entries
+            .get(a)
+            .is_some_and(|le| le.entry.is_live() && le.entry.object.is_dir())
+    };
+    !op.target.is_live() || weave_core::path::ancestors(p).all(dir)
 }
 
 impl Mem {
@@ -93,7 +121,9 @@ impl Replica for Mem {
         Ok(())
     }
     /// Records every operation's target, as a tree that had every
-    /// content would.
+    /// content would: the removals first, deepest first, then the rest
+    /// in their order (as the file executor does), each only if a tree could carry it
+    /// out after what failed before it (see [`possible`]).
     fn apply(
         &mut self,
         ops: Vec<Op>,
@@ -106,9 +136,17 @@ impl Replica for Mem {
         let fail = self.fail;
         let info = {
             let mut st = self.st();
-            for (k, op) in ops.into_iter().enumerate() {
+            let mut ops: Vec<(usize, Op)> = ops.into_iter().enumerate().collect();
+            // Removals deepest first, then the rest in order.
+            ops.sort_by_key(|(k, op)| match op.kind {
+                weave_core::OpKind::Remove => {
+                    (0, usize::MAX - weave_core::path::depth(&op.path), *k)
+                }
+                _ => (1, 0, *k),
+            });
+            for (k, op) in ops {
                 let id = st.info.id;
-                if fail.is_some_and(|seed| fails(id, &op.path, seed)) {
+                if fail.is_some_and(|seed| fails(id, &op.path, seed)) || !possible(&st, &op) {
                     errors.push(crate::Issue {
                         path: op.path.clone(),
                         message: "failed".into(),
