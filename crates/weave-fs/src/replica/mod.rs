@@ -291,7 +291,7 @@ impl Replica for LocalReplica {
         let t = std::time::Instant::now();
         let o = crate::scan(&self.root, &mut self.index, &opts)
             .map_err(|e| SyncError::Replica(Box::new(e)))?;
-        tracing::debug!(changed = o.changed.len(), elapsed = ?t.elapsed(), "walked and hashed");
+        tracing::debug!(changed = o.changed.len() + o.recorded, elapsed = ?t.elapsed(), "walked and hashed");
         if let Some(p) = prehashed {
             self.kept.extend(p.into_kept());
             tracing::debug!(
@@ -332,7 +332,7 @@ impl Replica for LocalReplica {
         // grow with everything a sync writes).
         let small = |m: &Entries| {
             let n = m.len() + batch.entries.len();
-            n > 0 && n <= KEEP_ENTRIES_MAX
+            n > 0 && n <= KEEP_ENTRIES_MAX && o.recorded == 0
         };
         self.entries = known.filter(small).map(|mut m| {
             let map = Arc::make_mut(&mut m);

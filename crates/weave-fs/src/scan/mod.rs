@@ -44,7 +44,15 @@ pub struct ScanOutcome {
     /// The scope of metadata the entries now agree with, when this scan
     /// checked every path's (see [`scan`]), to be recorded with them.
     pub meta_scope: Option<u64>,
+    /// Entries (and their chunk lists) this scan already recorded in the
+    /// index, a part at a time, rather than hold all of them (a large
+    /// scan that is not a dry run): not in `changed`.
+    pub recorded: usize,
 }
+
+/// Entries a scan that records (not a dry run) holds before it writes
+/// them to the index.
+const RECORD_PART: usize = 65_536;
 
 pub struct ScanOptions<'a> {
     pub matcher: &'a Matcher,
@@ -333,7 +341,7 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
         stat_only,
         metas,
     };
-    make_entries(index, ch, &meta_of, &mut out)?;
+    make_entries(index, ch, &meta_of, !opts.dry_run, &mut out)?;
     Ok(out)
 }
 
@@ -431,10 +439,13 @@ fn take_hashed(
 
 /// The entries of what changed: a new stat only, or a new version (the
 /// replica's own counter bumped, a new sequence number).
+/// The entries of what changed (recorded in the index a part at a time
+/// when `record`, see [`RECORD_PART`]; else all kept in `out`).
 fn make_entries(
     index: &mut Index,
     ch: Changes,
     meta_of: &MetaOf,
+    record: bool,
     out: &mut ScanOutcome,
 ) -> Result<(), ScanError> {
     let Changes {
@@ -474,6 +485,15 @@ fn make_entries(
             stat,
         };
         out.changed.push(le);
+        if record && out.changed.len() >= RECORD_PART {
+            let part = weave_index::Batch {
+                entries: std::mem::take(&mut out.changed),
+                contents: std::mem::take(&mut out.contents),
+                ..Default::default()
+            };
+            index.write(&part)?;
+            out.recorded += part.entries.len();
+        }
     }
     Ok(())
 }
@@ -975,6 +995,56 @@ mod tests {
         };
         let mut index = Index::open(state).unwrap();
         scan(root, &mut index, &opts).unwrap()
+    }
+
+    /// A large scan records its entries a part at a time and keeps only
+    /// the rest; the index then holds all of them once the rest is
+    /// written, with their chunk lists. A dry run keeps everything.
+    #[test]
+    fn a_large_scan_is_recorded_in_parts() {
+        let t = tempfile::tempdir().unwrap();
+        let (root, state) = (t.path().join("r"), t.path().join("s"));
+        let files = RECORD_PART + 10;
+        for d in 0..8 {
+            fs::create_dir_all(root.join(format!("d{d}"))).unwrap();
+        }
+        for i in 0..files {
+            fs::write(root.join(format!("d{}/f{i}", i % 8)), i.to_le_bytes()).unwrap();
+        }
+        let matcher = Matcher::none();
+        let opts = |dry_run| ScanOptions {
+            matcher: &matcher,
+            remove_temps: false,
+            dry_run,
+            only: None,
+            prehashed: None,
+        };
+        let mut index = Index::open(&state).unwrap();
+        let dry = scan(&root, &mut index, &opts(true)).unwrap();
+        assert_eq!((dry.recorded, dry.changed.len()), (0, files + 8));
+        assert!(!index.has_entries().unwrap(), "a dry run records nothing");
+        let o = scan(&root, &mut index, &opts(false)).unwrap();
+        assert_eq!(o.recorded, RECORD_PART);
+        assert_eq!(o.changed.len(), files + 8 - RECORD_PART);
+        let rest = weave_index::Batch {
+            entries: o.changed,
+            contents: o.contents,
+            ..Default::default()
+        };
+        index.write(&rest).unwrap();
+        let all = index.load_entries().unwrap();
+        assert_eq!(all.len(), files + 8);
+        let seqs: std::collections::HashSet<u64> = all.values().map(|le| le.seq).collect();
+        assert_eq!(
+            seqs.len(),
+            all.len(),
+            "every entry has its own sequence number"
+        );
+        let le = &all["d3/f3"];
+        let content = le.entry.object.content().unwrap();
+        assert!(index.chunk_list(&content).unwrap().is_some());
+        let again = scan(&root, &mut index, &opts(false)).unwrap();
+        assert_eq!((again.recorded, again.changed.len()), (0, 0));
     }
 
     /// The messages of a file that could not be hashed, word for word.
