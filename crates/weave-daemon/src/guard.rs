@@ -102,6 +102,10 @@ impl Guarded {
 
     /// Makes it receive-only; its state directory is `state`.
     pub fn receive_only(&mut self, state: &Path) {
+        // What each scan recorded is read after it (see `scan`).
+        if let Some(l) = self.inner.local() {
+            l.record_scans_whole();
+        }
         self.receive_only = Some(LocalChanges {
             file: state.join(LOCAL_CHANGES_FILE),
             paths: local_changes(state),

@@ -449,6 +449,11 @@ pub trait LocalTree {
     /// Limits the next scan to these paths, each with its subtree: what a
     /// file-system watcher saw change since the last scan.
     fn limit_scan(&mut self, paths: Vec<String>);
+    /// Records each scan's changes in one write, as the scan ends, rather
+    /// than a large scan's a part at a time as it goes: for a caller that
+    /// reads what each scan recorded afterwards (a receive-only folder's
+    /// own changes), which a scan that failed half way would hide.
+    fn record_scans_whole(&mut self) {}
     /// Hashes ahead, recording nothing, what the next scan would hash
     /// (under the replica's own ignore file and `patterns`): work that can
     /// run while other replicas connect. Stops hashing once `stop` is set.

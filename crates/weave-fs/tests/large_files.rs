@@ -35,6 +35,7 @@ fn check(root: &std::path::Path, state: &std::path::Path, files: &[Vec<u8>]) {
         dry_run: false,
         only: None,
         prehashed: None,
+        record_parts: false,
     };
     let mut index = Index::open(state).unwrap();
     let out = scan(root, &mut index, &opts).unwrap();

@@ -19,6 +19,7 @@ fn run(root: &Path, idx: &mut Index, only: Option<&[String]>) -> ScanOutcome {
         dry_run: false,
         only,
         prehashed: None,
+        record_parts: false,
     };
     scan(root, idx, &opts).unwrap()
 }

@@ -159,6 +159,7 @@ fn scan_into(root: &Path, index: &mut Index, only: Option<&[String]>) {
         dry_run: false,
         only,
         prehashed: None,
+        record_parts: false,
     };
     let o = scan(root, index, &opts).unwrap();
     index

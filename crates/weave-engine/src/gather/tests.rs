@@ -431,6 +431,21 @@ impl World {
             r.conflicts.iter().map(|c| format!("{c:?}")).collect()
         };
         assert_eq!(conflicts(&full_report), conflicts(&incr_report));
+        // What failed (or no tree could do) is the same both ways.
+        let failed = |r: &crate::Report| -> Vec<String> {
+            let mut e: Vec<String> = r
+                .errors
+                .iter()
+                .map(|e| format!("{} {}", e.replica, e.path))
+                .collect();
+            e.sort();
+            e
+        };
+        assert_eq!(
+            failed(&full_report),
+            failed(&incr_report),
+            "failures after {s:?}"
+        );
         let sorted = |r: &crate::Report| -> Vec<String> {
             let mut c = conflicts(r);
             c.sort();

@@ -49,6 +49,9 @@ pub struct LocalReplica {
     /// [`Replica::entries_at`]), kept up to date by its own writes: the
     /// paths this sync is about.
     given: Option<Entries>,
+    /// Each scan's changes recorded in one write (see
+    /// [`LocalTree::record_scans_whole`]).
+    whole_scans: bool,
     /// Tree nodes built for serving, per content (the last few).
     trees: Vec<(Hash, HashMap<Hash, Node>)>,
     /// Where each content is, built once per state of `entries` (serving
@@ -112,6 +115,7 @@ impl LocalReplica {
             prehashed: None,
             kept: HashMap::new(),
             serving: None,
+            whole_scans: false,
         })
     }
 
@@ -225,6 +229,10 @@ impl LocalTree for LocalReplica {
         self.scan_only = Some(paths);
     }
 
+    fn record_scans_whole(&mut self) {
+        self.whole_scans = true;
+    }
+
     fn prehash(&mut self, patterns: &[String], stop: &std::sync::atomic::AtomicBool) {
         let Ok(matcher) = crate::ignore::build(&[self.root.as_path()], patterns) else {
             return;
@@ -280,6 +288,7 @@ impl Replica for LocalReplica {
             dry_run,
             only: self.scan_only.as_deref(),
             prehashed: prehashed.as_ref(),
+            record_parts: !self.whole_scans,
         };
         // The index after this scan is what was loaded of it (nothing, if
         // it had no entries) with the scan's changes: not read back.

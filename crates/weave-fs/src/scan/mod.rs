@@ -30,8 +30,8 @@ pub enum ScanError {
 
 #[derive(Default, Debug)]
 pub struct ScanOutcome {
-    /// Entries that changed, to be written to the index. Also applied to
-    /// the entry map passed to [`scan`].
+    /// Entries that changed, to be written to the index (those not
+    /// already recorded, see `recorded`).
     pub changed: Vec<LocalEntry>,
     /// Chunk lists of the files that were read.
     pub contents: Vec<ChunkList>,
@@ -68,6 +68,10 @@ pub struct ScanOptions<'a> {
     /// Files already hashed by [`prehash`]: one whose stat is still the
     /// one it was hashed with is not read again.
     pub prehashed: Option<&'a Prehashed>,
+    /// Record a large scan's entries in the index a part at a time as
+    /// they are made (not on a dry run), rather than hold them all for
+    /// the caller to write at once.
+    pub record_parts: bool,
 }
 
 /// Chunk lists of files hashed ahead of a scan (by [`prehash`], while
@@ -144,6 +148,7 @@ pub fn prehash(
         dry_run: false,
         only: None,
         prehashed: None,
+        record_parts: false,
     };
     let cursor = match index.map(|i| i.scan_cursor()) {
         Some(Ok(c)) => c,
@@ -201,8 +206,11 @@ pub fn prehash(
 /// cursor over the index's scan records, which are kept in the same
 /// order: no per-file map, and memory bounded by the widest directory.
 /// Full entries are read only for paths that changed. Version-vector
-/// counters and sequence numbers come from `index`; nothing is written
-/// (the caller writes [`ScanOutcome::changed`]).
+/// counters and sequence numbers come from `index`. With
+/// [`ScanOptions::record_parts`], a large scan's entries are recorded as
+/// they are made, [`RECORD_PART`] at a time; the caller writes the rest
+/// ([`ScanOutcome::changed`]), and with it what completes the scan (its
+/// `meta_scope`).
 pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOutcome, ScanError> {
     let mut w = Walker::new(opts, index.scan_cursor()?);
     let units = opts.only.and_then(scope_units);
@@ -244,6 +252,7 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
         return scan(root, index, &whole);
     }
     let Walker {
+        cursor,
         mut out,
         blocked,
         gone,
@@ -253,6 +262,9 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
         links,
         ..
     } = w;
+    // (Its read transaction would keep redb from reusing the pages the
+    // parts recorded below free.)
+    drop(cursor);
     let leaders = units.is_none().then(|| first_names(links));
     let names = crate::meta::Names::default();
     // What this replica keeps of owners and attributes changed since its
@@ -291,7 +303,6 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
         mut updates,
         blocked,
         mut stat_only,
-        mut metas,
     } = ch;
 
     // Deletions: indexed paths not found on disk, unless something that
@@ -305,7 +316,7 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
         })
         .collect();
     for p in gone {
-        updates.push((p, Object::Deleted, 0, 0, None));
+        updates.push((p, Object::Deleted, 0, 0, None, None));
     }
 
     let mut dirs_kept = dirs_kept;
@@ -322,7 +333,7 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
             root,
             meta_of: &meta_of,
         };
-        sweep.run(index, &handled, &mut updates, &mut stat_only, &mut metas)?;
+        sweep.run(index, &handled, &mut updates, &mut stat_only)?;
         // What could not be looked at is checked again next time.
         out.meta_scope = blocked.is_empty().then(|| scope.bits());
     }
@@ -331,7 +342,7 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
         if let Some(prev) = index.entry(&rel)? {
             let meta = meta_of(&rel, prev.entry.meta.as_deref());
             if meta != prev.entry.meta {
-                updates.push((rel, Object::Dir, prev.entry.mode, 0, None));
+                updates.push((rel, Object::Dir, prev.entry.mode, 0, None, None));
             }
         }
     }
@@ -339,13 +350,28 @@ pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOu
         updates,
         blocked,
         stat_only,
-        metas,
     };
-    make_entries(index, ch, &meta_of, !opts.dry_run, &mut out)?;
+    make_entries(
+        index,
+        ch,
+        &meta_of,
+        opts.record_parts && !opts.dry_run,
+        &mut out,
+    )?;
     Ok(out)
 }
 
-type Update = (String, Object, u32, i64, Option<Stat>);
+/// A path's new state: (path, object, mode, mtime, stat, and its owner
+/// and attributes when they were already read: None to read them when
+/// its entry is made).
+type Update = (
+    String,
+    Object,
+    u32,
+    i64,
+    Option<Stat>,
+    Option<Option<Box<Meta>>>,
+);
 
 mod sweep;
 use sweep::{extra_of, give_back, keep_unfilled, MetaOf, Sweep};
@@ -366,14 +392,12 @@ fn first_names(links: HashMap<(u64, u64), Vec<String>>) -> HashMap<String, Strin
 /// What a scan found changed, on its way to entries.
 #[derive(Default)]
 struct Changes {
-    /// Paths whose entry changes: (path, object, mode, mtime, stat).
+    /// Paths whose entry changes (see [`Update`]).
     updates: Vec<Update>,
     /// Paths that exist but could not be looked at.
     blocked: HashSet<String>,
     /// Files read again and found as recorded: only their stat is new.
     stat_only: Vec<(String, Stat)>,
-    /// The metadata of the files read, for their updates.
-    metas: HashMap<String, Option<Box<Meta>>>,
 }
 
 /// Reads the files whose stat changed (in parallel, largest first, one
@@ -390,17 +414,42 @@ fn take_hashed(
     ch: &mut Changes,
 ) -> Result<(), ScanError> {
     to_hash.sort_by_key(|(_, st)| std::cmp::Reverse(st.size));
-    let hashed: Vec<(String, HashResult)> = to_hash
-        .into_par_iter()
-        .with_max_len(1)
-        .map(|(rel, st)| {
-            let r = match opts.prehashed.and_then(|p| p.take(&rel, &st)) {
-                Some(hit) => Ok(hit),
-                None => hash_file(&join(root, &rel), &st),
-            };
-            (rel, r)
-        })
-        .collect();
+    // A part at a time: the results of a whole new tree are not held
+    // at once beside what is made of them.
+    let mut rest = to_hash.into_iter();
+    loop {
+        let part: Vec<(String, Stat)> = rest.by_ref().take(HASH_PART).collect();
+        if part.is_empty() {
+            return Ok(());
+        }
+        let hashed: Vec<(String, HashResult)> = part
+            .into_par_iter()
+            .with_max_len(1)
+            .map(|(rel, st)| {
+                let r = match opts.prehashed.and_then(|p| p.take(&rel, &st)) {
+                    Some(hit) => Ok(hit),
+                    None => hash_file(&join(root, &rel), &st),
+                };
+                (rel, r)
+            })
+            .collect();
+        sort_hashed(root, index, hashed, meta_of, out, ch)?;
+    }
+}
+
+/// Files hashed at a time by a scan (see [`take_hashed`]).
+const HASH_PART: usize = 16_384;
+
+/// Sorts each file hashed into `ch`: a new state, or the same with a new
+/// stat (or, unreadable, blocked).
+fn sort_hashed(
+    root: &Path,
+    index: &Index,
+    hashed: Vec<(String, HashResult)>,
+    meta_of: &MetaOf,
+    out: &mut ScanOutcome,
+    ch: &mut Changes,
+) -> Result<(), ScanError> {
     for (rel, r) in hashed {
         match r {
             Ok((list, st)) => {
@@ -421,9 +470,8 @@ fn take_hashed(
                 if same_state {
                     ch.stat_only.push((rel, st));
                 } else {
-                    ch.metas.insert(rel.clone(), meta);
-                    ch.updates
-                        .push((rel, object, st.mode, st.mtime_ns, Some(st)));
+                    let u = (rel, object, st.mode, st.mtime_ns, Some(st), Some(meta));
+                    ch.updates.push(u);
                 }
                 out.contents.push(list);
             }
@@ -438,9 +486,9 @@ fn take_hashed(
 }
 
 /// The entries of what changed: a new stat only, or a new version (the
-/// replica's own counter bumped, a new sequence number).
-/// The entries of what changed (recorded in the index a part at a time
-/// when `record`, see [`RECORD_PART`]; else all kept in `out`).
+/// replica's own counter bumped, a new sequence number); recorded in the
+/// index a part at a time when `record` (see [`RECORD_PART`]), else all
+/// kept in `out`.
 fn make_entries(
     index: &mut Index,
     ch: Changes,
@@ -449,21 +497,31 @@ fn make_entries(
     out: &mut ScanOutcome,
 ) -> Result<(), ScanError> {
     let Changes {
-        updates,
-        stat_only,
-        mut metas,
-        ..
+        updates, stat_only, ..
     } = ch;
     let id = index.id();
+    let record_part = |index: &mut Index, out: &mut ScanOutcome| -> Result<(), ScanError> {
+        if record && out.changed.len() >= RECORD_PART {
+            let part = weave_index::Batch {
+                entries: std::mem::take(&mut out.changed),
+                contents: std::mem::take(&mut out.contents),
+                ..Default::default()
+            };
+            index.write(&part)?;
+            out.recorded += part.entries.len();
+        }
+        Ok(())
+    };
     for (rel, st) in stat_only {
         if let Some(mut le) = index.entry(&rel)? {
             le.stat = Some(st);
             out.changed.push(le);
+            record_part(index, out)?;
         }
     }
-    for (rel, object, mode, mtime_ns, stat) in updates {
+    for (rel, object, mode, mtime_ns, stat, read) in updates {
         let prev = index.entry(&rel)?;
-        let meta = match (&object, metas.remove(&rel)) {
+        let meta = match (&object, read) {
             (Object::Deleted, _) => None,
             (_, Some(m)) => m,
             _ => meta_of(&rel, prev.as_ref().and_then(|p| p.entry.meta.as_deref())),
@@ -485,15 +543,7 @@ fn make_entries(
             stat,
         };
         out.changed.push(le);
-        if record && out.changed.len() >= RECORD_PART {
-            let part = weave_index::Batch {
-                entries: std::mem::take(&mut out.changed),
-                contents: std::mem::take(&mut out.contents),
-                ..Default::default()
-            };
-            index.write(&part)?;
-            out.recorded += part.entries.len();
-        }
+        record_part(index, out)?;
     }
     Ok(())
 }
@@ -821,7 +871,7 @@ impl<'a> Walker<'a> {
         if ft.is_dir() {
             let mode = c.raw.st_mode & 0o777;
             if !matches!(prev, Some(ScanRecord::Dir { mode: m }) if m == mode) {
-                self.updates.push((rel, Object::Dir, mode, 0, None));
+                self.updates.push((rel, Object::Dir, mode, 0, None, None));
             } else if crate::meta::scope().any() {
                 self.dirs_kept.push(rel);
             }
@@ -850,7 +900,7 @@ impl<'a> Walker<'a> {
                             let object = Object::Symlink {
                                 target: t.to_string(),
                             };
-                            self.updates.push((rel, object, 0, 0, None));
+                            self.updates.push((rel, object, 0, 0, None, None));
                         }
                     }
                     None => {
@@ -992,6 +1042,7 @@ mod tests {
             dry_run: false,
             only: None,
             prehashed,
+            record_parts: false,
         };
         let mut index = Index::open(state).unwrap();
         scan(root, &mut index, &opts).unwrap()
@@ -1018,6 +1069,7 @@ mod tests {
             dry_run,
             only: None,
             prehashed: None,
+            record_parts: true,
         };
         let mut index = Index::open(&state).unwrap();
         let dry = scan(&root, &mut index, &opts(true)).unwrap();

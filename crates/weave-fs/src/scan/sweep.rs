@@ -54,7 +54,6 @@ impl Sweep<'_> {
         handled: &HashSet<String>,
         updates: &mut Vec<Update>,
         stat_only: &mut Vec<(String, Stat)>,
-        metas: &mut HashMap<String, Option<Box<Meta>>>,
     ) -> Result<(), ScanError> {
         let mut live: Vec<(String, bool)> = Vec::new();
         index.for_each_scan_record(|p, r| {
@@ -88,9 +87,8 @@ impl Sweep<'_> {
             };
             let stat = if unchanged { now } else { prev.stat };
             if meta != prev.entry.meta {
-                metas.insert(rel.clone(), meta);
                 let e = prev.entry;
-                updates.push((rel, e.object, e.mode, e.mtime_ns, stat));
+                updates.push((rel, e.object, e.mode, e.mtime_ns, stat, Some(meta)));
             } else if let Some(st) = stat.filter(|s| Some(*s) != prev.stat) {
                 stat_only.push((rel, st));
             }
