@@ -171,7 +171,8 @@ def run_tool(tool, root, procs, args, rng):
         if args.prefill:
             wait_count(pair, args.prefill, args.ready_timeout)
         pids = [p.pid for p in getattr(pair, "p", {}).values()]
-        first_peak = sum(rss_kib(pid, "VmHWM") for pid in pids)
+        peaks = [rss_kib(pid, "VmHWM") for pid in pids]
+        first_peak = sum(peaks)
         settle(pids, tool)
         cpu0 = sum(cpu_ticks(pid) for pid in pids)
         lat, timeouts, gap_ms = measure(pair, tool, args, rng)
@@ -181,7 +182,8 @@ def run_tool(tool, root, procs, args, rng):
             cpu = (sum(cpu_ticks(pid) for pid in pids) - cpu0) * tick_ms
             res.update(cpu_ms_per_change=cpu / max(1, args.warmup + args.changes),
                        rss_mib=[round(rss_kib(pid) / 1024, 1) for pid in pids],
-                       ready_peak_rss_mib=round(first_peak / 1024, 1))
+                       ready_peak_rss_mib=round(first_peak / 1024, 1),
+                       ready_peaks_mib=[round(x / 1024, 1) for x in peaks])
         res.update(setup=pair.describe(), gap_ms=gap_ms, samples_ms=[round(x, 3) for x in lat])
         return res
     except BenchError as e:
@@ -209,12 +211,13 @@ def print_table(results, args):
         print(f"{tool:<10} {r['n']:>5} {fmt(r['p50_ms']):>8} {fmt(r['p90_ms']):>8} "
               f"{fmt(r['p99_ms']):>8} {fmt(r['max_ms']):>8} {r['timeouts']:>9}")
     print("\nCPU of both processes (utime+stime, all threads) per change while measuring, the RSS of "
-          "each at the end, and the sum of their peak RSS (VmHWM) once the folder was in sync")
+          "each at the end, and their peak RSS (VmHWM) once the folder was in sync, each and summed")
     for tool, r in results.items():
         if "cpu_ms_per_change" in r:
             rss = " + ".join(f"{x:g}" for x in r["rss_mib"])
+            peaks = " + ".join(f"{x:g}" for x in r.get("ready_peaks_mib", []))
             print(f"{tool:<10} cpu {r['cpu_ms_per_change']:.1f} ms/change   rss {rss} MiB   "
-                  f"peak by ready {r['ready_peak_rss_mib']:g} MiB")
+                  f"peak by ready {peaks} = {r['ready_peak_rss_mib']:g} MiB")
 
 
 def main():
