@@ -208,7 +208,7 @@ pub fn prehash(
 /// Full entries are read only for paths that changed. Version-vector
 /// counters and sequence numbers come from `index`. With
 /// [`ScanOptions::record_parts`], a large scan's entries are recorded as
-/// they are made, [`RECORD_PART`] at a time; the caller writes the rest
+/// they are made, 65,536 (`RECORD_PART`) at a time; the caller writes the rest
 /// ([`ScanOutcome::changed`]), and with it what completes the scan (its
 /// `meta_scope`).
 pub fn scan(root: &Path, index: &mut Index, opts: &ScanOptions) -> Result<ScanOutcome, ScanError> {
