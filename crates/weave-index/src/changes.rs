@@ -6,8 +6,9 @@
 
 use crate::{Index, IndexError};
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
-use std::collections::BTreeMap;
-use weave_core::LocalEntry;
+use std::collections::{BTreeMap, HashMap};
+use weave_chunk::ChunkList;
+use weave_core::{Hash, LocalEntry};
 
 /// `(sequence number, path)` of every entry.
 pub(crate) const BY_SEQ: TableDefinition<(u64, &str), ()> = TableDefinition::new("by_seq");
@@ -83,6 +84,39 @@ impl Index {
             let p = k.value().to_string();
             let le = self.decode_entry(p.clone(), v.value())?;
             out.insert(p, le);
+        }
+        Ok(out)
+    }
+
+    /// The chunk lists of those of `contents` the index holds (and that
+    /// decode), read in one transaction.
+    pub fn chunk_lists<'a>(
+        &self,
+        contents: impl IntoIterator<Item = &'a Hash>,
+    ) -> Result<HashMap<Hash, ChunkList>, IndexError> {
+        let mut out = HashMap::new();
+        let Some(t) = self.read_table(crate::CONTENTS)? else {
+            return Ok(out);
+        };
+        for content in contents {
+            if out.contains_key(content) {
+                continue;
+            }
+            let Some(v) = t.get(&content.0[..]).map_err(|e| self.db_err(e))? else {
+                continue;
+            };
+            // One that does not decode is left out, as if unknown: the
+            // content is taken from elsewhere (the others still count).
+            match postcard::from_bytes::<ChunkList>(v.value()) {
+                Ok(list) => {
+                    out.insert(*content, list);
+                }
+                Err(e) => tracing::warn!(
+                    "{}: chunk list {} does not decode ({e}); taken from another replica",
+                    self.path().display(),
+                    content.short_hex()
+                ),
+            }
         }
         Ok(out)
     }

@@ -757,39 +757,6 @@ impl Index {
         Ok(Some(list))
     }
 
-    /// The chunk lists of those of `contents` the index holds (and that
-    /// decode), read in one transaction.
-    pub fn chunk_lists<'a>(
-        &self,
-        contents: impl IntoIterator<Item = &'a Hash>,
-    ) -> Result<HashMap<Hash, ChunkList>, IndexError> {
-        let mut out = HashMap::new();
-        let Some(t) = self.read_table(CONTENTS)? else {
-            return Ok(out);
-        };
-        for content in contents {
-            if out.contains_key(content) {
-                continue;
-            }
-            let Some(v) = t.get(&content.0[..]).map_err(|e| self.db_err(e))? else {
-                continue;
-            };
-            // One that does not decode is left out, as if unknown: the
-            // content is taken from elsewhere (the others still count).
-            match postcard::from_bytes::<ChunkList>(v.value()) {
-                Ok(list) => {
-                    out.insert(*content, list);
-                }
-                Err(e) => tracing::warn!(
-                    "{}: chunk list {} does not decode ({e}); taken from another replica",
-                    self.path().display(),
-                    content.short_hex()
-                ),
-            }
-        }
-        Ok(out)
-    }
-
     /// Removes the chunk lists of contents no live entry holds any more.
     /// Returns how many were removed.
     pub fn gc_contents(

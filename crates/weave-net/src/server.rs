@@ -334,18 +334,7 @@ impl Server<'_> {
                     .map_err(proto)
             }
             Body::GetEntriesAt(g) => self.entries_at(g),
-            Body::GetEntriesFrom(g) => {
-                let (after, limit) =
-                    weave_proto::validate::page_request_from_wire(&g, &peer).map_err(proto)?;
-                let rep = self.rep()?;
-                let page = match rep.entries_from(after.as_deref(), limit)? {
-                    Some(p) => p,
-                    // A replica that cannot page: its page of the whole.
-                    None => weave_engine::page(rep.entries()?.as_ref(), after.as_deref(), limit),
-                };
-                let entries = page.entries.values().map(|le| (&le.entry, le.seq));
-                wire::send_page(&self.conn, entries, page.end).map_err(proto)
-            }
+            Body::GetEntriesFrom(g) => self.entries_from(&g),
             Body::ChunkRequest(r) => self.serve_request(&r),
             Body::Ops(o) => {
                 for w in o.ops {
@@ -446,6 +435,21 @@ impl Server<'_> {
         let entries = self.rep()?.entries_at(&paths, &subtrees)?;
         wire::send_entries(&self.conn, entries.values().map(|le| (&le.entry, le.seq)))
             .map_err(proto)
+    }
+
+    /// A page of the index.
+    fn entries_from(&mut self, g: &weave_proto::msg::GetEntriesFrom) -> Result<(), SyncError> {
+        let peer = self.conn.peer().to_string();
+        let (after, limit) =
+            weave_proto::validate::page_request_from_wire(g, &peer).map_err(proto)?;
+        let rep = self.rep()?;
+        let page = match rep.entries_from(after.as_deref(), limit)? {
+            Some(p) => p,
+            // A replica that cannot page: its page of the whole.
+            None => weave_engine::page(rep.entries()?.as_ref(), after.as_deref(), limit),
+        };
+        let entries = page.entries.values().map(|le| (&le.entry, le.seq));
+        wire::send_page(&self.conn, entries, page.end).map_err(proto)
     }
 
     /// Tree nodes or chunks of a content this replica holds.
