@@ -57,8 +57,11 @@ pub struct SyncOptions {
 }
 
 /// Paths planned and applied at a time in a sync that plans every path:
-/// a few tens of MiB of entries, plan and operations.
-pub const SLICE: usize = 16_384;
+/// about 14 MiB of entries, plan and operations (about 3.4 KiB a path).
+/// Measured on bench c0 (100,000 small files): 4,096 peaks at 128–133
+/// MiB, 8,192 at 150, 16,384 at 195–199, with no loss of time; each slice
+/// costs a few round trips with a remote replica.
+pub const SLICE: usize = 4_096;
 
 impl Default for SyncOptions {
     fn default() -> Self {

@@ -335,7 +335,7 @@ struct SyncArgs {
     replicas: Vec<String>,
 
     /// Paths planned and carried out at a time when every path is planned
-    /// (0: the default, 16384). For tests: smaller slices take more
+    /// (0: the default, 4096). For tests: smaller slices take more
     /// rounds and less memory.
     #[arg(long, value_name = "PATHS", default_value_t = 0, hide = true)]
     slice: usize,

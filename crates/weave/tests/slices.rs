@@ -1,6 +1,6 @@
 //! A sync that plans every path (replicas that never synced together)
 //! plans and carries out a slice of paths at a time (`--slice`, hidden:
-//! 16,384 by default). With slices of two paths, the trees must end as
+//! 4,096 by default). With slices of two paths, the trees must end as
 //! they do when planned at once: the same names, the same conflicts,
 //! and a second sync with nothing to do. (Over a session: `remote.rs`.)
 
