@@ -280,8 +280,13 @@ impl Replica for Guarded {
         let mut keep = Vec::new();
         let mut index = Vec::new();
         let mut refused = Vec::new();
+        // Its own changes, as its index holds them (not the whole index:
+        // only those paths are looked up).
         let local = match &self.receive_only {
-            Some(lc) if !lc.paths.is_empty() => Some(self.inner.entries()?),
+            Some(lc) if !lc.paths.is_empty() => {
+                let paths: Vec<String> = lc.paths.iter().cloned().collect();
+                Some(self.inner.entries_at(&paths, &[])?)
+            }
             _ => None,
         };
         for (i, op) in ops.into_iter().enumerate() {
