@@ -107,15 +107,11 @@ impl Index {
             };
             // One that does not decode is left out, as if unknown: the
             // content is taken from elsewhere (the others still count).
-            match postcard::from_bytes::<ChunkList>(v.value()) {
+            match self.decode_list(content, v.value()) {
                 Ok(list) => {
                     out.insert(*content, list);
                 }
-                Err(e) => tracing::warn!(
-                    "{}: chunk list {} does not decode ({e}); taken from another replica",
-                    self.path().display(),
-                    content.short_hex()
-                ),
+                Err(e) => tracing::warn!("{e}; taken from another replica"),
             }
         }
         Ok(out)

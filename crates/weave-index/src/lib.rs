@@ -748,13 +748,17 @@ impl Index {
         let Some(v) = t.get(&content.0[..]).map_err(|e| self.db_err(e))? else {
             return Ok(None);
         };
-        let list: ChunkList = postcard::from_bytes(v.value()).map_err(|e| {
+        self.decode_list(content, v.value()).map(Some)
+    }
+
+    /// A stored chunk list, decoded.
+    fn decode_list(&self, content: &Hash, bytes: &[u8]) -> Result<ChunkList, IndexError> {
+        postcard::from_bytes(bytes).map_err(|e| {
             self.corrupt(format!(
                 "chunk list {} does not decode: {e}",
                 content.short_hex()
             ))
-        })?;
-        Ok(Some(list))
+        })
     }
 
     /// Removes the chunk lists of contents no live entry holds any more.

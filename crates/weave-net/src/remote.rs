@@ -298,6 +298,16 @@ impl RemoteReplica {
     }
 
     /// Index batches, up to the last one, into `out`.
+    /// Keeps `out`, the whole index (up to its newest sequence number, and
+    /// at least `since`), to remember at the end of the sync (see
+    /// [`RemoteReplica::cache_index_in`]); nothing on a dry run.
+    fn remember(&mut self, out: &BTreeMap<String, LocalEntry>, since: u64) {
+        if self.cache.is_some() && !self.dry_run {
+            let seq = out.values().map(|le| le.seq).max().unwrap_or(0);
+            self.known = Some((out.clone(), seq.max(since)));
+        }
+    }
+
     /// Receives index batches into `out`, up to the last; returns where
     /// the page they answer ends (see [`wire::send_page`]).
     fn receive_entries(
@@ -559,10 +569,7 @@ impl Replica for RemoteReplica {
             .send(Body::GetEntries(GetEntries { since_seq }))
             .map_err(proto)?;
         self.receive_entries(&mut out)?;
-        if self.cache.is_some() && !self.dry_run {
-            let seq = out.values().map(|le| le.seq).max().unwrap_or(0);
-            self.known = Some((out.clone(), seq.max(since_seq)));
-        }
+        self.remember(&out, since_seq);
         Ok(std::sync::Arc::new(out))
     }
 
@@ -619,9 +626,8 @@ impl Replica for RemoteReplica {
         });
         // A first page that is the whole index is remembered, as a whole
         // index fetched is (see `entries`).
-        if after.is_none() && end.is_none() && self.cache.is_some() && !self.dry_run {
-            let seq = out.values().map(|le| le.seq).max().unwrap_or(0);
-            self.known = Some((out.clone(), seq));
+        if after.is_none() && end.is_none() {
+            self.remember(&out, 0);
         }
         Ok(Some(weave_engine::Page {
             entries: std::sync::Arc::new(out),
