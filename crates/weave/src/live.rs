@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use weave_daemon::config::{folder_policy, Mode, DEFAULT_PORT};
 use weave_daemon::status::{FolderAction, PeerState};
@@ -226,16 +227,51 @@ pub fn peer(cd: &ConfigDir, c: PeerCommand) -> Result<bool> {
             eprintln!("weave: peer {name} removed");
         }
         PeerCommand::List { json } => {
+            // The short ids conflict copies' names carry, by folder, as
+            // the running daemon learnt them (none when it is not running).
+            let ids = replica_ids(&dir);
+            let of = |name: &str| ids.get(name).cloned().unwrap_or_default();
             if json {
-                println!("{}", serde_json::to_string_pretty(&cfg.peers)?);
+                let mut list = Vec::new();
+                for p in &cfg.peers {
+                    let mut v = serde_json::to_value(p)?;
+                    v["replicas"] = serde_json::to_value(of(&p.name))?;
+                    list.push(v);
+                }
+                println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 for p in &cfg.peers {
-                    println!("{}\t{}\t{}", p.name, p.id, p.addresses.join(" "));
+                    let known: Vec<String> = of(&p.name)
+                        .iter()
+                        .map(|(f, id)| format!("{f}:{id}"))
+                        .collect();
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        p.name,
+                        p.id,
+                        p.addresses.join(" "),
+                        known.join(" ")
+                    );
                 }
             }
         }
     }
     Ok(true)
+}
+
+/// Device name → (folder → the short id of its replica of it), from the
+/// status of the daemon running on config directory `dir`; empty when
+/// none runs.
+fn replica_ids(dir: &std::path::Path) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut ids: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    if let Ok(s) = weave_daemon::status::fetch(dir) {
+        for f in s.folders {
+            for (device, id) in f.replicas {
+                ids.entry(device).or_default().insert(f.id.clone(), id);
+            }
+        }
+    }
+    ids
 }
 
 /// A peer's addresses as shown in messages.

@@ -133,6 +133,16 @@ fn concurrent_edits_end_with_the_same_conflict_copies_and_a_killed_daemon_catche
     let ids = &s["folders"][0]["replicas"];
     let id = ids[loser].as_str().expect("the loser's replica id");
     assert!(copy.contains(&format!("-{id}")), "{copy} {ids}");
+    // `weave peer list` shows it beside the peer's name too.
+    let listed = a.ok(&["peer", "list"]);
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with("b\t"))
+        .unwrap_or_else(|| panic!("{listed}"));
+    let b_id = ids["b"].as_str().expect("b's replica id");
+    assert!(line.ends_with(&format!("docs:{b_id}")), "{line}");
+    let json: serde_json::Value = serde_json::from_str(&a.ok(&["peer", "list", "--json"])).unwrap();
+    assert_eq!(json[0]["replicas"]["docs"], b_id);
 }
 
 #[test]
@@ -520,12 +530,20 @@ fn one_lasting_connection_carries_every_folder_both_ways() {
     });
 }
 
-/// A peer that stops answering (SIGSTOP) is seen as disconnected by the
-/// keep-alives; once it runs again, changes reach it.
+/// A peer that stops answering (SIGSTOP) in the middle of a transfer is
+/// seen as disconnected by the keep-alives, with no rate left to it;
+/// once it runs again, changes reach it.
 #[test]
 fn a_stopped_peer_is_seen_down_and_comes_back() {
     let (a, b, fa, fb) = synced_pair();
     let pid = b.pid().to_string();
+    let big: Vec<u8> = (0..128u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(fa.join("big.bin"), &big).unwrap();
+    wait_for("a rate to b", &[&a, &b], || {
+        peer_figure(&a, "b", "rate_out") > 0
+    });
     let signal = |s: &str| {
         assert!(Command::new("kill")
             .args([s, &pid])
@@ -559,6 +577,9 @@ fn a_stopped_peer_is_seen_down_and_comes_back() {
     std::fs::write(fa.join("second"), "2").unwrap();
     wait_for("the second file", &[&a, &b], || {
         read(&fb.join("second")).is_some()
+    });
+    wait_for("the large file", &[&a, &b], || {
+        std::fs::metadata(fb.join("big.bin")).is_ok_and(|m| m.len() == big.len() as u64)
     });
 }
 

@@ -201,11 +201,21 @@ async fn serve_session(sh: Arc<Shared>, conn: weave_net::Conn, peer: Peer, from:
             }
         }
         Err(e) => {
+            warn!("session with {name} ({from}): {e}");
             if let Some(rt) = opened {
                 rt.synced.lock().expect("synced").remove(&id);
+                // What failed here (not the session: the peer going away
+                // or failing, which it shows) is shown until a sync with
+                // it goes through.
+                let here = !matches!(e, weave_engine::SyncError::Session(_));
+                let msg = format!(
+                    "a sync from {name} did not go through here: {e}; {name} tries again by itself"
+                );
+                if here {
+                    set_served_failed(&sh, &rt, id, &name, Some(msg));
+                }
                 rt.poke(false);
             }
-            warn!("session with {name} ({from}): {e}");
         }
     }
 }
@@ -216,19 +226,29 @@ async fn serve_session(sh: Arc<Shared>, conn: weave_net::Conn, peer: Peer, from:
 /// folder's error until a later session of that peer leaves nothing
 /// undone (the peer tries again by itself).
 fn show_failed(sh: &Shared, rt: &FolderRt, id: DeviceId, name: &str, served: &Served) {
+    let msg = served.failed.first().map(|(path, why)| {
+        format!(
+            "{} path(s) from {name} not done here (the first: {path}: {why}); {name} tries again by itself",
+            served.failed_count
+        )
+    });
+    if let Some(msg) = &msg {
+        warn!("folder {}: {msg}", rt.id);
+    }
+    // A session that left nothing undone (one that found nothing to do
+    // included: the paths came another way) clears it.
+    set_served_failed(sh, rt, id, name, msg);
+}
+
+/// What sessions served for peer `id` (`name`) left not done here: `msg`, or
+/// nothing; the folder shows the first such message as its error.
+fn set_served_failed(sh: &Shared, rt: &FolderRt, id: DeviceId, name: &str, msg: Option<String>) {
     let mut failed = rt.served_failed.lock().expect("served_failed");
-    match served.failed.first() {
-        Some((path, why)) => {
-            let msg = format!(
-                "{} path(s) from {name} not done here (the first: {path}: {why}); {name} tries again by itself",
-                served.failed_count
-            );
-            warn!("folder {}: {msg}", rt.id);
+    match msg {
+        Some(msg) => {
             sh.board.error(Some(&rt.id), Some(name), msg.clone());
             failed.insert(id, msg);
         }
-        // A session that left nothing undone (one that found nothing to
-        // do included: the paths came another way) clears it.
         None => {
             failed.remove(&id);
         }
@@ -241,9 +261,9 @@ fn show_failed(sh: &Shared, rt: &FolderRt, id: DeviceId, name: &str, served: &Se
             s.error = Some(msg);
         }
         None if s.state == FolderState::Error
-            && s.error
-                .as_deref()
-                .is_some_and(|e| e.contains(" not done here ")) =>
+            && s.error.as_deref().is_some_and(|e| {
+                e.contains(" not done here ") || e.contains(" did not go through here: ")
+            }) =>
         {
             s.state = FolderState::Idle;
             s.error = None;
@@ -257,8 +277,19 @@ fn record_served(sh: &Shared, rt: &FolderRt, id: DeviceId, name: &str, served: &
         "folder {}: served {name}, {} operations",
         rt.id, served.applied
     );
-    if let Some(seq) = served.seq.filter(|_| served.finished) {
-        rt.synced.lock().expect("synced").insert(id, seq);
+    // In sync with that peer only when the sync went through on both
+    // sides: here (a path a full disk refused is still missing) and on
+    // the peer (the coordinator names the peer's replica as integrated
+    // only when nothing failed there).
+    let clean = served.failed_count == 0 && !served.peer_replicas.is_empty();
+    match served.seq.filter(|_| served.finished) {
+        Some(seq) if clean => {
+            rt.synced.lock().expect("synced").insert(id, seq);
+        }
+        Some(_) => {
+            rt.synced.lock().expect("synced").remove(&id);
+        }
+        None => {}
     }
     // It is up: no need to wait before dialling it.
     rt.backoff.lock().expect("backoff").remove(&id);

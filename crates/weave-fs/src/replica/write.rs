@@ -45,26 +45,28 @@ impl LocalReplica {
         // Everything handed to the part writer is written (and what it
         // could not write is not whole).
         let unwritten = tx.writer.take().map(|w| w.finish()).unwrap_or_default();
-        if !unwritten.is_empty() {
-            errors.push(Issue {
-                path: String::new(),
-                message: format!(
-                    "could not write what arrived for {} large file(s) in {}; they are retried next time (is the disk full?)",
-                    unwritten.len(),
-                    tx.state.join(crate::stage::PARTS_DIR).display()
-                ),
-            });
-        }
+        let not_whole = not_whole(&tx, &unwritten, ops);
+        errors.extend(not_whole.iter().map(|&i| Issue {
+            path: ops[i].path.clone(),
+            message: format!(
+                "could not write what arrived for it in {} (is the disk full?); it is retried next time",
+                tx.state.join(crate::stage::PARTS_DIR).display()
+            ),
+        }));
         // What was written early is recorded whatever happens next.
         let mut outcome = ApplyOutcome::default();
         let mut done = Vec::new();
         // The files written early are left out of the rest only if the
         // early writer ran: it does not when nothing came into the stage
         // (then every file is written below, none is skipped unseen).
-        let early_idx = match received.early {
-            Some(_) => early_idx,
-            None => &[][..],
+        let mut skip: Vec<usize> = match received.early {
+            Some(_) => early_idx.to_vec(),
+            None => Vec::new(),
         };
+        // A file whose part file is not whole is not written from it: it
+        // was named above, and is not said again as missing chunks.
+        skip.extend(&not_whole);
+        let early_idx = &skip[..];
         if let Some((e, r, written)) = received.early {
             outcome.bytes_local += e.bytes_local;
             outcome.bytes_remote += e.bytes_remote;
@@ -161,6 +163,25 @@ impl LocalReplica {
         }
         r.out
     }
+}
+
+/// The operations (by index) that write a content whose part file could
+/// not be written whole (`unwritten`: the part writer's failures).
+fn not_whole(tx: &Transfer, unwritten: &HashSet<PathBuf>, ops: &[Op]) -> Vec<usize> {
+    if unwritten.is_empty() {
+        return Vec::new();
+    }
+    let lost: HashSet<Hash> = tx
+        .parts
+        .iter()
+        .filter(|p| unwritten.contains(p.path()))
+        .map(|p| p.content())
+        .collect();
+    ops.iter()
+        .enumerate()
+        .filter(|(_, op)| op.writes().is_some_and(|(c, _)| lost.contains(&c)))
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// What recording an executor's results writes to the index.
