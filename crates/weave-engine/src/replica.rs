@@ -77,6 +77,10 @@ pub struct Finish {
     /// Everything the other replicas hold is integrated (None when
     /// something failed on this replica).
     pub integrated: Option<Integrated>,
+    /// The replicas on which nothing failed but what their own rules
+    /// refused: they hold everything they take (None: not said, by an
+    /// older coordinator).
+    pub went_through: Option<Vec<ReplicaId>>,
 }
 
 /// What a replica integrated in a sync that went through on it.

@@ -98,7 +98,7 @@ pub fn run(
         }
     }
     if !opts.dry_run {
-        record(reps, coord, clock.clock, &done.clean, matcher.fingerprint())?;
+        record(reps, coord, clock.clock, &done, matcher.fingerprint())?;
     }
     Ok(finished(report, reps))
 }
@@ -115,6 +115,9 @@ struct Ctx<'a> {
 /// everything went through, and the counts the progress shows.
 struct Executed {
     clean: Vec<bool>,
+    /// Per replica: nothing failed there but what its own rules refused
+    /// ("not taken: …"): it holds everything it takes.
+    through: Vec<bool>,
     /// The failures reported, by replica, path and message: a slice that
     /// tries again what failed in an earlier one (an ancestor) reports it
     /// once.
@@ -128,6 +131,7 @@ impl Executed {
     fn new(n: usize) -> Executed {
         Executed {
             clean: vec![true; n],
+            through: vec![true; n],
             reported: Default::default(),
             bytes_total: 0,
             ops_total: 0,
@@ -437,6 +441,7 @@ fn execute(
             dest.apply(ops, &foreign, &mut provider, &adv)?
         };
         done.clean[i] &= applied.errors.is_empty();
+        done.through[i] &= applied.errors.iter().all(|e| crate::is_refusal(&e.message));
         done.ops_done += actions.len() as u64;
         progress.files(done.ops_done, done.ops_total);
         let new: Vec<Issue> = applied
@@ -542,14 +547,21 @@ fn record(
     reps: &mut [Box<dyn Replica>],
     coord: usize,
     clock: u64,
-    clean: &[bool],
+    done: &Executed,
     fingerprint: u64,
 ) -> Result<(), SyncError> {
+    let clean = &done.clean;
     let seqs: Vec<(ReplicaId, u64)> = reps
         .iter()
         .zip(clean)
         .filter(|(_, clean)| **clean)
         .map(|(r, _)| (r.info().id, r.info().seq))
+        .collect();
+    let went_through: Vec<ReplicaId> = reps
+        .iter()
+        .zip(&done.through)
+        .filter(|(_, through)| **through)
+        .map(|(r, _)| r.info().id)
         .collect();
     for (i, r) in reps.iter_mut().enumerate() {
         let me = r.info().id;
@@ -559,6 +571,7 @@ fn record(
                 peers: seqs.iter().filter(|(id, _)| *id != me).copied().collect(),
                 ignore_fingerprint: fingerprint,
             }),
+            went_through: Some(went_through.clone()),
         };
         r.finish(&fin)?;
     }

@@ -684,6 +684,8 @@ impl Replica for RemoteReplica {
                 observe: fin.observe,
                 peers,
                 integrated_fingerprint: fp,
+                went_through: fin.went_through.iter().flatten().map(|r| r.0).collect(),
+                through_said: fin.went_through.is_some(),
             }))
             .map_err(proto)?;
         match self.conn.recv().map_err(proto)?.body {

@@ -109,6 +109,9 @@ pub struct Served {
     /// this one integrated (its own, in a pair sync).
     pub replica: Option<weave_core::ReplicaId>,
     pub peer_replicas: Vec<weave_core::ReplicaId>,
+    /// The replicas of the sync on which nothing failed but what their
+    /// own rules refused, as the coordinator said (None: it did not say).
+    pub went_through: Option<Vec<weave_core::ReplicaId>>,
 }
 
 /// Serves one session until the coordinator closes it, opening replicas
@@ -391,9 +394,16 @@ impl Server<'_> {
                             .collect(),
                         ignore_fingerprint: fp,
                     }),
+                    went_through: f.through_said.then(|| {
+                        f.went_through
+                            .iter()
+                            .map(|&r| weave_core::ReplicaId(r))
+                            .collect()
+                    }),
                 };
                 self.rep()?.finish(&fin)?;
                 self.served.finished = true;
+                self.served.went_through = fin.went_through.clone();
                 self.served.peer_replicas = f
                     .peers
                     .iter()

@@ -459,6 +459,13 @@ pub struct Finish {
     pub peers: Vec<VvPair>,
     #[prost(uint64, optional, tag = "3")]
     pub integrated_fingerprint: Option<u64>,
+    /// The replicas on which nothing failed but what their own rules
+    /// refused (meaningful when `through_said`; older coordinators send
+    /// neither).
+    #[prost(uint64, repeated, tag = "4")]
+    pub went_through: Vec<u64>,
+    #[prost(bool, tag = "5")]
+    pub through_said: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -235,9 +235,12 @@ fn show_failed(sh: &Shared, rt: &FolderRt, id: DeviceId, name: &str, served: &Se
     if let Some(msg) = &msg {
         warn!("folder {}: {msg}", rt.id);
     }
-    // A session that left nothing undone (one that found nothing to do
-    // included: the paths came another way) clears it.
-    set_served_failed(sh, rt, id, name, msg);
+    // A session that went to its end and left nothing undone (one that
+    // found nothing to do included: the paths came another way) clears
+    // it; one that stopped before its end says nothing either way.
+    if msg.is_some() || served.finished {
+        set_served_failed(sh, rt, id, name, msg);
+    }
 }
 
 /// What sessions served for peer `id` (`name`) left not done here: `msg`, or
@@ -278,10 +281,14 @@ fn record_served(sh: &Shared, rt: &FolderRt, id: DeviceId, name: &str, served: &
         rt.id, served.applied
     );
     // In sync with that peer only when the sync went through on both
-    // sides: here (a path a full disk refused is still missing) and on
-    // the peer (the coordinator names the peer's replica as integrated
-    // only when nothing failed there).
-    let clean = served.failed_count == 0 && !served.peer_replicas.is_empty();
+    // sides (what either side's own rules refused aside): here (a path a
+    // full disk refused is still missing) and on the peer, as the
+    // coordinator says (an older one does not).
+    let peer_through = served
+        .went_through
+        .as_ref()
+        .is_none_or(|through| through.iter().any(|r| Some(*r) != served.replica));
+    let clean = served.failed_count == 0 && peer_through;
     match served.seq.filter(|_| served.finished) {
         Some(seq) if clean => {
             rt.synced.lock().expect("synced").insert(id, seq);

@@ -727,6 +727,7 @@ mod tests {
         rep.finish(&Finish {
             observe: 0,
             integrated: None,
+            went_through: None,
         })
         .unwrap();
         got.clear();

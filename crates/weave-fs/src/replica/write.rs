@@ -46,27 +46,16 @@ impl LocalReplica {
         // could not write is not whole).
         let unwritten = tx.writer.take().map(|w| w.finish()).unwrap_or_default();
         let not_whole = not_whole(&tx, &unwritten, ops);
-        errors.extend(not_whole.iter().map(|&i| Issue {
-            path: ops[i].path.clone(),
-            message: format!(
-                "could not write what arrived for it in {} (is the disk full?); it is retried next time",
-                tx.state.join(crate::stage::PARTS_DIR).display()
-            ),
-        }));
         // What was written early is recorded whatever happens next.
         let mut outcome = ApplyOutcome::default();
         let mut done = Vec::new();
         // The files written early are left out of the rest only if the
         // early writer ran: it does not when nothing came into the stage
         // (then every file is written below, none is skipped unseen).
-        let mut skip: Vec<usize> = match received.early {
-            Some(_) => early_idx.to_vec(),
-            None => Vec::new(),
+        let early_idx = match received.early {
+            Some(_) => early_idx,
+            None => &[][..],
         };
-        // A file whose part file is not whole is not written from it: it
-        // was named above, and is not said again as missing chunks.
-        skip.extend(&not_whole);
-        let early_idx = &skip[..];
         if let Some((e, r, written)) = received.early {
             outcome.bytes_local += e.bytes_local;
             outcome.bytes_remote += e.bytes_remote;
@@ -108,7 +97,27 @@ impl LocalReplica {
         };
         outcome.bytes_local += rest.bytes_local;
         outcome.bytes_remote += rest.bytes_remote;
-        outcome.issues.extend(rest.issues);
+        // A file that needed a part file not written whole, and could not
+        // be built without it, is said to be that (not "no source holds
+        // chunk", which is what the executor met).
+        let built: HashSet<usize> = rest.done.iter().map(|d| d.op).collect();
+        let lost: HashSet<PathBuf> = not_whole
+            .iter()
+            .filter(|i| !built.contains(i))
+            .map(|&i| self.root.join(&ops[i].path))
+            .collect();
+        for p in &lost {
+            errors.push(Issue {
+                path: p.strip_prefix(&self.root).unwrap_or(p).to_string_lossy().into_owned(),
+                message: format!(
+                    "could not write what arrived for it in {} (is the disk full?); it is retried next time",
+                    tx.state.join(crate::stage::PARTS_DIR).display()
+                ),
+            });
+        }
+        outcome
+            .issues
+            .extend(rest.issues.into_iter().filter(|i| !lost.contains(&i.path)));
         outcome.done.extend(rest.done);
         if crate::meta::scope().links {
             let index = &self.index;
