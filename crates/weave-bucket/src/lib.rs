@@ -1,0 +1,51 @@
+//! weave-bucket: replicas on storage that is not trusted (I-8).
+//!
+//! A bucket replica keeps a directory tree's versions in an S3-compatible
+//! bucket, or in a directory (a removable drive, a mount of someone
+//! else's server), as a pool of sealed, immutable objects: records of
+//! versions, one log per writer, and packs of chunks ([`pool`],
+//! [`record`]). Two devices that are never online together sync through
+//! it; two that push at the same moment both succeed, with no lock.
+//!
+//! Everything is sealed on the client ([`crypto`]): the storage sees the
+//! number and padded sizes of objects and when they are written, never a
+//! name, a directory, a time, a mode or a content. A bucket is always
+//! encrypted: it is made with a passphrase, and opened only with it.
+
+pub mod crypto;
+mod error;
+pub mod objects;
+pub mod pool;
+pub mod record;
+mod replica;
+pub mod store;
+
+pub use error::BucketError;
+pub use objects::BucketAddress;
+pub use pool::Pool;
+pub use replica::BucketReplica;
+
+/// Opens the bucket replica at `address` with `passphrase` for a sync
+/// (dry or not). A place that holds no bucket gets a new one, unless
+/// this is a dry run.
+pub fn open(
+    address: &BucketAddress,
+    passphrase: &[u8],
+    dry_run: bool,
+) -> Result<BucketReplica, weave_engine::SyncError> {
+    let err = |e: BucketError| weave_engine::SyncError::Replica(Box::new(e));
+    let store = address.connect().map_err(err)?;
+    let shown = address.to_string();
+    let pool = match Pool::open(store, &shown, passphrase, !dry_run).map_err(err)? {
+        Some(p) => p,
+        None => {
+            // A dry run into a place with no bucket yet: an empty one,
+            // written nowhere.
+            let memory = Box::new(store::Memory::default());
+            Pool::open(memory, &shown, passphrase, true)
+                .map_err(err)?
+                .expect("made in memory")
+        }
+    };
+    BucketReplica::new(pool, dry_run)
+}

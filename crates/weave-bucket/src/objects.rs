@@ -1,0 +1,341 @@
+//! Bucket addresses (`s3://bucket/prefix`, `file:///dir`) and the
+//! storage behind them, through `object_store`: one code path for an
+//! S3-compatible bucket and for a directory.
+
+use crate::store::Store;
+use crate::BucketError;
+use futures_util::TryStreamExt;
+use object_store::path::Path as OPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use std::fmt;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where a bucket replica is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BucketAddress {
+    /// `s3://BUCKET[/PREFIX]`.
+    S3 {
+        bucket: String,
+        prefix: String,
+        given: String,
+    },
+    /// `file:///DIR`: a directory as a bucket (a removable drive, a
+    /// mount of storage that is not trusted).
+    Dir { dir: PathBuf, given: String },
+}
+
+impl BucketAddress {
+    /// Parses `s3://…` or `file://…`; None for any other scheme.
+    pub fn parse(given: &str) -> Option<Result<BucketAddress, BucketError>> {
+        let bad = |problem: &str| BucketError::Address {
+            given: given.to_string(),
+            problem: problem.to_string(),
+        };
+        if let Some(rest) = given.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let prefix = prefix.trim_matches('/');
+            return Some(if bucket.is_empty() {
+                Err(bad(
+                    "no bucket name; give s3://BUCKET or s3://BUCKET/PREFIX",
+                ))
+            } else if prefix.split('/').any(|c| c == "." || c == "..") {
+                Err(bad("a prefix may not have . or .. in it"))
+            } else {
+                Ok(BucketAddress::S3 {
+                    bucket: bucket.to_string(),
+                    prefix: prefix.to_string(),
+                    given: given.to_string(),
+                })
+            });
+        }
+        let rest = given.strip_prefix("file://")?;
+        Some(if rest.starts_with('/') {
+            Ok(BucketAddress::Dir {
+                dir: PathBuf::from(rest),
+                given: given.to_string(),
+            })
+        } else {
+            Err(bad(
+                "a file:// bucket needs an absolute path: file:///mnt/usb/docs",
+            ))
+        })
+    }
+
+    /// The storage, reached.
+    pub fn connect(&self) -> Result<Box<dyn Store>, BucketError> {
+        let fail = |problem: String| BucketError::Store {
+            bucket: self.to_string(),
+            problem,
+        };
+        let (store, prefix): (Arc<dyn ObjectStore>, String) = match self {
+            BucketAddress::S3 { bucket, prefix, .. } => (s3(bucket).map_err(fail)?, prefix.clone()),
+            BucketAddress::Dir { dir, .. } => {
+                let parent = dir.parent().unwrap_or(dir);
+                if !parent.is_dir() {
+                    return Err(fail(format!(
+                        "{} is not a directory; check the path (is the drive mounted?)",
+                        parent.display()
+                    )));
+                }
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| fail(format!("cannot make {}: {e}", dir.display())))?;
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+                    .map_err(|e| fail(e.to_string()))?;
+                (Arc::new(fs), String::new())
+            }
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| fail(format!("cannot start its I/O runtime: {e}")))?;
+        Ok(Box::new(Objects {
+            store,
+            prefix,
+            rt,
+            shown: self.to_string(),
+        }))
+    }
+}
+
+impl fmt::Display for BucketAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BucketAddress::S3 { given, .. } | BucketAddress::Dir { given, .. } => {
+                f.write_str(given)
+            }
+        }
+    }
+}
+
+/// An S3-compatible bucket, from the standard AWS variables (and the
+/// `[default]` or `AWS_PROFILE` section of `~/.aws/credentials` for
+/// the keys they do not give), addressed by path (as S3-compatible
+/// servers want), with bounded retries.
+fn s3(bucket: &str) -> Result<Arc<dyn ObjectStore>, String> {
+    // reqwest finds its TLS provider here: ring, the one weave uses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut b = object_store::aws::AmazonS3Builder::new()
+        .with_client_options(
+            object_store::ClientOptions::new()
+                .with_connect_timeout(Duration::from_secs(10))
+                .with_allow_http(true),
+        )
+        .with_retry(object_store::RetryConfig {
+            backoff: object_store::BackoffConfig::default(),
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(30),
+        });
+    // The environment's settings, as AmazonS3Builder::from_env reads them
+    // (after the client options, which would replace them).
+    for (k, v) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            if let Ok(key) = k.to_ascii_lowercase().parse() {
+                b = b.with_config(key, v);
+            }
+        }
+    }
+    if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+        if let Some((id, secret)) = credentials_file() {
+            b = b.with_access_key_id(id).with_secret_access_key(secret);
+        }
+    }
+    b.with_bucket_name(bucket)
+        .with_virtual_hosted_style_request(false)
+        .build()
+        .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+        .map_err(|e| {
+            format!("{e} (set AWS_REGION, AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or ~/.aws/credentials)")
+        })
+}
+
+/// The keys of the `AWS_PROFILE` (or `default`) section of
+/// `$AWS_SHARED_CREDENTIALS_FILE` or `~/.aws/credentials`.
+fn credentials_file() -> Option<(String, String)> {
+    let path = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".aws/credentials")))?;
+    let text = std::fs::read_to_string(path).ok()?;
+    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+    parse_credentials(&text, &profile)
+}
+
+fn parse_credentials(text: &str, profile: &str) -> Option<(String, String)> {
+    let (mut id, mut secret, mut inside) = (None, None, false);
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            inside = name.trim() == profile;
+        } else if let (true, Some((k, v))) = (inside, line.split_once('=')) {
+            match k.trim() {
+                "aws_access_key_id" => id = Some(v.trim().to_string()),
+                "aws_secret_access_key" => secret = Some(v.trim().to_string()),
+                _ => {}
+            }
+        }
+    }
+    Some((id?, secret?))
+}
+
+/// A bucket's objects in an `object_store`, under a prefix.
+struct Objects {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    rt: tokio::runtime::Runtime,
+    shown: String,
+}
+
+impl Objects {
+    fn path(&self, name: &str) -> OPath {
+        if self.prefix.is_empty() {
+            OPath::from(name)
+        } else {
+            OPath::from(format!("{}/{name}", self.prefix))
+        }
+    }
+
+    /// The storage's error, said for a user: what to check.
+    fn error(&self, name: &str, e: object_store::Error) -> BucketError {
+        let text = e.to_string();
+        let hint = if text.contains("NoSuchBucket") {
+            "the bucket does not exist: make it first (or check its name)"
+        } else if text.contains("InvalidAccessKeyId")
+            || text.contains("SignatureDoesNotMatch")
+            || text.contains("403")
+        {
+            "access denied: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or ~/.aws/credentials)"
+        } else if matches!(e, object_store::Error::Generic { .. })
+            && text.contains("error sending request")
+        {
+            "cannot reach the storage: check AWS_ENDPOINT_URL and that the server is up"
+        } else {
+            "the storage refused or failed"
+        };
+        BucketError::Store {
+            bucket: self.shown.clone(),
+            problem: format!("{name}: {hint} ({text})"),
+        }
+    }
+}
+
+impl Store for Objects {
+    fn get(&self, name: &str) -> Result<Option<Vec<u8>>, BucketError> {
+        let p = self.path(name);
+        let r = self.rt.block_on(async {
+            match self.store.get(&p).await {
+                Ok(g) => g.bytes().await.map(Some),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        });
+        match r {
+            Ok(b) => Ok(b.map(|b| b.to_vec())),
+            Err(e) => Err(self.error(name, e)),
+        }
+    }
+
+    fn get_range(&self, name: &str, range: Range<u64>) -> Result<Vec<u8>, BucketError> {
+        let p = self.path(name);
+        self.rt
+            .block_on(self.store.get_range(&p, range))
+            .map(|b| b.to_vec())
+            .map_err(|e| self.error(name, e))
+    }
+
+    fn put(&self, name: &str, data: Vec<u8>) -> Result<(), BucketError> {
+        let p = self.path(name);
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        self.rt
+            .block_on(self.store.put_opts(&p, PutPayload::from(data), opts))
+            .map(|_| ())
+            .map_err(|e| self.error(name, e))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>, BucketError> {
+        let base = self.path("");
+        let under = self.path(prefix.trim_end_matches('/'));
+        let listed: Result<Vec<_>, _> = self
+            .rt
+            .block_on(self.store.list(Some(&under)).try_collect());
+        let listed = listed.map_err(|e| self.error(prefix, e))?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|m| {
+                let full = m.location.to_string();
+                let rel = match base.as_ref() {
+                    "" => full.as_str(),
+                    b => full.strip_prefix(b)?.trim_start_matches('/'),
+                };
+                rel.starts_with(prefix).then(|| rel.to_string())
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_or_say_what_is_wrong() {
+        let p = |s: &str| BucketAddress::parse(s).map(|r| r.map_err(|e| e.to_string()));
+        assert_eq!(
+            p("s3://b/docs/x/"),
+            Some(Ok(BucketAddress::S3 {
+                bucket: "b".into(),
+                prefix: "docs/x".into(),
+                given: "s3://b/docs/x/".into()
+            }))
+        );
+        assert!(matches!(p("s3://b"), Some(Ok(BucketAddress::S3 { .. }))));
+        assert!(p("s3:///x")
+            .unwrap()
+            .unwrap_err()
+            .contains("no bucket name"));
+        assert!(p("s3://b/../x").unwrap().is_err());
+        assert!(p("file://rel/dir")
+            .unwrap()
+            .unwrap_err()
+            .contains("absolute"));
+        assert!(matches!(
+            p("file:///mnt/usb"),
+            Some(Ok(BucketAddress::Dir { .. }))
+        ));
+        assert_eq!(p("ssh://h/x"), None);
+    }
+
+    #[test]
+    fn credentials_come_from_the_profile_asked_for() {
+        let text = "[default]\naws_access_key_id = A\naws_secret_access_key=B\n[other]\naws_access_key_id=C\naws_secret_access_key=D\n";
+        assert_eq!(
+            parse_credentials(text, "default"),
+            Some(("A".into(), "B".into()))
+        );
+        assert_eq!(
+            parse_credentials(text, "other"),
+            Some(("C".into(), "D".into()))
+        );
+        assert_eq!(parse_credentials(text, "none"), None);
+    }
+
+    #[test]
+    fn a_directory_bucket_puts_gets_and_lists() {
+        let t = tempfile::tempdir().unwrap();
+        let a = BucketAddress::parse(&format!("file://{}/b", t.path().display()))
+            .unwrap()
+            .unwrap();
+        let s = a.connect().unwrap();
+        assert_eq!(s.get("logs/x/1").unwrap(), None);
+        s.put("logs/x/1", b"one".to_vec()).unwrap();
+        s.put("packs/p", b"0123456789".to_vec()).unwrap();
+        // Objects are written once.
+        assert!(s.put("logs/x/1", b"again".to_vec()).is_err());
+        assert_eq!(s.get("logs/x/1").unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(s.get_range("packs/p", 2..5).unwrap(), b"234");
+        assert_eq!(s.list("logs/").unwrap(), vec!["logs/x/1".to_string()]);
+    }
+}

@@ -1,0 +1,345 @@
+//! A bucket as a replica of a sync: its index is the view merged from
+//! every record; what a sync writes to it is a new record, after the
+//! packs of the chunks it did not hold.
+
+use crate::pool::{Pack, Pool};
+use crate::record::{ChunkAt, Record, View};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use weave_chunk::ChunkList;
+use weave_core::{Hash, LocalEntry, Op};
+use weave_engine::{
+    Applied, Entries, Finish, Foreign, IgnoreSpec, Issue, Provider, Replica, ReplicaInfo,
+    ScanSummary, ServedNodes, SyncError, Wants,
+};
+
+/// The size a pack is uploaded at once it holds this much.
+pub const PACK_TARGET: usize = 16 << 20;
+
+/// A bucket replica of one sync.
+pub struct BucketReplica {
+    pool: Pool,
+    view: View,
+    entries: Entries,
+    info: ReplicaInfo,
+    dry_run: bool,
+    /// Bytes uploaded and downloaded.
+    sent: u64,
+    received: u64,
+}
+
+impl BucketReplica {
+    /// The replica of the bucket `pool` (its records read now).
+    pub fn new(pool: Pool, dry_run: bool) -> Result<BucketReplica, SyncError> {
+        let view = pool.view().map_err(err)?;
+        let mut r = BucketReplica {
+            info: ReplicaInfo {
+                id: pool.id,
+                seq: 0,
+                clock: 0,
+                peers: HashMap::new(),
+                ignore_fingerprint: None,
+                rekeyed: false,
+                ignore_file: None,
+            },
+            pool,
+            view,
+            entries: Arc::new(BTreeMap::new()),
+            dry_run,
+            sent: 0,
+            received: 0,
+        };
+        r.refresh();
+        Ok(r)
+    }
+
+    /// The index and facts the engine sees, from the view.
+    fn refresh(&mut self) {
+        let seq = self.view.changes;
+        self.entries = Arc::new(
+            self.view
+                .entries
+                .iter()
+                .map(|(p, e)| {
+                    (
+                        p.clone(),
+                        LocalEntry {
+                            entry: e.clone(),
+                            seq,
+                            stat: None,
+                        },
+                    )
+                })
+                .collect(),
+        );
+        self.info.seq = seq;
+        self.info.peers = self.view.integrated.clone();
+        self.info.ignore_fingerprint = self.view.ignore_fingerprint;
+    }
+
+    /// Uploads a full pack; records where its chunks are.
+    fn upload(&mut self, pack: Pack, rec: &mut Record) -> Result<(), SyncError> {
+        if pack.chunks.is_empty() {
+            return Ok(());
+        }
+        let (id, bytes, chunks) = pack.finish();
+        self.sent += bytes.len() as u64;
+        self.pool
+            .store
+            .put(&format!("packs/{id}"), bytes)
+            .map_err(err)?;
+        let at = rec.packs.len() as u32;
+        rec.packs.push(id);
+        rec.chunks
+            .extend(chunks.into_iter().map(|(hash, offset, len)| ChunkAt {
+                hash,
+                pack: at,
+                offset,
+                len,
+            }));
+        Ok(())
+    }
+
+    /// Brings the chunks of `lists` the bucket does not hold from
+    /// `provider` into packs; returns the contents all of whose chunks
+    /// it now holds.
+    fn take_chunks(
+        &mut self,
+        lists: &HashMap<Hash, ChunkList>,
+        provider: &mut dyn Provider,
+        rec: &mut Record,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<HashSet<Hash>, SyncError> {
+        let mut asked = HashSet::new();
+        let mut wants: Vec<(Hash, Vec<Hash>)> = Vec::new();
+        for (content, list) in lists {
+            let missing: Vec<Hash> = list
+                .chunks
+                .iter()
+                .filter(|c| !c.is_zero() && !self.view.chunks.contains_key(&c.hash))
+                .map(|c| c.hash)
+                .filter(|h| asked.insert(*h))
+                .collect();
+            if !missing.is_empty() {
+                wants.push((*content, missing));
+            }
+        }
+        let verified = provider.verified();
+        let mut have: HashSet<Hash> = HashSet::new();
+        let mut pack = Pack::new();
+        let mut failed: Option<SyncError> = None;
+        provider
+            .chunks(&wants, &mut |h, data| {
+                if !asked.contains(&h) || have.contains(&h) {
+                    return Ok(());
+                }
+                if !verified && !weave_chunk::verify(&data, &h) {
+                    return Ok(());
+                }
+                self.received += data.len() as u64;
+                progress(data.len() as u64);
+                pack.add(&self.pool.keys, h, &data);
+                have.insert(h);
+                if pack.bytes.len() >= PACK_TARGET {
+                    let full = std::mem::replace(&mut pack, Pack::new());
+                    if let Err(e) = self.upload(full, rec) {
+                        failed = Some(e);
+                        return Err(SyncError::from(weave_engine::TransferError::Stopped));
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| failed.take().unwrap_or(e))?;
+        self.upload(pack, rec)?;
+        Ok(lists
+            .iter()
+            .filter(|(_, l)| {
+                l.chunks.iter().all(|c| {
+                    c.is_zero() || have.contains(&c.hash) || self.view.chunks.contains_key(&c.hash)
+                })
+            })
+            .map(|(c, _)| *c)
+            .collect())
+    }
+}
+
+fn err(e: crate::BucketError) -> SyncError {
+    SyncError::Replica(Box::new(e))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Replica for BucketReplica {
+    fn display(&self) -> &str {
+        &self.pool.display
+    }
+
+    fn is_local(&self) -> bool {
+        false
+    }
+
+    fn traffic(&self) -> Option<(u64, u64)> {
+        Some((self.sent, self.received))
+    }
+
+    fn info(&self) -> &ReplicaInfo {
+        &self.info
+    }
+
+    /// Nothing changes in a bucket but by syncs: its records were read
+    /// when it was opened.
+    fn scan(&mut self, _: &IgnoreSpec, _: bool) -> Result<ScanSummary, SyncError> {
+        Ok(ScanSummary::default())
+    }
+
+    fn entries(&mut self) -> Result<Entries, SyncError> {
+        Ok(self.entries.clone())
+    }
+
+    /// Every version, unless no record was added since `seq` (records
+    /// carry no order across writers, so "since" is all or nothing).
+    fn changed_since(&mut self, seq: u64) -> Result<Entries, SyncError> {
+        if seq >= self.view.changes {
+            return Ok(Arc::new(BTreeMap::new()));
+        }
+        Ok(self.entries.clone())
+    }
+
+    fn chunk_list(&mut self, content: &Hash) -> Option<ChunkList> {
+        self.view.lists.get(content).cloned()
+    }
+
+    fn serve_nodes(&mut self, wants: &Wants) -> Result<ServedNodes, SyncError> {
+        Ok(wants
+            .iter()
+            .map(|(content, hashes)| match self.view.lists.get(content) {
+                Some(l) => {
+                    let (_, nodes) = weave_chunk::tree(&l.chunks);
+                    hashes
+                        .iter()
+                        .map(|h| nodes.get(h).map(|n| n.encode()))
+                        .collect()
+                }
+                None => vec![None; hashes.len()],
+            })
+            .collect())
+    }
+
+    fn serve_chunks(
+        &mut self,
+        wants: &Wants,
+        sink: &mut dyn FnMut(Hash, Option<Vec<u8>>) -> Result<(), SyncError>,
+    ) -> Result<(), SyncError> {
+        let mut at = Vec::new();
+        for h in wants.iter().flat_map(|(_, hs)| hs) {
+            match self.view.chunks.get(h) {
+                Some(l) => at.push((*h, l.clone())),
+                None => sink(*h, None)?,
+            }
+        }
+        let mut received = 0u64;
+        self.pool.read_chunks(&at, &mut |h, d| {
+            received += d.as_ref().map_or(0, |d| d.len() as u64);
+            sink(h, d)
+        })?;
+        self.received += received;
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        ops: Vec<Op>,
+        foreign: &Foreign,
+        provider: &mut dyn Provider,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Applied, SyncError> {
+        if self.dry_run {
+            return Ok(Applied::default());
+        }
+        let received_before = self.received;
+        let view = &self.view;
+        let (lists, mut errors) =
+            weave_engine::lists_for(&ops, &|c| view.lists.get(c).cloned(), foreign, provider)?;
+        let mut rec = Record {
+            time_ms: now_ms(),
+            ..Default::default()
+        };
+        let whole = self.take_chunks(&lists, provider, &mut rec, progress)?;
+        let mut done = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            if let Some((content, _)) = op.writes() {
+                if !whole.contains(&content) {
+                    if lists.contains_key(&content) {
+                        errors.push(Issue {
+                            path: op.path.clone(),
+                            message: "not all of its content came from the other replicas; it is tried again next time".into(),
+                        });
+                    }
+                    continue;
+                }
+                if !self.view.lists.contains_key(&content) {
+                    rec.lists.push((content, lists[&content].clone()));
+                }
+            }
+            rec.entries.push(op.target.clone());
+            done.push((i, op.target.clone()));
+        }
+        if !rec.entries.is_empty() {
+            self.pool.write(&rec).map_err(err)?;
+            // What this sync wrote is the bucket's now, for the rest of it.
+            for c in std::mem::take(&mut rec.chunks) {
+                let pack: Arc<str> = Arc::from(rec.packs[c.pack as usize].as_str());
+                self.view.chunks.insert(
+                    c.hash,
+                    crate::record::Located {
+                        pack,
+                        offset: c.offset,
+                        len: c.len,
+                    },
+                );
+            }
+            self.view.lists.extend(rec.lists.drain(..));
+            for e in rec.entries.drain(..) {
+                self.view.entries.insert(e.path.clone(), e);
+            }
+            self.view.changes += 1;
+            self.refresh();
+        }
+        Ok(Applied {
+            done,
+            errors,
+            bytes_local: 0,
+            bytes_remote: self.received - received_before,
+        })
+    }
+
+    fn finish(&mut self, fin: &Finish) -> Result<(), SyncError> {
+        let Some(i) = fin.integrated.as_ref().filter(|_| !self.dry_run) else {
+            return Ok(());
+        };
+        let news = i
+            .peers
+            .iter()
+            .any(|(id, seq)| self.view.integrated.get(id).is_none_or(|s| s < seq))
+            || self.view.ignore_fingerprint != Some(i.ignore_fingerprint);
+        if !news {
+            return Ok(());
+        }
+        let rec = Record {
+            integrated: i.peers.clone(),
+            ignore_fingerprint: Some(i.ignore_fingerprint),
+            time_ms: now_ms(),
+            ..Default::default()
+        };
+        self.pool.write(&rec).map_err(err)?;
+        for (id, seq) in &i.peers {
+            self.view.integrated.insert(*id, *seq);
+        }
+        self.view.ignore_fingerprint = Some(i.ignore_fingerprint);
+        Ok(())
+    }
+}

@@ -1,0 +1,62 @@
+//! Where a bucket's objects are kept: anything that can put, get and list
+//! whole objects under names. [`Store`] is all the bucket format asks of
+//! storage; `crate::objects` gives it over S3-compatible buckets and
+//! local directories, and [`Memory`] in memory.
+
+use crate::BucketError;
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Mutex;
+
+/// Storage for a bucket's objects, by name (relative to the bucket's
+/// prefix). Objects are written once and never changed.
+pub trait Store: Send + Sync {
+    /// The object, or None when there is none.
+    fn get(&self, name: &str) -> Result<Option<Vec<u8>>, BucketError>;
+    /// Bytes `range` of an object that is there.
+    fn get_range(&self, name: &str, range: Range<u64>) -> Result<Vec<u8>, BucketError>;
+    /// Writes a new object.
+    fn put(&self, name: &str, data: Vec<u8>) -> Result<(), BucketError>;
+    /// The names of the objects under `prefix` (a name starts with it).
+    fn list(&self, prefix: &str) -> Result<Vec<String>, BucketError>;
+}
+
+/// A store in memory (for tests).
+#[derive(Default)]
+pub struct Memory {
+    pub objects: Mutex<BTreeMap<String, Vec<u8>>>,
+}
+
+impl Store for Memory {
+    fn get(&self, name: &str) -> Result<Option<Vec<u8>>, BucketError> {
+        Ok(self.objects.lock().expect("memory").get(name).cloned())
+    }
+    fn get_range(&self, name: &str, range: Range<u64>) -> Result<Vec<u8>, BucketError> {
+        let objects = self.objects.lock().expect("memory");
+        objects
+            .get(name)
+            .and_then(|o| o.get(range.start as usize..range.end as usize))
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| BucketError::Store {
+                bucket: "memory".into(),
+                problem: format!("{name}: no bytes {range:?}"),
+            })
+    }
+    fn put(&self, name: &str, data: Vec<u8>) -> Result<(), BucketError> {
+        self.objects
+            .lock()
+            .expect("memory")
+            .insert(name.to_string(), data);
+        Ok(())
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>, BucketError> {
+        Ok(self
+            .objects
+            .lock()
+            .expect("memory")
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+}
