@@ -138,8 +138,11 @@ fn s3(bucket: &str) -> Result<Arc<dyn ObjectStore>, String> {
         }
     }
     if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
-        if let Some((id, secret)) = credentials_file() {
-            b = b.with_access_key_id(id).with_secret_access_key(secret);
+        match credentials_file() {
+            Some((id, secret)) => b = b.with_access_key_id(id).with_secret_access_key(secret),
+            None => {
+                return Err("no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or write them in ~/.aws/credentials (section [default], or the one AWS_PROFILE names)".into())
+            }
         }
     }
     b.with_bucket_name(bucket)

@@ -109,9 +109,9 @@ impl Pool {
         Ok(name)
     }
 
-    /// Reads the chunks at `wanted` (hash and where), verifying each;
-    /// hands each to `sink`, with None for one that could not be read or
-    /// is not what it should be (named in the log).
+    /// Reads the chunks at `wanted` (hash and where), verifying each,
+    /// and hands each to `sink`; stops at one that could not be read or
+    /// is not what it should be, naming its pack.
     pub fn read_chunks(
         &self,
         wanted: &[(Hash, Located)],
@@ -143,14 +143,21 @@ impl Pool {
                         .and_then(|frame| open_chunk(&self.keys, h, frame))
                 });
                 if data.is_none() {
-                    match &bytes {
-                        Err(e) => tracing::warn!("{}: {e}", self.display),
-                        Ok(_) => tracing::warn!(
-                            "{}: chunk {} in bucket object {name} is damaged (it does not authenticate or is not its hash); not used",
-                            self.display,
+                    // Changed or cut short by whoever holds the bucket (or
+                    // its disk): the sync stops, naming it (I-8).
+                    let problem = match &bytes {
+                        Err(e) => e.to_string(),
+                        Ok(_) => format!(
+                            "chunk {} does not authenticate or is not its hash",
                             h.short_hex()
                         ),
-                    }
+                    };
+                    return Err(weave_engine::SyncError::Replica(Box::new(
+                        BucketError::Damaged {
+                            object: name,
+                            problem,
+                        },
+                    )));
                 }
                 sink(*h, data)?;
             }
@@ -324,7 +331,7 @@ mod tests {
     }
 
     #[test]
-    fn chunks_come_back_verified_and_a_damaged_one_is_not_used() {
+    fn chunks_come_back_verified_and_a_damaged_one_stops_the_read() {
         let mem = Arc::new(Memory::default());
         let pool = Pool::open(Box::new(Shared(mem.clone())), "b", b"pw", true)
             .unwrap()
@@ -363,14 +370,13 @@ mod tests {
         let mut b = mem.get(&name).unwrap().unwrap();
         b[chunks[1].1 as usize + 30] ^= 1;
         mem.put(&name, b).unwrap();
-        got.clear();
-        pool.read_chunks(&wanted, &mut |h, d| {
-            got.push((h, d));
-            Ok(())
-        })
-        .unwrap();
-        let missing: Vec<bool> = got.iter().map(|(_, d)| d.is_none()).collect();
-        assert_eq!(missing, vec![false, true, false]);
+        let e = pool
+            .read_chunks(&wanted, &mut |h, d| {
+                got.push((h, d));
+                Ok(())
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains(&name), "{e}");
     }
 
     /// A store shared between opens of one bucket.

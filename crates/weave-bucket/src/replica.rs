@@ -136,7 +136,6 @@ impl BucketReplica {
                 if !verified && !weave_chunk::verify(&data, &h) {
                     return Ok(());
                 }
-                self.received += data.len() as u64;
                 progress(data.len() as u64);
                 pack.add(&self.pool.keys, h, &data);
                 have.insert(h);
@@ -260,7 +259,6 @@ impl Replica for BucketReplica {
         if self.dry_run {
             return Ok(Applied::default());
         }
-        let received_before = self.received;
         let view = &self.view;
         let (lists, mut errors) =
             weave_engine::lists_for(&ops, &|c| view.lists.get(c).cloned(), foreign, provider)?;
@@ -313,7 +311,8 @@ impl Replica for BucketReplica {
             done,
             errors,
             bytes_local: 0,
-            bytes_remote: self.received - received_before,
+            // What came from the other replicas: they count it.
+            bytes_remote: 0,
         })
     }
 

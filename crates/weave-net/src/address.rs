@@ -17,6 +17,8 @@ pub enum Address {
     /// A directory on another machine, reached over ssh (or the command
     /// given with --rsh).
     Ssh(SshAddress),
+    /// An encrypted bucket replica: `s3://bucket/prefix`, `file:///dir`.
+    Bucket(weave_bucket::BucketAddress),
 }
 
 /// `[user@]host:path` or `ssh://[user@]host[:port]/path`.
@@ -38,8 +40,11 @@ pub enum AddressError {
     BadPort { given: String, port: String },
     #[error("{given}: no host name")]
     NoHost { given: String },
-    #[error("{given}: weave does not know replicas of the form {scheme}:// (yet); give a local directory, host:path or ssh://[user@]host[:port]/path")]
+    #[error("{given}: weave does not know replicas of the form {scheme}:// (yet); give a local directory, host:path, ssh://[user@]host[:port]/path, s3://bucket/prefix or file:///dir")]
     UnknownScheme { given: String, scheme: String },
+    /// A bucket address that names no bucket.
+    #[error("{0}")]
+    Bucket(String),
 }
 
 /// A usage error: the sync is refused before anything is opened.
@@ -59,6 +64,13 @@ impl Address {
         if let Some((scheme, rest)) = split_scheme(given) {
             match scheme {
                 "ssh" => return SshAddress::from_url(given, rest).map(Address::Ssh),
+                "s3" | "file" => {
+                    if let Some(b) = weave_bucket::BucketAddress::parse(given) {
+                        return b
+                            .map(Address::Bucket)
+                            .map_err(|e| AddressError::Bucket(e.to_string()));
+                    }
+                }
                 _ if Path::new(given).exists() => {}
                 _ => {
                     return Err(AddressError::UnknownScheme {
@@ -92,6 +104,7 @@ impl Address {
             (Address::Ssh(a), Address::Ssh(b)) => {
                 a.host == b.host && a.port == b.port && a.path == b.path
             }
+            (Address::Bucket(a), Address::Bucket(b)) => a == b,
             _ => false,
         }
     }
@@ -103,6 +116,7 @@ impl fmt::Display for Address {
         match self {
             Address::Local(p) => write!(f, "{}", p.display()),
             Address::Ssh(a) => f.write_str(&a.display),
+            Address::Bucket(b) => write!(f, "{b}"),
         }
     }
 }

@@ -197,6 +197,20 @@ fn connect(
             }
             Ok(Box::new(r))
         }
+        Address::Bucket(b) => {
+            if kind.name() != "files" {
+                return Err(SyncError::Usage(format!(
+                    "{b}: a bucket holds directory trees only, not --kind {}",
+                    kind.name()
+                )));
+            }
+            let passphrase = net.passphrase.as_deref().ok_or_else(|| {
+                SyncError::Replica(Box::new(weave_bucket::BucketError::NoPassphrase {
+                    bucket: b.to_string(),
+                }))
+            })?;
+            Ok(Box::new(weave_bucket::open(b, passphrase, dry_run)?))
+        }
         Address::Local(p) => unreachable!("{} is opened by its kind", p.display()),
     }
 }

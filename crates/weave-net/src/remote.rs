@@ -42,6 +42,8 @@ pub struct NetOptions {
     /// Options for the remote `weave serve` (what it keeps of owners and
     /// extended attributes), each a shell-safe word.
     pub serve_args: Vec<String>,
+    /// The passphrase of bucket replicas.
+    pub passphrase: Option<Vec<u8>>,
 }
 
 pub struct RemoteReplica {

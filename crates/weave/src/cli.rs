@@ -329,10 +329,16 @@ fn parse_namespaces(s: &str) -> Result<Namespaces, String> {
 
 #[derive(clap::Args)]
 struct SyncArgs {
-    /// The replicas: local directories, [user@]host:path, or
-    /// ssh://[user@]host[:port]/path (weave must be installed there too).
+    /// The replicas: local directories, [user@]host:path,
+    /// ssh://[user@]host[:port]/path (weave must be installed there too),
+    /// or encrypted bucket replicas: s3://BUCKET/PREFIX, file:///DIR.
     #[arg(value_name = "REPLICA", required = true, num_args = 2..)]
     replicas: Vec<String>,
+
+    /// The passphrase of bucket replicas, from the first line of FILE
+    /// (else WEAVE_PASSPHRASE, else asked on the terminal).
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
 
     /// Paths planned and carried out at a time when every path is planned
     /// (0: the default, 4096). For tests: smaller slices take more
@@ -515,11 +521,20 @@ fn done(r: anyhow::Result<bool>) -> ExitCode {
 
 fn sync(args: SyncArgs) -> ExitCode {
     weave_fs::meta::set_scope(args.keep.scope());
+    let passphrase =
+        match crate::passphrase::needed(&args.replicas, args.passphrase_file.as_deref()) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("weave: {e:#}");
+                return ExitCode::from(2);
+            }
+        };
     let net = weave_net::NetOptions {
         rsh: args.rsh,
         remote_weave: args.remote_weave,
         bwlimit: args.bwlimit,
         serve_args: args.keep.serve_args(),
+        passphrase,
     };
     let opts = SyncOptions {
         policy: args.conflict,

@@ -8,6 +8,7 @@ mod cli;
 mod kv;
 mod live;
 mod output;
+mod passphrase;
 mod versions;
 
 use std::process::ExitCode;

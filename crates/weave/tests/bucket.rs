@@ -1,0 +1,332 @@
+//! Encrypted bucket replicas through the real binary: a directory as a
+//! bucket (`file:///…`) here, an S3 server where one runs
+//! (`WEAVE_TEST_S3_ENDPOINT`, which `.ci/run` starts): devices that are
+//! never on together converge through it, it holds nothing in clear,
+//! and a wrong passphrase, a damaged object or a newer format is refused
+//! with nothing written.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::Path;
+
+const PASS: &str = "correct horse battery staple";
+
+/// `weave sync ARGS` in `cwd` with the passphrase in the environment.
+fn bsync(cwd: &Path, args: &[&str]) -> Run {
+    bsync_with(cwd, args, Some(PASS))
+}
+
+fn bsync_with(cwd: &Path, args: &[&str], pass: Option<&str>) -> Run {
+    let mut cmd = assert_cmd::Command::cargo_bin("weave").unwrap();
+    cmd.current_dir(cwd)
+        .env_remove("RUST_LOG")
+        .env_remove("WEAVE_PASSPHRASE")
+        .timeout(std::time::Duration::from_secs(120))
+        .arg("sync")
+        .args(args);
+    if let Some(p) = pass {
+        cmd.env("WEAVE_PASSPHRASE", p);
+    }
+    let out = cmd.output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn bucket_url(p: &Path) -> String {
+    format!("file://{}", p.join("bucket").display())
+}
+
+/// Every file under `dir` (not `.weave`), by relative path.
+fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            if rel == ".weave" {
+                continue;
+            }
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                out.push((rel + "/", Vec::new()));
+                stack.push(p);
+            } else if t.is_symlink() {
+                out.push((
+                    rel,
+                    fs::read_link(&p)
+                        .unwrap()
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                ));
+            } else {
+                out.push((rel, fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every object of the bucket directory, bytes and names.
+fn objects(bucket: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![bucket.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((
+                    p.strip_prefix(bucket).unwrap().display().to_string(),
+                    fs::read(&p).unwrap(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Two devices that are never on together: a laptop and a desktop, each
+/// syncing its folder with the bucket in turn. New files, edits, a
+/// deletion, a rename and a symlink go both ways; the trees end equal.
+#[test]
+fn two_devices_never_on_together_converge_through_a_bucket() {
+    let t = setup(&["laptop", "desktop"]);
+    let p = t.path();
+    let b = bucket_url(p);
+    write(p.join("laptop/notes.txt"), "from the laptop");
+    write(p.join("laptop/photos/cat.jpg"), vec![7u8; 300_000]);
+    std::os::unix::fs::symlink("notes.txt", p.join("laptop/latest")).unwrap();
+    bsync(p, &["laptop", &b]).expect_code(0);
+    bsync(p, &["desktop", &b]).expect_code(0);
+    assert_eq!(tree(&p.join("laptop")), tree(&p.join("desktop")));
+    // The desktop edits, deletes and renames; the laptop takes it.
+    write(p.join("desktop/notes.txt"), "edited on the desktop");
+    fs::remove_file(p.join("desktop/latest")).unwrap();
+    fs::rename(p.join("desktop/photos"), p.join("desktop/pictures")).unwrap();
+    bsync(p, &["desktop", &b]).expect_code(0);
+    bsync(p, &["laptop", &b]).expect_code(0);
+    assert_eq!(tree(&p.join("laptop")), tree(&p.join("desktop")));
+    assert_eq!(
+        read_str(p.join("laptop/notes.txt")),
+        "edited on the desktop"
+    );
+    assert!(!p.join("laptop/latest").exists());
+    assert_eq!(read(p.join("laptop/pictures/cat.jpg")).len(), 300_000);
+    // Nothing changed: nothing to do.
+    bsync(p, &["laptop", &b])
+        .expect_code(0)
+        .stdout_has(&["already in sync"]);
+}
+
+/// Both devices edit one file between their syncs: the second to sync
+/// meets the conflict, and both versions end on both devices.
+#[test]
+fn concurrent_edits_through_a_bucket_keep_both_versions() {
+    let t = setup(&["laptop", "desktop"]);
+    let p = t.path();
+    let b = bucket_url(p);
+    write(p.join("laptop/f.txt"), "one");
+    bsync(p, &["laptop", &b]).expect_code(0);
+    bsync(p, &["desktop", &b]).expect_code(0);
+    write(p.join("laptop/f.txt"), "laptop's edit");
+    write(p.join("desktop/f.txt"), "desktop's edit");
+    bsync(p, &["laptop", &b]).expect_code(0);
+    // The desktop meets the laptop's edit: a conflict (exit 1).
+    bsync(p, &["desktop", &b])
+        .expect_code(1)
+        .stderr_has(&["conflict", "f.txt"]);
+    bsync(p, &["laptop", &b]).expect_code(0);
+    let l = tree(&p.join("laptop"));
+    assert_eq!(l, tree(&p.join("desktop")));
+    let contents: Vec<&[u8]> = l.iter().map(|(_, c)| c.as_slice()).collect();
+    assert!(contents.contains(&&b"laptop's edit"[..]), "{l:?}");
+    assert!(contents.contains(&&b"desktop's edit"[..]), "{l:?}");
+}
+
+/// Two devices push to one bucket at the same moment: both succeed (no
+/// lock, no object written twice), and their next syncs converge.
+#[test]
+fn concurrent_pushes_both_go_through_and_converge() {
+    let t = setup(&["a", "b"]);
+    let p = t.path();
+    let b = bucket_url(p);
+    for i in 0..40 {
+        write(p.join(format!("a/a{i}.txt")), format!("a {i}"));
+        write(p.join(format!("b/b{i}.txt")), format!("b {i}"));
+    }
+    write(p.join("a/same.txt"), "a's");
+    write(p.join("b/same.txt"), "b's");
+    // The bucket exists before both start.
+    bsync(p, &["a", &b]).expect_code(0);
+    write(p.join("a/more.txt"), "more");
+    let spawn = |dir: &str| {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("weave"))
+            .current_dir(p)
+            .env("WEAVE_PASSPHRASE", PASS)
+            .args(["sync", "--quiet", dir, &b])
+            .spawn()
+            .unwrap()
+    };
+    let (mut x, mut y) = (spawn("a"), spawn("b"));
+    // b meets a's same.txt: a conflict (exit 1), no failure.
+    assert_eq!(x.wait().unwrap().code(), Some(0));
+    assert!(matches!(y.wait().unwrap().code(), Some(0 | 1)));
+    for _ in 0..2 {
+        assert!(matches!(bsync(p, &["a", &b]).code, 0 | 1));
+        assert!(matches!(bsync(p, &["b", &b]).code, 0 | 1));
+    }
+    bsync(p, &["a", &b])
+        .expect_code(0)
+        .stdout_has(&["already in sync"]);
+    let a = tree(&p.join("a"));
+    assert_eq!(a, tree(&p.join("b")));
+    let names: Vec<&str> = a.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        names.contains(&"a39.txt") && names.contains(&"b39.txt") && names.contains(&"more.txt")
+    );
+    let contents: Vec<&[u8]> = a.iter().map(|(_, c)| c.as_slice()).collect();
+    assert!(contents.contains(&&b"a's"[..]) && contents.contains(&&b"b's"[..]));
+}
+
+/// What the storage sees: no file name, directory name, symlink target
+/// or content, in any object; small objects padded to one size.
+#[test]
+fn the_bucket_holds_no_name_or_content_in_clear() {
+    let t = setup(&["a"]);
+    let p = t.path();
+    let secrets = [
+        "quarterly-report-secret",
+        "directory-name-secret",
+        "link-target-secret",
+        "the content of a small secret file",
+    ];
+    write(
+        p.join("a/directory-name-secret/quarterly-report-secret.txt"),
+        secrets[3],
+    );
+    std::os::unix::fs::symlink("link-target-secret", p.join("a/l")).unwrap();
+    write(p.join("a/compressible.txt"), "secret text ".repeat(20_000));
+    bsync(p, &["a", &bucket_url(p)]).expect_code(0);
+    let objs = objects(&p.join("bucket"));
+    assert!(
+        objs.len() >= 3,
+        "{:?}",
+        objs.iter().map(|o| &o.0).collect::<Vec<_>>()
+    );
+    for (name, bytes) in &objs {
+        for s in secrets.iter().chain(&["secret text"]) {
+            assert!(!name.contains(s), "{name}");
+            assert!(
+                !bytes.windows(s.len()).any(|w| w == s.as_bytes()),
+                "{s:?} in clear in {name}"
+            );
+        }
+        if name.starts_with("logs/") {
+            assert_eq!(bytes.len(), 4096 + 40, "{name}: a small record is padded");
+        }
+    }
+}
+
+/// A wrong passphrase, no passphrase, a newer format: refused, named,
+/// exit 2, nothing written on either side.
+#[test]
+fn bad_passphrases_and_formats_are_refused_with_nothing_written() {
+    let t = setup(&["a", "c"]);
+    let p = t.path();
+    let b = bucket_url(p);
+    write(p.join("a/f"), "x");
+    bsync(p, &["a", &b]).expect_code(0);
+    let before = objects(&p.join("bucket"));
+    write(p.join("c/local"), "mine");
+    bsync_with(p, &["c", &b], Some("not it"))
+        .expect_code(2)
+        .stderr_has(&["wrong passphrase", "nothing was read or written"]);
+    bsync_with(p, &["c", &b], None).expect_code(2).stderr_has(&[
+        "needs a passphrase",
+        "WEAVE_PASSPHRASE",
+        "--passphrase-file",
+    ]);
+    let file = p.join("pass");
+    fs::write(&file, format!("{PASS}\n")).unwrap();
+    // The right one from a file (WEAVE_PASSPHRASE unset) opens it.
+    bsync_with(
+        p,
+        &[
+            "--dry-run",
+            "--passphrase-file",
+            file.to_str().unwrap(),
+            "c",
+            &b,
+        ],
+        None,
+    )
+    .expect_code(0);
+    assert_eq!(objects(&p.join("bucket")).len(), before.len());
+    assert!(!p.join("c/f").exists());
+    // A bucket of a format this weave does not know.
+    let cfg = p.join("bucket/weave-bucket.json");
+    let text = fs::read_to_string(&cfg).unwrap();
+    fs::write(
+        &cfg,
+        text.replace("\"weave_bucket\": 1", "\"weave_bucket\": 2"),
+    )
+    .unwrap();
+    bsync(p, &["c", &b])
+        .expect_code(2)
+        .stderr_has(&["format 2", "this weave reads format 1"]);
+    assert!(!p.join("c/f").exists());
+    // An address that is no bucket.
+    bsync(p, &["c", "file://relative/dir"])
+        .expect_code(2)
+        .stderr_has(&["absolute path"]);
+}
+
+/// A record or a chunk changed in the bucket (by whoever runs the
+/// storage) is detected and named, and never written into a replica.
+#[test]
+fn a_tampered_object_is_named_and_never_written_into_a_replica() {
+    let t = setup(&["a", "c", "d"]);
+    let p = t.path();
+    let b = bucket_url(p);
+    write(p.join("a/big.bin"), vec![42u8; 200_000]);
+    write(p.join("a/small.txt"), "small");
+    bsync(p, &["a", &b]).expect_code(0);
+    let objs = objects(&p.join("bucket"));
+    // A chunk in a pack: the sync stops, naming the pack; the file that
+    // needs it is not written.
+    let (pack, bytes) = objs.iter().find(|(n, _)| n.starts_with("packs/")).unwrap();
+    let mut changed = bytes.clone();
+    changed[100] ^= 0xff;
+    fs::write(p.join("bucket").join(pack), &changed).unwrap();
+    bsync(p, &["c", &b]).expect_code(2).stderr_has(&[
+        pack.as_str(),
+        "damaged",
+        "does not authenticate",
+    ]);
+    assert!(!p.join("c/big.bin").exists());
+    fs::write(p.join("bucket").join(pack), bytes).unwrap();
+    bsync(p, &["c", &b]).expect_code(0);
+    assert_eq!(read(p.join("c/big.bin")), vec![42u8; 200_000]);
+    // A record: the sync stops before anything is planned, naming it.
+    let (rec, bytes) = objs.iter().find(|(n, _)| n.starts_with("logs/")).unwrap();
+    let mut changed = bytes.clone();
+    changed[50] ^= 1;
+    fs::write(p.join("bucket").join(rec), &changed).unwrap();
+    bsync(p, &["d", &b]).expect_code(2).stderr_has(&[
+        rec.as_str(),
+        "damaged",
+        "does not authenticate",
+    ]);
+    assert!(fs::read_dir(p.join("d"))
+        .unwrap()
+        .all(|e| e.unwrap().file_name() == ".weave"));
+}
