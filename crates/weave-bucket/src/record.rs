@@ -5,8 +5,9 @@
 //! (`logs/WRITER/N`, a new random writer for each sync that opens the
 //! bucket): nobody ever writes an object another writer wrote, so there
 //! is nothing to lock. A record holds versions of paths (weave's entries,
-//! with their version vectors), the chunk lists of the contents they
-//! hold, where each new chunk is (pack, offset, length), and what the
+//! with their version vectors), the chunk-tree nodes of the contents
+//! they hold that the bucket did not have (a new version of a large file
+//! shares most of its tree with the old one), where each new chunk is (pack, offset, length), and what the
 //! bucket replica integrated of other replicas. A reader merges every
 //! record: of the versions of a path it keeps the one that has seen the
 //! others; of versions that are concurrent (two devices pushed at the
@@ -19,7 +20,7 @@ use crate::BucketError;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use weave_chunk::ChunkList;
+use weave_chunk::{ChunkList, Node};
 use weave_core::vv::Causality;
 use weave_core::{Entry, Hash, ReplicaId};
 
@@ -45,8 +46,9 @@ pub struct ChunkAt {
 pub struct Record {
     /// Versions of paths this record adds.
     pub entries: Vec<Entry>,
-    /// The chunk lists of contents those hold, not in the bucket before.
-    pub lists: Vec<(Hash, ChunkList)>,
+    /// Encoded chunk-tree nodes (see [`weave_chunk::Node`]) of contents
+    /// those hold, by hash, not in the bucket before.
+    pub nodes: Vec<(Hash, Vec<u8>)>,
     /// The packs the chunks of this record are in (their object ids).
     pub packs: Vec<String>,
     /// Where the new chunks are.
@@ -89,6 +91,12 @@ impl Record {
         if r.chunks.iter().any(|c| c.pack as usize >= r.packs.len()) {
             return Err(damaged("a chunk names a pack it does not list"));
         }
+        if r.nodes
+            .iter()
+            .any(|(h, b)| weave_chunk::Node::decode(b, h).is_none())
+        {
+            return Err(damaged("a chunk-tree node is not its hash"));
+        }
         Ok(r)
     }
 }
@@ -114,7 +122,9 @@ pub struct View {
     pub entries: BTreeMap<String, Entry>,
     /// Per path, the versions no other version has seen, as records come.
     maximal: BTreeMap<String, Vec<Entry>>,
-    pub lists: HashMap<Hash, ChunkList>,
+    /// Chunk-tree nodes, by hash: a content's list is its tree from the
+    /// node that is its id.
+    pub nodes: HashMap<Hash, Node>,
     pub chunks: HashMap<Hash, Located>,
     /// Per replica, the most the bucket integrated of it.
     pub integrated: HashMap<ReplicaId, u64>,
@@ -145,7 +155,11 @@ impl View {
             versions.retain(|have| e.vv.compare(&have.vv) != Causality::Dominates);
             versions.push(e);
         }
-        self.lists.extend(r.lists);
+        for (h, b) in r.nodes {
+            if let Some(n) = Node::decode(&b, &h) {
+                self.nodes.insert(h, n);
+            }
+        }
         let packs: Vec<Arc<str>> = r.packs.iter().map(|p| Arc::from(p.as_str())).collect();
         for c in r.chunks {
             self.chunks.entry(c.hash).or_insert(Located {
@@ -175,6 +189,24 @@ impl View {
                 self.entries.insert(path, e);
             }
         }
+    }
+}
+
+impl View {
+    /// The chunk list of `content`, from its tree, if the bucket holds
+    /// every node of it.
+    pub fn list(&self, content: &Hash) -> Option<ChunkList> {
+        let root = self.nodes.get(content)?;
+        let size = root.children.iter().map(|c| c.1).sum();
+        weave_chunk::resolve::<_, std::convert::Infallible>(content, size, &self.nodes, |want| {
+            Ok(vec![None; want.len()])
+        })
+        .ok()
+    }
+
+    /// Whether the bucket holds `content`'s tree (its root node).
+    pub fn has_list(&self, content: &Hash) -> bool {
+        self.nodes.contains_key(content)
     }
 }
 

@@ -209,21 +209,17 @@ impl Replica for BucketReplica {
     }
 
     fn chunk_list(&mut self, content: &Hash) -> Option<ChunkList> {
-        self.view.lists.get(content).cloned()
+        self.view.list(content)
     }
 
     fn serve_nodes(&mut self, wants: &Wants) -> Result<ServedNodes, SyncError> {
         Ok(wants
             .iter()
-            .map(|(content, hashes)| match self.view.lists.get(content) {
-                Some(l) => {
-                    let (_, nodes) = weave_chunk::tree(&l.chunks);
-                    hashes
-                        .iter()
-                        .map(|h| nodes.get(h).map(|n| n.encode()))
-                        .collect()
-                }
-                None => vec![None; hashes.len()],
+            .map(|(_, hashes)| {
+                hashes
+                    .iter()
+                    .map(|h| self.view.nodes.get(h).map(|n| n.encode()))
+                    .collect()
             })
             .collect())
     }
@@ -261,13 +257,14 @@ impl Replica for BucketReplica {
         }
         let view = &self.view;
         let (lists, mut errors) =
-            weave_engine::lists_for(&ops, &|c| view.lists.get(c).cloned(), foreign, provider)?;
+            weave_engine::lists_for(&ops, &|c| view.list(c), foreign, provider)?;
         let mut rec = Record {
             time_ms: now_ms(),
             ..Default::default()
         };
         let whole = self.take_chunks(&lists, provider, &mut rec, progress)?;
         let mut done = Vec::new();
+        let mut new_nodes: HashSet<Hash> = HashSet::new();
         for (i, op) in ops.iter().enumerate() {
             if let Some((content, _)) = op.writes() {
                 if !whole.contains(&content) {
@@ -279,8 +276,14 @@ impl Replica for BucketReplica {
                     }
                     continue;
                 }
-                if !self.view.lists.contains_key(&content) {
-                    rec.lists.push((content, lists[&content].clone()));
+                if !self.view.has_list(&content) {
+                    // The nodes of its tree the bucket does not hold.
+                    let (_, nodes) = weave_chunk::tree(&lists[&content].chunks);
+                    for (h, n) in nodes {
+                        if !self.view.nodes.contains_key(&h) && new_nodes.insert(h) {
+                            rec.nodes.push((h, n.encode()));
+                        }
+                    }
                 }
             }
             rec.entries.push(op.target.clone());
@@ -300,7 +303,11 @@ impl Replica for BucketReplica {
                     },
                 );
             }
-            self.view.lists.extend(rec.lists.drain(..));
+            for (h, b) in rec.nodes.drain(..) {
+                if let Some(n) = weave_chunk::Node::decode(&b, &h) {
+                    self.view.nodes.insert(h, n);
+                }
+            }
             for e in rec.entries.drain(..) {
                 self.view.entries.insert(e.path.clone(), e);
             }
