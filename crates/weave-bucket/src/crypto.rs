@@ -61,8 +61,8 @@ impl KdfParams {
         if self.alg != "argon2id" {
             return Err(bad(format!("unknown algorithm {:?}", self.alg)));
         }
-        // A hostile config could ask for any amount of memory.
-        if self.m_kib > 4 * 1024 * 1024 || self.t > 64 || self.p > 64 {
+        // A hostile config could ask for any amount of memory or time.
+        if self.m_kib > 1024 * 1024 || self.t > 10 || self.p > 16 {
             return Err(bad("larger than weave allows".into()));
         }
         let salt = data_encoding::HEXLOWER

@@ -21,7 +21,7 @@ pub enum BucketError {
     },
     /// A bucket object is not what weave wrote: changed, cut short,
     /// sealed for another name.
-    #[error("bucket object {object} is damaged: {problem}; nothing of it was used (restore it from a copy, or remove the bucket's damaged record and sync again)")]
+    #[error("bucket object {object} is damaged: {problem}; nothing of it was used (it was changed or cut short where the bucket is kept: restore the bucket from a copy)")]
     Damaged { object: String, problem: String },
     /// Something weave wrote has a shape it does not know.
     #[error("bucket {what}: {problem}")]

@@ -34,7 +34,7 @@ pub fn open(
     dry_run: bool,
 ) -> Result<BucketReplica, weave_engine::SyncError> {
     let err = |e: BucketError| weave_engine::SyncError::Replica(Box::new(e));
-    let store = address.connect().map_err(err)?;
+    let store = address.connect(!dry_run).map_err(err)?;
     let shown = address.to_string();
     let pool = match Pool::open(store, &shown, passphrase, !dry_run).map_err(err)? {
         Some(p) => p,

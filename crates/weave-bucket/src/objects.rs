@@ -64,8 +64,9 @@ impl BucketAddress {
         })
     }
 
-    /// The storage, reached.
-    pub fn connect(&self) -> Result<Box<dyn Store>, BucketError> {
+    /// The storage, reached. A directory is made only if `create`; one
+    /// that holds other files but no bucket is refused.
+    pub fn connect(&self, create: bool) -> Result<Box<dyn Store>, BucketError> {
         let fail = |problem: String| BucketError::Store {
             bucket: self.to_string(),
             problem,
@@ -80,10 +81,29 @@ impl BucketAddress {
                         parent.display()
                     )));
                 }
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| fail(format!("cannot make {}: {e}", dir.display())))?;
+                let foreign = std::fs::read_dir(dir)
+                    .ok()
+                    .is_some_and(|mut d| d.next().is_some())
+                    && !dir.join(crate::pool::CONFIG).exists();
+                if foreign {
+                    return Err(fail(format!(
+                        "{} holds files but no bucket; give an empty or new directory for one",
+                        dir.display()
+                    )));
+                }
+                if !dir.is_dir() {
+                    if !create {
+                        // A dry run into a bucket that is not there yet.
+                        return Ok(Box::new(crate::store::Memory::default()));
+                    }
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| fail(format!("cannot make {}: {e}", dir.display())))?;
+                }
+                // Flushed before a record names them: a drive pulled out
+                // loses no object a replica counts on.
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
-                    .map_err(|e| fail(e.to_string()))?;
+                    .map_err(|e| fail(e.to_string()))?
+                    .with_fsync(true);
                 (Arc::new(fs), String::new())
             }
         };
@@ -130,16 +150,33 @@ fn s3(bucket: &str) -> Result<Arc<dyn ObjectStore>, String> {
         });
     // The environment's settings, as AmazonS3Builder::from_env reads them
     // (after the client options, which would replace them).
-    for (k, v) in std::env::vars() {
+    for (k, v) in std::env::vars_os() {
+        let (Some(k), Some(v)) = (k.to_str(), v.to_str()) else {
+            continue;
+        };
         if k.starts_with("AWS_") {
             if let Ok(key) = k.to_ascii_lowercase().parse() {
                 b = b.with_config(key, v);
             }
         }
     }
-    if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+    // A role given by the environment (a container's, a web identity)
+    // needs no keys.
+    let role = [
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some());
+    if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() && !role {
         match credentials_file() {
-            Some((id, secret)) => b = b.with_access_key_id(id).with_secret_access_key(secret),
+            Some(c) => {
+                b = b.with_access_key_id(c.id).with_secret_access_key(c.secret);
+                if let Some(t) = c.token {
+                    b = b.with_token(t);
+                }
+            }
             None => {
                 return Err("no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or write them in ~/.aws/credentials (section [default], or the one AWS_PROFILE names)".into())
             }
@@ -154,9 +191,17 @@ fn s3(bucket: &str) -> Result<Arc<dyn ObjectStore>, String> {
         })
 }
 
+/// Keys from a credentials file.
+#[derive(Debug, PartialEq, Eq)]
+struct Credentials {
+    id: String,
+    secret: String,
+    token: Option<String>,
+}
+
 /// The keys of the `AWS_PROFILE` (or `default`) section of
 /// `$AWS_SHARED_CREDENTIALS_FILE` or `~/.aws/credentials`.
-fn credentials_file() -> Option<(String, String)> {
+fn credentials_file() -> Option<Credentials> {
     let path = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".aws/credentials")))?;
@@ -165,20 +210,26 @@ fn credentials_file() -> Option<(String, String)> {
     parse_credentials(&text, &profile)
 }
 
-fn parse_credentials(text: &str, profile: &str) -> Option<(String, String)> {
-    let (mut id, mut secret, mut inside) = (None, None, false);
+fn parse_credentials(text: &str, profile: &str) -> Option<Credentials> {
+    let (mut id, mut secret, mut token, mut inside) = (None, None, None, false);
     for line in text.lines().map(str::trim) {
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             inside = name.trim() == profile;
         } else if let (true, Some((k, v))) = (inside, line.split_once('=')) {
+            let v = Some(v.trim().to_string());
             match k.trim() {
-                "aws_access_key_id" => id = Some(v.trim().to_string()),
-                "aws_secret_access_key" => secret = Some(v.trim().to_string()),
+                "aws_access_key_id" => id = v,
+                "aws_secret_access_key" => secret = v,
+                "aws_session_token" => token = v,
                 _ => {}
             }
         }
     }
-    Some((id?, secret?))
+    Some(Credentials {
+        id: id?,
+        secret: secret?,
+        token,
+    })
 }
 
 /// A bucket's objects in an `object_store`, under a prefix.
@@ -200,17 +251,32 @@ impl Objects {
 
     /// The storage's error, said for a user: what to check.
     fn error(&self, name: &str, e: object_store::Error) -> BucketError {
+        use object_store::Error as E;
         let text = e.to_string();
-        let hint = if text.contains("NoSuchBucket") {
+        let code = |c: &str| text.contains(&format!("<Code>{c}</Code>"));
+        let connect = || {
+            let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(s) = src {
+                if let Some(h) = s.downcast_ref::<object_store::client::HttpError>() {
+                    return matches!(
+                        h.kind(),
+                        object_store::client::HttpErrorKind::Connect
+                            | object_store::client::HttpErrorKind::Timeout
+                    );
+                }
+                src = s.source();
+            }
+            false
+        };
+        let hint = if code("NoSuchBucket") {
             "the bucket does not exist: make it first (or check its name)"
-        } else if text.contains("InvalidAccessKeyId")
-            || text.contains("SignatureDoesNotMatch")
-            || text.contains("403")
+        } else if matches!(e, E::PermissionDenied { .. } | E::Unauthenticated { .. })
+            || code("InvalidAccessKeyId")
+            || code("SignatureDoesNotMatch")
+            || code("AccessDenied")
         {
             "access denied: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or ~/.aws/credentials)"
-        } else if matches!(e, object_store::Error::Generic { .. })
-            && text.contains("error sending request")
-        {
+        } else if connect() {
             "cannot reach the storage: check AWS_ENDPOINT_URL and that the server is up"
         } else {
             "the storage refused or failed"
@@ -246,16 +312,43 @@ impl Store for Objects {
             .map_err(|e| self.error(name, e))
     }
 
+    // Names are random: a plain write (a conditional one needs hard
+    // links on a directory, which FAT and exFAT drives have not, and
+    // If-None-Match on S3, which not every server knows).
     fn put(&self, name: &str, data: Vec<u8>) -> Result<(), BucketError> {
+        let p = self.path(name);
+        self.rt
+            .block_on(self.store.put(&p, PutPayload::from(data)))
+            .map(|_| ())
+            .map_err(|e| self.error(name, e))
+    }
+
+    fn put_new(&self, name: &str, data: Vec<u8>) -> Result<bool, BucketError> {
         let p = self.path(name);
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
         };
-        self.rt
-            .block_on(self.store.put_opts(&p, PutPayload::from(data), opts))
-            .map(|_| ())
-            .map_err(|e| self.error(name, e))
+        let payload = PutPayload::from(data.clone());
+        match self.rt.block_on(self.store.put_opts(&p, payload, opts)) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            // Where a conditional write cannot be made, a plain one after
+            // a look.
+            Err(
+                object_store::Error::NotImplemented { .. }
+                | object_store::Error::NotSupported { .. },
+            ) => {
+                if self.get(name)?.is_some() {
+                    return Ok(false);
+                }
+                self.put(name, data).map(|()| true)
+            }
+            Err(e) if matches!(self.get(name), Ok(None)) && e.to_string().contains("link") => {
+                self.put(name, data).map(|()| true)
+            }
+            Err(e) => Err(self.error(name, e)),
+        }
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>, BucketError> {
@@ -314,15 +407,17 @@ mod tests {
     #[test]
     fn credentials_come_from_the_profile_asked_for() {
         let text = "[default]\naws_access_key_id = A\naws_secret_access_key=B\n[other]\naws_access_key_id=C\naws_secret_access_key=D\n";
-        assert_eq!(
-            parse_credentials(text, "default"),
-            Some(("A".into(), "B".into()))
-        );
-        assert_eq!(
-            parse_credentials(text, "other"),
-            Some(("C".into(), "D".into()))
-        );
-        assert_eq!(parse_credentials(text, "none"), None);
+        let c = |id: &str, secret: &str, token: Option<&str>| {
+            Some(Credentials {
+                id: id.into(),
+                secret: secret.into(),
+                token: token.map(Into::into),
+            })
+        };
+        assert_eq!(parse_credentials(text, "default"), c("A", "B", None));
+        let text = format!("{text}aws_session_token = T\n");
+        assert_eq!(parse_credentials(&text, "other"), c("C", "D", Some("T")));
+        assert_eq!(parse_credentials(&text, "none"), None);
     }
 
     #[test]
@@ -331,12 +426,14 @@ mod tests {
         let a = BucketAddress::parse(&format!("file://{}/b", t.path().display()))
             .unwrap()
             .unwrap();
-        let s = a.connect().unwrap();
+        let s = a.connect(true).unwrap();
         assert_eq!(s.get("logs/x/1").unwrap(), None);
         s.put("logs/x/1", b"one".to_vec()).unwrap();
         s.put("packs/p", b"0123456789".to_vec()).unwrap();
-        // Objects are written once.
-        assert!(s.put("logs/x/1", b"again".to_vec()).is_err());
+        // put_new writes only what is not there.
+        assert!(s.put_new("c", b"1".to_vec()).unwrap());
+        assert!(!s.put_new("c", b"2".to_vec()).unwrap());
+        assert_eq!(s.get("c").unwrap().as_deref(), Some(&b"1"[..]));
         assert_eq!(s.get("logs/x/1").unwrap().as_deref(), Some(&b"one"[..]));
         assert_eq!(s.get_range("packs/p", 2..5).unwrap(), b"234");
         assert_eq!(s.list("logs/").unwrap(), vec!["logs/x/1".to_string()]);

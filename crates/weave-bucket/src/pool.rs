@@ -73,7 +73,7 @@ impl Pool {
     ) -> Result<Option<Pool>, BucketError> {
         let (keys, id) = match store.get(CONFIG)? {
             Some(bytes) => unlock(&bytes, display, passphrase)?,
-            None if create => make(&*store, passphrase)?,
+            None if create => make(&*store, display, passphrase)?,
             None => return Ok(None),
         };
         Ok(Some(Pool {
@@ -95,9 +95,9 @@ impl Pool {
             let Some(bytes) = self.store.get(&name)? else {
                 continue;
             };
-            view.add(Record::open(&self.keys, &name, &bytes)?);
+            let r = Record::open(&self.keys, &name, &bytes)?;
+            view.add(&name, r);
         }
-        view.settle();
         Ok(view)
     }
 
@@ -135,37 +135,45 @@ impl Pool {
                 j += 1;
             }
             let name = format!("packs/{pack}");
-            let bytes = self.store.get_range(&name, start..end);
+            // Whole 64 KiB blocks of the pack: the storage does not learn
+            // a chunk's exact size from what is read (I-8).
+            let size = by_pack[i].1.pack_size.max(end);
+            let (from, to) = (
+                start & !READ_BLOCK_MASK,
+                ((end + READ_BLOCK_MASK) & !READ_BLOCK_MASK).min(size),
+            );
+            let bytes = self
+                .store
+                .get_range(&name, from..to)
+                .map_err(|e| weave_engine::SyncError::Replica(Box::new(e)))?;
             for (h, at) in &by_pack[i..j] {
-                let data = bytes.as_ref().ok().and_then(|b| {
-                    let from = (at.offset - start) as usize;
-                    b.get(from..from + at.len as usize)
-                        .and_then(|frame| open_chunk(&self.keys, h, frame))
-                });
-                if data.is_none() {
+                let at_ = (at.offset - from) as usize;
+                let data = bytes
+                    .get(at_..at_ + at.len as usize)
+                    .and_then(|frame| open_chunk(&self.keys, h, frame));
+                let Some(data) = data else {
                     // Changed or cut short by whoever holds the bucket (or
                     // its disk): the sync stops, naming it (I-8).
-                    let problem = match &bytes {
-                        Err(e) => e.to_string(),
-                        Ok(_) => format!(
-                            "chunk {} does not authenticate or is not its hash",
-                            h.short_hex()
-                        ),
-                    };
                     return Err(weave_engine::SyncError::Replica(Box::new(
                         BucketError::Damaged {
                             object: name,
-                            problem,
+                            problem: format!(
+                                "chunk {} does not authenticate or is not its hash",
+                                h.short_hex()
+                            ),
                         },
                     )));
-                }
-                sink(*h, data)?;
+                };
+                sink(*h, Some(data))?;
             }
             i = j;
         }
         Ok(())
     }
 }
+
+/// Reads of packs are whole blocks of this size (less one).
+const READ_BLOCK_MASK: u64 = (64 << 10) - 1;
 
 /// A pack being filled: sealed chunks one after another.
 #[derive(Default)]
@@ -283,7 +291,11 @@ fn unlock(
 
 /// Makes a new bucket in `store`: a master key, sealed with the key of
 /// `passphrase`, and a replica id.
-fn make(store: &dyn Store, passphrase: &[u8]) -> Result<(Keys, ReplicaId), BucketError> {
+fn make(
+    store: &dyn Store,
+    display: &str,
+    passphrase: &[u8],
+) -> Result<(Keys, ReplicaId), BucketError> {
     let kdf = KdfParams::new();
     let master = Keys::new_master();
     let keys = Keys::from_master(&master);
@@ -295,10 +307,15 @@ fn make(store: &dyn Store, passphrase: &[u8]) -> Result<(Keys, ReplicaId), Bucke
         facts: hex(&keys.seal(b"weave-bucket v1 facts", &facts)),
         kdf,
     };
-    store.put(
+    if !store.put_new(
         CONFIG,
         serde_json::to_vec_pretty(&c).expect("config encodes"),
-    )?;
+    )? {
+        // Another device made the bucket at the same moment: its config
+        // is the bucket's.
+        let bytes = store.get(CONFIG)?.unwrap_or_default();
+        return unlock(&bytes, display, passphrase);
+    }
     Ok((keys, id))
 }
 
@@ -311,7 +328,7 @@ mod tests {
     #[test]
     fn a_bucket_opens_with_its_passphrase_only_and_keeps_its_id() {
         let mem = Arc::new(Memory::default());
-        let store = || Box::new(Shared(mem.clone())) as Box<dyn Store>;
+        let store = || Box::new(mem.clone()) as Box<dyn Store>;
         assert!(Pool::open(store(), "b", b"pw", false).unwrap().is_none());
         let made = Pool::open(store(), "b", b"pw", true).unwrap().unwrap();
         let again = Pool::open(store(), "b", b"pw", false).unwrap().unwrap();
@@ -333,7 +350,7 @@ mod tests {
     #[test]
     fn chunks_come_back_verified_and_a_damaged_one_stops_the_read() {
         let mem = Arc::new(Memory::default());
-        let pool = Pool::open(Box::new(Shared(mem.clone())), "b", b"pw", true)
+        let pool = Pool::open(Box::new(mem.clone()), "b", b"pw", true)
             .unwrap()
             .unwrap();
         let data: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 5000 + i as usize]).collect();
@@ -342,7 +359,8 @@ mod tests {
             pack.add(&pool.keys, Hash(*blake3::hash(d).as_bytes()), d);
         }
         let (id, bytes, chunks) = pack.finish();
-        assert_eq!(bytes.len() as u64, crypto::padme(bytes.len() as u64));
+        let size = bytes.len() as u64;
+        assert_eq!(size, crypto::padme(size));
         mem.put(&format!("packs/{id}"), bytes).unwrap();
         let wanted: Vec<(Hash, Located)> = chunks
             .iter()
@@ -351,6 +369,7 @@ mod tests {
                     h,
                     Located {
                         pack: id.as_str().into(),
+                        pack_size: size,
                         offset,
                         len,
                     },
@@ -377,22 +396,5 @@ mod tests {
             })
             .unwrap_err();
         assert!(e.to_string().contains(&name), "{e}");
-    }
-
-    /// A store shared between opens of one bucket.
-    struct Shared(Arc<Memory>);
-    impl Store for Shared {
-        fn get(&self, n: &str) -> Result<Option<Vec<u8>>, BucketError> {
-            self.0.get(n)
-        }
-        fn get_range(&self, n: &str, r: std::ops::Range<u64>) -> Result<Vec<u8>, BucketError> {
-            self.0.get_range(n, r)
-        }
-        fn put(&self, n: &str, d: Vec<u8>) -> Result<(), BucketError> {
-            self.0.put(n, d)
-        }
-        fn list(&self, p: &str) -> Result<Vec<String>, BucketError> {
-            self.0.list(p)
-        }
     }
 }

@@ -49,8 +49,10 @@ pub struct Record {
     /// Encoded chunk-tree nodes (see [`weave_chunk::Node`]) of contents
     /// those hold, by hash, not in the bucket before.
     pub nodes: Vec<(Hash, Vec<u8>)>,
-    /// The packs the chunks of this record are in (their object ids).
+    /// The packs the chunks of this record are in (their object ids),
+    /// and their sizes.
     pub packs: Vec<String>,
+    pub pack_sizes: Vec<u64>,
     /// Where the new chunks are.
     pub chunks: Vec<ChunkAt>,
     /// What the bucket replica integrated of other replicas: their
@@ -58,6 +60,10 @@ pub struct Record {
     pub integrated: Vec<(ReplicaId, u64)>,
     /// The fingerprint of the ignore patterns that integration was under.
     pub ignore_fingerprint: Option<u64>,
+    /// The count of records with versions its writer had read and
+    /// written when it wrote this one: which of two records saying what
+    /// was integrated is the later.
+    pub at: u64,
     /// When it was written (milliseconds since the epoch).
     pub time_ms: u64,
 }
@@ -111,6 +117,8 @@ fn aad(name: &str) -> Vec<u8> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Located {
     pub pack: Arc<str>,
+    /// The pack's size (reads are widened to whole 64 KiB blocks of it).
+    pub pack_size: u64,
     pub offset: u64,
     pub len: u32,
 }
@@ -118,29 +126,33 @@ pub struct Located {
 /// Everything a bucket holds, merged from all its records.
 #[derive(Clone, Debug, Default)]
 pub struct View {
-    /// Per path, the version every reader takes (once [`View::settle`]d).
-    pub entries: BTreeMap<String, Entry>,
-    /// Per path, the versions no other version has seen, as records come.
+    /// Per path, the versions no other version has seen; one of them is
+    /// the path's version ([`View::chosen`]).
     maximal: BTreeMap<String, Vec<Entry>>,
     /// Chunk-tree nodes, by hash: a content's list is its tree from the
     /// node that is its id.
     pub nodes: HashMap<Hash, Node>,
     pub chunks: HashMap<Hash, Located>,
-    /// Per replica, the most the bucket integrated of it.
-    pub integrated: HashMap<ReplicaId, u64>,
-    /// The ignore fingerprint of the newest record that has one.
-    pub ignore_fingerprint: Option<u64>,
-    newest: u64,
-    /// How many records hold versions: the bucket replica's sequence
-    /// number (records are only ever added).
+    /// Per replica, what the bucket integrated of it: (the count of
+    /// records with versions the record saying it was written against,
+    /// its sequence number). The latest such record says; of records
+    /// written against one count, the least.
+    integrated: HashMap<ReplicaId, (u64, u64)>,
+    /// The ignore fingerprint, chosen the same way.
+    ignore_fingerprint: Option<(u64, u64)>,
+    /// How many records hold versions.
     pub changes: u64,
+    /// The XOR of the hashes of their names.
+    names: u64,
 }
 
 impl View {
-    /// Takes in one record.
-    pub fn add(&mut self, r: Record) {
+    /// Takes in record `name`.
+    pub fn add(&mut self, name: &str, r: Record) {
         if !r.entries.is_empty() {
             self.changes += 1;
+            let h = blake3::hash(name.as_bytes());
+            self.names ^= u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"));
         }
         for e in r.entries {
             let versions = self.maximal.entry(e.path.clone()).or_default();
@@ -160,39 +172,75 @@ impl View {
                 self.nodes.insert(h, n);
             }
         }
-        let packs: Vec<Arc<str>> = r.packs.iter().map(|p| Arc::from(p.as_str())).collect();
+        let packs: Vec<(Arc<str>, u64)> = r
+            .packs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                (
+                    Arc::from(p.as_str()),
+                    r.pack_sizes.get(i).copied().unwrap_or(0),
+                )
+            })
+            .collect();
         for c in r.chunks {
+            let (pack, pack_size) = packs[c.pack as usize].clone();
             self.chunks.entry(c.hash).or_insert(Located {
-                pack: packs[c.pack as usize].clone(),
+                pack,
+                pack_size,
                 offset: c.offset,
                 len: c.len,
             });
         }
         for (id, seq) in r.integrated {
-            let s = self.integrated.entry(id).or_insert(0);
-            *s = (*s).max(seq);
+            let s = self.integrated.entry(id).or_insert((r.at, seq));
+            if r.at > s.0 || (r.at == s.0 && seq < s.1) {
+                *s = (r.at, seq);
+            }
         }
-        if r.ignore_fingerprint.is_some() && r.time_ms >= self.newest {
-            self.newest = r.time_ms;
-            self.ignore_fingerprint = r.ignore_fingerprint;
-        }
-    }
-
-    /// Settles every path on one version: of versions no other has seen
-    /// (concurrent ones, pushed by two devices at the same moment), the
-    /// first in an order every reader shares (the newer mtime, then the
-    /// version vector, then the content). The device that made another
-    /// still holds it, and meets the conflict at its next sync.
-    pub fn settle(&mut self) {
-        for (path, versions) in std::mem::take(&mut self.maximal) {
-            if let Some(e) = versions.into_iter().max_by(|a, b| key(a).cmp(&key(b))) {
-                self.entries.insert(path, e);
+        if let Some(fp) = r.ignore_fingerprint {
+            match self.ignore_fingerprint {
+                Some((at, have)) if at > r.at || (at == r.at && have <= fp) => {}
+                _ => self.ignore_fingerprint = Some((r.at, fp)),
             }
         }
     }
-}
 
-impl View {
+    /// The bucket replica's sequence number: the count of records with
+    /// versions, and in its low 32 bits a digest of their names, so that
+    /// two sets of records of one count (one removed, another added) are
+    /// told apart.
+    pub fn seq(&self) -> u64 {
+        (self.changes << 32) | (self.names & 0xffff_ffff)
+    }
+
+    /// What the bucket integrated of each replica.
+    pub fn integrated(&self) -> HashMap<ReplicaId, u64> {
+        self.integrated
+            .iter()
+            .map(|(id, (_, s))| (*id, *s))
+            .collect()
+    }
+
+    pub fn ignore_fingerprint(&self) -> Option<u64> {
+        self.ignore_fingerprint.map(|(_, fp)| fp)
+    }
+
+    /// The version of `path` every reader takes: of versions no other
+    /// has seen (concurrent ones, pushed by two devices at the same
+    /// moment), the first in an order every reader shares (the newer
+    /// mtime, then the version vector, then the content). The device
+    /// that made another still holds it, and meets the conflict at its
+    /// next sync.
+    pub fn chosen(&self, path: &str) -> Option<&Entry> {
+        self.maximal.get(path).and_then(|v| pick(v))
+    }
+
+    /// Every path's version, as [`View::chosen`].
+    pub fn all(&self) -> impl Iterator<Item = &Entry> {
+        self.maximal.values().filter_map(|v| pick(v))
+    }
+
     /// The chunk list of `content`, from its tree, if the bucket holds
     /// every node of it.
     pub fn list(&self, content: &Hash) -> Option<ChunkList> {
@@ -203,11 +251,10 @@ impl View {
         })
         .ok()
     }
+}
 
-    /// Whether the bucket holds `content`'s tree (its root node).
-    pub fn has_list(&self, content: &Hash) -> bool {
-        self.nodes.contains_key(content)
-    }
+fn pick(versions: &[Entry]) -> Option<&Entry> {
+    versions.iter().max_by(|a, b| key(a).cmp(&key(b)))
 }
 
 fn key(e: &Entry) -> (i64, Vec<(ReplicaId, u64)>, Option<Hash>, u64) {
@@ -282,17 +329,51 @@ mod tests {
             vec![&new, &other, &old],
         ] {
             let mut v = View::default();
-            for e in order {
-                v.add(Record {
-                    entries: vec![e.clone()],
-                    ..Default::default()
-                });
+            for (i, e) in order.into_iter().enumerate() {
+                v.add(
+                    &format!("logs/w/{i}"),
+                    Record {
+                        entries: vec![e.clone()],
+                        ..Default::default()
+                    },
+                );
             }
-            v.settle();
             // `other` and `new` are concurrent: the newer mtime is kept,
             // by every reader; `old` never comes back.
-            assert_eq!(v.entries["f"], other);
+            assert_eq!(v.chosen("f"), Some(&other));
             assert_eq!(v.changes, 3);
         }
+    }
+
+    #[test]
+    fn the_sequence_number_tells_apart_sets_of_one_size() {
+        let rec = || Record {
+            entries: vec![entry("f", &[(1, 1)], 1, 1)],
+            ..Default::default()
+        };
+        let mut a = View::default();
+        a.add("logs/x/1", rec());
+        a.add("logs/y/1", rec());
+        let mut b = View::default();
+        b.add("logs/x/1", rec());
+        b.add("logs/z/1", rec());
+        assert_eq!(a.changes, b.changes);
+        assert_ne!(a.seq(), b.seq());
+        assert!(a.seq() >> 32 == 2);
+    }
+
+    #[test]
+    fn what_was_integrated_is_said_by_the_latest_record() {
+        let said = |at: u64, seq: u64| Record {
+            integrated: vec![(ReplicaId(5), seq)],
+            at,
+            ..Default::default()
+        };
+        let mut v = View::default();
+        v.add("logs/a/1", said(3, 90));
+        v.add("logs/b/1", said(4, 20)); // later: the replica was restored
+        v.add("logs/c/1", said(4, 30));
+        v.add("logs/d/1", said(2, 100));
+        assert_eq!(v.integrated()[&ReplicaId(5)], 20);
     }
 }

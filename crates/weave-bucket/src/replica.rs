@@ -55,14 +55,13 @@ impl BucketReplica {
 
     /// The index and facts the engine sees, from the view.
     fn refresh(&mut self) {
-        let seq = self.view.changes;
+        let seq = self.view.seq();
         self.entries = Arc::new(
             self.view
-                .entries
-                .iter()
-                .map(|(p, e)| {
+                .all()
+                .map(|e| {
                     (
-                        p.clone(),
+                        e.path.clone(),
                         LocalEntry {
                             entry: e.clone(),
                             seq,
@@ -73,8 +72,8 @@ impl BucketReplica {
                 .collect(),
         );
         self.info.seq = seq;
-        self.info.peers = self.view.integrated.clone();
-        self.info.ignore_fingerprint = self.view.ignore_fingerprint;
+        self.info.peers = self.view.integrated();
+        self.info.ignore_fingerprint = self.view.ignore_fingerprint();
     }
 
     /// Uploads a full pack; records where its chunks are.
@@ -83,12 +82,14 @@ impl BucketReplica {
             return Ok(());
         }
         let (id, bytes, chunks) = pack.finish();
-        self.sent += bytes.len() as u64;
+        let bytes_len = bytes.len() as u64;
+        self.sent += bytes_len;
         self.pool
             .store
             .put(&format!("packs/{id}"), bytes)
             .map_err(err)?;
         let at = rec.packs.len() as u32;
+        rec.pack_sizes.push(bytes_len);
         rec.packs.push(id);
         rec.chunks
             .extend(chunks.into_iter().map(|(hash, offset, len)| ChunkAt {
@@ -149,6 +150,11 @@ impl BucketReplica {
                 Ok(())
             })
             .map_err(|e| failed.take().unwrap_or(e))?;
+        // A provider that let the sink's error pass: the upload failed all
+        // the same.
+        if let Some(e) = failed {
+            return Err(e);
+        }
         self.upload(pack, rec)?;
         Ok(lists
             .iter()
@@ -199,10 +205,11 @@ impl Replica for BucketReplica {
         Ok(self.entries.clone())
     }
 
-    /// Every version, unless no record was added since `seq` (records
-    /// carry no order across writers, so "since" is all or nothing).
+    /// Every version, unless the bucket holds the records it held at
+    /// `seq` (records carry no order across writers, so "since" is all
+    /// or nothing).
     fn changed_since(&mut self, seq: u64) -> Result<Entries, SyncError> {
-        if seq >= self.view.changes {
+        if seq == self.view.seq() {
             return Ok(Arc::new(BTreeMap::new()));
         }
         Ok(self.entries.clone())
@@ -276,7 +283,7 @@ impl Replica for BucketReplica {
                     }
                     continue;
                 }
-                if !self.view.has_list(&content) {
+                if self.view.list(&content).is_none() {
                     // The nodes of its tree the bucket does not hold.
                     let (_, nodes) = weave_chunk::tree(&lists[&content].chunks);
                     for (h, n) in nodes {
@@ -290,28 +297,36 @@ impl Replica for BucketReplica {
             done.push((i, op.target.clone()));
         }
         if !rec.entries.is_empty() {
-            self.pool.write(&rec).map_err(err)?;
-            // What this sync wrote is the bucket's now, for the rest of it.
-            for c in std::mem::take(&mut rec.chunks) {
-                let pack: Arc<str> = Arc::from(rec.packs[c.pack as usize].as_str());
-                self.view.chunks.insert(
-                    c.hash,
-                    crate::record::Located {
-                        pack,
-                        offset: c.offset,
-                        len: c.len,
-                    },
-                );
+            rec.at = self.view.changes + 1;
+            let name = self.pool.write(&rec).map_err(err)?;
+            // What this sync wrote is the bucket's now, for the rest of
+            // it, merged as any reader merges it: a version another
+            // device pushed concurrently may stay the one readers take,
+            // and then this sync did not settle that path (the next one
+            // plans every path, and meets the conflict).
+            self.view.add(&name, rec);
+            // Of several operations on one path (a file replaced by a
+            // directory, say), the last one's version is the one to find.
+            let mut last: HashMap<&str, usize> = HashMap::new();
+            for (k, (_, target)) in done.iter().enumerate() {
+                last.insert(target.path.as_str(), k);
             }
-            for (h, b) in rec.nodes.drain(..) {
-                if let Some(n) = weave_chunk::Node::decode(&b, &h) {
-                    self.view.nodes.insert(h, n);
-                }
+            let lost: HashSet<usize> = last
+                .values()
+                .copied()
+                .filter(|&k| self.view.chosen(&done[k].1.path) != Some(&done[k].1))
+                .collect();
+            for &k in &lost {
+                errors.push(Issue {
+                    path: done[k].1.path.clone(),
+                    message: "another device pushed a concurrent version of it to the bucket; the next sync settles the two".into(),
+                });
             }
-            for e in rec.entries.drain(..) {
-                self.view.entries.insert(e.path.clone(), e);
-            }
-            self.view.changes += 1;
+            let mut k = 0;
+            done.retain(|_| {
+                k += 1;
+                !lost.contains(&(k - 1))
+            });
             self.refresh();
         }
         Ok(Applied {
@@ -327,11 +342,9 @@ impl Replica for BucketReplica {
         let Some(i) = fin.integrated.as_ref().filter(|_| !self.dry_run) else {
             return Ok(());
         };
-        let news = i
-            .peers
-            .iter()
-            .any(|(id, seq)| self.view.integrated.get(id).is_none_or(|s| s < seq))
-            || self.view.ignore_fingerprint != Some(i.ignore_fingerprint);
+        let said = self.view.integrated();
+        let news = i.peers.iter().any(|(id, seq)| said.get(id) != Some(seq))
+            || self.view.ignore_fingerprint() != Some(i.ignore_fingerprint);
         if !news {
             return Ok(());
         }
@@ -339,13 +352,13 @@ impl Replica for BucketReplica {
             integrated: i.peers.clone(),
             ignore_fingerprint: Some(i.ignore_fingerprint),
             time_ms: now_ms(),
+            at: self.view.changes,
             ..Default::default()
         };
-        self.pool.write(&rec).map_err(err)?;
-        for (id, seq) in &i.peers {
-            self.view.integrated.insert(*id, *seq);
-        }
-        self.view.ignore_fingerprint = Some(i.ignore_fingerprint);
+        let name = self.pool.write(&rec).map_err(err)?;
+        self.view.add(&name, rec);
+        self.info.peers = self.view.integrated();
+        self.info.ignore_fingerprint = self.view.ignore_fingerprint();
         Ok(())
     }
 }

@@ -15,8 +15,10 @@ pub trait Store: Send + Sync {
     fn get(&self, name: &str) -> Result<Option<Vec<u8>>, BucketError>;
     /// Bytes `range` of an object that is there.
     fn get_range(&self, name: &str, range: Range<u64>) -> Result<Vec<u8>, BucketError>;
-    /// Writes a new object.
+    /// Writes an object under a name nobody else writes (a random one).
     fn put(&self, name: &str, data: Vec<u8>) -> Result<(), BucketError>;
+    /// Writes an object unless one is there: false when one was.
+    fn put_new(&self, name: &str, data: Vec<u8>) -> Result<bool, BucketError>;
     /// The names of the objects under `prefix` (a name starts with it).
     fn list(&self, prefix: &str) -> Result<Vec<String>, BucketError>;
 }
@@ -49,6 +51,14 @@ impl Store for Memory {
             .insert(name.to_string(), data);
         Ok(())
     }
+    fn put_new(&self, name: &str, data: Vec<u8>) -> Result<bool, BucketError> {
+        let mut o = self.objects.lock().expect("memory");
+        if o.contains_key(name) {
+            return Ok(false);
+        }
+        o.insert(name.to_string(), data);
+        Ok(true)
+    }
     fn list(&self, prefix: &str) -> Result<Vec<String>, BucketError> {
         Ok(self
             .objects
@@ -58,5 +68,24 @@ impl Store for Memory {
             .filter(|k| k.starts_with(prefix))
             .cloned()
             .collect())
+    }
+}
+
+/// A store shared (by several opens of one bucket, say).
+impl<S: Store> Store for std::sync::Arc<S> {
+    fn get(&self, name: &str) -> Result<Option<Vec<u8>>, BucketError> {
+        (**self).get(name)
+    }
+    fn get_range(&self, name: &str, range: Range<u64>) -> Result<Vec<u8>, BucketError> {
+        (**self).get_range(name, range)
+    }
+    fn put(&self, name: &str, data: Vec<u8>) -> Result<(), BucketError> {
+        (**self).put(name, data)
+    }
+    fn put_new(&self, name: &str, data: Vec<u8>) -> Result<bool, BucketError> {
+        (**self).put_new(name, data)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>, BucketError> {
+        (**self).list(prefix)
     }
 }

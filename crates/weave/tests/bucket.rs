@@ -441,3 +441,53 @@ fn devices_converge_through_an_s3_bucket_and_bad_settings_are_named() {
         .expect_code(2)
         .stderr_has(&["cannot reach the storage", "AWS_ENDPOINT_URL"]);
 }
+
+/// Copies every object of bucket `from` that `to` lacks into `to` (the
+/// union of what two devices pushed, each to its own copy: as if they had
+/// pushed at the same moment).
+fn union(from: &Path, to: &Path) {
+    for (name, bytes) in objects(from) {
+        let dest = to.join(&name);
+        if !dest.exists() {
+            fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            fs::write(dest, bytes).unwrap();
+        }
+    }
+}
+
+/// A version another device pushed concurrently stays in the bucket even
+/// when this device's later change (a deletion, whose mtime is 0) does not
+/// win over it there: the sync says so, and the next syncs settle it on
+/// both devices (the edit beats the deletion), never leaving them apart.
+#[test]
+fn a_concurrent_version_in_the_bucket_is_not_hidden_by_a_later_change() {
+    let t = setup(&["a", "b"]);
+    let p = t.path();
+    let b = bucket_url(p);
+    write(p.join("a/f"), "one");
+    bsync(p, &["a", &b]).expect_code(0);
+    bsync(p, &["b", &b]).expect_code(0);
+    // b pushes its edit to a copy of the bucket, a to the bucket; then
+    // the two are one: they pushed at the same moment.
+    copy_dir(&p.join("bucket"), &p.join("copy"));
+    write_at(p.join("b/f"), "B", at(1_700_000_000, 0));
+    bsync(p, &["b", &format!("file://{}", p.join("copy").display())]).expect_code(0);
+    write_at(p.join("a/f"), "A", at(1_800_000_000, 0));
+    bsync(p, &["a", &b]).expect_code(0);
+    union(&p.join("copy"), &p.join("bucket"));
+    // a deletes f: its deletion supersedes its own edit, not b's.
+    fs::remove_file(p.join("a/f")).unwrap();
+    let r = bsync(p, &["a", &b]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    r.stderr_has(&["concurrent version"]);
+    for _ in 0..2 {
+        assert!(matches!(bsync(p, &["a", &b]).code, 0 | 1));
+        assert!(matches!(bsync(p, &["b", &b]).code, 0 | 1));
+    }
+    assert_eq!(tree(&p.join("a")), tree(&p.join("b")));
+    assert_eq!(read_str(p.join("a/f")), "B");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    union(from, to);
+}
