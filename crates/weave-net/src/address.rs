@@ -55,8 +55,10 @@ impl From<AddressError> for weave_engine::SyncError {
 }
 
 impl Address {
-    /// Parses a replica argument: `ssh://[user@]host[:port]/path`; else a
-    /// path that exists here (even with a colon in it); else
+    /// Parses a replica argument: `ssh://[user@]host[:port]/path`; a
+    /// bucket, `s3://bucket/prefix` or `file:///dir`, unless a path of
+    /// that name exists here; else a path that exists here (even with a
+    /// colon in it); else
     /// `[user@]host:path` (`host:` alone is the remote home); else a
     /// local path. `scheme://…` with any other scheme is refused, unless
     /// it exists here.
@@ -64,7 +66,7 @@ impl Address {
         if let Some((scheme, rest)) = split_scheme(given) {
             match scheme {
                 "ssh" => return SshAddress::from_url(given, rest).map(Address::Ssh),
-                "s3" | "file" => {
+                "s3" | "file" if !Path::new(given).exists() => {
                     if let Some(b) = weave_bucket::BucketAddress::parse(given) {
                         return b
                             .map(Address::Bucket)
@@ -309,7 +311,7 @@ mod tests {
     #[test]
     fn other_schemes_are_refused_by_name() {
         for (given, scheme) in [
-            ("s3://bucket/docs", "s3"),
+            ("gs://bucket/docs", "gs"),
             ("https://example.com/x", "https"),
             ("git+ssh://host/x", "git+ssh"),
             ("SSH://host/x", "SSH"),
@@ -325,9 +327,20 @@ mod tests {
             );
             assert_eq!(
                 e.to_string(),
-                format!("{given}: weave does not know replicas of the form {scheme}:// (yet); give a local directory, host:path or ssh://[user@]host[:port]/path")
+                format!("{given}: weave does not know replicas of the form {scheme}:// (yet); give a local directory, host:path, ssh://[user@]host[:port]/path, s3://bucket/prefix or file:///dir")
             );
         }
+        // Buckets are replicas; a bad bucket address says what is wrong.
+        assert!(matches!(
+            Address::parse("s3://bucket/docs"),
+            Ok(Address::Bucket(_))
+        ));
+        assert!(matches!(
+            Address::parse("file:///mnt/usb/docs"),
+            Ok(Address::Bucket(_))
+        ));
+        let e = Address::parse("file://relative").unwrap_err();
+        assert!(e.to_string().contains("absolute path"), "{e}");
     }
 
     #[test]

@@ -257,6 +257,37 @@ impl Server<'_> {
             .map_err(proto)
     }
 
+    /// The end of the sync: what the replica records, and what the
+    /// session tells its host.
+    fn finish(&mut self, f: weave_proto::msg::Finish) -> Result<(), SyncError> {
+        let fin = weave_engine::Finish {
+            observe: f.observe,
+            integrated: f.integrated_fingerprint.map(|fp| weave_engine::Integrated {
+                peers: f
+                    .peers
+                    .iter()
+                    .map(|p| (weave_core::ReplicaId(p.replica), p.counter))
+                    .collect(),
+                ignore_fingerprint: fp,
+            }),
+            went_through: f.through_said.then(|| {
+                f.went_through
+                    .iter()
+                    .map(|&r| weave_core::ReplicaId(r))
+                    .collect()
+            }),
+        };
+        self.rep()?.finish(&fin)?;
+        self.served.finished = true;
+        self.served.went_through = fin.went_through.clone();
+        self.served.peer_replicas = f
+            .peers
+            .iter()
+            .map(|p| weave_core::ReplicaId(p.replica))
+            .collect();
+        self.conn.send(Body::Finished(Finished {})).map_err(proto)
+    }
+
     fn rep(&mut self) -> Result<&mut Box<dyn Replica>, SyncError> {
         open_replica(&mut self.rep)
     }
@@ -383,34 +414,7 @@ impl Server<'_> {
                 tracing::debug!(ops = self.ops.len(), "operations received; running them");
                 self.run()
             }
-            Body::Finish(f) => {
-                let fin = weave_engine::Finish {
-                    observe: f.observe,
-                    integrated: f.integrated_fingerprint.map(|fp| weave_engine::Integrated {
-                        peers: f
-                            .peers
-                            .iter()
-                            .map(|p| (weave_core::ReplicaId(p.replica), p.counter))
-                            .collect(),
-                        ignore_fingerprint: fp,
-                    }),
-                    went_through: f.through_said.then(|| {
-                        f.went_through
-                            .iter()
-                            .map(|&r| weave_core::ReplicaId(r))
-                            .collect()
-                    }),
-                };
-                self.rep()?.finish(&fin)?;
-                self.served.finished = true;
-                self.served.went_through = fin.went_through.clone();
-                self.served.peer_replicas = f
-                    .peers
-                    .iter()
-                    .map(|p| weave_core::ReplicaId(p.replica))
-                    .collect();
-                self.conn.send(Body::Finished(Finished {})).map_err(proto)
-            }
+            Body::Finish(f) => self.finish(f),
             other => Err(SessionError::NotARequest {
                 peer,
                 got: other.name(),

@@ -216,15 +216,15 @@ fn unreachable_remotes_change_nothing() {
 fn unknown_schemes_are_refused_by_name() {
     let t = setup(&["A"]);
     some_content(t.path());
-    for args in [["A", "s3://bucket/x"], ["s3://bucket/x", "A"]] {
+    for args in [["A", "gs://bucket/x"], ["gs://bucket/x", "A"]] {
         let r = assert_refused(
             t.path(),
             &args,
-            &["s3://bucket/x", "s3://", "local directory", "host:path"],
+            &["gs://bucket/x", "gs://", "local directory", "host:path"],
         );
         assert!(
             r.stderr.contains(
-                "s3://bucket/x: weave does not know replicas of the form s3:// (yet); give a local directory, host:path or ssh://[user@]host[:port]/path"
+                "gs://bucket/x: weave does not know replicas of the form gs:// (yet); give a local directory, host:path, ssh://[user@]host[:port]/path, s3://bucket/prefix or file:///dir"
             ),
             "{}",
             r.stderr
