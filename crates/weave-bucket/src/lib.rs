@@ -14,6 +14,7 @@
 
 pub mod crypto;
 mod error;
+pub mod history;
 pub mod objects;
 pub mod pool;
 pub mod record;
@@ -48,4 +49,15 @@ pub fn open(
         }
     };
     BucketReplica::new(pool, dry_run)
+}
+
+/// Opens the bucket at `address` with `passphrase` to read it (its
+/// history): one that is not there is an error.
+pub fn open_existing(address: &BucketAddress, passphrase: &[u8]) -> Result<Pool, BucketError> {
+    let store = address.connect(false)?;
+    let shown = address.to_string();
+    Pool::open(store, &shown, passphrase, false)?.ok_or_else(|| BucketError::Store {
+        bucket: shown.clone(),
+        problem: "no bucket is there (a first `weave sync DIR ADDRESS` makes one)".into(),
+    })
 }

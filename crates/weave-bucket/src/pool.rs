@@ -86,16 +86,25 @@ impl Pool {
         }))
     }
 
-    /// Every record, merged.
-    pub fn view(&self) -> Result<View, BucketError> {
-        let mut view = View::default();
+    /// Every record, opened (a damaged one stops the read, named).
+    pub fn records(&self) -> Result<Vec<(String, Record)>, BucketError> {
         let mut names = self.store.list("logs/")?;
         names.sort();
+        let mut out = Vec::with_capacity(names.len());
         for name in names {
             let Some(bytes) = self.store.get(&name)? else {
                 continue;
             };
             let r = Record::open(&self.keys, &name, &bytes)?;
+            out.push((name, r));
+        }
+        Ok(out)
+    }
+
+    /// Every record, merged.
+    pub fn view(&self) -> Result<View, BucketError> {
+        let mut view = View::default();
+        for (name, r) in self.records()? {
             view.add(&name, r);
         }
         Ok(view)

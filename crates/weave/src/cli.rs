@@ -131,11 +131,27 @@ enum KvCommand {
     },
 }
 
+/// A bucket replica whose versions to read instead of a local replica's.
+#[derive(clap::Args)]
+pub struct BucketArgs {
+    /// Read the versions kept in this bucket replica (s3://BUCKET/PREFIX
+    /// or file:///DIR) instead of a local replica's.
+    #[arg(long, value_name = "ADDRESS")]
+    pub bucket: Option<String>,
+    /// The bucket's passphrase, from the first line of FILE (else
+    /// WEAVE_PASSPHRASE, else asked on the terminal).
+    #[arg(long, value_name = "FILE", requires = "bucket")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
 #[derive(clap::Args)]
 struct HistoryArgs {
-    /// A file (or, with --deleted, a directory) inside a replica.
+    /// A file (or, with --deleted, a directory) inside a replica; with
+    /// --bucket, a path inside the bucket's tree.
     #[arg(value_name = "PATH", default_value = ".")]
     path: PathBuf,
+    #[command(flatten)]
+    bucket: BucketArgs,
     /// List the files under PATH that were deleted and can be restored.
     #[arg(long)]
     deleted: bool,
@@ -146,9 +162,12 @@ struct HistoryArgs {
 
 #[derive(clap::Args)]
 struct RestoreArgs {
-    /// The file or directory to restore (inside a replica).
+    /// The file or directory to restore (inside a replica); with
+    /// --bucket, a file inside the bucket's tree.
     #[arg(value_name = "PATH")]
     path: PathBuf,
+    #[command(flatten)]
+    bucket: BucketArgs,
     /// What it held at this time: "2026-11-21 09:30" (UTC) or an age
     /// such as 90m, 2h, 3d. Default: the newest version.
     #[arg(long, value_name = "TIME", conflicts_with = "version")]
@@ -458,14 +477,22 @@ pub fn run() -> ExitCode {
                 json,
             } => crate::kv::list(&store, values, json),
         }),
-        Command::History(a) => done(crate::versions::history(&a.path, a.deleted, a.json)),
-        Command::Restore(a) => done(crate::versions::restore(
-            &a.path,
-            a.at.as_deref(),
-            a.version,
-            a.to.as_deref(),
-            a.json,
-        )),
+        Command::History(a) => done(match &a.bucket.bucket {
+            Some(_) => crate::buckets::history(&a.bucket, &a.path, a.deleted, a.json),
+            None => crate::versions::history(&a.path, a.deleted, a.json),
+        }),
+        Command::Restore(a) => done(match &a.bucket.bucket {
+            Some(_) => {
+                crate::buckets::restore(&a.bucket, &a.path, a.version, a.to.as_deref(), a.json)
+            }
+            None => crate::versions::restore(
+                &a.path,
+                a.at.as_deref(),
+                a.version,
+                a.to.as_deref(),
+                a.json,
+            ),
+        }),
         Command::Gc(a) => done(crate::versions::gc(&a.replica, a.check, a.json)),
         Command::Retention(a) => {
             let change = crate::versions::PolicyChange {

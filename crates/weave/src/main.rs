@@ -4,6 +4,7 @@
 // a terminal (`[user@]host`), not rustdoc links.
 #![allow(rustdoc::broken_intra_doc_links)]
 
+mod buckets;
 mod cli;
 mod kv;
 mod live;
