@@ -76,8 +76,10 @@ impl BucketReplica {
         self.info.ignore_fingerprint = self.view.ignore_fingerprint();
     }
 
-    /// Uploads a full pack; records where its chunks are.
-    fn upload(&mut self, pack: Pack, rec: &mut Record) -> Result<(), SyncError> {
+    /// Uploads a pack, then a record of where its chunks are (a record
+    /// of no versions): a push killed later leaves them found, and the
+    /// next one does not upload them again.
+    fn upload(&mut self, pack: Pack) -> Result<(), SyncError> {
         if pack.chunks.is_empty() {
             return Ok(());
         }
@@ -88,16 +90,24 @@ impl BucketReplica {
             .store
             .put(&format!("packs/{id}"), bytes)
             .map_err(err)?;
-        let at = rec.packs.len() as u32;
-        rec.pack_sizes.push(bytes_len);
-        rec.packs.push(id);
-        rec.chunks
-            .extend(chunks.into_iter().map(|(hash, offset, len)| ChunkAt {
-                hash,
-                pack: at,
-                offset,
-                len,
-            }));
+        let rec = Record {
+            packs: vec![id],
+            pack_sizes: vec![bytes_len],
+            chunks: chunks
+                .into_iter()
+                .map(|(hash, offset, len)| ChunkAt {
+                    hash,
+                    pack: 0,
+                    offset,
+                    len,
+                })
+                .collect(),
+            time_ms: now_ms(),
+            at: self.view.changes,
+            ..Default::default()
+        };
+        let name = self.pool.write(&rec).map_err(err)?;
+        self.view.add(&name, rec);
         Ok(())
     }
 
@@ -108,7 +118,6 @@ impl BucketReplica {
         &mut self,
         lists: &HashMap<Hash, ChunkList>,
         provider: &mut dyn Provider,
-        rec: &mut Record,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<HashSet<Hash>, SyncError> {
         let mut asked = HashSet::new();
@@ -142,7 +151,7 @@ impl BucketReplica {
                 have.insert(h);
                 if pack.bytes.len() >= PACK_TARGET {
                     let full = std::mem::replace(&mut pack, Pack::new());
-                    if let Err(e) = self.upload(full, rec) {
+                    if let Err(e) = self.upload(full) {
                         failed = Some(e);
                         return Err(SyncError::from(weave_engine::TransferError::Stopped));
                     }
@@ -155,7 +164,7 @@ impl BucketReplica {
         if let Some(e) = failed {
             return Err(e);
         }
-        self.upload(pack, rec)?;
+        self.upload(pack)?;
         Ok(lists
             .iter()
             .filter(|(_, l)| {
@@ -269,7 +278,7 @@ impl Replica for BucketReplica {
             time_ms: now_ms(),
             ..Default::default()
         };
-        let whole = self.take_chunks(&lists, provider, &mut rec, progress)?;
+        let whole = self.take_chunks(&lists, provider, progress)?;
         let mut done = Vec::new();
         let mut new_nodes: HashSet<Hash> = HashSet::new();
         for (i, op) in ops.iter().enumerate() {

@@ -492,48 +492,63 @@ fn copy_dir(from: &Path, to: &Path) {
     union(from, to);
 }
 
-/// A push killed (SIGKILL) while it uploads leaves the bucket consistent:
-/// at worst packs no record names. The next push goes through, and
-/// another device then gets every file whole.
+/// Bytes of the packs in bucket directory `bucket`.
+fn pack_bytes(bucket: &Path) -> u64 {
+    objects(bucket)
+        .iter()
+        .filter(|(n, _)| n.starts_with("packs/"))
+        .map(|(_, b)| b.len() as u64)
+        .sum()
+}
+
+/// A push killed (SIGKILL) while it uploads leaves the bucket consistent,
+/// and the next push resumes it: what was uploaded is not uploaded again.
+/// Another device then gets every file whole.
 #[test]
-fn a_push_killed_midway_leaves_the_bucket_consistent() {
+fn a_push_killed_midway_leaves_the_bucket_consistent_and_the_next_resumes() {
     let t = setup(&["a", "b"]);
     let p = t.path();
     let b = bucket_url(p);
-    for i in 0..6 {
-        let data: Vec<u8> = (0..(24u32 << 20))
-            .map(|x| (x.wrapping_mul(2_654_435_761).wrapping_add(i) >> 11) as u8)
-            .collect();
+    let mut total = 0u64;
+    for i in 0..5 {
+        // Data that does not compress: packs as large as what they hold.
+        let mut data = vec![0u8; 16 << 20];
+        rand::RngCore::fill_bytes(
+            &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(i),
+            &mut data,
+        );
+        total += data.len() as u64;
         write(p.join(format!("a/big{i}.bin")), data);
     }
-    let mut killed = false;
-    for delay_ms in [300u64, 600, 1200] {
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("weave"))
-            .current_dir(p)
-            .env("WEAVE_PASSPHRASE", PASS)
-            .args(["sync", "--quiet", "a", &b])
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
-            killed = true;
-        }
-        child.wait().unwrap();
-        // Whatever it left, the bucket opens and a sync goes through.
-        bsync(p, &["a", &b]).expect_code(0);
-        bsync(p, &["b", &b]).expect_code(0);
-        assert_eq!(tree(&p.join("a")), tree(&p.join("b")));
-        if killed {
-            break;
-        }
-        // Not killed in time: start again from an empty bucket.
-        fs::remove_dir_all(p.join("bucket")).unwrap();
-        fs::remove_dir_all(p.join("a/.weave")).unwrap();
-        fs::remove_dir_all(p.join("b")).unwrap();
-        fs::create_dir(p.join("b")).unwrap();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("weave"))
+        .current_dir(p)
+        .env("WEAVE_PASSPHRASE", PASS)
+        .args(["sync", "--quiet", "a", &b])
+        .spawn()
+        .unwrap();
+    // Killed once it has uploaded two packs (bounded: 60 s).
+    let packs = p.join("bucket/packs");
+    let t0 = std::time::Instant::now();
+    while fs::read_dir(&packs).map_or(0, |d| d.count()) < 2 && t0.elapsed().as_secs() < 60 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the push ended before it was killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert!(killed, "every push ended before it could be killed");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = pack_bytes(&p.join("bucket"));
+    assert!(before > 0 && before < total, "{before} of {total}");
+    // The bucket opens; the next push uploads what is missing, about.
+    bsync(p, &["a", &b]).expect_code(0);
+    let again = pack_bytes(&p.join("bucket")) - before;
+    assert!(
+        again + before / 2 < total,
+        "the resumed push uploaded {again} bytes again, of {total}, with {before} there"
+    );
+    bsync(p, &["b", &b]).expect_code(0);
+    assert_eq!(tree(&p.join("a")), tree(&p.join("b")));
 }
 
 /// `weave history --bucket` lists a file's versions kept in the bucket
