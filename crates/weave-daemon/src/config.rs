@@ -126,6 +126,18 @@ pub struct Folder {
     /// something.
     #[serde(default = "default_rescan")]
     pub rescan_secs: u64,
+    /// An encrypted bucket replica the folder syncs with besides its
+    /// peers (`s3://BUCKET/PREFIX`, `file:///DIR`): after each local
+    /// change, and every `poll_secs` for other devices' changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    /// How often the bucket is looked at for other devices' changes.
+    #[serde(default = "default_poll")]
+    pub poll_secs: u64,
+    /// The bucket's passphrase is the first line of this file (else the
+    /// daemon's WEAVE_PASSPHRASE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase_file: Option<PathBuf>,
 }
 
 /// The longest watch delay a folder takes (10 minutes).
@@ -139,6 +151,9 @@ fn default_watch_delay() -> u64 {
 fn default_rescan() -> u64 {
     3600
 }
+fn default_poll() -> u64 {
+    60
+}
 
 impl Folder {
     pub fn new(id: &str, path: PathBuf) -> Folder {
@@ -151,6 +166,9 @@ impl Folder {
             ignore: Vec::new(),
             watch_delay_ms: default_watch_delay(),
             rescan_secs: default_rescan(),
+            remote: None,
+            poll_secs: default_poll(),
+            passphrase_file: None,
         }
     }
 }
@@ -198,6 +216,8 @@ pub enum ConfigProblem {
     WatchDelay { folder: String, ms: u64 },
     #[error("folder {folder:?}: a rescan every {secs} s is not usable; give 1 to {MAX_RESCAN_SECS} seconds")]
     Rescan { folder: String, secs: u64 },
+    #[error("folder {folder}: its remote: {problem}")]
+    Remote { folder: String, problem: String },
     #[error("unknown folder mode {0:?}: use two-way, send-only or receive-only")]
     UnknownMode(String),
     #[error("unknown conflict policy {0:?} for a folder: use keep-both or newest")]
@@ -379,6 +399,29 @@ pub fn check_folder_settings(f: &Folder) -> Result<(), ConfigProblem> {
             folder: f.id.clone(),
             secs: f.rescan_secs,
         });
+    }
+    if let Some(r) = &f.remote {
+        match weave_bucket::BucketAddress::parse(r) {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                return Err(ConfigProblem::Remote {
+                    folder: f.id.clone(),
+                    problem: e.to_string(),
+                })
+            }
+            None => {
+                return Err(ConfigProblem::Remote {
+                    folder: f.id.clone(),
+                    problem: format!("{r}: not a bucket; give s3://BUCKET/PREFIX or file:///DIR"),
+                })
+            }
+        }
+        if f.poll_secs == 0 || f.poll_secs > MAX_RESCAN_SECS {
+            return Err(ConfigProblem::Remote {
+                folder: f.id.clone(),
+                problem: format!("poll every {} s: give 1 to {MAX_RESCAN_SECS}", f.poll_secs),
+            });
+        }
     }
     Ok(())
 }

@@ -121,6 +121,18 @@ pub struct FolderAddArgs {
     /// Seconds between full rescans.
     #[arg(long, value_name = "SECS", default_value_t = 3600)]
     rescan: u64,
+    /// An encrypted bucket replica to sync with besides the peers
+    /// (s3://BUCKET/PREFIX or file:///DIR): after each local change, and
+    /// every --poll seconds for other devices' changes.
+    #[arg(long, value_name = "ADDRESS")]
+    remote: Option<String>,
+    /// Seconds between looks at the remote for other devices' changes.
+    #[arg(long, value_name = "SECS", default_value_t = 60, requires = "remote")]
+    poll: u64,
+    /// The remote's passphrase is the first line of FILE (else the
+    /// daemon's WEAVE_PASSPHRASE).
+    #[arg(long, value_name = "FILE", requires = "remote")]
+    passphrase_file: Option<PathBuf>,
 }
 
 fn load(dir: &Path) -> Result<(DeviceId, Config)> {
@@ -328,6 +340,14 @@ pub fn folder(cd: &ConfigDir, c: FolderCommand) -> Result<bool> {
             f.ignore = a.ignore;
             f.watch_delay_ms = a.watch_delay;
             f.rescan_secs = a.rescan;
+            f.remote = a.remote;
+            f.poll_secs = a.poll;
+            f.passphrase_file = match a.passphrase_file {
+                Some(p) => Some(std::fs::canonicalize(&p).with_context(|| {
+                    format!("--passphrase-file {}: cannot find it", p.display())
+                })?),
+                None => None,
+            };
             // Checked before the directory is made: a refused folder
             // leaves nothing behind.
             weave_daemon::config::check_folder_settings(&f).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -521,6 +541,12 @@ pub fn status(cd: &ConfigDir, json: bool) -> Result<bool> {
             },
             ago(f.last_sync_ms)
         );
+        if let Some(r) = &f.remote {
+            println!(
+                "    remote: {r}   last sync with it: {}",
+                ago(f.remote_synced_ms)
+            );
+        }
         if let Some(e) = &f.error {
             println!("    error: {e}");
         }

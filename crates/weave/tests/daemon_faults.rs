@@ -547,3 +547,88 @@ fn history_and_restore_work_while_the_daemon_syncs() {
         read(&fa.join("notes.txt")).as_deref() == Some("version one")
     });
 }
+
+/// Two devices that are never on together keep a folder in sync through
+/// a bucket remote (`weave folder add … --remote file:///…`): each daemon
+/// pushes its changes and takes the other's when it runs. A wrong
+/// passphrase is the folder's error, and nothing is written.
+#[test]
+fn daemons_never_on_together_sync_through_a_bucket_remote() {
+    let (a, b) = (Device::new("a"), Device::new("b"));
+    let shared = tempfile::tempdir().unwrap();
+    let bucket = format!("file://{}", shared.path().join("bucket").display());
+    let pass = shared.path().join("pass");
+    std::fs::write(&pass, "a passphrase\n").unwrap();
+    let pass = pass.to_str().unwrap();
+    let remote = [
+        "--remote",
+        bucket.as_str(),
+        "--poll",
+        "1",
+        "--passphrase-file",
+        pass,
+    ];
+    let fa = a.folder("docs", "docs", &[], &remote);
+    let fb = b.folder("docs", "docs", &[], &remote);
+    std::fs::create_dir_all(&fa).unwrap();
+    std::fs::create_dir_all(&fb).unwrap();
+    let synced_after = |d: &Device, t: u64| {
+        folder(d, "docs").is_some_and(|f| {
+            f["remote_synced_ms"].as_u64().is_some_and(|s| s > t) && f["error"].is_null()
+        })
+    };
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    a.start();
+    write(&fa.join("from-a.txt"), "written on a");
+    let t = now_ms();
+    wait_for("a to push to the bucket", &[&a], || {
+        synced_after(&a, t + 500)
+    });
+    a.term();
+    b.start();
+    wait_for("a's file on b", &[&b], || {
+        read(&fb.join("from-a.txt")).as_deref() == Some("written on a")
+    });
+    write(&fb.join("from-b.txt"), "written on b");
+    let t = now_ms();
+    wait_for("b to push to the bucket", &[&b], || {
+        synced_after(&b, t + 500)
+    });
+    b.term();
+    a.start();
+    wait_for("b's file on a", &[&a], || {
+        read(&fa.join("from-b.txt")).as_deref() == Some("written on b")
+    });
+    a.term();
+    // A device with the wrong passphrase shows it and takes nothing.
+    let c = Device::new("c");
+    let wrong = shared.path().join("wrong");
+    std::fs::write(&wrong, "not it\n").unwrap();
+    let fc = c.folder(
+        "docs",
+        "docs",
+        &[],
+        &[
+            "--remote",
+            bucket.as_str(),
+            "--passphrase-file",
+            wrong.to_str().unwrap(),
+        ],
+    );
+    std::fs::create_dir_all(&fc).unwrap();
+    c.start();
+    wait_for("c to show the wrong passphrase", &[&c], || {
+        folder(&c, "docs").is_some_and(|f| {
+            f["state"] == "error"
+                && f["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("wrong passphrase"))
+        })
+    });
+    assert!(read(&fc.join("from-a.txt")).is_none());
+}

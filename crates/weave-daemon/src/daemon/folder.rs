@@ -109,7 +109,16 @@ fn check(sh: &Arc<Shared>, rt: &FolderRt) {
     let Some(passes) = sync_peers(sh, rt, &cfg, &f, &peers, now, forced) else {
         return;
     };
-    show_check(sh, rt, &f, &peers, passes.now, passes.error);
+    let remote_error = super::remote::sync_if_due(sh, rt, &cfg, &f, passes.now.or(now));
+    sh.board.folder(&f.id, |s| s.remote = f.remote.clone());
+    show_check(
+        sh,
+        rt,
+        &f,
+        &peers,
+        passes.now,
+        passes.error.or(remote_error),
+    );
     if passes.deferred && dirty {
         // A change on disk not yet sent to every peer: the retry after the
         // back-off looks again.
@@ -370,6 +379,14 @@ pub(super) async fn folder_task(sh: Arc<Shared>, rt: Arc<FolderRt>) {
             .unwrap_or_default();
         if let Some(b) = *rt.scan_retry.lock().expect("retry") {
             due = due.min(b.until);
+        }
+        // A bucket remote's poll, or its retry: never sooner than 10 ms.
+        if let Some(r) = sh
+            .cfg()
+            .folder(&rt.id)
+            .and_then(|f| super::remote::due(&rt, f))
+        {
+            due = due.min(r.max(Instant::now() + Duration::from_millis(10)));
         }
         // Held-back files: never sooner than 10 ms from now, so that
         // nothing can make this loop spin.

@@ -60,6 +60,7 @@ mod notices;
 mod open;
 mod pair;
 mod reload;
+mod remote;
 mod shared;
 mod watcher;
 

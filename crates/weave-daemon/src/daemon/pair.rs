@@ -199,7 +199,7 @@ pub(super) fn sync_pair(
 }
 
 /// Puts what a sync did on the board and in the log.
-fn record_report(sh: &Shared, folder: &str, peer: &str, r: &weave_engine::Report) {
+pub(super) fn record_report(sh: &Shared, folder: &str, peer: &str, r: &weave_engine::Report) {
     let now = status::now_ms();
     if let Some(l) = r.replicas.first() {
         // The local replica is first: what it took came from the peer.

@@ -78,6 +78,8 @@ pub(super) struct FolderRt {
     /// How in sync it showed itself before the sync under way moved
     /// bytes (shown again when that sync ends).
     pub(super) in_sync_before: Mutex<Option<f64>>,
+    /// Where it is with its bucket remote, if it has one.
+    pub(super) remote: Mutex<super::remote::RemoteState>,
 }
 
 impl FolderRt {
@@ -102,6 +104,7 @@ impl FolderRt {
             asked: Mutex::new(Vec::new()),
             notices: Mutex::new(Default::default()),
             in_sync_before: Mutex::new(None),
+            remote: Mutex::new(Default::default()),
         }
     }
 

@@ -94,6 +94,12 @@ pub struct FolderStatus {
     /// lost.
     #[serde(default)]
     pub replicas: std::collections::BTreeMap<String, String>,
+    /// Its bucket remote, if it has one, and when a sync with it last
+    /// went through.
+    #[serde(default)]
+    pub remote: Option<String>,
+    #[serde(default)]
+    pub remote_synced_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
