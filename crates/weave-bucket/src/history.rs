@@ -7,9 +7,8 @@ use crate::pool::Pool;
 use crate::record::View;
 use crate::BucketError;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
-use weave_core::{Entry, Hash, Object};
+use weave_core::{Entry, Hash, Object, VersionVector};
 
 /// One version of a file in a bucket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,13 +24,17 @@ pub struct BucketVersion {
     pub mtime_ns: i64,
     /// It is the version the bucket holds now.
     pub current: bool,
+    pub vv: VersionVector,
 }
 
 /// Every version of every file in `pool`, by path, oldest first, and the
 /// merged view.
 fn all_versions(pool: &Pool) -> Result<(BTreeMap<String, Vec<BucketVersion>>, View), BucketError> {
     let mut records = pool.records()?;
-    records.sort_by_key(|(name, r)| (r.time_ms, name.clone()));
+    // In the order their writers saw them (`at` only grows for a writer
+    // that read the records before), then by clock: new versions go on
+    // the end, and numbers stay what they were.
+    records.sort_by_key(|(name, r)| (r.at, r.time_ms, name.clone()));
     let mut view = View::default();
     let mut seen: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
     let mut out: BTreeMap<String, Vec<BucketVersion>> = BTreeMap::new();
@@ -53,6 +56,7 @@ fn all_versions(pool: &Pool) -> Result<(BTreeMap<String, Vec<BucketVersion>>, Vi
                     mode: e.mode,
                     mtime_ns: e.mtime_ns,
                     current: false,
+                    vv: e.vv.clone(),
                 });
             }
         }
@@ -61,7 +65,7 @@ fn all_versions(pool: &Pool) -> Result<(BTreeMap<String, Vec<BucketVersion>>, Vi
     for (path, list) in out.iter_mut() {
         if let Some(now) = view.chosen(path) {
             for v in list.iter_mut() {
-                v.current = now.object.content() == Some(v.content) && now.mtime_ns == v.mtime_ns;
+                v.current = now.vv == v.vv;
             }
         }
     }
@@ -87,55 +91,96 @@ pub fn deleted(pool: &Pool, dir: &str) -> Result<Vec<BucketVersion>, BucketError
 }
 
 /// Writes version `v` to `dest`, a new file (never over one), with its
-/// mode and mtime; every chunk verified.
-pub fn restore(pool: &Pool, v: &BucketVersion, dest: &Path) -> Result<(), BucketError> {
-    let fail = |problem: String| BucketError::Store {
-        bucket: pool.display.clone(),
-        problem,
+/// mode and mtime: into a temporary file beside it (only its owner may
+/// read it meanwhile), each chunk written where it goes as it arrives,
+/// verified, runs of zeros left as holes; then linked into place.
+pub fn restore(pool: &Pool, v: &BucketVersion, dest: &Path) -> Result<(), RestoreError> {
+    let store = |problem: String| {
+        RestoreError::Bucket(BucketError::Store {
+            bucket: pool.display.clone(),
+            problem,
+        })
     };
     let view = pool.view()?;
     let list = view.list(&v.content).ok_or_else(|| {
-        fail(format!(
+        store(format!(
             "{}: the bucket lacks the chunk tree of version {}",
             v.path, v.id
         ))
     })?;
+    let mut offsets: std::collections::HashMap<Hash, Vec<u64>> = std::collections::HashMap::new();
     let mut want = Vec::new();
-    for c in list.chunks.iter().filter(|c| !c.is_zero()) {
+    for (off, c) in list.with_offsets().filter(|(_, c)| !c.is_zero()) {
         let at = view.chunks.get(&c.hash).ok_or_else(|| {
-            fail(format!(
+            store(format!(
                 "{}: the bucket lacks chunk {} of version {}",
                 v.path,
                 c.hash.short_hex(),
                 v.id
             ))
         })?;
-        want.push((c.hash, at.clone()));
-    }
-    let mut data: std::collections::HashMap<Hash, Vec<u8>> = std::collections::HashMap::new();
-    pool.read_chunks(&want, &mut |h, d| {
-        if let Some(d) = d {
-            data.insert(h, d);
+        let o = offsets.entry(c.hash).or_default();
+        if o.is_empty() {
+            want.push((c.hash, at.clone()));
         }
-        Ok(())
-    })
-    .map_err(|e| fail(e.to_string()))?;
-    let io = |e: std::io::Error| fail(format!("{}: {e}", dest.display()));
-    let mut f = std::fs::OpenOptions::new()
+        o.push(off);
+    }
+    let dir = dest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".~weave-restore-{}-{}",
+        std::process::id(),
+        v.content.short_hex()
+    ));
+    let local = |e: std::io::Error| RestoreError::Dest {
+        path: dest.to_path_buf(),
+        error: e,
+    };
+    use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(dest)
-        .map_err(io)?;
-    for c in &list.chunks {
-        match data.get(&c.hash) {
-            Some(d) => f.write_all(d).map_err(io)?,
-            None => f.write_all(&vec![0u8; c.len as usize]).map_err(io)?,
-        }
-    }
-    f.sync_all().map_err(io)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(v.mode & 0o777)).map_err(io)?;
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(v.mtime_ns.max(0) as u64);
-    f.set_modified(t).map_err(io)?;
-    Ok(())
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(local)?;
+    let written = (|| {
+        pool.read_chunks(&want, &mut |h, d| {
+            if let Some(d) = d {
+                for &off in offsets.get(&h).into_iter().flatten() {
+                    f.write_all_at(&d, off)
+                        .map_err(|e| weave_engine::SyncError::Replica(Box::new(e)))?;
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| store(e.to_string()))?;
+        f.set_len(v.size).map_err(local)?;
+        f.sync_all().map_err(local)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(v.mode & 0o777))
+            .map_err(local)?;
+        let t = if v.mtime_ns >= 0 {
+            std::time::UNIX_EPOCH + std::time::Duration::from_nanos(v.mtime_ns as u64)
+        } else {
+            std::time::UNIX_EPOCH - std::time::Duration::from_nanos(v.mtime_ns.unsigned_abs())
+        };
+        f.set_modified(t).map_err(local)?;
+        // Into place, never over a file that is there.
+        std::fs::hard_link(&tmp, dest).map_err(local)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    written
+}
+
+/// Why a version could not be written out.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Bucket(#[from] BucketError),
+    #[error("{}: {error} (give --to a new file in a directory you can write)", path.display())]
+    Dest {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
 }

@@ -71,16 +71,24 @@ pub fn history(b: &BucketArgs, path: &Path, deleted: bool, json: bool) -> Result
         return Ok(true);
     }
     if vs.is_empty() {
-        println!("{}: no versions of a file in the bucket", path.display());
+        if deleted {
+            println!("no deleted files with versions in the bucket under {p:?}");
+        } else {
+            println!("{p:?}: no versions of a file in the bucket (paths are relative to the bucket's root; `weave history --bucket … --deleted` lists the deleted files)");
+        }
         return Ok(true);
     }
-    println!("{:<8} {:<24} {:>10}  PATH", "VERSION", "RECORDED", "SIZE");
+    println!(
+        "{:<8} {:<24} {:>10}  {:<12}  PATH",
+        "VERSION", "RECORDED", "SIZE", "CONTENT"
+    );
     for v in &vs {
         println!(
-            "{:<8} {:<24} {:>10}  {}{}",
+            "{:<8} {:<24} {:>10}  {:<12}  {}{}",
             v.id,
             time(v.recorded_ms),
             size(v.size),
+            v.content.short_hex(),
             v.path,
             if v.current { "  (current)" } else { "" }
         );
@@ -91,10 +99,14 @@ pub fn history(b: &BucketArgs, path: &Path, deleted: bool, json: bool) -> Result
 pub fn restore(
     b: &BucketArgs,
     path: &Path,
+    at: Option<&str>,
     version: Option<u64>,
     to: Option<&Path>,
     json: bool,
 ) -> Result<bool> {
+    if at.is_some() {
+        bail!("restore --bucket does not take --at: give --version N from `weave history --bucket …` (or none, for the current version)");
+    }
     let Some(to) = to else {
         bail!("restore --bucket writes a version out: give --to DEST (a new file), then copy it into a replica if you want it synced");
     };

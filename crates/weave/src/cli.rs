@@ -482,9 +482,14 @@ pub fn run() -> ExitCode {
             None => crate::versions::history(&a.path, a.deleted, a.json),
         }),
         Command::Restore(a) => done(match &a.bucket.bucket {
-            Some(_) => {
-                crate::buckets::restore(&a.bucket, &a.path, a.version, a.to.as_deref(), a.json)
-            }
+            Some(_) => crate::buckets::restore(
+                &a.bucket,
+                &a.path,
+                a.at.as_deref(),
+                a.version,
+                a.to.as_deref(),
+                a.json,
+            ),
             None => crate::versions::restore(
                 &a.path,
                 a.at.as_deref(),

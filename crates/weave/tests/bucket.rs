@@ -559,7 +559,12 @@ fn old_versions_are_listed_and_restored_from_a_bucket() {
     let t = setup(&["a"]);
     let p = t.path();
     let b = bucket_url(p);
-    let big: Vec<u8> = (0..400_000u32).map(|i| (i % 251) as u8).collect();
+    // Data, a run of zeros (a hole when restored), data.
+    let big: Vec<u8> = (0..400_000u32)
+        .map(|i| (i % 251) as u8)
+        .chain(std::iter::repeat_n(0, 1 << 20))
+        .chain((0..100_000u32).map(|i| (i % 13) as u8))
+        .collect();
     for v in ["one", "two!", "three"] {
         write(p.join("a/notes.txt"), v);
         write(p.join("a/d/big.bin"), [&big[..], v.as_bytes()].concat());
@@ -604,6 +609,13 @@ fn old_versions_are_listed_and_restored_from_a_bucket() {
     weave_b("restore", &["notes.txt"])
         .expect_code(2)
         .stderr_has(&["--to"]);
+    weave_b("restore", &["notes.txt", "--at", "2h", "--to", "y"])
+        .expect_code(2)
+        .stderr_has(&["--at", "--version"]);
+    // With no --version, the current one.
+    let now = p.join("now.txt");
+    weave_b("restore", &["notes.txt", "--to", now.to_str().unwrap()]).expect_code(0);
+    assert_eq!(read_str(&now), "three");
 }
 
 /// `weave ARGS` in `cwd` with the passphrase in the environment.
