@@ -416,6 +416,12 @@ pub fn check_folder_settings(f: &Folder) -> Result<(), ConfigProblem> {
                 })
             }
         }
+        if f.passphrase_file.as_ref().is_some_and(|p| !p.is_absolute()) {
+            return Err(ConfigProblem::Remote {
+                folder: f.id.clone(),
+                problem: "its passphrase_file must be an absolute path".into(),
+            });
+        }
         if f.poll_secs == 0 || f.poll_secs > MAX_RESCAN_SECS {
             return Err(ConfigProblem::Remote {
                 folder: f.id.clone(),

@@ -583,21 +583,34 @@ fn daemons_never_on_together_sync_through_a_bucket_remote() {
             .unwrap()
             .as_millis() as u64
     };
+    // What the bucket holds of a file: its versions, as history lists them.
+    let in_bucket = |name: &str| {
+        let out = a.run(&[
+            "history",
+            "--json",
+            "--bucket",
+            &bucket,
+            "--passphrase-file",
+            pass,
+            name,
+        ]);
+        out.status.success()
+            && serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .is_ok_and(|j| j["versions"].as_array().is_some_and(|v| !v.is_empty()))
+    };
     a.start();
     write(&fa.join("from-a.txt"), "written on a");
-    let t = now_ms();
-    wait_for("a to push to the bucket", &[&a], || {
-        synced_after(&a, t + 500)
-    });
+    wait_for("a's file in the bucket", &[&a], || in_bucket("from-a.txt"));
     a.term();
     b.start();
     wait_for("a's file on b", &[&b], || {
         read(&fb.join("from-a.txt")).as_deref() == Some("written on a")
     });
     write(&fb.join("from-b.txt"), "written on b");
+    wait_for("b's file in the bucket", &[&b], || in_bucket("from-b.txt"));
     let t = now_ms();
-    wait_for("b to push to the bucket", &[&b], || {
-        synced_after(&b, t + 500)
+    wait_for("b's status to say so", &[&b], || {
+        synced_after(&b, t.saturating_sub(5_000))
     });
     b.term();
     a.start();
@@ -631,4 +644,61 @@ fn daemons_never_on_together_sync_through_a_bucket_remote() {
         })
     });
     assert!(read(&fc.join("from-a.txt")).is_none());
+    let objects = |d: &std::path::Path| std::fs::read_dir(d.join("bucket/logs")).unwrap().count();
+    let logs = objects(shared.path());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(objects(shared.path()), logs, "c wrote to the bucket");
+}
+
+/// What a folder's bucket remote brings reaches its peers too: c pushes
+/// to the bucket (a device no peer knows), a takes it from there, and a's
+/// peer b gets it from a.
+#[test]
+fn what_a_bucket_remote_brings_reaches_the_peers() {
+    let (a, b) = (Device::new("a"), Device::new("b"));
+    let c = Device::new("c");
+    a.knows(&b);
+    b.knows(&a);
+    let shared = tempfile::tempdir().unwrap();
+    let bucket = format!("file://{}", shared.path().join("bucket").display());
+    let pass = shared.path().join("pass");
+    std::fs::write(&pass, "a passphrase\n").unwrap();
+    let pass = pass.to_str().unwrap();
+    let remote = [
+        "--remote",
+        bucket.as_str(),
+        "--poll",
+        "1",
+        "--passphrase-file",
+        pass,
+    ];
+    let fc = c.folder("docs", "docs", &[], &remote);
+    let fa = a.folder("docs", "docs", &[&b], &remote);
+    let fb = b.folder("docs", "docs", &[&a], &[]);
+    for d in [&fa, &fb, &fc] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    c.start();
+    write(&fc.join("from-c.txt"), "written on c");
+    wait_for("c's file on the bucket", &[&c], || {
+        let out = c.run(&[
+            "history",
+            "--json",
+            "--bucket",
+            &bucket,
+            "--passphrase-file",
+            pass,
+            "from-c.txt",
+        ]);
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("from-c.txt")
+    });
+    c.term();
+    a.start();
+    b.start();
+    wait_for("c's file on a", &[&a, &b], || {
+        read(&fa.join("from-c.txt")).is_some()
+    });
+    wait_for("c's file on b, through a", &[&a, &b], || {
+        read(&fb.join("from-c.txt")).as_deref() == Some("written on c")
+    });
 }

@@ -106,18 +106,29 @@ fn check(sh: &Arc<Shared>, rt: &FolderRt) {
             .copied()
             .max(now);
     }
-    let Some(passes) = sync_peers(sh, rt, &cfg, &f, &peers, now, forced) else {
+    sh.board.folder(&f.id, |s| s.remote = f.remote.clone());
+    let Some(mut passes) = sync_peers(sh, rt, &cfg, &f, &peers, now, forced) else {
         return;
     };
-    let remote_error = super::remote::sync_if_due(sh, rt, &cfg, &f, passes.now.or(now));
-    sh.board.folder(&f.id, |s| s.remote = f.remote.clone());
+    let (remote_error, seq) = super::remote::sync_if_due(sh, rt, &cfg, &f, passes.now.or(now));
+    if let Some(seq) = seq.filter(|s| Some(*s) != passes.now.or(now)) {
+        // The remote brought changes: the peers hear of them now.
+        let Some(again) = sync_peers(sh, rt, &cfg, &f, &peers, Some(seq), HashSet::new()) else {
+            return;
+        };
+        passes = Passes {
+            deferred: passes.deferred || again.deferred,
+            error: again.error.or(passes.error),
+            now: again.now.or(Some(seq)),
+        };
+    }
     show_check(
         sh,
         rt,
         &f,
         &peers,
         passes.now,
-        passes.error.or(remote_error),
+        remote_error.or(passes.error),
     );
     if passes.deferred && dirty {
         // A change on disk not yet sent to every peer: the retry after the
@@ -380,12 +391,16 @@ pub(super) async fn folder_task(sh: Arc<Shared>, rt: Arc<FolderRt>) {
         if let Some(b) = *rt.scan_retry.lock().expect("retry") {
             due = due.min(b.until);
         }
-        // A bucket remote's poll, or its retry: never sooner than 10 ms.
-        if let Some(r) = sh
+        // A bucket remote's poll, or its retry: never sooner than 10 ms,
+        // nor than a failed scan's retry (the check stops at the scan).
+        if let Some(mut r) = sh
             .cfg()
             .folder(&rt.id)
             .and_then(|f| super::remote::due(&rt, f))
         {
+            if let Some(b) = *rt.scan_retry.lock().expect("retry") {
+                r = r.max(b.until);
+            }
             due = due.min(r.max(Instant::now() + Duration::from_millis(10)));
         }
         // Held-back files: never sooner than 10 ms from now, so that

@@ -324,7 +324,17 @@ fn record_served(sh: &Shared, rt: &FolderRt, id: DeviceId, name: &str, served: &
         if let Some(r) = served.replica {
             s.replicas.insert(me, r.short());
         }
-        if let [theirs] = served.peer_replicas[..] {
+        // The peer's replica: the one it integrated (a pair sync names
+        // one), or the one of those that went through that is not ours.
+        let through = served.went_through.iter().flatten();
+        let theirs: Vec<_> = match served.peer_replicas[..] {
+            [one] => vec![one],
+            _ => through
+                .filter(|r| Some(**r) != served.replica)
+                .copied()
+                .collect(),
+        };
+        if let [theirs] = theirs[..] {
             s.replicas.insert(name.to_string(), theirs.short());
         }
     });

@@ -18,6 +18,9 @@ use weave_engine::Replica;
 /// Where a folder is with its remote.
 #[derive(Default)]
 pub(super) struct RemoteState {
+    /// The remote and passphrase file this state is about (a config
+    /// reload that changes them starts afresh).
+    of: Option<(String, Option<std::path::PathBuf>)>,
     /// The folder's sequence number after the last sync that went
     /// through, and when it ended.
     last: Option<(u64, Instant)>,
@@ -39,26 +42,37 @@ pub(super) fn due(rt: &FolderRt, f: &Folder) -> Option<Instant> {
 /// Syncs folder `f` with its remote when that is due: its sequence
 /// number `now` moved since the last sync, the poll interval passed, or
 /// none went through yet. Returns the error to show while the remote's
-/// syncs fail.
+/// syncs fail, and the folder's sequence number after a sync that went
+/// through.
 pub(super) fn sync_if_due(
     sh: &Arc<Shared>,
     rt: &FolderRt,
     cfg: &Config,
     f: &Folder,
     now: Option<u64>,
-) -> Option<String> {
-    let remote = f.remote.as_ref()?;
+) -> (Option<String>, Option<u64>) {
+    let Some(remote) = f.remote.as_ref() else {
+        return (None, None);
+    };
     let t = Instant::now();
     {
-        let st = rt.remote.lock().expect("remote");
+        let mut st = rt.remote.lock().expect("remote");
+        let of = Some((remote.clone(), f.passphrase_file.clone()));
+        if st.of != of {
+            *st = RemoteState {
+                of,
+                ..Default::default()
+            };
+            sh.board.folder(&f.id, |s| s.remote_synced_ms = None);
+        }
         if let Some((b, msg)) = &st.failed {
             if b.holds(t) {
-                return Some(msg.clone());
+                return (Some(msg.clone()), None);
             }
         } else if let Some((seq, at)) = st.last {
             let polled = t < at + Duration::from_secs(f.poll_secs.max(1));
             if polled && (now.is_none() || now == Some(seq)) {
-                return None;
+                return (None, None);
             }
         }
     }
@@ -70,11 +84,7 @@ pub(super) fn sync_if_due(
             drop(st);
             sh.board
                 .folder(&f.id, |s| s.remote_synced_ms = Some(status::now_ms()));
-            if now.is_some_and(|n| n != seq) {
-                // It brought changes: the peers hear of them.
-                rt.poke(false);
-            }
-            None
+            (None, Some(seq))
         }
         Err(msg) => {
             let msg = format!("remote {remote}: {msg}");
@@ -85,7 +95,7 @@ pub(super) fn sync_if_due(
                 sh.board.error(Some(&f.id), None, msg.clone());
             }
             st.failed = Some((backoff, msg.clone()));
-            Some(msg)
+            (Some(msg), None)
         }
     }
 }
@@ -126,15 +136,11 @@ fn sync_remote(
         None => return Err("not a bucket address".into()),
     };
     let pass = passphrase(f)?;
+    // Opened (its key derived, its records read) before the folder is
+    // locked: the folder's peers need not wait for that.
+    let bucket = weave_bucket::open(&address, &pass, false).map_err(|e| e.to_string())?;
     let _guard = rt.lock.clone().blocking_lock_owned();
     let (local, taken) = open_folder_as(cfg, f, rt, false).map_err(|e| e.to_string())?;
-    let bucket = match weave_bucket::open(&address, &pass, false) {
-        Ok(b) => b,
-        Err(e) => {
-            rt.give_back(taken);
-            return Err(e.to_string());
-        }
-    };
     let mut reps: Vec<Box<dyn Replica>> = vec![local, Box::new(bucket)];
     sh.board.folder(&f.id, |s| s.state = FolderState::Syncing);
     let opts = sync_options(cfg, f);
@@ -152,6 +158,12 @@ fn sync_remote(
     super::meter::progress_over(sh, rt);
     let report = result.map_err(|e| e.to_string())?;
     record_report(sh, &f.id, remote, &report);
+    if report.ignore_file_changed {
+        // As after a peer's sync: every path looked at again, under the
+        // new patterns, with every peer.
+        rt.resync.store(true, std::sync::atomic::Ordering::SeqCst);
+        rt.poke(true);
+    }
     let mut failed = report
         .errors
         .iter()
