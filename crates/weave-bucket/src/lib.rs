@@ -29,16 +29,26 @@ pub use replica::BucketReplica;
 /// Opens the bucket replica at `address` with `passphrase` for a sync
 /// (dry or not). A place that holds no bucket gets a new one, unless
 /// this is a dry run.
+///
+/// With `cache_in` (a local replica's state directory), the records read
+/// are kept there, and a later sync reads only those it has not seen.
 pub fn open(
     address: &BucketAddress,
     passphrase: &[u8],
     dry_run: bool,
+    cache_in: Option<&std::path::Path>,
 ) -> Result<BucketReplica, weave_engine::SyncError> {
     let err = |e: BucketError| weave_engine::SyncError::Replica(Box::new(e));
     let store = address.connect(!dry_run).map_err(err)?;
     let shown = address.to_string();
     let pool = match Pool::open(store, &shown, passphrase, !dry_run).map_err(err)? {
-        Some(p) => p,
+        Some(mut p) => {
+            // A dry run writes nothing, here either.
+            if let Some(dir) = cache_in.filter(|_| !dry_run) {
+                p.cache_records_in(cache_dir(dir, address));
+            }
+            p
+        }
         None => {
             // A dry run into a place with no bucket yet: an empty one,
             // written nowhere.
@@ -60,4 +70,13 @@ pub fn open_existing(address: &BucketAddress, passphrase: &[u8]) -> Result<Pool,
         bucket: shown.clone(),
         problem: "no bucket is there (a first `weave sync DIR ADDRESS` makes one)".into(),
     })
+}
+
+/// Where the records of the bucket at `address` are kept under the state
+/// directory `state`.
+pub fn cache_dir(state: &std::path::Path, address: &BucketAddress) -> std::path::PathBuf {
+    let h = blake3::hash(address.to_string().as_bytes());
+    state
+        .join("bucket-records")
+        .join(data_encoding::HEXLOWER.encode(&h.as_bytes()[..8]))
 }

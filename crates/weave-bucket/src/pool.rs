@@ -50,6 +50,10 @@ pub struct Pool {
     /// This sync's log: its writer id, and the next record's number.
     writer: String,
     next: u64,
+    /// A local directory keeping the records read (sealed, as in the
+    /// bucket: still authenticated each time they are opened), so that
+    /// a sync reads only the records it has not seen.
+    cache: Option<std::path::PathBuf>,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -83,20 +87,53 @@ impl Pool {
             display: display.to_string(),
             writer: random_id(),
             next: 1,
+            cache: None,
         }))
+    }
+
+    /// Keeps the records it reads in directory `dir` (made if need be),
+    /// and reads them from there next time.
+    pub fn cache_records_in(&mut self, dir: std::path::PathBuf) {
+        self.cache = Some(dir);
     }
 
     /// Every record, opened (a damaged one stops the read, named).
     pub fn records(&self) -> Result<Vec<(String, Record)>, BucketError> {
         let mut names = self.store.list("logs/")?;
         names.sort();
+        let cached = |name: &str| self.cache.as_ref().map(|c| c.join(name.replace('/', "_")));
         let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            let Some(bytes) = self.store.get(&name)? else {
-                continue;
+        for name in &names {
+            // A copy kept here that does not open (damaged on this disk)
+            // is read again from the bucket.
+            let kept = cached(name)
+                .and_then(|p| std::fs::read(p).ok())
+                .and_then(|b| Record::open(&self.keys, name, &b).ok());
+            let r = match kept {
+                Some(r) => r,
+                None => {
+                    let Some(b) = self.store.get(name)? else {
+                        continue;
+                    };
+                    let r = Record::open(&self.keys, name, &b)?;
+                    if let Some(p) = cached(name) {
+                        keep(&p, &b);
+                    }
+                    r
+                }
             };
-            let r = Record::open(&self.keys, &name, &bytes)?;
-            out.push((name, r));
+            out.push((name.clone(), r));
+        }
+        // Records no longer in the bucket leave the cache.
+        if let Some(dir) = &self.cache {
+            let listed: std::collections::HashSet<String> =
+                names.iter().map(|n| n.replace('/', "_")).collect();
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with("logs_") && !listed.contains(&n) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
         }
         Ok(out)
     }
@@ -113,7 +150,11 @@ impl Pool {
     /// Adds `r` to this sync's log.
     pub fn write(&mut self, r: &Record) -> Result<String, BucketError> {
         let name = format!("logs/{}/{:010}", self.writer, self.next);
-        self.store.put(&name, r.seal(&self.keys, &name))?;
+        let sealed = r.seal(&self.keys, &name);
+        self.store.put(&name, sealed.clone())?;
+        if let Some(c) = &self.cache {
+            keep(&c.join(name.replace('/', "_")), &sealed);
+        }
         self.next += 1;
         Ok(name)
     }
@@ -178,6 +219,17 @@ impl Pool {
             i = j;
         }
         Ok(())
+    }
+}
+
+/// Keeps `bytes` at `path`, whole or not at all (a cache: a failure is
+/// only a miss next time).
+fn keep(path: &std::path::Path, bytes: &[u8]) {
+    let Some(dir) = path.parent() else { return };
+    let _ = std::fs::create_dir_all(dir);
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, path).is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
 }
 
@@ -405,5 +457,33 @@ mod tests {
             })
             .unwrap_err();
         assert!(e.to_string().contains(&name), "{e}");
+    }
+
+    #[test]
+    fn records_are_kept_in_a_cache_and_a_damaged_copy_is_read_again() {
+        let mem = Arc::new(Memory::default());
+        let t = tempfile::tempdir().unwrap();
+        let mut pool = Pool::open(Box::new(mem.clone()), "b", b"pw", true)
+            .unwrap()
+            .unwrap();
+        pool.cache_records_in(t.path().to_path_buf());
+        let rec = Record {
+            time_ms: 1,
+            ..Default::default()
+        };
+        let name = pool.write(&rec).unwrap();
+        let copy = t.path().join(name.replace('/', "_"));
+        assert!(copy.exists());
+        assert_eq!(pool.records().unwrap().len(), 1);
+        // Gone from the bucket: not read, and it leaves the cache.
+        mem.objects.lock().unwrap().remove(&name);
+        assert_eq!(pool.records().unwrap().len(), 0);
+        assert!(!copy.exists());
+        // Back in the bucket, a damaged copy here is read again from it.
+        let sealed = rec.seal(&pool.keys, &name);
+        mem.put(&name, sealed).unwrap();
+        std::fs::write(&copy, b"damaged").unwrap();
+        assert_eq!(pool.records().unwrap().len(), 1);
+        assert_ne!(std::fs::read(&copy).unwrap(), b"damaged");
     }
 }

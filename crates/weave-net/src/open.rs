@@ -209,7 +209,11 @@ fn connect(
                     bucket: b.to_string(),
                 }))
             })?;
-            Ok(Box::new(weave_bucket::open(b, passphrase, dry_run)?))
+            // Its records are kept beside the first local replica's index
+            // (once it has one: no state is made for a replica before
+            // its own opening makes it).
+            let cache = remember_in.filter(|d| d.join(weave_index::INDEX_FILE).exists());
+            Ok(Box::new(weave_bucket::open(b, passphrase, dry_run, cache)?))
         }
         Address::Local(p) => unreachable!("{} is opened by its kind", p.display()),
     }

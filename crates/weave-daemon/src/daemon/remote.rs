@@ -138,7 +138,9 @@ fn sync_remote(
     let pass = passphrase(f)?;
     // Opened (its key derived, its records read) before the folder is
     // locked: the folder's peers need not wait for that.
-    let bucket = weave_bucket::open(&address, &pass, false).map_err(|e| e.to_string())?;
+    let state = weave_engine::Kind::state_dir(&weave_fs::Files, &f.path);
+    let bucket =
+        weave_bucket::open(&address, &pass, false, Some(&state)).map_err(|e| e.to_string())?;
     let _guard = rt.lock.clone().blocking_lock_owned();
     let (local, taken) = open_folder_as(cfg, f, rt, false).map_err(|e| e.to_string())?;
     let mut reps: Vec<Box<dyn Replica>> = vec![local, Box::new(bucket)];
