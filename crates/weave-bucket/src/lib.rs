@@ -80,3 +80,18 @@ pub fn cache_dir(state: &std::path::Path, address: &BucketAddress) -> std::path:
         .join("bucket-records")
         .join(data_encoding::HEXLOWER.encode(&h.as_bytes()[..8]))
 }
+
+/// The passphrase in the first line of file `path` (a trailing CR cut).
+pub fn passphrase_from_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let text =
+        std::fs::read(path).map_err(|e| format!("passphrase file {}: {e}", path.display()))?;
+    let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.is_empty() {
+        return Err(format!(
+            "passphrase file {}: its first line is empty; write the passphrase there",
+            path.display()
+        ));
+    }
+    Ok(line.to_vec())
+}

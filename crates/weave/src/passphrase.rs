@@ -16,17 +16,9 @@ pub fn needed(replicas: &[String], file: Option<&Path>) -> Result<Option<Vec<u8>
         return Ok(None);
     }
     if let Some(f) = file {
-        let text = std::fs::read(f)
-            .with_context(|| format!("--passphrase-file {}: cannot read it", f.display()))?;
-        let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            bail!(
-                "--passphrase-file {}: its first line is empty; write the passphrase there",
-                f.display()
-            );
-        }
-        return Ok(Some(line.to_vec()));
+        return weave_bucket::passphrase_from_file(f)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("--passphrase-file: {e}"));
     }
     if let Some(p) = std::env::var_os("WEAVE_PASSPHRASE").filter(|p| !p.is_empty()) {
         return Ok(Some(p.into_encoded_bytes()));

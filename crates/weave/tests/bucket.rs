@@ -18,16 +18,37 @@ fn bsync(cwd: &Path, args: &[&str]) -> Run {
     bsync_with(cwd, args, Some(PASS))
 }
 
+/// `weave sync ARGS` in `cwd`, with passphrase `pass` if any.
 fn bsync_with(cwd: &Path, args: &[&str], pass: Option<&str>) -> Run {
+    let mut v = vec!["sync"];
+    v.extend_from_slice(args);
+    let env: Vec<(&str, String)> = pass
+        .map(|p| ("WEAVE_PASSPHRASE", p.to_string()))
+        .into_iter()
+        .collect();
+    run_weave(cwd, &env, &v)
+}
+
+/// `weave ARGS` in `cwd`, bounded in time, with none of the AWS and
+/// weave variables of the test's own environment but those of `env`.
+fn run_weave(cwd: &Path, env: &[(&str, String)], args: &[&str]) -> Run {
     let mut cmd = assert_cmd::Command::cargo_bin("weave").unwrap();
     cmd.current_dir(cwd)
-        .env_remove("RUST_LOG")
-        .env_remove("WEAVE_PASSPHRASE")
         .timeout(std::time::Duration::from_secs(120))
-        .arg("sync")
         .args(args);
-    if let Some(p) = pass {
-        cmd.env("WEAVE_PASSPHRASE", p);
+    for k in [
+        "RUST_LOG",
+        "WEAVE_PASSPHRASE",
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+        "AWS_PROFILE",
+    ] {
+        cmd.env_remove(k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     let out = cmd.output().unwrap();
     Run {
@@ -344,35 +365,15 @@ fn s3() -> Option<[(&'static str, String); 4]> {
     ])
 }
 
-/// `weave sync ARGS` with the passphrase and the S3 server's variables
-/// (`secret` in place of its secret key, if given).
+/// `weave sync ARGS` with the passphrase and the S3 variables `env`
+/// (and HOME at `cwd`, for a credentials file of the test's own).
 fn s3sync(cwd: &Path, env: &[(&str, String)], args: &[&str]) -> Run {
-    let mut cmd = assert_cmd::Command::cargo_bin("weave").unwrap();
-    cmd.current_dir(cwd)
-        .env_remove("RUST_LOG")
-        .env("WEAVE_PASSPHRASE", PASS)
-        .env("HOME", cwd)
-        .timeout(std::time::Duration::from_secs(120))
-        .arg("sync")
-        .args(args);
-    for k in [
-        "AWS_ENDPOINT_URL",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_REGION",
-        "AWS_PROFILE",
-    ] {
-        cmd.env_remove(k);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let mut all: Vec<(&str, String)> = env.to_vec();
+    all.push(("WEAVE_PASSPHRASE", PASS.to_string()));
+    all.push(("HOME", cwd.display().to_string()));
+    let mut v = vec!["sync"];
+    v.extend_from_slice(args);
+    run_weave(cwd, &all, &v)
 }
 
 /// A prefix of its own in the test bucket, for one test.
@@ -576,7 +577,7 @@ fn old_versions_are_listed_and_restored_from_a_bucket() {
     let weave_b = |cmd: &str, args: &[&str]| {
         let mut v = vec![cmd, "--bucket", b.as_str()];
         v.extend_from_slice(args);
-        bsync_cmd(p, &v)
+        run_weave(p, &[("WEAVE_PASSPHRASE", PASS.to_string())], &v)
     };
     let listed = weave_b("history", &["--json", "notes.txt"]);
     listed.expect_code(0);
@@ -616,20 +617,4 @@ fn old_versions_are_listed_and_restored_from_a_bucket() {
     let now = p.join("now.txt");
     weave_b("restore", &["notes.txt", "--to", now.to_str().unwrap()]).expect_code(0);
     assert_eq!(read_str(&now), "three");
-}
-
-/// `weave ARGS` in `cwd` with the passphrase in the environment.
-fn bsync_cmd(cwd: &Path, args: &[&str]) -> Run {
-    let mut cmd = assert_cmd::Command::cargo_bin("weave").unwrap();
-    cmd.current_dir(cwd)
-        .env_remove("RUST_LOG")
-        .env("WEAVE_PASSPHRASE", PASS)
-        .timeout(std::time::Duration::from_secs(120))
-        .args(args);
-    let out = cmd.output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }

@@ -104,14 +104,7 @@ pub(super) fn sync_if_due(
 /// passphrase file, else the daemon's WEAVE_PASSPHRASE.
 fn passphrase(f: &Folder) -> Result<Vec<u8>, String> {
     if let Some(p) = &f.passphrase_file {
-        let text =
-            std::fs::read(p).map_err(|e| format!("its passphrase file {}: {e}", p.display()))?;
-        let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            return Err(format!("its passphrase file {} is empty", p.display()));
-        }
-        return Ok(line.to_vec());
+        return weave_bucket::passphrase_from_file(p).map_err(|e| format!("its {e}"));
     }
     std::env::var_os("WEAVE_PASSPHRASE")
         .filter(|p| !p.is_empty())
