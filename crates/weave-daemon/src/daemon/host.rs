@@ -203,7 +203,7 @@ async fn serve_session(sh: Arc<Shared>, conn: weave_net::Conn, peer: Peer, from:
         Err(e) => {
             warn!("session with {name} ({from}): {e}");
             if let Some(rt) = opened {
-                rt.synced.lock().expect("synced").remove(&id);
+                out_of_sync(&sh, &rt, id, &name);
                 // What failed here (not the session: the peer going away
                 // or failing, which it shows) is shown until a sync with
                 // it goes through.
@@ -275,6 +275,18 @@ fn set_served_failed(sh: &Shared, rt: &FolderRt, id: DeviceId, name: &str, msg: 
     });
 }
 
+/// The folder is not in sync with peer `id` (`name`) any more: so its
+/// status says at once, not only after its next check.
+fn out_of_sync(sh: &Shared, rt: &FolderRt, id: DeviceId, name: &str) {
+    rt.synced.lock().expect("synced").remove(&id);
+    sh.board.folder(&rt.id, |s| {
+        s.in_sync_with.retain(|p| p != name);
+        if !s.peers.is_empty() {
+            s.in_sync_percent = 100.0 * s.in_sync_with.len() as f64 / s.peers.len() as f64;
+        }
+    });
+}
+
 fn record_served(sh: &Shared, rt: &FolderRt, id: DeviceId, name: &str, served: &Served) {
     debug!(
         "folder {}: served {name}, {} operations",
@@ -294,7 +306,7 @@ fn record_served(sh: &Shared, rt: &FolderRt, id: DeviceId, name: &str, served: &
             rt.synced.lock().expect("synced").insert(id, seq);
         }
         Some(_) => {
-            rt.synced.lock().expect("synced").remove(&id);
+            out_of_sync(sh, rt, id, name);
         }
         None => {}
     }
