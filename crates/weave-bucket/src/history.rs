@@ -74,8 +74,17 @@ fn all_versions(pool: &Pool) -> Result<(BTreeMap<String, Vec<BucketVersion>>, Vi
 
 /// The versions of the file at `path` in the bucket, oldest first.
 pub fn history(pool: &Pool, path: &str) -> Result<Vec<BucketVersion>, BucketError> {
-    let (mut all, _) = all_versions(pool)?;
-    Ok(all.remove(path).unwrap_or_default())
+    Ok(history_and_view(pool, path)?.0)
+}
+
+/// [`history`], and the bucket's merged view (what [`restore`] reads
+/// from): the records read once for both.
+pub fn history_and_view(
+    pool: &Pool,
+    path: &str,
+) -> Result<(Vec<BucketVersion>, View), BucketError> {
+    let (mut all, view) = all_versions(pool)?;
+    Ok((all.remove(path).unwrap_or_default(), view))
 }
 
 /// The newest version of each file under `dir` ("" for all) that the
@@ -94,14 +103,18 @@ pub fn deleted(pool: &Pool, dir: &str) -> Result<Vec<BucketVersion>, BucketError
 /// mode and mtime: into a temporary file beside it (only its owner may
 /// read it meanwhile), each chunk written where it goes as it arrives,
 /// verified, runs of zeros left as holes; then linked into place.
-pub fn restore(pool: &Pool, v: &BucketVersion, dest: &Path) -> Result<(), RestoreError> {
+pub fn restore(
+    pool: &Pool,
+    view: &View,
+    v: &BucketVersion,
+    dest: &Path,
+) -> Result<(), RestoreError> {
     let store = |problem: String| {
         RestoreError::Bucket(BucketError::Store {
             bucket: pool.display.clone(),
             problem,
         })
     };
-    let view = pool.view()?;
     let list = view.list(&v.content).ok_or_else(|| {
         store(format!(
             "{}: the bucket lacks the chunk tree of version {}",

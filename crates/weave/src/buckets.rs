@@ -112,7 +112,7 @@ pub fn restore(
     };
     let pool = open(b)?;
     let p = inside(path)?;
-    let vs = history::history(&pool, &p)?;
+    let (vs, view) = history::history_and_view(&pool, &p)?;
     let v = match version {
         Some(n) => vs.iter().find(|v| v.id == n).with_context(|| {
             format!("{p}: no version {n} in the bucket (`weave history --bucket … {p}` lists them)")
@@ -121,7 +121,7 @@ pub fn restore(
             .last()
             .with_context(|| format!("{p}: no versions of a file in the bucket"))?,
     };
-    history::restore(&pool, v, to)?;
+    history::restore(&pool, &view, v, to)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&version_json(v))?);
     } else {

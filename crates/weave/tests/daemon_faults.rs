@@ -548,6 +548,54 @@ fn history_and_restore_work_while_the_daemon_syncs() {
     });
 }
 
+/// A bucket remote for daemon folders: a `file://` bucket in a directory
+/// of its own, with a passphrase file, polled every second.
+struct BucketRemote {
+    dir: tempfile::TempDir,
+    url: String,
+    pass: String,
+}
+
+impl BucketRemote {
+    fn new() -> BucketRemote {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().join("bucket").display());
+        let pass = dir.path().join("pass");
+        std::fs::write(&pass, "a passphrase\n").unwrap();
+        let pass = pass.to_str().unwrap().to_string();
+        BucketRemote { dir, url, pass }
+    }
+
+    /// The options of `weave folder add` that give a folder this remote.
+    fn args(&self) -> [&str; 6] {
+        [
+            "--remote",
+            &self.url,
+            "--poll",
+            "1",
+            "--passphrase-file",
+            &self.pass,
+        ]
+    }
+
+    /// Whether the bucket holds a version of file `name` (as `weave
+    /// history --bucket`, run by `d`, lists them).
+    fn holds(&self, d: &Device, name: &str) -> bool {
+        let out = d.run(&[
+            "history",
+            "--json",
+            "--bucket",
+            &self.url,
+            "--passphrase-file",
+            &self.pass,
+            name,
+        ]);
+        out.status.success()
+            && serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .is_ok_and(|j| j["versions"].as_array().is_some_and(|v| !v.is_empty()))
+    }
+}
+
 /// Two devices that are never on together keep a folder in sync through
 /// a bucket remote (`weave folder add … --remote file:///…`): each daemon
 /// pushes its changes and takes the other's when it runs. A wrong
@@ -555,19 +603,8 @@ fn history_and_restore_work_while_the_daemon_syncs() {
 #[test]
 fn daemons_never_on_together_sync_through_a_bucket_remote() {
     let (a, b) = (Device::new("a"), Device::new("b"));
-    let shared = tempfile::tempdir().unwrap();
-    let bucket = format!("file://{}", shared.path().join("bucket").display());
-    let pass = shared.path().join("pass");
-    std::fs::write(&pass, "a passphrase\n").unwrap();
-    let pass = pass.to_str().unwrap();
-    let remote = [
-        "--remote",
-        bucket.as_str(),
-        "--poll",
-        "1",
-        "--passphrase-file",
-        pass,
-    ];
+    let r = BucketRemote::new();
+    let (shared, bucket, remote) = (&r.dir, r.url.clone(), r.args());
     let fa = a.folder("docs", "docs", &[], &remote);
     let fb = b.folder("docs", "docs", &[], &remote);
     std::fs::create_dir_all(&fa).unwrap();
@@ -583,21 +620,7 @@ fn daemons_never_on_together_sync_through_a_bucket_remote() {
             .unwrap()
             .as_millis() as u64
     };
-    // What the bucket holds of a file: its versions, as history lists them.
-    let in_bucket = |name: &str| {
-        let out = a.run(&[
-            "history",
-            "--json",
-            "--bucket",
-            &bucket,
-            "--passphrase-file",
-            pass,
-            name,
-        ]);
-        out.status.success()
-            && serde_json::from_slice::<serde_json::Value>(&out.stdout)
-                .is_ok_and(|j| j["versions"].as_array().is_some_and(|v| !v.is_empty()))
-    };
+    let in_bucket = |name: &str| r.holds(&a, name);
     a.start();
     write(&fa.join("from-a.txt"), "written on a");
     wait_for("a's file in the bucket", &[&a], || in_bucket("from-a.txt"));
@@ -659,19 +682,8 @@ fn what_a_bucket_remote_brings_reaches_the_peers() {
     let c = Device::new("c");
     a.knows(&b);
     b.knows(&a);
-    let shared = tempfile::tempdir().unwrap();
-    let bucket = format!("file://{}", shared.path().join("bucket").display());
-    let pass = shared.path().join("pass");
-    std::fs::write(&pass, "a passphrase\n").unwrap();
-    let pass = pass.to_str().unwrap();
-    let remote = [
-        "--remote",
-        bucket.as_str(),
-        "--poll",
-        "1",
-        "--passphrase-file",
-        pass,
-    ];
+    let r = BucketRemote::new();
+    let remote = r.args();
     let fc = c.folder("docs", "docs", &[], &remote);
     let fa = a.folder("docs", "docs", &[&b], &remote);
     let fb = b.folder("docs", "docs", &[&a], &[]);
@@ -681,16 +693,7 @@ fn what_a_bucket_remote_brings_reaches_the_peers() {
     c.start();
     write(&fc.join("from-c.txt"), "written on c");
     wait_for("c's file on the bucket", &[&c], || {
-        let out = c.run(&[
-            "history",
-            "--json",
-            "--bucket",
-            &bucket,
-            "--passphrase-file",
-            pass,
-            "from-c.txt",
-        ]);
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("from-c.txt")
+        r.holds(&c, "from-c.txt")
     });
     c.term();
     a.start();
