@@ -232,6 +232,45 @@ fn parse_credentials(text: &str, profile: &str) -> Option<Credentials> {
     })
 }
 
+/// Objects larger than this go up in parts of this size (S3 wants at
+/// least 5 MiB a part but the last): a pack is not one long request, and
+/// its parts go up side by side.
+pub const PART: usize = 8 << 20;
+
+/// How many parts of one object are sent at once.
+const PARTS_AT_ONCE: usize = 4;
+
+/// Writes `data` at `p` as a multipart upload, aborted (its parts let
+/// go) if a part fails.
+async fn multipart(store: &dyn ObjectStore, p: &OPath, data: Vec<u8>) -> object_store::Result<()> {
+    use futures_util::StreamExt;
+    let mut upload = store.put_multipart(p).await?;
+    let data = bytes::Bytes::from(data);
+    let parts: Vec<_> = (0..data.len())
+        .step_by(PART)
+        .map(|at| {
+            upload.put_part(PutPayload::from(
+                data.slice(at..(at + PART).min(data.len())),
+            ))
+        })
+        .collect();
+    let sent: Vec<object_store::Result<()>> = futures_util::stream::iter(parts)
+        .buffered(PARTS_AT_ONCE)
+        .collect()
+        .await;
+    if let Some(e) = sent.into_iter().find_map(Result::err) {
+        let _ = upload.abort().await;
+        return Err(e);
+    }
+    match upload.complete().await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let _ = upload.abort().await;
+            Err(e)
+        }
+    }
+}
+
 /// A bucket's objects in an `object_store`, under a prefix.
 struct Objects {
     store: Arc<dyn ObjectStore>,
@@ -269,7 +308,7 @@ impl Objects {
             false
         };
         let hint = if code("NoSuchBucket") {
-            "the bucket does not exist: make it first (or check its name)"
+            "the bucket does not exist: check its name, or make it first (`aws s3 mb s3://BUCKET`, or in your provider's console); nothing was written"
         } else if matches!(e, E::PermissionDenied { .. } | E::Unauthenticated { .. })
             || code("InvalidAccessKeyId")
             || code("SignatureDoesNotMatch")
@@ -317,10 +356,22 @@ impl Store for Objects {
     // If-None-Match on S3, which not every server knows).
     fn put(&self, name: &str, data: Vec<u8>) -> Result<(), BucketError> {
         let p = self.path(name);
-        self.rt
-            .block_on(self.store.put(&p, PutPayload::from(data)))
-            .map(|_| ())
-            .map_err(|e| self.error(name, e))
+        let done = if data.len() > PART {
+            self.rt.block_on(multipart(&*self.store, &p, data))
+        } else {
+            self.rt
+                .block_on(self.store.put(&p, PutPayload::from(data)))
+                .map(|_| ())
+        };
+        done.map_err(|e| self.error(name, e))
+    }
+
+    fn delete(&self, name: &str) -> Result<(), BucketError> {
+        let p = self.path(name);
+        match self.rt.block_on(self.store.delete(&p)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(name, e)),
+        }
     }
 
     fn put_new(&self, name: &str, data: Vec<u8>) -> Result<bool, BucketError> {
@@ -437,5 +488,12 @@ mod tests {
         assert_eq!(s.get("logs/x/1").unwrap().as_deref(), Some(&b"one"[..]));
         assert_eq!(s.get_range("packs/p", 2..5).unwrap(), b"234");
         assert_eq!(s.list("logs/").unwrap(), vec!["logs/x/1".to_string()]);
+        // Larger than a part: sent in parts, read back whole.
+        let big: Vec<u8> = (0..PART * 2 + 12345).map(|i| (i % 251) as u8).collect();
+        s.put("packs/big", big.clone()).unwrap();
+        assert_eq!(s.get("packs/big").unwrap().as_deref(), Some(&big[..]));
+        s.delete("packs/big").unwrap();
+        s.delete("packs/big").unwrap();
+        assert_eq!(s.get("packs/big").unwrap(), None);
     }
 }

@@ -357,6 +357,9 @@ fn make(
     display: &str,
     passphrase: &[u8],
 ) -> Result<(Keys, ReplicaId), BucketError> {
+    // Some servers make a bucket on a first write: one that is not
+    // there is said (by a listing), not made by accident.
+    store.list(CONFIG)?;
     let kdf = KdfParams::new();
     let master = Keys::new_master();
     let keys = Keys::from_master(&master);

@@ -21,6 +21,8 @@ pub trait Store: Send + Sync {
     fn put_new(&self, name: &str, data: Vec<u8>) -> Result<bool, BucketError>;
     /// The names of the objects under `prefix` (a name starts with it).
     fn list(&self, prefix: &str) -> Result<Vec<String>, BucketError>;
+    /// Removes an object (one that is not there is no error).
+    fn delete(&self, name: &str) -> Result<(), BucketError>;
 }
 
 /// A store in memory (for tests).
@@ -69,6 +71,10 @@ impl Store for Memory {
             .cloned()
             .collect())
     }
+    fn delete(&self, name: &str) -> Result<(), BucketError> {
+        self.objects.lock().expect("memory").remove(name);
+        Ok(())
+    }
 }
 
 /// A store shared (by several opens of one bucket, say).
@@ -87,5 +93,8 @@ impl<S: Store> Store for std::sync::Arc<S> {
     }
     fn list(&self, prefix: &str) -> Result<Vec<String>, BucketError> {
         (**self).list(prefix)
+    }
+    fn delete(&self, name: &str) -> Result<(), BucketError> {
+        (**self).delete(name)
     }
 }

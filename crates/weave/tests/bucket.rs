@@ -405,6 +405,17 @@ fn devices_converge_through_an_s3_bucket_and_bad_settings_are_named() {
             .map(|i| (i * 7 % 251) as u8)
             .collect::<Vec<u8>>(),
     );
+    // Incompressible and larger than a pack: packs go up in parts.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..20 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    write(p.join("laptop/noise.bin"), &noise);
     s3sync(p, &env, &["laptop", &b]).expect_code(0);
     s3sync(p, &env, &["desktop", &b]).expect_code(0);
     assert_eq!(tree(&p.join("laptop")), tree(&p.join("desktop")));
@@ -436,6 +447,16 @@ fn devices_converge_through_an_s3_bucket_and_bad_settings_are_named() {
     s3sync(p, &wrong, &["other", &b])
         .expect_code(2)
         .stderr_has(&["access denied", "AWS_SECRET_ACCESS_KEY"]);
+    // A bucket that is not there is said, and not made by the write.
+    let missing = format!(
+        "{}/docs",
+        s3_prefix("missing").replace("weave-test/", "weave-missing-")
+    );
+    for _ in 0..2 {
+        s3sync(p, &env, &["other", &missing])
+            .expect_code(2)
+            .stderr_has(&["does not exist", "aws s3 mb"]);
+    }
     let mut nobody = env.clone();
     nobody[0].1 = format!("http://127.0.0.1:{}", free_port());
     s3sync(p, &nobody, &["other", &b])
