@@ -39,7 +39,7 @@ fn all_versions(pool: &Pool) -> Result<(BTreeMap<String, Vec<BucketVersion>>, Vi
     let mut seen: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
     let mut out: BTreeMap<String, Vec<BucketVersion>> = BTreeMap::new();
     for (name, r) in records {
-        for e in &r.entries {
+        for (i, e) in r.entries.iter().enumerate() {
             let known = seen.entry(e.path.clone()).or_default();
             if known.iter().any(|k| k.vv == e.vv) {
                 continue;
@@ -50,7 +50,7 @@ fn all_versions(pool: &Pool) -> Result<(BTreeMap<String, Vec<BucketVersion>>, Vi
                 list.push(BucketVersion {
                     id: list.len() as u64 + 1,
                     path: e.path.clone(),
-                    recorded_ms: r.time_ms,
+                    recorded_ms: r.entry_time(i),
                     size,
                     content,
                     mode: e.mode,

@@ -17,6 +17,7 @@ mod error;
 pub mod history;
 pub mod objects;
 pub mod pool;
+pub mod prune;
 pub mod record;
 mod replica;
 pub mod store;

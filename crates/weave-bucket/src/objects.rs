@@ -116,6 +116,10 @@ impl BucketAddress {
             prefix,
             rt,
             shown: self.to_string(),
+            dir: match self {
+                BucketAddress::Dir { dir, .. } => Some(dir.clone()),
+                BucketAddress::S3 { .. } => None,
+            },
         }))
     }
 }
@@ -277,6 +281,8 @@ struct Objects {
     prefix: String,
     rt: tokio::runtime::Runtime,
     shown: String,
+    /// The directory of a directory bucket.
+    dir: Option<PathBuf>,
 }
 
 impl Objects {
@@ -369,9 +375,16 @@ impl Store for Objects {
     fn delete(&self, name: &str) -> Result<(), BucketError> {
         let p = self.path(name);
         match self.rt.block_on(self.store.delete(&p)) {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.error(name, e)),
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(self.error(name, e)),
         }
+        // A directory bucket's log directory goes with its last record.
+        if let Some(parent) = self.dir.as_ref().zip(std::path::Path::new(name).parent()) {
+            if parent.1.starts_with("logs") && parent.1 != std::path::Path::new("logs") {
+                let _ = std::fs::remove_dir(parent.0.join(parent.1));
+            }
+        }
+        Ok(())
     }
 
     fn put_new(&self, name: &str, data: Vec<u8>) -> Result<bool, BucketError> {
@@ -495,5 +508,9 @@ mod tests {
         s.delete("packs/big").unwrap();
         s.delete("packs/big").unwrap();
         assert_eq!(s.get("packs/big").unwrap(), None);
+        // A log's directory goes with its last record.
+        s.delete("logs/x/1").unwrap();
+        assert!(!t.path().join("b/logs/x").exists());
+        assert!(t.path().join("b/logs").exists());
     }
 }

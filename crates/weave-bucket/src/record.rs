@@ -66,30 +66,45 @@ pub struct Record {
     pub at: u64,
     /// When it was written (milliseconds since the epoch).
     pub time_ms: u64,
+    /// When each of `entries` was first recorded, where that is not
+    /// `time_ms` (a prune's compaction keeps them): empty, or one per
+    /// entry. Sealed after the record's own encoding, so a record
+    /// without it is read as before.
+    #[serde(skip)]
+    pub entry_times: Vec<u64>,
 }
 
 impl Record {
     /// The record, sealed for object `name`: postcard, zstd, padded.
     pub fn seal(&self, keys: &Keys, name: &str) -> Vec<u8> {
-        let plain = postcard::to_allocvec(self).expect("a record encodes");
-        let packed = zstd::bulk::compress(&plain, 3).expect("zstd compresses in memory");
-        keys.seal(&aad(name), &crypto::pad(&packed))
+        let mut plain = postcard::to_allocvec(self).expect("a record encodes");
+        if !self.entry_times.is_empty() {
+            plain.extend(postcard::to_allocvec(&self.entry_times).expect("times encode"));
+        }
+        seal_bytes(keys, "record", name, &plain)
+    }
+
+    /// When entry `i` was first recorded.
+    pub fn entry_time(&self, i: usize) -> u64 {
+        self.entry_times.get(i).copied().unwrap_or(self.time_ms)
     }
 
     /// The record sealed in object `name`: refused, with the object
     /// named, when it was changed, cut short or sealed for another name.
     pub fn open(keys: &Keys, name: &str, sealed: &[u8]) -> Result<Record, BucketError> {
+        let plain = open_bytes(keys, "record", name, sealed)?;
         let damaged = |problem: &str| BucketError::Damaged {
             object: name.to_string(),
             problem: problem.to_string(),
         };
-        let padded = keys
-            .open(&aad(name), sealed)
-            .ok_or_else(|| damaged("it does not authenticate (changed, cut short, or not written with this bucket's key)"))?;
-        let packed = crypto::unpad(&padded).ok_or_else(|| damaged("its padding is wrong"))?;
-        let plain = zstd::bulk::decompress(packed, RECORD_MAX)
-            .map_err(|_| damaged("it does not decompress"))?;
-        let r: Record = postcard::from_bytes(&plain).map_err(|_| damaged("it does not decode"))?;
+        let (mut r, rest): (Record, _) =
+            postcard::take_from_bytes(&plain).map_err(|_| damaged("it does not decode"))?;
+        if !rest.is_empty() {
+            r.entry_times = postcard::from_bytes(rest)
+                .ok()
+                .filter(|t: &Vec<u64>| t.len() == r.entries.len())
+                .ok_or_else(|| damaged("its entries' times do not decode"))?;
+        }
         for e in &r.entries {
             weave_core::path::validate(&e.path)
                 .map_err(|_| damaged(&format!("it holds a bad path {:?}", e.path)))?;
@@ -107,10 +122,51 @@ impl Record {
     }
 }
 
-fn aad(name: &str) -> Vec<u8> {
-    let mut a = b"weave-bucket v1 record ".to_vec();
-    a.extend_from_slice(name.as_bytes());
-    a
+/// `value` sealed as object `name` of kind `kind` (a mark, say).
+pub(crate) fn seal_value<T: Serialize>(keys: &Keys, kind: &str, name: &str, value: &T) -> Vec<u8> {
+    let plain = postcard::to_allocvec(value).expect("a bucket object encodes");
+    seal_bytes(keys, kind, name, &plain)
+}
+
+/// `plain` zstd-compressed, padded, then sealed bound to the kind and
+/// the name of the object it goes in.
+fn seal_bytes(keys: &Keys, kind: &str, name: &str, plain: &[u8]) -> Vec<u8> {
+    let packed = zstd::bulk::compress(plain, 3).expect("zstd compresses in memory");
+    keys.seal(&aad(kind, name), &crypto::pad(&packed))
+}
+
+/// The value of kind `kind` sealed in object `name`.
+pub(crate) fn open_value<T: serde::de::DeserializeOwned>(
+    keys: &Keys,
+    kind: &str,
+    name: &str,
+    sealed: &[u8],
+) -> Result<T, BucketError> {
+    let plain = open_bytes(keys, kind, name, sealed)?;
+    postcard::from_bytes(&plain).map_err(|_| BucketError::Damaged {
+        object: name.to_string(),
+        problem: "it does not decode".into(),
+    })
+}
+
+/// What [`seal_bytes`] sealed: refused, with the object named, when it
+/// was changed, cut short or sealed for another name or kind.
+fn open_bytes(keys: &Keys, kind: &str, name: &str, sealed: &[u8]) -> Result<Vec<u8>, BucketError> {
+    let damaged = |problem: &str| BucketError::Damaged {
+        object: name.to_string(),
+        problem: problem.to_string(),
+    };
+    let padded = keys.open(&aad(kind, name), sealed).ok_or_else(|| {
+        damaged(
+            "it does not authenticate (changed, cut short, or not written with this bucket's key)",
+        )
+    })?;
+    let packed = crypto::unpad(&padded).ok_or_else(|| damaged("its padding is wrong"))?;
+    zstd::bulk::decompress(packed, RECORD_MAX).map_err(|_| damaged("it does not decompress"))
+}
+
+fn aad(kind: &str, name: &str) -> Vec<u8> {
+    format!("weave-bucket v1 {kind} {name}").into_bytes()
 }
 
 /// Where a chunk is, in the merged view.
@@ -142,6 +198,10 @@ pub struct View {
     ignore_fingerprint: Option<(u64, u64)>,
     /// How many records hold versions.
     pub changes: u64,
+    /// The largest `at` of the records: a writer's next record says one
+    /// more (so records written after a prune's compaction, which holds
+    /// fewer records, are still the later ones).
+    pub max_at: u64,
     /// The XOR of the hashes of their names.
     names: u64,
 }
@@ -149,6 +209,7 @@ pub struct View {
 impl View {
     /// Takes in record `name`.
     pub fn add(&mut self, name: &str, r: Record) {
+        self.max_at = self.max_at.max(r.at);
         if !r.entries.is_empty() {
             self.changes += 1;
             let h = blake3::hash(name.as_bytes());
@@ -234,6 +295,11 @@ impl View {
     /// next sync.
     pub fn chosen(&self, path: &str) -> Option<&Entry> {
         self.maximal.get(path).and_then(|v| pick(v))
+    }
+
+    /// The versions of `path` no other version has seen.
+    pub fn maximal(&self, path: &str) -> &[Entry] {
+        self.maximal.get(path).map_or(&[], Vec::as_slice)
     }
 
     /// Every path's version, as [`View::chosen`].

@@ -3,6 +3,7 @@
 //! packs of the chunks it did not hold.
 
 use crate::pool::{Pack, Pool};
+use crate::prune::MARKS;
 use crate::record::{ChunkAt, Record, View};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -23,6 +24,8 @@ pub struct BucketReplica {
     entries: Entries,
     info: ReplicaInfo,
     dry_run: bool,
+    /// The prune marks waiting when the records were read.
+    marks: Vec<String>,
     /// Bytes uploaded and downloaded.
     sent: u64,
     received: u64,
@@ -32,7 +35,9 @@ impl BucketReplica {
     /// The replica of the bucket `pool` (its records read now).
     pub fn new(pool: Pool, dry_run: bool) -> Result<BucketReplica, SyncError> {
         let view = pool.view().map_err(err)?;
+        let marks = pool.store.list(MARKS).map_err(err)?;
         let mut r = BucketReplica {
+            marks,
             info: ReplicaInfo {
                 id: pool.id,
                 seq: 0,
@@ -103,11 +108,58 @@ impl BucketReplica {
                 })
                 .collect(),
             time_ms: now_ms(),
-            at: self.view.changes,
+            at: self.view.max_at,
             ..Default::default()
         };
         let name = self.pool.write(&rec).map_err(err)?;
         self.view.add(&name, rec);
+        Ok(())
+    }
+
+    /// When a prune swept (a mark waiting when this sync read the records
+    /// is gone), the records are read again, and the versions of `rec`
+    /// whose content the bucket no longer holds whole are left out (the
+    /// next sync uploads them again).
+    fn not_swept_under(
+        &mut self,
+        rec: &mut Record,
+        done: &mut Vec<(usize, weave_core::Entry)>,
+        errors: &mut Vec<Issue>,
+    ) -> Result<(), SyncError> {
+        let now = self.pool.store.list(MARKS).map_err(err)?;
+        if self.marks.iter().all(|m| now.contains(m)) {
+            return Ok(());
+        }
+        self.marks = now;
+        self.view = self.pool.view().map_err(err)?;
+        let view = &self.view;
+        let nodes: HashMap<Hash, weave_chunk::Node> = rec
+            .nodes
+            .iter()
+            .filter_map(|(h, b)| Some((*h, weave_chunk::Node::decode(b, h)?)))
+            .collect();
+        let whole = |content: &Hash| {
+            let known = |h: &Hash| view.nodes.get(h).or_else(|| nodes.get(h)).cloned();
+            let (_, chunks) = crate::prune::reach(std::iter::once(*content), &known);
+            (view.nodes.contains_key(content) || nodes.contains_key(content))
+                && chunks
+                    .iter()
+                    .all(|c| *c == weave_chunk::zero_chunk() || view.chunks.contains_key(c))
+        };
+        let lost: HashSet<String> = rec
+            .entries
+            .iter()
+            .filter(|e| e.object.content().is_some_and(|c| !whole(&c)))
+            .map(|e| e.path.clone())
+            .collect();
+        for path in &lost {
+            errors.push(Issue {
+                path: path.clone(),
+                message: "a prune of the bucket deleted chunks it reused while this sync ran; the next sync uploads it again".into(),
+            });
+        }
+        rec.entries.retain(|e| !lost.contains(&e.path));
+        done.retain(|(_, e)| !lost.contains(&e.path));
         Ok(())
     }
 
@@ -306,7 +358,10 @@ impl Replica for BucketReplica {
             done.push((i, op.target.clone()));
         }
         if !rec.entries.is_empty() {
-            rec.at = self.view.changes + 1;
+            self.not_swept_under(&mut rec, &mut done, &mut errors)?;
+        }
+        if !rec.entries.is_empty() {
+            rec.at = self.view.max_at + 1;
             let name = self.pool.write(&rec).map_err(err)?;
             // What this sync wrote is the bucket's now, for the rest of
             // it, merged as any reader merges it: a version another
@@ -361,7 +416,7 @@ impl Replica for BucketReplica {
             integrated: i.peers.clone(),
             ignore_fingerprint: Some(i.ignore_fingerprint),
             time_ms: now_ms(),
-            at: self.view.changes,
+            at: self.view.max_at,
             ..Default::default()
         };
         let name = self.pool.write(&rec).map_err(err)?;
@@ -369,5 +424,50 @@ impl Replica for BucketReplica {
         self.info.peers = self.view.integrated();
         self.info.ignore_fingerprint = self.view.ignore_fingerprint();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prune::tests::{entry, pool, push};
+    use crate::store::Memory;
+    use weave_store::Policy;
+
+    #[test]
+    fn a_sync_that_meets_a_sweep_leaves_out_the_versions_whose_chunks_went() {
+        let mem = Arc::new(Memory::default());
+        let mut p = pool(&mem);
+        let old = push(&mut p, "f", 1, &[1; 5000], 1000);
+        let new = push(&mut p, "f", 2, &[2; 5000], 2000);
+        let drop_old = Policy {
+            keep_last: Some(0),
+            ..Policy::keep_all()
+        };
+        crate::prune::prune(&mut p, &drop_old, 0, 10_000, false).unwrap();
+        // A sync reads the records while the mark waits...
+        let mut r = BucketReplica::new(pool(&mem), false).unwrap();
+        // ...and before it writes, the sweep deletes the old version's pack.
+        let s = crate::prune::prune(&mut p, &drop_old, 0, 20_000, false).unwrap();
+        assert_eq!(s.packs_deleted, 1);
+        let content = |e: &weave_core::Entry| e.object.content().unwrap();
+        let mut rec = Record {
+            entries: vec![
+                entry("reuses-old", 1, content(&old), 5000),
+                entry("reuses-new", 1, content(&new), 5000),
+            ],
+            ..Default::default()
+        };
+        let mut done: Vec<(usize, weave_core::Entry)> =
+            rec.entries.iter().cloned().enumerate().collect();
+        let mut errors = Vec::new();
+        r.not_swept_under(&mut rec, &mut done, &mut errors).unwrap();
+        let paths =
+            |es: &[weave_core::Entry]| es.iter().map(|e| e.path.clone()).collect::<Vec<_>>();
+        assert_eq!(paths(&rec.entries), vec!["reuses-new"]);
+        assert_eq!(done.len(), 1);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].path, "reuses-old");
+        assert!(errors[0].message.contains("next sync uploads it again"));
     }
 }

@@ -129,6 +129,10 @@ struct World {
     /// of replicas elsewhere is each of them syncing with the bucket in
     /// turn, the first again at the end.
     bucket: Option<String>,
+    /// After each sync with the bucket, a prune that keeps no old version
+    /// and no grace period: it sweeps what the one before marked, and
+    /// marks again.
+    prune: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +177,7 @@ impl World {
             backup: None,
             backup_made: HashSet::new(),
             bucket: None,
+            prune: false,
         }
     }
 
@@ -351,6 +356,9 @@ impl World {
         let mut total: Option<weave_engine::Report> = None;
         for i in order {
             let r = self.sync_with(&[i], Some(&bucket));
+            if self.prune {
+                prune_all_old(&bucket);
+            }
             total = Some(match total {
                 None => r,
                 Some(mut t) => {
@@ -659,6 +667,31 @@ fn check_bucket(n: usize, ops: &[UserOp]) -> Result<(), TestCaseError> {
     run_world(w, n, ops, Policy::KeepBoth, None)
 }
 
+/// Prunes the bucket at `address` of every old version, at once.
+fn prune_all_old(address: &str) {
+    let a = weave_bucket::BucketAddress::parse(address)
+        .unwrap()
+        .unwrap();
+    let mut pool = weave_bucket::open_existing(&a, b"prop").unwrap();
+    let none = weave_store::Policy {
+        keep_last: Some(0),
+        ..weave_store::Policy::keep_all()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    weave_bucket::prune::prune(&mut pool, &none, 0, now, false).unwrap();
+}
+
+/// As [`check_bucket`], with the bucket pruned after every sync.
+fn check_bucket_pruned(n: usize, ops: &[UserOp]) -> Result<(), TestCaseError> {
+    let mut w = World::new(n, Policy::KeepBoth);
+    w.bucket = Some(format!("file://{}", w._tmp.path().join("bucket").display()));
+    w.prune = true;
+    run_world(w, n, ops, Policy::KeepBoth, None)
+}
+
 fn cases() -> u32 {
     std::env::var("WEAVE_PROPTEST_CASES")
         .ok()
@@ -718,5 +751,16 @@ proptest! {
     #[test]
     fn replicas_syncing_only_through_a_bucket_converge_without_losing_updates(ops in proptest::collection::vec(arb_op(2), 1..30)) {
         check_bucket(2, &ops)?;
+    }
+
+}
+
+proptest! {
+    // And a prune after each of those syncs (another key derivation each).
+    #![proptest_config(ProptestConfig { cases: if std::env::var_os("WEAVE_PROPTEST_CASES").is_some() { cases() } else { 8 }, max_shrink_iters: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn replicas_converge_through_a_bucket_pruned_after_every_sync(ops in proptest::collection::vec(arb_op(2), 1..30)) {
+        check_bucket_pruned(2, &ops)?;
     }
 }

@@ -1,7 +1,7 @@
 //! `weave history --bucket` and `weave restore --bucket`: the versions
 //! kept in a bucket replica (`weave_bucket::history`).
 
-use crate::cli::BucketArgs;
+use crate::cli::{BucketArgs, BucketPruneArgs};
 use crate::output::human_bytes as size;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -127,5 +127,75 @@ pub fn restore(
     } else {
         println!("restored {} version {} to {}", v.path, v.id, to.display());
     }
+    Ok(true)
+}
+
+/// `weave gc --bucket`: sweeps what earlier gcs marked (a grace period
+/// ago), then marks the old versions the policy given drops.
+pub fn prune(b: &BucketArgs, a: &BucketPruneArgs, json: bool) -> Result<bool> {
+    use weave_store::retention::{format_duration, DAY};
+    if a.keep_last.is_none() && a.max_age.is_none() && !a.staggered {
+        bail!("weave gc --bucket needs a policy: give --keep-last N, --max-age AGE and/or --staggered (a bucket keeps every version until told)");
+    }
+    let policy = weave_store::Policy {
+        keep_last: a.keep_last,
+        staggered: a.staggered,
+        max_age_ns: a.max_age,
+        max_size: None,
+    };
+    let grace_ns = a.grace.unwrap_or(DAY);
+    let mut pool = open(b)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let grace_ms = (grace_ns / 1_000_000) as u64;
+    let r = weave_bucket::prune::prune(&mut pool, &policy, grace_ms, now, a.dry_run)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "pruned": r, "dry_run": a.dry_run }))?
+        );
+        return Ok(true);
+    }
+    let would = if a.dry_run { "would be " } else { "" };
+    println!(
+        "policy: {}; {} versions kept, {} dropped",
+        policy.describe(),
+        r.versions_kept,
+        r.versions_dropped
+    );
+    if r.records_marked > 0 || r.packs_marked > 0 {
+        println!(
+            "{} records compacted into one and {} packs no kept version needs {would}marked; {}",
+            r.records_marked,
+            r.packs_marked,
+            if grace_ns == 0 {
+                "the next gc deletes them".to_string()
+            } else {
+                format!("a gc {} from now deletes them", format_duration(grace_ns))
+            },
+        );
+    }
+    if r.records_deleted > 0 || r.packs_deleted > 0 {
+        println!(
+            "{} records and {} packs ({}) marked by an earlier gc {would}deleted",
+            r.records_deleted,
+            r.packs_deleted,
+            size(r.bytes_deleted)
+        );
+    }
+    if r.marks_waiting > 0 {
+        println!("{} marks wait for their grace period", r.marks_waiting);
+    }
+    println!(
+        "the bucket {} {} packs, {}",
+        if a.dry_run {
+            "would then hold"
+        } else {
+            "holds"
+        },
+        r.packs_held,
+        size(r.pack_bytes)
+    );
     Ok(true)
 }

@@ -190,11 +190,43 @@ struct GcArgs {
     replica: PathBuf,
     /// Read every stored chunk back and list the versions a damaged or
     /// missing one affects, instead of pruning (changes nothing).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "bucket")]
     check: bool,
+    #[command(flatten)]
+    bucket: BucketArgs,
+    #[command(flatten)]
+    prune: BucketPruneArgs,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// How `weave gc --bucket` prunes (a bucket keeps its versions until
+/// told otherwise).
+#[derive(clap::Args)]
+pub struct BucketPruneArgs {
+    /// With --bucket: keep at most N old versions of each file.
+    #[arg(long, value_name = "N", requires = "bucket")]
+    pub keep_last: Option<u32>,
+    /// With --bucket: drop old versions replaced longer ago than this:
+    /// 30d, 12h, 2w...
+    #[arg(long, value_name = "AGE", value_parser = parse_age, requires = "bucket")]
+    pub max_age: Option<i64>,
+    /// With --bucket: thin out old versions on the staggered schedule
+    /// (all for an hour, hourly for a day, daily for a month, weekly
+    /// after).
+    #[arg(long, requires = "bucket")]
+    pub staggered: bool,
+    /// With --bucket: delete only what a gc at least this long ago marked
+    /// (default 1d). A sync running longer than this while two gcs mark
+    /// and sweep could lose chunks it reused; keep it longer than your
+    /// longest sync.
+    #[arg(long, value_name = "AGE", value_parser = parse_grace, requires = "bucket")]
+    pub grace: Option<i64>,
+    /// With --bucket: say what would be marked and deleted, and write
+    /// nothing.
+    #[arg(long, requires = "bucket")]
+    pub dry_run: bool,
 }
 
 #[derive(clap::Args)]
@@ -224,6 +256,14 @@ struct RetentionArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// An age that may be 0 (`0s`).
+fn parse_grace(s: &str) -> Result<i64, String> {
+    match s.trim() {
+        "0" | "0s" => Ok(0),
+        _ => parse_age(s),
+    }
 }
 
 fn parse_age(s: &str) -> Result<i64, String> {
@@ -498,7 +538,13 @@ pub fn run() -> ExitCode {
                 a.json,
             ),
         }),
-        Command::Gc(a) => done(crate::versions::gc(&a.replica, a.check, a.json)),
+        Command::Gc(a) => done(match &a.bucket.bucket {
+            Some(_) => crate::buckets::prune(&a.bucket, &a.prune, a.json),
+            None if a.prune.keep_last.is_some() || a.prune.max_age.is_some() => Err(anyhow::anyhow!(
+                "--keep-last and --max-age go with --bucket; a local replica's policy is set with `weave retention`"
+            )),
+            None => crate::versions::gc(&a.replica, a.check, a.json),
+        }),
         Command::Retention(a) => {
             let change = crate::versions::PolicyChange {
                 keep_last: a.keep_last,

@@ -1,0 +1,643 @@
+//! Pruning a bucket with no lock: the old versions a retention policy
+//! does not keep leave it, and so do the packs no kept version needs, in
+//! two phases a grace period apart (mark, then sweep), as rustic prunes.
+//!
+//! **Mark.** The records are compacted into one new record holding the
+//! versions kept (every path's current versions, and the old file
+//! versions the policy keeps), their chunk-tree nodes and where their
+//! chunks are. A mark object (`marks/ID`, sealed) then names the records
+//! it replaces and the packs no kept version needs. Nothing is deleted:
+//! a reader merging the old records with the new one sees the same
+//! current versions (merging is idempotent), and a sync that read the
+//! old records and reuses a chunk of a version being pruned still finds
+//! it.
+//!
+//! **Sweep**, by a prune at least the grace period after the mark: every
+//! record not retired by it (the compaction, and whatever devices wrote
+//! since) says which contents are still needed. Their nodes and chunk
+//! places that only the retired records held are carried into a new
+//! record; then the retired records go, then each marked pack that holds
+//! no needed chunk, then the mark. A sweep killed midway is finished by
+//! the next prune.
+//!
+//! A sync that read the records before a mark and writes its versions
+//! after the mark's sweep finds the mark gone: it reads the records again
+//! and leaves out the versions whose chunks were swept (the next sync
+//! uploads them again). The sweep comes a grace period (a day by
+//! default) after the mark, so only a sync that runs that long can meet
+//! it.
+
+use crate::pool::Pool;
+use crate::record::{open_value, seal_value, ChunkAt, Record, View};
+use crate::BucketError;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use weave_chunk::Node;
+use weave_core::{Entry, Hash};
+use weave_store::retention::{self, Stamp};
+use weave_store::Policy;
+
+/// Where marks are kept.
+pub const MARKS: &str = "marks/";
+
+/// A prune's mark: what the sweep a grace period later may delete.
+#[derive(Serialize, Deserialize, Debug, Default, PartialEq)]
+pub struct Mark {
+    pub time_ms: u64,
+    /// The records the compaction replaced.
+    pub retired: Vec<String>,
+    /// Packs no kept version needed then.
+    pub packs: Vec<String>,
+}
+
+/// What a prune did (or, in a dry run, would do).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Pruned {
+    /// Versions of paths kept, and dropped, by this prune's mark.
+    pub versions_kept: usize,
+    pub versions_dropped: usize,
+    /// Records and packs marked now, to be deleted by a prune after the
+    /// grace period.
+    pub records_marked: usize,
+    pub packs_marked: usize,
+    /// What earlier marks let this prune delete.
+    pub records_deleted: usize,
+    pub packs_deleted: usize,
+    pub bytes_deleted: u64,
+    /// Marks still in their grace period.
+    pub marks_waiting: usize,
+    /// The packs the records name after this prune, and their bytes.
+    pub packs_held: usize,
+    pub pack_bytes: u64,
+}
+
+/// Prunes the bucket `pool` at time `now_ms` by `policy` (its count and
+/// age rules; `max_size` is not applied to buckets): sweeps what marks at
+/// least `grace_ms` old let go, then marks what the policy drops now.
+/// A dry run reads everything and writes nothing.
+pub fn prune(
+    pool: &mut Pool,
+    policy: &Policy,
+    grace_ms: u64,
+    now_ms: u64,
+    dry_run: bool,
+) -> Result<Pruned, BucketError> {
+    let records = pool.records()?;
+    let marks = read_marks(pool)?;
+    let mut out = Pruned::default();
+    let ripe = |m: &Mark| now_ms.saturating_sub(m.time_ms) >= grace_ms;
+    out.marks_waiting = marks.iter().filter(|(_, m)| !ripe(m)).count();
+    let swept: HashSet<&str> = marks
+        .iter()
+        .filter(|(_, m)| ripe(m))
+        .flat_map(|(_, m)| m.retired.iter().map(String::as_str))
+        .collect();
+    if marks.iter().any(|(_, m)| ripe(m)) {
+        sweep(
+            pool, &records, &marks, &swept, &ripe, now_ms, dry_run, &mut out,
+        )?;
+    }
+    // Records a mark retired already are compacted: the next mark looks
+    // at the rest only.
+    let retired: HashSet<&str> = marks
+        .iter()
+        .flat_map(|(_, m)| m.retired.iter().map(String::as_str))
+        .collect();
+    let live: Vec<&(String, Record)> = records
+        .iter()
+        .filter(|(n, _)| !retired.contains(n.as_str()))
+        .collect();
+    mark(pool, &live, policy, grace_ms, now_ms, dry_run, &mut out)?;
+    let left = records.iter().filter(|(n, _)| !swept.contains(n.as_str()));
+    let places = Places::of(left);
+    let held = places.pack_sizes();
+    out.packs_held = held.len();
+    out.pack_bytes = held.values().sum();
+    Ok(out)
+}
+
+/// Deletes what the ripe marks let go: `swept` are the records they
+/// retired.
+#[allow(clippy::too_many_arguments)]
+fn sweep(
+    pool: &mut Pool,
+    records: &[(String, Record)],
+    marks: &[(String, Mark)],
+    swept: &HashSet<&str>,
+    ripe: &dyn Fn(&Mark) -> bool,
+    now_ms: u64,
+    dry_run: bool,
+    out: &mut Pruned,
+) -> Result<(), BucketError> {
+    let (gone, staying): (Vec<_>, Vec<_>) = records
+        .iter()
+        .partition(|(n, _)| swept.contains(n.as_str()));
+    let all = Places::of(records.iter());
+    let kept = Places::of(staying.iter().copied());
+    let contents = staying.iter().flat_map(|(_, r)| r.entries.iter());
+    let (nodes, chunks) = all.reach(contents);
+    // What the records that stay need and only the retired ones hold.
+    let carry = Record {
+        time_ms: now_ms,
+        at: max_at(records),
+        ..all.record_of(
+            nodes.iter().filter(|h| !kept.nodes.contains_key(*h)),
+            chunks.iter().filter(|h| !kept.chunks.contains_key(*h)),
+        )
+    };
+    // Every pack that holds a needed chunk stays, wherever a record
+    // says it is.
+    let needed: HashSet<&str> = chunks
+        .iter()
+        .flat_map(|h| all.chunks.get(h).into_iter().flatten())
+        .map(|at| at.0.as_str())
+        .collect();
+    let sizes = all.pack_sizes();
+    let packs: BTreeMap<&str, u64> = marks
+        .iter()
+        .filter(|(_, m)| ripe(m))
+        .flat_map(|(_, m)| m.packs.iter())
+        .filter(|p| !needed.contains(p.as_str()))
+        .map(|p| (p.as_str(), sizes.get(p.as_str()).copied().unwrap_or(0)))
+        .collect();
+    out.records_deleted = gone.len();
+    out.packs_deleted = packs.len();
+    out.bytes_deleted = packs.values().sum();
+    if dry_run {
+        return Ok(());
+    }
+    if !carry.nodes.is_empty() || !carry.chunks.is_empty() {
+        pool.write(&carry)?;
+    }
+    for (name, _) in &gone {
+        pool.store.delete(name)?;
+    }
+    for p in packs.keys() {
+        pool.store.delete(&format!("packs/{p}"))?;
+    }
+    for (name, m) in marks {
+        if ripe(m) {
+            pool.store.delete(name)?;
+        }
+    }
+    Ok(())
+}
+
+/// Compacts the `live` records into one holding what `policy` keeps, and
+/// marks the records it replaces and the packs nothing kept needs.
+fn mark(
+    pool: &mut Pool,
+    live: &[&(String, Record)],
+    policy: &Policy,
+    grace_ms: u64,
+    now_ms: u64,
+    dry_run: bool,
+    out: &mut Pruned,
+) -> Result<(), BucketError> {
+    let mut view = View::default();
+    for (name, r) in live {
+        view.add(name, r.clone());
+    }
+    let (kept, dropped) = kept_versions(live, &view, policy, now_ms);
+    let places = Places::of(live.iter().copied());
+    let (nodes, chunks) = places.reach(kept.iter().map(|(e, _)| e));
+    let needed: HashSet<&str> = chunks
+        .iter()
+        .flat_map(|h| places.chunks.get(h).into_iter().flatten())
+        .map(|at| at.0.as_str())
+        .collect();
+    // Packs of recent records may belong to a push still under way,
+    // whose versions are not written yet.
+    let recent: HashSet<&str> = live
+        .iter()
+        .filter(|(_, r)| now_ms.saturating_sub(r.time_ms) < grace_ms)
+        .flat_map(|(_, r)| r.packs.iter().map(String::as_str))
+        .collect();
+    let unneeded: BTreeMap<&str, ()> = live
+        .iter()
+        .flat_map(|(_, r)| r.packs.iter().map(String::as_str))
+        .filter(|p| !needed.contains(p) && !recent.contains(p))
+        .map(|p| (p, ()))
+        .collect();
+    out.versions_kept = kept.len();
+    out.versions_dropped = dropped;
+    // Many small records are compacted too: each costs a read.
+    if dropped == 0 && unneeded.is_empty() && live.len() <= COMPACT_PAST {
+        return Ok(());
+    }
+    out.records_marked = live.len();
+    out.packs_marked = unneeded.len();
+    if dry_run {
+        return Ok(());
+    }
+    let (entries, entry_times) = kept.into_iter().unzip();
+    let compacted = Record {
+        entries,
+        entry_times,
+        integrated: view.integrated().into_iter().collect(),
+        ignore_fingerprint: view.ignore_fingerprint(),
+        at: view.max_at,
+        time_ms: now_ms,
+        ..places.record_of(nodes.iter(), chunks.iter())
+    };
+    pool.write(&compacted)?;
+    let m = Mark {
+        time_ms: now_ms,
+        retired: live.iter().map(|(n, _)| n.clone()).collect(),
+        packs: unneeded.keys().map(|p| p.to_string()).collect(),
+    };
+    let name = format!("{MARKS}{}", crate::pool::random_id());
+    let sealed = seal_value(&pool.keys, "mark", &name, &m);
+    pool.store.put(&name, sealed)
+}
+
+/// Past this many records, a prune compacts them even when it drops
+/// nothing.
+const COMPACT_PAST: usize = 256;
+
+/// The versions to keep of the records `live` (merged in `view`): every
+/// path's current versions, whatever they are, and the old file versions
+/// `policy` keeps (aged from when they were replaced), in the order they
+/// were recorded, with when; and how many versions are dropped.
+fn kept_versions(
+    live: &[&(String, Record)],
+    view: &View,
+    policy: &Policy,
+    now_ms: u64,
+) -> (Vec<(Entry, u64)>, usize) {
+    let mut ordered: Vec<&(String, Record)> = live.to_vec();
+    ordered.sort_by_key(|(name, r)| (r.at, r.time_ms, name.clone()));
+    // Each version once, in the order recorded, with when; and per path
+    // their places in that order.
+    let mut all: Vec<(&Entry, u64)> = Vec::new();
+    let mut by_path: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (_, r) in &ordered {
+        for (i, e) in r.entries.iter().enumerate() {
+            let list = by_path.entry(e.path.as_str()).or_default();
+            if !list.iter().any(|&k| all[k].0.vv == e.vv) {
+                list.push(all.len());
+                all.push((e, r.entry_time(i)));
+            }
+        }
+    }
+    let mut keep = vec![false; all.len()];
+    let mut old: Vec<Stamp> = Vec::new();
+    for (path, list) in &by_path {
+        let current = view.maximal(path);
+        for (n, &k) in list.iter().enumerate() {
+            let e = all[k].0;
+            if current.iter().any(|c| c.vv == e.vv) {
+                keep[k] = true;
+            } else if e.object.content().is_some() {
+                // Replaced when the next version was recorded.
+                let replaced_ms = list.get(n + 1).map_or(now_ms, |&j| all[j].1);
+                old.push(Stamp {
+                    id: k as u64,
+                    path,
+                    saved_at_ns: replaced_ms as i64 * 1_000_000,
+                });
+            }
+        }
+    }
+    for id in retention::select(policy, &old, now_ms as i64 * 1_000_000) {
+        keep[id as usize] = true;
+    }
+    let kept: Vec<(Entry, u64)> = all
+        .iter()
+        .zip(&keep)
+        .filter(|(_, &k)| k)
+        .map(|((e, t), _)| ((*e).clone(), *t))
+        .collect();
+    let dropped = all.len() - kept.len();
+    (kept, dropped)
+}
+
+/// The chunk-tree nodes and chunks `contents` are made of, as far as
+/// `node` knows their trees.
+pub(crate) fn reach(
+    contents: impl Iterator<Item = Hash>,
+    node: &dyn Fn(&Hash) -> Option<Node>,
+) -> (HashSet<Hash>, HashSet<Hash>) {
+    let (mut seen, mut chunks) = (HashSet::new(), HashSet::new());
+    let mut todo: Vec<Hash> = contents.collect();
+    while let Some(h) = todo.pop() {
+        if seen.contains(&h) {
+            continue;
+        }
+        let Some(n) = node(&h) else { continue };
+        seen.insert(h);
+        for (child, _) in n.children {
+            if n.level == 1 {
+                chunks.insert(child);
+            } else {
+                todo.push(child);
+            }
+        }
+    }
+    (seen, chunks)
+}
+
+/// Where a chunk is: (pack, pack size, offset, length).
+type Place = (String, u64, u64, u32);
+
+/// A record of `nodes` (encoded) and the chunk places `chunks`.
+fn record_of(
+    nodes: impl Iterator<Item = (Hash, Vec<u8>)>,
+    chunks: impl Iterator<Item = (Hash, Place)>,
+) -> Record {
+    let mut r = Record {
+        nodes: nodes.collect(),
+        ..Default::default()
+    };
+    let mut index: HashMap<String, u32> = HashMap::new();
+    for (hash, (pack, size, offset, len)) in chunks {
+        let i = *index.entry(pack.clone()).or_insert_with(|| {
+            r.packs.push(pack);
+            r.pack_sizes.push(size);
+            (r.packs.len() - 1) as u32
+        });
+        r.chunks.push(ChunkAt {
+            hash,
+            pack: i,
+            offset,
+            len,
+        });
+    }
+    r
+}
+
+/// The nodes and chunk places some records hold.
+struct Places {
+    nodes: HashMap<Hash, Vec<u8>>,
+    /// Every place each chunk is said to be.
+    chunks: HashMap<Hash, Vec<Place>>,
+}
+
+impl Places {
+    fn of<'a>(records: impl Iterator<Item = &'a (String, Record)>) -> Places {
+        let mut p = Places {
+            nodes: HashMap::new(),
+            chunks: HashMap::new(),
+        };
+        for (_, r) in records {
+            for (h, b) in &r.nodes {
+                p.nodes.entry(*h).or_insert_with(|| b.clone());
+            }
+            for c in &r.chunks {
+                let i = c.pack as usize;
+                let size = r.pack_sizes.get(i).copied().unwrap_or(0);
+                p.chunks.entry(c.hash).or_default().push((
+                    r.packs[i].clone(),
+                    size,
+                    c.offset,
+                    c.len,
+                ));
+            }
+        }
+        p
+    }
+
+    fn node(&self, h: &Hash) -> Option<Node> {
+        self.nodes.get(h).and_then(|b| Node::decode(b, h))
+    }
+
+    /// The trees of the contents of `entries`: their nodes and chunks.
+    fn reach<'a>(
+        &self,
+        entries: impl Iterator<Item = &'a Entry>,
+    ) -> (HashSet<Hash>, HashSet<Hash>) {
+        reach(entries.filter_map(|e| e.object.content()), &|h| {
+            self.node(h)
+        })
+    }
+
+    fn pack_sizes(&self) -> HashMap<&str, u64> {
+        self.chunks
+            .values()
+            .flatten()
+            .map(|(p, s, _, _)| (p.as_str(), *s))
+            .collect()
+    }
+
+    /// A record of `nodes` and of one place of each of `chunks`.
+    fn record_of<'a>(
+        &self,
+        nodes: impl Iterator<Item = &'a Hash>,
+        chunks: impl Iterator<Item = &'a Hash>,
+    ) -> Record {
+        record_of(
+            nodes.filter_map(|h| self.nodes.get(h).map(|b| (*h, b.clone()))),
+            chunks.filter_map(|h| {
+                let place = self.chunks.get(h).and_then(|v| v.first())?;
+                Some((*h, place.clone()))
+            }),
+        )
+    }
+}
+
+fn max_at(records: &[(String, Record)]) -> u64 {
+    records.iter().map(|(_, r)| r.at).max().unwrap_or(0)
+}
+
+/// Every mark in the bucket, opened.
+pub fn read_marks(pool: &Pool) -> Result<Vec<(String, Mark)>, BucketError> {
+    let mut out = Vec::new();
+    for name in pool.store.list(MARKS)? {
+        if let Some(b) = pool.store.get(&name)? {
+            out.push((name.clone(), open_value(&pool.keys, "mark", &name, &b)?));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::pool::Pack;
+    use crate::store::{Memory, Store};
+    use std::sync::Arc;
+    use weave_core::{Object, ReplicaId, VersionVector};
+
+    pub(crate) fn pool(mem: &Arc<Memory>) -> Pool {
+        Pool::open(Box::new(mem.clone()), "b", b"pw", true)
+            .unwrap()
+            .unwrap()
+    }
+
+    pub(crate) fn entry(path: &str, n: u64, content: Hash, size: u64) -> Entry {
+        Entry {
+            path: path.into(),
+            object: Object::File { size, content },
+            mode: 0o644,
+            mtime_ns: n as i64,
+            vv: VersionVector::from_pairs(vec![(ReplicaId(7), n)]),
+            origin: ReplicaId(7),
+            meta: None,
+        }
+    }
+
+    /// Writes version `n` of `path` holding `data` (one chunk, in a pack
+    /// of its own) as a sync would; returns the entry.
+    pub(crate) fn push(pool: &mut Pool, path: &str, n: u64, data: &[u8], time_ms: u64) -> Entry {
+        let h = Hash::of(data);
+        let node = Node {
+            level: 1,
+            children: vec![(h, data.len() as u64)],
+        };
+        let mut pack = Pack::new();
+        pack.add(&pool.keys, h, data);
+        let (id, bytes, chunks) = pack.finish();
+        let size = bytes.len() as u64;
+        pool.store.put(&format!("packs/{id}"), bytes).unwrap();
+        let e = entry(path, n, node.hash(), data.len() as u64);
+        let at = pool.view().unwrap().max_at + 1;
+        pool.write(&Record {
+            entries: vec![e.clone()],
+            nodes: vec![(node.hash(), node.encode())],
+            packs: vec![id],
+            pack_sizes: vec![size],
+            chunks: chunks
+                .into_iter()
+                .map(|(hash, offset, len)| ChunkAt {
+                    hash,
+                    pack: 0,
+                    offset,
+                    len,
+                })
+                .collect(),
+            at,
+            time_ms,
+            ..Default::default()
+        })
+        .unwrap();
+        e
+    }
+
+    /// The bytes of `e`'s content, read from the bucket.
+    pub(crate) fn read(pool: &Pool, e: &Entry) -> Result<Vec<u8>, String> {
+        let view = pool.view().map_err(|e| e.to_string())?;
+        let content = e.object.content().unwrap();
+        let list = view.list(&content).ok_or("no tree")?;
+        let at: Vec<_> = list
+            .chunks
+            .iter()
+            .map(|c| Some((c.hash, view.chunks.get(&c.hash)?.clone())))
+            .collect::<Option<_>>()
+            .ok_or("a chunk has no place")?;
+        let mut out = Vec::new();
+        pool.read_chunks(&at, &mut |_, d| {
+            out.extend(d.unwrap());
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    fn keep_last(n: u32) -> Policy {
+        Policy {
+            keep_last: Some(n),
+            ..Policy::keep_all()
+        }
+    }
+
+    fn packs(mem: &Memory) -> usize {
+        mem.list("packs/").unwrap().len()
+    }
+
+    #[test]
+    fn old_versions_leave_in_two_phases_and_the_current_ones_stay() {
+        let mem = Arc::new(Memory::default());
+        let mut p = pool(&mem);
+        push(&mut p, "f", 1, &[1; 5000], 1000);
+        let g = push(&mut p, "g", 1, &[9; 5000], 1500);
+        push(&mut p, "f", 2, &[2; 5000], 2000);
+        let f3 = push(&mut p, "f", 3, &[3; 5000], 3000);
+        let before = p.view().unwrap();
+        // A dry run writes nothing.
+        let dry = prune(&mut p, &keep_last(1), 10_000, 20_000, true).unwrap();
+        assert_eq!((dry.versions_dropped, dry.packs_marked), (1, 1));
+        assert_eq!(mem.list(MARKS).unwrap().len(), 0);
+        // The mark: f's oldest version goes; nothing is deleted yet, and
+        // readers see what they saw.
+        let m = prune(&mut p, &keep_last(1), 10_000, 20_000, false).unwrap();
+        assert_eq!((m.versions_kept, m.versions_dropped), (3, 1), "{m:?}");
+        assert_eq!((m.records_marked, m.packs_marked), (4, 1));
+        assert_eq!(packs(&mem), 4);
+        let during = p.view().unwrap();
+        assert_eq!(during.chosen("f"), before.chosen("f"));
+        assert_eq!(during.chosen("g"), before.chosen("g"));
+        // Within the grace period: nothing more to mark, nothing deleted.
+        let w = prune(&mut p, &keep_last(1), 10_000, 21_000, false).unwrap();
+        assert_eq!(
+            (w.records_marked, w.records_deleted, w.marks_waiting),
+            (0, 0, 1)
+        );
+        // After it: the sweep.
+        let s = prune(&mut p, &keep_last(1), 10_000, 30_001, false).unwrap();
+        assert_eq!((s.records_deleted, s.packs_deleted), (4, 1), "{s:?}");
+        assert!(s.bytes_deleted >= 4096, "{s:?}");
+        assert_eq!(packs(&mem), 3);
+        assert!(mem.list(MARKS).unwrap().is_empty());
+        let after = p.view().unwrap();
+        assert_eq!(after.chosen("f"), Some(&f3));
+        assert_eq!(read(&p, &f3).unwrap(), vec![3; 5000]);
+        assert_eq!(read(&p, &g).unwrap(), vec![9; 5000]);
+        let h = crate::history::history(&p, "f").unwrap();
+        assert_eq!(h.len(), 2);
+        // Each keeps when it was recorded, not when it was compacted.
+        assert_eq!(
+            h.iter().map(|v| v.recorded_ms).collect::<Vec<_>>(),
+            vec![2000, 3000]
+        );
+    }
+
+    #[test]
+    fn a_version_written_between_mark_and_sweep_keeps_the_chunks_it_reuses() {
+        let mem = Arc::new(Memory::default());
+        let mut p = pool(&mem);
+        let old = push(&mut p, "f", 1, &[1; 5000], 1000);
+        push(&mut p, "f", 2, &[2; 5000], 2000);
+        // Another device read the records before the mark...
+        let mut other = pool(&mem);
+        let at = other.view().unwrap().max_at + 1;
+        let m = prune(&mut p, &keep_last(0), 10_000, 20_000, false).unwrap();
+        assert_eq!(m.packs_marked, 1);
+        // ...and writes, after it, a new file with the old version's
+        // content: it names no node or chunk (the bucket had them).
+        let copy = Entry {
+            path: "copy".into(),
+            ..old.clone()
+        };
+        other
+            .write(&Record {
+                entries: vec![copy.clone()],
+                at,
+                time_ms: 21_000,
+                ..Default::default()
+            })
+            .unwrap();
+        let s = prune(&mut p, &keep_last(0), 10_000, 30_001, false).unwrap();
+        assert_eq!(s.packs_deleted, 0, "{s:?}");
+        assert_eq!(read(&p, &copy).unwrap(), vec![1; 5000]);
+        // Later prunes keep it.
+        prune(&mut p, &keep_last(0), 10_000, 31_000, false).unwrap();
+        prune(&mut p, &keep_last(0), 10_000, 45_000, false).unwrap();
+        assert_eq!(read(&p, &copy).unwrap(), vec![1; 5000]);
+    }
+
+    #[test]
+    fn a_sweep_killed_midway_is_finished_by_the_next_prune() {
+        let mem = Arc::new(Memory::default());
+        let mut p = pool(&mem);
+        push(&mut p, "f", 1, &[1; 5000], 1000);
+        let f2 = push(&mut p, "f", 2, &[2; 5000], 2000);
+        prune(&mut p, &keep_last(0), 0, 5000, false).unwrap();
+        // As if killed after deleting one retired record, before the rest.
+        let marks = read_marks(&p).unwrap();
+        mem.delete(&marks[0].1.retired[0]).unwrap();
+        let s = prune(&mut p, &keep_last(0), 0, 6000, false).unwrap();
+        assert_eq!((s.records_deleted, s.packs_deleted), (1, 1), "{s:?}");
+        assert_eq!(read(&p, &f2).unwrap(), vec![2; 5000]);
+        assert_eq!(packs(&mem), 1);
+    }
+}
