@@ -9,12 +9,14 @@
 //! - [`remote`]: the coordinator's side of a session, a
 //!   [`weave_engine::Replica`] like any local one;
 //! - [`cache`]: a remote's index, remembered between syncs;
+//! - [`objects`]: a folder's encrypted objects kept by an untrusted peer;
 //! - [`sync`]: one sync of local and remote replicas.
 
 pub mod address;
 pub mod cache;
 pub mod conn;
 pub mod error;
+pub mod objects;
 pub mod open;
 pub mod remote;
 pub mod server;

@@ -53,6 +53,15 @@ pub trait Host {
     fn progress(&mut self) -> Option<std::sync::Arc<dyn weave_engine::Progress + Send>> {
         None
     }
+    /// The store of the encrypted objects this device keeps for folder
+    /// `name`, untrusted with it (refused by default).
+    fn objects(&mut self, name: &str) -> Result<Box<dyn weave_bucket::store::Store>, SyncError> {
+        Err(SessionError::Refused {
+            code: crate::NOT_SHARED,
+            message: format!("{name}: this end keeps no encrypted objects for it"),
+        }
+        .into())
+    }
 }
 
 /// Opens replicas by path (`~/` is the home directory).
@@ -121,7 +130,13 @@ pub fn serve_host(conn: Conn, host: &mut dyn Host) -> Result<Served, SyncError> 
     // The session's hello names no replica: one is opened by path later.
     let ours = weave_proto::handshake::hello(
         weave_core::ReplicaId(0),
-        &["v1", "kinds", wire::ENTRIES_AT, wire::ENTRIES_FROM],
+        &[
+            "v1",
+            "kinds",
+            wire::ENTRIES_AT,
+            wire::ENTRIES_FROM,
+            crate::objects::OBJECTS,
+        ],
     );
     conn.send(Body::Hello(ours.clone())).map_err(proto)?;
     let theirs = match conn.recv().map_err(proto)?.body {
@@ -148,6 +163,7 @@ pub fn serve_host(conn: Conn, host: &mut dyn Host) -> Result<Served, SyncError> 
         compress: Compress::default(),
         reply: Vec::new(),
         asked: Default::default(),
+        objects: None,
     };
     loop {
         // Answers to chunk requests that arrived together leave as one
@@ -207,6 +223,8 @@ struct Server<'h> {
     /// The paths and directories asked for by the parts of a
     /// `GetEntriesAt` received so far.
     asked: (Vec<String>, Vec<String>),
+    /// The encrypted objects opened, in an objects session.
+    objects: Option<crate::objects::Answerer>,
 }
 
 /// Paths one `GetEntriesAt` (all its parts) may ask for, and their bytes.
@@ -302,6 +320,18 @@ impl Server<'_> {
                 .map_err(proto);
         };
         match b {
+            Body::ObjectsOpen(o) if self.rep.is_none() && self.objects.is_none() => {
+                let store = self.host.objects(&o.folder)?;
+                self.objects = Some(crate::objects::Answerer::new(store));
+                self.conn
+                    .send(Body::ObjectsOpened(Default::default()))
+                    .map_err(proto)
+            }
+            Body::ObjectOp(op) => match self.objects.as_mut() {
+                Some(a) => a.answer(&self.conn, op),
+                None => Err(SessionError::NoReplica.into()),
+            },
+            Body::Open(_) if self.objects.is_some() => Err(SessionError::NoReplica.into()),
             Body::Open(o) => {
                 let t = std::time::Instant::now();
                 let (rep, root) = self.host.open(&o.path, &o.kind, o.dry_run)?;

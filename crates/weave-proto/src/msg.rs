@@ -11,7 +11,7 @@ pub struct Envelope {
     pub kind: u32,
     #[prost(
         oneof = "Body",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33"
     )]
     pub body: Option<Body>,
 }
@@ -58,6 +58,14 @@ pub enum Body {
     GetEntriesAt(GetEntriesAt),
     #[prost(message, tag = "29")]
     GetEntriesFrom(GetEntriesFrom),
+    #[prost(message, tag = "30")]
+    ObjectsOpen(ObjectsOpen),
+    #[prost(message, tag = "31")]
+    ObjectsOpened(ObjectsOpened),
+    #[prost(message, tag = "32")]
+    ObjectOp(ObjectOp),
+    #[prost(message, tag = "33")]
+    ObjectReply(ObjectReply),
 }
 
 impl Body {
@@ -83,6 +91,10 @@ impl Body {
             Body::Finished(_) => 27,
             Body::GetEntriesAt(_) => 28,
             Body::GetEntriesFrom(_) => 29,
+            Body::ObjectsOpen(_) => 30,
+            Body::ObjectsOpened(_) => 31,
+            Body::ObjectOp(_) => 32,
+            Body::ObjectReply(_) => 33,
         }
     }
 
@@ -108,6 +120,10 @@ impl Body {
             Body::Finished(_) => "a finish reply",
             Body::GetEntriesAt(_) => "a request for index entries by path",
             Body::GetEntriesFrom(_) => "a request for a page of index entries",
+            Body::ObjectsOpen(_) => "a request to open a folder's encrypted objects",
+            Body::ObjectsOpened(_) => "an objects open reply",
+            Body::ObjectOp(_) => "an object request",
+            Body::ObjectReply(_) => "an object reply",
         }
     }
 }
@@ -408,6 +424,70 @@ pub struct GetEntriesFrom {
     pub after: Option<String>,
     #[prost(uint32, tag = "2")]
     pub limit: u32,
+}
+
+/// Opens the encrypted objects a device keeps for a folder it is
+/// untrusted with (a receive-encrypted folder): the session then carries
+/// object requests, each answered in turn, and nothing else.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ObjectsOpen {
+    #[prost(string, tag = "1")]
+    pub folder: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ObjectsOpened {}
+
+/// What an object request asks ([`ObjectOp::op`]).
+pub mod object_op {
+    /// The object whole (found or not).
+    pub const GET: u32 = 1;
+    /// Bytes `start..end` of an object that is there.
+    pub const GET_RANGE: u32 = 2;
+    /// Writes the object (a random name nobody else writes).
+    pub const PUT: u32 = 3;
+    /// Writes the object unless one is there (`written` says which).
+    pub const PUT_NEW: u32 = 4;
+    /// The names under `name` (a prefix).
+    pub const LIST: u32 = 5;
+    pub const DELETE: u32 = 6;
+}
+
+/// One request on an objects session. A put's data larger than a frame
+/// comes in several requests of the same op and name, all but the last
+/// with `more` set; only the last is answered.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ObjectOp {
+    #[prost(uint32, tag = "1")]
+    pub op: u32,
+    #[prost(string, tag = "2")]
+    pub name: String,
+    #[prost(uint64, tag = "3")]
+    pub start: u64,
+    #[prost(uint64, tag = "4")]
+    pub end: u64,
+    #[prost(bytes = "vec", tag = "5")]
+    pub data: Vec<u8>,
+    #[prost(bool, tag = "6")]
+    pub more: bool,
+}
+
+/// The answer to an object request, in parts when it is larger than a
+/// frame (all but the last with `more` set).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ObjectReply {
+    /// The object was there (a get), or was written (a put_new).
+    #[prost(bool, tag = "1")]
+    pub found: bool,
+    #[prost(bytes = "vec", tag = "2")]
+    pub data: Vec<u8>,
+    #[prost(bool, tag = "3")]
+    pub more: bool,
+    #[prost(string, repeated, tag = "4")]
+    pub names: Vec<String>,
+    /// What went wrong where the objects are kept (the session goes on).
+    #[prost(string, tag = "5")]
+    pub error: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
