@@ -42,11 +42,25 @@ pub fn open(
     let err = |e: BucketError| weave_engine::SyncError::Replica(Box::new(e));
     let store = address.connect(!dry_run).map_err(err)?;
     let shown = address.to_string();
-    let pool = match Pool::open(store, &shown, passphrase, !dry_run).map_err(err)? {
+    let cache = cache_in.map(|dir| cache_dir(dir, &shown));
+    open_store(store, &shown, passphrase, dry_run, cache)
+}
+
+/// [`open`] for a bucket in `store` (shown as `shown`), its records kept
+/// in directory `cache` if given.
+pub fn open_store(
+    store: Box<dyn store::Store>,
+    shown: &str,
+    passphrase: &[u8],
+    dry_run: bool,
+    cache: Option<std::path::PathBuf>,
+) -> Result<BucketReplica, weave_engine::SyncError> {
+    let err = |e: BucketError| weave_engine::SyncError::Replica(Box::new(e));
+    let pool = match Pool::open(store, shown, passphrase, !dry_run).map_err(err)? {
         Some(mut p) => {
             // A dry run writes nothing, here either.
-            if let Some(dir) = cache_in.filter(|_| !dry_run) {
-                p.cache_records_in(cache_dir(dir, address));
+            if let Some(dir) = cache.filter(|_| !dry_run) {
+                p.cache_records_in(dir);
             }
             p
         }
@@ -54,7 +68,7 @@ pub fn open(
             // A dry run into a place with no bucket yet: an empty one,
             // written nowhere.
             let memory = Box::new(store::Memory::default());
-            Pool::open(memory, &shown, passphrase, true)
+            Pool::open(memory, shown, passphrase, true)
                 .map_err(err)?
                 .expect("made in memory")
         }
@@ -73,10 +87,10 @@ pub fn open_existing(address: &BucketAddress, passphrase: &[u8]) -> Result<Pool,
     })
 }
 
-/// Where the records of the bucket at `address` are kept under the state
-/// directory `state`.
-pub fn cache_dir(state: &std::path::Path, address: &BucketAddress) -> std::path::PathBuf {
-    let h = blake3::hash(address.to_string().as_bytes());
+/// Where the records of the bucket shown as `shown` (its address, or
+/// the peer that keeps it) are kept under the state directory `state`.
+pub fn cache_dir(state: &std::path::Path, shown: &str) -> std::path::PathBuf {
+    let h = blake3::hash(shown.as_bytes());
     state
         .join("bucket-records")
         .join(data_encoding::HEXLOWER.encode(&h.as_bytes()[..8]))

@@ -61,6 +61,10 @@ pub enum Mode {
     SendOnly,
     /// Remote changes are taken in; local changes never go out.
     ReceiveOnly,
+    /// This device is untrusted with the folder: it keeps the encrypted
+    /// bucket its peers (which mark it untrusted) sync through, and can
+    /// read none of it.
+    ReceiveEncrypted,
 }
 
 impl std::fmt::Display for Mode {
@@ -69,6 +73,7 @@ impl std::fmt::Display for Mode {
             Mode::TwoWay => "two-way",
             Mode::SendOnly => "send-only",
             Mode::ReceiveOnly => "receive-only",
+            Mode::ReceiveEncrypted => "receive-encrypted",
         })
     }
 }
@@ -80,6 +85,7 @@ impl std::str::FromStr for Mode {
             "two-way" => Ok(Mode::TwoWay),
             "send-only" => Ok(Mode::SendOnly),
             "receive-only" => Ok(Mode::ReceiveOnly),
+            "receive-encrypted" => Ok(Mode::ReceiveEncrypted),
             _ => Err(ConfigProblem::UnknownMode(s.to_string())),
         }
     }
@@ -138,6 +144,12 @@ pub struct Folder {
     /// daemon's WEAVE_PASSPHRASE).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passphrase_file: Option<PathBuf>,
+    /// Peers untrusted with the folder (some of `peers`): they are sent
+    /// nothing in clear, only the encrypted bucket they keep for it
+    /// (their folder is receive-encrypted), synced with as with a bucket
+    /// remote.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub untrusted: Vec<String>,
 }
 
 /// The longest watch delay a folder takes (10 minutes).
@@ -169,6 +181,7 @@ impl Folder {
             remote: None,
             poll_secs: default_poll(),
             passphrase_file: None,
+            untrusted: Vec::new(),
         }
     }
 }
@@ -218,7 +231,11 @@ pub enum ConfigProblem {
     Rescan { folder: String, secs: u64 },
     #[error("folder {folder}: its remote: {problem}")]
     Remote { folder: String, problem: String },
-    #[error("unknown folder mode {0:?}: use two-way, send-only or receive-only")]
+    #[error("folder {folder}: {problem}")]
+    Untrusted { folder: String, problem: String },
+    #[error(
+        "unknown folder mode {0:?}: use two-way, send-only, receive-only or receive-encrypted"
+    )]
     UnknownMode(String),
     #[error("unknown conflict policy {0:?} for a folder: use keep-both or newest")]
     UnknownConflict(String),
@@ -342,6 +359,14 @@ impl Config {
                 }
             }
             check_folder_settings(f)?;
+            for p in &f.untrusted {
+                if !f.peers.contains(p) {
+                    return Err(ConfigProblem::Untrusted {
+                        folder: f.id.clone(),
+                        problem: format!("untrusted peer {p:?} is not one of its peers; share the folder with it first"),
+                    });
+                }
+            }
             for p in &f.peers {
                 if !self.peers.iter().any(|q| &q.name == p) {
                     return Err(ConfigProblem::NotAPeer {
@@ -400,6 +425,12 @@ pub fn check_folder_settings(f: &Folder) -> Result<(), ConfigProblem> {
             secs: f.rescan_secs,
         });
     }
+    if f.mode == Mode::ReceiveEncrypted && (f.remote.is_some() || !f.untrusted.is_empty()) {
+        return Err(ConfigProblem::Untrusted {
+            folder: f.id.clone(),
+            problem: "a receive-encrypted folder only keeps its peers' encrypted data; it has no remote and no untrusted peers of its own".into(),
+        });
+    }
     if let Some(r) = &f.remote {
         match weave_bucket::BucketAddress::parse(r) {
             Some(Ok(_)) => {}
@@ -416,6 +447,8 @@ pub fn check_folder_settings(f: &Folder) -> Result<(), ConfigProblem> {
                 })
             }
         }
+    }
+    if f.remote.is_some() || !f.untrusted.is_empty() {
         if f.passphrase_file.as_ref().is_some_and(|p| !p.is_absolute()) {
             return Err(ConfigProblem::Remote {
                 folder: f.id.clone(),

@@ -89,6 +89,10 @@ pub enum SessionError {
 /// device asking (or not there at all: the two get the same answer).
 pub const NOT_SHARED: &str = "not-shared";
 
+/// The code of a refusal to sync a folder in clear with a device that
+/// keeps it encrypted only (receive-encrypted there).
+pub const ENCRYPTED_ONLY: &str = "encrypted-only";
+
 impl SessionError {
     /// What `peer` said in an error message.
     pub fn from_peer(peer: &str, e: weave_proto::msg::ErrorMsg) -> SessionError {

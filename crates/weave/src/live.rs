@@ -77,7 +77,14 @@ pub enum FolderCommand {
     /// that shares it gives it the same ID.
     Add(FolderAddArgs),
     /// Share a folder with one more peer.
-    Share { id: String, peer: String },
+    Share {
+        id: String,
+        peer: String,
+        /// The peer keeps the folder encrypted only (its folder is
+        /// receive-encrypted): it is sent nothing in clear.
+        #[arg(long)]
+        untrusted: bool,
+    },
     /// Stop sharing a folder with a peer.
     Unshare { id: String, peer: String },
     /// Stop syncing a folder (its files stay where they are).
@@ -106,7 +113,15 @@ pub struct FolderAddArgs {
     /// A peer to share it with (repeatable).
     #[arg(long = "peer", value_name = "NAME")]
     peers: Vec<String>,
-    /// two-way, send-only (sends its changes, takes none) or receive-only.
+    /// A peer untrusted with the folder (repeatable; it is shared with
+    /// it too): it keeps the folder's encrypted bucket (its folder is
+    /// receive-encrypted) and is sent nothing in clear. Needs a
+    /// passphrase, as a --remote does.
+    #[arg(long = "untrusted", value_name = "NAME")]
+    untrusted: Vec<String>,
+    /// two-way, send-only (sends its changes, takes none), receive-only,
+    /// or receive-encrypted (this device is untrusted with the folder:
+    /// it keeps its peers' encrypted data, and can read none of it).
     #[arg(long, default_value = "two-way")]
     mode: Mode,
     /// keep-both (the older version becomes a conflict copy) or newest.
@@ -126,12 +141,13 @@ pub struct FolderAddArgs {
     /// every --poll seconds for other devices' changes.
     #[arg(long, value_name = "ADDRESS")]
     remote: Option<String>,
-    /// Seconds between looks at the remote for other devices' changes.
-    #[arg(long, value_name = "SECS", default_value_t = 60, requires = "remote")]
-    poll: u64,
-    /// The remote's passphrase is the first line of FILE (else the
-    /// daemon's WEAVE_PASSPHRASE).
-    #[arg(long, value_name = "FILE", requires = "remote")]
+    /// Seconds between looks at the remote (and untrusted peers) for
+    /// other devices' changes (default 60).
+    #[arg(long, value_name = "SECS")]
+    poll: Option<u64>,
+    /// The passphrase of the remote and of the untrusted peers' copies is
+    /// the first line of FILE (else the daemon's WEAVE_PASSPHRASE).
+    #[arg(long, value_name = "FILE")]
     passphrase_file: Option<PathBuf>,
 }
 
@@ -330,18 +346,28 @@ pub fn folder(cd: &ConfigDir, c: FolderCommand) -> Result<bool> {
                     a.id
                 );
             }
-            for p in &a.peers {
+            for p in a.peers.iter().chain(&a.untrusted) {
                 known_peer(&cfg, p)?;
+            }
+            let encrypted_remote = a.remote.is_some() || !a.untrusted.is_empty();
+            if !encrypted_remote && (a.poll.is_some() || a.passphrase_file.is_some()) {
+                bail!("--poll and --passphrase-file go with --remote ADDRESS or --untrusted PEER");
             }
             let mut f = Folder::new(&a.id, a.path.clone());
             f.peers = a.peers;
+            for p in &a.untrusted {
+                if !f.peers.contains(p) {
+                    f.peers.push(p.clone());
+                }
+            }
+            f.untrusted = a.untrusted;
             f.mode = a.mode;
             f.conflict = a.conflict;
             f.ignore = a.ignore;
             f.watch_delay_ms = a.watch_delay;
             f.rescan_secs = a.rescan;
             f.remote = a.remote;
-            f.poll_secs = a.poll;
+            f.poll_secs = a.poll.unwrap_or(f.poll_secs);
             f.passphrase_file = match a.passphrase_file {
                 Some(p) => Some(std::fs::canonicalize(&p).with_context(|| {
                     format!("--passphrase-file {}: cannot find it", p.display())
@@ -351,6 +377,9 @@ pub fn folder(cd: &ConfigDir, c: FolderCommand) -> Result<bool> {
             // Checked before the directory is made: a refused folder
             // leaves nothing behind.
             weave_daemon::config::check_folder_settings(&f).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if f.mode == Mode::ReceiveEncrypted {
+                encrypted_dir_ok(&a.path)?;
+            }
             std::fs::create_dir_all(&a.path)
                 .with_context(|| format!("cannot create the folder {}", a.path.display()))?;
             let path = std::fs::canonicalize(&a.path)
@@ -360,14 +389,30 @@ pub fn folder(cd: &ConfigDir, c: FolderCommand) -> Result<bool> {
             cfg.save(&dir, me)?;
             eprintln!("weave: folder {} at {} added", a.id, path.display());
         }
-        FolderCommand::Share { id, peer } => {
+        FolderCommand::Share {
+            id,
+            peer,
+            untrusted,
+        } => {
             known_peer(&cfg, &peer)?;
             let i = find(&cfg, &id)?;
-            if !cfg.folders[i].peers.contains(&peer) {
-                cfg.folders[i].peers.push(peer.clone());
+            let f = &mut cfg.folders[i];
+            if !f.peers.contains(&peer) {
+                f.peers.push(peer.clone());
             }
+            if untrusted && !f.untrusted.contains(&peer) {
+                f.untrusted.push(peer.clone());
+            }
+            weave_daemon::config::check_folder_settings(f).map_err(|e| anyhow::anyhow!("{e}"))?;
             cfg.save(&dir, me)?;
-            eprintln!("weave: folder {id} shared with {peer}");
+            eprintln!(
+                "weave: folder {id} shared with {peer}{}",
+                if untrusted {
+                    " (untrusted: encrypted only)"
+                } else {
+                    ""
+                }
+            );
         }
         FolderCommand::Unshare { id, peer } => {
             let i = find(&cfg, &id)?;
@@ -382,6 +427,7 @@ pub fn folder(cd: &ConfigDir, c: FolderCommand) -> Result<bool> {
                 );
             }
             cfg.folders[i].peers.retain(|p| p != &peer);
+            cfg.folders[i].untrusted.retain(|p| p != &peer);
             cfg.save(&dir, me)?;
             eprintln!("weave: folder {id} no longer shared with {peer}");
         }
@@ -398,12 +444,20 @@ pub fn folder(cd: &ConfigDir, c: FolderCommand) -> Result<bool> {
                 println!("{}", serde_json::to_string_pretty(&cfg.folders)?);
             } else {
                 for f in &cfg.folders {
+                    let peers: Vec<String> = f
+                        .peers
+                        .iter()
+                        .map(|p| match f.untrusted.contains(p) {
+                            true => format!("{p} (untrusted)"),
+                            false => p.clone(),
+                        })
+                        .collect();
                     println!(
                         "{}\t{}\t{}\t{}",
                         f.id,
                         f.path.display(),
                         f.mode,
-                        f.peers.join(",")
+                        peers.join(",")
                     );
                 }
             }
@@ -704,4 +758,19 @@ pub fn conflicts(cd: &ConfigDir, json: bool) -> Result<bool> {
         }
     }
     Ok(all.is_empty())
+}
+
+/// A receive-encrypted folder's directory is new, empty, or a bucket
+/// already: it holds nothing but its peers' encrypted objects.
+fn encrypted_dir_ok(path: &Path) -> Result<()> {
+    let Ok(mut entries) = std::fs::read_dir(path) else {
+        return Ok(());
+    };
+    if entries.next().is_some() && !path.join(weave_bucket::pool::CONFIG).exists() {
+        bail!(
+            "{} holds files; a receive-encrypted folder keeps only its peers' encrypted data: give an empty or new directory",
+            path.display()
+        );
+    }
+    Ok(())
 }

@@ -52,19 +52,14 @@ fn check(sh: &Arc<Shared>, rt: &FolderRt) {
         return;
     };
     let dirty = rt.dirty.swap(false, Ordering::SeqCst);
+    // Untrusted peers get the folder encrypted only, as a remote.
+    let trusted = f.peers.iter().filter(|n| !f.untrusted.contains(n));
+    let peers: Vec<Peer> = trusted.filter_map(|n| cfg.peer(n).cloned()).collect();
     let forced: HashSet<DeviceId> = if rt.resync.swap(false, Ordering::SeqCst) {
-        f.peers
-            .iter()
-            .filter_map(|n| cfg.peer(n).map(|p| p.id))
-            .collect()
+        peers.iter().map(|p| p.id).collect()
     } else {
         HashSet::new()
     };
-    let peers: Vec<Peer> = f
-        .peers
-        .iter()
-        .filter_map(|n| cfg.peer(n).cloned())
-        .collect();
     let asked: Vec<actions::Request> = std::mem::take(&mut *rt.asked.lock().expect("asked"));
     sh.board.folder(&f.id, |s| s.state = FolderState::Scanning);
     // What the folder's sequence number is now, once known: after a look

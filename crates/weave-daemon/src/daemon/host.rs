@@ -5,7 +5,7 @@ use super::conn::{accept, link_accepted};
 use super::link::OnOpen;
 use super::open::{open_folder, Taken};
 use super::shared::{FolderRt, Shared};
-use crate::config::Peer;
+use crate::config::{Config, Folder, Mode, Peer};
 use crate::id::DeviceId;
 use crate::status::{self, FolderState, PeerState};
 use std::sync::Arc;
@@ -35,6 +35,10 @@ pub enum HostError {
     /// Shared, but its watcher and index are not up yet.
     #[error("folder {name:?} is not running yet")]
     NotRunning { name: String },
+    /// This device is untrusted with the folder: it keeps its encrypted
+    /// data only, and takes no file in clear.
+    #[error("folder {name:?} on {me} keeps encrypted data only (it is receive-encrypted there); mark that device untrusted for the folder here: `weave folder share {name} PEER --untrusted`")]
+    EncryptedOnly { name: String, me: DeviceId },
 }
 
 impl From<HostError> for SyncError {
@@ -43,6 +47,11 @@ impl From<HostError> for SyncError {
             // The peer's daemon reads the code, and says so once.
             HostError::NotShared { .. } => SessionError::Refused {
                 code: weave_net::NOT_SHARED,
+                message: e.to_string(),
+            }
+            .into(),
+            HostError::EncryptedOnly { .. } => SessionError::Refused {
+                code: weave_net::ENCRYPTED_ONLY,
                 message: e.to_string(),
             }
             .into(),
@@ -58,6 +67,34 @@ struct DaemonHost {
     opened: Option<(Arc<FolderRt>, tokio::sync::OwnedMutexGuard<()>, Taken)>,
 }
 
+impl DaemonHost {
+    /// Folder `name`, if it is shared with the peer (and, unless
+    /// `encrypted`, the peer is not untrusted with it). An unknown folder
+    /// and one not shared get the same answer: a peer never learns of a
+    /// folder not shared with it.
+    fn shared(&self, cfg: &Config, name: &str, encrypted: bool) -> Result<Folder, HostError> {
+        // The peer by its id, under the name it has now (a link outlives
+        // renames in the config).
+        let peer = cfg.peer_by_id(self.peer.id);
+        cfg.folder(name)
+            .filter(|f| {
+                peer.is_some_and(|p| {
+                    f.peers.contains(&p.name) && (encrypted || !f.untrusted.contains(&p.name))
+                })
+            })
+            .cloned()
+            .ok_or_else(|| {
+                if let Some(p) = peer {
+                    self.sh.board.unshared_ask(&p.name, name);
+                }
+                HostError::NotShared {
+                    name: name.to_string(),
+                    me: self.sh.me.id,
+                }
+            })
+    }
+}
+
 impl Host for DaemonHost {
     fn open(
         &mut self,
@@ -66,26 +103,15 @@ impl Host for DaemonHost {
         dry_run: bool,
     ) -> Result<(Box<dyn Replica>, String), SyncError> {
         let cfg = self.sh.cfg();
-        // An unknown folder and one not shared with this peer get the
-        // same answer: a peer never learns of a folder not shared with it.
-        let f = cfg
-            .folder(name)
-            // The peer by its id, under the name it has now (a link
-            // outlives renames in the config).
-            .filter(|f| {
-                cfg.peer_by_id(self.peer.id)
-                    .is_some_and(|p| f.peers.contains(&p.name))
-            })
-            .cloned()
-            .ok_or_else(|| {
-                if let Some(p) = cfg.peer_by_id(self.peer.id) {
-                    self.sh.board.unshared_ask(&p.name, name);
-                }
-                HostError::NotShared {
-                    name: name.to_string(),
-                    me: self.sh.me.id,
-                }
-            })?;
+        // A peer untrusted with the folder is sent nothing in clear.
+        let f = self.shared(&cfg, name, false)?;
+        if f.mode == Mode::ReceiveEncrypted {
+            return Err(HostError::EncryptedOnly {
+                name: name.to_string(),
+                me: self.sh.me.id,
+            }
+            .into());
+        }
         if !kind.is_empty() && kind != "files" {
             return Err(HostError::NotFiles {
                 name: name.to_string(),
@@ -109,6 +135,27 @@ impl Host for DaemonHost {
         let (rep, taken) = open_folder(&cfg, &f, &rt)?;
         self.opened = Some((rt, guard, taken));
         Ok((rep, f.id.clone()))
+    }
+
+    /// The encrypted objects of a receive-encrypted folder shared with
+    /// the peer, kept in the folder's directory.
+    fn objects(&mut self, name: &str) -> Result<Box<dyn weave_bucket::store::Store>, SyncError> {
+        let cfg = self.sh.cfg();
+        let f = self.shared(&cfg, name, true)?;
+        if f.mode != Mode::ReceiveEncrypted {
+            // A folder held in clear here is no bucket.
+            return Err(HostError::NotShared {
+                name: name.to_string(),
+                me: self.sh.me.id,
+            }
+            .into());
+        }
+        let dir = weave_bucket::BucketAddress::Dir {
+            given: format!("folder {} ({})", f.id, f.path.display()),
+            dir: f.path.clone(),
+        };
+        dir.connect(true)
+            .map_err(|e| SyncError::Replica(Box::new(e)))
     }
 
     /// The receiving side shows it is syncing, and the bytes to go.

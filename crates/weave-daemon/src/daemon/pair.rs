@@ -72,6 +72,12 @@ pub(super) fn open_remote(
                     folder: f.id.clone(),
                 };
             }
+            if code == Some(weave_net::ENCRYPTED_ONLY) {
+                return DaemonError::EncryptedOnly {
+                    peer: peer.name.clone(),
+                    folder: f.id.clone(),
+                };
+            }
             // TLS 1.3: a server refuses a client's certificate after
             // the client's side of the handshake is done, with an alert
             // the client reads as the session begins.

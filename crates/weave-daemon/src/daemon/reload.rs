@@ -24,8 +24,11 @@ pub(super) fn apply_config(sh: &Arc<Shared>, cfg: Config, watcher: &mut Watcher)
     let old = std::mem::replace(&mut *sh.cfg.write().expect("config"), Arc::new(cfg.clone()));
     follow_peers(sh, &old, &cfg);
     let mut folders = sh.folders.lock().expect("folders");
+    // A receive-encrypted folder has no task: it is a store of encrypted
+    // objects its peers read and write (`host::DaemonHost::objects`).
+    let runs = |f: &&crate::config::Folder| f.mode != crate::config::Mode::ReceiveEncrypted;
     folders.retain(|id, rt| {
-        let keep = cfg.folder(id).is_some();
+        let keep = cfg.folder(id).filter(runs).is_some();
         if !keep {
             rt.stopped.store(true, Ordering::SeqCst);
             rt.wake.notify_one();
@@ -33,7 +36,7 @@ pub(super) fn apply_config(sh: &Arc<Shared>, cfg: Config, watcher: &mut Watcher)
         }
         keep
     });
-    for f in &cfg.folders {
+    for f in cfg.folders.iter().filter(runs) {
         let rt = match folders.get(&f.id) {
             Some(rt) => rt.clone(),
             None => {

@@ -1,9 +1,11 @@
-//! A folder's bucket remote (`weave folder add … --remote ADDRESS`): an
-//! encrypted bucket replica the folder syncs with besides its peers,
-//! after each local change and every `poll_secs` for other devices'
-//! changes: how two devices that are never on together keep a folder in
-//! sync. A failed sync is tried again after a back-off and shown as the
-//! folder's error until one goes through.
+//! A folder's encrypted remotes: its bucket remote (`weave folder add …
+//! --remote ADDRESS`), and its untrusted peers (`--untrusted PEER`), which
+//! keep the same encrypted bucket for it and can read none of it. The
+//! folder syncs with each besides its peers, after each local change and
+//! every `poll_secs` for other devices' changes: how two devices that are
+//! never on together keep a folder in sync. A failed sync is tried again
+//! after a back-off and shown as the folder's error until one goes
+//! through.
 
 use super::backoff::Backoff;
 use super::open::open_folder_as;
@@ -15,11 +17,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weave_engine::Replica;
 
-/// Where a folder is with its remote.
+/// Where a folder is with one of its remotes.
 #[derive(Default)]
 pub(super) struct RemoteState {
     /// The remote and passphrase file this state is about (a config
-    /// reload that changes them starts afresh).
+    /// reload that changes the passphrase file starts afresh).
     of: Option<(String, Option<std::path::PathBuf>)>,
     /// The folder's sequence number after the last sync that went
     /// through, and when it ended.
@@ -28,22 +30,58 @@ pub(super) struct RemoteState {
     failed: Option<(Backoff, String)>,
 }
 
-/// When the folder's task is next due to look at its remote.
-pub(super) fn due(rt: &FolderRt, f: &Folder) -> Option<Instant> {
-    f.remote.as_ref()?;
-    let st = rt.remote.lock().expect("remote");
-    Some(match (&st.failed, st.last) {
-        (Some((b, _)), _) => b.until,
-        (None, Some((_, at))) => at + Duration::from_secs(f.poll_secs.max(1)),
-        (None, None) => Instant::now(),
-    })
+/// An encrypted remote of a folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// A bucket, by address.
+    Bucket(String),
+    /// An untrusted peer, by name.
+    Peer(String),
 }
 
-/// Syncs folder `f` with its remote when that is due: its sequence
-/// number `now` moved since the last sync, the poll interval passed, or
-/// none went through yet. Returns the error to show while the remote's
-/// syncs fail, and the folder's sequence number after a sync that went
-/// through.
+impl Target {
+    /// How it is shown, and its state is kept.
+    fn shown(&self) -> String {
+        match self {
+            Target::Bucket(a) => a.clone(),
+            Target::Peer(p) => format!("untrusted peer {p}"),
+        }
+    }
+}
+
+/// Folder `f`'s encrypted remotes.
+fn targets(f: &Folder) -> Vec<Target> {
+    f.remote
+        .iter()
+        .map(|r| Target::Bucket(r.clone()))
+        .chain(f.untrusted.iter().map(|p| Target::Peer(p.clone())))
+        .collect()
+}
+
+/// Where a folder is with each of its remotes, by how it is shown.
+pub(super) type Remotes = std::collections::HashMap<String, RemoteState>;
+
+/// When the folder's task is next due to look at its remotes.
+pub(super) fn due(rt: &FolderRt, f: &Folder) -> Option<Instant> {
+    let all = rt.remote.lock().expect("remote");
+    targets(f)
+        .iter()
+        .map(|t| match all.get(&t.shown()) {
+            None => Instant::now(),
+            Some(st) => match (&st.failed, st.last) {
+                (Some((b, _)), _) => b.until,
+                (None, Some((_, at))) => at + Duration::from_secs(f.poll_secs.max(1)),
+                (None, None) => Instant::now(),
+            },
+        })
+        .min()
+}
+
+/// Syncs folder `f` with each of its remotes that is due: its sequence
+/// number `now` moved since the last sync with it, the poll interval
+/// passed, or none went through yet. Returns the error to show while a
+/// remote's syncs fail, and the folder's sequence number after the last
+/// sync that went through.
 pub(super) fn sync_if_due(
     sh: &Arc<Shared>,
     rt: &FolderRt,
@@ -51,13 +89,42 @@ pub(super) fn sync_if_due(
     f: &Folder,
     now: Option<u64>,
 ) -> (Option<String>, Option<u64>) {
-    let Some(remote) = f.remote.as_ref() else {
-        return (None, None);
-    };
-    let t = Instant::now();
+    let all = targets(f);
     {
-        let mut st = rt.remote.lock().expect("remote");
-        let of = Some((remote.clone(), f.passphrase_file.clone()));
+        // Remotes no longer configured are forgotten.
+        let shown: Vec<String> = all.iter().map(Target::shown).collect();
+        rt.remote
+            .lock()
+            .expect("remote")
+            .retain(|k, _| shown.contains(k));
+    }
+    let (mut error, mut seq, mut now) = (None, None, now);
+    for t in &all {
+        let (e, s) = sync_one_if_due(sh, rt, cfg, f, t, now);
+        error = error.or(e);
+        if s.is_some() {
+            seq = s;
+            now = s;
+        }
+    }
+    (error, seq)
+}
+
+/// [`sync_if_due`] for remote `t`.
+fn sync_one_if_due(
+    sh: &Arc<Shared>,
+    rt: &FolderRt,
+    cfg: &Config,
+    f: &Folder,
+    t: &Target,
+    now: Option<u64>,
+) -> (Option<String>, Option<u64>) {
+    let shown = t.shown();
+    let at = Instant::now();
+    {
+        let mut all = rt.remote.lock().expect("remote");
+        let st = all.entry(shown.clone()).or_default();
+        let of = Some((shown.clone(), f.passphrase_file.clone()));
         if st.of != of {
             *st = RemoteState {
                 of,
@@ -66,29 +133,31 @@ pub(super) fn sync_if_due(
             sh.board.folder(&f.id, |s| s.remote_synced_ms = None);
         }
         if let Some((b, msg)) = &st.failed {
-            if b.holds(t) {
+            if b.holds(at) {
                 return (Some(msg.clone()), None);
             }
-        } else if let Some((seq, at)) = st.last {
-            let polled = t < at + Duration::from_secs(f.poll_secs.max(1));
+        } else if let Some((seq, when)) = st.last {
+            let polled = at < when + Duration::from_secs(f.poll_secs.max(1));
             if polled && (now.is_none() || now == Some(seq)) {
                 return (None, None);
             }
         }
     }
-    match sync_remote(sh, rt, cfg, f, remote) {
+    match sync_remote(sh, rt, cfg, f, t) {
         Ok(seq) => {
-            let mut st = rt.remote.lock().expect("remote");
+            let mut all = rt.remote.lock().expect("remote");
+            let st = all.entry(shown).or_default();
             st.failed = None;
             st.last = Some((seq, Instant::now()));
-            drop(st);
+            drop(all);
             sh.board
                 .folder(&f.id, |s| s.remote_synced_ms = Some(status::now_ms()));
             (None, Some(seq))
         }
         Err(msg) => {
-            let msg = format!("remote {remote}: {msg}");
-            let mut st = rt.remote.lock().expect("remote");
+            let msg = format!("remote {shown}: {msg}");
+            let mut all = rt.remote.lock().expect("remote");
+            let st = all.entry(shown).or_default();
             let backoff = Backoff::after(st.failed.as_ref().map(|f| &f.0), Instant::now());
             if backoff.is_first() {
                 warn!("folder {}: {msg} (retrying)", f.id);
@@ -121,19 +190,40 @@ fn sync_remote(
     rt: &FolderRt,
     cfg: &Config,
     f: &Folder,
-    remote: &str,
+    t: &Target,
 ) -> Result<u64, String> {
-    let address = match weave_bucket::BucketAddress::parse(remote) {
-        Some(Ok(a)) => a,
-        Some(Err(e)) => return Err(e.to_string()),
-        None => return Err("not a bucket address".into()),
-    };
     let pass = passphrase(f)?;
     // Opened (its key derived, its records read) before the folder is
     // locked: the folder's peers need not wait for that.
     let state = weave_engine::Kind::state_dir(&weave_fs::Files, &f.path);
-    let bucket =
-        weave_bucket::open(&address, &pass, false, Some(&state)).map_err(|e| e.to_string())?;
+    let remote = t.shown();
+    let bucket = match t {
+        Target::Bucket(address) => {
+            let address = match weave_bucket::BucketAddress::parse(address) {
+                Some(Ok(a)) => a,
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("not a bucket address".into()),
+            };
+            weave_bucket::open(&address, &pass, false, Some(&state))
+        }
+        Target::Peer(name) => {
+            let peer = cfg
+                .peer(name)
+                .ok_or_else(|| format!("{name} is not a peer (`weave peer list`)"))?;
+            let (conn, _) = super::conn::session_to(sh, peer).map_err(|e| e.to_string())?;
+            let store = weave_net::objects::PeerStore::open(conn, &remote, &f.id)
+                .map_err(|e| match e.session::<weave_net::SessionError>().and_then(weave_net::SessionError::code) {
+                    Some(weave_net::NOT_SHARED) => format!(
+                        "{name} keeps no encrypted folder {} for this device; there, run `weave folder add {} DIR --mode receive-encrypted --peer NAME-OF-THIS-DEVICE`",
+                        f.id, f.id
+                    ),
+                    _ => e.to_string(),
+                })?;
+            let cache = weave_bucket::cache_dir(&state, &format!("peer:{}/{}", peer.id, f.id));
+            weave_bucket::open_store(Box::new(store), &remote, &pass, false, Some(cache))
+        }
+    }
+    .map_err(|e| e.to_string())?;
     let _guard = rt.lock.clone().blocking_lock_owned();
     let (local, taken) = open_folder_as(cfg, f, rt, false).map_err(|e| e.to_string())?;
     let mut reps: Vec<Box<dyn Replica>> = vec![local, Box::new(bucket)];
@@ -152,7 +242,7 @@ fn sync_remote(
     }
     super::meter::progress_over(sh, rt);
     let report = result.map_err(|e| e.to_string())?;
-    record_report(sh, &f.id, remote, &report);
+    record_report(sh, &f.id, &remote, &report);
     if report.ignore_file_changed {
         // As after a peer's sync: every path looked at again, under the
         // new patterns, with every peer.

@@ -78,8 +78,8 @@ pub(super) struct FolderRt {
     /// How in sync it showed itself before the sync under way moved
     /// bytes (shown again when that sync ends).
     pub(super) in_sync_before: Mutex<Option<f64>>,
-    /// Where it is with its bucket remote, if it has one.
-    pub(super) remote: Mutex<super::remote::RemoteState>,
+    /// Where it is with each of its encrypted remotes.
+    pub(super) remote: Mutex<super::remote::Remotes>,
 }
 
 impl FolderRt {

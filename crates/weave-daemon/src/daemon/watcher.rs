@@ -79,6 +79,7 @@ impl Watcher {
         let want: HashMap<PathBuf, String> = cfg
             .folders
             .iter()
+            .filter(|f| f.mode != crate::config::Mode::ReceiveEncrypted)
             .map(|f| {
                 (
                     std::fs::canonicalize(&f.path).unwrap_or_else(|_| f.path.clone()),

@@ -94,12 +94,15 @@ pub struct FolderStatus {
     /// lost.
     #[serde(default)]
     pub replicas: std::collections::BTreeMap<String, String>,
-    /// Its bucket remote, if it has one, and when a sync with it last
-    /// went through.
+    /// Its bucket remote, if it has one, and when a sync with one of its
+    /// encrypted remotes (the bucket, untrusted peers) last went through.
     #[serde(default)]
     pub remote: Option<String>,
     #[serde(default)]
     pub remote_synced_ms: Option<u64>,
+    /// The peers that keep it encrypted only (not counted in `peers`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub untrusted: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -274,8 +277,15 @@ impl Board {
                 });
             s.path = f.path.display().to_string();
             s.mode = f.mode.to_string();
-            s.peers = f.peers.clone();
-            s.in_sync_with.retain(|p| f.peers.contains(p));
+            // The peers it syncs with in clear: what "in sync" counts.
+            s.peers = f
+                .peers
+                .iter()
+                .filter(|p| !f.untrusted.contains(p))
+                .cloned()
+                .collect();
+            s.untrusted = f.untrusted.clone();
+            s.in_sync_with.retain(|p| s.peers.contains(p));
         }
         b.peers.retain(|n, _| cfg.peer(n).is_some());
         for p in &cfg.peers {
