@@ -30,7 +30,7 @@ pub struct BucketVersion {
 /// Every version of every file in `pool`, by path, oldest first, and the
 /// merged view.
 fn all_versions(pool: &Pool) -> Result<(BTreeMap<String, Vec<BucketVersion>>, View), BucketError> {
-    let mut records = pool.records()?;
+    let mut records = pool.live_records()?;
     // In the order their writers saw them (`at` only grows for a writer
     // that read the records before), then by clock: new versions go on
     // the end, and numbers stay what they were.

@@ -416,6 +416,14 @@ impl Store for Objects {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>, BucketError> {
+        Ok(self
+            .list_modified(prefix)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect())
+    }
+
+    fn list_modified(&self, prefix: &str) -> Result<Vec<(String, u64)>, BucketError> {
         let base = self.path("");
         let under = self.path(prefix.trim_end_matches('/'));
         let listed: Result<Vec<_>, _> = self
@@ -430,7 +438,8 @@ impl Store for Objects {
                     "" => full.as_str(),
                     b => full.strip_prefix(b)?.trim_start_matches('/'),
                 };
-                rel.starts_with(prefix).then(|| rel.to_string())
+                let at = m.last_modified.timestamp_millis().max(0) as u64;
+                rel.starts_with(prefix).then(|| (rel.to_string(), at))
             })
             .collect())
     }

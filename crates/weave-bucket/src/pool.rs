@@ -138,10 +138,28 @@ impl Pool {
         Ok(out)
     }
 
-    /// Every record, merged.
+    /// The records readers merge: every record but those a prune's mark
+    /// retired (the mark's compaction holds what they held that is
+    /// kept). The marks are read first: a compaction is written before
+    /// its mark, so it is among the records read after. A sync never
+    /// reuses what only a retired record holds: only a sync that read
+    /// the records before the mark can, and the sweep comes a grace
+    /// period after it.
+    pub fn live_records(&self) -> Result<Vec<(String, Record)>, BucketError> {
+        let marks = crate::prune::read_marks(self)?;
+        let retired: std::collections::HashSet<&str> = marks
+            .iter()
+            .flat_map(|(_, m)| m.retired.iter().map(String::as_str))
+            .collect();
+        let mut records = self.records()?;
+        records.retain(|(n, _)| !retired.contains(n.as_str()));
+        Ok(records)
+    }
+
+    /// The live records, merged.
     pub fn view(&self) -> Result<View, BucketError> {
         let mut view = View::default();
-        for (name, r) in self.records()? {
+        for (name, r) in self.live_records()? {
             view.add(&name, r);
         }
         Ok(view)

@@ -75,6 +75,10 @@ pub struct Pruned {
 /// age rules; `max_size` is not applied to buckets): sweeps what marks at
 /// least `grace_ms` old let go, then marks what the policy drops now.
 /// A dry run reads everything and writes nothing.
+///
+/// Ages are taken from the later of the writer's clock (in the object)
+/// and the storage's (when it was written): a device whose clock is
+/// behind cannot make a mark ripe early, nor a push under way look old.
 pub fn prune(
     pool: &mut Pool,
     policy: &Policy,
@@ -82,20 +86,39 @@ pub fn prune(
     now_ms: u64,
     dry_run: bool,
 ) -> Result<Pruned, BucketError> {
-    let records = pool.records()?;
+    // The marks before the records: a sweep that runs meanwhile deletes
+    // records only after their mark was read here.
     let marks = read_marks(pool)?;
+    let mark_times: HashMap<String, u64> = pool.store.list_modified(MARKS)?.into_iter().collect();
+    let records = pool.records()?;
+    let round = Round {
+        now_ms,
+        grace_ms,
+        dry_run,
+        pack_times: pool
+            .store
+            .list_modified("packs/")?
+            .into_iter()
+            .filter_map(|(n, t)| Some((n.strip_prefix("packs/")?.to_string(), t)))
+            .collect(),
+    };
     let mut out = Pruned::default();
-    let ripe = |m: &Mark| now_ms.saturating_sub(m.time_ms) >= grace_ms;
-    out.marks_waiting = marks.iter().filter(|(_, m)| !ripe(m)).count();
-    let swept: HashSet<&str> = marks
+    let ripe: HashSet<&str> = marks
         .iter()
-        .filter(|(_, m)| ripe(m))
+        .filter(|(n, m)| round.old(m.time_ms.max(mark_times.get(n).copied().unwrap_or(0))))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    out.marks_waiting = marks.len() - ripe.len();
+    let ripe: Vec<&(String, Mark)> = marks
+        .iter()
+        .filter(|(n, _)| ripe.contains(n.as_str()))
+        .collect();
+    let swept: HashSet<&str> = ripe
+        .iter()
         .flat_map(|(_, m)| m.retired.iter().map(String::as_str))
         .collect();
-    if marks.iter().any(|(_, m)| ripe(m)) {
-        sweep(
-            pool, &records, &marks, &swept, &ripe, now_ms, dry_run, &mut out,
-        )?;
+    if !ripe.is_empty() {
+        sweep(pool, &records, &ripe, &swept, &round, &mut out)?;
     }
     // Records a mark retired already are compacted: the next mark looks
     // at the rest only.
@@ -107,7 +130,11 @@ pub fn prune(
         .iter()
         .filter(|(n, _)| !retired.contains(n.as_str()))
         .collect();
-    mark(pool, &live, policy, grace_ms, now_ms, dry_run, &mut out)?;
+    let named: HashSet<&str> = records
+        .iter()
+        .flat_map(|(_, r)| r.packs.iter().map(String::as_str))
+        .collect();
+    mark(pool, &live, &named, policy, &round, &mut out)?;
     let left = records.iter().filter(|(n, _)| !swept.contains(n.as_str()));
     let places = Places::of(left);
     let held = places.pack_sizes();
@@ -116,17 +143,36 @@ pub fn prune(
     Ok(out)
 }
 
-/// Deletes what the ripe marks let go: `swept` are the records they
+/// What one prune goes by.
+struct Round {
+    now_ms: u64,
+    grace_ms: u64,
+    dry_run: bool,
+    /// When each pack was written, by the storage's clock.
+    pack_times: HashMap<String, u64>,
+}
+
+impl Round {
+    /// Whether something written at `at_ms` is past the grace period.
+    fn old(&self, at_ms: u64) -> bool {
+        self.now_ms.saturating_sub(at_ms) >= self.grace_ms
+    }
+
+    /// When pack `id` was written: the later of the storage's time and
+    /// `said` (its record's).
+    fn pack_time(&self, id: &str, said: u64) -> u64 {
+        said.max(self.pack_times.get(id).copied().unwrap_or(0))
+    }
+}
+
+/// Deletes what the `ripe` marks let go: `swept` are the records they
 /// retired.
-#[allow(clippy::too_many_arguments)]
 fn sweep(
     pool: &mut Pool,
     records: &[(String, Record)],
-    marks: &[(String, Mark)],
+    ripe: &[&(String, Mark)],
     swept: &HashSet<&str>,
-    ripe: &dyn Fn(&Mark) -> bool,
-    now_ms: u64,
-    dry_run: bool,
+    round: &Round,
     out: &mut Pruned,
 ) -> Result<(), BucketError> {
     let (gone, staying): (Vec<_>, Vec<_>) = records
@@ -138,7 +184,7 @@ fn sweep(
     let (nodes, chunks) = all.reach(contents);
     // What the records that stay need and only the retired ones hold.
     let carry = Record {
-        time_ms: now_ms,
+        time_ms: round.now_ms,
         at: max_at(records),
         ..all.record_of(
             nodes.iter().filter(|h| !kept.nodes.contains_key(*h)),
@@ -152,18 +198,22 @@ fn sweep(
         .flat_map(|h| all.chunks.get(h).into_iter().flatten())
         .map(|at| at.0.as_str())
         .collect();
-    let sizes = all.pack_sizes();
-    let packs: BTreeMap<&str, u64> = marks
+    // And every pack a record that stays names (written since the mark).
+    let named: HashSet<&str> = staying
         .iter()
-        .filter(|(_, m)| ripe(m))
+        .flat_map(|(_, r)| r.packs.iter().map(String::as_str))
+        .collect();
+    let sizes = all.pack_sizes();
+    let packs: BTreeMap<&str, u64> = ripe
+        .iter()
         .flat_map(|(_, m)| m.packs.iter())
-        .filter(|p| !needed.contains(p.as_str()))
+        .filter(|p| !needed.contains(p.as_str()) && !named.contains(p.as_str()))
         .map(|p| (p.as_str(), sizes.get(p.as_str()).copied().unwrap_or(0)))
         .collect();
     out.records_deleted = gone.len();
     out.packs_deleted = packs.len();
     out.bytes_deleted = packs.values().sum();
-    if dry_run {
+    if round.dry_run {
         return Ok(());
     }
     if !carry.nodes.is_empty() || !carry.chunks.is_empty() {
@@ -175,10 +225,8 @@ fn sweep(
     for p in packs.keys() {
         pool.store.delete(&format!("packs/{p}"))?;
     }
-    for (name, m) in marks {
-        if ripe(m) {
-            pool.store.delete(name)?;
-        }
+    for (name, _) in ripe {
+        pool.store.delete(name)?;
     }
     Ok(())
 }
@@ -188,12 +236,12 @@ fn sweep(
 fn mark(
     pool: &mut Pool,
     live: &[&(String, Record)],
+    named: &HashSet<&str>,
     policy: &Policy,
-    grace_ms: u64,
-    now_ms: u64,
-    dry_run: bool,
+    round: &Round,
     out: &mut Pruned,
 ) -> Result<(), BucketError> {
+    let (now_ms, dry_run) = (round.now_ms, round.dry_run);
     let mut view = View::default();
     for (name, r) in live {
         view.add(name, r.clone());
@@ -210,15 +258,23 @@ fn mark(
     // whose versions are not written yet.
     let recent: HashSet<&str> = live
         .iter()
-        .filter(|(_, r)| now_ms.saturating_sub(r.time_ms) < grace_ms)
-        .flat_map(|(_, r)| r.packs.iter().map(String::as_str))
+        .flat_map(|(_, r)| r.packs.iter().map(move |p| (p.as_str(), r.time_ms)))
+        .filter(|(p, t)| !round.old(round.pack_time(p, *t)))
+        .map(|(p, _)| p)
         .collect();
-    let unneeded: BTreeMap<&str, ()> = live
+    let mut unneeded: BTreeMap<&str, ()> = live
         .iter()
         .flat_map(|(_, r)| r.packs.iter().map(String::as_str))
         .filter(|p| !needed.contains(p) && !recent.contains(p))
         .map(|p| (p, ()))
         .collect();
+    // Packs no record names (a push killed between a pack and its
+    // record), once the storage says they are old.
+    for (p, &t) in &round.pack_times {
+        if !named.contains(p.as_str()) && t > 0 && round.old(t) {
+            unneeded.insert(p.as_str(), ());
+        }
+    }
     out.versions_kept = kept.len();
     out.versions_dropped = dropped;
     // Many small records are compacted too: each costs a read.
@@ -234,13 +290,34 @@ fn mark(
     let compacted = Record {
         entries,
         entry_times,
-        integrated: view.integrated().into_iter().collect(),
-        ignore_fingerprint: view.ignore_fingerprint(),
         at: view.max_at,
         time_ms: now_ms,
         ..places.record_of(nodes.iter(), chunks.iter())
     };
     pool.write(&compacted)?;
+    // What was integrated, each said again by a record of the `at` it
+    // was said at: which statement is the latest stays as it was.
+    let (said, fingerprint) = view.statements();
+    let mut ats: Vec<u64> = said
+        .iter()
+        .map(|s| s.0)
+        .chain(fingerprint.map(|f| f.0))
+        .collect();
+    ats.sort_unstable();
+    ats.dedup();
+    for at in ats {
+        pool.write(&Record {
+            integrated: said
+                .iter()
+                .filter(|s| s.0 == at)
+                .map(|s| (s.1, s.2))
+                .collect(),
+            ignore_fingerprint: fingerprint.filter(|f| f.0 == at).map(|f| f.1),
+            at,
+            time_ms: now_ms,
+            ..Default::default()
+        })?;
+    }
     let m = Mark {
         time_ms: now_ms,
         retired: live.iter().map(|(n, _)| n.clone()).collect(),
@@ -312,29 +389,42 @@ fn kept_versions(
     (kept, dropped)
 }
 
-/// The chunk-tree nodes and chunks `contents` are made of, as far as
-/// `node` knows their trees.
+/// The trees of `contents`: the chunk-tree nodes and chunks they are
+/// made of, as far as `node` knows them, and the nodes it does not know.
+pub(crate) struct Reach {
+    pub nodes: HashSet<Hash>,
+    pub chunks: HashSet<Hash>,
+    pub missing: HashSet<Hash>,
+}
+
 pub(crate) fn reach(
     contents: impl Iterator<Item = Hash>,
     node: &dyn Fn(&Hash) -> Option<Node>,
-) -> (HashSet<Hash>, HashSet<Hash>) {
-    let (mut seen, mut chunks) = (HashSet::new(), HashSet::new());
+) -> Reach {
+    let mut r = Reach {
+        nodes: HashSet::new(),
+        chunks: HashSet::new(),
+        missing: HashSet::new(),
+    };
     let mut todo: Vec<Hash> = contents.collect();
     while let Some(h) = todo.pop() {
-        if seen.contains(&h) {
+        if r.nodes.contains(&h) || r.missing.contains(&h) {
             continue;
         }
-        let Some(n) = node(&h) else { continue };
-        seen.insert(h);
+        let Some(n) = node(&h) else {
+            r.missing.insert(h);
+            continue;
+        };
+        r.nodes.insert(h);
         for (child, _) in n.children {
             if n.level == 1 {
-                chunks.insert(child);
+                r.chunks.insert(child);
             } else {
                 todo.push(child);
             }
         }
     }
-    (seen, chunks)
+    r
 }
 
 /// Where a chunk is: (pack, pack size, offset, length).
@@ -406,9 +496,10 @@ impl Places {
         &self,
         entries: impl Iterator<Item = &'a Entry>,
     ) -> (HashSet<Hash>, HashSet<Hash>) {
-        reach(entries.filter_map(|e| e.object.content()), &|h| {
+        let r = reach(entries.filter_map(|e| e.object.content()), &|h| {
             self.node(h)
-        })
+        });
+        (r.nodes, r.chunks)
     }
 
     fn pack_sizes(&self) -> HashMap<&str, u64> {
@@ -639,5 +730,65 @@ pub(crate) mod tests {
         assert_eq!((s.records_deleted, s.packs_deleted), (1, 1), "{s:?}");
         assert_eq!(read(&p, &f2).unwrap(), vec![2; 5000]);
         assert_eq!(packs(&mem), 1);
+    }
+
+    #[test]
+    fn a_clock_behind_makes_no_mark_ripe_early_and_orphan_packs_go() {
+        let mem = Arc::new(Memory::default());
+        let mut p = pool(&mem);
+        push(&mut p, "f", 1, &[1; 5000], 1000);
+        push(&mut p, "f", 2, &[2; 5000], 2000);
+        // A pack no record names, written long ago by the storage's
+        // clock; another just now.
+        let (old_orphan, new_orphan) = ("a".repeat(32), "b".repeat(32));
+        for o in [&old_orphan, &new_orphan] {
+            mem.put(&format!("packs/{o}"), vec![0; 10]).unwrap();
+        }
+        let stamp = |name: &str, t: u64| {
+            mem.times.lock().unwrap().insert(name.to_string(), t);
+        };
+        stamp(&format!("packs/{old_orphan}"), 5_000);
+        stamp(&format!("packs/{new_orphan}"), 99_000);
+        // The marking device's clock says 20 000; the storage's, 60 000.
+        let m = prune(&mut p, &keep_last(0), 10_000, 20_000, false).unwrap();
+        assert_eq!(m.packs_marked, 2, "{m:?}"); // f's first, the old orphan
+        let mark = mem.list(MARKS).unwrap().pop().unwrap();
+        stamp(&mark, 60_000);
+        // By the mark's own time it is ripe at 30 001; by the storage's,
+        // not before 70 000.
+        let s = prune(&mut p, &keep_last(0), 10_000, 30_001, false).unwrap();
+        assert_eq!((s.packs_deleted, s.marks_waiting), (0, 1), "{s:?}");
+        let s = prune(&mut p, &keep_last(0), 10_000, 70_000, false).unwrap();
+        assert_eq!(s.packs_deleted, 2, "{s:?}");
+        assert!(mem.get(&format!("packs/{old_orphan}")).unwrap().is_none());
+        assert!(mem.get(&format!("packs/{new_orphan}")).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_marked_pack_a_later_record_names_is_kept() {
+        let mem = Arc::new(Memory::default());
+        let mut p = pool(&mem);
+        push(&mut p, "f", 1, &[1; 5000], 1000);
+        push(&mut p, "f", 2, &[2; 5000], 2000);
+        let orphan = "c".repeat(32);
+        mem.put(&format!("packs/{orphan}"), vec![0; 10]).unwrap();
+        mem.times
+            .lock()
+            .unwrap()
+            .insert(format!("packs/{orphan}"), 1);
+        let m = prune(&mut p, &keep_last(1), 10_000, 20_000, false).unwrap();
+        assert_eq!(m.packs_marked, 1, "{m:?}");
+        // A slow push's record of where its chunks are lands after the
+        // mark.
+        p.write(&Record {
+            packs: vec![orphan.clone()],
+            pack_sizes: vec![10],
+            time_ms: 25_000,
+            ..Default::default()
+        })
+        .unwrap();
+        let s = prune(&mut p, &keep_last(1), 10_000, 40_000, false).unwrap();
+        assert_eq!(s.packs_deleted, 0, "{s:?}");
+        assert!(mem.get(&format!("packs/{orphan}")).unwrap().is_some());
     }
 }

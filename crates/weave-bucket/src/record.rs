@@ -179,6 +179,10 @@ pub struct Located {
     pub len: u32,
 }
 
+/// A statement of what the bucket integrated of a replica: the `at` of
+/// the record saying it, the replica, its sequence number.
+pub type Said = (u64, ReplicaId, u64);
+
 /// Everything a bucket holds, merged from all its records.
 #[derive(Clone, Debug, Default)]
 pub struct View {
@@ -281,6 +285,19 @@ impl View {
             .iter()
             .map(|(id, (_, s))| (*id, *s))
             .collect()
+    }
+
+    /// What the bucket integrated of each replica, and the ignore
+    /// fingerprint, each with the `at` of the record that says it: what
+    /// a prune's compaction keeps as it was said.
+    pub fn statements(&self) -> (Vec<Said>, Option<(u64, u64)>) {
+        let mut said: Vec<Said> = self
+            .integrated
+            .iter()
+            .map(|(id, (at, seq))| (*at, *id, *seq))
+            .collect();
+        said.sort();
+        (said, self.ignore_fingerprint)
     }
 
     pub fn ignore_fingerprint(&self) -> Option<u64> {

@@ -3,7 +3,6 @@
 //! packs of the chunks it did not hold.
 
 use crate::pool::{Pack, Pool};
-use crate::prune::MARKS;
 use crate::record::{ChunkAt, Record, View};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -24,8 +23,8 @@ pub struct BucketReplica {
     entries: Entries,
     info: ReplicaInfo,
     dry_run: bool,
-    /// The prune marks waiting when the records were read.
-    marks: Vec<String>,
+    /// The records read when it was opened.
+    read: HashSet<String>,
     /// Bytes uploaded and downloaded.
     sent: u64,
     received: u64,
@@ -34,10 +33,14 @@ pub struct BucketReplica {
 impl BucketReplica {
     /// The replica of the bucket `pool` (its records read now).
     pub fn new(pool: Pool, dry_run: bool) -> Result<BucketReplica, SyncError> {
-        let view = pool.view().map_err(err)?;
-        let marks = pool.store.list(MARKS).map_err(err)?;
+        let live = pool.live_records().map_err(err)?;
+        let read = live.iter().map(|(n, _)| n.clone()).collect();
+        let mut view = View::default();
+        for (name, r) in live {
+            view.add(&name, r);
+        }
         let mut r = BucketReplica {
-            marks,
+            read,
             info: ReplicaInfo {
                 id: pool.id,
                 seq: 0,
@@ -116,21 +119,27 @@ impl BucketReplica {
         Ok(())
     }
 
-    /// When a prune swept (a mark waiting when this sync read the records
-    /// is gone), the records are read again, and the versions of `rec`
-    /// whose content the bucket no longer holds whole are left out (the
-    /// next sync uploads them again).
+    /// When a prune swept records this sync read (they are gone), the
+    /// records are read again, and the versions of `rec` whose content
+    /// the bucket no longer holds whole are left out (the next sync
+    /// uploads them again).
     fn not_swept_under(
         &mut self,
         rec: &mut Record,
         done: &mut Vec<(usize, weave_core::Entry)>,
         errors: &mut Vec<Issue>,
     ) -> Result<(), SyncError> {
-        let now = self.pool.store.list(MARKS).map_err(err)?;
-        if self.marks.iter().all(|m| now.contains(m)) {
+        let now: HashSet<String> = self
+            .pool
+            .store
+            .list("logs/")
+            .map_err(err)?
+            .into_iter()
+            .collect();
+        if self.read.is_subset(&now) {
             return Ok(());
         }
-        self.marks = now;
+        self.read = now;
         self.view = self.pool.view().map_err(err)?;
         let view = &self.view;
         let nodes: HashMap<Hash, weave_chunk::Node> = rec
@@ -140,9 +149,9 @@ impl BucketReplica {
             .collect();
         let whole = |content: &Hash| {
             let known = |h: &Hash| view.nodes.get(h).or_else(|| nodes.get(h)).cloned();
-            let (_, chunks) = crate::prune::reach(std::iter::once(*content), &known);
-            (view.nodes.contains_key(content) || nodes.contains_key(content))
-                && chunks
+            let r = crate::prune::reach(std::iter::once(*content), &known);
+            r.missing.is_empty()
+                && r.chunks
                     .iter()
                     .all(|c| *c == weave_chunk::zero_chunk() || view.chunks.contains_key(c))
         };
@@ -444,9 +453,9 @@ mod tests {
             keep_last: Some(0),
             ..Policy::keep_all()
         };
-        crate::prune::prune(&mut p, &drop_old, 0, 10_000, false).unwrap();
-        // A sync reads the records while the mark waits...
+        // A sync reads the records before a prune marks...
         let mut r = BucketReplica::new(pool(&mem), false).unwrap();
+        crate::prune::prune(&mut p, &drop_old, 0, 10_000, false).unwrap();
         // ...and before it writes, the sweep deletes the old version's pack.
         let s = crate::prune::prune(&mut p, &drop_old, 0, 20_000, false).unwrap();
         assert_eq!(s.packs_deleted, 1);
@@ -469,5 +478,135 @@ mod tests {
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].path, "reuses-old");
         assert!(errors[0].message.contains("next sync uploads it again"));
+    }
+
+    fn drop_old() -> Policy {
+        Policy {
+            keep_last: Some(0),
+            ..Policy::keep_all()
+        }
+    }
+
+    #[test]
+    fn a_sync_that_opens_while_a_mark_waits_reuses_nothing_it_retired() {
+        let mem = Arc::new(Memory::default());
+        let mut p = pool(&mem);
+        let old = push(&mut p, "f", 1, &[1; 5000], 1000);
+        let new = push(&mut p, "f", 2, &[2; 5000], 2000);
+        crate::prune::prune(&mut p, &drop_old(), 10_000, 20_000, false).unwrap();
+        let r = BucketReplica::new(pool(&mem), false).unwrap();
+        let content = |e: &weave_core::Entry| e.object.content().unwrap();
+        // The dropped version's tree and chunk are not the bucket's for
+        // it: a version of that content is uploaded again.
+        assert!(r.view.list(&content(&old)).is_none());
+        assert!(!r.view.chunks.contains_key(&Hash::of(&[1; 5000])));
+        assert!(r.view.list(&content(&new)).is_some());
+        assert_eq!(r.view.chosen("f"), Some(&new));
+    }
+
+    #[test]
+    fn a_tree_missing_an_inner_node_after_a_sweep_is_not_whole() {
+        use crate::pool::Pack;
+        use weave_chunk::Node;
+        let mem = Arc::new(Memory::default());
+        let mut p = pool(&mem);
+        // The old version: a two-level tree over chunk c.
+        let c = vec![1u8; 5000];
+        let hc = Hash::of(&c);
+        let l = Node {
+            level: 1,
+            children: vec![(hc, 5000)],
+        };
+        let r1 = Node {
+            level: 2,
+            children: vec![(l.hash(), 5000)],
+        };
+        let mut pack = Pack::new();
+        pack.add(&p.keys, hc, &c);
+        let (id, bytes, chunks) = pack.finish();
+        let size = bytes.len() as u64;
+        p.store.put(&format!("packs/{id}"), bytes).unwrap();
+        p.write(&Record {
+            entries: vec![entry("f", 1, r1.hash(), 5000)],
+            nodes: vec![(l.hash(), l.encode()), (r1.hash(), r1.encode())],
+            packs: vec![id],
+            pack_sizes: vec![size],
+            chunks: chunks
+                .into_iter()
+                .map(|(hash, offset, len)| ChunkAt {
+                    hash,
+                    pack: 0,
+                    offset,
+                    len,
+                })
+                .collect(),
+            at: 1,
+            time_ms: 1000,
+            ..Default::default()
+        })
+        .unwrap();
+        push(&mut p, "f", 2, &[2; 5000], 2000);
+        // A sync opens before the mark, and writes after the sweep.
+        let mut r = BucketReplica::new(pool(&mem), false).unwrap();
+        crate::prune::prune(&mut p, &drop_old(), 0, 10_000, false).unwrap();
+        crate::prune::prune(&mut p, &drop_old(), 0, 20_000, false).unwrap();
+        // Its new content shares subtree `l` (the bucket had it, so it
+        // wrote only the new root) and adds chunk d in a pack of its own.
+        let d = vec![3u8; 5000];
+        let l2 = Node {
+            level: 1,
+            children: vec![(Hash::of(&d), 5000)],
+        };
+        let r2 = Node {
+            level: 2,
+            children: vec![(l.hash(), 5000), (l2.hash(), 5000)],
+        };
+        let mut pk = Pack::new();
+        pk.add(&r.pool.keys, Hash::of(&d), &d);
+        r.upload(pk).unwrap();
+        let g = entry("g", 1, r2.hash(), 10000);
+        let mut rec = Record {
+            entries: vec![g.clone()],
+            nodes: vec![(r2.hash(), r2.encode()), (l2.hash(), l2.encode())],
+            ..Default::default()
+        };
+        let (mut done, mut errors) = (vec![(0, g.clone())], vec![]);
+        r.not_swept_under(&mut rec, &mut done, &mut errors).unwrap();
+        assert!(
+            rec.entries.is_empty(),
+            "g kept though node l and chunk c are gone"
+        );
+        assert_eq!(errors.len(), 1);
+    }
+
+    #[test]
+    fn a_compaction_keeps_what_was_integrated_as_it_was_said() {
+        let mem = Arc::new(Memory::default());
+        let mut p = pool(&mem);
+        let x = weave_core::ReplicaId(42);
+        push(&mut p, "f", 1, &[1; 5000], 1000);
+        p.write(&Record {
+            integrated: vec![(x, 100)],
+            at: 1,
+            time_ms: 1100,
+            ..Default::default()
+        })
+        .unwrap();
+        // X was restored (its seq is 60 now); its sync reads the records...
+        let mut sx = BucketReplica::new(pool(&mem), false).unwrap();
+        // ...another device writes, a prune compacts...
+        push(&mut p, "f", 2, &[2; 5000], 2000);
+        crate::prune::prune(&mut p, &drop_old(), 0, 10_000, false).unwrap();
+        // ...and X's sync finishes: it integrated X up to 70, said last.
+        let fin = weave_engine::Finish {
+            observe: 0,
+            integrated: Some(weave_engine::Integrated {
+                peers: vec![(x, 70)],
+                ignore_fingerprint: 0,
+            }),
+            went_through: None,
+        };
+        sx.finish(&fin).unwrap();
+        assert_eq!(p.view().unwrap().integrated()[&x], 70);
     }
 }

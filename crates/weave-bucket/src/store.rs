@@ -21,14 +21,19 @@ pub trait Store: Send + Sync {
     fn put_new(&self, name: &str, data: Vec<u8>) -> Result<bool, BucketError>;
     /// The names of the objects under `prefix` (a name starts with it).
     fn list(&self, prefix: &str) -> Result<Vec<String>, BucketError>;
+    /// [`Store::list`], with when each object was written, by the
+    /// storage's clock (milliseconds since the epoch; 0 if unknown).
+    fn list_modified(&self, prefix: &str) -> Result<Vec<(String, u64)>, BucketError>;
     /// Removes an object (one that is not there is no error).
     fn delete(&self, name: &str) -> Result<(), BucketError>;
 }
 
-/// A store in memory (for tests).
+/// A store in memory (for tests). When each object was written is
+/// unknown (0) unless a test sets it in `times`.
 #[derive(Default)]
 pub struct Memory {
     pub objects: Mutex<BTreeMap<String, Vec<u8>>>,
+    pub times: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Store for Memory {
@@ -71,8 +76,20 @@ impl Store for Memory {
             .cloned()
             .collect())
     }
+    fn list_modified(&self, prefix: &str) -> Result<Vec<(String, u64)>, BucketError> {
+        let times = self.times.lock().expect("memory");
+        Ok(self
+            .list(prefix)?
+            .into_iter()
+            .map(|n| {
+                let t = times.get(&n).copied().unwrap_or(0);
+                (n, t)
+            })
+            .collect())
+    }
     fn delete(&self, name: &str) -> Result<(), BucketError> {
         self.objects.lock().expect("memory").remove(name);
+        self.times.lock().expect("memory").remove(name);
         Ok(())
     }
 }
@@ -93,6 +110,9 @@ impl<S: Store> Store for std::sync::Arc<S> {
     }
     fn list(&self, prefix: &str) -> Result<Vec<String>, BucketError> {
         (**self).list(prefix)
+    }
+    fn list_modified(&self, prefix: &str) -> Result<Vec<(String, u64)>, BucketError> {
+        (**self).list_modified(prefix)
     }
     fn delete(&self, name: &str) -> Result<(), BucketError> {
         (**self).delete(name)

@@ -142,6 +142,7 @@ impl PeerStore {
             }
             whole.data.extend(r.data);
             whole.names.extend(r.names);
+            whole.times.extend(r.times);
             if !r.more {
                 return Ok(whole);
             }
@@ -197,6 +198,12 @@ impl Store for PeerStore {
 
     fn list(&self, prefix: &str) -> Result<Vec<String>, BucketError> {
         Ok(self.ask(Self::op(object_op::LIST, prefix))?.names)
+    }
+
+    fn list_modified(&self, prefix: &str) -> Result<Vec<(String, u64)>, BucketError> {
+        let r = self.ask(Self::op(object_op::LIST, prefix))?;
+        let times = r.times.into_iter().chain(std::iter::repeat(0));
+        Ok(r.names.into_iter().zip(times).collect())
     }
 
     fn delete(&self, name: &str) -> Result<(), BucketError> {
@@ -296,15 +303,16 @@ impl Answerer {
                     Err(e) => reply(failed(e)),
                 }
             }
-            object_op::LIST => match self.store.list(&op.name) {
-                Ok(names) => {
-                    let mut parts = names.chunks(NAMES_PER_REPLY).peekable();
+            object_op::LIST => match self.store.list_modified(&op.name) {
+                Ok(listed) => {
+                    let mut parts = listed.chunks(NAMES_PER_REPLY).peekable();
                     if parts.peek().is_none() {
                         return reply(ObjectReply::default());
                     }
                     while let Some(part) = parts.next() {
                         reply(ObjectReply {
-                            names: part.to_vec(),
+                            names: part.iter().map(|(n, _)| n.clone()).collect(),
+                            times: part.iter().map(|(_, t)| *t).collect(),
                             more: parts.peek().is_some(),
                             ..Default::default()
                         })?;

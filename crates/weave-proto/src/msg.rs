@@ -488,6 +488,10 @@ pub struct ObjectReply {
     /// What went wrong where the objects are kept (the session goes on).
     #[prost(string, tag = "5")]
     pub error: String,
+    /// For a list: when each of `names` was written, by the keeper's
+    /// clock (milliseconds since the epoch).
+    #[prost(uint64, repeated, tag = "6")]
+    pub times: Vec<u64>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

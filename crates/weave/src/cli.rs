@@ -43,7 +43,9 @@ enum Command {
     #[command(disable_version_flag = true)]
     Restore(RestoreArgs),
     /// Apply the retention policy to the version store now (a sync does it
-    /// after keeping versions), or check the store for damage.
+    /// after keeping versions), or check the store for damage; with
+    /// --bucket, prune a bucket replica's old versions (two phases: a gc
+    /// marks, a gc a grace period later deletes).
     Gc(GcArgs),
     /// Show or set how long a replica keeps old versions.
     ///
@@ -134,8 +136,8 @@ enum KvCommand {
 /// A bucket replica whose versions to read instead of a local replica's.
 #[derive(clap::Args)]
 pub struct BucketArgs {
-    /// Read the versions kept in this bucket replica (s3://BUCKET/PREFIX
-    /// or file:///DIR) instead of a local replica's.
+    /// Work on the versions kept in this bucket replica
+    /// (s3://BUCKET/PREFIX or file:///DIR) instead of a local replica's.
     #[arg(long, value_name = "ADDRESS")]
     pub bucket: Option<String>,
     /// The bucket's passphrase, from the first line of FILE (else
@@ -186,8 +188,8 @@ struct RestoreArgs {
 #[derive(clap::Args)]
 struct GcArgs {
     /// The replica (default: the one the current directory is in).
-    #[arg(value_name = "REPLICA", default_value = ".")]
-    replica: PathBuf,
+    #[arg(value_name = "REPLICA", conflicts_with = "bucket")]
+    replica: Option<PathBuf>,
     /// Read every stored chunk back and list the versions a damaged or
     /// missing one affects, instead of pruning (changes nothing).
     #[arg(long, conflicts_with = "bucket")]
@@ -218,15 +220,27 @@ pub struct BucketPruneArgs {
     #[arg(long, requires = "bucket")]
     pub staggered: bool,
     /// With --bucket: delete only what a gc at least this long ago marked
-    /// (default 1d). A sync running longer than this while two gcs mark
-    /// and sweep could lose chunks it reused; keep it longer than your
-    /// longest sync.
-    #[arg(long, value_name = "AGE", value_parser = parse_grace, requires = "bucket")]
+    /// (default 1d; 0 deletes at the next gc). Keep it longer than your
+    /// longest sync: a sync that read the bucket before a mark and writes
+    /// after its sweep leaves out what lost its chunks, but one writing
+    /// during the sweep itself is not protected.
+    #[arg(long, value_name = "AGE", value_parser = parse_age, requires = "bucket")]
     pub grace: Option<i64>,
     /// With --bucket: say what would be marked and deleted, and write
     /// nothing.
     #[arg(long, requires = "bucket")]
     pub dry_run: bool,
+}
+
+impl BucketPruneArgs {
+    /// Whether any of them was given.
+    fn given(&self) -> bool {
+        self.keep_last.is_some()
+            || self.max_age.is_some()
+            || self.staggered
+            || self.grace.is_some()
+            || self.dry_run
+    }
 }
 
 #[derive(clap::Args)]
@@ -256,14 +270,6 @@ struct RetentionArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-}
-
-/// An age that may be 0 (`0s`).
-fn parse_grace(s: &str) -> Result<i64, String> {
-    match s.trim() {
-        "0" | "0s" => Ok(0),
-        _ => parse_age(s),
-    }
 }
 
 fn parse_age(s: &str) -> Result<i64, String> {
@@ -540,10 +546,15 @@ pub fn run() -> ExitCode {
         }),
         Command::Gc(a) => done(match &a.bucket.bucket {
             Some(_) => crate::buckets::prune(&a.bucket, &a.prune, a.json),
-            None if a.prune.keep_last.is_some() || a.prune.max_age.is_some() => Err(anyhow::anyhow!(
-                "--keep-last and --max-age go with --bucket; a local replica's policy is set with `weave retention`"
+            // (clap's `requires` lets these through beside a REPLICA.)
+            None if a.prune.given() => Err(anyhow::anyhow!(
+                "--keep-last, --max-age, --staggered, --grace and --dry-run go with --bucket; a local replica's policy is set with `weave retention`"
             )),
-            None => crate::versions::gc(&a.replica, a.check, a.json),
+            None => crate::versions::gc(
+                a.replica.as_deref().unwrap_or(std::path::Path::new(".")),
+                a.check,
+                a.json,
+            ),
         }),
         Command::Retention(a) => {
             let change = crate::versions::PolicyChange {
