@@ -322,8 +322,31 @@ fn open_chunk(keys: &Keys, h: &Hash, frame: &[u8]) -> Option<Vec<u8>> {
     weave_chunk::verify(&data, h).then_some(data)
 }
 
-/// The keys and id of the bucket whose config is `bytes`.
+/// The keys and id of the bucket whose config is `bytes`, once derived
+/// in this process: a daemon that polls a bucket every few seconds does
+/// not run the key derivation (64 MiB, about 0.3 s) each time.
 fn unlock(
+    bytes: &[u8],
+    display: &str,
+    passphrase: &[u8],
+) -> Result<(Keys, ReplicaId), BucketError> {
+    type Unlocked = std::collections::HashMap<[u8; 32], (Keys, ReplicaId)>;
+    static UNLOCKED: std::sync::OnceLock<std::sync::Mutex<Unlocked>> = std::sync::OnceLock::new();
+    let mut h = blake3::Hasher::new_derive_key("weave-bucket v1 unlocked in this process");
+    h.update(&(bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
+    h.update(passphrase);
+    let known = *h.finalize().as_bytes();
+    let cache = UNLOCKED.get_or_init(Default::default);
+    if let Some(k) = cache.lock().expect("unlocked").get(&known) {
+        return Ok(k.clone());
+    }
+    let k = derive_and_unlock(bytes, display, passphrase)?;
+    cache.lock().expect("unlocked").insert(known, k.clone());
+    Ok(k)
+}
+
+fn derive_and_unlock(
     bytes: &[u8],
     display: &str,
     passphrase: &[u8],

@@ -753,3 +753,57 @@ fn gc_prunes_an_s3_bucket() {
     };
     prune_round(p, &env, &b, &bytes);
 }
+
+/// A daemon prunes its folder's bucket remote by the folder's retention
+/// policy (as its local version history): after its first sync that goes
+/// through, it marks the versions the policy drops, and they are no
+/// longer listed.
+#[test]
+fn a_daemon_prunes_its_remote_by_the_folders_retention_policy() {
+    use common::daemon::{wait_for, Device};
+    let a = Device::new("a");
+    let dir = a.root.join("docs");
+    fs::create_dir_all(&dir).unwrap();
+    let b = bucket_url(&a.root);
+    let pass = a.root.join("pass");
+    fs::write(&pass, format!("{PASS}\n")).unwrap();
+    let pass = pass.to_str().unwrap();
+    for v in ["one", "two", "three", "four"] {
+        write(dir.join("notes.txt"), v);
+        bsync(&a.root, &["docs", &b]).expect_code(0);
+    }
+    let versions = || {
+        let out = run_weave(
+            &a.root,
+            &[("WEAVE_PASSPHRASE", PASS.to_string())],
+            &["history", "--json", "--bucket", &b, "notes.txt"],
+        );
+        out.expect_code(0);
+        let j: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        j["versions"].as_array().unwrap().len()
+    };
+    assert_eq!(versions(), 4);
+    a.ok(&[
+        "retention",
+        dir.to_str().unwrap(),
+        "--keep-all",
+        "--keep-last",
+        "1",
+    ]);
+    a.folder(
+        "docs",
+        "docs",
+        &[],
+        &["--remote", &b, "--poll", "1", "--passphrase-file", pass],
+    );
+    a.start();
+    let marks = a.root.join("bucket/marks");
+    wait_for("a mark in the bucket", &[&a], || {
+        fs::read_dir(&marks).is_ok_and(|mut d| d.next().is_some())
+    });
+    a.term();
+    // The current version and one old one are left; nothing is deleted
+    // before the grace period.
+    assert_eq!(versions(), 2);
+    assert_eq!(read_str(dir.join("notes.txt")), "four");
+}

@@ -87,14 +87,23 @@ pub(super) fn run(
     action: FolderAction,
 ) -> Answer {
     if peers.is_empty() {
+        let what = match action {
+            FolderAction::Revert => "take",
+            FolderAction::Override => "override",
+        };
+        if f.remote.is_some() || !f.untrusted.is_empty() {
+            return Answer::refused(format!(
+                "folder {} syncs with no trusted peer, only through its encrypted remotes, and `weave folder {}` works with peers only so far; nothing was changed",
+                f.id,
+                match action {
+                    FolderAction::Revert => "revert",
+                    FolderAction::Override => "override",
+                },
+            ));
+        }
         return Answer::refused(format!(
-            "folder {} is shared with no peer, so there are no peers' versions to {}; share it first with `weave folder share {} PEER`",
-            f.id,
-            match action {
-                FolderAction::Revert => "take",
-                FolderAction::Override => "override",
-            },
-            f.id
+            "folder {} is shared with no peer, so there are no peers' versions to {what}; share it first with `weave folder share {} PEER`",
+            f.id, f.id
         ));
     }
     match action {

@@ -28,7 +28,16 @@ pub(super) struct RemoteState {
     last: Option<(u64, Instant)>,
     /// After a failure: when to try again, and what it was.
     failed: Option<(Backoff, String)>,
+    /// When it was last pruned.
+    pruned: Option<Instant>,
 }
+
+/// How often the daemon prunes a remote by the folder's retention policy
+/// (after a sync that went through).
+const PRUNE_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+/// What a daemon's prune marks is deleted by one at least this long after.
+const PRUNE_GRACE_MS: u64 = 24 * 3600 * 1000;
 
 /// An encrypted remote of a folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,12 +155,29 @@ fn sync_one_if_due(
     match sync_remote(sh, rt, cfg, f, t) {
         Ok(seq) => {
             let mut all = rt.remote.lock().expect("remote");
-            let st = all.entry(shown).or_default();
+            let st = all.entry(shown.clone()).or_default();
             st.failed = None;
             st.last = Some((seq, Instant::now()));
+            let prune = st.pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY);
+            if prune {
+                st.pruned = Some(Instant::now());
+            }
             drop(all);
             sh.board
                 .folder(&f.id, |s| s.remote_synced_ms = Some(status::now_ms()));
+            if prune {
+                match prune_remote(sh, rt, cfg, f, t) {
+                    Ok(p) => info!(
+                        "folder {}: pruned remote {shown}: {} old versions marked, {} packs ({} bytes) deleted",
+                        f.id, p.versions_dropped, p.packs_deleted, p.bytes_deleted
+                    ),
+                    Err(e) => {
+                        let msg = format!("remote {shown}: pruning its old versions: {e}; tried again in a day");
+                        warn!("folder {}: {msg}", f.id);
+                        sh.board.error(Some(&f.id), None, msg);
+                    }
+                }
+            }
             (None, Some(seq))
         }
         Err(msg) => {
@@ -183,6 +209,72 @@ fn passphrase(f: &Folder) -> Result<Vec<u8>, String> {
         })
 }
 
+/// Where remote `t` of folder `f` keeps its objects, reached, and where
+/// its records are cached here.
+fn store_of(
+    sh: &Arc<Shared>,
+    cfg: &Config,
+    f: &Folder,
+    t: &Target,
+) -> Result<(Box<dyn weave_bucket::store::Store>, std::path::PathBuf), String> {
+    let state = weave_engine::Kind::state_dir(&weave_fs::Files, &f.path);
+    match t {
+        Target::Bucket(address) => {
+            let address = match weave_bucket::BucketAddress::parse(address) {
+                Some(Ok(a)) => a,
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("not a bucket address".into()),
+            };
+            let store = address.connect(true).map_err(|e| e.to_string())?;
+            Ok((store, weave_bucket::cache_dir(&state, &address.to_string())))
+        }
+        Target::Peer(name) => {
+            let peer = cfg
+                .peer(name)
+                .ok_or_else(|| format!("{name} is not a peer (`weave peer list`)"))?;
+            let (conn, _) = super::conn::session_to(sh, peer).map_err(|e| e.to_string())?;
+            let code = |e: &weave_engine::SyncError| {
+                e.session::<weave_net::SessionError>()
+                    .and_then(weave_net::SessionError::code)
+                    .map(str::to_string)
+            };
+            let store = weave_net::objects::PeerStore::open(conn, &t.shown(), &f.id)
+                .map_err(|e| match code(&e).as_deref() {
+                    Some(weave_net::NOT_SHARED) => format!(
+                        "{name} keeps no encrypted folder {} for this device; there, run `weave folder add {} DIR --mode receive-encrypted --peer NAME-OF-THIS-DEVICE`",
+                        f.id, f.id
+                    ),
+                    _ => e.to_string(),
+                })?;
+            let cache = weave_bucket::cache_dir(&state, &format!("peer:{}/{}", peer.id, f.id));
+            Ok((Box::new(store), cache))
+        }
+    }
+}
+
+/// Prunes remote `t` of folder `f` by the folder's retention policy (as
+/// its local version history keeps versions; its size limit aside): a
+/// mark now, swept by a prune a day later.
+fn prune_remote(
+    sh: &Arc<Shared>,
+    rt: &FolderRt,
+    cfg: &Config,
+    f: &Folder,
+    t: &Target,
+) -> Result<weave_bucket::prune::Pruned, String> {
+    let policy = {
+        let _guard = rt.lock.clone().blocking_lock_owned();
+        weave_store::history::policy(&f.path, None).map_err(|e| e.to_string())?
+    };
+    let pass = passphrase(f)?;
+    let (store, _) = store_of(sh, cfg, f, t)?;
+    let mut pool = weave_bucket::Pool::open(store, &t.shown(), &pass, false)
+        .map_err(|e| e.to_string())?
+        .ok_or("no bucket is there")?;
+    weave_bucket::prune::prune(&mut pool, &policy, PRUNE_GRACE_MS, status::now_ms(), false)
+        .map_err(|e| e.to_string())
+}
+
 /// One sync of the folder with its remote; the folder's sequence number
 /// after it.
 fn sync_remote(
@@ -195,35 +287,10 @@ fn sync_remote(
     let pass = passphrase(f)?;
     // Opened (its key derived, its records read) before the folder is
     // locked: the folder's peers need not wait for that.
-    let state = weave_engine::Kind::state_dir(&weave_fs::Files, &f.path);
     let remote = t.shown();
-    let bucket = match t {
-        Target::Bucket(address) => {
-            let address = match weave_bucket::BucketAddress::parse(address) {
-                Some(Ok(a)) => a,
-                Some(Err(e)) => return Err(e.to_string()),
-                None => return Err("not a bucket address".into()),
-            };
-            weave_bucket::open(&address, &pass, false, Some(&state))
-        }
-        Target::Peer(name) => {
-            let peer = cfg
-                .peer(name)
-                .ok_or_else(|| format!("{name} is not a peer (`weave peer list`)"))?;
-            let (conn, _) = super::conn::session_to(sh, peer).map_err(|e| e.to_string())?;
-            let store = weave_net::objects::PeerStore::open(conn, &remote, &f.id)
-                .map_err(|e| match e.session::<weave_net::SessionError>().and_then(weave_net::SessionError::code) {
-                    Some(weave_net::NOT_SHARED) => format!(
-                        "{name} keeps no encrypted folder {} for this device; there, run `weave folder add {} DIR --mode receive-encrypted --peer NAME-OF-THIS-DEVICE`",
-                        f.id, f.id
-                    ),
-                    _ => e.to_string(),
-                })?;
-            let cache = weave_bucket::cache_dir(&state, &format!("peer:{}/{}", peer.id, f.id));
-            weave_bucket::open_store(Box::new(store), &remote, &pass, false, Some(cache))
-        }
-    }
-    .map_err(|e| e.to_string())?;
+    let (store, cache) = store_of(sh, cfg, f, t)?;
+    let bucket = weave_bucket::open_store(store, &remote, &pass, false, Some(cache))
+        .map_err(|e| e.to_string())?;
     let _guard = rt.lock.clone().blocking_lock_owned();
     let (local, taken) = open_folder_as(cfg, f, rt, false).map_err(|e| e.to_string())?;
     let mut reps: Vec<Box<dyn Replica>> = vec![local, Box::new(bucket)];
