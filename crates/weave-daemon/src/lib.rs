@@ -88,6 +88,10 @@ pub enum DaemonError {
     /// The peer keeps the folder encrypted only: it is untrusted with it.
     #[error("{peer} keeps folder {folder:?} encrypted only (it is receive-encrypted there, untrusted with it); nothing was sent. Mark it untrusted here: `weave folder share {folder} {peer} --untrusted` (the folder then needs a passphrase: `--passphrase-file` or WEAVE_PASSPHRASE)")]
     EncryptedOnly { peer: String, folder: String },
+    /// The config changed during a check: the folder is no longer synced
+    /// in clear with the peer.
+    #[error("folder {folder:?} is no longer synced in clear with {peer} (the config now has it untrusted, or the folder not shared with it); nothing more was sent")]
+    NoLongerInClear { peer: String, folder: String },
     #[error(transparent)]
     Sync(#[from] weave_engine::SyncError),
 }

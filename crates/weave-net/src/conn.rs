@@ -356,6 +356,24 @@ impl Conn {
         }
     }
 
+    /// The next message, waiting at most `wait`: None when none came.
+    pub fn recv_timeout(&self, wait: std::time::Duration) -> Option<Result<Envelope, ProtoError>> {
+        let mut pending = self.pending.lock().expect("received messages");
+        if let Some(m) = pending.pop_front() {
+            return Some(m);
+        }
+        match self.rx.recv_timeout(wait) {
+            Ok(batch) => {
+                pending.extend(batch);
+                pending.pop_front()
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Some(Err(ProtoError::Closed {
+                peer: self.peer.clone(),
+            })),
+        }
+    }
+
     /// The next message, if one is already here.
     pub fn try_recv(&self) -> Option<Result<Envelope, ProtoError>> {
         let mut pending = self.pending.lock().expect("received messages");

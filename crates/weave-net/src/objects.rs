@@ -31,6 +31,27 @@ const OBJECT_MAX: usize = weave_bucket::record::RECORD_MAX;
 /// Names listed in one reply.
 const NAMES_PER_REPLY: usize = 4096;
 
+/// The most names a listing may hold (a keeper that lists more is not
+/// believed).
+const NAMES_MAX: usize = 16 << 20;
+
+/// How long a keeper may take to answer a request (the link's pings do
+/// not tell a keeper that stalls).
+const REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The most an object of `name` may hold: a config is small, a pack at
+/// most about twice the pack target, a record or mark up to
+/// [`weave_bucket::record::RECORD_MAX`].
+fn size_max(name: &str) -> usize {
+    if name == weave_bucket::pool::CONFIG {
+        64 << 10
+    } else if name.starts_with("packs/") {
+        64 << 20
+    } else {
+        OBJECT_MAX
+    }
+}
+
 /// Whether `name` is one the bucket format writes (the untrusted side
 /// takes no other), or, for a list, a prefix of them.
 pub fn valid_name(name: &str, prefix: bool) -> bool {
@@ -56,6 +77,8 @@ pub fn valid_name(name: &str, prefix: bool) -> bool {
 pub struct PeerStore {
     conn: Mutex<Conn>,
     shown: String,
+    /// How long an answer may take.
+    wait: std::time::Duration,
 }
 
 impl PeerStore {
@@ -89,6 +112,7 @@ impl PeerStore {
         Ok(PeerStore {
             conn: Mutex::new(conn),
             shown: shown.to_string(),
+            wait: REPLY_WAIT,
         })
     }
 
@@ -99,8 +123,17 @@ impl PeerStore {
         }
     }
 
-    /// Sends `op` (its data in pieces) and gathers the answer.
-    fn ask(&self, mut op: ObjectOp) -> Result<ObjectReply, BucketError> {
+    /// Sends `op` (its data in pieces) and gathers the answer: no more
+    /// data than the object can hold (than asked for, for a range).
+    fn ask(&self, op: ObjectOp) -> Result<ObjectReply, BucketError> {
+        let most = match op.op {
+            object_op::GET_RANGE => op.end.saturating_sub(op.start) as usize,
+            _ => size_max(&op.name),
+        };
+        self.ask_at_most(op, most)
+    }
+
+    fn ask_at_most(&self, mut op: ObjectOp, most: usize) -> Result<ObjectReply, BucketError> {
         let conn = self.conn.lock().expect("peer store");
         let lost = |e: weave_proto::ProtoError| {
             self.failed(format!(
@@ -123,7 +156,14 @@ impl PeerStore {
         }
         let mut whole = ObjectReply::default();
         loop {
-            let r = match conn.recv().map_err(lost)?.body {
+            let got = conn.recv_timeout(self.wait).ok_or_else(|| {
+                self.failed(format!(
+                    "{}: no answer in {} s; tried again later",
+                    op.name,
+                    self.wait.as_secs()
+                ))
+            })?;
+            let r = match got.map_err(lost)?.body {
                 Some(Body::ObjectReply(r)) => r,
                 Some(Body::Error(e)) => {
                     return Err(self.failed(format!("{}: {}", op.name, e.message)));
@@ -137,12 +177,25 @@ impl PeerStore {
                 return Err(self.failed(format!("{}: {}", op.name, r.error)));
             }
             whole.found |= r.found;
-            if whole.data.len() + r.data.len() > OBJECT_MAX {
-                return Err(self.failed(format!("{}: the answer is too large", op.name)));
+            if whole.data.len() + r.data.len() > most
+                || whole.names.len() + r.names.len() > NAMES_MAX
+            {
+                return Err(
+                    self.failed(format!("{}: the answer is larger than it can be", op.name))
+                );
             }
             whole.data.extend(r.data);
-            whole.names.extend(r.names);
-            whole.times.extend(r.times);
+            if op.op == object_op::LIST {
+                // Only names of the bucket's, under the prefix asked for.
+                let mut times = r.times.into_iter().chain(std::iter::repeat(0));
+                for n in r.names {
+                    let t = times.next().unwrap_or(0);
+                    if n.starts_with(&op.name) && valid_name(&n, false) {
+                        whole.names.push(n);
+                        whole.times.push(t);
+                    }
+                }
+            }
             if !r.more {
                 return Ok(whole);
             }
@@ -202,8 +255,7 @@ impl Store for PeerStore {
 
     fn list_modified(&self, prefix: &str) -> Result<Vec<(String, u64)>, BucketError> {
         let r = self.ask(Self::op(object_op::LIST, prefix))?;
-        let times = r.times.into_iter().chain(std::iter::repeat(0));
-        Ok(r.names.into_iter().zip(times).collect())
+        Ok(r.names.into_iter().zip(r.times).collect())
     }
 
     fn delete(&self, name: &str) -> Result<(), BucketError> {
@@ -267,7 +319,9 @@ impl Answerer {
                     self.put
                         .take()
                         .unwrap_or((op.op, op.name.clone(), Vec::new()));
-                if (kind, &name) != (op.op, &op.name) || data.len() + op.data.len() > OBJECT_MAX {
+                if (kind, &name) != (op.op, &op.name)
+                    || data.len() + op.data.len() > size_max(&name)
+                {
                     return Err(refuse("a put's pieces do not belong together"));
                 }
                 data.extend(op.data);
@@ -295,7 +349,7 @@ impl Answerer {
                 Err(e) => reply(failed(e)),
             },
             object_op::GET_RANGE => {
-                if op.end < op.start || op.end - op.start > OBJECT_MAX as u64 {
+                if op.end < op.start || op.end - op.start > size_max(&op.name) as u64 {
                     return Err(refuse("a range that is backwards or too large"));
                 }
                 match self.store.get_range(&op.name, op.start..op.end) {
@@ -451,6 +505,71 @@ mod tests {
         // What the keeper holds is sealed.
         let held = mem.objects.lock().unwrap();
         assert_eq!(held.len(), 2);
+    }
+
+    /// A keeper that lists names not of a bucket's and without end,
+    /// answers a range with more than asked, then stalls: each is an
+    /// error, with nothing taken in beyond the bounds.
+    #[test]
+    fn a_hostile_keeper_is_not_believed_and_cannot_stall_a_sync() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let keeper = std::thread::spawn(move || {
+            let conn = Conn::over_unix(b, "trusted", None).unwrap();
+            let Some(Body::Hello(_)) = conn.recv().unwrap().body else {
+                panic!("no hello")
+            };
+            let hello = weave_proto::handshake::hello(ReplicaId(0), &["v1", OBJECTS]);
+            conn.send(Body::Hello(hello)).unwrap();
+            let Some(Body::ObjectsOpen(_)) = conn.recv().unwrap().body else {
+                panic!("no open")
+            };
+            conn.send(Body::ObjectsOpened(Default::default())).unwrap();
+            let w = "0123456789abcdef0123456789abcdef";
+            // A list: bad names dropped, good ones kept with their times.
+            let _ = conn.recv().unwrap();
+            conn.send(Body::ObjectReply(ObjectReply {
+                names: vec![
+                    format!("packs/{w}"),
+                    "../../etc/passwd".into(),
+                    format!("logs/{w}/0000000001"),
+                ],
+                times: vec![5, 6, 7],
+                ..Default::default()
+            }))
+            .unwrap();
+            // A range: more than asked.
+            let _ = conn.recv().unwrap();
+            conn.send(Body::ObjectReply(ObjectReply {
+                found: true,
+                data: vec![0; 100],
+                more: true,
+                ..Default::default()
+            }))
+            .unwrap();
+            // Then silence, the connection kept open.
+            let _ = conn.recv();
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+        });
+        let mut store = PeerStore::open(
+            Conn::over_unix(a, "keeper", None).unwrap(),
+            "keeper",
+            "docs",
+        )
+        .unwrap();
+        store.wait = std::time::Duration::from_millis(500);
+        let w = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            store.list_modified("packs/").unwrap(),
+            vec![(format!("packs/{w}"), 5)]
+        );
+        let e = store.get_range(&format!("packs/{w}"), 0..10).unwrap_err();
+        assert!(e.to_string().contains("larger than it can be"), "{e}");
+        let t = std::time::Instant::now();
+        let e = store.get(&format!("packs/{w}")).unwrap_err();
+        assert!(e.to_string().contains("no answer"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        drop(store);
+        keeper.join().unwrap();
     }
 
     #[test]

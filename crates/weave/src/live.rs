@@ -250,6 +250,7 @@ pub fn peer(cd: &ConfigDir, c: PeerCommand) -> Result<bool> {
             cfg.peers.retain(|p| p.name != name);
             for f in &mut cfg.folders {
                 f.peers.retain(|p| p != &name);
+                f.untrusted.retain(|p| p != &name);
             }
             cfg.save(&dir, me)?;
             eprintln!("weave: peer {name} removed");
@@ -359,8 +360,10 @@ pub fn folder(cd: &ConfigDir, c: FolderCommand) -> Result<bool> {
                 if !f.peers.contains(p) {
                     f.peers.push(p.clone());
                 }
+                if !f.untrusted.contains(p) {
+                    f.untrusted.push(p.clone());
+                }
             }
-            f.untrusted = a.untrusted;
             f.mode = a.mode;
             f.conflict = a.conflict;
             f.ignore = a.ignore;
@@ -595,9 +598,16 @@ pub fn status(cd: &ConfigDir, json: bool) -> Result<bool> {
             },
             ago(f.last_sync_ms)
         );
-        if let Some(r) = &f.remote {
+        let remotes: Vec<String> = f
+            .remote
+            .iter()
+            .cloned()
+            .chain(f.untrusted.iter().map(|p| format!("{p} (untrusted)")))
+            .collect();
+        if !remotes.is_empty() {
             println!(
-                "    remote: {r}   last sync with it: {}",
+                "    encrypted remotes: {}   last sync with one: {}",
+                remotes.join(", "),
                 ago(f.remote_synced_ms)
             );
         }

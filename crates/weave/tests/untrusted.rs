@@ -206,6 +206,47 @@ fn nothing_in_clear_reaches_an_untrusted_device_whichever_side_is_set_up_wrong()
     assert!(!fu_docs.join("two.txt").exists());
 }
 
+/// A peer made untrusted while a sync with it is under way gets nothing
+/// more in clear: its link ends at once, and its own plain sessions are
+/// refused from then on.
+#[test]
+fn a_peer_made_untrusted_during_a_sync_gets_nothing_more() {
+    let (a, b, fa, fb) = synced_pair();
+    let pid = b.pid().to_string();
+    let signal = |s: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([s, &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    // b stops answering; a's sync of a new file with it waits on it.
+    signal("-STOP");
+    let big: Vec<u8> = (0..8u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(fa.join("big.bin"), &big).unwrap();
+    // (Its session waits for b's answer to the open; the status still
+    // says scanning.)
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    a.ok(&["folder", "share", "docs", "b", "--untrusted"]);
+    wait_for("a to end its link to b", &[&a], || {
+        a.log()
+            .contains("no longer shared in clear with it; its link ends")
+    });
+    signal("-CONT");
+    // b's own change: its sync with a is refused; a never syncs with it
+    // in clear.
+    std::fs::write(fb.join("from-b.txt"), "b's").unwrap();
+    wait_for("b to be refused", &[&a, &b], || {
+        folder(&b, "docs")
+            .is_some_and(|f| f["notices"].to_string().contains("does not share folder"))
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(!fb.join("big.bin").exists(), "big.bin reached b in clear");
+    assert!(!fa.join("from-b.txt").exists(), "a took b's file in clear");
+}
+
 /// `weave folder add` refuses what cannot work, and writes nothing.
 #[test]
 fn untrusted_settings_that_cannot_work_are_refused() {
@@ -268,4 +309,26 @@ fn untrusted_settings_that_cannot_work_are_refused() {
     assert!(!dir.exists());
     let listed = a.ok(&["folder", "list"]);
     assert!(!listed.contains('x'), "{listed}");
+    // A peer untrusted with a folder can be removed (revoked).
+    let pass = passphrase(&a.root);
+    a.folder(
+        "docs",
+        "docs",
+        &[],
+        &[
+            "--untrusted",
+            "u",
+            "--untrusted",
+            "u",
+            "--passphrase-file",
+            &pass,
+        ],
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&a.ok(&["folder", "list", "--json"])).unwrap();
+    assert_eq!(cfg[0]["untrusted"], serde_json::json!(["u"]), "{cfg}");
+    a.ok(&["peer", "remove", "u"]);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&a.ok(&["folder", "list", "--json"])).unwrap();
+    assert!(cfg[0].get("untrusted").is_none(), "{cfg}");
 }

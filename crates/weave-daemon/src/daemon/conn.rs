@@ -202,10 +202,15 @@ pub(super) fn adopt(sh: &Arc<Shared>, peer: &Peer, link: Arc<Link>) -> Arc<Link>
         p.last_error = None;
     });
     for rt in sh.all_folders() {
-        let shared = sh
-            .cfg()
-            .folder(&rt.id)
-            .is_some_and(|f| f.peers.contains(&peer.name));
+        let cfg = sh.cfg();
+        let f = cfg.folder(&rt.id);
+        if f.is_some_and(|f| f.untrusted.contains(&peer.name))
+            && super::remote::peer_up(&rt, &peer.name)
+        {
+            rt.poke(false);
+        }
+        let shared =
+            f.is_some_and(|f| f.peers.contains(&peer.name) && !f.untrusted.contains(&peer.name));
         if shared
             && rt
                 .backoff

@@ -84,7 +84,12 @@ impl DaemonHost {
             })
             .cloned()
             .ok_or_else(|| {
-                if let Some(p) = peer {
+                // Asked by a peer the folder is shared with, untrusted:
+                // nothing to suggest (sharing it in clear is not it).
+                let known = cfg
+                    .folder(name)
+                    .is_some_and(|f| peer.is_some_and(|p| f.peers.contains(&p.name)));
+                if let Some(p) = peer.filter(|_| !known) {
                     self.sh.board.unshared_ask(&p.name, name);
                 }
                 HostError::NotShared {
@@ -132,6 +137,17 @@ impl Host for DaemonHost {
                 name: name.to_string(),
             })?;
         let guard = rt.lock.clone().blocking_lock_owned();
+        // The config may have changed while the folder was busy (the peer
+        // made untrusted, the folder unshared): as it is now.
+        let cfg = self.sh.cfg();
+        let f = self.shared(&cfg, name, false)?;
+        if f.mode == Mode::ReceiveEncrypted {
+            return Err(HostError::EncryptedOnly {
+                name: name.to_string(),
+                me: self.sh.me.id,
+            }
+            .into());
+        }
         let (rep, taken) = open_folder(&cfg, &f, &rt)?;
         self.opened = Some((rt, guard, taken));
         Ok((rep, f.id.clone()))

@@ -97,6 +97,26 @@ pub(super) fn open_remote(
     Ok((remote, addr))
 }
 
+/// Whether folder `f` is still synced in clear with `peer` by the config
+/// as it is now (a peer made untrusted, or the folder unshared, while a
+/// check was under way is not).
+fn in_clear(sh: &Shared, f: &Folder, peer: &Peer) -> Result<(), DaemonError> {
+    let cfg = sh.cfg();
+    let ok = cfg.folder(&f.id).is_some_and(|g| {
+        g.peers.contains(&peer.name)
+            && !g.untrusted.contains(&peer.name)
+            && g.mode != crate::config::Mode::ReceiveEncrypted
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(DaemonError::NoLongerInClear {
+            peer: peer.name.clone(),
+            folder: f.id.clone(),
+        })
+    }
+}
+
 /// What a pair sync is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum PairKind {
@@ -123,11 +143,14 @@ pub(super) fn sync_pair(
     if local_first {
         guard = Some(rt.lock.clone().blocking_lock_owned());
     }
+    in_clear(sh, f, peer)?;
     sh.board.peer(&peer.name, |p| p.syncs_started += 1);
     let (mut remote, addr) = open_remote(sh, f, peer)?;
     if guard.is_none() {
         guard = Some(rt.lock.clone().blocking_lock_owned());
     }
+    // The config may have changed while this waited.
+    in_clear(sh, f, peer)?;
     let reverting = kind == PairKind::Revert;
     let (mut local, taken) = open_folder_as(cfg, f, rt, reverting)?;
     if let Some(tree) = local.local() {

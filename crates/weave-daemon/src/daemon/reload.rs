@@ -62,6 +62,29 @@ pub(super) fn apply_config(sh: &Arc<Shared>, cfg: Config, watcher: &mut Watcher)
 /// with new addresses is dialled at once (its back-offs are dropped and
 /// its folders woken).
 fn follow_peers(sh: &Shared, old: &Config, new: &Config) {
+    // A peer that a folder no longer shares in clear with (made untrusted,
+    // or the folder unshared) loses its link: the sessions under way end
+    // now, not when they are done.
+    let in_clear = |cfg: &Config, f: &str, p: &str| {
+        cfg.folder(f).is_some_and(|g| {
+            g.mode != crate::config::Mode::ReceiveEncrypted
+                && g.peers.iter().any(|n| n == p)
+                && !g.untrusted.iter().any(|n| n == p)
+        })
+    };
+    for p in &old.peers {
+        let lost = old
+            .folders
+            .iter()
+            .any(|f| in_clear(old, &f.id, &p.name) && !in_clear(new, &f.id, &p.name));
+        if let Some(l) = lost.then(|| super::conn::live_link(sh, p.id)).flatten() {
+            info!(
+                "peer {}: a folder no longer shared in clear with it; its link ends",
+                p.name
+            );
+            l.kill();
+        }
+    }
     for p in &old.peers {
         let now = new.peer_by_id(p.id);
         let moved = now.is_some_and(|n| n.addresses != p.addresses);

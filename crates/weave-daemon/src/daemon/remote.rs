@@ -58,6 +58,15 @@ impl Target {
     }
 }
 
+/// The link to untrusted peer `name` came up: a sync with it that failed
+/// is tried again now, not after its back-off. Returns whether one had.
+pub(super) fn peer_up(rt: &FolderRt, name: &str) -> bool {
+    let mut all = rt.remote.lock().expect("remote");
+    all.get_mut(&Target::Peer(name.to_string()).shown())
+        .and_then(|st| st.failed.take())
+        .is_some()
+}
+
 /// Folder `f`'s encrypted remotes.
 fn targets(f: &Folder) -> Vec<Target> {
     f.remote
@@ -241,7 +250,7 @@ fn store_of(
             let store = weave_net::objects::PeerStore::open(conn, &t.shown(), &f.id)
                 .map_err(|e| match code(&e).as_deref() {
                     Some(weave_net::NOT_SHARED) => format!(
-                        "{name} keeps no encrypted folder {} for this device; there, run `weave folder add {} DIR --mode receive-encrypted --peer NAME-OF-THIS-DEVICE`",
+                        "{name} keeps no encrypted folder {} for this device: there, the folder must be receive-encrypted and shared with this device (`weave folder add {} DIR --mode receive-encrypted --peer NAME-OF-THIS-DEVICE`)",
                         f.id, f.id
                     ),
                     _ => e.to_string(),
