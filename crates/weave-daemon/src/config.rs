@@ -615,7 +615,7 @@ mod tests {
         }
         assert_eq!(
             "both".parse::<Mode>().unwrap_err().to_string(),
-            "unknown folder mode \"both\": use two-way, send-only or receive-only"
+            "unknown folder mode \"both\": use two-way, send-only, receive-only or receive-encrypted"
         );
     }
 
