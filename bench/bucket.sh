@@ -2,7 +2,8 @@
 # Bucket replicas (issue 24), measured side by side:
 #   1. one byte changed in a 1 GiB file: bytes uploaded (file:// bucket);
 #   2. 100 versions of a 64 MiB file, each with a small edit: the bucket's
-#      size against the file's;
+#      size against the file's; then (2b) after weave gc --bucket --keep-last 10;
+#      (2c) 20 whole rewrites of an 8 MiB file, pruned to --keep-last 2;
 #   3. the first upload of bench workload (a) (10,000 x 4 KiB in 100
 #      directories + 8 x 64 MiB) to an S3 server on 127.0.0.1 (SeaweedFS,
 #      `bash .ci/s3 up`), against a plain upload of the same files with
@@ -50,7 +51,27 @@ f=open('$D/ver/A/f.bin','r+b'); f.seek(random.randrange(0, 67108864-100)); f.wri
   done
   size=$(du -sb "$D/ver/bucket" | cut -f1)
   python3 -c "print('2. 100 versions of a 64 MiB file, 100 bytes changed in each: bucket %d bytes, %.3fx the file (goal <= 1.3x)' % ($size, $size / 67108864))"
+  # Pruned to the last 10 old versions: a gc marks, the next deletes.
+  t0=$(date +%s.%N)
+  "$W" gc --bucket "file://$D/ver/bucket" --keep-last 10 --grace 0 > /dev/null
+  "$W" gc --bucket "file://$D/ver/bucket" --keep-last 10 --grace 0 > /dev/null
+  t1=$(date +%s.%N)
+  pruned=$(du -sb "$D/ver/bucket" | cut -f1)
+  python3 -c "print('2b. the same after weave gc --bucket --keep-last 10 (mark, then sweep): bucket %d bytes, %.3fx the file, %.0f%% of before; both gcs %.2f s' % ($pruned, $pruned / 67108864, 100.0 * $pruned / $size, $t1 - $t0))"
   rm -rf "$D/ver"
+  # 2c. 20 versions of an 8 MiB file rewritten whole each time, pruned to
+  # the last 2 old versions.
+  mkdir -p "$D/rw/A"
+  for i in $(seq 20); do
+    head -c 8388608 /dev/urandom > "$D/rw/A/f.bin"
+    "$W" sync --quiet "$D/rw/A" "file://$D/rw/bucket"
+  done
+  before=$(du -sb "$D/rw/bucket" | cut -f1)
+  "$W" gc --bucket "file://$D/rw/bucket" --keep-last 2 --grace 0 > /dev/null
+  "$W" gc --bucket "file://$D/rw/bucket" --keep-last 2 --grace 0 > /dev/null
+  after=$(du -sb "$D/rw/bucket" | cut -f1)
+  python3 -c "print('2c. 20 versions of an 8 MiB file rewritten whole: bucket %d bytes (%.2fx the file); after weave gc --bucket --keep-last 2: %d bytes (%.2fx the file, 3 versions kept)' % ($before, $before / 8388608, $after, $after / 8388608))"
+  rm -rf "$D/rw"
 fi
 
 if want 3; then

@@ -279,6 +279,15 @@ impl Pack {
         self.bytes.extend_from_slice(&frame);
     }
 
+    /// Puts in a chunk's frame as it is (sealed already, bound to the
+    /// chunk's hash, not to a pack): how a prune moves chunks to a new
+    /// pack without opening them.
+    pub fn add_frame(&mut self, h: Hash, frame: &[u8]) {
+        self.chunks
+            .push((h, self.bytes.len() as u64, frame.len() as u32));
+        self.bytes.extend_from_slice(frame);
+    }
+
     /// The pack's object: its chunks, then random bytes up to the padded
     /// size.
     pub fn finish(mut self) -> (String, Vec<u8>, Vec<(Hash, u64, u32)>) {

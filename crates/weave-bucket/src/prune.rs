@@ -27,7 +27,7 @@
 //! default) after the mark, so only a sync that runs that long can meet
 //! it.
 
-use crate::pool::Pool;
+use crate::pool::{Pack, Pool};
 use crate::record::{open_value, seal_value, ChunkAt, Record, View};
 use crate::BucketError;
 use serde::{Deserialize, Serialize};
@@ -69,6 +69,10 @@ pub struct Pruned {
     /// The packs the records name after this prune, and their bytes.
     pub packs_held: usize,
     pub pack_bytes: u64,
+    /// Packs mostly of unneeded chunks whose needed ones moved to new
+    /// packs (counted in `packs_marked`), and the bytes moved.
+    pub packs_repacked: usize,
+    pub bytes_repacked: u64,
 }
 
 /// Prunes the bucket `pool` at time `now_ms` by `policy` (its count and
@@ -182,33 +186,44 @@ fn sweep(
     let kept = Places::of(staying.iter().copied());
     let contents = staying.iter().flat_map(|(_, r)| r.entries.iter());
     let (nodes, chunks) = all.reach(contents);
-    // What the records that stay need and only the retired ones hold.
+    // The marked packs, but those a record that stays names (written
+    // since the mark)...
+    let named: HashSet<&str> = staying
+        .iter()
+        .flat_map(|(_, r)| r.packs.iter().map(String::as_str))
+        .collect();
+    let mut doomed: HashSet<&str> = ripe
+        .iter()
+        .flat_map(|(_, m)| m.packs.iter().map(String::as_str))
+        .filter(|p| !named.contains(p))
+        .collect();
+    // ...and but those holding a needed chunk that is nowhere else.
+    for h in &chunks {
+        let places = all.chunks.get(h).map_or(&[][..], Vec::as_slice);
+        if places.iter().all(|at| doomed.contains(at.0.as_str())) {
+            for at in places {
+                doomed.remove(at.0.as_str());
+            }
+        }
+    }
+    // What the records that stay need and only the retired ones hold, at
+    // a place that stays.
+    let stays = |at: &Place| !doomed.contains(at.0.as_str());
     let carry = Record {
         time_ms: round.now_ms,
         at: max_at(records),
         ..all.record_of(
             nodes.iter().filter(|h| !kept.nodes.contains_key(*h)),
-            chunks.iter().filter(|h| !kept.chunks.contains_key(*h)),
+            chunks
+                .iter()
+                .filter(|h| !kept.chunks.get(*h).is_some_and(|v| v.iter().any(stays))),
+            &stays,
         )
     };
-    // Every pack that holds a needed chunk stays, wherever a record
-    // says it is.
-    let needed: HashSet<&str> = chunks
-        .iter()
-        .flat_map(|h| all.chunks.get(h).into_iter().flatten())
-        .map(|at| at.0.as_str())
-        .collect();
-    // And every pack a record that stays names (written since the mark).
-    let named: HashSet<&str> = staying
-        .iter()
-        .flat_map(|(_, r)| r.packs.iter().map(String::as_str))
-        .collect();
     let sizes = all.pack_sizes();
-    let packs: BTreeMap<&str, u64> = ripe
+    let packs: BTreeMap<&str, u64> = doomed
         .iter()
-        .flat_map(|(_, m)| m.packs.iter())
-        .filter(|p| !needed.contains(p.as_str()) && !named.contains(p.as_str()))
-        .map(|p| (p.as_str(), sizes.get(p.as_str()).copied().unwrap_or(0)))
+        .map(|p| (*p, sizes.get(p).copied().unwrap_or(0)))
         .collect();
     out.records_deleted = gone.len();
     out.packs_deleted = packs.len();
@@ -275,25 +290,53 @@ fn mark(
             unneeded.insert(p.as_str(), ());
         }
     }
+    // Packs mostly of chunks nothing kept needs: what they hold that is
+    // needed (and nowhere else) moves to new packs, and they go.
+    let sparse = sparse_packs(&places, &chunks, &unneeded, &recent);
     out.versions_kept = kept.len();
     out.versions_dropped = dropped;
     // Many small records are compacted too: each costs a read.
-    if dropped == 0 && unneeded.is_empty() && live.len() <= COMPACT_PAST {
+    if dropped == 0 && unneeded.is_empty() && sparse.is_empty() && live.len() <= COMPACT_PAST {
         return Ok(());
     }
     out.records_marked = live.len();
-    out.packs_marked = unneeded.len();
+    out.packs_marked = unneeded.len() + sparse.len();
+    out.packs_repacked = sparse.len();
     if dry_run {
+        out.bytes_repacked = to_move(&places, &chunks, &sparse)
+            .values()
+            .flatten()
+            .map(|f| f.2 as u64)
+            .sum();
         return Ok(());
     }
+    let moved = repack(pool, &places, &chunks, &sparse, out)?;
+    for p in &sparse {
+        unneeded.insert(p, ());
+    }
     let (entries, entry_times) = kept.into_iter().unzip();
-    let compacted = Record {
+    let stays = |at: &Place| !unneeded.contains_key(at.0.as_str());
+    let mut compacted = Record {
         entries,
         entry_times,
         at: view.max_at,
         time_ms: now_ms,
-        ..places.record_of(nodes.iter(), chunks.iter())
+        ..places.record_of(
+            nodes.iter(),
+            chunks.iter().filter(|h| !moved.contains_key(*h)),
+            &stays,
+        )
     };
+    let moved_to = record_of(std::iter::empty(), moved.into_iter());
+    let base = compacted.packs.len() as u32;
+    compacted.packs.extend(moved_to.packs);
+    compacted.pack_sizes.extend(moved_to.pack_sizes);
+    compacted
+        .chunks
+        .extend(moved_to.chunks.into_iter().map(|c| ChunkAt {
+            pack: c.pack + base,
+            ..c
+        }));
     pool.write(&compacted)?;
     // What was integrated, each said again by a record of the `at` it
     // was said at: which statement is the latest stays as it was.
@@ -326,6 +369,111 @@ fn mark(
     let name = format!("{MARKS}{}", crate::pool::random_id());
     let sealed = seal_value(&pool.keys, "mark", &name, &m);
     pool.store.put(&name, sealed)
+}
+
+/// A pack is repacked only when that frees at least this much (a small
+/// pack is padded to a few KiB, whatever it holds).
+const REPACK_GAIN: u64 = 1 << 20;
+
+/// The packs (not recent, not already unneeded) whose needed chunks fill
+/// less than half of them, when that frees [`REPACK_GAIN`] or more.
+fn sparse_packs<'a>(
+    places: &'a Places,
+    chunks: &HashSet<Hash>,
+    unneeded: &BTreeMap<&str, ()>,
+    recent: &HashSet<&str>,
+) -> Vec<&'a str> {
+    let sizes = places.pack_sizes();
+    let mut used: HashMap<&str, u64> = HashMap::new();
+    for h in chunks {
+        for at in places.chunks.get(h).into_iter().flatten() {
+            *used.entry(at.0.as_str()).or_default() += at.3 as u64;
+        }
+    }
+    let mut sparse: Vec<&str> = sizes
+        .iter()
+        .filter(|(p, _)| !unneeded.contains_key(*p) && !recent.contains(*p))
+        .filter(|(p, size)| {
+            let used = used.get(*p).copied().unwrap_or(0);
+            used * 2 < **size && **size - used >= REPACK_GAIN
+        })
+        .map(|(p, _)| *p)
+        .collect();
+    sparse.sort_unstable();
+    sparse
+}
+
+/// The needed chunks of the `sparse` packs that have no place in
+/// another pack, by pack: (hash, offset, length).
+fn to_move<'a>(
+    places: &'a Places,
+    chunks: &HashSet<Hash>,
+    sparse: &[&str],
+) -> BTreeMap<&'a str, Vec<(Hash, u64, u32)>> {
+    let from: HashSet<&str> = sparse.iter().copied().collect();
+    let mut wanted: BTreeMap<&str, Vec<(Hash, u64, u32)>> = BTreeMap::new();
+    for h in chunks {
+        let at = places.chunks.get(h).map_or(&[][..], Vec::as_slice);
+        if at.iter().all(|p| from.contains(p.0.as_str())) {
+            if let Some(p) = at.first() {
+                wanted.entry(p.0.as_str()).or_default().push((*h, p.2, p.3));
+            }
+        }
+    }
+    wanted
+}
+
+/// Copies the needed chunks of the `sparse` packs that have no place in
+/// another pack into new packs (their sealed frames as they are), and
+/// returns where each is now.
+fn repack(
+    pool: &mut Pool,
+    places: &Places,
+    chunks: &HashSet<Hash>,
+    sparse: &[&str],
+    out: &mut Pruned,
+) -> Result<HashMap<Hash, Place>, BucketError> {
+    let wanted = to_move(places, chunks, sparse);
+    let mut moved = HashMap::new();
+    let mut pack = Pack::new();
+    let upload = |pack: Pack, moved: &mut HashMap<Hash, Place>| -> Result<(), BucketError> {
+        if pack.chunks.is_empty() {
+            return Ok(());
+        }
+        let (id, bytes, framed) = pack.finish();
+        let size = bytes.len() as u64;
+        pool.store.put(&format!("packs/{id}"), bytes)?;
+        for (h, offset, len) in framed {
+            moved.insert(h, (id.clone(), size, offset, len));
+        }
+        Ok(())
+    };
+    for (p, mut frames) in wanted {
+        frames.sort_by_key(|f| f.1);
+        let (start, end) = (
+            frames[0].1,
+            frames.iter().map(|f| f.1 + f.2 as u64).max().unwrap_or(0),
+        );
+        let name = format!("packs/{p}");
+        let bytes = pool.store.get_range(&name, start..end)?;
+        for (h, offset, len) in frames {
+            let at = (offset - start) as usize;
+            let frame = bytes
+                .get(at..at + len as usize)
+                .ok_or_else(|| BucketError::Damaged {
+                    object: name.clone(),
+                    problem: "shorter than its records say".into(),
+                })?;
+            pack.add_frame(h, frame);
+            out.bytes_repacked += len as u64;
+            if pack.bytes.len() >= crate::replica::PACK_TARGET {
+                upload(std::mem::take(&mut pack), &mut moved)?;
+                pack = Pack::new();
+            }
+        }
+    }
+    upload(pack, &mut moved)?;
+    Ok(moved)
 }
 
 /// Past this many records, a prune compacts them even when it drops
@@ -510,16 +658,18 @@ impl Places {
             .collect()
     }
 
-    /// A record of `nodes` and of one place of each of `chunks`.
+    /// A record of `nodes` and of one place of each of `chunks` that
+    /// `ok` takes.
     fn record_of<'a>(
         &self,
         nodes: impl Iterator<Item = &'a Hash>,
         chunks: impl Iterator<Item = &'a Hash>,
+        ok: &dyn Fn(&Place) -> bool,
     ) -> Record {
         record_of(
             nodes.filter_map(|h| self.nodes.get(h).map(|b| (*h, b.clone()))),
             chunks.filter_map(|h| {
-                let place = self.chunks.get(h).and_then(|v| v.first())?;
+                let place = self.chunks.get(h)?.iter().find(|p| ok(p))?;
                 Some((*h, place.clone()))
             }),
         )
@@ -790,5 +940,70 @@ pub(crate) mod tests {
         let s = prune(&mut p, &keep_last(1), 10_000, 40_000, false).unwrap();
         assert_eq!(s.packs_deleted, 0, "{s:?}");
         assert!(mem.get(&format!("packs/{orphan}")).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_pack_mostly_of_dropped_chunks_is_repacked_and_goes() {
+        let mem = Arc::new(Memory::default());
+        let mut p = pool(&mem);
+        // One pack: f's first version (large) and g (small).
+        let mut f1 = vec![0u8; 2_000_000];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut f1);
+        let g1 = b"g's small content".to_vec();
+        let mut pack = Pack::new();
+        let mut nodes = Vec::new();
+        let mut entries = Vec::new();
+        for (path, data) in [("f", &f1), ("g", &g1)] {
+            let h = Hash::of(data);
+            pack.add(&p.keys, h, data);
+            let node = Node {
+                level: 1,
+                children: vec![(h, data.len() as u64)],
+            };
+            nodes.push((node.hash(), node.encode()));
+            entries.push(entry(path, 1, node.hash(), data.len() as u64));
+        }
+        let (id, bytes, framed) = pack.finish();
+        let size = bytes.len() as u64;
+        p.store.put(&format!("packs/{id}"), bytes).unwrap();
+        p.write(&Record {
+            entries: entries.clone(),
+            nodes,
+            packs: vec![id.clone()],
+            pack_sizes: vec![size],
+            chunks: framed
+                .into_iter()
+                .map(|(hash, offset, len)| ChunkAt {
+                    hash,
+                    pack: 0,
+                    offset,
+                    len,
+                })
+                .collect(),
+            at: 1,
+            time_ms: 1000,
+            ..Default::default()
+        })
+        .unwrap();
+        let f2 = push(&mut p, "f", 2, b"f's second version", 2000);
+        let m = prune(&mut p, &keep_last(0), 0, 10_000, false).unwrap();
+        assert_eq!((m.versions_dropped, m.packs_repacked), (1, 1), "{m:?}");
+        assert!(m.bytes_repacked > 0 && m.bytes_repacked < 1000, "{m:?}");
+        // Readers read g from its new pack already; the old one is still
+        // there for syncs that read the records before the mark.
+        assert_eq!(read(&p, &entries[1]).unwrap(), g1);
+        assert!(mem.get(&format!("packs/{id}")).unwrap().is_some());
+        let s = prune(&mut p, &keep_last(0), 0, 20_000, false).unwrap();
+        assert!(s.packs_deleted >= 1, "{s:?}");
+        assert!(mem.get(&format!("packs/{id}")).unwrap().is_none());
+        assert_eq!(read(&p, &entries[1]).unwrap(), g1);
+        assert_eq!(read(&p, &f2).unwrap(), b"f's second version");
+        // Nothing more to do.
+        let again = prune(&mut p, &keep_last(0), 0, 30_000, false).unwrap();
+        assert_eq!(
+            (again.packs_marked, again.packs_repacked),
+            (0, 0),
+            "{again:?}"
+        );
     }
 }

@@ -164,6 +164,15 @@ pub fn prune(b: &BucketArgs, a: &BucketPruneArgs, json: bool) -> Result<bool> {
         r.versions_kept,
         r.versions_dropped
     );
+    if r.packs_repacked > 0 {
+        println!(
+            "{} packs mostly of dropped chunks {}repacked: the {} of them still needed {} to new packs",
+            r.packs_repacked,
+            would,
+            size(r.bytes_repacked),
+            if a.dry_run { "would move" } else { "moved" },
+        );
+    }
     if r.records_marked > 0 || r.packs_marked > 0 {
         println!(
             "{} records compacted into one and {} packs no kept version needs {would}marked; {}",
