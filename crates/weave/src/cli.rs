@@ -62,6 +62,19 @@ enum Command {
     Init(crate::live::InitArgs),
     /// Print this device's id (what its peers give `weave peer add`).
     Id,
+    /// Print a shell completion script: `weave completions bash >
+    /// /etc/bash_completion.d/weave` (zsh: into a directory of $fpath as
+    /// `_weave`; fish: `~/.config/fish/completions/weave.fish`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (weave.1, and one per command: weave-sync.1,
+    /// weave-folder-add.1, …) into DIR.
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Add, remove or list the devices this one syncs with.
     #[command(subcommand)]
     Peer(crate::live::PeerCommand),
@@ -508,6 +521,10 @@ pub fn run() -> ExitCode {
         .init();
     let cd = &cli.config;
     match cli.command {
+        Command::Completions { shell } => {
+            done(crate::manuals::completions(shell, <Cli as clap::CommandFactory>::command()))
+        }
+        Command::Man { dir } => done(crate::manuals::man(&dir, <Cli as clap::CommandFactory>::command())),
         Command::Sync(args) => sync(args),
         Command::Serve(a) => {
             weave_fs::meta::set_scope(a.keep.scope());

@@ -8,6 +8,7 @@ mod buckets;
 mod cli;
 mod kv;
 mod live;
+mod manuals;
 mod output;
 mod passphrase;
 mod versions;
