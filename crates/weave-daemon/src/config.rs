@@ -35,10 +35,21 @@ pub struct Device {
     /// which the daemon writes to the config directory).
     #[serde(default = "default_api")]
     pub api: String,
+    /// The UDP port of LAN discovery (announcements of this device, and
+    /// of others, by broadcast); 0 turns it off.
+    #[serde(default = "default_discovery")]
+    pub discovery: u16,
 }
 
 fn default_api() -> String {
     "127.0.0.1:0".to_string()
+}
+
+/// The UDP port of LAN discovery, unless the config says another.
+pub const DEFAULT_DISCOVERY: u16 = 22027;
+
+fn default_discovery() -> u16 {
+    DEFAULT_DISCOVERY
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -267,6 +278,7 @@ impl Config {
                 name: name.to_string(),
                 listen: listen.to_string(),
                 api: default_api(),
+                discovery: default_discovery(),
             },
             peers: Vec::new(),
             folders: Vec::new(),

@@ -80,6 +80,16 @@ impl DeviceId {
     }
 
     /// A short form for logs: the first group.
+    /// The id's bytes (as a discovery announcement carries them).
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The id of `bytes`, if they are an id's length.
+    pub fn from_bytes(bytes: &[u8]) -> Option<DeviceId> {
+        Some(DeviceId(bytes.try_into().ok()?))
+    }
+
     pub fn short(&self) -> String {
         self.to_string()[..7].to_string()
     }

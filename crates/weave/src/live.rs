@@ -36,6 +36,10 @@ pub struct InitArgs {
     /// A name for this device, for people (default: the host name).
     #[arg(long)]
     pub name: Option<String>,
+    /// The UDP port of LAN discovery: this device announces its id there
+    /// by broadcast, and finds peers added by id alone; 0 turns it off.
+    #[arg(long, value_name = "PORT", default_value_t = weave_daemon::config::DEFAULT_DISCOVERY)]
+    pub discovery: u16,
 }
 
 #[derive(Subcommand)]
@@ -168,7 +172,8 @@ fn hostname() -> String {
 pub fn init(cd: &ConfigDir, a: InitArgs) -> Result<bool> {
     let dir = cd.dir()?;
     let name = a.name.unwrap_or_else(hostname);
-    let cfg = Config::new(&name, &a.listen);
+    let mut cfg = Config::new(&name, &a.listen);
+    cfg.device.discovery = a.discovery;
     // Check the config before making the identity, so a bad --listen
     // leaves nothing behind.
     let probe = DeviceId::from_public_key(b"");

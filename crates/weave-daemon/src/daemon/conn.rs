@@ -140,12 +140,19 @@ fn dial(sh: &Arc<Shared>, peer: &Peer) -> Result<Arc<Link>, DaemonError> {
         peer: peer.name.clone(),
         problem: Box::new(problem),
     };
-    if peer.addresses.is_empty() {
+    // Its addresses, and where LAN discovery heard it lately.
+    let mut addresses = peer.addresses.clone();
+    if let Some(a) = sh.seen.lock().expect("seen").address(peer.id) {
+        if !addresses.contains(&a) {
+            addresses.push(a);
+        }
+    }
+    if addresses.is_empty() {
         return Err(perr(PeerProblem::NoAddress));
     }
     let cc = tls::client_config(&sh.me, peer.id)?;
     let mut last = None;
-    for addr in &peer.addresses {
+    for addr in &addresses {
         match sh.rt.block_on(connect(addr, cc.clone(), &peer.name)) {
             Ok(t) => {
                 let serve = super::host::serve_on(sh.clone(), peer.clone());

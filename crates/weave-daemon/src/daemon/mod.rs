@@ -51,6 +51,7 @@ macro_rules! warn {
 mod actions;
 mod backoff;
 mod conn;
+mod discovery;
 mod folder;
 mod host;
 mod instance;
@@ -117,6 +118,7 @@ pub async fn run(dir: &Path) -> Result<(), DaemonError> {
         started_ms: status::now_ms(),
         refused: Vec::new(),
         unshared_asks: Vec::new(),
+        discovery: None,
     });
     let sh = Arc::new(Shared {
         dir: dir.to_path_buf(),
@@ -128,6 +130,7 @@ pub async fn run(dir: &Path) -> Result<(), DaemonError> {
         links: Mutex::new(HashMap::new()),
         dialing: Mutex::new(HashMap::new()),
         board,
+        seen: Mutex::new(Default::default()),
         rt: Handle::current(),
         stopping: AtomicBool::new(false),
     });
@@ -145,7 +148,12 @@ pub async fn run(dir: &Path) -> Result<(), DaemonError> {
     reload::apply_config(&sh, cfg, &mut watcher);
     serve_api(&sh, api, token);
     let acceptor = tokio_rustls::TlsAcceptor::from(server_tls);
+    let listen_port = listener.local_addr().map_or(0, |a| a.port());
     tokio::spawn(host::listen(sh.clone(), listener, acceptor));
+    let announce = sh.cfg().device.discovery;
+    if announce != 0 {
+        tokio::spawn(discovery::run(sh.clone(), announce, listen_port));
+    }
     tokio::spawn(meter::show_progress(sh.clone()));
     tokio::spawn(meter::show_rates(sh.clone()));
     reload::follow_config(&sh, &mut watcher, stop_on).await;

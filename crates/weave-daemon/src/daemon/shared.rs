@@ -36,6 +36,8 @@ pub(super) struct Shared {
     /// for it take that answer rather than dial again).
     pub(super) dialing: Mutex<HashMap<DeviceId, DialGate>>,
     pub(super) board: Board,
+    /// What LAN discovery has heard.
+    pub(super) seen: Mutex<super::discovery::Seen>,
     pub(super) rt: Handle,
     pub(super) stopping: AtomicBool,
 }

@@ -40,6 +40,20 @@ pub struct DeviceStatus {
     /// (each once, latest first; gone once it does).
     #[serde(default)]
     pub unshared_asks: Vec<UnsharedAsk>,
+    /// LAN discovery, when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryStatus>,
+}
+
+/// What LAN discovery did: announcements sent and heard, and packets it
+/// dropped (malformed, or over its rate).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiscoveryStatus {
+    pub port: u16,
+    pub sent: u64,
+    pub received: u64,
+    pub malformed: u64,
+    pub dropped: u64,
 }
 
 /// A peer asked for a folder this device does not share with it.
@@ -232,6 +246,10 @@ struct BoardInner {
 impl Board {
     pub fn set_device(&self, d: DeviceStatus) {
         self.inner.lock().expect("board").device = d;
+    }
+
+    pub fn discovery(&self, d: DiscoveryStatus) {
+        self.inner.lock().expect("board").device.discovery = Some(d);
     }
 
     pub fn refused(&self, ids: Vec<String>) {

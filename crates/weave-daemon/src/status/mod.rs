@@ -11,8 +11,8 @@ mod client;
 
 pub use api::{serve, Act, Answer, FolderAction, Roots};
 pub use board::{
-    now_ms, Board, Change, DeviceStatus, ErrorEntry, FolderState, FolderStatus, PeerState,
-    PeerStatus, Status, UnsharedAsk,
+    now_ms, Board, Change, DeviceStatus, DiscoveryStatus, ErrorEntry, FolderState, FolderStatus,
+    PeerState, PeerStatus, Status, UnsharedAsk,
 };
 pub use client::{act, fetch};
 

@@ -37,7 +37,17 @@ impl Device {
         let out = weave()
             .args(["--config-dir"])
             .arg(&cfg)
-            .args(["init", "--listen", &addr, "--name", name])
+            // LAN discovery off: tests' daemons find each other by the
+            // addresses they are given (tests of discovery turn it on).
+            .args([
+                "init",
+                "--listen",
+                &addr,
+                "--name",
+                name,
+                "--discovery",
+                "0",
+            ])
             .output()
             .unwrap();
         assert!(
