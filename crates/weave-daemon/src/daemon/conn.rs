@@ -59,6 +59,18 @@ pub enum DialError {
     Closed,
 }
 
+/// Where to dial `peer`: its addresses, then where LAN discovery heard
+/// it lately (IPv4 first).
+fn addresses_of(sh: &Shared, peer: &Peer) -> Vec<String> {
+    let mut addresses = peer.addresses.clone();
+    for a in sh.seen.lock().expect("seen").addresses(peer.id) {
+        if !addresses.contains(&a) {
+            addresses.push(a);
+        }
+    }
+    addresses
+}
+
 /// How long a failed dial answers for the syncs that waited for it.
 const RECENT_FAILURE: Duration = Duration::from_secs(5);
 
@@ -87,8 +99,9 @@ pub(super) fn session_to(sh: &Arc<Shared>, peer: &Peer) -> Result<(Conn, String)
                     None => {
                         // A dial that failed a moment ago is not made again
                         // by each folder that waited for it.
+                        let addresses = addresses_of(sh, peer);
                         if let Some((_, _, why)) = last.as_ref().filter(|(at, addrs, _)| {
-                            at.elapsed() < RECENT_FAILURE && *addrs == peer.addresses
+                            at.elapsed() < RECENT_FAILURE && *addrs == addresses
                         }) {
                             return Err(DaemonError::Peer {
                                 peer: peer.name.clone(),
@@ -102,11 +115,17 @@ pub(super) fn session_to(sh: &Arc<Shared>, peer: &Peer) -> Result<(Conn, String)
                             }
                             Err(e) => {
                                 let why = match &e {
+                                    // Nowhere to dial is not a failure to
+                                    // remember: discovery may hear of it.
+                                    DaemonError::Peer { problem, .. }
+                                        if matches!(**problem, PeerProblem::NoAddress) =>
+                                    {
+                                        return Err(e)
+                                    }
                                     DaemonError::Peer { problem, .. } => problem.to_string(),
                                     other => other.to_string(),
                                 };
-                                *last =
-                                    Some((std::time::Instant::now(), peer.addresses.clone(), why));
+                                *last = Some((std::time::Instant::now(), addresses, why));
                                 return Err(e);
                             }
                         }
@@ -135,18 +154,12 @@ pub(super) fn live_link(sh: &Shared, id: DeviceId) -> Option<Arc<Link>> {
 
 /// Dials `peer` (each of its addresses in turn), checks it is who it
 /// should be and that it takes this device, and keeps the link.
-fn dial(sh: &Arc<Shared>, peer: &Peer) -> Result<Arc<Link>, DaemonError> {
+pub(super) fn dial(sh: &Arc<Shared>, peer: &Peer) -> Result<Arc<Link>, DaemonError> {
     let perr = |problem: PeerProblem| DaemonError::Peer {
         peer: peer.name.clone(),
         problem: Box::new(problem),
     };
-    // Its addresses, and where LAN discovery heard it lately.
-    let mut addresses = peer.addresses.clone();
-    if let Some(a) = sh.seen.lock().expect("seen").address(peer.id) {
-        if !addresses.contains(&a) {
-            addresses.push(a);
-        }
-    }
+    let addresses = addresses_of(sh, peer);
     if addresses.is_empty() {
         return Err(perr(PeerProblem::NoAddress));
     }

@@ -1,8 +1,10 @@
 //! LAN discovery: each daemon announces its device id and listen port by
 //! UDP broadcast on IPv4 (and multicast on IPv6) every half minute, and
-//! listens for others' announcements. A peer announced this way is
-//! dialled at the address the announcement came from, so a peer added by
-//! its device id alone is found on the same network. An announcement
+//! listens for others' announcements. A configured peer announced this
+//! way is remembered (an IPv4 and an IPv6 address) and dialled at the
+//! address the announcement came from, so a peer added by its device id
+//! alone is found on the same network. IPv4 announcements go to
+//! 255.255.255.255, which leaves by the default route's interface. An announcement
 //! proves nothing: the TLS handshake checks that the device dialled is
 //! the one its id names.
 //!
@@ -34,10 +36,13 @@ const BELIEVED: Duration = Duration::from_secs(3 * 60);
 /// The IPv6 group announcements go to (link-local scope).
 const GROUP_V6: Ipv6Addr = Ipv6Addr::new(0xff12, 0, 0, 0, 0, 0, 0, 0x7765);
 
-/// What discovery has seen: devices by id, with where and when.
+/// What discovery has seen: configured peers by id, with where (an IPv4
+/// and an IPv6 address) and when.
 #[derive(Default)]
 pub(super) struct Seen {
-    devices: HashMap<DeviceId, (SocketAddr, Instant)>,
+    devices: HashMap<DeviceId, [Option<(SocketAddr, Instant)>; 2]>,
+    /// Peers a dial discovery started is under way to.
+    dialing: std::collections::HashSet<DeviceId>,
     pub sent: u64,
     pub received: u64,
     pub malformed: u64,
@@ -45,26 +50,31 @@ pub(super) struct Seen {
 }
 
 impl Seen {
-    /// Where `id` was announced from lately, if it was.
-    pub fn address(&self, id: DeviceId) -> Option<String> {
+    /// Where `id` was announced from lately: IPv4 first.
+    pub fn addresses(&self, id: DeviceId) -> Vec<String> {
         self.devices
             .get(&id)
+            .into_iter()
+            .flatten()
+            .flatten()
             .filter(|(_, at)| at.elapsed() < BELIEVED)
             .map(|(a, _)| a.to_string())
+            .collect()
     }
 
     fn remember(&mut self, id: DeviceId, addr: SocketAddr) {
         if self.devices.len() >= REMEMBERED && !self.devices.contains_key(&id) {
-            if let Some(oldest) = self
+            let oldest = self
                 .devices
                 .iter()
-                .min_by_key(|(_, (_, t))| *t)
-                .map(|(k, _)| *k)
-            {
+                .min_by_key(|(_, a)| a.iter().flatten().map(|(_, t)| *t).max())
+                .map(|(k, _)| *k);
+            if let Some(oldest) = oldest {
                 self.devices.remove(&oldest);
             }
         }
-        self.devices.insert(id, (addr, Instant::now()));
+        let family = usize::from(addr.is_ipv6());
+        self.devices.entry(id).or_default()[family] = Some((addr, Instant::now()));
     }
 }
 
@@ -157,17 +167,25 @@ pub(super) async fn run(sh: Arc<Shared>, port: u16, listen_port: u16) {
                 r.map(|(n, from)| (buf6[..n].to_vec(), from))
             }
         };
-        let Ok((bytes, from)) = got else { continue };
-        show(&sh, port);
+        let (bytes, from) = match got {
+            Ok(g) => g,
+            Err(e) => {
+                // Not a hot loop on a socket that keeps failing.
+                debug!("discovery: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         if window.0.elapsed() >= Duration::from_secs(1) {
             window = (Instant::now(), 0);
         }
         window.1 += 1;
         if window.1 > MAX_PER_SECOND {
             sh.seen.lock().expect("seen").dropped += 1;
-            continue;
+        } else {
+            heard(&sh, &bytes, from);
         }
-        heard(&sh, &bytes, from);
+        show(&sh, port);
     }
 }
 
@@ -189,34 +207,32 @@ fn heard(sh: &Arc<Shared>, bytes: &[u8], from: SocketAddr) {
         sh.seen.lock().expect("seen").malformed += 1;
         return;
     };
-    if id == sh.me.id {
+    if id == sh.me.id || sh.stopping.load(std::sync::atomic::Ordering::SeqCst) {
         return;
     }
-    let addr = SocketAddr::new(from.ip(), port);
-    let known = {
-        let mut seen = sh.seen.lock().expect("seen");
-        seen.received += 1;
-        let known = seen.address(id) == Some(addr.to_string());
-        seen.remember(id, addr);
-        known
-    };
-    // A peer heard at a new address, with no link up: dialled now.
+    // Only peers are remembered: nothing else is dialled.
     let cfg = sh.cfg();
     let Some(peer) = cfg.peer_by_id(id).cloned() else {
         return;
     };
-    if known && super::conn::live_link(sh, id).is_some() {
-        return;
+    let addr = SocketAddr::new(from.ip(), port);
+    {
+        let mut seen = sh.seen.lock().expect("seen");
+        seen.received += 1;
+        seen.remember(id, addr);
+        // One dial at a time per peer, and none to a peer linked already.
+        if super::conn::live_link(sh, id).is_some() || !seen.dialing.insert(id) {
+            return;
+        }
     }
-    if super::conn::live_link(sh, id).is_none() {
-        debug!("discovery: {} announced at {addr}; dialling it", peer.name);
-        let sh = sh.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = super::conn::session_to(&sh, &peer) {
-                debug!("discovery: {}: {e}", peer.name);
-            }
-        });
-    }
+    debug!("discovery: {} announced at {addr}; dialling it", peer.name);
+    let sh = sh.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = super::conn::dial(&sh, &peer) {
+            debug!("discovery: {}: {e}", peer.name);
+        }
+        sh.seen.lock().expect("seen").dialing.remove(&peer.id);
+    });
 }
 
 #[cfg(test)]
@@ -249,6 +265,14 @@ mod tests {
         assert_eq!(s.devices.len(), REMEMBERED);
         let id = DeviceId::from_public_key(b"new");
         s.remember(id, addr);
-        assert_eq!(s.address(id), Some(addr.to_string()));
+        // One address per family, IPv4 first.
+        let v6: SocketAddr = "[fe80::1%2]:22100".parse().unwrap();
+        s.remember(id, v6);
+        assert_eq!(s.addresses(id), vec![addr.to_string(), v6.to_string()]);
+        let again: SocketAddr = "10.0.0.9:22100".parse().unwrap();
+        s.remember(id, again);
+        assert_eq!(s.addresses(id), vec![again.to_string(), v6.to_string()]);
+        // A link-local address reads back with its scope.
+        assert_eq!(v6.to_string().parse::<SocketAddr>().unwrap(), v6);
     }
 }
