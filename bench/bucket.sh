@@ -76,6 +76,7 @@ fi
 
 if want 3; then
   eval "$(bash "$ROOT/.ci/s3" up)"
+  python3 "$ROOT/.ci/s3-bucket.py" "$WEAVE_TEST_S3_ENDPOINT" "$WEAVE_TEST_S3_KEY" "$WEAVE_TEST_S3_SECRET" bench
   S3DIR=${WEAVE_S3_DIR:-/tmp/weave-s3}
   "$S3DIR/venv/bin/python" -c "import boto3" 2>/dev/null || "$S3DIR/venv/bin/pip" install -q boto3
   mkdir -p "$D/a"
