@@ -252,7 +252,7 @@ fn keep(path: &std::path::Path, bytes: &[u8]) {
 }
 
 /// Reads of packs are whole blocks of this size (less one).
-const READ_BLOCK_MASK: u64 = (64 << 10) - 1;
+pub(crate) const READ_BLOCK_MASK: u64 = (64 << 10) - 1;
 
 /// A pack being filled: sealed chunks one after another.
 #[derive(Default)]
@@ -277,15 +277,6 @@ impl Pack {
         self.chunks
             .push((h, self.bytes.len() as u64, frame.len() as u32));
         self.bytes.extend_from_slice(&frame);
-    }
-
-    /// Puts in a chunk's frame as it is (sealed already, bound to the
-    /// chunk's hash, not to a pack): how a prune moves chunks to a new
-    /// pack without opening them.
-    pub fn add_frame(&mut self, h: Hash, frame: &[u8]) {
-        self.chunks
-            .push((h, self.bytes.len() as u64, frame.len() as u32));
-        self.bytes.extend_from_slice(frame);
     }
 
     /// The pack's object: its chunks, then random bytes up to the padded
@@ -321,7 +312,7 @@ fn seal_chunk(keys: &Keys, h: &Hash, data: &[u8]) -> Vec<u8> {
 }
 
 /// The chunk in `frame`, if it authenticates and is `h`'s bytes (I-3).
-fn open_chunk(keys: &Keys, h: &Hash, frame: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn open_chunk(keys: &Keys, h: &Hash, frame: &[u8]) -> Option<Vec<u8>> {
     let plain = keys.open(&chunk_aad(h), frame)?;
     let data = match plain.split_first()? {
         (0, rest) => rest.to_vec(),

@@ -175,7 +175,7 @@ pub fn prune(b: &BucketArgs, a: &BucketPruneArgs, json: bool) -> Result<bool> {
     }
     if r.records_marked > 0 || r.packs_marked > 0 {
         println!(
-            "{} records compacted into one and {} packs no kept version needs {would}marked; {}",
+            "{} records compacted into one and {} packs {would}marked (no kept version needs them, or what it needs of them moved); {}",
             r.records_marked,
             r.packs_marked,
             if grace_ns == 0 {

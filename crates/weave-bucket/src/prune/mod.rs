@@ -48,6 +48,10 @@ pub struct Mark {
     pub retired: Vec<String>,
     /// Packs no kept version needed then.
     pub packs: Vec<String>,
+    /// Packs whose needed chunks were moved to new packs: swept a grace
+    /// period later than the rest, so that a sync that read the records
+    /// before the mark still reads them for a while.
+    pub repacked: Vec<String>,
 }
 
 /// What a prune did (or, in a dry run, would do).
@@ -240,10 +244,32 @@ fn sweep(
     for p in packs.keys() {
         pool.store.delete(&format!("packs/{p}"))?;
     }
+    // Packs repacked by these marks go a grace period later: marked again.
+    let later: Vec<String> = ripe
+        .iter()
+        .flat_map(|(_, m)| m.repacked.iter().cloned())
+        .collect();
+    if !later.is_empty() {
+        put_mark(
+            pool,
+            &Mark {
+                time_ms: round.now_ms,
+                packs: later,
+                ..Default::default()
+            },
+        )?;
+    }
     for (name, _) in ripe {
         pool.store.delete(name)?;
     }
     Ok(())
+}
+
+/// Writes mark `m` under a name of its own.
+fn put_mark(pool: &Pool, m: &Mark) -> Result<(), BucketError> {
+    let name = format!("{MARKS}{}", crate::pool::random_id());
+    let sealed = seal_value(&pool.keys, "mark", &name, m);
+    pool.store.put(&name, sealed)
 }
 
 /// Compacts the `live` records into one holding what `policy` keeps, and
@@ -310,12 +336,12 @@ fn mark(
             .sum();
         return Ok(());
     }
-    let moved = repack(pool, &places, &chunks, &sparse, out)?;
-    for p in &sparse {
-        unneeded.insert(p, ());
-    }
+    let (moved, repacked) = repack(pool, &places, &chunks, &sparse, out)?;
+    out.packs_repacked = repacked.len();
+    out.packs_marked = unneeded.len() + repacked.len();
     let (entries, entry_times) = kept.into_iter().unzip();
-    let stays = |at: &Place| !unneeded.contains_key(at.0.as_str());
+    let stays =
+        |at: &Place| !unneeded.contains_key(at.0.as_str()) && !repacked.iter().any(|r| *r == at.0);
     let mut compacted = Record {
         entries,
         entry_times,
@@ -365,10 +391,9 @@ fn mark(
         time_ms: now_ms,
         retired: live.iter().map(|(n, _)| n.clone()).collect(),
         packs: unneeded.keys().map(|p| p.to_string()).collect(),
+        repacked,
     };
-    let name = format!("{MARKS}{}", crate::pool::random_id());
-    let sealed = seal_value(&pool.keys, "mark", &name, &m);
-    pool.store.put(&name, sealed)
+    put_mark(pool, &m)
 }
 
 /// A pack is repacked only when that frees at least this much (a small
@@ -423,57 +448,74 @@ fn to_move<'a>(
     wanted
 }
 
-/// Copies the needed chunks of the `sparse` packs that have no place in
-/// another pack into new packs (their sealed frames as they are), and
-/// returns where each is now.
+/// Moves the needed chunks of the `sparse` packs that have no place in
+/// another pack into new packs (each read in whole 64 KiB blocks, opened,
+/// sealed again with fresh nonces, so that the storage cannot match new
+/// bytes with old); returns where each is now, and the packs it moved
+/// them out of. A pack that cannot be read, or holds a frame that does
+/// not open, is left as it is (and not marked).
 fn repack(
-    pool: &mut Pool,
+    pool: &Pool,
     places: &Places,
     chunks: &HashSet<Hash>,
     sparse: &[&str],
     out: &mut Pruned,
-) -> Result<HashMap<Hash, Place>, BucketError> {
-    let wanted = to_move(places, chunks, sparse);
-    let mut moved = HashMap::new();
-    let mut pack = Pack::new();
-    let upload = |pack: Pack, moved: &mut HashMap<Hash, Place>| -> Result<(), BucketError> {
-        if pack.chunks.is_empty() {
-            return Ok(());
-        }
-        let (id, bytes, framed) = pack.finish();
-        let size = bytes.len() as u64;
-        pool.store.put(&format!("packs/{id}"), bytes)?;
-        for (h, offset, len) in framed {
-            moved.insert(h, (id.clone(), size, offset, len));
-        }
-        Ok(())
-    };
-    for (p, mut frames) in wanted {
+) -> Result<(HashMap<Hash, Place>, Vec<String>), BucketError> {
+    let sizes = places.pack_sizes();
+    let mask = crate::pool::READ_BLOCK_MASK;
+    let (mut moved, mut done, mut pack) = (HashMap::new(), Vec::new(), Pack::new());
+    for (p, mut frames) in to_move(places, chunks, sparse) {
         frames.sort_by_key(|f| f.1);
-        let (start, end) = (
-            frames[0].1,
-            frames.iter().map(|f| f.1 + f.2 as u64).max().unwrap_or(0),
-        );
-        let name = format!("packs/{p}");
-        let bytes = pool.store.get_range(&name, start..end)?;
-        for (h, offset, len) in frames {
-            let at = (offset - start) as usize;
-            let frame = bytes
-                .get(at..at + len as usize)
-                .ok_or_else(|| BucketError::Damaged {
-                    object: name.clone(),
-                    problem: "shorter than its records say".into(),
-                })?;
-            pack.add_frame(h, frame);
-            out.bytes_repacked += len as u64;
+        let end = frames.iter().map(|f| f.1 + f.2 as u64).max().unwrap_or(0);
+        let size = sizes.get(p).copied().unwrap_or(end).max(end);
+        let from = frames[0].1 & !mask;
+        let to = ((end + mask) & !mask).min(size);
+        let Ok(bytes) = pool.store.get_range(&format!("packs/{p}"), from..to) else {
+            tracing::warn!("prune: pack {p} could not be read; it is left as it is");
+            continue;
+        };
+        let opened: Option<Vec<(Hash, Vec<u8>)>> = frames
+            .iter()
+            .map(|&(h, offset, len)| {
+                let at = (offset - from) as usize;
+                let frame = bytes.get(at..at + len as usize)?;
+                crate::pool::open_chunk(&pool.keys, &h, frame).map(|d| (h, d))
+            })
+            .collect();
+        let Some(opened) = opened else {
+            tracing::warn!("prune: pack {p} holds a chunk that does not open; it is left as it is");
+            continue;
+        };
+        done.push(p.to_string());
+        for (h, data) in opened {
+            pack.add(&pool.keys, h, &data);
+            out.bytes_repacked += data.len() as u64;
             if pack.bytes.len() >= crate::replica::PACK_TARGET {
-                upload(std::mem::take(&mut pack), &mut moved)?;
+                upload(&*pool.store, std::mem::take(&mut pack), &mut moved)?;
                 pack = Pack::new();
             }
         }
     }
-    upload(pack, &mut moved)?;
-    Ok(moved)
+    upload(&*pool.store, pack, &mut moved)?;
+    Ok((moved, done))
+}
+
+/// Writes `pack` (if it holds anything) and notes where its chunks are.
+fn upload(
+    store: &dyn crate::store::Store,
+    pack: Pack,
+    moved: &mut HashMap<Hash, Place>,
+) -> Result<(), BucketError> {
+    if pack.chunks.is_empty() {
+        return Ok(());
+    }
+    let (id, bytes, framed) = pack.finish();
+    let size = bytes.len() as u64;
+    store.put(&format!("packs/{id}"), bytes)?;
+    for (h, offset, len) in framed {
+        moved.insert(h, (id.clone(), size, offset, len));
+    }
+    Ok(())
 }
 
 /// Past this many records, a prune compacts them even when it drops
@@ -692,318 +734,4 @@ pub fn read_marks(pool: &Pool) -> Result<Vec<(String, Mark)>, BucketError> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use crate::pool::Pack;
-    use crate::store::{Memory, Store};
-    use std::sync::Arc;
-    use weave_core::{Object, ReplicaId, VersionVector};
-
-    pub(crate) fn pool(mem: &Arc<Memory>) -> Pool {
-        Pool::open(Box::new(mem.clone()), "b", b"pw", true)
-            .unwrap()
-            .unwrap()
-    }
-
-    pub(crate) fn entry(path: &str, n: u64, content: Hash, size: u64) -> Entry {
-        Entry {
-            path: path.into(),
-            object: Object::File { size, content },
-            mode: 0o644,
-            mtime_ns: n as i64,
-            vv: VersionVector::from_pairs(vec![(ReplicaId(7), n)]),
-            origin: ReplicaId(7),
-            meta: None,
-        }
-    }
-
-    /// Writes version `n` of `path` holding `data` (one chunk, in a pack
-    /// of its own) as a sync would; returns the entry.
-    pub(crate) fn push(pool: &mut Pool, path: &str, n: u64, data: &[u8], time_ms: u64) -> Entry {
-        let h = Hash::of(data);
-        let node = Node {
-            level: 1,
-            children: vec![(h, data.len() as u64)],
-        };
-        let mut pack = Pack::new();
-        pack.add(&pool.keys, h, data);
-        let (id, bytes, chunks) = pack.finish();
-        let size = bytes.len() as u64;
-        pool.store.put(&format!("packs/{id}"), bytes).unwrap();
-        let e = entry(path, n, node.hash(), data.len() as u64);
-        let at = pool.view().unwrap().max_at + 1;
-        pool.write(&Record {
-            entries: vec![e.clone()],
-            nodes: vec![(node.hash(), node.encode())],
-            packs: vec![id],
-            pack_sizes: vec![size],
-            chunks: chunks
-                .into_iter()
-                .map(|(hash, offset, len)| ChunkAt {
-                    hash,
-                    pack: 0,
-                    offset,
-                    len,
-                })
-                .collect(),
-            at,
-            time_ms,
-            ..Default::default()
-        })
-        .unwrap();
-        e
-    }
-
-    /// The bytes of `e`'s content, read from the bucket.
-    pub(crate) fn read(pool: &Pool, e: &Entry) -> Result<Vec<u8>, String> {
-        let view = pool.view().map_err(|e| e.to_string())?;
-        let content = e.object.content().unwrap();
-        let list = view.list(&content).ok_or("no tree")?;
-        let at: Vec<_> = list
-            .chunks
-            .iter()
-            .map(|c| Some((c.hash, view.chunks.get(&c.hash)?.clone())))
-            .collect::<Option<_>>()
-            .ok_or("a chunk has no place")?;
-        let mut out = Vec::new();
-        pool.read_chunks(&at, &mut |_, d| {
-            out.extend(d.unwrap());
-            Ok(())
-        })
-        .map_err(|e| e.to_string())?;
-        Ok(out)
-    }
-
-    fn keep_last(n: u32) -> Policy {
-        Policy {
-            keep_last: Some(n),
-            ..Policy::keep_all()
-        }
-    }
-
-    fn packs(mem: &Memory) -> usize {
-        mem.list("packs/").unwrap().len()
-    }
-
-    #[test]
-    fn old_versions_leave_in_two_phases_and_the_current_ones_stay() {
-        let mem = Arc::new(Memory::default());
-        let mut p = pool(&mem);
-        push(&mut p, "f", 1, &[1; 5000], 1000);
-        let g = push(&mut p, "g", 1, &[9; 5000], 1500);
-        push(&mut p, "f", 2, &[2; 5000], 2000);
-        let f3 = push(&mut p, "f", 3, &[3; 5000], 3000);
-        let before = p.view().unwrap();
-        // A dry run writes nothing.
-        let dry = prune(&mut p, &keep_last(1), 10_000, 20_000, true).unwrap();
-        assert_eq!((dry.versions_dropped, dry.packs_marked), (1, 1));
-        assert_eq!(mem.list(MARKS).unwrap().len(), 0);
-        // The mark: f's oldest version goes; nothing is deleted yet, and
-        // readers see what they saw.
-        let m = prune(&mut p, &keep_last(1), 10_000, 20_000, false).unwrap();
-        assert_eq!((m.versions_kept, m.versions_dropped), (3, 1), "{m:?}");
-        assert_eq!((m.records_marked, m.packs_marked), (4, 1));
-        assert_eq!(packs(&mem), 4);
-        let during = p.view().unwrap();
-        assert_eq!(during.chosen("f"), before.chosen("f"));
-        assert_eq!(during.chosen("g"), before.chosen("g"));
-        // Within the grace period: nothing more to mark, nothing deleted.
-        let w = prune(&mut p, &keep_last(1), 10_000, 21_000, false).unwrap();
-        assert_eq!(
-            (w.records_marked, w.records_deleted, w.marks_waiting),
-            (0, 0, 1)
-        );
-        // After it: the sweep.
-        let s = prune(&mut p, &keep_last(1), 10_000, 30_001, false).unwrap();
-        assert_eq!((s.records_deleted, s.packs_deleted), (4, 1), "{s:?}");
-        assert!(s.bytes_deleted >= 4096, "{s:?}");
-        assert_eq!(packs(&mem), 3);
-        assert!(mem.list(MARKS).unwrap().is_empty());
-        let after = p.view().unwrap();
-        assert_eq!(after.chosen("f"), Some(&f3));
-        assert_eq!(read(&p, &f3).unwrap(), vec![3; 5000]);
-        assert_eq!(read(&p, &g).unwrap(), vec![9; 5000]);
-        let h = crate::history::history(&p, "f").unwrap();
-        assert_eq!(h.len(), 2);
-        // Each keeps when it was recorded, not when it was compacted.
-        assert_eq!(
-            h.iter().map(|v| v.recorded_ms).collect::<Vec<_>>(),
-            vec![2000, 3000]
-        );
-    }
-
-    #[test]
-    fn a_version_written_between_mark_and_sweep_keeps_the_chunks_it_reuses() {
-        let mem = Arc::new(Memory::default());
-        let mut p = pool(&mem);
-        let old = push(&mut p, "f", 1, &[1; 5000], 1000);
-        push(&mut p, "f", 2, &[2; 5000], 2000);
-        // Another device read the records before the mark...
-        let mut other = pool(&mem);
-        let at = other.view().unwrap().max_at + 1;
-        let m = prune(&mut p, &keep_last(0), 10_000, 20_000, false).unwrap();
-        assert_eq!(m.packs_marked, 1);
-        // ...and writes, after it, a new file with the old version's
-        // content: it names no node or chunk (the bucket had them).
-        let copy = Entry {
-            path: "copy".into(),
-            ..old.clone()
-        };
-        other
-            .write(&Record {
-                entries: vec![copy.clone()],
-                at,
-                time_ms: 21_000,
-                ..Default::default()
-            })
-            .unwrap();
-        let s = prune(&mut p, &keep_last(0), 10_000, 30_001, false).unwrap();
-        assert_eq!(s.packs_deleted, 0, "{s:?}");
-        assert_eq!(read(&p, &copy).unwrap(), vec![1; 5000]);
-        // Later prunes keep it.
-        prune(&mut p, &keep_last(0), 10_000, 31_000, false).unwrap();
-        prune(&mut p, &keep_last(0), 10_000, 45_000, false).unwrap();
-        assert_eq!(read(&p, &copy).unwrap(), vec![1; 5000]);
-    }
-
-    #[test]
-    fn a_sweep_killed_midway_is_finished_by_the_next_prune() {
-        let mem = Arc::new(Memory::default());
-        let mut p = pool(&mem);
-        push(&mut p, "f", 1, &[1; 5000], 1000);
-        let f2 = push(&mut p, "f", 2, &[2; 5000], 2000);
-        prune(&mut p, &keep_last(0), 0, 5000, false).unwrap();
-        // As if killed after deleting one retired record, before the rest.
-        let marks = read_marks(&p).unwrap();
-        mem.delete(&marks[0].1.retired[0]).unwrap();
-        let s = prune(&mut p, &keep_last(0), 0, 6000, false).unwrap();
-        assert_eq!((s.records_deleted, s.packs_deleted), (1, 1), "{s:?}");
-        assert_eq!(read(&p, &f2).unwrap(), vec![2; 5000]);
-        assert_eq!(packs(&mem), 1);
-    }
-
-    #[test]
-    fn a_clock_behind_makes_no_mark_ripe_early_and_orphan_packs_go() {
-        let mem = Arc::new(Memory::default());
-        let mut p = pool(&mem);
-        push(&mut p, "f", 1, &[1; 5000], 1000);
-        push(&mut p, "f", 2, &[2; 5000], 2000);
-        // A pack no record names, written long ago by the storage's
-        // clock; another just now.
-        let (old_orphan, new_orphan) = ("a".repeat(32), "b".repeat(32));
-        for o in [&old_orphan, &new_orphan] {
-            mem.put(&format!("packs/{o}"), vec![0; 10]).unwrap();
-        }
-        let stamp = |name: &str, t: u64| {
-            mem.times.lock().unwrap().insert(name.to_string(), t);
-        };
-        stamp(&format!("packs/{old_orphan}"), 5_000);
-        stamp(&format!("packs/{new_orphan}"), 99_000);
-        // The marking device's clock says 20 000; the storage's, 60 000.
-        let m = prune(&mut p, &keep_last(0), 10_000, 20_000, false).unwrap();
-        assert_eq!(m.packs_marked, 2, "{m:?}"); // f's first, the old orphan
-        let mark = mem.list(MARKS).unwrap().pop().unwrap();
-        stamp(&mark, 60_000);
-        // By the mark's own time it is ripe at 30 001; by the storage's,
-        // not before 70 000.
-        let s = prune(&mut p, &keep_last(0), 10_000, 30_001, false).unwrap();
-        assert_eq!((s.packs_deleted, s.marks_waiting), (0, 1), "{s:?}");
-        let s = prune(&mut p, &keep_last(0), 10_000, 70_000, false).unwrap();
-        assert_eq!(s.packs_deleted, 2, "{s:?}");
-        assert!(mem.get(&format!("packs/{old_orphan}")).unwrap().is_none());
-        assert!(mem.get(&format!("packs/{new_orphan}")).unwrap().is_some());
-    }
-
-    #[test]
-    fn a_marked_pack_a_later_record_names_is_kept() {
-        let mem = Arc::new(Memory::default());
-        let mut p = pool(&mem);
-        push(&mut p, "f", 1, &[1; 5000], 1000);
-        push(&mut p, "f", 2, &[2; 5000], 2000);
-        let orphan = "c".repeat(32);
-        mem.put(&format!("packs/{orphan}"), vec![0; 10]).unwrap();
-        mem.times
-            .lock()
-            .unwrap()
-            .insert(format!("packs/{orphan}"), 1);
-        let m = prune(&mut p, &keep_last(1), 10_000, 20_000, false).unwrap();
-        assert_eq!(m.packs_marked, 1, "{m:?}");
-        // A slow push's record of where its chunks are lands after the
-        // mark.
-        p.write(&Record {
-            packs: vec![orphan.clone()],
-            pack_sizes: vec![10],
-            time_ms: 25_000,
-            ..Default::default()
-        })
-        .unwrap();
-        let s = prune(&mut p, &keep_last(1), 10_000, 40_000, false).unwrap();
-        assert_eq!(s.packs_deleted, 0, "{s:?}");
-        assert!(mem.get(&format!("packs/{orphan}")).unwrap().is_some());
-    }
-
-    #[test]
-    fn a_pack_mostly_of_dropped_chunks_is_repacked_and_goes() {
-        let mem = Arc::new(Memory::default());
-        let mut p = pool(&mem);
-        // One pack: f's first version (large) and g (small).
-        let mut f1 = vec![0u8; 2_000_000];
-        rand::RngCore::fill_bytes(&mut rand::rng(), &mut f1);
-        let g1 = b"g's small content".to_vec();
-        let mut pack = Pack::new();
-        let mut nodes = Vec::new();
-        let mut entries = Vec::new();
-        for (path, data) in [("f", &f1), ("g", &g1)] {
-            let h = Hash::of(data);
-            pack.add(&p.keys, h, data);
-            let node = Node {
-                level: 1,
-                children: vec![(h, data.len() as u64)],
-            };
-            nodes.push((node.hash(), node.encode()));
-            entries.push(entry(path, 1, node.hash(), data.len() as u64));
-        }
-        let (id, bytes, framed) = pack.finish();
-        let size = bytes.len() as u64;
-        p.store.put(&format!("packs/{id}"), bytes).unwrap();
-        p.write(&Record {
-            entries: entries.clone(),
-            nodes,
-            packs: vec![id.clone()],
-            pack_sizes: vec![size],
-            chunks: framed
-                .into_iter()
-                .map(|(hash, offset, len)| ChunkAt {
-                    hash,
-                    pack: 0,
-                    offset,
-                    len,
-                })
-                .collect(),
-            at: 1,
-            time_ms: 1000,
-            ..Default::default()
-        })
-        .unwrap();
-        let f2 = push(&mut p, "f", 2, b"f's second version", 2000);
-        let m = prune(&mut p, &keep_last(0), 0, 10_000, false).unwrap();
-        assert_eq!((m.versions_dropped, m.packs_repacked), (1, 1), "{m:?}");
-        assert!(m.bytes_repacked > 0 && m.bytes_repacked < 1000, "{m:?}");
-        // Readers read g from its new pack already; the old one is still
-        // there for syncs that read the records before the mark.
-        assert_eq!(read(&p, &entries[1]).unwrap(), g1);
-        assert!(mem.get(&format!("packs/{id}")).unwrap().is_some());
-        let s = prune(&mut p, &keep_last(0), 0, 20_000, false).unwrap();
-        assert!(s.packs_deleted >= 1, "{s:?}");
-        assert!(mem.get(&format!("packs/{id}")).unwrap().is_none());
-        assert_eq!(read(&p, &entries[1]).unwrap(), g1);
-        assert_eq!(read(&p, &f2).unwrap(), b"f's second version");
-        // Nothing more to do.
-        let again = prune(&mut p, &keep_last(0), 0, 30_000, false).unwrap();
-        assert_eq!(
-            (again.packs_marked, again.packs_repacked),
-            (0, 0),
-            "{again:?}"
-        );
-    }
-}
+pub(crate) mod tests;
