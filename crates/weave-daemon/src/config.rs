@@ -60,6 +60,9 @@ pub struct Peer {
     /// host:port addresses to dial; none means the peer dials us.
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// Paused: not dialled, its connections refused, until resumed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -161,6 +164,10 @@ pub struct Folder {
     /// remote.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub untrusted: Vec<String>,
+    /// Paused: not scanned, synced or served, until resumed (changes on
+    /// disk meanwhile are found then).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 /// The longest watch delay a folder takes (10 minutes).
@@ -193,6 +200,7 @@ impl Folder {
             poll_secs: default_poll(),
             passphrase_file: None,
             untrusted: Vec::new(),
+            paused: false,
         }
     }
 }

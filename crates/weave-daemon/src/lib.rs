@@ -85,6 +85,9 @@ pub enum DaemonError {
     /// The peer has no folder of that id shared with this device.
     #[error("{peer} does not share folder {folder:?} with this device (yet); on {peer}, add it with `weave folder add {folder} PATH --peer NAME` (NAME: this device, as {peer} names it). Syncs with {peer} are tried again by themselves")]
     NotShared { peer: String, folder: String },
+    /// The folder is paused on the peer.
+    #[error("folder {folder:?} is paused on {peer}; it syncs again once resumed there")]
+    PausedThere { peer: String, folder: String },
     /// The peer keeps the folder encrypted only: it is untrusted with it.
     #[error("{peer} keeps folder {folder:?} encrypted only (it is receive-encrypted there, untrusted with it); nothing was sent. Mark it untrusted here: `weave folder share {folder} {peer} --untrusted` (the folder then needs a passphrase: `--passphrase-file` or WEAVE_PASSPHRASE)")]
     EncryptedOnly { peer: String, folder: String },

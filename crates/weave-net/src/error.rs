@@ -93,6 +93,9 @@ pub const NOT_SHARED: &str = "not-shared";
 /// keeps it encrypted only (receive-encrypted there).
 pub const ENCRYPTED_ONLY: &str = "encrypted-only";
 
+/// The code of a refusal to sync a folder that is paused there.
+pub const PAUSED: &str = "paused";
+
 impl SessionError {
     /// What `peer` said in an error message.
     pub fn from_peer(peer: &str, e: weave_proto::msg::ErrorMsg) -> SessionError {

@@ -25,7 +25,7 @@ mod wire;
 
 pub use address::{Address, AddressError, SshAddress};
 pub use conn::{Conn, RateLimit};
-pub use error::{SessionError, ENCRYPTED_ONLY, NOT_SHARED};
+pub use error::{SessionError, ENCRYPTED_ONLY, NOT_SHARED, PAUSED};
 pub use open::{open_replicas, Opened};
 pub use remote::{NetOptions, RemoteReplica};
 

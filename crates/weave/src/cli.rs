@@ -62,6 +62,12 @@ enum Command {
     Init(crate::live::InitArgs),
     /// Print this device's id (what its peers give `weave peer add`).
     Id,
+    /// Pause a folder (not scanned, synced or served; changes made
+    /// meanwhile are found when it resumes), or a peer (--peer: not
+    /// dialled, its connections refused). A running daemon follows at once.
+    Pause(crate::live::PauseArgs),
+    /// Resume a paused folder, or a peer (--peer).
+    Resume(crate::live::PauseArgs),
     /// Print a shell completion script: `weave completions bash >
     /// /etc/bash_completion.d/weave` (zsh: into a directory of $fpath as
     /// `_weave`; fish: `~/.config/fish/completions/weave.fish`).
@@ -521,6 +527,8 @@ pub fn run() -> ExitCode {
         .init();
     let cd = &cli.config;
     match cli.command {
+        Command::Pause(a) => done(crate::live::pause(cd, a, true)),
+        Command::Resume(a) => done(crate::live::pause(cd, a, false)),
         Command::Completions { shell } => {
             done(crate::manuals::completions(shell, <Cli as clap::CommandFactory>::command()))
         }

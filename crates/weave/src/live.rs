@@ -220,6 +220,7 @@ pub fn peer(cd: &ConfigDir, c: PeerCommand) -> Result<bool> {
                 name: name.clone(),
                 id,
                 addresses,
+                paused: false,
             });
             cfg.save(&dir, me)?;
             eprintln!("weave: peer {name} added; share folders with it with `weave folder share FOLDER {name}`");
@@ -788,4 +789,53 @@ fn encrypted_dir_ok(path: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What `weave pause` and `weave resume` act on.
+#[derive(Args)]
+pub struct PauseArgs {
+    /// A folder's id (or, with --peer, a peer's name).
+    #[arg(value_name = "FOLDER")]
+    folder: Option<String>,
+    /// A peer instead: not dialled, its connections refused.
+    #[arg(long, value_name = "NAME", conflicts_with = "folder")]
+    peer: Option<String>,
+}
+
+/// `weave pause` (`paused`) or `weave resume`: sets it in the config,
+/// which a running daemon follows at once.
+pub fn pause(cd: &ConfigDir, a: PauseArgs, paused: bool) -> Result<bool> {
+    let dir = cd.dir()?;
+    let (me, mut cfg) = load(&dir)?;
+    let verb = if paused { "paused" } else { "resumed" };
+    let what = match (a.folder, a.peer) {
+        (Some(id), None) => {
+            let f = cfg
+                .folders
+                .iter_mut()
+                .find(|f| f.id == id)
+                .with_context(|| {
+                    format!("no folder has the id {id:?} (`weave folder list` lists them)")
+                })?;
+            if f.paused == paused {
+                eprintln!("weave: folder {id} is {verb} already");
+                return Ok(true);
+            }
+            f.paused = paused;
+            format!("folder {id}")
+        }
+        (None, Some(name)) => {
+            let p = peer_mut(&mut cfg, &name)?;
+            if p.paused == paused {
+                eprintln!("weave: peer {name} is {verb} already");
+                return Ok(true);
+            }
+            p.paused = paused;
+            format!("peer {name}")
+        }
+        _ => bail!("give a folder's id, or --peer NAME"),
+    };
+    cfg.save(&dir, me)?;
+    eprintln!("weave: {what} {verb}");
+    Ok(true)
 }

@@ -27,6 +27,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum PeerProblem {
     #[error("it has no address to dial; it dials this device (add one with `weave peer add-address NAME ADDRESS`)")]
     NoAddress,
+    #[error("it is paused here (`weave resume --peer NAME` resumes it)")]
+    Paused,
     #[error("cannot connect ({address}: {why})")]
     Unreachable { address: String, why: DialError },
     /// It refused this device's certificate (a TLS alert).
@@ -77,6 +79,12 @@ const RECENT_FAILURE: Duration = Duration::from_secs(5);
 /// A session to `peer` on the link to it: the link that is up, or one
 /// dialled now. Returns it and the peer's address.
 pub(super) fn session_to(sh: &Arc<Shared>, peer: &Peer) -> Result<(Conn, String), DaemonError> {
+    if sh.cfg().peer_by_id(peer.id).is_some_and(|p| p.paused) {
+        return Err(DaemonError::Peer {
+            peer: peer.name.clone(),
+            problem: Box::new(PeerProblem::Paused),
+        });
+    }
     // A link that died since it was looked up is dialled again, once.
     for _ in 0..2 {
         let link = match live_link(sh, peer.id) {
@@ -251,8 +259,13 @@ pub(super) fn adopt(sh: &Arc<Shared>, peer: &Peer, link: Arc<Link>) -> Arc<Link>
             drop(links);
             debug!("link with {name} ended");
             let why = watched.why();
+            let paused = sh2.cfg().peer_by_id(id).is_some_and(|p| p.paused);
             sh2.board.peer(&name, |p| {
-                p.state = PeerState::Disconnected;
+                p.state = if paused {
+                    PeerState::Paused
+                } else {
+                    PeerState::Disconnected
+                };
                 p.rate_in = 0;
                 p.rate_out = 0;
                 if why.is_some() {

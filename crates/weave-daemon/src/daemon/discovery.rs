@@ -212,7 +212,7 @@ fn heard(sh: &Arc<Shared>, bytes: &[u8], from: SocketAddr) {
     }
     // Only peers are remembered: nothing else is dialled.
     let cfg = sh.cfg();
-    let Some(peer) = cfg.peer_by_id(id).cloned() else {
+    let Some(peer) = cfg.peer_by_id(id).filter(|p| !p.paused).cloned() else {
         return;
     };
     let addr = SocketAddr::new(from.ip(), port);

@@ -51,10 +51,22 @@ fn check(sh: &Arc<Shared>, rt: &FolderRt) {
     let Some(f) = cfg.folder(&rt.id).cloned() else {
         return;
     };
+    if f.paused {
+        // Changes on disk stay marked: the first check after it resumes
+        // looks at them.
+        sh.board.folder(&f.id, |s| {
+            s.state = FolderState::Paused;
+            s.bytes_to_go = 0;
+        });
+        return;
+    }
     let dirty = rt.dirty.swap(false, Ordering::SeqCst);
     // Untrusted peers get the folder encrypted only, as a remote.
     let trusted = f.peers.iter().filter(|n| !f.untrusted.contains(n));
-    let peers: Vec<Peer> = trusted.filter_map(|n| cfg.peer(n).cloned()).collect();
+    // (A paused peer is left out until resumed.)
+    let peers: Vec<Peer> = trusted
+        .filter_map(|n| cfg.peer(n).filter(|p| !p.paused).cloned())
+        .collect();
     let forced: HashSet<DeviceId> = if rt.resync.swap(false, Ordering::SeqCst) {
         peers.iter().map(|p| p.id).collect()
     } else {
@@ -242,7 +254,7 @@ fn pair_failed(
     let first = backoff.is_first();
     b.insert(p.id, backoff);
     drop(b);
-    if let DaemonError::NotShared { .. } = e {
+    if let DaemonError::NotShared { .. } | DaemonError::PausedThere { .. } = e {
         // Said once, as a notice: nothing is wrong here, and the peer
         // syncs by itself once it shares the folder.
         if first {
@@ -260,7 +272,9 @@ fn pair_failed(
     }
     sh.board.peer(&p.name, |s| {
         if peer_down {
-            s.state = PeerState::Disconnected;
+            if s.state != PeerState::Paused {
+                s.state = PeerState::Disconnected;
+            }
         }
         s.last_error = Some(msg.clone());
     });

@@ -37,6 +37,9 @@ pub enum HostError {
     NotRunning { name: String },
     /// This device is untrusted with the folder: it keeps its encrypted
     /// data only, and takes no file in clear.
+    /// Paused here by the user.
+    #[error("folder {name:?} is paused on {me}; it syncs again once resumed there (`weave resume {name}`)")]
+    Paused { name: String, me: DeviceId },
     #[error("folder {name:?} on {me} keeps encrypted data only (it is receive-encrypted there); mark that device untrusted for the folder here: `weave folder share {name} PEER --untrusted`")]
     EncryptedOnly { name: String, me: DeviceId },
 }
@@ -47,6 +50,11 @@ impl From<HostError> for SyncError {
             // The peer's daemon reads the code, and says so once.
             HostError::NotShared { .. } => SessionError::Refused {
                 code: weave_net::NOT_SHARED,
+                message: e.to_string(),
+            }
+            .into(),
+            HostError::Paused { .. } => SessionError::Refused {
+                code: weave_net::PAUSED,
                 message: e.to_string(),
             }
             .into(),
@@ -112,6 +120,13 @@ impl Host for DaemonHost {
         let f = self.shared(&cfg, name, false)?;
         if f.mode == Mode::ReceiveEncrypted {
             return Err(HostError::EncryptedOnly {
+                name: name.to_string(),
+                me: self.sh.me.id,
+            }
+            .into());
+        }
+        if f.paused {
+            return Err(HostError::Paused {
                 name: name.to_string(),
                 me: self.sh.me.id,
             }

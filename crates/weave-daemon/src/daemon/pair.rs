@@ -72,6 +72,12 @@ pub(super) fn open_remote(
                     folder: f.id.clone(),
                 };
             }
+            if code == Some(weave_net::PAUSED) {
+                return DaemonError::PausedThere {
+                    peer: peer.name.clone(),
+                    folder: f.id.clone(),
+                };
+            }
             if code == Some(weave_net::ENCRYPTED_ONLY) {
                 return DaemonError::EncryptedOnly {
                     peer: peer.name.clone(),

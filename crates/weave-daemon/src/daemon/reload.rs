@@ -18,7 +18,13 @@ const CONFIG_POLL: Duration = Duration::from_millis(500);
 pub(super) fn apply_config(sh: &Arc<Shared>, cfg: Config, watcher: &mut Watcher) {
     {
         let mut a = sh.allowed.write().expect("allowed");
-        *a = cfg.peers.iter().map(|p| p.id).collect::<HashSet<_>>();
+        // A paused peer's connections are refused.
+        *a = cfg
+            .peers
+            .iter()
+            .filter(|p| !p.paused)
+            .map(|p| p.id)
+            .collect::<HashSet<_>>();
     }
     sh.board.configure(&cfg);
     let old = std::mem::replace(&mut *sh.cfg.write().expect("config"), Arc::new(cfg.clone()));
@@ -73,6 +79,11 @@ fn follow_peers(sh: &Shared, old: &Config, new: &Config) {
         })
     };
     for p in &old.peers {
+        let paused = !p.paused && new.peer_by_id(p.id).is_some_and(|n| n.paused);
+        if let Some(l) = paused.then(|| super::conn::live_link(sh, p.id)).flatten() {
+            info!("peer {}: paused; its link ends", p.name);
+            l.kill();
+        }
         let lost = old
             .folders
             .iter()

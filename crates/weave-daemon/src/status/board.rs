@@ -155,6 +155,8 @@ pub enum FolderState {
     Syncing,
     /// Its last scan or sync failed (the folder's `error` says why).
     Error,
+    /// Paused: not scanned, synced or served until resumed.
+    Paused,
 }
 
 /// How a peer's last session went (in JSON: connected, disconnected or
@@ -169,6 +171,8 @@ pub enum PeerState {
     Connected,
     /// It could not be reached.
     Disconnected,
+    /// Paused here: not dialled, its connections refused.
+    Paused,
 }
 
 impl FolderState {
@@ -178,6 +182,7 @@ impl FolderState {
             FolderState::Scanning => "scanning",
             FolderState::Syncing => "syncing",
             FolderState::Error => "error",
+            FolderState::Paused => "paused",
         }
     }
 }
@@ -188,6 +193,7 @@ impl PeerState {
             PeerState::Unknown => "unknown",
             PeerState::Connected => "connected",
             PeerState::Disconnected => "disconnected",
+            PeerState::Paused => "paused",
         }
     }
 }
@@ -314,6 +320,11 @@ impl Board {
             });
             s.id = p.id.to_string();
             s.addresses = p.addresses.clone();
+            if p.paused {
+                s.state = PeerState::Paused;
+            } else if s.state == PeerState::Paused {
+                s.state = PeerState::Unknown;
+            }
         }
     }
 
@@ -369,6 +380,7 @@ mod tests {
             (FolderState::Scanning, "scanning"),
             (FolderState::Syncing, "syncing"),
             (FolderState::Error, "error"),
+            (FolderState::Paused, "paused"),
         ];
         for (s, word) in folder {
             assert_eq!(serde_json::to_value(s).unwrap(), word);
