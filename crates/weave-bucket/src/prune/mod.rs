@@ -340,8 +340,7 @@ fn mark(
     out.packs_repacked = repacked.len();
     out.packs_marked = unneeded.len() + repacked.len();
     let (entries, entry_times) = kept.into_iter().unzip();
-    let stays =
-        |at: &Place| !unneeded.contains_key(at.0.as_str()) && !repacked.iter().any(|r| *r == at.0);
+    let stays = |at: &Place| !unneeded.contains_key(at.0.as_str()) && !repacked.contains(&at.0);
     let mut compacted = Record {
         entries,
         entry_times,
