@@ -508,6 +508,7 @@ mod tests {
             name: "nas".into(),
             id: DeviceId::from_public_key(b"nas"),
             addresses: vec!["10.0.0.2:22100".into()],
+            paused: false,
         });
         let mut f = Folder::new("docs", "/srv/docs".into());
         f.peers.push("nas".into());
@@ -539,6 +540,7 @@ mod tests {
             name: "self".into(),
             id: me(),
             addresses: vec![],
+            paused: false,
         });
         assert!(c.check(me()).unwrap_err().to_string().contains("own id"));
         c.peers.clear();

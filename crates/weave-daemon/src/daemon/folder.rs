@@ -271,10 +271,8 @@ fn pair_failed(
         warn!("folder {} with {}: {msg} (retrying)", f.id, p.name);
     }
     sh.board.peer(&p.name, |s| {
-        if peer_down {
-            if s.state != PeerState::Paused {
-                s.state = PeerState::Disconnected;
-            }
+        if peer_down && s.state != PeerState::Paused {
+            s.state = PeerState::Disconnected;
         }
         s.last_error = Some(msg.clone());
     });
