@@ -91,6 +91,7 @@ pub async fn serve(
     };
     let app = axum::Router::new()
         .route("/v1/status", get(status))
+        .route("/v1/events", get(events))
         .route("/v1/folders/{id}/{action}", post(folder_action))
         .with_state(api);
     if let Err(e) = axum::serve(listener, app).await {
@@ -126,6 +127,17 @@ async fn status(State(api): State<Api>, h: HeaderMap) -> Result<Json<Status>, St
         }
     }
     Ok(Json(s))
+}
+
+/// `GET /v1/events`: the board's changes as server-sent events.
+async fn events(
+    State(api): State<Api>,
+    h: HeaderMap,
+) -> Result<axum::response::Response, StatusCode> {
+    authorised(&api, &h)?;
+    Ok(axum::response::IntoResponse::into_response(
+        super::events::stream(api.board.clone()),
+    ))
 }
 
 /// `POST /v1/folders/{id}/{action}`: does it, and answers once done.

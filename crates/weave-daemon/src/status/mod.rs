@@ -8,6 +8,7 @@
 mod api;
 mod board;
 mod client;
+mod events;
 
 pub use api::{serve, Act, Answer, FolderAction, Roots};
 pub use board::{
