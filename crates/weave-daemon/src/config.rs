@@ -424,6 +424,58 @@ impl Config {
     }
 }
 
+/// What `weave pause` and `weave resume` (and the API's routes of the
+/// same names) act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pausable {
+    Folder(String),
+    Peer(String),
+}
+
+/// Pauses (or resumes) `what` in the config of directory `dir`, which a
+/// running daemon follows at once. Returns what was done, for the user.
+pub fn set_paused(
+    dir: &Path,
+    me: DeviceId,
+    what: &Pausable,
+    paused: bool,
+) -> Result<String, DaemonError> {
+    let mut cfg = Config::load(dir, me)?;
+    let verb = if paused { "paused" } else { "resumed" };
+    let (flag, shown) = match what {
+        Pausable::Folder(id) => {
+            let f = cfg
+                .folders
+                .iter_mut()
+                .find(|f| &f.id == id)
+                .ok_or_else(|| {
+                    DaemonError::Refused(format!(
+                        "no folder has the id {id:?} (`weave folder list` lists them)"
+                    ))
+                })?;
+            (&mut f.paused, format!("folder {id}"))
+        }
+        Pausable::Peer(name) => {
+            let p = cfg
+                .peers
+                .iter_mut()
+                .find(|p| &p.name == name)
+                .ok_or_else(|| {
+                    DaemonError::Refused(format!(
+                        "no peer is named {name:?} (`weave peer list` lists them)"
+                    ))
+                })?;
+            (&mut p.paused, format!("peer {name}"))
+        }
+    };
+    if *flag == paused {
+        return Ok(format!("{shown} is {verb} already"));
+    }
+    *flag = paused;
+    cfg.save(dir, me)?;
+    Ok(format!("{shown} {verb}"))
+}
+
 /// A folder's own settings: its ignore patterns parse (as a sync will
 /// read them), its intervals are in range.
 pub fn check_folder_settings(f: &Folder) -> Result<(), ConfigProblem> {

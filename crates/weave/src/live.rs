@@ -805,37 +805,15 @@ pub struct PauseArgs {
 /// `weave pause` (`paused`) or `weave resume`: sets it in the config,
 /// which a running daemon follows at once.
 pub fn pause(cd: &ConfigDir, a: PauseArgs, paused: bool) -> Result<bool> {
+    use weave_daemon::config::Pausable;
     let dir = cd.dir()?;
-    let (me, mut cfg) = load(&dir)?;
-    let verb = if paused { "paused" } else { "resumed" };
+    let me = weave_daemon::identity::load(&dir)?;
     let what = match (a.folder, a.peer) {
-        (Some(id), None) => {
-            let f = cfg
-                .folders
-                .iter_mut()
-                .find(|f| f.id == id)
-                .with_context(|| {
-                    format!("no folder has the id {id:?} (`weave folder list` lists them)")
-                })?;
-            if f.paused == paused {
-                eprintln!("weave: folder {id} is {verb} already");
-                return Ok(true);
-            }
-            f.paused = paused;
-            format!("folder {id}")
-        }
-        (None, Some(name)) => {
-            let p = peer_mut(&mut cfg, &name)?;
-            if p.paused == paused {
-                eprintln!("weave: peer {name} is {verb} already");
-                return Ok(true);
-            }
-            p.paused = paused;
-            format!("peer {name}")
-        }
+        (Some(id), None) => Pausable::Folder(id),
+        (None, Some(name)) => Pausable::Peer(name),
         _ => bail!("give a folder's id, or --peer NAME"),
     };
-    cfg.save(&dir, me)?;
-    eprintln!("weave: {what} {verb}");
+    let said = weave_daemon::config::set_paused(&dir, me.id, &what, paused)?;
+    eprintln!("weave: {said}");
     Ok(true)
 }

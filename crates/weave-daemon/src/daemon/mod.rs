@@ -185,12 +185,20 @@ fn serve_api(sh: &Arc<Shared>, api: TcpListener, token: String) {
             .map(|f| (f.id.clone(), f.path.clone(), cfg.subfolders(f)))
             .collect::<Vec<_>>()
     });
+    let (dir, me) = (sh_act.dir.clone(), sh_act.me.id);
     let sh = sh_act;
     let act: status::Act = Arc::new(move |id: String, action| {
         let sh = sh.clone();
         Box::pin(async move { actions::ask(&sh, &id, action).await })
     });
-    tokio::spawn(status::serve(api, board, token, roots, act));
+    let pause: status::Pause =
+        Arc::new(
+            move |what, paused| match crate::config::set_paused(&dir, me, &what, paused) {
+                Ok(said) => status::Answer::ok(said),
+                Err(e) => status::Answer::refused(e.to_string()),
+            },
+        );
+    tokio::spawn(status::serve(api, board, token, roots, act, pause));
 }
 
 /// Stops every folder, letting the syncs under way finish (for 30 s at

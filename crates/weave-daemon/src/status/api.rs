@@ -66,6 +66,10 @@ impl Answer {
 pub type Act =
     Arc<dyn Fn(String, FolderAction) -> Pin<Box<dyn Future<Output = Answer> + Send>> + Send + Sync>;
 
+/// Pauses (true) or resumes a folder or a peer; says what was done, or
+/// why not.
+pub type Pause = Arc<dyn Fn(crate::config::Pausable, bool) -> Answer + Send + Sync>;
+
 /// What the API's handlers share.
 #[derive(Clone)]
 struct Api {
@@ -73,6 +77,7 @@ struct Api {
     token: Arc<String>,
     roots: Roots,
     act: Act,
+    pause: Pause,
 }
 
 /// Serves the API on `listener` until the task is dropped.
@@ -82,25 +87,35 @@ pub async fn serve(
     token: String,
     roots: Roots,
     act: Act,
+    pause: Pause,
 ) {
     let api = Api {
         board,
         token: Arc::new(token),
         roots,
         act,
+        pause,
     };
     let app = axum::Router::new()
         .route("/v1/status", get(status))
         .route("/v1/events", get(events))
         .route("/v1/folders/{id}/{action}", post(folder_action))
+        .route("/v1/peers/{name}/{action}", post(peer_action))
         .with_state(api);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(target: "weave_daemon::status", "the status API stopped: {e}");
     }
 }
 
-/// Whether the request carries the API's token.
+/// Whether the request carries the API's token, to a host name that
+/// cannot be another site's (an IP address, or localhost: a page of
+/// another site whose name was made to point here, DNS rebinding, is
+/// refused).
 fn authorised(api: &Api, h: &HeaderMap) -> Result<(), StatusCode> {
+    let host = h.get("host").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !local_host(host) {
+        return Err(StatusCode::FORBIDDEN);
+    }
     let want = format!("Bearer {}", api.token);
     match h.get("authorization").and_then(|v| v.to_str().ok()) {
         Some(v) if v == want => Ok(()),
@@ -150,7 +165,72 @@ async fn folder_action(
     let action = match action.as_str() {
         "revert" => FolderAction::Revert,
         "override" => FolderAction::Override,
+        "pause" | "resume" => {
+            let pause = api.pause.clone();
+            let what = crate::config::Pausable::Folder(id);
+            let paused = action == "pause";
+            return Ok(Json(pausing(pause, what, paused).await));
+        }
         _ => return Err(StatusCode::NOT_FOUND),
     };
     Ok(Json((api.act)(id, action).await))
+}
+
+/// `POST /v1/peers/{name}/pause` and `…/resume`.
+async fn peer_action(
+    State(api): State<Api>,
+    Path((name, action)): Path<(String, String)>,
+    h: HeaderMap,
+) -> Result<Json<Answer>, StatusCode> {
+    authorised(&api, &h)?;
+    let paused = match action.as_str() {
+        "pause" => true,
+        "resume" => false,
+        _ => return Err(StatusCode::NOT_FOUND),
+    };
+    let what = crate::config::Pausable::Peer(name);
+    Ok(Json(pausing(api.pause.clone(), what, paused).await))
+}
+
+/// Runs `pause` (a config edit) off the async threads.
+async fn pausing(pause: Pause, what: crate::config::Pausable, paused: bool) -> Answer {
+    tokio::task::spawn_blocking(move || pause(what, paused))
+        .await
+        .unwrap_or_else(|e| Answer::refused(format!("pausing failed: {e}")))
+}
+
+/// Whether a Host header names this machine by address or as localhost.
+fn local_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::local_host;
+
+    #[test]
+    fn only_addresses_and_localhost_are_hosts_of_this_api() {
+        for ok in [
+            "127.0.0.1:8384",
+            "localhost:1",
+            "LOCALHOST",
+            "[::1]:80",
+            "10.0.0.2:9",
+        ] {
+            assert!(local_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:8384",
+            "127.0.0.1.evil.example",
+            "",
+            "localhost.evil:1",
+        ] {
+            assert!(!local_host(bad), "{bad}");
+        }
+    }
 }

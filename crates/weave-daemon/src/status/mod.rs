@@ -10,7 +10,7 @@ mod board;
 mod client;
 mod events;
 
-pub use api::{serve, Act, Answer, FolderAction, Roots};
+pub use api::{serve, Act, Answer, FolderAction, Pause, Roots};
 pub use board::{
     now_ms, Board, Change, DeviceStatus, DiscoveryStatus, ErrorEntry, FolderState, FolderStatus,
     PeerState, PeerStatus, Status, UnsharedAsk,
