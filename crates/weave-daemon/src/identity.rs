@@ -37,9 +37,15 @@ fn io(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> DaemonError {
 /// crash leaves the old file or the new one, never half of one.
 pub(crate) fn write_atomic(path: &Path, data: &[u8], private: bool) -> Result<(), DaemonError> {
     use std::io::Write;
-    let tmp = path.with_extension("tmp");
+    // A name of its own: two writers at once (the API and the CLI) never
+    // write one temporary file together.
+    let tmp = path.with_extension(format!(
+        "tmp-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true).truncate(true);
+    o.write(true).create_new(true);
     if private {
         use std::os::unix::fs::OpenOptionsExt;
         o.mode(0o600);
@@ -47,7 +53,10 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8], private: bool) -> Result<()
     let mut f = o.open(&tmp).map_err(io(&tmp, "write"))?;
     f.write_all(data).map_err(io(&tmp, "write"))?;
     f.sync_all().map_err(io(&tmp, "write"))?;
-    std::fs::rename(&tmp, path).map_err(io(path, "write"))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(path, "write")(e)
+    })?;
     Ok(())
 }
 

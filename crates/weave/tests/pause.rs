@@ -69,3 +69,42 @@ fn a_paused_peer_is_cut_off_until_resumed() {
     let out = a.run(&["pause"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// CPU time (clock ticks) process `pid` has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command's closing parenthesis: utime is the
+    // 12th of them, stime the 13th.
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// A folder paused while a sync with a peer that is down waits on its
+/// back-off rests (its task does not loop), and a revert of it is
+/// refused at once, saying to resume it first.
+#[test]
+fn a_paused_folder_rests_and_refuses_actions() {
+    let (a, b, fa, _fb) = synced_pair();
+    b.term();
+    std::fs::write(fa.join("while-b-is-down.txt"), "x").unwrap();
+    wait_for("a to see b down", &[&a], || {
+        a.status()
+            .is_some_and(|s| s["peers"][0]["state"] == "disconnected")
+    });
+    a.ok(&["pause", "docs"]);
+    wait_for("docs paused", &[&a], || folder_state(&a) == "paused");
+    std::thread::sleep(Duration::from_secs(1));
+    let before = cpu_ticks(a.pid());
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_ticks(a.pid()) - before;
+    // (A loop that does not wait uses all of a core: 300 ticks in 3 s.)
+    assert!(
+        used < 100,
+        "the paused folder's daemon used {used} ticks in 3 s"
+    );
+    let out = a.run(&["folder", "revert", "docs"]);
+    assert_eq!(out.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("paused") || e.contains("receive-only"), "{e}");
+}

@@ -57,6 +57,11 @@ pub(super) async fn ask(sh: &Shared, id: &str, action: FolderAction) -> Answer {
     if f.mode != want {
         return Answer::refused(format!("folder {id} is {} here; {what}", f.mode));
     }
+    if f.paused {
+        return Answer::refused(format!(
+            "folder {id} is paused; `weave resume {id}` first, then ask again"
+        ));
+    }
     let Some(rt) = sh.folder_rt(id) else {
         return Answer::refused(format!(
             "folder {id} is not running yet; try again in a moment"

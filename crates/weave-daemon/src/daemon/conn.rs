@@ -27,7 +27,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum PeerProblem {
     #[error("it has no address to dial; it dials this device (add one with `weave peer add-address NAME ADDRESS`)")]
     NoAddress,
-    #[error("it is paused here (`weave resume --peer NAME` resumes it)")]
+    #[error("it is paused here (`weave resume --peer` and its name resume it)")]
     Paused,
     #[error("cannot connect ({address}: {why})")]
     Unreachable { address: String, why: DialError },
@@ -167,6 +167,9 @@ pub(super) fn dial(sh: &Arc<Shared>, peer: &Peer) -> Result<Arc<Link>, DaemonErr
         peer: peer.name.clone(),
         problem: Box::new(problem),
     };
+    if sh.cfg().peer_by_id(peer.id).is_some_and(|p| p.paused) {
+        return Err(perr(PeerProblem::Paused));
+    }
     let addresses = addresses_of(sh, peer);
     if addresses.is_empty() {
         return Err(perr(PeerProblem::NoAddress));

@@ -192,7 +192,8 @@ fn sync_peers(
     for _pass in 0..3 {
         let mut any = false;
         for p in peers {
-            if sh.stopping.load(Ordering::SeqCst) || rt.stopped.load(Ordering::SeqCst) {
+            let paused = sh.cfg().folder(&f.id).is_none_or(|g| g.paused);
+            if sh.stopping.load(Ordering::SeqCst) || rt.stopped.load(Ordering::SeqCst) || paused {
                 return None;
             }
             if let Some(b) = rt.backoff.lock().expect("backoff").get(&p.id) {
@@ -380,12 +381,24 @@ pub(super) async fn folder_task(sh: Arc<Shared>, rt: Arc<FolderRt>) {
             last_full = Instant::now();
         }
         let mut due = last_full + rescan;
+        let cfg = sh.cfg();
+        if cfg.folder(&rt.id).is_some_and(|f| f.paused) {
+            // Paused: nothing is due but a wake (a resume pokes it).
+            tokio::select! {
+                _ = rt.wake.notified() => {}
+                _ = tokio::time::sleep_until(due.into()) => {}
+            }
+            continue;
+        }
+        // Back-offs of peers still synced with (a paused one's is left).
+        let active = |id: &crate::id::DeviceId| cfg.peer_by_id(*id).is_some_and(|p| !p.paused);
         if let Some(b) = rt
             .backoff
             .lock()
             .expect("backoff")
-            .values()
-            .map(|b| b.until)
+            .iter()
+            .filter(|(id, _)| active(id))
+            .map(|(_, b)| b.until)
             .min()
         {
             due = due.min(b);
@@ -403,7 +416,7 @@ pub(super) async fn folder_task(sh: Arc<Shared>, rt: Arc<FolderRt>) {
         if let Some(mut r) = sh
             .cfg()
             .folder(&rt.id)
-            .and_then(|f| super::remote::due(&rt, f))
+            .and_then(|f| super::remote::due(&rt, &cfg, f))
         {
             if let Some(b) = *rt.scan_retry.lock().expect("retry") {
                 r = r.max(b.until);

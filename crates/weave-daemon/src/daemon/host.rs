@@ -35,11 +35,11 @@ pub enum HostError {
     /// Shared, but its watcher and index are not up yet.
     #[error("folder {name:?} is not running yet")]
     NotRunning { name: String },
-    /// This device is untrusted with the folder: it keeps its encrypted
-    /// data only, and takes no file in clear.
     /// Paused here by the user.
     #[error("folder {name:?} is paused on {me}; it syncs again once resumed there (`weave resume {name}`)")]
     Paused { name: String, me: DeviceId },
+    /// This device is untrusted with the folder: it keeps its encrypted
+    /// data only, and takes no file in clear.
     #[error("folder {name:?} on {me} keeps encrypted data only (it is receive-encrypted there); mark that device untrusted for the folder here: `weave folder share {name} PEER --untrusted`")]
     EncryptedOnly { name: String, me: DeviceId },
 }
@@ -163,6 +163,13 @@ impl Host for DaemonHost {
             }
             .into());
         }
+        if f.paused {
+            return Err(HostError::Paused {
+                name: name.to_string(),
+                me: self.sh.me.id,
+            }
+            .into());
+        }
         let (rep, taken) = open_folder(&cfg, &f, &rt)?;
         self.opened = Some((rt, guard, taken));
         Ok((rep, f.id.clone()))
@@ -173,6 +180,13 @@ impl Host for DaemonHost {
     fn objects(&mut self, name: &str) -> Result<Box<dyn weave_bucket::store::Store>, SyncError> {
         let cfg = self.sh.cfg();
         let f = self.shared(&cfg, name, true)?;
+        if f.paused {
+            return Err(HostError::Paused {
+                name: name.to_string(),
+                me: self.sh.me.id,
+            }
+            .into());
+        }
         if f.mode != Mode::ReceiveEncrypted {
             // A folder held in clear here is no bucket.
             return Err(HostError::NotShared {
@@ -268,7 +282,9 @@ async fn serve_session(sh: Arc<Shared>, conn: weave_net::Conn, peer: Peer, from:
         });
     }
     sh.board.peer(&name, |p| {
-        p.state = PeerState::Connected;
+        if p.state != PeerState::Paused {
+            p.state = PeerState::Connected;
+        }
         p.last_seen_ms = Some(status::now_ms());
         p.last_error = None;
     });

@@ -202,7 +202,9 @@ pub(super) fn sync_pair(
         rt.full_plan.store(false, Ordering::SeqCst);
     }
     sh.board.peer(&peer.name, |p| {
-        p.state = PeerState::Connected;
+        if p.state != PeerState::Paused {
+            p.state = PeerState::Connected;
+        }
         p.address = Some(addr.clone());
         p.last_seen_ms = Some(status::now_ms());
         p.last_error = None;

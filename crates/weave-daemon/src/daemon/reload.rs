@@ -84,6 +84,11 @@ fn follow_peers(sh: &Shared, old: &Config, new: &Config) {
             info!("peer {}: paused; its link ends", p.name);
             l.kill();
         }
+        if paused {
+            for rt in sh.all_folders() {
+                rt.backoff.lock().expect("backoff").remove(&p.id);
+            }
+        }
         let lost = old
             .folders
             .iter()

@@ -67,12 +67,18 @@ pub(super) fn peer_up(rt: &FolderRt, name: &str) -> bool {
         .is_some()
 }
 
-/// Folder `f`'s encrypted remotes.
-fn targets(f: &Folder) -> Vec<Target> {
+/// Folder `f`'s encrypted remotes but paused peers.
+fn targets(cfg: &Config, f: &Folder) -> Vec<Target> {
+    let paused = |p: &str| cfg.peer(p).is_some_and(|q| q.paused);
     f.remote
         .iter()
         .map(|r| Target::Bucket(r.clone()))
-        .chain(f.untrusted.iter().map(|p| Target::Peer(p.clone())))
+        .chain(
+            f.untrusted
+                .iter()
+                .filter(|p| !paused(p))
+                .map(|p| Target::Peer(p.clone())),
+        )
         .collect()
 }
 
@@ -80,9 +86,9 @@ fn targets(f: &Folder) -> Vec<Target> {
 pub(super) type Remotes = std::collections::HashMap<String, RemoteState>;
 
 /// When the folder's task is next due to look at its remotes.
-pub(super) fn due(rt: &FolderRt, f: &Folder) -> Option<Instant> {
+pub(super) fn due(rt: &FolderRt, cfg: &Config, f: &Folder) -> Option<Instant> {
     let all = rt.remote.lock().expect("remote");
-    targets(f)
+    targets(cfg, f)
         .iter()
         .map(|t| match all.get(&t.shown()) {
             None => Instant::now(),
@@ -107,7 +113,7 @@ pub(super) fn sync_if_due(
     f: &Folder,
     now: Option<u64>,
 ) -> (Option<String>, Option<u64>) {
-    let all = targets(f);
+    let all = targets(cfg, f);
     {
         // Remotes no longer configured are forgotten.
         let shown: Vec<String> = all.iter().map(Target::shown).collect();
