@@ -75,6 +75,25 @@ pub struct Record {
 }
 
 impl Record {
+    /// A record of where the chunks of one pack are: the pack `id`, its
+    /// `size`, and its chunks as [`crate::pool::Pack::finish`] gives them.
+    pub fn of_pack(id: String, size: u64, framed: Vec<(Hash, u64, u32)>) -> Record {
+        Record {
+            packs: vec![id],
+            pack_sizes: vec![size],
+            chunks: framed
+                .into_iter()
+                .map(|(hash, offset, len)| ChunkAt {
+                    hash,
+                    pack: 0,
+                    offset,
+                    len,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
     /// The record, sealed for object `name`: postcard, zstd, padded.
     pub fn seal(&self, keys: &Keys, name: &str) -> Vec<u8> {
         let mut plain = postcard::to_allocvec(self).expect("a record encodes");

@@ -3,7 +3,7 @@
 //! packs of the chunks it did not hold.
 
 use crate::pool::{Pack, Pool};
-use crate::record::{ChunkAt, Record, View};
+use crate::record::{Record, View};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use weave_chunk::ChunkList;
@@ -99,20 +99,9 @@ impl BucketReplica {
             .put(&format!("packs/{id}"), bytes)
             .map_err(err)?;
         let rec = Record {
-            packs: vec![id],
-            pack_sizes: vec![bytes_len],
-            chunks: chunks
-                .into_iter()
-                .map(|(hash, offset, len)| ChunkAt {
-                    hash,
-                    pack: 0,
-                    offset,
-                    len,
-                })
-                .collect(),
             time_ms: now_ms(),
             at: self.view.max_at,
-            ..Default::default()
+            ..Record::of_pack(id, bytes_len, chunks)
         };
         let name = self.pool.write(&rec).map_err(err)?;
         self.view.add(&name, rec);
@@ -529,20 +518,9 @@ mod tests {
         p.write(&Record {
             entries: vec![entry("f", 1, r1.hash(), 5000)],
             nodes: vec![(l.hash(), l.encode()), (r1.hash(), r1.encode())],
-            packs: vec![id],
-            pack_sizes: vec![size],
-            chunks: chunks
-                .into_iter()
-                .map(|(hash, offset, len)| ChunkAt {
-                    hash,
-                    pack: 0,
-                    offset,
-                    len,
-                })
-                .collect(),
             at: 1,
             time_ms: 1000,
-            ..Default::default()
+            ..Record::of_pack(id, size, chunks)
         })
         .unwrap();
         push(&mut p, "f", 2, &[2; 5000], 2000);

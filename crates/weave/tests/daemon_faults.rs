@@ -12,11 +12,7 @@ use common::daemon::{conflict_copies, read, synced_pair, two, wait_for, Device};
 
 /// Folder `id`'s status on `d`, when its daemon answers.
 fn folder(d: &Device, id: &str) -> Option<serde_json::Value> {
-    d.status()?["folders"]
-        .as_array()?
-        .iter()
-        .find(|f| f["id"] == id)
-        .cloned()
+    d.folder_status(id)
 }
 
 fn write(p: &Path, s: &str) {

@@ -12,16 +12,11 @@ use std::path::Path;
 
 /// The folder `id`'s status on `d`.
 fn folder(d: &Device, id: &str) -> Option<serde_json::Value> {
-    let s = d.status()?;
-    s["folders"]
-        .as_array()?
-        .iter()
-        .find(|f| f["id"] == id)
-        .cloned()
+    d.folder_status(id)
 }
 
 fn write(p: &Path, s: &str) {
-    std::fs::write(p, s).unwrap();
+    common::write(p, s);
 }
 
 /// Every file under `dir`, with its bytes.

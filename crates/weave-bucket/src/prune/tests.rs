@@ -27,38 +27,43 @@ pub(crate) fn entry(path: &str, n: u64, content: Hash, size: u64) -> Entry {
 /// Writes version `n` of `path` holding `data` (one chunk, in a pack
 /// of its own) as a sync would; returns the entry.
 pub(crate) fn push(pool: &mut Pool, path: &str, n: u64, data: &[u8], time_ms: u64) -> Entry {
-    let h = Hash::of(data);
-    let node = Node {
-        level: 1,
-        children: vec![(h, data.len() as u64)],
-    };
+    let at = pool.view().unwrap().max_at + 1;
+    pack_of(pool, &[(path, data)], n, at, time_ms).1.remove(0)
+}
+
+/// Writes version `n` of each of `files` (one chunk each), all in one
+/// pack, and one record of them; returns the pack's id and the entries.
+pub(crate) fn pack_of(
+    pool: &mut Pool,
+    files: &[(&str, &[u8])],
+    n: u64,
+    at: u64,
+    time_ms: u64,
+) -> (String, Vec<Entry>) {
     let mut pack = Pack::new();
-    pack.add(&pool.keys, h, data);
-    let (id, bytes, chunks) = pack.finish();
+    let (mut nodes, mut entries) = (Vec::new(), Vec::new());
+    for (path, data) in files {
+        let h = Hash::of(data);
+        pack.add(&pool.keys, h, data);
+        let node = Node {
+            level: 1,
+            children: vec![(h, data.len() as u64)],
+        };
+        nodes.push((node.hash(), node.encode()));
+        entries.push(entry(path, n, node.hash(), data.len() as u64));
+    }
+    let (id, bytes, framed) = pack.finish();
     let size = bytes.len() as u64;
     pool.store.put(&format!("packs/{id}"), bytes).unwrap();
-    let e = entry(path, n, node.hash(), data.len() as u64);
-    let at = pool.view().unwrap().max_at + 1;
     pool.write(&Record {
-        entries: vec![e.clone()],
-        nodes: vec![(node.hash(), node.encode())],
-        packs: vec![id],
-        pack_sizes: vec![size],
-        chunks: chunks
-            .into_iter()
-            .map(|(hash, offset, len)| ChunkAt {
-                hash,
-                pack: 0,
-                offset,
-                len,
-            })
-            .collect(),
+        entries: entries.clone(),
+        nodes,
         at,
         time_ms,
-        ..Default::default()
+        ..Record::of_pack(id.clone(), size, framed)
     })
     .unwrap();
-    e
+    (id, entries)
 }
 
 /// The bytes of `e`'s content, read from the bucket.
@@ -257,41 +262,7 @@ fn a_pack_mostly_of_dropped_chunks_is_repacked_and_goes() {
     let mut f1 = vec![0u8; 2_000_000];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut f1);
     let g1 = b"g's small content".to_vec();
-    let mut pack = Pack::new();
-    let mut nodes = Vec::new();
-    let mut entries = Vec::new();
-    for (path, data) in [("f", &f1), ("g", &g1)] {
-        let h = Hash::of(data);
-        pack.add(&p.keys, h, data);
-        let node = Node {
-            level: 1,
-            children: vec![(h, data.len() as u64)],
-        };
-        nodes.push((node.hash(), node.encode()));
-        entries.push(entry(path, 1, node.hash(), data.len() as u64));
-    }
-    let (id, bytes, framed) = pack.finish();
-    let size = bytes.len() as u64;
-    p.store.put(&format!("packs/{id}"), bytes).unwrap();
-    p.write(&Record {
-        entries: entries.clone(),
-        nodes,
-        packs: vec![id.clone()],
-        pack_sizes: vec![size],
-        chunks: framed
-            .into_iter()
-            .map(|(hash, offset, len)| ChunkAt {
-                hash,
-                pack: 0,
-                offset,
-                len,
-            })
-            .collect(),
-        at: 1,
-        time_ms: 1000,
-        ..Default::default()
-    })
-    .unwrap();
+    let (id, entries) = pack_of(&mut p, &[("f", &f1), ("g", &g1)], 1, 1, 1000);
     let f2 = push(&mut p, "f", 2, b"f's second version", 2000);
     let m = prune(&mut p, &keep_last(0), 0, 10_000, false).unwrap();
     assert_eq!((m.versions_dropped, m.packs_repacked), (1, 1), "{m:?}");
@@ -326,45 +297,11 @@ fn a_pack_that_cannot_be_read_is_left_and_the_rest_is_pruned() {
     let mut p = pool(&mem);
     let mut big = vec![0u8; 2_000_000];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut big);
-    let mut pack = Pack::new();
-    let small = b"small".to_vec();
-    let mut entries = Vec::new();
-    let mut nodes = Vec::new();
-    for (path, data) in [("big", &big), ("small", &small)] {
-        let h = Hash::of(data);
-        pack.add(&p.keys, h, data);
-        let node = Node {
-            level: 1,
-            children: vec![(h, data.len() as u64)],
-        };
-        nodes.push((node.hash(), node.encode()));
-        entries.push(entry(path, 1, node.hash(), data.len() as u64));
-    }
-    let (id, bytes, framed) = pack.finish();
-    let size = bytes.len() as u64;
+    let (id, _) = pack_of(&mut p, &[("big", &big), ("small", b"small")], 1, 1, 1000);
     // Cut short where the bucket is kept.
-    p.store
-        .put(&format!("packs/{id}"), bytes[..100].to_vec())
-        .unwrap();
-    p.write(&Record {
-        entries: entries.clone(),
-        nodes,
-        packs: vec![id.clone()],
-        pack_sizes: vec![size],
-        chunks: framed
-            .into_iter()
-            .map(|(hash, offset, len)| ChunkAt {
-                hash,
-                pack: 0,
-                offset,
-                len,
-            })
-            .collect(),
-        at: 1,
-        time_ms: 1000,
-        ..Default::default()
-    })
-    .unwrap();
+    let name = format!("packs/{id}");
+    let whole = mem.get(&name).unwrap().unwrap();
+    mem.put(&name, whole[..100].to_vec()).unwrap();
     push(&mut p, "big", 2, b"big, smaller now", 2000);
     push(&mut p, "f", 1, &[1; 5000], 2000);
     push(&mut p, "f", 2, &[2; 5000], 3000);

@@ -76,6 +76,20 @@ struct DaemonHost {
 }
 
 impl DaemonHost {
+    /// Folder `name`, if the peer may sync it in clear now: shared with
+    /// it (not untrusted), held in clear here, not paused.
+    fn in_clear(&self, cfg: &Config, name: &str) -> Result<Folder, HostError> {
+        let f = self.shared(cfg, name, false)?;
+        let (name, me) = (name.to_string(), self.sh.me.id);
+        if f.mode == Mode::ReceiveEncrypted {
+            return Err(HostError::EncryptedOnly { name, me });
+        }
+        if f.paused {
+            return Err(HostError::Paused { name, me });
+        }
+        Ok(f)
+    }
+
     /// Folder `name`, if it is shared with the peer (and, unless
     /// `encrypted`, the peer is not untrusted with it). An unknown folder
     /// and one not shared get the same answer: a peer never learns of a
@@ -117,21 +131,7 @@ impl Host for DaemonHost {
     ) -> Result<(Box<dyn Replica>, String), SyncError> {
         let cfg = self.sh.cfg();
         // A peer untrusted with the folder is sent nothing in clear.
-        let f = self.shared(&cfg, name, false)?;
-        if f.mode == Mode::ReceiveEncrypted {
-            return Err(HostError::EncryptedOnly {
-                name: name.to_string(),
-                me: self.sh.me.id,
-            }
-            .into());
-        }
-        if f.paused {
-            return Err(HostError::Paused {
-                name: name.to_string(),
-                me: self.sh.me.id,
-            }
-            .into());
-        }
+        let f = self.in_clear(&cfg, name)?;
         if !kind.is_empty() && kind != "files" {
             return Err(HostError::NotFiles {
                 name: name.to_string(),
@@ -155,21 +155,7 @@ impl Host for DaemonHost {
         // The config may have changed while the folder was busy (the peer
         // made untrusted, the folder unshared): as it is now.
         let cfg = self.sh.cfg();
-        let f = self.shared(&cfg, name, false)?;
-        if f.mode == Mode::ReceiveEncrypted {
-            return Err(HostError::EncryptedOnly {
-                name: name.to_string(),
-                me: self.sh.me.id,
-            }
-            .into());
-        }
-        if f.paused {
-            return Err(HostError::Paused {
-                name: name.to_string(),
-                me: self.sh.me.id,
-            }
-            .into());
-        }
+        let f = self.in_clear(&cfg, name)?;
         let (rep, taken) = open_folder(&cfg, &f, &rt)?;
         self.opened = Some((rt, guard, taken));
         Ok((rep, f.id.clone()))

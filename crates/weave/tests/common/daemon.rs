@@ -180,6 +180,15 @@ impl Device {
         std::fs::read_to_string(self.root.join("daemon.log")).unwrap_or_default()
     }
 
+    /// Folder `id`'s status, when the daemon answers.
+    pub fn folder_status(&self, id: &str) -> Option<serde_json::Value> {
+        self.status()?["folders"]
+            .as_array()?
+            .iter()
+            .find(|f| f["id"] == id)
+            .cloned()
+    }
+
     pub fn status(&self) -> Option<serde_json::Value> {
         let out = self.run(&["status", "--json"]);
         if !out.status.success() {
