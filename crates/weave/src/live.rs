@@ -581,80 +581,7 @@ pub fn status(cd: &ConfigDir, json: bool) -> Result<bool> {
     );
     println!();
     for f in &s.folders {
-        println!(
-            "folder {}  {}  [{}]  {}  {:.0}% in sync{}",
-            f.id,
-            f.path,
-            f.mode,
-            f.state,
-            f.in_sync_percent,
-            to_go(f)
-        );
-        println!(
-            "    peers: {}   in sync with: {}   last sync: {}",
-            if f.peers.is_empty() {
-                "none".into()
-            } else {
-                f.peers.join(", ")
-            },
-            if f.in_sync_with.is_empty() {
-                "none".into()
-            } else {
-                f.in_sync_with.join(", ")
-            },
-            ago(f.last_sync_ms)
-        );
-        let remotes: Vec<String> = f
-            .remote
-            .iter()
-            .cloned()
-            .chain(f.untrusted.iter().map(|p| format!("{p} (untrusted)")))
-            .collect();
-        if !remotes.is_empty() {
-            println!(
-                "    encrypted remotes: {}   last sync with one: {}",
-                remotes.join(", "),
-                ago(f.remote_synced_ms)
-            );
-        }
-        if let Some(e) = &f.error {
-            println!("    error: {e}");
-        }
-        if !f.replicas.is_empty() {
-            let ids: Vec<String> = f
-                .replicas
-                .iter()
-                .map(|(d, id)| format!("{d} {id}"))
-                .collect();
-            println!(
-                "    replica ids (in conflict copies' names): {}",
-                ids.join(", ")
-            );
-        }
-        for c in &f.conflicts {
-            println!("    conflict copy: {c}{}", made_on(c, &f.replicas));
-        }
-        for n in f.notices.iter().take(5) {
-            println!("    {n}");
-        }
-        if f.local_changes > 0 {
-            let shown: Vec<&str> = f
-                .local_change_paths
-                .iter()
-                .take(5)
-                .map(String::as_str)
-                .collect();
-            let more = f.local_changes.saturating_sub(shown.len() as u64);
-            println!(
-                "    changed here: {}{}",
-                shown.join(", "),
-                if more > 0 {
-                    format!(" and {more} more (`weave status --json` lists 100)")
-                } else {
-                    String::new()
-                }
-            );
-        }
+        print_folder(f);
     }
     println!();
     for p in &s.peers {
@@ -725,6 +652,84 @@ pub fn status(cd: &ConfigDir, json: bool) -> Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// One folder of `weave status`.
+fn print_folder(f: &weave_daemon::status::FolderStatus) {
+    println!(
+        "folder {}  {}  [{}]  {}  {:.0}% in sync{}",
+        f.id,
+        f.path,
+        f.mode,
+        f.state,
+        f.in_sync_percent,
+        to_go(f)
+    );
+    println!(
+        "    peers: {}   in sync with: {}   last sync: {}",
+        if f.peers.is_empty() {
+            "none".into()
+        } else {
+            f.peers.join(", ")
+        },
+        if f.in_sync_with.is_empty() {
+            "none".into()
+        } else {
+            f.in_sync_with.join(", ")
+        },
+        ago(f.last_sync_ms)
+    );
+    let remotes: Vec<String> = f
+        .remote
+        .iter()
+        .cloned()
+        .chain(f.untrusted.iter().map(|p| format!("{p} (untrusted)")))
+        .collect();
+    if !remotes.is_empty() {
+        println!(
+            "    encrypted remotes: {}   last sync with one: {}",
+            remotes.join(", "),
+            ago(f.remote_synced_ms)
+        );
+    }
+    if let Some(e) = &f.error {
+        println!("    error: {e}");
+    }
+    if !f.replicas.is_empty() {
+        let ids: Vec<String> = f
+            .replicas
+            .iter()
+            .map(|(d, id)| format!("{d} {id}"))
+            .collect();
+        println!(
+            "    replica ids (in conflict copies' names): {}",
+            ids.join(", ")
+        );
+    }
+    for c in &f.conflicts {
+        println!("    conflict copy: {c}{}", made_on(c, &f.replicas));
+    }
+    for n in f.notices.iter().take(5) {
+        println!("    {n}");
+    }
+    if f.local_changes > 0 {
+        let shown: Vec<&str> = f
+            .local_change_paths
+            .iter()
+            .take(5)
+            .map(String::as_str)
+            .collect();
+        let more = f.local_changes.saturating_sub(shown.len() as u64);
+        println!(
+            "    changed here: {}{}",
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more (`weave status --json` lists 100)")
+            } else {
+                String::new()
+            }
+        );
+    }
 }
 
 /// Lists the conflict copies of every folder; with the daemon down, from
