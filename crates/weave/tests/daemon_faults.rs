@@ -8,7 +8,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::daemon::{conflict_copies, read, synced_pair, two, wait_for, Device};
+use common::daemon::{conflict_copies, now_ms, read, synced_pair, two, wait_for, Device};
 
 /// Folder `id`'s status on `d`, when its daemon answers.
 fn folder(d: &Device, id: &str) -> Option<serde_json::Value> {
@@ -605,17 +605,7 @@ fn daemons_never_on_together_sync_through_a_bucket_remote() {
     let fb = b.folder("docs", "docs", &[], &remote);
     std::fs::create_dir_all(&fa).unwrap();
     std::fs::create_dir_all(&fb).unwrap();
-    let synced_after = |d: &Device, t: u64| {
-        folder(d, "docs").is_some_and(|f| {
-            f["remote_synced_ms"].as_u64().is_some_and(|s| s > t) && f["error"].is_null()
-        })
-    };
-    let now_ms = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-    };
+    let synced_after = |d: &Device, t: u64| d.remote_synced_after("docs", t);
     let in_bucket = |name: &str| r.holds(&a, name);
     a.start();
     write(&fa.join("from-a.txt"), "written on a");

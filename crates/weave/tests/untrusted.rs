@@ -41,6 +41,19 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// The options of `weave folder add` that mark `peer` untrusted, with
+/// passphrase file `pass`, polled every second.
+fn trusting<'a>(peer: &'a str, pass: &'a str) -> [&'a str; 6] {
+    [
+        "--untrusted",
+        peer,
+        "--poll",
+        "1",
+        "--passphrase-file",
+        pass,
+    ]
+}
+
 /// A passphrase file in `dir`.
 fn passphrase(dir: &Path) -> String {
     let p = dir.join("pass");
@@ -56,14 +69,7 @@ fn devices_never_on_together_sync_through_an_untrusted_peer_that_reads_nothing()
     u.knows(&a);
     u.knows(&b);
     let pass = passphrase(&a.root);
-    let trusted = [
-        "--untrusted",
-        "u",
-        "--poll",
-        "1",
-        "--passphrase-file",
-        &pass,
-    ];
+    let trusted = trusting("u", &pass);
     let fu = u.folder("docs", "kept", &[&a, &b], &["--mode", "receive-encrypted"]);
     let fa = a.folder("docs", "docs", &[], &trusted);
     let fb = b.folder("docs", "docs", &[], &trusted);
@@ -75,17 +81,7 @@ fn devices_never_on_together_sync_through_an_untrusted_peer_that_reads_nothing()
     write(&fa.join("secret-name.txt"), secret);
     std::fs::create_dir_all(fa.join("private-dir")).unwrap();
     write(&fa.join("private-dir/inner.txt"), "inner words");
-    let since = |d: &Device, t: u64| {
-        folder(d, "docs").is_some_and(|f| {
-            f["remote_synced_ms"].as_u64().is_some_and(|s| s > t) && f["error"].is_null()
-        })
-    };
-    let now_ms = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-    };
+    let since = |d: &Device, t: u64| d.remote_synced_after("docs", t);
     let t = now_ms() + 200;
     wait_for("a to push to u", &[&a, &u], || {
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -148,19 +144,7 @@ fn nothing_in_clear_reaches_an_untrusted_device_whichever_side_is_set_up_wrong()
     let fa_plain = a.folder("plain", "plain", &[&u], &[]);
     // a marks u untrusted for "docs"; u has it as a plain two-way folder.
     let fu_docs = u.folder("docs", "docs", &[&a], &[]);
-    let fa_docs = a.folder(
-        "docs",
-        "docs",
-        &[],
-        &[
-            "--untrusted",
-            "u",
-            "--poll",
-            "1",
-            "--passphrase-file",
-            &pass,
-        ],
-    );
+    let fa_docs = a.folder("docs", "docs", &[], &trusting("u", &pass));
     write(&fa_plain.join("one.txt"), "not for u");
     write(&fa_docs.join("two.txt"), "not for u either");
     u.start();

@@ -180,6 +180,14 @@ impl Device {
         std::fs::read_to_string(self.root.join("daemon.log")).unwrap_or_default()
     }
 
+    /// Whether folder `id` shows a sync with an encrypted remote that
+    /// went through after `t` (ms since the epoch), and no error.
+    pub fn remote_synced_after(&self, id: &str, t: u64) -> bool {
+        self.folder_status(id).is_some_and(|f| {
+            f["remote_synced_ms"].as_u64().is_some_and(|s| s > t) && f["error"].is_null()
+        })
+    }
+
     /// Folder `id`'s status, when the daemon answers.
     pub fn folder_status(&self, id: &str) -> Option<serde_json::Value> {
         self.status()?["folders"]
@@ -269,4 +277,12 @@ pub fn conflict_copies(dir: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// Now, in milliseconds since the epoch (as the status gives times).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
