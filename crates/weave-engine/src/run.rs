@@ -172,7 +172,7 @@ fn carry_out(
             report.conflicts.push(c);
         }
     }
-    let all_ops = derive(
+    let mut all_ops = derive(
         reps,
         &views,
         &mut plan.finals,
@@ -180,6 +180,12 @@ fn carry_out(
         ctx.matcher,
         report,
     );
+    // What an earlier slice carried out is not carried out again: where
+    // it failed, a slice tries it again no more than planning every path
+    // at once would (the next sync does).
+    for ops in &mut all_ops {
+        ops.retain(|op| !decided.has(&op.path));
+    }
     if ctx.opts.dry_run {
         describe(reps, &all_ops, report);
         return Ok(());

@@ -20,7 +20,9 @@
 //! at its ancestors and, for a directory that does not stay one, inside
 //! it: all of which the slice loads. A path an earlier slice carried out
 //! (an ancestor, or inside a directory loaded whole) is the same on every
-//! replica when it comes up again, and nothing is done there; a conflict
+//! replica when it comes up again, and nothing is done there (where an
+//! operation of it failed, it is not tried again in this sync, as
+//! planning every path at once would not: the next sync does); a conflict
 //! met again is reported once. A plan that does not settle in
 //! [`crate::gather::MAX_ROUNDS`] rounds is made from every path instead,
 //! and ends the slicing. The differential test (`gather/tests.rs`) checks
