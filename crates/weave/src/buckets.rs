@@ -63,11 +63,7 @@ pub fn history(b: &BucketArgs, path: &Path, deleted: bool, json: bool) -> Result
         history::history(&pool, &p)?
     };
     if json {
-        let list: Vec<_> = vs.iter().map(version_json).collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({ "versions": list }))?
-        );
+        crate::output::print_versions_json(vs.iter().map(version_json).collect())?;
         return Ok(true);
     }
     if vs.is_empty() {

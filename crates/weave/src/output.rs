@@ -69,6 +69,14 @@ impl Progress for Bar {
     }
 }
 
+/// Prints `{"versions": [...]}`, what `weave history --json` gives for a
+/// replica and for a bucket alike.
+pub fn print_versions_json(list: Vec<serde_json::Value>) -> anyhow::Result<()> {
+    let all = serde_json::json!({ "versions": list });
+    println!("{}", serde_json::to_string_pretty(&all)?);
+    Ok(())
+}
+
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;

@@ -31,11 +31,7 @@ pub fn history(path: &Path, deleted: bool, json: bool) -> Result<bool> {
         history::history(&at)?
     };
     if json {
-        let list: Vec<_> = vs.iter().map(version_json).collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({ "versions": list }))?
-        );
+        crate::output::print_versions_json(vs.iter().map(version_json).collect())?;
         return Ok(true);
     }
     if vs.is_empty() {
